@@ -1,0 +1,145 @@
+"""Build of lth_sparse's optional compiled parts.
+
+- ``lth_sparse._C``: C++ CPU kernels (OpenMP where the compiler has it), built
+  wherever a C++ compiler is found.
+- ``lth_sparse._cuda``: CUDA kernels from ``csrc/cuda``. ``LTH_SPARSE_CUDA=1``
+  forces them, ``0`` skips them; unset, they are built when nvcc is found and
+  torch sees a GPU. With ``LTH_SPARSE_CUDA=1`` they compile on a machine without
+  a GPU too (set ``TORCH_CUDA_ARCH_LIST``, e.g. ``9.0``).
+
+A failed or impossible build of either part never fails the install: the
+package then runs on torch alone and says so once at import.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _log(msg: str) -> None:
+    print(f"[lth_sparse setup] {msg}", file=sys.stderr)
+
+
+def _find_cuda_home() -> str | None:
+    """CUDA_HOME if set, else the folder above the nvcc on PATH, else /usr/local/cuda."""
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if candidate and os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            return candidate
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    return None
+
+
+def _compiler_works(flags: list[str]) -> bool:
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main(){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+                    if "-fopenmp" in flags else "int main(){return 0;}\n")
+        try:
+            subprocess.run([cxx, *flags, src, "-o", os.path.join(tmp, "probe")],
+                           check=True, capture_output=True, timeout=120)
+        except (subprocess.CalledProcessError, OSError, subprocess.TimeoutExpired):
+            return False
+    return True
+
+
+def _want_cuda(torch) -> tuple[bool, str | None]:
+    setting = os.environ.get("LTH_SPARSE_CUDA", "").strip()
+    cuda_home = _find_cuda_home()
+    if setting == "0":
+        return False, cuda_home
+    if setting == "1":
+        if cuda_home is None:
+            raise RuntimeError("LTH_SPARSE_CUDA=1 but no CUDA toolkit (nvcc) was found; set CUDA_HOME")
+        return True, cuda_home
+    return (cuda_home is not None and torch.version.cuda is not None
+            and torch.cuda.is_available()), cuda_home
+
+
+def _extensions():
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        _log("torch is not importable at build time: installing without compiled kernels "
+             "(install torch first and use `pip install --no-build-isolation -e .`)")
+        return [], {}
+
+    exts = []
+    if _compiler_works([]):
+        openmp = _compiler_works(["-fopenmp"])
+        cxx_flags = ["-O3", "-std=c++17"] + (["-fopenmp", "-DLTH_SPARSE_OPENMP"] if openmp else [])
+        exts.append(cpp_extension.CppExtension(
+            "lth_sparse._C",
+            sorted(glob.glob("csrc/cpu/*.cpp")),
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"] if openmp else [],
+        ))
+        _log(f"building the C++ CPU kernels (OpenMP: {'yes' if openmp else 'no'})")
+    else:
+        _log("no working C++ compiler: installing without compiled kernels (torch fallback)")
+        return [], {}
+
+    want_cuda, cuda_home = _want_cuda(torch)
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
+    if want_cuda and cuda_sources:
+        # torch's helper reads CUDA_HOME once at import; it must point at the toolkit,
+        # and the linker must find libcudart in the toolkit's lib folder.
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home
+        libdirs = [d for d in (os.path.join(cuda_home, "lib"), os.path.join(cuda_home, "lib64"))
+                   if os.path.exists(os.path.join(d, "libcudart.so"))]
+        os.environ["LIBRARY_PATH"] = os.pathsep.join(
+            libdirs + [p for p in os.environ.get("LIBRARY_PATH", "").split(os.pathsep) if p])
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        exts.append(cpp_extension.CUDAExtension(
+            "lth_sparse._cuda",
+            cuda_sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            library_dirs=libdirs,
+            extra_compile_args={"cxx": ["-O3", "-std=c++17"],
+                                "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+        ))
+        _log(f"building the CUDA kernels with {cuda_home} for arch {os.environ['TORCH_CUDA_ARCH_LIST']}")
+    else:
+        _log("skipping the CUDA kernels (LTH_SPARSE_CUDA=1 forces them)")
+    return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+
+
+class _OptionalBuild:
+    """Wraps build_ext so that a failed compile leaves a working torch-only install."""
+
+    @staticmethod
+    def wrap(build_ext_cls):
+        class OptionalBuildExt(build_ext_cls):
+            def build_extension(self, ext):
+                try:
+                    super().build_extension(ext)
+                except Exception as exc:  # noqa: BLE001 - any compiler failure
+                    if os.environ.get("LTH_SPARSE_CUDA") == "1" and ext.name.endswith("_cuda"):
+                        raise
+                    if os.environ.get("LTH_SPARSE_REQUIRE_CPP") == "1":
+                        raise
+                    _log(f"building {ext.name} failed ({exc}); the package will use the torch fallback")
+        return OptionalBuildExt
+
+
+ext_modules, cmdclass = _extensions()
+if "build_ext" in cmdclass:
+    cmdclass["build_ext"] = _OptionalBuild.wrap(cmdclass["build_ext"])
+setup(ext_modules=ext_modules, cmdclass=cmdclass)
