@@ -1,0 +1,23 @@
+"""lth_sparse: lottery-ticket research on PyTorch.
+
+Layers (DESIGN.md): kernels and ops (:mod:`lth_sparse.ops`), masked modules and
+masks (:mod:`lth_sparse.nn`, :class:`lth_sparse.Masks`), pruning, data, models,
+training, and the pipelines behind the ``lth-sparse`` command.
+"""
+
+__version__ = "0.1.0"
+
+from lth_sparse._dispatch import backend_info, warn_if_torch_only  # noqa: E402
+from lth_sparse import ops  # noqa: E402
+
+warn_if_torch_only()
+
+__all__ = ["__version__", "backend_info", "ops", "Masks"]
+
+
+def __getattr__(name):
+    # Masks pulls in safetensors; loaded on first use.
+    if name == "Masks":
+        from lth_sparse.masks import Masks
+        return Masks
+    raise AttributeError(f"module 'lth_sparse' has no attribute {name!r}")

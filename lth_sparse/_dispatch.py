@@ -1,0 +1,170 @@
+"""Backend choice for every op: one small function, read at call time.
+
+DESIGN.md fixes the order. For tensors on CUDA: the compiled CUDA extension,
+then Triton, then torch. For tensors on the CPU: the compiled C++ extension,
+then torch (and Triton under ``TRITON_INTERPRET=1``, but only when forced: the
+interpreter is a test vehicle, never a fast path). ``LTH_SPARSE_BACKEND`` forces
+one backend; a forced backend that cannot run the op here is a ``RuntimeError``
+that names it and says why, never a silent fallback.
+
+CUDA kernels that have not yet passed their tests on a GPU stay opt-in: ``auto``
+skips them (see ``_CUDA_VERIFIED``) and ``backend_info()`` says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "cuda", "triton", "cpp", "torch")
+
+# Ops whose CUDA kernels have passed their tests on a GPU, so ``auto`` may pick them.
+_CUDA_VERIFIED: frozenset[str] = frozenset()
+
+
+def backend_setting() -> str:
+    """The value of ``LTH_SPARSE_BACKEND`` (default ``auto``), validated."""
+    value = os.environ.get("LTH_SPARSE_BACKEND", "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"LTH_SPARSE_BACKEND must be one of {', '.join(BACKENDS)}, got {value!r}")
+    return value
+
+
+@functools.cache
+def _load_extension(name: str):
+    """Import ``lth_sparse.<name>``; returns (module or None, reason it is missing)."""
+    try:
+        return importlib.import_module(f"lth_sparse.{name}"), None
+    except ImportError as exc:
+        return None, f"lth_sparse.{name} is not built ({exc})"
+
+
+def cpp_extension():
+    """The compiled C++ CPU extension, or None when it was not built."""
+    return _load_extension("_C")[0]
+
+
+def cuda_extension():
+    """The compiled CUDA extension, or None when it was not built."""
+    return _load_extension("_cuda")[0]
+
+
+@functools.cache
+def _triton_importable() -> tuple[bool, str | None]:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return False, f"triton is not installed ({exc})"
+    return True, None
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def backend_status(backend: str, device: torch.device) -> tuple[bool, str | None]:
+    """Whether ``backend`` can run on ``device`` here, and if not, why."""
+    if backend == "torch":
+        return True, None
+    if backend == "cpp":
+        if device.type != "cpu":
+            return False, f"the C++ backend runs on CPU tensors, these are on {device}"
+        return (True, None) if cpp_extension() is not None else (False, _load_extension("_C")[1])
+    if backend == "cuda":
+        if device.type != "cuda":
+            return False, f"the CUDA backend runs on CUDA tensors, these are on {device}"
+        return (True, None) if cuda_extension() is not None else (False, _load_extension("_cuda")[1])
+    if backend == "triton":
+        ok, why = _triton_importable()
+        if not ok:
+            return ok, why
+        if device.type == "cuda" or (device.type == "cpu" and triton_interpreting()):
+            return True, None
+        return False, f"Triton runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1; these are on {device}"
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def choose_backend(op: str, device: torch.device, implemented: tuple[str, ...]) -> str:
+    """The backend to run ``op`` with on ``device``.
+
+    ``implemented`` lists the backends that have a kernel for ``op`` (``torch``
+    always). With ``auto`` the first usable one in DESIGN.md's order is taken.
+    """
+    setting = backend_setting()
+    if setting != "auto":
+        if setting not in implemented:
+            raise RuntimeError(
+                f"LTH_SPARSE_BACKEND={setting}: op {op} has no {setting} kernel "
+                f"(it has: {', '.join(implemented)}); use LTH_SPARSE_BACKEND=auto")
+        ok, why = backend_status(setting, device)
+        if not ok:
+            raise RuntimeError(f"LTH_SPARSE_BACKEND={setting} cannot run {op}: {why}")
+        return setting
+    order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpp", "torch")
+    for backend in order:
+        if backend not in implemented:
+            continue
+        if backend == "cuda" and op not in _CUDA_VERIFIED:
+            continue
+        if backend_status(backend, device)[0]:
+            return backend
+    return "torch"
+
+
+_warned_torch_only = False
+
+
+def warn_if_torch_only() -> None:
+    """Say once, at import, that no compiled kernels are available."""
+    global _warned_torch_only
+    if not _warned_torch_only and cpp_extension() is None:
+        _warned_torch_only = True
+        warnings.warn(
+            "lth_sparse was installed without its compiled kernels "
+            f"({_load_extension('_C')[1]}); every op runs on the torch fallback. "
+            "Reinstall with a C++ compiler: pip install --no-build-isolation -e .",
+            RuntimeWarning, stacklevel=3)
+
+
+def backend_info() -> dict:
+    """What was built and what is active here.
+
+    Keys: ``version``, ``torch``, ``cpp``, ``cuda``, ``triton`` (bools: built and
+    usable here), ``backend`` (the setting in force), ``cuda_auto`` (ops whose
+    CUDA kernel ``auto`` uses), ``reasons`` (why a backend is unusable).
+    """
+    from lth_sparse import __version__
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    cpp_ok, cpp_why = backend_status("cpp", cpu)
+    cuda_built = cuda_extension() is not None
+    cuda_ok = cuda_built and torch.cuda.is_available()
+    triton_ok, triton_why = _triton_importable()
+    triton_ok = triton_ok and (torch.cuda.is_available() or triton_interpreting())
+    reasons = {}
+    if not cpp_ok:
+        reasons["cpp"] = cpp_why
+    if not cuda_ok:
+        reasons["cuda"] = (_load_extension("_cuda")[1] if not cuda_built
+                           else "built, but torch sees no CUDA device")
+    if not triton_ok:
+        reasons["triton"] = triton_why or "no CUDA device and TRITON_INTERPRET is not 1"
+    info = {
+        "version": __version__,
+        "torch": torch.__version__,
+        "cpp": cpp_ok,
+        "cuda": cuda_ok,
+        "triton": triton_ok,
+        "backend": backend_setting(),
+        "cuda_auto": sorted(_CUDA_VERIFIED),
+        "reasons": reasons,
+    }
+    if cpp_ok:
+        info["cpp_kernel_info"] = dict(cpp_extension().kernel_info())
+    if cuda_ok:
+        info["gpu"] = torch.cuda.get_device_name(gpu)
+    return info

@@ -1,0 +1,222 @@
+"""Datasets held as tensors on the training device, and batching by index permutation.
+
+Small vision datasets fit in device memory many times over, so an epoch is a
+random permutation of indices and slicing: no DataLoader, no worker processes, no
+per-example Python.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .augment import RandomCropFlip
+
+__all__ = ["Split", "Dataset", "RawDataset", "batches", "split_and_normalise"]
+
+Augment = Callable[[Tensor, "torch.Generator | None"], Tensor]
+
+
+@dataclass
+class Split:
+    """One part of a dataset, held as two tensors on one device.
+
+    x: float32, normalised; ``(N, C, H, W)`` for images, ``(N, F)`` for vectors.
+    y: int64 class indices, ``(N,)``.
+    """
+
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x and y must hold the same number of examples, got {self.x.shape[0]} and {self.y.shape[0]}")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: str | torch.device) -> Split:
+        """This split with both tensors on ``device``."""
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Dataset:
+    """A classification dataset, split into train / validation / test.
+
+    ``augment`` is applied to training batches only (see ``batches``); it is
+    ``None`` for datasets trained without augmentation. ``mean`` and ``std`` are the
+    per-channel statistics (on the ``[0, 1]`` pixel scale for images) that were
+    subtracted and divided out at load time.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]
+    augment: Augment | None
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.x.device
+
+
+@dataclass
+class RawDataset:
+    """What a registered loader returns: the official sets, before splitting.
+
+    train_x / test_x: ``uint8`` ``(N, C, H, W)`` images (scaled to ``[0, 1]`` at
+    load), or floating ``(N, F)`` / ``(N, C, H, W)`` values used as they are.
+    train_y / test_y: integer class indices ``(N,)``.
+    test_x and test_y are ``None`` when the dataset has no official test set; then
+    ``load_dataset`` holds out ``held_out_test_fraction`` of the training set with a
+    fixed seed, the same for every run.
+    crop_padding / flip: the training augmentation (``RandomCropFlip``); none when
+    ``crop_padding == 0`` and ``flip`` is false.
+    """
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor | None
+    test_y: Tensor | None
+    num_classes: int
+    crop_padding: int = 0
+    flip: bool = False
+    held_out_test_fraction: float = 0.2
+
+
+def batches(
+    split: Split,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    augment: Augment | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(x, y)`` mini-batches of ``split``, on its device.
+
+    With ``shuffle``, one random permutation of the indices (drawn from
+    ``generator``, else torch's default generator) orders the epoch; without, the
+    batches are views of consecutive examples. ``augment(x, generator)``, when
+    given, transforms each batch of inputs. The last batch is smaller than
+    ``batch_size`` unless ``drop_last``.
+
+    Raises:
+        ValueError: if ``batch_size < 1``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(split)
+    stop = n - n % batch_size if drop_last else n
+    order = None
+    if shuffle:
+        draw_on = generator.device if generator is not None else split.x.device
+        order = torch.randperm(n, generator=generator, device=draw_on).to(split.x.device)
+    for start in range(0, stop, batch_size):
+        if order is None:
+            x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+        else:
+            index = order[start : start + batch_size]
+            x, y = split.x[index], split.y[index]
+        if augment is not None:
+            x = augment(x, generator)
+        yield x, y
+
+
+def _as_float(x: Tensor) -> Tensor:
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    return x.to(torch.float32)
+
+
+def _channel_dims(x: Tensor) -> tuple[int, ...]:
+    # Images: statistics per channel (dim 1). Vectors: one statistic over all features.
+    return (0, 2, 3) if x.dim() == 4 else tuple(range(x.dim()))
+
+
+def split_and_normalise(
+    name: str,
+    raw: RawDataset,
+    *,
+    device: str | torch.device,
+    val_fraction: float,
+    seed: int,
+    train_size: int | None,
+) -> Dataset:
+    """Turn a loader's ``RawDataset`` into a normalised, split ``Dataset`` on ``device``.
+
+    The split is ``torch.utils.data.random_split(train, [1 - val_fraction,
+    val_fraction], generator=torch.Generator().manual_seed(seed))``: the validation
+    set is the last ``floor(N * val_fraction)`` indices of ``randperm(N)``.
+    ``train_size`` keeps the first ``train_size`` examples of the (already random)
+    training split, so smaller subsets are nested in larger ones. Mean and std are
+    computed per channel on the whole training split (before ``train_size``, so
+    the inputs do not change with it) and applied to all three splits. The
+    augmentation pads with the normalised value of a black pixel.
+    """
+    x_all, y_all = raw.train_x, raw.train_y
+    test_x, test_y = raw.test_x, raw.test_y
+    if test_x is None or test_y is None:
+        # A fixed seed: the held-out test set plays the part of an official one,
+        # the same whatever the run's seed.
+        held_out = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(0))
+        n_test = math.floor(len(y_all) * raw.held_out_test_fraction)
+        test_index, keep = held_out[len(y_all) - n_test :], held_out[: len(y_all) - n_test]
+        test_x, test_y = x_all[test_index], y_all[test_index]
+        x_all, y_all = x_all[keep], y_all[keep]
+
+    n = len(y_all)
+    n_val = math.floor(n * val_fraction)
+    n_train = n - n_val
+    if n_train < 1:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training examples of the {n} in {name}")
+    if train_size is not None and train_size > n_train:
+        raise ValueError(
+            f"train_size={train_size} is larger than the {n_train} training examples of {name} "
+            f"(after holding out val_fraction={val_fraction})"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train_index, val_index = order[:n_train], order[n_train:]
+
+    # Move the compact (often uint8) tensors, then convert on the device.
+    x_all = _as_float(x_all.to(device))
+    test_x = _as_float(test_x.to(device))
+    y_all = y_all.to(device=device, dtype=torch.int64)
+    test_y = test_y.to(device=device, dtype=torch.int64)
+    train_index, val_index = train_index.to(device), val_index.to(device)
+
+    dims = _channel_dims(x_all)
+    std, mean = torch.std_mean(x_all[train_index], dim=dims, correction=0, keepdim=True)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel is left unscaled
+    x_all.sub_(mean).div_(std)
+    test_x.sub_(mean).div_(std)
+
+    if train_size is not None:
+        train_index = train_index[:train_size]
+    train = Split(x_all[train_index], y_all[train_index])
+    val = Split(x_all[val_index], y_all[val_index])
+    test = Split(test_x, test_y)
+    mean_t, std_t = mean.flatten().cpu(), std.flatten().cpu()
+    augment = None
+    if raw.crop_padding > 0 or raw.flip:
+        augment = RandomCropFlip(raw.crop_padding, raw.flip, fill=-mean_t / std_t)
+    return Dataset(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=raw.num_classes,
+        input_shape=tuple(train.x.shape[1:]),
+        augment=augment,
+        mean=tuple(mean_t.tolist()),
+        std=tuple(std_t.tolist()),
+    )

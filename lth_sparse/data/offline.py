@@ -1,0 +1,82 @@
+"""Datasets that need no download: scikit-learn's digits and MNIST-1D."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cache import cached_tensors
+from .dataset import RawDataset
+from .registry import register_dataset
+
+__all__: list[str] = []
+
+
+@register_dataset("digits")
+def load_digits(data_dir: Path, download: bool) -> RawDataset:
+    """scikit-learn's 8x8 handwritten digits (UCI): 1,797 images, (1, 8, 8), 10 classes.
+
+    The set ships with scikit-learn, offline. It has no official test split, so a
+    fixed 20% (359 images, chosen with seed 0 whatever the run's seed) is held out
+    as the test set; ``val_fraction`` then splits the remaining 1,438.
+    """
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError as error:
+        raise ImportError("dataset 'digits' needs scikit-learn: pip install 'lth_sparse[data]'") from error
+    digits = sklearn_digits()
+    # Pixel values are 0..16; divide so that mean/std are reported on a [0, 1] scale.
+    images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return RawDataset(
+        train_x=images,
+        train_y=torch.as_tensor(digits.target, dtype=torch.int64),
+        test_x=None,
+        test_y=None,
+        num_classes=10,
+        held_out_test_fraction=0.2,
+    )
+
+
+def _generate_mnist1d() -> dict[str, torch.Tensor]:
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as error:
+        raise ImportError("dataset 'mnist1d' needs the mnist1d package: pip install 'lth_sparse[data]'") from error
+    # make_dataset seeds Python's and NumPy's global generators; restore them so that
+    # loading data does not change the caller's random streams.
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(get_dataset_args())
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    return {
+        "train_x": torch.as_tensor(data["x"], dtype=torch.float32),
+        "train_y": torch.as_tensor(data["y"], dtype=torch.int64),
+        "test_x": torch.as_tensor(data["x_test"], dtype=torch.float32),
+        "test_y": torch.as_tensor(data["y_test"], dtype=torch.int64),
+    }
+
+
+@register_dataset("mnist1d")
+def load_mnist1d(data_dir: Path, download: bool) -> RawDataset:
+    """MNIST-1D (Greydanus, 2020): 4,000 training and 1,000 test vectors of 40
+    values, 10 classes.
+
+    Generated offline by the ``mnist1d`` package's ``make_dataset`` with its
+    default arguments (which fix its own seed, 42, so the data are the standard
+    MNIST-1D), and cached under ``data_dir`` after the first time (generation
+    takes a few seconds). The package's own 80/20 train/test split is the
+    official one.
+    """
+    tensors = cached_tensors(data_dir, "mnist1d-default-v1", _generate_mnist1d)
+    return RawDataset(
+        train_x=tensors["train_x"],
+        train_y=tensors["train_y"],
+        test_x=tensors["test_x"],
+        test_y=tensors["test_y"],
+        num_classes=10,
+    )

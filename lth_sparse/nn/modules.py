@@ -1,0 +1,146 @@
+"""Drop-in masked layers: ``MaskedLinear`` and ``MaskedConv2d``.
+
+Each is a subclass of its torch layer (isinstance checks and init code keep
+working) with a bool buffer ``mask`` of the weight's shape, so the mask travels
+with ``state_dict``, ``.to()``, ``deepcopy`` and DDP. The forward runs through
+:func:`lth_sparse.ops.masked_linear` / :func:`~lth_sparse.ops.masked_conv2d`:
+pruned weights never reach the output and receive zero gradient.
+
+Optimizers still move a weight whose gradient is zero (weight decay, momentum,
+Adam's running moments). So every masked weight is registered, at its first
+forward, with a global optimizer step post-hook (see :func:`enforce_masks`)
+that sets its pruned entries, and their optimizer state, back to exactly zero
+after every step of any ``torch.optim`` optimizer. Pruned weights therefore
+stay exactly zero under SGD with momentum and weight decay, Adam and AdamW,
+also when the mask changes between steps or is written directly.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.weak import WeakIdKeyDictionary
+
+from lth_sparse.ops import masked_conv2d, masked_linear
+
+# weight Parameter -> weakref to the masked module owning it (keyed by identity: tensors compare elementwise).
+_MASKED_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+class MaskedMixin:
+    """What both masked layers share: the ``mask`` buffer and its upkeep."""
+
+    mask: Tensor
+    weight: nn.Parameter
+
+    def _init_mask(self, mask: Tensor | None = None) -> None:
+        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
+        if mask is not None:
+            self.set_mask(mask)
+        _MASKED_WEIGHTS[self.weight] = weakref.ref(self)
+
+    def _track(self) -> None:
+        # Cheap, and it catches deepcopies and weights replaced after construction.
+        if self.weight not in _MASKED_WEIGHTS:
+            _MASKED_WEIGHTS[self.weight] = weakref.ref(self)
+
+    @torch.no_grad()
+    def set_mask(self, mask: Tensor) -> None:
+        """Replace the mask (bool, the weight's shape) and zero the weights it prunes."""
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+        if mask.shape != self.weight.shape:
+            raise ValueError(f"mask must have the weight's shape {tuple(self.weight.shape)}, got {tuple(mask.shape)}")
+        self.mask.copy_(mask)
+        self.zero_pruned()
+
+    @torch.no_grad()
+    def zero_pruned(self) -> None:
+        """Set the pruned weights to exactly zero."""
+        self.weight.masked_fill_(~self.mask, 0)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of this layer's weights that are pruned."""
+        return 1.0 - self.mask.sum().item() / max(1, self.mask.numel())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, sparsity={self.sparsity:.4f}"
+
+
+class MaskedLinear(MaskedMixin, nn.Linear):
+    """``nn.Linear`` computing ``x (W * mask)^T + b``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 mask: Tensor | None = None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_mask(mask)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._track()
+        return masked_linear(input, self.weight, self.mask, self.bias)
+
+
+class MaskedConv2d(MaskedMixin, nn.Conv2d):
+    """``nn.Conv2d`` computing ``conv2d(x, W * mask) + b``; every padding mode and 'same'/'valid' work."""
+
+    def __init__(self, *args, mask: Tensor | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_mask(mask)
+
+    def _numeric_padding(self) -> tuple[int, int]:
+        if self.padding == "valid":
+            return (0, 0)
+        if self.padding == "same":
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            if any(t % 2 for t in total):
+                raise ValueError("MaskedConv2d supports padding='same' only where the padding is symmetric "
+                                 f"(dilation * (kernel_size - 1) even), got kernel {self.kernel_size}, "
+                                 f"dilation {self.dilation}")
+            return (total[0] // 2, total[1] // 2)
+        return tuple(self.padding)
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._track()
+        padding = self._numeric_padding()
+        if self.padding_mode != "zeros":
+            input = F.pad(input, (padding[1], padding[1], padding[0], padding[0]), mode=self.padding_mode)
+            padding = (0, 0)
+        return masked_conv2d(input, self.weight, self.mask, self.bias, self.stride, padding, self.dilation,
+                             self.groups)
+
+
+MASKED_TYPES = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
+
+
+def masked_layers(model: nn.Module):
+    """(name, module) for every masked layer of ``model``, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, MaskedMixin)]
+
+
+@torch.no_grad()
+def enforce_masks(optimizer: torch.optim.Optimizer, *args, **kwargs) -> None:
+    """Zero the pruned entries of every masked weight ``optimizer`` holds, and their optimizer state.
+
+    Registered as a global ``torch.optim`` step post-hook when ``lth_sparse.nn``
+    is imported; callable by hand for optimizers outside ``torch.optim``.
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            ref = _MASKED_WEIGHTS.get(param)
+            module = ref() if ref is not None else None
+            if module is None or not isinstance(module, MaskedMixin) or module.weight is not param:
+                continue
+            pruned = ~module.mask
+            param.masked_fill_(pruned, 0)
+            for value in optimizer.state.get(param, {}).values():
+                if isinstance(value, Tensor) and value.shape == param.shape:
+                    value.masked_fill_(pruned, 0)
+
+
+register_optimizer_step_post_hook(enforce_masks)

@@ -1,0 +1,112 @@
+"""Argument checks shared by every backend of every op: errors name the argument."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def check_tensor(name: str, t, *, floating: bool = False) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def check_same_device(**tensors: Tensor | None) -> None:
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {k: v.device for k, v in present.items()}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{k} on {d}" for k, d in devices.items())
+        raise RuntimeError(f"all tensors must be on one device, got {listing}")
+
+
+def check_weight_and_mask(weight: Tensor, mask: Tensor) -> None:
+    check_tensor("weight", weight, floating=True)
+    check_tensor("mask", mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
+    if mask.shape != weight.shape:
+        raise ValueError(f"mask must have the weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
+
+
+def check_bias(name: str, bias: Tensor | None, out_features: int, weight: Tensor) -> None:
+    if bias is None:
+        return
+    check_tensor(name, bias, floating=True)
+    if bias.shape != (out_features,):
+        raise ValueError(f"{name} must have shape ({out_features},), got {tuple(bias.shape)}")
+    if bias.dtype != weight.dtype:
+        raise TypeError(f"{name} must have the weight's dtype {weight.dtype}, got {bias.dtype}")
+
+
+def check_input_dtype(input: Tensor, weight: Tensor) -> None:
+    check_tensor("input", input, floating=True)
+    if input.dtype != weight.dtype:
+        raise TypeError(f"input and weight must have one dtype, got {input.dtype} and {weight.dtype}")
+
+
+def check_score_list(name: str, tensors: Sequence[Tensor]) -> None:
+    if isinstance(tensors, Tensor) or not isinstance(tensors, Sequence):
+        raise TypeError(f"{name} must be a list or tuple of tensors, got {type(tensors).__name__}")
+    if len(tensors) == 0:
+        raise ValueError(f"{name} must not be empty")
+    for i, t in enumerate(tensors):
+        check_tensor(f"{name}[{i}]", t, floating=True)
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise TypeError(f"{name} must share one dtype, got {sorted(str(d) for d in dtypes)}")
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise RuntimeError(f"{name} must all be on one device, got {sorted(str(d) for d in devices)}")
+
+
+def check_mask_list(masks: Sequence[Tensor], scores: Sequence[Tensor]) -> None:
+    if isinstance(masks, Tensor) or not isinstance(masks, Sequence):
+        raise TypeError(f"masks must be a list or tuple of bool tensors or None, got {type(masks).__name__}")
+    if len(masks) != len(scores):
+        raise ValueError(f"masks must have one mask per score tensor ({len(scores)}), got {len(masks)}")
+    for i, (m, s) in enumerate(zip(masks, scores)):
+        check_tensor(f"masks[{i}]", m)
+        if m.dtype != torch.bool:
+            raise TypeError(f"masks[{i}] must be a bool tensor, got {m.dtype}")
+        if m.shape != s.shape:
+            raise ValueError(f"masks[{i}] must have the shape of scores[{i}] {tuple(s.shape)}, got {tuple(m.shape)}")
+        if m.device != s.device:
+            raise RuntimeError(f"masks[{i}] is on {m.device} but scores[{i}] is on {s.device}")
+
+
+def check_k(k, low: int, high: int, what: str) -> None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if not low <= k <= high:
+        raise ValueError(f"k must be in [{low}, {high}] ({what}), got {k}")
+
+
+def check_alphas(alphas: Tensor, input: Tensor) -> None:
+    check_tensor("alphas", alphas, floating=True)
+    if alphas.dim() != 1:
+        raise ValueError(f"alphas must be 1-D, got shape {tuple(alphas.shape)}")
+    if alphas.shape[0] == 0:
+        raise ValueError("alphas must hold at least one value")
+    if input.dim() < 2:
+        raise ValueError(f"input must be (A or 1, *, features), got shape {tuple(input.shape)}")
+    if input.shape[0] not in (1, alphas.shape[0]):
+        raise ValueError(
+            f"input's first dimension must be 1 (shared by all alphas) or len(alphas)={alphas.shape[0]}, "
+            f"got {input.shape[0]}")
+
+
+def check_interpolation_pair(weight_a: Tensor, weight_b: Tensor, bias_a: Tensor | None, bias_b: Tensor | None) -> None:
+    check_tensor("weight_a", weight_a, floating=True)
+    check_tensor("weight_b", weight_b, floating=True)
+    if weight_a.shape != weight_b.shape:
+        raise ValueError(f"weight_b must have weight_a's shape {tuple(weight_a.shape)}, got {tuple(weight_b.shape)}")
+    if weight_a.dtype != weight_b.dtype:
+        raise TypeError(f"weight_a and weight_b must have one dtype, got {weight_a.dtype} and {weight_b.dtype}")
+    if (bias_a is None) != (bias_b is None):
+        raise ValueError("bias_a and bias_b must be given together, or both be None")
+    check_bias("bias_a", bias_a, weight_a.shape[0], weight_a)
+    check_bias("bias_b", bias_b, weight_a.shape[0], weight_a)

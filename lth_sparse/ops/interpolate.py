@@ -1,0 +1,282 @@
+"""Batched evaluation along the linear path between two weight sets.
+
+``interpolated_linear`` and ``interpolated_conv2d`` evaluate a layer at every
+point ``W(alpha) = (1 - alpha) W_a + alpha W_b`` (bias likewise) of a 1-D tensor
+``alphas`` in one call, as used to measure error barriers (linear mode
+connectivity, Frankle et al. 2020, "Linear Mode Connectivity and the Lottery
+Ticket Hypothesis"). The output is linear in alpha for a fixed input, so:
+
+- a shared input (first dimension 1) costs two products, ``x W_a^T`` and
+  ``x W_b^T``, combined per alpha (``torch.lerp``) instead of A products;
+- per-alpha inputs are evaluated in blocks of alphas with one batched product,
+  each interpolated weight formed for its block only, never A at once.
+
+The backward uses the same linearity: every gradient is two products with
+``W_a`` and ``W_b`` of the alpha-weighted output gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.modules.utils import _pair
+
+from lth_sparse._dispatch import choose_backend
+from lth_sparse.ops import _checks
+from lth_sparse.ops.masked_conv2d import check_conv_geometry
+
+IMPLEMENTED = ("torch",)
+
+# At most this many bytes of interpolated weights exist at once, and at most
+# _MAX_BLOCK alphas share one batched product.
+_WEIGHT_BLOCK_BYTES = 64 << 20
+_MAX_BLOCK = 8
+
+
+def _alpha_blocks(num_alphas: int, weight: Tensor):
+    per_alpha = max(1, weight.numel() * weight.element_size())
+    size = max(1, min(_MAX_BLOCK, _WEIGHT_BLOCK_BYTES // per_alpha))
+    for start in range(0, num_alphas, size):
+        yield slice(start, min(num_alphas, start + size))
+
+
+def _alpha_view(alphas: Tensor, ndim: int) -> Tensor:
+    """alphas (A,) shaped to broadcast over an (A, ...) tensor of ``ndim`` dims."""
+    return alphas.reshape(-1, *([1] * (ndim - 1)))
+
+
+class _Linear:
+    """The bias-free product of a linear layer and its two gradients."""
+
+    @staticmethod
+    def product(x, w):
+        return F.linear(x, w)
+
+    @staticmethod
+    def grad_input(g, w, x_shape):
+        return g.matmul(w)
+
+    @staticmethod
+    def grad_weight(x, g, w_shape):
+        return g.reshape(-1, w_shape[0]).t().matmul(x.reshape(-1, w_shape[1]))
+
+    @staticmethod
+    def grad_bias(g):
+        return g.reshape(-1, g.shape[-1]).sum(0)
+
+    @staticmethod
+    def add_bias(y, b):
+        return y + b
+
+
+class _Conv:
+    """The bias-free product of a conv layer and its two gradients; inputs are (N, C, H, W)."""
+
+    def __init__(self, stride, padding, dilation, groups):
+        self.args = (stride, padding, dilation, groups)
+
+    def product(self, x, w):
+        return F.conv2d(x, w, None, *self.args)
+
+    def grad_input(self, g, w, x_shape):
+        return torch.nn.grad.conv2d_input(x_shape, w, g, *self.args)
+
+    def grad_weight(self, x, g, w_shape):
+        return torch.nn.grad.conv2d_weight(x, w_shape, g, *self.args)
+
+    @staticmethod
+    def grad_bias(g):
+        return g.sum((0, 2, 3))
+
+    @staticmethod
+    def add_bias(y, b):
+        return y + b.reshape(-1, 1, 1)
+
+
+def _backward(layer, grad, input, weight_a, weight_b, alphas, bias_a, bias_b, needs):
+    """Gradients of the interpolated layer for (input, weight_a, weight_b, alphas, bias_a, bias_b).
+
+    ``grad``: (A, *batch, *out); ``input``: (A or 1, *batch, *in). The inner
+    ``layer`` functions take one flat batch, so the alpha dimension is folded into it.
+    """
+    need_input, need_wa, need_wb, need_alpha, need_ba, need_bb = needs
+    num_alphas = alphas.shape[0]
+    shared = input.shape[0] == 1 and num_alphas > 1
+    coef_b = _alpha_view(alphas, grad.dim())
+    coef_a = 1 - coef_b
+    if shared:
+        x = input[0]
+        grad_a, grad_b = (coef_a * grad).sum(0), (coef_b * grad).sum(0)
+    else:
+        x = input.flatten(0, 1)
+        grad_a, grad_b = (coef_a * grad).flatten(0, 1), (coef_b * grad).flatten(0, 1)
+    out = [None] * 6
+    if need_input:
+        grad_input = layer.grad_input(grad_a, weight_a, x.shape) + layer.grad_input(grad_b, weight_b, x.shape)
+        out[0] = grad_input.reshape(input.shape)
+    if need_wa:
+        out[1] = layer.grad_weight(x, grad_a, weight_a.shape)
+    if need_wb:
+        out[2] = layer.grad_weight(x, grad_b, weight_b.shape)
+    if need_alpha:
+        # d out_i / d alpha_i = x_i (W_b - W_a)^T + (b_b - b_a)
+        direction = layer.product(x, weight_b - weight_a)
+        direction = direction.reshape(grad.shape[1:] if shared else grad.shape)
+        if bias_a is not None:
+            direction = layer.add_bias(direction, bias_b - bias_a)
+        out[3] = (grad * direction).reshape(num_alphas, -1).sum(1)
+    if need_ba:
+        out[4] = layer.grad_bias(grad_a)
+    if need_bb:
+        out[5] = layer.grad_bias(grad_b)
+    return out
+
+
+def _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, batched_per_alpha):
+    num_alphas = alphas.shape[0]
+    if input.shape[0] == 1:
+        y_a, y_b = layer.product(input[0], weight_a), layer.product(input[0], weight_b)
+        if bias_a is not None:
+            y_a, y_b = layer.add_bias(y_a, bias_a), layer.add_bias(y_b, bias_b)
+        return torch.lerp(y_a.unsqueeze(0), y_b.unsqueeze(0), _alpha_view(alphas, y_a.dim() + 1).to(y_a.dtype))
+    outputs = []
+    for block in _alpha_blocks(num_alphas, weight_a):
+        coef = alphas[block].reshape(-1, *([1] * weight_a.dim())).to(weight_a.dtype)
+        weights = torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef)
+        biases = None if bias_a is None else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1])
+        outputs.append(batched_per_alpha(input[block], weights, biases))
+    return torch.cat(outputs)
+
+
+def _linear_per_alpha(x, weights, biases):
+    """x: (B, *, in), weights: (B, out, in), biases: (B, out) or None -> (B, *, out)."""
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    if biases is None:
+        y = torch.bmm(flat, weights.transpose(1, 2))
+    else:
+        y = torch.baddbmm(biases.unsqueeze(1), flat, weights.transpose(1, 2))
+    return y.reshape(*x.shape[:-1], weights.shape[1])
+
+
+def _conv_per_alpha(conv_args):
+    stride, padding, dilation, groups = conv_args
+
+    def run(x, weights, biases):
+        """x: (B, N, C, H, W), weights: (B, C_out, C/g, kH, kW) -> (B, N, C_out, H', W') in one grouped conv."""
+        blocks, n = x.shape[:2]
+        stacked = x.transpose(0, 1).reshape(n, blocks * x.shape[2], *x.shape[3:])
+        y = F.conv2d(stacked, weights.flatten(0, 1), None if biases is None else biases.flatten(),
+                     stride, padding, dilation, groups * blocks)
+        return y.reshape(n, blocks, weights.shape[1], *y.shape[2:]).transpose(0, 1)
+
+    return run
+
+
+def _check_linear(input, weight_a, weight_b, alphas, bias_a, bias_b):
+    _checks.check_interpolation_pair(weight_a, weight_b, bias_a, bias_b)
+    _checks.check_input_dtype(input, weight_a)
+    _checks.check_alphas(alphas, input)
+    if weight_a.dim() != 2:
+        raise ValueError(f"weight_a must be 2-D (out_features, in_features), got shape {tuple(weight_a.shape)}")
+    if input.shape[-1] != weight_a.shape[1]:
+        raise ValueError(f"input must be (A or 1, *, in_features={weight_a.shape[1]}), got {tuple(input.shape)}")
+    _checks.check_same_device(input=input, weight_a=weight_a, weight_b=weight_b, alphas=alphas,
+                              bias_a=bias_a, bias_b=bias_b)
+
+
+def _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups):
+    _checks.check_interpolation_pair(weight_a, weight_b, bias_a, bias_b)
+    _checks.check_input_dtype(input, weight_a)
+    _checks.check_alphas(alphas, input)
+    if input.dim() != 5:
+        raise ValueError(f"input must be (A or 1, N, C, H, W), got shape {tuple(input.shape)}")
+    check_conv_geometry(input[0], weight_a, stride, padding, dilation, groups)
+    _checks.check_same_device(input=input, weight_a=weight_a, weight_b=weight_b, alphas=alphas,
+                              bias_a=bias_a, bias_b=bias_b)
+
+
+@torch.library.custom_op("lth_sparse::interpolated_linear", mutates_args=())
+def _interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
+                         bias_a: Tensor | None, bias_b: Tensor | None) -> Tensor:
+    _check_linear(input, weight_a, weight_b, alphas, bias_a, bias_b)
+    choose_backend("interpolated_linear", input.device, IMPLEMENTED)
+    return _forward(_Linear, input, weight_a, weight_b, alphas, bias_a, bias_b, _linear_per_alpha)
+
+
+@_interpolated_linear.register_fake
+def _(input, weight_a, weight_b, alphas, bias_a, bias_b):
+    _check_linear(input, weight_a, weight_b, alphas, bias_a, bias_b)
+    return input.new_empty(alphas.shape[0], *input.shape[1:-1], weight_a.shape[0])
+
+
+def _setup_linear(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward_linear(ctx, grad):
+    return tuple(_backward(_Linear, grad, *ctx.saved_tensors, ctx.needs_input_grad))
+
+
+_interpolated_linear.register_autograd(_backward_linear, setup_context=_setup_linear)
+
+
+def _conv_out_size(input, weight, stride, padding, dilation):
+    return [(input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
+            for i in range(2)]
+
+
+@torch.library.custom_op("lth_sparse::interpolated_conv2d", mutates_args=())
+def _interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
+                         bias_a: Tensor | None, bias_b: Tensor | None, stride: list[int], padding: list[int],
+                         dilation: list[int], groups: int) -> Tensor:
+    _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups)
+    choose_backend("interpolated_conv2d", input.device, IMPLEMENTED)
+    conv_args = (stride, padding, dilation, groups)
+    return _forward(_Conv(*conv_args), input, weight_a, weight_b, alphas, bias_a, bias_b, _conv_per_alpha(conv_args))
+
+
+@_interpolated_conv2d.register_fake
+def _(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups):
+    _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups)
+    return input.new_empty(alphas.shape[0], input.shape[1], weight_a.shape[0],
+                           *_conv_out_size(input, weight_a, stride, padding, dilation))
+
+
+def _setup_conv(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:6])
+    ctx.conv_args = tuple(inputs[6:])
+
+
+def _backward_conv(ctx, grad):
+    grads = _backward(_Conv(*ctx.conv_args), grad, *ctx.saved_tensors, ctx.needs_input_grad[:6])
+    return (*grads, None, None, None, None)
+
+
+_interpolated_conv2d.register_autograd(_backward_conv, setup_context=_setup_conv)
+
+
+def interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
+                        bias_a: Tensor | None = None, bias_b: Tensor | None = None) -> Tensor:
+    """A linear layer at every point of the path from (weight_a, bias_a) to (weight_b, bias_b).
+
+    For each of the A values ``alphas[i]``: ``F.linear(x_i, (1 - a) W_a + a W_b, (1 - a) b_a + a b_b)``.
+    input: (A, *, in) (one input per alpha) or (1, *, in) (shared by all, never
+    copied); weight_a/weight_b: (out, in); alphas: (A,); biases: (out,) or both
+    None. Returns (A, *, out). Differentiable in every tensor argument.
+    """
+    return _interpolated_linear(input, weight_a, weight_b, alphas, bias_a, bias_b)
+
+
+def interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
+                        bias_a: Tensor | None = None, bias_b: Tensor | None = None,
+                        stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+    """``conv2d`` at every point of the path between two weight sets.
+
+    input: (A or 1, N, C, H, W); weight_a/weight_b: (C_out, C/groups, kH, kW);
+    alphas: (A,). Returns (A, N, C_out, H_out, W_out). Zero padding given as int or pair.
+    """
+    if isinstance(padding, str):
+        raise ValueError("padding must be an int or a pair")
+    return _interpolated_conv2d(input, weight_a, weight_b, alphas, bias_a, bias_b, list(_pair(stride)),
+                                list(_pair(padding)), list(_pair(dilation)), groups)

@@ -1,0 +1,135 @@
+"""``masked_conv2d``: ``conv2d(x, W * M) + b`` with the weight gradient masked.
+
+Registered as ``torch.ops.lth_sparse.masked_conv2d``; backward as
+``masked_conv2d_backward``: dX = conv2d_input(dY, W * M), dW = conv2d_weight(X, dY) * M,
+db = dY summed over batch and space.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.modules.utils import _pair
+
+from lth_sparse._dispatch import choose_backend
+from lth_sparse.ops import _checks
+
+IMPLEMENTED = ("torch",)
+
+
+def check_conv_geometry(input: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> None:
+    """Checks shared with ``interpolated_conv2d``: input (N, C, H, W) or (C, H, W) fits the weight."""
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be 4-D (out_channels, in_channels/groups, kH, kW), got {tuple(weight.shape)}")
+    if input.dim() not in (3, 4):
+        raise ValueError(f"input must be (N, C, H, W) or (C, H, W), got shape {tuple(input.shape)}")
+    if not isinstance(groups, int) or groups < 1 or weight.shape[0] % groups:
+        raise ValueError(f"groups must be a positive int dividing out_channels={weight.shape[0]}, got {groups}")
+    channels = input.shape[-3]
+    if channels != weight.shape[1] * groups:
+        raise ValueError(f"input has {channels} channels, the weight expects {weight.shape[1] * groups} "
+                         f"(in_channels/groups={weight.shape[1]} x groups={groups})")
+    for name, value, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if len(value) != 2 or any(v < low for v in value):
+            raise ValueError(f"{name} must be two ints >= {low}, got {list(value)}")
+
+
+def _check(input, weight, mask, bias, stride, padding, dilation, groups):
+    _checks.check_weight_and_mask(weight, mask)
+    _checks.check_input_dtype(input, weight)
+    check_conv_geometry(input, weight, stride, padding, dilation, groups)
+    _checks.check_bias("bias", bias, weight.shape[0], weight)
+    _checks.check_same_device(input=input, weight=weight, mask=mask, bias=bias)
+
+
+def _forward_torch(input, weight, mask, bias, stride, padding, dilation, groups):
+    return F.conv2d(input, torch.where(mask, weight, 0), bias, stride, padding, dilation, groups)
+
+
+def _backward_torch(grad, input, weight, mask, stride, padding, dilation, groups, need_input, need_weight, need_bias):
+    unbatched = input.dim() == 3
+    if unbatched:
+        grad, input = grad.unsqueeze(0), input.unsqueeze(0)
+    grad_input = grad_weight = grad.new_empty(0)
+    if need_input:
+        grad_input = torch.nn.grad.conv2d_input(input.shape, torch.where(mask, weight, 0), grad,
+                                                stride, padding, dilation, groups)
+        if unbatched:
+            grad_input = grad_input.squeeze(0)
+    if need_weight:
+        grad_weight = torch.nn.grad.conv2d_weight(input, weight.shape, grad, stride, padding, dilation, groups)
+        grad_weight.masked_fill_(~mask, 0)
+    grad_bias = grad.sum((0, 2, 3)) if need_bias else grad.new_empty(0)
+    return grad_input, grad_weight, grad_bias
+
+
+_FORWARD = {"torch": _forward_torch}
+_BACKWARD = {"torch": _backward_torch}
+
+
+@torch.library.custom_op("lth_sparse::masked_conv2d", mutates_args=())
+def _masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None, stride: list[int],
+                   padding: list[int], dilation: list[int], groups: int) -> Tensor:
+    _check(input, weight, mask, bias, stride, padding, dilation, groups)
+    backend = choose_backend("masked_conv2d", input.device, IMPLEMENTED)
+    return _FORWARD[backend](input, weight, mask, bias, stride, padding, dilation, groups)
+
+
+@_masked_conv2d.register_fake
+def _(input, weight, mask, bias, stride, padding, dilation, groups):
+    _check(input, weight, mask, bias, stride, padding, dilation, groups)
+    size = [(input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
+            for i in range(2)]
+    return input.new_empty(*input.shape[:-3], weight.shape[0], *size)
+
+
+@torch.library.custom_op("lth_sparse::masked_conv2d_backward", mutates_args=())
+def _masked_conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Tensor, stride: list[int],
+                            padding: list[int], dilation: list[int], groups: int, need_input: bool,
+                            need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    backend = choose_backend("masked_conv2d", grad.device, IMPLEMENTED)
+    return _BACKWARD[backend](grad, input, weight, mask, stride, padding, dilation, groups,
+                              need_input, need_weight, need_bias)
+
+
+@_masked_conv2d_backward.register_fake
+def _(grad, input, weight, mask, stride, padding, dilation, groups, need_input, need_weight, need_bias):
+    return (input.new_empty(input.shape) if need_input else grad.new_empty(0),
+            weight.new_empty(weight.shape) if need_weight else grad.new_empty(0),
+            weight.new_empty(weight.shape[0]) if need_bias else grad.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, mask, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight, mask)
+    ctx.geometry = (stride, padding, dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    input, weight, mask = ctx.saved_tensors
+    need_input, need_weight, _, need_bias = ctx.needs_input_grad[:4]
+    need_bias = bool(need_bias and ctx.has_bias)
+    grad_input, grad_weight, grad_bias = _masked_conv2d_backward(
+        grad, input, weight, mask, *ctx.geometry, need_input, need_weight, need_bias)
+    return (grad_input if need_input else None, grad_weight if need_weight else None, None,
+            grad_bias if need_bias else None, None, None, None, None)
+
+
+_masked_conv2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+def masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None,
+                  stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+    """``F.conv2d(input, weight * mask, bias, stride, padding, dilation, groups)``, weight gradient masked.
+
+    input: (N, C, H, W) or (C, H, W); weight: (C_out, C/groups, kH, kW); mask:
+    bool, the weight's shape; stride/padding/dilation: int or pair (zero padding,
+    numeric only: ``MaskedConv2d`` turns 'same'/'valid' and other padding modes
+    into these). Returns (N, C_out, H_out, W_out).
+    """
+    if isinstance(padding, str):
+        raise ValueError("padding must be an int or a pair here; MaskedConv2d resolves 'same' and 'valid'")
+    return _masked_conv2d(input, weight, mask, bias, list(_pair(stride)), list(_pair(padding)),
+                          list(_pair(dilation)), groups)

@@ -1,0 +1,106 @@
+"""``masked_linear``: ``y = x (W * M)^T + b`` with the weight gradient masked.
+
+Registered as ``torch.ops.lth_sparse.masked_linear`` (schema, fake kernel and
+autograd formula here, shared by every backend). The backward is its own op,
+``masked_linear_backward``, so faster backends can replace it too:
+
+    dX = dY (W * M),   dW = (dY^T X) * M,   db = sum(dY)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lth_sparse._dispatch import choose_backend
+from lth_sparse.ops import _checks
+
+IMPLEMENTED = ("torch",)
+
+
+def _check(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> None:
+    _checks.check_weight_and_mask(weight, mask)
+    _checks.check_input_dtype(input, weight)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if input.dim() < 1 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"input must be (*, in_features={weight.shape[1]}), got shape {tuple(input.shape)}")
+    _checks.check_bias("bias", bias, weight.shape[0], weight)
+    _checks.check_same_device(input=input, weight=weight, mask=mask, bias=bias)
+
+
+def _forward_torch(input, weight, mask, bias):
+    return F.linear(input, torch.where(mask, weight, 0), bias)
+
+
+def _backward_torch(grad, input, weight, mask, need_input, need_weight, need_bias):
+    grad_input = grad.matmul(torch.where(mask, weight, 0)) if need_input else grad.new_empty(0)
+    grad_2d = grad.reshape(-1, weight.shape[0])
+    if need_weight:
+        grad_weight = grad_2d.t().matmul(input.reshape(-1, weight.shape[1]))
+        grad_weight.masked_fill_(~mask, 0)
+    else:
+        grad_weight = grad.new_empty(0)
+    grad_bias = grad_2d.sum(0) if need_bias else grad.new_empty(0)
+    return grad_input, grad_weight, grad_bias
+
+
+_FORWARD = {"torch": _forward_torch}
+_BACKWARD = {"torch": _backward_torch}
+
+
+@torch.library.custom_op("lth_sparse::masked_linear", mutates_args=())
+def _masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
+    _check(input, weight, mask, bias)
+    return _FORWARD[choose_backend("masked_linear", input.device, IMPLEMENTED)](input, weight, mask, bias)
+
+
+@_masked_linear.register_fake
+def _(input, weight, mask, bias):
+    _check(input, weight, mask, bias)
+    return input.new_empty(*input.shape[:-1], weight.shape[0])
+
+
+@torch.library.custom_op("lth_sparse::masked_linear_backward", mutates_args=())
+def _masked_linear_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Tensor, need_input: bool,
+                            need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    backend = choose_backend("masked_linear", grad.device, IMPLEMENTED)
+    return _BACKWARD[backend](grad, input, weight, mask, need_input, need_weight, need_bias)
+
+
+@_masked_linear_backward.register_fake
+def _(grad, input, weight, mask, need_input, need_weight, need_bias):
+    return (input.new_empty(input.shape) if need_input else grad.new_empty(0),
+            weight.new_empty(weight.shape) if need_weight else grad.new_empty(0),
+            weight.new_empty(weight.shape[0]) if need_bias else grad.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, mask, bias = inputs
+    ctx.save_for_backward(input, weight, mask)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    input, weight, mask = ctx.saved_tensors
+    need_input, need_weight, _, need_bias = ctx.needs_input_grad
+    grad_input, grad_weight, grad_bias = _masked_linear_backward(
+        grad, input, weight, mask, need_input, need_weight, bool(need_bias and ctx.has_bias))
+    return (grad_input if need_input else None, grad_weight if need_weight else None, None,
+            grad_bias if need_bias and ctx.has_bias else None)
+
+
+_masked_linear.register_autograd(_backward, setup_context=_setup_context)
+
+
+def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(input, weight * mask, bias)``; the weight gradient is zero where ``mask`` is False.
+
+    input: (*, in_features); weight: (out_features, in_features), floating, the
+    input's dtype; mask: bool, the weight's shape; bias: (out_features,) or None.
+    Returns (*, out_features). Pruned weights never reach the output, even when
+    they hold inf or NaN. Raises TypeError/ValueError/RuntimeError naming the
+    argument on a dtype, shape or device mismatch.
+    """
+    return _masked_linear(input, weight, mask, bias)

@@ -1,0 +1,178 @@
+"""Global selection across many tensors: ``kth_smallest`` and ``prune_lowest``.
+
+Both work on all tensors at once without concatenating them. Values are ordered
+as ``torch.sort`` orders them: NaN above +inf, and -0.0 equal to +0.0.
+``prune_lowest`` breaks ties by position: an entry of an earlier tensor first,
+then a lower flat index.
+
+Backends: the C++ CPU kernel (``csrc/cpu/select.cpp``), the CUDA kernel
+(``csrc/cuda/select.cu``, opt-in until verified on a GPU), and the torch
+fallback below: a radix select on 16-bit digits of an order-preserving integer
+key, one ``bincount`` per tensor per digit, so no tensor-wide copy is made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lth_sparse._dispatch import choose_backend, cpp_extension, cuda_extension
+from lth_sparse.ops import _checks
+
+IMPLEMENTED = ("cuda", "cpp", "torch")
+
+_INT_FOR = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_DIGIT_BITS = 16
+
+
+def _order_key(t: Tensor) -> Tensor:
+    """Signed integer keys whose order is the float order (NaN largest, -0 == +0)."""
+    itype = _INT_FOR[t.element_size()]
+    bits = t.reshape(-1).view(itype)
+    flip = torch.iinfo(itype).max  # flips every bit but the sign: reverses the order of negatives
+    key = torch.where(bits < 0, bits ^ flip, bits)
+    key = torch.where(key == -1, torch.zeros_like(key), key)  # -0.0 maps to -1: make it +0.0
+    return torch.where(torch.isnan(t.reshape(-1)), torch.full_like(key, flip), key)
+
+
+def _key_to_value(key: int, dtype: torch.dtype, device) -> Tensor:
+    itype = _INT_FOR[torch.empty((), dtype=dtype).element_size()]
+    bits = key if key >= 0 else key ^ torch.iinfo(itype).max
+    return torch.tensor(bits, dtype=itype, device=device).view(dtype).clone()
+
+
+def _radix_select_key(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: int) -> tuple[int, int]:
+    """The k-th smallest key among active entries, and how many active keys are strictly below it."""
+    nbits = scores[0].element_size() * 8
+    device = scores[0].device
+    prefix, below = 0, 0
+    for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
+        hist = torch.zeros(1 << _DIGIT_BITS, dtype=torch.int64, device=device)
+        for i, s in enumerate(scores):
+            key = _order_key(s)
+            if masks is not None:
+                key = key[masks[i].reshape(-1)]
+            if shift + _DIGIT_BITS < nbits:
+                key = key[(key >> (shift + _DIGIT_BITS)) == prefix]
+            digit = (key >> shift).long()
+            digit = digit + (1 << (_DIGIT_BITS - 1)) if shift + _DIGIT_BITS == nbits else digit & 0xFFFF
+            hist += torch.bincount(digit, minlength=1 << _DIGIT_BITS)
+        cumulative = hist.cumsum(0)
+        d = int(torch.searchsorted(cumulative, torch.tensor(k - below, device=device)))
+        below += int(cumulative[d - 1]) if d > 0 else 0
+        top = shift + _DIGIT_BITS == nbits
+        prefix = (d - (1 << (_DIGIT_BITS - 1))) if top else (prefix << _DIGIT_BITS) | d
+    return prefix, below
+
+
+def _kth_smallest_torch(tensors: Sequence[Tensor], k: int) -> Tensor:
+    key, _ = _radix_select_key(tensors, None, k)
+    return _key_to_value(key, tensors[0].dtype, tensors[0].device)
+
+
+def _prune_lowest_torch(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: int) -> list[Tensor]:
+    if k == 0:
+        return [torch.ones_like(s, dtype=torch.bool) if masks is None else masks[i].clone()
+                for i, s in enumerate(scores)]
+    threshold, below = _radix_select_key(scores, masks, k)
+    ties_to_prune = k - below
+    out = []
+    for i, s in enumerate(scores):
+        key = _order_key(s)
+        active = torch.ones_like(key, dtype=torch.bool) if masks is None else masks[i].reshape(-1)
+        tie = active & (key == threshold)
+        rank = tie.cumsum(0)  # 1-based rank of each tie within this tensor
+        prune_tie = tie & (rank <= ties_to_prune)
+        ties_to_prune -= int(min(int(rank[-1]) if rank.numel() else 0, ties_to_prune))
+        out.append((active & (key >= threshold) & ~prune_tie).reshape(s.shape))
+    return out
+
+
+def _kth_smallest_ext(ext):
+    return lambda tensors, k: ext.kth_smallest(list(tensors), k)
+
+
+def _prune_lowest_ext(ext):
+    return lambda scores, masks, k: ext.prune_lowest(list(scores), None if masks is None else list(masks), k)
+
+
+def _kernel(op: str, device) -> object:
+    backend = choose_backend(op, device, IMPLEMENTED)
+    if backend == "torch":
+        return {"kth_smallest": _kth_smallest_torch, "prune_lowest": _prune_lowest_torch}[op]
+    ext = cpp_extension() if backend == "cpp" else cuda_extension()
+    return _kth_smallest_ext(ext) if op == "kth_smallest" else _prune_lowest_ext(ext)
+
+
+def _check_kth(tensors, k):
+    _checks.check_score_list("tensors", tensors)
+    total = sum(t.numel() for t in tensors)
+    if total == 0:
+        raise ValueError("tensors hold no elements")
+    _checks.check_k(k, 1, total, "the number of elements")
+
+
+@torch.library.custom_op("lth_sparse::kth_smallest", mutates_args=())
+def _kth_smallest(tensors: list[Tensor], k: int) -> Tensor:
+    _check_kth(tensors, k)
+    return _kernel("kth_smallest", tensors[0].device)(tensors, k)
+
+
+@_kth_smallest.register_fake
+def _(tensors, k):
+    _check_kth(tensors, k)
+    return tensors[0].new_empty(())
+
+
+def _check_prune(scores, masks, k, count_active: bool) -> None:
+    _checks.check_score_list("scores", scores)
+    if masks is not None:
+        _checks.check_mask_list(masks, scores)
+    if count_active:
+        active = (sum(int(m.sum()) for m in masks) if masks is not None
+                  else sum(s.numel() for s in scores))
+        _checks.check_k(k, 0, active, "the number of entries still unpruned")
+    else:
+        _checks.check_k(k, 0, sum(s.numel() for s in scores), "the number of entries")
+
+
+# The schema has no optional list: an empty ``masks`` list stands for None (all active).
+@torch.library.custom_op("lth_sparse::prune_lowest", mutates_args=())
+def _prune_lowest(scores: list[Tensor], masks: list[Tensor], k: int) -> list[Tensor]:
+    masks = masks or None
+    _check_prune(scores, masks, k, count_active=True)
+    return _kernel("prune_lowest", scores[0].device)(scores, masks, k)
+
+
+@_prune_lowest.register_fake
+def _(scores, masks, k):
+    _check_prune(scores, masks or None, k, count_active=False)
+    return [s.new_empty(s.shape, dtype=torch.bool) for s in scores]
+
+
+def kth_smallest(tensors: Sequence[Tensor], k: int) -> Tensor:
+    """The k-th smallest (1-based) value over all elements of ``tensors``, without concatenating them.
+
+    Equal to ``torch.cat([t.reshape(-1) for t in tensors]).kthvalue(k).values``.
+    tensors: a non-empty list of floating tensors of one dtype and device (0-size
+    tensors allowed); k: 1 <= k <= total elements. Returns a 0-dim tensor.
+    NaN counts as larger than +inf.
+    """
+    return _kth_smallest(list(tensors) if isinstance(tensors, tuple) else tensors, k)
+
+
+def prune_lowest(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: int) -> list[Tensor]:
+    """New bool masks in which exactly the k lowest-scoring still-active entries become False.
+
+    scores: floating tensors of one dtype and device; masks: bool tensors of the
+    same shapes, or None (all active). Entries already False stay False. Ties
+    break by position: an earlier tensor, then a lower flat index, is pruned
+    first. NaN scores count as the largest (pruned last).
+    0 <= k <= number of entries still unpruned.
+    """
+    scores = list(scores) if isinstance(scores, tuple) else scores
+    if masks is not None:
+        _checks.check_mask_list(masks, scores)
+    return _prune_lowest(scores, [] if masks is None else list(masks), k)
