@@ -78,9 +78,13 @@ def check_mask_list(masks: Sequence[Tensor], scores: Sequence[Tensor]) -> None:
             raise RuntimeError(f"masks[{i}] is on {m.device} but scores[{i}] is on {s.device}")
 
 
+def check_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+
+
 def check_k(k, low: int, high: int, what: str) -> None:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    check_int("k", k)
     if not low <= k <= high:
         raise ValueError(f"k must be in [{low}, {high}] ({what}), got {k}")
 

@@ -59,11 +59,12 @@ class _Linear:
 
     @staticmethod
     def grad_weight(x, g, w_shape):
-        return g.reshape(-1, w_shape[0]).t().matmul(x.reshape(-1, w_shape[1]))
+        rows = g.shape[:-1].numel()
+        return g.reshape(rows, w_shape[0]).t().matmul(x.reshape(rows, w_shape[1]))
 
     @staticmethod
     def grad_bias(g):
-        return g.reshape(-1, g.shape[-1]).sum(0)
+        return g.reshape(g.shape[:-1].numel(), g.shape[-1]).sum(0)
 
     @staticmethod
     def add_bias(y, b):

@@ -36,9 +36,10 @@ def _forward_torch(input, weight, mask, bias):
 
 def _backward_torch(grad, input, weight, mask, need_input, need_weight, need_bias):
     grad_input = grad.matmul(torch.where(mask, weight, 0)) if need_input else grad.new_empty(0)
-    grad_2d = grad.reshape(-1, weight.shape[0])
+    rows = grad.shape[:-1].numel()
+    grad_2d = grad.reshape(rows, weight.shape[0])
     if need_weight:
-        grad_weight = grad_2d.t().matmul(input.reshape(-1, weight.shape[1]))
+        grad_weight = grad_2d.t().matmul(input.reshape(rows, weight.shape[1]))
         grad_weight.masked_fill_(~mask, 0)
     else:
         grad_weight = grad.new_empty(0)

@@ -160,7 +160,9 @@ def kth_smallest(tensors: Sequence[Tensor], k: int) -> Tensor:
     tensors allowed); k: 1 <= k <= total elements. Returns a 0-dim tensor.
     NaN counts as larger than +inf.
     """
-    return _kth_smallest(list(tensors) if isinstance(tensors, tuple) else tensors, k)
+    _checks.check_score_list("tensors", tensors)
+    _checks.check_int("k", k)
+    return _kth_smallest(list(tensors), k)
 
 
 def prune_lowest(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: int) -> list[Tensor]:
@@ -172,7 +174,9 @@ def prune_lowest(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: in
     first. NaN scores count as the largest (pruned last).
     0 <= k <= number of entries still unpruned.
     """
-    scores = list(scores) if isinstance(scores, tuple) else scores
+    _checks.check_score_list("scores", scores)
+    _checks.check_int("k", k)
+    scores = list(scores)
     if masks is not None:
         _checks.check_mask_list(masks, scores)
     return _prune_lowest(scores, [] if masks is None else list(masks), k)

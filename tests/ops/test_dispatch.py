@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+import lth_sparse
+from lth_sparse import _dispatch
+from lth_sparse.ops import kth_smallest, masked_linear
+
+
+def test_backend_info_reports_what_is_built():
+    info = lth_sparse.backend_info()
+    for key in ("version", "torch", "cpp", "cuda", "triton", "backend"):
+        assert key in info
+    assert info["version"] == lth_sparse.__version__
+    assert info["torch"] == torch.__version__
+    assert info["cpp"] == (_dispatch.cpp_extension() is not None)
+    assert info["cuda"] is (torch.cuda.is_available() and _dispatch.cuda_extension() is not None)
+    assert info["backend"] == "auto"
+
+
+def test_backend_setting_is_read_at_call_time(use_backend):
+    use_backend("torch")
+    assert lth_sparse.backend_info()["backend"] == "torch"
+    assert _dispatch.choose_backend("kth_smallest", torch.device("cpu"), ("cpp", "torch")) == "torch"
+
+
+def test_unknown_backend_setting_is_an_error(use_backend):
+    use_backend("fastest")
+    with pytest.raises(ValueError, match="LTH_SPARSE_BACKEND must be one of"):
+        kth_smallest([torch.randn(3)], 1)
+
+
+def test_forced_cuda_on_cpu_tensors_is_an_error_not_a_fallback(use_backend):
+    use_backend("cuda")
+    with pytest.raises(RuntimeError, match="LTH_SPARSE_BACKEND=cuda cannot run kth_smallest"):
+        kth_smallest([torch.randn(3)], 1)
+
+
+def test_forced_backend_without_a_kernel_for_the_op_is_an_error(use_backend):
+    use_backend("cpp")
+    with pytest.raises(RuntimeError, match="has no cpp kernel"):
+        masked_linear(torch.randn(2, 3), torch.randn(4, 3), torch.ones(4, 3, dtype=torch.bool))
+
+
+def test_forced_triton_on_cpu_without_interpreter_is_an_error(use_backend, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    ok, why = _dispatch.backend_status("triton", torch.device("cpu"))
+    assert not ok and "TRITON_INTERPRET" in why
+
+
+def test_auto_uses_cpp_on_cpu_when_built():
+    expected = "cpp" if _dispatch.cpp_extension() is not None else "torch"
+    assert _dispatch.choose_backend("kth_smallest", torch.device("cpu"), ("cuda", "cpp", "torch")) == expected
+
+
+def test_auto_skips_unverified_cuda_kernels():
+    assert _dispatch.choose_backend("kth_smallest", torch.device("cuda"), ("cuda", "torch")) == "torch"
+
+
+def test_missing_cpp_extension_is_reported(monkeypatch, use_backend):
+    monkeypatch.setitem(_dispatch._load_extension.__wrapped__.__globals__, "_load_extension",
+                        lambda name: (None, f"lth_sparse.{name} is not built (test)"))
+    use_backend("cpp")
+    with pytest.raises(RuntimeError, match="not built"):
+        kth_smallest([torch.randn(3)], 1)
+    assert lth_sparse.backend_info()["cpp"] is False

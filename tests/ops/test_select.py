@@ -1,0 +1,154 @@
+"""kth_smallest and prune_lowest against the reference, on every backend available here."""
+
+import pytest
+import torch
+from torch.nn.utils import prune
+
+from lth_sparse.ops import kth_smallest, prune_lowest, reference
+from lth_sparse.ops.select import IMPLEMENTED, _kth_smallest, _prune_lowest
+from tests.conftest import available_backends
+
+BACKENDS = available_backends(IMPLEMENTED)
+
+
+def tensor_lists(dtype):
+    """Awkward lists: one element, odd sizes, a 0-size tensor, ties, all equal, signs, zeros of both signs."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
+    ties = torch.tensor([0.5, -1.0, 0.5, 0.5, 2.0, -1.0]).to(dtype)
+    return {
+        "one": [r(1)],
+        "odd": [r(3, 5), r(17), r(1, 1, 7)],
+        "zero_size_inside": [r(4), r(0), r(2, 3), r(0, 5)],
+        "ties": [ties, ties.clone(), r(3)],
+        "all_equal": [torch.full((5,), 3.0, dtype=dtype), torch.full((2, 2), 3.0, dtype=dtype)],
+        "signed_zeros": [torch.tensor([0.0, -0.0, -0.0, 0.0, 1.0, -1.0], dtype=dtype), r(4)],
+        "infinities": [torch.tensor([float("inf"), -float("inf"), 0.0], dtype=dtype), r(5)],
+        "larger": [r(1000), r(33, 31), r(0), r(7, 3, 3, 3)],
+    }
+
+
+def ks_for(total):
+    return sorted(k for k in {1, 2, total // 3 or 1, total // 2 or 1, max(1, total - 1), total} if k <= total)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", list(tensor_lists(torch.float32)))
+def test_kth_smallest_matches_reference(backend, dtype, case, use_backend):
+    use_backend(backend)
+    tensors = tensor_lists(dtype)[case]
+    total = sum(t.numel() for t in tensors)
+    for k in ks_for(total):
+        ours = kth_smallest(tensors, k)
+        expected = reference.kth_smallest(tensors, k)
+        assert ours.dtype == dtype and ours.shape == ()
+        assert ours == expected, f"k={k}: {ours} != {expected}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kth_smallest_non_contiguous_inputs(backend, use_backend):
+    use_backend(backend)
+    base = torch.randn(20, 30, generator=torch.Generator().manual_seed(1))
+    tensors = [base.t(), base[::2, 1::3], base[:, 5]]
+    for k in ks_for(sum(t.numel() for t in tensors)):
+        assert kth_smallest(tensors, k) == reference.kth_smallest(tensors, k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_is_larger_than_everything(backend, use_backend):
+    use_backend(backend)
+    t = [torch.tensor([1.0, float("nan"), float("inf"), -2.0])]
+    assert kth_smallest(t, 3) == float("inf")
+    assert torch.isnan(kth_smallest(t, 4))
+    kept = prune_lowest(t, None, 3)[0]
+    assert kept.tolist() == [False, True, False, False]
+
+
+def mask_lists(scores, density, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(s.shape, generator=g) < density for s in scores]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("density", [None, 1.0, 0.5, 0.05, 0.0])
+@pytest.mark.parametrize("case", list(tensor_lists(torch.float32)))
+def test_prune_lowest_matches_reference(backend, dtype, density, case, use_backend):
+    use_backend(backend)
+    scores = tensor_lists(dtype)[case]
+    masks = None if density is None else mask_lists(scores, density)
+    active = sum(s.numel() for s in scores) if masks is None else sum(int(m.sum()) for m in masks)
+    for k in sorted({0, 1, active // 2, active} if active else {0}):
+        if k > active:
+            continue
+        ours = prune_lowest(scores, masks, k)
+        expected = reference.prune_lowest(scores, masks, k)
+        for o, e, s in zip(ours, expected, scores):
+            assert o.dtype == torch.bool and o.shape == s.shape
+            assert torch.equal(o, e), f"k={k}"
+        pruned_now = sum(int(o.sum()) for o in ours)
+        assert pruned_now == active - k, "exactly k more entries must be pruned"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prune_lowest_breaks_ties_by_tensor_then_index(backend, use_backend):
+    use_backend(backend)
+    scores = [torch.tensor([1.0, 0.0, 1.0]), torch.tensor([[1.0, 1.0], [0.0, 1.0]])]
+    out = prune_lowest(scores, None, 4)
+    # both zeros go first, then the 1.0 ties: tensor 0 index 0, then tensor 0 index 2
+    assert out[0].tolist() == [False, False, False]
+    assert out[1].tolist() == [[True, True], [False, True]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prune_lowest_keeps_pruned_entries_pruned(backend, use_backend):
+    use_backend(backend)
+    scores = [torch.arange(6.0)]
+    masks = [torch.tensor([False, True, True, False, True, True])]
+    out = prune_lowest(scores, masks, 2)[0]
+    assert out.tolist() == [False, False, False, False, True, True]
+    assert masks[0].tolist() == [False, True, True, False, True, True], "input masks must not be modified"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prune_lowest_equals_torch_global_l1_unstructured(backend, use_backend):
+    use_backend(backend)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.ReLU(), torch.nn.Linear(20, 7))
+    weights = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
+    k = round(0.2 * sum(w.numel() for w in weights))
+    ours = prune_lowest([w.abs() for w in weights], None, k)
+    prune.global_unstructured([(model[0], "weight"), (model[2], "weight")],
+                              pruning_method=prune.L1Unstructured, amount=0.2)
+    assert torch.equal(ours[0], model[0].weight_mask.bool())
+    assert torch.equal(ours[1], model[2].weight_mask.bool())
+
+
+def test_opcheck():
+    scores = [torch.randn(4, 3), torch.randn(0), torch.randn(5)]
+    masks = [torch.rand(s.shape) < 0.7 for s in scores]
+    torch.library.opcheck(_kth_smallest, (scores, 5))
+    torch.library.opcheck(_prune_lowest, (scores, masks, 3))
+    torch.library.opcheck(_prune_lowest, (scores, [], 3))
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda: kth_smallest([], 1), ValueError, "tensors must not be empty"),
+    (lambda: kth_smallest(torch.randn(3), 1), TypeError, "list or tuple"),
+    (lambda: kth_smallest([torch.randn(3)], 0), ValueError, "k must be in"),
+    (lambda: kth_smallest([torch.randn(3)], 4), ValueError, "k must be in"),
+    (lambda: kth_smallest([torch.randn(3)], 1.0), TypeError, "k must be an int"),
+    (lambda: kth_smallest([torch.arange(3)], 1), TypeError, "floating"),
+    (lambda: kth_smallest([torch.randn(3), torch.randn(2).double()], 1), TypeError, "one dtype"),
+    (lambda: kth_smallest([torch.randn(0)], 1), ValueError, "no elements"),
+    (lambda: prune_lowest([torch.randn(3)], [torch.ones(3)], 1), TypeError, "bool"),
+    (lambda: prune_lowest([torch.randn(3)], [torch.ones(2, dtype=torch.bool)], 1), ValueError, "shape"),
+    (lambda: prune_lowest([torch.randn(3)], [], 1), ValueError, "one mask per score"),
+    (lambda: prune_lowest([torch.randn(3)], [torch.tensor([True, False, False])], 2), ValueError,
+     "still unpruned"),
+    (lambda: prune_lowest([torch.randn(3)], None, -1), ValueError, "k must be in"),
+])
+def test_bad_input_names_the_argument(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
