@@ -1,0 +1,5 @@
+import sys
+
+from lth_sparse.cli import main
+
+sys.exit(main())

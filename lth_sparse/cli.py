@@ -1,0 +1,151 @@
+"""The ``lth-sparse`` command: parses arguments into a pipeline's config and runs it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _load_config_file(path: str) -> dict:
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
+        data = data["config"]  # a run's own config.json
+    if not isinstance(data, dict):
+        raise SystemExit(f"--config {path}: expected a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _model_options(pairs: list[str] | None) -> tuple:
+    out = []
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--model-option expects KEY=VALUE, got {pair!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.append((key, parsed))
+    return tuple(out)
+
+
+def _add_imp(sub) -> None:
+    from lth_sparse.pipelines.imp import PRUNERS, RETRAIN_MODES, ImpConfig
+    from lth_sparse.prune import SCOPES, STRUCTURED_NORMS
+    from lth_sparse.train.loop import OPTIMIZERS, SCHEDULES
+
+    d = ImpConfig()
+    p = sub.add_parser(
+        "imp", help="find lottery tickets by iterative magnitude pruning with rewinding",
+        description="Iterative magnitude pruning with rewinding (IMP/LTR). Round 0 trains the dense network; each "
+                    "further round prunes FRACTION of the remaining weights and retrains. Results go to --out: "
+                    "config.json, round_NN/ (masks, metrics, weights), summary.json and plots/. Re-running the same "
+                    "command resumes after the last finished round.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    S = argparse.SUPPRESS  # defaults come from the config file, then ImpConfig
+    p.add_argument("--config", help="JSON or YAML file of options (flags given here override it)")
+    p.add_argument("--out", default="runs/imp", help="run directory")
+    p.add_argument("--dataset", default=S, help=f"dataset name (default {d.dataset})")
+    p.add_argument("--data-dir", default=S, help="where datasets are looked for / downloaded")
+    p.add_argument("--model", default=S, help=f"model name (default {d.model})")
+    p.add_argument("--model-option", action="append", default=S, metavar="KEY=VALUE",
+                   help="model option, e.g. depth=3 or width=512 for mlp (repeatable)")
+    p.add_argument("--rounds", type=int, default=S, help=f"pruning rounds after the dense one (default {d.rounds})")
+    p.add_argument("--fraction", type=float, default=S,
+                   help=f"fraction of the remaining weights pruned per round (default {d.fraction})")
+    p.add_argument("--rewind", default=S,
+                   help=f"rewind point: init, epoch:N or iter:N (late resetting) (default {d.rewind})")
+    p.add_argument("--retrain", choices=RETRAIN_MODES, default=S,
+                   help=f"rewind the weights, fine-tune them, or rewind only the learning rate (default {d.retrain})")
+    p.add_argument("--scope", choices=SCOPES, default=S, help=f"compare scores across all layers or per layer "
+                                                               f"(default {d.scope})")
+    p.add_argument("--importance", choices=PRUNERS, default=S,
+                   help=f"score: magnitude, layer-normalised l1/l2/softmax/minmax, lamp, or random (default {d.importance})")
+    p.add_argument("--structured", choices=STRUCTURED_NORMS, default=S,
+                   help="prune whole neurons/channels by this norm instead of single weights")
+    p.add_argument("--spare-output", action="store_true", default=S, help="never prune the output layer")
+    p.add_argument("--controls", action="store_true", default=S,
+                   help="also train the random-reinit and random-mask controls each round")
+    p.add_argument("--seed", type=int, default=S, help=f"seed of init, split and data order (default {d.seed})")
+    p.add_argument("--epochs", type=float, default=S, help=f"training epochs per round (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=S, help=f"(default {d.batch_size})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help=f"(default {d.optimizer})")
+    p.add_argument("--lr", type=float, default=S, help=f"learning rate (default {d.lr})")
+    p.add_argument("--momentum", type=float, default=S, help=f"SGD momentum (default {d.momentum})")
+    p.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum")
+    p.add_argument("--weight-decay", type=float, default=S, help=f"(default {d.weight_decay})")
+    p.add_argument("--schedule", choices=SCHEDULES, default=S, help=f"learning-rate schedule (default {d.schedule})")
+    p.add_argument("--milestones", type=float, nargs="*", default=S, help="epochs where the step schedule decays")
+    p.add_argument("--gamma", type=float, default=S, help=f"step-schedule decay factor (default {d.gamma})")
+    p.add_argument("--warmup-epochs", type=float, default=S, help="linear learning-rate warm-up")
+    p.add_argument("--train-size", type=int, default=S, help="train on a seeded subset of N examples (quick runs)")
+    p.add_argument("--val-fraction", type=float, default=S, help=f"validation split (default {d.val_fraction})")
+    p.add_argument("--device", default=S, help=f"cpu, cuda, cuda:1, ... (default {d.device})")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: when stderr is a terminal)")
+    p.set_defaults(func=_run_imp)
+
+
+def _run_imp(args) -> int:
+    from lth_sparse.pipelines import imp
+    from lth_sparse.runs import ConfigMismatch
+
+    options = _load_config_file(args.config) if args.config else {}
+    valid = {f.name for f in dataclasses.fields(imp.ImpConfig)}
+    unknown = set(options) - valid
+    if unknown:
+        raise SystemExit(f"--config: unknown options {sorted(unknown)}")
+    for name in valid:
+        cli_name = "model_option" if name == "model_options" else name
+        if hasattr(args, cli_name):
+            options[name] = getattr(args, cli_name)
+    if "model_options" in options:
+        raw = options["model_options"]
+        options["model_options"] = (_model_options(raw) if isinstance(raw, list) and all(isinstance(x, str) for x in raw)
+                                    else tuple((k, v) for k, v in (raw.items() if isinstance(raw, dict) else raw)))
+    for name in ("milestones",):
+        if name in options:
+            options[name] = tuple(options[name])
+    try:
+        config = imp.ImpConfig(**options)
+        imp.run(config, args.out, progress=args.progress, plots=not args.no_plots)
+    except (ConfigMismatch, ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"lth-sparse imp: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="what was built and which backend is active",
+                       description="Print lth_sparse.backend_info() as JSON.")
+    p.set_defaults(func=lambda args: print(json.dumps(__import__("lth_sparse").backend_info(), indent=2)) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lth-sparse",
+        description="Lottery-ticket research: IMP with rewinding and the analyses that build on it. "
+                    "Each subcommand writes a run directory that a re-run resumes.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_imp(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

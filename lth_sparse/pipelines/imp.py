@@ -1,0 +1,312 @@
+"""Iterative magnitude pruning with rewinding (IMP / LTR): finding lottery tickets.
+
+Round 0 trains the dense network and keeps the rewind state (the weights at
+``rewind``: ``init``, or ``iter:N`` / ``epoch:N`` for late resetting, Frankle et
+al. 2019/2020). Each later round removes ``fraction`` of the remaining weights
+(by ``importance``, with ``scope``), then retrains:
+
+- ``rewind``: the survivors restart from the rewind state, trained from the
+  rewind iteration to the end (LTR, Renda et al. 2020; Algorithm 1 of the
+  layerwise-importance paper);
+- ``finetune``: the survivors keep their trained values and train for as many
+  iterations at the final learning rate;
+- ``lr-rewind``: the survivors keep their trained values, and the learning-rate
+  schedule restarts from the rewind iteration.
+
+With ``controls``, each pruned round also trains the two controls of Frankle &
+Carbin (2019): the same mask with a fresh random initialisation, and a random
+mask with the same per-layer sparsity from the rewind state.
+
+Everything lands in the run directory (see :mod:`lth_sparse.runs`); a re-run
+resumes after the last finished round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lth_sparse.data import load_dataset
+from lth_sparse.masks import Masks
+from lth_sparse.models import create_model
+from lth_sparse.nn.modules import masked_layers
+from lth_sparse.prune import (IMPORTANCES, SCOPES, STRUCTURED_NORMS, effective_masks, prune_magnitude, prune_random,
+                              prune_structured, random_masks_like)
+from lth_sparse.runs import RunDir, atomic_torch_save, atomic_write_json, read_json
+from lth_sparse.train import TrainConfig, iterations_per_epoch, make_schedule, parse_step, train
+
+RETRAIN_MODES = ("rewind", "finetune", "lr-rewind")
+PRUNERS = IMPORTANCES + ("random",)
+
+
+@dataclass(frozen=True)
+class ImpConfig:
+    """An IMP experiment. Fields marked ``identity=False`` may change between a run and its resumption."""
+
+    dataset: str = "fashion-mnist"
+    model: str = "lenet300"
+    rounds: int = field(default=5, metadata={"identity": False})
+    fraction: float = 0.2
+    rewind: str = "init"
+    retrain: str = "rewind"
+    scope: str = "global"
+    importance: str = "magnitude"
+    structured: str | None = None
+    spare_output: bool = False
+    controls: bool = False
+    seed: int = 0
+    epochs: float = 5
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    train_size: int | None = None
+    val_fraction: float = 0.2
+    model_options: tuple[tuple[str, object], ...] = ()
+    device: str = field(default="cpu", metadata={"identity": False})
+    data_dir: str | None = field(default=None, metadata={"identity": False})
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {self.fraction}")
+        if self.retrain not in RETRAIN_MODES:
+            raise ValueError(f"retrain must be one of {RETRAIN_MODES}, got {self.retrain!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.importance not in PRUNERS:
+            raise ValueError(f"importance must be one of {PRUNERS}, got {self.importance!r}")
+        if self.structured is not None and self.structured not in STRUCTURED_NORMS:
+            raise ValueError(f"structured must be one of {STRUCTURED_NORMS} or None, got {self.structured!r}")
+        parse_step(self.rewind, 1)
+        self.train_config()  # validates the training fields
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
+                           momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay,
+                           schedule=self.schedule, milestones=tuple(self.milestones), gamma=self.gamma,
+                           warmup_epochs=self.warmup_epochs)
+
+
+def _round_name(r: int) -> str:
+    return f"round_{r:02d}"
+
+
+def _weight_names(model) -> list[str]:
+    return [f"{n}.weight" if n else "weight" for n, _ in masked_layers(model)]
+
+
+class _Imp:
+    """The state of one IMP run while it goes."""
+
+    def __init__(self, config: ImpConfig, out_dir, progress: bool | None, log: Callable[[str], None]):
+        self.config = config
+        self.run = RunDir(out_dir, config, "imp")
+        self.progress = progress
+        self.log = log
+        self.data = load_dataset(config.dataset, data_dir=config.data_dir, device=config.device,
+                                 val_fraction=config.val_fraction, seed=config.seed, train_size=config.train_size)
+        self.train_cfg = config.train_config()
+        self.per_epoch = iterations_per_epoch(len(self.data.train), config.batch_size)
+        self.total_iters = round(config.epochs * self.per_epoch)
+        self.rewind_iter = parse_step(config.rewind, self.per_epoch)
+        if self.rewind_iter >= self.total_iters:
+            raise ValueError(f"rewind point {config.rewind} (iteration {self.rewind_iter}) must come before the end "
+                             f"of training (iteration {self.total_iters})")
+        self.model = self._new_model(config.seed)
+        self.names = _weight_names(self.model)
+        self.exclude = [self.names[-1]] if config.spare_output else []
+
+    def _new_model(self, seed: int):
+        torch.manual_seed(seed)
+        model = create_model(self.config.model, self.data.input_shape, self.data.num_classes,
+                             **dict(self.config.model_options))
+        model.input_shape = self.data.input_shape
+        return model.to(self.config.device)
+
+    # --- one training of a masked network --------------------------------------------------------
+    def _train(self, state: dict, masks: Masks, step_dir: Path, start: int, *, lr_factor=None,
+               snapshot_at=(), on_snapshot=None, desc: str) -> dict:
+        self.model.load_state_dict(state)
+        masks.apply_to(self.model)
+        metrics_path = step_dir / "metrics.jsonl"
+        metrics_path.unlink(missing_ok=True)  # a killed attempt's records go with it
+        t0 = time.time()
+        result = train(self.model, self.data, self.train_cfg, seed=self.config.seed, start_iteration=start,
+                       end_iteration=start + (self.total_iters - self.rewind_iter) if lr_factor else None,
+                       snapshot_at=snapshot_at, on_snapshot=on_snapshot, metrics_path=metrics_path,
+                       progress=self.progress, desc=desc, lr_factor=lr_factor)
+        out = result.to_dict()
+        out["train_seconds"] = time.time() - t0
+        return out
+
+    def _prune(self, trained_state: dict, masks: Masks, r: int) -> Masks:
+        self.model.load_state_dict(trained_state)
+        masks.apply_to(self.model)
+        c = self.config
+        if c.structured is not None:
+            return prune_structured(self.model, c.fraction, norm=c.structured, scope=c.scope, masks=masks,
+                                    exclude=self.exclude)
+        if c.importance == "random":
+            g = torch.Generator().manual_seed(c.seed * 7919 + r)
+            return prune_random(self.model, c.fraction, scope=c.scope, masks=masks, exclude=self.exclude, generator=g)
+        return prune_magnitude(self.model, c.fraction, scope=c.scope, importance=c.importance, masks=masks,
+                               exclude=self.exclude)
+
+    # --- rounds ----------------------------------------------------------------------------------
+    def dense_round(self) -> dict:
+        run, name = self.run, _round_name(0)
+        if run.is_done(name):
+            return run.result(name)
+        step_dir = run.step_dir(name)
+        init_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        atomic_torch_save(run / "init.pt", init_state)
+        masks = Masks.ones_like(self.model)
+
+        def keep_rewind(it, state):
+            atomic_torch_save(run / "rewind.pt", {"iteration": it, "state_dict": state})
+
+        metrics = self._train(init_state, masks, step_dir, 0, snapshot_at=[self.rewind_iter],
+                              on_snapshot=keep_rewind, desc="round 0 (dense)")
+        self._save_trained(step_dir, masks)
+        return self._finish_round(0, masks, metrics, {})
+
+    def pruned_round(self, r: int) -> dict:
+        run, name = self.run, _round_name(r)
+        if run.is_done(name):
+            return run.result(name)
+        step_dir = run.step_dir(name)
+        prev_dir = run / _round_name(r - 1)
+        prev_state = torch.load(prev_dir / "final.pt", map_location=self.config.device)
+        masks = self._prune(prev_state, Masks.load(prev_dir / "masks.safetensors", self.config.device), r)
+        rewind = torch.load(run / "rewind.pt", map_location=self.config.device)["state_dict"]
+        c = self.config
+        if c.retrain == "rewind":
+            metrics = self._train(rewind, masks, step_dir, self.rewind_iter, desc=f"round {r}")
+        elif c.retrain == "lr-rewind":
+            metrics = self._train(prev_state, masks, step_dir, self.rewind_iter, desc=f"round {r}")
+        else:
+            final_lr = make_schedule(self.train_cfg, self.per_epoch, self.total_iters)(self.total_iters - 1)
+            metrics = self._train(prev_state, masks, step_dir, self.rewind_iter, lr_factor=lambda it: final_lr,
+                                  desc=f"round {r}")
+        self._save_trained(step_dir, masks)
+        controls = self._controls(r, masks, rewind, step_dir) if c.controls else {}
+        return self._finish_round(r, masks, metrics, controls)
+
+    def _controls(self, r: int, masks: Masks, rewind: dict, step_dir: Path) -> dict:
+        out = {}
+        for control in ("reinit", "random_mask"):
+            cdir = self.run.step_dir(f"{step_dir.name}/control_{control}")
+            done = cdir / "done.json"
+            if done.exists():
+                out[control] = read_json(done)
+                continue
+            if control == "reinit":
+                state = self._new_model(self.config.seed + 100_000 + r).state_dict()
+                control_masks = masks
+            else:
+                state = rewind
+                control_masks = random_masks_like(masks, torch.Generator().manual_seed(self.config.seed * 31 + r))
+                control_masks = Masks({n: m.to(self.config.device) for n, m in control_masks.items()})
+            metrics = self._train(state, control_masks, cdir, self.rewind_iter, desc=f"round {r} {control}")
+            metrics["sparsity"] = control_masks.sparsity()
+            atomic_write_json(done, metrics)
+            out[control] = metrics
+        return out
+
+    def _save_trained(self, step_dir: Path, masks: Masks) -> None:
+        """The ticket's mask and trained weights: what the next round prunes from."""
+        masks.save(step_dir / "masks.safetensors")
+        atomic_torch_save(step_dir / "final.pt", self.model.state_dict())
+
+    def _finish_round(self, r: int, masks: Masks, metrics: dict, controls: dict) -> dict:
+        name = _round_name(r)
+        effective = effective_masks(self.model, masks, self.data.input_shape)
+        result = {
+            "round": r,
+            "sparsity": masks.sparsity(),
+            "density": masks.density(),
+            "layer_sparsity": masks.layer_sparsity(),
+            "effective_sparsity": effective.sparsity(),
+            "test_accuracy": metrics["test_accuracy"],
+            "test_loss": metrics["test_loss"],
+            "val_accuracy": metrics["val_accuracy"],
+            "val_loss": metrics["val_loss"],
+            "best_val_iteration": metrics["best_val_iteration"],
+            "best_val_loss": metrics["best_val_loss"],
+            "iterations": metrics["iterations"],
+            "train_seconds": metrics["train_seconds"],
+        }
+        for control, cm in controls.items():
+            result[f"{control}_test_accuracy"] = cm["test_accuracy"]
+            result[f"{control}_test_loss"] = cm["test_loss"]
+            result[f"{control}_best_val_iteration"] = cm["best_val_iteration"]
+        self.run.mark_done(name, result)
+        return result
+
+
+def _row(result: dict, controls: bool) -> str:
+    row = (f"{result['round']:>5d}  {100 * result['density']:>8.2f}%  {100 * result['effective_sparsity']:>8.2f}%  "
+           f"{100 * result['test_accuracy']:>8.2f}%  {result['test_loss']:>7.4f}  {result['best_val_iteration']:>8d}")
+    if controls and "reinit_test_accuracy" in result:
+        row += f"  {100 * result['reinit_test_accuracy']:>8.2f}%  {100 * result['random_mask_test_accuracy']:>8.2f}%"
+    return row
+
+
+def _header(controls: bool) -> str:
+    head = f"{'round':>5}  {'remaining':>9}  {'eff.spars':>9}  {'test acc':>9}  {'loss':>7}  {'best it':>8}"
+    if controls:
+        head += f"  {'reinit':>9}  {'rand mask':>9}"
+    return head
+
+
+def run(config: ImpConfig, out_dir, *, progress: bool | None = None,
+        log: Callable[[str], None] = print, plots: bool = True) -> dict:
+    """Run (or resume) IMP; returns the summary also written to ``out_dir/summary.json``.
+
+    The summary holds ``config``, ``hash`` and ``rounds``: one dict per round (0 =
+    dense) with ``round``, ``sparsity``, ``density``, ``layer_sparsity``,
+    ``effective_sparsity``, ``test_accuracy``, ``test_loss``, ``val_accuracy``,
+    ``val_loss``, ``best_val_iteration``, and with controls
+    ``reinit_test_accuracy`` and ``random_mask_test_accuracy``.
+    """
+    imp = _Imp(config, out_dir, progress, log)
+    log(f"IMP: {config.model} on {config.dataset}, {config.rounds} rounds of {config.fraction:.0%} "
+        f"({config.scope}, {config.structured or config.importance}), rewind {config.rewind}, retrain {config.retrain}; "
+        f"{len(imp.data.train)} training examples, {imp.total_iters} iterations per round -> {imp.run.path}")
+    log(_header(config.controls))
+    rounds = []
+    started = time.time()
+    for r in range(config.rounds + 1):
+        result = imp.dense_round() if r == 0 else imp.pruned_round(r)
+        rounds.append(result)
+        log(_row(result, config.controls))
+        summary = {"kind": "imp", "hash": imp.run.hash, "config": dataclasses.asdict(config), "rounds": rounds}
+        atomic_write_json(imp.run / "summary.json", summary)
+    if plots:
+        from lth_sparse.plots import plot_imp
+
+        plot_imp(summary, imp.run / "plots")
+    log(f"done in {time.time() - started:.0f} s: {imp.run / 'summary.json'}"
+        + (f", plots in {imp.run / 'plots'}" if plots else ""))
+    return summary
+
+
+def tickets_keep_accuracy(summary: dict, tolerance: float = 0.01) -> float:
+    """The smallest density whose test accuracy stays within ``tolerance`` of the dense network's."""
+    dense = summary["rounds"][0]["test_accuracy"]
+    ok = [r["density"] for r in summary["rounds"] if r["test_accuracy"] >= dense - tolerance]
+    return min(ok) if ok else math.nan

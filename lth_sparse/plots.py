@@ -1,0 +1,66 @@
+"""Figures drawn from saved results (so they can be redrawn without re-running)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_imp(summary: dict, out_dir) -> list[Path]:
+    """Test accuracy against the fraction of weights remaining (log axis, controls too), and per-layer sparsity."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rounds = summary["rounds"]
+    config = summary.get("config", {})
+    title = f"{config.get('model', '')} on {config.get('dataset', '')}"
+    density = [100 * r["density"] for r in rounds]
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(density, [100 * r["test_accuracy"] for r in rounds], "o-", label=f"ticket (rewind {config.get('rewind', '')})")
+    for key, label, style in (("reinit", "same mask, random reinit", "s--"),
+                              ("random_mask", "random mask, same layer sparsity", "^:")):
+        pts = [(100 * r["density"], 100 * r[f"{key}_test_accuracy"]) for r in rounds if f"{key}_test_accuracy" in r]
+        if pts:
+            ax.plot(*zip(*pts), style, label=label)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("weights remaining (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ticks = [d for d in density]
+    ax.set_xticks(ticks[:: max(1, len(ticks) // 8)])
+    ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.minorticks_off()
+    fig.tight_layout()
+    accuracy_path = out_dir / "accuracy_vs_remaining.png"
+    fig.savefig(accuracy_path, dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    layers = list(rounds[0]["layer_sparsity"])
+    for layer in layers:
+        ax.plot([r["round"] for r in rounds], [100 * (1 - r["layer_sparsity"][layer]) for r in rounds], "o-",
+                label=layer)
+    ax.plot([r["round"] for r in rounds], density, "k--", label="all layers")
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel("weights remaining (%)")
+    ax.set_title(f"per-layer density, {title}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    layer_path = out_dir / "layer_sparsity.png"
+    fig.savefig(layer_path, dpi=120)
+    plt.close(fig)
+    return [accuracy_path, layer_path]

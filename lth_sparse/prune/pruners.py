@@ -1,0 +1,169 @@
+"""Pruning criteria and scopes.
+
+Scores (higher is kept), computed on the magnitudes |W| of a layer's weights
+that are still unpruned, as the layerwise-importance paper (Algorithm 1, and
+Sec. 2.1) prescribes:
+
+- ``magnitude``: |W|
+- ``l1``: |W| / sum |W|                       (sum-to-one per layer)
+- ``l2``: W^2 / sum W^2
+- ``softmax``: exp|W| / sum exp|W|
+- ``minmax``: (|W| - min|W|) / (max|W| - min|W|)
+- ``lamp`` (Lee et al. 2021): W_u^2 / sum_{v >= u} W_v^2 over the layer's weights
+  sorted by magnitude (u's own and every larger one)
+
+``scope="global"`` pools the scores of all layers and removes the lowest
+``fraction`` of all remaining weights; ``"layerwise"`` removes ``fraction`` of
+each layer's remaining weights. The number removed is ``round(fraction * remaining)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from lth_sparse.masks import Masks
+from lth_sparse.nn.modules import masked_layers
+from lth_sparse.ops import prune_lowest
+
+IMPORTANCES = ("magnitude", "l1", "l2", "softmax", "minmax", "lamp")
+SCOPES = ("global", "layerwise")
+STRUCTURED_NORMS = ("l1", "l2", "linf")
+
+
+def _layer_importance(weight: Tensor, mask: Tensor, importance: str) -> Tensor:
+    """Scores of one layer; only the entries where ``mask`` is True are meaningful."""
+    magnitude = weight.detach().abs().float() if weight.dtype in (torch.float16, torch.bfloat16) \
+        else weight.detach().abs()
+    if importance == "magnitude":
+        return magnitude
+    active = magnitude[mask]
+    if active.numel() == 0:
+        return torch.zeros_like(magnitude)
+    if importance == "l1":
+        return magnitude / active.sum().clamp_min(torch.finfo(magnitude.dtype).tiny)
+    if importance == "l2":
+        return magnitude.square() / active.square().sum().clamp_min(torch.finfo(magnitude.dtype).tiny)
+    if importance == "softmax":
+        # exp(|w| - max) / sum exp(|w| - max): the same ratio, without overflow.
+        shift = active.max()
+        return torch.exp(magnitude - shift) / torch.exp(active - shift).sum()
+    if importance == "minmax":
+        low, high = active.min(), active.max()
+        return (magnitude - low) / (high - low) if high > low else torch.ones_like(magnitude)
+    if importance == "lamp":
+        squares = torch.where(mask, magnitude.square(), torch.zeros_like(magnitude)).reshape(-1)
+        order = torch.argsort(squares, stable=True)
+        sorted_sq = squares[order]
+        suffix = sorted_sq.flip(0).cumsum(0).flip(0)  # sum over v >= u, in sorted order
+        scores = torch.empty_like(squares)
+        scores[order] = sorted_sq / suffix.clamp_min(torch.finfo(squares.dtype).tiny)
+        return scores.reshape(magnitude.shape)
+    raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
+
+
+def importance_scores(weights: Mapping[str, Tensor], masks: Masks, importance: str = "magnitude") -> dict[str, Tensor]:
+    """The score of every weight (see the module docstring) by weight name."""
+    if importance not in IMPORTANCES:
+        raise ValueError(f"importance must be one of {IMPORTANCES}, got {importance!r}")
+    return {name: _layer_importance(weights[name], masks[name], importance) for name in masks}
+
+
+def _prunable(model: nn.Module, masks: Masks | None, exclude: Iterable[str]):
+    layers = {(f"{n}.weight" if n else "weight"): m for n, m in masked_layers(model)}
+    if not layers:
+        raise ValueError("the model has no masked layers: convert it with lth_sparse.nn.masked(model) first")
+    exclude = set(exclude)
+    unknown = exclude - set(layers)
+    if unknown:
+        raise KeyError(f"exclude names no masked weight: {sorted(unknown)} (masked weights: {list(layers)})")
+    masks = Masks.from_model(model) if masks is None else masks
+    if set(masks) != set(layers):
+        raise KeyError(f"masks cover {sorted(masks)}, the model's masked weights are {sorted(layers)}")
+    names = [n for n in layers if n not in exclude]
+    return layers, masks, names
+
+
+def _select(scores: dict[str, Tensor], masks: Masks, names: list[str], fraction: float, scope: str) -> Masks:
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    new = dict(masks)
+    if scope == "global":
+        remaining = sum(int(masks[n].sum()) for n in names)
+        k = round(fraction * remaining)
+        if names:
+            out = prune_lowest([scores[n] for n in names], [masks[n] for n in names], k)
+            new.update(zip(names, out))
+    else:
+        for n in names:
+            k = round(fraction * int(masks[n].sum()))
+            new[n] = prune_lowest([scores[n]], [masks[n]], k)[0]
+    return Masks(new)
+
+
+def prune_magnitude(model: nn.Module, fraction: float, *, scope: str = "global", importance: str = "magnitude",
+                    masks: Masks | None = None, exclude: Iterable[str] = ()) -> Masks:
+    """New masks that remove ``fraction`` of the remaining weights by ``importance`` score.
+
+    model: its masked layers give the weights (and the current masks unless
+    ``masks`` is given). exclude: weight names never pruned (e.g. the output
+    layer). Returns new masks; the model is not changed (``masks.apply_to(model)``).
+    """
+    layers, masks, names = _prunable(model, masks, exclude)
+    scores = importance_scores({n: layers[n].weight for n in names}, Masks({n: masks[n] for n in names}), importance)
+    return _select(scores, masks, names, fraction, scope)
+
+
+def prune_random(model: nn.Module, fraction: float, *, scope: str = "global", masks: Masks | None = None,
+                 exclude: Iterable[str] = (), generator: torch.Generator | None = None) -> Masks:
+    """Like :func:`prune_magnitude` with uniformly random scores."""
+    layers, masks, names = _prunable(model, masks, exclude)
+    scores = {n: torch.rand(masks[n].shape, generator=generator).to(masks[n].device) for n in names}
+    return _select(scores, masks, names, fraction, scope)
+
+
+def random_masks_like(masks: Masks, generator: torch.Generator | None = None) -> Masks:
+    """Random masks with exactly the same number of kept weights in each layer (the random-mask control)."""
+    out = {}
+    for name, mask in masks.items():
+        scores = torch.rand(mask.shape, generator=generator).to(mask.device)
+        out[name] = prune_lowest([scores], None, mask.numel() - int(mask.sum()))[0]
+    return Masks(out)
+
+
+def prune_structured(model: nn.Module, fraction: float, *, norm: str = "l2", scope: str = "layerwise",
+                     masks: Masks | None = None, exclude: Iterable[str] = ()) -> Masks:
+    """Remove ``fraction`` of the remaining output units (rows of a linear weight, output channels of a conv).
+
+    Units are scored by the ``norm`` (``l1``, ``l2`` or ``linf``) of their
+    unpruned incoming weights; a pruned unit loses all its weights. With
+    ``scope="global"`` the norms are compared across layers, each divided by the
+    square root of the unit's fan-in for ``l2`` (sum for ``l1``) so that layers
+    of different width compare fairly; ``"layerwise"`` is the usual choice.
+    """
+    if norm not in STRUCTURED_NORMS:
+        raise ValueError(f"norm must be one of {STRUCTURED_NORMS}, got {norm!r}")
+    layers, masks, names = _prunable(model, masks, exclude)
+    unit_scores, unit_masks = {}, {}
+    for n in names:
+        w = torch.where(masks[n], layers[n].weight.detach(), 0).flatten(1)
+        fan_in = w.shape[1]
+        if norm == "l1":
+            s = w.abs().sum(1) / (fan_in if scope == "global" else 1)
+        elif norm == "l2":
+            s = w.norm(dim=1) / (fan_in ** 0.5 if scope == "global" else 1)
+        else:
+            s = w.abs().amax(1) if w.numel() else w.new_zeros(w.shape[0])
+        unit_scores[n] = s
+        unit_masks[n] = masks[n].flatten(1).any(1)
+    kept_units = _select(unit_scores, Masks({n: unit_masks[n] for n in names}), names, fraction, scope)
+    new = dict(masks)
+    for n in names:
+        shape = (-1,) + (1,) * (masks[n].dim() - 1)
+        new[n] = masks[n] & kept_units[n].reshape(shape)
+    return Masks(new)

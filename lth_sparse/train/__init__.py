@@ -1,0 +1,15 @@
+"""The training loop every pipeline shares."""
+
+from lth_sparse.train.loop import (
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    iterations_per_epoch,
+    make_optimizer,
+    make_schedule,
+    parse_step,
+    train,
+)
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "iterations_per_epoch", "make_optimizer", "make_schedule",
+           "parse_step", "train"]
