@@ -44,6 +44,11 @@ class MaskedMixin:
             self.set_mask(mask)
         _MASKED_WEIGHTS[self.weight] = weakref.ref(self)
 
+    def __setstate__(self, state) -> None:
+        # deepcopy and unpickling create new weight Parameters: register them at once.
+        super().__setstate__(state)
+        self._track()
+
     def _track(self) -> None:
         # Cheap, and it catches deepcopies and weights replaced after construction.
         if self.weight not in _MASKED_WEIGHTS:
@@ -93,26 +98,23 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
         super().__init__(*args, **kwargs)
         self._init_mask(mask)
 
-    def _numeric_padding(self) -> tuple[int, int]:
-        if self.padding == "valid":
-            return (0, 0)
-        if self.padding == "same":
-            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
-            if any(t % 2 for t in total):
-                raise ValueError("MaskedConv2d supports padding='same' only where the padding is symmetric "
-                                 f"(dilation * (kernel_size - 1) even), got kernel {self.kernel_size}, "
-                                 f"dilation {self.dilation}")
-            return (total[0] // 2, total[1] // 2)
-        return tuple(self.padding)
-
     def forward(self, input: Tensor) -> Tensor:
         self._track()
-        padding = self._numeric_padding()
-        if self.padding_mode != "zeros":
-            input = F.pad(input, (padding[1], padding[1], padding[0], padding[0]), mode=self.padding_mode)
+        padding = self.padding
+        if self.padding_mode != "zeros" or (padding == "same" and self._same_is_asymmetric()):
+            # As nn.Conv2d does: pad explicitly (asymmetric for 'same' with even kernels), then convolve unpadded.
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=mode)
             padding = (0, 0)
+        elif padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            padding = tuple(d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size))
         return masked_conv2d(input, self.weight, self.mask, self.bias, self.stride, padding, self.dilation,
                              self.groups)
+
+    def _same_is_asymmetric(self) -> bool:
+        return any(d * (k - 1) % 2 for d, k in zip(self.dilation, self.kernel_size))
 
 
 MASKED_TYPES = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
