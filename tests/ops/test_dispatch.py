@@ -63,3 +63,10 @@ def test_missing_cpp_extension_is_reported(monkeypatch, use_backend):
     with pytest.raises(RuntimeError, match="not built"):
         kth_smallest([torch.randn(3)], 1)
     assert lth_sparse.backend_info()["cpp"] is False
+
+
+@pytest.mark.skipif(__import__("os").environ.get("LTH_SPARSE_REQUIRE_CPP") != "1",
+                    reason="only where the C++ build is required (CI)")
+def test_cpp_extension_is_built_where_required():
+    info = lth_sparse.backend_info()
+    assert info["cpp"], info["reasons"].get("cpp")
