@@ -34,7 +34,9 @@ class Split:
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
-            raise ValueError(f"x and y must hold the same number of examples, got {self.x.shape[0]} and {self.y.shape[0]}")
+            raise ValueError(
+                f"x and y must hold the same number of examples, got {self.x.shape[0]} and {self.y.shape[0]}"
+            )
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -133,9 +135,10 @@ def batches(
 
 
 def _as_float(x: Tensor) -> Tensor:
+    """A new float32 tensor (never the loader's own, which is normalised in place next)."""
     if x.dtype == torch.uint8:
         return x.to(torch.float32).div_(255.0)
-    return x.to(torch.float32)
+    return x.to(torch.float32, copy=True)
 
 
 def _channel_dims(x: Tensor) -> tuple[int, ...]:

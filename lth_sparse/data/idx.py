@@ -79,7 +79,9 @@ def write_idx(path: str | os.PathLike, values: Tensor | np.ndarray, *, compress:
         if array.dtype == dtype.newbyteorder("="):
             break
     else:
-        raise ValueError(f"IDX cannot store dtype {array.dtype}; use one of uint8, int8, int16, int32, float32, float64")
+        raise ValueError(
+            f"IDX cannot store dtype {array.dtype}; use one of uint8, int8, int16, int32, float32, float64"
+        )
     if array.ndim > 255:
         raise ValueError(f"IDX stores at most 255 dimensions, got {array.ndim}")
     payload = (

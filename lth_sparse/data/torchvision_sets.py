@@ -7,7 +7,6 @@ torchvision's on-disk layout, and its whole array (``.data`` / ``.targets``, or
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,9 @@ from .registry import register_dataset
 
 __all__: list[str] = []
 
-# Where each set lives under data_dir, for the error message.
+# torchvision's class for each dataset, and where its files live under data_dir.
+_CLASSES = {"mnist": "MNIST", "kmnist": "KMNIST", "emnist": "EMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100",
+            "svhn": "SVHN"}
 _LAYOUT = {
     "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
     "kmnist": "KMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
@@ -31,25 +32,26 @@ _LAYOUT = {
 }
 
 
-def _open(name: str, data_dir: Path, download: bool, make: Callable[[Any, str, bool], Any], train: bool) -> Any:
-    """``make(torchvision.datasets, root, download)`` with errors that say what to do."""
+def _open(name: str, data_dir: Path, download: bool, train: bool, **options: Any) -> Any:
+    """torchvision's dataset object for one split of ``name``, with errors that say what to do."""
     try:
         import torchvision.datasets as tv
     except ImportError as error:
         raise ImportError(f"dataset {name!r} needs torchvision: pip install 'lth_sparse[data]'") from error
+    split = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
     try:
-        return make(tv, str(data_dir), download)
+        return getattr(tv, _CLASSES[name])(str(data_dir), download=download, **split, **options)
     except (RuntimeError, OSError) as error:
-        split = "training" if train else "test"
+        which = "training" if train else "test"
         where = f"{data_dir}/{_LAYOUT[name]}"
         if download:
             raise RuntimeError(
-                f"could not download the {split} set of {name} into {data_dir}: {error}\n"
+                f"could not download the {which} set of {name} into {data_dir}: {error}\n"
                 f"Run once on a machine that is online, or put the files at {where} "
                 "(torchvision's layout) and pass that folder as data_dir / --data-dir."
             ) from error
         raise FileNotFoundError(
-            f"the {split} set of {name} was not found under {data_dir} (torchvision: {error}); "
+            f"the {which} set of {name} was not found under {data_dir} (torchvision: {error}); "
             f"expected {where}. Pass download=True on a machine that is online, or point "
             "data_dir / --data-dir at the folder that holds it."
         ) from error
@@ -59,11 +61,9 @@ def _labels(values: Any) -> Tensor:
     return torch.as_tensor(np.asarray(values), dtype=torch.int64)
 
 
-def _mnist_like(name: str, data_dir: Path, download: bool, cls_name: str, num_classes: int, transpose: bool = False, **options) -> RawDataset:
-    sets = [
-        _open(name, data_dir, download, lambda tv, root, dl, t=t: getattr(tv, cls_name)(root, train=t, download=dl, **options), train=t)
-        for t in (True, False)
-    ]
+def _mnist_like(name: str, data_dir: Path, download: bool, num_classes: int, transpose: bool = False,
+                **options: Any) -> RawDataset:
+    sets = [_open(name, data_dir, download, train, **options) for train in (True, False)]
     images = []
     for s in sets:
         x = torch.as_tensor(s.data)  # (N, H, W) uint8
@@ -82,13 +82,13 @@ def _mnist_like(name: str, data_dir: Path, download: bool, cls_name: str, num_cl
 @register_dataset("mnist")
 def load_mnist(data_dir: Path, download: bool) -> RawDataset:
     """MNIST: 60,000 / 10,000 images, (1, 28, 28), 10 classes."""
-    return _mnist_like("mnist", data_dir, download, "MNIST", 10)
+    return _mnist_like("mnist", data_dir, download, 10)
 
 
 @register_dataset("kmnist")
 def load_kmnist(data_dir: Path, download: bool) -> RawDataset:
     """Kuzushiji-MNIST: 60,000 / 10,000 images, (1, 28, 28), 10 classes."""
-    return _mnist_like("kmnist", data_dir, download, "KMNIST", 10)
+    return _mnist_like("kmnist", data_dir, download, 10)
 
 
 @register_dataset("emnist")
@@ -99,14 +99,11 @@ def load_emnist(data_dir: Path, download: bool) -> RawDataset:
     that EMNIST digits look like MNIST's (which matters when tickets are
     transferred between the two).
     """
-    return _mnist_like("emnist", data_dir, download, "EMNIST", 47, transpose=True, split="balanced")
+    return _mnist_like("emnist", data_dir, download, 47, transpose=True, split="balanced")
 
 
-def _cifar(name: str, data_dir: Path, download: bool, cls_name: str, num_classes: int) -> RawDataset:
-    sets = [
-        _open(name, data_dir, download, lambda tv, root, dl, t=t: getattr(tv, cls_name)(root, train=t, download=dl), train=t)
-        for t in (True, False)
-    ]
+def _cifar(name: str, data_dir: Path, download: bool, num_classes: int) -> RawDataset:
+    sets = [_open(name, data_dir, download, train) for train in (True, False)]
     # torchvision holds CIFAR as (N, H, W, C) uint8.
     images = [torch.from_numpy(np.ascontiguousarray(s.data)).permute(0, 3, 1, 2).contiguous() for s in sets]
     return RawDataset(
@@ -124,14 +121,14 @@ def _cifar(name: str, data_dir: Path, download: bool, cls_name: str, num_classes
 def load_cifar10(data_dir: Path, download: bool) -> RawDataset:
     """CIFAR-10: 50,000 / 10,000 images, (3, 32, 32), 10 classes; random crop
     (4-pixel padding) and horizontal flip for training."""
-    return _cifar("cifar10", data_dir, download, "CIFAR10", 10)
+    return _cifar("cifar10", data_dir, download, 10)
 
 
 @register_dataset("cifar100")
 def load_cifar100(data_dir: Path, download: bool) -> RawDataset:
     """CIFAR-100 (fine labels): 50,000 / 10,000 images, (3, 32, 32), 100 classes;
     random crop (4-pixel padding) and horizontal flip for training."""
-    return _cifar("cifar100", data_dir, download, "CIFAR100", 100)
+    return _cifar("cifar100", data_dir, download, 100)
 
 
 @register_dataset("svhn")
@@ -139,10 +136,7 @@ def load_svhn(data_dir: Path, download: bool) -> RawDataset:
     """SVHN (without the ``extra`` set): 73,257 / 26,032 images, (3, 32, 32), 10
     classes (torchvision maps the label 10 of digit 0 to 0); random crop with
     4-pixel padding for training."""
-    sets = [
-        _open("svhn", data_dir, download, lambda tv, root, dl, s=s: tv.SVHN(root, split=s, download=dl), train=s == "train")
-        for s in ("train", "test")
-    ]
+    sets = [_open("svhn", data_dir, download, train) for train in (True, False)]
     # torchvision holds SVHN as (N, C, H, W) uint8 already.
     images = [torch.from_numpy(np.ascontiguousarray(s.data)) for s in sets]
     return RawDataset(

@@ -1,0 +1,155 @@
+"""The model registry and ``create_model``.
+
+A registered builder is ``build(input_shape, num_classes, **options) -> nn.Module``
+made of plain torch layers; ``create_model`` initialises it the way OpenLTH does
+and converts it to masked layers, the same for every model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from lth_sparse.nn import masked
+
+__all__ = [
+    "INITIALIZERS",
+    "MODELS",
+    "available_models",
+    "create_model",
+    "image_shape",
+    "initialize",
+    "register_model",
+]
+
+Builder = Callable[..., nn.Module]
+
+MODELS: dict[str, Builder] = {}
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: register ``build(input_shape, num_classes, **options) -> nn.Module``
+    under ``name``.
+
+    Raises:
+        ValueError: if ``name`` is already registered.
+    """
+
+    def decorate(build: Builder) -> Builder:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = build
+        return build
+
+    return decorate
+
+
+def available_models() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(MODELS)
+
+
+def image_shape(model: str, input_shape: Sequence[int], min_size: int = 1) -> tuple[int, int, int]:
+    """``input_shape`` as ``(C, H, W)`` for the image model ``model``.
+
+    Raises:
+        ValueError: naming the model and the shape, if ``input_shape`` is not an
+            image shape or is smaller than ``min_size`` pixels on a side.
+    """
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            f"model {model!r} needs an image input_shape (C, H, W), got {shape}; "
+            "use lenet300 or mlp for vector inputs"
+        )
+    if min(shape[1:]) < min_size:
+        raise ValueError(
+            f"model {model!r} needs images of at least {min_size}x{min_size} pixels, got input_shape {shape}"
+        )
+    return shape  # type: ignore[return-value]
+
+
+def _kaiming_normal(weight: torch.Tensor) -> None:
+    nn.init.kaiming_normal_(weight)  # fan_in, gain sqrt(2): He et al. (2015)
+
+
+def _kaiming_uniform(weight: torch.Tensor) -> None:
+    nn.init.kaiming_uniform_(weight)
+
+
+def _xavier_normal(weight: torch.Tensor) -> None:
+    nn.init.xavier_normal_(weight)  # Glorot: the original lottery-ticket paper's choice
+
+
+INITIALIZERS: dict[str, Callable[[torch.Tensor], None]] = {
+    "kaiming_normal": _kaiming_normal,
+    "kaiming_uniform": _kaiming_uniform,
+    "xavier_normal": _xavier_normal,
+}
+
+
+@torch.no_grad()
+def initialize(model: nn.Module, init: str = "kaiming_normal") -> nn.Module:
+    """Initialise ``model`` in place as OpenLTH does: every ``nn.Linear`` /
+    ``nn.Conv2d`` weight from ``INITIALIZERS[init]`` (default Kaiming normal,
+    fan-in), biases left at torch's default (uniform in ``±1/sqrt(fan_in)``, as
+    OpenLTH leaves them), BatchNorm weight 1 and bias 0. Draws from torch's
+    default generator, so ``torch.manual_seed`` fixes the result.
+
+    Raises:
+        ValueError: unknown ``init``.
+    """
+    if init not in INITIALIZERS:
+        raise ValueError(f"unknown init {init!r}; available: {', '.join(sorted(INITIALIZERS))}")
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            INITIALIZERS[init](module.weight)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_parameters()  # weight 1, bias 0, running stats reset
+    return model
+
+
+def create_model(
+    name: str, input_shape: Sequence[int], num_classes: int, *, init: str = "kaiming_normal", **options
+) -> nn.Module:
+    """Build the registered model ``name`` for inputs of ``input_shape`` (one
+    example, e.g. ``(1, 28, 28)`` or ``(40,)``) and ``num_classes`` outputs;
+    initialise it (``initialize(model, init)``) and convert every ``nn.Linear`` /
+    ``nn.Conv2d`` into ``MaskedLinear`` / ``MaskedConv2d`` (all-ones masks).
+
+    ``options`` go to the model's builder (e.g. ``width`` for ``resnet20`` and
+    ``mlp``, ``depth`` for ``mlp``). The model is on the CPU in float32; deterministic
+    under ``torch.manual_seed``. It carries ``input_shape`` and ``num_classes``
+    attributes. The last ``Linear`` registered is the output layer.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the available ones); an
+            ``input_shape`` the model cannot take (e.g. a vector for a conv model),
+            with the model and the shape; ``num_classes < 1``; unknown ``init``.
+        TypeError: an option the model does not have.
+    """
+    key = name.strip().lower()
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    shape = tuple(int(d) for d in input_shape)
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {tuple(input_shape)}")
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if init not in INITIALIZERS:
+        raise ValueError(f"unknown init {init!r}; available: {', '.join(sorted(INITIALIZERS))}")
+    model = MODELS[key](shape, int(num_classes), **options)
+    initialize(model, init)
+    model = masked(model)
+    # What the model was built for, for tools that need one example's shape (effective sparsity).
+    model.input_shape = shape
+    model.num_classes = int(num_classes)
+    return model
+
+
+def flat_size(shape: Sequence[int]) -> int:
+    """Number of values in one example of ``shape``."""
+    return math.prod(shape)
