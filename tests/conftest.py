@@ -41,3 +41,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+# Test tensors are tiny: one thread avoids OpenMP's spin-waits, which cost far more than they
+# gain here, and a lot on a loaded machine.
+torch.set_num_threads(1)

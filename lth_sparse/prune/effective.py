@@ -6,7 +6,9 @@ output unit reaches no output); such weights count as pruned in effective sparsi
 
 Found for any architecture by path counting (as SynFlow does): in a float64 copy
 of the model, every masked weight becomes its 0/1 mask, biases become 0,
-batch-norm becomes the identity, and an all-ones input is propagated. A
+batch-norm becomes the identity, max-pooling becomes average pooling (a max
+routes the gradient to one position of its window only, while every position
+carries paths), and an all-ones input is propagated. A
 weight's gradient of the summed output is then the number of input-output paths
 through it, non-zero exactly when the weight is effective.
 """
@@ -38,11 +40,21 @@ def _path_counting_copy(model: nn.Module, masks: Masks) -> nn.Module:
                 module.bias.zero_()
         elif getattr(module, "bias", None) is not None and isinstance(module.bias, torch.Tensor):
             module.bias.zero_()
+    _replace_max_pools(net)
     for p in net.parameters():
         p.requires_grad_(False)
     for layer in layers.values():
         layer.weight.requires_grad_(True)
     return net, layers
+
+
+def _replace_max_pools(net: nn.Module) -> None:
+    for parent in list(net.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.MaxPool2d) and child.dilation in (1, (1, 1)):
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode))
+            elif isinstance(child, nn.AdaptiveMaxPool2d):
+                setattr(parent, name, nn.AdaptiveAvgPool2d(child.output_size))
 
 
 def effective_masks(model: nn.Module, masks: Masks | None = None, input_shape: tuple[int, ...] | None = None) -> Masks:

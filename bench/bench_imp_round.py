@@ -1,0 +1,129 @@
+"""One IMP round of LeNet-300-100 on Fashion-MNIST: this stack against the usual way, in one run.
+
+The usual way: torchvision's FashionMNIST with ToTensor + Normalize transforms, a
+torch DataLoader, a plain nn.Sequential, and ``torch.nn.utils.prune.global_unstructured``
+(L1Unstructured, 20%) with the survivors rewound by copying the initial weights into
+``weight_orig``. This stack: tensor-held data (:mod:`lth_sparse.data`), masked
+layers, :func:`lth_sparse.prune.prune_magnitude` and :func:`lth_sparse.train.train`.
+A round = prune 20% of the trained dense network, rewind, train ``--epochs``, evaluate
+on the test set. Both use the same optimizer (SGD 0.02, momentum 0.9, batch 128).
+
+    python bench/bench_imp_round.py [--epochs 1] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench._common import machine_info, write_results  # noqa: E402
+
+LR, MOMENTUM, BATCH = 0.02, 0.9, 128
+
+
+def lenet300():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
+                         nn.Linear(100, 10))
+
+
+def usual_round(root: str, init_state: dict, trained_state: dict, epochs: int) -> tuple[float, float]:
+    from torch.nn.utils import prune
+    from torchvision import datasets, transforms
+
+    start = time.perf_counter()
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))])
+    train_set = datasets.FashionMNIST(root, train=True, transform=tf, download=False)
+    test_set = datasets.FashionMNIST(root, train=False, transform=tf, download=False)
+    train_set = torch.utils.data.Subset(train_set, range(48_000))  # the same 80% split size as ours
+    model = lenet300()
+    model.load_state_dict(trained_state)
+    params = [(m, "weight") for m in model if isinstance(m, nn.Linear)]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.2)
+    with torch.no_grad():  # rewind the survivors
+        for i, (m, _) in zip([1, 3, 5], params):
+            m.weight_orig.copy_(init_state[f"{i}.weight"])
+            m.bias.copy_(init_state[f"{i}.bias"])
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=BATCH, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+    correct = 0
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(test_set, batch_size=1000):
+            correct += (model(x).argmax(1) == y).sum().item()
+    return time.perf_counter() - start, correct / len(test_set)
+
+
+def our_round(init_state: dict, trained_state: dict, epochs: int) -> tuple[float, float]:
+    from lth_sparse.data import load_dataset
+    from lth_sparse.masks import Masks
+    from lth_sparse.nn import masked
+    from lth_sparse.prune import prune_magnitude
+    from lth_sparse.train import TrainConfig, train
+
+    start = time.perf_counter()
+    data = load_dataset("fashion-mnist", seed=0)
+    model = masked(lenet300())
+    model.load_state_dict(trained_state, strict=False)
+    masks = prune_magnitude(model, 0.2, masks=Masks.ones_like(model))
+    model.load_state_dict(init_state, strict=False)
+    masks.apply_to(model)
+    result = train(model, data, TrainConfig(epochs=epochs, batch_size=BATCH, lr=LR, momentum=MOMENTUM),
+                   progress=False)
+    return time.perf_counter() - start, result.test_accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    from lth_sparse.data.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
+
+    tmp = tempfile.mkdtemp()
+    raw = Path(tmp) / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in Path(DEBIAN_FASHION_MNIST_DIR).glob("*-ubyte.gz"):
+        with gzip.open(gz) as src, open(raw / gz.name[:-3], "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    torch.manual_seed(0)
+    dense = lenet300()
+    init_state = copy.deepcopy(dense.state_dict())
+    trained_state = {k: v + 0.01 * torch.randn_like(v) for k, v in init_state.items()}  # a stand-in "trained" net
+
+    usual, ours = [], []
+    for _ in range(args.repeats):  # interleaved, so both see the same machine load
+        usual.append(usual_round(tmp, init_state, trained_state, args.epochs))
+        ours.append(our_round(init_state, trained_state, args.epochs))
+    shutil.rmtree(tmp)
+    t_usual = statistics.median(t for t, _ in usual)
+    t_ours = statistics.median(t for t, _ in ours)
+    print(f"one IMP round of LeNet-300-100 on Fashion-MNIST ({args.epochs} epoch(s), {torch.get_num_threads()} threads)")
+    print(f"{'way':<34}{'seconds':>10}{'test acc':>10}")
+    print(f"{'DataLoader + torch.nn.utils.prune':<34}{t_usual:>10.2f}{usual[-1][1]:>10.4f}")
+    print(f"{'lth_sparse':<34}{t_ours:>10.2f}{ours[-1][1]:>10.4f}")
+    print(f"speed-up: {t_usual / t_ours:.2f}x")
+    rows = [{"way": "usual", "seconds": t_usual, "test_accuracy": usual[-1][1], "all_seconds": [t for t, _ in usual]},
+            {"way": "lth_sparse", "seconds": t_ours, "test_accuracy": ours[-1][1], "all_seconds": [t for t, _ in ours]}]
+    write_results("imp_round", "cpu", rows, {"epochs": args.epochs, "speedup": t_usual / t_ours})
+
+
+if __name__ == "__main__":
+    main()
