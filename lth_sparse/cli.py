@@ -38,10 +38,45 @@ def _model_options(pairs: list[str] | None) -> tuple:
     return tuple(out)
 
 
+_TRAIN_HELP = {
+    "epochs": "training epochs (per round)",
+    "batch_size": "mini-batch size",
+    "optimizer": "optimizer",
+    "lr": "learning rate",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum (SGD)",
+    "weight_decay": "weight decay (decoupled for adamw)",
+    "betas": "Adam/AdamW betas",
+    "schedule": "learning-rate schedule, stepped per iteration",
+    "milestones": "epochs where the step schedule multiplies the learning rate by --gamma",
+    "gamma": "step-schedule decay factor",
+    "warmup_epochs": "linear learning-rate warm-up, in epochs",
+    "eval_every": "iterations between validation passes (0: once per epoch)",
+}
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of TrainConfig (shared by every pipeline); absent flags keep the config's value."""
+    from lth_sparse.train.loop import OPTIMIZERS, SCHEDULES, TrainConfig
+
+    defaults = TrainConfig()
+    group = parser.add_argument_group("training")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"{_TRAIN_HELP.get(f.name, f.name)} (default {default})"
+        if isinstance(default, bool):
+            group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        elif isinstance(default, tuple):
+            group.add_argument(flag, type=float, nargs="*", default=argparse.SUPPRESS, help=help_text)
+        else:
+            choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}.get(f.name)
+            group.add_argument(flag, type=type(default), choices=choices, default=argparse.SUPPRESS, help=help_text)
+
+
 def _add_imp(sub) -> None:
     from lth_sparse.pipelines.imp import PRUNERS, RETRAIN_MODES, ImpConfig
     from lth_sparse.prune import SCOPES, STRUCTURED_NORMS
-    from lth_sparse.train.loop import OPTIMIZERS, SCHEDULES
 
     d = ImpConfig()
     p = sub.add_parser(
@@ -50,7 +85,7 @@ def _add_imp(sub) -> None:
                     "further round prunes FRACTION of the remaining weights and retrains. Results go to --out: "
                     "config.json, round_NN/ (masks, metrics, weights), summary.json and plots/. Re-running the same "
                     "command resumes after the last finished round.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    )
     S = argparse.SUPPRESS  # defaults come from the config file, then ImpConfig
     p.add_argument("--config", help="JSON or YAML file of options (flags given here override it)")
     p.add_argument("--out", default="runs/imp", help="run directory")
@@ -76,17 +111,7 @@ def _add_imp(sub) -> None:
     p.add_argument("--controls", action="store_true", default=S,
                    help="also train the random-reinit and random-mask controls each round")
     p.add_argument("--seed", type=int, default=S, help=f"seed of init, split and data order (default {d.seed})")
-    p.add_argument("--epochs", type=float, default=S, help=f"training epochs per round (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=S, help=f"(default {d.batch_size})")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help=f"(default {d.optimizer})")
-    p.add_argument("--lr", type=float, default=S, help=f"learning rate (default {d.lr})")
-    p.add_argument("--momentum", type=float, default=S, help=f"SGD momentum (default {d.momentum})")
-    p.add_argument("--nesterov", action="store_true", default=S, help="Nesterov momentum")
-    p.add_argument("--weight-decay", type=float, default=S, help=f"(default {d.weight_decay})")
-    p.add_argument("--schedule", choices=SCHEDULES, default=S, help=f"learning-rate schedule (default {d.schedule})")
-    p.add_argument("--milestones", type=float, nargs="*", default=S, help="epochs where the step schedule decays")
-    p.add_argument("--gamma", type=float, default=S, help=f"step-schedule decay factor (default {d.gamma})")
-    p.add_argument("--warmup-epochs", type=float, default=S, help="linear learning-rate warm-up")
+    add_train_arguments(p)
     p.add_argument("--train-size", type=int, default=S, help="train on a seeded subset of N examples (quick runs)")
     p.add_argument("--val-fraction", type=float, default=S, help=f"validation split (default {d.val_fraction})")
     p.add_argument("--device", default=S, help=f"cpu, cuda, cuda:1, ... (default {d.device})")
@@ -113,7 +138,7 @@ def _run_imp(args) -> int:
         raw = options["model_options"]
         options["model_options"] = (_model_options(raw) if isinstance(raw, list) and all(isinstance(x, str) for x in raw)
                                     else tuple((k, v) for k, v in (raw.items() if isinstance(raw, dict) else raw)))
-    for name in ("milestones",):
+    for name in ("milestones", "betas"):
         if name in options:
             options[name] = tuple(options[name])
     try:

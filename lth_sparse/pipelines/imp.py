@@ -46,11 +46,15 @@ PRUNERS = IMPORTANCES + ("random",)
 
 
 @dataclass(frozen=True)
-class ImpConfig:
-    """An IMP experiment. Fields marked ``identity=False`` may change between a run and its resumption."""
+class ImpConfig(TrainConfig):
+    """An IMP experiment: the training hyperparameters of :class:`TrainConfig` (inherited), and these.
+
+    Fields marked ``identity=False`` may change between a run and its resumption.
+    """
 
     dataset: str = "fashion-mnist"
     model: str = "lenet300"
+    model_options: tuple[tuple[str, object], ...] = ()
     rounds: int = field(default=5, metadata={"identity": False})
     fraction: float = 0.2
     rewind: str = "init"
@@ -61,24 +65,13 @@ class ImpConfig:
     spare_output: bool = False
     controls: bool = False
     seed: int = 0
-    epochs: float = 5
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    milestones: tuple[float, ...] = ()
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
     train_size: int | None = None
     val_fraction: float = 0.2
-    model_options: tuple[tuple[str, object], ...] = ()
     device: str = field(default="cpu", metadata={"identity": False})
     data_dir: str | None = field(default=None, metadata={"identity": False})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rounds < 0:
             raise ValueError(f"rounds must be >= 0, got {self.rounds}")
         if not 0.0 < self.fraction < 1.0:
@@ -92,13 +85,9 @@ class ImpConfig:
         if self.structured is not None and self.structured not in STRUCTURED_NORMS:
             raise ValueError(f"structured must be one of {STRUCTURED_NORMS} or None, got {self.structured!r}")
         parse_step(self.rewind, 1)
-        self.train_config()  # validates the training fields
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-                           momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay,
-                           schedule=self.schedule, milestones=tuple(self.milestones), gamma=self.gamma,
-                           warmup_epochs=self.warmup_epochs)
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
 def _round_name(r: int) -> str:

@@ -31,12 +31,12 @@ SCHEDULES = ("constant", "step", "cosine")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyperparameters of one training run."""
+    """Hyperparameters of one training run (the defaults train LeNet-300-100 on Fashion-MNIST well)."""
 
     epochs: float = 5
     batch_size: int = 128
     optimizer: str = "sgd"
-    lr: float = 0.1
+    lr: float = 0.02
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
