@@ -150,6 +150,31 @@ def _run_imp(args) -> int:
     return 0
 
 
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="redraw the figures of a run from its summary.json",
+                       description="Redraw RUN/plots/*.png from RUN/summary.json, without re-running anything.")
+    p.add_argument("run", help="a run directory")
+    p.set_defaults(func=_run_plot)
+
+
+def _run_plot(args) -> int:
+    from lth_sparse.plots import plot_imp
+    from lth_sparse.runs import read_json
+
+    summary_path = Path(args.run) / "summary.json"
+    if not summary_path.exists():
+        print(f"lth-sparse plot: error: no summary.json in {args.run}", file=sys.stderr)
+        return 2
+    summary = read_json(summary_path)
+    kind = summary.get("kind")
+    if kind != "imp":
+        print(f"lth-sparse plot: error: no figures for runs of kind {kind!r}", file=sys.stderr)
+        return 2
+    for path in plot_imp(summary, Path(args.run) / "plots"):
+        print(path)
+    return 0
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="what was built and which backend is active",
                        description="Print lth_sparse.backend_info() as JSON.")
@@ -163,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Each subcommand writes a run directory that a re-run resumes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_imp(sub)
+    _add_plot(sub)
     _add_info(sub)
     return parser
 

@@ -53,6 +53,7 @@ def plot_imp(summary: dict, out_dir) -> list[Path]:
         ax.plot([r["round"] for r in rounds], [100 * (1 - r["layer_sparsity"][layer]) for r in rounds], "o-",
                 label=layer)
     ax.plot([r["round"] for r in rounds], density, "k--", label="all layers")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_yscale("log")
     ax.set_xlabel("round")
     ax.set_ylabel("weights remaining (%)")

@@ -173,3 +173,11 @@ def test_command_line_reads_a_yaml_config_and_flags_override_it(tmp_path):
     assert main(["imp", "--config", str(cfg), "--seed", "4", "--out", str(out), "--no-plots", "--no-progress"]) == 0
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["seed"] == 4 and saved["lr"] == 0.05 and saved["dataset"] == "digits"
+
+
+def test_plots_are_redrawn_from_the_saved_summary(tmp_path, capsys):
+    run_small(tmp_path, rounds=1)
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "plots" / "accuracy_vs_remaining.png").stat().st_size > 1000
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "no summary.json" in capsys.readouterr().err
