@@ -1,0 +1,202 @@
+"""A network evaluated at many points of the linear path between two weight sets, in one batched pass.
+
+``W(alpha) = (1 - alpha) W_a + alpha W_b`` for every parameter and buffer (batch-norm
+statistics too), as in the instability analysis of Frankle et al. (2020), "Linear
+Mode Connectivity and the Lottery Ticket Hypothesis". Instead of loading a state
+dict per alpha, :class:`PathNetwork` runs the model once per batch with the A
+alphas folded into the batch dimension: every tensor between layers is
+``(A * N, ...)``, so any forward code (residual additions, ``torch.flatten(x, 1)``,
+pooling, activations) works unchanged, and only the layers with parameters
+unfold it to ``(A, N, ...)``:
+
+- Linear / Conv2d (masked or not) call :func:`lth_sparse.ops.interpolated_linear`
+  / :func:`~lth_sparse.ops.interpolated_conv2d`; the first such layer sees the
+  shared input ``(N, ...)`` and costs two products instead of A;
+- BatchNorm (eval mode) applies the per-alpha affine map of its interpolated
+  statistics and parameters.
+
+Masked layers use each endpoint's masked weight (``W_a * M_a``, ``W_b * M_b``).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from lth_sparse.nn.modules import MaskedMixin
+from lth_sparse.ops import interpolated_conv2d, interpolated_linear
+
+
+class _PathState:
+    """What every interpolating layer of one PathNetwork shares: the alphas and the batch size."""
+
+    def __init__(self) -> None:
+        self.alphas: Tensor | None = None
+        self.batch: int = 0
+
+    def unfold(self, x: Tensor) -> Tensor:
+        """(A*N, ...) -> (A, N, ...); the shared input (N, ...) -> (1, N, ...)."""
+        num_alphas = self.alphas.shape[0]
+        if x.shape[0] == self.batch and num_alphas > 1:
+            return x.unsqueeze(0)
+        if x.shape[0] != num_alphas * self.batch:
+            raise RuntimeError(f"PathNetwork: a layer got a batch of {x.shape[0]}, expected {self.batch} (the input) "
+                               f"or {num_alphas * self.batch} (alphas x batch)")
+        return x.reshape(num_alphas, self.batch, *x.shape[1:])
+
+
+def _endpoint(state: Mapping[str, Tensor], prefix: str, name: str) -> Tensor | None:
+    return state.get(f"{prefix}{name}")
+
+
+def _masked_weight(state, prefix, module) -> Tensor:
+    weight = state[f"{prefix}weight"]
+    mask = state.get(f"{prefix}mask")
+    if mask is None and isinstance(module, MaskedMixin):
+        mask = module.mask
+    return weight if mask is None else torch.where(mask.to(weight.device), weight, 0)
+
+
+class _PathLinear(nn.Module):
+    def __init__(self, shared: _PathState, a: dict, b: dict) -> None:
+        super().__init__()
+        self.shared = shared
+        self.register_buffer("weight_a", a["weight"])
+        self.register_buffer("weight_b", b["weight"])
+        self.register_buffer("bias_a", a.get("bias"))
+        self.register_buffer("bias_b", b.get("bias"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = interpolated_linear(self.shared.unfold(x), self.weight_a, self.weight_b, self.shared.alphas,
+                                self.bias_a, self.bias_b)
+        return y.flatten(0, 1)
+
+
+class _PathConv2d(nn.Module):
+    def __init__(self, shared: _PathState, a: dict, b: dict, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.shared = shared
+        self.register_buffer("weight_a", a["weight"])
+        self.register_buffer("weight_b", b["weight"])
+        self.register_buffer("bias_a", a.get("bias"))
+        self.register_buffer("bias_b", b.get("bias"))
+        self.conv = conv  # geometry and padding mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = self.conv
+        padding = conv.padding
+        if conv.padding_mode != "zeros" or isinstance(padding, str):
+            mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+            x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
+            padding = (0, 0)
+        y = interpolated_conv2d(self.shared.unfold(x), self.weight_a, self.weight_b, self.shared.alphas,
+                                self.bias_a, self.bias_b, conv.stride, padding, conv.dilation, conv.groups)
+        return y.flatten(0, 1)
+
+
+class _PathBatchNorm(nn.Module):
+    def __init__(self, shared: _PathState, a: dict, b: dict, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.shared = shared
+        self.eps = bn.eps
+        for side, state in (("a", a), ("b", b)):
+            self.register_buffer(f"mean_{side}", state["running_mean"])
+            self.register_buffer(f"var_{side}", state["running_var"])
+            self.register_buffer(f"weight_{side}", state.get("weight", torch.ones_like(state["running_mean"])))
+            self.register_buffer(f"bias_{side}", state.get("bias", torch.zeros_like(state["running_mean"])))
+
+    def forward(self, x: Tensor) -> Tensor:
+        alphas = self.shared.alphas.reshape(-1, 1)
+        lerp = lambda a, b: torch.lerp(a.unsqueeze(0), b.unsqueeze(0), alphas.to(a.dtype))  # noqa: E731
+        scale = lerp(self.weight_a, self.weight_b) / torch.sqrt(lerp(self.var_a, self.var_b) + self.eps)
+        shift = lerp(self.bias_a, self.bias_b) - lerp(self.mean_a, self.mean_b) * scale
+        unfolded = self.shared.unfold(x)
+        if unfolded.shape[0] == 1:
+            unfolded = unfolded.expand(alphas.shape[0], *unfolded.shape[1:])
+        view = (alphas.shape[0], 1, -1) + (1,) * (unfolded.dim() - 3)
+        return (unfolded * scale.reshape(view) + shift.reshape(view)).flatten(0, 1)
+
+
+class PathNetwork(nn.Module):
+    """``model`` at every alpha of the path from ``state_a`` to ``state_b``, in one forward.
+
+    state_a/state_b: state dicts of ``model`` (masks included for masked layers).
+    ``forward(x, alphas)``: x (N, ...) one batch shared by all alphas, alphas (A,)
+    -> logits (A, N, classes). The model is copied; evaluation mode only.
+    Raises ValueError for a module with parameters it cannot interpolate.
+    """
+
+    def __init__(self, model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor]) -> None:
+        super().__init__()
+        missing = set(state_a) ^ set(state_b)
+        if missing:
+            raise KeyError(f"state_a and state_b differ in their keys: {sorted(missing)}")
+        self.shared = _PathState()
+        net = copy.deepcopy(model).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self.net = self._convert(net, state_a, state_b)
+
+    def _convert(self, net: nn.Module, state_a, state_b) -> nn.Module:
+        replacements = []
+        for name, module in net.named_modules():
+            prefix = f"{name}." if name else ""
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and type(module) in (nn.Linear, nn.Conv2d) or \
+                    isinstance(module, MaskedMixin):
+                ends = [{"weight": _masked_weight(s, prefix, module), "bias": _endpoint(s, prefix, "bias")}
+                        for s in (state_a, state_b)]
+                ends = [{k: v for k, v in e.items() if v is not None} for e in ends]
+                new = (_PathLinear(self.shared, *ends) if isinstance(module, nn.Linear)
+                       else _PathConv2d(self.shared, *ends, module))
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if not module.track_running_stats:
+                    raise ValueError(f"{name}: batch norm without running statistics cannot be interpolated")
+                ends = [{k: s[f"{prefix}{k}"] for k in ("running_mean", "running_var", "weight", "bias")
+                         if f"{prefix}{k}" in s} for s in (state_a, state_b)]
+                new = _PathBatchNorm(self.shared, *ends, module)
+            else:
+                if any(True for _ in module.parameters(recurse=False)):
+                    raise ValueError(f"{name}: {type(module).__name__} has parameters PathNetwork cannot interpolate")
+                continue
+            replacements.append((name, new))
+        for name, new in replacements:
+            if not name:
+                return new
+            parent_name, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent_name) if parent_name else net, child, new)
+        return net
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, alphas: Tensor) -> Tensor:
+        if alphas.dim() != 1 or alphas.numel() == 0:
+            raise ValueError(f"alphas must be a non-empty 1-D tensor, got shape {tuple(alphas.shape)}")
+        self.shared.alphas = alphas.to(x.device, x.dtype)
+        self.shared.batch = x.shape[0]
+        out = self.net(x)
+        if out.shape[0] == x.shape[0] and alphas.shape[0] > 1:  # no layer with parameters: the same for all alphas
+            out = out.unsqueeze(0).expand(alphas.shape[0], *out.shape)
+        return out.reshape(alphas.shape[0], x.shape[0], *out.shape[1:])
+
+
+@torch.no_grad()
+def evaluate_path(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], alphas: Tensor,
+                  x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
+    """Cross-entropy loss and accuracy of ``model`` at each alpha of the path, over (x, y): two (A,) tensors."""
+    path = PathNetwork(model, state_a, state_b).to(x.device)
+    num_alphas = alphas.shape[0]
+    loss = torch.zeros(num_alphas, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(num_alphas, dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        logits = path(xb, alphas)
+        targets = yb.unsqueeze(0).expand(num_alphas, -1)
+        loss += F.cross_entropy(logits.flatten(0, 1), targets.reshape(-1), reduction="none") \
+            .reshape(num_alphas, -1).sum(1).double()
+        correct += (logits.argmax(-1) == targets).sum(1).double()
+    n = max(1, x.shape[0])
+    return loss / n, correct / n

@@ -1,0 +1,81 @@
+"""PathNetwork / evaluate_path against loading each interpolated state dict."""
+
+import copy
+
+import pytest
+import torch
+
+from lth_sparse.masks import Masks
+from lth_sparse.models import create_model
+from lth_sparse.nn.path import PathNetwork, evaluate_path
+
+MODELS = [("lenet300", (1, 28, 28), {}), ("mlp", (40,), {"depth": 2, "width": 16}), ("conv2", (1, 12, 12), {}),
+          ("lenet5", (1, 28, 28), {}), ("resnet20", (3, 16, 16), {"width": 4}), ("vgg11", (3, 16, 16), {})]
+
+
+def endpoints(name, shape, options, seed_b=1):
+    torch.manual_seed(0)
+    model = create_model(name, shape, 10, **options)
+    state_a = copy.deepcopy(model.state_dict())
+    torch.manual_seed(seed_b)
+    other = create_model(name, shape, 10, **options)
+    for key, value in other.state_dict().items():  # non-trivial batch-norm statistics at end b
+        if key.endswith("running_var"):
+            value.uniform_(0.5, 2.0)
+        elif key.endswith("running_mean"):
+            value.normal_()
+    return model, state_a, copy.deepcopy(other.state_dict())
+
+
+def loop_reference(model, state_a, state_b, alphas, x):
+    outs = []
+    for alpha in alphas:
+        state = {k: torch.lerp(state_a[k], state_b[k], alpha) if state_a[k].is_floating_point() else state_a[k]
+                 for k in state_a}
+        m = copy.deepcopy(model)
+        m.load_state_dict(state)
+        outs.append(m.eval()(x))
+    return torch.stack(outs)
+
+
+@pytest.mark.parametrize("name,shape,options", MODELS, ids=[m[0] for m in MODELS])
+@pytest.mark.parametrize("num_alphas", [1, 2, 5])
+def test_path_network_equals_loading_each_interpolated_state(name, shape, options, num_alphas):
+    model, state_a, state_b = endpoints(name, shape, options)
+    alphas = torch.linspace(0, 1, num_alphas) if num_alphas > 1 else torch.tensor([0.3])
+    x = torch.randn(6, *shape)
+    out = PathNetwork(model, state_a, state_b)(x, alphas)
+    assert out.shape == (num_alphas, 6, 10)
+    torch.testing.assert_close(out, loop_reference(model, state_a, state_b, alphas, x), atol=2e-5, rtol=1e-4)
+
+
+def test_each_endpoint_uses_its_own_mask():
+    model, state_a, state_b = endpoints("lenet300", (1, 28, 28), {})
+    masks = Masks.from_model(model)
+    pruned = Masks({n: torch.rand(m.shape) < 0.3 for n, m in masks.items()})
+    for name, mask in pruned.items():
+        state_b[name.replace("weight", "mask")] = mask
+    x = torch.randn(4, 1, 28, 28)
+    out = PathNetwork(model, state_a, state_b)(x, torch.tensor([1.0]))
+    end_b = copy.deepcopy(model)
+    end_b.load_state_dict(state_b)
+    torch.testing.assert_close(out[0], end_b.eval()(x))
+
+
+def test_evaluate_path_matches_per_alpha_evaluation():
+    model, state_a, state_b = endpoints("mlp", (40,), {"depth": 1, "width": 8})
+    x, y = torch.randn(37, 40), torch.randint(0, 10, (37,))
+    alphas = torch.linspace(0, 1, 3)
+    loss, acc = evaluate_path(model, state_a, state_b, alphas, x, y, batch_size=10)
+    logits = loop_reference(model, state_a, state_b, alphas, x)
+    for i in range(3):
+        assert loss[i].item() == pytest.approx(torch.nn.functional.cross_entropy(logits[i], y).item(), rel=1e-5)
+        assert acc[i].item() == pytest.approx((logits[i].argmax(1) == y).float().mean().item())
+
+
+def test_bad_input_is_refused():
+    model, state_a, state_b = endpoints("mlp", (40,), {"depth": 1, "width": 8})
+    with pytest.raises(KeyError, match="differ in their keys"):
+        PathNetwork(model, state_a, {k: v for k, v in state_b.items() if "fc1" not in k})
+    with pytest.raises(ValueError, match="1-D"):
+        PathNetwork(model, state_a, state_b)(torch.randn(2, 40), torch.tensor(0.5))
