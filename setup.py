@@ -28,13 +28,19 @@ def _log(msg: str) -> None:
 
 
 def _find_cuda_home() -> str | None:
-    """CUDA_HOME if set, else the folder above the nvcc on PATH, else /usr/local/cuda."""
+    """CUDA_HOME if set, else the folder above the nvcc on PATH, else /usr/local/cuda.
+
+    The nvcc on PATH may be a wrapper script (e.g. /usr/local/bin/nvcc): a folder
+    counts only if it holds the toolkit's headers as well.
+    """
     for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
         if candidate and os.path.exists(os.path.join(candidate, "bin", "nvcc")):
             return candidate
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
     if os.path.exists("/usr/local/cuda/bin/nvcc"):
         return "/usr/local/cuda"
     return None
@@ -82,7 +88,7 @@ def _extensions():
     exts = []
     if _compiler_works([]):
         openmp = _compiler_works(["-fopenmp"])
-        cxx_flags = ["-O3", "-std=c++17"] + (["-fopenmp", "-DLTH_SPARSE_OPENMP"] if openmp else [])
+        cxx_flags = ["-O3", "-std=c++20"] + (["-fopenmp", "-DLTH_SPARSE_OPENMP"] if openmp else [])
         exts.append(cpp_extension.CppExtension(
             "lth_sparse._C",
             sorted(glob.glob("csrc/cpu/*.cpp")),
@@ -112,8 +118,8 @@ def _extensions():
             cuda_sources,
             include_dirs=[os.path.join(ROOT, "csrc")],
             library_dirs=libdirs,
-            extra_compile_args={"cxx": ["-O3", "-std=c++17"],
-                                "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+            extra_compile_args={"cxx": ["-O3", "-std=c++20"],
+                                "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
         ))
         _log(f"building the CUDA kernels with {cuda_home} for arch {os.environ['TORCH_CUDA_ARCH_LIST']}")
     else:

@@ -28,6 +28,7 @@ at::Tensor kth_smallest_radix(const std::vector<at::Tensor>& tensors, int64_t k)
 struct KernelInfo {
   bool openmp;
   int threads;
+  bool avx2;  // the AVX2 float32 kernels are in use
   int64_t sample_size;
   int64_t chunk_elements;
   int radix_bits;
