@@ -7,8 +7,8 @@ interpreter is a test vehicle, never a fast path). ``LTH_SPARSE_BACKEND`` forces
 one backend; a forced backend that cannot run the op here is a ``RuntimeError``
 that names it and says why, never a silent fallback.
 
-CUDA kernels that have not yet passed their tests on a GPU stay opt-in: ``auto``
-skips them (see ``_CUDA_VERIFIED``) and ``backend_info()`` says so.
+GPU kernels (CUDA or Triton) that have not yet passed their tests on a GPU stay
+opt-in: ``auto`` skips them (see ``_GPU_VERIFIED``) and ``backend_info()`` says so.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 
 BACKENDS = ("auto", "cuda", "triton", "cpp", "torch")
 
-# Ops whose CUDA kernels have passed their tests on a GPU, so ``auto`` may pick them.
-_CUDA_VERIFIED: frozenset[str] = frozenset()
+# (op, backend) pairs whose GPU kernels have passed their tests on a GPU, so ``auto`` may pick them.
+_GPU_VERIFIED: frozenset[tuple[str, str]] = frozenset()
 
 
 def backend_setting() -> str:
@@ -60,6 +60,17 @@ def _triton_importable() -> tuple[bool, str | None]:
     except ImportError as exc:
         return False, f"triton is not installed ({exc})"
     return True, None
+
+
+def triton_kernel(module: str, name: str):
+    """A launcher for ``lth_sparse.kernels.<module>.<name>`` that imports Triton only when first called."""
+
+    def launch(*args):
+        kernels = importlib.import_module(f"lth_sparse.kernels.{module}")
+        return getattr(kernels, name)(*args)
+
+    launch.__name__ = name
+    return launch
 
 
 def triton_interpreting() -> bool:
@@ -108,7 +119,7 @@ def choose_backend(op: str, device: torch.device, implemented: tuple[str, ...]) 
     for backend in order:
         if backend not in implemented:
             continue
-        if backend == "cuda" and op not in _CUDA_VERIFIED:
+        if backend in ("cuda", "triton") and (op, backend) not in _GPU_VERIFIED:
             continue
         if backend_status(backend, device)[0]:
             return backend
@@ -134,8 +145,9 @@ def backend_info() -> dict:
     """What was built and what is active here.
 
     Keys: ``version``, ``torch``, ``cpp``, ``cuda``, ``triton`` (bools: built and
-    usable here), ``backend`` (the setting in force), ``cuda_auto`` (ops whose
-    CUDA kernel ``auto`` uses), ``reasons`` (why a backend is unusable).
+    usable here), ``backend`` (the setting in force), ``gpu_auto`` ("op:backend" GPU
+    kernels that ``auto`` uses; the others are opt-in until verified on a GPU),
+    ``reasons`` (why a backend is unusable).
     """
     from lth_sparse import __version__
 
@@ -160,7 +172,7 @@ def backend_info() -> dict:
         "cuda": cuda_ok,
         "triton": triton_ok,
         "backend": backend_setting(),
-        "cuda_auto": sorted(_CUDA_VERIFIED),
+        "gpu_auto": sorted(f"{op}:{backend}" for op, backend in _GPU_VERIFIED),
         "reasons": reasons,
     }
     if cpp_ok:

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from lth_sparse._dispatch import choose_backend
+from lth_sparse._dispatch import choose_backend, triton_kernel
 from lth_sparse.ops import _checks
 
-IMPLEMENTED = ("torch",)
+IMPLEMENTED = ("triton", "torch")
 
 
 def check_conv_geometry(input: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> None:
@@ -64,8 +64,8 @@ def _backward_torch(grad, input, weight, mask, stride, padding, dilation, groups
     return grad_input, grad_weight, grad_bias
 
 
-_FORWARD = {"torch": _forward_torch}
-_BACKWARD = {"torch": _backward_torch}
+_FORWARD = {"torch": _forward_torch, "triton": triton_kernel("masked_matmul", "masked_conv2d_forward")}
+_BACKWARD = {"torch": _backward_torch, "triton": triton_kernel("masked_matmul", "masked_conv2d_backward")}
 
 
 @torch.library.custom_op("lth_sparse::masked_conv2d", mutates_args=())

@@ -1,0 +1,282 @@
+"""Masked-weight linear and conv, forward + backward, on a GPU: dense, the torch way, and our Triton kernels.
+
+Three ways, timed in the same process on the same tensors (``triton.testing.do_bench``, median):
+
+- dense: ``F.linear(x, w, b)`` / ``F.conv2d`` without a mask (cuBLAS / cuDNN): the floor;
+- torch way: ``F.linear(x, w * m, b)``: materialises ``w * m`` forward, and its backward masks dW;
+- ours: ``lth_sparse.ops.masked_linear`` / ``masked_conv2d`` with ``LTH_SPARSE_BACKEND=triton``
+  (the mask applied on load, dW masked in the epilogue, bias fused).
+
+Shapes (issue 7): LeNet-300-100 layers at batch 60, VGG/ResNet 3x3 convs (64-512 channels) both
+as convs and as the GEMMs an im2col would give, and a transformer MLP (4096 x 16384, 8192 tokens);
+float32 (TF32 off, as torch's default for matmul), bfloat16, float16; density 0.2 (80% pruned).
+Prints a table with the ratios the issue targets (ours / dense <= 1.10, torch way / ours >= 1.3 where
+memory-bound) and the peak memory of one step, and writes ``bench/results/masked_linear-<gpu>.json``.
+
+    python bench/bench_masked_linear.py [--only linear|conv] [--dtypes float32,bfloat16,float16] [--quick]
+    TRITON_INTERPRET=1 python bench/bench_masked_linear.py --interpret-smoke   # no GPU: proves the script runs
+
+Without a GPU it says so and exits 0. ``--interpret-smoke`` runs one tiny linear and one tiny conv
+through the interpreter on the CPU: its times are of the interpreter, meaningless, and not written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+if "--interpret-smoke" in sys.argv:  # Triton decides when kernels are defined whether they are interpreted
+    os.environ["TRITON_INTERPRET"] = "1"
+os.environ["LTH_SPARSE_BACKEND"] = "triton"  # read by the dispatch at every call
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DENSITY = 0.2
+
+# (name, tokens, in_features, out_features)
+LINEAR_SHAPES = [
+    ("lenet300 fc1", 60, 784, 300),
+    ("lenet300 fc2", 60, 300, 100),
+    ("vgg conv 64 @56 as GEMM", 32 * 56 * 56, 64 * 9, 64),
+    ("resnet conv 128 @28 as GEMM", 32 * 28 * 28, 128 * 9, 128),
+    ("vgg conv 256 @28 as GEMM", 32 * 28 * 28, 256 * 9, 256),
+    ("resnet conv 512 @7 as GEMM", 32 * 7 * 7, 512 * 9, 512),
+    ("mlp up 4096->16384", 8192, 4096, 16384),
+    ("mlp down 16384->4096", 8192, 16384, 4096),
+]
+# (name, batch, channels in, channels out, spatial size, stride)
+CONV_SHAPES = [
+    ("conv 3x3 64->64 @56", 32, 64, 64, 56, 1),
+    ("conv 3x3 128->128 @28", 32, 128, 128, 28, 1),
+    ("conv 3x3 256->256 @14", 32, 256, 256, 14, 1),
+    ("conv 3x3 512->512 @7", 32, 512, 512, 7, 1),
+    ("conv 3x3 128->256 @28 s2", 32, 128, 256, 28, 2),
+]
+QUICK = {"lenet300 fc1", "vgg conv 64 @56 as GEMM", "mlp up 4096->16384", "conv 3x3 64->64 @56",
+         "conv 3x3 512->512 @7"}
+
+
+def masked_linear_ours():
+    """Our kernels behind the op's dispatch; until the op lists a Triton backend, the kernels directly."""
+    from lth_sparse.ops.masked_linear import IMPLEMENTED, masked_linear
+    if "triton" in IMPLEMENTED:
+        return masked_linear, "lth_sparse.ops.masked_linear (LTH_SPARSE_BACKEND=triton)"
+    from lth_sparse.kernels import masked_matmul as k
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, m, b):
+            ctx.save_for_backward(x, w, m)
+            ctx.has_bias = b is not None
+            return k.masked_linear_forward(x, w, m, b)
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, w, m = ctx.saved_tensors
+            nx, nw, _, nb = ctx.needs_input_grad
+            dx, dw, db = k.masked_linear_backward(grad, x, w, m, nx, nw, bool(nb and ctx.has_bias))
+            return dx if nx else None, dw if nw else None, None, db if nb and ctx.has_bias else None
+
+    return (lambda x, w, m, b=None: Fn.apply(x, w, m, b)), "lth_sparse.kernels.masked_matmul (op not wired yet)"
+
+
+def masked_conv2d_ours():
+    from lth_sparse.ops.masked_conv2d import IMPLEMENTED, masked_conv2d
+    if "triton" in IMPLEMENTED:
+        return masked_conv2d, "lth_sparse.ops.masked_conv2d (LTH_SPARSE_BACKEND=triton)"
+    from lth_sparse.kernels import masked_matmul as k
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w, m, b, stride, padding):
+            ctx.save_for_backward(x, w, m)
+            ctx.geometry = ([stride] * 2, [padding] * 2, [1, 1], 1)
+            ctx.has_bias = b is not None
+            return k.masked_conv2d_forward(x, w, m, b, *ctx.geometry)
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, w, m = ctx.saved_tensors
+            nx, nw, _, nb = ctx.needs_input_grad[:4]
+            dx, dw, db = k.masked_conv2d_backward(grad, x, w, m, *ctx.geometry, nx, nw, bool(nb and ctx.has_bias))
+            return (dx if nx else None, dw if nw else None, None, db if nb and ctx.has_bias else None, None, None)
+
+    return ((lambda x, w, m, b=None, stride=1, padding=0: Fn.apply(x, w, m, b, stride, padding)),
+            "lth_sparse.kernels.masked_matmul (op not wired yet)")
+
+
+def make_step(forward, leaves, grad):
+    def step():
+        forward().backward(grad)
+    return step
+
+
+def measure(step, leaves, device, timer) -> tuple[float, float]:
+    """(median ms of one forward + backward, peak MB above what was allocated before)."""
+    step()  # autotune and compile outside the timing
+    for t in leaves:
+        t.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        for t in leaves:
+            t.grad = None
+    else:
+        peak = float("nan")
+    return timer(step, leaves), peak
+
+
+def max_relative_error(ours, theirs, leaves, grad) -> float:
+    """Largest |ours - theirs| / max|theirs| over the output and the gradients: the rows time correct kernels."""
+    results = []
+    for forward in (ours, theirs):
+        for t in leaves:
+            t.grad = None
+        y = forward()
+        y.backward(grad)
+        results.append([y.detach().double()] + [t.grad.double() for t in leaves])
+    for t in leaves:
+        t.grad = None
+    return max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(*results))
+
+
+def gpu_timer(step, leaves):
+    import triton.testing
+    return triton.testing.do_bench(step, grad_to_none=leaves, return_mode="median")
+
+
+def cpu_timer(step, leaves, repeats=3):
+    times = []
+    for _ in range(repeats):
+        for t in leaves:
+            t.grad = None
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def linear_row(name, tokens, fin, fout, dtype, device, timer, ours):
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(tokens, fin, device=device, dtype=dtype, generator=g).requires_grad_()
+    w = (torch.randn(fout, fin, device=device, dtype=dtype, generator=g) / fin**0.5).requires_grad_()
+    b = torch.zeros(fout, device=device, dtype=dtype).requires_grad_()
+    m = torch.rand(fout, fin, device=device, generator=g) < DENSITY
+    grad = torch.randn(tokens, fout, device=device, dtype=dtype, generator=g)
+    leaves = [x, w, b]
+    ways = {
+        "dense": lambda: F.linear(x, w, b),
+        "torch_way": lambda: F.linear(x, w * m, b),
+        "ours": lambda: ours(x, w, m, b),
+    }
+    out = {"kind": "linear", "shape": name, "M": tokens, "K": fin, "N": fout, "dtype": str(dtype).split(".")[-1],
+           "flops": 6 * tokens * fin * fout}
+    for way, fwd in ways.items():
+        out[f"{way}_ms"], out[f"{way}_peak_mb"] = measure(make_step(fwd, leaves, grad), leaves, device, timer)
+    out["max_rel_err_vs_torch_way"] = max_relative_error(ways["ours"], ways["torch_way"], leaves, grad)
+    return out
+
+
+def conv_row(name, batch, cin, cout, size, stride, dtype, device, timer, ours):
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, cin, size, size, device=device, dtype=dtype, generator=g).requires_grad_()
+    w = (torch.randn(cout, cin, 3, 3, device=device, dtype=dtype, generator=g) / (9 * cin) ** 0.5).requires_grad_()
+    b = torch.zeros(cout, device=device, dtype=dtype).requires_grad_()
+    m = torch.rand(cout, cin, 3, 3, device=device, generator=g) < DENSITY
+    out_size = (size + 2 - 3) // stride + 1
+    grad = torch.randn(batch, cout, out_size, out_size, device=device, dtype=dtype, generator=g)
+    leaves = [x, w, b]
+    ways = {
+        "dense": lambda: F.conv2d(x, w, b, stride, 1),
+        "torch_way": lambda: F.conv2d(x, w * m, b, stride, 1),
+        "ours": lambda: ours(x, w, m, b, stride, 1),
+    }
+    out = {"kind": "conv", "shape": name, "M": batch * out_size**2, "K": cin * 9, "N": cout,
+           "dtype": str(dtype).split(".")[-1], "flops": 6 * batch * out_size**2 * cin * 9 * cout}
+    for way, fwd in ways.items():
+        out[f"{way}_ms"], out[f"{way}_peak_mb"] = measure(make_step(fwd, leaves, grad), leaves, device, timer)
+    out["max_rel_err_vs_torch_way"] = max_relative_error(ways["ours"], ways["torch_way"], leaves, grad)
+    return out
+
+
+def print_table(rows):
+    head = (f"{'shape':<30}{'dtype':<10}{'dense ms':>10}{'torch ms':>10}{'ours ms':>10}{'ours/dense':>11}"
+            f"{'torch/ours':>11}{'TFLOP/s':>9}{'peak MB d/t/o':>22}{'rel err':>10}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        peaks = f"{r['dense_peak_mb']:.0f}/{r['torch_way_peak_mb']:.0f}/{r['ours_peak_mb']:.0f}"
+        tflops = r["flops"] / (r["ours_ms"] * 1e-3) / 1e12
+        print(f"{r['shape']:<30}{r['dtype']:<10}{r['dense_ms']:>10.3f}{r['torch_way_ms']:>10.3f}{r['ours_ms']:>10.3f}"
+              f"{r['ours_ms'] / r['dense_ms']:>11.2f}{r['torch_way_ms'] / r['ours_ms']:>11.2f}{tflops:>9.1f}"
+              f"{peaks:>22}{r['max_rel_err_vs_torch_way']:>10.1e}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=["linear", "conv"], default=None)
+    parser.add_argument("--dtypes", default="float32,bfloat16,float16")
+    parser.add_argument("--quick", action="store_true", help="a few shapes only")
+    parser.add_argument("--interpret-smoke", action="store_true",
+                        help="one tiny linear and conv under TRITON_INTERPRET=1 on the CPU; nothing is written")
+    args = parser.parse_args()
+
+    if args.interpret_smoke:
+        device = torch.device("cpu")
+        ours_linear, how_linear = masked_linear_ours()
+        ours_conv, how_conv = masked_conv2d_ours()
+        print(f"interpreter smoke run on the CPU (times are the interpreter's, not a measurement): "
+              f"{how_linear}; {how_conv}")
+        rows = [linear_row("smoke linear 24x40->48", 24, 40, 48, torch.float32, device, cpu_timer, ours_linear),
+                conv_row("smoke conv 4->6 @6", 2, 4, 6, 6, 1, torch.float32, device, cpu_timer, ours_conv)]
+        print_table(rows)
+        return 0
+
+    if not torch.cuda.is_available():
+        print("bench_masked_linear.py needs a CUDA GPU (none found); nothing measured. "
+              "Use --interpret-smoke to check that the script runs.")
+        return 0
+
+    from bench._common import machine_info, write_results
+
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 in full precision for all three ways
+    torch.backends.cudnn.allow_tf32 = False
+    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    ours_linear, how_linear = masked_linear_ours()
+    ours_conv, how_conv = masked_conv2d_ours()
+    print(f"{torch.cuda.get_device_name(device)}; density {DENSITY}; ours = {how_linear}, {how_conv}")
+    rows = []
+    for dtype in dtypes:
+        if args.only in (None, "linear"):
+            for shape in LINEAR_SHAPES:
+                if not args.quick or shape[0] in QUICK:
+                    rows.append(linear_row(*shape, dtype, device, gpu_timer, ours_linear))
+        if args.only in (None, "conv"):
+            for shape in CONV_SHAPES:
+                if not args.quick or shape[0] in QUICK:
+                    rows.append(conv_row(*shape, dtype, device, gpu_timer, ours_conv))
+    print_table(rows)
+    missed = [r for r in rows if r["ours_ms"] > 1.10 * r["dense_ms"]]
+    print(f"\nours <= 1.10x dense: {len(rows) - len(missed)}/{len(rows)} rows"
+          + ("" if not missed else "; missed: " + ", ".join(f"{r['shape']} {r['dtype']} "
+                                                          f"({r['ours_ms'] / r['dense_ms']:.2f}x)" for r in missed)))
+    lower_peak = sum(r["ours_peak_mb"] < r["torch_way_peak_mb"] for r in rows)
+    print(f"peak memory below the torch way: {lower_peak}/{len(rows)} rows")
+    write_results("masked_linear", "cuda", rows,
+                  {"density": DENSITY, "tf32": False, "ours": [how_linear, how_conv], "machine": machine_info(device)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
