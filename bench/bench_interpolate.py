@@ -5,7 +5,7 @@ model and evaluate. Ours: :func:`lth_sparse.nn.path.evaluate_path`, which runs
 all alphas in one pass (the first layer's input is shared: two products instead
 of A). Both in the same run, with the same inputs; the results are checked equal.
 
-    python bench/bench_interpolate.py            # LeNet-300-100 on 10,000 examples, Conv-4 on 2,000, 21 alphas
+    python bench/bench_interpolate.py            # LeNet-300-100 on 10,000 examples, Conv-4 on 500, 21 alphas
     python bench/bench_interpolate.py --quick    # smaller, seconds
 """
 
@@ -80,7 +80,7 @@ def main(argv=None) -> list[dict]:
     scale = 10 if args.quick else 1
     repeats = 1 if args.quick else 2
     rows = [run_case("lenet300", (1, 28, 28), 10_000 // scale, args.alphas, repeats, 1000),
-            run_case("conv4", (3, 32, 32), 2_000 // scale, args.alphas, repeats, 500)]
+            run_case("conv4", (3, 32, 32), 500 // scale, args.alphas, repeats, 250)]
     print(f"evaluation at {args.alphas} points of a linear path, CPU, {torch.get_num_threads()} threads")
     print_table([("model", "model", ""), ("examples", "examples", "d"), ("loop_s", "loop (s)", ".3f"),
                  ("ours_s", "batched (s)", ".3f"), ("speedup", "speed-up", ".2f"),
