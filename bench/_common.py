@@ -91,6 +91,8 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gib": _memory_gib(),
         "torch_threads": torch.get_num_threads(),
+        # 1, 5, 15-minute load averages when the result was written: other work on a shared machine
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "triton": _triton_version(),

@@ -4,7 +4,8 @@ The weights of VGG-16, ResNet-18 and LeNet-300-100 (60 tensors; channel widths s
 total is ``--size`` float32 values, 70M by default; Kaiming-normal, seeded) are pruned globally by
 magnitude: the scores are ``|w|`` and k is 20% of them. Timed in one process, on the same tensors,
 with ``torch.utils.benchmark.Timer`` (warm-up, median; all torch threads) on CPU, and
-``triton.testing.do_bench`` (median) on CUDA:
+``triton.testing.do_bench`` (median) on CUDA, in rounds that take every case in turn (so that a
+shared machine's load falls on all of them alike):
 
 - ``torch.cat + kthvalue``: the torch way to the global threshold (a full copy, then a selection);
 - ``sum()`` over the same tensors: one read of the data, the bound for any exact selection;
@@ -12,7 +13,8 @@ with ``torch.utils.benchmark.Timer`` (warm-up, median; all torch threads) on CPU
 - ``kth_smallest`` (ours): the same threshold without concatenating;
 - the torch way to the masks (``cat + kthvalue``, then ``score > threshold`` per tensor), and
   ``prune_lowest`` (ours, exact k with position tie-breaks) without and with masks (an IMP round 2:
-  20% of the entries that survived a first 20% round).
+  20% of the entries that survived a first 20% round), the latter also through the extension
+  alone, which shows what the op's own argument checks cost.
 
 Ours are the public ops ``lth_sparse.ops.kth_smallest`` / ``prune_lowest`` with
 ``LTH_SPARSE_BACKEND=cpp`` (``cuda`` on a GPU), or the raw extension functions where ``lth_sparse.ops``
@@ -108,22 +110,40 @@ def our_ops(device: torch.device):
         return ext.kth_smallest, ext.prune_lowest, f"lth_sparse.{ext_name} directly (lth_sparse.ops not importable)"
 
 
-def kernel_info(device: torch.device) -> dict | None:
+def raw_extension(device: torch.device):
     try:
-        return importlib.import_module("lth_sparse._C" if device.type == "cpu" else "lth_sparse._cuda").kernel_info()
-    except (ImportError, AttributeError):
+        return importlib.import_module("lth_sparse._C" if device.type == "cpu" else "lth_sparse._cuda")
+    except ImportError:
         return None
 
 
-def median_seconds(fn, device: torch.device, min_run_time: float) -> float:
+def kernel_info(device: torch.device) -> dict | None:
+    ext = raw_extension(device)
+    return ext.kernel_info() if ext is not None and hasattr(ext, "kernel_info") else None
+
+
+def sample_seconds(fn, device: torch.device, min_run_time: float) -> list[float]:
+    """Times of single calls of fn (a CUDA median from do_bench; on CPU a blocked_autorange's blocks)."""
     if device.type == "cuda":
         import triton.testing
-        return triton.testing.do_bench(fn, warmup=25, rep=max(100, int(min_run_time * 1000)),
-                                       return_mode="median") / 1e3
+        return [triton.testing.do_bench(fn, warmup=25, rep=max(100, int(min_run_time * 1000)),
+                                        return_mode="median") / 1e3]
     from torch.utils.benchmark import Timer
-    fn()  # warm-up
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+    return list(timer.blocked_autorange(min_run_time=min_run_time).times)
+
+
+def median_seconds_interleaved(cases: dict, device: torch.device, rounds: int,
+                               min_run_time: dict) -> dict[str, float]:
+    """Median time of each case, measured in `rounds` rounds that take every case in turn, so that all
+    cases see the same machine load (this machine may be shared)."""
+    for fn in cases.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {key: [] for key in cases}
+    for _ in range(rounds):
+        for key, fn in cases.items():
+            times[key] += sample_seconds(fn, device, min_run_time[key])
+    return {key: sorted(t)[len(t) // 2] for key, t in times.items()}
 
 
 def check_masks(scores: list[torch.Tensor], before: list[torch.Tensor] | None, after: list[torch.Tensor],
@@ -144,14 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="total float32 values (default 70M)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_SIZE // 10**6}M values, a few seconds")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per timed row (CPU)")
+    parser.add_argument("--min-run-time", type=float, default=None, help="seconds per case and round (CPU)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all cases (default 3)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device here; nothing measured")
         return 0
     size = QUICK_SIZE if args.quick else args.size
-    min_run_time = args.min_run_time or (0.3 if args.quick else 2.0)
+    min_run_time = args.min_run_time or (0.2 if args.quick else 1.0)
 
     kth_smallest, prune_lowest, how = our_ops(device)
     weights = make_weights(size, device)
@@ -190,17 +211,20 @@ def main(argv: list[str] | None = None) -> int:
         ("prune_lowest_masked", "prune_lowest (ours), masks, IMP round 2",
          lambda: prune_lowest(scores, round1, k2), score_bytes + 2 * n),
     ]
+    ext = raw_extension(device)
+    if ext is not None and ext.prune_lowest is not prune_lowest:  # what the op adds to the kernel
+        cases.append(("prune_lowest_masked_kernel", "  the same, extension kernel alone",
+                      lambda: ext.prune_lowest(scores, round1, k2), score_bytes + 2 * n))
     if device.type == "cuda":
         flat = torch.empty(n, device=device)
         copy = torch.empty_like(flat)
-        t_copy = median_seconds(lambda: copy.copy_(flat), device, min_run_time)
+        t_copy = median_seconds_interleaved({"copy": lambda: copy.copy_(flat)}, device, 1, {"copy": min_run_time})["copy"]
         del flat, copy
-    rows = []
-    for key, what, fn, moved in cases:
-        seconds = median_seconds(fn, device, min_run_time if key not in ("cat_kthvalue", "torch_masks")
-                                 else 2 * min_run_time)
-        rows.append({"case": key, "what": what, "ms": seconds * 1e3, "gb_per_s": moved / seconds / 1e9})
-        print(f"  {what}: {seconds * 1e3:.2f} ms")
+    seconds = median_seconds_interleaved(
+        {key: fn for key, _, fn, _ in cases}, device, args.rounds,
+        {key: (2 if key in ("cat_kthvalue", "torch_masks") else 1) * min_run_time for key, *_ in cases})
+    rows = [{"case": key, "what": what, "ms": seconds[key] * 1e3, "gb_per_s": moved / seconds[key] / 1e9}
+            for key, what, _, moved in cases]
     t = {r["case"]: r["ms"] for r in rows}
     for r in rows:
         r["speedup_vs_cat_kthvalue"] = t["cat_kthvalue"] / r["ms"]
@@ -223,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     write_results("select", device, rows, {
         "values": n, "tensors": len(scores), "shapes": [list(s.shape) for s in scores], "dtype": "float32",
         "k": k, "k_round2": k2, "seed": SEED, "ours": how, "kernel_info": kernel_info(device),
-        "timer": "triton.testing.do_bench median" if device.type == "cuda"
-        else f"torch.utils.benchmark.Timer blocked_autorange median, min_run_time {min_run_time}s",
+        "timer": (f"median over {args.rounds} interleaved rounds of " +
+                  ("triton.testing.do_bench medians" if device.type == "cuda"
+                   else f"torch.utils.benchmark.Timer blocked_autorange blocks (min_run_time {min_run_time}s)")),
         "passes": passes,
     })
     return 0

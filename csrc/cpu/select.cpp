@@ -201,8 +201,13 @@ int max_threads() {
 #endif
 }
 
-int threads_for(int64_t work_items) {
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_threads(), work_items)));
+// Threads for a phase of `parts` parts (chunks of at most kChunk elements): one
+// per kPartsPerThread parts at most. The small phases (the sample, the
+// candidates of a large input) stay on one thread: a parallel region costs a
+// fork and a join, and far more when another process holds a core.
+int threads_for(int64_t parts) {
+  constexpr int64_t kPartsPerThread = 32;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_threads(), parts / kPartsPerThread)));
 }
 
 // Runs f(thread, i) for i in [0, n) on `threads` threads (dynamic schedule);
@@ -675,7 +680,7 @@ std::vector<KeyOf<scalar_t>> sample_keys(const Layout& layout, int64_t S) {
   using Key = KeyOf<scalar_t>;
   constexpr int64_t kBlocks = 64, kAhead = 16;
   const int64_t n = layout.total;
-  const int threads = threads_for(kBlocks);
+  const int threads = 1;  // about a millisecond of prefetched reads: not worth a parallel region
   std::vector<std::vector<Key>> drawn(threads);
   parallel_over(kBlocks, threads, [&](int t, int64_t blk) {
     const int64_t first = blk * S / kBlocks, count = (blk + 1) * S / kBlocks - first;

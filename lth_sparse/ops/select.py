@@ -131,7 +131,7 @@ def _check_prune(scores, masks, k, count_active: bool) -> None:
     if masks is not None:
         _checks.check_mask_list(masks, scores)
     if count_active:
-        active = (sum(int(m.sum()) for m in masks) if masks is not None
+        active = (sum(int(m.count_nonzero()) for m in masks) if masks is not None
                   else sum(s.numel() for s in scores))
         _checks.check_k(k, 0, active, "the number of entries still unpruned")
     else:
