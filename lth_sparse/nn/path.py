@@ -62,7 +62,9 @@ def _masked_weight(state, prefix, module) -> Tensor:
     return weight if mask is None else torch.where(mask.to(weight.device), weight, 0)
 
 
-class _PathLinear(nn.Module):
+class _PathLayer(nn.Module):
+    """A weight layer's two endpoints (masked weight and bias of each)."""
+
     def __init__(self, shared: _PathState, a: dict, b: dict) -> None:
         super().__init__()
         self.shared = shared
@@ -71,20 +73,17 @@ class _PathLinear(nn.Module):
         self.register_buffer("bias_a", a.get("bias"))
         self.register_buffer("bias_b", b.get("bias"))
 
+
+class _PathLinear(_PathLayer):
     def forward(self, x: Tensor) -> Tensor:
         y = interpolated_linear(self.shared.unfold(x), self.weight_a, self.weight_b, self.shared.alphas,
                                 self.bias_a, self.bias_b)
         return y.flatten(0, 1)
 
 
-class _PathConv2d(nn.Module):
+class _PathConv2d(_PathLayer):
     def __init__(self, shared: _PathState, a: dict, b: dict, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.shared = shared
-        self.register_buffer("weight_a", a["weight"])
-        self.register_buffer("weight_b", b["weight"])
-        self.register_buffer("bias_a", a.get("bias"))
-        self.register_buffer("bias_b", b.get("bias"))
+        super().__init__(shared, a, b)
         self.conv = conv  # geometry and padding mode
 
     def forward(self, x: Tensor) -> Tensor:
