@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._common import machine_info, write_results  # noqa: E402
+from bench._common import write_results  # noqa: E402
 
 LR, MOMENTUM, BATCH = 0.02, 0.9, 128
 

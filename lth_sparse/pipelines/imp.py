@@ -24,7 +24,6 @@ resumes after the last finished round.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,9 +292,3 @@ def run(config: ImpConfig, out_dir, *, progress: bool | None = None,
         + (f", plots in {imp.run / 'plots'}" if plots else ""))
     return summary
 
-
-def tickets_keep_accuracy(summary: dict, tolerance: float = 0.01) -> float:
-    """The smallest density whose test accuracy stays within ``tolerance`` of the dense network's."""
-    dense = summary["rounds"][0]["test_accuracy"]
-    ok = [r["density"] for r in summary["rounds"] if r["test_accuracy"] >= dense - tolerance]
-    return min(ok) if ok else math.nan

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
 
 from lth_sparse.data import Dataset, Split, batches
 
@@ -163,7 +162,6 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
     Validation runs every ``cfg.eval_every`` iterations (default: every epoch)
     and at the end; each record goes to ``metrics_path`` (JSONL) at once.
     """
-    device = data.device
     per_epoch = iterations_per_epoch(len(data.train), cfg.batch_size)
     total = round(cfg.epochs * per_epoch)
     end = total if end_iteration is None else end_iteration

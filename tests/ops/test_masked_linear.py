@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from lth_sparse.ops import masked_linear
-from lth_sparse.ops import masked_linear as ml_module  # noqa: F401
 from lth_sparse.ops import reference
 from lth_sparse.ops.masked_linear import IMPLEMENTED, _masked_linear
 from tests.conftest import available_backends
