@@ -89,11 +89,14 @@ def our_round(init_state: dict, trained_state: dict, epochs: int) -> tuple[float
     return time.perf_counter() - start, result.test_accuracy
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="one repeat, results not written")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
 
     from lth_sparse.data.fashion_mnist import DEBIAN_FASHION_MNIST_DIR
 
@@ -122,7 +125,9 @@ def main() -> None:
     print(f"speed-up: {t_usual / t_ours:.2f}x")
     rows = [{"way": "usual", "seconds": t_usual, "test_accuracy": usual[-1][1], "all_seconds": [t for t, _ in usual]},
             {"way": "lth_sparse", "seconds": t_ours, "test_accuracy": ours[-1][1], "all_seconds": [t for t, _ in ours]}]
-    write_results("imp_round", "cpu", rows, {"epochs": args.epochs, "speedup": t_usual / t_ours})
+    if not args.quick:
+        write_results("imp_round", "cpu", rows, {"epochs": args.epochs, "speedup": t_usual / t_ours})
+    return rows
 
 
 if __name__ == "__main__":
