@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import machine_info, print_table, write_results  # noqa: E402
+from bench._common import print_table, write_results  # noqa: E402
 
 SEED = 0
 PRUNE_FRACTION = 0.2
