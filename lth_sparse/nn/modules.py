@@ -27,6 +27,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
 from lth_sparse.ops import masked_conv2d, masked_linear
+from lth_sparse.ops._checks import check_weight_and_mask
 
 # weight Parameter -> weakref to the masked module owning it (keyed by identity: tensors compare elementwise).
 _MASKED_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -57,10 +58,7 @@ class MaskedMixin:
     @torch.no_grad()
     def set_mask(self, mask: Tensor) -> None:
         """Replace the mask (bool, the weight's shape) and zero the weights it prunes."""
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
-        if mask.shape != self.weight.shape:
-            raise ValueError(f"mask must have the weight's shape {tuple(self.weight.shape)}, got {tuple(mask.shape)}")
+        check_weight_and_mask(self.weight, mask)
         self.mask.copy_(mask)
         self.zero_pruned()
 
@@ -100,21 +98,28 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
 
     def forward(self, input: Tensor) -> Tensor:
         self._track()
-        padding = self.padding
-        if self.padding_mode != "zeros" or (padding == "same" and self._same_is_asymmetric()):
-            # As nn.Conv2d does: pad explicitly (asymmetric for 'same' with even kernels), then convolve unpadded.
-            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=mode)
-            padding = (0, 0)
-        elif padding == "valid":
-            padding = (0, 0)
-        elif padding == "same":
-            padding = tuple(d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size))
+        input, padding = resolve_conv_padding(self, input)
         return masked_conv2d(input, self.weight, self.mask, self.bias, self.stride, padding, self.dilation,
                              self.groups)
 
-    def _same_is_asymmetric(self) -> bool:
-        return any(d * (k - 1) % 2 for d, k in zip(self.dilation, self.kernel_size))
+
+def resolve_conv_padding(conv: nn.Conv2d, input: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """The input and the numeric zero padding to convolve it with, as ``nn.Conv2d`` would.
+
+    Padding modes other than zeros, and 'same' with an even kernel (asymmetric),
+    pad the input explicitly and leave no padding for the conv; 'valid' and
+    symmetric 'same' become their numbers.
+    """
+    padding = conv.padding
+    asymmetric_same = padding == "same" and any(d * (k - 1) % 2 for d, k in zip(conv.dilation, conv.kernel_size))
+    if conv.padding_mode != "zeros" or asymmetric_same:
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        return F.pad(input, conv._reversed_padding_repeated_twice, mode=mode), (0, 0)
+    if padding == "valid":
+        return input, (0, 0)
+    if padding == "same":
+        return input, tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
+    return input, tuple(padding)
 
 
 MASKED_TYPES = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from lth_sparse.nn.modules import MaskedMixin
+from lth_sparse.nn.modules import MaskedMixin, resolve_conv_padding
 from lth_sparse.ops import interpolated_conv2d, interpolated_linear
 
 
@@ -88,11 +88,7 @@ class _PathConv2d(_PathLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         conv = self.conv
-        padding = conv.padding
-        if conv.padding_mode != "zeros" or isinstance(padding, str):
-            mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-            x = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
-            padding = (0, 0)
+        x, padding = resolve_conv_padding(conv, x)
         y = interpolated_conv2d(self.shared.unfold(x), self.weight_a, self.weight_b, self.shared.alphas,
                                 self.bias_a, self.bias_b, conv.stride, padding, conv.dilation, conv.groups)
         return y.flatten(0, 1)

@@ -24,7 +24,7 @@ from torch.nn.modules.utils import _pair
 
 from lth_sparse._dispatch import choose_backend
 from lth_sparse.ops import _checks
-from lth_sparse.ops.masked_conv2d import check_conv_geometry
+from lth_sparse.ops.masked_conv2d import check_conv_geometry, conv_output_size
 
 IMPLEMENTED = ("torch",)
 
@@ -222,11 +222,6 @@ def _backward_linear(ctx, grad):
 _interpolated_linear.register_autograd(_backward_linear, setup_context=_setup_linear)
 
 
-def _conv_out_size(input, weight, stride, padding, dilation):
-    return [(input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
-            for i in range(2)]
-
-
 @torch.library.custom_op("lth_sparse::interpolated_conv2d", mutates_args=())
 def _interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
                          bias_a: Tensor | None, bias_b: Tensor | None, stride: list[int], padding: list[int],
@@ -241,7 +236,7 @@ def _interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alph
 def _(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups):
     _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups)
     return input.new_empty(alphas.shape[0], input.shape[1], weight_a.shape[0],
-                           *_conv_out_size(input, weight_a, stride, padding, dilation))
+                           *conv_output_size(input, weight_a, stride, padding, dilation))
 
 
 def _setup_conv(ctx, inputs, output):

@@ -35,6 +35,12 @@ def check_conv_geometry(input: Tensor, weight: Tensor, stride, padding, dilation
             raise ValueError(f"{name} must be two ints >= {low}, got {list(value)}")
 
 
+def conv_output_size(input: Tensor, weight: Tensor, stride, padding, dilation) -> list[int]:
+    """(H_out, W_out) of a conv of ``input`` (..., H, W) with ``weight`` (..., kH, kW); shared by the fake kernels."""
+    return [(input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
+            for i in range(2)]
+
+
 def _check(input, weight, mask, bias, stride, padding, dilation, groups):
     _checks.check_weight_and_mask(weight, mask)
     _checks.check_input_dtype(input, weight)
@@ -79,9 +85,8 @@ def _masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | N
 @_masked_conv2d.register_fake
 def _(input, weight, mask, bias, stride, padding, dilation, groups):
     _check(input, weight, mask, bias, stride, padding, dilation, groups)
-    size = [(input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
-            for i in range(2)]
-    return input.new_empty(*input.shape[:-3], weight.shape[0], *size)
+    return input.new_empty(*input.shape[:-3], weight.shape[0], *conv_output_size(input, weight, stride, padding,
+                                                                                  dilation))
 
 
 @torch.library.custom_op("lth_sparse::masked_conv2d_backward", mutates_args=())
