@@ -29,10 +29,25 @@ def _default_backend(monkeypatch):
     yield
 
 
+def backend_variants(implemented: tuple[str, ...], device: str = "cpu") -> list[str]:
+    """``available_backends``, plus ``cpp-sparse`` (the C++ backend held on its sparse path) where cpp runs."""
+    backends = available_backends(implemented, device)
+    return [v for b in backends for v in ((b, "cpp-sparse") if b == "cpp" else (b,))]
+
+
 @pytest.fixture
 def use_backend(monkeypatch):
-    """``use_backend("cpp")`` forces a backend for the rest of the test."""
+    """``use_backend("cpp")`` forces a backend for the rest of the test.
+
+    ``cpp-sparse`` forces the C++ backend and its sparse path (CSR/CSC kernels)
+    whatever the layer's size and density (float32/float64; other dtypes stay dense).
+    """
     def set_backend(name: str) -> None:
+        if name == "cpp-sparse":
+            from lth_sparse.ops import _cpu
+            monkeypatch.setattr(_cpu, "MAX_DENSITY", 1.0)
+            monkeypatch.setattr(_cpu, "MIN_DENSE_WORK", 0)
+            name = "cpp"
         monkeypatch.setenv("LTH_SPARSE_BACKEND", name)
     return set_backend
 

@@ -2,6 +2,7 @@
 // their arguments once for every backend and call these for CPU tensors.
 #include <torch/extension.h>
 
+#include "cpu/masked.h"
 #include "cpu/select.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -17,6 +18,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(earlier tensor, then lower flat index).");
   m.def("_kth_smallest_radix", &lth_sparse::cpu::kth_smallest_radix, py::arg("tensors"), py::arg("k"),
         "kth_smallest by exact radix passes only (the fallback path of kth_smallest; for tests).");
+  m.def("apply_mask", &lth_sparse::cpu::apply_mask, py::arg("weight"), py::arg("mask"),
+        "torch.where(mask, weight, 0) for a bool mask of the weight's shape, computed on the raw bits.");
+  m.def("zero_pruned_", &lth_sparse::cpu::zero_pruned_, py::arg("t"), py::arg("mask"),
+        "Sets t to +0.0 where mask is False, in place; returns t.");
+  m.def("mask_structure", &lth_sparse::cpu::mask_structure, py::arg("mask"),
+        "[row_ptr, col_idx, col_ptr, row_idx, csc_pos] (int32): CSR and CSC of the True entries of "
+        "mask seen as (size(0), rest); csc_pos maps CSC entries to CSR positions.");
+  m.def("gather_values", &lth_sparse::cpu::gather_values, py::arg("weight"), py::arg("row_ptr"),
+        py::arg("col_idx"), py::arg("csc_pos") = py::none(),
+        "The entries of weight at the structure's positions, in CSR order, or CSC order given csc_pos.");
+  m.def("spmm_", &lth_sparse::cpu::spmm_, py::arg("out"), py::arg("values"), py::arg("ptr"), py::arg("idx"),
+        py::arg("x"), py::arg("bias"),
+        "out (rows, N, P) = S x + bias, S the sparse (ptr, idx, values) matrix; x is (cols, N, P), "
+        "contiguous in P; out may have any strides.");
+  m.def("sddmm", &lth_sparse::cpu::sddmm, py::arg("row_ptr"), py::arg("col_idx"), py::arg("g"), py::arg("x"),
+        "(g x^T) * M as a dense (rows, cols) tensor, computed at the unpruned entries only; "
+        "g is (rows, N, P), x is (cols, N, P), both contiguous in P.");
   m.def("kernel_info", []() {
     const auto info = lth_sparse::cpu::kernel_info();
     py::dict d;

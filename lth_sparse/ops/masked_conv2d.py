@@ -13,9 +13,9 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from lth_sparse._dispatch import choose_backend, triton_kernel
-from lth_sparse.ops import _checks
+from lth_sparse.ops import _checks, _cpu
 
-IMPLEMENTED = ("triton", "torch")
+IMPLEMENTED = ("triton", "cpp", "torch")
 
 
 def check_conv_geometry(input: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> None:
@@ -70,8 +70,8 @@ def _backward_torch(grad, input, weight, mask, stride, padding, dilation, groups
     return grad_input, grad_weight, grad_bias
 
 
-_FORWARD = {"torch": _forward_torch, "triton": triton_kernel("masked_matmul", "masked_conv2d_forward")}
-_BACKWARD = {"torch": _backward_torch, "triton": triton_kernel("masked_matmul", "masked_conv2d_backward")}
+_FORWARD = {"torch": _forward_torch, "cpp": _cpu.conv2d_forward, "triton": triton_kernel("masked_matmul", "masked_conv2d_forward")}
+_BACKWARD = {"torch": _backward_torch, "cpp": _cpu.conv2d_backward, "triton": triton_kernel("masked_matmul", "masked_conv2d_backward")}
 
 
 @torch.library.custom_op("lth_sparse::masked_conv2d", mutates_args=())

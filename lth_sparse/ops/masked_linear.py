@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lth_sparse._dispatch import choose_backend, triton_kernel
-from lth_sparse.ops import _checks
+from lth_sparse.ops import _checks, _cpu
 
-IMPLEMENTED = ("triton", "torch")
+IMPLEMENTED = ("triton", "cpp", "torch")
 
 
 def _check(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> None:
@@ -47,8 +47,8 @@ def _backward_torch(grad, input, weight, mask, need_input, need_weight, need_bia
     return grad_input, grad_weight, grad_bias
 
 
-_FORWARD = {"torch": _forward_torch, "triton": triton_kernel("masked_matmul", "masked_linear_forward")}
-_BACKWARD = {"torch": _backward_torch, "triton": triton_kernel("masked_matmul", "masked_linear_backward")}
+_FORWARD = {"torch": _forward_torch, "cpp": _cpu.linear_forward, "triton": triton_kernel("masked_matmul", "masked_linear_forward")}
+_BACKWARD = {"torch": _backward_torch, "cpp": _cpu.linear_backward, "triton": triton_kernel("masked_matmul", "masked_linear_backward")}
 
 
 @torch.library.custom_op("lth_sparse::masked_linear", mutates_args=())

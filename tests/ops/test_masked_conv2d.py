@@ -3,7 +3,7 @@ import torch
 
 from lth_sparse.ops import masked_conv2d, reference
 from lth_sparse.ops.masked_conv2d import IMPLEMENTED, _masked_conv2d
-from tests.conftest import available_backends
+from tests.conftest import backend_variants
 from tests.tolerances import assert_close
 
 GEOMETRIES = [  # (N, C, H, W, C_out, k, stride, padding, dilation, groups)
@@ -25,9 +25,9 @@ def make(n, c, h, w, cout, k, groups, density, dtype, seed=0):
     return x, wt, m, b
 
 
-@pytest.mark.parametrize("backend", available_backends(IMPLEMENTED))
+@pytest.mark.parametrize("backend", backend_variants(IMPLEMENTED))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("density", [1.0, 0.5, 0.01, 0.0])
+@pytest.mark.parametrize("density", [1.0, 0.5, 0.1, 0.01, 0.0])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_forward_and_backward_match_reference(backend, dtype, density, geometry, use_backend):
     use_backend(backend)

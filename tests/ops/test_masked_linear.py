@@ -4,7 +4,7 @@ import torch
 from lth_sparse.ops import masked_linear
 from lth_sparse.ops import reference
 from lth_sparse.ops.masked_linear import IMPLEMENTED, _masked_linear
-from tests.conftest import available_backends
+from tests.conftest import backend_variants
 from tests.tolerances import assert_close
 
 SHAPES = [  # (leading batch shape, in_features, out_features)
@@ -22,7 +22,7 @@ def make(batch, fin, fout, density, dtype, bias=True, seed=0):
     return x, w, m, b
 
 
-@pytest.mark.parametrize("backend", available_backends(IMPLEMENTED))
+@pytest.mark.parametrize("backend", backend_variants(IMPLEMENTED))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("batch,fin,fout", SHAPES)

@@ -1,0 +1,221 @@
+"""The C++ CPU backend of ``masked_linear`` and ``masked_conv2d``: dense or sparse, by measurement.
+
+Two paths, both exact (the same sums as the reference, up to float rounding):
+
+- **dense**: the GEMM (MKL / oneDNN) on the masked weight, with the mask
+  applied by ``_C.apply_mask`` and the weight gradient masked by
+  ``_C.zero_pruned_``, several times faster than torch's bool ``where`` /
+  ``masked_fill`` that would otherwise cost as much as a small GEMM;
+- **sparse**: above a sparsity threshold, the products of the layer use the
+  mask's CSR/CSC structure (``csrc/cpu/masked.cpp``): the forward and the
+  input gradient do one multiply-add per unpruned weight per example, and the
+  weight gradient is computed at the unpruned entries only. A conv layer goes
+  through its GEMM: ``F.unfold`` (in chunks of the batch, so the columns stay
+  under ``_UNFOLD_BYTES``) and ``F.fold`` for the input gradient.
+
+The structure of a mask is built once and cached against the mask tensor's
+identity, storage and version counter, so it is rebuilt after any in-place
+change made through torch (``copy_``, indexing, ``set_mask``,
+``load_state_dict``), but not after writes that bypass the version counter
+(``mask.data[...] = ...``, numpy views): change masks through torch.
+
+When the sparse path is taken is decided per call by :func:`use_sparse`, from
+the layer's density and the multiply-adds of its dense product; the constants
+below are the crossovers measured by ``bench/bench_masked_cpu.py`` on a
+2-core AMD EPYC (float32, forward + backward).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
+
+from lth_sparse._dispatch import cpp_extension
+
+# The sparse path is taken at or below this density (fraction of weights kept) ...
+MAX_DENSITY = 0.2
+# ... and only when the dense product has at least this many multiply-adds
+# (below it both paths are dominated by fixed costs and dense is never slower).
+MIN_DENSE_WORK = 1 << 21
+# Dtypes with sparse kernels (others take the dense path).
+SPARSE_DTYPES = (torch.float32, torch.float64)
+# The conv path unfolds at most this many bytes of columns at once.
+_UNFOLD_BYTES = 64 << 20
+
+
+class Structure(NamedTuple):
+    """CSR and CSC of a mask seen as (size(0), rest), int32 (see ``_C.mask_structure``)."""
+
+    row_ptr: Tensor
+    col_idx: Tensor
+    col_ptr: Tensor
+    row_idx: Tensor
+    csc_pos: Tensor
+
+
+class _Entry(NamedTuple):
+    version: int
+    data_ptr: int
+    kept: int
+    structure: Structure | None
+
+
+_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _entry(mask: Tensor) -> _Entry:
+    entry = _CACHE.get(mask)
+    if entry is None or entry.version != mask._version or entry.data_ptr != mask.data_ptr():
+        entry = _Entry(mask._version, mask.data_ptr(), int(torch.count_nonzero(mask)), None)
+        _CACHE[mask] = entry
+    return entry
+
+
+def density(mask: Tensor) -> float:
+    """Fraction of True entries of ``mask`` (cached like the structure)."""
+    return _entry(mask).kept / max(1, mask.numel())
+
+
+def structure(mask: Tensor) -> Structure:
+    """The CSR/CSC structure of ``mask``, built once per mask state."""
+    entry = _entry(mask)
+    if entry.structure is None:
+        entry = entry._replace(structure=Structure(*cpp_extension().mask_structure(mask)))
+        _CACHE[mask] = entry
+    return entry.structure
+
+
+def use_sparse(weight: Tensor, mask: Tensor, columns: int) -> bool:
+    """Whether the sparse path is the faster one for this weight, mask and batch (``columns`` products per weight)."""
+    if weight.dtype not in SPARSE_DTYPES or mask.numel() >= 1 << 31:
+        return False
+    if weight.numel() * columns < MIN_DENSE_WORK:
+        return False
+    return density(mask) <= MAX_DENSITY
+
+
+def _absent(like: Tensor) -> Tensor:
+    """A gradient that was not asked for (a fresh tensor each: custom-op outputs may not alias)."""
+    return like.new_empty(0)
+
+
+# ---------------------------------------------------------------------------
+# linear
+
+
+def linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
+    C = cpp_extension()
+    out_features, in_features = weight.shape
+    x = input.reshape(input.shape[:-1].numel(), in_features)
+    if not use_sparse(weight, mask, x.shape[0]):
+        return F.linear(input, C.apply_mask(weight, mask), bias)
+    s = structure(mask)
+    out = input.new_empty(x.shape[0], out_features)
+    values = C.gather_values(weight, s.row_ptr, s.col_idx)
+    C.spmm_(out.t().unsqueeze(1), values, s.row_ptr, s.col_idx, x.t().contiguous().unsqueeze(1),
+            None if bias is None else bias.contiguous())
+    return out.reshape(*input.shape[:-1], out_features)
+
+
+def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bias):
+    C = cpp_extension()
+    out_features, in_features = weight.shape
+    rows = grad.shape[:-1].numel()
+    g = grad.reshape(rows, out_features)
+    x = input.reshape(rows, in_features)
+    grad_bias = g.sum(0) if need_bias else _absent(grad)
+    if not use_sparse(weight, mask, rows):
+        grad_input = g.matmul(C.apply_mask(weight, mask)).reshape(input.shape) if need_input else _absent(grad)
+        grad_weight = C.zero_pruned_(g.t().matmul(x), mask) if need_weight else _absent(grad)
+        return grad_input, grad_weight, grad_bias
+    s = structure(mask)
+    gt = g.t().contiguous().unsqueeze(1)
+    grad_input, grad_weight = _absent(grad), _absent(grad)
+    if need_input:
+        grad_input = grad.new_empty(rows, in_features)
+        values = C.gather_values(weight, s.row_ptr, s.col_idx, s.csc_pos)
+        C.spmm_(grad_input.t().unsqueeze(1), values, s.col_ptr, s.row_idx, gt, None)
+        grad_input = grad_input.reshape(input.shape)
+    if need_weight:
+        grad_weight = C.sddmm(s.row_ptr, s.col_idx, gt, x.t().contiguous().unsqueeze(1))
+    return grad_input, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------
+# conv2d (groups == 1 on the sparse path): the GEMM of the unfolded input
+
+
+def _conv_chunks(input: Tensor, weight: Tensor, positions: int):
+    """Slices of the batch whose unfolded columns fit in ``_UNFOLD_BYTES``."""
+    per_example = max(1, weight[0].numel() * positions * input.element_size())
+    size = max(1, _UNFOLD_BYTES // per_example)
+    for start in range(0, input.shape[0], size):
+        yield slice(start, min(input.shape[0], start + size))
+
+
+def _conv_sparse(weight: Tensor, mask: Tensor, groups: int, batch: int, positions: int) -> bool:
+    return groups == 1 and use_sparse(weight, mask, batch * positions)
+
+
+def conv2d_forward(input, weight, mask, bias, stride, padding, dilation, groups):
+    from lth_sparse.ops.masked_conv2d import conv_output_size
+
+    C = cpp_extension()
+    out_h, out_w = conv_output_size(input, weight, stride, padding, dilation)
+    batched = input if input.dim() == 4 else input.unsqueeze(0)
+    if not _conv_sparse(weight, mask, groups, batched.shape[0], out_h * out_w):
+        return F.conv2d(input, C.apply_mask(weight, mask), bias, stride, padding, dilation, groups)
+    s = structure(mask)
+    values = C.gather_values(weight, s.row_ptr, s.col_idx)
+    bias = None if bias is None else bias.contiguous()
+    out = batched.new_empty(batched.shape[0], weight.shape[0], out_h * out_w)
+    for chunk in _conv_chunks(batched, weight, out_h * out_w):
+        cols = F.unfold(batched[chunk], weight.shape[2:], dilation, padding, stride)  # (n, K, P)
+        C.spmm_(out[chunk].transpose(0, 1), values, s.row_ptr, s.col_idx, cols.transpose(0, 1), bias)
+    out = out.view(batched.shape[0], weight.shape[0], out_h, out_w)
+    return out if input.dim() == 4 else out.squeeze(0)
+
+
+def conv2d_backward(grad, input, weight, mask, stride, padding, dilation, groups, need_input, need_weight,
+                    need_bias):
+    C = cpp_extension()
+    unbatched = input.dim() == 3
+    if unbatched:
+        grad, input = grad.unsqueeze(0), input.unsqueeze(0)
+    grad_bias = grad.sum((0, 2, 3)) if need_bias else _absent(grad)
+    positions = grad.shape[2] * grad.shape[3]
+    if not _conv_sparse(weight, mask, groups, input.shape[0], positions):
+        grad_input, grad_weight = _absent(grad), _absent(grad)
+        if need_input:
+            grad_input = torch.nn.grad.conv2d_input(input.shape, C.apply_mask(weight, mask), grad, stride, padding,
+                                                    dilation, groups)
+        if need_weight:
+            grad_weight = C.zero_pruned_(
+                torch.nn.grad.conv2d_weight(input, weight.shape, grad, stride, padding, dilation, groups), mask)
+    else:
+        s = structure(mask)
+        g = grad.contiguous().view(grad.shape[0], grad.shape[1], positions)
+        grad_input = input.new_empty(input.shape) if need_input else _absent(grad)
+        grad_weight = None
+        values = C.gather_values(weight, s.row_ptr, s.col_idx, s.csc_pos) if need_input else None
+        for chunk in _conv_chunks(input, weight, positions):
+            g_cols = g[chunk].transpose(0, 1)  # (C_out, n, P)
+            if need_weight:
+                cols = F.unfold(input[chunk], weight.shape[2:], dilation, padding, stride)
+                part = C.sddmm(s.row_ptr, s.col_idx, g_cols, cols.transpose(0, 1))
+                grad_weight = part if grad_weight is None else grad_weight.add_(part)
+            if need_input:
+                cols = input.new_empty(g_cols.shape[1], weight[0].numel(), positions)
+                C.spmm_(cols.transpose(0, 1), values, s.col_ptr, s.row_idx, g_cols, None)
+                grad_input[chunk] = F.fold(cols, input.shape[2:], weight.shape[2:], dilation, padding, stride)
+        if need_weight:
+            grad_weight = torch.zeros_like(weight) if grad_weight is None else grad_weight.view(weight.shape)
+        else:
+            grad_weight = _absent(grad)
+    if unbatched and need_input:
+        grad_input = grad_input.squeeze(0)
+    return grad_input, grad_weight, grad_bias
