@@ -126,6 +126,18 @@ def choose_backend(op: str, device: torch.device, implemented: tuple[str, ...]) 
     return "torch"
 
 
+def plain_eager() -> bool:
+    """True when an op may skip the ``torch.library`` custom-op machinery and run as a plain autograd Function.
+
+    That machinery costs about 90 us per forward+backward on the CPU, as much as
+    the whole product of a LeNet layer. It is needed under ``torch.compile``, a
+    dispatch mode (fake tensors, tracing) and functorch transforms; in plain
+    eager mode the Function runs the same kernels with the same checks.
+    """
+    return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+                or torch._C._are_functorch_transforms_active())
+
+
 _warned_torch_only = False
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from lth_sparse._dispatch import choose_backend, triton_kernel
+from lth_sparse._dispatch import choose_backend, plain_eager, triton_kernel
 from lth_sparse.ops import _checks, _cpu
 
 IMPLEMENTED = ("triton", "cpp", "torch")
@@ -74,12 +74,22 @@ _FORWARD = {"torch": _forward_torch, "cpp": _cpu.conv2d_forward, "triton": trito
 _BACKWARD = {"torch": _backward_torch, "cpp": _cpu.conv2d_backward, "triton": triton_kernel("masked_matmul", "masked_conv2d_backward")}
 
 
-@torch.library.custom_op("lth_sparse::masked_conv2d", mutates_args=())
-def _masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None, stride: list[int],
-                   padding: list[int], dilation: list[int], groups: int) -> Tensor:
+def _masked_conv2d_impl(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None, stride: list[int],
+                        padding: list[int], dilation: list[int], groups: int) -> Tensor:
     _check(input, weight, mask, bias, stride, padding, dilation, groups)
     backend = choose_backend("masked_conv2d", input.device, IMPLEMENTED)
     return _FORWARD[backend](input, weight, mask, bias, stride, padding, dilation, groups)
+
+
+def _masked_conv2d_backward_impl(grad: Tensor, input: Tensor, weight: Tensor, mask: Tensor, stride: list[int],
+                                 padding: list[int], dilation: list[int], groups: int, need_input: bool,
+                                 need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    backend = choose_backend("masked_conv2d", grad.device, IMPLEMENTED)
+    return _BACKWARD[backend](grad, input, weight, mask, stride, padding, dilation, groups,
+                              need_input, need_weight, need_bias)
+
+
+_masked_conv2d = torch.library.custom_op("lth_sparse::masked_conv2d", _masked_conv2d_impl, mutates_args=())
 
 
 @_masked_conv2d.register_fake
@@ -89,13 +99,8 @@ def _(input, weight, mask, bias, stride, padding, dilation, groups):
                                                                                   dilation))
 
 
-@torch.library.custom_op("lth_sparse::masked_conv2d_backward", mutates_args=())
-def _masked_conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Tensor, stride: list[int],
-                            padding: list[int], dilation: list[int], groups: int, need_input: bool,
-                            need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    backend = choose_backend("masked_conv2d", grad.device, IMPLEMENTED)
-    return _BACKWARD[backend](grad, input, weight, mask, stride, padding, dilation, groups,
-                              need_input, need_weight, need_bias)
+_masked_conv2d_backward = torch.library.custom_op("lth_sparse::masked_conv2d_backward",
+                                                  _masked_conv2d_backward_impl, mutates_args=())
 
 
 @_masked_conv2d_backward.register_fake
@@ -112,17 +117,30 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad):
-    input, weight, mask = ctx.saved_tensors
-    need_input, need_weight, _, need_bias = ctx.needs_input_grad[:4]
-    need_bias = bool(need_bias and ctx.has_bias)
-    grad_input, grad_weight, grad_bias = _masked_conv2d_backward(
-        grad, input, weight, mask, *ctx.geometry, need_input, need_weight, need_bias)
-    return (grad_input if need_input else None, grad_weight if need_weight else None, None,
-            grad_bias if need_bias else None, None, None, None, None)
+def _backward_with(backward_op):
+    def backward(ctx, grad):
+        input, weight, mask = ctx.saved_tensors
+        need_input, need_weight, _, need_bias = ctx.needs_input_grad[:4]
+        need_bias = bool(need_bias and ctx.has_bias)
+        grad_input, grad_weight, grad_bias = backward_op(
+            grad, input, weight, mask, *ctx.geometry, need_input, need_weight, need_bias)
+        return (grad_input if need_input else None, grad_weight if need_weight else None, None,
+                grad_bias if need_bias else None, None, None, None, None)
+    return backward
 
 
-_masked_conv2d.register_autograd(_backward, setup_context=_setup_context)
+_masked_conv2d.register_autograd(_backward_with(_masked_conv2d_backward), setup_context=_setup_context)
+
+
+class _EagerMaskedConv2d(torch.autograd.Function):
+    """The op without the custom-op machinery, for plain eager mode (see ``_dispatch.plain_eager``)."""
+
+    @staticmethod
+    def forward(input, weight, mask, bias, stride, padding, dilation, groups):
+        return _masked_conv2d_impl(input, weight, mask, bias, stride, padding, dilation, groups)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward_with(_masked_conv2d_backward_impl))
 
 
 def masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None,
@@ -136,5 +154,5 @@ def masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | No
     """
     if isinstance(padding, str):
         raise ValueError("padding must be an int or a pair here; MaskedConv2d resolves 'same' and 'valid'")
-    return _masked_conv2d(input, weight, mask, bias, list(_pair(stride)), list(_pair(padding)),
-                          list(_pair(dilation)), groups)
+    args = (input, weight, mask, bias, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
+    return _EagerMaskedConv2d.apply(*args) if plain_eager() else _masked_conv2d(*args)

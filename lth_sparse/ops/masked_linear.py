@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lth_sparse._dispatch import choose_backend, triton_kernel
+from lth_sparse._dispatch import choose_backend, plain_eager, triton_kernel
 from lth_sparse.ops import _checks, _cpu
 
 IMPLEMENTED = ("triton", "cpp", "torch")
@@ -51,10 +51,18 @@ _FORWARD = {"torch": _forward_torch, "cpp": _cpu.linear_forward, "triton": trito
 _BACKWARD = {"torch": _backward_torch, "cpp": _cpu.linear_backward, "triton": triton_kernel("masked_matmul", "masked_linear_backward")}
 
 
-@torch.library.custom_op("lth_sparse::masked_linear", mutates_args=())
-def _masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
+def _masked_linear_impl(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
     _check(input, weight, mask, bias)
     return _FORWARD[choose_backend("masked_linear", input.device, IMPLEMENTED)](input, weight, mask, bias)
+
+
+def _masked_linear_backward_impl(grad: Tensor, input: Tensor, weight: Tensor, mask: Tensor, need_input: bool,
+                                 need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    backend = choose_backend("masked_linear", grad.device, IMPLEMENTED)
+    return _BACKWARD[backend](grad, input, weight, mask, need_input, need_weight, need_bias)
+
+
+_masked_linear = torch.library.custom_op("lth_sparse::masked_linear", _masked_linear_impl, mutates_args=())
 
 
 @_masked_linear.register_fake
@@ -63,11 +71,8 @@ def _(input, weight, mask, bias):
     return input.new_empty(*input.shape[:-1], weight.shape[0])
 
 
-@torch.library.custom_op("lth_sparse::masked_linear_backward", mutates_args=())
-def _masked_linear_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Tensor, need_input: bool,
-                            need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    backend = choose_backend("masked_linear", grad.device, IMPLEMENTED)
-    return _BACKWARD[backend](grad, input, weight, mask, need_input, need_weight, need_bias)
+_masked_linear_backward = torch.library.custom_op("lth_sparse::masked_linear_backward",
+                                                  _masked_linear_backward_impl, mutates_args=())
 
 
 @_masked_linear_backward.register_fake
@@ -83,16 +88,29 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad):
-    input, weight, mask = ctx.saved_tensors
-    need_input, need_weight, _, need_bias = ctx.needs_input_grad
-    grad_input, grad_weight, grad_bias = _masked_linear_backward(
-        grad, input, weight, mask, need_input, need_weight, bool(need_bias and ctx.has_bias))
-    return (grad_input if need_input else None, grad_weight if need_weight else None, None,
-            grad_bias if need_bias and ctx.has_bias else None)
+def _backward_with(backward_op):
+    def backward(ctx, grad):
+        input, weight, mask = ctx.saved_tensors
+        need_input, need_weight, _, need_bias = ctx.needs_input_grad
+        grad_input, grad_weight, grad_bias = backward_op(
+            grad, input, weight, mask, need_input, need_weight, bool(need_bias and ctx.has_bias))
+        return (grad_input if need_input else None, grad_weight if need_weight else None, None,
+                grad_bias if need_bias and ctx.has_bias else None)
+    return backward
 
 
-_masked_linear.register_autograd(_backward, setup_context=_setup_context)
+_masked_linear.register_autograd(_backward_with(_masked_linear_backward), setup_context=_setup_context)
+
+
+class _EagerMaskedLinear(torch.autograd.Function):
+    """The op without the custom-op machinery, for plain eager mode (see ``_dispatch.plain_eager``)."""
+
+    @staticmethod
+    def forward(input, weight, mask, bias):
+        return _masked_linear_impl(input, weight, mask, bias)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward_with(_masked_linear_backward_impl))
 
 
 def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -104,4 +122,6 @@ def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | No
     they hold inf or NaN. Raises TypeError/ValueError/RuntimeError naming the
     argument on a dtype, shape or device mismatch.
     """
+    if plain_eager():
+        return _EagerMaskedLinear.apply(input, weight, mask, bias)
     return _masked_linear(input, weight, mask, bias)

@@ -3,7 +3,7 @@ import torch
 
 import lth_sparse
 from lth_sparse import _dispatch
-from lth_sparse.ops import kth_smallest, masked_linear
+from lth_sparse.ops import interpolated_linear, kth_smallest
 
 
 def test_backend_info_reports_what_is_built():
@@ -38,7 +38,7 @@ def test_forced_cuda_on_cpu_tensors_is_an_error_not_a_fallback(use_backend):
 def test_forced_backend_without_a_kernel_for_the_op_is_an_error(use_backend):
     use_backend("cpp")
     with pytest.raises(RuntimeError, match="has no cpp kernel"):
-        masked_linear(torch.randn(2, 3), torch.randn(4, 3), torch.ones(4, 3, dtype=torch.bool))
+        interpolated_linear(torch.randn(1, 2, 3), torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0.5]))
 
 
 def test_forced_triton_on_cpu_without_interpreter_is_an_error(use_backend, monkeypatch):
