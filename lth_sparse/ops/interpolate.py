@@ -22,11 +22,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from lth_sparse._dispatch import choose_backend
+from lth_sparse._dispatch import choose_backend, triton_kernel
 from lth_sparse.ops import _checks
 from lth_sparse.ops.masked_conv2d import check_conv_geometry, conv_output_size
 
-IMPLEMENTED = ("torch",)
+IMPLEMENTED = ("triton", "torch")
+
+# The Triton forward kernels (``kernels/interpolate.py``): the interpolated weight
+# formed on load, or two products combined in the epilogue for a shared input.
+# The backward is the torch one below in every case: it is made of plain products.
+_TRITON_LINEAR = triton_kernel("interpolate", "interpolated_linear_forward")
+_TRITON_CONV = triton_kernel("interpolate", "interpolated_conv2d_forward")
 
 # At most this many bytes of interpolated weights exist at once, and at most
 # _MAX_BLOCK alphas share one batched product.
@@ -201,7 +207,8 @@ def _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, paddi
 def _interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
                          bias_a: Tensor | None, bias_b: Tensor | None) -> Tensor:
     _check_linear(input, weight_a, weight_b, alphas, bias_a, bias_b)
-    choose_backend("interpolated_linear", input.device, IMPLEMENTED)
+    if choose_backend("interpolated_linear", input.device, IMPLEMENTED) == "triton":
+        return _TRITON_LINEAR(input, weight_a, weight_b, alphas, bias_a, bias_b)
     return _forward(_Linear, input, weight_a, weight_b, alphas, bias_a, bias_b, _linear_per_alpha)
 
 
@@ -227,7 +234,8 @@ def _interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alph
                          bias_a: Tensor | None, bias_b: Tensor | None, stride: list[int], padding: list[int],
                          dilation: list[int], groups: int) -> Tensor:
     _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups)
-    choose_backend("interpolated_conv2d", input.device, IMPLEMENTED)
+    if choose_backend("interpolated_conv2d", input.device, IMPLEMENTED) == "triton":
+        return _TRITON_CONV(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups)
     conv_args = (stride, padding, dilation, groups)
     return _forward(_Conv(*conv_args), input, weight_a, weight_b, alphas, bias_a, bias_b, _conv_per_alpha(conv_args))
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from lth_sparse.ops import interpolate, interpolated_conv2d, interpolated_linear, reference
-from lth_sparse.ops.interpolate import _interpolated_conv2d, _interpolated_linear
+from lth_sparse.ops.interpolate import IMPLEMENTED, _interpolated_conv2d, _interpolated_linear
+from tests.conftest import available_backends
 from tests.tolerances import assert_close
 
 ALPHAS = [torch.tensor([0.0]), torch.tensor([0.0, 1.0]), torch.linspace(-0.5, 1.5, 5), torch.linspace(0, 1, 21)]
@@ -20,7 +21,9 @@ def linear_case(num_inputs, batch, fin, fout, bias, dtype, seed=0):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch,fin,fout", [((), 1, 1), ((3,), 17, 5), ((2, 4), 9, 13), ((0,), 4, 3)])
 @pytest.mark.parametrize("alphas", ALPHAS, ids=lambda a: f"A{a.numel()}")
-def test_interpolated_linear_matches_reference(dtype, shared, bias, batch, fin, fout, alphas):
+@pytest.mark.parametrize("backend", available_backends(IMPLEMENTED))
+def test_interpolated_linear_matches_reference(dtype, shared, bias, batch, fin, fout, alphas, backend, use_backend):
+    use_backend(backend)
     alphas = alphas.to(dtype)
     x, wa, wb, ba, bb = linear_case(1 if shared else alphas.numel(), batch, fin, fout, bias, dtype)
     ours = interpolated_linear(x, wa, wb, alphas, ba, bb)
@@ -65,7 +68,9 @@ def conv_case(num_inputs, n, c, h, cout, k, groups, bias, dtype, seed=0):
 @pytest.mark.parametrize("geometry", [(1, 1, 1, 1, 1, 1, 0, 1, 1), (2, 3, 7, 5, 3, 1, 1, 1, 1),
                                       (3, 4, 9, 6, 3, 2, 2, 2, 2), (0, 2, 5, 2, 3, 1, 0, 1, 1)])
 @pytest.mark.parametrize("alphas", ALPHAS[:3], ids=lambda a: f"A{a.numel()}")
-def test_interpolated_conv2d_matches_reference(dtype, shared, bias, geometry, alphas):
+@pytest.mark.parametrize("backend", available_backends(IMPLEMENTED))
+def test_interpolated_conv2d_matches_reference(dtype, shared, bias, geometry, alphas, backend, use_backend):
+    use_backend(backend)
     n, c, h, cout, k, stride, padding, dilation, groups = geometry
     alphas = alphas.to(dtype)
     x, wa, wb, ba, bb = conv_case(1 if shared else alphas.numel(), n, c, h, cout, k, groups, bias, dtype)
