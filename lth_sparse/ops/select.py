@@ -6,9 +6,10 @@ as ``torch.sort`` orders them: NaN above +inf, and -0.0 equal to +0.0.
 then a lower flat index.
 
 Backends: the C++ CPU kernel (``csrc/cpu/select.cpp``), the CUDA kernel
-(``csrc/cuda/select.cu``, opt-in until verified on a GPU), and the torch
-fallback below: a radix select on 16-bit digits of an order-preserving integer
-key, one ``bincount`` per tensor per digit, so no tensor-wide copy is made.
+(``csrc/cuda/select.cu``) and its Triton twin (``lth_sparse/kernels/select.py``),
+both opt-in until verified on a GPU, and the torch fallback below: a radix
+select on 16-bit digits of an order-preserving integer key, one ``bincount``
+per tensor per digit, so no tensor-wide copy is made.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lth_sparse._dispatch import choose_backend, cpp_extension, cuda_extension
+from lth_sparse._dispatch import choose_backend, cpp_extension, cuda_extension, triton_kernel
 from lth_sparse.ops import _checks
 
-IMPLEMENTED = ("cuda", "cpp", "torch")
+IMPLEMENTED = ("cuda", "triton", "cpp", "torch")
 
 _INT_FOR = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _DIGIT_BITS = 16
@@ -98,10 +99,18 @@ def _prune_lowest_ext(ext):
     return lambda scores, masks, k: ext.prune_lowest(list(scores), None if masks is None else list(masks), k)
 
 
+# Backends without a compiled extension: the Triton kernels are imported on first use.
+_KERNELS = {
+    "torch": {"kth_smallest": _kth_smallest_torch, "prune_lowest": _prune_lowest_torch},
+    "triton": {"kth_smallest": triton_kernel("select", "kth_smallest"),
+               "prune_lowest": triton_kernel("select", "prune_lowest")},
+}
+
+
 def _kernel(op: str, device) -> object:
     backend = choose_backend(op, device, IMPLEMENTED)
-    if backend == "torch":
-        return {"kth_smallest": _kth_smallest_torch, "prune_lowest": _prune_lowest_torch}[op]
+    if backend in _KERNELS:
+        return _KERNELS[backend][op]
     ext = cpp_extension() if backend == "cpp" else cuda_extension()
     return _kth_smallest_ext(ext) if op == "kth_smallest" else _prune_lowest_ext(ext)
 

@@ -1,5 +1,8 @@
 """kth_smallest and prune_lowest against the reference, on every backend available here."""
 
+import importlib.util
+import os
+
 import pytest
 import torch
 from torch.nn.utils import prune
@@ -9,6 +12,14 @@ from lth_sparse.ops.select import IMPLEMENTED, _kth_smallest, _prune_lowest
 from tests.conftest import available_backends
 
 BACKENDS = available_backends(IMPLEMENTED)
+
+
+def test_every_backend_that_can_run_here_is_compared():
+    """The Triton kernels run here on CPU tensors under TRITON_INTERPRET=1 (set by conftest without a GPU):
+    their comparisons below must not drop out silently."""
+    assert "torch" in BACKENDS and "triton" in IMPLEMENTED
+    if os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None:
+        assert "triton" in BACKENDS
 
 
 def tensor_lists(dtype):
