@@ -86,6 +86,8 @@ void check_mask_of(const at::Tensor& t, const at::Tensor& mask, const char* what
   TORCH_CHECK(mask.scalar_type() == at::kBool, what, ": mask must be bool, got ", mask.scalar_type());
   TORCH_CHECK(t.sizes() == mask.sizes(), what, ": mask shape ", mask.sizes(), " != ", t.sizes());
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), what, ": expected a floating tensor, got ", t.scalar_type());
+  TORCH_CHECK(t.element_size() == 2 || t.element_size() == 4 || t.element_size() == 8, what,
+              ": unsupported dtype ", t.scalar_type());
 }
 
 // dst = src where mask else +0.0, over contiguous buffers of `bytes`-sized elements.
@@ -411,6 +413,9 @@ void check_structure(const at::Tensor& ptr, const at::Tensor& idx, int64_t rows,
               ": the structure must be contiguous 1-D tensors");
   TORCH_CHECK(ptr.numel() == rows + 1, what, ": ptr has ", ptr.numel(), " entries for ", rows, " rows");
   TORCH_CHECK(ptr.data_ptr<int32_t>()[rows] == idx.numel(), what, ": ptr and idx disagree");
+  const int32_t* p = ptr.data_ptr<int32_t>();
+  TORCH_CHECK(p[0] == 0, what, ": ptr must start at 0");
+  for (int64_t r = 0; r < rows; ++r) TORCH_CHECK(p[r] <= p[r + 1], what, ": ptr must be non-decreasing");
 }
 
 void check_column_space(const at::Tensor& t, const char* name, int64_t rows, int64_t N, int64_t P) {
@@ -444,7 +449,8 @@ std::vector<at::Tensor> mask_structure(const at::Tensor& mask) {
               "mask_structure: expected a bool CPU tensor of at least one dimension");
   const at::Tensor m = mask.contiguous();
   const int64_t rows = m.size(0);
-  const int64_t cols = rows == 0 ? 0 : m.numel() / rows;
+  int64_t cols = 1;
+  for (int64_t d = 1; d < m.dim(); ++d) cols *= m.size(d);
   TORCH_CHECK(m.numel() < (int64_t{1} << 31), "mask_structure: at most 2^31 - 1 entries, got ", m.numel());
   const auto* bits = reinterpret_cast<const uint8_t*>(m.data_ptr<bool>());
   const auto opts = at::TensorOptions().dtype(at::kInt);

@@ -68,6 +68,9 @@ _CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def _entry(mask: Tensor) -> _Entry:
+    if mask.is_inference():
+        # An inference tensor has no version counter, so an in-place change could not be seen: never cached.
+        return _Entry(-1, mask.data_ptr(), int(torch.count_nonzero(mask)), None)
     entry = _CACHE.get(mask)
     if entry is None or entry.version != mask._version or entry.data_ptr != mask.data_ptr():
         entry = _Entry(mask._version, mask.data_ptr(), int(torch.count_nonzero(mask)), None)
@@ -85,7 +88,8 @@ def structure(mask: Tensor) -> Structure:
     entry = _entry(mask)
     if entry.structure is None:
         entry = entry._replace(structure=Structure(*cpp_extension().mask_structure(mask)))
-        _CACHE[mask] = entry
+        if not mask.is_inference():
+            _CACHE[mask] = entry
     return entry.structure
 
 
@@ -96,6 +100,18 @@ def use_sparse(weight: Tensor, mask: Tensor, columns: int) -> bool:
     if weight.numel() * columns < MIN_DENSE_WORK:
         return False
     return density(mask) <= MAX_DENSITY
+
+
+def _apply_mask(weight: Tensor, mask: Tensor) -> Tensor:
+    if weight.element_size() in (2, 4, 8):
+        return cpp_extension().apply_mask(weight, mask)
+    return torch.where(mask, weight, 0)  # float8: no kernel of ours
+
+
+def _zero_pruned_(t: Tensor, mask: Tensor) -> Tensor:
+    if t.element_size() in (2, 4, 8):
+        return cpp_extension().zero_pruned_(t, mask)
+    return t.masked_fill_(~mask, 0)
 
 
 def _absent(like: Tensor) -> Tensor:
@@ -112,7 +128,7 @@ def linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | N
     out_features, in_features = weight.shape
     x = input.reshape(input.shape[:-1].numel(), in_features)
     if not use_sparse(weight, mask, x.shape[0]):
-        return F.linear(input, C.apply_mask(weight, mask), bias)
+        return F.linear(input, _apply_mask(weight, mask), bias)
     s = structure(mask)
     out = input.new_empty(x.shape[0], out_features)
     values = C.gather_values(weight, s.row_ptr, s.col_idx)
@@ -129,8 +145,8 @@ def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bia
     x = input.reshape(rows, in_features)
     grad_bias = g.sum(0) if need_bias else _absent(grad)
     if not use_sparse(weight, mask, rows):
-        grad_input = g.matmul(C.apply_mask(weight, mask)).reshape(input.shape) if need_input else _absent(grad)
-        grad_weight = C.zero_pruned_(g.t().matmul(x), mask) if need_weight else _absent(grad)
+        grad_input = g.matmul(_apply_mask(weight, mask)).reshape(input.shape) if need_input else _absent(grad)
+        grad_weight = _zero_pruned_(g.t().matmul(x), mask) if need_weight else _absent(grad)
         return grad_input, grad_weight, grad_bias
     s = structure(mask)
     gt = g.t().contiguous().unsqueeze(1)
@@ -168,7 +184,7 @@ def conv2d_forward(input, weight, mask, bias, stride, padding, dilation, groups)
     out_h, out_w = conv_output_size(input, weight, stride, padding, dilation)
     batched = input if input.dim() == 4 else input.unsqueeze(0)
     if not _conv_sparse(weight, mask, groups, batched.shape[0], out_h * out_w):
-        return F.conv2d(input, C.apply_mask(weight, mask), bias, stride, padding, dilation, groups)
+        return F.conv2d(input, _apply_mask(weight, mask), bias, stride, padding, dilation, groups)
     s = structure(mask)
     values = C.gather_values(weight, s.row_ptr, s.col_idx)
     bias = None if bias is None else bias.contiguous()
@@ -191,10 +207,10 @@ def conv2d_backward(grad, input, weight, mask, stride, padding, dilation, groups
     if not _conv_sparse(weight, mask, groups, input.shape[0], positions):
         grad_input, grad_weight = _absent(grad), _absent(grad)
         if need_input:
-            grad_input = torch.nn.grad.conv2d_input(input.shape, C.apply_mask(weight, mask), grad, stride, padding,
+            grad_input = torch.nn.grad.conv2d_input(input.shape, _apply_mask(weight, mask), grad, stride, padding,
                                                     dilation, groups)
         if need_weight:
-            grad_weight = C.zero_pruned_(
+            grad_weight = _zero_pruned_(
                 torch.nn.grad.conv2d_weight(input, weight.shape, grad, stride, padding, dilation, groups), mask)
     else:
         s = structure(mask)
