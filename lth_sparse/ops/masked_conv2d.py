@@ -135,11 +135,12 @@ _masked_conv2d.register_autograd(_backward_with(_masked_conv2d_backward), setup_
 class _EagerMaskedConv2d(torch.autograd.Function):
     """The op without the custom-op machinery, for plain eager mode (see ``_dispatch.plain_eager``)."""
 
+    # forward(ctx, ...): see _EagerMaskedLinear.
     @staticmethod
-    def forward(input, weight, mask, bias, stride, padding, dilation, groups):
+    def forward(ctx, input, weight, mask, bias, stride, padding, dilation, groups):
+        _setup_context(ctx, (input, weight, mask, bias, stride, padding, dilation, groups), None)
         return _masked_conv2d_impl(input, weight, mask, bias, stride, padding, dilation, groups)
 
-    setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward_with(_masked_conv2d_backward_impl))
 
 
