@@ -47,6 +47,7 @@ def use_backend(monkeypatch):
             from lth_sparse.ops import _cpu
             monkeypatch.setattr(_cpu, "MAX_DENSITY", 1.0)
             monkeypatch.setattr(_cpu, "MIN_DENSE_WORK", 0)
+            monkeypatch.setattr(_cpu, "CONV_MAX_DENSITY", 1.0)
             name = "cpp"
         monkeypatch.setenv("LTH_SPARSE_BACKEND", name)
     return set_backend

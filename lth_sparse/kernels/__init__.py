@@ -1,6 +1,8 @@
 """Triton kernels (DESIGN.md, layer 1). Imported only by the ops' dispatch when Triton is installed.
 
 :mod:`lth_sparse.kernels.masked_matmul`: masked-weight linear and conv, forward and backward.
+:mod:`lth_sparse.kernels.select`: the multi-tensor radix select behind ``kth_smallest`` / ``prune_lowest``.
+:mod:`lth_sparse.kernels.interpolate`: interpolated linear and conv forwards (weights lerped on load).
 Under ``TRITON_INTERPRET=1`` (set before import) they run on CPU tensors: that is how CI tests them.
 """
 

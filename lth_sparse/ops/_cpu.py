@@ -36,8 +36,12 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from lth_sparse._dispatch import cpp_extension
 
-# The sparse path is taken at or below this density (fraction of weights kept) ...
+# The sparse path of a linear layer is taken at or below this density (fraction of weights kept) ...
 MAX_DENSITY = 0.2
+# ... and of a conv layer at or below this one; None: never chosen by itself (measured slower than
+# oneDNN's dense conv at every sparsity up to 99% on Conv-4 layers, see bench/bench_masked_cpu.py:
+# unfolding and folding the input cost more than the multiply-adds saved). Still run when forced.
+CONV_MAX_DENSITY: float | None = None
 # ... and only when the dense product has at least this many multiply-adds
 # (below it both paths are dominated by fixed costs and dense is never slower).
 MIN_DENSE_WORK = 1 << 21
@@ -93,13 +97,17 @@ def structure(mask: Tensor) -> Structure:
     return entry.structure
 
 
-def use_sparse(weight: Tensor, mask: Tensor, columns: int) -> bool:
-    """Whether the sparse path is the faster one for this weight, mask and batch (``columns`` products per weight)."""
+def use_sparse(weight: Tensor, mask: Tensor, columns: int, max_density: float | None = None) -> bool:
+    """Whether the sparse path is the faster one for this weight, mask and batch (``columns`` products per weight).
+
+    ``max_density``: the density threshold (default ``MAX_DENSITY``, the linear layers'); None never.
+    """
+    max_density = MAX_DENSITY if max_density is None else max_density
     if weight.dtype not in SPARSE_DTYPES or mask.numel() >= 1 << 31:
         return False
     if weight.numel() * columns < MIN_DENSE_WORK:
         return False
-    return density(mask) <= MAX_DENSITY
+    return density(mask) <= max_density
 
 
 def _apply_mask(weight: Tensor, mask: Tensor) -> Tensor:
@@ -123,31 +131,46 @@ def _absent(like: Tensor) -> Tensor:
 # linear
 
 
-def linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
+def linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None,
+                   keep: dict | None = None) -> Tensor:
+    """The forward; ``keep``, a dict, receives what the backward can reuse (see ``linear_backward``)."""
     C = cpp_extension()
     out_features, in_features = weight.shape
     x = input.reshape(input.shape[:-1].numel(), in_features)
     if not use_sparse(weight, mask, x.shape[0]):
-        return F.linear(input, _apply_mask(weight, mask), bias)
+        masked = _apply_mask(weight, mask)
+        if keep is not None:
+            keep["masked_weight"] = masked
+        return F.linear(input, masked, bias)
     s = structure(mask)
     out = input.new_empty(x.shape[0], out_features)
     values = C.gather_values(weight, s.row_ptr, s.col_idx)
-    C.spmm_(out.t().unsqueeze(1), values, s.row_ptr, s.col_idx, x.t().contiguous().unsqueeze(1),
-            None if bias is None else bias.contiguous())
+    xt = x.t().contiguous().unsqueeze(1)
+    C.spmm_(out.t().unsqueeze(1), values, s.row_ptr, s.col_idx, xt, None if bias is None else bias.contiguous())
+    if keep is not None:
+        keep["xt"] = xt
     return out.reshape(*input.shape[:-1], out_features)
 
 
-def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bias):
+def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bias, kept: dict | None = None):
+    """The backward; ``kept``: what ``linear_forward`` put in its ``keep`` for the same tensors (the
+    masked weight, or the transposed input), so it is not computed twice. The caller guarantees that
+    the tensors have not changed since (autograd's saved-tensor version checks do)."""
     C = cpp_extension()
+    kept = kept or {}
     out_features, in_features = weight.shape
     rows = grad.shape[:-1].numel()
     g = grad.reshape(rows, out_features)
-    x = input.reshape(rows, in_features)
     grad_bias = g.sum(0) if need_bias else _absent(grad)
     if not use_sparse(weight, mask, rows):
-        grad_input = g.matmul(_apply_mask(weight, mask)).reshape(input.shape) if need_input else _absent(grad)
-        grad_weight = _zero_pruned_(g.t().matmul(x), mask) if need_weight else _absent(grad)
-        return grad_input, grad_weight, grad_bias
+        grad_input = grad_weight = None
+        if need_input:
+            masked = kept.get("masked_weight")
+            grad_input = g.matmul(_apply_mask(weight, mask) if masked is None else masked).reshape(input.shape)
+        if need_weight:
+            grad_weight = _zero_pruned_(g.t().matmul(input.reshape(rows, in_features)), mask)
+        return (_absent(grad) if grad_input is None else grad_input,
+                _absent(grad) if grad_weight is None else grad_weight, grad_bias)
     s = structure(mask)
     gt = g.t().contiguous().unsqueeze(1)
     grad_input, grad_weight = _absent(grad), _absent(grad)
@@ -157,7 +180,10 @@ def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bia
         C.spmm_(grad_input.t().unsqueeze(1), values, s.col_ptr, s.row_idx, gt, None)
         grad_input = grad_input.reshape(input.shape)
     if need_weight:
-        grad_weight = C.sddmm(s.row_ptr, s.col_idx, gt, x.t().contiguous().unsqueeze(1))
+        xt = kept.get("xt")
+        if xt is None:
+            xt = input.reshape(rows, in_features).t().contiguous().unsqueeze(1)
+        grad_weight = C.sddmm(s.row_ptr, s.col_idx, gt, xt)
     return grad_input, grad_weight, grad_bias
 
 
@@ -174,7 +200,8 @@ def _conv_chunks(input: Tensor, weight: Tensor, positions: int):
 
 
 def _conv_sparse(weight: Tensor, mask: Tensor, groups: int, batch: int, positions: int) -> bool:
-    return groups == 1 and use_sparse(weight, mask, batch * positions)
+    return (groups == 1 and CONV_MAX_DENSITY is not None
+            and use_sparse(weight, mask, batch * positions, CONV_MAX_DENSITY))
 
 
 def conv2d_forward(input, weight, mask, bias, stride, padding, dilation, groups):

@@ -110,9 +110,21 @@ class _EagerMaskedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, mask, bias):
         _setup_context(ctx, (input, weight, mask, bias), None)
-        return _masked_linear_impl(input, weight, mask, bias)
+        _check(input, weight, mask, bias)
+        ctx.backend = choose_backend("masked_linear", input.device, IMPLEMENTED)
+        if ctx.backend == "cpp":  # the C++ backend hands the backward what it can reuse
+            ctx.kept = {}
+            return _cpu.linear_forward(input, weight, mask, bias, keep=ctx.kept)
+        return _FORWARD[ctx.backend](input, weight, mask, bias)
 
-    backward = staticmethod(_backward_with(_masked_linear_backward_impl))
+    @staticmethod
+    def backward(ctx, grad):
+        def run(grad, input, weight, mask, need_input, need_weight, need_bias):
+            if ctx.backend == "cpp":
+                return _cpu.linear_backward(grad, input, weight, mask, need_input, need_weight, need_bias,
+                                            kept=ctx.kept)
+            return _BACKWARD[ctx.backend](grad, input, weight, mask, need_input, need_weight, need_bias)
+        return _backward_with(run)(ctx, grad)
 
 
 def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None) -> Tensor:
