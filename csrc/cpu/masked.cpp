@@ -406,6 +406,21 @@ int64_t row_grain(int64_t rows, int64_t nnz, int64_t columns) {
   return std::max<int64_t>(1, kMinParallelWork / per_row);
 }
 
+// Whether every index is in [0, bound): one branch-free pass (vectorised), one check after.
+bool indices_in_range(const int32_t* idx, int64_t n, int64_t bound) {
+  uint32_t worst = 0;  // negative indices become huge as unsigned
+#pragma omp simd reduction(max : worst)
+  for (int64_t e = 0; e < n; ++e) worst = std::max(worst, static_cast<uint32_t>(idx[e]));
+  return n == 0 || static_cast<int64_t>(worst) < bound;
+}
+
+bool non_decreasing(const int32_t* p, int64_t n) {
+  int32_t bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t r = 0; r < n; ++r) bad |= p[r] > p[r + 1];
+  return bad == 0;
+}
+
 void check_structure(const at::Tensor& ptr, const at::Tensor& idx, int64_t rows, const char* what) {
   TORCH_CHECK(ptr.scalar_type() == at::kInt && idx.scalar_type() == at::kInt, what,
               ": the structure must be int32 (from mask_structure)");
@@ -415,7 +430,7 @@ void check_structure(const at::Tensor& ptr, const at::Tensor& idx, int64_t rows,
   TORCH_CHECK(ptr.data_ptr<int32_t>()[rows] == idx.numel(), what, ": ptr and idx disagree");
   const int32_t* p = ptr.data_ptr<int32_t>();
   TORCH_CHECK(p[0] == 0, what, ": ptr must start at 0");
-  for (int64_t r = 0; r < rows; ++r) TORCH_CHECK(p[r] <= p[r + 1], what, ": ptr must be non-decreasing");
+  TORCH_CHECK(non_decreasing(p, rows), what, ": ptr must be non-decreasing");
 }
 
 void check_column_space(const at::Tensor& t, const char* name, int64_t rows, int64_t N, int64_t P) {
@@ -504,6 +519,8 @@ at::Tensor gather_values(const at::Tensor& weight, const at::Tensor& row_ptr, co
   const int64_t rows = w.size(0);
   const int64_t cols = rows == 0 ? 0 : w.numel() / rows;
   check_structure(row_ptr, col_idx, rows, "gather_values");
+  TORCH_CHECK(indices_in_range(col_idx.data_ptr<int32_t>(), col_idx.numel(), cols),
+              "gather_values: column index out of range");
   at::Tensor values = at::empty({col_idx.numel()}, w.options());
   const int32_t* p = row_ptr.data_ptr<int32_t>();
   const int32_t* id = col_idx.data_ptr<int32_t>();
@@ -513,10 +530,7 @@ at::Tensor gather_values(const at::Tensor& weight, const at::Tensor& row_ptr, co
     at::parallel_for(0, rows, std::max<int64_t>(1, kElementwiseGrain * rows / std::max<int64_t>(1, col_idx.numel())),
                      [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
-        for (int32_t e = p[r]; e < p[r + 1]; ++e) {
-          TORCH_CHECK(id[e] >= 0 && id[e] < cols, "gather_values: column index out of range");
-          vals[e] = src[r * cols + id[e]];
-        }
+        for (int32_t e = p[r]; e < p[r + 1]; ++e) vals[e] = src[r * cols + id[e]];
     });
   });
   if (!csc_pos.has_value()) return values;
@@ -526,14 +540,12 @@ at::Tensor gather_values(const at::Tensor& weight, const at::Tensor& row_ptr, co
   at::Tensor csc = at::empty_like(values);
   const int32_t* ps = pos.data_ptr<int32_t>();
   const int64_t nnz = values.numel();
+  TORCH_CHECK(indices_in_range(ps, nnz, nnz), "gather_values: csc_pos out of range");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "gather_values_csc", [&] {
     const scalar_t* src = values.data_ptr<scalar_t>();
     scalar_t* dst = csc.data_ptr<scalar_t>();
     at::parallel_for(0, nnz, kElementwiseGrain, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) {
-        TORCH_CHECK(ps[e] >= 0 && ps[e] < nnz, "gather_values: csc_pos out of range");
-        dst[e] = src[ps[e]];
-      }
+      for (int64_t e = e0; e < e1; ++e) dst[e] = src[ps[e]];
     });
   });
   return csc;
@@ -555,8 +567,7 @@ void spmm_(at::Tensor out, const at::Tensor& values, const at::Tensor& ptr, cons
               "spmm_: bias must be a contiguous (rows,) tensor of the values' dtype");
   if (out.numel() == 0) return;
   const int32_t* id = idx.data_ptr<int32_t>();
-  for (int64_t e = 0, n = idx.numel(), cols = x.size(0); e < n; ++e)
-    TORCH_CHECK(id[e] >= 0 && id[e] < cols, "spmm_: index out of range of x's rows");
+  TORCH_CHECK(indices_in_range(id, idx.numel(), x.size(0)), "spmm_: index out of range of x's rows");
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "spmm_", [&] {
     Spmm<scalar_t> a{values.data_ptr<scalar_t>(), ptr.data_ptr<int32_t>(), id, x.data_ptr<scalar_t>(),
                      x.stride(0), x.stride(1),
@@ -579,8 +590,7 @@ at::Tensor sddmm(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at:
               "sddmm: g and x must be contiguous in their last dimension");
   TORCH_CHECK(g.scalar_type() == x.scalar_type(), "sddmm: g and x must share one dtype");
   const int32_t* id = col_idx.data_ptr<int32_t>();
-  for (int64_t e = 0, n = col_idx.numel(); e < n; ++e)
-    TORCH_CHECK(id[e] >= 0 && id[e] < cols, "sddmm: column index out of range of x's rows");
+  TORCH_CHECK(indices_in_range(id, col_idx.numel(), cols), "sddmm: column index out of range of x's rows");
   at::Tensor out = at::empty({rows, cols}, g.options());
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "sddmm", [&] {
     Sddmm a{row_ptr.data_ptr<int32_t>(), col_idx.data_ptr<int32_t>(), g.data_ptr<scalar_t>(), g.stride(0),
