@@ -1,6 +1,7 @@
 """Masked linear and conv layers on the CPU, forward + backward: dense torch, the torch way, and ours.
 
-Timed in one process on the same tensors, median of repeats, float32:
+Timed in one process on the same tensors, float32; the ways take turns in every repeat and the
+median of the repeats is reported:
 
 - dense: ``F.linear(x, w, b)`` / ``F.conv2d`` with no mask at all (MKL / oneDNN): the bar to beat;
 - torch way: ``F.linear(x, w * m, b)``: what a user writes to mask a layer (dW masked by autograd);
@@ -44,21 +45,27 @@ SHAPES = [
 ]
 
 
-def _time(step, budget_s: float, repeats: int = 5) -> float:
-    """Median seconds of one ``step()`` over ``repeats`` runs of as many steps as fit in ``budget_s / repeats``."""
-    for _ in range(3):
-        step()
-    start = time.perf_counter()
-    step()
-    once = max(time.perf_counter() - start, 1e-6)
-    n = max(1, int(budget_s / repeats / once))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(n):
+def _time_interleaved(steps: dict, budget_s: float, repeats: int = 7) -> dict:
+    """Median seconds of one step of each way: the ways take turns within every repeat, so a
+    machine that drifts (turbo, other load) drifts for all of them alike."""
+    calls = {}
+    for name, (step, path) in steps.items():
+        with _Path(path):
+            for _ in range(3):
+                step()
+            start = time.perf_counter()
             step()
-        samples.append((time.perf_counter() - start) / n)
-    return statistics.median(samples)
+        once = max(time.perf_counter() - start, 1e-6)
+        calls[name] = max(1, int(budget_s / repeats / len(steps) / once))
+    samples = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, (step, path) in steps.items():
+            with _Path(path):
+                start = time.perf_counter()
+                for _ in range(calls[name]):
+                    step()
+                samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 class _Path:
@@ -147,7 +154,7 @@ def _check_same(ways, leaves) -> None:
 def run(quick: bool = False, threads: int | None = None) -> tuple[list[dict], dict]:
     if threads:
         torch.set_num_threads(threads)
-    budget = 0.15 if quick else 1.0
+    budget = 0.15 if quick else 0.5
     shapes = [s for s in SHAPES if not quick or s[0].startswith(("lenet300 fc1", "lenet300 whole", "1024"))]
     sparsities = [0.0, 0.9, 0.95, 0.99] if quick else SPARSITIES
     rows, crossover = [], {}
@@ -157,11 +164,10 @@ def run(quick: bool = False, threads: int | None = None) -> tuple[list[dict], di
             leaves, ways = _layer(kind, shape, sparsity)
             _check_same(ways, leaves)
             row = {"shape": name, "sparsity": sparsity}
-            row["dense_ms"] = _time(_step(ways["dense"], leaves), budget) * 1e3
-            row["torch_way_ms"] = _time(_step(ways["torch"], leaves), budget) * 1e3
-            for path in ("auto", "dense", "sparse"):
-                with _Path(path):
-                    row[f"ours_{path}_ms"] = _time(_step(ways["ours"], leaves), budget) * 1e3
+            steps = {"dense_ms": (_step(ways["dense"], leaves), "auto"),
+                     "torch_way_ms": (_step(ways["torch"], leaves), "auto"),
+                     **{f"ours_{path}_ms": (_step(ways["ours"], leaves), path) for path in ("auto", "dense", "sparse")}}
+            row.update({k: v * 1e3 for k, v in _time_interleaved(steps, 5 * budget).items()})
             row["dense_over_ours"] = row["dense_ms"] / row["ours_auto_ms"]
             row["torch_way_over_ours"] = row["torch_way_ms"] / row["ours_auto_ms"]
             row["sparse_over_dense_path"] = row["ours_sparse_ms"] / row["ours_dense_ms"]

@@ -37,7 +37,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from lth_sparse._dispatch import cpp_extension
 
 # The sparse path of a linear layer is taken at or below this density (fraction of weights kept) ...
-MAX_DENSITY = 0.2
+MAX_DENSITY = 0.25
 # ... and of a conv layer at or below this one; None: never chosen by itself (measured slower than
 # oneDNN's dense conv at every sparsity up to 99% on Conv-4 layers, see bench/bench_masked_cpu.py:
 # unfolding and folding the input cost more than the multiply-adds saved). Still run when forced.
