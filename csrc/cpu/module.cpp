@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "cpu/masked.h"
+#include "cpu/masked_autograd.h"
 #include "cpu/select.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -35,6 +36,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sddmm", &lth_sparse::cpu::sddmm, py::arg("row_ptr"), py::arg("col_idx"), py::arg("g"), py::arg("x"),
         "(g x^T) * M as a dense (rows, cols) tensor, computed at the unpruned entries only; "
         "g is (rows, N, P), x is (cols, N, P), both contiguous in P.");
+  m.def("masked_linear_dense", &lth_sparse::cpu::masked_linear_dense, py::arg("input"), py::arg("weight"),
+        py::arg("mask"), py::arg("bias"),
+        "F.linear(input, weight * mask, bias), weight gradient masked: dense GEMMs, backward in C++.");
+  m.def("masked_linear_sparse", &lth_sparse::cpu::masked_linear_sparse, py::arg("input"), py::arg("weight"),
+        py::arg("mask"), py::arg("bias"), py::arg("structure"),
+        "The same through the CSR/CSC structure of the mask (mask_structure(mask)), backward in C++.");
   m.def("kernel_info", []() {
     const auto info = lth_sparse::cpu::kernel_info();
     py::dict d;

@@ -131,33 +131,34 @@ def _absent(like: Tensor) -> Tensor:
 # linear
 
 
-def linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None,
-                   keep: dict | None = None) -> Tensor:
-    """The forward; ``keep``, a dict, receives what the backward can reuse (see ``linear_backward``)."""
+def linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
     C = cpp_extension()
     out_features, in_features = weight.shape
     x = input.reshape(input.shape[:-1].numel(), in_features)
     if not use_sparse(weight, mask, x.shape[0]):
-        masked = _apply_mask(weight, mask)
-        if keep is not None:
-            keep["masked_weight"] = masked
-        return F.linear(input, masked, bias)
+        return F.linear(input, _apply_mask(weight, mask), bias)
     s = structure(mask)
     out = input.new_empty(x.shape[0], out_features)
     values = C.gather_values(weight, s.row_ptr, s.col_idx)
     xt = x.t().contiguous().unsqueeze(1)
     C.spmm_(out.t().unsqueeze(1), values, s.row_ptr, s.col_idx, xt, None if bias is None else bias.contiguous())
-    if keep is not None:
-        keep["xt"] = xt
     return out.reshape(*input.shape[:-1], out_features)
 
 
-def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bias, kept: dict | None = None):
-    """The backward; ``kept``: what ``linear_forward`` put in its ``keep`` for the same tensors (the
-    masked weight, or the transposed input), so it is not computed twice. The caller guarantees that
-    the tensors have not changed since (autograd's saved-tensor version checks do)."""
+def linear_eager(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor | None:
+    """The layer through the extension's C++ autograd Functions (plain eager mode: no Python in the
+    backward, the masked weight or the transposed input kept from the forward); None for a dtype
+    they do not take (float8), which then goes through the Python Function."""
     C = cpp_extension()
-    kept = kept or {}
+    if use_sparse(weight, mask, input.shape[:-1].numel()):
+        return C.masked_linear_sparse(input, weight, mask, bias, list(structure(mask)))
+    if weight.element_size() in (2, 4, 8):
+        return C.masked_linear_dense(input, weight, mask, bias)
+    return None
+
+
+def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bias):
+    C = cpp_extension()
     out_features, in_features = weight.shape
     rows = grad.shape[:-1].numel()
     g = grad.reshape(rows, out_features)
@@ -165,8 +166,7 @@ def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bia
     if not use_sparse(weight, mask, rows):
         grad_input = grad_weight = None
         if need_input:
-            masked = kept.get("masked_weight")
-            grad_input = g.matmul(_apply_mask(weight, mask) if masked is None else masked).reshape(input.shape)
+            grad_input = g.matmul(_apply_mask(weight, mask)).reshape(input.shape)
         if need_weight:
             grad_weight = _zero_pruned_(g.t().matmul(input.reshape(rows, in_features)), mask)
         return (_absent(grad) if grad_input is None else grad_input,
@@ -180,9 +180,7 @@ def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bia
         C.spmm_(grad_input.t().unsqueeze(1), values, s.col_ptr, s.row_idx, gt, None)
         grad_input = grad_input.reshape(input.shape)
     if need_weight:
-        xt = kept.get("xt")
-        if xt is None:
-            xt = input.reshape(rows, in_features).t().contiguous().unsqueeze(1)
+        xt = input.reshape(rows, in_features).t().contiguous().unsqueeze(1)
         grad_weight = C.sddmm(s.row_ptr, s.col_idx, gt, xt)
     return grad_input, grad_weight, grad_bias
 

@@ -110,21 +110,19 @@ class _EagerMaskedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, mask, bias):
         _setup_context(ctx, (input, weight, mask, bias), None)
-        _check(input, weight, mask, bias)
-        ctx.backend = choose_backend("masked_linear", input.device, IMPLEMENTED)
-        if ctx.backend == "cpp":  # the C++ backend hands the backward what it can reuse
-            ctx.kept = {}
-            return _cpu.linear_forward(input, weight, mask, bias, keep=ctx.kept)
-        return _FORWARD[ctx.backend](input, weight, mask, bias)
+        return _masked_linear_impl(input, weight, mask, bias)
 
-    @staticmethod
-    def backward(ctx, grad):
-        def run(grad, input, weight, mask, need_input, need_weight, need_bias):
-            if ctx.backend == "cpp":
-                return _cpu.linear_backward(grad, input, weight, mask, need_input, need_weight, need_bias,
-                                            kept=ctx.kept)
-            return _BACKWARD[ctx.backend](grad, input, weight, mask, need_input, need_weight, need_bias)
-        return _backward_with(run)(ctx, grad)
+    backward = staticmethod(_backward_with(_masked_linear_backward_impl))
+
+
+def _eager(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
+    """Plain eager mode: the C++ backend's own autograd Functions, or the Python Function."""
+    if input.device.type == "cpu" and choose_backend("masked_linear", input.device, IMPLEMENTED) == "cpp":
+        _check(input, weight, mask, bias)
+        out = _cpu.linear_eager(input, weight, mask, bias)
+        if out is not None:
+            return out
+    return _EagerMaskedLinear.apply(input, weight, mask, bias)
 
 
 def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -137,5 +135,5 @@ def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | No
     argument on a dtype, shape or device mismatch.
     """
     if plain_eager():
-        return _EagerMaskedLinear.apply(input, weight, mask, bias)
+        return _eager(input, weight, mask, bias)
     return _masked_linear(input, weight, mask, bias)

@@ -86,6 +86,13 @@ def spy(monkeypatch):
     return kernels
 
 
+@pytest.fixture
+def custom_op_path(monkeypatch):
+    """Route masked_linear through the custom op (whose backends call the kernels from Python, where the
+    spy sees them) instead of plain eager mode's C++ autograd Functions."""
+    monkeypatch.setattr(linear_module, "plain_eager", lambda: False)
+
+
 class NotThisPath:
     """Replaces the plain-eager autograd Function where the custom op must be used."""
 
@@ -461,7 +468,27 @@ def test_use_sparse_thresholds_at_the_default_constants():
 
 @pytest.mark.parametrize("kept_offset,dtype,sparse", [
     (-1000, torch.float32, True), (1, torch.float32, False), (-1000, torch.bfloat16, False)])
-def test_masked_linear_takes_the_path_use_sparse_chooses(kept_offset, dtype, sparse, spy, use_backend):
+def test_masked_linear_takes_the_path_use_sparse_chooses_in_eager_mode(kept_offset, dtype, sparse, spy, use_backend):
+    use_backend("cpp")
+    w, m, rows = _threshold_layer(kept_offset, dtype)
+    x = torch.randn(rows, 125, dtype=dtype, requires_grad=True)
+    w.requires_grad_()
+    y = masked_linear(x, w, m, None)
+    y.backward(torch.ones_like(y))
+    assert spy.calls["masked_linear_sparse"] == int(sparse) and spy.calls["masked_linear_dense"] == int(not sparse)
+    assert "MaskedLinearSparse" in y.grad_fn.name() if sparse else "MaskedLinearDense" in y.grad_fn.name()
+    refs = [t.detach().clone().requires_grad_() for t in (x, w)]
+    y_ref = reference.masked_linear(refs[0], refs[1], m)
+    y_ref.backward(torch.ones_like(y_ref))
+    assert_close(y, y_ref, scale=4)
+    for ours, theirs in zip((x, w), refs):
+        assert_close(ours.grad, theirs.grad, scale=10)
+
+
+@pytest.mark.parametrize("kept_offset,dtype,sparse", [
+    (-1000, torch.float32, True), (1, torch.float32, False), (-1000, torch.bfloat16, False)])
+def test_masked_linear_takes_the_path_use_sparse_chooses(kept_offset, dtype, sparse, spy, use_backend,
+                                                          custom_op_path):
     use_backend("cpp")
     w, m, rows = _threshold_layer(kept_offset, dtype)
     assert _cpu.use_sparse(w, m, rows) == sparse
@@ -475,8 +502,7 @@ def test_masked_linear_takes_the_path_use_sparse_chooses(kept_offset, dtype, spa
         assert spy.calls["apply_mask"] == 0 and spy.calls["zero_pruned_"] == 0
     else:
         assert spy.calls["spmm_"] == 0 and spy.calls["sddmm"] == 0 and spy.calls["mask_structure"] == 0
-        # once: the eager path hands the forward's masked weight to the backward
-        assert spy.calls["apply_mask"] == 1 and spy.calls["zero_pruned_"] == 1
+        assert spy.calls["apply_mask"] == 2 and spy.calls["zero_pruned_"] == 1
     refs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
     y_ref = reference.masked_linear(refs[0], refs[1], m, refs[2])
     y_ref.backward(torch.ones_like(y_ref))
@@ -727,7 +753,7 @@ def test_conv_weight_gradients_only(with_bias, use_backend, spy):
     assert spy.calls["sddmm"] == 1
 
 
-def test_linear_weight_gradients_only(use_backend, spy):
+def test_linear_weight_gradients_only(use_backend, spy, custom_op_path):
     use_backend("cpp-sparse")
     x, w, b = _linear_case()
     m = random_mask(w.shape, 0.3)
@@ -754,8 +780,12 @@ def test_plain_eager_skips_the_custom_op():
     x, w, b = (t.requires_grad_() for t in _linear_case(dtype=torch.float32))
     m = random_mask(w.shape, 0.5)
     y = masked_linear(x, w, m, b)
-    assert type(y.grad_fn).__name__ == "_EagerMaskedLinearBackward"
+    assert "MaskedLinearDense" in y.grad_fn.name(), "the C++ backend's own autograd Function"
     assert torch.equal(y, linear_module._masked_linear(x, w, m, b)), "the same kernels either way"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LTH_SPARSE_BACKEND", "torch")
+        y = masked_linear(x, w, m, b)
+    assert type(y.grad_fn).__name__ == "_EagerMaskedLinearBackward", "other backends: the Python Function"
     xc, wc, mc, bc = _conv_case(2, 3, 5, 5, 4, 3, 3, 0.5, torch.float32)
     yc = masked_conv2d(xc, wc.requires_grad_(), mc, bc, 1, 1)
     assert type(yc.grad_fn).__name__ == "_EagerMaskedConv2dBackward"
@@ -768,6 +798,7 @@ def _layers_forward(x, w, m, b, xc, wc, mc, bc):
 def test_torch_compile_uses_the_custom_op(monkeypatch, use_backend):
     use_backend("cpp-sparse")
     monkeypatch.setattr(linear_module, "_EagerMaskedLinear", NotThisPath)
+    monkeypatch.setattr(linear_module, "_eager", NotThisPath.apply)
     monkeypatch.setattr(conv_module, "_EagerMaskedConv2d", NotThisPath)
     x, w, b = _linear_case(dtype=torch.float32)
     m = random_mask(w.shape, 0.3)
@@ -792,6 +823,7 @@ def test_torch_compile_uses_the_custom_op(monkeypatch, use_backend):
 def test_vmap_uses_the_custom_op_and_matches(monkeypatch, use_backend, spy):
     use_backend("cpp-sparse")
     monkeypatch.setattr(linear_module, "_EagerMaskedLinear", NotThisPath)
+    monkeypatch.setattr(linear_module, "_eager", NotThisPath.apply)
     monkeypatch.setattr(conv_module, "_EagerMaskedConv2d", NotThisPath)
     _, w, b = _linear_case()
     m = random_mask(w.shape, 0.3)
@@ -809,6 +841,7 @@ def test_fake_tensor_mode_uses_the_custom_op(monkeypatch, spy):
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     monkeypatch.setattr(linear_module, "_EagerMaskedLinear", NotThisPath)
+    monkeypatch.setattr(linear_module, "_eager", NotThisPath.apply)
     monkeypatch.setattr(conv_module, "_EagerMaskedConv2d", NotThisPath)
     with FakeTensorMode():
         x, w, b = torch.randn(5, 3, 24), torch.randn(10, 24), torch.randn(10)
@@ -839,4 +872,5 @@ def test_sgd_step_on_the_sparse_path_matches_torch_and_keeps_pruned_weights_zero
         assert not torch.signbit(sparse.weight[~sparse.mask]).any()
         assert_close(sparse.weight, dense.weight)
         assert_close(sparse.bias, dense.bias)
-    assert spy.calls["sddmm"] == 3 and spy.calls["apply_mask"] == 0, "the steps ran on the sparse path"
+    assert spy.calls["masked_linear_sparse"] == 3 and spy.calls["masked_linear_dense"] == 0, \
+        "the steps ran on the sparse path"
