@@ -59,6 +59,7 @@ from lth_sparse.kernels.masked_matmul import (
     _conv_allows_tf32,
     _dtype_options,
     _geometry,
+    _im2col_tile,
     _index,
     _linear_allows_tf32,
     _mma,
@@ -197,14 +198,7 @@ def _interpolated_conv_kernel(
         w_bounds = in_m[:, None] & in_k[None, :]
         w_a = tl.load(w_a_ptr + w_rows + offs_k[None, :], mask=w_bounds, other=0.0)
         w_b = tl.load(w_b_ptr + w_rows + offs_k[None, :], mask=w_bounds, other=0.0)
-        tap_w = offs_k % KW
-        tap_h = (offs_k // KW) % KH
-        channel = offs_k // (KW * KH)
-        h = h0[None, :] + (tap_h * DIL_H)[:, None]
-        w = w0[None, :] + (tap_w * DIL_W)[:, None]
-        inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        x = tl.load(x_cols[None, :] + (channel * sx_c + tap_h * DIL_H * sx_h + tap_w * DIL_W * sx_w)[:, None],
-                    mask=in_k[:, None] & in_n[None, :] & inside, other=0.0)
+        x = _im2col_tile(x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_H, DIL_W, KH, KW)
         if SHARED:
             acc = _mma(w_a, x, acc, INPUT_PRECISION, UPCAST, FMA)
             acc_b = _mma(w_b, x, acc_b, INPUT_PRECISION, UPCAST, FMA)

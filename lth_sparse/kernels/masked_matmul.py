@@ -230,6 +230,22 @@ def _masked_gemm_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 
 @triton.jit
+def _im2col_tile(x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_H, DIL_W,
+                 KH: tl.constexpr, KW: tl.constexpr):
+    """The (BLOCK_K, BLOCK_N) tile of the unfolded input, loaded in place: row k = (channel, kernel
+    row, kernel column), column n = an output position whose input window starts at (h0, w0), at
+    ``x_cols``; taps in the padding load as zero."""
+    tap_w = offs_k % KW
+    tap_h = (offs_k // KW) % KH
+    channel = offs_k // (KW * KH)
+    h = h0[None, :] + (tap_h * DIL_H)[:, None]
+    w = w0[None, :] + (tap_w * DIL_W)[:, None]
+    inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    return tl.load(x_cols[None, :] + (channel * sx_c + tap_h * DIL_H * sx_h + tap_w * DIL_W * sx_w)[:, None],
+                   mask=in_k[:, None] & in_n[None, :] & inside, other=0.0)
+
+
+@triton.jit
 def _conv_forward_kernel(
     x_ptr, w_ptr, w_mask_ptr, bias_ptr, y_ptr,
     M, N, K,  # C_out/groups, batch*OH*OW, C_in/groups*KH*KW
@@ -267,14 +283,7 @@ def _conv_forward_kernel(
         a = tl.load(w_ptr + w_offsets, mask=a_bounds, other=0.0)
         keep = tl.load(w_mask_ptr + w_offsets, mask=a_bounds, other=0)
         a = tl.where(keep != 0, a, 0.0)
-        tap_w = offs_k % KW
-        tap_h = (offs_k // KW) % KH
-        channel = offs_k // (KW * KH)
-        h = h0[None, :] + (tap_h * DIL_H)[:, None]
-        w = w0[None, :] + (tap_w * DIL_W)[:, None]
-        inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        b = tl.load(x_cols[None, :] + (channel * sx_c + tap_h * DIL_H * sx_h + tap_w * DIL_W * sx_w)[:, None],
-                    mask=in_k[:, None] & in_n[None, :] & inside, other=0.0)
+        b = _im2col_tile(x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_H, DIL_W, KH, KW)
         acc = _mma(a, b, acc, INPUT_PRECISION, UPCAST, FMA)
 
     if HAS_BIAS:
