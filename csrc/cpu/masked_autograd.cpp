@@ -63,9 +63,11 @@ struct MaskedLinearSparse : public torch::autograd::Function<MaskedLinearSparse>
     const at::Tensor& col_idx = structure[1];
     at::Tensor xt = input.reshape({rows, in_features}).t().contiguous().unsqueeze(1);
     at::Tensor out = at::empty({rows, out_features}, input.options());
-    spmm_(out.t().unsqueeze(1), gather_values(weight, row_ptr, col_idx, std::nullopt), row_ptr, col_idx, xt,
+    at::Tensor values = gather_values(weight, row_ptr, col_idx, std::nullopt);
+    spmm_(out.t().unsqueeze(1), values, row_ptr, col_idx, xt,
           bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt);
-    ctx->save_for_backward({input, weight, mask, xt});
+    // the unpruned weights, kept: the input gradient reorders them (CSC) instead of gathering again
+    ctx->save_for_backward({input, weight, mask, xt, values});
     ctx->saved_data["structure"] = structure;
     ctx->saved_data["has_bias"] = bias.has_value();
     std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
@@ -86,8 +88,8 @@ struct MaskedLinearSparse : public torch::autograd::Function<MaskedLinearSparse>
     at::Tensor gt = g.t().contiguous().unsqueeze(1);
     if (ctx->needs_input_grad(0)) {
       grad_input = at::empty({rows, in_features}, g.options());
-      spmm_(grad_input.t().unsqueeze(1), gather_values(weight, structure[0], structure[1], structure[4]),
-            structure[2], structure[3], gt, std::nullopt);
+      spmm_(grad_input.t().unsqueeze(1), saved[4].index_select(0, structure[4]), structure[2], structure[3], gt,
+            std::nullopt);
       grad_input = grad_input.view(input.sizes());
     }
     if (ctx->needs_input_grad(1)) grad_weight = sddmm(structure[0], structure[1], gt, xt);

@@ -44,7 +44,7 @@ MAX_DENSITY = 0.25
 CONV_MAX_DENSITY: float | None = None
 # ... and only when the dense product has at least this many multiply-adds
 # (below it both paths are dominated by fixed costs and dense is never slower).
-MIN_DENSE_WORK = 1 << 21
+MIN_DENSE_WORK = 1 << 20
 # Dtypes with sparse kernels (others take the dense path).
 SPARSE_DTYPES = (torch.float32, torch.float64)
 # The conv path unfolds at most this many bytes of columns at once.
