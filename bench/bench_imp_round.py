@@ -5,10 +5,12 @@ torch DataLoader, a plain nn.Sequential, and ``torch.nn.utils.prune.global_unstr
 (L1Unstructured, 20%) with the survivors rewound by copying the initial weights into
 ``weight_orig``. This stack: tensor-held data (:mod:`lth_sparse.data`), masked
 layers, :func:`lth_sparse.prune.prune_magnitude` and :func:`lth_sparse.train.train`.
-A round = prune 20% of the trained dense network, rewind, train ``--epochs``, evaluate
-on the test set. Both use the same optimizer (SGD 0.02, momentum 0.9, batch 128).
+A round = prune ``--amount`` (20%) of the trained dense network, rewind, train ``--epochs``,
+evaluate on the test set. Both use the same optimizer (SGD 0.02, momentum 0.9, batch 128).
+A third way, lth_sparse with its CPU kernels held on their dense path, shows what the sparse
+masked layers add at high sparsity (``--amount 0.95``: a late IMP round).
 
-    python bench/bench_imp_round.py [--epochs 1] [--repeats 2]
+    python bench/bench_imp_round.py [--epochs 1] [--repeats 2] [--amount 0.2]
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def lenet300():
                          nn.Linear(100, 10))
 
 
-def usual_round(root: str, init_state: dict, trained_state: dict, epochs: int) -> tuple[float, float]:
+def usual_round(root: str, init_state: dict, trained_state: dict, epochs: int, amount: float) -> tuple[float, float]:
     from torch.nn.utils import prune
     from torchvision import datasets, transforms
 
@@ -50,7 +52,7 @@ def usual_round(root: str, init_state: dict, trained_state: dict, epochs: int) -
     model = lenet300()
     model.load_state_dict(trained_state)
     params = [(m, "weight") for m in model if isinstance(m, nn.Linear)]
-    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.2)
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
     with torch.no_grad():  # rewind the survivors
         for i, (m, _) in zip([1, 3, 5], params):
             m.weight_orig.copy_(init_state[f"{i}.weight"])
@@ -70,10 +72,12 @@ def usual_round(root: str, init_state: dict, trained_state: dict, epochs: int) -
     return time.perf_counter() - start, correct / len(test_set)
 
 
-def our_round(init_state: dict, trained_state: dict, epochs: int) -> tuple[float, float]:
+def our_round(init_state: dict, trained_state: dict, epochs: int, amount: float,
+              sparse_kernels: bool = True) -> tuple[float, float]:
     from lth_sparse.data import load_dataset
     from lth_sparse.masks import Masks
     from lth_sparse.nn import masked
+    from lth_sparse.ops import _cpu
     from lth_sparse.prune import prune_magnitude
     from lth_sparse.train import TrainConfig, train
 
@@ -81,11 +85,16 @@ def our_round(init_state: dict, trained_state: dict, epochs: int) -> tuple[float
     data = load_dataset("fashion-mnist", seed=0)
     model = masked(lenet300())
     model.load_state_dict(trained_state, strict=False)
-    masks = prune_magnitude(model, 0.2, masks=Masks.ones_like(model))
+    masks = prune_magnitude(model, amount, masks=Masks.ones_like(model))
     model.load_state_dict(init_state, strict=False)
     masks.apply_to(model)
-    result = train(model, data, TrainConfig(epochs=epochs, batch_size=BATCH, lr=LR, momentum=MOMENTUM),
-                   progress=False)
+    saved = _cpu.MAX_DENSITY
+    _cpu.MAX_DENSITY = saved if sparse_kernels else -1.0
+    try:
+        result = train(model, data, TrainConfig(epochs=epochs, batch_size=BATCH, lr=LR, momentum=MOMENTUM),
+                       progress=False)
+    finally:
+        _cpu.MAX_DENSITY = saved
     return time.perf_counter() - start, result.test_accuracy
 
 
@@ -93,6 +102,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--amount", type=float, default=0.2, help="fraction of the weights pruned (default 0.2)")
     parser.add_argument("--quick", action="store_true", help="one repeat, results not written")
     args = parser.parse_args(argv)
     if args.quick:
@@ -111,22 +121,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     init_state = copy.deepcopy(dense.state_dict())
     trained_state = {k: v + 0.01 * torch.randn_like(v) for k, v in init_state.items()}  # a stand-in "trained" net
 
-    usual, ours = [], []
-    for _ in range(args.repeats):  # interleaved, so both see the same machine load
-        usual.append(usual_round(tmp, init_state, trained_state, args.epochs))
-        ours.append(our_round(init_state, trained_state, args.epochs))
+    runs = {"usual": [], "lth_sparse": [], "lth_sparse_dense_kernels": []}
+    for _ in range(args.repeats):  # interleaved, so all see the same machine load
+        runs["usual"].append(usual_round(tmp, init_state, trained_state, args.epochs, args.amount))
+        runs["lth_sparse"].append(our_round(init_state, trained_state, args.epochs, args.amount))
+        runs["lth_sparse_dense_kernels"].append(
+            our_round(init_state, trained_state, args.epochs, args.amount, sparse_kernels=False))
     shutil.rmtree(tmp)
-    t_usual = statistics.median(t for t, _ in usual)
-    t_ours = statistics.median(t for t, _ in ours)
-    print(f"one IMP round of LeNet-300-100 on Fashion-MNIST ({args.epochs} epoch(s), {torch.get_num_threads()} threads)")
+    labels = {"usual": "DataLoader + torch.nn.utils.prune", "lth_sparse": "lth_sparse",
+              "lth_sparse_dense_kernels": "lth_sparse, dense path only"}
+    rows = [{"way": way, "seconds": statistics.median(t for t, _ in r), "test_accuracy": r[-1][1],
+             "all_seconds": [t for t, _ in r]} for way, r in runs.items()]
+    t = {row["way"]: row["seconds"] for row in rows}
+    print(f"one IMP round of LeNet-300-100 on Fashion-MNIST, {args.amount:.0%} pruned ({args.epochs} epoch(s), "
+          f"{torch.get_num_threads()} threads)")
     print(f"{'way':<34}{'seconds':>10}{'test acc':>10}")
-    print(f"{'DataLoader + torch.nn.utils.prune':<34}{t_usual:>10.2f}{usual[-1][1]:>10.4f}")
-    print(f"{'lth_sparse':<34}{t_ours:>10.2f}{ours[-1][1]:>10.4f}")
-    print(f"speed-up: {t_usual / t_ours:.2f}x")
-    rows = [{"way": "usual", "seconds": t_usual, "test_accuracy": usual[-1][1], "all_seconds": [t for t, _ in usual]},
-            {"way": "lth_sparse", "seconds": t_ours, "test_accuracy": ours[-1][1], "all_seconds": [t for t, _ in ours]}]
+    for row in rows:
+        print(f"{labels[row['way']]:<34}{row['seconds']:>10.2f}{row['test_accuracy']:>10.4f}")
+    print(f"speed-up: {t['usual'] / t['lth_sparse']:.2f}x")
     if not args.quick:
-        write_results("imp_round", "cpu", rows, {"epochs": args.epochs, "speedup": t_usual / t_ours})
+        name = "imp_round" if args.amount == 0.2 else f"imp_round_{round(args.amount * 100)}pct"
+        write_results(name, "cpu", rows, {"epochs": args.epochs, "amount": args.amount,
+                                          "speedup": t["usual"] / t["lth_sparse"]})
     return rows
 
 
