@@ -159,7 +159,10 @@ def backend_info() -> dict:
     Keys: ``version``, ``torch``, ``cpp``, ``cuda``, ``triton`` (bools: built and
     usable here), ``backend`` (the setting in force), ``gpu_auto`` ("op:backend" GPU
     kernels that ``auto`` uses; the others are opt-in until verified on a GPU),
-    ``reasons`` (why a backend is unusable).
+    ``reasons`` (why a backend is unusable); where the C++ extension is built, ``cpp_kernel_info``
+    (threads, SIMD, select parameters) and ``cpu_sparse_policy`` (when the CPU masked layers take
+    their sparse path: density at most ``max_density``, convs ``conv_max_density`` or never when
+    None, at least ``min_dense_work`` multiply-adds).
     """
     from lth_sparse import __version__
 
@@ -188,7 +191,11 @@ def backend_info() -> dict:
         "reasons": reasons,
     }
     if cpp_ok:
+        from lth_sparse.ops import _cpu  # the op layer's policy, read here only to report it
+
         info["cpp_kernel_info"] = dict(cpp_extension().kernel_info())
+        info["cpu_sparse_policy"] = {"max_density": _cpu.MAX_DENSITY, "conv_max_density": _cpu.CONV_MAX_DENSITY,
+                                     "min_dense_work": _cpu.MIN_DENSE_WORK}
     if cuda_ok:
         info["gpu"] = torch.cuda.get_device_name(gpu)
     return info

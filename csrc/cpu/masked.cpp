@@ -442,6 +442,14 @@ void check_column_space(const at::Tensor& t, const char* name, int64_t rows, int
 
 }  // namespace
 
+bool masked_kernels_use_avx2() {
+#if LTH_SPARSE_MASKED_AVX2
+  return cpu_has_avx2_fma();
+#else
+  return false;
+#endif
+}
+
 at::Tensor apply_mask(const at::Tensor& weight, const at::Tensor& mask) {
   check_mask_of(weight, mask, "apply_mask");
   const at::Tensor w = weight.contiguous();

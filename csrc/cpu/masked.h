@@ -10,6 +10,9 @@
 namespace lth_sparse {
 namespace cpu {
 
+// Whether the masked kernels run their AVX2+FMA versions on this CPU.
+bool masked_kernels_use_avx2();
+
 // weight with its pruned entries (mask False) replaced by +0.0: torch.where(mask, weight, 0).
 at::Tensor apply_mask(const at::Tensor& weight, const at::Tensor& mask);
 

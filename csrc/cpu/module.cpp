@@ -52,6 +52,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["chunk_elements"] = info.chunk_elements;
     d["radix_bits"] = info.radix_bits;
     d["algorithm"] = "sampled pivot pair + one counting/collecting pass (radix passes if the sample missed)";
+    d["masked_simd"] = lth_sparse::cpu::masked_kernels_use_avx2() ? "avx2+fma" : "portable";
     return d;
   }, "What the CPU kernels were built with and use: OpenMP, threads, select parameters.");
 }

@@ -70,3 +70,14 @@ def test_missing_cpp_extension_is_reported(monkeypatch, use_backend):
 def test_cpp_extension_is_built_where_required():
     info = lth_sparse.backend_info()
     assert info["cpp"], info["reasons"].get("cpp")
+
+
+def test_backend_info_reports_the_cpu_sparse_policy():
+    from lth_sparse.ops import _cpu
+
+    info = lth_sparse.backend_info()
+    if not info["cpp"]:
+        pytest.skip("the C++ extension is not built")
+    assert info["cpu_sparse_policy"] == {"max_density": _cpu.MAX_DENSITY, "conv_max_density": _cpu.CONV_MAX_DENSITY,
+                                         "min_dense_work": _cpu.MIN_DENSE_WORK}
+    assert info["cpp_kernel_info"]["masked_simd"] in ("avx2+fma", "portable")
