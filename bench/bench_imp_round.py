@@ -88,13 +88,9 @@ def our_round(init_state: dict, trained_state: dict, epochs: int, amount: float,
     masks = prune_magnitude(model, amount, masks=Masks.ones_like(model))
     model.load_state_dict(init_state, strict=False)
     masks.apply_to(model)
-    saved = _cpu.MAX_DENSITY
-    _cpu.MAX_DENSITY = saved if sparse_kernels else -1.0
-    try:
+    with _cpu.held_on("auto" if sparse_kernels else "dense"):
         result = train(model, data, TrainConfig(epochs=epochs, batch_size=BATCH, lr=LR, momentum=MOMENTUM),
                        progress=False)
-    finally:
-        _cpu.MAX_DENSITY = saved
     return time.perf_counter() - start, result.test_accuracy
 
 

@@ -50,7 +50,7 @@ def _time_interleaved(steps: dict, budget_s: float, repeats: int = 7) -> dict:
     machine that drifts (turbo, other load) drifts for all of them alike."""
     calls = {}
     for name, (step, path) in steps.items():
-        with _Path(path):
+        with _cpu.held_on(path):
             for _ in range(3):
                 step()
             start = time.perf_counter()
@@ -60,29 +60,12 @@ def _time_interleaved(steps: dict, budget_s: float, repeats: int = 7) -> dict:
     samples = {name: [] for name in steps}
     for _ in range(repeats):
         for name, (step, path) in steps.items():
-            with _Path(path):
+            with _cpu.held_on(path):
                 start = time.perf_counter()
                 for _ in range(calls[name]):
                     step()
                 samples[name].append((time.perf_counter() - start) / calls[name])
     return {name: statistics.median(v) for name, v in samples.items()}
-
-
-class _Path:
-    """Hold the C++ backend on one path ("dense", "sparse") or leave it to choose ("auto")."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __enter__(self):
-        self.saved = (_cpu.MAX_DENSITY, _cpu.MIN_DENSE_WORK, _cpu.CONV_MAX_DENSITY)
-        if self.path == "sparse":
-            _cpu.MAX_DENSITY, _cpu.MIN_DENSE_WORK, _cpu.CONV_MAX_DENSITY = 1.0, 0, 1.0
-        elif self.path == "dense":
-            _cpu.MAX_DENSITY, _cpu.CONV_MAX_DENSITY = -1.0, None
-
-    def __exit__(self, *exc):
-        _cpu.MAX_DENSITY, _cpu.MIN_DENSE_WORK, _cpu.CONV_MAX_DENSITY = self.saved
 
 
 def _layer(kind: str, shape, sparsity: float, seed: int = 0):
@@ -146,7 +129,7 @@ def _check_same(ways, leaves) -> None:
     """The ways compute the same function (guards the benchmark against timing a wrong result)."""
     out_ref = ways["torch"](*leaves)
     for path in ("dense", "sparse"):
-        with _Path(path):
+        with _cpu.held_on(path):
             out = ways["ours"](*leaves)
         torch.testing.assert_close(out, out_ref, atol=1e-4, rtol=1e-4)
 

@@ -36,7 +36,7 @@ def backend_variants(implemented: tuple[str, ...], device: str = "cpu") -> list[
 
 
 @pytest.fixture
-def use_backend(monkeypatch):
+def use_backend(monkeypatch, request):
     """``use_backend("cpp")`` forces a backend for the rest of the test.
 
     ``cpp-sparse`` forces the C++ backend and its sparse path (CSR/CSC kernels)
@@ -45,9 +45,9 @@ def use_backend(monkeypatch):
     def set_backend(name: str) -> None:
         if name == "cpp-sparse":
             from lth_sparse.ops import _cpu
-            monkeypatch.setattr(_cpu, "MAX_DENSITY", 1.0)
-            monkeypatch.setattr(_cpu, "MIN_DENSE_WORK", 0)
-            monkeypatch.setattr(_cpu, "CONV_MAX_DENSITY", 1.0)
+            held = _cpu.held_on("sparse")
+            held.__enter__()
+            request.addfinalizer(lambda: held.__exit__(None, None, None))
             name = "cpp"
         monkeypatch.setenv("LTH_SPARSE_BACKEND", name)
     return set_backend

@@ -27,6 +27,7 @@ below are the crossovers measured by ``bench/bench_masked_cpu.py`` on a
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -100,7 +101,7 @@ def structure(mask: Tensor) -> Structure:
 def use_sparse(weight: Tensor, mask: Tensor, columns: int, max_density: float | None = None) -> bool:
     """Whether the sparse path is the faster one for this weight, mask and batch (``columns`` products per weight).
 
-    ``max_density``: the density threshold (default ``MAX_DENSITY``, the linear layers'); None never.
+    ``max_density``: the density threshold; None (the default) means ``MAX_DENSITY``, the linear layers'.
     """
     max_density = MAX_DENSITY if max_density is None else max_density
     if weight.dtype not in SPARSE_DTYPES or mask.numel() >= 1 << 31:
@@ -110,14 +111,38 @@ def use_sparse(weight: Tensor, mask: Tensor, columns: int, max_density: float | 
     return density(mask) <= max_density
 
 
+@contextlib.contextmanager
+def held_on(path: str):
+    """Within the block, the C++ backend takes one path whatever the policy says: ``"sparse"``
+    (linear and conv, any size and density; float32/float64), ``"dense"``, or ``"auto"`` (the policy).
+    For benchmarks and tests; the module constants are restored on exit."""
+    global MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY
+    if path not in ("auto", "dense", "sparse"):
+        raise ValueError(f"path must be 'auto', 'dense' or 'sparse', got {path!r}")
+    saved = MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY
+    if path == "sparse":
+        MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY = 1.0, 0, 1.0
+    elif path == "dense":
+        MAX_DENSITY, CONV_MAX_DENSITY = -1.0, None
+    try:
+        yield
+    finally:
+        MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY = saved
+
+
+def _has_mask_kernel(t: Tensor) -> bool:
+    """Whether the C++ mask kernels take t's dtype (16, 32 and 64-bit floats; not float8)."""
+    return t.element_size() in (2, 4, 8)
+
+
 def _apply_mask(weight: Tensor, mask: Tensor) -> Tensor:
-    if weight.element_size() in (2, 4, 8):
+    if _has_mask_kernel(weight):
         return cpp_extension().apply_mask(weight, mask)
-    return torch.where(mask, weight, 0)  # float8: no kernel of ours
+    return torch.where(mask, weight, 0)
 
 
 def _zero_pruned_(t: Tensor, mask: Tensor) -> Tensor:
-    if t.element_size() in (2, 4, 8):
+    if _has_mask_kernel(t):
         return cpp_extension().zero_pruned_(t, mask)
     return t.masked_fill_(~mask, 0)
 
@@ -152,7 +177,7 @@ def linear_eager(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | Non
     C = cpp_extension()
     if use_sparse(weight, mask, input.shape[:-1].numel()):
         return C.masked_linear_sparse(input, weight, mask, bias, list(structure(mask)))
-    if weight.element_size() in (2, 4, 8):
+    if _has_mask_kernel(weight):
         return C.masked_linear_dense(input, weight, mask, bias)
     return None
 
