@@ -14,11 +14,13 @@
 // Columns are processed in tiles of kTile so that a tile's accumulators stay
 // in registers and the tile of x that a thread's rows share stays in cache.
 // The index structure (CSR and CSC of the mask) is built once per mask; the
-// weight values are read from the dense weight at their unpruned positions, so
-// the structure stays valid while training changes the values.
+// products read the weight values straight from the dense weight at the
+// structure's positions (no gathered copy), so the structure stays valid while
+// training changes the values.
 #include "cpu/masked.h"
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
 #include <array>
@@ -109,6 +111,53 @@ void masked_select_bits(const void* src, const bool* mask, void* dst, int64_t n,
 }
 
 // ---------------------------------------------------------------------------
+// Transposed copies: the sparse products need the batch contiguous, and
+// x.t().contiguous() is a strided copy torch does one element at a time
+// (35 us for a 60 x 784 float32 input; this takes a few).
+
+template <typename T>
+void transpose_block(const T* src, int64_t s_r, int64_t s_c, T* dst, int64_t ld, int64_t r0, int64_t r1, int64_t c0,
+                     int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c)
+    for (int64_t r = r0; r < r1; ++r) dst[c * ld + r] = src[r * s_r + c * s_c];
+}
+
+#if LTH_SPARSE_MASKED_AVX2
+// dst[c * ld_dst + r] = src[r * ld_src + c] for an 8 x 8 block, in registers.
+__attribute__((target("avx2"))) inline void transpose8x8_f32(const float* src, int64_t ld_src, float* dst,
+                                                             int64_t ld_dst) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int h = 0; h < 8; h += 4) {
+    r[h] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[h + 1] = _mm256_shuffle_ps(t[h], t[h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+
+// Columns [c0, c1) of a row-major (rows, ld_src) float32 matrix, transposed.
+__attribute__((target("avx2"))) void transpose_columns_f32(const float* src, int64_t rows, int64_t ld_src, float* dst,
+                                                           int64_t c0, int64_t c1) {
+  const int64_t r8 = rows - rows % 8;
+  int64_t c = c0;
+  for (; c + 8 <= c1; c += 8) {
+    for (int64_t r = 0; r < r8; r += 8) transpose8x8_f32(src + r * ld_src + c, ld_src, dst + c * rows + r, rows);
+    transpose_block(src, ld_src, int64_t{1}, dst, rows, r8, rows, c, c + 8);
+  }
+  transpose_block(src, ld_src, int64_t{1}, dst, rows, int64_t{0}, rows, c, c1);
+}
+#endif
+
+// ---------------------------------------------------------------------------
 // Sparse products. A "column space" operand is a 3-D view (rows, N, P) whose
 // last dimension is contiguous; tiles never cross from one n to the next.
 
@@ -119,7 +168,8 @@ struct View {
 
 template <typename T>
 struct Spmm {
-  const T* vals;  // the unpruned weights in the order of idx
+  const T* w;          // the dense weight: entry (r, j) of the sparse matrix is w[r * w_r + j * w_j]
+  int64_t w_r, w_j;    // (ld, 1) for W itself (CSR), (1, ld) for its transpose (CSC)
   const int32_t* ptr;
   const int32_t* idx;
   const T* x;
@@ -138,9 +188,10 @@ __attribute__((always_inline)) inline void spmm_tile(const Spmm<T>& a, int64_t r
   const T init = a.bias != nullptr ? a.bias[r] : T(0);
   for (int64_t i = 0; i < len; ++i) acc[i] = init;
   const T* xbase = a.x + n * a.x_n + p0;
+  const T* wr = a.w + r * a.w_r;
   for (int32_t e = a.ptr[r]; e < a.ptr[r + 1]; ++e) {
     const int64_t j = a.idx[e];
-    const T v = a.vals[e];
+    const T v = wr[j * a.w_j];
     const T* xr = xbase + j * a.x_row;
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) acc[i] += v * xr[i];
@@ -195,11 +246,12 @@ __attribute__((target("avx2,fma"))) void spmm_tile_f32(const Spmm<float>& a, int
   const float* xbase = a.x + n * a.x_n + p0;
   const int32_t* idx = a.idx;
   const int64_t x_row = a.x_row;
-  const float* vals = a.vals;
+  const float* wr = a.w + r * a.w_r;
+  const int64_t w_j = a.w_j;
   const int32_t end = a.ptr[r + 1];
   for (int32_t e = a.ptr[r]; e < end; ++e) {
     const int64_t j = idx[e];
-    const __m256 v = _mm256_set1_ps(vals[e]);
+    const __m256 v = _mm256_set1_ps(wr[j * w_j]);
     const float* xr = xbase + j * x_row;
     for (int k = 0; k < NV; ++k) {
       const __m256 xv = (kPartial && k == NV - 1) ? _mm256_maskload_ps(xr + 8 * k, tail) : _mm256_loadu_ps(xr + 8 * k);
@@ -464,7 +516,35 @@ at::Tensor zero_pruned_(at::Tensor t, const at::Tensor& mask) {
   if (!t.is_contiguous()) return t.masked_fill_(mask.logical_not(), 0);
   const at::Tensor m = mask.contiguous();
   masked_select_bits(t.data_ptr(), m.data_ptr<bool>(), t.data_ptr(), t.numel(), t.element_size());
+  // an in-place change, as masked_fill_ would record it: autograd and the structure cache see it
+  torch::autograd::impl::bump_version(t);
   return t;
+}
+
+at::Tensor transpose_2d(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.device().is_cpu(), "transpose_2d: expected a 2-D CPU tensor, got ", x.sizes());
+  const int64_t rows = x.size(0), cols = x.size(1);
+  at::Tensor out = at::empty({cols, rows}, x.options());
+  if (out.numel() == 0) return out;
+  const int64_t grain = std::max<int64_t>(8, kElementwiseGrain / std::max<int64_t>(1, rows)) / 8 * 8;
+#if LTH_SPARSE_MASKED_AVX2
+  if (x.scalar_type() == at::kFloat && x.stride(1) == 1 && cpu_has_avx2_fma()) {
+    const float* src = x.data_ptr<float>();
+    float* dst = out.data_ptr<float>();
+    at::parallel_for(0, cols, grain, [&](int64_t c0, int64_t c1) {
+      transpose_columns_f32(src, rows, x.stride(0), dst, c0, c1);
+    });
+    return out;
+  }
+#endif
+  AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, x.scalar_type(), "transpose_2d", [&] {
+    const scalar_t* src = x.data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, cols, grain, [&](int64_t c0, int64_t c1) {
+      transpose_block(src, x.stride(0), x.stride(1), dst, rows, int64_t{0}, rows, c0, c1);
+    });
+  });
+  return out;
 }
 
 std::vector<at::Tensor> mask_structure(const at::Tensor& mask) {
@@ -508,77 +588,41 @@ std::vector<at::Tensor> mask_structure(const at::Tensor& mask) {
   for (int64_t j = 0; j < cols; ++j) cp[j + 1] += cp[j];
   at::Tensor row_idx = at::empty({nnz}, opts);
   int32_t* ri = row_idx.data_ptr<int32_t>();
-  at::Tensor csc_pos = at::empty({nnz}, opts);
-  int32_t* pos = csc_pos.data_ptr<int32_t>();
   std::vector<int32_t> cursor(cp, cp + cols);
   for (int64_t r = 0; r < rows; ++r)
-    for (int32_t e = rp[r]; e < rp[r + 1]; ++e) {
-      const int32_t at = cursor[ci[e]]++;
-      ri[at] = static_cast<int32_t>(r);
-      pos[at] = e;
-    }
-  return {row_ptr, col_idx, col_ptr, row_idx, csc_pos};
+    for (int32_t e = rp[r]; e < rp[r + 1]; ++e)
+      ri[cursor[ci[e]]++] = static_cast<int32_t>(r);
+  return {row_ptr, col_idx, col_ptr, row_idx};
 }
 
-at::Tensor gather_values(const at::Tensor& weight, const at::Tensor& row_ptr, const at::Tensor& col_idx,
-                         const std::optional<at::Tensor>& csc_pos) {
-  TORCH_CHECK(weight.device().is_cpu() && weight.dim() >= 1, "gather_values: weight must be a CPU tensor");
-  const at::Tensor w = weight.contiguous();
-  const int64_t rows = w.size(0);
-  const int64_t cols = rows == 0 ? 0 : w.numel() / rows;
-  check_structure(row_ptr, col_idx, rows, "gather_values");
-  TORCH_CHECK(indices_in_range(col_idx.data_ptr<int32_t>(), col_idx.numel(), cols),
-              "gather_values: column index out of range");
-  at::Tensor values = at::empty({col_idx.numel()}, w.options());
-  const int32_t* p = row_ptr.data_ptr<int32_t>();
-  const int32_t* id = col_idx.data_ptr<int32_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "gather_values", [&] {
-    scalar_t* vals = values.data_ptr<scalar_t>();
-    const scalar_t* src = w.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, kElementwiseGrain * rows / std::max<int64_t>(1, col_idx.numel())),
-                     [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int32_t e = p[r]; e < p[r + 1]; ++e) vals[e] = src[r * cols + id[e]];
-    });
-  });
-  if (!csc_pos.has_value()) return values;
-  const at::Tensor& pos = *csc_pos;
-  TORCH_CHECK(pos.scalar_type() == at::kInt && pos.is_contiguous() && pos.numel() == col_idx.numel(),
-              "gather_values: csc_pos must be the structure's int32 csc_pos");
-  at::Tensor csc = at::empty_like(values);
-  const int32_t* ps = pos.data_ptr<int32_t>();
-  const int64_t nnz = values.numel();
-  TORCH_CHECK(indices_in_range(ps, nnz, nnz), "gather_values: csc_pos out of range");
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "gather_values_csc", [&] {
-    const scalar_t* src = values.data_ptr<scalar_t>();
-    scalar_t* dst = csc.data_ptr<scalar_t>();
-    at::parallel_for(0, nnz, kElementwiseGrain, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1; ++e) dst[e] = src[ps[e]];
-    });
-  });
-  return csc;
-}
-
-void spmm_(at::Tensor out, const at::Tensor& values, const at::Tensor& ptr, const at::Tensor& idx,
-           const at::Tensor& x, const std::optional<at::Tensor>& bias) {
-  const int64_t rows = out.size(0);
+void spmm_(at::Tensor out, const at::Tensor& weight, const at::Tensor& ptr, const at::Tensor& idx,
+           const at::Tensor& x, const std::optional<at::Tensor>& bias, bool transposed) {
+  TORCH_CHECK(weight.dim() >= 1 && weight.is_contiguous() && weight.device().is_cpu(),
+              "spmm_: weight must be a contiguous CPU tensor");
+  const int64_t w_rows = weight.size(0);
+  int64_t w_cols = 1;
+  for (int64_t d = 1; d < weight.dim(); ++d) w_cols *= weight.size(d);
+  const int64_t rows = transposed ? w_cols : w_rows;
+  const int64_t cols = transposed ? w_rows : w_cols;
   check_structure(ptr, idx, rows, "spmm_");
-  TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.numel() == idx.numel(),
-              "spmm_: values must be contiguous, one per structure entry");
+  TORCH_CHECK(out.size(0) == rows, "spmm_: out has ", out.size(0), " rows, the ", transposed ? "transposed " : "",
+              "weight has ", rows, " (entries of ptr: ", ptr.numel(), ")");
   TORCH_CHECK(x.dim() == 3 && out.dim() == 3, "spmm_: x and out must be 3-D (rows, N, P)");
+  TORCH_CHECK(x.size(0) == cols, "spmm_: x has ", x.size(0), " rows, the ", transposed ? "transposed " : "",
+              "weight has ", cols, " columns (shape)");
   check_column_space(out, "out", rows, x.size(1), x.size(2));
   TORCH_CHECK(x.stride(2) == 1 || x.size(2) <= 1, "spmm_: x must be contiguous in its last dimension");
-  TORCH_CHECK(x.scalar_type() == values.scalar_type() && out.scalar_type() == values.scalar_type(),
-              "spmm_: x, out and values must share one dtype");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type() && out.scalar_type() == weight.scalar_type(),
+              "spmm_: x, out and weight must share one dtype");
   TORCH_CHECK(!bias.has_value() || (bias->is_contiguous() && bias->numel() == rows &&
-                                    bias->scalar_type() == values.scalar_type()),
-              "spmm_: bias must be a contiguous (rows,) tensor of the values' dtype");
+                                    bias->scalar_type() == weight.scalar_type()),
+              "spmm_: bias must be a contiguous (rows,) tensor of the weight's dtype");
   if (out.numel() == 0) return;
   const int32_t* id = idx.data_ptr<int32_t>();
-  TORCH_CHECK(indices_in_range(id, idx.numel(), x.size(0)), "spmm_: index out of range of x's rows");
-  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "spmm_", [&] {
-    Spmm<scalar_t> a{values.data_ptr<scalar_t>(), ptr.data_ptr<int32_t>(), id, x.data_ptr<scalar_t>(),
-                     x.stride(0), x.stride(1),
+  TORCH_CHECK(indices_in_range(id, idx.numel(), cols), "spmm_: index out of range of x's rows");
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "spmm_", [&] {
+    Spmm<scalar_t> a{weight.data_ptr<scalar_t>(), transposed ? 1 : w_cols, transposed ? w_cols : 1,
+                     ptr.data_ptr<int32_t>(), id, x.data_ptr<scalar_t>(), x.stride(0), x.stride(1),
                      out.data_ptr<scalar_t>(), out.stride(0), out.stride(1), out.stride(2),
                      bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr, x.size(1), x.size(2)};
     at::parallel_for(0, rows, row_grain(rows, idx.numel(), a.N * a.P), [&](int64_t r0, int64_t r1) {

@@ -52,22 +52,19 @@ struct MaskedLinearDense : public torch::autograd::Function<MaskedLinearDense> {
   }
 };
 
-// Sparse path: CSR/CSC products; the transposed input is kept for the weight gradient.
+// Sparse path: CSR/CSC products over the weight in place; the transposed input is kept for the weight gradient.
 struct MaskedLinearSparse : public torch::autograd::Function<MaskedLinearSparse> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             const at::Tensor& mask, const std::optional<at::Tensor>& bias,
                             const std::vector<at::Tensor>& structure) {
     const int64_t out_features = weight.size(0), in_features = weight.size(1);
     const int64_t rows = leading(input);
-    const at::Tensor& row_ptr = structure[0];
-    const at::Tensor& col_idx = structure[1];
-    at::Tensor xt = input.reshape({rows, in_features}).t().contiguous().unsqueeze(1);
+    const at::Tensor w = weight.contiguous();
+    at::Tensor xt = transpose_2d(input.reshape({rows, in_features})).unsqueeze(1);
     at::Tensor out = at::empty({rows, out_features}, input.options());
-    at::Tensor values = gather_values(weight, row_ptr, col_idx, std::nullopt);
-    spmm_(out.t().unsqueeze(1), values, row_ptr, col_idx, xt,
-          bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt);
-    // the unpruned weights, kept: the input gradient reorders them (CSC) instead of gathering again
-    ctx->save_for_backward({input, weight, mask, xt, values});
+    spmm_(out.t().unsqueeze(1), w, structure[0], structure[1], xt,
+          bias.has_value() ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt, false);
+    ctx->save_for_backward({input, w, mask, xt});
     ctx->saved_data["structure"] = structure;
     ctx->saved_data["has_bias"] = bias.has_value();
     std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
@@ -85,11 +82,10 @@ struct MaskedLinearSparse : public torch::autograd::Function<MaskedLinearSparse>
     const int64_t rows = xt.size(2);
     const at::Tensor g = grads[0].reshape({rows, out_features});
     at::Tensor grad_input, grad_weight, grad_bias;
-    at::Tensor gt = g.t().contiguous().unsqueeze(1);
+    at::Tensor gt = transpose_2d(g).unsqueeze(1);
     if (ctx->needs_input_grad(0)) {
       grad_input = at::empty({rows, in_features}, g.options());
-      spmm_(grad_input.t().unsqueeze(1), saved[4].index_select(0, structure[4]), structure[2], structure[3], gt,
-            std::nullopt);
+      spmm_(grad_input.t().unsqueeze(1), weight, structure[2], structure[3], gt, std::nullopt, true);
       grad_input = grad_input.view(input.sizes());
     }
     if (ctx->needs_input_grad(1)) grad_weight = sddmm(structure[0], structure[1], gt, xt);
@@ -107,7 +103,7 @@ at::Tensor masked_linear_dense(const at::Tensor& input, const at::Tensor& weight
 
 at::Tensor masked_linear_sparse(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
                                 const std::optional<at::Tensor>& bias, const std::vector<at::Tensor>& structure) {
-  TORCH_CHECK(structure.size() == 5, "masked_linear_sparse: structure must be mask_structure(mask)'s 5 tensors");
+  TORCH_CHECK(structure.size() == 4, "masked_linear_sparse: structure must be mask_structure(mask)'s 4 tensors");
   TORCH_CHECK(weight.dim() == 2 && input.dim() >= 1 && input.size(-1) == weight.size(1),
               "masked_linear_sparse: input (*, in) and weight (out, in) do not fit");
   return MaskedLinearSparse::apply(input, weight, mask, bias, structure);

@@ -23,15 +23,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "torch.where(mask, weight, 0) for a bool mask of the weight's shape, computed on the raw bits.");
   m.def("zero_pruned_", &lth_sparse::cpu::zero_pruned_, py::arg("t"), py::arg("mask"),
         "Sets t to +0.0 where mask is False, in place; returns t.");
+  m.def("transpose_2d", &lth_sparse::cpu::transpose_2d, py::arg("x"),
+        "x.t().contiguous() for a 2-D CPU tensor, blocked (float32: 8 x 8 AVX2 register transposes).");
   m.def("mask_structure", &lth_sparse::cpu::mask_structure, py::arg("mask"),
-        "[row_ptr, col_idx, col_ptr, row_idx, csc_pos] (int32): CSR and CSC of the True entries of "
-        "mask seen as (size(0), rest); csc_pos maps CSC entries to CSR positions.");
-  m.def("gather_values", &lth_sparse::cpu::gather_values, py::arg("weight"), py::arg("row_ptr"),
-        py::arg("col_idx"), py::arg("csc_pos") = py::none(),
-        "The entries of weight at the structure's positions, in CSR order, or CSC order given csc_pos.");
-  m.def("spmm_", &lth_sparse::cpu::spmm_, py::arg("out"), py::arg("values"), py::arg("ptr"), py::arg("idx"),
-        py::arg("x"), py::arg("bias"),
-        "out (rows, N, P) = S x + bias, S the sparse (ptr, idx, values) matrix; x is (cols, N, P), "
+        "[row_ptr, col_idx, col_ptr, row_idx] (int32): CSR and CSC of the True entries of "
+        "mask seen as (size(0), rest).");
+  m.def("spmm_", &lth_sparse::cpu::spmm_, py::arg("out"), py::arg("weight"), py::arg("ptr"), py::arg("idx"),
+        py::arg("x"), py::arg("bias"), py::arg("transposed") = false,
+        "out (rows, N, P) = S x + bias, S the sparse matrix of the structure (ptr, idx) over the "
+        "contiguous weight (its CSR), or over its transpose (CSC, transposed=True); x is (cols, N, P), "
         "contiguous in P; out may have any strides.");
   m.def("sddmm", &lth_sparse::cpu::sddmm, py::arg("row_ptr"), py::arg("col_idx"), py::arg("g"), py::arg("x"),
         "(g x^T) * M as a dense (rows, cols) tensor, computed at the unpruned entries only; "

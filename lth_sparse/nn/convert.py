@@ -7,6 +7,7 @@ import torch.nn as nn
 from torch.nn.utils import prune
 
 from lth_sparse.nn.modules import MASKED_TYPES, MaskedMixin, _MASKED_WEIGHTS
+from lth_sparse.ops._cpu import zero_pruned_
 
 
 def _torch_prune_mask(module: nn.Module) -> torch.Tensor | None:
@@ -54,7 +55,7 @@ def unmasked(model: nn.Module) -> nn.Module:
     """Turn every masked layer back into a plain ``nn.Linear``/``nn.Conv2d``, pruned weights set to zero, in place."""
     for module in model.modules():
         if isinstance(module, MaskedMixin):
-            module.weight.masked_fill_(~_strip(module), 0)
+            zero_pruned_(module.weight, _strip(module))
     return model
 
 

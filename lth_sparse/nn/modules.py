@@ -28,6 +28,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from lth_sparse.ops import masked_conv2d, masked_linear
 from lth_sparse.ops._checks import check_weight_and_mask
+from lth_sparse.ops._cpu import zero_pruned_
 
 # weight Parameter -> weakref to the masked module owning it (keyed by identity: tensors compare elementwise).
 _MASKED_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -65,7 +66,7 @@ class MaskedMixin:
     @torch.no_grad()
     def zero_pruned(self) -> None:
         """Set the pruned weights to exactly zero."""
-        self.weight.masked_fill_(~self.mask, 0)
+        zero_pruned_(self.weight, self.mask)
 
     @property
     def sparsity(self) -> float:
@@ -143,11 +144,10 @@ def enforce_masks(optimizer: torch.optim.Optimizer, *args, **kwargs) -> None:
             module = ref() if ref is not None else None
             if module is None or not isinstance(module, MaskedMixin) or module.weight is not param:
                 continue
-            pruned = ~module.mask
-            param.masked_fill_(pruned, 0)
+            zero_pruned_(param, module.mask)
             for value in optimizer.state.get(param, {}).values():
                 if isinstance(value, Tensor) and value.shape == param.shape:
-                    value.masked_fill_(pruned, 0)
+                    zero_pruned_(value, module.mask.to(value.device))
 
 
 register_optimizer_step_post_hook(enforce_masks)

@@ -16,8 +16,17 @@ def check_tensor(name: str, t, *, floating: bool = False) -> None:
 
 
 def check_same_device(**tensors: Tensor | None) -> None:
-    present = {k: v for k, v in tensors.items() if v is not None}
-    devices = {k: v.device for k, v in present.items()}
+    first = None
+    for t in tensors.values():
+        if t is None:
+            continue
+        if first is None:
+            first = t.device
+        elif t.device != first:
+            break
+    else:
+        return
+    devices = {k: v.device for k, v in tensors.items() if v is not None}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{k} on {d}" for k, d in devices.items())
         raise RuntimeError(f"all tensors must be on one device, got {listing}")

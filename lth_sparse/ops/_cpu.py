@@ -28,12 +28,12 @@ below are the crossovers measured by ``bench/bench_masked_cpu.py`` on a
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.weak import WeakIdKeyDictionary
 
 from lth_sparse._dispatch import cpp_extension
 
@@ -59,7 +59,6 @@ class Structure(NamedTuple):
     col_idx: Tensor
     col_ptr: Tensor
     row_idx: Tensor
-    csc_pos: Tensor
 
 
 class _Entry(NamedTuple):
@@ -69,18 +68,34 @@ class _Entry(NamedTuple):
     structure: Structure | None
 
 
-_CACHE: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# id(mask) -> (weak reference to the mask, its entry). A plain dict: torch's WeakIdKeyDictionary
+# costs ~3 us a lookup, as much as a forward's other bookkeeping together.
+_CACHE: dict[int, tuple[weakref.ref, _Entry]] = {}
+
+
+def _remember(mask: Tensor, entry: _Entry) -> _Entry:
+    key = id(mask)
+    # the entry dies with the mask (the callback runs before its id can be reused)
+    _CACHE[key] = (weakref.ref(mask, lambda _, key=key: _CACHE.pop(key, None)), entry)
+    return entry
 
 
 def _entry(mask: Tensor) -> _Entry:
     if mask.is_inference():
         # An inference tensor has no version counter, so an in-place change could not be seen: never cached.
         return _Entry(-1, mask.data_ptr(), int(torch.count_nonzero(mask)), None)
-    entry = _CACHE.get(mask)
-    if entry is None or entry.version != mask._version or entry.data_ptr != mask.data_ptr():
-        entry = _Entry(mask._version, mask.data_ptr(), int(torch.count_nonzero(mask)), None)
-        _CACHE[mask] = entry
-    return entry
+    hit = _CACHE.get(id(mask))
+    if hit is not None:
+        ref, entry = hit
+        if ref() is mask and entry.version == mask._version and entry.data_ptr == mask.data_ptr():
+            return entry
+    return _remember(mask, _Entry(mask._version, mask.data_ptr(), int(torch.count_nonzero(mask)), None))
+
+
+def cached_entry(mask: Tensor) -> _Entry | None:
+    """The cache's entry for ``mask`` if it holds one (for tests), else None."""
+    hit = _CACHE.get(id(mask))
+    return hit[1] if hit is not None and hit[0]() is mask else None
 
 
 def density(mask: Tensor) -> float:
@@ -90,11 +105,14 @@ def density(mask: Tensor) -> float:
 
 def structure(mask: Tensor) -> Structure:
     """The CSR/CSC structure of ``mask``, built once per mask state."""
-    entry = _entry(mask)
+    return _structure_of(mask, _entry(mask))
+
+
+def _structure_of(mask: Tensor, entry: _Entry) -> Structure:
     if entry.structure is None:
         entry = entry._replace(structure=Structure(*cpp_extension().mask_structure(mask)))
         if not mask.is_inference():
-            _CACHE[mask] = entry
+            _remember(mask, entry)
     return entry.structure
 
 
@@ -103,12 +121,18 @@ def use_sparse(weight: Tensor, mask: Tensor, columns: int, max_density: float | 
 
     ``max_density``: the density threshold; None (the default) means ``MAX_DENSITY``, the linear layers'.
     """
+    return _sparse_entry(weight, mask, columns, max_density) is not None
+
+
+def _sparse_entry(weight: Tensor, mask: Tensor, columns: int, max_density: float | None = None) -> _Entry | None:
+    """The mask's cache entry when the sparse path is the faster one (one cache lookup), else None."""
     max_density = MAX_DENSITY if max_density is None else max_density
     if weight.dtype not in SPARSE_DTYPES or mask.numel() >= 1 << 31:
-        return False
+        return None
     if weight.numel() * columns < MIN_DENSE_WORK:
-        return False
-    return density(mask) <= max_density
+        return None
+    entry = _entry(mask)
+    return entry if entry.kept / max(1, mask.numel()) <= max_density else None
 
 
 @contextlib.contextmanager
@@ -141,8 +165,14 @@ def _apply_mask(weight: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, weight, 0)
 
 
-def _zero_pruned_(t: Tensor, mask: Tensor) -> Tensor:
-    if _has_mask_kernel(t):
+def zero_pruned_(t: Tensor, mask: Tensor) -> Tensor:
+    """``t.masked_fill_(~mask, 0)``: in place, returns ``t``; a bool ``mask`` of ``t``'s shape on its device.
+
+    On the CPU it runs ``_C.zero_pruned_`` (10x faster than ``masked_fill_`` on a 784x300 weight:
+    18 us against 210 us); elsewhere, or without the extension, ``masked_fill_``. Both bump ``t``'s
+    version counter. Used on every masked weight and its optimizer state after every step.
+    """
+    if t.device.type == "cpu" and mask.device.type == "cpu" and _has_mask_kernel(t) and cpp_extension() is not None:
         return cpp_extension().zero_pruned_(t, mask)
     return t.masked_fill_(~mask, 0)
 
@@ -164,9 +194,9 @@ def linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | N
         return F.linear(input, _apply_mask(weight, mask), bias)
     s = structure(mask)
     out = input.new_empty(x.shape[0], out_features)
-    values = C.gather_values(weight, s.row_ptr, s.col_idx)
-    xt = x.t().contiguous().unsqueeze(1)
-    C.spmm_(out.t().unsqueeze(1), values, s.row_ptr, s.col_idx, xt, None if bias is None else bias.contiguous())
+    xt = C.transpose_2d(x).unsqueeze(1)
+    C.spmm_(out.t().unsqueeze(1), weight.contiguous(), s.row_ptr, s.col_idx, xt,
+            None if bias is None else bias.contiguous())
     return out.reshape(*input.shape[:-1], out_features)
 
 
@@ -175,8 +205,9 @@ def linear_eager(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | Non
     backward, the masked weight or the transposed input kept from the forward); None for a dtype
     they do not take (float8), which then goes through the Python Function."""
     C = cpp_extension()
-    if use_sparse(weight, mask, input.shape[:-1].numel()):
-        return C.masked_linear_sparse(input, weight, mask, bias, list(structure(mask)))
+    entry = _sparse_entry(weight, mask, input.shape[:-1].numel())
+    if entry is not None:
+        return C.masked_linear_sparse(input, weight, mask, bias, list(_structure_of(mask, entry)))
     if _has_mask_kernel(weight):
         return C.masked_linear_dense(input, weight, mask, bias)
     return None
@@ -193,19 +224,18 @@ def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bia
         if need_input:
             grad_input = g.matmul(_apply_mask(weight, mask)).reshape(input.shape)
         if need_weight:
-            grad_weight = _zero_pruned_(g.t().matmul(input.reshape(rows, in_features)), mask)
+            grad_weight = zero_pruned_(g.t().matmul(input.reshape(rows, in_features)), mask)
         return (_absent(grad) if grad_input is None else grad_input,
                 _absent(grad) if grad_weight is None else grad_weight, grad_bias)
     s = structure(mask)
-    gt = g.t().contiguous().unsqueeze(1)
+    gt = C.transpose_2d(g).unsqueeze(1)
     grad_input, grad_weight = _absent(grad), _absent(grad)
     if need_input:
         grad_input = grad.new_empty(rows, in_features)
-        values = C.gather_values(weight, s.row_ptr, s.col_idx, s.csc_pos)
-        C.spmm_(grad_input.t().unsqueeze(1), values, s.col_ptr, s.row_idx, gt, None)
+        C.spmm_(grad_input.t().unsqueeze(1), weight.contiguous(), s.col_ptr, s.row_idx, gt, None, True)
         grad_input = grad_input.reshape(input.shape)
     if need_weight:
-        xt = input.reshape(rows, in_features).t().contiguous().unsqueeze(1)
+        xt = C.transpose_2d(input.reshape(rows, in_features)).unsqueeze(1)
         grad_weight = C.sddmm(s.row_ptr, s.col_idx, gt, xt)
     return grad_input, grad_weight, grad_bias
 
@@ -236,12 +266,12 @@ def conv2d_forward(input, weight, mask, bias, stride, padding, dilation, groups)
     if not _conv_sparse(weight, mask, groups, batched.shape[0], out_h * out_w):
         return F.conv2d(input, _apply_mask(weight, mask), bias, stride, padding, dilation, groups)
     s = structure(mask)
-    values = C.gather_values(weight, s.row_ptr, s.col_idx)
+    w = weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     out = batched.new_empty(batched.shape[0], weight.shape[0], out_h * out_w)
     for chunk in _conv_chunks(batched, weight, out_h * out_w):
         cols = F.unfold(batched[chunk], weight.shape[2:], dilation, padding, stride)  # (n, K, P)
-        C.spmm_(out[chunk].transpose(0, 1), values, s.row_ptr, s.col_idx, cols.transpose(0, 1), bias)
+        C.spmm_(out[chunk].transpose(0, 1), w, s.row_ptr, s.col_idx, cols.transpose(0, 1), bias)
     out = out.view(batched.shape[0], weight.shape[0], out_h, out_w)
     return out if input.dim() == 4 else out.squeeze(0)
 
@@ -260,14 +290,14 @@ def conv2d_backward(grad, input, weight, mask, stride, padding, dilation, groups
             grad_input = torch.nn.grad.conv2d_input(input.shape, _apply_mask(weight, mask), grad, stride, padding,
                                                     dilation, groups)
         if need_weight:
-            grad_weight = _zero_pruned_(
+            grad_weight = zero_pruned_(
                 torch.nn.grad.conv2d_weight(input, weight.shape, grad, stride, padding, dilation, groups), mask)
     else:
         s = structure(mask)
         g = grad.contiguous().view(grad.shape[0], grad.shape[1], positions)
         grad_input = input.new_empty(input.shape) if need_input else _absent(grad)
         grad_weight = None
-        values = C.gather_values(weight, s.row_ptr, s.col_idx, s.csc_pos) if need_input else None
+        w = weight.contiguous()
         for chunk in _conv_chunks(input, weight, positions):
             g_cols = g[chunk].transpose(0, 1)  # (C_out, n, P)
             if need_weight:
@@ -276,7 +306,7 @@ def conv2d_backward(grad, input, weight, mask, stride, padding, dilation, groups
                 grad_weight = part if grad_weight is None else grad_weight.add_(part)
             if need_input:
                 cols = input.new_empty(g_cols.shape[1], weight[0].numel(), positions)
-                C.spmm_(cols.transpose(0, 1), values, s.col_ptr, s.row_idx, g_cols, None)
+                C.spmm_(cols.transpose(0, 1), w, s.col_ptr, s.row_idx, g_cols, None, True)
                 grad_input[chunk] = F.fold(cols, input.shape[2:], weight.shape[2:], dilation, padding, stride)
         if need_weight:
             grad_weight = torch.zeros_like(weight) if grad_weight is None else grad_weight.view(weight.shape)

@@ -83,6 +83,33 @@ def test_set_mask_zeroes_pruned_weights_and_keeps_the_others():
     assert torch.equal(layer.weight[mask], before[mask])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_zero_pruned_is_an_in_place_change_that_autograd_and_the_mask_cache_see(dtype, contiguous):
+    """The optimizer hook zeroes pruned weights with the C++ kernel on the CPU: same result as
+    masked_fill_, and the version counter moves as it would under masked_fill_."""
+    from lth_sparse.ops._cpu import zero_pruned_
+
+    weight = randn(9, 14, seed=1, dtype=dtype)
+    weight = weight if contiguous else weight.t().contiguous().t()
+    mask = random_mask(weight.shape, 0.4, seed=2)
+    expected = weight.masked_fill(~mask, 0)
+    version = weight._version
+    assert zero_pruned_(weight, mask) is weight
+    assert torch.equal(weight, expected)
+    assert weight._version > version
+    # a weight the sparse path saved for the backward, zeroed in between: autograd must refuse
+    leaf = randn(9, 14, seed=3).requires_grad_()
+    x = randn(5, 14, seed=4).requires_grad_()
+    from lth_sparse.ops import _cpu, masked_linear
+    with _cpu.held_on("sparse"):
+        out = masked_linear(x, leaf, mask)
+    with torch.no_grad():
+        zero_pruned_(leaf, mask)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 # --- forward against the reference ------------------------------------------------------------------------------
 
 LINEAR_SHAPES = [  # (input shape, in_features, out_features)

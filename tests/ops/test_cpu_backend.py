@@ -59,8 +59,7 @@ def structure_from_nonzero(mask):
     csc = m.t().nonzero().flip(1)  # (row, col), column-major
     row_ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(csr[:, 0], minlength=rows).cumsum(0)])
     col_ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(csc[:, 1], minlength=cols).cumsum(0)])
-    csc_pos = torch.searchsorted(csr[:, 0] * cols + csr[:, 1], csc[:, 0] * cols + csc[:, 1])
-    return [t.to(torch.int32) for t in (row_ptr, csr[:, 1], col_ptr, csc[:, 0], csc_pos)]
+    return [t.to(torch.int32) for t in (row_ptr, csr[:, 1], col_ptr, csc[:, 0])]
 
 
 class KernelSpy:
@@ -131,37 +130,51 @@ def test_mask_structure_is_csr_and_csc_of_nonzero(name):
     mask = STRUCTURE_MASKS[name]()
     ours = C.mask_structure(mask)
     expected = structure_from_nonzero(mask)
+    assert len(ours) == len(expected) == len(_cpu.Structure._fields)
     for field, a, e in zip(_cpu.Structure._fields, ours, expected):
         assert a.dtype == torch.int32, f"{field} is {a.dtype}"
         assert torch.equal(a, e), f"{field}: {a.tolist()} != {e.tolist()}"
-    rows, cols = mask.shape[0], math.prod(mask.shape[1:])
-    w = torch.randn(rows, cols)
-    m = mask.reshape(rows, cols)
-    csr_values, csc_values = w[m], w.t()[m.t()]
-    assert torch.equal(csr_values[ours[4].long()], csc_values)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(7, 13), (6, 3, 3, 3), (1, 1), (5, 0)])
-def test_gather_values_in_csr_and_csc_order(dtype, shape):
-    mask = random_mask(shape, 0.4)
-    weight = torch.randn(shape).to(dtype)
-    s = C.mask_structure(mask)
-    rows = shape[0]
-    w2, m2 = weight.reshape(rows, -1), mask.reshape(rows, -1)
-    csr = C.gather_values(weight, s[0], s[1])
-    csc = C.gather_values(weight, s[0], s[1], s[4])
-    assert csr.dtype == csc.dtype == dtype
-    assert torch.equal(csr, w2[m2])
-    assert torch.equal(csc, w2.t()[m2.t()])
+TRANSPOSE_CASES = {
+    "lenet-input": lambda dt: torch.randn(60, 784).to(dt),
+    "odd": lambda dt: torch.randn(13, 29).to(dt),
+    "one-row": lambda dt: torch.randn(1, 17).to(dt),
+    "one-col": lambda dt: torch.randn(19, 1).to(dt),
+    "multiple-of-8": lambda dt: torch.randn(16, 24).to(dt),
+    "empty-rows": lambda dt: torch.randn(0, 5).to(dt),
+    "empty-cols": lambda dt: torch.randn(5, 0).to(dt),
+    "strided-rows": lambda dt: torch.randn(20, 40).to(dt)[::3, 1:34],
+    "transposed": lambda dt: torch.randn(33, 9).to(dt).t(),
+    "expanded": lambda dt: torch.randn(1, 11).to(dt).expand(10, 11),
+    "scalar-expanded": lambda dt: torch.ones((), dtype=dt).expand(7, 12),
+    "nan-inf-negzero": lambda dt: torch.tensor([[float("nan"), -0.0, float("inf")] * 5] * 9).to(dt),
+}
 
 
-def test_gather_values_of_a_non_contiguous_weight():
-    mask = random_mask((8, 5), 0.5)
-    weight = torch.randn(5, 8).t()
-    s = C.mask_structure(mask)
-    assert torch.equal(C.gather_values(weight, s[0], s[1]), weight[mask])
-    assert torch.equal(C.gather_values(weight, s[0], s[1], s[4]), weight.t()[mask.t()])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32,
+                                   torch.bool])
+@pytest.mark.parametrize("case", list(TRANSPOSE_CASES))
+def test_transpose_2d_is_t_contiguous(case, dtype):
+    x = TRANSPOSE_CASES[case](dtype)
+    ours = C.transpose_2d(x)
+    assert ours.is_contiguous() and ours.dtype == dtype and ours.shape == x.t().shape
+    def bits(t):  # compares NaN and -0.0 exactly
+        t = t.flatten().clone()
+        return t if dtype == torch.bool else t.view(torch.uint8)
+    assert torch.equal(bits(ours), bits(x.t()))
+
+
+def test_transpose_2d_on_two_threads_and_bad_arguments():
+    x = torch.randn(300, 1000)  # enough columns to split between threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(C.transpose_2d(x), x.t().contiguous())
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(RuntimeError, match="2-D"):
+        C.transpose_2d(torch.randn(2, 3, 4))
 
 
 ROWS, COLS, N = 43, 37, 3
@@ -201,13 +214,13 @@ def test_spmm_matches_dense_product_for_every_width(dtype, out_layout, x_layout,
         # CSR: out = (W * M) x + b
         x = column_space(COLS, n, p, dtype, x_layout)
         out = column_space(ROWS, n, p, dtype, out_layout, fill=float("nan"))
-        C.spmm_(out, C.gather_values(weight.to(dtype), s[0], s[1]), s[0], s[1], x, b.to(dtype) if bias else None)
+        C.spmm_(out, weight.to(dtype), s[0], s[1], x, b.to(dtype) if bias else None)
         expected = torch.einsum("rc,cnp->rnp", dense, x.double()) + (b[:, None, None] if bias else 0)
         assert_close(out, expected.to(dtype), scale=10)
         # CSC: out = (W * M)^T g
         g = column_space(ROWS, n, p, dtype, x_layout)
         out_t = column_space(COLS, n, p, dtype, out_layout, fill=float("nan"))
-        C.spmm_(out_t, C.gather_values(weight.to(dtype), s[0], s[1], s[4]), s[2], s[3], g, None)
+        C.spmm_(out_t, weight.to(dtype), s[2], s[3], g, None, True)
         assert_close(out_t, torch.einsum("rc,rnp->cnp", dense, g.double()).to(dtype), scale=10)
 
 
@@ -232,7 +245,7 @@ def test_spmm_and_sddmm_give_the_same_bits_on_one_and_two_threads(dtype):
     rows, cols = 45, 200  # enough work per row that two threads split the rows for most widths
     mask = random_mask((rows, cols), 0.5)
     s = C.mask_structure(mask)
-    values = C.gather_values(torch.randn(rows, cols, dtype=dtype), s[0], s[1])
+    weight = torch.randn(rows, cols, dtype=dtype)
     bias = torch.randn(rows, dtype=dtype)
     cases = []
     for p in WIDTHS:
@@ -245,7 +258,7 @@ def test_spmm_and_sddmm_give_the_same_bits_on_one_and_two_threads(dtype):
         for p, x, g in cases:
             for layout in ("contiguous", "transposed"):
                 out = column_space(rows, N, p, dtype, layout, fill=float("nan"))
-                C.spmm_(out, values, s[0], s[1], x, bias)
+                C.spmm_(out, weight, s[0], s[1], x, bias)
                 results.append(out.clone())
             results.append(C.sddmm(s[0], s[1], g, x))
         return results
@@ -266,23 +279,21 @@ def test_spmm_and_sddmm_give_the_same_bits_on_one_and_two_threads(dtype):
 def _structure_and_operands():
     mask = random_mask((4, 6), 0.5)
     s = C.mask_structure(mask)
-    values = C.gather_values(torch.randn(4, 6), s[0], s[1])
-    return s, values, torch.randn(6, 2, 5), torch.empty(4, 2, 5)
+    return s, torch.randn(4, 6), torch.randn(6, 2, 5), torch.empty(4, 2, 5)
 
 
 @pytest.mark.parametrize("call,words", [
-    (lambda s, v, x, out: C.gather_values(torch.randn(4, 6), s[0].long(), s[1]), "int32"),
-    (lambda s, v, x, out: C.gather_values(torch.randn(4, 7), s[0][:-1], s[1]), "entries"),
-    (lambda s, v, x, out: C.gather_values(torch.randn(4, 6), s[0], s[1] + 6), "out of range"),
-    (lambda s, v, x, out: C.gather_values(torch.randn(4, 6), s[0], s[1], s[4] + 100), "csc_pos"),
-    (lambda s, v, x, out: C.gather_values(torch.randn(4, 6), s[0], s[1], s[4].long()), "csc_pos"),
+    (lambda s, v, x, out: C.spmm_(out, v.t(), s[0], s[1], x, None), "contiguous"),
+    (lambda s, v, x, out: C.spmm_(out, v[:, :5].contiguous(), s[0], s[1], x, None), "columns"),
+    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x, None, True), "rows"),
+    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1] + 6, x, None), "out of range"),
     (lambda s, v, x, out: C.spmm_(out, v, s[0].long(), s[1], x, None), "int32"),
-    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x[:5], None), "out of range"),
+    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x[:5], None), "shape"),
     (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x[:, :1], None), "shape"),
     (lambda s, v, x, out: C.spmm_(out[:, :, :4], v, s[0], s[1], x, None), "shape"),
     (lambda s, v, x, out: C.spmm_(out[:3], v, s[0], s[1], x, None), "entries"),
     (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x.double(), None), "dtype"),
-    (lambda s, v, x, out: C.spmm_(out, v[:-1], s[0], s[1], x, None), "values"),
+    (lambda s, v, x, out: C.spmm_(out, v.double(), s[0], s[1], x, None), "dtype"),
     (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x.transpose(1, 2).contiguous().transpose(1, 2), None),
      "contiguous"),
     (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x, torch.randn(3)), "bias"),
@@ -310,13 +321,14 @@ def _raises_runtime_error_or_is_right(case: str) -> None:
     bad_ptr = torch.tensor([0, 1 << 20, 3], **i32)  # non-monotone, far past the 3 entries of idx
     idx = torch.tensor([0, 1, 2], **i32)
     if case == "spmm_ ptr past idx":
-        C.spmm_(torch.empty(2, 1, 4), torch.randn(3), bad_ptr, idx, torch.randn(3, 1, 4), None)
+        C.spmm_(torch.empty(2, 1, 4), torch.randn(2, 3), bad_ptr, idx, torch.randn(3, 1, 4), None)
     elif case == "sddmm ptr past idx":
         C.sddmm(bad_ptr, idx, torch.randn(2, 1, 4), torch.randn(3, 1, 4))
-    elif case == "gather_values decreasing ptr":
+    elif case == "spmm_ decreasing ptr":
         # Row 0 claims 3 entries of an idx of 2; the int32 after idx is a valid column, so nothing
-        # but a check of ptr itself can stop the write past the end of the values.
-        C.gather_values(torch.randn(2, 3), torch.tensor([0, 3, 2], **i32), torch.tensor([0, 1, 2], **i32)[:2])
+        # but a check of ptr itself can stop the read past the end of idx.
+        C.spmm_(torch.empty(2, 1, 4), torch.randn(2, 3), torch.tensor([0, 3, 2], **i32),
+                torch.tensor([0, 1, 2], **i32)[:2], torch.randn(3, 1, 4), None)
     elif case == "masked_linear float8_e4m3fn":  # on the default backend; the torch backend computes it
         w = torch.randn(64, 64).to(torch.float8_e4m3fn)
         x, m = torch.randn(8, 64).to(w.dtype), random_mask(w.shape, 0.5)
@@ -339,7 +351,7 @@ def _raises_runtime_error_or_is_right(case: str) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork to survive a crash")
-@pytest.mark.parametrize("case", ["spmm_ ptr past idx", "sddmm ptr past idx", "gather_values decreasing ptr",
+@pytest.mark.parametrize("case", ["spmm_ ptr past idx", "sddmm ptr past idx", "spmm_ decreasing ptr",
                                   "apply_mask float8_e4m3fn", "apply_mask float8_e5m2",
                                   "zero_pruned_ float8_e4m3fn", "masked_linear float8_e4m3fn"])
 def test_malformed_arguments_do_not_crash_the_process(case):
@@ -653,7 +665,7 @@ def test_the_cache_does_not_keep_masks_alive(use_backend):
     m = random_mask((10, 24), 0.3)
     with torch.no_grad():
         masked_linear(x, w, m, b)
-    assert m in _cpu._CACHE and _cpu._CACHE[m].structure is not None
+    assert _cpu.cached_entry(m) is not None and _cpu.cached_entry(m).structure is not None
     entries = len(_cpu._CACHE)
     ref = weakref.ref(m)
     del m
