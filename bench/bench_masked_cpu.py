@@ -9,6 +9,9 @@ median of the repeats is reported:
   picks its dense or sparse path per call);
 - ours dense / ours sparse: the C++ backend held on one path, to find the crossover sparsity.
 
+The weights hold +0.0 at their pruned entries, as a masked layer's weights do after every optimizer
+step (``enforce_masks``); the dense path then uses the weight as it is instead of forming a masked copy.
+
 Shapes (issue 6): the LeNet-300-100 layers at batch 60, and the whole network; a 1024x1024 layer at
 batch 256; two Conv-4 style 3x3 convs at batch 60. Sparsities 0% to 99%. Prints the ratios dense /
 ours (above 1: ours is faster) and writes ``bench/results/masked_cpu-cpu.json`` with the crossover
@@ -77,6 +80,7 @@ def _layer(kind: str, shape, sparsity: float, seed: int = 0):
         w = torch.randn(fout, fin, generator=g) * fin ** -0.5
         b = torch.zeros(fout)
         m = torch.rand(fout, fin, generator=g) >= sparsity
+        w = w * m
         leaves = [t.requires_grad_() for t in (x, w, b)]
         ways = {"dense": lambda x, w, b: F.linear(x, w, b),
                 "torch": lambda x, w, b: F.linear(x, w * m, b),
@@ -88,6 +92,7 @@ def _layer(kind: str, shape, sparsity: float, seed: int = 0):
         w = torch.randn(cout, cin, 3, 3, generator=g) * (cin * 9) ** -0.5
         b = torch.zeros(cout)
         m = torch.rand(w.shape, generator=g) >= sparsity
+        w = w * m
         leaves = [t.requires_grad_() for t in (x, w, b)]
         ways = {"dense": lambda x, w, b: F.conv2d(x, w, b, 1, 1),
                 "torch": lambda x, w, b: F.conv2d(x, w * m, b, 1, 1),
@@ -100,6 +105,7 @@ def _layer(kind: str, shape, sparsity: float, seed: int = 0):
     ws = [torch.randn(o, i, generator=g) * i ** -0.5 for i, o in dims]
     bs = [torch.zeros(o) for _, o in dims]
     ms = [torch.rand(w.shape, generator=g) >= sparsity for w in ws]
+    ws = [w * m for w, m in zip(ws, ms)]
     leaves = [t.requires_grad_() for t in (x, *ws, *bs)]
 
     def net(fn):

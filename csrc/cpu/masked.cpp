@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -81,6 +82,35 @@ void select_bits_best(const U* src, const uint8_t* mask, U* dst, int64_t n) {
   if (cpu_has_avx2_fma()) return select_bits_avx2(src, mask, dst, n);
 #endif
   select_bits_portable(src, mask, dst, n);
+}
+
+// The OR of src's bits wherever mask is False: zero iff every pruned entry is +0.0.
+template <typename U>
+__attribute__((always_inline)) inline U pruned_bits(const U* src, const uint8_t* mask, int64_t n) {
+  U acc = 0;
+#pragma omp simd reduction(| : acc)
+  for (int64_t i = 0; i < n; ++i) acc |= src[i] & static_cast<U>(static_cast<U>(mask[i] != 0) - U(1));
+  return acc;
+}
+
+template <typename U>
+U pruned_bits_portable(const U* src, const uint8_t* mask, int64_t n) {
+  return pruned_bits(src, mask, n);
+}
+
+#if LTH_SPARSE_MASKED_AVX2
+template <typename U>
+__attribute__((target("avx2"))) U pruned_bits_avx2(const U* src, const uint8_t* mask, int64_t n) {
+  return pruned_bits(src, mask, n);
+}
+#endif
+
+template <typename U>
+U pruned_bits_best(const U* src, const uint8_t* mask, int64_t n) {
+#if LTH_SPARSE_MASKED_AVX2
+  if (cpu_has_avx2_fma()) return pruned_bits_avx2(src, mask, n);
+#endif
+  return pruned_bits_portable(src, mask, n);
 }
 
 void check_mask_of(const at::Tensor& t, const at::Tensor& mask, const char* what) {
@@ -519,6 +549,29 @@ at::Tensor zero_pruned_(at::Tensor t, const at::Tensor& mask) {
   // an in-place change, as masked_fill_ would record it: autograd and the structure cache see it
   torch::autograd::impl::bump_version(t);
   return t;
+}
+
+bool pruned_are_zero(const at::Tensor& t, const at::Tensor& mask) {
+  check_mask_of(t, mask, "pruned_are_zero");
+  if (!t.is_contiguous() || !mask.is_contiguous()) return false;
+  const auto* m = reinterpret_cast<const uint8_t*>(mask.data_ptr<bool>());
+  const int64_t n = t.numel();
+  const int64_t bytes = t.element_size();
+  std::atomic<bool> dirty{false};
+  at::parallel_for(0, n, kElementwiseGrain, [&](int64_t begin, int64_t end) {
+    constexpr int64_t kBlock = 4096;  // a weight that is not clean is usually found in the first block
+    for (int64_t b = begin; b < end && !dirty.load(std::memory_order_relaxed); b += kBlock) {
+      const int64_t len = std::min(kBlock, end - b);
+      bool found;
+      switch (bytes) {
+        case 2: found = pruned_bits_best(static_cast<const uint16_t*>(t.data_ptr()) + b, m + b, len) != 0; break;
+        case 4: found = pruned_bits_best(static_cast<const uint32_t*>(t.data_ptr()) + b, m + b, len) != 0; break;
+        default: found = pruned_bits_best(static_cast<const uint64_t*>(t.data_ptr()) + b, m + b, len) != 0;
+      }
+      if (found) dirty.store(true, std::memory_order_relaxed);
+    }
+  });
+  return !dirty.load();
 }
 
 at::Tensor transpose_2d(const at::Tensor& x) {

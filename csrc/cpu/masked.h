@@ -16,6 +16,10 @@ bool masked_kernels_use_avx2();
 // weight with its pruned entries (mask False) replaced by +0.0: torch.where(mask, weight, 0).
 at::Tensor apply_mask(const at::Tensor& weight, const at::Tensor& mask);
 
+// Whether t holds +0.0 (all-zero bits) wherever mask is False: then t is its own masked weight.
+// One read pass that stops at the first pruned nonzero; false for non-contiguous tensors.
+bool pruned_are_zero(const at::Tensor& t, const at::Tensor& mask);
+
 // Sets t's entries to +0.0 where mask is False, in place (bumping t's version counter); returns t.
 at::Tensor zero_pruned_(at::Tensor t, const at::Tensor& mask);
 

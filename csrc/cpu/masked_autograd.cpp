@@ -26,11 +26,12 @@ int64_t leading(const at::Tensor& t) {
   return rows;
 }
 
-// Dense path: the GEMMs on the masked weight, formed once and kept for the backward.
+// Dense path: the GEMMs on the masked weight, formed once and kept for the backward
+// (or the weight itself, when it holds zeros wherever the mask prunes).
 struct MaskedLinearDense : public torch::autograd::Function<MaskedLinearDense> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             const at::Tensor& mask, const std::optional<at::Tensor>& bias) {
-    at::Tensor masked = apply_mask(weight, mask);
+    at::Tensor masked = pruned_are_zero(weight, mask) ? weight : apply_mask(weight, mask);
     ctx->save_for_backward({input, masked, mask});
     ctx->saved_data["has_bias"] = bias.has_value();
     return at::linear(input, masked, bias);

@@ -10,7 +10,9 @@ namespace lth_sparse {
 namespace cpu {
 
 // F.linear(input, weight * mask, bias) with the weight gradient masked; the dense GEMMs on the
-// masked weight, formed once (kept for the backward). Differentiable in input, weight and bias.
+// masked weight, formed once (kept for the backward), or the weight itself when it already holds
+// +0.0 wherever the mask prunes (a masked layer's weight after every optimizer step), which
+// saves forming a copy that the GEMMs then read. Differentiable in input, weight and bias.
 at::Tensor masked_linear_dense(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
                                const std::optional<at::Tensor>& bias);
 

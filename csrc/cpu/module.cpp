@@ -21,6 +21,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "kth_smallest by exact radix passes only (the fallback path of kth_smallest; for tests).");
   m.def("apply_mask", &lth_sparse::cpu::apply_mask, py::arg("weight"), py::arg("mask"),
         "torch.where(mask, weight, 0) for a bool mask of the weight's shape, computed on the raw bits.");
+  m.def("pruned_are_zero", &lth_sparse::cpu::pruned_are_zero, py::arg("t"), py::arg("mask"),
+        "Whether t holds +0.0 (all-zero bits) wherever mask is False (one read pass, stops early).");
   m.def("zero_pruned_", &lth_sparse::cpu::zero_pruned_, py::arg("t"), py::arg("mask"),
         "Sets t to +0.0 where mask is False, in place; returns t.");
   m.def("transpose_2d", &lth_sparse::cpu::transpose_2d, py::arg("x"),

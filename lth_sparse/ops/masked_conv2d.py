@@ -156,4 +156,11 @@ def masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | No
     if isinstance(padding, str):
         raise ValueError("padding must be an int or a pair here; MaskedConv2d resolves 'same' and 'valid'")
     args = (input, weight, mask, bias, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
-    return _EagerMaskedConv2d.apply(*args) if plain_eager() else _masked_conv2d(*args)
+    if not plain_eager():
+        return _masked_conv2d(*args)
+    if (isinstance(mask, Tensor) and input.device.type == "cpu"
+            and choose_backend("masked_conv2d", input.device, IMPLEMENTED) == "cpp"):
+        _check(*args)
+        if _cpu.nothing_pruned(mask):  # exactly the dense layer: torch's own conv and autograd
+            return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return _EagerMaskedConv2d.apply(*args)

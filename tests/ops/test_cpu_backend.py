@@ -448,6 +448,84 @@ def test_zero_pruned_in_place_on_non_contiguous_tensor(dtype):
     assert_same_bits(base[:, 1::2], untouched)
 
 
+@pytest.mark.parametrize("dtype", list(BITS))
+def test_pruned_are_zero_only_when_every_pruned_entry_is_positive_zero(dtype):
+    w, m = special_weight(dtype, (70, 130)), special_mask((70, 130))  # > one 4096-entry block
+    assert not C.pruned_are_zero(w, m), "NaN, inf, -0.0 and random values at pruned entries"
+    clean = torch.where(m, w, 0)  # kept entries still hold NaN, inf, -0.0: they do not count
+    assert C.pruned_are_zero(clean, m)
+    for position in [0, 4095, 4096, clean.numel() - 1]:  # one bad entry, first/last of a block, last
+        dirty = clean.clone()
+        flat_mask = m.view(-1).clone()
+        flat_mask[position] = False
+        dirty.view(-1)[position] = -0.0  # a single sign bit is enough
+        assert not C.pruned_are_zero(dirty, flat_mask.view(m.shape)), f"-0.0 at {position}"
+    assert C.pruned_are_zero(w, torch.ones_like(m)), "nothing pruned"
+    assert C.pruned_are_zero(torch.zeros(0, 5, dtype=dtype), torch.zeros(0, 5, dtype=torch.bool))
+    assert not C.pruned_are_zero(clean.t(), m.t()), "non-contiguous: false, the caller masks"
+    with pytest.raises(RuntimeError, match="shape"):
+        C.pruned_are_zero(clean, m.t())
+
+
+def test_pruned_are_zero_on_two_threads():
+    threads = torch.get_num_threads()
+    w, m = torch.randn(600, 700), random_mask((600, 700), 0.3)
+    clean = torch.where(m, w, 0)
+    try:
+        torch.set_num_threads(2)
+        assert C.pruned_are_zero(clean, m)
+        clean.view(-1)[-1] = 1.0  # in the second thread's half
+        m.view(-1)[-1] = False
+        assert not C.pruned_are_zero(clean, m)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_dense_path_uses_a_clean_weight_as_it_is(clean, use_backend):
+    """A weight already zero where pruned is its own masked weight: no copy is formed (the graph
+    saves the weight itself), and the results are the reference's either way."""
+    use_backend("cpp")
+    x, w, b = _linear_case()
+    m = random_mask(w.shape, 0.6)
+    if clean:
+        w.masked_fill_(~m, 0)
+    assert_linear_matches_reference(x, w, m, b)
+    w.requires_grad_()
+    y = masked_linear(x, w, m, b)
+    with torch.no_grad():
+        w.add_(1.0)  # the weight changes between forward and backward
+    if clean:  # the weight itself was saved: autograd sees the change, as for F.linear
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+    else:  # a masked copy was saved
+        y.sum().backward()
+
+
+def test_nothing_pruned_runs_torchs_own_layers_unless_a_path_is_held(use_backend):
+    use_backend("cpp")
+    x, w, b = _linear_case()
+    m = torch.ones(w.shape, dtype=torch.bool)
+    assert_linear_matches_reference(x, w, m, b)
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+    y = masked_linear(x, w, m, b)
+    assert "Addmm" in y.grad_fn.name(), y.grad_fn.name()
+    xc = torch.randn(2, 3, 7, 7, requires_grad=True)
+    wc = torch.randn(4, 3, 3, 3, requires_grad=True)
+    mc = torch.ones(wc.shape, dtype=torch.bool)
+    yc = masked_conv2d(xc, wc, mc, None, 1, 1)
+    assert "Convolution" in yc.grad_fn.name(), yc.grad_fn.name()
+    assert_close(yc, reference.masked_conv2d(xc, wc, mc, None, 1, 1))
+    for path, name in [("dense", "MaskedLinearDense"), ("sparse", "MaskedLinearSparse")]:
+        with _cpu.held_on(path):
+            assert name in masked_linear(x, w, m, b).grad_fn.name()
+            assert "Convolution" not in masked_conv2d(xc, wc, mc, None, 1, 1).grad_fn.name()
+    m[0, 0] = False  # one pruned weight: the masked layers again
+    assert "MaskedLinearDense" in masked_linear(x, w, m, b).grad_fn.name()
+    mc[0, 0, 0, 0] = False
+    assert "Convolution" not in masked_conv2d(xc, wc, mc, None, 1, 1).grad_fn.name()
+
+
 # ---------------------------------------------------------------------------
 # 3. when the sparse path is taken
 
