@@ -117,6 +117,19 @@ class _PathBatchNorm(nn.Module):
         return (unfolded * scale.reshape(view) + shift.reshape(view)).flatten(0, 1)
 
 
+def _relu_in_place(net: nn.Module) -> None:
+    """A ReLU right after an interpolating layer in an ``nn.Sequential`` works in place: its input is
+    that layer's fresh output, which nothing else sees. Saves a pass's largest allocation (fresh
+    pages for 16 MB of activations cost as much as computing them)."""
+    for seq in net.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        names = list(seq._modules)
+        for prev, name in zip(names, names[1:]):
+            if type(seq._modules[name]) is nn.ReLU and isinstance(seq._modules[prev], (_PathLayer, _PathBatchNorm)):
+                seq._modules[name] = nn.ReLU(inplace=True)
+
+
 class PathNetwork(nn.Module):
     """``model`` at every alpha of the path from ``state_a`` to ``state_b``, in one forward.
 
@@ -136,6 +149,7 @@ class PathNetwork(nn.Module):
         for p in net.parameters():
             p.requires_grad_(False)
         self.net = self._convert(net, state_a, state_b)
+        _relu_in_place(self.net)
 
     def _convert(self, net: nn.Module, state_a, state_b) -> nn.Module:
         replacements = []
@@ -179,9 +193,14 @@ class PathNetwork(nn.Module):
 
 
 # Bytes of the largest activation of one pass (all alphas of a chunk of examples): above this,
-# passes fall out of the caches. Conv-4, 21 alphas: 1.4 GB activations at 250 examples per pass
-# ran 1.3x slower than the loop over alphas; 23 examples per pass (this budget) beat it.
-_ACTIVATION_BYTES = 128 << 20
+# passes fall out of the caches. LeNet-300-100, 21 alphas, 10k examples: 0.31 s at 16 MB (640
+# examples per pass), 0.40 s at 128 MB (1000), 0.44 s at 4 MB (160). Conv-4, 21 alphas: 1.4 GB
+# activations at 250 examples per pass ran 1.3x slower than the loop over alphas.
+_ACTIVATION_BYTES = 16 << 20
+# ... but a pass has at least this many examples (as many as batch_size allows): Conv-4's
+# activations (5.5 MB per example over 21 alphas) would otherwise give passes of 2 examples, whose
+# 84 small convs each cost more than the cache saves (7.9 s per 100 examples, 6.1 s at 23).
+_MIN_PASS_EXAMPLES = 32
 
 
 def _largest_activation(path: PathNetwork, x: Tensor, alphas: Tensor) -> int:
@@ -206,14 +225,14 @@ def evaluate_path(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mapp
                   x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[Tensor, Tensor]:
     """Cross-entropy loss and accuracy of ``model`` at each alpha of the path, over (x, y): two (A,) tensors.
 
-    Each pass evaluates all alphas on at most ``batch_size`` examples, fewer when the largest
-    activation of all alphas would exceed ``_ACTIVATION_BYTES``.
+    Each pass evaluates all alphas on at most ``batch_size`` examples, fewer (down to
+    ``_MIN_PASS_EXAMPLES``) when the largest activation of all alphas would exceed ``_ACTIVATION_BYTES``.
     """
     path = PathNetwork(model, state_a, state_b).to(x.device)
     num_alphas = alphas.shape[0]
     if x.shape[0]:
         per_example = _largest_activation(path, x, alphas) * num_alphas
-        batch_size = max(1, min(batch_size, _ACTIVATION_BYTES // per_example))
+        batch_size = max(1, min(batch_size, max(_MIN_PASS_EXAMPLES, _ACTIVATION_BYTES // per_example)))
     loss = torch.zeros(num_alphas, dtype=torch.float64, device=x.device)
     correct = torch.zeros(num_alphas, dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], batch_size):

@@ -152,46 +152,51 @@ def _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, batched_p
         coef = alphas[block].reshape(-1, *([1] * weight_a.dim())).to(weight_a.dtype)
         weights = torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef)
         biases = None if bias_a is None else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1])
-        y = batched_per_alpha(input[block], weights, biases)
-        if out is None:
-            out = y.new_empty(num_alphas, *y.shape[1:])
-        out[block] = y
+        out = batched_per_alpha(input[block], weights, biases, out, block, num_alphas)
     return out
 
 
-def _linear_per_alpha(x, weights, biases):
-    """x: (B, *, in), weights: (B, out, in), biases: (B, out) or None -> (B, *, out)."""
+def _linear_per_alpha(x, weights, biases, out, block, num_alphas):
+    """x: (B, *, in), weights: (B, out, in), biases: (B, out) or None; the product lands in
+    ``out[block]`` of the (A, *, out) result (allocated by the first block when ``out`` is None)."""
     flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    if out is None:
+        out = x.new_empty(num_alphas, *x.shape[1:-1], weights.shape[1])
+    target = out[block].view(x.shape[0], flat.shape[1], weights.shape[1])  # a contiguous slice: written in place
     if biases is None:
-        y = torch.bmm(flat, weights.transpose(1, 2))
+        torch.bmm(flat, weights.transpose(1, 2), out=target)
     else:
-        y = torch.baddbmm(biases.unsqueeze(1), flat, weights.transpose(1, 2))
-    return y.reshape(*x.shape[:-1], weights.shape[1])
+        torch.baddbmm(biases.unsqueeze(1), flat, weights.transpose(1, 2), out=target)
+    return out
 
 
 def _conv_per_alpha(conv_args):
     stride, padding, dilation, groups = conv_args
 
-    def run(x, weights, biases):
-        """x: (B, N, C, H, W), weights: (B, C_out, C/g, kH, kW) -> (B, N, C_out, H', W').
+    def run(x, weights, biases, out, block, num_alphas):
+        """x: (B, N, C, H, W), weights: (B, C_out, C/g, kH, kW) -> ``out[block]`` of the (A, N, C_out, H', W')
+        result (allocated by the first block when ``out`` is None).
 
         On the CPU one conv per alpha: oneDNN's grouped conv of the block measured 1.0-1.35x slower
         than the same convs one by one (Conv-4 layers, 21 alphas, 100 examples); elsewhere one
         grouped conv of the block.
         """
         if x.device.type == "cpu":
-            out = None
             for i in range(x.shape[0]):
                 y = F.conv2d(x[i], weights[i], None if biases is None else biases[i], stride, padding, dilation, groups)
                 if out is None:
-                    out = y.new_empty(x.shape[0], *y.shape)
-                out[i] = y
+                    out = y.new_empty(num_alphas, *y.shape)
+                out[block.start + i] = y
             return out
         blocks, n = x.shape[:2]
         stacked = x.transpose(0, 1).reshape(n, blocks * x.shape[2], *x.shape[3:])
         y = F.conv2d(stacked, weights.flatten(0, 1), None if biases is None else biases.flatten(),
                      stride, padding, dilation, groups * blocks)
-        return y.reshape(n, blocks, weights.shape[1], *y.shape[2:]).transpose(0, 1)
+        y = y.reshape(n, blocks, weights.shape[1], *y.shape[2:]).transpose(0, 1)
+        if out is None:
+            out = y.new_empty(num_alphas, *y.shape[1:])
+        out[block] = y
+        return out
 
     return run
 

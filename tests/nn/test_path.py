@@ -79,3 +79,22 @@ def test_bad_input_is_refused():
         PathNetwork(model, state_a, {k: v for k, v in state_b.items() if "fc1" not in k})
     with pytest.raises(ValueError, match="1-D"):
         PathNetwork(model, state_a, state_b)(torch.randn(2, 40), torch.tensor(0.5))
+
+
+def test_relu_after_an_interpolating_layer_runs_in_place_and_no_other():
+    """The ReLU right after a path layer in a Sequential works in place (its input is that layer's
+    fresh output); one that sees the caller's input, or a shared ReLU module, does not."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Dropout(),
+                                torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    state_a = copy.deepcopy(model.state_dict())
+    state_b = {k: v + 1 for k, v in state_a.items()}
+    path = PathNetwork(model, state_a, state_b)
+    assert [getattr(m, "inplace", None) for m in path.net] == [False, None, True, False, False, None]
+    assert not model[2].inplace, "the caller's model is untouched"
+    x = torch.randn(4, 5)
+    before = x.clone()
+    alphas = torch.linspace(0, 1, 3)
+    out = path(x, alphas)
+    assert torch.equal(x, before), "the input is never written"
+    torch.testing.assert_close(out, loop_reference(model, state_a, state_b, alphas, x))
