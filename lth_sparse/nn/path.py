@@ -27,9 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.utils import _pair
 
+from lth_sparse._dispatch import choose_backend
 from lth_sparse.nn.modules import MaskedMixin, resolve_conv_padding
-from lth_sparse.ops import interpolated_conv2d, interpolated_linear
+from lth_sparse.ops import interpolate, interpolated_conv2d, interpolated_linear
 
 
 class _PathState:
@@ -72,13 +74,19 @@ class _PathLayer(nn.Module):
         self.register_buffer("weight_b", b["weight"])
         self.register_buffer("bias_a", a.get("bias"))
         self.register_buffer("bias_b", b.get("bias"))
+        self._result: Tensor | None = None  # the last result on the CPU, reused by the next pass
+
+    def _run(self, op, kind: str, x: Tensor, *conv_args) -> Tensor:
+        args = (x, self.weight_a, self.weight_b, self.shared.alphas, self.bias_a, self.bias_b)
+        if x.device.type == "cpu" and choose_backend(f"interpolated_{kind}", x.device, interpolate.IMPLEMENTED) == "torch":
+            self._result = interpolate.cpu_forward_into(self._result, kind, *args, *conv_args)
+            return self._result.flatten(0, 1)
+        return op(*args, *conv_args).flatten(0, 1)
 
 
 class _PathLinear(_PathLayer):
     def forward(self, x: Tensor) -> Tensor:
-        y = interpolated_linear(self.shared.unfold(x), self.weight_a, self.weight_b, self.shared.alphas,
-                                self.bias_a, self.bias_b)
-        return y.flatten(0, 1)
+        return self._run(interpolated_linear, "linear", self.shared.unfold(x))
 
 
 class _PathConv2d(_PathLayer):
@@ -89,9 +97,8 @@ class _PathConv2d(_PathLayer):
     def forward(self, x: Tensor) -> Tensor:
         conv = self.conv
         x, padding = resolve_conv_padding(conv, x)
-        y = interpolated_conv2d(self.shared.unfold(x), self.weight_a, self.weight_b, self.shared.alphas,
-                                self.bias_a, self.bias_b, conv.stride, padding, conv.dilation, conv.groups)
-        return y.flatten(0, 1)
+        return self._run(interpolated_conv2d, "conv", self.shared.unfold(x), list(_pair(conv.stride)),
+                         list(_pair(padding)), list(_pair(conv.dilation)), conv.groups)
 
 
 class _PathBatchNorm(nn.Module):
@@ -189,7 +196,8 @@ class PathNetwork(nn.Module):
         out = self.net(x)
         if out.shape[0] == x.shape[0] and alphas.shape[0] > 1:  # no layer with parameters: the same for all alphas
             out = out.unsqueeze(0).expand(alphas.shape[0], *out.shape)
-        return out.reshape(alphas.shape[0], x.shape[0], *out.shape[1:])
+        # a copy: the layers' results are reused by the next pass on the CPU
+        return out.reshape(alphas.shape[0], x.shape[0], *out.shape[1:]).clone()
 
 
 # Bytes of the largest activation of one pass (all alphas of a chunk of examples): above this,
