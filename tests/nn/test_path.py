@@ -98,3 +98,28 @@ def test_relu_after_an_interpolating_layer_runs_in_place_and_no_other():
     out = path(x, alphas)
     assert torch.equal(x, before), "the input is never written"
     torch.testing.assert_close(out, loop_reference(model, state_a, state_b, alphas, x))
+
+
+def test_results_reused_between_passes_never_change_what_a_caller_holds():
+    """On the CPU each interpolating layer writes the next pass into its last result, but only when
+    nothing else refers to it: outputs returned earlier and activations kept by a hook stay intact."""
+    model, state_a, state_b = endpoints("conv2", (1, 12, 12), {})
+    path = PathNetwork(model, state_a, state_b)
+    alphas = torch.linspace(0, 1, 4)
+    kept = []
+    first_conv = next(m for m in path.net.modules() if type(m).__name__ == "_PathConv2d")
+    x1, x2 = torch.randn(3, 1, 12, 12), torch.randn(3, 1, 12, 12)
+    out1 = path(x1, alphas)
+    saved1 = out1.clone()
+    handle = first_conv.register_forward_hook(lambda m, i, o: kept.append(o))
+    hooked = path(x2, alphas)  # pass 2: reuses pass 1's buffers (nothing holds them), then the hook keeps one
+    hooked_copy = kept[0].clone()
+    handle.remove()
+    out3 = path(x1, alphas)  # pass 3: must not write into the tensor the hook kept
+    assert torch.equal(out1, saved1), "a returned output changed"
+    assert torch.equal(kept[0], hooked_copy), "an activation a hook kept was overwritten"
+    torch.testing.assert_close(out3, saved1)
+    torch.testing.assert_close(hooked, loop_reference(model, state_a, state_b, alphas, x2), atol=2e-5, rtol=1e-4)
+    reused = first_conv._result
+    path(x2, alphas)
+    assert first_conv._result.data_ptr() == reused.data_ptr(), "with nothing holding it, the buffer is reused"
