@@ -1,7 +1,8 @@
 """Masked linear and conv layers on the CPU, forward + backward: dense torch, the torch way, and ours.
 
-Timed in one process on the same tensors, float32; the ways take turns in every repeat and the
-median of the repeats is reported:
+Timed in one process on the same tensors, float32; the ways take turns in every repeat (15 repeats,
+the order rotated each time); times are medians over the repeats, ratios the medians of the ratios
+measured within each repeat:
 
 - dense: ``F.linear(x, w, b)`` / ``F.conv2d`` with no mask at all (MKL / oneDNN): the bar to beat;
 - torch way: ``F.linear(x, w * m, b)``: what a user writes to mask a layer (dW masked by autograd);
@@ -48,9 +49,12 @@ SHAPES = [
 ]
 
 
-def _time_interleaved(steps: dict, budget_s: float, repeats: int = 7) -> dict:
-    """Median seconds of one step of each way: the ways take turns within every repeat, so a
-    machine that drifts (turbo, other load) drifts for all of them alike."""
+def _time_interleaved(steps: dict, budget_s: float, repeats: int = 15) -> tuple[dict, list[dict]]:
+    """Seconds per step of each way: (the medians over the repeats, the samples of every repeat).
+
+    The ways take turns within every repeat, in an order rotated from one repeat to the next, so a
+    machine that drifts (turbo, other load) drifts for all of them alike; ratios are taken per
+    repeat (see ``_paired_ratio``)."""
     calls = {}
     for name, (step, path) in steps.items():
         with _cpu.held_on(path):
@@ -60,15 +64,25 @@ def _time_interleaved(steps: dict, budget_s: float, repeats: int = 7) -> dict:
             step()
         once = max(time.perf_counter() - start, 1e-6)
         calls[name] = max(1, int(budget_s / repeats / len(steps) / once))
-    samples = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, (step, path) in steps.items():
+    names = list(steps)
+    samples = []
+    for r in range(repeats):
+        sample = {}
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            step, path = steps[name]
             with _cpu.held_on(path):
                 start = time.perf_counter()
                 for _ in range(calls[name]):
                     step()
-                samples[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(v) for name, v in samples.items()}
+                sample[name] = (time.perf_counter() - start) / calls[name]
+        samples.append(sample)
+    return {name: statistics.median(s[name] for s in samples) for name in names}, samples
+
+
+def _paired_ratio(samples: list[dict], over: str, under: str) -> float:
+    """The median over repeats of over/under measured in the same repeat: steadier than a ratio of
+    medians when the machine drifts between repeats."""
+    return statistics.median(s[over] / s[under] for s in samples)
 
 
 def _layer(kind: str, shape, sparsity: float, seed: int = 0):
@@ -156,11 +170,12 @@ def run(quick: bool = False, threads: int | None = None) -> tuple[list[dict], di
             steps = {"dense_ms": (_step(ways["dense"], leaves), "auto"),
                      "torch_way_ms": (_step(ways["torch"], leaves), "auto"),
                      **{f"ours_{path}_ms": (_step(ways["ours"], leaves), path) for path in ("auto", "dense", "sparse")}}
-            row.update({k: v * 1e3 for k, v in _time_interleaved(steps, 5 * budget).items()})
-            row["dense_over_ours"] = row["dense_ms"] / row["ours_auto_ms"]
-            row["torch_way_over_ours"] = row["torch_way_ms"] / row["ours_auto_ms"]
-            row["sparse_over_dense_path"] = row["ours_sparse_ms"] / row["ours_dense_ms"]
-            sparse_wins.append((sparsity, row["ours_sparse_ms"] < row["ours_dense_ms"]))
+            medians, samples = _time_interleaved(steps, 5 * budget)
+            row.update({k: v * 1e3 for k, v in medians.items()})
+            row["dense_over_ours"] = _paired_ratio(samples, "dense_ms", "ours_auto_ms")
+            row["torch_way_over_ours"] = _paired_ratio(samples, "torch_way_ms", "ours_auto_ms")
+            row["sparse_over_dense_path"] = _paired_ratio(samples, "ours_sparse_ms", "ours_dense_ms")
+            sparse_wins.append((sparsity, row["sparse_over_dense_path"] < 1))
             rows.append(row)
             print(f"{name:34s} {sparsity:5.0%}  dense {row['dense_ms']:8.3f} ms  torch way {row['torch_way_ms']:8.3f}  "
                   f"ours {row['ours_auto_ms']:8.3f} (dense path {row['ours_dense_ms']:.3f}, sparse path "
