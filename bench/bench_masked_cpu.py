@@ -94,7 +94,7 @@ def _layer(kind: str, shape, sparsity: float, seed: int = 0):
         w = torch.randn(fout, fin, generator=g) * fin ** -0.5
         b = torch.zeros(fout)
         m = torch.rand(fout, fin, generator=g) >= sparsity
-        w = w * m
+        w = torch.where(m, w, 0)  # +0.0 where pruned (w * m would leave -0.0)
         leaves = [t.requires_grad_() for t in (x, w, b)]
         ways = {"dense": lambda x, w, b: F.linear(x, w, b),
                 "torch": lambda x, w, b: F.linear(x, w * m, b),
@@ -106,7 +106,7 @@ def _layer(kind: str, shape, sparsity: float, seed: int = 0):
         w = torch.randn(cout, cin, 3, 3, generator=g) * (cin * 9) ** -0.5
         b = torch.zeros(cout)
         m = torch.rand(w.shape, generator=g) >= sparsity
-        w = w * m
+        w = torch.where(m, w, 0)  # +0.0 where pruned (w * m would leave -0.0)
         leaves = [t.requires_grad_() for t in (x, w, b)]
         ways = {"dense": lambda x, w, b: F.conv2d(x, w, b, 1, 1),
                 "torch": lambda x, w, b: F.conv2d(x, w * m, b, 1, 1),
@@ -119,7 +119,7 @@ def _layer(kind: str, shape, sparsity: float, seed: int = 0):
     ws = [torch.randn(o, i, generator=g) * i ** -0.5 for i, o in dims]
     bs = [torch.zeros(o) for _, o in dims]
     ms = [torch.rand(w.shape, generator=g) >= sparsity for w in ws]
-    ws = [w * m for w, m in zip(ws, ms)]
+    ws = [torch.where(m, w, 0) for w, m in zip(ws, ms)]
     leaves = [t.requires_grad_() for t in (x, *ws, *bs)]
 
     def net(fn):
