@@ -7,12 +7,20 @@ of A). Both in the same run, with the same inputs; the results are checked equal
 
     python bench/bench_interpolate.py            # LeNet-300-100 on 10,000 examples, Conv-4 on 500, 21 alphas
     python bench/bench_interpolate.py --quick    # smaller, seconds
+    python bench/bench_interpolate.py --device cuda   # issue 8's GPU targets (see below)
+
+On a GPU (``--device cuda``): an MLP (LeNet-300-100) and ResNet-20, each on 10,000 examples, 21
+alphas; the loop, the batched pass on the backend ``auto`` picks, and the batched pass with each GPU
+backend of the interpolation ops forced (``LTH_SPARSE_BACKEND=triton``), its results checked against
+the loop's. Every call is synchronised; writes ``bench/results/interpolate-cuda.json`` with the GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,43 +50,94 @@ def loop_over_alphas(model, state_a, state_b, alphas, x, y, batch_size):
     return torch.tensor(losses, dtype=torch.float64), torch.tensor(accs, dtype=torch.float64)
 
 
-def best_of(fn, repeats):
+def best_of(fn, repeats, device=torch.device("cpu")):
     times, result = [], None
     for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return min(times), result
 
 
-def run_case(name, shape, examples, num_alphas, repeats, batch_size):
+@contextlib.contextmanager
+def backend(name):
+    """LTH_SPARSE_BACKEND=name within the block (None: leave it as it is)."""
+    saved = os.environ.get("LTH_SPARSE_BACKEND")
+    if name is not None:
+        os.environ["LTH_SPARSE_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("LTH_SPARSE_BACKEND", None)
+        else:
+            os.environ["LTH_SPARSE_BACKEND"] = saved
+
+
+def run_case(name, shape, examples, num_alphas, repeats, batch_size, device="cpu", forced=(), options=None):
+    """The loop against the batched pass (``auto``), and against it with each backend in ``forced``."""
     from lth_sparse.models import create_model
     from lth_sparse.nn.path import evaluate_path
 
+    device = torch.device(device)
+    options = options or {}
     torch.manual_seed(0)
-    model = create_model(name, shape, 10)
+    model = create_model(name, shape, 10, **options).to(device)
     state_a = copy.deepcopy(model.state_dict())
     torch.manual_seed(1)
-    state_b = copy.deepcopy(create_model(name, shape, 10).state_dict())
-    x, y = torch.randn(examples, *shape), torch.randint(0, 10, (examples,))
-    alphas = torch.linspace(0, 1, num_alphas)
+    state_b = copy.deepcopy(create_model(name, shape, 10, **options).to(device).state_dict())
+    x = torch.randn(examples, *shape, device=device)
+    y = torch.randint(0, 10, (examples,), device=device)
+    alphas = torch.linspace(0, 1, num_alphas, device=device)
     t_loop, (loss_loop, acc_loop) = best_of(
-        lambda: loop_over_alphas(copy.deepcopy(model), state_a, state_b, alphas, x, y, batch_size), repeats)
-    t_ours, (loss_ours, acc_ours) = best_of(
-        lambda: evaluate_path(model, state_a, state_b, alphas, x, y, batch_size), repeats)
-    max_loss_diff = (loss_loop - loss_ours.cpu()).abs().max().item()
-    return {"model": name, "examples": examples, "alphas": num_alphas, "loop_s": t_loop, "ours_s": t_ours,
-            "speedup": t_loop / t_ours, "max_loss_diff": max_loss_diff,
-            "acc_equal": bool(torch.allclose(acc_loop, acc_ours.cpu(), atol=2 / examples))}
+        lambda: loop_over_alphas(copy.deepcopy(model), state_a, state_b, alphas, x, y, batch_size), repeats, device)
+    row = {"model": name, "device": str(device), "examples": examples, "alphas": num_alphas, "loop_s": t_loop}
+    for label in ("auto", *forced):
+        with backend(None if label == "auto" else label):
+            t_ours, (loss_ours, acc_ours) = best_of(
+                lambda: evaluate_path(model, state_a, state_b, alphas, x, y, batch_size), repeats, device)
+        suffix = "" if label == "auto" else f"_{label}"
+        row.update({f"ours{suffix}_s": t_ours, f"speedup{suffix}": t_loop / t_ours,
+                    f"max_loss_diff{suffix}": (loss_loop - loss_ours.cpu()).abs().max().item(),
+                    f"acc_equal{suffix}": bool(torch.allclose(acc_loop, acc_ours.cpu(), atol=2 / examples))})
+    return row
+
+
+def gpu_rows(num_alphas, repeats, quick):
+    """Issue 8's targets: an MLP and ResNet-20 over 10,000 examples, every GPU backend of ours."""
+    from lth_sparse._dispatch import backend_status
+
+    forced = tuple(b for b in ("triton",) if backend_status(b, torch.device("cuda"))[0])
+    examples = 1000 if quick else 10_000
+    return [run_case("lenet300", (1, 28, 28), examples, num_alphas, repeats, 1000, "cuda", forced),
+            run_case("resnet20", (3, 32, 32), examples, num_alphas, repeats, 1000, "cuda", forced)]
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer examples, one repeat")
     parser.add_argument("--alphas", type=int, default=21)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
     repeats = 1 if args.quick else 2
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device here")
+        rows = gpu_rows(args.alphas, repeats + 1, args.quick)
+        print(f"evaluation at {args.alphas} points of a linear path, {torch.cuda.get_device_name()}")
+        columns = [("model", "model", ""), ("examples", "examples", "d"), ("loop_s", "loop (s)", ".4f"),
+                   ("ours_s", "batched (s)", ".4f"), ("speedup", "speed-up", ".2f"),
+                   ("ours_triton_s", "batched, triton (s)", ".4f"), ("speedup_triton", "speed-up, triton", ".2f"),
+                   ("max_loss_diff", "max |loss diff|", ".1e"), ("acc_equal", "same acc", "")]
+        print_table([c for c in columns if any(c[0] in r for r in rows)], rows)
+        if not args.quick:
+            write_results("interpolate", "cuda", rows, {"alphas": args.alphas})
+        return rows
     rows = [run_case("lenet300", (1, 28, 28), 10_000 // scale, args.alphas, repeats, 1000),
             run_case("conv4", (3, 32, 32), 500 // scale, args.alphas, repeats, 250)]
     print(f"evaluation at {args.alphas} points of a linear path, CPU, {torch.get_num_threads()} threads")

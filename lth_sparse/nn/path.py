@@ -200,11 +200,14 @@ class PathNetwork(nn.Module):
         return out.reshape(alphas.shape[0], x.shape[0], *out.shape[1:]).clone()
 
 
-# Bytes of the largest activation of one pass (all alphas of a chunk of examples): above this,
-# passes fall out of the caches. LeNet-300-100, 21 alphas, 10k examples: 0.31 s at 16 MB (640
+# Bytes of the largest activation of one pass (all alphas of a chunk of examples) on the CPU: above
+# this, passes fall out of the caches. LeNet-300-100, 21 alphas, 10k examples: 0.31 s at 16 MB (640
 # examples per pass), 0.40 s at 128 MB (1000), 0.44 s at 4 MB (160). Conv-4, 21 alphas: 1.4 GB
 # activations at 250 examples per pass ran 1.3x slower than the loop over alphas.
 _ACTIVATION_BYTES = 16 << 20
+# ... and on a GPU, where no cache is that small and larger passes fill the device better: a bound on
+# memory only (not yet tuned on a GPU).
+_GPU_ACTIVATION_BYTES = 1 << 30
 # ... but a pass has at least this many examples (as many as batch_size allows): Conv-4's
 # activations (5.5 MB per example over 21 alphas) would otherwise give passes of 2 examples, whose
 # 84 small convs each cost more than the cache saves (7.9 s per 100 examples, 6.1 s at 23).
@@ -234,13 +237,15 @@ def evaluate_path(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mapp
     """Cross-entropy loss and accuracy of ``model`` at each alpha of the path, over (x, y): two (A,) tensors.
 
     Each pass evaluates all alphas on at most ``batch_size`` examples, fewer (down to
-    ``_MIN_PASS_EXAMPLES``) when the largest activation of all alphas would exceed ``_ACTIVATION_BYTES``.
+    ``_MIN_PASS_EXAMPLES``) when the largest activation of all alphas would exceed ``_ACTIVATION_BYTES``
+    (``_GPU_ACTIVATION_BYTES`` off the CPU).
     """
     path = PathNetwork(model, state_a, state_b).to(x.device)
     num_alphas = alphas.shape[0]
     if x.shape[0]:
         per_example = _largest_activation(path, x, alphas) * num_alphas
-        batch_size = max(1, min(batch_size, max(_MIN_PASS_EXAMPLES, _ACTIVATION_BYTES // per_example)))
+        budget = _ACTIVATION_BYTES if x.device.type == "cpu" else _GPU_ACTIVATION_BYTES
+        batch_size = max(1, min(batch_size, max(_MIN_PASS_EXAMPLES, budget // per_example)))
     loss = torch.zeros(num_alphas, dtype=torch.float64, device=x.device)
     correct = torch.zeros(num_alphas, dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], batch_size):
