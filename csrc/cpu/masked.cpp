@@ -20,6 +20,7 @@
 #include "cpu/masked.h"
 
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
@@ -543,6 +544,9 @@ at::Tensor apply_mask(const at::Tensor& weight, const at::Tensor& mask) {
 
 at::Tensor zero_pruned_(at::Tensor t, const at::Tensor& mask) {
   check_mask_of(t, mask, "zero_pruned_");
+  // refused before any write, as masked_fill_ refuses it
+  TORCH_CHECK(!t.is_inference() || c10::InferenceMode::is_enabled(),
+              "zero_pruned_: Inplace update to inference tensor outside InferenceMode is not allowed");
   if (!t.is_contiguous()) return t.masked_fill_(mask.logical_not(), 0);
   const at::Tensor m = mask.contiguous();
   masked_select_bits(t.data_ptr(), m.data_ptr<bool>(), t.data_ptr(), t.numel(), t.element_size());

@@ -110,6 +110,21 @@ def test_zero_pruned_is_an_in_place_change_that_autograd_and_the_mask_cache_see(
         out.sum().backward()
 
 
+def test_zero_pruned_of_an_inference_tensor_works_in_inference_mode_and_is_refused_outside_untouched():
+    from lth_sparse.ops._cpu import zero_pruned_
+
+    mask = random_mask((4, 8), 0.5, seed=0)
+    with torch.inference_mode():
+        layer = MaskedLinear(8, 4)
+        layer.set_mask(mask)
+        assert not layer.weight[~mask].any()
+        t = randn(4, 8, seed=1)
+    before = t.clone()
+    with pytest.raises(RuntimeError, match="inference tensor outside InferenceMode"):
+        zero_pruned_(t, mask)
+    assert torch.equal(t, before), "refused before any write, as masked_fill_ is"
+
+
 # --- forward against the reference ------------------------------------------------------------------------------
 
 LINEAR_SHAPES = [  # (input shape, in_features, out_features)
