@@ -10,6 +10,7 @@
 
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "cpu/mask_cache.h"
 #include "cpu/masked.h"
 
 namespace lth_sparse {
@@ -95,7 +96,37 @@ struct MaskedLinearSparse : public torch::autograd::Function<MaskedLinearSparse>
   }
 };
 
+bool is_cpu_strided(const at::Tensor& t) { return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided; }
+
 }  // namespace
+
+std::optional<at::Tensor> masked_linear_auto(const at::Tensor& input, const at::Tensor& weight,
+                                             const at::Tensor& mask, const std::optional<at::Tensor>& bias,
+                                             double max_density, int64_t min_dense_work, bool allow_plain) {
+  // Anything unusual goes back to Python, whose checks raise the errors that name the argument.
+  if (!is_cpu_strided(input) || !is_cpu_strided(weight) || !is_cpu_strided(mask)) return std::nullopt;
+  if (weight.dim() != 2 || !weight.is_floating_point() || mask.scalar_type() != at::kBool) return std::nullopt;
+  if (mask.sizes() != weight.sizes() || input.dim() < 1 || input.size(-1) != weight.size(1)) return std::nullopt;
+  if (input.scalar_type() != weight.scalar_type()) return std::nullopt;
+  const int64_t element = weight.element_size();
+  if (element != 2 && element != 4 && element != 8) return std::nullopt;  // float8: the Python Function
+  if (bias.has_value()) {
+    const at::Tensor& b = *bias;
+    if (!is_cpu_strided(b) || b.dim() != 1 || b.size(0) != weight.size(0) ||
+        b.scalar_type() != weight.scalar_type()) {
+      return std::nullopt;
+    }
+  }
+  const int64_t numel = weight.numel();
+  const MaskState state = mask_state(mask, false);
+  if (allow_plain && state.kept == numel) return at::linear(input, weight, bias);  // nothing pruned
+  const bool sparse_dtype = weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble;
+  const bool sparse = sparse_dtype && numel < (int64_t{1} << 31) &&
+                      numel * leading(input) >= min_dense_work &&
+                      static_cast<double>(state.kept) / static_cast<double>(std::max<int64_t>(1, numel)) <= max_density;
+  if (sparse) return MaskedLinearSparse::apply(input, weight, mask, bias, mask_state(mask, true).structure);
+  return MaskedLinearDense::apply(input, weight, mask, bias);
+}
 
 at::Tensor masked_linear_dense(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
                                const std::optional<at::Tensor>& bias) {

@@ -2,6 +2,7 @@
 // their arguments once for every backend and call these for CPU tensors.
 #include <torch/extension.h>
 
+#include "cpu/mask_cache.h"
 #include "cpu/masked.h"
 #include "cpu/masked_autograd.h"
 #include "cpu/select.h"
@@ -44,6 +45,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_linear_sparse", &lth_sparse::cpu::masked_linear_sparse, py::arg("input"), py::arg("weight"),
         py::arg("mask"), py::arg("bias"), py::arg("structure"),
         "The same through the CSR/CSC structure of the mask (mask_structure(mask)), backward in C++.");
+  m.def("masked_linear_auto", &lth_sparse::cpu::masked_linear_auto, py::arg("input"), py::arg("weight"),
+        py::arg("mask"), py::arg("bias"), py::arg("max_density"), py::arg("min_dense_work"),
+        py::arg("allow_plain"),
+        "The plain-eager CPU masked_linear in one call (checks, path choice, mask cache), or None for "
+        "arguments it does not take (the caller's Python checks then name the fault).");
+  m.def("mask_kept", [](const at::Tensor& mask) { return lth_sparse::cpu::mask_state(mask, false).kept; },
+        py::arg("mask"), "The number of True entries of a bool CPU mask (cached per mask state).");
+  m.def("cached_mask_structure",
+        [](const at::Tensor& mask) { return lth_sparse::cpu::mask_state(mask, true).structure; },
+        py::arg("mask"), "mask_structure(mask), built once per mask state and cached against the mask.");
+  m.def("mask_cache_entry", &lth_sparse::cpu::mask_cache_entry, py::arg("mask"),
+        "(kept, structure built) of the cache's current entry for mask, or None (for tests).");
+  m.def("mask_cache_stats", []() {
+    const auto s = lth_sparse::cpu::mask_cache_stats();
+    py::dict d;
+    d["entries"] = s.entries;
+    d["structures_built"] = s.structures_built;
+    d["counts"] = s.counts;
+    return d;
+  }, "The mask cache: live entries, and structures built and masks counted since the process started.");
   m.def("kernel_info", []() {
     const auto info = lth_sparse::cpu::kernel_info();
     py::dict d;

@@ -13,8 +13,8 @@ Two paths, both exact (the same sums as the reference, up to float rounding):
   through its GEMM: ``F.unfold`` (in chunks of the batch, so the columns stay
   under ``_UNFOLD_BYTES``) and ``F.fold`` for the input gradient.
 
-The structure of a mask is built once and cached against the mask tensor's
-identity, storage and version counter, so it is rebuilt after any in-place
+The structure of a mask is built once and cached (in C++, ``csrc/cpu/mask_cache.cpp``)
+against the mask tensor itself, its storage and its version counter, so it is rebuilt after any in-place
 change made through torch (``copy_``, indexing, ``set_mask``,
 ``load_state_dict``), but not after writes that bypass the version counter
 (``mask.data[...] = ...``, numpy views): change masks through torch.
@@ -28,7 +28,6 @@ below are the crossovers measured by ``bench/bench_masked_cpu.py`` on a
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import NamedTuple
 
 import torch
@@ -65,86 +64,40 @@ class Structure(NamedTuple):
     row_idx: Tensor
 
 
-class _Entry(NamedTuple):
-    version: int
-    data_ptr: int
-    kept: int
-    structure: Structure | None
-
-
-# id(mask) -> (weak reference to the mask, its entry). A plain dict: torch's WeakIdKeyDictionary
-# costs ~3 us a lookup, as much as a forward's other bookkeeping together.
-_CACHE: dict[int, tuple[weakref.ref, _Entry]] = {}
-
-
-def _remember(mask: Tensor, entry: _Entry) -> _Entry:
-    key = id(mask)
-    # the entry dies with the mask (the callback runs before its id can be reused)
-    _CACHE[key] = (weakref.ref(mask, lambda _, key=key: _CACHE.pop(key, None)), entry)
-    return entry
-
-
-def _entry(mask: Tensor) -> _Entry:
-    if mask.is_inference():
-        # An inference tensor has no version counter, so an in-place change could not be seen: never cached.
-        return _Entry(-1, mask.data_ptr(), int(torch.count_nonzero(mask)), None)
-    hit = _CACHE.get(id(mask))
-    if hit is not None:
-        ref, entry = hit
-        if ref() is mask and entry.version == mask._version and entry.data_ptr == mask.data_ptr():
-            return entry
-    return _remember(mask, _Entry(mask._version, mask.data_ptr(), int(torch.count_nonzero(mask)), None))
-
-
-def cached_entry(mask: Tensor) -> _Entry | None:
-    """The cache's entry for ``mask`` if it holds one (for tests), else None."""
-    hit = _CACHE.get(id(mask))
-    return hit[1] if hit is not None and hit[0]() is mask else None
-
-
 def density(mask: Tensor) -> float:
     """Fraction of True entries of ``mask`` (cached like the structure)."""
-    return _entry(mask).kept / max(1, mask.numel())
+    return cpp_extension().mask_kept(mask) / max(1, mask.numel())
 
 
 def structure(mask: Tensor) -> Structure:
-    """The CSR/CSC structure of ``mask``, built once per mask state."""
-    return _structure_of(mask, _entry(mask))
+    """The CSR/CSC structure of ``mask``, built once per mask state (``_C.cached_mask_structure``)."""
+    return Structure(*cpp_extension().cached_mask_structure(mask))
 
 
-def _structure_of(mask: Tensor, entry: _Entry) -> Structure:
-    if entry.structure is None:
-        entry = entry._replace(structure=Structure(*cpp_extension().mask_structure(mask)))
-        if not mask.is_inference():
-            _remember(mask, entry)
-    return entry.structure
+def cached_entry(mask: Tensor) -> tuple[int, bool] | None:
+    """(True entries, structure built) of the mask cache's current entry for ``mask``, else None (for tests)."""
+    return cpp_extension().mask_cache_entry(mask)
 
 
 def use_sparse(weight: Tensor, mask: Tensor, columns: int, max_density: float | None = None) -> bool:
     """Whether the sparse path is the faster one for this weight, mask and batch (``columns`` products per weight).
 
     ``max_density``: the density threshold; None (the default) means ``MAX_DENSITY``, the linear layers'.
+    ``_C.masked_linear_auto`` makes the same choice for the plain-eager linear layer.
     """
-    return _sparse_entry(weight, mask, columns, max_density) is not None
-
-
-def _sparse_entry(weight: Tensor, mask: Tensor, columns: int, max_density: float | None = None,
-                  entry: _Entry | None = None) -> _Entry | None:
-    """The mask's cache entry when the sparse path is the faster one (one cache lookup), else None."""
     max_density = MAX_DENSITY if max_density is None else max_density
     if weight.dtype not in SPARSE_DTYPES or mask.numel() >= 1 << 31:
-        return None
+        return False
     if weight.numel() * columns < MIN_DENSE_WORK:
-        return None
-    entry = _entry(mask) if entry is None else entry
-    return entry if entry.kept / max(1, mask.numel()) <= max_density else None
+        return False
+    return density(mask) <= max_density
 
 
-def nothing_pruned(mask: Tensor, entry: _Entry | None = None) -> bool:
+def nothing_pruned(mask: Tensor) -> bool:
     """Whether every entry of ``mask`` is True (cached like the structure): the layer is then exactly
     the dense one (IMP's first round trains such layers), and runs as torch's own, mask untouched.
     Never while :func:`held_on` holds a path (the benchmarks time the paths themselves at 0%)."""
-    return _HELD == "auto" and (_entry(mask) if entry is None else entry).kept == mask.numel()
+    return _HELD == "auto" and cpp_extension().mask_kept(mask) == mask.numel()
 
 
 @contextlib.contextmanager
@@ -218,20 +171,14 @@ def linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | N
     return out.reshape(*input.shape[:-1], out_features)
 
 
-def linear_eager(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor | None:
-    """The layer through the extension's C++ autograd Functions (plain eager mode: no Python in the
-    backward, the masked weight or the transposed input kept from the forward), or through
-    ``F.linear`` itself when nothing is pruned; None for a dtype they do not take (float8), which
-    then goes through the Python Function."""
-    C = cpp_extension()
-    entry = _entry(mask)
-    if nothing_pruned(mask, entry):
-        return F.linear(input, weight, bias)
-    if _sparse_entry(weight, mask, input.shape[:-1].numel(), entry=entry) is not None:
-        return C.masked_linear_sparse(input, weight, mask, bias, list(_structure_of(mask, entry)))
-    if _has_mask_kernel(weight):
-        return C.masked_linear_dense(input, weight, mask, bias)
-    return None
+def linear_auto(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor | None:
+    """The plain-eager layer in one C++ call (``_C.masked_linear_auto``): its checks, this module's
+    policy, the mask cache and the extension's C++ autograd Functions (no Python in the backward,
+    the masked weight or the transposed input kept from the forward), or ``F.linear`` itself when
+    nothing is pruned. None for arguments it does not take (not CPU tensors, a dtype, shape or
+    layout that is off, float8): the caller then runs the Python path, whose checks name the fault."""
+    return cpp_extension().masked_linear_auto(input, weight, mask, bias, MAX_DENSITY, MIN_DENSE_WORK,
+                                              _HELD == "auto")
 
 
 def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bias):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lth_sparse._dispatch import choose_backend, plain_eager, triton_kernel
+from lth_sparse._dispatch import choose_backend, cpu_runs_cpp, plain_eager, triton_kernel
 from lth_sparse.ops import _checks, _cpu
 
 IMPLEMENTED = ("triton", "cpp", "torch")
@@ -115,16 +115,6 @@ class _EagerMaskedLinear(torch.autograd.Function):
     backward = staticmethod(_backward_with(_masked_linear_backward_impl))
 
 
-def _eager(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
-    """Plain eager mode: the C++ backend's own autograd Functions, or the Python Function."""
-    if input.device.type == "cpu" and choose_backend("masked_linear", input.device, IMPLEMENTED) == "cpp":
-        _check(input, weight, mask, bias)
-        out = _cpu.linear_eager(input, weight, mask, bias)
-        if out is not None:
-            return out
-    return _EagerMaskedLinear.apply(input, weight, mask, bias)
-
-
 def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear(input, weight * mask, bias)``; the weight gradient is zero where ``mask`` is False.
 
@@ -134,6 +124,14 @@ def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | No
     they hold inf or NaN. Raises TypeError/ValueError/RuntimeError naming the
     argument on a dtype, shape or device mismatch.
     """
-    if plain_eager():
-        return _eager(input, weight, mask, bias)
-    return _masked_linear(input, weight, mask, bias)
+    if not plain_eager():
+        return _masked_linear(input, weight, mask, bias)
+    if cpu_runs_cpp():
+        # the whole layer in one C++ call: ~3 us over F.linear, against ~40 us for the Python path
+        try:
+            out = _cpu.linear_auto(input, weight, mask, bias)
+        except TypeError:  # an argument is not a tensor: the checks below say which
+            out = None
+        if out is not None:
+            return out
+    return _EagerMaskedLinear.apply(input, weight, mask, bias)

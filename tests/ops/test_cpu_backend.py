@@ -68,6 +68,11 @@ class KernelSpy:
     def __init__(self, real):
         self._real = real
         self.calls = collections.Counter()
+        self._built_before = real.mask_cache_stats()["structures_built"]
+
+    def structures_built(self) -> int:
+        """Mask structures the mask cache built since the spy was made (in C++, out of the spy's sight)."""
+        return self._real.mask_cache_stats()["structures_built"] - self._built_before
 
     def __getattr__(self, name):
         kernel = getattr(self._real, name)
@@ -565,7 +570,7 @@ def test_masked_linear_takes_the_path_use_sparse_chooses_in_eager_mode(kept_offs
     w.requires_grad_()
     y = masked_linear(x, w, m, None)
     y.backward(torch.ones_like(y))
-    assert spy.calls["masked_linear_sparse"] == int(sparse) and spy.calls["masked_linear_dense"] == int(not sparse)
+    assert spy.calls["masked_linear_auto"] == 1 and spy.structures_built() == int(sparse)
     assert "MaskedLinearSparse" in y.grad_fn.name() if sparse else "MaskedLinearDense" in y.grad_fn.name()
     refs = [t.detach().clone().requires_grad_() for t in (x, w)]
     y_ref = reference.masked_linear(refs[0], refs[1], m)
@@ -591,7 +596,7 @@ def test_masked_linear_takes_the_path_use_sparse_chooses(kept_offset, dtype, spa
         assert spy.calls["spmm_"] == 2 and spy.calls["sddmm"] == 1
         assert spy.calls["apply_mask"] == 0 and spy.calls["zero_pruned_"] == 0
     else:
-        assert spy.calls["spmm_"] == 0 and spy.calls["sddmm"] == 0 and spy.calls["mask_structure"] == 0
+        assert spy.calls["spmm_"] == 0 and spy.calls["sddmm"] == 0 and spy.structures_built() == 0
         assert spy.calls["apply_mask"] == 2 and spy.calls["zero_pruned_"] == 1
     refs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
     y_ref = reference.masked_linear(refs[0], refs[1], m, refs[2])
@@ -689,7 +694,7 @@ def test_in_place_mask_change_is_seen_on_the_sparse_path(change, use_backend, sp
     MASK_CHANGES[change](m)
     after = assert_linear_matches_reference(x, w, m, b)
     assert not torch.equal(before, after), "the change must matter for the test to mean anything"
-    assert spy.calls["mask_structure"] == 2, "one structure per mask state"
+    assert spy.structures_built() == 2, "one structure per mask state"
 
 
 def test_unchanged_mask_reuses_its_structure(use_backend, spy):
@@ -698,7 +703,7 @@ def test_unchanged_mask_reuses_its_structure(use_backend, spy):
     m = random_mask((10, 24), 0.3)
     for _ in range(3):
         assert_linear_matches_reference(x, w, m, b)
-    assert spy.calls["mask_structure"] == 1
+    assert spy.structures_built() == 1
 
 
 def test_set_mask_and_load_state_dict_are_seen_on_the_sparse_path(use_backend):
@@ -743,13 +748,78 @@ def test_the_cache_does_not_keep_masks_alive(use_backend):
     m = random_mask((10, 24), 0.3)
     with torch.no_grad():
         masked_linear(x, w, m, b)
-    assert _cpu.cached_entry(m) is not None and _cpu.cached_entry(m).structure is not None
-    entries = len(_cpu._CACHE)
+    assert _cpu.cached_entry(m) == (int(m.sum()), True)
+    entries = C.mask_cache_stats()["entries"]
     ref = weakref.ref(m)
     del m
     gc.collect()
     assert ref() is None, "the cache kept the mask alive"
-    assert len(_cpu._CACHE) == entries - 1
+    assert C.mask_cache_stats()["entries"] == entries - 1
+
+
+def test_the_cache_recounts_after_a_change_and_never_caches_inference_masks():
+    m = random_mask((9, 13), 0.4)
+    assert C.mask_kept(m) == int(m.sum()) and _cpu.cached_entry(m) == (int(m.sum()), False)
+    counts = C.mask_cache_stats()["counts"]
+    C.mask_kept(m)
+    assert C.mask_cache_stats()["counts"] == counts, "an unchanged mask is not counted again"
+    m[0] = True
+    assert _cpu.cached_entry(m) is None, "the entry is stale after an in-place change"
+    assert C.mask_kept(m) == int(m.sum()) and C.mask_cache_stats()["counts"] == counts + 1
+    assert [t.numel() for t in _cpu.structure(m)[1::2]] == [int(m.sum())] * 2, "col_idx and row_idx: one per kept"
+    assert _cpu.cached_entry(m) == (int(m.sum()), True)
+    with torch.inference_mode():
+        mi = random_mask((9, 13), 0.4)
+    assert C.mask_kept(mi) == int(mi.sum()) and _cpu.cached_entry(mi) is None
+    with pytest.raises(RuntimeError, match="bool CPU tensor"):
+        C.mask_kept(torch.ones(3, 3))
+
+
+# Arguments the one-call C++ layer does not take: it answers None and the Python path's checks
+# raise the error that names the argument (or, for float8, run it).
+_NOT_TAKEN = {
+    "input on meta": lambda x, w, m, b: (x.to("meta"), w, m, b),
+    "input dtype": lambda x, w, m, b: (x.float(), w, m, b),
+    "input width": lambda x, w, m, b: (x[:, :-1], w, m, b),
+    "input 0-d": lambda x, w, m, b: (x[0, 0], w, m, b),
+    "input sparse": lambda x, w, m, b: (x.to_sparse(), w, m, b),
+    "weight 3-d": lambda x, w, m, b: (x, w[None], m[None], b),
+    "weight integer": lambda x, w, m, b: (x.long(), w.long(), m, b),
+    "mask dtype": lambda x, w, m, b: (x, w, m.to(torch.uint8), b),
+    "mask shape": lambda x, w, m, b: (x, w, m[:-1], b),
+    "bias shape": lambda x, w, m, b: (x, w, m, b[:-1]),
+    "bias dtype": lambda x, w, m, b: (x, w, m, b.float()),
+    "bias 2-d": lambda x, w, m, b: (x, w, m, b[None]),
+    "float8": lambda x, w, m, b: tuple(None if t is None else t.to(torch.float8_e4m3fn) if t.is_floating_point()
+                                       else t for t in (x, w, m, b)),
+}
+
+
+@pytest.mark.parametrize("case", list(_NOT_TAKEN))
+def test_the_one_call_layer_leaves_what_it_does_not_take_to_python(case, use_backend):
+    use_backend("cpp")
+    x, w, b = _linear_case()
+    m = random_mask(w.shape, 0.5)
+    args = _NOT_TAKEN[case](x, w, m, b)
+    assert C.masked_linear_auto(*args, _cpu.MAX_DENSITY, _cpu.MIN_DENSE_WORK, True) is None
+    if case == "float8":
+        return  # runs through the Python Function (tested with the dtypes above)
+    with pytest.raises((TypeError, ValueError, RuntimeError, NotImplementedError)) as caught:
+        masked_linear(*args)
+    assert "incompatible function arguments" not in str(caught.value)
+
+
+def test_the_one_call_layer_is_not_used_when_another_backend_is_forced(monkeypatch, spy):
+    x, w, b = _linear_case()
+    m = random_mask(w.shape, 0.5)
+    monkeypatch.setenv("LTH_SPARSE_BACKEND", "torch")
+    assert type(masked_linear(x.requires_grad_(), w, m, b).grad_fn).__name__ == "_EagerMaskedLinearBackward"
+    assert spy.calls["masked_linear_auto"] == 0
+    monkeypatch.setenv("LTH_SPARSE_BACKEND", "cpp")
+    assert "MaskedLinearDense" in masked_linear(x, w, m, b).grad_fn.name()
+    monkeypatch.delenv("LTH_SPARSE_BACKEND")
+    assert "MaskedLinearDense" in masked_linear(x, w, m, b).grad_fn.name()
+    assert spy.calls["masked_linear_auto"] == 2
 
 
 # ---------------------------------------------------------------------------
@@ -888,7 +958,7 @@ def _layers_forward(x, w, m, b, xc, wc, mc, bc):
 def test_torch_compile_uses_the_custom_op(monkeypatch, use_backend):
     use_backend("cpp-sparse")
     monkeypatch.setattr(linear_module, "_EagerMaskedLinear", NotThisPath)
-    monkeypatch.setattr(linear_module, "_eager", NotThisPath.apply)
+    monkeypatch.setattr(_cpu, "linear_auto", NotThisPath.apply)
     monkeypatch.setattr(conv_module, "_EagerMaskedConv2d", NotThisPath)
     x, w, b = _linear_case(dtype=torch.float32)
     m = random_mask(w.shape, 0.3)
@@ -913,7 +983,7 @@ def test_torch_compile_uses_the_custom_op(monkeypatch, use_backend):
 def test_vmap_uses_the_custom_op_and_matches(monkeypatch, use_backend, spy):
     use_backend("cpp-sparse")
     monkeypatch.setattr(linear_module, "_EagerMaskedLinear", NotThisPath)
-    monkeypatch.setattr(linear_module, "_eager", NotThisPath.apply)
+    monkeypatch.setattr(_cpu, "linear_auto", NotThisPath.apply)
     monkeypatch.setattr(conv_module, "_EagerMaskedConv2d", NotThisPath)
     _, w, b = _linear_case()
     m = random_mask(w.shape, 0.3)
@@ -931,7 +1001,7 @@ def test_fake_tensor_mode_uses_the_custom_op(monkeypatch, spy):
     from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
     monkeypatch.setattr(linear_module, "_EagerMaskedLinear", NotThisPath)
-    monkeypatch.setattr(linear_module, "_eager", NotThisPath.apply)
+    monkeypatch.setattr(_cpu, "linear_auto", NotThisPath.apply)
     monkeypatch.setattr(conv_module, "_EagerMaskedConv2d", NotThisPath)
     with FakeTensorMode():
         x, w, b = torch.randn(5, 3, 24), torch.randn(10, 24), torch.randn(10)
@@ -955,12 +1025,14 @@ def test_sgd_step_on_the_sparse_path_matches_torch_and_keeps_pruned_weights_zero
         for layer, opt, backend in ((sparse, opts[0], "cpp"), (dense, opts[1], "torch")):
             monkeypatch.setenv("LTH_SPARSE_BACKEND", backend)
             opt.zero_grad()
-            torch.nn.functional.mse_loss(layer(x), target).backward()
+            y = layer(x)
+            if layer is sparse:
+                assert "MaskedLinearSparse" in y.grad_fn.name(), "the steps run on the sparse path"
+            torch.nn.functional.mse_loss(y, target).backward()
             assert not layer.weight.grad[~layer.mask].any(), "pruned weights get exactly zero gradient"
             opt.step()
         assert torch.equal(sparse.weight[~sparse.mask], torch.zeros(int((~sparse.mask).sum()), dtype=torch.float64))
         assert not torch.signbit(sparse.weight[~sparse.mask]).any()
         assert_close(sparse.weight, dense.weight)
         assert_close(sparse.bias, dense.bias)
-    assert spy.calls["masked_linear_sparse"] == 3 and spy.calls["masked_linear_dense"] == 0, \
-        "the steps ran on the sparse path"
+    assert spy.calls["masked_linear_auto"] == 3 and spy.structures_built() == 1, "one structure for three steps"
