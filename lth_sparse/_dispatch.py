@@ -182,8 +182,10 @@ def backend_info() -> dict:
     kernels that ``auto`` uses; the others are opt-in until verified on a GPU),
     ``reasons`` (why a backend is unusable); where the C++ extension is built, ``cpp_kernel_info``
     (threads, SIMD, select parameters) and ``cpu_sparse_policy`` (when the CPU masked layers take
-    their sparse path: density at most ``max_density``, convs ``conv_max_density`` or never when
-    None, at least ``min_dense_work`` multiply-adds).
+    their sparse path: ``lth_sparse.ops._cpu.policy()``; linear layers at density at most
+    ``max_density``, ``gemv_max_density`` at batch 1, any density for at most ``small_dense_work``
+    multiply-adds over ``small_min_columns`` rows or more; convs at ``conv_max_density``, never
+    when None; always at least ``min_dense_work`` multiply-adds).
     """
     from lth_sparse import __version__
 
@@ -215,8 +217,7 @@ def backend_info() -> dict:
         from lth_sparse.ops import _cpu  # the op layer's policy, read here only to report it
 
         info["cpp_kernel_info"] = dict(cpp_extension().kernel_info())
-        info["cpu_sparse_policy"] = {"max_density": _cpu.MAX_DENSITY, "conv_max_density": _cpu.CONV_MAX_DENSITY,
-                                     "min_dense_work": _cpu.MIN_DENSE_WORK}
+        info["cpu_sparse_policy"] = _cpu.policy()
     if cuda_ok:
         info["gpu"] = torch.cuda.get_device_name(gpu)
     return info

@@ -102,7 +102,9 @@ bool is_cpu_strided(const at::Tensor& t) { return t.defined() && t.device().is_c
 
 std::optional<at::Tensor> masked_linear_auto(const at::Tensor& input, const at::Tensor& weight,
                                              const at::Tensor& mask, const std::optional<at::Tensor>& bias,
-                                             double max_density, int64_t min_dense_work, bool allow_plain) {
+                                             double max_density, double gemv_max_density,
+                                             int64_t min_dense_work, int64_t small_dense_work,
+                                             int64_t small_min_columns, bool allow_plain) {
   // Anything unusual goes back to Python, whose checks raise the errors that name the argument.
   if (!is_cpu_strided(input) || !is_cpu_strided(weight) || !is_cpu_strided(mask)) return std::nullopt;
   if (weight.dim() != 2 || !weight.is_floating_point() || mask.scalar_type() != at::kBool) return std::nullopt;
@@ -120,10 +122,14 @@ std::optional<at::Tensor> masked_linear_auto(const at::Tensor& input, const at::
   const int64_t numel = weight.numel();
   const MaskState state = mask_state(mask, false);
   if (allow_plain && state.kept == numel) return at::linear(input, weight, bias);  // nothing pruned
+  // lth_sparse.ops._cpu.use_sparse and linear_max_density, the same rule
   const bool sparse_dtype = weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble;
-  const bool sparse = sparse_dtype && numel < (int64_t{1} << 31) &&
-                      numel * leading(input) >= min_dense_work &&
-                      static_cast<double>(state.kept) / static_cast<double>(std::max<int64_t>(1, numel)) <= max_density;
+  const int64_t columns = leading(input);
+  const int64_t work = numel * columns;
+  const double limit = columns == 1 ? gemv_max_density
+                       : (columns >= small_min_columns && work <= small_dense_work) ? 1.0 : max_density;
+  const bool sparse = sparse_dtype && numel < (int64_t{1} << 31) && work >= min_dense_work &&
+                      static_cast<double>(state.kept) / static_cast<double>(std::max<int64_t>(1, numel)) <= limit;
   if (sparse) return MaskedLinearSparse::apply(input, weight, mask, bias, mask_state(mask, true).structure);
   return MaskedLinearDense::apply(input, weight, mask, bias);
 }

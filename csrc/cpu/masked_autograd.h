@@ -14,14 +14,18 @@ namespace cpu {
 // +0.0 wherever the mask prunes (a masked layer's weight after every optimizer step), which
 // saves forming a copy that the GEMMs then read. Differentiable in input, weight and bias.
 // The plain-eager CPU masked_linear in one call: checks, the path choice of lth_sparse.ops._cpu
-// (nothing pruned and allow_plain: at::linear itself; the sparse path for float32/float64 at
-// density <= max_density and at least min_dense_work multiply-adds; else the dense path), the
+// (nothing pruned and allow_plain: at::linear itself; the sparse path for float32/float64 with at
+// least min_dense_work multiply-adds, at density <= gemv_max_density at batch 1, at any density
+// for at most small_dense_work multiply-adds over at least small_min_columns rows, else at
+// density <= max_density; otherwise the dense path), the
 // mask's count and structure from the mask cache. nullopt for anything it does not take (a
 // device, dtype, layout or shape that is off, float8), which the caller then runs through Python,
 // whose checks name the argument at fault.
 std::optional<at::Tensor> masked_linear_auto(const at::Tensor& input, const at::Tensor& weight,
                                              const at::Tensor& mask, const std::optional<at::Tensor>& bias,
-                                             double max_density, int64_t min_dense_work, bool allow_plain);
+                                             double max_density, double gemv_max_density,
+                                             int64_t min_dense_work, int64_t small_dense_work,
+                                             int64_t small_min_columns, bool allow_plain);
 
 at::Tensor masked_linear_dense(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
                                const std::optional<at::Tensor>& bias);

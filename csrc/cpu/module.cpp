@@ -46,8 +46,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("mask"), py::arg("bias"), py::arg("structure"),
         "The same through the CSR/CSC structure of the mask (mask_structure(mask)), backward in C++.");
   m.def("masked_linear_auto", &lth_sparse::cpu::masked_linear_auto, py::arg("input"), py::arg("weight"),
-        py::arg("mask"), py::arg("bias"), py::arg("max_density"), py::arg("min_dense_work"),
-        py::arg("allow_plain"),
+        py::arg("mask"), py::arg("bias"), py::arg("max_density"), py::arg("gemv_max_density"),
+        py::arg("min_dense_work"), py::arg("small_dense_work"), py::arg("small_min_columns"), py::arg("allow_plain"),
         "The plain-eager CPU masked_linear in one call (checks, path choice, mask cache), or None for "
         "arguments it does not take (the caller's Python checks then name the fault).");
   m.def("mask_kept", [](const at::Tensor& mask) { return lth_sparse::cpu::mask_state(mask, false).kept; },

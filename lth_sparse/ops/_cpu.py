@@ -47,6 +47,17 @@ CONV_MAX_DENSITY: float | None = None
 # 300->100 at batch 60 and 128, and 64->32 at batch 8 (the dense path's mask passes and GEMM calls
 # cost more than the few multiply-adds); below this there is nothing left to save.
 MIN_DENSE_WORK = 1 << 12
+# A linear layer at batch 1 (one column: a matrix-vector product, which the dense path does in one
+# read of the weight and the sparse path cannot vectorize over the batch) takes the sparse path only
+# at or below this density: at 10-25% density it measured 1.1-1.9x the dense path's time on 784->300
+# and 1024x1024, at 2-5% 0.77-1.00x ...
+GEMV_MAX_DENSITY = 0.05
+# ... and a tiny product (at most SMALL_DENSE_WORK multiply-adds over at least SMALL_MIN_COLUMNS
+# columns) at any density: the dense path's fixed costs (the masked weight's check, the gradient's
+# mask pass, GEMM calls) then outweigh the multiply-adds saved; 100->10 at batch 8-60 and 64->32 at
+# batch 8 measured 0.84-0.91x the dense path's time at 30-99% density, 64->32 at batch 60 0.86-1.01x.
+SMALL_DENSE_WORK = 1 << 17
+SMALL_MIN_COLUMNS = 8
 # The path held by ``held_on`` ("auto": none).
 _HELD = "auto"
 # Dtypes with sparse kernels (others take the dense path).
@@ -82,15 +93,34 @@ def cached_entry(mask: Tensor) -> tuple[int, bool] | None:
 def use_sparse(weight: Tensor, mask: Tensor, columns: int, max_density: float | None = None) -> bool:
     """Whether the sparse path is the faster one for this weight, mask and batch (``columns`` products per weight).
 
-    ``max_density``: the density threshold; None (the default) means ``MAX_DENSITY``, the linear layers'.
-    ``_C.masked_linear_auto`` makes the same choice for the plain-eager linear layer.
+    ``max_density``: the density threshold; None (the default) means a linear layer's, from
+    :func:`linear_max_density`. ``_C.masked_linear_auto`` makes the same choice for the plain-eager
+    linear layer.
     """
-    max_density = MAX_DENSITY if max_density is None else max_density
     if weight.dtype not in SPARSE_DTYPES or mask.numel() >= 1 << 31:
         return False
-    if weight.numel() * columns < MIN_DENSE_WORK:
+    work = weight.numel() * columns
+    if work < MIN_DENSE_WORK:
         return False
-    return density(mask) <= max_density
+    return density(mask) <= (linear_max_density(work, columns) if max_density is None else max_density)
+
+
+def policy() -> dict:
+    """The constants that choose the sparse path now (for reports: ``backend_info``, the benchmarks)."""
+    return {"max_density": MAX_DENSITY, "gemv_max_density": GEMV_MAX_DENSITY, "min_dense_work": MIN_DENSE_WORK,
+            "small_dense_work": SMALL_DENSE_WORK, "small_min_columns": SMALL_MIN_COLUMNS,
+            "conv_max_density": CONV_MAX_DENSITY}
+
+
+def linear_max_density(work: int, columns: int) -> float:
+    """The density at or below which a linear layer takes the sparse path, for a dense product of
+    ``work`` multiply-adds over ``columns`` columns (the batch): ``GEMV_MAX_DENSITY`` at batch 1,
+    any density for a tiny product, ``MAX_DENSITY`` otherwise."""
+    if columns == 1:
+        return GEMV_MAX_DENSITY
+    if columns >= SMALL_MIN_COLUMNS and work <= SMALL_DENSE_WORK:
+        return 1.0
+    return MAX_DENSITY
 
 
 def nothing_pruned(mask: Tensor) -> bool:
@@ -106,19 +136,19 @@ def held_on(path: str):
     (linear and conv, any size and density; float32/float64), ``"dense"``, or ``"auto"`` (the policy).
     Held on a path, a mask with nothing pruned runs that path too, not torch's dense layer.
     For benchmarks and tests; the module constants are restored on exit."""
-    global MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY, _HELD
+    global MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY, GEMV_MAX_DENSITY, SMALL_DENSE_WORK, _HELD
     if path not in ("auto", "dense", "sparse"):
         raise ValueError(f"path must be 'auto', 'dense' or 'sparse', got {path!r}")
-    saved = MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY, _HELD
+    saved = MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY, GEMV_MAX_DENSITY, SMALL_DENSE_WORK, _HELD
     _HELD = path
     if path == "sparse":
-        MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY = 1.0, 0, 1.0
+        MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY, GEMV_MAX_DENSITY = 1.0, 0, 1.0, 1.0
     elif path == "dense":
-        MAX_DENSITY, CONV_MAX_DENSITY = -1.0, None
+        MAX_DENSITY, CONV_MAX_DENSITY, GEMV_MAX_DENSITY, SMALL_DENSE_WORK = -1.0, None, -1.0, -1
     try:
         yield
     finally:
-        MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY, _HELD = saved
+        MAX_DENSITY, MIN_DENSE_WORK, CONV_MAX_DENSITY, GEMV_MAX_DENSITY, SMALL_DENSE_WORK, _HELD = saved
 
 
 def _has_mask_kernel(t: Tensor) -> bool:
@@ -177,8 +207,8 @@ def linear_auto(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None
     the masked weight or the transposed input kept from the forward), or ``F.linear`` itself when
     nothing is pruned. None for arguments it does not take (not CPU tensors, a dtype, shape or
     layout that is off, float8): the caller then runs the Python path, whose checks name the fault."""
-    return cpp_extension().masked_linear_auto(input, weight, mask, bias, MAX_DENSITY, MIN_DENSE_WORK,
-                                              _HELD == "auto")
+    return cpp_extension().masked_linear_auto(input, weight, mask, bias, MAX_DENSITY, GEMV_MAX_DENSITY,
+                                              MIN_DENSE_WORK, SMALL_DENSE_WORK, SMALL_MIN_COLUMNS, _HELD == "auto")
 
 
 def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bias):

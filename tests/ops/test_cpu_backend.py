@@ -540,7 +540,8 @@ def _threshold_layer(kept_offset, dtype=torch.float32, work_offset=0):
     MIN_DENSE_WORK + work_offset * numel multiply-adds (8000 weights: MAX_DENSITY * 8000 is a whole number)."""
     weight = torch.randn(64, 125, dtype=dtype)
     kept = round(_cpu.MAX_DENSITY * weight.numel()) + kept_offset
-    columns = math.ceil(_cpu.MIN_DENSE_WORK / weight.numel()) + work_offset
+    # past batch 1 (GEMV_MAX_DENSITY) and the tiny products (SMALL_DENSE_WORK: any density)
+    columns = max(2, math.ceil((_cpu.SMALL_DENSE_WORK + 1) / weight.numel())) + work_offset
     return weight, mask_with_kept(weight.shape, kept), columns
 
 
@@ -552,13 +553,47 @@ def test_use_sparse_thresholds_at_the_default_constants():
     assert _cpu.use_sparse(w, m, cols)
     w, m, cols = _threshold_layer(1)
     assert not _cpu.use_sparse(w, m, cols), "one weight above MAX_DENSITY: dense"
-    w, m, cols = _threshold_layer(0, work_offset=-1)
-    assert not _cpu.use_sparse(w, m, cols), "below MIN_DENSE_WORK: dense"
     w, m, cols = _threshold_layer(-500, dtype=torch.float64)
     assert _cpu.use_sparse(w, m, cols)
     for dtype in (torch.float16, torch.bfloat16):
         w, m, cols = _threshold_layer(-1000, dtype=dtype, work_offset=1000)
         assert not _cpu.use_sparse(w, m, cols), f"{dtype} has no sparse kernels"
+
+
+# (weight shape, columns, density, sparse path expected under the default constants)
+_POLICY_CASES = [
+    ((10, 100), 4, 0.1, False),     # 4000 multiply-adds < MIN_DENSE_WORK
+    ((10, 100), 8, 0.99, True),     # tiny product (8000 <= SMALL_DENSE_WORK, 8 columns): any density
+    ((10, 100), 60, 0.5, True),
+    ((10, 100), 7, 0.5, False),     # tiny, but fewer than SMALL_MIN_COLUMNS columns: MAX_DENSITY
+    ((10, 100), 7, 0.2, True),
+    ((64, 125), 16, 0.9, True),     # 128000 multiply-adds: tiny
+    ((64, 125), 17, 0.5, False),    # 136000: MAX_DENSITY
+    ((64, 125), 17, 0.25, True),
+    ((64, 125), 1, 0.2, False),     # batch 1: GEMV_MAX_DENSITY
+    ((64, 125), 1, 0.05, True),
+    ((64, 125), 2, 0.2, True),      # batch 2: MAX_DENSITY
+]
+
+
+@pytest.mark.parametrize("shape,columns,density,expected", _POLICY_CASES)
+def test_the_policy_and_the_one_call_layer_agree(shape, columns, density, expected, use_backend):
+    use_backend("cpp")
+    assert (_cpu.MAX_DENSITY, _cpu.GEMV_MAX_DENSITY, _cpu.MIN_DENSE_WORK, _cpu.SMALL_DENSE_WORK,
+            _cpu.SMALL_MIN_COLUMNS) == (0.25, 0.05, 4096, 131072, 8), "the cases assume the defaults"
+    w = torch.randn(shape, requires_grad=True)
+    m = mask_with_kept(shape, round(density * w.numel()))
+    assert _cpu.use_sparse(w, m, columns) == expected
+    x = torch.randn(columns, shape[1], requires_grad=True)
+    y = masked_linear(x, w, m)
+    assert ("MaskedLinearSparse" if expected else "MaskedLinearDense") in y.grad_fn.name()
+    y_ref = reference.masked_linear(x, w, m)
+    assert_close(y, y_ref, scale=4)
+    for path in ("dense", "sparse"):
+        with _cpu.held_on(path):
+            assert _cpu.use_sparse(w, m, columns) == (path == "sparse")
+            name = masked_linear(x, w, m).grad_fn.name()
+            assert ("MaskedLinearSparse" if path == "sparse" else "MaskedLinearDense") in name
 
 
 @pytest.mark.parametrize("kept_offset,dtype,sparse", [
@@ -801,7 +836,7 @@ def test_the_one_call_layer_leaves_what_it_does_not_take_to_python(case, use_bac
     x, w, b = _linear_case()
     m = random_mask(w.shape, 0.5)
     args = _NOT_TAKEN[case](x, w, m, b)
-    assert C.masked_linear_auto(*args, _cpu.MAX_DENSITY, _cpu.MIN_DENSE_WORK, True) is None
+    assert _cpu.linear_auto(*args) is None
     if case == "float8":
         return  # runs through the Python Function (tested with the dtypes above)
     with pytest.raises((TypeError, ValueError, RuntimeError, NotImplementedError)) as caught:
