@@ -4,8 +4,12 @@
 // path (argument handling, a Python backward, a dozen small torch calls), as
 // much as the whole product of a LeNet layer at batch 60. These run the same
 // kernels (masked.cpp) with the backward in C++, so a masked layer costs what
-// its products cost. The Python side (lth_sparse/ops/_cpu.py) checks the
-// arguments and chooses the path; the structure tensors come from its cache.
+// its products cost. masked_linear_auto is the whole plain-eager layer in one
+// call: it checks the arguments (anything unusual goes back to Python, whose
+// checks name the argument), applies the policy of lth_sparse/ops/_cpu.py
+// (its constants come in as arguments) and takes the mask's count and
+// structure from the mask cache (mask_cache.cpp): ~3 us over F.linear, where
+// the same steps in Python cost ~40 us.
 #include "cpu/masked_autograd.h"
 
 #include <torch/csrc/autograd/custom_function.h>

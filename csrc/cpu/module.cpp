@@ -65,6 +65,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["counts"] = s.counts;
     return d;
   }, "The mask cache: live entries, and structures built and masks counted since the process started.");
+  m.def("storage_use_count", [](const at::Tensor& t) { return t.storage().use_count(); }, py::arg("t"),
+        "How many references t's storage has: the tensors sharing it (views included) and the Python "
+        "storage objects alive.");
   m.def("kernel_info", []() {
     const auto info = lth_sparse::cpu::kernel_info();
     py::dict d;

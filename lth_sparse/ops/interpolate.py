@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from lth_sparse._dispatch import choose_backend, triton_kernel
+from lth_sparse._dispatch import choose_backend, cpp_extension, triton_kernel
 from lth_sparse.ops import _checks
 from lth_sparse.ops.masked_conv2d import check_conv_geometry, conv_output_size
 
@@ -308,8 +308,16 @@ _interpolated_conv2d.register_autograd(_backward_conv, setup_context=_setup_conv
 
 
 def _storage_users(t: Tensor) -> int:
-    """How many tensors other than t's view base (views included) share t's storage."""
-    users = torch._C._storage_Use_Count(t.untyped_storage()._cdata) - 1  # minus the storage object made here
+    """How many tensors use t's storage: t itself, its views and any other, but not the base t is a
+    view of; a large number when that cannot be known here (then a buffer is never reused)."""
+    C = cpp_extension()
+    if C is not None:
+        users = C.storage_use_count(t)
+    else:  # torch's private count, where this torch has it
+        count = getattr(torch._C, "_storage_Use_Count", None)
+        if count is None:
+            return 1 << 30
+        users = count(t.untyped_storage()._cdata) - 1  # minus the storage object made here
     return users - (t._base is not None)
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from lth_sparse._dispatch import choose_backend, plain_eager, triton_kernel
+from lth_sparse._dispatch import choose_backend, cpu_runs_cpp, plain_eager, triton_kernel
 from lth_sparse.ops import _checks, _cpu
 
 IMPLEMENTED = ("triton", "cpp", "torch")
@@ -158,8 +158,7 @@ def masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | No
     args = (input, weight, mask, bias, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
     if not plain_eager():
         return _masked_conv2d(*args)
-    if (isinstance(mask, Tensor) and input.device.type == "cpu"
-            and choose_backend("masked_conv2d", input.device, IMPLEMENTED) == "cpp"):
+    if isinstance(mask, Tensor) and isinstance(input, Tensor) and input.device.type == "cpu" and cpu_runs_cpp():
         _check(*args)
         if _cpu.nothing_pruned(mask):  # exactly the dense layer: torch's own conv and autograd
             return F.conv2d(input, weight, bias, stride, padding, dilation, groups)

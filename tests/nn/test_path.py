@@ -123,3 +123,29 @@ def test_results_reused_between_passes_never_change_what_a_caller_holds():
     reused = first_conv._result
     path(x2, alphas)
     assert first_conv._result.data_ptr() == reused.data_ptr(), "with nothing holding it, the buffer is reused"
+
+
+@pytest.mark.parametrize("how", ["extension", "torch-private", "unknown"])
+def test_storage_users_counts_the_other_tensors_on_a_storage(how, monkeypatch):
+    """The reuse of a path layer's buffer rests on this count: wrong low would overwrite a live tensor."""
+    import lth_sparse.ops.interpolate as interpolate_ops
+
+    if how != "extension":
+        monkeypatch.setattr(interpolate_ops, "cpp_extension", lambda: None)
+    if how == "unknown":
+        monkeypatch.delattr(torch._C, "_storage_Use_Count", raising=False)
+    elif how == "extension" and interpolate_ops.cpp_extension() is None:
+        pytest.skip("the C++ extension is not built")
+    t = torch.empty(4, 5)
+    counts = [interpolate_ops._storage_users(t)]
+    view = t[1:]
+    counts.append(interpolate_ops._storage_users(t))
+    counts.append(interpolate_ops._storage_users(view))  # view itself; its base t is not counted
+    other = view.view(-1)
+    counts.append(interpolate_ops._storage_users(view))
+    del view, other
+    counts.append(interpolate_ops._storage_users(t))
+    if how == "unknown":
+        assert all(c >= 1 << 30 for c in counts), "unknown: never reused"
+    else:
+        assert counts == [1, 2, 1, 2, 1], "t itself counts; a view's base does not"
