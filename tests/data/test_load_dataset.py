@@ -68,6 +68,9 @@ def test_train_size_is_a_seeded_subset_of_the_training_split(registered):
     assert torch.equal(small.train.x, again.train.x)
     # Normalisation comes from the whole training split, so inputs do not depend on train_size.
     assert small.mean == full.mean and torch.equal(small.val.x, full.val.x)
+    assert torch.equal(small.train.x, full.train.x[:10]), "the first train_size examples of the split"
+    for split in (small.train.x, small.train.y):  # its own memory, not a view holding the whole split
+        assert split.untyped_storage().nbytes() == split.numel() * split.element_size()
 
 
 def test_normalisation_uses_per_channel_statistics_of_the_training_split(registered):
