@@ -104,6 +104,27 @@ bool is_cpu_strided(const at::Tensor& t) { return t.defined() && t.device().is_c
 
 }  // namespace
 
+bool takes_sparse_path(const at::Tensor& weight, const at::Tensor& mask, int64_t columns, const SparsePolicy& policy,
+                       std::optional<double> max_density) {
+  const bool sparse_dtype = weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble;
+  const int64_t numel = weight.numel();
+  if (!sparse_dtype || numel >= (int64_t{1} << 31)) return false;
+  const int64_t work = numel * columns;
+  if (work < policy.min_dense_work) return false;
+  double limit;
+  if (max_density.has_value()) {
+    limit = *max_density;
+  } else if (columns == 1) {
+    limit = policy.gemv_max_density;  // a matrix-vector product
+  } else if (columns >= policy.small_min_columns && work <= policy.small_dense_work) {
+    limit = 1.0;  // a tiny product: any density
+  } else {
+    limit = policy.max_density;
+  }
+  const int64_t kept = mask_state(mask, false).kept;  // cached: counted once per mask state
+  return static_cast<double>(kept) / static_cast<double>(std::max<int64_t>(1, numel)) <= limit;
+}
+
 std::optional<at::Tensor> masked_linear_auto(const at::Tensor& input, const at::Tensor& weight,
                                              const at::Tensor& mask, const std::optional<at::Tensor>& bias,
                                              double max_density, double gemv_max_density,
@@ -123,18 +144,12 @@ std::optional<at::Tensor> masked_linear_auto(const at::Tensor& input, const at::
       return std::nullopt;
     }
   }
-  const int64_t numel = weight.numel();
   const MaskState state = mask_state(mask, false);
-  if (allow_plain && state.kept == numel) return at::linear(input, weight, bias);  // nothing pruned
-  // lth_sparse.ops._cpu.use_sparse and linear_max_density, the same rule
-  const bool sparse_dtype = weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble;
-  const int64_t columns = leading(input);
-  const int64_t work = numel * columns;
-  const double limit = columns == 1 ? gemv_max_density
-                       : (columns >= small_min_columns && work <= small_dense_work) ? 1.0 : max_density;
-  const bool sparse = sparse_dtype && numel < (int64_t{1} << 31) && work >= min_dense_work &&
-                      static_cast<double>(state.kept) / static_cast<double>(std::max<int64_t>(1, numel)) <= limit;
-  if (sparse) return MaskedLinearSparse::apply(input, weight, mask, bias, mask_state(mask, true).structure);
+  if (allow_plain && state.kept == weight.numel()) return at::linear(input, weight, bias);  // nothing pruned
+  const SparsePolicy policy{max_density, gemv_max_density, min_dense_work, small_dense_work, small_min_columns};
+  if (takes_sparse_path(weight, mask, leading(input), policy, std::nullopt)) {
+    return MaskedLinearSparse::apply(input, weight, mask, bias, mask_state(mask, true).structure);
+  }
   return MaskedLinearDense::apply(input, weight, mask, bias);
 }
 

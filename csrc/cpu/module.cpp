@@ -50,6 +50,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("min_dense_work"), py::arg("small_dense_work"), py::arg("small_min_columns"), py::arg("allow_plain"),
         "The plain-eager CPU masked_linear in one call (checks, path choice, mask cache), or None for "
         "arguments it does not take (the caller's Python checks then name the fault).");
+  m.def("takes_sparse_path",
+        [](const at::Tensor& weight, const at::Tensor& mask, int64_t columns, double max_density,
+           double gemv_max_density, int64_t min_dense_work, int64_t small_dense_work, int64_t small_min_columns,
+           std::optional<double> fixed_max_density) {
+          return lth_sparse::cpu::takes_sparse_path(
+              weight, mask, columns,
+              {max_density, gemv_max_density, min_dense_work, small_dense_work, small_min_columns},
+              fixed_max_density);
+        },
+        py::arg("weight"), py::arg("mask"), py::arg("columns"), py::arg("max_density"), py::arg("gemv_max_density"),
+        py::arg("min_dense_work"), py::arg("small_dense_work"), py::arg("small_min_columns"),
+        py::arg("fixed_max_density") = py::none(),
+        "Whether the CPU masked layer takes its sparse path (the rule masked_linear_auto applies; "
+        "fixed_max_density replaces a linear layer's thresholds, as for convs).");
   m.def("mask_kept", [](const at::Tensor& mask) { return lth_sparse::cpu::mask_state(mask, false).kept; },
         py::arg("mask"), "The number of True entries of a bool CPU mask (cached per mask state).");
   m.def("cached_mask_structure",

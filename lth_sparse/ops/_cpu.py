@@ -60,8 +60,6 @@ SMALL_DENSE_WORK = 1 << 17
 SMALL_MIN_COLUMNS = 8
 # The path held by ``held_on`` ("auto": none).
 _HELD = "auto"
-# Dtypes with sparse kernels (others take the dense path).
-SPARSE_DTYPES = (torch.float32, torch.float64)
 # The conv path unfolds at most this many bytes of columns at once.
 _UNFOLD_BYTES = 64 << 20
 
@@ -93,16 +91,18 @@ def cached_entry(mask: Tensor) -> tuple[int, bool] | None:
 def use_sparse(weight: Tensor, mask: Tensor, columns: int, max_density: float | None = None) -> bool:
     """Whether the sparse path is the faster one for this weight, mask and batch (``columns`` products per weight).
 
-    ``max_density``: the density threshold; None (the default) means a linear layer's, from
-    :func:`linear_max_density`. ``_C.masked_linear_auto`` makes the same choice for the plain-eager
-    linear layer.
+    float32/float64 only, never below ``MIN_DENSE_WORK`` multiply-adds, and at density at most
+    ``max_density`` when given (convs), else a linear layer's threshold: ``GEMV_MAX_DENSITY`` at
+    batch 1, any density for a tiny product (``SMALL_DENSE_WORK``, ``SMALL_MIN_COLUMNS``),
+    ``MAX_DENSITY`` otherwise. The rule is ``_C.takes_sparse_path``, which the plain-eager linear
+    layer (``_C.masked_linear_auto``) applies too.
     """
-    if weight.dtype not in SPARSE_DTYPES or mask.numel() >= 1 << 31:
-        return False
-    work = weight.numel() * columns
-    if work < MIN_DENSE_WORK:
-        return False
-    return density(mask) <= (linear_max_density(work, columns) if max_density is None else max_density)
+    return cpp_extension().takes_sparse_path(weight, mask, columns, *_policy_args(), max_density)
+
+
+def _policy_args() -> tuple[float, float, int, int, int]:
+    """The linear layers' constants, in ``_C.takes_sparse_path``'s order."""
+    return MAX_DENSITY, GEMV_MAX_DENSITY, MIN_DENSE_WORK, SMALL_DENSE_WORK, SMALL_MIN_COLUMNS
 
 
 def policy() -> dict:
@@ -110,17 +110,6 @@ def policy() -> dict:
     return {"max_density": MAX_DENSITY, "gemv_max_density": GEMV_MAX_DENSITY, "min_dense_work": MIN_DENSE_WORK,
             "small_dense_work": SMALL_DENSE_WORK, "small_min_columns": SMALL_MIN_COLUMNS,
             "conv_max_density": CONV_MAX_DENSITY}
-
-
-def linear_max_density(work: int, columns: int) -> float:
-    """The density at or below which a linear layer takes the sparse path, for a dense product of
-    ``work`` multiply-adds over ``columns`` columns (the batch): ``GEMV_MAX_DENSITY`` at batch 1,
-    any density for a tiny product, ``MAX_DENSITY`` otherwise."""
-    if columns == 1:
-        return GEMV_MAX_DENSITY
-    if columns >= SMALL_MIN_COLUMNS and work <= SMALL_DENSE_WORK:
-        return 1.0
-    return MAX_DENSITY
 
 
 def nothing_pruned(mask: Tensor) -> bool:
@@ -207,8 +196,7 @@ def linear_auto(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None
     the masked weight or the transposed input kept from the forward), or ``F.linear`` itself when
     nothing is pruned. None for arguments it does not take (not CPU tensors, a dtype, shape or
     layout that is off, float8): the caller then runs the Python path, whose checks name the fault."""
-    return cpp_extension().masked_linear_auto(input, weight, mask, bias, MAX_DENSITY, GEMV_MAX_DENSITY,
-                                              MIN_DENSE_WORK, SMALL_DENSE_WORK, SMALL_MIN_COLUMNS, _HELD == "auto")
+    return cpp_extension().masked_linear_auto(input, weight, mask, bias, *_policy_args(), _HELD == "auto")
 
 
 def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bias):
