@@ -2,7 +2,7 @@
 
 Timed in one process on the same tensors, float32; the ways take turns in every repeat (15 repeats,
 the order rotated each time); times are medians over the repeats, ratios the medians of the ratios
-measured within each repeat:
+measured within each repeat, dense/ours with its quartiles over the repeats (the machine's noise):
 
 - dense: ``F.linear(x, w, b)`` / ``F.conv2d`` with no mask at all (MKL / oneDNN): the bar to beat;
 - torch way: ``F.linear(x, w * m, b)``: what a user writes to mask a layer (dW masked by autograd);
@@ -87,6 +87,16 @@ def _paired_ratio(samples: list[dict], over: str, under: str) -> float:
     """The median over repeats of over/under measured in the same repeat: steadier than a ratio of
     medians when the machine drifts between repeats."""
     return statistics.median(s[over] / s[under] for s in samples)
+
+
+def _paired_quartiles(samples: list[dict], over: str, under: str) -> tuple[float, float]:
+    """The first and third quartiles of the per-repeat ratios over/under: how far the machine's
+    noise moves a ratio (a ratio near a target whose quartiles straddle it is not a clear result)."""
+    ratios = [s[over] / s[under] for s in samples]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q1, q3
 
 
 def _layer(kind: str, shape, sparsity: float, seed: int = 0):
@@ -186,6 +196,7 @@ def run(quick: bool = False, threads: int | None = None) -> tuple[list[dict], di
             medians, samples = _time_interleaved(steps, 5 * budget)
             row.update({k: v * 1e3 for k, v in medians.items()})
             row["dense_over_ours"] = _paired_ratio(samples, "dense_ms", "ours_auto_ms")
+            row["dense_over_ours_q1"], row["dense_over_ours_q3"] = _paired_quartiles(samples, "dense_ms", "ours_auto_ms")
             row["torch_way_over_ours"] = _paired_ratio(samples, "torch_way_ms", "ours_auto_ms")
             row["sparse_over_dense_path"] = _paired_ratio(samples, "ours_sparse_ms", "ours_dense_ms")
             if "floor_ms" in medians:
@@ -194,7 +205,8 @@ def run(quick: bool = False, threads: int | None = None) -> tuple[list[dict], di
             rows.append(row)
             print(f"{name:34s} {sparsity:5.0%}  dense {row['dense_ms']:8.3f} ms  torch way {row['torch_way_ms']:8.3f}  "
                   f"ours {row['ours_auto_ms']:8.3f} (dense path {row['ours_dense_ms']:.3f}, sparse path "
-                  f"{row['ours_sparse_ms']:.3f})  dense/ours {row['dense_over_ours']:.2f}x"
+                  f"{row['ours_sparse_ms']:.3f})  dense/ours {row['dense_over_ours']:.2f}x "
+                  f"(quartiles {row['dense_over_ours_q1']:.2f}-{row['dense_over_ours_q3']:.2f})"
                   + (f" (bound: dense/floor {row['dense_over_floor']:.2f}x)" if "dense_over_floor" in row else ""),
                   flush=True)
         # the lowest sparsity from which the sparse path wins at every sparsity measured above it
@@ -216,7 +228,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print()
     print_table([("shape", "shape", ""), ("sparsity", "sparsity", ".0%"), ("dense_ms", "dense ms", ".3f"),
                  ("torch_way_ms", "torch way ms", ".3f"), ("ours_auto_ms", "ours ms", ".3f"),
-                 ("dense_over_ours", "dense/ours", ".2f"), ("torch_way_over_ours", "torch way/ours", ".2f"),
+                 ("dense_over_ours", "dense/ours", ".2f"),
+                 ("dense_over_ours_q1", "q1", ".2f"), ("dense_over_ours_q3", "q3", ".2f"), ("torch_way_over_ours", "torch way/ours", ".2f"),
                  ("sparse_over_dense_path", "sparse/dense path", ".2f"),
                  ("dense_over_floor", "dense/floor (bound)", ".2f")], rows)
     print("\ncrossover (sparse path faster from this sparsity on):")
