@@ -48,6 +48,12 @@ int64_t count_kept(const at::Tensor& mask) {
   return mask.numel() == 0 ? 0 : at::count_nonzero(mask).item<int64_t>();
 }
 
+// Whether the entry still describes the mask: the same version and the same memory.
+bool current(const Entry& entry, const at::Tensor& mask) {
+  return entry.version == mask.unsafeGetTensorImpl()->version_counter().current_version() &&
+         entry.data == mask.data_ptr();
+}
+
 void check_mask(const at::Tensor& mask) {
   TORCH_CHECK(mask.defined() && mask.scalar_type() == at::kBool && mask.device().is_cpu(),
               "mask cache: expected a bool CPU tensor");
@@ -76,7 +82,7 @@ MaskState mask_state(const at::Tensor& mask, bool want_structure) {
     it = c.entries.emplace(impl, Entry{c10::weak_intrusive_ptr<c10::TensorImpl>(mask.getIntrusivePtr()),
                                        version, data, count_kept(mask), {}}).first;
     c.counts += 1;
-  } else if (it->second.version != version || it->second.data != data) {
+  } else if (!current(it->second, mask)) {
     it->second = Entry{std::move(it->second.ref), version, data, count_kept(mask), {}};
     c.counts += 1;
   }
@@ -100,12 +106,9 @@ std::optional<std::pair<int64_t, bool>> mask_cache_entry(const at::Tensor& mask)
   check_mask(mask);
   if (mask.is_inference()) return std::nullopt;
   Cache& c = cache();
-  const uint32_t version = mask.unsafeGetTensorImpl()->version_counter().current_version();
   std::lock_guard<std::mutex> lock(c.mutex);
   auto it = c.entries.find(mask.unsafeGetTensorImpl());
-  if (it == c.entries.end() || it->second.version != version || it->second.data != mask.data_ptr()) {
-    return std::nullopt;
-  }
+  if (it == c.entries.end() || !current(it->second, mask)) return std::nullopt;
   return std::make_pair(it->second.kept, !it->second.structure.empty());
 }
 
