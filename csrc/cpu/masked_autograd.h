@@ -1,4 +1,4 @@
-// masked_linear on the CPU as C++ autograd Functions (the eager path of the C++ backend).
+// masked_linear on the CPU with C++ autograd nodes (the eager path of the C++ backend).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -857,6 +857,131 @@ def test_the_one_call_layer_is_not_used_when_another_backend_is_forced(monkeypat
     assert spy.calls["masked_linear_auto"] == 2
 
 
+# The C++ layer's autograd nodes (MaskedLinearDenseBackward, MaskedLinearSparseBackward): what a
+# torch autograd Function would give, kept by hand-written nodes.
+
+
+def _node_case(path, clean, batch_shape=(7,)):
+    """Leaves x, w, b (float64) and a mask; ``clean``: the weight holds +0.0 where pruned."""
+    x, w, b = _linear_case(batch=math.prod(batch_shape))
+    x = x.reshape(*batch_shape, x.shape[-1])
+    m = random_mask(w.shape, 0.4)
+    if clean:
+        w = torch.where(m, w, 0)
+    return [t.requires_grad_() for t in (x, w, b)], m
+
+
+def _ours_on(path, x, w, m, b):
+    with _cpu.held_on(path):
+        y = masked_linear(x, w, m, b)
+    assert y.grad_fn.name() == {"dense": "MaskedLinearDenseBackward", "sparse": "MaskedLinearSparseBackward"}[path]
+    return y
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("clean", [True, False])
+@pytest.mark.parametrize("batch_shape", [(7,), (2, 3)])
+def test_double_backward_matches_the_reference(path, clean, batch_shape, use_backend):
+    # create_graph=True runs the backward with differentiable torch ops (the kernels write raw memory)
+    use_backend("cpp")
+    (x, w, b), m = _node_case(path, clean, batch_shape)
+    y = _ours_on(path, x, w, m, b)
+    y_ref = reference.masked_linear(x, w, m, b)
+    grads = torch.autograd.grad((y ** 2).sum(), (x, w, b), create_graph=True)
+    grads_ref = torch.autograd.grad((y_ref ** 2).sum(), (x, w, b), create_graph=True)
+    for ours, theirs in zip(grads, grads_ref):
+        assert_close(ours, theirs)
+    assert all(g.requires_grad for g in grads)
+    second = torch.autograd.grad(sum((g ** 2).sum() for g in grads), (x, w, b))
+    second_ref = torch.autograd.grad(sum((g ** 2).sum() for g in grads_ref), (x, w, b))
+    for ours, theirs in zip(second, second_ref):
+        assert_close(ours, theirs)
+    assert not second[1][~m].any(), "pruned weights get no second-order gradient either"
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("changed", ["weight", "mask", "input"])
+def test_an_in_place_change_before_the_backward_raises(path, changed, use_backend):
+    use_backend("cpp")
+    (x, w, b), m = _node_case(path, clean=True)
+    y = _ours_on(path, x, w, m, b)
+    refs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    y_ref = reference.masked_linear(refs[0], refs[1], m.clone(), refs[2])
+    tensor = {"weight": w, "mask": m, "input": x}[changed]
+    with torch.no_grad():
+        tensor.copy_(tensor.clone())  # same values, a new version
+    if path == "sparse" and changed == "input":
+        # the sparse path keeps its own transposed copy of the input: the backward is still right
+        y.sum().backward()
+        y_ref.sum().backward()
+        for t, r in zip((x, w, b), refs):
+            assert_close(t.grad, r.grad)
+        return
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_retain_graph_and_backward_twice(path, use_backend):
+    use_backend("cpp")
+    (x, w, b), m = _node_case(path, clean=True)
+    y = _ours_on(path, x, w, m, b)
+    y.sum().backward(retain_graph=True)
+    first = [t.grad.clone() for t in (x, w, b)]
+    y.sum().backward()
+    for t, g in zip((x, w, b), first):
+        assert_close(t.grad, 2 * g)
+    with pytest.raises(RuntimeError, match="second time"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_saved_tensor_hooks_see_what_the_node_saves(path, use_backend):
+    use_backend("cpp")
+    (x, w, b), m = _node_case(path, clean=True)
+    packed, unpacked = [], []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t.clone()  # the backward must read what unpack gives back, not the original
+
+    def unpack(t):
+        unpacked.append(t.shape)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        y = _ours_on(path, x, w, m, b)
+    assert tuple(w.shape) in packed and tuple(m.shape) in packed
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert len(unpacked) >= 3
+    refs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    reference.masked_linear(refs[0], refs[1], m, refs[2]).backward(grad)
+    for t, r in zip((x, w, b), refs):
+        assert_close(t.grad, r.grad)
+
+
+def test_forward_mode_ad_is_refused_not_wrong(use_backend):
+    use_backend("cpp")
+    (x, w, b), m = _node_case("dense", clean=True)
+    assert C.masked_linear_auto(x.detach(), w.detach(), m, b.detach(), *_cpu._policy_args(), True) is not None
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x.detach(), torch.ones_like(x))
+        assert C.masked_linear_auto(dual, w.detach(), m, b.detach(), *_cpu._policy_args(), True) is None
+        with pytest.raises((NotImplementedError, RuntimeError), match="jvp|forward"):
+            masked_linear(dual, w.detach(), m, b.detach())
+
+
+def test_no_graph_without_grad(use_backend):
+    use_backend("cpp")
+    (x, w, b), m = _node_case("dense", clean=True)
+    with torch.no_grad():
+        assert masked_linear(x, w, m, b).grad_fn is None
+    y = masked_linear(x.detach(), w.detach(), m, b.detach())
+    assert y.grad_fn is None and not y.requires_grad
+
+
 # ---------------------------------------------------------------------------
 # 5. the conv sparse path
 
