@@ -961,6 +961,23 @@ def test_saved_tensor_hooks_see_what_the_node_saves(path, use_backend):
         assert_close(t.grad, r.grad)
 
 
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_gives_the_reference_gradients(path, reentrant, use_backend):
+    from torch.utils.checkpoint import checkpoint
+
+    use_backend("cpp")
+    (x, w, b), m = _node_case(path, clean=True)
+    with _cpu.held_on(path):
+        y = checkpoint(lambda x, w, b: torch.relu(masked_linear(x, w, m, b)), x, w, b, use_reentrant=reentrant)
+        y.pow(2).sum().backward()
+    ours = [t.grad for t in (x, w, b)]
+    refs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    torch.relu(reference.masked_linear(refs[0], refs[1], m, refs[2])).pow(2).sum().backward()
+    for g, r in zip(ours, refs):
+        assert_close(g, r.grad)
+
+
 def test_forward_mode_ad_is_refused_not_wrong(use_backend):
     use_backend("cpp")
     (x, w, b), m = _node_case("dense", clean=True)
