@@ -30,7 +30,6 @@ from pathlib import Path
 
 if "--interpret-smoke" in sys.argv:  # Triton decides when kernels are defined whether they are interpreted
     os.environ["TRITON_INTERPRET"] = "1"
-os.environ["LTH_SPARSE_BACKEND"] = "triton"  # read by the dispatch at every call
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -225,14 +224,18 @@ def add_ratios(row: dict) -> dict:
     return row
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Runs the benchmark; returns its rows (none without a GPU)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=["linear", "conv"], default=None)
     parser.add_argument("--dtypes", default="float32,bfloat16,float16")
-    parser.add_argument("--quick", action="store_true", help="a few shapes only")
+    parser.add_argument("--quick", action="store_true", help="a few shapes only; writes nothing")
     parser.add_argument("--interpret-smoke", action="store_true",
                         help="one tiny linear and conv under TRITON_INTERPRET=1 on the CPU; nothing is written")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    # read by the dispatch at every call; set here, not on import (python -m bench imports this module
+    # and restores the environment after each benchmark)
+    os.environ["LTH_SPARSE_BACKEND"] = "triton"
 
     if args.interpret_smoke:
         device = torch.device("cpu")
@@ -243,12 +246,12 @@ def main() -> int:
         rows = [linear_row("smoke linear 24x40->48", 24, 40, 48, torch.float32, device, cpu_timer, ours_linear),
                 conv_row("smoke conv 4->6 @6", 2, 4, 6, 6, 1, torch.float32, device, cpu_timer, ours_conv)]
         print_table(COLUMNS, rows)
-        return 0
+        return rows
 
     if not torch.cuda.is_available():
         print("bench_masked_linear.py needs a CUDA GPU (none found); nothing measured. "
               "Use --interpret-smoke to check that the script runs.")
-        return 0
+        return []
 
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 in full precision for all three ways
@@ -274,10 +277,11 @@ def main() -> int:
                                                           f"({r['ours_over_dense']:.2f}x)" for r in missed)))
     lower_peak = sum(r["ours_peak_mb"] < r["torch_way_peak_mb"] for r in rows)
     print(f"peak memory below the torch way: {lower_peak}/{len(rows)} rows")
-    write_results("masked_linear", "cuda", rows,
-                  {"density": DENSITY, "tf32": False, "ours": [how_linear, how_conv]})
-    return 0
+    if not args.quick:  # a quick run never replaces the recorded results
+        write_results("masked_linear", "cuda", rows,
+                      {"density": DENSITY, "tf32": False, "ours": [how_linear, how_conv]})
+    return rows
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,0 +1,64 @@
+"""``python -m bench``'s table builders: each row pairs ours with the torch way of the same device.
+
+The GPU rows cannot be measured here; their builders are checked on the rows the GPU scripts
+return (their shape taken from a real run of the CUDA select's row format, and from the masked
+benchmark's interpreter smoke run on the CPU).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+bench_main = importlib.import_module("bench.__main__")
+
+
+def _select_result(cases: dict[str, float], values: int | None = None) -> list[dict]:
+    return [{"case": case, "ms": ms, **({} if values is None else {"values": values})} for case, ms in cases.items()]
+
+
+def test_cpu_select_rows_pair_ours_with_cat_kthvalue():
+    rows = bench_main._select_cpu_rows(_select_result(
+        {"cat_kthvalue": 100.0, "sum": 2.0, "kth_smallest": 4.0, "torch_masks": 110.0, "prune_lowest": 5.0}))
+    assert [(r["torch_s"], r["ours_s"]) for r in rows] == [(0.1, 0.004), (0.11, 0.005)]
+
+
+def test_cuda_select_rows_one_pair_per_backend_and_never_the_cpu_times():
+    result = _select_result({"cat_kthvalue": 50.0, "torch_masks": 60.0, "copy": 1.0,
+                             "kth_smallest[cuda]": 2.0, "prune_lowest[cuda]": 3.0,
+                             "prune_lowest_masked[cuda]": 4.0, "prune_lowest_masked_kernel[cuda]": 3.5,
+                             "kth_smallest[triton]": 2.5, "prune_lowest[triton]": 3.2}, values=5_000_000)
+    rows = bench_main._select_cuda_rows(result)
+    assert [r["case"] for r in rows] == ["global threshold (cuda)", "global masks, exact k (cuda)",
+                                         "global threshold (triton)", "global masks, exact k (triton)"]
+    assert all(r["bench"] == "select cuda" for r in rows)
+    assert [(r["torch_s"], r["ours_s"]) for r in rows] == [(0.05, 0.002), (0.06, 0.003), (0.05, 0.0025),
+                                                           (0.06, 0.0032)]
+
+
+def test_masked_cuda_rows_from_the_benchmarks_own_rows(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("LTH_SPARSE_BACKEND", "auto")  # main() sets it to triton; restored after the test
+    pytest.importorskip("triton")
+    from bench import bench_masked_linear
+
+    result = bench_masked_linear.main(["--interpret-smoke"])  # real rows, times of the interpreter
+    rows = bench_main._masked_cuda_table(result)
+    assert [r["torch_way"] for r in rows] == ["F.linear(x, w * m, b)", "conv2d(x, w * m, b)"]
+    for r, src in zip(rows, result):
+        assert r["torch_s"] == src["torch_way_ms"] / 1e3 and r["ours_s"] == src["ours_ms"] / 1e3
+        assert src["dtype"] in r["case"]
+
+
+def test_importing_the_gpu_benchmark_leaves_the_environment_alone():
+    import os
+
+    before = dict(os.environ)
+    importlib.reload(importlib.import_module("bench.bench_masked_linear"))
+    assert dict(os.environ) == before
+
+
+def test_no_gpu_rows_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(bench_main.torch.cuda, "is_available", lambda: False)
+    assert bench_main._masked_cuda_rows() == []
