@@ -192,7 +192,7 @@ def linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | N
 
 def linear_auto(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor | None:
     """The plain-eager layer in one C++ call (``_C.masked_linear_auto``): its checks, this module's
-    policy, the mask cache and the extension's C++ autograd Functions (no Python in the backward,
+    policy, the mask cache and the extension's C++ autograd nodes (no Python in the backward,
     the masked weight or the transposed input kept from the forward), or ``F.linear`` itself when
     nothing is pruned. None for arguments it does not take (not CPU tensors, a dtype, shape or
     layout that is off, float8): the caller then runs the Python path, whose checks name the fault."""

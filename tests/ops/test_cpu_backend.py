@@ -93,7 +93,7 @@ def spy(monkeypatch):
 @pytest.fixture
 def custom_op_path(monkeypatch):
     """Route masked_linear through the custom op (whose backends call the kernels from Python, where the
-    spy sees them) instead of plain eager mode's C++ autograd Functions."""
+    spy sees them) instead of plain eager mode's C++ autograd nodes."""
     monkeypatch.setattr(linear_module, "plain_eager", lambda: False)
 
 
@@ -1117,7 +1117,7 @@ def test_plain_eager_skips_the_custom_op():
     x, w, b = (t.requires_grad_() for t in _linear_case(dtype=torch.float32))
     m = random_mask(w.shape, 0.5)
     y = masked_linear(x, w, m, b)
-    assert "MaskedLinearDense" in y.grad_fn.name(), "the C++ backend's own autograd Function"
+    assert "MaskedLinearDense" in y.grad_fn.name(), "the C++ backend's own autograd node"
     assert torch.equal(y, linear_module._masked_linear(x, w, m, b)), "the same kernels either way"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LTH_SPARSE_BACKEND", "torch")
