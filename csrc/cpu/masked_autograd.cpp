@@ -60,10 +60,10 @@ bool has_forward_grad(const at::Tensor& input, const at::Tensor& weight, const s
 template <typename NodeT, typename Save>
 void record(at::Tensor& out, const at::Tensor& input, const at::Tensor& weight,
             const std::optional<at::Tensor>& bias, Save&& save) {
+  TORCH_CHECK(!has_forward_grad(input, weight, bias),
+              "masked_linear (C++ CPU path): forward-mode AD is not supported (lth_sparse.ops.masked_linear is)");
   const at::Tensor b = bias_or_undefined(bias);
   if (!torch::autograd::compute_requires_grad(input, weight, b)) return;
-  TORCH_CHECK(!has_forward_grad(input, weight, bias),
-              "masked_linear (C++ CPU path): forward-mode AD is not supported");
   auto node = c10::make_intrusive<NodeT>();
   node->set_next_edges(torch::autograd::collect_next_edges(input, weight, b));
   save(*node);

@@ -139,9 +139,27 @@ class _EagerMaskedConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, mask, bias, stride, padding, dilation, groups):
         _setup_context(ctx, (input, weight, mask, bias, stride, padding, dilation, groups), None)
+        ctx.save_for_forward(input, weight, mask)  # for jvp (forward gets the primals: dual-ness is not seen here)
         return _masked_conv2d_impl(input, weight, mask, bias, stride, padding, dilation, groups)
 
     backward = staticmethod(_backward_with(_masked_conv2d_backward_impl))
+
+    @staticmethod
+    def jvp(ctx, d_input, d_weight, d_mask, d_bias, *_):
+        """Forward-mode AD: d conv(x, W*M) + b = conv(dx, W*M) + conv(x, dW*M) + db."""
+        input, weight, mask = ctx.saved_tensors
+        geometry = ctx.geometry
+        out = None
+        if d_input is not None:
+            out = _masked_conv2d_impl(d_input, weight, mask, None, *geometry)
+        if d_weight is not None:
+            term = _masked_conv2d_impl(input, d_weight, mask, None, *geometry)
+            out = term if out is None else out + term
+        if out is None:  # only the bias moves: the output's shape from the primal
+            out = _masked_conv2d_impl(input, weight, mask, None, *geometry).zero_()
+        if d_bias is not None:
+            out = out + d_bias.view(-1, 1, 1)
+        return out
 
 
 def masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None,

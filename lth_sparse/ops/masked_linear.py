@@ -110,9 +110,24 @@ class _EagerMaskedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, mask, bias):
         _setup_context(ctx, (input, weight, mask, bias), None)
+        ctx.save_for_forward(input, weight, mask)  # for jvp (forward gets the primals: dual-ness is not seen here)
         return _masked_linear_impl(input, weight, mask, bias)
 
     backward = staticmethod(_backward_with(_masked_linear_backward_impl))
+
+    @staticmethod
+    def jvp(ctx, d_input, d_weight, d_mask, d_bias):
+        """Forward-mode AD: d(x (W*M)^T + b) = dx (W*M)^T + x (dW*M)^T + db."""
+        input, weight, mask = ctx.saved_tensors
+        out = None
+        if d_input is not None:
+            out = _masked_linear_impl(d_input, weight, mask, None)
+        if d_weight is not None:
+            term = _masked_linear_impl(input, d_weight, mask, None)
+            out = term if out is None else out + term
+        if d_bias is not None:
+            out = d_bias.expand(*input.shape[:-1], weight.shape[0]) if out is None else out + d_bias
+        return out if out is not None else input.new_zeros(*input.shape[:-1], weight.shape[0])
 
 
 def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None) -> Tensor:

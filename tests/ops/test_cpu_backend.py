@@ -978,7 +978,9 @@ def test_activation_checkpointing_gives_the_reference_gradients(path, reentrant,
         assert_close(g, r.grad)
 
 
-def test_forward_mode_ad_is_refused_not_wrong(use_backend):
+def test_dual_tensors_go_to_the_python_function(use_backend):
+    # forward-mode AD: the C++ layer declines, the Python Function's jvp gives the tangent
+    # (checked against the reference in test_masked_linear.py)
     use_backend("cpp")
     (x, w, b), m = _node_case("dense", clean=True)
     assert C.masked_linear_auto(x.detach(), w.detach(), m, b.detach(), *_cpu._policy_args(), True) is not None
@@ -986,8 +988,11 @@ def test_forward_mode_ad_is_refused_not_wrong(use_backend):
     with fwAD.dual_level():
         dual = fwAD.make_dual(x.detach(), torch.ones_like(x))
         assert C.masked_linear_auto(dual, w.detach(), m, b.detach(), *_cpu._policy_args(), True) is None
-        with pytest.raises((NotImplementedError, RuntimeError), match="jvp|forward"):
-            masked_linear(dual, w.detach(), m, b.detach())
+        for weight in (w, w.detach()):  # with a graph to build and without
+            with pytest.raises(RuntimeError, match="forward-mode AD"):
+                C.masked_linear_dense(dual, weight, m, b)  # the direct entry refuses rather than drop the tangent
+        y = masked_linear(dual, w.detach(), m, b.detach())
+        assert fwAD.unpack_dual(y).tangent is not None
 
 
 def test_no_graph_without_grad(use_backend):

@@ -84,3 +84,20 @@ def test_string_padding_is_refused_by_the_op():
     x, wt, m, b = make(1, 3, 5, 5, 4, 3, 1, 0.5, torch.float32)
     with pytest.raises(ValueError, match="padding"):
         masked_conv2d(x, wt, m, b, padding="same")
+
+
+@pytest.mark.parametrize("backend", backend_variants(IMPLEMENTED))
+@pytest.mark.parametrize("moving", ["input", "weight", "bias", "all"])
+def test_forward_mode_ad_matches_reference(backend, moving, use_backend):
+    import torch.autograd.forward_ad as fwAD
+
+    use_backend(backend)
+    x, wt, m, b = make(2, 3, 7, 6, 4, 3, 1, 0.4, torch.float64)
+    tangents = [torch.randn_like(t) if moving in (name, "all") else None
+                for name, t in (("input", x), ("weight", wt), ("bias", b))]
+    with fwAD.dual_level():
+        args = [t if d is None else fwAD.make_dual(t, d) for t, d in zip((x, wt, b), tangents)]
+        y = fwAD.unpack_dual(masked_conv2d(args[0], args[1], m, args[2], 2, 1))
+        y_ref = fwAD.unpack_dual(reference.masked_conv2d(args[0], args[1], m, args[2], 2, 1))
+    assert_close(y.primal, y_ref.primal)
+    assert_close(y.tangent, y_ref.tangent)

@@ -95,3 +95,22 @@ def test_torch_compile_matches_eager():
 def test_bad_input_names_the_argument(change, error, words):
     with pytest.raises(error, match=words):
         masked_linear(*change(*make((2,), 5, 3, 0.5, torch.float32)))
+
+
+@pytest.mark.parametrize("backend", backend_variants(IMPLEMENTED))
+@pytest.mark.parametrize("moving", ["input", "weight", "bias", "all"])
+@pytest.mark.parametrize("batch", [(6,), (2, 3)])
+def test_forward_mode_ad_matches_reference(backend, moving, batch, use_backend):
+    # dual tensors: the C++ layer hands them to the Python Function, whose jvp gives the tangent
+    import torch.autograd.forward_ad as fwAD
+
+    use_backend(backend)
+    x, w, m, b = make(batch, 9, 5, 0.4, torch.float64)
+    tangents = [torch.randn_like(t) if moving in (name, "all") else None
+                for name, t in (("input", x), ("weight", w), ("bias", b))]
+    with fwAD.dual_level():
+        args = [t if d is None else fwAD.make_dual(t, d) for t, d in zip((x, w, b), tangents)]
+        y = fwAD.unpack_dual(masked_linear(args[0], args[1], m, args[2]))
+        y_ref = fwAD.unpack_dual(reference.masked_linear(args[0], args[1], m, args[2]))
+    assert_close(y.primal, y_ref.primal)
+    assert_close(y.tangent, y_ref.tangent)
