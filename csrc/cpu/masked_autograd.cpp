@@ -209,8 +209,11 @@ bool is_cpu_strided(const at::Tensor& t) { return t.defined() && t.device().is_c
 
 }  // namespace
 
-bool takes_sparse_path(const at::Tensor& weight, const at::Tensor& mask, int64_t columns, const SparsePolicy& policy,
-                       std::optional<double> max_density) {
+namespace {
+
+// takes_sparse_path for a mask with `kept` True entries (the caller has its count from the cache).
+bool sparse_for_kept(const at::Tensor& weight, int64_t kept, int64_t columns, const SparsePolicy& policy,
+                     std::optional<double> max_density) {
   const bool sparse_dtype = weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble;
   const int64_t numel = weight.numel();
   if (!sparse_dtype || numel >= (int64_t{1} << 31)) return false;
@@ -226,8 +229,15 @@ bool takes_sparse_path(const at::Tensor& weight, const at::Tensor& mask, int64_t
   } else {
     limit = policy.max_density;
   }
-  const int64_t kept = mask_state(mask, false).kept;  // cached: counted once per mask state
   return static_cast<double>(kept) / static_cast<double>(std::max<int64_t>(1, numel)) <= limit;
+}
+
+}  // namespace
+
+bool takes_sparse_path(const at::Tensor& weight, const at::Tensor& mask, int64_t columns, const SparsePolicy& policy,
+                       std::optional<double> max_density) {
+  // the count is cached: taken once per mask state
+  return sparse_for_kept(weight, mask_state(mask, false).kept, columns, policy, max_density);
 }
 
 std::optional<at::Tensor> masked_linear_auto(const at::Tensor& input, const at::Tensor& weight,
@@ -253,7 +263,7 @@ std::optional<at::Tensor> masked_linear_auto(const at::Tensor& input, const at::
   if (allow_plain && state.kept == weight.numel()) return at::linear(input, weight, bias);  // nothing pruned
   if (has_forward_grad(input, weight, bias)) return std::nullopt;  // dual tensors: the Python path
   const SparsePolicy policy{max_density, gemv_max_density, min_dense_work, small_dense_work, small_min_columns};
-  if (takes_sparse_path(weight, mask, leading(input), policy, std::nullopt)) {
+  if (sparse_for_kept(weight, state.kept, leading(input), policy, std::nullopt)) {
     return sparse_forward(input, weight, mask, bias, mask_state(mask, true).structure);
   }
   return dense_forward(input, weight, mask, bias);

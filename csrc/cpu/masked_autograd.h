@@ -9,10 +9,6 @@
 namespace lth_sparse {
 namespace cpu {
 
-// F.linear(input, weight * mask, bias) with the weight gradient masked; the dense GEMMs on the
-// masked weight, formed once (kept for the backward), or the weight itself when it already holds
-// +0.0 wherever the mask prunes (a masked layer's weight after every optimizer step), which
-// saves forming a copy that the GEMMs then read. Differentiable in input, weight and bias.
 // The constants of lth_sparse.ops._cpu that choose the sparse path (see its module docstring).
 struct SparsePolicy {
   double max_density;       // a linear layer's threshold density
@@ -31,19 +27,21 @@ bool takes_sparse_path(const at::Tensor& weight, const at::Tensor& mask, int64_t
                        std::optional<double> max_density);
 
 // The plain-eager CPU masked_linear in one call: checks, the path choice of lth_sparse.ops._cpu
-// (nothing pruned and allow_plain: at::linear itself; the sparse path for float32/float64 with at
-// least min_dense_work multiply-adds, at density <= gemv_max_density at batch 1, at any density
-// for at most small_dense_work multiply-adds over at least small_min_columns rows, else at
-// density <= max_density; otherwise the dense path), the
-// mask's count and structure from the mask cache. nullopt for anything it does not take (a
-// device, dtype, layout or shape that is off, float8), which the caller then runs through Python,
-// whose checks name the argument at fault.
+// (nothing pruned and allow_plain: at::linear itself; else the sparse path where
+// takes_sparse_path says so, the dense path otherwise), the mask's count and structure from the
+// mask cache. nullopt for anything it does not take (a device, dtype, layout or shape that is
+// off, float8, dual tensors), which the caller then runs through Python, whose checks name the
+// argument at fault.
 std::optional<at::Tensor> masked_linear_auto(const at::Tensor& input, const at::Tensor& weight,
                                              const at::Tensor& mask, const std::optional<at::Tensor>& bias,
                                              double max_density, double gemv_max_density,
                                              int64_t min_dense_work, int64_t small_dense_work,
                                              int64_t small_min_columns, bool allow_plain);
 
+// F.linear(input, weight * mask, bias) with the weight gradient masked; the dense GEMMs on the
+// masked weight, formed once (kept for the backward), or the weight itself when it already holds
+// +0.0 wherever the mask prunes (a masked layer's weight after every optimizer step), which
+// saves forming a copy that the GEMMs then read. Differentiable in input, weight and bias.
 at::Tensor masked_linear_dense(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
                                const std::optional<at::Tensor>& bias);
 
