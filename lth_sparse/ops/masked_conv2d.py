@@ -155,11 +155,11 @@ class _EagerMaskedConv2d(torch.autograd.Function):
         if d_weight is not None:
             term = _masked_conv2d_impl(input, d_weight, mask, None, *geometry)
             out = term if out is None else out + term
-        if out is None:  # only the bias moves: the output's shape from the primal
-            out = _masked_conv2d_impl(input, weight, mask, None, *geometry).zero_()
+        stride, padding, dilation, _ = geometry
+        shape = (*input.shape[:-3], weight.shape[0], *conv_output_size(input, weight, stride, padding, dilation))
         if d_bias is not None:
-            out = out + d_bias.view(-1, 1, 1)
-        return out
+            out = d_bias.view(-1, 1, 1).expand(shape) if out is None else out + d_bias.view(-1, 1, 1)
+        return out if out is not None else input.new_zeros(shape)
 
 
 def masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None,
