@@ -18,17 +18,17 @@ pytest.importorskip("triton")
 
 from lth_sparse.kernels import masked_matmul as kernels  # noqa: E402
 from lth_sparse.ops import reference  # noqa: E402
-from tests.tolerances import assert_close  # noqa: E402
+from tests.tolerances import assert_close, full_precision_float32  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
 @pytest.fixture(autouse=True)
-def _full_precision_float32(monkeypatch):
+def _full_precision_float32():
     # TF32 is a legitimate choice of the kernels where torch allows it, but not what these tolerances test.
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    with full_precision_float32():
+        yield
 
 
 def random_layer(weight_shape, input_shape, density, dtype, bias=True, seed=0):
