@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from lth_sparse.runs import atomic_write_bytes
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,9 +125,7 @@ def write_results(name: str, device: str | torch.device, rows: list[dict[str, An
     payload: dict[str, Any] = {"benchmark": name, "machine": machine_info(device)}
     payload.update(extra or {})
     payload["rows"] = rows
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, default=str) + "\n").encode())
     print(f"wrote {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
     return path
 

@@ -44,7 +44,7 @@ def plot_imp(summary: dict, out_dir) -> list[Path]:
     ax.minorticks_off()
     fig.tight_layout()
     accuracy_path = out_dir / "accuracy_vs_remaining.png"
-    fig.savefig(accuracy_path, dpi=120)
+    _save(fig, accuracy_path)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -62,6 +62,13 @@ def plot_imp(summary: dict, out_dir) -> list[Path]:
     ax.legend(fontsize="small")
     fig.tight_layout()
     layer_path = out_dir / "layer_sparsity.png"
-    fig.savefig(layer_path, dpi=120)
+    _save(fig, layer_path)
     plt.close(fig)
     return [accuracy_path, layer_path]
+
+
+def _save(fig, path: Path) -> None:
+    """Write the figure as PNG atomically (a crash or a reader never sees half an image)."""
+    from lth_sparse.runs import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))

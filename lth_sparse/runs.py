@@ -2,9 +2,10 @@
 
 A pipeline writes everything under its run directory. ``config.json`` holds the
 full config and its hash; a re-run with the same config resumes (finished steps
-are skipped), a different config is refused with a message saying what differs.
-Every file is written to a temporary name and renamed, so a crash leaves either
-the old file or the new one, never half of one.
+are skipped), a different config is refused with a message saying what differs
+(or, where no step has finished, replaces the unfinished run). Every file is
+written through :func:`atomic_write`: to a temporary name, flushed to disk, then
+renamed, so a crash leaves either the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -13,33 +14,63 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Write a file so that a crash leaves the old file or the new one, never part of one.
+
+    ``write(tmp)`` writes the content to ``tmp``, a unique name beside ``path``; it is
+    flushed to disk (fsync), renamed over ``path``, and the rename itself made durable
+    (fsync of the directory, where the platform allows). On an error the temporary file
+    is removed and the error raised. The one atomic writer of the package: every
+    ``atomic_*`` function here, ``Masks.save``, the data cache and the benchmarks' JSON go
+    through it. Returns ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where a directory cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
-def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -58,9 +89,20 @@ def _json_default(obj):
 
 
 def config_identity(config) -> dict:
-    """The fields of a config dataclass that define the experiment (those not marked ``identity=False``)."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-            if f.metadata.get("identity", True)}
+    """The fields of a config dataclass that define the experiment (those not marked ``identity=False``).
+
+    A field added to a config after runs were made with it carries ``metadata={"since": VERSION}``:
+    it is left out while it holds its default, so those runs keep their hash and still resume.
+    """
+    out = {}
+    for f in dataclasses.fields(config):
+        if not f.metadata.get("identity", True):
+            continue
+        value = getattr(config, f.name)
+        if "since" in f.metadata and f.default is not dataclasses.MISSING and value == f.default:
+            continue
+        out[f.name] = value
+    return out
 
 
 def config_hash(config) -> str:
@@ -73,34 +115,77 @@ class ConfigMismatch(RuntimeError):
 
 
 class RunDir:
-    """The directory of one pipeline run."""
+    """The directory of one pipeline run.
 
-    def __init__(self, path: str | os.PathLike, config, kind: str) -> None:
+    ``RunDir(path, config, kind)`` checks the directory at once: a run of another kind
+    there is refused (:class:`ConfigMismatch`), and so is a run of another config that
+    has a finished step (a ``done.json`` anywhere below it). A run of another config
+    with no finished step has nothing to lose, so it is replaced: its steps' files are
+    removed when the directory is claimed (``replacing`` says what differed).
+    ``claim=False`` defers every write until :meth:`claim`, so a pipeline can check all
+    of its inputs first: a command that fails on bad input leaves nothing behind.
+    """
+
+    def __init__(self, path: str | os.PathLike, config, kind: str, *, claim: bool = True) -> None:
         self.path = Path(path)
         self.kind = kind
         self.config = config
         self.hash = config_hash(config)
-        self._claim()
+        self.replacing: str | None = None
+        self.claimed = False
+        self._check()
+        if claim:
+            self.claim()
 
-    def _claim(self) -> None:
+    def _check(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"{self.path} is a file, not a run directory; choose another --out")
         config_file = self.path / "config.json"
+        if not config_file.exists():
+            return
+        try:
+            saved = read_json(config_file)
+        except (OSError, ValueError) as error:
+            raise ConfigMismatch(f"{config_file} is not a run's config ({error}); choose another --out") from error
+        if not isinstance(saved, dict) or saved.get("kind") != self.kind:
+            kind = saved.get("kind") if isinstance(saved, dict) else None
+            raise ConfigMismatch(f"{self.path} holds a {kind!r} run, not {self.kind!r}; choose another --out")
+        if saved.get("hash") == self.hash:
+            return
+        identity = config_identity(self.config)
+        old = saved.get("config", {})
+        diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in
+                 json.loads(json.dumps(identity, default=_json_default)).items() if old.get(k) != v]
+        what = "; ".join(diffs) or "hash differs"
+        if self.finished_steps():
+            raise ConfigMismatch(
+                f"{self.path} holds a run with another config ({what}). "
+                "Use another --out, or the same options to resume it.")
+        self.replacing = what
+
+    def finished_steps(self) -> list[str]:
+        """The steps below the run directory that have a ``done.json`` (relative paths, sorted)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(str(p.parent.relative_to(self.path)) for p in self.path.rglob("done.json"))
+
+    def claim(self) -> None:
+        """Create the directory and write ``config.json`` (replacing an unfinished run of another config)."""
+        if self.claimed:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.replacing is not None:
+            for entry in self.path.iterdir():
+                if entry.name == "config.json":
+                    continue
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         record = {"kind": self.kind, "hash": self.hash,
                   "config": {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}}
-        if config_file.exists():
-            saved = read_json(config_file)
-            if saved.get("kind") != self.kind:
-                raise ConfigMismatch(f"{self.path} holds a {saved.get('kind')!r} run, not {self.kind!r}; "
-                                     "choose another --out")
-            if saved.get("hash") != self.hash:
-                identity = config_identity(self.config)
-                old = saved.get("config", {})
-                diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in
-                         json.loads(json.dumps(identity, default=_json_default)).items() if old.get(k) != v]
-                raise ConfigMismatch(
-                    f"{self.path} holds a run with another config ({'; '.join(diffs) or 'hash differs'}). "
-                    "Use another --out, or the same options to resume it.")
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(config_file, record)
+        atomic_write_json(self.path / "config.json", record)
+        self.claimed = True
 
     def __truediv__(self, other: str) -> Path:
         return self.path / other

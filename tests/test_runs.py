@@ -4,6 +4,7 @@ the refusal of another config or kind, fields outside the identity, and finished
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -131,7 +132,9 @@ def test_run_dir_writes_the_config_with_its_kind_and_hash(tmp_path):
     saved = read_json(tmp_path / "run" / "config.json")
     assert saved["kind"] == "imp"
     assert saved["hash"] == run.hash == config_hash(config)
-    assert len(run.hash) == 16 and int(run.hash, 16) >= 0
+    # The hash is the first 16 hex digits of the SHA-256 of the identity fields as sorted JSON.
+    canonical = json.dumps(json.loads(json.dumps(config_identity(config))), sort_keys=True)
+    assert run.hash == hashlib.sha256(canonical.encode()).hexdigest()[:16]
     assert saved["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
     assert run / "summary.json" == tmp_path / "run" / "summary.json"
 
@@ -163,7 +166,7 @@ def test_the_same_config_is_accepted_again_and_finds_its_finished_steps(tmp_path
 
 
 def test_another_config_is_refused_naming_the_field_and_both_values(tmp_path):
-    RunDir(tmp_path, small_config(fraction=0.2), kind="imp")
+    RunDir(tmp_path, small_config(fraction=0.2), kind="imp").mark_done("round_00", {})
     with pytest.raises(ConfigMismatch) as error:
         RunDir(tmp_path, small_config(fraction=0.35), kind="imp")
     message = str(error.value)
@@ -173,7 +176,7 @@ def test_another_config_is_refused_naming_the_field_and_both_values(tmp_path):
 
 
 def test_a_refusal_names_every_differing_field_including_tuples(tmp_path):
-    RunDir(tmp_path, small_config(), kind="imp")
+    RunDir(tmp_path, small_config(), kind="imp").mark_done("round_00/control_reinit", {})
     with pytest.raises(ConfigMismatch) as error:
         RunDir(tmp_path, small_config(milestones=(3.0,), optimizer="adam"), kind="imp")
     message = str(error.value)
@@ -201,3 +204,83 @@ def test_mark_done_is_done_and_result_round_trip(tmp_path):
     assert run.result("round_1") == {"round": 1, "sparsity": 0.2, "layer_sparsity": {"fc1.weight": 0.2},
                                      "milestones": [1, 2]}
     assert listing(step) == ["done.json"]
+
+
+def test_a_run_of_another_config_with_no_finished_step_is_replaced_when_claimed(tmp_path):
+    old = RunDir(tmp_path, small_config(fraction=0.2), kind="imp")
+    (old.step_dir("round_00") / "metrics.jsonl").write_text("{}\n")  # a killed first round
+    atomic_torch_save(tmp_path / "init.pt", {"w": torch.zeros(2)})
+    new = RunDir(tmp_path, small_config(fraction=0.35), kind="imp", claim=False)
+    assert "fraction: 0.2 there, 0.35 now" in new.replacing
+    assert listing(tmp_path) == ["config.json", "init.pt", "round_00"], "nothing is touched before the claim"
+    new.claim()
+    assert listing(tmp_path) == ["config.json"]
+    assert read_json(tmp_path / "config.json")["config"]["fraction"] == 0.35
+
+
+def test_a_deferred_claim_writes_nothing_until_claimed(tmp_path):
+    run = RunDir(tmp_path / "run", small_config(), kind="imp", claim=False)
+    assert not (tmp_path / "run").exists()
+    run.claim()
+    assert listing(tmp_path / "run") == ["config.json"]
+
+
+def test_a_file_given_as_the_run_directory_is_refused(tmp_path):
+    (tmp_path / "out").write_text("not a run")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        RunDir(tmp_path / "out", small_config(), kind="imp")
+
+
+def test_an_unreadable_config_json_is_refused_not_overwritten(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigMismatch, match="not a run's config"):
+        RunDir(tmp_path, small_config(), kind="imp")
+    assert (tmp_path / "config.json").read_text() == "{not json"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Old:
+    lr: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class _New:
+    lr: float = 0.1
+    precision: str = dataclasses.field(default="fp32", metadata={"since": "0.2"})
+
+
+def test_a_field_added_later_keeps_old_hashes_while_it_holds_its_default():
+    assert config_hash(_New()) == config_hash(_Old())
+    assert config_hash(_New(precision="bf16")) != config_hash(_Old())
+    assert "precision" in config_identity(_New(precision="bf16"))
+
+
+def test_atomic_write_calls_the_writer_on_a_temporary_file_and_renames_it(tmp_path):
+    seen = []
+
+    def write(tmp):
+        seen.append(tmp)
+        assert tmp.parent == tmp_path and tmp.name != "masks.bin"
+        tmp.write_bytes(b"abc")
+
+    assert runs.atomic_write(tmp_path / "masks.bin", write) == tmp_path / "masks.bin"
+    assert (tmp_path / "masks.bin").read_bytes() == b"abc"
+    assert not seen[0].exists() and listing(tmp_path) == ["masks.bin"]
+
+
+def test_every_atomic_writer_of_the_package_goes_through_the_run_store(tmp_path, monkeypatch):
+    """Masks.save, the data cache and the benchmarks' JSON use runs.atomic_write (one writer, with fsync)."""
+    from lth_sparse.data import cache
+    from lth_sparse.masks import Masks
+
+    calls = []
+    real = runs.atomic_write
+
+    def counting(path, write):
+        calls.append(os.path.basename(path))
+        return real(path, write)
+
+    monkeypatch.setattr(runs, "atomic_write", counting)
+    Masks({"fc.weight": torch.ones(2, 2, dtype=torch.bool)}).save(tmp_path / "masks.safetensors")
+    cache.cached_tensors(tmp_path, "k1", lambda: {"x": torch.zeros(1)})
+    assert calls == ["masks.safetensors", "k1.pt"]

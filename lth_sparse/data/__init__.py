@@ -18,6 +18,7 @@ from .idx import read_idx, write_idx
 from .registry import (
     DATASETS,
     DEFAULT_DATASET,
+    DownloadError,
     available_datasets,
     default_data_dir,
     load_dataset,
@@ -28,6 +29,7 @@ __all__ = [
     "DATASETS",
     "DEFAULT_DATASET",
     "Dataset",
+    "DownloadError",
     "RandomCropFlip",
     "RawDataset",
     "Split",

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from lth_sparse.runs import atomic_torch_save
 
 __all__ = ["cached_tensors"]
 
@@ -30,10 +31,7 @@ def cached_tensors(data_dir: Path, key: str, build: Callable[[], dict[str, Tenso
             pass
     tensors = build()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save(tensors, partial)
-        os.replace(partial, path)
+        atomic_torch_save(path, tensors)
     except OSError:
         pass
     return tensors

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .dataset import RawDataset
 from .idx import read_idx
-from .registry import register_dataset
+from .registry import DownloadError, register_dataset
 
 __all__ = ["DEBIAN_FASHION_MNIST_DIR", "FASHION_MNIST_FILES", "find_fashion_mnist"]
 
@@ -75,7 +75,7 @@ def load_fashion_mnist(data_dir: Path, download: bool) -> RawDataset:
 
             FashionMNIST(root=str(data_dir), train=True, download=True)
         except Exception as error:  # offline (URLError, RuntimeError) or no torchvision
-            raise RuntimeError(f"{_how_to_get_it(data_dir)}\nThe download failed: {error}") from error
+            raise DownloadError(f"{_how_to_get_it(data_dir)}\nThe download failed: {error}") from error
         files = find_fashion_mnist(data_dir)
     if files is None:
         raise FileNotFoundError(_how_to_get_it(data_dir) + ("" if download else "\n(download=False)"))

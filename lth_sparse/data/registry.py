@@ -19,6 +19,7 @@ from .dataset import Dataset, RawDataset, split_and_normalise
 __all__ = [
     "DATASETS",
     "DEFAULT_DATASET",
+    "DownloadError",
     "available_datasets",
     "default_data_dir",
     "load_dataset",
@@ -26,6 +27,10 @@ __all__ = [
 ]
 
 Loader = Callable[[Path, bool], RawDataset]
+
+
+class DownloadError(RuntimeError):
+    """A dataset is not on disk and could not be downloaded; the message says how to get it."""
 
 DATASETS: dict[str, Loader] = {}
 DEFAULT_DATASET = "fashion-mnist"
@@ -87,8 +92,9 @@ def load_dataset(
     Raises:
         ValueError: unknown ``name`` (the message lists the available ones), or a bad
             ``val_fraction`` or ``train_size``.
-        FileNotFoundError / RuntimeError: the data is neither on disk nor
-            downloadable; the message says how to get it.
+        FileNotFoundError / DownloadError (a RuntimeError): the data is neither on
+            disk nor downloadable; the message says how to get it. Folders that the
+            failed attempt created and left empty are removed.
     """
     key = name.strip().lower()
     if key not in DATASETS:
@@ -98,7 +104,12 @@ def load_dataset(
     if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):
         raise ValueError(f"train_size must be a positive integer or None, got {train_size!r}")
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    raw = DATASETS[key](root, download)
+    before = _folders(root)
+    try:
+        raw = DATASETS[key](root, download)
+    except BaseException:
+        _remove_new_empty_folders(root, before)  # a failed download leaves no empty MNIST/raw behind
+        raise
     return split_and_normalise(
         key,
         raw,
@@ -107,3 +118,39 @@ def load_dataset(
         seed=seed,
         train_size=train_size,
     )
+
+
+_FOLDER_DEPTH = 3  # deep enough for every loader's layout (MNIST/raw, tiny-imagenet-200/train/<class>)
+
+
+def _folders(root: Path) -> set[Path] | None:
+    """The folders under ``root`` down to ``_FOLDER_DEPTH`` levels; ``None`` if ``root`` does not exist."""
+    if not root.is_dir():
+        return None
+    found, level = set(), [root]
+    for _ in range(_FOLDER_DEPTH):
+        level = [child for folder in level for child in _subfolders(folder)]
+        found.update(level)
+    return found
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [child for child in folder.iterdir() if child.is_dir() and not child.is_symlink()]
+    except OSError:
+        return []
+
+
+def _remove_new_empty_folders(root: Path, before: set[Path] | None) -> None:
+    """Remove the folders that are empty now and were not there in ``before`` (deepest first)."""
+    after = _folders(root)
+    if after is None:
+        return
+    new = sorted(after - (before or set()), key=lambda p: len(p.parts), reverse=True)
+    if before is None:
+        new.append(root)
+    for folder in new:
+        try:
+            folder.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            pass

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .dataset import RawDataset
-from .registry import register_dataset
+from .registry import DownloadError, register_dataset
 
 __all__: list[str] = []
 
@@ -45,7 +45,7 @@ def _open(name: str, data_dir: Path, download: bool, train: bool, **options: Any
         which = "training" if train else "test"
         where = f"{data_dir}/{_LAYOUT[name]}"
         if download:
-            raise RuntimeError(
+            raise DownloadError(
                 f"could not download the {which} set of {name} into {data_dir}: {error}\n"
                 f"Run once on a machine that is online, or put the files at {where} "
                 "(torchvision's layout) and pass that folder as data_dir / --data-dir."

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 
 from lth_sparse.data import load_dataset
+from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
 from lth_sparse.nn.modules import masked_layers
@@ -68,6 +69,7 @@ class ImpConfig(TrainConfig):
     val_fraction: float = 0.2
     device: str = field(default="cpu", metadata={"identity": False})
     data_dir: str | None = field(default=None, metadata={"identity": False})
+    threads: int | None = field(default=None, metadata={"identity": False})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -83,6 +85,8 @@ class ImpConfig(TrainConfig):
             raise ValueError(f"importance must be one of {PRUNERS}, got {self.importance!r}")
         if self.structured is not None and self.structured not in STRUCTURED_NORMS:
             raise ValueError(f"structured must be one of {STRUCTURED_NORMS} or None, got {self.structured!r}")
+        if self.threads is not None:
+            resolve_threads(self.threads)
         parse_step(self.rewind, 1)
 
     def train_config(self) -> TrainConfig:
@@ -102,9 +106,12 @@ class _Imp:
 
     def __init__(self, config: ImpConfig, out_dir, progress: bool | None, log: Callable[[str], None]):
         self.config = config
-        self.run = RunDir(out_dir, config, "imp")
+        # Every input is checked before anything is written: a command that fails on bad input leaves
+        # no config.json behind to refuse its corrected version.
+        self.run = RunDir(out_dir, config, "imp", claim=False)
         self.progress = progress
         self.log = log
+        check_device(config.device)
         self.data = load_dataset(config.dataset, data_dir=config.data_dir, device=config.device,
                                  val_fraction=config.val_fraction, seed=config.seed, train_size=config.train_size)
         self.train_cfg = config.train_config()
@@ -117,6 +124,10 @@ class _Imp:
         self.model = self._new_model(config.seed)
         self.names = _weight_names(self.model)
         self.exclude = [self.names[-1]] if config.spare_output else []
+        if self.run.replacing is not None:
+            log(f"replacing the unfinished run in {self.run.path} (no round of it had finished; it had another "
+                f"config: {self.run.replacing})")
+        self.run.claim()
 
     def _new_model(self, seed: int):
         torch.manual_seed(seed)
@@ -265,16 +276,40 @@ def run(config: ImpConfig, out_dir, *, progress: bool | None = None,
         log: Callable[[str], None] = print, plots: bool = True) -> dict:
     """Run (or resume) IMP; returns the summary also written to ``out_dir/summary.json``.
 
-    The summary holds ``config``, ``hash`` and ``rounds``: one dict per round (0 =
-    dense) with ``round``, ``sparsity``, ``density``, ``layer_sparsity``,
-    ``effective_sparsity``, ``test_accuracy``, ``test_loss``, ``val_accuracy``,
-    ``val_loss``, ``best_val_iteration``, and with controls
-    ``reinit_test_accuracy`` and ``random_mask_test_accuracy``.
+    The summary holds ``kind`` (``"imp"``), ``hash``, ``config`` and ``rounds``: one
+    dict per round (0 = dense) with ``round``, ``sparsity``, ``density``,
+    ``layer_sparsity``, ``effective_sparsity``, ``test_accuracy``, ``test_loss``,
+    ``val_accuracy``, ``val_loss``, ``best_val_iteration``, ``best_val_loss``,
+    ``iterations``, ``train_seconds``, and with controls ``reinit_*`` and
+    ``random_mask_*`` (``test_accuracy``, ``test_loss``, ``best_val_iteration``).
+
+    ``config.threads`` (``None``: :func:`lth_sparse.executors.default_threads`) sets
+    torch's CPU threads for the run, restored afterwards; the count used is recorded
+    in ``config.json``. Nothing is written before the inputs (device, dataset, model,
+    rewind point, run directory) are checked.
     """
+    config = dataclasses.replace(config, threads=resolve_threads(config.threads))
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run(config, out_dir, progress, log, plots)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(config: ImpConfig, out_dir, progress, log, plots: bool) -> dict:
     imp = _Imp(config, out_dir, progress, log)
+    names = [_round_name(r) for r in range(config.rounds + 1)]
+    finished = [n for n in names if imp.run.is_done(n)]
     log(f"IMP: {config.model} on {config.dataset}, {config.rounds} rounds of {config.fraction:.0%} "
         f"({config.scope}, {config.structured or config.importance}), rewind {config.rewind}, retrain {config.retrain}; "
-        f"{len(imp.data.train)} training examples, {imp.total_iters} iterations per round -> {imp.run.path}")
+        f"{len(imp.data.train)} training examples, {imp.total_iters} iterations per round, {config.threads} "
+        f"thread{'s' if config.threads != 1 else ''} -> {imp.run.path}")
+    if len(finished) == len(names):
+        log(f"found a finished run in {imp.run.path}: all {len(names)} rounds are done, nothing to train "
+            "(raise --rounds to extend it); its results:")
+    elif finished:
+        log(f"resuming: {len(finished)} of {len(names)} rounds already done in {imp.run.path}")
     log(_header(config.controls))
     rounds = []
     started = time.time()
@@ -291,4 +326,21 @@ def run(config: ImpConfig, out_dir, *, progress: bool | None = None,
     log(f"done in {time.time() - started:.0f} s: {imp.run / 'summary.json'}"
         + (f", plots in {imp.run / 'plots'}" if plots else ""))
     return summary
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` parsed, and refused with a clear error where torch cannot use it here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from error
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: torch sees no CUDA device here (torch.cuda.is_available() is "
+                             f"False; torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available here")
+    return dev
 
