@@ -2,20 +2,71 @@
 
 What pruning returns, pipelines save, and analyses compare. A mask is a bool
 tensor of its weight's shape; True keeps the weight, False prunes it.
+
+Masks are named by the bare model's weight names: a model wrapped by
+``DistributedDataParallel``, ``DataParallel`` or ``torch.compile`` (whose
+parameter names gain ``module.`` or ``_orig_mod.``), at the top or around a
+submodule, in any nesting, is read and written under the names of the model it
+wraps, so masks move freely between a wrapped model and the bare one.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from lth_sparse.nn.modules import MaskedMixin, masked_layers
+from lth_sparse.nn.modules import MaskedMixin
 
 _FORMAT = "lth_sparse.masks/1"
+
+
+def _wrapped(module: nn.Module) -> nn.Module | None:
+    """The module a DDP, DataParallel or ``torch.compile`` wrapper holds; None for any other module."""
+    if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return module.module
+    # An OptimizedModule exists only once torch.compile has imported dynamo: no need to import it (slow) here.
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is not None and isinstance(module, eval_frame.OptimizedModule):
+        return module._orig_mod
+    return None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside any stack of DDP, DataParallel and ``torch.compile`` wrappers (``model`` if none)."""
+    while (inner := _wrapped(model)) is not None:
+        model = inner
+    return model
+
+
+def _bare_named_modules(model: nn.Module):
+    """``named_modules()`` with the wrappers left out: (name in the bare model, module), each module once."""
+    seen = set()
+    stack = [("", model)]
+    while stack:
+        prefix, module = stack.pop()
+        module = unwrap_model(module)
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield prefix, module
+        children = [(f"{prefix}.{name}" if prefix else name, child)
+                    for name, child in module._modules.items() if child is not None]
+        stack.extend(reversed(children))  # pre-order, children in registration order, as named_modules()
+
+
+def masked_weights(model: nn.Module) -> dict[str, MaskedMixin]:
+    """The masked layers of ``model`` by weight name (``"features.0.weight"``), in module order.
+
+    Names are the bare model's: DDP, DataParallel and ``torch.compile`` wrappers,
+    anywhere in the model, add nothing to them.
+    """
+    return {(f"{name}.weight" if name else "weight"): module
+            for name, module in _bare_named_modules(model) if isinstance(module, MaskedMixin)}
 
 
 def _module_name(param_name: str) -> str:
@@ -51,12 +102,12 @@ class Masks(Mapping):
     # Construction
     @classmethod
     def from_model(cls, model: nn.Module) -> Masks:
-        """A snapshot (copies) of the masks of every masked layer of ``model``.
+        """A snapshot (copies) of the masks of every masked layer of ``model``, by bare weight name.
 
         Layers pruned with ``torch.nn.utils.prune`` (a ``weight_mask`` buffer) count too.
         """
         masks = {}
-        for name, module in model.named_modules():
+        for name, module in _bare_named_modules(model):
             if isinstance(module, MaskedMixin):
                 mask = module.mask
             elif isinstance(getattr(module, "weight_mask", None), Tensor):
@@ -77,11 +128,12 @@ class Masks(Mapping):
     def apply_to(self, model: nn.Module, strict: bool = True) -> nn.Module:
         """Write these masks into ``model``'s masked layers and zero the weights they prune.
 
+        ``model`` may be wrapped (DDP, ``torch.compile``): the names are the bare model's.
         Raises KeyError for a name that is no masked layer of the model, ValueError
         for a mask of the wrong shape, and with ``strict``, KeyError when a masked
         layer of the model has no mask here.
         """
-        layers = {(f"{name}.weight" if name else "weight"): module for name, module in masked_layers(model)}
+        layers = masked_weights(model)
         for name, mask in self._masks.items():
             if name not in layers:
                 raise KeyError(f"mask {name!r} matches no masked layer of the model "
@@ -151,11 +203,10 @@ class Masks(Mapping):
         """Write to ``path`` in safetensors (no pickle), atomically."""
         from safetensors.torch import save_file
 
-        path = os.fspath(path)
-        tmp = f"{path}.tmp"
-        save_file({n: m.detach().cpu().contiguous() for n, m in self._masks.items()}, tmp,
-                  metadata={"format": _FORMAT})
-        os.replace(tmp, path)
+        from lth_sparse.runs import atomic_write
+
+        tensors = {n: m.detach().cpu().contiguous() for n, m in self._masks.items()}
+        atomic_write(path, lambda tmp: save_file(tensors, os.fspath(tmp), metadata={"format": _FORMAT}))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu") -> Masks:

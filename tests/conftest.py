@@ -53,6 +53,34 @@ def use_backend(monkeypatch, request):
     return set_backend
 
 
+@pytest.fixture(params=["compile", "ddp", "ddp-of-compile", "compile-of-ddp"])
+def wrap(request):
+    """``wrap(model)``: ``model`` inside real wrappers that prefix its parameter names (``_orig_mod.``, ``module.``).
+
+    ``torch.compile`` wraps lazily (nothing is compiled unless the wrapper runs); DDP runs
+    on a gloo process group of world size 1 on this machine, destroyed after the test.
+    """
+    import torch.distributed as dist
+
+    def ddp(model):
+        if not (dist.is_available() and dist.is_gloo_available()):
+            pytest.skip("torch.distributed with gloo is not available")
+        if not dist.is_initialized():
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+            request.addfinalizer(dist.destroy_process_group)
+        return torch.nn.parallel.DistributedDataParallel(model)
+
+    return {"compile": lambda m: torch.compile(m),
+            "ddp": ddp,
+            "ddp-of-compile": lambda m: ddp(torch.compile(m)),
+            "compile-of-ddp": lambda m: torch.compile(ddp(m))}[request.param]
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -65,5 +93,8 @@ def pytest_collection_modifyitems(config, items):
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
 # Test tensors are tiny: one thread avoids OpenMP's spin-waits, which cost far more than they
-# gain here, and a lot on a loaded machine.
+# gain here, and a lot on a loaded machine. OMP_NUM_THREADS is what the pipelines' default
+# thread count (lth_sparse.executors.default_threads) reads, so their runs use one thread too,
+# whatever the machine's load, and give the same numbers run after run.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"

@@ -212,3 +212,10 @@ def test_plot_of_a_directory_without_a_summary_is_one_error_line(tmp_path, capsy
     code = main(["plot", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("lth-sparse plot: error: no summary.json")
+
+
+def test_layerwise_scope_with_a_layer_normalised_importance_is_refused_before_training(tmp_path, capsys):
+    code, stdout, err = run_cli(["imp", *TINY, "--scope", "layerwise", "--importance", "lamp",
+                                 "--out", str(tmp_path / "run")], capsys)
+    assert_one_error_line(code, err, "would be plain layerwise magnitude pruning")
+    assert stdout == "" and not (tmp_path / "run").exists()

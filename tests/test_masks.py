@@ -117,6 +117,55 @@ def test_masks_reject_non_bool_tensors_and_non_weight_names():
         Masks({"classifier.bias": torch.ones(2, dtype=torch.bool)})
 
 
+# --- wrapped models: DDP, torch.compile -------------------------------------------------------------------------
+
+def test_masks_move_between_a_wrapped_model_and_the_bare_one_under_the_bare_names(wrap):
+    model = named_model()
+    wrapped = wrap(model)
+    prefixed = [n for n, _ in wrapped.named_parameters()]
+    assert prefixed and all(n.startswith(("module.", "_orig_mod.")) for n in prefixed), "a wrapper that renames"
+    masks = random_masks(seed=20)
+    assert masks.apply_to(wrapped) is wrapped
+    for name in NAMES:  # written into the model the wrapper holds, pruned weights zeroed
+        assert torch.equal(layer(model, name).mask, masks[name])
+        assert not layer(model, name).weight[~masks[name]].any()
+    taken = Masks.from_model(wrapped)
+    assert list(taken) == NAMES
+    assert taken == masks
+    bare = named_model(seed=1)
+    taken.apply_to(bare)
+    assert Masks.from_model(bare) == masks
+    assert list(Masks.ones_like(wrapped)) == NAMES
+    assert Masks.ones_like(wrapped).sparsity() == 0.0
+
+
+def test_apply_to_a_wrapped_model_refuses_prefixed_names_and_lists_the_bare_ones(wrap):
+    wrapped = wrap(named_model())
+    prefixed = Masks({f"module.{n}": m for n, m in random_masks(seed=21).items()})
+    with pytest.raises(KeyError, match=re.escape("(its masked weights: features.0.weight, classifier.weight)")):
+        prefixed.apply_to(wrapped)
+
+
+def test_a_compiled_submodule_adds_nothing_to_the_names():
+    model = named_model()
+    model.features = torch.compile(model.features)
+    assert "features._orig_mod.0.weight" in dict(model.named_parameters())
+    masks = random_masks(seed=22)
+    masks.apply_to(model)
+    assert torch.equal(model.features._orig_mod[0].mask, masks["features.0.weight"])
+    assert list(Masks.from_model(model)) == NAMES
+    assert Masks.from_model(model) == masks
+
+
+def test_from_model_reads_a_compiled_model_pruned_with_torch_prune_under_the_bare_names():
+    torch.manual_seed(0)
+    model = Named()
+    prune.l1_unstructured(model.classifier, "weight", amount=0.5)
+    masks = Masks.from_model(torch.compile(model))
+    assert list(masks) == ["classifier.weight"]
+    assert torch.equal(masks["classifier.weight"], model.classifier.weight_mask.bool())
+
+
 # --- counts -----------------------------------------------------------------------------------------------------
 
 def hand_made() -> Masks:

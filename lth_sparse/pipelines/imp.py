@@ -36,8 +36,8 @@ from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
 from lth_sparse.nn.modules import masked_layers
-from lth_sparse.prune import (IMPORTANCES, SCOPES, STRUCTURED_NORMS, effective_masks, prune_magnitude, prune_random,
-                              prune_structured, random_masks_like)
+from lth_sparse.prune import (IMPORTANCES, SCOPES, STRUCTURED_NORMS, check_importance_and_scope, effective_masks,
+                              prune_magnitude, prune_random, prune_structured, random_masks_like)
 from lth_sparse.runs import RunDir, atomic_torch_save, atomic_write_json, read_json
 from lth_sparse.train import TrainConfig, iterations_per_epoch, make_schedule, parse_step, train
 
@@ -85,6 +85,8 @@ class ImpConfig(TrainConfig):
             raise ValueError(f"importance must be one of {PRUNERS}, got {self.importance!r}")
         if self.structured is not None and self.structured not in STRUCTURED_NORMS:
             raise ValueError(f"structured must be one of {STRUCTURED_NORMS} or None, got {self.structured!r}")
+        if self.structured is None:
+            check_importance_and_scope(self.importance, self.scope)  # before round 0 trains, not after
         if self.threads is not None:
             resolve_threads(self.threads)
         parse_step(self.rewind, 1)

@@ -4,13 +4,19 @@ Vysogorets & Kempe (2023) call a kept weight inactive when every path through it
 is cut somewhere else (its input unit receives nothing from the input, or its
 output unit reaches no output); such weights count as pruned in effective sparsity.
 
-Found for any architecture by path counting (as SynFlow does): in a float64 copy
-of the model, every masked weight becomes its 0/1 mask, biases become 0,
+Found for any architecture by propagating reachability through a float64 copy
+of the model: every masked weight becomes its 0/1 mask, biases become 0,
 batch-norm becomes the identity, max-pooling becomes average pooling (a max
 routes the gradient to one position of its window only, while every position
-carries paths), and an all-ones input is propagated. A
-weight's gradient of the summed output is then the number of input-output paths
-through it, non-zero exactly when the weight is effective.
+carries paths), and an all-ones input is propagated. Every value is then
+non-negative and non-zero exactly where some input path arrives, and a
+weight's gradient of the summed output is non-zero exactly when the weight is
+effective. Path counts (as SynFlow computes them) would grow like width**depth
+and overflow float64 in deep networks (a width-10 MLP of depth 310 has 1e310
+paths; inf * 0 is NaN, and NaN != 0 would count a dead weight as effective).
+So each masked layer's output is turned into 1 where it is non-zero (reached
+from the input), and the gradient arriving at it into 1 where it is non-zero
+(reaches the output): only reachability travels, exact at any depth.
 """
 
 from __future__ import annotations
@@ -19,15 +25,41 @@ import copy
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 
-from lth_sparse.masks import Masks
-from lth_sparse.nn.modules import masked_layers
+from lth_sparse.masks import Masks, _wrapped, masked_weights, unwrap_model
+
+
+class _Reachability(torch.autograd.Function):
+    """Forward: 1 where a unit is reached from the input, else 0. Backward: 1 where it is reached and the
+    gradient is non-zero (it also reaches the output), else 0. Both are exact whatever the path counts."""
+
+    @staticmethod
+    def forward(ctx, counts: Tensor) -> Tensor:
+        reached = (counts != 0).to(counts.dtype)
+        ctx.save_for_backward(reached)
+        return reached
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (reached,) = ctx.saved_tensors
+        return (grad != 0).to(grad.dtype) * reached
+
+
+def _bare_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every DDP / DataParallel / torch.compile wrapper replaced by what it holds
+    (copying a wrapper itself may fail, DDP's process group, and running a compiled one would compile)."""
+    memo: dict = {}
+    for module in reversed(list(model.modules())):  # inner wrappers before the ones around them
+        if _wrapped(module) is not None:
+            memo[id(module)] = copy.deepcopy(unwrap_model(module), memo)
+    return copy.deepcopy(unwrap_model(model), memo)
 
 
 @torch.no_grad()
-def _path_counting_copy(model: nn.Module, masks: Masks) -> nn.Module:
-    net = copy.deepcopy(model).double().eval()
-    layers = {(f"{n}.weight" if n else "weight"): m for n, m in masked_layers(net)}
+def _reachability_copy(model: nn.Module, masks: Masks) -> tuple[nn.Module, dict[str, nn.Module]]:
+    net = _bare_copy(model).double().eval()
+    layers = masked_weights(net)
     for name, mask in masks.items():
         layers[name].mask.copy_(mask)
         layers[name].weight.copy_(mask.double())
@@ -45,6 +77,7 @@ def _path_counting_copy(model: nn.Module, masks: Masks) -> nn.Module:
         p.requires_grad_(False)
     for layer in layers.values():
         layer.weight.requires_grad_(True)
+        layer.register_forward_hook(lambda module, args, output: _Reachability.apply(output))
     return net, layers
 
 
@@ -60,17 +93,21 @@ def _replace_max_pools(net: nn.Module) -> None:
 def effective_masks(model: nn.Module, masks: Masks | None = None, input_shape: tuple[int, ...] | None = None) -> Masks:
     """The masks with every weight that lies on no input-output path also pruned.
 
-    model: a model of masked layers (not changed); masks: default the model's
-    own; input_shape: one example's shape (e.g. ``(1, 28, 28)``), default taken
-    from ``model.input_shape`` when the model has it.
+    model: a model of masked layers (not changed), possibly wrapped by DDP or
+    ``torch.compile`` (it is not run: a bare copy is); masks: default the
+    model's own; input_shape: one example's shape (e.g. ``(1, 28, 28)``),
+    default taken from ``model.input_shape`` when the model has it.
     """
     masks = Masks.from_model(model) if masks is None else masks
     if input_shape is None:
-        input_shape = getattr(model, "input_shape", None)
+        input_shape = getattr(unwrap_model(model), "input_shape", None)
         if input_shape is None:
             raise ValueError("input_shape is needed (the model has no input_shape attribute)")
-    net, layers = _path_counting_copy(model, masks)
+    net, layers = _reachability_copy(model, masks)
     device = next(iter(masks.values())).device
     out = net(torch.ones(1, *input_shape, dtype=torch.float64, device=device))
-    out.sum().backward()
-    return Masks({name: masks[name] & (layers[name].weight.grad != 0) for name in masks})
+    if out.requires_grad:
+        out.sum().backward()
+    # A layer the output does not depend on gets no gradient at all: none of its weights is effective.
+    return Masks({name: masks[name] & (layers[name].weight.grad != 0) if layers[name].weight.grad is not None
+                  else torch.zeros_like(masks[name]) for name in masks})

@@ -15,6 +15,18 @@ Sec. 2.1) prescribes:
 ``scope="global"`` pools the scores of all layers and removes the lowest
 ``fraction`` of all remaining weights; ``"layerwise"`` removes ``fraction`` of
 each layer's remaining weights. The number removed is ``round(fraction * remaining)``.
+
+Every importance but ``magnitude`` is a layer normalisation: an increasing
+function of |W| within a layer (lamp too: a larger weight has a larger
+numerator and a smaller suffix sum), so it ranks a layer's weights exactly as
+|W| does and only changes how layers compare. With ``scope="layerwise"`` the
+layers do not compare, and such an importance would silently be layerwise
+magnitude pruning: :func:`prune_magnitude` refuses the combination.
+
+Weights are ranked only when every unpruned one to be ranked, and its score,
+is finite: a NaN sorts above every number (it would be kept as the most
+important weight) and an inf turns layer-normalised scores into NaN, so NaN or
+inf weights (diverged training) are a ValueError naming the layers.
 """
 
 from __future__ import annotations
@@ -25,11 +37,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from lth_sparse.masks import Masks
-from lth_sparse.nn.modules import masked_layers
+from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.ops import prune_lowest
 
 IMPORTANCES = ("magnitude", "l1", "l2", "softmax", "minmax", "lamp")
+LAYER_NORMALISED = ("l1", "l2", "softmax", "minmax", "lamp")  # rank a layer's weights as magnitude does
 SCOPES = ("global", "layerwise")
 STRUCTURED_NORMS = ("l1", "l2", "linf")
 
@@ -72,8 +84,31 @@ def importance_scores(weights: Mapping[str, Tensor], masks: Masks, importance: s
     return {name: _layer_importance(weights[name], masks[name], importance) for name in masks}
 
 
+def check_importance_and_scope(importance: str, scope: str) -> None:
+    """Raise ValueError for a layer-normalised importance with ``scope="layerwise"`` (see the module docstring)."""
+    if scope == "layerwise" and importance in LAYER_NORMALISED:
+        raise ValueError(
+            f"importance={importance!r} with scope='layerwise' would be plain layerwise magnitude pruning: "
+            f"{importance} is an increasing function of |W| within a layer, so it ranks each layer's weights "
+            f"exactly as magnitude does, and its normalisation only matters when layers compete; use "
+            f"scope='global' with {importance!r}, or importance='magnitude' with scope='layerwise'")
+
+
+def _refuse_non_finite(values: Mapping[str, Tensor], masks: Mapping[str, Tensor], what: str) -> None:
+    """ValueError naming every layer where an entry that ``masks`` keeps is NaN or infinite."""
+    bad = []
+    for name, v in values.items():
+        active = v[masks[name]]
+        nan, inf = int(active.isnan().sum()), int(active.isinf().sum())
+        if nan or inf:
+            bad.append(f"{name} ({nan} NaN, {inf} inf)")
+    if bad:
+        raise ValueError(f"{what} must be finite to be ranked (a NaN would rank as the largest and be kept), "
+                         f"got non-finite ones in {', '.join(bad)}")
+
+
 def _prunable(model: nn.Module, masks: Masks | None, exclude: Iterable[str]):
-    layers = {(f"{n}.weight" if n else "weight"): m for n, m in masked_layers(model)}
+    layers = masked_weights(model)
     if not layers:
         raise ValueError("the model has no masked layers: convert it with lth_sparse.nn.masked(model) first")
     exclude = set(exclude)
@@ -111,11 +146,21 @@ def prune_magnitude(model: nn.Module, fraction: float, *, scope: str = "global",
     """New masks that remove ``fraction`` of the remaining weights by ``importance`` score.
 
     model: its masked layers give the weights (and the current masks unless
-    ``masks`` is given). exclude: weight names never pruned (e.g. the output
+    ``masks`` is given); it may be wrapped by DDP or ``torch.compile``, names
+    are the bare model's. exclude: weight names never pruned (e.g. the output
     layer). Returns new masks; the model is not changed (``masks.apply_to(model)``).
+
+    Raises ValueError when an unpruned weight of a layer to prune, or its
+    score, is NaN or infinite (naming the layers), and for a layer-normalised
+    ``importance`` with ``scope="layerwise"``, which would equal layerwise
+    magnitude pruning (see the module docstring).
     """
+    check_importance_and_scope(importance, scope)
     layers, masks, names = _prunable(model, masks, exclude)
-    scores = importance_scores({n: layers[n].weight for n in names}, Masks({n: masks[n] for n in names}), importance)
+    weights = {n: layers[n].weight.detach() for n in names}
+    _refuse_non_finite(weights, masks, "unpruned weights")
+    scores = importance_scores(weights, Masks({n: masks[n] for n in names}), importance)
+    _refuse_non_finite(scores, masks, f"{importance} scores of unpruned weights (overflow?)")
     return _select(scores, masks, names, fraction, scope)
 
 
@@ -145,10 +190,12 @@ def prune_structured(model: nn.Module, fraction: float, *, norm: str = "l2", sco
     ``scope="global"`` the norms are compared across layers, each divided by the
     square root of the unit's fan-in for ``l2`` (sum for ``l1``) so that layers
     of different width compare fairly; ``"layerwise"`` is the usual choice.
+    NaN or infinite unpruned weights are a ValueError, as in :func:`prune_magnitude`.
     """
     if norm not in STRUCTURED_NORMS:
         raise ValueError(f"norm must be one of {STRUCTURED_NORMS}, got {norm!r}")
     layers, masks, names = _prunable(model, masks, exclude)
+    _refuse_non_finite({n: layers[n].weight.detach() for n in names}, masks, "unpruned weights")
     unit_scores, unit_masks = {}, {}
     for n in names:
         w = torch.where(masks[n], layers[n].weight.detach(), 0).flatten(1)
@@ -161,6 +208,7 @@ def prune_structured(model: nn.Module, fraction: float, *, norm: str = "l2", sco
             s = w.abs().amax(1) if w.numel() else w.new_zeros(w.shape[0])
         unit_scores[n] = s
         unit_masks[n] = masks[n].flatten(1).any(1)
+    _refuse_non_finite(unit_scores, unit_masks, f"{norm} norms of units (overflow?)")
     kept_units = _select(unit_scores, Masks({n: unit_masks[n] for n in names}), names, fraction, scope)
     new = dict(masks)
     for n in names:

@@ -1,14 +1,18 @@
 """IMP at small size on the real 8x8 digits (offline): the properties the issue asks for."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lth_sparse.cli import main
 from lth_sparse.masks import Masks
+from lth_sparse.models import create_model
 from lth_sparse.pipelines import imp
+from lth_sparse.prune import effective_masks, prune_magnitude
 from lth_sparse.runs import ConfigMismatch
+from lth_sparse.train import make_schedule
 
 SMALL = dict(dataset="digits", model="lenet300", epochs=1, batch_size=64, lr=0.05, rounds=3)
 
@@ -22,87 +26,162 @@ def round_masks(run_dir, r):
     return Masks.load(run_dir / f"round_{r:02d}" / "masks.safetensors")
 
 
-def test_global_sparsity_after_n_rounds_is_one_minus_point_eight_to_the_n(tmp_path):
-    summary, _ = run_small(tmp_path)
-    total = round_masks(tmp_path / "run", 0).num_weights()
+def spy_on_train(monkeypatch) -> list[dict]:
+    """Record, for every training IMP starts, its description, arguments and the model's state at the start."""
+    calls = []
+    real_train = imp.train
+
+    def spy(model, data, cfg, **kw):
+        calls.append({"desc": kw["desc"], "state": {k: v.clone() for k, v in model.state_dict().items()}, **kw})
+        return real_train(model, data, cfg, **kw)
+
+    monkeypatch.setattr(imp, "train", spy)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def rewound(tmp_path_factory):
+    """One IMP run of 3 rounds rewinding to iteration 5, with the trainings it started (shared: it is the slow part)."""
+    tmp = tmp_path_factory.mktemp("imp")
+    with pytest.MonkeyPatch.context() as mp:
+        calls = spy_on_train(mp)
+        summary, config = run_small(tmp, rewind="iter:5")
+    return SimpleNamespace(summary=summary, config=config, dir=tmp / "run", calls=calls)
+
+
+def test_global_sparsity_after_n_rounds_is_one_minus_point_eight_to_the_n(rewound):
+    summary = rewound.summary
+    total = round_masks(rewound.dir, 0).num_weights()
+    assert total == 8 * 8 * 300 + 300 * 100 + 100 * 10
     remaining = total
+    assert [result["round"] for result in summary["rounds"]] == [0, 1, 2, 3]
     for r, result in enumerate(summary["rounds"]):
-        assert result["round"] == r
         if r:
             remaining -= round(0.2 * remaining)
+        assert round_masks(rewound.dir, r).num_unpruned() == remaining
         assert result["sparsity"] == pytest.approx(1 - remaining / total, abs=1e-12)
         assert result["sparsity"] == pytest.approx(1 - 0.8 ** r, abs=1e-4)
+        assert result["density"] == pytest.approx(remaining / total, abs=1e-12)
+
+
+def test_each_round_prunes_the_smallest_trained_weights_of_the_previous_round_nested(rewound):
+    for r in range(1, 4):
+        older, newer = round_masks(rewound.dir, r - 1), round_masks(rewound.dir, r)
+        assert newer.is_subset_of(older)
+        trained = torch.load(rewound.dir / f"round_{r - 1:02d}" / "final.pt")
+        model = create_model("lenet300", (1, 8, 8), 10)
+        model.load_state_dict(trained)
+        assert newer == prune_magnitude(model, 0.2, scope="global", masks=older)
+        for name, mask in older.items():  # training kept the pruned weights at zero
+            assert not trained[name][~mask].any(), (r, name)
+
+
+def test_the_dense_round_learns_and_keeps_the_rewind_state(rewound):
+    dense = rewound.calls[0]
+    init = torch.load(rewound.dir / "init.pt")
+    assert dense["desc"] == "round 0 (dense)" and dense["start_iteration"] == 0 and dense["snapshot_at"] == [5]
+    assert all(torch.equal(dense["state"][k], v) for k, v in init.items())
+    rewind = torch.load(rewound.dir / "rewind.pt")
+    assert rewind["iteration"] == 5
+    assert not torch.equal(rewind["state_dict"]["fc1.weight"], init["fc1.weight"]), "5 steps of training"
+    # Chance on 10 balanced classes is 0.1.
+    assert rewound.summary["rounds"][0]["test_accuracy"] > 0.5, "LeNet-300-100 learns the digits in one epoch"
+
+
+def test_survivors_restart_from_their_rewind_values(rewound):
+    rewind = torch.load(rewound.dir / "rewind.pt")["state_dict"]
+    assert [c["desc"] for c in rewound.calls] == ["round 0 (dense)", "round 1", "round 2", "round 3"]
+    for r in range(1, 4):
+        call, masks = rewound.calls[r], round_masks(rewound.dir, r)
+        assert call["start_iteration"] == 5 and call["lr_factor"] is None
+        for key, value in rewind.items():
+            if key in masks:
+                assert torch.equal(call["state"][key], torch.where(masks[key], value, 0)), (r, key)
+            elif key.removesuffix("mask") + "weight" in masks:
+                assert torch.equal(call["state"][key], masks[key.removesuffix("mask") + "weight"]), (r, key)
+            else:  # biases are rewound too
+                assert torch.equal(call["state"][key], value), (r, key)
+
+
+def test_summary_fields_match_the_round_files(rewound):
+    on_disk = json.loads((rewound.dir / "summary.json").read_text())
+    assert on_disk["rounds"] == json.loads(json.dumps(rewound.summary["rounds"]))
+    assert on_disk["config"]["rewind"] == "iter:5" and on_disk["hash"] == rewound.summary["hash"]
+    total_iters = on_disk["rounds"][0]["iterations"]
+    assert total_iters > 5
+    for r, result in enumerate(on_disk["rounds"]):
+        step = rewound.dir / f"round_{r:02d}"
+        assert json.loads((step / "done.json").read_text()) == result
+        masks = round_masks(rewound.dir, r)
+        assert result["sparsity"] == masks.sparsity()
+        assert result["layer_sparsity"] == masks.layer_sparsity()
+        model = create_model("lenet300", (1, 8, 8), 10)
+        assert result["effective_sparsity"] == effective_masks(model, masks, (1, 8, 8)).sparsity()
+        records = [json.loads(line) for line in (step / "metrics.jsonl").read_text().splitlines()]
+        assert records, r
+        last, best = records[-1], min(records, key=lambda rec: rec["val_loss"])
+        assert result["iterations"] == last["iteration"]
+        assert (result["val_loss"], result["val_accuracy"]) == (last["val_loss"], last["val_accuracy"])
+        assert (result["best_val_iteration"], result["best_val_loss"]) == (best["iteration"], best["val_loss"])
+        assert result["iterations"] == total_iters, "every round trains to the end of the schedule"
+        assert result["test_accuracy"] > 0.5 and result["test_loss"] > 0, "half the weights or more still learn"
 
 
 def test_layerwise_scope_prunes_each_layer_by_the_fraction(tmp_path):
     summary, _ = run_small(tmp_path, scope="layerwise", rounds=2)
-    for layer, sparsity in summary["rounds"][2]["layer_sparsity"].items():
-        assert sparsity == pytest.approx(1 - 0.8 ** 2, abs=0.02), layer
+    for r in (1, 2):
+        older, newer = round_masks(tmp_path / "run", r - 1), round_masks(tmp_path / "run", r)
+        for name in older:
+            kept = int(older[name].sum())
+            assert int(newer[name].sum()) == kept - round(0.2 * kept), (r, name)
+        assert summary["rounds"][r]["layer_sparsity"] == newer.layer_sparsity()
+    assert all(s == pytest.approx(0.36, abs=0.01) for s in summary["rounds"][2]["layer_sparsity"].values())
 
 
-def test_masks_are_nested_across_rounds(tmp_path):
-    run_small(tmp_path)
-    for r in range(1, 4):
-        newer, older = round_masks(tmp_path / "run", r), round_masks(tmp_path / "run", r - 1)
-        assert newer.is_subset_of(older)
-        assert newer.sparsity() > older.sparsity()
-
-
-def test_survivors_restart_from_their_rewind_values(tmp_path, monkeypatch):
-    starts = []
-    real_train = imp.train
-
-    def spy(model, data, cfg, **kw):
-        starts.append(({k: v.clone() for k, v in model.state_dict().items()}, kw["start_iteration"]))
-        return real_train(model, data, cfg, **kw)
-
-    monkeypatch.setattr(imp, "train", spy)
-    run_small(tmp_path, rewind="iter:5")
-    rewind = torch.load(tmp_path / "run" / "rewind.pt")
-    assert rewind["iteration"] == 5
-    for r in range(1, 4):
-        state, start = starts[r]
-        masks = round_masks(tmp_path / "run", r)
-        assert start == 5
-        for name, mask in masks.items():
-            assert torch.equal(state[name], torch.where(mask, rewind["state_dict"][name], 0))
-            assert torch.equal(state[name.replace("weight", "mask")], mask)
-
-
-def test_finetune_keeps_trained_weights(tmp_path, monkeypatch):
-    starts = []
-    real_train = imp.train
-
-    def spy(model, data, cfg, **kw):
-        starts.append({k: v.clone() for k, v in model.state_dict().items()})
-        return real_train(model, data, cfg, **kw)
-
-    monkeypatch.setattr(imp, "train", spy)
-    run_small(tmp_path, retrain="finetune", rounds=1)
+@pytest.mark.parametrize("retrain", ["finetune", "lr-rewind"])
+def test_finetune_and_lr_rewind_keep_the_trained_weights(tmp_path, monkeypatch, retrain):
+    calls = spy_on_train(monkeypatch)
+    run_small(tmp_path, retrain=retrain, rounds=1, schedule="cosine")
     trained = torch.load(tmp_path / "run" / "round_00" / "final.pt")
     masks = round_masks(tmp_path / "run", 1)
+    pruned = calls[1]
     for name, mask in masks.items():
-        assert torch.equal(starts[1][name], torch.where(mask, trained[name], 0))
+        assert torch.equal(pruned["state"][name], torch.where(mask, trained[name], 0))
+    assert pruned["start_iteration"] == 0
+    total = json.loads((tmp_path / "run" / "round_00" / "done.json").read_text())["iterations"]  # one epoch
+    if retrain == "finetune":  # as many iterations again, all at the final learning rate of the schedule
+        config = imp.ImpConfig(**{**SMALL, "schedule": "cosine"})
+        final_lr = make_schedule(config, total, total)(total - 1)
+        assert 0 < final_lr < 0.1
+        assert pruned["end_iteration"] == total
+        assert [pruned["lr_factor"](it) for it in (0, total // 2, total - 1)] == [final_lr] * 3
+    else:  # the schedule restarts from the rewind iteration
+        assert pruned["lr_factor"] is None and pruned["end_iteration"] is None
 
 
-def test_controls_are_recorded(tmp_path):
+def test_controls_train_the_same_mask_reinitialised_and_a_random_mask_from_the_rewind_state(tmp_path, monkeypatch):
+    calls = spy_on_train(monkeypatch)
     summary, _ = run_small(tmp_path, controls=True, rounds=1)
+    run_dir = tmp_path / "run"
+    assert [c["desc"] for c in calls] == ["round 0 (dense)", "round 1", "round 1 reinit", "round 1 random_mask"]
+    masks, rewind = round_masks(run_dir, 1), torch.load(run_dir / "rewind.pt")["state_dict"]
+    reinit, shuffled = calls[2], calls[3]
+    for name, mask in masks.items():
+        # reinit: the ticket's mask on new random weights
+        assert torch.equal(reinit["state"][name.replace("weight", "mask")], mask)
+        assert not reinit["state"][name][~mask].any()
+        assert not torch.equal(reinit["state"][name][mask], rewind[name][mask]), name
+        # random mask: as many weights per layer, elsewhere, from the rewind state
+        random_mask = shuffled["state"][name.replace("weight", "mask")]
+        assert int(random_mask.sum()) == int(mask.sum()) and not torch.equal(random_mask, mask), name
+        assert torch.equal(shuffled["state"][name], torch.where(random_mask, rewind[name], 0)), name
     result = summary["rounds"][1]
-    for key in ("reinit_test_accuracy", "random_mask_test_accuracy"):
-        assert 0.0 <= result[key] <= 1.0
-    control_masks_sparsity = json.loads((tmp_path / "run" / "round_01" / "control_random_mask" / "done.json")
-                                        .read_text())["sparsity"]
-    assert control_masks_sparsity == pytest.approx(result["sparsity"], abs=1e-3)
-
-
-def test_summary_has_the_documented_fields(tmp_path):
-    summary, _ = run_small(tmp_path, rounds=1)
-    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert on_disk["rounds"] == json.loads(json.dumps(summary["rounds"]))
-    for key in ("round", "sparsity", "layer_sparsity", "effective_sparsity", "test_accuracy", "test_loss",
-                "best_val_iteration", "val_accuracy"):
-        assert key in on_disk["rounds"][1]
-    assert on_disk["rounds"][0]["test_accuracy"] > 0.5, "LeNet-300-100 learns the digits in one epoch"
+    for control in ("reinit", "random_mask"):
+        done = json.loads((run_dir / "round_01" / f"control_{control}" / "done.json").read_text())
+        assert result[f"{control}_test_accuracy"] == done["test_accuracy"]
+        assert result[f"{control}_test_loss"] == done["test_loss"]
+        assert done["sparsity"] == pytest.approx(result["sparsity"], abs=1e-3)
+        assert done["test_accuracy"] > 0.5, f"{control}: 80% of LeNet-300-100 still learns the digits (chance: 0.1)"
 
 
 def test_resume_after_a_kill_retrains_nothing_finished(tmp_path, monkeypatch):
@@ -129,10 +208,14 @@ def test_resume_after_a_kill_retrains_nothing_finished(tmp_path, monkeypatch):
         assert a["sparsity"] == b["sparsity"]
 
 
-def test_more_rounds_extend_a_finished_run(tmp_path):
-    run_small(tmp_path, rounds=1)
+def test_more_rounds_extend_a_finished_run(tmp_path, monkeypatch):
+    first, _ = run_small(tmp_path, rounds=1)
+    calls = spy_on_train(monkeypatch)
     summary, _ = run_small(tmp_path, rounds=2)
+    assert [c["desc"] for c in calls] == ["round 2"], "only the new round trains"
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    assert summary["rounds"][:2] == first["rounds"]
+    assert summary["rounds"][2]["sparsity"] > summary["rounds"][1]["sparsity"]
 
 
 def test_a_different_config_in_the_same_directory_is_refused(tmp_path):

@@ -188,3 +188,56 @@ def test_resnet_with_batchnorm_and_shortcuts_runs_and_keeps_a_dense_net_dense():
     effective = effective_masks(model)
     assert effective.is_subset_of(pruned)
     assert effective.sparsity() >= pruned.sparsity()
+
+
+def test_a_deep_mlp_whose_path_counts_overflow_float64_is_exact():
+    # 400 layers of width 10: about 10**400 input-output paths, beyond float64 (1.8e308), where path counting
+    # gives inf, then inf * 0 = NaN for a dead weight. By hand, all layers dense except:
+    #   layer 50 keeps no weight into its unit 3  -> unit 3 receives nothing: column 3 of layer 51 is dead;
+    #   layer 360 keeps no weight out of unit 7   -> unit 7 reaches nothing: row 7 of layer 359 is dead;
+    #   unit 9 of every layer is fed by unit 9 alone -> one path among 10**400, every (9, 9) weight is effective.
+    depth, width = 400, 10
+    model = masked(nn.Sequential(*[m for _ in range(depth) for m in (nn.Linear(width, width), nn.ReLU())]))
+    names = [f"{2 * i}.weight" for i in range(depth)]
+    rows = {name: torch.ones(width, width, dtype=torch.bool) for name in names}
+    for mask in rows.values():
+        mask[9] = False
+        mask[9, 9] = True
+    rows["100.weight"][3] = False   # layer 50
+    rows["720.weight"][:, 7] = False  # layer 360
+    masks = Masks(rows)
+    masks.apply_to(model)
+    effective = effective_masks(model, input_shape=(width,))
+    expected = Masks({name: mask.clone() for name, mask in rows.items()})
+    expected["102.weight"][:, 3] = False  # layer 51
+    expected["718.weight"][7] = False     # layer 359
+    assert effective == expected
+    assert all(effective[name][9, 9] for name in names)
+    assert effective.num_unpruned() == masks.num_unpruned() - 9 - 10
+
+
+def test_a_layer_the_output_does_not_use_is_wholly_ineffective():
+    class SideBranch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            self.unused(x)
+            return self.used(x)
+
+    model = masked(SideBranch())
+    effective = effective_masks(model, input_shape=(3,))
+    assert effective["used.weight"].all()
+    assert not effective["unused.weight"].any()
+
+
+def test_effective_masks_of_a_wrapped_model_are_the_bare_models(wrap):
+    model = three_layer_mlp()
+    masks_from_rows({"0.weight": ["000", "111", "101", "010"], "2.weight": ["1011", "1001", "1000"],
+                     "4.weight": ["111", "011"]}).apply_to(model)
+    model.input_shape = (3,)
+    expected = effective_masks(model)
+    wrapped = wrap(model)
+    assert effective_masks(wrapped) == expected
+    assert effective_masks(wrapped, Masks.from_model(model), input_shape=(3,)) == expected

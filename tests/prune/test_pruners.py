@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from lth_sparse import Masks
 from lth_sparse.nn import masked
 from lth_sparse.prune import (
     IMPORTANCES,
+    LAYER_NORMALISED,
     importance_scores,
     prune_magnitude,
     prune_random,
@@ -187,23 +189,43 @@ def test_global_scope_removes_the_lowest_scores_over_all_layers(importance, frac
     assert Masks.from_model(model) == before, "pruning returns new masks and leaves the model as it was"
 
 
-@pytest.mark.parametrize("importance", IMPORTANCES)
 @pytest.mark.parametrize("fraction", [0.2, 0.5])
-def test_layerwise_scope_removes_the_fraction_of_each_layer(importance, fraction):
+def test_layerwise_scope_removes_the_fraction_of_each_layer(fraction):
     model = pruned_mlp(seed=2)
     before = Masks.from_model(model)
-    after = prune_magnitude(model, fraction, scope="layerwise", importance=importance)
+    after = prune_magnitude(model, fraction, scope="layerwise", importance="magnitude")
     for name in NAMES:
         assert removed(before, after, name) == round(fraction * int(before[name].sum())), name
-    assert after == expected_layerwise(model, before, importance, fraction)
+    assert after == expected_layerwise(model, before, "magnitude", fraction)
 
 
-def test_layerwise_scope_is_the_same_for_every_order_preserving_importance():
-    # Within one layer l1, l2, minmax, softmax and lamp all rank weights by magnitude.
+@pytest.mark.parametrize("importance", LAYER_NORMALISED)
+def test_each_layer_normalised_importance_ranks_a_layers_weights_as_magnitude_does(importance):
+    # Why layerwise scope refuses them: within one layer their order is |W|'s, ties included
+    # (equal magnitudes, the pruned entries' large values and a zero weight).
+    assert set(LAYER_NORMALISED) == set(IMPORTANCES) - {"magnitude"}, "a new importance must be classified"
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(8, 9, generator=g, dtype=torch.float64)
+    weight[0, :3] = torch.tensor([0.5, -0.5, 0.5], dtype=torch.float64)
+    weight[1, 0] = 0.0
+    mask = torch.rand(8, 9, generator=g) < 0.8
+    mask[:2] = True
+    weight = torch.where(mask, weight, torch.full_like(weight, 50.0))
+    scores = importance_scores({"w.weight": weight}, Masks({"w.weight": mask}), importance)["w.weight"][mask]
+    mags = weight.abs()[mask]
+    # lamp gives tied magnitudes different scores, the earlier position the lower one: prune_lowest's tie order.
+    assert torch.equal(torch.argsort(scores, stable=True), torch.argsort(mags, stable=True))
+
+
+@pytest.mark.parametrize("importance", LAYER_NORMALISED)
+def test_layerwise_scope_with_a_layer_normalised_importance_is_a_value_error_saying_why(importance):
     model = pruned_mlp(seed=3)
-    reference = prune_magnitude(model, 0.4, scope="layerwise", importance="magnitude")
-    for importance in IMPORTANCES:
-        assert prune_magnitude(model, 0.4, scope="layerwise", importance=importance) == reference, importance
+    with pytest.raises(ValueError, match=f"importance='{importance}' with scope='layerwise' would be plain "
+                                         "layerwise magnitude pruning") as info:
+        prune_magnitude(model, 0.4, scope="layerwise", importance=importance)
+    assert "ranks each layer's weights exactly as magnitude does" in str(info.value)
+    assert prune_magnitude(model, 0.4, scope="global", importance=importance).num_unpruned() < \
+        Masks.from_model(model).num_unpruned()
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
@@ -286,6 +308,60 @@ def test_layer_normalised_importances_spare_a_layer_of_small_weights_that_magnit
         normalised = prune_magnitude(model, fraction, importance=importance)
         assert removed(before, normalised, "0.weight") > 0, importance
         assert normalised == expected_global(model, before, importance, fraction)
+
+
+# --- NaN and inf -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("importance", IMPORTANCES)
+def test_nan_and_inf_weights_are_a_value_error_naming_each_layer_and_count(importance):
+    # A NaN sorts above every number: ranked, it would be kept as the most important weight.
+    model = mlp(seed=18)
+    with torch.no_grad():
+        model[0].weight[1, 2] = float("inf")
+        model[4].weight[0, 0] = float("nan")
+        model[4].weight[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=re.escape("0.weight (0 NaN, 1 inf), 4.weight (2 NaN, 0 inf)")):
+        prune_magnitude(model, 0.2, importance=importance)
+    with pytest.raises(ValueError, match="4.weight"):
+        prune_structured(model, 0.2)
+
+
+def test_nan_weights_that_are_pruned_or_excluded_do_not_matter():
+    model = mlp(seed=19)
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")  # pruned by the given masks
+        model[4].weight[1, 1] = float("nan")  # in the excluded layer
+    masks = Masks.from_model(model)
+    masks["0.weight"][0, 0] = False
+    after = prune_magnitude(model, 0.3, masks=masks, exclude=["4.weight"])
+    assert not after["0.weight"][0, 0]
+    assert torch.equal(after["4.weight"], masks["4.weight"])
+    assert masks.num_unpruned() - after.num_unpruned() == round(0.3 * (int(masks["0.weight"].sum()) + 30))
+
+
+def test_finite_weights_whose_scores_overflow_are_a_value_error():
+    model = mlp(seed=20)
+    with torch.no_grad():
+        model[2].weight[0, 0] = 1e200  # its square is inf in float64: l2 scores become inf / inf
+    with pytest.raises(ValueError, match=re.escape("l2 scores of unpruned weights (overflow?) must be finite")):
+        prune_magnitude(model, 0.2, importance="l2")
+    assert prune_magnitude(model, 0.2)["2.weight"][0, 0], "magnitude ranks it fine: the largest weight"
+
+
+# --- wrapped models -------------------------------------------------------------------------------------------
+
+def test_pruning_a_wrapped_model_gives_the_bare_models_masks(wrap):
+    model = pruned_mlp(seed=21)
+
+    def prune_all(m):
+        return [prune_magnitude(m, 0.3), prune_magnitude(m, 0.3, scope="layerwise", exclude=["4.weight"]),
+                prune_magnitude(m, 0.3, importance="lamp", masks=Masks.from_model(model)),
+                prune_random(m, 0.3, generator=torch.Generator().manual_seed(0)), prune_structured(m, 0.3)]
+
+    expected = prune_all(model)
+    got = prune_all(wrap(model))
+    assert all(list(g) == NAMES for g in got)
+    assert got == expected
 
 
 # --- random pruning -------------------------------------------------------------------------------------------
