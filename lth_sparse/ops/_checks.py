@@ -123,3 +123,26 @@ def check_interpolation_pair(weight_a: Tensor, weight_b: Tensor, bias_a: Tensor 
         raise ValueError("bias_a and bias_b must be given together, or both be None")
     check_bias("bias_a", bias_a, weight_a.shape[0], weight_a)
     check_bias("bias_b", bias_b, weight_a.shape[0], weight_a)
+
+
+def check_conv_geometry(input: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> None:
+    """Checks shared with ``interpolated_conv2d``: input (N, C, H, W) or (C, H, W) fits the weight."""
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be 4-D (out_channels, in_channels/groups, kH, kW), got {tuple(weight.shape)}")
+    if input.dim() not in (3, 4):
+        raise ValueError(f"input must be (N, C, H, W) or (C, H, W), got shape {tuple(input.shape)}")
+    if not isinstance(groups, int) or groups < 1 or weight.shape[0] % groups:
+        raise ValueError(f"groups must be a positive int dividing out_channels={weight.shape[0]}, got {groups}")
+    channels = input.shape[-3]
+    if channels != weight.shape[1] * groups:
+        raise ValueError(f"input has {channels} channels, the weight expects {weight.shape[1] * groups} "
+                         f"(in_channels/groups={weight.shape[1]} x groups={groups})")
+    for name, value, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if len(value) != 2 or any(v < low for v in value):
+            raise ValueError(f"{name} must be two ints >= {low}, got {list(value)}")
+
+
+def conv_output_size(input: Tensor, weight: Tensor, stride, padding, dilation) -> list[int]:
+    """(H_out, W_out) of a conv of ``input`` (..., H, W) with ``weight`` (..., kH, kW); shared by the fake kernels."""
+    return [(input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
+            for i in range(2)]

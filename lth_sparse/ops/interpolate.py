@@ -23,8 +23,8 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from lth_sparse._dispatch import choose_backend, cpp_extension, triton_kernel
-from lth_sparse.ops import _checks
-from lth_sparse.ops.masked_conv2d import check_conv_geometry, conv_output_size
+from lth_sparse.ops import _autocast, _checks
+from lth_sparse.ops._checks import check_conv_geometry, conv_output_size
 
 IMPLEMENTED = ("triton", "torch")
 
@@ -128,7 +128,7 @@ def _backward(layer, grad, input, weight_a, weight_b, alphas, bias_a, bias_b, ne
     need_input, need_wa, need_wb, need_alpha, need_ba, need_bb = needs
     num_alphas = alphas.shape[0]
     shared = input.shape[0] == 1 and num_alphas > 1
-    coef_b = _alpha_view(alphas, grad.dim())
+    coef_b = _alpha_view(alphas, grad.dim()).to(grad.dtype)  # as in the forward: alphas may be wider (autocast)
     coef_a = 1 - coef_b
     if shared:
         x = input[0]
@@ -272,6 +272,8 @@ def _backward_linear(ctx, grad):
 
 
 _interpolated_linear.register_autograd(_backward_linear, setup_context=_setup_linear)
+# under autocast: input, weights and biases in the autocast dtype, as F.linear; alphas as they are
+_autocast.register(_interpolated_linear, cast_args=(0, 1, 2, 4, 5))
 
 
 @torch.library.custom_op("lth_sparse::interpolated_conv2d", mutates_args=())
@@ -305,6 +307,7 @@ def _backward_conv(ctx, grad):
 
 
 _interpolated_conv2d.register_autograd(_backward_conv, setup_context=_setup_conv)
+_autocast.register(_interpolated_conv2d, cast_args=(0, 1, 2, 4, 5))
 
 
 def _storage_users(t: Tensor) -> int:
@@ -330,8 +333,13 @@ def cpu_forward_into(previous: Tensor | None, kind: str, input: Tensor, weight_a
     For :class:`lth_sparse.nn.path.PathNetwork`, whose passes make results of the same shapes over
     and over: a fresh result larger than glibc's mmap threshold (32 MB) comes back from the kernel as
     fresh pages, and faulting them in cost 1.5 us per 4 KB, ~70 ms per 176 MB result (Conv-4, 21
-    alphas, 32 examples), as much as a quarter of the whole evaluation.
+    alphas, 32 examples), as much as a quarter of the whole evaluation. Under ``torch.autocast`` it
+    computes in the autocast dtype, as the op does.
     """
+    if (autocast := _autocast.active(input)) is not None:
+        return _autocast.run_cast(cpu_forward_into, autocast,
+                                  (previous, kind, input, weight_a, weight_b, alphas, bias_a, bias_b, *conv_args),
+                                  (2, 3, 4, 6, 7))
     if kind == "linear":
         _check_linear(input, weight_a, weight_b, alphas, bias_a, bias_b)
         shape = (alphas.shape[0], *input.shape[1:-1], weight_a.shape[0])

@@ -13,32 +13,10 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from lth_sparse._dispatch import choose_backend, cpu_runs_cpp, plain_eager, triton_kernel
-from lth_sparse.ops import _checks, _cpu
+from lth_sparse.ops import _autocast, _checks, _cpu
+from lth_sparse.ops._checks import check_conv_geometry, conv_output_size
 
 IMPLEMENTED = ("triton", "cpp", "torch")
-
-
-def check_conv_geometry(input: Tensor, weight: Tensor, stride, padding, dilation, groups: int) -> None:
-    """Checks shared with ``interpolated_conv2d``: input (N, C, H, W) or (C, H, W) fits the weight."""
-    if weight.dim() != 4:
-        raise ValueError(f"weight must be 4-D (out_channels, in_channels/groups, kH, kW), got {tuple(weight.shape)}")
-    if input.dim() not in (3, 4):
-        raise ValueError(f"input must be (N, C, H, W) or (C, H, W), got shape {tuple(input.shape)}")
-    if not isinstance(groups, int) or groups < 1 or weight.shape[0] % groups:
-        raise ValueError(f"groups must be a positive int dividing out_channels={weight.shape[0]}, got {groups}")
-    channels = input.shape[-3]
-    if channels != weight.shape[1] * groups:
-        raise ValueError(f"input has {channels} channels, the weight expects {weight.shape[1] * groups} "
-                         f"(in_channels/groups={weight.shape[1]} x groups={groups})")
-    for name, value, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
-        if len(value) != 2 or any(v < low for v in value):
-            raise ValueError(f"{name} must be two ints >= {low}, got {list(value)}")
-
-
-def conv_output_size(input: Tensor, weight: Tensor, stride, padding, dilation) -> list[int]:
-    """(H_out, W_out) of a conv of ``input`` (..., H, W) with ``weight`` (..., kH, kW); shared by the fake kernels."""
-    return [(input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
-            for i in range(2)]
 
 
 def _check(input, weight, mask, bias, stride, padding, dilation, groups):
@@ -119,6 +97,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward_with(backward_op):
     def backward(ctx, grad):
+        if _autocast.active(grad) is not None:
+            # a backward run inside the autocast region: the forward ran with autocast off, so does this
+            with torch.autocast(grad.device.type, enabled=False):
+                return backward(ctx, grad)
         input, weight, mask = ctx.saved_tensors
         need_input, need_weight, _, need_bias = ctx.needs_input_grad[:4]
         need_bias = bool(need_bias and ctx.has_bias)
@@ -130,6 +112,7 @@ def _backward_with(backward_op):
 
 
 _masked_conv2d.register_autograd(_backward_with(_masked_conv2d_backward), setup_context=_setup_context)
+_autocast.register(_masked_conv2d, cast_args=(0, 1, 3))  # input, weight, bias
 
 
 class _EagerMaskedConv2d(torch.autograd.Function):
@@ -169,13 +152,16 @@ def masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | No
     input: (N, C, H, W) or (C, H, W); weight: (C_out, C/groups, kH, kW); mask:
     bool, the weight's shape; stride/padding/dilation: int or pair (zero padding,
     numeric only: ``MaskedConv2d`` turns 'same'/'valid' and other padding modes
-    into these). Returns (N, C_out, H_out, W_out).
+    into these). Returns (N, C_out, H_out, W_out). Under ``torch.autocast`` it computes
+    in the autocast dtype as ``F.conv2d`` does (see ``ops/_autocast.py``).
     """
     if isinstance(padding, str):
         raise ValueError("padding must be an int or a pair here; MaskedConv2d resolves 'same' and 'valid'")
     args = (input, weight, mask, bias, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
     if not plain_eager():
         return _masked_conv2d(*args)
+    if (autocast := _autocast.active(input)) is not None:
+        return _autocast.run_cast(masked_conv2d, autocast, args, (0, 1, 3))
     if isinstance(mask, Tensor) and isinstance(input, Tensor) and input.device.type == "cpu" and cpu_runs_cpp():
         _check(*args)
         if _cpu.nothing_pruned(mask):  # exactly the dense layer: torch's own conv and autograd

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lth_sparse._dispatch import choose_backend, cpu_runs_cpp, plain_eager, triton_kernel
-from lth_sparse.ops import _checks, _cpu
+from lth_sparse.ops import _autocast, _checks, _cpu
 
 IMPLEMENTED = ("triton", "cpp", "torch")
 
@@ -90,6 +90,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward_with(backward_op):
     def backward(ctx, grad):
+        if _autocast.active(grad) is not None:
+            # a backward run inside the autocast region: the forward ran with autocast off, so does this
+            with torch.autocast(grad.device.type, enabled=False):
+                return backward(ctx, grad)
         input, weight, mask = ctx.saved_tensors
         need_input, need_weight, _, need_bias = ctx.needs_input_grad
         grad_input, grad_weight, grad_bias = backward_op(
@@ -100,6 +104,7 @@ def _backward_with(backward_op):
 
 
 _masked_linear.register_autograd(_backward_with(_masked_linear_backward), setup_context=_setup_context)
+_autocast.register(_masked_linear, cast_args=(0, 1, 3))  # input, weight, bias
 
 
 class _EagerMaskedLinear(torch.autograd.Function):
@@ -137,10 +142,13 @@ def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | No
     input's dtype; mask: bool, the weight's shape; bias: (out_features,) or None.
     Returns (*, out_features). Pruned weights never reach the output, even when
     they hold inf or NaN. Raises TypeError/ValueError/RuntimeError naming the
-    argument on a dtype, shape or device mismatch.
+    argument on a dtype, shape or device mismatch. Under ``torch.autocast`` it
+    computes in the autocast dtype as ``F.linear`` does (see ``ops/_autocast.py``).
     """
     if not plain_eager():
         return _masked_linear(input, weight, mask, bias)
+    if (autocast := _autocast.active(input)) is not None:
+        return _autocast.run_cast(masked_linear, autocast, (input, weight, mask, bias), (0, 1, 3))
     if cpu_runs_cpp():
         # the whole layer in one C++ call: ~3 us over F.linear, against ~40 us for the Python path
         try:

@@ -10,6 +10,7 @@ to a JSONL file as they come, so a crash loses nothing already measured.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -26,6 +27,9 @@ from lth_sparse.data import Dataset, Split, batches
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+# The autocast dtype of each reduced precision (fp32: no autocast).
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,10 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     eval_every: int = 0  # iterations between validation passes; 0: once per epoch
+    precision: str = field(default="fp32", metadata={
+        "since": "0.2", "choices": PRECISIONS,
+        "help": "numeric precision of training and evaluation: fp32, bf16 (autocast) or fp16 (autocast with a "
+                "GradScaler)"})
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -59,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.momentum < 0:
             raise ValueError("weight_decay and momentum must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 def iterations_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -106,17 +116,36 @@ def make_schedule(cfg: TrainConfig, iters_per_epoch: int, total_iters: int) -> C
     return factor
 
 
+def _device_type(model: nn.Module) -> str:
+    """The device type of the model's parameters (cpu for a model without any)."""
+    param = next(model.parameters(), None)
+    return "cpu" if param is None else param.device.type
+
+
+def autocast_context(precision: str, device_type: str):
+    """The context of a forward pass at ``precision`` (one of ``PRECISIONS``): ``torch.autocast`` to
+    bfloat16 or float16 on ``device_type``, or nothing at all for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=_AUTOCAST_DTYPES[precision])
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``split`` (eval mode, restored after)."""
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, precision: str = "fp32") -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``split`` (eval mode, restored after), the
+    forward pass at ``precision`` (see :func:`autocast_context`; the loss is summed in float32)."""
     if len(split) == 0:
         return float("nan"), float("nan")
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
+    device_type = _device_type(model)
     for x, y in batches(split, batch_size, shuffle=False):
-        out = model(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+        with autocast_context(precision, device_type):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
     model.train(was_training)
     return loss_sum / len(split), correct / len(split)
@@ -161,6 +190,9 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
     ``lr_factor``: overrides the schedule (e.g. a constant for fine-tuning).
     Validation runs every ``cfg.eval_every`` iterations (default: every epoch)
     and at the end; each record goes to ``metrics_path`` (JSONL) at once.
+    ``cfg.precision`` bf16 or fp16 runs the forward passes and the loss under
+    ``torch.autocast`` (the parameters, their gradients and the optimizer stay
+    float32), fp16 with a ``torch.amp.GradScaler`` (it starts afresh at each call).
     """
     per_epoch = iterations_per_epoch(len(data.train), cfg.batch_size)
     total = round(cfg.epochs * per_epoch)
@@ -171,6 +203,9 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
         raise ValueError("the training split is empty")
     schedule = lr_factor or make_schedule(cfg, per_epoch, total)
     optimizer = make_optimizer(model, cfg)
+    device_type = _device_type(model)
+    # disabled (fp32, bf16): scale() returns the loss itself and step() is optimizer.step()
+    scaler = torch.amp.GradScaler(device_type, enabled=cfg.precision == "fp16")
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     snapshots = set(snapshot_at)
     eval_every = cfg.eval_every or per_epoch
@@ -180,7 +215,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
 
     def record(it: int, train_loss: float) -> None:
         nonlocal best
-        val_loss, val_acc = evaluate(model, data.val)
+        val_loss, val_acc = evaluate(model, data.val, precision=cfg.precision)
         entry = {"iteration": it, "epoch": it / per_epoch, "train_loss": train_loss, "val_loss": val_loss,
                  "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"]}
         if val_loss < best[0] or math.isnan(best[0]):
@@ -211,9 +246,11 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
                     for group, lr in zip(optimizer.param_groups, base_lrs):
                         group["lr"] = lr * schedule(it)
                     optimizer.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x), y)
-                    loss.backward()
-                    optimizer.step()
+                    with autocast_context(cfg.precision, device_type):
+                        loss = F.cross_entropy(model(x), y)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
                     it += 1
                     running += loss.item()
                     running_n += 1
@@ -231,7 +268,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
             metrics_file.close()
     if not history or history[-1]["iteration"] != it:
         record(it, running / max(1, running_n))
-    test_loss, test_acc = evaluate(model, data.test)
+    test_loss, test_acc = evaluate(model, data.test, precision=cfg.precision)
     last = history[-1]
     return TrainResult(iterations=it, val_loss=last["val_loss"], val_accuracy=last["val_accuracy"],
                        test_loss=test_loss, test_accuracy=test_acc, best_val_iteration=best[1],

@@ -137,6 +137,60 @@ def test_pruned_weights_stay_zero_through_training(digits):
     assert torch.all(model.fc1.weight[mask] != 0)
 
 
+# --- precision ------------------------------------------------------------------------------------------------
+
+def test_fp32_precision_is_the_default_and_plain_float32_training_bit_for_bit(digits, monkeypatch):
+    # the training batches, recorded as the loop draws them, replayed by a plain loop without autocast or a scaler
+    from lth_sparse.train import loop
+
+    assert TrainConfig().precision == "fp32"
+    drawn = []
+
+    def recording_batches(*args, **kwargs):
+        for x, y in loop_batches(*args, **kwargs):
+            if kwargs.get("shuffle"):
+                drawn.append((x, y))
+            yield x, y
+
+    loop_batches = loop.batches
+    monkeypatch.setattr(loop, "batches", recording_batches)
+    cfg = config(momentum=0.9, weight_decay=1e-4, precision="fp32")
+    model, replayed = small_model(), small_model()
+    train(model, digits, cfg, seed=3, progress=False)
+    assert len(drawn) == 2 * iterations_per_epoch(TRAIN_SIZE, BATCH)
+    optimizer = make_optimizer(replayed, cfg)
+    for x, y in drawn:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(replayed(x), y).backward()
+        optimizer.step()
+    assert same_state(weights(model), weights(replayed))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_training_learns_and_keeps_float32_weights_and_pruned_zeros(digits, precision):
+    model = small_model()
+    mask = torch.rand(model.fc1.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    model.fc1.set_mask(mask)
+    initial_loss, _ = evaluate(model, digits.val)
+    result = train(model, digits, config(epochs=3, momentum=0.9, weight_decay=1e-3, precision=precision),
+                   progress=False)
+    assert result.val_loss < initial_loss - 0.5, "the loss must go down"
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert torch.all(model.fc1.weight[~mask] == 0)
+    assert torch.all(model.fc1.weight[mask] != 0)
+
+
+def test_evaluate_at_bf16_is_close_to_float32(digits):
+    model = small_model()
+    train(model, digits, config(epochs=1), progress=False)
+    loss, accuracy = evaluate(model, digits.val)
+    loss_bf16, accuracy_bf16 = evaluate(model, digits.val, precision="bf16")
+    assert loss_bf16 != loss, "precondition: bf16 computes otherwise"
+    assert loss_bf16 == pytest.approx(loss, rel=2e-2)
+    assert accuracy_bf16 == pytest.approx(accuracy, abs=0.05)
+
+
 # --- schedules ------------------------------------------------------------------------------------------------
 
 def test_constant_schedule_is_one_everywhere():
@@ -300,6 +354,8 @@ def test_best_val_iteration_is_the_iteration_of_minimum_validation_loss(digits):
     ("batch_size", 0),
     ("lr", 0.0),
     ("lr", -0.1),
+    ("precision", "fp64"),
+    ("precision", "FP16"),
 ])
 def test_train_config_refuses_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
