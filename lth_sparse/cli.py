@@ -50,129 +50,132 @@ def _load_config_file(path: str) -> dict:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def _check_types(options: dict, config_class, source: str) -> None:
-    """Refuse values of the wrong type (from a config file) before they reach the dataclass."""
-    defaults = config_class()
-    for name, value in options.items():
-        default = getattr(defaults, name)
-        if value is None or default is None:
-            continue
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
-        elif isinstance(default, tuple):
-            ok = isinstance(value, (list, tuple, dict))
-        else:
-            ok = True
-        if not ok:
-            raise CliError(f"{source}: {name} must be {type(default).__name__}, got {value!r}")
-
-
-def _model_options(pairs: list[str] | None) -> tuple:
-    out = []
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise CliError(f"--model-option expects KEY=VALUE, got {pair!r}")
+def _number(text: str):
+    """A float option's value: ``5`` stays the int 5 (as a config file gives it), ``0.5`` is a float."""
+    try:
+        return int(text)
+    except ValueError:
         try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        out.append((key, parsed))
-    return tuple(out)
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-_TRAIN_HELP = {
-    "epochs": "training epochs (per round)",
-    "batch_size": "mini-batch size",
-    "optimizer": "optimizer",
-    "lr": "learning rate",
-    "momentum": "SGD momentum",
-    "nesterov": "Nesterov momentum (SGD)",
-    "weight_decay": "weight decay (decoupled for adamw)",
-    "betas": "Adam/AdamW betas",
-    "schedule": "learning-rate schedule, stepped per iteration",
-    "milestones": "epochs where the step schedule multiplies the learning rate by --gamma",
-    "gamma": "step-schedule decay factor",
-    "warmup_epochs": "linear learning-rate warm-up, in epochs",
-    "eval_every": "iterations between validation passes (0: once per epoch)",
-}
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per field of TrainConfig (shared by every pipeline); absent flags keep the config's value."""
-    from lth_sparse.train.loop import OPTIMIZERS, SCHEDULES, TrainConfig
-
-    defaults = TrainConfig()
-    group = parser.add_argument_group("training")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = f"{f.metadata.get('help') or _TRAIN_HELP.get(f.name, f.name)} (default {default})"
-        if isinstance(default, bool):
-            group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
-        elif isinstance(default, tuple):
-            group.add_argument(flag, type=float, nargs="*", default=argparse.SUPPRESS, help=help_text)
+def _flag_type(scalar: type, optional: bool, choices):
+    """argparse's ``type`` for one value: parsed, ``none`` for an optional option, checked against ``choices``."""
+    def parse(text: str):
+        if optional and text.lower() in ("none", "null"):
+            return None
+        if scalar is int:
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        elif scalar is float:
+            value = _number(text)
         else:
-            choices = f.metadata.get("choices") or {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}.get(f.name)
-            group.add_argument(flag, type=type(default), choices=choices, default=argparse.SUPPRESS, help=help_text)
+            value = text
+        if choices is not None and value not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(map(str, choices))}, got {text!r}")
+        return value
+    parse.__name__ = scalar.__name__  # argparse names the type in its errors
+    return parse
+
+
+def _pair(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_class, groups: dict[str, type] | None = None) -> None:
+    """One documented flag per field of ``config_class`` (declared with :func:`lth_sparse.config.option`).
+
+    Flags that are absent leave no value (a ``--config`` file or the dataclass default then
+    applies). bool fields get ``--name`` / ``--no-name``; tuples take several values; a field of
+    (name, value) pairs takes ``--flag KEY=VALUE``, repeatable; an optional field takes ``none``.
+    ``groups`` puts the fields of other dataclasses (e.g. ``{"training": TrainConfig}``) under
+    their own heading in ``--help``.
+    """
+    from lth_sparse.config import field_kind
+
+    defaults = config_class()
+    grouped = {name: parser.add_argument_group(title) for title, name in
+               ((title, title) for title in (groups or {}))}
+    owner = {f.name: title for title, cls in (groups or {}).items() for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(config_class):
+        target = grouped.get(owner.get(f.name), parser)
+        kind, scalar, optional = field_kind(config_class, f)
+        flag = "--" + f.metadata.get("flag", f.name.replace("_", "-"))
+        default = getattr(defaults, f.name)
+        choices = f.metadata.get("choices")
+        if "default_text" in f.metadata:
+            shown = f.metadata["default_text"]
+        elif default is None or default == ():
+            shown = "none"
+        elif kind == "list":
+            shown = " ".join(map(str, default))
+        else:
+            shown = default
+        help_text = f"{f.metadata.get('help', f.name)} (default: {shown})"
+        common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        metavar = f.metadata.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices else None)
+        if kind == "pairs":
+            target.add_argument(flag, action="append", type=_pair, metavar=metavar or "KEY=VALUE", **common)
+        elif kind == "list":
+            target.add_argument(flag, nargs="*", type=_flag_type(scalar, False, choices), metavar=metavar, **common)
+        elif scalar is bool:
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        else:
+            target.add_argument(flag, type=_flag_type(scalar, optional, choices), metavar=metavar, **common)
+
+
+def config_from_args(config_class, args: argparse.Namespace):
+    """The config from ``--config FILE`` (if given) overridden by the flags given, checked by name and type."""
+    from lth_sparse.config import ConfigError, config_from_options
+
+    options = _load_config_file(args.config) if getattr(args, "config", None) else {}
+    source = f"--config {args.config}" if options else "options"
+    try:
+        from_file = config_from_options(config_class, options, source)  # checks the file's names and types
+    except ConfigError as error:
+        raise CliError(str(error)) from error
+    merged = {f.name: getattr(from_file, f.name) for f in dataclasses.fields(config_class) if f.name in options}
+    merged.update({f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)})
+    try:
+        return config_from_options(config_class, merged, "options")
+    except ConfigError as error:
+        raise CliError(str(error)) from error
 
 
 def _add_imp(sub) -> None:
-    from lth_sparse.pipelines.imp import PRUNERS, RETRAIN_MODES, ImpConfig
-    from lth_sparse.prune import SCOPES, STRUCTURED_NORMS
+    from lth_sparse.data import available_datasets
+    from lth_sparse.models import available_models
+    from lth_sparse.pipelines.imp import ImpConfig
+    from lth_sparse.train import TrainConfig
 
-    d = ImpConfig()
     p = sub.add_parser(
         "imp", help="find lottery tickets by iterative magnitude pruning with rewinding",
         description="Iterative magnitude pruning with rewinding (IMP/LTR). Round 0 trains the dense network; each "
                     "further round prunes FRACTION of the remaining weights and retrains. Results go to --out: "
                     "config.json, round_NN/ (masks, metrics, weights), summary.json and plots/. Re-running the same "
                     "command resumes after the last finished round.",
+        epilog=f"Datasets: {', '.join(available_datasets())}. Models: {', '.join(available_models())}. "
+               "Every option can also come from --config FILE by its name (model_options as a mapping); flags "
+               "override the file. Bad input ends with one 'lth-sparse imp: error: ...' line and exit status 2.",
     )
-    S = argparse.SUPPRESS  # defaults come from the config file, then ImpConfig
     p.add_argument("--config", metavar="FILE",
                    help="file of options, keyed by their names (rounds: 10, model_options: {width: 512}); JSON if "
                         "its name ends in .json, YAML otherwise; a run's config.json works too. Flags given here "
                         "override it; an unknown key is an error")
     p.add_argument("--out", default="runs/imp",
-                   help="run directory (default runs/imp); the same command resumes the run there, another config "
+                   help="run directory (default: runs/imp); the same command resumes the run there, another config "
                         "is refused once a round of it has finished")
-    p.add_argument("--dataset", default=S, help=f"dataset name (default {d.dataset})")
-    p.add_argument("--data-dir", default=S, help="where datasets are looked for / downloaded")
-    p.add_argument("--model", default=S, help=f"model name (default {d.model})")
-    p.add_argument("--model-option", action="append", default=S, metavar="KEY=VALUE",
-                   help="model option, e.g. depth=3 or width=512 for mlp (repeatable)")
-    p.add_argument("--rounds", type=int, default=S, help=f"pruning rounds after the dense one (default {d.rounds})")
-    p.add_argument("--fraction", type=float, default=S,
-                   help=f"fraction of the remaining weights pruned per round (default {d.fraction})")
-    p.add_argument("--rewind", default=S,
-                   help=f"rewind point: init, epoch:N or iter:N (late resetting) (default {d.rewind})")
-    p.add_argument("--retrain", choices=RETRAIN_MODES, default=S,
-                   help=f"rewind the weights, fine-tune them, or rewind only the learning rate (default {d.retrain})")
-    p.add_argument("--scope", choices=SCOPES, default=S, help=f"compare scores across all layers or per layer "
-                                                               f"(default {d.scope})")
-    p.add_argument("--importance", choices=PRUNERS, default=S,
-                   help=f"score: magnitude, layer-normalised l1/l2/softmax/minmax, lamp, or random (default {d.importance})")
-    p.add_argument("--structured", choices=STRUCTURED_NORMS, default=S,
-                   help="prune whole neurons/channels by this norm instead of single weights")
-    p.add_argument("--spare-output", action="store_true", default=S, help="never prune the output layer")
-    p.add_argument("--controls", action="store_true", default=S,
-                   help="also train the random-reinit and random-mask controls each round")
-    p.add_argument("--seed", type=int, default=S, help=f"seed of init, split and data order (default {d.seed})")
-    add_train_arguments(p)
-    p.add_argument("--train-size", type=int, default=S, help="train on a seeded subset of N examples (quick runs)")
-    p.add_argument("--val-fraction", type=float, default=S, help=f"validation split (default {d.val_fraction})")
-    p.add_argument("--device", default=S, help=f"cpu, cuda, cuda:1, ... (default {d.device})")
-    p.add_argument("--threads", type=int, default=S,
-                   help="CPU threads for torch (default: OMP_NUM_THREADS if set, else the usable cores not already "
-                        "busy with other work, measured at start); recorded in config.json. Several jobs on one "
-                        "machine: give each --threads so that they sum to the cores")
+    add_config_arguments(p, ImpConfig, groups={"training": TrainConfig})
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
@@ -182,31 +185,7 @@ def _add_imp(sub) -> None:
 def _run_imp(args) -> int:
     from lth_sparse.pipelines import imp
 
-    options = _load_config_file(args.config) if args.config else {}
-    valid = {f.name for f in dataclasses.fields(imp.ImpConfig)}
-    unknown = set(options) - valid
-    if unknown:
-        raise CliError(f"--config {args.config}: unknown options {sorted(unknown)}; valid: {sorted(valid)}")
-    _check_types({k: v for k, v in options.items() if k != "model_options"}, imp.ImpConfig, f"--config {args.config}")
-    for name in valid:
-        cli_name = "model_option" if name == "model_options" else name
-        if hasattr(args, cli_name):
-            options[name] = getattr(args, cli_name)
-    if "model_options" in options:
-        raw = options["model_options"]
-        if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
-            options["model_options"] = _model_options(raw)
-        elif isinstance(raw, dict):
-            options["model_options"] = tuple(raw.items())
-        else:
-            try:
-                options["model_options"] = tuple((k, v) for k, v in raw)
-            except (TypeError, ValueError) as error:
-                raise CliError(f"model_options must be a mapping or KEY=VALUE strings, got {raw!r}") from error
-    for name in ("milestones", "betas"):
-        if name in options:
-            options[name] = tuple(options[name])
-    config = imp.ImpConfig(**options)
+    config = config_from_args(imp.ImpConfig, args)
     imp.run(config, args.out, progress=args.progress, plots=not args.no_plots)
     return 0
 

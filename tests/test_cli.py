@@ -76,7 +76,7 @@ def test_a_config_value_of_the_wrong_type_is_refused(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("rounds: five\n")
     code, _, err = run_cli(["imp", "--config", str(config), "--out", str(tmp_path / "run")], capsys)
-    assert_one_error_line(code, err, "rounds must be int", "'five'")
+    assert_one_error_line(code, err, "rounds must be int, got 'five'", str(config))
 
 
 def test_mnist_offline_in_an_empty_data_dir_is_one_error_line_and_leaves_no_empty_folders(tmp_path, capsys,
@@ -196,9 +196,13 @@ def test_threads_below_one_are_refused(tmp_path, capsys):
     assert_one_error_line(code, err, "threads must be a positive integer")
 
 
-def test_a_model_option_without_a_value_is_one_error_line(tmp_path, capsys):
-    code, _, err = run_cli(["imp", "--model-option", "width", "--out", str(tmp_path / "run")], capsys)
-    assert_one_error_line(code, err, "KEY=VALUE")
+def test_a_model_option_without_a_value_is_an_argparse_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["imp", "--model-option", "width", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lth-sparse imp: error: argument --model-option: expects KEY=VALUE, got 'width'" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_argparse_errors_share_the_exit_status(capsys):
@@ -219,3 +223,39 @@ def test_layerwise_scope_with_a_layer_normalised_importance_is_refused_before_tr
                                  "--out", str(tmp_path / "run")], capsys)
     assert_one_error_line(code, err, "would be plain layerwise magnitude pruning")
     assert stdout == "" and not (tmp_path / "run").exists()
+
+
+def test_every_config_field_is_a_documented_flag(capsys):
+    """One way from the config dataclass to the command line: no field without its flag and help."""
+    import dataclasses
+
+    from lth_sparse.pipelines.imp import ImpConfig
+
+    with pytest.raises(SystemExit):
+        main(["imp", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(ImpConfig):
+        flag = "--" + f.metadata.get("flag", f.name.replace("_", "-"))
+        assert flag in help_text, flag
+        assert f.metadata.get("help"), f"{f.name} has no help text"
+        assert " ".join(f.metadata["help"].split()[:4]) in help_text, f.name
+
+
+def test_flags_override_the_config_file_field_by_field(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset: digits\nmodel: mlp\nmodel_options: {width: 16}\nrounds: 0\nepochs: 1\n"
+                      "train_size: 200\nmilestones: [1, 2]\ncontrols: true\nstructured: l1\n")
+    code, _, err = run_cli(["imp", "--config", str(config), "--no-controls", "--milestones", "0.5", "--structured",
+                            "none", "--no-plots", "--epochs", "2", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    saved = read_json(tmp_path / "run" / "config.json")["config"]
+    assert saved["controls"] is False and saved["milestones"] == [0.5] and saved["structured"] is None
+    assert saved["epochs"] == 2 and isinstance(saved["epochs"], int), "an integer stays an integer (its hash)"
+    assert saved["model_options"] == [["width", 16]] and saved["dataset"] == "digits"
+
+
+def test_a_choice_outside_the_list_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["imp", "--precision", "fp8"])
+    assert exit_info.value.code == 2
+    assert "expected one of fp32, bf16, fp16, got 'fp8'" in capsys.readouterr().err

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from lth_sparse.config import option
 from lth_sparse.data import load_dataset
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks
@@ -52,24 +53,36 @@ class ImpConfig(TrainConfig):
     Fields marked ``identity=False`` may change between a run and its resumption.
     """
 
-    dataset: str = "fashion-mnist"
-    model: str = "lenet300"
-    model_options: tuple[tuple[str, object], ...] = ()
-    rounds: int = field(default=5, metadata={"identity": False})
-    fraction: float = 0.2
-    rewind: str = "init"
-    retrain: str = "rewind"
-    scope: str = "global"
-    importance: str = "magnitude"
-    structured: str | None = None
-    spare_output: bool = False
-    controls: bool = False
-    seed: int = 0
-    train_size: int | None = None
-    val_fraction: float = 0.2
-    device: str = field(default="cpu", metadata={"identity": False})
-    data_dir: str | None = field(default=None, metadata={"identity": False})
-    threads: int | None = field(default=None, metadata={"identity": False})
+    dataset: str = option("fashion-mnist", "dataset name (the list is at the end of --help)")
+    model: str = option("lenet300", "model name")
+    model_options: tuple[tuple[str, object], ...] = option(
+        (), "model option, e.g. depth=3 or width=512 for mlp (repeatable; in a --config file a mapping)",
+        flag="model-option", metavar="KEY=VALUE")
+    rounds: int = option(5, "pruning rounds after the dense one (raising it extends a finished run)",
+                         identity=False)
+    fraction: float = option(0.2, "fraction of the remaining weights pruned per round")
+    rewind: str = option("init", "rewind point: init, epoch:N or iter:N (late resetting)")
+    retrain: str = option("rewind", "rewind the weights (LTR), fine-tune them at the final learning rate, or keep "
+                                    "them and rewind only the learning-rate schedule", choices=RETRAIN_MODES)
+    scope: str = option("global", "compare scores across all layers, or prune each layer by the fraction",
+                        choices=SCOPES)
+    importance: str = option("magnitude", "score: magnitude, the layer-normalised l1/l2/softmax/minmax/lamp (with "
+                                          "--scope global), or random", choices=PRUNERS)
+    structured: str | None = option(None, "prune whole neurons/channels by this norm instead of single weights",
+                                    choices=STRUCTURED_NORMS)
+    spare_output: bool = option(False, "never prune the output layer")
+    controls: bool = option(False, "also train the random-reinit and random-mask controls each round")
+    seed: int = option(0, "seed of initialisation, train/validation split and data order")
+    train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
+    val_fraction: float = option(0.2, "share of the official training set held out for validation")
+    device: str = option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
+    data_dir: str | None = option(None, "where datasets are looked for and downloaded", identity=False,
+                                  metavar="DIR", default_text="$LTH_SPARSE_DATA, else ~/.cache/lth_sparse/data")
+    threads: int | None = option(None, "CPU threads for torch, recorded in config.json; several jobs on one "
+                                       "machine: give each --threads so that they sum to the cores",
+                                 identity=False, metavar="N",
+                                 default_text="OMP_NUM_THREADS if set, else the usable cores not already busy, "
+                                              "measured at start")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lth_sparse.config import option
 from lth_sparse.data import Dataset, Split, batches
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -36,23 +37,22 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class TrainConfig:
     """Hyperparameters of one training run (the defaults train LeNet-300-100 on Fashion-MNIST well)."""
 
-    epochs: float = 5
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.02
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "constant"
-    milestones: tuple[float, ...] = ()  # epochs at which the step schedule multiplies lr by gamma
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    eval_every: int = 0  # iterations between validation passes; 0: once per epoch
-    precision: str = field(default="fp32", metadata={
-        "since": "0.2", "choices": PRECISIONS,
-        "help": "numeric precision of training and evaluation: fp32, bf16 (autocast) or fp16 (autocast with a "
-                "GradScaler)"})
+    epochs: float = option(5, "training epochs (per round)")
+    batch_size: int = option(128, "mini-batch size")
+    optimizer: str = option("sgd", "optimizer", choices=OPTIMIZERS)
+    lr: float = option(0.02, "learning rate (the peak, after warm-up)")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(False, "Nesterov momentum (SGD)")
+    weight_decay: float = option(0.0, "weight decay (decoupled for adamw)")
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam/AdamW betas", metavar="B")
+    schedule: str = option("constant", "learning-rate schedule, stepped per iteration", choices=SCHEDULES)
+    milestones: tuple[float, ...] = option((), "epochs where the step schedule multiplies the learning rate by "
+                                               "--gamma", metavar="EPOCH")
+    gamma: float = option(0.1, "step-schedule decay factor")
+    warmup_epochs: float = option(0.0, "linear learning-rate warm-up, in epochs")
+    eval_every: int = option(0, "iterations between validation passes (0: once per epoch)")
+    precision: str = option("fp32", "numeric precision of training and evaluation: fp32, bf16 (autocast) or fp16 "
+                                    "(autocast with a GradScaler)", choices=PRECISIONS, since="0.2")
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -1,0 +1,137 @@
+"""Config dataclasses: their documented fields, and the one way from a file and flags to a config.
+
+Every pipeline describes its experiment by a frozen dataclass whose fields are
+declared with :func:`option` (a default and a help text, optionally choices, a
+``since`` version, whether it is part of the run's identity). The command line is
+generated from those fields (:func:`lth_sparse.cli.add_config_arguments`): each
+becomes a documented flag, ``--config FILE`` supplies any of them by name, and
+flags override the file. :func:`config_from_options` turns such a mapping (from a
+file, from flags, or both merged) into the dataclass, with errors that name the
+option: unknown names, values of the wrong type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ConfigError", "config_from_options", "field_kind", "option"]
+
+
+class ConfigError(ValueError):
+    """An option that the config does not have, or a value of the wrong type for it."""
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None, identity: bool = True,
+           since: str | None = None, metavar: str | None = None, flag: str | None = None,
+           default_text: str | None = None) -> Any:
+    """A config field with its documentation.
+
+    Args:
+        default: the value when neither a file nor a flag gives one (immutable: a tuple, not a list).
+        help: what the option means, for ``--help`` and the docs.
+        choices: the allowed values, where they are a fixed set.
+        identity: ``False`` for options that do not change the experiment's results
+            (device, data folder, how many rounds to run so far): left out of the run's hash.
+        since: the version that added the field; while it holds its default it stays out of
+            the hash, so runs made before it existed keep resuming.
+        metavar, flag: how the flag is shown / named (default ``--field-name``).
+        default_text: how ``--help`` describes the default, where the value alone would not say it.
+    """
+    if isinstance(default, (list, dict, set)):
+        raise TypeError(f"option defaults must be immutable, got {type(default).__name__}")
+    metadata: dict[str, Any] = {"help": help, "identity": identity}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if since is not None:
+        metadata["since"] = since
+    if metavar is not None:
+        metadata["metavar"] = metavar
+    if flag is not None:
+        metadata["flag"] = flag
+    if default_text is not None:
+        metadata["default_text"] = default_text
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def field_kind(cls, f: dataclasses.Field) -> tuple[str, type | None, bool]:
+    """(kind, scalar type, optional) of a config field, from its annotation.
+
+    kind is ``"scalar"`` (bool, int, float or str), ``"list"`` (a tuple of scalars, e.g.
+    ``tuple[float, ...]``), or ``"pairs"`` (a tuple of (name, value) pairs, e.g. model options).
+    """
+    hint = typing.get_type_hints(cls)[f.name]
+    optional = False
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        non_none = [a for a in args if a is not type(None)]
+        optional = len(non_none) < len(args)
+        hint = non_none[0]
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        inner = [a for a in args if a is not Ellipsis]
+        if inner and typing.get_origin(inner[0]) is tuple:
+            return "pairs", None, optional
+        return "list", inner[0] if inner else float, optional
+    if hint in (bool, int, float, str):
+        return "scalar", hint, optional
+    raise TypeError(f"{cls.__name__}.{f.name}: unsupported option type {hint!r}")
+
+
+def _coerce(cls, f: dataclasses.Field, value: Any, source: str) -> Any:
+    kind, scalar, optional = field_kind(cls, f)
+    name = f.name
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{source}: {name} may not be empty")
+    if kind == "pairs":
+        if isinstance(value, Mapping):
+            return tuple(value.items())
+        try:
+            pairs = tuple((str(k), v) for k, v in value)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{source}: {name} must be a mapping of names to values, got {value!r}") from error
+        return pairs
+    if kind == "list":
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_scalar(scalar, v, name, source) for v in value)
+    return _scalar(scalar, value, name, source, choices=f.metadata.get("choices"))
+
+
+def _scalar(kind: type, value: Any, name: str, source: str, choices=None) -> Any:
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)  # an int stays an int (its hash)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{source}: {name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def config_from_options(cls, options: Mapping[str, Any], source: str = "options"):
+    """``cls(**options)`` after checking every name and type (``source`` names where they came from).
+
+    Names may use ``-`` or ``_``. A tuple field takes a list (or one value); a field of
+    (name, value) pairs takes a mapping. Raises :class:`ConfigError` naming the unknown
+    options and the valid ones, or the option whose value has the wrong type; the
+    dataclass's own checks raise ``ValueError`` as before.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    normalised = {str(k).replace("-", "_"): v for k, v in options.items()}
+    unknown = sorted(set(normalised) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown options {unknown}; valid: {sorted(fields)}")
+    values = {name: _coerce(cls, fields[name], value, source) for name, value in normalised.items()}
+    return cls(**values)
