@@ -82,6 +82,16 @@ def _flag_type(scalar: type, optional: bool, choices):
     return parse
 
 
+def _parsed(parse):
+    def convert(text: str):
+        try:
+            return parse(text)
+        except (TypeError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = "value"
+    return convert
+
+
 def _pair(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -124,7 +134,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class, groups: 
         help_text = f"{f.metadata.get('help', f.name)} (default: {shown})"
         common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         metavar = f.metadata.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices else None)
-        if kind == "pairs":
+        if "parse" in f.metadata:
+            target.add_argument(flag, type=_parsed(f.metadata["parse"]), metavar=metavar, **common)
+        elif kind == "pairs":
             target.add_argument(flag, action="append", type=_pair, metavar=metavar or "KEY=VALUE", **common)
         elif kind == "list":
             target.add_argument(flag, nargs="*", type=_flag_type(scalar, False, choices), metavar=metavar, **common)
@@ -176,39 +188,70 @@ def _add_imp(sub) -> None:
                    help="run directory (default: runs/imp); the same command resumes the run there, another config "
                         "is refused once a round of it has finished")
     add_config_arguments(p, ImpConfig, groups={"training": TrainConfig})
+    add_executor_arguments(p)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
     p.set_defaults(func=_run_imp)
 
 
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the units run: the options every pipeline's subcommand shares (not part of the config)."""
+    from lth_sparse.executors import EXECUTORS
+
+    group = parser.add_argument_group("executor (where the units run; a unit's files are the same with any)")
+    group.add_argument("--executor", choices=EXECUTORS, default="local",
+                       help="local: in this process, in order; process: a pool of --workers local processes; ray: "
+                            "Ray tasks on a cluster (pip install 'lth_sparse[ray]') (default: local)")
+    group.add_argument("--workers", type=int, default=2, help="worker processes of --executor process (default: 2)")
+    group.add_argument("--retries", type=int, default=2,
+                       help="times a unit whose worker died is retried, process and ray (default: 2)")
+    group.add_argument("--ray-address", default="auto",
+                       help="the Ray cluster: auto (one started with 'ray start --head', or RAY_ADDRESS), HOST:PORT, "
+                            "or local (a cluster started for this run) (default: auto)")
+    group.add_argument("--ray-num-cpus", type=float, default=None,
+                       help="CPUs Ray reserves per unit (default: its thread count)")
+    group.add_argument("--ray-num-gpus", type=float, default=0, help="GPUs Ray reserves per unit (default: 0)")
+
+
+def executor_from_args(args, threads: int | None):
+    from lth_sparse.executors import make_executor
+
+    return make_executor(args.executor, workers=args.workers, threads=threads, retries=args.retries,
+                         ray_address=args.ray_address, num_cpus=args.ray_num_cpus, num_gpus=args.ray_num_gpus)
+
+
 def _run_imp(args) -> int:
     from lth_sparse.pipelines import imp
 
     config = config_from_args(imp.ImpConfig, args)
-    imp.run(config, args.out, progress=args.progress, plots=not args.no_plots)
+    imp.run(config, args.out, progress=args.progress, plots=not args.no_plots,
+            executor=executor_from_args(args, config.threads))
     return 0
 
 
 def _add_plot(sub) -> None:
-    p = sub.add_parser("plot", help="redraw the figures of a run from its summary.json",
-                       description="Redraw RUN/plots/*.png from RUN/summary.json, without re-running anything.")
+    p = sub.add_parser("plot", help="rebuild a run's summary.json and figures from its units' results",
+                       description="Rebuild RUN/summary.json and RUN/plots/*.png from the results the run's units "
+                                   "saved, without re-running anything (any kind of run).")
     p.add_argument("run", help="a run directory")
     p.set_defaults(func=_run_plot)
 
 
 def _run_plot(args) -> int:
-    from lth_sparse.plots import plot_imp
+    from lth_sparse.pipelines.base import pipeline_for
     from lth_sparse.runs import read_json
 
-    summary_path = Path(args.run) / "summary.json"
-    if not summary_path.exists():
-        raise CliError(f"no summary.json in {args.run}")
-    summary = read_json(summary_path)
-    kind = summary.get("kind")
-    if kind != "imp":
-        raise CliError(f"no figures for runs of kind {kind!r}")
-    for path in plot_imp(summary, Path(args.run) / "plots"):
+    config_path = Path(args.run) / "config.json"
+    if not config_path.exists():
+        raise CliError(f"no config.json in {args.run}: not a run directory")
+    kind = read_json(config_path).get("kind")
+    try:
+        pipeline = pipeline_for(kind)
+    except (ImportError, KeyError, TypeError):
+        raise CliError(f"{args.run} holds a run of kind {kind!r}, which this version does not know") from None
+    pipeline.summarize(Path(args.run), plots=True)
+    for path in sorted((Path(args.run) / "plots").glob("*.png")):
         print(path)
     return 0
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["ConfigError", "config_from_options", "field_kind", "option"]
@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 def option(default: Any, help: str, *, choices: tuple | None = None, identity: bool = True,
            since: str | None = None, metavar: str | None = None, flag: str | None = None,
-           default_text: str | None = None) -> Any:
+           default_text: str | None = None, parse: Callable[[Any], Any] | None = None) -> Any:
     """A config field with its documentation.
 
     Args:
@@ -40,6 +40,8 @@ def option(default: Any, help: str, *, choices: tuple | None = None, identity: b
             the hash, so runs made before it existed keep resuming.
         metavar, flag: how the flag is shown / named (default ``--field-name``).
         default_text: how ``--help`` describes the default, where the value alone would not say it.
+        parse: turns a value as written (a flag's string, a file's value) into the field's value
+            (raising ValueError with the reason); e.g. ``--seeds 3`` -> ``(0, 1, 2)``.
     """
     if isinstance(default, (list, dict, set)):
         raise TypeError(f"option defaults must be immutable, got {type(default).__name__}")
@@ -54,6 +56,8 @@ def option(default: Any, help: str, *, choices: tuple | None = None, identity: b
         metadata["flag"] = flag
     if default_text is not None:
         metadata["default_text"] = default_text
+    if parse is not None:
+        metadata["parse"] = parse
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -85,6 +89,11 @@ def field_kind(cls, f: dataclasses.Field) -> tuple[str, type | None, bool]:
 def _coerce(cls, f: dataclasses.Field, value: Any, source: str) -> Any:
     kind, scalar, optional = field_kind(cls, f)
     name = f.name
+    if "parse" in f.metadata and value is not None and not (kind == "list" and isinstance(value, tuple)):
+        try:
+            value = f.metadata["parse"](value)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{source}: {name}: {error}") from error
     if value is None:
         if optional:
             return None

@@ -1,21 +1,41 @@
-"""Where units of work run, and with how many CPU threads each.
+"""Executors: where a pipeline's units run, and with how many CPU threads each.
 
-For now this holds the thread policy that every pipeline shares; the executors
-themselves (in-process, a local pool, Ray) come with the units-and-executors work.
+One interface runs any pipeline anywhere (see :mod:`lth_sparse.pipelines.base`):
 
-Why a policy at all: torch's default (one OpenMP thread per core) collapses when
-the cores are already busy. On this project's 2-core machine, with another process
-running, one dense IMP round took 5-6 s on one thread and 66-81 s on the default
-two (OpenMP threads spin-wait for each other on a core that is not theirs).
-Results may also differ in the last bits between thread counts, so the count used
-is recorded in the run's ``config.json``.
+- :class:`LocalExecutor` (``--executor local``, the default): in this process, in order;
+- :class:`ProcessExecutor` (``--executor process --workers N``): N local worker processes,
+  each running one unit at a time; a unit whose worker dies (killed, out of memory) is
+  retried on a fresh worker up to ``retries`` times; a unit that raises is reported with
+  its traceback once the others have finished (errors are not retried: they would recur);
+- :class:`RayExecutor` (``--executor ray``): each unit a Ray task on a cluster.
+
+A unit's files are the same whichever executor ran it (same seeds, same files, same
+thread count): each calls :func:`lth_sparse.pipelines.base.run_unit`.
+
+Threads: torch's default (one OpenMP thread per core) collapses when the cores are
+already busy. On this project's 2-core machine, with another process running, one
+dense IMP round took 5-6 s on one thread and 66-81 s on the default two (OpenMP
+threads spin-wait for each other on a core that is not theirs). So each executor
+gives each unit ``threads`` threads, by default the idle cores shared among its
+workers (:func:`default_threads`), so that workers x threads fits the cores. Results
+may differ in the last bits between thread counts, so the count used is recorded in
+the run's ``config.json``.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import queue
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["default_threads", "resolve_threads", "usable_cores"]
+__all__ = ["EXECUTORS", "LocalExecutor", "ProcessExecutor", "RayExecutor", "UnitsFailed", "default_threads",
+           "make_executor", "resolve_threads", "usable_cores"]
+
+EXECUTORS = ("local", "process", "ray")
 
 
 def usable_cores() -> int:
@@ -54,3 +74,233 @@ def resolve_threads(requested: int | None, workers: int = 1) -> int:
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         raise ValueError(f"threads must be a positive integer, got {requested!r}")
     return requested
+
+
+class UnitsFailed(RuntimeError):
+    """Units that raised (with their tracebacks) or whose worker died more often than allowed."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = dict(failures)
+        parts = [f"--- {name} ---\n{why.rstrip()}" for name, why in self.failures.items()]
+        super().__init__(f"{len(self.failures)} unit(s) failed: {', '.join(self.failures)}\n" + "\n".join(parts))
+
+
+def _unit_bar(total: int, progress: bool | None, desc: str):
+    from tqdm.auto import tqdm
+
+    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    return tqdm(total=total, desc=desc, unit="unit", disable=disable, leave=False)
+
+
+class LocalExecutor:
+    """Units in this process, one after the other (a unit's log lines are echoed)."""
+
+    name = "local"
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = resolve_threads(threads, 1)
+
+    def run(self, units: Sequence, run_dir, *, log: Callable[[str], None] = print,
+            progress: bool | None = None) -> None:
+        from lth_sparse.pipelines.base import run_unit
+
+        for i, unit in enumerate(units):
+            if len(units) > 1:
+                log(f"[unit {i + 1}/{len(units)}] {unit.name}")
+            run_unit(unit, run_dir, threads=self.threads, echo=log, progress=progress)
+
+
+def _worker(tasks, results, run_dir: str, threads: int) -> None:
+    """A worker process: runs the units it is sent until it receives None."""
+    from lth_sparse.pipelines.base import run_unit
+
+    while True:
+        item = tasks.get()
+        if item is None:
+            return
+        index, unit = item
+        try:
+            run_unit(unit, run_dir, threads=threads, progress=False)
+            results.put(("done", index, None))
+        except BaseException:  # noqa: BLE001 - reported to the parent with its traceback
+            results.put(("error", index, traceback.format_exc()))
+
+
+class ProcessExecutor:
+    """``workers`` local processes (spawned), each running one unit at a time.
+
+    Each worker has its own task queue, so the parent always knows which unit a dead
+    worker was running: that unit alone is retried (up to ``retries`` times) on a fresh
+    worker. A unit that raises is not retried; its traceback is reported, with every other
+    failure, once the rest have finished (:class:`UnitsFailed`).
+    """
+
+    name = "process"
+
+    def __init__(self, workers: int = 2, threads: int | None = None, retries: int = 2) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+        self.workers = workers
+        self.retries = retries
+        self.threads = resolve_threads(threads, workers)
+
+    def run(self, units: Sequence, run_dir, *, log: Callable[[str], None] = print,
+            progress: bool | None = None) -> None:
+        context = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
+        results = context.Queue()
+        run_dir = str(Path(run_dir))
+        pending = list(range(len(units)))
+        attempts = [0] * len(units)
+        failures: dict[str, str] = {}
+        workers: list = []  # [process, task queue, index of its unit or None]
+
+        def start_worker():
+            tasks = context.Queue()
+            process = context.Process(target=_worker, args=(tasks, results, run_dir, self.threads), daemon=True)
+            process.start()
+            workers.append([process, tasks, None])
+
+        for _ in range(min(self.workers, len(units))):
+            start_worker()
+        with _unit_bar(len(units), progress, f"units ({self.workers} workers)") as bar:
+            try:
+                while pending or any(w[2] is not None for w in workers):
+                    for w in workers:
+                        if w[2] is None and pending:
+                            w[2] = pending.pop(0)
+                            w[1].put((w[2], units[w[2]]))
+                    try:
+                        status, index, payload = results.get(timeout=0.2)
+                    except queue.Empty:
+                        status = None
+                    if status is not None:
+                        for w in workers:
+                            if w[2] == index:
+                                w[2] = None
+                        if status == "error":
+                            failures[units[index].name] = payload
+                            log(f"{units[index].name}: failed (its traceback follows at the end)")
+                        bar.update(1)
+                        continue
+                    for w in list(workers):
+                        process, _, index = w
+                        if index is not None and not process.is_alive():
+                            workers.remove(w)
+                            attempts[index] += 1
+                            why = f"its worker process died (exit code {process.exitcode})"
+                            if attempts[index] > self.retries:
+                                failures[units[index].name] = f"{why}; tried {attempts[index]} times"
+                                bar.update(1)
+                            else:
+                                log(f"{units[index].name}: {why}; retrying ({attempts[index]}/{self.retries})")
+                                pending.insert(0, index)
+                            if pending:
+                                start_worker()
+            finally:
+                for process, tasks, _ in workers:
+                    if process.is_alive():
+                        tasks.put(None)
+                for process, _, _ in workers:
+                    process.join(timeout=10)
+                    if process.is_alive():
+                        process.kill()
+        if failures:
+            raise UnitsFailed(failures)
+
+
+class RayExecutor:
+    """Each unit a Ray task (retried by Ray up to ``retries`` times when its worker dies).
+
+    ``address``: ``"auto"`` (a cluster started with ``ray start --head`` on this machine or
+    named by ``RAY_ADDRESS``), ``HOST:PORT`` of a cluster's head, or ``None`` for a local
+    cluster started for this run. The run directory must be on a file system every node sees.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = "auto", threads: int | None = None, retries: int = 2,
+                 num_cpus: float | None = None, num_gpus: float = 0, connect_timeout: float = 10.0) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError as error:
+            raise ImportError("--executor ray needs Ray: pip install 'lth_sparse[ray]' (or pip install ray)") from error
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+        self.address = address
+        self.retries = retries
+        self.threads = resolve_threads(threads, 1)
+        self.num_cpus = self.threads if num_cpus is None else num_cpus
+        self.num_gpus = num_gpus
+        self.connect_timeout = connect_timeout
+
+    def _connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        address = self.address
+        if address not in (None, "auto", "local"):
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"--ray-address must be auto or HOST:PORT, got {address!r}")
+            import socket
+
+            try:
+                socket.create_connection((host, int(port)), timeout=self.connect_timeout).close()
+            except OSError as error:
+                raise ConnectionError(f"no Ray cluster answers at {address} ({error}); start one with "
+                                      "'ray start --head' or check the address") from error
+        try:
+            ray.init(address=None if address == "local" else address, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        except ConnectionError as error:
+            raise ConnectionError(f"could not connect to a Ray cluster at {address!r}: {error}") from error
+
+    def run(self, units: Sequence, run_dir, *, log: Callable[[str], None] = print,
+            progress: bool | None = None) -> None:
+        import ray
+
+        self._connect()
+        remote = ray.remote(_ray_unit).options(max_retries=self.retries, num_cpus=self.num_cpus,
+                                               num_gpus=self.num_gpus)
+        refs = {remote.remote(unit, str(run_dir), self.threads): unit for unit in units}
+        failures: dict[str, str] = {}
+        with _unit_bar(len(units), progress, "units (ray)") as bar:
+            waiting = list(refs)
+            while waiting:
+                ready, waiting = ray.wait(waiting, num_returns=1)
+                for ref in ready:
+                    try:
+                        status, payload = ray.get(ref)
+                    except Exception as error:  # the task's worker died more often than max_retries
+                        status, payload = "error", f"{type(error).__name__}: {error}"
+                    if status == "error":
+                        failures[refs[ref].name] = payload
+                        log(f"{refs[ref].name}: failed (its traceback follows at the end)")
+                    bar.update(1)
+        if failures:
+            raise UnitsFailed(failures)
+
+
+def _ray_unit(unit, run_dir: str, threads: int):
+    from lth_sparse.pipelines.base import run_unit
+
+    try:
+        run_unit(unit, run_dir, threads=threads, progress=False)
+        return "done", None
+    except Exception:  # noqa: BLE001 - reported to the driver with its traceback
+        return "error", traceback.format_exc()
+
+
+def make_executor(name: str = "local", *, workers: int = 2, threads: int | None = None, retries: int = 2,
+                  ray_address: str | None = "auto", num_cpus: float | None = None, num_gpus: float = 0):
+    """The executor named ``name`` (one of :data:`EXECUTORS`), with its options checked."""
+    if name == "local":
+        return LocalExecutor(threads)
+    if name == "process":
+        return ProcessExecutor(workers, threads, retries)
+    if name == "ray":
+        return RayExecutor(ray_address, threads, retries, num_cpus, num_gpus)
+    raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")

@@ -24,13 +24,24 @@ def plot_imp(summary: dict, out_dir) -> list[Path]:
     title = f"{config.get('model', '')} on {config.get('dataset', '')}"
     density = [100 * r["density"] for r in rounds]
 
+    seeds = len(summary.get("seeds", [])) or 1
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    ax.plot(density, [100 * r["test_accuracy"] for r in rounds], "o-", label=f"ticket (rewind {config.get('rewind', '')})")
-    for key, label, style in (("reinit", "same mask, random reinit", "s--"),
-                              ("random_mask", "random mask, same layer sparsity", "^:")):
-        pts = [(100 * r["density"], 100 * r[f"{key}_test_accuracy"]) for r in rounds if f"{key}_test_accuracy" in r]
-        if pts:
-            ax.plot(*zip(*pts), style, label=label)
+    for key, label, style in (("", f"ticket (rewind {config.get('rewind', '')})", "o-"),
+                              ("reinit_", "same mask, random reinit", "s--"),
+                              ("random_mask_", "random mask, same layer sparsity", "^:")):
+        acc = f"{key}test_accuracy"
+        rows = [r for r in rounds if acc in r]
+        if not rows:
+            continue
+        x = [100 * r["density"] for r in rows]
+        line, = ax.plot(x, [100 * r[acc] for r in rows], style, label=label)
+        if seeds > 1 and all(f"{acc}_std" in r for r in rows):
+            # the band: mean +- one standard deviation over the seeds
+            ax.fill_between(x, [100 * (r[acc] - r[f"{acc}_std"]) for r in rows],
+                            [100 * (r[acc] + r[f"{acc}_std"]) for r in rows], color=line.get_color(), alpha=0.2,
+                            linewidth=0)
+    if seeds > 1:
+        title += f", mean and std over {seeds} seeds"
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")

@@ -114,7 +114,38 @@ class ConfigMismatch(RuntimeError):
     """A run directory holds a run of another config."""
 
 
-class RunDir:
+class Steps:
+    """A directory of resumable steps: each in its own sub-folder, finished when its ``done.json`` exists.
+
+    The run store's one rule, shared by a run directory and by each unit's directory: a
+    step with ``done.json`` (written last, atomically) is never run again.
+    """
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+    def step_dir(self, name: str) -> Path:
+        d = self.path / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def is_done(self, name: str) -> bool:
+        """A step is done when its ``done.json`` exists (written last, atomically)."""
+        return (self.path / name / "done.json").exists()
+
+    def mark_done(self, name: str, result: dict) -> None:
+        atomic_write_json(self.path / name / "done.json", result)
+
+    def result(self, name: str) -> dict:
+        return read_json(self.path / name / "done.json")
+
+
+class RunDir(Steps):
     """The directory of one pipeline run.
 
     ``RunDir(path, config, kind)`` checks the directory at once: a run of another kind
@@ -187,20 +218,3 @@ class RunDir:
         atomic_write_json(self.path / "config.json", record)
         self.claimed = True
 
-    def __truediv__(self, other: str) -> Path:
-        return self.path / other
-
-    def step_dir(self, name: str) -> Path:
-        d = self.path / name
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def is_done(self, name: str) -> bool:
-        """A step is done when its ``done.json`` exists (written last, atomically)."""
-        return (self.path / name / "done.json").exists()
-
-    def mark_done(self, name: str, result: dict) -> None:
-        atomic_write_json(self.path / name / "done.json", result)
-
-    def result(self, name: str) -> dict:
-        return read_json(self.path / name / "done.json")

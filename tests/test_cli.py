@@ -165,7 +165,8 @@ def test_an_unfinished_run_of_another_config_is_replaced_and_a_finished_one_refu
     code, _, err = run_cli(["imp", *TINY, "--seed", "7", "--out", str(out)], capsys)
     assert_one_error_line(code, err, "seed: 0 there, 7 now")
     # With its finished round gone (a run killed in round 0), the new config replaces it.
-    (out / "round_00" / "done.json").unlink()
+    for done in out.rglob("done.json"):
+        done.unlink()
     code, stdout, err = run_cli(["imp", *TINY, "--seed", "7", "--out", str(out)], capsys)
     assert code == 0, err
     assert "replacing the unfinished run" in stdout and "seed: 0 there, 7 now" in stdout
@@ -175,11 +176,11 @@ def test_an_unfinished_run_of_another_config_is_replaced_and_a_finished_one_refu
 def test_a_rerun_of_a_finished_run_says_it_is_finished(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(["imp", *TINY, "--out", str(out)], capsys)[0] == 0
-    before = (out / "round_00" / "done.json").stat().st_mtime_ns
+    before = (out / "seed_0" / "round_00" / "done.json").stat().st_mtime_ns
     code, stdout, _ = run_cli(["imp", *TINY, "--out", str(out)], capsys)
     assert code == 0
-    assert "found a finished run" in stdout and "all 1 rounds are done" in stdout
-    assert (out / "round_00" / "done.json").stat().st_mtime_ns == before, "nothing is retrained"
+    assert "found a finished run" in stdout and "all 1 units are done" in stdout
+    assert (out / "seed_0" / "round_00" / "done.json").stat().st_mtime_ns == before, "nothing is retrained"
 
 
 def test_threads_are_set_for_the_run_recorded_and_restored(tmp_path, capsys):
@@ -212,10 +213,17 @@ def test_argparse_errors_share_the_exit_status(capsys):
     assert "lth-sparse imp: error:" in capsys.readouterr().err
 
 
-def test_plot_of_a_directory_without_a_summary_is_one_error_line(tmp_path, capsys):
+def test_plot_of_a_directory_that_is_no_run_is_one_error_line(tmp_path, capsys):
     code = main(["plot", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("lth-sparse plot: error: no summary.json")
+    assert code == 2 and err.startswith("lth-sparse plot: error: no config.json")
+
+
+def test_plot_of_a_run_of_an_unknown_kind_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "telepathy", "hash": "0", "config": {}}))
+    code = main(["plot", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "run of kind 'telepathy'" in err
 
 
 def test_layerwise_scope_with_a_layer_normalised_importance_is_refused_before_training(tmp_path, capsys):

@@ -51,3 +51,165 @@ def test_resolve_threads_keeps_an_explicit_count(machine):
     machine(2, 0.0)
     assert executors.resolve_threads(7) == 7
     assert executors.resolve_threads(None) == 2
+
+
+# --- units and executors ------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import time  # noqa: E402
+
+from lth_sparse.executors import LocalExecutor, ProcessExecutor, UnitsFailed, make_executor  # noqa: E402
+from lth_sparse.pipelines import imp  # noqa: E402
+from lth_sparse.pipelines.base import Unit, run_unit  # noqa: E402
+
+FUNCTIONS = "tests.pipelines.unit_functions"
+
+
+def units_of(function: str, xs) -> list[Unit]:
+    return [Unit(f"{FUNCTIONS}:{function}", {"x": x}, f"unit_{x}") for x in xs]
+
+
+def test_run_unit_writes_done_json_and_its_log_and_never_runs_a_done_unit_again(tmp_path):
+    unit = units_of("double", [3])[0]
+    result = run_unit(unit, tmp_path, threads=1)
+    assert result["value"] == 6
+    assert json.loads((tmp_path / "unit_3" / "done.json").read_text()) == result
+    assert "doubled 3" in (tmp_path / "unit_3" / "unit.log").read_text()
+    (tmp_path / "unit_3" / "output.txt").unlink()
+    assert run_unit(unit, tmp_path) == result
+    assert not (tmp_path / "unit_3" / "output.txt").exists(), "a done unit is not run again"
+
+
+def test_a_unit_that_raises_writes_no_done_json(tmp_path):
+    with pytest.raises(ValueError, match="boom in unit 1"):
+        run_unit(units_of("fail", [1])[0], tmp_path)
+    assert not (tmp_path / "unit_1" / "done.json").exists()
+
+
+def test_the_process_pool_runs_each_unit_in_a_worker_retries_killed_ones_and_reports_errors(tmp_path):
+    """One pool (workers are slow to start: each imports torch) for every behaviour of the process executor."""
+    units = (units_of("double", [1, 2]) + units_of("fail", [7]) + units_of("die_once", [5])
+             + units_of("always_die", [9]) + units_of("double", [3]))
+    lines = []
+    with pytest.raises(UnitsFailed) as error:
+        ProcessExecutor(workers=2, threads=1, retries=1).run(units, tmp_path, log=lines.append)
+    # A unit that raises: reported with its traceback, not retried.
+    assert sorted(error.value.failures) == ["unit_7", "unit_9"]
+    assert "Traceback" in error.value.failures["unit_7"] and "ValueError: boom in unit 7" in str(error.value)
+    # A unit whose worker is killed: retried on a fresh worker; one killed every time fails after its retries.
+    assert json.loads((tmp_path / "unit_5" / "done.json").read_text()) == {"value": 5, "attempts": 2}
+    assert any("unit_5: its worker process died (exit code -9); retrying (1/1)" in line for line in lines)
+    assert "its worker process died (exit code -9); tried 2 times" in error.value.failures["unit_9"]
+    # The others finish, in worker processes.
+    results = [json.loads((tmp_path / f"unit_{x}" / "done.json").read_text()) for x in (1, 2, 3)]
+    assert [r["value"] for r in results] == [2, 4, 6]
+    assert os.getpid() not in {r["pid"] for r in results}
+    assert not (tmp_path / "unit_7" / "done.json").exists() and not (tmp_path / "unit_9" / "done.json").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(name="cluster"), "unknown executor 'cluster'"),
+    (dict(name="process", workers=0), "workers must be a positive integer"),
+    (dict(name="process", retries=-1), "retries must be an integer >= 0"),
+])
+def test_bad_executor_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        make_executor(**options)
+
+
+def test_an_unreachable_ray_address_is_a_clear_error_within_seconds(tmp_path):
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    executor = make_executor("ray", ray_address=f"127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
+        executor.run(units_of("double", [1]), tmp_path, log=lambda s: None)
+    assert time.monotonic() - started < 15
+
+
+# --- IMP through the executors, and with several seeds ------------------------------------------------------
+
+TINY = dict(dataset="digits", model="mlp", model_options=(("width", 16),), rounds=1, epochs=1, train_size=300,
+            lr=0.05)
+
+
+def without_timings(rounds: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("train_seconds")} for r in rounds]
+
+
+@pytest.fixture(scope="module")
+def single_seed_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("single")
+    return {s: imp.run(imp.ImpConfig(**TINY, seed=s), tmp / f"seed{s}", progress=False, log=lambda line: None,
+                       plots=False) for s in (0, 1)}
+
+
+def test_several_seeds_equal_the_single_seed_runs_and_their_spread_is_summarised(tmp_path, single_seed_runs):
+    summary = imp.run(imp.ImpConfig(**TINY, seeds=(0, 1)), tmp_path / "run", progress=False, log=lambda s: None,
+                      plots=True)
+    for s in (0, 1):
+        assert without_timings(summary["per_seed"][str(s)]) == without_timings(single_seed_runs[s]["per_seed"][str(s)])
+        assert (tmp_path / "run" / f"seed_{s}" / "round_01" / "masks.safetensors").exists()
+    for r, mean in enumerate(summary["rounds"]):
+        values = [single_seed_runs[s]["rounds"][r]["test_accuracy"] for s in (0, 1)]
+        assert mean["seeds"] == 2
+        assert mean["test_accuracy"] == pytest.approx(sum(values) / 2)
+        assert mean["test_accuracy_min"] == min(values) and mean["test_accuracy_max"] == max(values)
+        assert mean["test_accuracy_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert (tmp_path / "run" / "plots" / "accuracy_vs_remaining.png").stat().st_size > 1000
+
+
+def test_imp_units_in_the_process_pool_equal_the_local_runs_and_a_killed_one_redoes_nothing_finished(
+        tmp_path, single_seed_runs):
+    """Seed 0's worker is killed (SIGKILL) right after its round 0 finished; seed 1 runs beside it."""
+    killed = Unit(f"{FUNCTIONS}:imp_seed_killed_after_round_0", imp.ImpConfig(**TINY, seed=0), "seed_0")
+    plain = imp.IMP.plan(imp.ImpConfig(**TINY, seeds=(1,)))[0]
+    lines = []
+    ProcessExecutor(workers=2, threads=1).run([killed, *plain], tmp_path, log=lines.append)
+    for s in (0, 1):
+        result = json.loads((tmp_path / f"seed_{s}" / "done.json").read_text())
+        assert without_timings(result["rounds"]) == without_timings(single_seed_runs[s]["per_seed"][str(s)])
+    seed_dir = tmp_path / "seed_0"
+    assert (seed_dir / "killed_once").exists() and any("seed_0: its worker process died" in x for x in lines)
+    assert "resuming: 1 of 2 rounds already done" in (seed_dir / "unit.log").read_text(), "round 0 was kept"
+    round_0_done = (seed_dir / "round_00" / "done.json").stat().st_mtime_ns
+    assert round_0_done < (seed_dir / "killed_once").stat().st_mtime_ns, "round 0 was not redone after the kill"
+
+
+def test_a_single_seed_run_of_the_old_layout_moves_into_its_seed_folder_and_resumes(tmp_path, single_seed_runs):
+    out = tmp_path / "run"
+    imp.run(imp.ImpConfig(**{**TINY, "rounds": 0}, seed=1), out, progress=False, log=lambda s: None, plots=False)
+    seed_dir = out / "seed_1"
+    # Make it look like a run of the layout before seeds: round_NN/, init.pt and rewind.pt at the top.
+    for entry in list(seed_dir.iterdir()):
+        if entry.name.startswith("round_") or entry.suffix == ".pt":
+            entry.rename(out / entry.name)
+    for leftover in seed_dir.iterdir():
+        leftover.unlink()
+    seed_dir.rmdir()
+    lines = []
+    summary = imp.run(imp.ImpConfig(**TINY, seed=1), out, progress=False, log=lines.append, plots=False)
+    assert any("moved the single-seed run's files" in line for line in lines)
+    assert not (out / "round_00").exists() and (seed_dir / "round_01" / "done.json").exists()
+    assert without_timings(summary["per_seed"]["1"]) == without_timings(single_seed_runs[1]["per_seed"]["1"])
+
+
+def test_seeds_on_the_command_line_are_a_count_or_a_list():
+    assert imp.parse_seeds("3") == (0, 1, 2)
+    assert imp.parse_seeds("0,4,7") == (0, 4, 7)
+    assert imp.parse_seeds("4,") == (4,)
+    assert imp.parse_seeds(2) == (0, 1) and imp.parse_seeds([5, 6]) == (5, 6)
+    for bad in ("0", "a,b", "", True, -1):
+        with pytest.raises(ValueError):
+            imp.parse_seeds(bad)
+    with pytest.raises(ValueError, match="distinct"):
+        imp.ImpConfig(seeds=(1, 1))
+
+
+def test_local_executor_threads_default_from_the_policy(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert LocalExecutor().threads == 3 and LocalExecutor(1).threads == 1

@@ -31,7 +31,7 @@ from typing import Callable
 
 import torch
 
-from lth_sparse.config import option
+from lth_sparse.config import config_from_options, option
 from lth_sparse.data import load_dataset
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks
@@ -39,11 +39,40 @@ from lth_sparse.models import create_model
 from lth_sparse.nn.modules import masked_layers
 from lth_sparse.prune import (IMPORTANCES, SCOPES, STRUCTURED_NORMS, check_importance_and_scope, effective_masks,
                               prune_magnitude, prune_random, prune_structured, random_masks_like)
-from lth_sparse.runs import RunDir, atomic_torch_save, atomic_write_json, read_json
+from lth_sparse.pipelines.base import Pipeline, Unit, register_pipeline, run_pipeline
+from lth_sparse.runs import ConfigMismatch, RunDir, Steps, atomic_torch_save, atomic_write_json, read_json
 from lth_sparse.train import TrainConfig, iterations_per_epoch, make_schedule, parse_step, train
 
 RETRAIN_MODES = ("rewind", "finetune", "lr-rewind")
 PRUNERS = IMPORTANCES + ("random",)
+
+
+def parse_seeds(value) -> tuple[int, ...]:
+    """``--seeds``: a count N (``3`` -> seeds 0, 1, 2) or a comma-separated list (``0,4,7``; ``4,`` is seed 4
+    alone); in a config file an int is a count and a list is the seeds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a count or a list of seeds, got {value!r}")
+    if isinstance(value, int):
+        count = value
+    elif isinstance(value, str) and "," not in value:
+        try:
+            count = int(value)
+        except ValueError:
+            raise ValueError(f"expected a count or a comma-separated list of seeds, got {value!r}") from None
+    else:
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+        if not items and not isinstance(value, str):
+            return ()  # an empty list (as config.json holds the default): --seed alone
+        try:
+            seeds = tuple(int(v) for v in items)
+        except (TypeError, ValueError):
+            raise ValueError(f"seeds must be integers, got {value!r}") from None
+        if not seeds or any(isinstance(v, bool) for v in items):
+            raise ValueError(f"expected at least one integer seed, got {value!r}")
+        return seeds
+    if count < 1:
+        raise ValueError(f"a count of seeds must be >= 1, got {count}")
+    return tuple(range(count))
 
 
 @dataclass(frozen=True)
@@ -73,6 +102,10 @@ class ImpConfig(TrainConfig):
     spare_output: bool = option(False, "never prune the output layer")
     controls: bool = option(False, "also train the random-reinit and random-mask controls each round")
     seed: int = option(0, "seed of initialisation, train/validation split and data order")
+    seeds: tuple[int, ...] = option((), "run one IMP per seed, into RUN/seed_N/, and summarise over them: a count "
+                                        "(--seeds 3: seeds 0, 1, 2) or a list (--seeds 0,4,7; a single seed "
+                                        "with a comma, --seeds 4,)", since="0.2", parse=parse_seeds,
+                                    metavar="N|S,S,...", default_text="--seed alone")
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.2, "share of the official training set held out for validation")
     device: str = option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
@@ -102,7 +135,17 @@ class ImpConfig(TrainConfig):
             check_importance_and_scope(self.importance, self.scope)  # before round 0 trains, not after
         if self.threads is not None:
             resolve_threads(self.threads)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         parse_step(self.rewind, 1)
+
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds this config runs: ``seeds``, or ``(seed,)`` when it is empty."""
+        return self.seeds or (self.seed,)
+
+    def for_seed(self, seed: int) -> ImpConfig:
+        """The single-seed config of one of this config's IMP runs (one unit)."""
+        return dataclasses.replace(self, seed=seed, seeds=())
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -117,13 +160,11 @@ def _weight_names(model) -> list[str]:
 
 
 class _Imp:
-    """The state of one IMP run while it goes."""
+    """The state of one single-seed IMP run while it goes, in ``directory`` (``None``: only check the inputs)."""
 
-    def __init__(self, config: ImpConfig, out_dir, progress: bool | None, log: Callable[[str], None]):
+    def __init__(self, config: ImpConfig, directory, progress: bool | None, log: Callable[[str], None]):
         self.config = config
-        # Every input is checked before anything is written: a command that fails on bad input leaves
-        # no config.json behind to refuse its corrected version.
-        self.run = RunDir(out_dir, config, "imp", claim=False)
+        self.run = Steps(directory) if directory is not None else None
         self.progress = progress
         self.log = log
         check_device(config.device)
@@ -139,10 +180,6 @@ class _Imp:
         self.model = self._new_model(config.seed)
         self.names = _weight_names(self.model)
         self.exclude = [self.names[-1]] if config.spare_output else []
-        if self.run.replacing is not None:
-            log(f"replacing the unfinished run in {self.run.path} (no round of it had finished; it had another "
-                f"config: {self.run.replacing})")
-        self.run.claim()
 
     def _new_model(self, seed: int):
         torch.manual_seed(seed)
@@ -287,60 +324,145 @@ def _header(controls: bool) -> str:
     return head
 
 
-def run(config: ImpConfig, out_dir, *, progress: bool | None = None,
-        log: Callable[[str], None] = print, plots: bool = True) -> dict:
-    """Run (or resume) IMP; returns the summary also written to ``out_dir/summary.json``.
-
-    The summary holds ``kind`` (``"imp"``), ``hash``, ``config`` and ``rounds``: one
-    dict per round (0 = dense) with ``round``, ``sparsity``, ``density``,
-    ``layer_sparsity``, ``effective_sparsity``, ``test_accuracy``, ``test_loss``,
-    ``val_accuracy``, ``val_loss``, ``best_val_iteration``, ``best_val_loss``,
-    ``iterations``, ``train_seconds``, and with controls ``reinit_*`` and
-    ``random_mask_*`` (``test_accuracy``, ``test_loss``, ``best_val_iteration``).
-
-    ``config.threads`` (``None``: :func:`lth_sparse.executors.default_threads`) sets
-    torch's CPU threads for the run, restored afterwards; the count used is recorded
-    in ``config.json``. Nothing is written before the inputs (device, dataset, model,
-    rewind point, run directory) are checked.
-    """
-    config = dataclasses.replace(config, threads=resolve_threads(config.threads))
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
-        return _run(config, out_dir, progress, log, plots)
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-def _run(config: ImpConfig, out_dir, progress, log, plots: bool) -> dict:
-    imp = _Imp(config, out_dir, progress, log)
-    names = [_round_name(r) for r in range(config.rounds + 1)]
-    finished = [n for n in names if imp.run.is_done(n)]
-    log(f"IMP: {config.model} on {config.dataset}, {config.rounds} rounds of {config.fraction:.0%} "
-        f"({config.scope}, {config.structured or config.importance}), rewind {config.rewind}, retrain {config.retrain}; "
-        f"{len(imp.data.train)} training examples, {imp.total_iters} iterations per round, {config.threads} "
-        f"thread{'s' if config.threads != 1 else ''} -> {imp.run.path}")
-    if len(finished) == len(names):
-        log(f"found a finished run in {imp.run.path}: all {len(names)} rounds are done, nothing to train "
-            "(raise --rounds to extend it); its results:")
-    elif finished:
-        log(f"resuming: {len(finished)} of {len(names)} rounds already done in {imp.run.path}")
-    log(_header(config.controls))
+def imp_seed(config: ImpConfig, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
+    """The unit of the IMP pipeline: one single-seed IMP run in ``directory`` (its rounds in
+    ``round_NN/``, each finished by its own ``done.json``, so a killed run resumes after its last
+    finished round). Returns ``{"seed", "rounds"}``, the unit's ``done.json``."""
+    imp = _Imp(config, directory, progress, log)
+    c = config
+    log(f"IMP seed {c.seed}: {c.model} on {c.dataset}, {c.rounds} rounds of {c.fraction:.0%} "
+        f"({c.scope}, {c.structured or c.importance}), rewind {c.rewind}, retrain {c.retrain}; "
+        f"{len(imp.data.train)} training examples, {imp.total_iters} iterations per round, "
+        f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''} -> {directory}")
+    finished = sum(imp.run.is_done(_round_name(r)) for r in range(c.rounds + 1))
+    if finished:
+        log(f"resuming: {finished} of {c.rounds + 1} rounds already done")
+    log(_header(c.controls))
     rounds = []
-    started = time.time()
-    for r in range(config.rounds + 1):
+    for r in range(c.rounds + 1):
         result = imp.dense_round() if r == 0 else imp.pruned_round(r)
         rounds.append(result)
-        log(_row(result, config.controls))
-        summary = {"kind": "imp", "hash": imp.run.hash, "config": dataclasses.asdict(config), "rounds": rounds}
-        atomic_write_json(imp.run / "summary.json", summary)
-    if plots:
-        from lth_sparse.plots import plot_imp
+        log(_row(result, c.controls))
+    return {"seed": c.seed, "rounds": rounds}
 
-        plot_imp(summary, imp.run / "plots")
-    log(f"done in {time.time() - started:.0f} s: {imp.run / 'summary.json'}"
-        + (f", plots in {imp.run / 'plots'}" if plots else ""))
-    return summary
+
+def _aggregate(values: list) -> dict:
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    std = float(t.std(unbiased=True)) if len(values) > 1 else 0.0
+    return {"mean": float(t.mean()), "std": std, "min": float(t.min()), "max": float(t.max())}
+
+
+def summarize_rounds(per_seed: dict[int, list[dict]]) -> list[dict]:
+    """Per round (those every seed has finished), every number's mean over seeds under its own key, and its
+    std (sample, n-1; 0 for one seed), min and max under ``KEY_std``, ``KEY_min``, ``KEY_max``;
+    ``layer_sparsity`` is the mean per layer."""
+    if not per_seed:
+        return []
+    count = min(len(rounds) for rounds in per_seed.values())
+    out = []
+    for r in range(count):
+        rows = [rounds[r] for rounds in per_seed.values()]
+        entry: dict = {"round": rows[0]["round"], "seeds": len(rows)}
+        for key, value in rows[0].items():
+            if key == "round":
+                continue
+            if key == "layer_sparsity":
+                entry[key] = {n: sum(row[key][n] for row in rows) / len(rows) for n in value}
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and all(key in row for row in rows):
+                stats = _aggregate([row[key] for row in rows])
+                entry[key] = stats["mean"]
+                for stat in ("std", "min", "max"):
+                    entry[f"{key}_{stat}"] = stats[stat]
+        out.append(entry)
+    return out
+
+
+class ImpPipeline(Pipeline):
+    """IMP as a pipeline: one unit per seed (its rounds sequential inside it), in ``RUN/seed_N/``."""
+
+    kind = "imp"
+    config_class = ImpConfig
+    description = "iterative magnitude pruning with rewinding, one run per seed"
+
+    def check(self, config: ImpConfig) -> None:
+        _Imp(config.for_seed(config.seed_list()[0]), None, False, lambda line: None)
+
+    def plan(self, config: ImpConfig) -> list[list[Unit]]:
+        return [[Unit("lth_sparse.pipelines.imp:imp_seed", config.for_seed(s), f"seed_{s}", label=f"IMP seed {s}")
+                 for s in config.seed_list()]]
+
+    def prepare(self, run: RunDir, log: Callable[[str], None]) -> None:
+        """Two things before the units run. A run directory of the single-seed layout (``round_NN/`` at its top,
+        before seeds) moves into ``seed_N/``, so it resumes (with other seeds than its own it is refused). And
+        raising ``rounds`` extends a finished run: a seed's unit that finished fewer rounds is opened again
+        (its finished rounds keep their own ``done.json`` and are not retrained)."""
+        self._migrate(run, log)
+        for s in run.config.seed_list():
+            done = run.path / f"seed_{s}" / "done.json"
+            if done.exists() and len(read_json(done)["rounds"]) < run.config.rounds + 1:
+                done.unlink()
+
+    def _migrate(self, run: RunDir, log: Callable[[str], None]) -> None:
+        old_rounds = sorted(run.path.glob("round_[0-9][0-9]"))
+        if not old_rounds:
+            return
+        config = run.config
+        if config.seed_list() != (config.seed,):
+            raise ConfigMismatch(f"{run.path} holds a single-seed IMP run of the old layout (seed {config.seed}); "
+                                 "resume it without --seeds, or use another --out")
+        target = run.path / f"seed_{config.seed}"
+        target.mkdir(exist_ok=True)
+        for entry in [*old_rounds, run.path / "init.pt", run.path / "rewind.pt"]:
+            if entry.exists():
+                entry.rename(target / entry.name)
+        log(f"moved the single-seed run's files in {run.path} into {target.name}/ (the layout of runs with seeds)")
+
+    def summarize(self, run_dir, *, plots: bool = True) -> dict:
+        run_dir = Path(run_dir)
+        saved = read_json(run_dir / "config.json")
+        if saved.get("kind") != self.kind:
+            raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not an IMP run")
+        config = config_from_options(ImpConfig, saved["config"], f"{run_dir / 'config.json'}")
+        per_seed = {}
+        for s in config.seed_list():
+            done = run_dir / f"seed_{s}" / "done.json"
+            if done.exists():
+                per_seed[s] = read_json(done)["rounds"][:config.rounds + 1]
+        summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
+                   "seeds": sorted(per_seed), "rounds": summarize_rounds(per_seed),
+                   "per_seed": {str(s): rounds for s, rounds in per_seed.items()}}
+        atomic_write_json(run_dir / "summary.json", summary)
+        if plots and summary["rounds"]:
+            from lth_sparse.plots import plot_imp
+
+            plot_imp(summary, run_dir / "plots")
+        return summary
+
+
+IMP = register_pipeline(ImpPipeline())
+
+
+def run(config: ImpConfig, out_dir, *, progress: bool | None = None, log: Callable[[str], None] = print,
+        plots: bool = True, executor=None) -> dict:
+    """Run (or resume) IMP, one run per seed; returns the summary also written to ``out_dir/summary.json``.
+
+    The summary holds ``kind`` (``"imp"``), ``hash``, ``config``, ``seeds``, ``per_seed`` (each seed's
+    rounds) and ``rounds``: per round (0 = dense), over the seeds, the mean of ``sparsity``, ``density``,
+    ``effective_sparsity``, ``test_accuracy``, ``test_loss``, ``val_accuracy``, ``val_loss``,
+    ``best_val_iteration``, ``best_val_loss``, ``iterations``, ``train_seconds`` (and with controls
+    ``reinit_*`` and ``random_mask_*``: ``test_accuracy``, ``test_loss``, ``best_val_iteration``), each
+    with ``_std``, ``_min`` and ``_max``; ``layer_sparsity`` per layer; ``seeds`` (the count).
+
+    ``executor`` (default :class:`~lth_sparse.executors.LocalExecutor`) runs the seeds' units; its
+    thread count per unit (``config.threads``, else :func:`lth_sparse.executors.default_threads`) is
+    recorded in ``config.json``. Nothing is written before the inputs (device, dataset, model, rewind
+    point, run directory) are checked.
+    """
+    from lth_sparse.executors import LocalExecutor
+
+    executor = executor or LocalExecutor(config.threads)
+    config = dataclasses.replace(config, threads=executor.threads)
+    return run_pipeline(IMP, config, out_dir, executor=executor, log=log, progress=progress, plots=plots)
 
 
 def check_device(device: str) -> torch.device:

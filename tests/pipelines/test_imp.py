@@ -46,7 +46,7 @@ def rewound(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         calls = spy_on_train(mp)
         summary, config = run_small(tmp, rewind="iter:5")
-    return SimpleNamespace(summary=summary, config=config, dir=tmp / "run", calls=calls)
+    return SimpleNamespace(summary=summary, config=config, run=tmp / "run", dir=tmp / "run" / "seed_0", calls=calls)
 
 
 def test_global_sparsity_after_n_rounds_is_one_minus_point_eight_to_the_n(rewound):
@@ -104,12 +104,17 @@ def test_survivors_restart_from_their_rewind_values(rewound):
 
 
 def test_summary_fields_match_the_round_files(rewound):
-    on_disk = json.loads((rewound.dir / "summary.json").read_text())
+    on_disk = json.loads((rewound.run / "summary.json").read_text())
     assert on_disk["rounds"] == json.loads(json.dumps(rewound.summary["rounds"]))
     assert on_disk["config"]["rewind"] == "iter:5" and on_disk["hash"] == rewound.summary["hash"]
+    assert on_disk["seeds"] == [0] and list(on_disk["per_seed"]) == ["0"]
+    assert json.loads((rewound.dir / "done.json").read_text()) == {"seed": 0, "rounds": on_disk["per_seed"]["0"]}
     total_iters = on_disk["rounds"][0]["iterations"]
     assert total_iters > 5
-    for r, result in enumerate(on_disk["rounds"]):
+    for r, (result, mean) in enumerate(zip(on_disk["per_seed"]["0"], on_disk["rounds"])):
+        # one seed: each mean is the seed's own value, its spread zero
+        assert mean["seeds"] == 1 and mean["test_accuracy"] == result["test_accuracy"]
+        assert mean["test_accuracy_std"] == 0 and mean["test_accuracy_min"] == mean["test_accuracy_max"]
         step = rewound.dir / f"round_{r:02d}"
         assert json.loads((step / "done.json").read_text()) == result
         masks = round_masks(rewound.dir, r)
@@ -130,7 +135,7 @@ def test_summary_fields_match_the_round_files(rewound):
 def test_layerwise_scope_prunes_each_layer_by_the_fraction(tmp_path):
     summary, _ = run_small(tmp_path, scope="layerwise", rounds=2)
     for r in (1, 2):
-        older, newer = round_masks(tmp_path / "run", r - 1), round_masks(tmp_path / "run", r)
+        older, newer = round_masks(tmp_path / "run" / "seed_0", r - 1), round_masks(tmp_path / "run" / "seed_0", r)
         for name in older:
             kept = int(older[name].sum())
             assert int(newer[name].sum()) == kept - round(0.2 * kept), (r, name)
@@ -142,13 +147,13 @@ def test_layerwise_scope_prunes_each_layer_by_the_fraction(tmp_path):
 def test_finetune_and_lr_rewind_keep_the_trained_weights(tmp_path, monkeypatch, retrain):
     calls = spy_on_train(monkeypatch)
     run_small(tmp_path, retrain=retrain, rounds=1, schedule="cosine")
-    trained = torch.load(tmp_path / "run" / "round_00" / "final.pt")
-    masks = round_masks(tmp_path / "run", 1)
+    trained = torch.load(tmp_path / "run" / "seed_0" / "round_00" / "final.pt")
+    masks = round_masks(tmp_path / "run" / "seed_0", 1)
     pruned = calls[1]
     for name, mask in masks.items():
         assert torch.equal(pruned["state"][name], torch.where(mask, trained[name], 0))
     assert pruned["start_iteration"] == 0
-    total = json.loads((tmp_path / "run" / "round_00" / "done.json").read_text())["iterations"]  # one epoch
+    total = json.loads((tmp_path / "run" / "seed_0" / "round_00" / "done.json").read_text())["iterations"]  # one epoch
     if retrain == "finetune":  # as many iterations again, all at the final learning rate of the schedule
         config = imp.ImpConfig(**{**SMALL, "schedule": "cosine"})
         final_lr = make_schedule(config, total, total)(total - 1)
@@ -162,7 +167,7 @@ def test_finetune_and_lr_rewind_keep_the_trained_weights(tmp_path, monkeypatch, 
 def test_controls_train_the_same_mask_reinitialised_and_a_random_mask_from_the_rewind_state(tmp_path, monkeypatch):
     calls = spy_on_train(monkeypatch)
     summary, _ = run_small(tmp_path, controls=True, rounds=1)
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "run" / "seed_0"
     assert [c["desc"] for c in calls] == ["round 0 (dense)", "round 1", "round 1 reinit", "round 1 random_mask"]
     masks, rewind = round_masks(run_dir, 1), torch.load(run_dir / "rewind.pt")["state_dict"]
     reinit, shuffled = calls[2], calls[3]
@@ -263,4 +268,4 @@ def test_plots_are_redrawn_from_the_saved_summary(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "plots" / "accuracy_vs_remaining.png").stat().st_size > 1000
     assert main(["plot", str(tmp_path)]) == 2
-    assert "no summary.json" in capsys.readouterr().err
+    assert "no config.json" in capsys.readouterr().err

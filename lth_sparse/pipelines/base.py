@@ -1,0 +1,180 @@
+"""The contract every pipeline shares: units of work in stages, run by an executor, then a summary.
+
+A **unit** is one independent, resumable piece of work: a picklable description
+(its function by name, its config, its sub-directory of the run). It writes only
+into its own directory and finishes by writing ``done.json``; a unit with
+``done.json`` is never run again, and a killed unit restarts (from its own last
+saved state where it keeps one, else from scratch). Its directory also gets
+``unit.log``, the lines it logged.
+
+A **pipeline** is a config dataclass, ``plan(config)``, which returns its units in
+**stages** (the units of a stage are independent; a stage starts when the one
+before it is done), ``check(config)``, which refuses bad input before anything is
+written, and ``summarize(run_dir)``, which builds ``summary.json`` and the plots
+from the units' saved results alone (so ``lth-sparse plot RUN`` can redo it any time).
+
+:func:`run_pipeline` ties them together: it checks, claims the run directory,
+hands each stage's unfinished units to an executor (:mod:`lth_sparse.executors`)
+and summarises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lth_sparse.runs import RunDir, atomic_write_json, read_json
+
+__all__ = ["PIPELINES", "Pipeline", "Unit", "pipeline_for", "register_pipeline", "run_pipeline", "run_unit"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One resumable piece of work of a pipeline.
+
+    ``function`` is ``"module:name"`` of ``fn(config, directory: Path, log, progress) -> dict``
+    (``log(line)`` writes to the unit's log; ``progress``: whether to show progress bars); the
+    dict it returns becomes ``done.json``. ``directory`` is relative to the run directory.
+    """
+
+    function: str
+    config: Any
+    directory: str
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.directory
+
+
+def _resolve(function: str) -> Callable:
+    module, _, name = function.partition(":")
+    if not module or not name:
+        raise ValueError(f"a unit's function must be 'module:name', got {function!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def run_unit(unit: Unit, run_dir: str | Path, *, threads: int | None = None,
+             echo: Callable[[str], None] | None = None, progress: bool | None = None) -> dict:
+    """Run ``unit`` in ``run_dir / unit.directory`` unless it is done; returns its ``done.json``.
+
+    ``threads`` sets torch's CPU threads for the unit (restored afterwards). Every line the
+    unit logs is appended to its ``unit.log`` (and passed to ``echo`` when given). The same
+    whichever executor calls it: this is the one place that applies the ``done.json`` rule.
+    """
+    directory = Path(run_dir) / unit.directory
+    done = directory / "done.json"
+    if done.exists():
+        return read_json(done)
+    directory.mkdir(parents=True, exist_ok=True)
+    function = _resolve(unit.function)
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with open(directory / "unit.log", "a") as log_file:
+        def log(line: str) -> None:
+            log_file.write(line + "\n")
+            log_file.flush()
+            if echo is not None:
+                echo(line)
+
+        log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: started"
+            + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads is not None else ""))
+        try:
+            result = function(unit.config, directory, log, progress)
+        finally:
+            torch.set_num_threads(threads_before)
+        atomic_write_json(done, result)
+        log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: done")
+    return result
+
+
+class Pipeline:
+    """What a pipeline provides; subclasses set ``kind`` and ``config_class`` and implement the methods."""
+
+    kind: str = ""
+    config_class: type = object
+    description: str = ""
+
+    def check(self, config) -> None:
+        """Refuse bad input (unknown data set, device, model) before anything is written."""
+
+    def plan(self, config) -> list[list[Unit]]:
+        raise NotImplementedError
+
+    def summarize(self, run_dir: Path, *, plots: bool = True) -> dict:
+        """Build ``summary.json`` (and the plots) from the units' saved results alone."""
+        raise NotImplementedError
+
+    def prepare(self, run: RunDir, log: Callable[[str], None]) -> None:
+        """Called once the run directory is claimed and before the first stage (e.g. to migrate a layout)."""
+
+
+PIPELINES: dict[str, Pipeline] = {}
+
+
+def register_pipeline(pipeline: Pipeline) -> Pipeline:
+    if pipeline.kind in PIPELINES:
+        raise ValueError(f"pipeline {pipeline.kind!r} is already registered")
+    PIPELINES[pipeline.kind] = pipeline
+    return pipeline
+
+
+def pipeline_for(kind: str) -> Pipeline:
+    if kind not in PIPELINES:
+        importlib.import_module(f"lth_sparse.pipelines.{kind}")  # registers itself
+    return PIPELINES[kind]
+
+
+def run_pipeline(pipeline: Pipeline, config, out_dir, *, executor=None, log: Callable[[str], None] = print,
+                 progress: bool | None = None, plots: bool = True) -> dict:
+    """Check ``config``, claim ``out_dir``, run every stage's unfinished units through ``executor``
+    (default: in process, in order), then summarise; returns the summary (also in ``summary.json``).
+
+    Units that fail are reported together (:class:`lth_sparse.executors.UnitsFailed`) once the
+    others of their stage have finished; the stages after it do not start.
+    """
+    from lth_sparse.executors import LocalExecutor
+
+    if not isinstance(config, pipeline.config_class):
+        raise TypeError(f"{pipeline.kind} needs a {pipeline.config_class.__name__}, got {type(config).__name__}")
+    executor = executor or LocalExecutor()
+    run = RunDir(out_dir, config, pipeline.kind, claim=False)
+    pipeline.check(config)
+    if run.replacing is not None:
+        log(f"replacing the unfinished run in {run.path} (no unit of it had finished; it had another config: "
+            f"{run.replacing})")
+    run.claim()
+    pipeline.prepare(run, log)
+    stages = pipeline.plan(config)
+    units = [u for stage in stages for u in stage]
+    finished = [u for u in units if (run.path / u.directory / "done.json").exists()]
+    if units and len(finished) == len(units):
+        log(f"found a finished run in {run.path}: all {len(units)} units are done, nothing to run")
+    elif finished:
+        log(f"resuming: {len(finished)} of {len(units)} units already done in {run.path}")
+    started = time.time()
+    for stage in stages:
+        pending = [u for u in stage if not (run.path / u.directory / "done.json").exists()]
+        if pending:
+            executor.run(pending, run.path, log=log, progress=progress)
+    summary = pipeline.summarize(run.path, plots=plots)
+    log(f"done in {time.time() - started:.0f} s: {run.path / 'summary.json'}"
+        + (f", plots in {run.path / 'plots'}" if plots else ""))
+    return summary
+
+
+def config_record(config) -> dict:
+    """The config as ``config.json`` and ``summary.json`` hold it."""
+    return dataclasses.asdict(config)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    atomic_write_json(Path(run_dir) / "summary.json", summary)
