@@ -88,26 +88,56 @@ def _json_default(obj):
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
-def config_identity(config) -> dict:
-    """The fields of a config dataclass that define the experiment (those not marked ``identity=False``).
+HASH_SCHEMA = 2
+"""The version of the config-hash rule (``config.json`` records it). 1: every identity field; 2: only the
+identity fields that differ from their defaults (OpenLTH's rule), so a new option, at its default, leaves
+every existing hash as it was. A changed default changes what old runs mean: it needs a new schema."""
 
-    A field added to a config after runs were made with it carries ``metadata={"since": VERSION}``:
-    it is left out while it holds its default, so those runs keep their hash and still resume.
+
+def config_identity(config) -> dict:
+    """The fields of a config dataclass that define the experiment (those not marked ``identity=False``)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("identity", True)}
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+
+
+def config_hash(config) -> str:
+    """16 hex digits naming the experiment: the SHA-256 of the schema and the identity fields that differ
+    from their defaults (as sorted JSON). Fields with ``identity=False`` never count."""
+    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+               if f.metadata.get("identity", True) and getattr(config, f.name) != _default(f)}
+    return _digest({"schema": HASH_SCHEMA, "fields": changed})
+
+
+def legacy_config_hash(config, saved_fields=None) -> str | None:
+    """The hash of schema 1 (run directories made before the schema was recorded): every identity field.
+
+    ``saved_fields``: the field names that directory's ``config.json`` holds. Fields added since (not
+    among them) count only at their defaults: if one differs, the experiment differs and ``None`` is
+    returned; at its default it is left out, as the old hash never saw it.
     """
-    out = {}
+    fields = {}
     for f in dataclasses.fields(config):
         if not f.metadata.get("identity", True):
             continue
         value = getattr(config, f.name)
-        if "since" in f.metadata and f.default is not dataclasses.MISSING and value == f.default:
+        added_later = (f.name not in saved_fields) if saved_fields is not None else "since" in f.metadata
+        if added_later:
+            if value != _default(f):
+                return None
             continue
-        out[f.name] = value
-    return out
-
-
-def config_hash(config) -> str:
-    canonical = json.dumps(config_identity(config), sort_keys=True, default=_json_default)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        fields[f.name] = value
+    return _digest(fields)
 
 
 class ConfigMismatch(RuntimeError):
@@ -181,12 +211,17 @@ class RunDir(Steps):
         if not isinstance(saved, dict) or saved.get("kind") != self.kind:
             kind = saved.get("kind") if isinstance(saved, dict) else None
             raise ConfigMismatch(f"{self.path} holds a {kind!r} run, not {self.kind!r}; choose another --out")
-        if saved.get("hash") == self.hash:
-            return
+        schema = saved.get("schema", 1)
+        expected = self.hash if schema == HASH_SCHEMA else legacy_config_hash(self.config, saved.get("config", {}))
+        if saved.get("hash") == expected:
+            return  # the same experiment (a directory of schema 1 gets the new hash when claimed)
         identity = config_identity(self.config)
+        defaults = {f.name: _default(f) for f in dataclasses.fields(self.config)}
         old = saved.get("config", {})
-        diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in
-                 json.loads(json.dumps(identity, default=_json_default)).items() if old.get(k) != v]
+        now = json.loads(json.dumps(identity, default=_json_default))
+        plain_defaults = json.loads(json.dumps({k: defaults[k] for k in now}, default=_json_default))
+        diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in now.items()
+                 if old.get(k, plain_defaults[k]) != v]
         what = "; ".join(diffs) or "hash differs"
         if self.finished_steps():
             raise ConfigMismatch(
@@ -213,7 +248,7 @@ class RunDir(Steps):
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
-        record = {"kind": self.kind, "hash": self.hash,
+        record = {"kind": self.kind, "hash": self.hash, "schema": HASH_SCHEMA,
                   "config": {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}}
         atomic_write_json(self.path / "config.json", record)
         self.claimed = True

@@ -132,9 +132,12 @@ def test_run_dir_writes_the_config_with_its_kind_and_hash(tmp_path):
     saved = read_json(tmp_path / "run" / "config.json")
     assert saved["kind"] == "imp"
     assert saved["hash"] == run.hash == config_hash(config)
-    # The hash is the first 16 hex digits of the SHA-256 of the identity fields as sorted JSON.
-    canonical = json.dumps(json.loads(json.dumps(config_identity(config))), sort_keys=True)
+    # The hash is the first 16 hex digits of the SHA-256 of the schema and the identity fields that differ
+    # from their defaults, as sorted JSON.
+    changed = {"dataset": "digits", "model": "mlp", "epochs": 1, "milestones": [1.0, 2.0]}
+    canonical = json.dumps({"schema": 2, "fields": changed}, sort_keys=True)
     assert run.hash == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert saved["schema"] == runs.HASH_SCHEMA == 2
     assert saved["config"] == json.loads(json.dumps(dataclasses.asdict(config)))
     assert run / "summary.json" == tmp_path / "run" / "summary.json"
 
@@ -284,3 +287,50 @@ def test_every_atomic_writer_of_the_package_goes_through_the_run_store(tmp_path,
     Masks({"fc.weight": torch.ones(2, 2, dtype=torch.bool)}).save(tmp_path / "masks.safetensors")
     cache.cached_tensors(tmp_path, "k1", lambda: {"x": torch.zeros(1)})
     assert calls == ["masks.safetensors", "k1.pt"]
+
+
+def test_the_hash_of_the_default_imp_config_is_pinned():
+    """Adding an option (at its default) must never change this: every existing run would refuse to resume."""
+    assert config_hash(ImpConfig()) == "a37f6220ae99cd04"
+    assert config_hash(ImpConfig(rounds=20, device="cuda", threads=3)) == "a37f6220ae99cd04", "outside the identity"
+    assert config_hash(ImpConfig(lr=0.1)) != "a37f6220ae99cd04"
+
+
+def schema_1_directory(path, config, drop=("betas", "eval_every", "precision", "seeds")):
+    """A run directory as written before the schema was recorded, before the fields in ``drop`` existed."""
+    record = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(config))).items() if k not in drop}
+    identity = {k: v for k, v in record.items() if k not in ("rounds", "device", "data_dir", "threads")}
+    old_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"kind": "imp", "hash": old_hash, "config": record}))
+    return old_hash
+
+
+def test_a_directory_of_the_old_hash_schema_resumes_and_is_upgraded(tmp_path):
+    schema_1_directory(tmp_path, small_config())
+    run = RunDir(tmp_path, small_config(), kind="imp")
+    saved = read_json(tmp_path / "config.json")
+    assert saved["schema"] == 2 and saved["hash"] == run.hash == config_hash(small_config())
+
+
+def test_the_committed_results_of_the_old_schema_still_resume():
+    from pathlib import Path
+
+    from lth_sparse.config import config_from_options
+
+    saved = read_json(Path(__file__).resolve().parents[1] / "results" / "imp-lenet300-fashion-mnist" / "config.json")
+    config = config_from_options(ImpConfig, saved["config"])
+    assert runs.legacy_config_hash(config, saved["config"]) == saved["hash"]
+
+
+@pytest.mark.parametrize("change", [dict(fraction=0.3), dict(precision="bf16"), dict(eval_every=7)])
+def test_a_directory_of_the_old_schema_refuses_another_config_including_a_newer_field_off_its_default(tmp_path,
+                                                                                                      change):
+    schema_1_directory(tmp_path, small_config())
+    RunDir(tmp_path, small_config(), kind="imp", claim=False)  # the same config is accepted...
+    (tmp_path / "round_00").mkdir()
+    (tmp_path / "round_00" / "done.json").write_text("{}")
+    with pytest.raises(ConfigMismatch) as error:  # ...another is not
+        RunDir(tmp_path, small_config(**change), kind="imp")
+    name, value = next(iter(change.items()))
+    assert f"{name}:" in str(error.value) and repr(value) in str(error.value)
