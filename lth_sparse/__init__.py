@@ -5,10 +5,9 @@ masks (:mod:`lth_sparse.nn`, :class:`lth_sparse.Masks`), pruning, data, models,
 training, and the pipelines behind the ``lth-sparse`` command.
 """
 
-__version__ = "0.1.0"
-
-from lth_sparse._dispatch import backend_info, warn_if_torch_only  # noqa: E402
-from lth_sparse import ops  # noqa: E402
+from lth_sparse._version import __version__
+from lth_sparse._dispatch import backend_info, warn_if_torch_only
+from lth_sparse import ops
 
 warn_if_torch_only()
 

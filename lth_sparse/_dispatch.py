@@ -17,8 +17,11 @@ import functools
 import importlib
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
+
+from lth_sparse._version import __version__
 
 BACKENDS = ("auto", "cuda", "triton", "cpp", "torch")
 
@@ -159,6 +162,18 @@ def plain_eager() -> bool:
                 or torch._C._are_functorch_transforms_active())
 
 
+# What the op layer adds to backend_info() where the C++ extension is built, key -> report(): the op
+# layer registers it when imported (lth_sparse imports it), so that this module, below it, never
+# imports it back.
+_CPP_REPORTS: dict[str, Callable[[], object]] = {}
+
+
+def register_cpp_report(key: str, report: Callable[[], object]) -> None:
+    """Have :func:`backend_info` include ``key: report()`` where the C++ extension is built (called by
+    the op layer at import: ``lth_sparse.ops._cpu`` registers ``cpu_sparse_policy``)."""
+    _CPP_REPORTS[key] = report
+
+
 _warned_torch_only = False
 
 
@@ -182,13 +197,12 @@ def backend_info() -> dict:
     kernels that ``auto`` uses; the others are opt-in until verified on a GPU),
     ``reasons`` (why a backend is unusable); where the C++ extension is built, ``cpp_kernel_info``
     (threads, SIMD, select parameters) and ``cpu_sparse_policy`` (when the CPU masked layers take
-    their sparse path: ``lth_sparse.ops._cpu.policy()``; linear layers at density at most
+    their sparse path: ``lth_sparse.ops._cpu.policy()``, registered by the op layer through
+    :func:`register_cpp_report`; linear layers at density at most
     ``max_density``, ``gemv_max_density`` at batch 1, any density for at most ``small_dense_work``
     multiply-adds over ``small_min_columns`` rows or more; convs at ``conv_max_density``, never
     when None; always at least ``min_dense_work`` multiply-adds).
     """
-    from lth_sparse import __version__
-
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     cpp_ok, cpp_why = backend_status("cpp", cpu)
     cuda_built = cuda_extension() is not None
@@ -214,10 +228,8 @@ def backend_info() -> dict:
         "reasons": reasons,
     }
     if cpp_ok:
-        from lth_sparse.ops import _cpu  # the op layer's policy, read here only to report it
-
         info["cpp_kernel_info"] = dict(cpp_extension().kernel_info())
-        info["cpu_sparse_policy"] = _cpu.policy()
+        info.update((key, report()) for key, report in _CPP_REPORTS.items())
     if cuda_ok:
         info["gpu"] = torch.cuda.get_device_name(gpu)
     return info

@@ -65,12 +65,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Whether the CPU masked layer takes its sparse path (the rule masked_linear_auto applies; "
         "fixed_max_density replaces a linear layer's thresholds, as for convs).");
   m.def("mask_kept", [](const at::Tensor& mask) { return lth_sparse::cpu::mask_state(mask, false).kept; },
-        py::arg("mask"), "The number of True entries of a bool CPU mask (cached per mask state).");
+        py::arg("mask"), "The number of True entries of a bool CPU mask (cached per mask content, see mask_cache.h).");
   m.def("cached_mask_structure",
         [](const at::Tensor& mask) { return lth_sparse::cpu::mask_state(mask, true).structure; },
-        py::arg("mask"), "mask_structure(mask), built once per mask state and cached against the mask.");
+        py::arg("mask"), "mask_structure(mask), built once per mask content and cached on the mask.");
   m.def("mask_cache_entry", &lth_sparse::cpu::mask_cache_entry, py::arg("mask"),
-        "(kept, structure built) of the cache's current entry for mask, or None (for tests).");
+        "(kept, structure built) of the cache's entry for mask if it matches the mask's bytes, or None (for tests).");
   m.def("mask_cache_stats", []() {
     const auto s = lth_sparse::cpu::mask_cache_stats();
     py::dict d;
@@ -78,7 +78,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["structures_built"] = s.structures_built;
     d["counts"] = s.counts;
     return d;
-  }, "The mask cache: live entries, and structures built and masks counted since the process started.");
+  }, "The mask cache: entries alive (each freed with its mask), and structures built and masks counted since "
+     "the process started.");
   m.def("storage_use_count", [](const at::Tensor& t) { return t.storage().use_count(); }, py::arg("t"),
         "How many references t's storage has: the tensors sharing it (views included) and the Python "
         "storage objects alive.");

@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.nn.utils import prune
 
 from lth_sparse.nn.modules import MASKED_TYPES, MaskedMixin, _MASKED_WEIGHTS
-from lth_sparse.ops._cpu import zero_pruned_
+from lth_sparse.ops import zero_pruned_
 
 
 def _torch_prune_mask(module: nn.Module) -> torch.Tensor | None:

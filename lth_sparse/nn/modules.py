@@ -13,6 +13,14 @@ that sets its pruned entries, and their optimizer state, back to exactly zero
 after every step of any ``torch.optim`` optimizer. Pruned weights therefore
 stay exactly zero under SGD with momentum and weight decay, Adam and AdamW,
 also when the mask changes between steps or is written directly.
+
+A mask may be changed any way: ``set_mask``, ``load_state_dict``, ``copy_`` or
+indexing, and also behind torch's back (``mask.data.copy_(...)``, a numpy view,
+a collective writing its storage): no decision derived from the mask outlives
+it. The torch and Triton paths read the mask at every call; the C++ CPU path
+caches its count and sparse structure but compares the mask's bytes with its
+cached copy at every call (see ``lth_sparse/ops/_cpu.py``); the optimizer hook
+reads the mask at every step. ``load_state_dict`` takes bool masks only.
 """
 
 from __future__ import annotations
@@ -26,9 +34,8 @@ from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
-from lth_sparse.ops import masked_conv2d, masked_linear
+from lth_sparse.ops import masked_conv2d, masked_linear, zero_pruned_
 from lth_sparse.ops._checks import check_weight_and_mask
-from lth_sparse.ops._cpu import zero_pruned_
 
 # weight Parameter -> weakref to the masked module owning it (keyed by identity: tensors compare elementwise).
 _MASKED_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -55,6 +62,19 @@ class MaskedMixin:
         # Cheap, and it catches deepcopies and weights replaced after construction.
         if self.weight not in _MASKED_WEIGHTS:
             _MASKED_WEIGHTS[self.weight] = weakref.ref(self)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # torch would copy_ the loaded mask into the bool buffer, which casts: 0.5 or 2 would become True.
+        # Integer 0/1 masks (uint8 masks of old torch, torch.nn.utils.prune's float weight_mask) are refused
+        # too, as Masks refuses them: one rule, and a conversion the caller writes and sees (.bool()).
+        key = prefix + "mask"
+        mask = state_dict.get(key)
+        if isinstance(mask, Tensor) and mask.dtype != torch.bool:
+            raise TypeError(f"state_dict[{key!r}] must be a bool mask, got {mask.dtype}; convert a 0/1 mask "
+                            "with .bool() (lth_sparse.nn.masked() converts a torch.nn.utils.prune model)")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @torch.no_grad()
     def set_mask(self, mask: Tensor) -> None:

@@ -150,7 +150,8 @@ def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | No
     if (autocast := _autocast.active(input)) is not None:
         return _autocast.run_cast(masked_linear, autocast, (input, weight, mask, bias), (0, 1, 3))
     if cpu_runs_cpp():
-        # the whole layer in one C++ call: ~3 us over F.linear, against ~40 us for the Python path
+        # the whole layer in one C++ call: ~3 us over F.linear (plus the mask cache's comparison of the
+        # mask's bytes, ~7 us on a 784x300 mask), against ~40 us for the Python path
         try:
             out = _cpu.linear_auto(input, weight, mask, bias)
         except TypeError:  # an argument is not a tensor: the checks below say which

@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lth_sparse.nn import MaskedConv2d, MaskedLinear, masked
-from lth_sparse.ops import reference
+from lth_sparse.ops import _cpu, reference
+from tests.conftest import backend_variants
 from tests.tolerances import assert_close
 
 DENSITIES = [1.0, 0.5, 0.0]  # sparsity 0%, ~50%, 100%
@@ -88,7 +89,7 @@ def test_set_mask_zeroes_pruned_weights_and_keeps_the_others():
 def test_zero_pruned_is_an_in_place_change_that_autograd_and_the_mask_cache_see(dtype, contiguous):
     """The optimizer hook zeroes pruned weights with the C++ kernel on the CPU: same result as
     masked_fill_, and the version counter moves as it would under masked_fill_."""
-    from lth_sparse.ops._cpu import zero_pruned_
+    from lth_sparse.ops import zero_pruned_
 
     weight = randn(9, 14, seed=1, dtype=dtype)
     weight = weight if contiguous else weight.t().contiguous().t()
@@ -101,7 +102,7 @@ def test_zero_pruned_is_an_in_place_change_that_autograd_and_the_mask_cache_see(
     # a weight the sparse path saved for the backward, zeroed in between: autograd must refuse
     leaf = randn(9, 14, seed=3).requires_grad_()
     x = randn(5, 14, seed=4).requires_grad_()
-    from lth_sparse.ops import _cpu, masked_linear
+    from lth_sparse.ops import masked_linear
     with _cpu.held_on("sparse"):
         out = masked_linear(x, leaf, mask)
     with torch.no_grad():
@@ -111,7 +112,7 @@ def test_zero_pruned_is_an_in_place_change_that_autograd_and_the_mask_cache_see(
 
 
 def test_zero_pruned_of_an_inference_tensor_works_in_inference_mode_and_is_refused_outside_untouched():
-    from lth_sparse.ops._cpu import zero_pruned_
+    from lth_sparse.ops import zero_pruned_
 
     mask = random_mask((4, 8), 0.5, seed=0)
     with torch.inference_mode():
@@ -123,6 +124,18 @@ def test_zero_pruned_of_an_inference_tensor_works_in_inference_mode_and_is_refus
     with pytest.raises(RuntimeError, match="inference tensor outside InferenceMode"):
         zero_pruned_(t, mask)
     assert torch.equal(t, before), "refused before any write, as masked_fill_ is"
+
+
+def test_zero_pruned_refuses_a_mask_that_is_not_bool_or_not_of_the_tensors_shape():
+    from lth_sparse.ops import zero_pruned_
+
+    t = randn(3, 4, seed=0)
+    before = t.clone()
+    with pytest.raises(TypeError, match="mask must be a bool tensor, got torch.uint8"):
+        zero_pruned_(t, torch.ones(3, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"shape of t \(3, 4\), got \(4, 3\)"):
+        zero_pruned_(t, torch.ones(4, 3, dtype=torch.bool))
+    assert torch.equal(t, before)
 
 
 # --- forward against the reference ------------------------------------------------------------------------------
@@ -272,6 +285,79 @@ def test_input_gradient_ignores_pruned_weights_holding_nan(kind):
     assert not layer.weight.grad[~mask].any()
 
 
+# --- masks written behind torch's back ----------------------------------------------------------------------------
+
+# Writes that bypass the mask's version counter: `.data` has a counter of its own, numpy none. Common in
+# lottery-ticket code (OpenLTH writes `param.data` in place) and what collectives may do to a buffer.
+BYPASSING_WRITES = {
+    "data.copy_": lambda mask, new: mask.data.copy_(new),
+    "data-setitem": lambda mask, new: mask.data.__setitem__(Ellipsis, new),
+    "numpy": lambda mask, new: mask.numpy().__setitem__(Ellipsis, new.numpy()),
+}
+LAYER_IMPLEMENTED = ("triton", "cpp", "torch")
+
+
+def _layer_and_input(kind: str):
+    torch.manual_seed(0)
+    if kind == "linear":
+        return MaskedLinear(24, 10), randn(5, 24, seed=1)
+    return MaskedConv2d(3, 6, 3, padding=1), randn(2, 3, 6, 5, seed=1)
+
+
+def _reference_of(layer, x):
+    if isinstance(layer, MaskedLinear):
+        return reference.masked_linear(x, layer.weight, layer.mask, layer.bias)
+    return reference.masked_conv2d(x, layer.weight, layer.mask, layer.bias, layer.stride, layer.padding,
+                                   layer.dilation, layer.groups)
+
+
+def assert_layer_matches_reference(layer, x):
+    """Forward and the input, weight and bias gradients of ``layer`` for its mask as it is now."""
+    ref_layer = copy.deepcopy(layer)
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, y_ref = layer(x_ours), _reference_of(ref_layer, x_ref)
+    assert_close(y, y_ref)
+    grad = torch.randn_like(y_ref)
+    y.backward(grad)
+    y_ref.backward(grad)
+    assert_close(x_ours.grad, x_ref.grad)
+    assert_close(layer.weight.grad, ref_layer.weight.grad)
+    assert_close(layer.bias.grad, ref_layer.bias.grad)
+    layer.zero_grad(set_to_none=True)
+    return y.detach()
+
+
+@pytest.mark.parametrize("start", ["pruned", "all-ones"])
+@pytest.mark.parametrize("write", list(BYPASSING_WRITES))
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("backend", ["auto", "cpp-dense", *backend_variants(LAYER_IMPLEMENTED)])
+def test_a_mask_written_behind_torchs_back_is_seen_by_the_next_forward_and_backward(backend, kind, write, start,
+                                                                                     use_backend):
+    """"auto" takes the C++ layer with its nothing-pruned shortcut (an all-ones mask runs torch's own
+    layer) and the policy's path; "cpp-dense" and "cpp-sparse" hold the C++ backend on one path."""
+    if backend == "cpp-dense":
+        use_backend("cpp")
+        held = _cpu.held_on("dense")
+        held.__enter__()
+    elif backend != "auto":
+        use_backend(backend)
+    try:
+        layer, x = _layer_and_input(kind)
+        if start == "pruned":
+            layer.set_mask(random_mask(layer.weight.shape, 0.3, seed=2))
+        before = assert_layer_matches_reference(layer, x)  # the layer has seen (and cached) this mask
+        new = random_mask(layer.weight.shape, 0.2, seed=3)
+        version = layer.mask._version
+        BYPASSING_WRITES[write](layer.mask, new)
+        assert torch.equal(layer.mask, new)
+        assert layer.mask._version == version, "the write must bypass the version counter for this test to mean it"
+        after = assert_layer_matches_reference(layer, x)
+        assert not torch.equal(before, after)
+    finally:
+        if backend == "cpp-dense":
+            held.__exit__(None, None, None)
+
+
 # --- training: pruned weights stay exactly zero -----------------------------------------------------------------
 
 OPTIMIZERS = {
@@ -350,11 +436,14 @@ def change_mask(model, how: str, new_masks) -> None:
         state = {k: v.clone() for k, v in model.state_dict().items()}
         state["0.mask"], state["3.mask"] = new_masks
         model.load_state_dict(state)
+    elif how in BYPASSING_WRITES:
+        for layer, m in zip(layers, new_masks):
+            BYPASSING_WRITES[how](layer.mask, m)
     else:
         raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["set_mask", "copy_", "load_state_dict"])
+@pytest.mark.parametrize("how", ["set_mask", "copy_", "load_state_dict", *BYPASSING_WRITES])
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_newly_pruned_weights_and_their_optimizer_state_are_zero_after_the_next_step(name, how):
     make_optimizer, state_keys = OPTIMIZERS[name]
@@ -423,6 +512,22 @@ def test_state_dict_holds_bool_masks_and_load_state_dict_restores_them_in_a_fres
     x, _ = batch(7)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", ["float", "int-with-2", "uint8-0-1"])
+def test_load_state_dict_refuses_a_mask_that_is_not_bool_naming_the_key_and_dtype(bad):
+    """copy_ into the bool buffer would cast (0.5 and 2 become True). 0/1 integer masks are refused too,
+    as Masks refuses them: the caller converts with .bool()."""
+    model = small_masked_model(seed=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    mask = state["3.mask"]
+    state["3.mask"] = {"float": mask.float() * 0.5, "int-with-2": mask.long() * 2,
+                       "uint8-0-1": mask.to(torch.uint8)}[bad]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=rf"'3\.mask'.*must be a bool mask, got {state['3.mask'].dtype}"):
+        model.load_state_dict(state)
+    assert torch.equal(model[3].mask, before["3.mask"]), "a refused mask leaves the layer's mask alone"
+    assert model[3].mask.dtype == torch.bool
 
 
 def test_deepcopy_keeps_masks_in_separate_storage():

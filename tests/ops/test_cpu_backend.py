@@ -717,6 +717,10 @@ MASK_CHANGES = {
     "setitem-all-true": lambda m: m.__setitem__(Ellipsis, True),
     "masked_fill_": lambda m: m.masked_fill_(random_mask(m.shape, 0.5, seed=8), True),
     "through-the-base": lambda m: m._base.logical_not_(),
+    # writes that bypass the version counter: .data has its own, numpy none
+    "data.copy_": lambda m: m.data.copy_(random_mask(m.shape, 0.3, seed=7)),
+    "data-setitem": lambda m: m.data.__setitem__(slice(0, 4), False),
+    "numpy": lambda m: m.numpy().__setitem__(slice(0, 4), False),
 }
 
 
@@ -777,7 +781,7 @@ def test_a_new_mask_object_gives_new_results(use_backend):
     assert not torch.equal(first, second)
 
 
-def test_the_cache_does_not_keep_masks_alive(use_backend):
+def test_the_cache_does_not_keep_masks_alive_and_frees_an_entry_with_its_mask(use_backend):
     use_backend("cpp-sparse")
     x, w, b = _linear_case()
     m = random_mask((10, 24), 0.3)
@@ -785,14 +789,18 @@ def test_the_cache_does_not_keep_masks_alive(use_backend):
         masked_linear(x, w, m, b)
     assert _cpu.cached_entry(m) == (int(m.sum()), True)
     entries = C.mask_cache_stats()["entries"]
+    # torch keeps a tensor's Python object while C++ holds the tensor: these live as long as the cache holds them
+    structure_refs = [weakref.ref(t) for t in _cpu.structure(m)]
+    assert all(r() is not None for r in structure_refs)
     ref = weakref.ref(m)
     del m
-    gc.collect()
     assert ref() is None, "the cache kept the mask alive"
+    # at once, with no later lookup or insertion: the entry, its copy of the mask and its structure are freed
     assert C.mask_cache_stats()["entries"] == entries - 1
+    assert all(r() is None for r in structure_refs), "the structure outlived its mask"
 
 
-def test_the_cache_recounts_after_a_change_and_never_caches_inference_masks():
+def test_the_cache_recounts_after_a_change():
     m = random_mask((9, 13), 0.4)
     assert C.mask_kept(m) == int(m.sum()) and _cpu.cached_entry(m) == (int(m.sum()), False)
     counts = C.mask_cache_stats()["counts"]
@@ -803,11 +811,61 @@ def test_the_cache_recounts_after_a_change_and_never_caches_inference_masks():
     assert C.mask_kept(m) == int(m.sum()) and C.mask_cache_stats()["counts"] == counts + 1
     assert [t.numel() for t in _cpu.structure(m)[1::2]] == [int(m.sum())] * 2, "col_idx and row_idx: one per kept"
     assert _cpu.cached_entry(m) == (int(m.sum()), True)
-    with torch.inference_mode():
-        mi = random_mask((9, 13), 0.4)
-    assert C.mask_kept(mi) == int(mi.sum()) and _cpu.cached_entry(mi) is None
+    m.copy_(m.clone())
+    assert _cpu.cached_entry(m) == (int(m.sum()), True), "a write of the same bytes keeps the entry"
     with pytest.raises(RuntimeError, match="bool CPU tensor"):
         C.mask_kept(torch.ones(3, 3))
+
+
+@pytest.mark.parametrize("write", ["data.copy_", "data-setitem", "numpy"])
+def test_the_cache_sees_writes_that_bypass_the_version_counter(write):
+    m = random_mask((9, 13), 0.4)
+    structure_before = _cpu.structure(m)
+    assert _cpu.cached_entry(m) == (int(m.sum()), True)
+    version = m._version
+    MASK_CHANGES[write](m)
+    assert m._version == version, "the write must bypass the version counter for this test to mean it"
+    assert _cpu.cached_entry(m) is None, "the entry no longer matches the mask's bytes"
+    assert C.mask_kept(m) == int(m.sum())
+    for field, ours, expected in zip(_cpu.Structure._fields, _cpu.structure(m), structure_from_nonzero(m)):
+        assert torch.equal(ours, expected), field
+    assert not torch.equal(structure_before.col_idx, _cpu.structure(m).col_idx)
+
+
+def test_the_cache_caches_inference_masks_and_sees_their_changes():
+    """Inference tensors have no version counter: the comparison of bytes is all the cache has."""
+    with torch.inference_mode():
+        m = random_mask((9, 13), 0.4)
+    assert C.mask_kept(m) == int(m.sum()) and _cpu.cached_entry(m) == (int(m.sum()), False)
+    with torch.inference_mode():
+        m[:, :5] = False
+    assert _cpu.cached_entry(m) is None
+    assert C.mask_kept(m) == int(m.sum())
+
+
+def test_a_detached_alias_of_a_mask_shares_its_entry_and_a_view_has_its_own():
+    m = random_mask((9, 13), 0.4)
+    C.mask_kept(m)
+    counts = C.mask_cache_stats()["counts"]
+    assert C.mask_kept(m.detach()) == C.mask_kept(m.data) == int(m.sum())
+    assert C.mask_cache_stats()["counts"] == counts, "an alias of the same bytes is not counted again"
+    view = m[2:]
+    assert C.mask_kept(view) == int(view.sum()) and C.mask_kept(m.t()) == int(m.sum())
+    view[0] = ~view[0]
+    assert C.mask_kept(m) == int(m.sum()) and C.mask_kept(view) == int(view.sum())
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize("write", ["data.copy_", "numpy"])
+def test_writes_that_bypass_the_version_counter_are_seen_on_the_custom_op_path(write, path, custom_op_path):
+    """The custom-op path (torch.compile, dispatch modes) asks the cache from Python, forward and backward."""
+    x, w, b = _linear_case()
+    m = random_mask((10, 24), 0.3)
+    with _cpu.held_on(path):
+        before = assert_linear_matches_reference(x, w, m, b)
+        MASK_CHANGES[write](m)
+        after = assert_linear_matches_reference(x, w, m, b)
+    assert not torch.equal(before, after)
 
 
 # Arguments the one-call C++ layer does not take: it answers None and the Python path's checks

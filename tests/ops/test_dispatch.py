@@ -1,3 +1,6 @@
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -81,3 +84,12 @@ def test_backend_info_reports_the_cpu_sparse_policy():
     assert info["cpu_sparse_policy"] == _cpu.policy()
     assert info["cpu_sparse_policy"]["max_density"] == _cpu.MAX_DENSITY
     assert info["cpp_kernel_info"]["masked_simd"] in ("avx2+fma", "portable")
+
+
+def test_dispatch_imports_nothing_from_the_layers_above_it():
+    """The ops import _dispatch; it reaches them only through what they register (register_cpp_report)."""
+    tree = ast.parse(Path(_dispatch.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    ours = {name for name in imported if name and name.split(".")[0] == "lth_sparse"}
+    assert ours == {"lth_sparse._version"}, f"_dispatch imports {sorted(ours)}"
