@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .augment import RandomCropFlip
 
-__all__ = ["Split", "Dataset", "RawDataset", "batches", "split_and_normalise"]
+__all__ = ["Split", "Dataset", "RawDataset", "batches", "shard_bounds", "split_and_normalise"]
 
 Augment = Callable[[Tensor, "torch.Generator | None"], Tensor]
 
@@ -26,7 +26,7 @@ class Split:
     """One part of a dataset, held as two tensors on one device.
 
     x: float32, normalised; ``(N, C, H, W)`` for images, ``(N, F)`` for vectors.
-    y: int64 class indices, ``(N,)``.
+    y: int64 class indices, ``(N,)``; or floating targets ``(N, *)`` for a regression task.
     """
 
     x: Tensor
@@ -103,20 +103,41 @@ def batches(
     generator: torch.Generator | None = None,
     augment: Augment | None = None,
     drop_last: bool = False,
-) -> Iterator[tuple[Tensor, Tensor]]:
+    augment_generator: torch.Generator | None = None,
+    with_index: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[Tensor, Tensor]] | Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yield ``(x, y)`` mini-batches of ``split``, on its device.
 
     With ``shuffle``, one random permutation of the indices (drawn from
     ``generator``, else torch's default generator) orders the epoch; without, the
-    batches are views of consecutive examples. ``augment(x, generator)``, when
-    given, transforms each batch of inputs. The last batch is smaller than
-    ``batch_size`` unless ``drop_last``.
+    batches are views of consecutive examples. ``augment(x, g)``, when given,
+    transforms each batch of inputs, drawing from ``g = augment_generator`` (default:
+    ``generator``, so that one generator drives both, as it always has). The last
+    batch is smaller than ``batch_size`` unless ``drop_last``.
+
+    ``with_index``: yield ``(x, y, index)``, ``index`` the ``int64`` positions in
+    ``split`` of the batch's examples, ``(len(y),)``, on the split's device.
+
+    ``rank`` / ``world_size``: each batch of ``batch_size`` (the global batch, the same
+    permutation on every rank) is cut into ``world_size`` consecutive shards, sizes
+    as ``torch.tensor_split`` makes them (when ``world_size`` does not divide the
+    batch, the first ``len % world_size`` shards hold one example more; a batch with
+    fewer examples than ``world_size`` leaves the last shards empty), and this rank
+    gets shard ``rank``. The augmentation runs on the whole global batch before the
+    cut, so the examples of every shard are those a single process sees.
 
     Raises:
-        ValueError: if ``batch_size < 1``.
+        ValueError: if ``batch_size < 1`` or ``rank`` is not in ``[0, world_size)``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
+                         f"world_size={world_size}")
+    if augment_generator is None:
+        augment_generator = generator
     n = len(split)
     stop = n - n % batch_size if drop_last else n
     order = None
@@ -126,12 +147,28 @@ def batches(
     for start in range(0, stop, batch_size):
         if order is None:
             x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
+            index = None
         else:
             index = order[start : start + batch_size]
             x, y = split.x[index], split.y[index]
         if augment is not None:
-            x = augment(x, generator)
-        yield x, y
+            x = augment(x, augment_generator)
+        if with_index and index is None:
+            index = torch.arange(start, start + len(y), device=split.y.device)
+        if world_size > 1:
+            lo, hi = shard_bounds(len(y), rank, world_size)
+            x, y = x[lo:hi], y[lo:hi]
+            index = index[lo:hi] if index is not None else None
+        yield (x, y, index) if with_index else (x, y)
+
+
+def shard_bounds(batch: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[lo, hi)``: the positions in a batch of ``batch`` examples of shard ``rank`` of
+    ``world_size``, as ``torch.tensor_split`` cuts it (the first ``batch % world_size``
+    shards one example longer)."""
+    size, extra = divmod(batch, world_size)
+    lo = rank * size + min(rank, extra)
+    return lo, lo + size + (rank < extra)
 
 
 def _as_float(x: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 from lth_sparse.train.loop import (
     TrainConfig,
     TrainResult,
+    TrainStep,
     evaluate,
     iterations_per_epoch,
     make_optimizer,
@@ -11,5 +12,5 @@ from lth_sparse.train.loop import (
     train,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "iterations_per_epoch", "make_optimizer", "make_schedule",
-           "parse_step", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainStep", "evaluate", "iterations_per_epoch", "make_optimizer",
+           "make_schedule", "parse_step", "train"]

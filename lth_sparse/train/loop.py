@@ -6,6 +6,11 @@ iteration; seeded and deterministic on the CPU; validation and test loss and
 accuracy; model snapshots at chosen iterations (the rewind points); a tqdm
 progress bar that stays quiet when output is not a terminal; metrics appended
 to a JSONL file as they come, so a crash loses nothing already measured.
+
+Open to its callers: an optimizer and a loss of their own, callbacks after every
+step, checkpoints that a killed run continues from bit for bit, no read-back to
+the host in the training step, and DDP (each rank its shard of every batch,
+rank 0 alone writing).
 """
 
 from __future__ import annotations
@@ -16,21 +21,25 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
 
 from lth_sparse.config import option
 from lth_sparse.data import Dataset, Split, batches
+from lth_sparse.runs import atomic_torch_save
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # The autocast dtype of each reduced precision (fp32: no autocast).
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# A loss: (output, target) -> the batch's mean loss, a 0-dim tensor.
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -133,31 +142,48 @@ def autocast_context(precision: str, device_type: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, precision: str = "fp32") -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``split`` (eval mode, restored after), the
-    forward pass at ``precision`` (see :func:`autocast_context`; the loss is summed in float32)."""
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, precision: str = "fp32", *,
+             loss_fn: LossFn | None = None) -> tuple[float, float | None]:
+    """Mean loss and accuracy of ``model`` on ``split`` (eval mode, restored after), the forward pass
+    at ``precision`` (see :func:`autocast_context`; the loss is taken of the float32 output).
+
+    ``loss_fn(output, target)``: the mean loss of a batch (default: cross-entropy); the mean over
+    ``split`` weights each batch by its size. The accuracy (``output.argmax(1) == target``) is
+    returned for integer targets only; for floating targets (a regression) it is ``None``. An empty
+    split gives NaN (and ``None`` accuracy for floating targets). The sums stay on the device, read
+    back once at the end.
+    """
+    classification = not split.y.is_floating_point()
     if len(split) == 0:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan") if classification else None
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
+    device = split.y.device
+    # float64 sums of the float32 batch losses: the same values as summing them as Python floats
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     device_type = _device_type(model)
     for x, y in batches(split, batch_size, shuffle=False):
         with autocast_context(precision, device_type):
             out = model(x)
-        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
+        if loss_fn is None:
+            loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
+        else:
+            loss_sum += loss_fn(out.float(), y).double() * len(y)
+        if classification:
+            correct += (out.argmax(1) == y).sum()
     model.train(was_training)
-    return loss_sum / len(split), correct / len(split)
+    accuracy = correct.item() / len(split) if classification else None
+    return loss_sum.item() / len(split), accuracy
 
 
 @dataclass
 class TrainResult:
     iterations: int
     val_loss: float
-    val_accuracy: float
+    val_accuracy: float | None  # None for a regression (floating targets)
     test_loss: float
-    test_accuracy: float
+    test_accuracy: float | None
     best_val_iteration: int  # the iteration of minimum validation loss (early-stopping point)
     best_val_loss: float
     train_loss: float
@@ -169,6 +195,25 @@ class TrainResult:
         return d
 
 
+@dataclass(frozen=True)
+class TrainStep:
+    """What each of ``train``'s callbacks is given after every optimizer step.
+
+    The tensors are on the training device and nothing has been read back to the
+    host; under DDP they are this rank's shard of the batch.
+    """
+
+    iteration: int  # optimizer steps taken so far, this one included: the numbering of snapshots
+    epoch: int  # the epoch the batch belongs to
+    index: Tensor  # int64 (B,): positions in data.train of the batch's examples
+    output: Tensor  # the model's output on the batch, detached: (B, *)
+    target: Tensor  # (B, *)
+    loss: Tensor  # 0-dim, detached: loss_fn(output, target), the batch mean
+
+
+CHECKPOINT_FORMAT = 1
+
+
 def _progress(total: int, desc: str, enabled: bool | None):
     from tqdm.auto import tqdm
 
@@ -177,45 +222,205 @@ def _progress(total: int, desc: str, enabled: bool | None):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or DataParallel) wrapper, else ``model``."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _rng_state() -> dict:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _read_checkpoint(path: str | os.PathLike, identity: dict) -> dict:
+    """The training checkpoint at ``path``, checked to be one written by a run of the same ``identity``."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}")
+    for key, value in identity.items():
+        if checkpoint["identity"][key] != value:
+            raise ValueError(f"the checkpoint {path} was written with {key}={checkpoint['identity'][key]!r}, "
+                             f"this call has {key}={value!r}")
+    return checkpoint
+
+
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, start_iteration: int = 0,
           end_iteration: int | None = None, snapshot_at: Iterable[int] = (), on_snapshot=None,
           metrics_path: str | os.PathLike | None = None, progress: bool | None = None,
-          desc: str = "train", lr_factor: Callable[[int], float] | None = None) -> TrainResult:
+          desc: str = "train", lr_factor: Callable[[int], float] | None = None,
+          optimizer: torch.optim.Optimizer | None = None, loss_fn: LossFn | None = None,
+          callbacks: Sequence[Callable[[TrainStep], None]] = (), augment_seed: int | None = None,
+          checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int = 0,
+          resume: bool = False, resume_from: str | os.PathLike | None = None,
+          rank: int | None = None, world_size: int | None = None) -> TrainResult:
     """Train ``model`` in place from ``start_iteration`` to ``end_iteration`` (default: ``cfg.epochs``).
 
-    The data order and augmentation depend only on ``seed`` and the epoch, so a
-    run started at a rewind point sees the same batches as the original run did
-    from there. ``snapshot_at``: iterations at which ``on_snapshot(iteration,
-    state_dict copy)`` is called (iteration 0 is the state before any step).
+    The data order depends only on ``seed`` and the epoch, and so does the
+    augmentation unless ``augment_seed`` is given (then it depends on that and the
+    epoch, and the order on ``seed`` alone: the two vary apart), so a run started
+    at a rewind point sees the same batches as the original run did from there.
+    The order is drawn on the CPU, the same on every device; with ``augment_seed``
+    the augmentation is drawn on the data's device (no copy from the host per
+    batch), so the same ``augment_seed`` augments otherwise on a GPU than on the CPU.
+    ``snapshot_at``: iterations at which ``on_snapshot(iteration, state_dict copy)``
+    is called (iteration 0 is the state before any step).
     ``lr_factor``: overrides the schedule (e.g. a constant for fine-tuning).
     Validation runs every ``cfg.eval_every`` iterations (default: every epoch)
     and at the end; each record goes to ``metrics_path`` (JSONL) at once.
     ``cfg.precision`` bf16 or fp16 runs the forward passes and the loss under
     ``torch.autocast`` (the parameters, their gradients and the optimizer stay
-    float32), fp16 with a ``torch.amp.GradScaler`` (it starts afresh at each call).
+    float32), fp16 with a ``torch.amp.GradScaler`` (it starts afresh at each call
+    unless resumed from a checkpoint).
+
+    ``optimizer``: used as it is instead of one built from ``cfg`` (whose optimizer
+    fields are then ignored), e.g. one over an edge-popup model's scores alone. The
+    schedule (or ``lr_factor``) still sets each param group's ``lr`` at every
+    step, to its ``initial_lr`` times the factor; a group without ``initial_lr``
+    gets its current ``lr`` as it, as torch's LR schedulers do.
+    ``loss_fn(output, target)``: the batch's mean loss, a scalar tensor (default:
+    cross-entropy); :func:`evaluate` uses it too, and reports accuracy ``None``
+    for floating targets.
+    ``callbacks``: each called as ``callback(TrainStep)`` after every optimizer step.
+
+    The training step reads nothing back to the host: the running training loss is
+    summed on the device and read at the validation points. (An fp16 GradScaler
+    still reads its found-inf flag at every step, in torch's ``GradScaler.step``.)
+
+    Checkpoints, for a run continued exactly after a kill: with ``checkpoint_path``,
+    the model's state, the optimizer's, the GradScaler's, torch's random number
+    generators (every rank's), the running loss, the records so far and the state
+    of each callback that has ``state_dict``/``load_state_dict`` are written there
+    (atomically) every ``checkpoint_every`` iterations (0: none on the way) and at
+    the end. ``resume=True`` continues from ``checkpoint_path`` when it exists (else
+    starts at ``start_iteration``), ``resume_from`` from that file (it must exist):
+    the model, optimizer, scaler, generators and callbacks are loaded, and training
+    0 -> T in one call equals 0 -> k, killed after the checkpoint at k, then k -> T,
+    bit for bit. On resume, ``metrics_path`` is cut back to its length at the
+    checkpoint (dropping the killed run's later records) when it is at least that
+    long, and snapshots at or before the checkpoint's iteration are not taken again.
+
+    DDP: ``rank`` / ``world_size`` default to ``torch.distributed``'s when it is
+    initialized, else 0 / 1. ``model`` is then the DDP-wrapped model (snapshots
+    and checkpoints hold the inner module's state). Every rank draws the same
+    permutation and takes its shard of each global batch of ``cfg.batch_size``
+    (see :func:`~lth_sparse.data.batches`). When ``world_size`` does not divide a
+    batch the shards differ by one example, and each rank's loss is weighted by
+    ``world_size * shard / batch`` so that DDP's averaged gradient is still the
+    gradient of the global batch's mean loss (this assumes ``loss_fn`` is a mean
+    over examples, as the default is); a batch smaller than ``world_size`` is a
+    ``ValueError``. The recorded training loss is the global batches' (the ranks'
+    shares summed at each record). Every rank evaluates the whole validation and
+    test splits (the weights are the same on all), so all return the same result;
+    only rank 0 writes the metrics file and checkpoints and calls ``on_snapshot``;
+    the callbacks run on every rank, on its shard. A checkpoint is read by every
+    rank on resume (a file system they all see). Without an initialized process
+    group, a ``world_size > 1`` trains this process on its shards alone.
     """
-    per_epoch = iterations_per_epoch(len(data.train), cfg.batch_size)
+    if world_size is None:
+        world_size = torch.distributed.get_world_size() if _distributed() else 1
+    if rank is None:
+        rank = torch.distributed.get_rank() if _distributed() else 0
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
+                         f"world_size={world_size}")
+    n_train = len(data.train)
+    if n_train == 0:
+        raise ValueError("the training split is empty")
+    last_batch = n_train % cfg.batch_size or cfg.batch_size
+    if min(cfg.batch_size, n_train, last_batch) < world_size:
+        raise ValueError(f"every batch must hold at least world_size={world_size} examples, one per rank; "
+                         f"batch_size={cfg.batch_size} on {n_train} training examples has a batch of "
+                         f"{min(cfg.batch_size, n_train, last_batch)}")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
+    if resume and checkpoint_path is None:
+        raise ValueError("resume=True needs a checkpoint_path to resume from")
+    per_epoch = iterations_per_epoch(n_train, cfg.batch_size)
     total = round(cfg.epochs * per_epoch)
     end = total if end_iteration is None else end_iteration
     if not 0 <= start_iteration <= end:
         raise ValueError(f"start_iteration must be in [0, {end}], got {start_iteration}")
-    if len(data.train) == 0:
-        raise ValueError("the training split is empty")
     schedule = lr_factor or make_schedule(cfg, per_epoch, total)
-    optimizer = make_optimizer(model, cfg)
+    train_loss_fn = F.cross_entropy if loss_fn is None else loss_fn
+    inner = _unwrap(model)
+    if optimizer is None:
+        optimizer = make_optimizer(model, cfg)
     device_type = _device_type(model)
     # disabled (fp32, bf16): scale() returns the loss itself and step() is optimizer.step()
     scaler = torch.amp.GradScaler(device_type, enabled=cfg.precision == "fp16")
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    snapshots = set(snapshot_at)
-    eval_every = cfg.eval_every or per_epoch
+    identity = {"seed": seed, "augment_seed": augment_seed, "batch_size": cfg.batch_size, "train_size": n_train}
+    writer = rank == 0
+    callbacks = tuple(callbacks)
+    stateful = [cb for cb in callbacks if hasattr(cb, "state_dict") and hasattr(cb, "load_state_dict")]
+
+    # With a process group, each rank sums its share of every global batch's mean loss, and the shares
+    # are summed over the ranks at each record; without one, the loss is this process's alone.
+    reduce_loss = world_size > 1 and _distributed()
+    checkpoint = None
+    if resume_from is not None:
+        checkpoint = _read_checkpoint(resume_from, identity)
+    elif resume and os.path.exists(checkpoint_path):
+        checkpoint = _read_checkpoint(checkpoint_path, identity)
     history: list[dict] = []
     best = (float("inf"), start_iteration)
-    metrics_file = open(metrics_path, "a") if metrics_path is not None else None
+    # float64 sum of the float32 step losses: the same value as summing them as Python floats
+    running = torch.zeros((), dtype=torch.float64, device=data.train.y.device)
+    running_n = 0
+    metrics_offset = None
+    it = start_iteration
+    if checkpoint is not None:
+        it = checkpoint["iteration"]
+        if not start_iteration <= it <= end:
+            raise ValueError(f"the checkpoint's iteration {it} is not in [start_iteration={start_iteration}, {end}]")
+        inner.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler.is_enabled():
+            scaler.load_state_dict(checkpoint["scaler"])
+        per_rank = checkpoint["ranks"]
+        if len(per_rank) == world_size:
+            _set_rng_state(per_rank[rank]["rng"])
+            running += per_rank[rank]["running"].to(running.device)
+        else:  # another world size: rank 0 carries the whole running loss on
+            _set_rng_state(per_rank[0]["rng"])
+            if rank == 0:
+                running += sum(r["running"] for r in per_rank).to(running.device)
+        running_n = checkpoint["running_steps"]
+        history = list(checkpoint["history"])
+        best = tuple(checkpoint["best"])
+        for callback, state in zip(stateful, checkpoint["callbacks"]):
+            callback.load_state_dict(state)
+        metrics_offset = checkpoint["metrics_offset"]
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    snapshots = set(snapshot_at)
+    eval_every = cfg.eval_every or per_epoch
+    metrics_file = None
+    if writer and metrics_path is not None:
+        # resumed: the records the killed run wrote after its checkpoint are written again below
+        if metrics_offset is not None and os.path.exists(metrics_path) \
+                and os.path.getsize(metrics_path) >= metrics_offset:
+            os.truncate(metrics_path, metrics_offset)
+        metrics_file = open(metrics_path, "a")
 
-    def record(it: int, train_loss: float) -> None:
-        nonlocal best
-        val_loss, val_acc = evaluate(model, data.val, precision=cfg.precision)
+    def record(it: int) -> None:
+        nonlocal best, running_n
+        if reduce_loss:
+            torch.distributed.all_reduce(running)
+        train_loss = running.item() / max(1, running_n)
+        running.zero_()
+        running_n = 0
+        val_loss, val_acc = evaluate(inner, data.val, precision=cfg.precision, loss_fn=loss_fn)
         entry = {"iteration": it, "epoch": it / per_epoch, "train_loss": train_loss, "val_loss": val_loss,
                  "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"]}
         if val_loss < best[0] or math.isnan(best[0]):
@@ -226,49 +431,90 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
             metrics_file.flush()
 
     def snapshot(it: int) -> None:
-        if it in snapshots and on_snapshot is not None:
-            on_snapshot(it, copy.deepcopy(model.state_dict()))
+        if writer and it in snapshots and on_snapshot is not None:
+            on_snapshot(it, copy.deepcopy(inner.state_dict()))
+
+    def save_checkpoint(it: int) -> None:
+        per_rank = [{"rng": _rng_state(), "running": running.cpu()}]
+        if reduce_loss:
+            per_rank = [None] * world_size
+            torch.distributed.all_gather_object(per_rank, {"rng": _rng_state(), "running": running.cpu()})
+        if not writer:
+            return
+        atomic_torch_save(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "iteration": it, "identity": identity,
+            "model": inner.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "ranks": per_rank, "running_steps": running_n, "history": history, "best": best,
+            "callbacks": [callback.state_dict() for callback in stateful],
+            "metrics_offset": os.path.getsize(metrics_path) if metrics_file is not None else None,
+        })
 
     model.train()
-    it = start_iteration
-    snapshot(it)
-    running, running_n = 0.0, 0
+    if checkpoint is None:
+        snapshot(it)
+    saved_at = it if checkpoint is not None else None
     try:
-        with _progress(end - start_iteration, desc, progress) as bar:
+        with _progress(end - it, desc, progress) as bar:
             epoch = it // per_epoch
             while it < end:
-                generator = torch.Generator(device="cpu").manual_seed(seed * 100_003 + epoch)
+                order = torch.Generator(device="cpu").manual_seed(seed * 100_003 + epoch)
+                augment = None
+                if augment_seed is not None:
+                    # on the data's device: augmenting reads nothing back to the host
+                    augment = torch.Generator(device=data.device).manual_seed(augment_seed * 100_003 + epoch)
                 skip = it - epoch * per_epoch  # resuming mid-epoch: skip the batches already seen
-                for b, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, generator=generator,
-                                                   augment=data.augment)):
+                for b, (x, y, index) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, generator=order,
+                                                          augment=data.augment, augment_generator=augment,
+                                                          with_index=True, rank=rank, world_size=world_size)):
                     if b < skip:
                         continue
                     for group, lr in zip(optimizer.param_groups, base_lrs):
                         group["lr"] = lr * schedule(it)
                     optimizer.zero_grad(set_to_none=True)
                     with autocast_context(cfg.precision, device_type):
-                        loss = F.cross_entropy(model(x), y)
-                    scaler.scale(loss).backward()
+                        out = model(x)
+                        loss = train_loss_fn(out, y)
+                    weighted, share = loss, loss.detach()
+                    if world_size > 1:
+                        # DDP averages the ranks' gradients: weighted so that the average is the gradient
+                        # of the global batch's mean loss, also when the shards differ in size
+                        fraction = len(y) / min(cfg.batch_size, n_train - b * cfg.batch_size)
+                        weighted = loss * (world_size * fraction)
+                        if reduce_loss:
+                            share = share * fraction
+                    scaler.scale(weighted).backward()
                     scaler.step(optimizer)
                     scaler.update()
                     it += 1
-                    running += loss.item()
+                    running += share
                     running_n += 1
                     bar.update(1)
+                    if callbacks:
+                        step = TrainStep(iteration=it, epoch=epoch, index=index, output=out.detach(), target=y,
+                                         loss=loss.detach())
+                        for callback in callbacks:
+                            callback(step)
                     if it % eval_every == 0 or it == end:
-                        record(it, running / running_n)
-                        bar.set_postfix(loss=f"{running / running_n:.3f}", val_acc=f"{history[-1]['val_accuracy']:.3f}")
-                        running, running_n = 0.0, 0
+                        record(it)
+                        postfix = {"loss": f"{history[-1]['train_loss']:.3f}"}
+                        if history[-1]["val_accuracy"] is not None:
+                            postfix["val_acc"] = f"{history[-1]['val_accuracy']:.3f}"
+                        bar.set_postfix(**postfix)
                     snapshot(it)
+                    if checkpoint_path is not None and checkpoint_every and it % checkpoint_every == 0:
+                        save_checkpoint(it)
+                        saved_at = it
                     if it >= end:
                         break
                 epoch += 1
+        if not history or history[-1]["iteration"] != it:
+            record(it)
+        if checkpoint_path is not None and saved_at != it:
+            save_checkpoint(it)
     finally:
         if metrics_file is not None:
             metrics_file.close()
-    if not history or history[-1]["iteration"] != it:
-        record(it, running / max(1, running_n))
-    test_loss, test_acc = evaluate(model, data.test, precision=cfg.precision)
+    test_loss, test_acc = evaluate(inner, data.test, precision=cfg.precision, loss_fn=loss_fn)
     last = history[-1]
     return TrainResult(iterations=it, val_loss=last["val_loss"], val_accuracy=last["val_accuracy"],
                        test_loss=test_loss, test_accuracy=test_acc, best_val_iteration=best[1],

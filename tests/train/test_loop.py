@@ -3,6 +3,7 @@ evaluation, the metrics file, the early-stopping iteration, and the argument che
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -10,8 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lth_sparse.data import Dataset, Split, load_dataset
-from lth_sparse.models import create_model
+from lth_sparse.data import Dataset, RandomCropFlip, Split
 from lth_sparse.train import (
     TrainConfig,
     evaluate,
@@ -21,34 +21,7 @@ from lth_sparse.train import (
     parse_step,
     train,
 )
-
-BATCH = 32
-TRAIN_SIZE = 160  # 5 iterations per epoch
-
-
-@pytest.fixture(scope="module")
-def digits() -> Dataset:
-    return load_dataset("digits", seed=0, train_size=TRAIN_SIZE)
-
-
-def small_model(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return create_model("mlp", (1, 8, 8), 10, depth=1, width=16)
-
-
-def weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def same_state(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def config(**overrides) -> TrainConfig:
-    base = dict(epochs=2, batch_size=BATCH, lr=0.05, momentum=0.0)
-    base.update(overrides)
-    return TrainConfig(**base)
-
+from tests.train.conftest import BATCH, TRAIN_SIZE, config, same_state, small_model, weights
 
 # --- determinism and data order -------------------------------------------------------------------------------
 
@@ -147,10 +120,10 @@ def test_fp32_precision_is_the_default_and_plain_float32_training_bit_for_bit(di
     drawn = []
 
     def recording_batches(*args, **kwargs):
-        for x, y in loop_batches(*args, **kwargs):
+        for batch in loop_batches(*args, **kwargs):
             if kwargs.get("shuffle"):
-                drawn.append((x, y))
-            yield x, y
+                drawn.append(batch[:2])
+            yield batch
 
     loop_batches = loop.batches
     monkeypatch.setattr(loop, "batches", recording_batches)
@@ -384,3 +357,187 @@ def test_parse_step(step, expected):
 def test_parse_step_refuses_anything_else(step):
     with pytest.raises(ValueError):
         parse_step(step, 10)
+
+
+def test_a_run_of_no_iterations_records_once_in_the_metrics_file(digits, tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    result = train(small_model(), digits, config(epochs=1), start_iteration=5, metrics_path=path, progress=False)
+    assert result.iterations == 5
+    assert [json.loads(line)["iteration"] for line in path.read_text().splitlines()] == [5]
+
+
+# --- a caller's optimizer and loss ----------------------------------------------------------------------------
+
+def test_a_supplied_optimizer_built_as_the_loop_would_gives_the_same_weights(digits):
+    cfg = config(momentum=0.9, weight_decay=1e-4, schedule="cosine")
+    own, supplied = small_model(), small_model()
+    train(own, digits, cfg, seed=1, progress=False)
+    train(supplied, digits, cfg, seed=1, optimizer=make_optimizer(supplied, cfg), progress=False)
+    assert same_state(weights(own), weights(supplied))
+
+
+def test_a_supplied_optimizer_is_used_as_is_and_scheduled_from_its_initial_lr(digits):
+    # Frozen weights, an optimizer over the output layer alone: what edge-popup does with its scores.
+    model = small_model()
+    model.fc1.weight.requires_grad_(False)
+    model.fc1.bias.requires_grad_(False)
+    before = weights(model)
+    optimizer = torch.optim.Adam(model.fc2.parameters(), lr=0.01)
+    cfg = config(optimizer="sgd", lr=0.5, schedule="step", milestones=(1,), gamma=0.1)
+    first = train(model, digits, cfg, optimizer=optimizer, progress=False)
+    assert [h["lr"] for h in first.history] == pytest.approx([0.01, 0.001]), "the optimizer's lr, not cfg.lr"
+    assert torch.equal(model.fc1.weight, before["fc1.weight"]) and torch.equal(model.fc1.bias, before["fc1.bias"])
+    assert not torch.equal(model.fc2.weight, before["fc2.weight"])
+    assert optimizer.state[model.fc2.weight]["step"].item() == first.iterations, "the caller's Adam took the steps"
+    second = train(model, digits, cfg, optimizer=optimizer, progress=False)
+    assert [h["lr"] for h in second.history] == pytest.approx([0.01, 0.001]), "from initial_lr, not the decayed lr"
+
+
+def regression_data(n: int = 96, features: int = 4, seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=g)
+    y = x @ torch.randn(features, 2, generator=g) + 0.01 * torch.randn(n, 2, generator=g)
+    thirds = [Split(x[i::3], y[i::3]) for i in range(3)]
+    return Dataset("linear", *thirds, num_classes=0, input_shape=(features,), augment=None)
+
+
+def test_a_regression_loss_trains_and_reports_no_accuracy(tmp_path):
+    data = regression_data()
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    initial_loss, initial_accuracy = evaluate(model, data.val, loss_fn=nn.functional.mse_loss)
+    assert initial_accuracy is None
+    path = tmp_path / "metrics.jsonl"
+    result = train(model, data, config(epochs=20, batch_size=8, lr=0.1), loss_fn=nn.functional.mse_loss,
+                   metrics_path=path, progress=False)
+    assert result.val_accuracy is None and result.test_accuracy is None
+    assert all(h["val_accuracy"] is None for h in result.history)
+    assert all(json.loads(line)["val_accuracy"] is None for line in path.read_text().splitlines())
+    with torch.no_grad():
+        assert result.val_loss == pytest.approx(nn.functional.mse_loss(model(data.val.x), data.val.y).item(), rel=1e-5)
+        assert result.test_loss == pytest.approx(nn.functional.mse_loss(model(data.test.x), data.test.y).item(),
+                                                 rel=1e-5)
+    assert result.val_loss < 0.05 * initial_loss
+
+
+def test_evaluate_with_a_loss_fn_weights_each_batch_by_its_size(digits):
+    model = small_model()
+    smoothed = lambda out, y: nn.functional.cross_entropy(out, y, label_smoothing=0.2)  # noqa: E731
+    loss, accuracy = evaluate(model, digits.val, batch_size=100, loss_fn=smoothed)  # 287 examples: 100, 100, 87
+    with torch.no_grad():
+        out = model(digits.val.x)
+    assert loss == pytest.approx(smoothed(out, digits.val.y).item(), rel=1e-6)
+    assert loss != pytest.approx(evaluate(model, digits.val)[0], rel=1e-3), "precondition: the loss_fn matters"
+    assert accuracy == pytest.approx((out.argmax(1) == digits.val.y).float().mean().item())
+
+
+# --- callbacks, and nothing read back per step ----------------------------------------------------------------
+
+def test_callbacks_see_every_step_with_its_examples_outputs_and_loss(digits):
+    seen = []
+    cfg = config(epochs=2)
+    model = small_model()
+    train(model, digits, cfg, seed=4, callbacks=[seen.append], progress=False)
+    per_epoch = iterations_per_epoch(TRAIN_SIZE, BATCH)
+    assert [s.iteration for s in seen] == list(range(1, 2 * per_epoch + 1))
+    assert [s.epoch for s in seen] == [0] * per_epoch + [1] * per_epoch
+    for epoch in (0, 1):
+        order = torch.randperm(TRAIN_SIZE, generator=torch.Generator().manual_seed(4 * 100_003 + epoch))
+        drawn = torch.cat([s.index for s in seen if s.epoch == epoch])
+        assert torch.equal(drawn, order), "the batches' indices are the epoch's permutation, in order"
+    for s in seen:
+        assert torch.equal(s.target, digits.train.y[s.index])
+        assert not s.output.requires_grad and not s.loss.requires_grad and s.loss.dim() == 0
+        assert torch.equal(s.loss, nn.functional.cross_entropy(s.output, s.target))
+    # the last step's output is the model's output on that batch before the last step
+    assert not torch.equal(seen[-1].output, model(digits.train.x[seen[-1].index]).detach())
+
+
+def test_a_training_step_reads_nothing_back_to_the_host(digits, monkeypatch):
+    calls = {"n": 0}
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            calls["n"] += 1
+            return original(self, *args, **kwargs)
+        return wrapper
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+    at_step = []
+    model = small_model()
+    model.fc1.set_mask(torch.rand(model.fc1.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
+    cfg = config(epochs=2, momentum=0.9, weight_decay=1e-4)
+    train(model, digits, cfg, callbacks=[lambda step: at_step.append(calls["n"])], progress=False)
+    per_epoch = iterations_per_epoch(TRAIN_SIZE, BATCH)
+    assert at_step[per_epoch] > at_step[per_epoch - 1], "precondition: the count sees the validation pass"
+    between_evaluations = [at_step[i] - at_step[i - 1] for i in range(1, len(at_step)) if i % per_epoch != 0]
+    assert between_evaluations == [0] * len(between_evaluations)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_training_step_on_a_gpu_does_not_synchronise(digits, precision):
+    images = dataclasses.replace(digits, augment=RandomCropFlip(1, flip=True))
+    data = dataclasses.replace(images, train=digits.train.to("cuda"), val=digits.val.to("cuda"),
+                               test=digits.test.to("cuda"))
+    model = small_model().cuda()
+    model.fc1.set_mask(torch.rand(model.fc1.weight.shape, generator=torch.Generator().manual_seed(0)).cuda() < 0.5)
+    per_epoch = iterations_per_epoch(TRAIN_SIZE, BATCH)
+
+    def check_the_next_step(step):
+        # an evaluation (every epoch) reads back; so does copying the next epoch's permutation to the device
+        torch.cuda.set_sync_debug_mode("error" if step.iteration % per_epoch else "default")
+
+    try:
+        torch.cuda.set_sync_debug_mode("error")
+        with pytest.raises(RuntimeError):
+            torch.ones(1, device="cuda").item()  # precondition: the debug mode catches a read-back
+        torch.cuda.set_sync_debug_mode("default")
+        result = train(model, data, config(epochs=3, momentum=0.9, precision=precision), augment_seed=1,
+                       callbacks=[check_the_next_step], progress=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.iterations == 3 * per_epoch
+
+
+# --- separate seeds for the data order and the augmentation ---------------------------------------------------
+
+class RecordingAugment:
+    """Adds noise drawn from the generator it is given, and keeps the draws."""
+
+    def __init__(self):
+        self.draws: list[torch.Tensor] = []
+
+    def __call__(self, x, generator):
+        noise = torch.rand(x.shape, generator=generator)
+        self.draws.append(noise)
+        return x + 0.1 * noise
+
+
+def augmented_run(digits, seed, augment_seed):
+    augment = RecordingAugment()
+    data = dataclasses.replace(digits, augment=augment)
+    seen = []
+    model = small_model()
+    train(model, data, config(epochs=1), seed=seed, augment_seed=augment_seed, callbacks=[seen.append],
+          progress=False)
+    return torch.cat([s.index for s in seen]), torch.cat(augment.draws), weights(model)
+
+
+def test_the_augmentation_seed_varies_apart_from_the_data_order_seed(digits):
+    order, draws, state = augmented_run(digits, seed=1, augment_seed=None)
+    order_a, draws_a, state_a = augmented_run(digits, seed=1, augment_seed=10)
+    order_b, draws_b, state_b = augmented_run(digits, seed=1, augment_seed=11)
+    order_c, draws_c, _ = augmented_run(digits, seed=2, augment_seed=10)
+    assert torch.equal(order_a, order) and torch.equal(order_b, order), "the order depends on seed alone"
+    assert not torch.equal(draws_a, draws_b) and not same_state(state_a, state_b)
+    assert not torch.equal(order_c, order_a)
+    assert torch.equal(draws_c, draws_a), "the augmentation depends on augment_seed alone"
+    # without augment_seed, one generator per epoch draws the order then the augmentation, as it always has
+    g = torch.Generator().manual_seed(1 * 100_003)
+    assert torch.equal(torch.randperm(TRAIN_SIZE, generator=g), order)
+    assert torch.equal(torch.rand(draws[:BATCH].shape, generator=g), draws[:BATCH])
+    assert not torch.equal(draws, draws_a)
