@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import queue
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -110,29 +109,34 @@ class LocalExecutor:
             run_unit(unit, run_dir, threads=self.threads, echo=log, progress=progress)
 
 
-def _worker(tasks, results, run_dir: str, threads: int) -> None:
-    """A worker process: runs the units it is sent until it receives None."""
+def _worker(conn, run_dir: str, threads: int) -> None:
+    """A worker process: runs the units sent over its own pipe until it receives None (or the pipe closes)."""
     from lth_sparse.pipelines.base import run_unit
 
     while True:
-        item = tasks.get()
+        try:
+            item = conn.recv()
+        except EOFError:
+            return
         if item is None:
             return
         index, unit = item
         try:
             run_unit(unit, run_dir, threads=threads, progress=False)
-            results.put(("done", index, None))
+            message = ("done", index, None)
         except BaseException:  # noqa: BLE001 - reported to the parent with its traceback
-            results.put(("error", index, traceback.format_exc()))
+            message = ("error", index, traceback.format_exc())
+        conn.send(message)  # synchronous: written before the next unit starts
 
 
 class ProcessExecutor:
     """``workers`` local processes (spawned), each running one unit at a time.
 
-    Each worker has its own task queue, so the parent always knows which unit a dead
-    worker was running: that unit alone is retried (up to ``retries`` times) on a fresh
-    worker. A unit that raises is not retried; its traceback is reported, with every other
-    failure, once the rest have finished (:class:`UnitsFailed`).
+    Each worker talks to the parent over its own pipe (no shared queue, whose lock a killed
+    worker could take with it), so the parent always knows which unit a dead worker was
+    running: that unit alone is retried (up to ``retries`` times) on a fresh worker. A unit
+    that raises is not retried; its traceback is reported, with every other failure, once the
+    rest have finished (:class:`UnitsFailed`).
     """
 
     name = "process"
@@ -148,64 +152,74 @@ class ProcessExecutor:
 
     def run(self, units: Sequence, run_dir, *, log: Callable[[str], None] = print,
             progress: bool | None = None) -> None:
+        from multiprocessing.connection import wait
+
         context = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
-        results = context.Queue()
         run_dir = str(Path(run_dir))
         pending = list(range(len(units)))
         attempts = [0] * len(units)
         failures: dict[str, str] = {}
-        workers: list = []  # [process, task queue, index of its unit or None]
+        workers: list[dict] = []  # {"process", "conn", "index" (of the unit it runs, or None)}
 
-        def start_worker():
-            tasks = context.Queue()
-            process = context.Process(target=_worker, args=(tasks, results, run_dir, self.threads), daemon=True)
+        def start_worker() -> None:
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker, args=(child, run_dir, self.threads), daemon=True)
             process.start()
-            workers.append([process, tasks, None])
+            child.close()
+            workers.append({"process": process, "conn": parent, "index": None})
+
+        def died(worker: dict, bar) -> None:
+            workers.remove(worker)
+            worker["conn"].close()
+            worker["process"].join(timeout=5)
+            index = worker["index"]
+            attempts[index] += 1
+            why = f"its worker process died (exit code {worker['process'].exitcode})"
+            if attempts[index] > self.retries:
+                failures[units[index].name] = f"{why}; tried {attempts[index]} times"
+                bar.update(1)
+            else:
+                log(f"{units[index].name}: {why}; retrying ({attempts[index]}/{self.retries})")
+                pending.insert(0, index)
+            if pending and len(workers) < self.workers:
+                start_worker()
 
         for _ in range(min(self.workers, len(units))):
             start_worker()
         with _unit_bar(len(units), progress, f"units ({self.workers} workers)") as bar:
             try:
-                while pending or any(w[2] is not None for w in workers):
+                while pending or any(w["index"] is not None for w in workers):
                     for w in workers:
-                        if w[2] is None and pending:
-                            w[2] = pending.pop(0)
-                            w[1].put((w[2], units[w[2]]))
-                    try:
-                        status, index, payload = results.get(timeout=0.2)
-                    except queue.Empty:
-                        status = None
-                    if status is not None:
-                        for w in workers:
-                            if w[2] == index:
-                                w[2] = None
-                        if status == "error":
-                            failures[units[index].name] = payload
-                            log(f"{units[index].name}: failed (its traceback follows at the end)")
-                        bar.update(1)
-                        continue
-                    for w in list(workers):
-                        process, _, index = w
-                        if index is not None and not process.is_alive():
-                            workers.remove(w)
-                            attempts[index] += 1
-                            why = f"its worker process died (exit code {process.exitcode})"
-                            if attempts[index] > self.retries:
-                                failures[units[index].name] = f"{why}; tried {attempts[index]} times"
-                                bar.update(1)
-                            else:
-                                log(f"{units[index].name}: {why}; retrying ({attempts[index]}/{self.retries})")
-                                pending.insert(0, index)
-                            if pending:
-                                start_worker()
+                        if w["index"] is None and pending:
+                            w["index"] = pending.pop(0)
+                            w["conn"].send((w["index"], units[w["index"]]))
+                    busy = [w for w in workers if w["index"] is not None]
+                    ready = set(wait([w["conn"] for w in busy] + [w["process"].sentinel for w in busy], timeout=1.0))
+                    for w in busy:
+                        if w["conn"] in ready:
+                            try:
+                                status, index, payload = w["conn"].recv()
+                            except (EOFError, OSError):
+                                died(w, bar)
+                                continue
+                            w["index"] = None
+                            if status == "error":
+                                failures[units[index].name] = payload
+                                log(f"{units[index].name}: failed (its traceback follows at the end)")
+                            bar.update(1)
+                        elif w["process"].sentinel in ready:
+                            died(w, bar)
             finally:
-                for process, tasks, _ in workers:
-                    if process.is_alive():
-                        tasks.put(None)
-                for process, _, _ in workers:
-                    process.join(timeout=10)
-                    if process.is_alive():
-                        process.kill()
+                for w in workers:
+                    try:
+                        w["conn"].send(None)
+                    except (BrokenPipeError, OSError):
+                        pass
+                for w in workers:
+                    w["process"].join(timeout=10)
+                    if w["process"].is_alive():
+                        w["process"].kill()
+                    w["conn"].close()
         if failures:
             raise UnitsFailed(failures)
 
@@ -214,8 +228,10 @@ class RayExecutor:
     """Each unit a Ray task (retried by Ray up to ``retries`` times when its worker dies).
 
     ``address``: ``"auto"`` (a cluster started with ``ray start --head`` on this machine or
-    named by ``RAY_ADDRESS``), ``HOST:PORT`` of a cluster's head, or ``None`` for a local
-    cluster started for this run. The run directory must be on a file system every node sees.
+    named by ``RAY_ADDRESS``), ``HOST:PORT`` of a cluster's head, or ``"local"`` (or ``None``)
+    for a local cluster started for this run. Where Ray is already initialised in this process
+    (``ray.init`` called by the caller), that connection is used whatever ``address`` says.
+    The run directory must be on a file system every node sees.
     """
 
     name = "ray"
@@ -253,7 +269,9 @@ class RayExecutor:
                 raise ConnectionError(f"no Ray cluster answers at {address} ({error}); start one with "
                                       "'ray start --head' or check the address") from error
         try:
-            ray.init(address=None if address == "local" else address, include_dashboard=False,
+            # Ray's address=None would join a cluster it finds on this machine (RAY_ADDRESS, or the last one
+            # started); "local" always starts a new one, as documented for None and "local" here.
+            ray.init(address="local" if address in (None, "local") else address, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
         except ConnectionError as error:
             raise ConnectionError(f"could not connect to a Ray cluster at {address!r}: {error}") from error
@@ -265,7 +283,8 @@ class RayExecutor:
         self._connect()
         remote = ray.remote(_ray_unit).options(max_retries=self.retries, num_cpus=self.num_cpus,
                                                num_gpus=self.num_gpus)
-        refs = {remote.remote(unit, str(run_dir), self.threads): unit for unit in units}
+        run_dir = str(Path(run_dir).resolve())  # a worker's working directory is not the driver's on another node
+        refs = {remote.remote(unit, run_dir, self.threads): unit for unit in units}
         failures: dict[str, str] = {}
         with _unit_bar(len(units), progress, "units (ray)") as bar:
             waiting = list(refs)

@@ -144,8 +144,9 @@ def without_timings(rounds: list[dict]) -> list[dict]:
 @pytest.fixture(scope="module")
 def single_seed_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("single")
-    return {s: imp.run(imp.ImpConfig(**TINY, seed=s), tmp / f"seed{s}", progress=False, log=lambda line: None,
-                       plots=False) for s in (0, 1)}
+    # Under --seeds the split stays --seed's (0): the single-seed runs they equal say so with --split-seed.
+    return {s: imp.run(imp.ImpConfig(**TINY, seed=s, split_seed=0), tmp / f"seed{s}", progress=False,
+                       log=lambda line: None, plots=False) for s in (0, 1)}
 
 
 def test_several_seeds_equal_the_single_seed_runs_and_their_spread_is_summarised(tmp_path, single_seed_runs):
@@ -166,8 +167,9 @@ def test_several_seeds_equal_the_single_seed_runs_and_their_spread_is_summarised
 def test_imp_units_in_the_process_pool_equal_the_local_runs_and_a_killed_one_redoes_nothing_finished(
         tmp_path, single_seed_runs):
     """Seed 0's worker is killed (SIGKILL) right after its round 0 finished; seed 1 runs beside it."""
-    killed = Unit(f"{FUNCTIONS}:imp_seed_killed_after_round_0", imp.ImpConfig(**TINY, seed=0), "seed_0")
-    plain = imp.IMP.plan(imp.ImpConfig(**TINY, seeds=(1,)))[0]
+    killed = Unit(f"{FUNCTIONS}:imp_seed_killed_after_round_0", imp.ImpConfig(**TINY, seeds=(0, 1)).for_seed(0),
+                  "seed_0")
+    plain = [u for u in imp.IMP.plan(imp.ImpConfig(**TINY, seeds=(0, 1)))[0] if u.directory == "seed_1"]
     lines = []
     ProcessExecutor(workers=2, threads=1).run([killed, *plain], tmp_path, log=lines.append)
     for s in (0, 1):
@@ -182,8 +184,8 @@ def test_imp_units_in_the_process_pool_equal_the_local_runs_and_a_killed_one_red
 
 def test_a_single_seed_run_of_the_old_layout_moves_into_its_seed_folder_and_resumes(tmp_path, single_seed_runs):
     out = tmp_path / "run"
-    imp.run(imp.ImpConfig(**{**TINY, "rounds": 0}, seed=1), out, progress=False, log=lambda s: None, plots=False)
-    seed_dir = out / "seed_1"
+    imp.run(imp.ImpConfig(**{**TINY, "rounds": 0}, seed=0), out, progress=False, log=lambda s: None, plots=False)
+    seed_dir = out / "seed_0"
     # Make it look like a run of the layout before seeds: round_NN/, init.pt and rewind.pt at the top.
     for entry in list(seed_dir.iterdir()):
         if entry.name.startswith("round_") or entry.suffix == ".pt":
@@ -192,10 +194,10 @@ def test_a_single_seed_run_of_the_old_layout_moves_into_its_seed_folder_and_resu
         leftover.unlink()
     seed_dir.rmdir()
     lines = []
-    summary = imp.run(imp.ImpConfig(**TINY, seed=1), out, progress=False, log=lines.append, plots=False)
+    summary = imp.run(imp.ImpConfig(**TINY, seed=0), out, progress=False, log=lines.append, plots=False)
     assert any("moved the single-seed run's files" in line for line in lines)
     assert not (out / "round_00").exists() and (seed_dir / "round_01" / "done.json").exists()
-    assert without_timings(summary["per_seed"]["1"]) == without_timings(single_seed_runs[1]["per_seed"]["1"])
+    assert without_timings(summary["per_seed"]["0"]) == without_timings(single_seed_runs[0]["per_seed"]["0"])
 
 
 def test_seeds_on_the_command_line_are_a_count_or_a_list():

@@ -101,10 +101,21 @@ class ImpConfig(TrainConfig):
                                     choices=STRUCTURED_NORMS)
     spare_output: bool = option(False, "never prune the output layer")
     controls: bool = option(False, "also train the random-reinit and random-mask controls each round")
-    seed: int = option(0, "seed of initialisation, train/validation split and data order")
+    seed: int = option(0, "the run's seed: every seed below that is not given defaults to it")
+    init_seed: int | None = option(None, "seed of the initialisation (and, offset per round, of the reinit "
+                                         "control's)", since="0.2", default_text="--seed")
+    split_seed: int | None = option(None, "seed of the train/validation split and of the --train-size subset",
+                                    since="0.2", default_text="--seed")
+    order_seed: int | None = option(None, "seed of the data order (the SGD noise)", since="0.2",
+                                    default_text="--seed")
+    augment_seed: int | None = option(None, "seed of the data augmentation (random crops and flips)", since="0.2",
+                                      default_text="the data order's generator, as before it could be set apart")
+    prune_seed: int | None = option(None, "seed of random pruning and of the random-mask control", since="0.2",
+                                    default_text="--seed")
     seeds: tuple[int, ...] = option((), "run one IMP per seed, into RUN/seed_N/, and summarise over them: a count "
                                         "(--seeds 3: seeds 0, 1, 2) or a list (--seeds 0,4,7; a single seed "
-                                        "with a comma, --seeds 4,)", since="0.2", parse=parse_seeds,
+                                        "with a comma, --seeds 4,); each seed stands for --seed except that the "
+                                        "train/validation split stays that of --seed (or --split-seed)", since="0.2", parse=parse_seeds,
                                     metavar="N|S,S,...", default_text="--seed alone")
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.2, "share of the official training set held out for validation")
@@ -139,13 +150,22 @@ class ImpConfig(TrainConfig):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         parse_step(self.rewind, 1)
 
+    def seed_of(self, what: str) -> int:
+        """The seed of ``what`` (``init``, ``split``, ``order``, ``prune``): its own, else ``seed``."""
+        own = getattr(self, f"{what}_seed")
+        return self.seed if own is None else own
+
     def seed_list(self) -> tuple[int, ...]:
         """The seeds this config runs: ``seeds``, or ``(seed,)`` when it is empty."""
         return self.seeds or (self.seed,)
 
     def for_seed(self, seed: int) -> ImpConfig:
-        """The single-seed config of one of this config's IMP runs (one unit)."""
-        return dataclasses.replace(self, seed=seed, seeds=())
+        """The single-seed config of one of this config's IMP runs (one unit). Under ``seeds`` the
+        train/validation split stays the run's (``split_seed``, else ``seed``): the seeds vary the
+        initialisation, the data order, the augmentation and random pruning, not the data."""
+        if not self.seeds:
+            return self
+        return dataclasses.replace(self, seed=seed, seeds=(), split_seed=self.seed_of("split"))
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -169,7 +189,8 @@ class _Imp:
         self.log = log
         check_device(config.device)
         self.data = load_dataset(config.dataset, data_dir=config.data_dir, device=config.device,
-                                 val_fraction=config.val_fraction, seed=config.seed, train_size=config.train_size)
+                                 val_fraction=config.val_fraction, seed=config.seed_of("split"),
+                                 train_size=config.train_size)
         self.train_cfg = config.train_config()
         self.per_epoch = iterations_per_epoch(len(self.data.train), config.batch_size)
         self.total_iters = round(config.epochs * self.per_epoch)
@@ -177,7 +198,7 @@ class _Imp:
         if self.rewind_iter >= self.total_iters:
             raise ValueError(f"rewind point {config.rewind} (iteration {self.rewind_iter}) must come before the end "
                              f"of training (iteration {self.total_iters})")
-        self.model = self._new_model(config.seed)
+        self.model = self._new_model(config.seed_of("init"))
         self.names = _weight_names(self.model)
         self.exclude = [self.names[-1]] if config.spare_output else []
 
@@ -196,7 +217,8 @@ class _Imp:
         metrics_path = step_dir / "metrics.jsonl"
         metrics_path.unlink(missing_ok=True)  # a killed attempt's records go with it
         t0 = time.time()
-        result = train(self.model, self.data, self.train_cfg, seed=self.config.seed, start_iteration=start,
+        result = train(self.model, self.data, self.train_cfg, seed=self.config.seed_of("order"),
+                       augment_seed=self.config.augment_seed, start_iteration=start,
                        end_iteration=start + (self.total_iters - self.rewind_iter) if lr_factor else None,
                        snapshot_at=snapshot_at, on_snapshot=on_snapshot, metrics_path=metrics_path,
                        progress=self.progress, desc=desc, lr_factor=lr_factor)
@@ -212,7 +234,7 @@ class _Imp:
             return prune_structured(self.model, c.fraction, norm=c.structured, scope=c.scope, masks=masks,
                                     exclude=self.exclude)
         if c.importance == "random":
-            g = torch.Generator().manual_seed(c.seed * 7919 + r)
+            g = torch.Generator().manual_seed(c.seed_of("prune") * 7919 + r)
             return prune_random(self.model, c.fraction, scope=c.scope, masks=masks, exclude=self.exclude, generator=g)
         return prune_magnitude(self.model, c.fraction, scope=c.scope, importance=c.importance, masks=masks,
                                exclude=self.exclude)
@@ -266,11 +288,12 @@ class _Imp:
                 out[control] = read_json(done)
                 continue
             if control == "reinit":
-                state = self._new_model(self.config.seed + 100_000 + r).state_dict()
+                state = self._new_model(self.config.seed_of("init") + 100_000 + r).state_dict()
                 control_masks = masks
             else:
                 state = rewind
-                control_masks = random_masks_like(masks, torch.Generator().manual_seed(self.config.seed * 31 + r))
+                generator = torch.Generator().manual_seed(self.config.seed_of("prune") * 31 + r)
+                control_masks = random_masks_like(masks, generator)
                 control_masks = Masks({n: m.to(self.config.device) for n, m in control_masks.items()})
             metrics = self._train(state, control_masks, cdir, self.rewind_iter, desc=f"round {r} {control}")
             metrics["sparsity"] = control_masks.sparsity()

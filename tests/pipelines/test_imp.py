@@ -269,3 +269,30 @@ def test_plots_are_redrawn_from_the_saved_summary(tmp_path, capsys):
     assert (tmp_path / "run" / "plots" / "accuracy_vs_remaining.png").stat().st_size > 1000
     assert main(["plot", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_seeds_vary_apart_each_defaulting_from_the_run_seed(tmp_path):
+    """The same initialisation under another data order (instability's experiment), and the reverse."""
+    tiny = dict(dataset="digits", model="mlp", model_options=(("width", 16),), rounds=0, epochs=1, train_size=300)
+
+    def run(name, **seeds):
+        imp.run(imp.ImpConfig(**tiny, **seeds), tmp_path / name, progress=False, log=lambda s: None, plots=False)
+        seed = seeds.get("seed", 0)
+        folder = tmp_path / name / f"seed_{seed}"
+        return (torch.load(folder / "init.pt"), torch.load(folder / "round_00" / "final.pt"),
+                [json.loads(x) for x in (folder / "round_00" / "metrics.jsonl").read_text().splitlines()])
+
+    base_init, base_final, _ = run("base", seed=0)
+    same_default = run("explicit", seed=0, init_seed=0, split_seed=0, order_seed=0, prune_seed=0)
+    assert all(torch.equal(base_final[k], same_default[1][k]) for k in base_final), "each seed defaults to --seed"
+    other_order = run("order", seed=0, order_seed=5)
+    assert all(torch.equal(base_init[k], other_order[0][k]) for k in base_init), "the same initialisation"
+    assert not torch.equal(base_final["fc1.weight"], other_order[1]["fc1.weight"]), "trained on another data order"
+    other_init = run("init", seed=0, init_seed=5)
+    assert not torch.equal(base_init["fc1.weight"], other_init[0]["fc1.weight"])
+    # With the split fixed, a new --seed changes initialisation and order but not the split.
+    from lth_sparse.data import load_dataset
+
+    a = load_dataset("digits", seed=imp.ImpConfig(seed=1, split_seed=0).seed_of("split"), train_size=300)
+    b = load_dataset("digits", seed=0, train_size=300)
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.x, b.train.x)
