@@ -1,0 +1,124 @@
+"""Tickets read back from an IMP run: what transfer, consensus and the analyses start from.
+
+``load_ticket(run_dir, round)`` gives the ticket of one round of one seed: its masks, the
+state its survivors are rewound to, the initialisation, the round's trained weights and
+its saved results. It reads both layouts of an IMP run directory (``seed_N/round_NN/``,
+and ``round_NN/`` at the top for runs made before seeds), and refuses a run of another
+kind, a round that has not finished, or a seed the run does not have, naming what it has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from lth_sparse.masks import Masks, unwrap_model
+from lth_sparse.runs import ConfigMismatch, read_json
+
+__all__ = ["Ticket", "finished_rounds", "load_ticket", "run_seeds"]
+
+WEIGHTS = ("rewind", "init", "final")
+
+
+@dataclass
+class Ticket:
+    """One round's ticket of one IMP run (a seed of it).
+
+    ``masks``: the round's masks (round 0: all ones). ``rewind_state``: the state dict the
+    survivors restart from (``rewind_iteration`` of the dense run: 0 for ``--rewind init``,
+    later for late resetting). ``init_state``: the initialisation. ``final_state``: the
+    round's trained weights. ``result``: the round's ``done.json`` (accuracies, sparsity...).
+    ``config``: the run's config as saved (a dict).
+    """
+
+    run_dir: Path
+    seed: int
+    round: int
+    masks: Masks
+    rewind_state: dict
+    rewind_iteration: int
+    init_state: dict
+    final_state: dict
+    result: dict
+    config: dict
+
+    def state(self, weights: str = "rewind") -> dict:
+        """The state dict of ``weights``: ``rewind`` (the ticket), ``init`` or ``final`` (the trained round)."""
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+        return {"rewind": self.rewind_state, "init": self.init_state, "final": self.final_state}[weights]
+
+    def apply_to(self, model: nn.Module, weights: str = "rewind") -> nn.Module:
+        """Load ``weights`` into ``model`` (of the run's architecture, masked) and apply the ticket's masks:
+        the sub-network, its pruned weights zero. Returns ``model``."""
+        bare = unwrap_model(model)
+        state = {k: v for k, v in self.state(weights).items() if not k.endswith(".mask")}
+        missing, unexpected = bare.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith(".mask")]
+        if missing or unexpected:
+            raise ValueError(f"the model does not fit the ticket's {self.config.get('model')!r} weights: missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}")
+        self.masks.apply_to(model)
+        return model
+
+
+def _run_config(run_dir: Path) -> dict:
+    config_file = run_dir / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"no config.json in {run_dir}: not a run directory")
+    saved = read_json(config_file)
+    if saved.get("kind") != "imp":
+        raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not an IMP run: tickets come from IMP")
+    return saved["config"]
+
+
+def _seed_dir(run_dir: Path, config: dict, seed: int | None) -> tuple[Path, int]:
+    seeds = run_seeds(run_dir)
+    if seed is None:
+        seed = seeds[0] if seeds else config.get("seed", 0)
+    if (run_dir / "round_00").is_dir() and seed == config.get("seed", 0):
+        return run_dir, seed  # the single-seed layout made before seeds
+    if seed not in seeds:
+        raise KeyError(f"{run_dir} has no seed {seed}; its seeds: {seeds}")
+    return run_dir / f"seed_{seed}", seed
+
+
+def run_seeds(run_dir) -> list[int]:
+    """The seeds an IMP run directory holds (those with a ``seed_N/`` folder), sorted."""
+    run_dir = Path(run_dir)
+    found = []
+    for d in run_dir.glob("seed_*"):
+        suffix = d.name[len("seed_"):]
+        if d.is_dir() and suffix.lstrip("-").isdigit():
+            found.append(int(suffix))
+    if not found and (run_dir / "round_00").is_dir():
+        found.append(_run_config(run_dir).get("seed", 0))
+    return sorted(found)
+
+
+def finished_rounds(run_dir, seed: int | None = None) -> list[int]:
+    """The rounds of one seed of an IMP run that have finished (have ``done.json``), sorted."""
+    run_dir = Path(run_dir)
+    folder, _ = _seed_dir(run_dir, _run_config(run_dir), seed)
+    return sorted(int(d.name[len("round_"):]) for d in folder.glob("round_[0-9][0-9]") if (d / "done.json").exists())
+
+
+def load_ticket(run_dir, round: int, seed: int | None = None, device="cpu") -> Ticket:
+    """The ticket of ``round`` (0 = the dense network) of ``seed`` (default: the run's first) of an IMP run."""
+    run_dir = Path(run_dir)
+    config = _run_config(run_dir)
+    folder, seed = _seed_dir(run_dir, config, seed)
+    done = finished_rounds(run_dir, seed)
+    if round not in done:
+        raise KeyError(f"round {round} of seed {seed} in {run_dir} has not finished; finished rounds: {done}")
+    step = folder / f"round_{round:02d}"
+    rewind = torch.load(folder / "rewind.pt", map_location=device)
+    return Ticket(run_dir=run_dir, seed=seed, round=round,
+                  masks=Masks.load(step / "masks.safetensors", device),
+                  rewind_state=rewind["state_dict"], rewind_iteration=rewind["iteration"],
+                  init_state=torch.load(folder / "init.pt", map_location=device),
+                  final_state=torch.load(step / "final.pt", map_location=device),
+                  result=read_json(step / "done.json"), config=config)
