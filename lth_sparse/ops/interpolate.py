@@ -355,27 +355,50 @@ def cpu_forward_into(previous: Tensor | None, kind: str, input: Tensor, weight_a
                     out=previous if reuse else None)
 
 
+def _alpha_inputs(input: Tensor, alphas: Tensor, input_per_alpha: bool) -> Tensor:
+    """The custom ops' input layout, (A or 1, ...), from the public functions' explicit convention."""
+    if not isinstance(input_per_alpha, bool):
+        raise TypeError(f"input_per_alpha must be True or False, got {input_per_alpha!r}")
+    if not input_per_alpha:
+        return input.unsqueeze(0)
+    if not isinstance(alphas, Tensor) or alphas.dim() != 1 or alphas.shape[0] == 0:
+        return input  # the op's own checks name what is wrong with alphas
+    count = alphas.shape[0]
+    if input.dim() == 0 or input.shape[0] != count:
+        raise ValueError(f"with input_per_alpha=True the input's first dimension is the alpha's, so it must be "
+                         f"{count} (the number of alphas), got input of shape {tuple(input.shape)}")
+    return input
+
+
 def interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                        bias_a: Tensor | None = None, bias_b: Tensor | None = None) -> Tensor:
+                        bias_a: Tensor | None = None, bias_b: Tensor | None = None, *,
+                        input_per_alpha: bool = False) -> Tensor:
     """A linear layer at every point of the path from (weight_a, bias_a) to (weight_b, bias_b).
 
-    For each of the A values ``alphas[i]``: ``F.linear(x_i, (1 - a) W_a + a W_b, (1 - a) b_a + a b_b)``.
-    input: (A, *, in) (one input per alpha) or (1, *, in) (shared by all, never
-    copied); weight_a/weight_b: (out, in); alphas: (A,); biases: (out,) or both
-    None. Returns (A, *, out). Differentiable in every tensor argument.
+    For each of the A values ``alphas[i]``: ``F.linear(x, (1 - a) W_a + a W_b, (1 - a) b_a + a b_b)``.
+
+    input: (*, in), one batch shared by every alpha (read once, never copied), by default; with
+    ``input_per_alpha=True``, (A, *, in): ``input[i]`` goes through the layer at ``alphas[i]``
+    (the layers after the first of a network on the path). The convention is a keyword, never
+    guessed from the shapes: a batch whose size happens to equal A is still one shared batch.
+    weight_a/weight_b: (out, in); alphas: (A,); biases: (out,) or both None.
+    Returns (A, *, out). Differentiable in every tensor argument.
     """
-    return _interpolated_linear(input, weight_a, weight_b, alphas, bias_a, bias_b)
+    return _interpolated_linear(_alpha_inputs(input, alphas, input_per_alpha), weight_a, weight_b, alphas, bias_a,
+                                bias_b)
 
 
 def interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
                         bias_a: Tensor | None = None, bias_b: Tensor | None = None,
-                        stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+                        stride=1, padding=0, dilation=1, groups: int = 1, *, input_per_alpha: bool = False) -> Tensor:
     """``conv2d`` at every point of the path between two weight sets.
 
-    input: (A or 1, N, C, H, W); weight_a/weight_b: (C_out, C/groups, kH, kW);
-    alphas: (A,). Returns (A, N, C_out, H_out, W_out). Zero padding given as int or pair.
+    input: (N, C, H, W), shared by every alpha, by default; with ``input_per_alpha=True``
+    (A, N, C, H, W), ``input[i]`` for ``alphas[i]`` (see :func:`interpolated_linear`).
+    weight_a/weight_b: (C_out, C/groups, kH, kW); alphas: (A,).
+    Returns (A, N, C_out, H_out, W_out). Zero padding given as int or pair.
     """
     if isinstance(padding, str):
         raise ValueError("padding must be an int or a pair")
-    return _interpolated_conv2d(input, weight_a, weight_b, alphas, bias_a, bias_b, list(_pair(stride)),
-                                list(_pair(padding)), list(_pair(dilation)), groups)
+    return _interpolated_conv2d(_alpha_inputs(input, alphas, input_per_alpha), weight_a, weight_b, alphas, bias_a,
+                                bias_b, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)

@@ -194,7 +194,9 @@ def test_interpolated_op_under_cpu_autocast_matches_the_torch_layer_at_each_alph
     use_backend(backend)
     x, wa, wb, alphas, ba, bb = interpolation_case(kind)
     leaves = [t.clone().requires_grad_() for t in (x, wa, wb, alphas, ba, bb)]
-    op = interpolated_linear if kind == "linear" else (lambda *a: interpolated_conv2d(*a, padding=1))
+    # the linear case's input is shared by every alpha, the conv's one per alpha
+    op = ((lambda x, *a: interpolated_linear(x[0], *a)) if kind == "linear"
+          else (lambda *a: interpolated_conv2d(*a, padding=1, input_per_alpha=True)))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = op(*leaves)
         y_ref = interpolation_reference(kind, x, wa, wb, alphas, ba, bb)

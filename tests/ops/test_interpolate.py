@@ -1,10 +1,28 @@
 import pytest
 import torch
 
-from lth_sparse.ops import interpolate, interpolated_conv2d, interpolated_linear, reference
+from lth_sparse.ops import interpolate, reference
+from lth_sparse.ops import interpolated_conv2d as public_interpolated_conv2d
+from lth_sparse.ops import interpolated_linear as public_interpolated_linear
 from lth_sparse.ops.interpolate import IMPLEMENTED, _interpolated_conv2d, _interpolated_linear
 from tests.conftest import available_backends
 from tests.tolerances import assert_close
+
+
+def interpolated_linear(x, *args, **kwargs):
+    """The public op given the reference's layout, (1 or A, ...): a first dimension of 1 is one input shared by
+    every alpha (passed without it), anything else one input per alpha (``input_per_alpha=True``)."""
+    if x.shape[0] == 1:
+        return public_interpolated_linear(x[0], *args, **kwargs)
+    return public_interpolated_linear(x, *args, input_per_alpha=True, **kwargs)
+
+
+def interpolated_conv2d(x, *args, **kwargs):
+    """As :func:`interpolated_linear`, for the conv."""
+    if x.shape[0] == 1:
+        return public_interpolated_conv2d(x[0], *args, **kwargs)
+    return public_interpolated_conv2d(x, *args, input_per_alpha=True, **kwargs)
+
 
 ALPHAS = [torch.tensor([0.0]), torch.tensor([0.0, 1.0]), torch.linspace(-0.5, 1.5, 5), torch.linspace(0, 1, 21)]
 
@@ -113,3 +131,26 @@ def test_bad_input_names_the_argument(change, error, words):
     x, wa, wb, ba, bb = args
     with pytest.raises(error, match=words):
         interpolated_linear(*change(x, wa, wb, alphas, ba, bb))
+
+
+def test_a_batch_as_large_as_the_number_of_alphas_is_still_one_shared_batch():
+    """The input convention is a keyword, never guessed: 3 examples and 3 alphas used to read as one per alpha."""
+    x, wa, wb, ba, bb = linear_case(1, (3,), 4, 5, True, torch.float64)
+    alphas = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    out = public_interpolated_linear(x[0], wa, wb, alphas, ba, bb)
+    assert out.shape == (3, 3, 5)
+    for i, a in enumerate(alphas):
+        torch.testing.assert_close(out[i], torch.nn.functional.linear(x[0], torch.lerp(wa, wb, a), torch.lerp(ba, bb, a)))
+    per_alpha = public_interpolated_linear(x[0], wa, wb, alphas, ba, bb, input_per_alpha=True)
+    assert per_alpha.shape == (3, 5), "row i of the batch through the layer at alphas[i]"
+    torch.testing.assert_close(per_alpha[1], out[1, 1])
+
+
+@pytest.mark.parametrize("op, x", [(public_interpolated_linear, torch.randn(2, 4)),
+                                   (public_interpolated_conv2d, torch.randn(2, 1, 3, 5, 5))])
+def test_per_alpha_inputs_need_one_input_per_alpha(op, x):
+    w = torch.randn(5, 4) if op is public_interpolated_linear else torch.randn(2, 3, 3, 3)
+    with pytest.raises(ValueError, match="must be 3 \\(the number of alphas\\)"):
+        op(x, w, w.clone(), torch.tensor([0.0, 0.5, 1.0]), input_per_alpha=True)
+    with pytest.raises(TypeError, match="input_per_alpha must be True or False"):
+        op(x, w, w.clone(), torch.tensor([0.0, 0.5, 1.0]), input_per_alpha="yes")
