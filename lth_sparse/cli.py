@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as error:
         if os.environ.get("LTH_SPARSE_DEBUG"):
             raise
+        if os.environ.get("RANK", "0") != "0":
+            return 2  # under torchrun, every rank fails alike; rank 0 says why
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
         if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in message:
             message = f"{error.filename}: {message}"

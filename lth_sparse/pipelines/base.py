@@ -16,10 +16,16 @@ from the units' saved results alone (so ``lth-sparse plot RUN`` can redo it any 
 :func:`run_pipeline` ties them together: it checks, claims the run directory,
 hands each stage's unfinished units to an executor (:mod:`lth_sparse.executors`)
 and summarises.
+
+Under ``torchrun`` (several ranks; :mod:`lth_sparse.distributed`) every rank runs the
+same units in the same order, in process (the local executor); rank 0 alone checks,
+claims, logs, writes ``unit.log``, ``done.json`` and the summary, and the decisions it
+takes from the run directory are shared with the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import time
@@ -30,6 +36,7 @@ from typing import Any
 
 import torch
 
+from lth_sparse.distributed import World, launched, launched_world_size
 from lth_sparse.runs import RunDir, atomic_write_json, read_json
 
 __all__ = ["PIPELINES", "Pipeline", "Unit", "pipeline_for", "register_pipeline", "run_pipeline", "run_unit"]
@@ -68,30 +75,41 @@ def run_unit(unit: Unit, run_dir: str | Path, *, threads: int | None = None,
     ``threads`` sets torch's CPU threads for the unit (restored afterwards). Every line the
     unit logs is appended to its ``unit.log`` (and passed to ``echo`` when given). The same
     whichever executor calls it: this is the one place that applies the ``done.json`` rule.
+    Under torchrun every rank runs the unit; rank 0 decides whether it is done and alone
+    writes its directory and ``unit.log`` (the others log nothing).
     """
+    world = World.current()
     directory = Path(run_dir) / unit.directory
     done = directory / "done.json"
-    if done.exists():
-        return read_json(done)
-    directory.mkdir(parents=True, exist_ok=True)
+    finished = world.on_writer(lambda: read_json(done) if done.exists() else None)
+    if finished is not None:
+        return finished
     function = _resolve(unit.function)
     threads_before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    with open(directory / "unit.log", "a") as log_file:
+    with contextlib.ExitStack() as stack:
+        log_file = None
+        if world.writer:
+            directory.mkdir(parents=True, exist_ok=True)
+            log_file = stack.enter_context(open(directory / "unit.log", "a"))
+
         def log(line: str) -> None:
+            if log_file is None:
+                return
             log_file.write(line + "\n")
             log_file.flush()
             if echo is not None:
                 echo(line)
 
         log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: started"
-            + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads is not None else ""))
+            + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads is not None else "")
+            + (f" on {world.size} ranks" if world.size > 1 else ""))
         try:
             result = function(unit.config, directory, log, progress)
         finally:
             torch.set_num_threads(threads_before)
-        atomic_write_json(done, result)
+        world.on_writer(lambda: atomic_write_json(done, result), share=False)
         log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: done")
     return result
 
@@ -140,12 +158,46 @@ def run_pipeline(pipeline: Pipeline, config, out_dir, *, executor=None, log: Cal
 
     Units that fail are reported together (:class:`lth_sparse.executors.UnitsFailed`) once the
     others of their stage have finished; the stages after it do not start.
+
+    Under torchrun (``WORLD_SIZE`` > 1) the process group is opened here for the run (and
+    closed after it, unless the caller had opened it; see :func:`lth_sparse.distributed.launched`)
+    and the executor must be the local one. Rank 0 checks the config, claims the directory,
+    logs and summarises; each stage's unfinished units, as rank 0 finds them, run on every
+    rank; every rank returns rank 0's summary.
     """
     from lth_sparse.executors import LocalExecutor
 
     if not isinstance(config, pipeline.config_class):
         raise TypeError(f"{pipeline.kind} needs a {pipeline.config_class.__name__}, got {type(config).__name__}")
     executor = executor or LocalExecutor()
+    ranks = launched_world_size()
+    if ranks > 1 and getattr(executor, "name", None) != "local":
+        raise ValueError(f"under torchrun ({ranks} ranks) every rank runs the units itself, in process: use "
+                         f"--executor local (the default), not {getattr(executor, 'name', type(executor).__name__)}")
+    with launched(getattr(config, "device", "cpu")) as world:
+        if not world.writer:
+            log, progress = _silent, False
+        run = world.on_writer(lambda: _claim(pipeline, config, out_dir, log), share=False)
+        run_path = run.path if world.writer else Path(out_dir)
+        stages = pipeline.plan(config)
+        started = time.time()
+        for stage in stages:
+            pending = world.on_writer(lambda: [i for i, u in enumerate(stage)
+                                               if not (run_path / u.directory / "done.json").exists()])
+            if pending:
+                executor.run([stage[i] for i in pending], run_path, log=log, progress=progress)
+        summary = world.on_writer(lambda: pipeline.summarize(run_path, plots=plots))
+        log(f"done in {time.time() - started:.0f} s: {run_path / 'summary.json'}"
+            + (f", plots in {run_path / 'plots'}" if plots else ""))
+    return summary
+
+
+def _silent(line: str) -> None:
+    """The log of the ranks other than 0 under torchrun: rank 0 logs for the run."""
+
+
+def _claim(pipeline: Pipeline, config, out_dir, log: Callable[[str], None]) -> RunDir:
+    """Check ``config`` and ``out_dir``, claim the directory and prepare it (what only rank 0 does)."""
     run = RunDir(out_dir, config, pipeline.kind, claim=False)
     pipeline.check(config)
     if run.replacing is not None:
@@ -153,22 +205,13 @@ def run_pipeline(pipeline: Pipeline, config, out_dir, *, executor=None, log: Cal
             f"{run.replacing})")
     run.claim()
     pipeline.prepare(run, log)
-    stages = pipeline.plan(config)
-    units = [u for stage in stages for u in stage]
+    units = [u for stage in pipeline.plan(config) for u in stage]
     finished = [u for u in units if (run.path / u.directory / "done.json").exists()]
     if units and len(finished) == len(units):
         log(f"found a finished run in {run.path}: all {len(units)} units are done, nothing to run")
     elif finished:
         log(f"resuming: {len(finished)} of {len(units)} units already done in {run.path}")
-    started = time.time()
-    for stage in stages:
-        pending = [u for u in stage if not (run.path / u.directory / "done.json").exists()]
-        if pending:
-            executor.run(pending, run.path, log=log, progress=progress)
-    summary = pipeline.summarize(run.path, plots=plots)
-    log(f"done in {time.time() - started:.0f} s: {run.path / 'summary.json'}"
-        + (f", plots in {run.path / 'plots'}" if plots else ""))
-    return summary
+    return run
 
 
 def config_record(config) -> dict:

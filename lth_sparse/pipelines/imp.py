@@ -19,6 +19,11 @@ mask with the same per-layer sparsity from the rewind state.
 
 Everything lands in the run directory (see :mod:`lth_sparse.runs`); a re-run
 resumes after the last finished round.
+
+One run trains data-parallel under ``torchrun --nproc-per-node N -m lth_sparse imp ...``:
+each round in DistributedDataParallel, the global batch split over the ranks, the
+masks pruned on rank 0 and broadcast once per round, every file written by rank 0
+(see :mod:`lth_sparse.distributed`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import torch
 
 from lth_sparse.config import config_from_options, option
 from lth_sparse.data import load_dataset
+from lth_sparse.distributed import World
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
@@ -180,15 +186,26 @@ def _weight_names(model) -> list[str]:
 
 
 class _Imp:
-    """The state of one single-seed IMP run while it goes, in ``directory`` (``None``: only check the inputs)."""
+    """The state of one single-seed IMP run while it goes, in ``directory`` (``None``: only check the inputs).
+
+    Under torchrun (see :mod:`lth_sparse.distributed`) every rank holds one of these and
+    trains each round wrapped in DistributedDataParallel, each rank on its shard of every
+    batch; rank 0 alone reads and writes ``directory``: it decides which rounds are done,
+    prunes, and broadcasts the masks once per round; the weights a training starts from
+    reach the other ranks when the wrapper is built. Every rank evaluates (in
+    :func:`~lth_sparse.train.train`, on identical weights); rank 0's results are recorded
+    and shared, so every rank returns the same rounds.
+    """
 
     def __init__(self, config: ImpConfig, directory, progress: bool | None, log: Callable[[str], None]):
         self.config = config
+        self.world = World.current()
         self.run = Steps(directory) if directory is not None else None
         self.progress = progress
         self.log = log
-        check_device(config.device)
-        self.data = load_dataset(config.dataset, data_dir=config.data_dir, device=config.device,
+        self.device = self.world.device(config.device)
+        check_device(self.device)
+        self.data = load_dataset(config.dataset, data_dir=config.data_dir, device=self.device,
                                  val_fraction=config.val_fraction, seed=config.seed_of("split"),
                                  train_size=config.train_size)
         self.train_cfg = config.train_config()
@@ -207,21 +224,36 @@ class _Imp:
         model = create_model(self.config.model, self.data.input_shape, self.data.num_classes,
                              **dict(self.config.model_options))
         model.input_shape = self.data.input_shape
-        return model.to(self.config.device)
+        return model.to(self.device)
+
+    def _step_dir(self, name: str) -> Path:
+        """The directory of a step (created on rank 0, the one that writes it)."""
+        return self.run.step_dir(name) if self.world.writer else self.run / name
+
+    def _finished(self, directory: Path) -> dict | None:
+        """The ``done.json`` of a step as rank 0 reads it (on every rank), or None when it is not done."""
+        done = directory / "done.json"
+        return self.world.on_writer(lambda: read_json(done) if done.exists() else None)
 
     # --- one training of a masked network --------------------------------------------------------
-    def _train(self, state: dict, masks: Masks, step_dir: Path, start: int, *, lr_factor=None,
+    def _train(self, state: dict | None, masks: Masks, step_dir: Path, start: int, *, lr_factor=None,
                snapshot_at=(), on_snapshot=None, desc: str) -> dict:
-        self.model.load_state_dict(state)
+        """Train from ``state`` under ``masks``; under torchrun ``state`` is rank 0's (``None`` on the others:
+        the DDP wrapper copies rank 0's weights) and ``masks`` the same on every rank."""
+        if state is not None:
+            self.model.load_state_dict(state)
         masks.apply_to(self.model)
         metrics_path = step_dir / "metrics.jsonl"
-        metrics_path.unlink(missing_ok=True)  # a killed attempt's records go with it
+        if self.world.writer:
+            metrics_path.unlink(missing_ok=True)  # a killed attempt's records go with it
         t0 = time.time()
-        result = train(self.model, self.data, self.train_cfg, seed=self.config.seed_of("order"),
+        model = self.world.data_parallel(self.model)
+        result = train(model, self.data, self.train_cfg, seed=self.config.seed_of("order"),
                        augment_seed=self.config.augment_seed, start_iteration=start,
                        end_iteration=start + (self.total_iters - self.rewind_iter) if lr_factor else None,
                        snapshot_at=snapshot_at, on_snapshot=on_snapshot, metrics_path=metrics_path,
                        progress=self.progress, desc=desc, lr_factor=lr_factor)
+        del model  # the DDP wrapper (its hooks on the parameters go with it); self.model holds the weights
         out = result.to_dict()
         out["train_seconds"] = time.time() - t0
         return out
@@ -242,14 +274,15 @@ class _Imp:
     # --- rounds ----------------------------------------------------------------------------------
     def dense_round(self) -> dict:
         run, name = self.run, _round_name(0)
-        if run.is_done(name):
-            return run.result(name)
-        step_dir = run.step_dir(name)
+        if (done := self._finished(run / name)) is not None:
+            return done
+        step_dir = self._step_dir(name)
         init_state = {k: v.clone() for k, v in self.model.state_dict().items()}
-        atomic_torch_save(run / "init.pt", init_state)
+        if self.world.writer:
+            atomic_torch_save(run / "init.pt", init_state)
         masks = Masks.ones_like(self.model)
 
-        def keep_rewind(it, state):
+        def keep_rewind(it, state):  # called on rank 0 alone
             atomic_torch_save(run / "rewind.pt", {"iteration": it, "state_dict": state})
 
         metrics = self._train(init_state, masks, step_dir, 0, snapshot_at=[self.rewind_iter],
@@ -259,13 +292,19 @@ class _Imp:
 
     def pruned_round(self, r: int) -> dict:
         run, name = self.run, _round_name(r)
-        if run.is_done(name):
-            return run.result(name)
-        step_dir = run.step_dir(name)
+        if (done := self._finished(run / name)) is not None:
+            return done
+        step_dir = self._step_dir(name)
         prev_dir = run / _round_name(r - 1)
-        prev_state = torch.load(prev_dir / "final.pt", map_location=self.config.device)
-        masks = self._prune(prev_state, Masks.load(prev_dir / "masks.safetensors", self.config.device), r)
-        rewind = torch.load(run / "rewind.pt", map_location=self.config.device)["state_dict"]
+
+        def prune():  # on rank 0
+            prev_state = torch.load(prev_dir / "final.pt", map_location=self.device)
+            masks = self._prune(prev_state, Masks.load(prev_dir / "masks.safetensors", self.device), r)
+            rewind = torch.load(run / "rewind.pt", map_location=self.device)["state_dict"]
+            return prev_state, masks, rewind
+
+        prev_state, masks, rewind = self.world.on_writer(prune, share=False) or (None, None, None)
+        masks = self.world.broadcast_masks(masks, self.model)
         c = self.config
         if c.retrain == "rewind":
             metrics = self._train(rewind, masks, step_dir, self.rewind_iter, desc=f"round {r}")
@@ -279,57 +318,70 @@ class _Imp:
         controls = self._controls(r, masks, rewind, step_dir) if c.controls else {}
         return self._finish_round(r, masks, metrics, controls)
 
-    def _controls(self, r: int, masks: Masks, rewind: dict, step_dir: Path) -> dict:
+    def _controls(self, r: int, masks: Masks, rewind: dict | None, step_dir: Path) -> dict:
         out = {}
         for control in ("reinit", "random_mask"):
-            cdir = self.run.step_dir(f"{step_dir.name}/control_{control}")
-            done = cdir / "done.json"
-            if done.exists():
-                out[control] = read_json(done)
+            cdir = step_dir / f"control_{control}"
+            if (done := self._finished(cdir)) is not None:
+                out[control] = done
                 continue
+            if self.world.writer:
+                cdir.mkdir(parents=True, exist_ok=True)
             if control == "reinit":
                 state = self._new_model(self.config.seed_of("init") + 100_000 + r).state_dict()
                 control_masks = masks
             else:
                 state = rewind
-                generator = torch.Generator().manual_seed(self.config.seed_of("prune") * 31 + r)
-                control_masks = random_masks_like(masks, generator)
-                control_masks = Masks({n: m.to(self.config.device) for n, m in control_masks.items()})
+                control_masks = None
+                if self.world.writer:
+                    generator = torch.Generator().manual_seed(self.config.seed_of("prune") * 31 + r)
+                    control_masks = random_masks_like(masks, generator).to(self.device)
+                control_masks = self.world.broadcast_masks(control_masks, self.model)
             metrics = self._train(state, control_masks, cdir, self.rewind_iter, desc=f"round {r} {control}")
             metrics["sparsity"] = control_masks.sparsity()
-            atomic_write_json(done, metrics)
-            out[control] = metrics
+
+            def record(metrics=metrics, done=cdir / "done.json"):  # on rank 0
+                atomic_write_json(done, metrics)
+                return metrics
+
+            out[control] = self.world.on_writer(record)
         return out
 
     def _save_trained(self, step_dir: Path, masks: Masks) -> None:
-        """The ticket's mask and trained weights: what the next round prunes from."""
-        masks.save(step_dir / "masks.safetensors")
-        atomic_torch_save(step_dir / "final.pt", self.model.state_dict())
+        """The ticket's mask and trained weights, written by rank 0: what the next round prunes from."""
+        def save():
+            masks.save(step_dir / "masks.safetensors")
+            atomic_torch_save(step_dir / "final.pt", self.model.state_dict())
+
+        self.world.on_writer(save, share=False)
 
     def _finish_round(self, r: int, masks: Masks, metrics: dict, controls: dict) -> dict:
-        name = _round_name(r)
-        effective = effective_masks(self.model, masks, self.data.input_shape)
-        result = {
-            "round": r,
-            "sparsity": masks.sparsity(),
-            "density": masks.density(),
-            "layer_sparsity": masks.layer_sparsity(),
-            "effective_sparsity": effective.sparsity(),
-            "test_accuracy": metrics["test_accuracy"],
-            "test_loss": metrics["test_loss"],
-            "val_accuracy": metrics["val_accuracy"],
-            "val_loss": metrics["val_loss"],
-            "best_val_iteration": metrics["best_val_iteration"],
-            "best_val_loss": metrics["best_val_loss"],
-            "iterations": metrics["iterations"],
-            "train_seconds": metrics["train_seconds"],
-        }
-        for control, cm in controls.items():
-            result[f"{control}_test_accuracy"] = cm["test_accuracy"]
-            result[f"{control}_test_loss"] = cm["test_loss"]
-            result[f"{control}_best_val_iteration"] = cm["best_val_iteration"]
-        self.run.mark_done(name, result)
-        return result
+        """The round's result, recorded in its ``done.json`` by rank 0 and returned (rank 0's) on every rank."""
+        def record() -> dict:  # on rank 0
+            effective = effective_masks(self.model, masks, self.data.input_shape)
+            result = {
+                "round": r,
+                "sparsity": masks.sparsity(),
+                "density": masks.density(),
+                "layer_sparsity": masks.layer_sparsity(),
+                "effective_sparsity": effective.sparsity(),
+                "test_accuracy": metrics["test_accuracy"],
+                "test_loss": metrics["test_loss"],
+                "val_accuracy": metrics["val_accuracy"],
+                "val_loss": metrics["val_loss"],
+                "best_val_iteration": metrics["best_val_iteration"],
+                "best_val_loss": metrics["best_val_loss"],
+                "iterations": metrics["iterations"],
+                "train_seconds": metrics["train_seconds"],
+            }
+            for control, cm in controls.items():
+                result[f"{control}_test_accuracy"] = cm["test_accuracy"]
+                result[f"{control}_test_loss"] = cm["test_loss"]
+                result[f"{control}_best_val_iteration"] = cm["best_val_iteration"]
+            self.run.mark_done(_round_name(r), result)
+            return result
+
+        return self.world.on_writer(record)
 
 
 def _row(result: dict, controls: bool) -> str:
@@ -356,10 +408,13 @@ def imp_seed(config: ImpConfig, directory: Path, log: Callable[[str], None], pro
     log(f"IMP seed {c.seed}: {c.model} on {c.dataset}, {c.rounds} rounds of {c.fraction:.0%} "
         f"({c.scope}, {c.structured or c.importance}), rewind {c.rewind}, retrain {c.retrain}; "
         f"{len(imp.data.train)} training examples, {imp.total_iters} iterations per round, "
-        f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''} -> {directory}")
-    finished = sum(imp.run.is_done(_round_name(r)) for r in range(c.rounds + 1))
-    if finished:
-        log(f"resuming: {finished} of {c.rounds + 1} rounds already done")
+        f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}"
+        + (f" on each of {imp.world.size} ranks (DDP, {imp.device} on rank 0)" if imp.world.size > 1 else "")
+        + f" -> {directory}")
+    if imp.world.writer:
+        finished = sum(imp.run.is_done(_round_name(r)) for r in range(c.rounds + 1))
+        if finished:
+            log(f"resuming: {finished} of {c.rounds + 1} rounds already done")
     log(_header(c.controls))
     rounds = []
     for r in range(c.rounds + 1):
@@ -480,6 +535,13 @@ def run(config: ImpConfig, out_dir, *, progress: bool | None = None, log: Callab
     thread count per unit (``config.threads``, else :func:`lth_sparse.executors.default_threads`) is
     recorded in ``config.json``. Nothing is written before the inputs (device, dataset, model, rewind
     point, run directory) are checked.
+
+    Under torchrun (``WORLD_SIZE`` > 1; the executor must then be the local one) every rank calls
+    this with the same arguments: each round trains in DistributedDataParallel (``device`` ``cuda``
+    means ``cuda:LOCAL_RANK``), rank 0 alone writes ``out_dir`` and logs, and every rank returns
+    rank 0's summary. The results equal a single process's up to float rounding (the gradients are
+    summed in another order); a killed job re-run with the same command resumes after the last
+    finished round, with any number of ranks.
     """
     from lth_sparse.executors import LocalExecutor
 
