@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                "(LTH_SPARSE_DEBUG=1 shows the traceback instead).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_imp(sub)
+    from lth_sparse.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     _add_plot(sub)
     _add_info(sub)
     return parser

@@ -1,0 +1,369 @@
+"""Sweeps: one pipeline over the Cartesian product of option values, every unit through one executor.
+
+A grid file (YAML, or JSON when its name ends in ``.json``) names the pipeline, the
+options every point shares and the options that vary::
+
+    pipeline: imp                 # any pipeline (lth_sparse.pipelines.<name>)
+    fixed:                        # options of every grid point (optional)
+      dataset: digits
+      model: mlp
+      model_options: {width: 16}
+      rounds: 3
+    grid:                         # option -> the values it takes; the points are their product
+      fraction: [0.2, 0.5]
+      seed: [0, 1]
+
+Every name is an option of the pipeline's config dataclass, checked (name and type)
+by :func:`lth_sparse.config.config_from_options` before anything runs. Each grid point
+is a run directory of its own under the sweep's, named by its values (``fraction=0.2,seed=1``:
+options sorted by name, so the name does not depend on their order in the file), which
+resumes, and refuses another config, exactly as a run of that pipeline does. The units of
+every point go to the executor together, stage by stage (one ``executor.run`` per stage),
+so a process pool or a Ray cluster runs points in parallel. Then each point is summarised
+(``summary.json``, plots) and the sweep's table written: ``sweep.csv`` and ``sweep.json``,
+one row per grid point and round (for a pipeline whose summary has no ``rounds``, one row
+per point) holding the point's grid values and the summary's numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import math
+import pkgutil
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from lth_sparse.config import ConfigError, config_from_options
+from lth_sparse.runs import RunDir, atomic_write_bytes, atomic_write_json
+
+__all__ = ["GridError", "GridPoint", "Sweep", "add_sweep_parser", "load_sweep", "point_name", "run_sweep",
+           "run_sweep_command", "summary_rows", "sweep_from_mapping"]
+
+SECTIONS = ("pipeline", "fixed", "grid")
+# Where the units run, one value for the whole sweep (the executor's): not an option a grid may vary.
+NOT_IN_GRID = ("threads",)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")  # what a point's directory name may hold; the rest becomes "_"
+_MAX_NAME = 120
+
+
+class GridError(ValueError):
+    """A grid file that cannot describe a sweep: not a mapping, an unknown pipeline or option, an empty grid."""
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One point of a sweep: its directory name, its grid values (as the file wrote them) and its config."""
+
+    name: str
+    values: dict[str, Any]
+    config: Any
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A checked grid: the pipeline's name, the fixed options and the grid as written, and every point."""
+
+    pipeline: str
+    fixed: dict[str, Any]
+    grid: dict[str, list]
+    points: tuple[GridPoint, ...]
+
+    def record(self) -> dict:
+        return {"pipeline": self.pipeline, "fixed": self.fixed, "grid": self.grid}
+
+
+def _known_pipelines() -> list[str]:
+    import lth_sparse.pipelines as package
+
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name != "base"
+                  and not m.name.startswith("_"))
+
+
+def _pipeline(kind, source: str):
+    """The registered pipeline ``kind`` (the module ``lth_sparse.pipelines.<kind>`` registers it)."""
+    from lth_sparse.pipelines.base import pipeline_for
+
+    if isinstance(kind, str) and kind in _known_pipelines():
+        try:
+            return pipeline_for(kind)
+        except KeyError:  # a module of the package that is not a pipeline
+            pass
+    raise GridError(f"{source}: unknown pipeline {kind!r}; known: {', '.join(_known_pipelines())}")
+
+
+def _value_text(value) -> str:
+    """A grid value as a point's directory name writes it (before unsafe characters are replaced)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same float: 0.2, 1e-05
+    if isinstance(value, Mapping):
+        return "+".join(f"{k}={_value_text(v)}" for k, v in sorted(value.items(), key=lambda kv: str(kv[0])))
+    if isinstance(value, (list, tuple)):
+        return "+".join(_value_text(v) for v in value)
+    return str(value)
+
+
+def point_name(values: Mapping[str, Any]) -> str:
+    """The directory name of a grid point: ``name=value`` joined by ``,``, options sorted by name.
+
+    Characters other than letters, digits and ``. _ + = , -`` become ``_``; a name longer than
+    120 characters is cut and ends with a hash of the values, so that it stays unique and stable.
+    """
+    name = _UNSAFE.sub("_", ",".join(f"{k}={_value_text(values[k])}" for k in sorted(values)))
+    if len(name) > _MAX_NAME:
+        digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        name = f"{name[:_MAX_NAME - 13]}~{digest}"
+    return name
+
+
+def sweep_from_mapping(data, source: str = "grid") -> Sweep:
+    """The sweep a grid file's content describes, every point's config built and checked.
+
+    Raises :class:`GridError` naming ``source`` and what is wrong: content that is not a mapping, an
+    unknown section or pipeline, an option the pipeline's config does not have (named, in ``fixed`` or
+    ``grid``), an option in both, an empty grid, an option with no values (or not a list of them), two
+    values that give one directory name, or a point whose config is refused (its name and the reason).
+    """
+    if not isinstance(data, Mapping):
+        raise GridError(f"{source}: expected a mapping with 'pipeline', 'fixed' and 'grid', got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in SECTIONS)
+    if unknown:
+        raise GridError(f"{source}: unknown entries {unknown}; a grid file has {', '.join(SECTIONS)}")
+    if "pipeline" not in data:
+        raise GridError(f"{source}: no 'pipeline' (e.g. pipeline: imp)")
+    pipeline = _pipeline(data["pipeline"], source)
+    fixed = data.get("fixed") or {}
+    grid = data.get("grid")
+    if not isinstance(fixed, Mapping):
+        raise GridError(f"{source}: fixed must be a mapping of option names to values, got {type(fixed).__name__}")
+    if not isinstance(grid, Mapping) or not grid:
+        raise GridError(f"{source}: grid must be a non-empty mapping of option names to lists of values, "
+                        f"got {grid!r}")
+    fixed = {str(k).replace("-", "_"): v for k, v in fixed.items()}
+    grid = {str(k).replace("-", "_"): v for k, v in grid.items()}
+    fields = {f.name for f in dataclasses.fields(pipeline.config_class)}
+    for section, options in (("fixed", fixed), ("grid", grid)):
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise GridError(f"{source}: {section}: unknown options {unknown} for pipeline {pipeline.kind!r}; "
+                            f"valid: {sorted(fields)}")
+    both = sorted(set(fixed) & set(grid))
+    if both:
+        raise GridError(f"{source}: {both} in both fixed and grid; give each option in one of them")
+    for name, values in grid.items():
+        if name in NOT_IN_GRID:
+            raise GridError(f"{source}: grid: {name} is where the units run, one value for the whole sweep; "
+                            "give it under fixed (or --threads)")
+        if not isinstance(values, list) or not values:
+            raise GridError(f"{source}: grid: {name} must be a non-empty list of values, got {values!r}")
+    names = sorted(grid)
+    points, seen = [], {}
+    for combination in itertools.product(*(grid[n] for n in names)):
+        values = dict(zip(names, combination))
+        name = point_name(values)
+        if name in seen:
+            raise GridError(f"{source}: grid values {seen[name]} and {values} give the same point ({name}); "
+                            "list each value once")
+        seen[name] = values
+        try:
+            config = config_from_options(pipeline.config_class, {**fixed, **values}, f"{source}: point {name}")
+        except ConfigError as error:
+            raise GridError(str(error)) from error
+        except (TypeError, ValueError) as error:  # the config dataclass's own checks
+            raise GridError(f"{source}: point {name}: {error}") from error
+        points.append(GridPoint(name, values, config))
+    return Sweep(pipeline.kind, fixed, grid, tuple(points))
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """The sweep described by the grid file at ``path`` (JSON if its name ends in ``.json``, else YAML)."""
+    file = Path(path)
+    if not file.is_file():
+        raise GridError(f"{path}: {'is a directory' if file.is_dir() else 'no such file'}, expected a grid file")
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise GridError(f"{path}: cannot read it ({error})") from error
+    if file.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise GridError(f"{path}: not valid JSON ({error})") from error
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise GridError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from error
+    return sweep_from_mapping(data, str(path))
+
+
+def summary_rows(summary: dict) -> list[dict]:
+    """The numbers of a pipeline's summary as table rows: one per entry of its ``rounds`` where it has
+    them (IMP: ``round``, ``density``, ``test_accuracy``, ``test_accuracy_std``, ...), else one of its
+    top-level numbers. Nested values (``layer_sparsity``, ``per_seed``) are left to ``summary.json``."""
+    rounds = summary.get("rounds")
+    entries = rounds if isinstance(rounds, list) and all(isinstance(r, dict) for r in rounds) else [summary]
+    return [{k: v for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for entry in entries]
+
+
+def _in_sweep(unit, point: str):
+    """``unit`` of the run in ``point/``, its directory relative to the sweep's (one executor call runs every point)."""
+    return dataclasses.replace(unit, directory=(PurePosixPath(point) / unit.directory).as_posix(),
+                               label=f"{point}: {unit.name}")
+
+
+def run_sweep(sweep: Sweep, out_dir, *, executor=None, log: Callable[[str], None] = print,
+              progress: bool | None = None, plots: bool = True) -> dict:
+    """Run (or resume) every point of ``sweep`` under ``out_dir``; returns the table also written to
+    ``out_dir/sweep.json`` (``pipeline``, ``fixed``, ``grid``, ``points``: name, values and config
+    hash of each, and ``rows``) and ``out_dir/sweep.csv`` (the rows).
+
+    Every point is checked (its inputs by the pipeline, its run directory against the config there:
+    :class:`~lth_sparse.runs.ConfigMismatch` for a point whose config changed) before anything is
+    written. Then the units of every point run through ``executor`` (default: in process, in order), one
+    call per stage; units that fail are reported together (:class:`~lth_sparse.executors.UnitsFailed`)
+    once the rest of their stage has finished, and later stages do not start.
+    """
+    from lth_sparse.executors import LocalExecutor
+    from lth_sparse.pipelines.base import pipeline_for
+
+    from lth_sparse.distributed import launched_world_size
+
+    ranks = launched_world_size()
+    if ranks > 1:  # every rank would run (and write) every point: a sweep spreads its units by the executor
+        raise ValueError(f"a sweep does not run under torchrun ({ranks} ranks): run it once, with --executor "
+                         "process or ray to spread its points")
+    pipeline = pipeline_for(sweep.pipeline)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file, not a sweep directory; choose another --out")
+    if (out / "config.json").exists():
+        raise GridError(f"{out} is a run directory, not a sweep's; choose another --out")
+    has_threads = any(f.name == "threads" for f in dataclasses.fields(pipeline.config_class))
+    if executor is None:
+        executor = LocalExecutor(sweep.points[0].config.threads if has_threads else None)
+    runs = []
+    for point in sweep.points:
+        config = dataclasses.replace(point.config, threads=executor.threads) if has_threads else point.config
+        run = RunDir(out / point.name, config, pipeline.kind, claim=False)
+        pipeline.check(config)
+        runs.append(run)
+    for run in runs:
+        if run.replacing is not None:
+            log(f"replacing the unfinished run in {run.path} (no unit of it had finished; it had another config: "
+                f"{run.replacing})")
+        run.claim()
+        pipeline.prepare(run, log)
+    plans = {point.name: pipeline.plan(run.config) for point, run in zip(sweep.points, runs)}
+    stages = [[_in_sweep(unit, name) for name, plan in plans.items() if i < len(plan) for unit in plan[i]]
+              for i in range(max(len(plan) for plan in plans.values()))]
+    units = [u for stage in stages for u in stage]
+    finished = sum((out / u.directory / "done.json").exists() for u in units)
+    log(f"sweep of {pipeline.kind} over {len(sweep.points)} points "
+        f"({' x '.join(f'{len(v)} {k}' for k, v in sorted(sweep.grid.items()))}) in {out}: {len(units)} units"
+        + (f", {finished} already done" if finished else "") + f", through the {executor.name} executor")
+    started = time.time()
+    for stage in stages:
+        pending = [u for u in stage if not (out / u.directory / "done.json").exists()]
+        if pending:
+            executor.run(pending, out, log=log, progress=progress)
+    points, rows = [], []
+    for point, run in zip(sweep.points, runs):
+        summary = pipeline.summarize(run.path, plots=plots)
+        points.append({"name": point.name, "values": point.values, "hash": run.hash})
+        rows += [{"point": point.name, **point.values, **figures} for figures in summary_rows(summary)]
+    table = {**sweep.record(), "points": points, "rows": rows}
+    atomic_write_json(out / "sweep.json", table)
+    _write_csv(out / "sweep.csv", rows)
+    log(f"done in {time.time() - started:.0f} s: {out / 'sweep.csv'}, {out / 'sweep.json'}")
+    return table
+
+
+def _csv_cell(value) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+    atomic_write_bytes(path, text.getvalue().encode())
+
+
+# --- the command line -------------------------------------------------------------------------------------
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """``lth-sparse sweep GRID --out DIR``: the subcommand's parser, added to ``subparsers``."""
+    from lth_sparse.cli import add_executor_arguments
+
+    p = subparsers.add_parser(
+        "sweep", help="run a pipeline over a grid of option values",
+        description="Run a pipeline over the Cartesian product of the option values listed in GRID: one run "
+                    "directory per grid point under --out, named by its values (fraction=0.2,seed=1), every unit "
+                    "of every point through one executor (so --executor process or ray runs points in parallel), "
+                    "then DIR/sweep.csv and DIR/sweep.json: one row per grid point and round, the point's values "
+                    "and its summary's figures. Re-running the same command resumes; a point whose config "
+                    "changed is refused, as a run is.",
+        epilog="GRID (YAML, or JSON if its name ends in .json):  pipeline: imp  /  fixed: {dataset: digits, "
+               "rounds: 3}  /  grid: {fraction: [0.2, 0.5], seed: [0, 1]}. Every name is an option of the "
+               "pipeline (see 'lth-sparse imp --help'); an unknown one is an error. Bad input ends with one "
+               "'lth-sparse sweep: error: ...' line and exit status 2, before anything is written.")
+    p.add_argument("grid", metavar="GRID", help="the grid file: pipeline, fixed options and grid of values")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the sweep directory: one run directory per grid point, sweep.csv, sweep.json")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads per unit (default: threads under fixed in GRID, else OMP_NUM_THREADS if set, "
+                        "else the idle cores shared among the workers)")
+    add_executor_arguments(p)
+    p.add_argument("--no-plots", action="store_true", help="skip each point's PNG figures")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: when stderr is a terminal)")
+    p.set_defaults(func=run_sweep_command)
+    return p
+
+
+def run_sweep_command(args) -> int:
+    """``lth-sparse sweep``: runs the sweep; bad input raises :class:`lth_sparse.cli.CliError`."""
+    from lth_sparse.cli import CliError, executor_from_args
+
+    try:
+        sweep = load_sweep(args.grid)
+    except GridError as error:
+        raise CliError(str(error)) from error
+    threads = args.threads
+    if threads is None:
+        threads = getattr(sweep.points[0].config, "threads", None)
+    try:
+        executor = executor_from_args(args, threads)
+    except (ImportError, ValueError) as error:
+        raise CliError(str(error)) from error
+    try:
+        run_sweep(sweep, args.out, executor=executor, progress=args.progress, plots=not args.no_plots)
+    except GridError as error:
+        raise CliError(str(error)) from error
+    return 0
