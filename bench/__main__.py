@@ -69,9 +69,20 @@ def _interpolate_rows() -> list[dict]:
     result = [(r, "interpolate") for r in bench_interpolate.main(["--quick"])]
     if torch.cuda.is_available():
         result += [(r, "interpolate cuda") for r in bench_interpolate.main(["--quick", "--device", "cuda"])]
-    return [{"bench": bench, "case": f"{r['model']}, {r['examples']} examples, {r['alphas']} alphas",
-             "torch_way": "load each state dict", "torch_s": r["loop_s"], "ours_s": r["ours_s"]}
-            for r, bench in result]
+    return _interpolate_table(result)
+
+
+def _interpolate_table(result: list[tuple[dict, str]]) -> list[dict]:
+    """One row per loop the benchmark ran: the plain one, and for convs on the CPU the channels_last one."""
+    rows = []
+    for r, bench in result:
+        case = f"{r['model']}, {r['examples']} examples, {r['alphas']} alphas"
+        rows.append({"bench": bench, "case": case, "torch_way": "load each state dict", "torch_s": r["loop_s"],
+                     "ours_s": r["ours_s"]})
+        if r.get("loop_cl_s") is not None:
+            rows.append({"bench": bench, "case": case, "torch_way": "the same, channels_last",
+                         "torch_s": r["loop_cl_s"], "ours_s": r["ours_s"]})
+    return rows
 
 
 def _masked_rows() -> list[dict]:
@@ -83,8 +94,11 @@ def _masked_rows() -> list[dict]:
 
 def _imp_round_rows() -> list[dict]:
     t = {r["way"]: r["seconds"] for r in bench_imp_round.main(["--quick"])}
-    return [{"bench": "imp_round", "case": "LeNet-300-100 round, 1 epoch", "torch_way": "DataLoader + nn.utils.prune",
-             "torch_s": t["usual"], "ours_s": t["lth_sparse"]}]
+    case = "LeNet-300-100 round, 1 epoch"
+    return [{"bench": "imp_round", "case": case, "torch_way": "DataLoader + nn.utils.prune",
+             "torch_s": t["usual"], "ours_s": t["lth_sparse"]},
+            {"bench": "imp_round", "case": case, "torch_way": "tensors + nn.utils.prune",
+             "torch_s": t["tensors"], "ours_s": t["lth_sparse"]}]
 
 
 def main() -> None:

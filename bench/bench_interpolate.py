@@ -1,9 +1,13 @@
 """Evaluation along the linear path between two networks: one batched pass against the loop over alphas.
 
 The torch way: for each alpha, build the interpolated state dict, load it into the
-model and evaluate. Ours: :func:`lth_sparse.nn.path.evaluate_path`, which runs
-all alphas in one pass (the first layer's input is shared: two products instead
-of A). Both in the same run, with the same inputs; the results are checked equal.
+model and evaluate (``loop``). For models with convs a second loop, the one a careful
+user would write on the CPU: model and inputs in ``channels_last``, the layout the
+batched pass gives oneDNN (``loop_cl``). Ours: :func:`lth_sparse.nn.path.evaluate_path`:
+the first layer's input is shared by all alphas (two products instead of A); on the
+CPU Conv-4 runs one alpha at a time in cache-sized passes (see ``lth_sparse/nn/path.py``).
+All ways in the same run, with the same inputs, taking turns in rotated order; the
+results are checked equal; times are medians over the repeats.
 
     python bench/bench_interpolate.py            # LeNet-300-100 on 10,000 examples, Conv-4 on 500, 21 alphas
     python bench/bench_interpolate.py --conv4-examples 10000 --repeats 1   # Conv-4 on issue 6's 10,000
@@ -22,6 +26,7 @@ import argparse
 import contextlib
 import copy
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -51,17 +56,28 @@ def loop_over_alphas(model, state_a, state_b, alphas, x, y, batch_size):
     return torch.tensor(losses, dtype=torch.float64), torch.tensor(accs, dtype=torch.float64)
 
 
-def best_of(fn, repeats, device=torch.device("cpu")):
-    times, result = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times), result
+def timed(fn, device=torch.device("cpu")):
+    """(seconds, fn()) with the device synchronised around the call."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def median_of(ways: dict, repeats: int, device=torch.device("cpu"), timer=timed) -> dict:
+    """{name: (median seconds, last result, every run's seconds)}: each way of ``ways`` (name -> function)
+    run ``repeats`` times, the ways taking turns in rotated order so that all see the same drift of a
+    shared machine."""
+    times, results = {name: [] for name in ways}, {}
+    names = list(ways)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            seconds, results[name] = timer(ways[name], device)
+            times[name].append(seconds)
+    return {name: (statistics.median(times[name]), results[name], times[name]) for name in names}
 
 
 @contextlib.contextmanager
@@ -80,7 +96,8 @@ def backend(name):
 
 
 def run_case(name, shape, examples, num_alphas, repeats, batch_size, device="cpu", forced=(), options=None):
-    """The loop against the batched pass (``auto``), and against it with each backend in ``forced``."""
+    """The loop (and on the CPU, for a model with convs, the channels_last loop) against the batched
+    pass (``auto``) and the batched pass with each backend in ``forced``."""
     from lth_sparse.models import create_model
     from lth_sparse.nn.path import evaluate_path
 
@@ -94,16 +111,35 @@ def run_case(name, shape, examples, num_alphas, repeats, batch_size, device="cpu
     x = torch.randn(examples, *shape, device=device)
     y = torch.randint(0, 10, (examples,), device=device)
     alphas = torch.linspace(0, 1, num_alphas, device=device)
-    t_loop, (loss_loop, acc_loop) = best_of(
-        lambda: loop_over_alphas(copy.deepcopy(model), state_a, state_b, alphas, x, y, batch_size), repeats, device)
-    row = {"model": name, "device": str(device), "examples": examples, "alphas": num_alphas, "loop_s": t_loop}
+    ways = {"loop": lambda: loop_over_alphas(copy.deepcopy(model), state_a, state_b, alphas, x, y, batch_size)}
+    if device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
+        model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        ways["loop_cl"] = lambda: loop_over_alphas(copy.deepcopy(model_cl), state_a, state_b, alphas, x_cl, y,
+                                                   batch_size)
+
+    def ours(label):
+        def run():
+            with backend(None if label == "auto" else label):
+                return evaluate_path(model, state_a, state_b, alphas, x, y, batch_size)
+        return run
+
     for label in ("auto", *forced):
-        with backend(None if label == "auto" else label):
-            t_ours, (loss_ours, acc_ours) = best_of(
-                lambda: evaluate_path(model, state_a, state_b, alphas, x, y, batch_size), repeats, device)
+        ways[label] = ours(label)
+    timings = median_of(ways, repeats, device)
+    t_loop, (loss_loop, acc_loop), _ = timings["loop"]
+    row = {"model": name, "device": str(device), "examples": examples, "alphas": num_alphas, "repeats": repeats,
+           "loop_s": t_loop}
+    if "loop_cl" in timings:
+        row["loop_cl_s"] = timings["loop_cl"][0]
+    row["all_seconds"] = {way: t[2] for way, t in timings.items()}
+    for label in ("auto", *forced):
+        t_ours, (loss_ours, acc_ours), _ = timings[label]
         suffix = "" if label == "auto" else f"_{label}"
-        row.update({f"ours{suffix}_s": t_ours, f"speedup{suffix}": t_loop / t_ours,
-                    f"max_loss_diff{suffix}": (loss_loop - loss_ours.cpu()).abs().max().item(),
+        row.update({f"ours{suffix}_s": t_ours, f"speedup{suffix}": t_loop / t_ours})
+        if "loop_cl" in timings:
+            row[f"speedup_cl{suffix}"] = row["loop_cl_s"] / t_ours
+        row.update({f"max_loss_diff{suffix}": (loss_loop - loss_ours.cpu()).abs().max().item(),
                     f"acc_equal{suffix}": bool(torch.allclose(acc_loop, acc_ours.cpu(), atol=2 / examples))})
     return row
 
@@ -124,12 +160,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--alphas", type=int, default=21)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--conv4-examples", type=int, default=500,
-                        help="Conv-4's examples on the CPU (default 500; issue 6's target is set on 10000, "
-                             "a ~20 minute run here)")
-    parser.add_argument("--repeats", type=int, default=None, help="best of this many runs (default 2, quick 1)")
+                        help="Conv-4's examples on the CPU (default 500; issue 6's target is set on 10000: "
+                             "about 25 minutes per repeat of its three ways here)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="median of this many runs of each way (default 3, quick 1)")
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
-    repeats = args.repeats or (1 if args.quick else 2)
+    repeats = args.repeats or (1 if args.quick else 3)
     if args.device == "cuda":
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device here")
@@ -147,7 +184,8 @@ def main(argv=None) -> list[dict]:
             run_case("conv4", (3, 32, 32), max(1, args.conv4_examples // scale), args.alphas, repeats, 250)]
     print(f"evaluation at {args.alphas} points of a linear path, CPU, {torch.get_num_threads()} threads")
     print_table([("model", "model", ""), ("examples", "examples", "d"), ("loop_s", "loop (s)", ".3f"),
-                 ("ours_s", "batched (s)", ".3f"), ("speedup", "speed-up", ".2f"),
+                 ("loop_cl_s", "loop, channels_last (s)", ".3f"), ("ours_s", "batched (s)", ".3f"),
+                 ("speedup", "vs loop", ".2f"), ("speedup_cl", "vs channels_last loop", ".2f"),
                  ("max_loss_diff", "max |loss diff|", ".1e"), ("acc_equal", "same acc", "")], rows)
     if not args.quick:
         write_results("interpolate", "cpu", rows, {"alphas": args.alphas})

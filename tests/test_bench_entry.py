@@ -62,3 +62,40 @@ def test_importing_the_gpu_benchmark_leaves_the_environment_alone():
 def test_no_gpu_rows_without_a_gpu(monkeypatch):
     monkeypatch.setattr(bench_main.torch.cuda, "is_available", lambda: False)
     assert bench_main._masked_cuda_rows() == []
+
+
+def test_interpolate_rows_one_per_loop_the_channels_last_one_only_where_it_ran():
+    lenet = {"model": "lenet300", "examples": 1000, "alphas": 21, "loop_s": 0.1, "ours_s": 0.025}
+    conv4 = {"model": "conv4", "examples": 50, "alphas": 21, "loop_s": 2.2, "loop_cl_s": 1.9, "ours_s": 1.5}
+    rows = bench_main._interpolate_table([(lenet, "interpolate"), (conv4, "interpolate")])
+    assert [(r["case"].split(",")[0], r["torch_way"], r["torch_s"], r["ours_s"]) for r in rows] == [
+        ("lenet300", "load each state dict", 0.1, 0.025), ("conv4", "load each state dict", 2.2, 1.5),
+        ("conv4", "the same, channels_last", 1.9, 1.5)]
+
+
+def test_imp_round_rows_compare_with_both_torch_ways(monkeypatch):
+    result = [{"way": "usual", "seconds": 12.0}, {"way": "tensors", "seconds": 2.0},
+              {"way": "lth_sparse", "seconds": 1.6}, {"way": "lth_sparse_dense_kernels", "seconds": 1.9}]
+    monkeypatch.setattr(bench_main.bench_imp_round, "main", lambda argv: result)
+    rows = bench_main._imp_round_rows()
+    assert [(r["torch_way"], r["torch_s"], r["ours_s"]) for r in rows] == [
+        ("DataLoader + nn.utils.prune", 12.0, 1.6), ("tensors + nn.utils.prune", 2.0, 1.6)]
+
+
+def test_median_of_takes_the_median_of_each_way_with_the_ways_in_turn():
+    from bench import bench_interpolate
+
+    calls, clock = [], iter(range(100))
+    ticks = {"a": [1.0, 9.0, 2.0], "b": [5.0, 4.0, 30.0]}
+
+    def way(name):
+        def run():
+            calls.append(name)
+            return ticks[name][sum(c == name for c in calls) - 1]
+        return run
+
+    timings = bench_interpolate.median_of({"a": way("a"), "b": way("b")}, 3,
+                                          timer=lambda fn, device: (fn(), next(clock)))
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    # (median seconds, the last run's result, every run's seconds)
+    assert timings == {"a": (2.0, 4, [1.0, 9.0, 2.0]), "b": (5.0, 5, [5.0, 4.0, 30.0])}

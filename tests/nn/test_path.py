@@ -149,3 +149,65 @@ def test_storage_users_counts_the_other_tensors_on_a_storage(how, monkeypatch):
         assert all(c >= 1 << 30 for c in counts), "unknown: never reused"
     else:
         assert counts == [1, 2, 1, 2, 1], "t itself counts; a view's base does not"
+
+
+RELU_FIRST = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+
+
+@pytest.mark.parametrize("name,shape,options", MODELS + [("conv4", (3, 8, 8), {})],
+                         ids=[m[0] for m in MODELS] + ["conv4"])
+@pytest.mark.parametrize("num_alphas", [1, 2, 5])
+def test_one_alpha_at_a_time_equals_loading_each_interpolated_state(name, shape, options, num_alphas):
+    model, state_a, state_b = endpoints(name, shape, options)
+    alphas = torch.linspace(0, 1, num_alphas) if num_alphas > 1 else torch.tensor([0.3])
+    x = torch.randn(6, *shape)
+    path = PathNetwork(model, state_a, state_b)
+    expected = loop_reference(model, state_a, state_b, alphas, x)
+    torch.testing.assert_close(path(x, alphas, one_alpha_at_a_time=True), expected, atol=2e-5, rtol=1e-4)
+    x2 = torch.randn(6, *shape)  # a second pass: the first layer's kept end outputs are recomputed for it
+    torch.testing.assert_close(path(x2, alphas, one_alpha_at_a_time=True),
+                               loop_reference(model, state_a, state_b, alphas, x2), atol=2e-5, rtol=1e-4)
+
+
+def test_one_alpha_at_a_time_shares_only_the_layers_that_see_the_input():
+    """The layer fed the input itself computes both ends once per pass (two products for all alphas);
+    a layer fed anything else (here a ReLU of the input) is evaluated at each alpha's weight."""
+    torch.manual_seed(0)
+    direct = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
+    alphas = torch.linspace(0, 1, 4)
+    x = torch.randn(3, 5)
+    for model, shared_calls in ((direct, 1), (RELU_FIRST, 0)):
+        state_a = copy.deepcopy(model.state_dict())
+        state_b = {k: v + 1 for k, v in state_a.items()}
+        path = PathNetwork(model, state_a, state_b)
+        first = path.net[1] if model is RELU_FIRST else path.net[0]
+        calls = []
+        original = first._interpolated
+        first._interpolated = lambda *args: calls.append(args[3].tolist()) or original(*args)
+        out = path(x, alphas, one_alpha_at_a_time=True)
+        assert calls == [[0.0, 1.0]] * shared_calls
+        torch.testing.assert_close(out, loop_reference(model, state_a, state_b, alphas, x))
+
+
+@pytest.mark.parametrize("name,shape,options,expect_one_alpha", [("mlp", (40,), {"depth": 1, "width": 8}, False),
+                                                                 ("conv4", (3, 32, 32), {}, True)])
+def test_evaluate_path_runs_conv4_one_alpha_at_a_time_and_the_same_either_way(name, shape, options, expect_one_alpha,
+                                                                              monkeypatch):
+    """On the CPU Conv-4's activations of all 21 alphas overflow the pass budget: evaluate_path runs it
+    one alpha at a time; an MLP's fit and stay folded. Both orders give the per-alpha results."""
+    model, state_a, state_b = endpoints(name, shape, options)
+    x, y = torch.randn(5, *shape), torch.randint(0, 10, (5,))
+    alphas = torch.linspace(0, 1, 21)
+    orders = []
+    forward = PathNetwork.forward
+    monkeypatch.setattr(PathNetwork, "forward", lambda self, xb, a, one_alpha_at_a_time=False: orders.append(
+        one_alpha_at_a_time) or forward(self, xb, a, one_alpha_at_a_time))
+    chosen = evaluate_path(model, state_a, state_b, alphas, x, y, batch_size=2)
+    assert orders[1:] == [expect_one_alpha] * 3  # orders[0]: the one-example probe of the activation size
+    logits = loop_reference(model, state_a, state_b, alphas, x)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.repeat(21), reduction="none")
+    for forced in (True, False):
+        loss, acc = evaluate_path(model, state_a, state_b, alphas, x, y, batch_size=2, one_alpha_at_a_time=forced)
+        torch.testing.assert_close(loss, chosen[0], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(loss.float(), expected.reshape(21, 5).mean(1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(acc, (logits.argmax(-1) == y).double().mean(1))
