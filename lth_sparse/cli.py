@@ -20,28 +20,12 @@ def _load_config_file(path: str) -> dict:
     YAML is a superset of JSON, so a JSON file under any other name reads too. A run's own
     ``config.json`` works as well (its ``config`` entry is used).
     """
-    file = Path(path)
-    if not file.exists():
-        raise CliError(f"--config {path}: no such file")
-    if file.is_dir():
-        raise CliError(f"--config {path}: is a directory, expected a JSON or YAML file")
-    try:
-        text = file.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise CliError(f"--config {path}: cannot read it ({error})") from error
-    if file.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise CliError(f"--config {path}: not valid JSON ({error})") from error
-    else:
-        import yaml
+    from lth_sparse.config import ConfigError, read_file
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            detail = " ".join(str(error).split())
-            raise CliError(f"--config {path}: not valid YAML ({detail})") from error
+    try:
+        data = read_file(path)
+    except ConfigError as error:
+        raise CliError(f"--config {error}") from error
     if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
         data = data["config"]  # a run's own config.json
     if not isinstance(data, dict):

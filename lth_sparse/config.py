@@ -13,12 +13,13 @@ option: unknown names, values of the wrong type.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "config_from_options", "field_kind", "option"]
+__all__ = ["ConfigError", "config_from_options", "field_kind", "option", "read_file"]
 
 
 class ConfigError(ValueError):
@@ -144,3 +145,31 @@ def config_from_options(cls, options: Mapping[str, Any], source: str = "options"
         raise ConfigError(f"{source}: unknown options {unknown}; valid: {sorted(fields)}")
     values = {name: _coerce(cls, fields[name], value, source) for name, value in normalised.items()}
     return cls(**values)
+
+
+def read_file(path) -> Any:
+    """The data in a JSON or YAML file (an options file, a sweep's grid): JSON if the name ends in ``.json``,
+    YAML otherwise (YAML is a superset of JSON, so a JSON file under any other name reads too). Raises
+    :class:`ConfigError` starting with the path: missing, a directory, unreadable, or not valid JSON/YAML."""
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.exists():
+        raise ConfigError(f"{path}: no such file")
+    if file.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a JSON or YAML file")
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read it ({error})") from error
+    if file.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not valid JSON ({error})") from error
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from error

@@ -190,25 +190,12 @@ def sweep_from_mapping(data, source: str = "grid") -> Sweep:
 
 def load_sweep(path: str | Path) -> Sweep:
     """The sweep described by the grid file at ``path`` (JSON if its name ends in ``.json``, else YAML)."""
-    file = Path(path)
-    if not file.is_file():
-        raise GridError(f"{path}: {'is a directory' if file.is_dir() else 'no such file'}, expected a grid file")
-    try:
-        text = file.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise GridError(f"{path}: cannot read it ({error})") from error
-    if file.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise GridError(f"{path}: not valid JSON ({error})") from error
-    else:
-        import yaml
+    from lth_sparse.config import ConfigError, read_file
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise GridError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from error
+    try:
+        data = read_file(path)
+    except ConfigError as error:
+        raise GridError(str(error)) from error
     return sweep_from_mapping(data, str(path))
 
 
