@@ -98,8 +98,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class, groups: 
     from lth_sparse.config import field_kind
 
     defaults = config_class()
-    grouped = {name: parser.add_argument_group(title) for title, name in
-               ((title, title) for title in (groups or {}))}
+    grouped = {title: parser.add_argument_group(title) for title in groups or {}}
     owner = {f.name: title for title, cls in (groups or {}).items() for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(config_class):
         target = grouped.get(owner.get(f.name), parser)

@@ -37,8 +37,9 @@ def option(default: Any, help: str, *, choices: tuple | None = None, identity: b
         choices: the allowed values, where they are a fixed set.
         identity: ``False`` for options that do not change the experiment's results
             (device, data folder, how many rounds to run so far): left out of the run's hash.
-        since: the version that added the field; while it holds its default it stays out of
-            the hash, so runs made before it existed keep resuming.
+        since: the version that added the field (documentation: the run's hash counts only the
+            fields that differ from their defaults, so a field added later, at its default,
+            leaves existing runs' hashes alone; see :data:`lth_sparse.runs.HASH_SCHEMA`).
         metavar, flag: how the flag is shown / named (default ``--field-name``).
         default_text: how ``--help`` describes the default, where the value alone would not say it.
         parse: turns a value as written (a flag's string, a file's value) into the field's value

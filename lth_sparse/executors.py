@@ -48,8 +48,7 @@ def default_threads(workers: int = 1) -> int:
     """Threads per worker when none are asked for: ``OMP_NUM_THREADS`` if it is set, else the
     usable cores not already busy (the 1-minute load average, rounded, counts as busy cores),
     shared among ``workers`` workers of this job; at least 1."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    _check_count("workers", workers, 1)
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env:
         try:
@@ -70,9 +69,15 @@ def resolve_threads(requested: int | None, workers: int = 1) -> int:
     """``requested`` checked (a positive int), or :func:`default_threads` when it is ``None``."""
     if requested is None:
         return default_threads(workers)
-    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-        raise ValueError(f"threads must be a positive integer, got {requested!r}")
-    return requested
+    return _check_count("threads", requested, 1)
+
+
+def _check_count(name: str, value, minimum: int) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum`` (0 or 1), else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
 
 
 class UnitsFailed(RuntimeError):
@@ -142,12 +147,8 @@ class ProcessExecutor:
     name = "process"
 
     def __init__(self, workers: int = 2, threads: int | None = None, retries: int = 2) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
-        self.workers = workers
-        self.retries = retries
+        self.workers = _check_count("workers", workers, 1)
+        self.retries = _check_count("retries", retries, 0)
         self.threads = resolve_threads(threads, workers)
 
     def run(self, units: Sequence, run_dir, *, log: Callable[[str], None] = print,
@@ -242,10 +243,8 @@ class RayExecutor:
             import ray  # noqa: F401
         except ImportError as error:
             raise ImportError("--executor ray needs Ray: pip install 'lth_sparse[ray]' (or pip install ray)") from error
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
         self.address = address
-        self.retries = retries
+        self.retries = _check_count("retries", retries, 0)
         self.threads = resolve_threads(threads, 1)
         self.num_cpus = self.threads if num_cpus is None else num_cpus
         self.num_gpus = num_gpus

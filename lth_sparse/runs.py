@@ -119,7 +119,7 @@ def config_hash(config) -> str:
     return _digest({"schema": HASH_SCHEMA, "fields": changed})
 
 
-def legacy_config_hash(config, saved_fields=None) -> str | None:
+def legacy_config_hash(config, saved_fields) -> str | None:
     """The hash of schema 1 (run directories made before the schema was recorded): every identity field.
 
     ``saved_fields``: the field names that directory's ``config.json`` holds. Fields added since (not
@@ -131,8 +131,7 @@ def legacy_config_hash(config, saved_fields=None) -> str | None:
         if not f.metadata.get("identity", True):
             continue
         value = getattr(config, f.name)
-        added_later = (f.name not in saved_fields) if saved_fields is not None else "since" in f.metadata
-        if added_later:
+        if f.name not in saved_fields:  # added since that directory was made
             if value != _default(f):
                 return None
             continue
@@ -188,7 +187,7 @@ class RunDir(Steps):
     """
 
     def __init__(self, path: str | os.PathLike, config, kind: str, *, claim: bool = True) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self.kind = kind
         self.config = config
         self.hash = config_hash(config)

@@ -44,7 +44,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from lth_sparse.config import ConfigError, config_from_options
-from lth_sparse.runs import RunDir, atomic_write_bytes, atomic_write_json
+from lth_sparse.runs import Steps, atomic_write_bytes, atomic_write_json
 
 __all__ = ["GridError", "GridPoint", "Sweep", "add_sweep_parser", "load_sweep", "point_name", "run_sweep",
            "run_sweep_command", "summary_rows", "sweep_from_mapping"]
@@ -91,7 +91,7 @@ def _known_pipelines() -> list[str]:
 
 def _pipeline(kind, source: str):
     """The registered pipeline ``kind`` (the module ``lth_sparse.pipelines.<kind>`` registers it)."""
-    from lth_sparse.pipelines.base import pipeline_for
+    from lth_sparse.pipelines.base import claim_run, open_run, pipeline_for
 
     if isinstance(kind, str) and kind in _known_pipelines():
         try:
@@ -228,7 +228,7 @@ def run_sweep(sweep: Sweep, out_dir, *, executor=None, log: Callable[[str], None
     once the rest of their stage has finished, and later stages do not start.
     """
     from lth_sparse.executors import LocalExecutor
-    from lth_sparse.pipelines.base import pipeline_for
+    from lth_sparse.pipelines.base import claim_run, open_run, pipeline_for
 
     from lth_sparse.distributed import launched_world_size
 
@@ -246,28 +246,23 @@ def run_sweep(sweep: Sweep, out_dir, *, executor=None, log: Callable[[str], None
     if executor is None:
         executor = LocalExecutor(sweep.points[0].config.threads if has_threads else None)
     runs = []
-    for point in sweep.points:
+    for point in sweep.points:  # every point checked before any is claimed
         config = dataclasses.replace(point.config, threads=executor.threads) if has_threads else point.config
-        run = RunDir(out / point.name, config, pipeline.kind, claim=False)
-        pipeline.check(config)
-        runs.append(run)
+        runs.append(open_run(pipeline, config, out / point.name))
     for run in runs:
-        if run.replacing is not None:
-            log(f"replacing the unfinished run in {run.path} (no unit of it had finished; it had another config: "
-                f"{run.replacing})")
-        run.claim()
-        pipeline.prepare(run, log)
+        claim_run(pipeline, run, log)
     plans = {point.name: pipeline.plan(run.config) for point, run in zip(sweep.points, runs)}
     stages = [[_in_sweep(unit, name) for name, plan in plans.items() if i < len(plan) for unit in plan[i]]
               for i in range(max(len(plan) for plan in plans.values()))]
     units = [u for stage in stages for u in stage]
-    finished = sum((out / u.directory / "done.json").exists() for u in units)
+    steps = Steps(out)
+    finished = sum(steps.is_done(u.directory) for u in units)
     log(f"sweep of {pipeline.kind} over {len(sweep.points)} points "
         f"({' x '.join(f'{len(v)} {k}' for k, v in sorted(sweep.grid.items()))}) in {out}: {len(units)} units"
         + (f", {finished} already done" if finished else "") + f", through the {executor.name} executor")
     started = time.time()
     for stage in stages:
-        pending = [u for u in stage if not (out / u.directory / "done.json").exists()]
+        pending = [u for u in stage if not steps.is_done(u.directory)]
         if pending:
             executor.run(pending, out, log=log, progress=progress)
     points, rows = [], []

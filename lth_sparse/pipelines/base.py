@@ -37,9 +37,10 @@ from typing import Any
 import torch
 
 from lth_sparse.distributed import World, launched, launched_world_size
-from lth_sparse.runs import RunDir, atomic_write_json, read_json
+from lth_sparse.runs import RunDir, Steps
 
-__all__ = ["PIPELINES", "Pipeline", "Unit", "pipeline_for", "register_pipeline", "run_pipeline", "run_unit"]
+__all__ = ["PIPELINES", "Pipeline", "Unit", "claim_run", "open_run", "pipeline_for", "register_pipeline",
+           "run_pipeline", "run_unit"]
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,9 @@ def run_unit(unit: Unit, run_dir: str | Path, *, threads: int | None = None,
     writes its directory and ``unit.log`` (the others log nothing).
     """
     world = World.current()
-    directory = Path(run_dir) / unit.directory
-    done = directory / "done.json"
-    finished = world.on_writer(lambda: read_json(done) if done.exists() else None)
+    steps = Steps(run_dir)
+    directory = steps / unit.directory
+    finished = world.on_writer(lambda: steps.result(unit.directory) if steps.is_done(unit.directory) else None)
     if finished is not None:
         return finished
     function = _resolve(unit.function)
@@ -109,7 +110,7 @@ def run_unit(unit: Unit, run_dir: str | Path, *, threads: int | None = None,
             result = function(unit.config, directory, log, progress)
         finally:
             torch.set_num_threads(threads_before)
-        world.on_writer(lambda: atomic_write_json(done, result), share=False)
+        world.on_writer(lambda: steps.mark_done(unit.directory, result), share=False)
         log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: done")
     return result
 
@@ -174,16 +175,15 @@ def run_pipeline(pipeline: Pipeline, config, out_dir, *, executor=None, log: Cal
     if ranks > 1 and getattr(executor, "name", None) != "local":
         raise ValueError(f"under torchrun ({ranks} ranks) every rank runs the units itself, in process: use "
                          f"--executor local (the default), not {getattr(executor, 'name', type(executor).__name__)}")
+    stages = pipeline.plan(config)
     with launched(getattr(config, "device", "cpu")) as world:
         if not world.writer:
             log, progress = _silent, False
-        run = world.on_writer(lambda: _claim(pipeline, config, out_dir, log), share=False)
+        run = world.on_writer(lambda: _claim(pipeline, config, out_dir, stages, log), share=False)
         run_path = run.path if world.writer else Path(out_dir)
-        stages = pipeline.plan(config)
         started = time.time()
         for stage in stages:
-            pending = world.on_writer(lambda: [i for i, u in enumerate(stage)
-                                               if not (run_path / u.directory / "done.json").exists()])
+            pending = world.on_writer(lambda: [i for i, u in enumerate(stage) if not run.is_done(u.directory)])
             if pending:
                 executor.run([stage[i] for i in pending], run_path, log=log, progress=progress)
         summary = world.on_writer(lambda: pipeline.summarize(run_path, plots=plots))
@@ -196,28 +196,31 @@ def _silent(line: str) -> None:
     """The log of the ranks other than 0 under torchrun: rank 0 logs for the run."""
 
 
-def _claim(pipeline: Pipeline, config, out_dir, log: Callable[[str], None]) -> RunDir:
-    """Check ``config`` and ``out_dir``, claim the directory and prepare it (what only rank 0 does)."""
+def open_run(pipeline: Pipeline, config, out_dir) -> RunDir:
+    """The run directory for ``config``, checked (its kind and config, and the config's inputs), not yet written."""
     run = RunDir(out_dir, config, pipeline.kind, claim=False)
     pipeline.check(config)
+    return run
+
+
+def claim_run(pipeline: Pipeline, run: RunDir, log: Callable[[str], None]) -> None:
+    """Claim a run directory that :func:`open_run` checked (replacing an unfinished run of another config,
+    which is said) and let the pipeline prepare it."""
     if run.replacing is not None:
         log(f"replacing the unfinished run in {run.path} (no unit of it had finished; it had another config: "
             f"{run.replacing})")
     run.claim()
     pipeline.prepare(run, log)
-    units = [u for stage in pipeline.plan(config) for u in stage]
-    finished = [u for u in units if (run.path / u.directory / "done.json").exists()]
+
+
+def _claim(pipeline: Pipeline, config, out_dir, stages: list[list[Unit]], log: Callable[[str], None]) -> RunDir:
+    """Check ``config`` and ``out_dir``, claim the directory and prepare it (what only rank 0 does)."""
+    run = open_run(pipeline, config, out_dir)
+    claim_run(pipeline, run, log)
+    units = [u for stage in stages for u in stage]
+    finished = [u for u in units if run.is_done(u.directory)]
     if units and len(finished) == len(units):
         log(f"found a finished run in {run.path}: all {len(units)} units are done, nothing to run")
     elif finished:
         log(f"resuming: {len(finished)} of {len(units)} units already done in {run.path}")
     return run
-
-
-def config_record(config) -> dict:
-    """The config as ``config.json`` and ``summary.json`` hold it."""
-    return dataclasses.asdict(config)
-
-
-def write_summary(run_dir: Path, summary: dict) -> None:
-    atomic_write_json(Path(run_dir) / "summary.json", summary)

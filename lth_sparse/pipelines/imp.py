@@ -230,10 +230,9 @@ class _Imp:
         """The directory of a step (created on rank 0, the one that writes it)."""
         return self.run.step_dir(name) if self.world.writer else self.run / name
 
-    def _finished(self, directory: Path) -> dict | None:
-        """The ``done.json`` of a step as rank 0 reads it (on every rank), or None when it is not done."""
-        done = directory / "done.json"
-        return self.world.on_writer(lambda: read_json(done) if done.exists() else None)
+    def _finished(self, name: str) -> dict | None:
+        """The ``done.json`` of step ``name`` as rank 0 reads it (on every rank), or None when it is not done."""
+        return self.world.on_writer(lambda: self.run.result(name) if self.run.is_done(name) else None)
 
     # --- one training of a masked network --------------------------------------------------------
     def _train(self, state: dict | None, masks: Masks, step_dir: Path, start: int, *, lr_factor=None,
@@ -274,7 +273,7 @@ class _Imp:
     # --- rounds ----------------------------------------------------------------------------------
     def dense_round(self) -> dict:
         run, name = self.run, _round_name(0)
-        if (done := self._finished(run / name)) is not None:
+        if (done := self._finished(name)) is not None:
             return done
         step_dir = self._step_dir(name)
         init_state = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -292,7 +291,7 @@ class _Imp:
 
     def pruned_round(self, r: int) -> dict:
         run, name = self.run, _round_name(r)
-        if (done := self._finished(run / name)) is not None:
+        if (done := self._finished(name)) is not None:
             return done
         step_dir = self._step_dir(name)
         prev_dir = run / _round_name(r - 1)
@@ -321,12 +320,11 @@ class _Imp:
     def _controls(self, r: int, masks: Masks, rewind: dict | None, step_dir: Path) -> dict:
         out = {}
         for control in ("reinit", "random_mask"):
-            cdir = step_dir / f"control_{control}"
-            if (done := self._finished(cdir)) is not None:
+            name = f"{step_dir.name}/control_{control}"
+            if (done := self._finished(name)) is not None:
                 out[control] = done
                 continue
-            if self.world.writer:
-                cdir.mkdir(parents=True, exist_ok=True)
+            cdir = self._step_dir(name)
             if control == "reinit":
                 state = self._new_model(self.config.seed_of("init") + 100_000 + r).state_dict()
                 control_masks = masks
@@ -340,8 +338,8 @@ class _Imp:
             metrics = self._train(state, control_masks, cdir, self.rewind_iter, desc=f"round {r} {control}")
             metrics["sparsity"] = control_masks.sparsity()
 
-            def record(metrics=metrics, done=cdir / "done.json"):  # on rank 0
-                atomic_write_json(done, metrics)
+            def record(metrics=metrics, name=name):  # on rank 0
+                self.run.mark_done(name, metrics)
                 return metrics
 
             out[control] = self.world.on_writer(record)
@@ -476,9 +474,9 @@ class ImpPipeline(Pipeline):
         (its finished rounds keep their own ``done.json`` and are not retrained)."""
         self._migrate(run, log)
         for s in run.config.seed_list():
-            done = run.path / f"seed_{s}" / "done.json"
-            if done.exists() and len(read_json(done)["rounds"]) < run.config.rounds + 1:
-                done.unlink()
+            unit = f"seed_{s}"
+            if run.is_done(unit) and len(run.result(unit)["rounds"]) < run.config.rounds + 1:
+                (run / unit / "done.json").unlink()
 
     def _migrate(self, run: RunDir, log: Callable[[str], None]) -> None:
         old_rounds = sorted(run.path.glob("round_[0-9][0-9]"))
@@ -501,11 +499,9 @@ class ImpPipeline(Pipeline):
         if saved.get("kind") != self.kind:
             raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not an IMP run")
         config = config_from_options(ImpConfig, saved["config"], f"{run_dir / 'config.json'}")
-        per_seed = {}
-        for s in config.seed_list():
-            done = run_dir / f"seed_{s}" / "done.json"
-            if done.exists():
-                per_seed[s] = read_json(done)["rounds"][:config.rounds + 1]
+        units = Steps(run_dir)
+        per_seed = {s: units.result(f"seed_{s}")["rounds"][:config.rounds + 1]
+                    for s in config.seed_list() if units.is_done(f"seed_{s}")}
         summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
                    "seeds": sorted(per_seed), "rounds": summarize_rounds(per_seed),
                    "per_seed": {str(s): rounds for s, rounds in per_seed.items()}}
