@@ -24,9 +24,9 @@ from lth_sparse.runs import ConfigMismatch, read_json
 from tests.tolerances import assert_close
 
 RANKS = 2
-# The command, with 5 epochs (20 steps) at a learning rate at which the dense round learns.
+# The command (with the controls: units of a second stage), with 5 epochs (20 steps) at a learning rate at which the dense round learns.
 COMMAND = ["imp", "--dataset", "digits", "--model", "mlp", "--model-option", "width=16", "--rounds", "1",
-           "--epochs", "5", "--train-size", "256", "--batch-size", "64", "--lr", "0.1", "--no-plots"]
+           "--epochs", "5", "--train-size", "256", "--batch-size", "64", "--lr", "0.1", "--controls", "--no-plots"]
 LAUNCH_TIMEOUT = 600  # seconds; torch's imports in three processes on a busy 2-core machine take most of it
 TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                 "TORCHELASTIC_RUN_ID", "GROUP_RANK", "ROLE_RANK")
@@ -77,7 +77,9 @@ def test_two_ranks_write_one_set_of_files_the_single_process_run_writes(runs):
     assert sum(line.endswith(": done") for line in log) == 1, "rank 1 logs nothing"
     assert sum(line.startswith("round ") for line in log) == 1
     out = runs["ddp_output"].stdout
-    assert out.count("round  remaining") == 1 and out.count("done in ") == 1, f"only rank 0 logs:\n{out}"
+    # the seed's rounds as they finish, then the summary's table: each once, from rank 0
+    assert out.count("round  remaining") == 2 and out.count("summary (seed 0)") == 1, f"only rank 0 logs:\n{out}"
+    assert out.count("done in ") == 1, f"only rank 0 logs:\n{out}"
 
 
 def test_two_ranks_find_the_single_process_masks_and_weights(runs):
@@ -87,8 +89,8 @@ def test_two_ranks_find_the_single_process_masks_and_weights(runs):
         a, b = a.get("state_dict", a), b.get("state_dict", b)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     init = torch.load(single / "init.pt")
-    for r in (0, 1):
-        round_dir = f"round_{r:02d}"
+    for round_dir in ("round_00", "round_01", "round_01/control_reinit", "round_01/control_random_mask"):
+        r = 0 if round_dir == "round_00" else 1
         masks = Masks.load(ddp / round_dir / "masks.safetensors")
         assert masks == Masks.load(single / round_dir / "masks.safetensors"), f"{round_dir}: masks differ"
         assert masks.sparsity() == pytest.approx(0.2 * r, abs=1e-3)
@@ -111,6 +113,9 @@ def test_two_ranks_record_the_single_process_metrics(runs):
         assert found["effective_sparsity"] == expected["effective_sparsity"]
         assert found["best_val_iteration"] == expected["best_val_iteration"]
         assert found["test_accuracy"] == pytest.approx(expected["test_accuracy"], abs=0.01)
+        for control in ("reinit", "random_mask"):
+            if found["round"]:
+                assert found[f"{control}_test_loss"] == pytest.approx(expected[f"{control}_test_loss"], rel=1e-5)
         for key in ("test_loss", "val_loss", "best_val_loss"):
             assert found[key] == pytest.approx(expected[key], rel=1e-5), key
     assert single["rounds"][0]["test_accuracy"] > 0.5, "precondition: the dense round learns (chance: 0.1)"
@@ -131,6 +136,8 @@ def test_a_relaunch_resumes_after_the_last_finished_round(runs, tmp_path):
     (run / "seed_0" / "done.json").unlink()
     (run / "seed_0" / "round_01" / "done.json").unlink()
     (run / "seed_0" / "round_01" / "final.pt").unlink()
+    for control in (run / "seed_0" / "round_01").glob("control_*"):  # the second stage had not started
+        shutil.rmtree(control)
     (run / "summary.json").unlink()
     round0 = run / "seed_0" / "round_00" / "done.json"
     before = {p: p.stat().st_mtime_ns for p in (round0, run / "seed_0" / "round_00" / "final.pt",

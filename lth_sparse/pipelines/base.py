@@ -132,6 +132,10 @@ class Pipeline:
         """Build ``summary.json`` (and the plots) from the units' saved results alone."""
         raise NotImplementedError
 
+    def report(self, summary: dict) -> list[str]:
+        """Lines that present ``summary`` at the end of a run (e.g. a table); none by default."""
+        return []
+
     def prepare(self, run: RunDir, log: Callable[[str], None]) -> None:
         """Called once the run directory is claimed and before the first stage (e.g. to migrate a layout)."""
 
@@ -187,6 +191,8 @@ def run_pipeline(pipeline: Pipeline, config, out_dir, *, executor=None, log: Cal
             if pending:
                 executor.run([stage[i] for i in pending], run_path, log=log, progress=progress)
         summary = world.on_writer(lambda: pipeline.summarize(run_path, plots=plots))
+        for line in pipeline.report(summary):
+            log(line)
         log(f"done in {time.time() - started:.0f} s: {run_path / 'summary.json'}"
             + (f", plots in {run_path / 'plots'}" if plots else ""))
     return summary

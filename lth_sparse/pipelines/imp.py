@@ -15,7 +15,12 @@ al. 2019/2020). Each later round removes ``fraction`` of the remaining weights
 
 With ``controls``, each pruned round also trains the two controls of Frankle &
 Carbin (2019): the same mask with a fresh random initialisation, and a random
-mask with the same per-layer sparsity from the rewind state.
+mask with the same per-layer sparsity from the rewind state; each is a unit of
+the pipeline's second stage (they need only their round's masks, so they run in
+parallel once the seeds' rounds are done).
+
+The rounds and the controls are made of the public blocks of
+:mod:`lth_sparse.pipelines.steps` (a resumable step, a masked training, a pruning).
 
 Everything lands in the run directory (see :mod:`lth_sparse.runs`); a re-run
 resumes after the last finished round.
@@ -29,7 +34,6 @@ masks pruned on rank 0 and broadcast once per round, every file written by rank 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,14 +44,14 @@ from lth_sparse.config import config_from_options, option
 from lth_sparse.data import load_dataset
 from lth_sparse.distributed import World
 from lth_sparse.executors import resolve_threads
-from lth_sparse.masks import Masks
+from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.models import create_model
-from lth_sparse.nn.modules import masked_layers
 from lth_sparse.prune import (IMPORTANCES, SCOPES, STRUCTURED_NORMS, check_importance_and_scope, effective_masks,
-                              prune_magnitude, prune_random, prune_structured, random_masks_like)
+                              random_masks_like)
 from lth_sparse.pipelines.base import Pipeline, Unit, register_pipeline, run_pipeline
+from lth_sparse.pipelines.steps import prune_trained, run_step, train_masked
 from lth_sparse.runs import ConfigMismatch, RunDir, Steps, atomic_torch_save, atomic_write_json, read_json
-from lth_sparse.train import TrainConfig, iterations_per_epoch, make_schedule, parse_step, train
+from lth_sparse.train import TrainConfig, iterations_per_epoch, make_schedule, parse_step
 
 RETRAIN_MODES = ("rewind", "finetune", "lr-rewind")
 PRUNERS = IMPORTANCES + ("random",)
@@ -181,12 +185,17 @@ def _round_name(r: int) -> str:
     return f"round_{r:02d}"
 
 
-def _weight_names(model) -> list[str]:
-    return [f"{n}.weight" if n else "weight" for n, _ in masked_layers(model)]
+CONTROLS = ("reinit", "random_mask")
+
+
+def _control_name(r: int, control: str) -> str:
+    return f"{_round_name(r)}/control_{control}"
 
 
 class _Imp:
-    """The state of one single-seed IMP run while it goes, in ``directory`` (``None``: only check the inputs).
+    """One single-seed IMP run in ``directory`` (``None``: only check the inputs): its data, its model, and
+    its rounds as resumable steps (:func:`~lth_sparse.pipelines.steps.run_step`), each a
+    :func:`~lth_sparse.pipelines.steps.train_masked` after a :func:`~lth_sparse.pipelines.steps.prune_trained`.
 
     Under torchrun (see :mod:`lth_sparse.distributed`) every rank holds one of these and
     trains each round wrapped in DistributedDataParallel, each rank on its shard of every
@@ -215,176 +224,122 @@ class _Imp:
         if self.rewind_iter >= self.total_iters:
             raise ValueError(f"rewind point {config.rewind} (iteration {self.rewind_iter}) must come before the end "
                              f"of training (iteration {self.total_iters})")
-        self.model = self._new_model(config.seed_of("init"))
-        self.names = _weight_names(self.model)
+        self.model = self.new_model(config.seed_of("init"))
+        self.names = list(masked_weights(self.model))
         self.exclude = [self.names[-1]] if config.spare_output else []
 
-    def _new_model(self, seed: int):
+    def new_model(self, seed: int):
+        """A freshly initialised model, drawn from ``seed``."""
         torch.manual_seed(seed)
         model = create_model(self.config.model, self.data.input_shape, self.data.num_classes,
                              **dict(self.config.model_options))
         model.input_shape = self.data.input_shape
         return model.to(self.device)
 
-    def _step_dir(self, name: str) -> Path:
-        """The directory of a step (created on rank 0, the one that writes it)."""
-        return self.run.step_dir(name) if self.world.writer else self.run / name
-
-    def _finished(self, name: str) -> dict | None:
-        """The ``done.json`` of step ``name`` as rank 0 reads it (on every rank), or None when it is not done."""
-        return self.world.on_writer(lambda: self.run.result(name) if self.run.is_done(name) else None)
-
-    # --- one training of a masked network --------------------------------------------------------
-    def _train(self, state: dict | None, masks: Masks, step_dir: Path, start: int, *, lr_factor=None,
-               snapshot_at=(), on_snapshot=None, desc: str) -> dict:
-        """Train from ``state`` under ``masks``; under torchrun ``state`` is rank 0's (``None`` on the others:
-        the DDP wrapper copies rank 0's weights) and ``masks`` the same on every rank."""
-        if state is not None:
-            self.model.load_state_dict(state)
-        masks.apply_to(self.model)
-        metrics_path = step_dir / "metrics.jsonl"
-        if self.world.writer:
-            metrics_path.unlink(missing_ok=True)  # a killed attempt's records go with it
-        t0 = time.time()
-        model = self.world.data_parallel(self.model)
-        result = train(model, self.data, self.train_cfg, seed=self.config.seed_of("order"),
-                       augment_seed=self.config.augment_seed, start_iteration=start,
-                       end_iteration=start + (self.total_iters - self.rewind_iter) if lr_factor else None,
-                       snapshot_at=snapshot_at, on_snapshot=on_snapshot, metrics_path=metrics_path,
-                       progress=self.progress, desc=desc, lr_factor=lr_factor)
-        del model  # the DDP wrapper (its hooks on the parameters go with it); self.model holds the weights
-        out = result.to_dict()
-        out["train_seconds"] = time.time() - t0
-        return out
-
-    def _prune(self, trained_state: dict, masks: Masks, r: int) -> Masks:
-        self.model.load_state_dict(trained_state)
-        masks.apply_to(self.model)
-        c = self.config
-        if c.structured is not None:
-            return prune_structured(self.model, c.fraction, norm=c.structured, scope=c.scope, masks=masks,
-                                    exclude=self.exclude)
-        if c.importance == "random":
-            g = torch.Generator().manual_seed(c.seed_of("prune") * 7919 + r)
-            return prune_random(self.model, c.fraction, scope=c.scope, masks=masks, exclude=self.exclude, generator=g)
-        return prune_magnitude(self.model, c.fraction, scope=c.scope, importance=c.importance, masks=masks,
-                               exclude=self.exclude)
+    def train(self, state: dict | None, masks: Masks, folder: Path, *, lr_factor=None, snapshot_at=(),
+              on_snapshot=None, start: int | None = None, desc: str) -> dict:
+        """One training of this run's model from ``state`` under ``masks`` (the same on every rank), from the
+        rewind iteration (``start``) to the end; with ``lr_factor`` (fine-tuning) as many iterations at
+        that rate instead."""
+        start = self.rewind_iter if start is None else start
+        return train_masked(self.model, self.data, self.train_cfg, masks, state, folder,
+                            seed=self.config.seed_of("order"), augment_seed=self.config.augment_seed, start=start,
+                            end=start + (self.total_iters - self.rewind_iter) if lr_factor else None,
+                            lr_factor=lr_factor, snapshot_at=snapshot_at, on_snapshot=on_snapshot,
+                            progress=self.progress, desc=desc, world=self.world)
 
     # --- rounds ----------------------------------------------------------------------------------
     def dense_round(self) -> dict:
-        run, name = self.run, _round_name(0)
-        if (done := self._finished(name)) is not None:
-            return done
-        step_dir = self._step_dir(name)
-        init_state = {k: v.clone() for k, v in self.model.state_dict().items()}
-        if self.world.writer:
-            atomic_torch_save(run / "init.pt", init_state)
-        masks = Masks.ones_like(self.model)
+        run = self.run
 
-        def keep_rewind(it, state):  # called on rank 0 alone
-            atomic_torch_save(run / "rewind.pt", {"iteration": it, "state_dict": state})
+        def compute(folder: Path) -> dict:
+            init_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+            if self.world.writer:
+                atomic_torch_save(run / "init.pt", init_state)
 
-        metrics = self._train(init_state, masks, step_dir, 0, snapshot_at=[self.rewind_iter],
-                              on_snapshot=keep_rewind, desc="round 0 (dense)")
-        self._save_trained(step_dir, masks)
-        return self._finish_round(0, masks, metrics, {})
+            def keep_rewind(it, state):  # called on rank 0 alone
+                atomic_torch_save(run / "rewind.pt", {"iteration": it, "state_dict": state})
+
+            masks = Masks.ones_like(self.model)
+            metrics = self.train(init_state, masks, folder, start=0, snapshot_at=[self.rewind_iter],
+                                 on_snapshot=keep_rewind, desc="round 0 (dense)")
+            return self._record(0, masks, metrics)
+
+        return run_step(run, _round_name(0), compute, world=self.world)
 
     def pruned_round(self, r: int) -> dict:
-        run, name = self.run, _round_name(r)
-        if (done := self._finished(name)) is not None:
-            return done
-        step_dir = self._step_dir(name)
+        run, c = self.run, self.config
         prev_dir = run / _round_name(r - 1)
 
-        def prune():  # on rank 0
-            prev_state = torch.load(prev_dir / "final.pt", map_location=self.device)
-            masks = self._prune(prev_state, Masks.load(prev_dir / "masks.safetensors", self.device), r)
-            rewind = torch.load(run / "rewind.pt", map_location=self.device)["state_dict"]
-            return prev_state, masks, rewind
+        def compute(folder: Path) -> dict:
+            def prune():  # on rank 0
+                prev_state = torch.load(prev_dir / "final.pt", map_location=self.device)
+                prev_masks = Masks.load(prev_dir / "masks.safetensors", self.device)
+                generator = torch.Generator().manual_seed(c.seed_of("prune") * 7919 + r)
+                masks = prune_trained(self.model, prev_state, prev_masks, c.fraction, importance=c.importance,
+                                      scope=c.scope, structured=c.structured, exclude=self.exclude,
+                                      generator=generator)
+                rewind = torch.load(run / "rewind.pt", map_location=self.device)["state_dict"]
+                return prev_state, masks, rewind
 
-        prev_state, masks, rewind = self.world.on_writer(prune, share=False) or (None, None, None)
-        masks = self.world.broadcast_masks(masks, self.model)
-        c = self.config
-        if c.retrain == "rewind":
-            metrics = self._train(rewind, masks, step_dir, self.rewind_iter, desc=f"round {r}")
-        elif c.retrain == "lr-rewind":
-            metrics = self._train(prev_state, masks, step_dir, self.rewind_iter, desc=f"round {r}")
-        else:
-            final_lr = make_schedule(self.train_cfg, self.per_epoch, self.total_iters)(self.total_iters - 1)
-            metrics = self._train(prev_state, masks, step_dir, self.rewind_iter, lr_factor=lambda it: final_lr,
-                                  desc=f"round {r}")
-        self._save_trained(step_dir, masks)
-        controls = self._controls(r, masks, rewind, step_dir) if c.controls else {}
-        return self._finish_round(r, masks, metrics, controls)
-
-    def _controls(self, r: int, masks: Masks, rewind: dict | None, step_dir: Path) -> dict:
-        out = {}
-        for control in ("reinit", "random_mask"):
-            name = f"{step_dir.name}/control_{control}"
-            if (done := self._finished(name)) is not None:
-                out[control] = done
-                continue
-            cdir = self._step_dir(name)
-            if control == "reinit":
-                state = self._new_model(self.config.seed_of("init") + 100_000 + r).state_dict()
-                control_masks = masks
+            prev_state, masks, rewind = self.world.on_writer(prune, share=False) or (None, None, None)
+            masks = self.world.broadcast_masks(masks, self.model)
+            if c.retrain == "rewind":
+                metrics = self.train(rewind, masks, folder, desc=f"round {r}")
+            elif c.retrain == "lr-rewind":
+                metrics = self.train(prev_state, masks, folder, desc=f"round {r}")
             else:
-                state = rewind
-                control_masks = None
-                if self.world.writer:
-                    generator = torch.Generator().manual_seed(self.config.seed_of("prune") * 31 + r)
-                    control_masks = random_masks_like(masks, generator).to(self.device)
-                control_masks = self.world.broadcast_masks(control_masks, self.model)
-            metrics = self._train(state, control_masks, cdir, self.rewind_iter, desc=f"round {r} {control}")
-            metrics["sparsity"] = control_masks.sparsity()
+                final_lr = make_schedule(self.train_cfg, self.per_epoch, self.total_iters)(self.total_iters - 1)
+                metrics = self.train(prev_state, masks, folder, lr_factor=lambda it: final_lr, desc=f"round {r}")
+            return self._record(r, masks, metrics)
 
-            def record(metrics=metrics, name=name):  # on rank 0
-                self.run.mark_done(name, metrics)
-                return metrics
+        return run_step(run, _round_name(r), compute, world=self.world)
 
-            out[control] = self.world.on_writer(record)
-        return out
+    def control(self, r: int, control: str) -> dict:
+        """Train the control ``control`` of round ``r`` (Frankle & Carbin 2019), from the round's saved masks:
+        ``reinit``, the same masks on a fresh initialisation (drawn from ``init_seed + 100000 + r``);
+        ``random_mask``, a random mask of the same per-layer counts (drawn from ``prune_seed * 31 + r``)
+        on the rewind state. Both train as the round did, from the rewind iteration."""
+        c, round_dir = self.config, self.run / _round_name(r)
+        if control not in CONTROLS:
+            raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
 
-    def _save_trained(self, step_dir: Path, masks: Masks) -> None:
-        """The ticket's mask and trained weights, written by rank 0: what the next round prunes from."""
-        def save():
-            masks.save(step_dir / "masks.safetensors")
-            atomic_torch_save(step_dir / "final.pt", self.model.state_dict())
+        def load():  # on rank 0
+            masks = Masks.load(round_dir / "masks.safetensors", self.device)
+            if control == "reinit":
+                return masks, None
+            generator = torch.Generator().manual_seed(c.seed_of("prune") * 31 + r)
+            rewind = torch.load(self.run / "rewind.pt", map_location=self.device)["state_dict"]
+            return random_masks_like(masks, generator).to(self.device), rewind
 
-        self.world.on_writer(save, share=False)
+        masks, state = self.world.on_writer(load, share=False) or (None, None)
+        masks = self.world.broadcast_masks(masks, self.model)
+        if control == "reinit":
+            state = self.new_model(c.seed_of("init") + 100_000 + r).state_dict()
+        return self.train(state, masks, self.run / _control_name(r, control), desc=f"round {r} {control}")
 
-    def _finish_round(self, r: int, masks: Masks, metrics: dict, controls: dict) -> dict:
-        """The round's result, recorded in its ``done.json`` by rank 0 and returned (rank 0's) on every rank."""
+    def _record(self, r: int, masks: Masks, metrics: dict) -> dict:
+        """The round's result (its ``done.json``), computed by rank 0 and shared with every rank."""
         def record() -> dict:  # on rank 0
             effective = effective_masks(self.model, masks, self.data.input_shape)
-            result = {
+            return {
                 "round": r,
                 "sparsity": masks.sparsity(),
                 "density": masks.density(),
                 "layer_sparsity": masks.layer_sparsity(),
                 "effective_sparsity": effective.sparsity(),
-                "test_accuracy": metrics["test_accuracy"],
-                "test_loss": metrics["test_loss"],
-                "val_accuracy": metrics["val_accuracy"],
-                "val_loss": metrics["val_loss"],
-                "best_val_iteration": metrics["best_val_iteration"],
-                "best_val_loss": metrics["best_val_loss"],
-                "iterations": metrics["iterations"],
-                "train_seconds": metrics["train_seconds"],
+                **{key: metrics[key] for key in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
+                                                 "best_val_iteration", "best_val_loss", "iterations",
+                                                 "train_seconds")},
             }
-            for control, cm in controls.items():
-                result[f"{control}_test_accuracy"] = cm["test_accuracy"]
-                result[f"{control}_test_loss"] = cm["test_loss"]
-                result[f"{control}_best_val_iteration"] = cm["best_val_iteration"]
-            self.run.mark_done(_round_name(r), result)
-            return result
 
         return self.world.on_writer(record)
 
 
 def _row(result: dict, controls: bool) -> str:
     row = (f"{result['round']:>5d}  {100 * result['density']:>8.2f}%  {100 * result['effective_sparsity']:>8.2f}%  "
-           f"{100 * result['test_accuracy']:>8.2f}%  {result['test_loss']:>7.4f}  {result['best_val_iteration']:>8d}")
+           f"{100 * result['test_accuracy']:>8.2f}%  {result['test_loss']:>7.4f}  "
+           f"{round(result['best_val_iteration']):>8d}")
     if controls and "reinit_test_accuracy" in result:
         row += f"  {100 * result['reinit_test_accuracy']:>8.2f}%  {100 * result['random_mask_test_accuracy']:>8.2f}%"
     return row
@@ -398,7 +353,7 @@ def _header(controls: bool) -> str:
 
 
 def imp_seed(config: ImpConfig, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
-    """The unit of the IMP pipeline: one single-seed IMP run in ``directory`` (its rounds in
+    """The first unit of the IMP pipeline: one single-seed IMP run in ``directory`` (its rounds in
     ``round_NN/``, each finished by its own ``done.json``, so a killed run resumes after its last
     finished round). Returns ``{"seed", "rounds"}``, the unit's ``done.json``."""
     imp = _Imp(config, directory, progress, log)
@@ -413,13 +368,36 @@ def imp_seed(config: ImpConfig, directory: Path, log: Callable[[str], None], pro
         finished = sum(imp.run.is_done(_round_name(r)) for r in range(c.rounds + 1))
         if finished:
             log(f"resuming: {finished} of {c.rounds + 1} rounds already done")
-    log(_header(c.controls))
+    log(_header(False))
     rounds = []
     for r in range(c.rounds + 1):
         result = imp.dense_round() if r == 0 else imp.pruned_round(r)
         rounds.append(result)
-        log(_row(result, c.controls))
+        log(_row(result, False))
     return {"seed": c.seed, "rounds": rounds}
+
+
+@dataclass(frozen=True)
+class ImpControl:
+    """What a control unit trains: ``control`` (``reinit`` or ``random_mask``) of round ``round`` of the
+    single-seed IMP run of ``config``."""
+
+    config: ImpConfig
+    round: int
+    control: str
+
+
+def imp_control(spec: ImpControl, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
+    """The second stage's unit of the IMP pipeline: one control of one round, in
+    ``seed_N/round_NN/control_KIND/`` (see :meth:`_Imp.control`), trained from the round's saved masks
+    once the seed's rounds are done; the controls of all rounds and seeds are independent of each
+    other. Returns the training's results (``test_accuracy``, ``sparsity``, ...), its ``done.json``."""
+    seed_dir = directory.parent.parent
+    imp = _Imp(spec.config, seed_dir, progress, log)
+    result = imp.control(spec.round, spec.control)
+    log(f"seed {spec.config.seed} round {spec.round} {spec.control}: {100 * (1 - result['sparsity']):.2f}% "
+        f"remaining, test accuracy {100 * result['test_accuracy']:.2f}%")
+    return result
 
 
 def _aggregate(values: list) -> dict:
@@ -464,8 +442,22 @@ class ImpPipeline(Pipeline):
         _Imp(config.for_seed(config.seed_list()[0]), None, False, lambda line: None)
 
     def plan(self, config: ImpConfig) -> list[list[Unit]]:
-        return [[Unit("lth_sparse.pipelines.imp:imp_seed", config.for_seed(s), f"seed_{s}", label=f"IMP seed {s}")
-                 for s in config.seed_list()]]
+        """Stage 1: one IMP run per seed (its rounds sequential inside it). Stage 2, with ``controls``: each
+        pruned round's two controls of each seed, one unit each (independent of each other)."""
+        stages = [[Unit("lth_sparse.pipelines.imp:imp_seed", config.for_seed(s), f"seed_{s}", label=f"IMP seed {s}")
+                   for s in config.seed_list()]]
+        if config.controls and config.rounds:
+            stages.append([Unit("lth_sparse.pipelines.imp:imp_control", ImpControl(config.for_seed(s), r, control),
+                                f"seed_{s}/{_control_name(r, control)}", label=f"seed {s} round {r} {control}")
+                           for s in config.seed_list() for r in range(1, config.rounds + 1) for control in CONTROLS])
+        return stages
+
+    def report(self, summary: dict) -> list[str]:
+        """The rounds, with the controls where they ran (over several seeds: the means)."""
+        seeds = len(summary["seeds"])
+        controls = summary["config"]["controls"]
+        title = f"summary ({'mean over ' + str(seeds) + ' seeds' if seeds > 1 else 'seed ' + str(summary['seeds'][0])})"
+        return [title, _header(controls), *(_row(r, controls) for r in summary["rounds"])] if summary["rounds"] else []
 
     def prepare(self, run: RunDir, log: Callable[[str], None]) -> None:
         """Two things before the units run. A run directory of the single-seed layout (``round_NN/`` at its top,
@@ -477,6 +469,22 @@ class ImpPipeline(Pipeline):
             unit = f"seed_{s}"
             if run.is_done(unit) and len(run.result(unit)["rounds"]) < run.config.rounds + 1:
                 (run / unit / "done.json").unlink()
+
+    @staticmethod
+    def _with_controls(units: Steps, seed: int, result: dict, config: ImpConfig) -> dict:
+        """A seed's round result with its finished controls' figures (``reinit_test_accuracy``, ...) added.
+        (Runs made before the controls were units hold them in the round's own ``done.json`` already.)"""
+        r = result["round"]
+        if not config.controls or not r:
+            return result
+        result = dict(result)
+        for control in CONTROLS:
+            name = f"seed_{seed}/{_control_name(r, control)}"
+            if units.is_done(name):
+                done = units.result(name)
+                for key in ("test_accuracy", "test_loss", "best_val_iteration"):
+                    result[f"{control}_{key}"] = done[key]
+        return result
 
     def _migrate(self, run: RunDir, log: Callable[[str], None]) -> None:
         old_rounds = sorted(run.path.glob("round_[0-9][0-9]"))
@@ -500,7 +508,8 @@ class ImpPipeline(Pipeline):
             raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not an IMP run")
         config = config_from_options(ImpConfig, saved["config"], f"{run_dir / 'config.json'}")
         units = Steps(run_dir)
-        per_seed = {s: units.result(f"seed_{s}")["rounds"][:config.rounds + 1]
+        per_seed = {s: [self._with_controls(units, s, result, config)
+                        for result in units.result(f"seed_{s}")["rounds"][:config.rounds + 1]]
                     for s in config.seed_list() if units.is_done(f"seed_{s}")}
         summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
                    "seeds": sorted(per_seed), "rounds": summarize_rounds(per_seed),

@@ -9,7 +9,7 @@ import torch
 from lth_sparse.cli import main
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
-from lth_sparse.pipelines import imp
+from lth_sparse.pipelines import imp, steps
 from lth_sparse.prune import effective_masks, prune_magnitude
 from lth_sparse.runs import ConfigMismatch
 from lth_sparse.train import make_schedule
@@ -29,13 +29,13 @@ def round_masks(run_dir, r):
 def spy_on_train(monkeypatch) -> list[dict]:
     """Record, for every training IMP starts, its description, arguments and the model's state at the start."""
     calls = []
-    real_train = imp.train
+    real_train = steps.train
 
     def spy(model, data, cfg, **kw):
         calls.append({"desc": kw["desc"], "state": {k: v.clone() for k, v in model.state_dict().items()}, **kw})
         return real_train(model, data, cfg, **kw)
 
-    monkeypatch.setattr(imp, "train", spy)
+    monkeypatch.setattr(steps, "train", spy)
     return calls
 
 
@@ -192,7 +192,7 @@ def test_controls_train_the_same_mask_reinitialised_and_a_random_mask_from_the_r
 def test_resume_after_a_kill_retrains_nothing_finished(tmp_path, monkeypatch):
     reference, _ = run_small(tmp_path, name="whole")
     calls = []
-    real_train = imp.train
+    real_train = steps.train
 
     def dies_in_round_2(model, data, cfg, **kw):
         calls.append(kw["desc"])
@@ -200,12 +200,12 @@ def test_resume_after_a_kill_retrains_nothing_finished(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_train(model, data, cfg, **kw)
 
-    monkeypatch.setattr(imp, "train", dies_in_round_2)
+    monkeypatch.setattr(steps, "train", dies_in_round_2)
     with pytest.raises(KeyboardInterrupt):
         run_small(tmp_path, name="killed")
     assert calls == ["round 0 (dense)", "round 1", "round 2"]
     calls.clear()
-    monkeypatch.setattr(imp, "train", lambda *a, **kw: (calls.append(kw["desc"]), real_train(*a, **kw))[1])
+    monkeypatch.setattr(steps, "train", lambda *a, **kw: (calls.append(kw["desc"]), real_train(*a, **kw))[1])
     resumed, _ = run_small(tmp_path, name="killed")
     assert calls == ["round 2", "round 3"]
     for a, b in zip(resumed["rounds"], reference["rounds"]):
