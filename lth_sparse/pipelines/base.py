@@ -190,6 +190,9 @@ def run_pipeline(pipeline: Pipeline, config, out_dir, *, executor=None, log: Cal
             pending = world.on_writer(lambda: [i for i, u in enumerate(stage) if not run.is_done(u.directory)])
             if pending:
                 executor.run([stage[i] for i in pending], run_path, log=log, progress=progress)
+        from lth_sparse.pipelines.steps import release_shared
+
+        release_shared()  # the data the units of this process shared
         summary = world.on_writer(lambda: pipeline.summarize(run_path, plots=plots))
         for line in pipeline.report(summary):
             log(line)

@@ -41,7 +41,6 @@ from typing import Callable
 import torch
 
 from lth_sparse.config import config_from_options, option
-from lth_sparse.data import load_dataset
 from lth_sparse.distributed import World
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks, masked_weights
@@ -49,7 +48,7 @@ from lth_sparse.models import create_model
 from lth_sparse.prune import (IMPORTANCES, SCOPES, STRUCTURED_NORMS, check_importance_and_scope, effective_masks,
                               random_masks_like)
 from lth_sparse.pipelines.base import Pipeline, Unit, register_pipeline, run_pipeline
-from lth_sparse.pipelines.steps import prune_trained, run_step, train_masked
+from lth_sparse.pipelines.steps import prune_trained, run_step, shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, RunDir, Steps, atomic_torch_save, atomic_write_json, read_json
 from lth_sparse.train import TrainConfig, iterations_per_epoch, make_schedule, parse_step
 
@@ -214,9 +213,9 @@ class _Imp:
         self.log = log
         self.device = self.world.device(config.device)
         check_device(self.device)
-        self.data = load_dataset(config.dataset, data_dir=config.data_dir, device=self.device,
-                                 val_fraction=config.val_fraction, seed=config.seed_of("split"),
-                                 train_size=config.train_size)
+        self.data = shared_dataset(config.dataset, data_dir=config.data_dir, device=self.device,
+                                   val_fraction=config.val_fraction, seed=config.seed_of("split"),
+                                   train_size=config.train_size)
         self.train_cfg = config.train_config()
         self.per_epoch = iterations_per_epoch(len(self.data.train), config.batch_size)
         self.total_iters = round(config.epochs * self.per_epoch)

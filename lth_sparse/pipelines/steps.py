@@ -8,7 +8,8 @@ public pieces IMP's units are made of, for the other pipelines to reuse:
 - :func:`train_masked`: train a model from a state under masks, for a range of
   iterations with given seeds, and write the masks, the final weights and the
   metrics into a step's folder;
-- :func:`prune_trained`: the masks that pruning a trained state gives.
+- :func:`prune_trained`: the masks that pruning a trained state gives;
+- :func:`shared_dataset`: a data set loaded once per process for the units it runs.
 
 A ticket read back from a finished IMP run is :func:`lth_sparse.tickets.load_ticket`.
 
@@ -27,14 +28,37 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lth_sparse.data import Dataset
+from lth_sparse.data import Dataset, load_dataset
 from lth_sparse.distributed import World
 from lth_sparse.masks import Masks
 from lth_sparse.prune import prune_magnitude, prune_random, prune_structured
 from lth_sparse.runs import Steps, atomic_torch_save
 from lth_sparse.train import TrainConfig, train
 
-__all__ = ["prune_trained", "run_step", "train_masked"]
+__all__ = ["prune_trained", "release_shared", "run_step", "shared_dataset", "train_masked"]
+
+_SHARED: dict = {}
+
+
+def shared_dataset(name: str, **options) -> Dataset:
+    """``load_dataset(name, **options)``, loaded once per process for the units that run in it.
+
+    A worker of the process pool or of Ray runs many units of one run (IMP's controls: two per
+    round and seed), each of which would otherwise read and normalise the same data again
+    (1.5-2 s for Fashion-MNIST on one core). The last data set asked for is kept (one at a
+    time); :func:`release_shared` lets it go. Its tensors are shared between the units: treat
+    them as read-only (training and evaluation only read them).
+    """
+    key = (name, tuple(sorted((k, str(v)) for k, v in options.items())))
+    if _SHARED.get("key") != key:
+        _SHARED.clear()
+        _SHARED.update(key=key, data=load_dataset(name, **options))
+    return _SHARED["data"]
+
+
+def release_shared() -> None:
+    """Forget the data set :func:`shared_dataset` keeps (its memory is freed once nothing else holds it)."""
+    _SHARED.clear()
 
 
 def run_step(steps: Steps, name: str, compute: Callable[[Path], dict], *, world: World | None = None) -> dict:

@@ -89,6 +89,38 @@ def test_normalisation_uses_per_channel_statistics_of_the_training_split(registe
     assert data.train.x.dtype == torch.float32
 
 
+@pytest.mark.parametrize("shape", [(300, 3, 5, 4), (200, 17), (50, 1, 2, 2)])
+def test_uint8_statistics_are_the_exact_std_and_mean_of_x_over_255(shape):
+    from lth_sparse.data.dataset import _uint8_std_mean
+
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    if len(shape) == 4:
+        x[:, 0] = 7  # a constant channel: std 0 (split_and_normalise leaves it unscaled)
+    dims = (0, 2, 3) if len(shape) == 4 else (0, 1)
+    std64, mean64 = torch.std_mean(x.double() / 255, dim=dims, correction=0, keepdim=True)
+    std, mean = _uint8_std_mean(x)
+    assert std.dtype == mean.dtype == torch.float32 and std.shape == std64.shape and mean.shape == mean64.shape
+    # exact up to the one rounding to float32 (float64's own sums are off by ~1e-16 at most)
+    assert torch.equal(mean, mean64.float()) and torch.allclose(std.double(), std64, rtol=1e-7, atol=1e-12)
+    if len(shape) == 4:
+        assert std[0, 0, 0, 0] == 0 and mean[0, 0, 0, 0] == pytest.approx(7 / 255)
+
+
+def test_uint8_images_are_normalised_by_their_training_statistics(monkeypatch, tmp_path):
+    def uint8_set(data_dir, download):
+        g = torch.Generator().manual_seed(0)
+        train_x = torch.randint(0, 256, (120, 2, 4, 4), dtype=torch.uint8, generator=g)
+        test_x = torch.randint(0, 256, (20, 2, 4, 4), dtype=torch.uint8, generator=g)
+        return RawDataset(train_x, torch.arange(120) % 3, test_x, torch.arange(20) % 3, num_classes=3)
+
+    monkeypatch.setitem(DATASETS, "uint8set", uint8_set)
+    data = load_dataset("uint8set", data_dir=tmp_path, seed=1)
+    assert torch.allclose(data.train.x.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(data.train.x.std(dim=(0, 2, 3), correction=0), torch.ones(2), atol=1e-5)
+    raw = uint8_set(None, False).test_x[0, 1, 0, 0].item() / 255
+    assert data.test.x[0, 1, 0, 0].item() == pytest.approx((raw - data.mean[1]) / data.std[1], rel=1e-5)
+
+
 def test_bad_arguments_raise_value_errors_naming_them(registered):
     with pytest.raises(ValueError, match="unknown dataset 'imagenet-1k'.*fashion-mnist.*mnist1d"):
         load_dataset("imagenet-1k")

@@ -157,3 +157,19 @@ def test_controls_are_units_of_a_second_stage(tmp_path, monkeypatch):
     assert again["rounds"] == summary["rounds"]
     assert again["per_seed"]["1"][2]["random_mask_test_accuracy"] == summary["per_seed"]["1"][2][
         "random_mask_test_accuracy"]
+
+
+def test_a_shared_dataset_is_loaded_once_per_process_until_released(monkeypatch):
+    loads = []
+    real = steps.load_dataset
+    monkeypatch.setattr(steps, "load_dataset", lambda name, **kw: (loads.append((name, kw)), real(name, **kw))[1])
+    steps.release_shared()
+    a = steps.shared_dataset("digits", seed=0, train_size=100)
+    assert steps.shared_dataset("digits", seed=0, train_size=100) is a and len(loads) == 1
+    b = steps.shared_dataset("digits", seed=1, train_size=100)  # another split: loaded, and kept instead
+    assert b is not a and not torch.equal(a.train.x, b.train.x) and len(loads) == 2
+    assert steps.shared_dataset("digits", seed=0, train_size=100) is not a and len(loads) == 3, "one kept at a time"
+    steps.release_shared()
+    steps.shared_dataset("digits", seed=0, train_size=100)
+    assert len(loads) == 4
+    steps.release_shared()
