@@ -11,6 +11,10 @@ this project's 2-core machine), every unit on one thread, run through
 Against the ideal of two workers (``T_local / 2``): ``ratio`` = time / ideal, and the overhead per
 unit = (workers x time - T_local) / N, the worker-seconds each unit cost beyond its work (worker
 start, imports, scheduling, and whatever the other load of the machine took from the workers).
+That overhead is split in two from each unit's own time (the ``done in X s`` of its ``unit.log``,
+measured inside its worker): the worker-seconds spent outside the units (what the executor
+itself costs), and how much longer the units took side by side than one after the other (what
+running two at once on this machine costs, whoever schedules them).
 Targets (issue 16): the process pool within 1.2x of the ideal, Ray's overhead under 2 s a unit.
 
 On a shared machine the wall time mixes two things: what the executor costs, and the cores other
@@ -117,7 +121,16 @@ def run_through(executor, units, root: Path, name: str) -> dict:
     done = sum((run_dir / u.directory / "done.json").exists() for u in units)
     if done != len(units):
         raise RuntimeError(f"{name}: only {done} of {len(units)} units finished")
-    return {"executor": name, "seconds": seconds, "cpu_s": cpu, "load_before": load_before, "load_after": _load()}
+    return {"executor": name, "seconds": seconds, "cpu_s": cpu, "work_s": sum(unit_seconds(run_dir, u) for u in units),
+            "load_before": load_before, "load_after": _load()}
+
+
+def unit_seconds(run_dir: Path, unit) -> float:
+    """How long the unit's own work took, inside its worker: the last ``done in X s`` of its ``unit.log``."""
+    lines = [line for line in (run_dir / unit.directory / "unit.log").read_text().splitlines() if ": done in " in line]
+    if not lines:
+        raise RuntimeError(f"{unit.name}: no 'done in' line in its unit.log")
+    return float(lines[-1].rsplit(": done in ", 1)[1].split()[0])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -173,6 +186,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row["ideal_s"] = local / row["workers"]
         row["ratio_to_ideal"] = row["seconds"] / row["ideal_s"]
         row["overhead_per_unit_s"] = (row["workers"] * row["seconds"] - local) / len(units)
+        # the overhead in two parts: worker-seconds spent outside the units (the executor's own: worker start,
+        # imports, scheduling, idle workers at the end), and the units' own time beyond the local run's (two
+        # units side by side on two cores share caches and memory bandwidth, and whatever else ran)
+        row["outside_units_per_unit_s"] = (row["workers"] * row["seconds"] - row["work_s"]) / len(units)
+        row["units_slower_per_unit_s"] = (row["work_s"] - rows[0]["work_s"]) / len(units)
         if row["cpu_s"] is not None and local_cpu is not None:
             row["cores"] = row["cpu_s"] / row["seconds"]
             row["cpu_overhead_per_unit_s"] = (row["cpu_s"] - local_cpu) / len(units)
@@ -182,7 +200,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"on {os.cpu_count()} cores")
     print_table([("executor", "executor", ""), ("workers", "workers", "d"), ("seconds", "wall (s)", ".1f"),
                  ("ideal_s", "ideal (s)", ".1f"), ("ratio_to_ideal", "x ideal", ".2f"),
-                 ("overhead_per_unit_s", "overhead/unit (s)", ".2f"), ("cpu_s", "CPU (s)", ".1f"),
+                 ("overhead_per_unit_s", "overhead/unit (s)", ".2f"),
+                 ("outside_units_per_unit_s", "outside units/unit (s)", ".2f"),
+                 ("units_slower_per_unit_s", "units slower/unit (s)", ".2f"), ("cpu_s", "CPU (s)", ".1f"),
                  ("cores", "cores got", ".2f"), ("cpu_overhead_per_unit_s", "CPU overhead/unit (s)", ".2f"),
                  ("start_s", "cluster start (s)", ".1f"), ("load_before", "load before", ".2f"),
                  ("load_after", "load after", ".2f")], rows)
@@ -193,6 +213,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if "ray" in by_name:
         print(f"ray: {by_name['ray']['overhead_per_unit_s']:.2f} s overhead a unit (target: under 2 s), plus "
               f"{by_name['ray']['start_s']:.1f} s to start the local cluster")
+    for row in rows[1:]:
+        print(f"{row['executor']}: of its {row['overhead_per_unit_s']:.2f} s a unit, {row['outside_units_per_unit_s']:.2f} s "
+              f"were worker time outside the units (the executor: start, imports, scheduling, the idle tail) and "
+              f"{row['units_slower_per_unit_s']:.2f} s the units' own work taking longer side by side than alone")
     for row in rows[1:]:
         if row.get("cores") is not None:
             print(f"{row['executor']}: the run got {row['cores']:.2f} of {WORKERS} cores (the rest went to other work "

@@ -106,12 +106,13 @@ def run_unit(unit: Unit, run_dir: str | Path, *, threads: int | None = None,
         log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: started"
             + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads is not None else "")
             + (f" on {world.size} ranks" if world.size > 1 else ""))
+        started = time.perf_counter()
         try:
             result = function(unit.config, directory, log, progress)
         finally:
             torch.set_num_threads(threads_before)
         world.on_writer(lambda: steps.mark_done(unit.directory, result), share=False)
-        log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: done")
+        log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: done in {time.perf_counter() - started:.2f} s")
     return result
 
 
