@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -221,3 +222,218 @@ class Masks(Mapping):
             if metadata.get("format") != _FORMAT:
                 raise ValueError(f"{path} is not an lth_sparse masks file (format {metadata.get('format')!r})")
             return cls({name: f.get_tensor(name) for name in f.keys()})
+
+
+# --- Mask analysis: similarity, overlap, voting -----------------------------------------------------------
+#
+# Every function takes ``Masks`` or bool tensors (a tensor is one layer, named "weight"), and refuses masks that cover
+# different weights or shapes, naming them. Definitions (Paganini & Forde 2020, Section 4.1):
+#   Jaccard distance  d_J(A, B) = 1 - |A n B| / |A u B|, over the kept weights; two empty masks: 0 (identical).
+#   Hamming distance  the number of weights kept by exactly one of the two, and that over all weights.
+#   intersection over minimum  |A n B| / min(|A|, |B|) (the overlap coefficient): 1 when one mask keeps only
+#                     weights the other keeps; 1 when either is empty (the empty set is inside any other).
+# ``per_layer=True`` gives a dict by weight name instead of the one figure over all layers together.
+
+def _as_masks(masks, what: str = "masks") -> Masks:
+    if isinstance(masks, Masks):
+        return masks
+    if isinstance(masks, Tensor):
+        if masks.dtype != torch.bool:
+            raise TypeError(f"{what} must be bool tensors or Masks, got a {masks.dtype} tensor")
+        return Masks({"weight": masks})
+    raise TypeError(f"{what} must be Masks or a bool tensor, got {type(masks).__name__}")
+
+
+def _aligned(masks_list, what: str = "masks") -> list[Masks]:
+    """The masks, checked to cover the same weights with the same shapes (on the first one's device)."""
+    out = [_as_masks(m, what) for m in masks_list]
+    if not out:
+        raise ValueError(f"no {what} given")
+    first = out[0]
+    for i, other in enumerate(out[1:], start=1):
+        if list(other) != list(first):
+            only_first, only_other = sorted(set(first) - set(other)), sorted(set(other) - set(first))
+            raise ValueError(f"{what} 0 and {i} cover different weights: only in 0: {only_first}, only in {i}: "
+                             f"{only_other}" + ("" if only_first or only_other else " (another order)"))
+        for name in first:
+            if first[name].shape != other[name].shape:
+                raise ValueError(f"{what} 0 and {i} differ in the shape of {name!r}: {tuple(first[name].shape)} "
+                                 f"and {tuple(other[name].shape)} (another architecture?)")
+    device = next(iter(first.values())).device if len(first) else None
+    return [m if device is None else m.to(device) for m in out]
+
+
+def _pair_counts(a: Tensor, b: Tensor) -> tuple[int, int, int, int, int]:
+    """(|A n B|, |A u B|, |A|, |B|, numel)."""
+    return (int((a & b).sum()), int((a | b).sum()), int(a.sum()), int(b.sum()), a.numel())
+
+
+def _per_pair(a, b, per_layer: bool, figure):
+    a, b = _aligned([a, b])
+    if per_layer:
+        return {name: figure(*_pair_counts(a[name], b[name])) for name in a}
+    totals = [sum(c) for c in zip(*(_pair_counts(a[name], b[name]) for name in a))] or [0, 0, 0, 0, 0]
+    return figure(*totals)
+
+
+def _jaccard(inter: int, union: int, *_) -> float:
+    return 0.0 if union == 0 else 1.0 - inter / union
+
+
+def jaccard_distance(a, b, per_layer: bool = False) -> float | dict[str, float]:
+    """``1 - |A n B| / |A u B|`` of the weights two masks keep (0: the same weights; 1: none in common).
+
+    Over all layers together (the paper's "total" distance), or per layer (``per_layer=True``,
+    a dict by weight name). Two masks that keep nothing are at distance 0 (identical)."""
+    return _per_pair(a, b, per_layer, _jaccard)
+
+
+class Hamming(NamedTuple):
+    """A Hamming distance: ``count`` (weights kept by exactly one of the two masks) and ``fraction`` (of all)."""
+
+    count: int
+    fraction: float
+
+
+def _hamming(inter: int, union: int, na: int, nb: int, numel: int) -> Hamming:
+    differ = union - inter
+    return Hamming(differ, 0.0 if numel == 0 else differ / numel)
+
+
+def hamming_distance(a, b, per_layer: bool = False) -> Hamming | dict[str, Hamming]:
+    """The weights on which two masks disagree: ``Hamming(count, fraction)``, ``fraction`` of all weights
+    (of the layer's, per layer)."""
+    return _per_pair(a, b, per_layer, _hamming)
+
+
+def _overlap(inter: int, union: int, na: int, nb: int, numel: int) -> float:
+    smaller = min(na, nb)
+    return 1.0 if smaller == 0 else inter / smaller
+
+
+def intersection_over_minimum(a, b, per_layer: bool = False) -> float | dict[str, float]:
+    """``|A n B| / min(|A|, |B|)`` (the overlap coefficient): 1 when the sparser mask keeps only weights the
+    other keeps (nested IMP masks), 0 when they share none; 1 when either keeps nothing (the empty set lies
+    inside any other)."""
+    return _per_pair(a, b, per_layer, _overlap)
+
+
+def _stack(masks_list) -> tuple[list[Masks], dict[str, Tensor]]:
+    aligned = _aligned(masks_list)
+    return aligned, {name: torch.stack([m[name] for m in aligned]) for name in aligned[0]}
+
+
+def _unwrap_like(result: Masks, masks_list):
+    return result["weight"] if isinstance(masks_list[0], Tensor) else result
+
+
+def consensus_counts(masks_list) -> dict[str, Tensor]:
+    """Per weight, how many of the N masks keep it (int64, 0..N), by weight name."""
+    _, stacked = _stack(list(masks_list))
+    return {name: s.sum(dim=0, dtype=torch.int64) for name, s in stacked.items()}
+
+
+def consensus_fraction(masks_list) -> dict[str, Tensor] | Tensor:
+    """Per weight, the fraction of the N masks that keep it (float32 in [0, 1]): the paper's non-binary
+    consensus mask (Section 4.2). A dict by weight name (a tensor for tensors)."""
+    masks_list = list(masks_list)
+    n = len(masks_list)
+    fractions = {name: c.to(torch.float32) / n for name, c in consensus_counts(masks_list).items()}
+    return fractions["weight"] if isinstance(masks_list[0], Tensor) else fractions
+
+
+def vote(masks_list, min_count: int):
+    """The weights kept by at least ``min_count`` of the N masks (``min_count = N``: their intersection, the
+    pret-a-porter ticket; ``1``: their union). ``min_count`` must lie in 1..N."""
+    masks_list = list(masks_list)
+    n = len(masks_list)
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or not 1 <= min_count <= max(n, 1):
+        raise ValueError(f"min_count must be an integer in 1..{n} (the number of masks), got {min_count!r}")
+    counts = consensus_counts(masks_list)
+    return _unwrap_like(Masks({name: c >= min_count for name, c in counts.items()}), masks_list)
+
+
+def intersection(masks_list):
+    """The weights every mask keeps (the pret-a-porter ticket's mask: Paganini & Forde, Section 4.2)."""
+    masks_list = list(masks_list)
+    return vote(masks_list, len(masks_list))
+
+
+def union(masks_list):
+    """The weights some mask keeps."""
+    return vote(list(masks_list), 1)
+
+
+def overlap_counts(masks_list) -> dict:
+    """How many masks keep each weight, counted per layer: the paper's per-layer consensus figures.
+
+    Returns ``{"masks": N, "layers": {name: {"counts": [..], "fractions": [..]}}, "total": {...}}``
+    where ``counts[c]`` is the number of the layer's weights kept by exactly ``c`` of the N masks
+    (``c = 0..N``) and ``fractions[c]`` that over the layer's weights; ``total`` over all layers."""
+    masks_list = list(masks_list)
+    n = len(masks_list)
+    counts = consensus_counts(masks_list)
+    layers = {}
+    total = torch.zeros(n + 1, dtype=torch.int64)
+    for name, c in counts.items():
+        hist = torch.bincount(c.reshape(-1).cpu(), minlength=n + 1)
+        total += hist
+        layers[name] = {"counts": hist.tolist(),
+                        "fractions": (hist.double() / max(c.numel(), 1)).tolist()}
+    all_weights = int(total.sum())
+    return {"masks": n, "layers": layers,
+            "total": {"counts": total.tolist(), "fractions": (total.double() / max(all_weights, 1)).tolist()}}
+
+
+def expected_jaccard_distance(density_a: float, density_b: float) -> float:
+    """The Jaccard distance two *independent* random masks of these densities have in expectation (large
+    layers): ``1 - p q / (p + q - p q)``; the baseline a measured distance is compared with."""
+    for d in (density_a, density_b):
+        if not 0.0 <= d <= 1.0:
+            raise ValueError(f"densities lie in [0, 1], got {d}")
+    union_ = density_a + density_b - density_a * density_b
+    return 0.0 if union_ == 0 else 1.0 - density_a * density_b / union_
+
+
+DISTANCES = {"jaccard": jaccard_distance, "hamming": lambda a, b, per_layer=False: _hamming_fraction(a, b, per_layer),
+             "iom": lambda a, b, per_layer=False: _one_minus(intersection_over_minimum(a, b, per_layer))}
+
+
+def _hamming_fraction(a, b, per_layer):
+    h = hamming_distance(a, b, per_layer)
+    return {k: v.fraction for k, v in h.items()} if per_layer else h.fraction
+
+
+def _one_minus(value):
+    return {k: 1.0 - v for k, v in value.items()} if isinstance(value, dict) else 1.0 - value
+
+
+def distance_matrix(masks_list, metric: str = "jaccard", per_layer: bool = False):
+    """The N x N matrix of pairwise distances (float64, symmetric, zero diagonal) between N masks.
+
+    ``metric``: ``jaccard``, ``hamming`` (the fraction of weights that differ) or ``iom``
+    (1 - intersection over minimum). With ``per_layer``, a dict of one matrix per weight name."""
+    if metric not in DISTANCES:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(DISTANCES)}")
+    masks_list = _aligned(list(masks_list))
+    n = len(masks_list)
+    names = list(masks_list[0])
+    out = {name: torch.zeros(n, n, dtype=torch.float64) for name in names} if per_layer else torch.zeros(
+        n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = DISTANCES[metric](masks_list[i], masks_list[j], per_layer=per_layer)
+            if per_layer:
+                for name in names:
+                    out[name][i, j] = out[name][j, i] = d[name]
+            else:
+                out[i, j] = out[j, i] = d
+    return out
+
+
+def distances_over_rounds(rounds_a, rounds_b, metric: str = "jaccard", per_layer: bool = False) -> list:
+    """The distance between two runs' masks round by round (the paper's distance-over-iterations figures):
+    one entry per round both have (``rounds_a[r]`` against ``rounds_b[r]``)."""
+    if metric not in DISTANCES:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(DISTANCES)}")
+    return [DISTANCES[metric](a, b, per_layer=per_layer) for a, b in zip(rounds_a, rounds_b)]

@@ -31,19 +31,20 @@ from lth_sparse.masks import Masks, _wrapped, masked_weights, unwrap_model
 
 
 class _Reachability(torch.autograd.Function):
-    """Forward: 1 where a unit is reached from the input, else 0. Backward: 1 where it is reached and the
-    gradient is non-zero (it also reaches the output), else 0. Both are exact whatever the path counts."""
+    """Forward: 1 where a unit is reached from the input, else 0 (with ``from_input=False``: 1 everywhere).
+    Backward: 1 where it is reached and the gradient is non-zero (it also reaches the output), else 0.
+    Both are exact whatever the path counts."""
 
     @staticmethod
-    def forward(ctx, counts: Tensor) -> Tensor:
-        reached = (counts != 0).to(counts.dtype)
+    def forward(ctx, counts: Tensor, from_input: bool = True) -> Tensor:
+        reached = (counts != 0).to(counts.dtype) if from_input else torch.ones_like(counts)
         ctx.save_for_backward(reached)
         return reached
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         (reached,) = ctx.saved_tensors
-        return (grad != 0).to(grad.dtype) * reached
+        return (grad != 0).to(grad.dtype) * reached, None
 
 
 def _bare_copy(model: nn.Module) -> nn.Module:
@@ -57,7 +58,8 @@ def _bare_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _reachability_copy(model: nn.Module, masks: Masks) -> tuple[nn.Module, dict[str, nn.Module]]:
+def _reachability_copy(model: nn.Module, masks: Masks, from_input: bool = True
+                       ) -> tuple[nn.Module, dict[str, nn.Module]]:
     net = _bare_copy(model).double().eval()
     layers = masked_weights(net)
     for name, mask in masks.items():
@@ -77,7 +79,7 @@ def _reachability_copy(model: nn.Module, masks: Masks) -> tuple[nn.Module, dict[
         p.requires_grad_(False)
     for layer in layers.values():
         layer.weight.requires_grad_(True)
-        layer.register_forward_hook(lambda module, args, output: _Reachability.apply(output))
+        layer.register_forward_hook(lambda module, args, output: _Reachability.apply(output, from_input))
     return net, layers
 
 
@@ -98,12 +100,31 @@ def effective_masks(model: nn.Module, masks: Masks | None = None, input_shape: t
     model's own; input_shape: one example's shape (e.g. ``(1, 28, 28)``),
     default taken from ``model.input_shape`` when the model has it.
     """
+    return _reachable(model, masks, input_shape, from_input=True)
+
+
+def output_connected_masks(model: nn.Module, masks: Masks | None = None,
+                           input_shape: tuple[int, ...] | None = None) -> Masks:
+    """The masks with every weight cut off from the output also pruned: Paganini & Forde's (2020) count of
+    implicitly pruned weights (their Appendix C and Table 1, ``s_eff``).
+
+    A kept weight whose output unit reaches no output (every path onward crosses a pruned
+    weight) receives no gradient and could take any value: it counts as pruned. Unlike
+    :func:`effective_masks` (Vysogorets & Kempe), a weight whose *input* is cut off from the
+    input still counts: with biases, such a unit still carries a signal (its bias, through the
+    activation), so it is not dead. Hence ``effective_masks`` is always a subset of these.
+    Arguments as :func:`effective_masks`.
+    """
+    return _reachable(model, masks, input_shape, from_input=False)
+
+
+def _reachable(model: nn.Module, masks: Masks | None, input_shape, *, from_input: bool) -> Masks:
     masks = Masks.from_model(model) if masks is None else masks
     if input_shape is None:
         input_shape = getattr(unwrap_model(model), "input_shape", None)
         if input_shape is None:
             raise ValueError("input_shape is needed (the model has no input_shape attribute)")
-    net, layers = _reachability_copy(model, masks)
+    net, layers = _reachability_copy(model, masks, from_input)
     device = next(iter(masks.values())).device
     out = net(torch.ones(1, *input_shape, dtype=torch.float64, device=device))
     if out.requires_grad:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from lth_sparse import Masks
 from lth_sparse.models import create_model
 from lth_sparse.nn import masked
-from lth_sparse.prune import effective_masks, prune_magnitude
+from lth_sparse.prune import effective_masks, output_connected_masks, prune_magnitude
 
 
 def masks_from_rows(rows: dict[str, list[str]]) -> Masks:
@@ -241,3 +241,35 @@ def test_effective_masks_of_a_wrapped_model_are_the_bare_models(wrap):
     wrapped = wrap(model)
     assert effective_masks(wrapped) == expected
     assert effective_masks(wrapped, Masks.from_model(model), input_shape=(3,)) == expected
+
+
+def test_output_connected_counts_only_weights_cut_off_from_the_output():
+    # Paganini & Forde's count (Appendix C): unit 1 of hidden layer 1 sends no kept weight, so its incoming
+    # weights (row 1 of 0.weight) receive no gradient and count as pruned; unit 0 receives no kept weight but
+    # still reaches the output (through its bias it carries a signal): its outgoing weights stay.
+    masks = masks_from_rows({
+        "0.weight": ["000", "111", "101", "010"],
+        "2.weight": ["1011", "1001", "1000"],
+        "4.weight": ["111", "011"],
+    })
+    expected = masks_from_rows({
+        "0.weight": ["000", "000", "101", "010"],
+        "2.weight": ["1011", "1001", "1000"],
+        "4.weight": ["111", "011"],
+    })
+    assert output_connected_masks(three_layer_mlp(), masks, input_shape=(3,)) == expected
+    # a cut that runs through the last layer takes everything before it
+    cut = masks_from_rows({"0.weight": ["111"] * 4, "2.weight": ["1111"] * 3, "4.weight": ["000", "000"]})
+    assert output_connected_masks(three_layer_mlp(), cut, input_shape=(3,)).num_unpruned() == 0
+
+
+@pytest.mark.parametrize("name,shape", [("lenet300", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("conv2", (3, 32, 32))])
+def test_effective_masks_lie_inside_the_output_connected_ones(name, shape):
+    torch.manual_seed(0)
+    model = create_model(name, shape, 10)
+    masks = prune_magnitude(model, 0.995, scope="layerwise")
+    masks.apply_to(model)
+    both = effective_masks(model, input_shape=shape)
+    output_side = output_connected_masks(model, input_shape=shape)
+    assert both.is_subset_of(output_side) and output_side.is_subset_of(masks)
+    assert output_side.num_unpruned() >= both.num_unpruned()
