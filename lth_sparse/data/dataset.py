@@ -7,6 +7,7 @@ per-example Python.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from .augment import RandomCropFlip
 
-__all__ = ["Split", "Dataset", "RawDataset", "batches", "shard_bounds", "split_and_normalise"]
+__all__ = ["Split", "Dataset", "RawDataset", "batches", "hold_out_test", "shard_bounds", "split_and_normalise"]
 
 Augment = Callable[[Tensor, "torch.Generator | None"], Tensor]
 
@@ -171,6 +172,20 @@ def shard_bounds(batch: int, rank: int, world_size: int) -> tuple[int, int]:
     return lo, lo + size + (rank < extra)
 
 
+def hold_out_test(raw: RawDataset) -> RawDataset:
+    """``raw`` with an explicit test set: its own, or (none official) the fixed held-out part of the training
+    set: the last ``floor(N * held_out_test_fraction)`` of ``randperm(N)`` drawn with seed 0, so that it
+    plays the part of an official one, the same whatever the run's seed."""
+    if raw.test_x is not None and raw.test_y is not None:
+        return raw
+    n = len(raw.train_y)
+    held_out = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    n_test = math.floor(n * raw.held_out_test_fraction)
+    test_index, keep = held_out[n - n_test:], held_out[: n - n_test]
+    return dataclasses.replace(raw, train_x=raw.train_x[keep], train_y=raw.train_y[keep],
+                               test_x=raw.train_x[test_index], test_y=raw.train_y[test_index])
+
+
 def _as_float(x: Tensor) -> Tensor:
     """A new float32 tensor (never the loader's own, which is normalised in place next)."""
     if x.dtype == torch.uint8:
@@ -222,16 +237,9 @@ def split_and_normalise(
     the inputs do not change with it) and applied to all three splits. The
     augmentation pads with the normalised value of a black pixel.
     """
+    raw = hold_out_test(raw)
     x_all, y_all = raw.train_x, raw.train_y
     test_x, test_y = raw.test_x, raw.test_y
-    if test_x is None or test_y is None:
-        # A fixed seed: the held-out test set plays the part of an official one,
-        # the same whatever the run's seed.
-        held_out = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(0))
-        n_test = math.floor(len(y_all) * raw.held_out_test_fraction)
-        test_index, keep = held_out[len(y_all) - n_test :], held_out[: len(y_all) - n_test]
-        test_x, test_y = x_all[test_index], y_all[test_index]
-        x_all, y_all = x_all[keep], y_all[keep]
 
     n = len(y_all)
     n_val = math.floor(n * val_fraction)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .dataset import Dataset, RawDataset, split_and_normalise
+from .derived import OPTIONS, canonical_name, derive, parse_task
 
 __all__ = [
     "DATASETS",
@@ -85,6 +86,9 @@ def load_dataset(
     - ``train_size``: keep a seeded subset of that many training examples (quick runs).
     - Normalisation: per-channel mean and std computed on the training split.
     - ``augment``: the dataset's training augmentation on tensors, or ``None``.
+    - ``name`` may be a derived task, ``NAME:OPTION=VALUE[:...]`` (``fashion-mnist:half=a``,
+      ``digits:shape=1x28x28``, ``mnist:classes=0,1,2``, ``kmnist:permute=1``): see
+      :mod:`lth_sparse.data.derived`.
 
     ``data_dir`` defaults to ``default_data_dir()``; ``download=False`` never
     touches the network.
@@ -96,9 +100,11 @@ def load_dataset(
             disk nor downloadable; the message says how to get it. Folders that the
             failed attempt created and left empty are removed.
     """
-    key = name.strip().lower()
+    key, options = parse_task(name)
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+        raise ValueError(f"unknown dataset {key!r}; available: {', '.join(available_datasets())}"
+                         + (" (and derived tasks NAME:OPTION=VALUE, options: " + ", ".join(OPTIONS) + ")"
+                            if not options else ""))
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):
@@ -111,8 +117,8 @@ def load_dataset(
         _remove_new_empty_folders(root, before)  # a failed download leaves no empty MNIST/raw behind
         raise
     return split_and_normalise(
-        key,
-        raw,
+        canonical_name(name) if options else key,
+        derive(raw, options, name),
         device=device,
         val_fraction=float(val_fraction),
         seed=seed,
