@@ -97,14 +97,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class, groups: 
     """
     from lth_sparse.config import field_kind
 
-    defaults = config_class()
     grouped = {title: parser.add_argument_group(title) for title in groups or {}}
     owner = {f.name: title for title, cls in (groups or {}).items() for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(config_class):
         target = grouped.get(owner.get(f.name), parser)
         kind, scalar, optional = field_kind(config_class, f)
         flag = "--" + f.metadata.get("flag", f.name.replace("_", "-"))
-        default = getattr(defaults, f.name)
+        default = f.default  # the field's own (a config may need options without defaults, e.g. its tasks)
         choices = f.metadata.get("choices")
         if "default_text" in f.metadata:
             shown = f.metadata["default_text"]
@@ -135,11 +134,11 @@ def config_from_args(config_class, args: argparse.Namespace):
 
     options = _load_config_file(args.config) if getattr(args, "config", None) else {}
     source = f"--config {args.config}" if options else "options"
-    try:
-        from_file = config_from_options(config_class, options, source)  # checks the file's names and types
+    try:  # the file's names and types checked, its values coerced (a config may need flags the file lacks)
+        from_file = config_from_options(config_class, options, source, check=False)
     except ConfigError as error:
         raise CliError(str(error)) from error
-    merged = {f.name: getattr(from_file, f.name) for f in dataclasses.fields(config_class) if f.name in options}
+    merged = {f.name: from_file[f.name] for f in dataclasses.fields(config_class) if f.name in from_file}
     merged.update({f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)})
     try:
         return config_from_options(config_class, merged, "options")
@@ -213,6 +212,46 @@ def _run_imp(args) -> int:
     return 0
 
 
+def _add_consensus(sub) -> None:
+    from lth_sparse.data import available_datasets
+    from lth_sparse.models import available_models
+    from lth_sparse.pipelines.consensus import ConsensusConfig
+    from lth_sparse.train import TrainConfig
+
+    p = sub.add_parser(
+        "consensus", help="consensus (pret-a-porter) tickets: bespoke IMP tickets on several tasks, intersected",
+        description="Paganini & Forde (2020), Algorithm 1. From one shared initialisation, IMP finds a bespoke ticket "
+                    "on each task (one unit per task, in parallel under --executor process or ray); the consensus "
+                    "ticket keeps the weights every bespoke ticket of --intersect-round keeps (--min-votes K: at "
+                    "least K of them). Then the consensus ticket, a random mask of its layer sparsity and the "
+                    "bespoke ticket of every task at the consensus's sparsity are retrained on every task. Results "
+                    "go to --out: seed_S/bespoke_I/ (IMP runs), seed_S/consensus/, seed_S/retrain/, summary.json "
+                    "and plots/. Re-running the same command resumes.",
+        epilog=f"Tasks: data sets ({', '.join(available_datasets())}) or derived tasks NAME:half=a|b, "
+               "NAME:classes=0,1,2, NAME:shape=CxHxW, NAME:permute=SEED (combinable: "
+               "fashion-mnist:half=a:permute=1). Models: " + ", ".join(available_models()) + ". Every option can "
+               "also come from --config FILE; flags override it, and override --preset.",
+    )
+    p.add_argument("--config", metavar="FILE",
+                   help="file of options, keyed by their names; JSON if its name ends in .json, YAML otherwise")
+    p.add_argument("--out", default="runs/consensus", help="run directory (default: runs/consensus)")
+    add_config_arguments(p, ConsensusConfig, groups={"training": TrainConfig})
+    add_executor_arguments(p)
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: when stderr is a terminal)")
+    p.set_defaults(func=_run_consensus)
+
+
+def _run_consensus(args) -> int:
+    from lth_sparse.pipelines import consensus
+
+    config = config_from_args(consensus.ConsensusConfig, args)
+    consensus.run(config, args.out, progress=args.progress, plots=not args.no_plots,
+                  executor=executor_from_args(args, config.threads))
+    return 0
+
+
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="rebuild a run's summary.json and figures from its units' results",
                        description="Rebuild RUN/summary.json and RUN/plots/*.png from the results the run's units "
@@ -254,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                "(LTH_SPARSE_DEBUG=1 shows the traceback instead).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_imp(sub)
+    _add_consensus(sub)
     from lth_sparse.sweep import add_sweep_parser
 
     add_sweep_parser(sub)

@@ -131,21 +131,29 @@ def _scalar(kind: type, value: Any, name: str, source: str, choices=None) -> Any
     return value
 
 
-def config_from_options(cls, options: Mapping[str, Any], source: str = "options"):
+def config_from_options(cls, options: Mapping[str, Any], source: str = "options", *, check: bool = True):
     """``cls(**options)`` after checking every name and type (``source`` names where they came from).
 
+    A config class with ``PRESETS`` (name -> options) and a ``preset`` field takes the named
+    preset's options under those given (so a flag or a file still overrides a preset's value).
     Names may use ``-`` or ``_``. A tuple field takes a list (or one value); a field of
     (name, value) pairs takes a mapping. Raises :class:`ConfigError` naming the unknown
     options and the valid ones, or the option whose value has the wrong type; the
-    dataclass's own checks raise ``ValueError`` as before.
+    dataclass's own checks raise ``ValueError`` as before. ``check=False`` returns the coerced
+    options (a dict, with a preset's filled in) without building the config.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     normalised = {str(k).replace("-", "_"): v for k, v in options.items()}
     unknown = sorted(set(normalised) - set(fields))
     if unknown:
         raise ConfigError(f"{source}: unknown options {unknown}; valid: {sorted(fields)}")
+    presets = getattr(cls, "PRESETS", None)
+    if presets and normalised.get("preset") is not None:  # a preset's values, under the options given
+        if normalised["preset"] not in presets:
+            raise ConfigError(f"{source}: unknown preset {normalised['preset']!r}; presets: {sorted(presets)}")
+        normalised = {**presets[normalised["preset"]], **normalised}
     values = {name: _coerce(cls, fields[name], value, source) for name, value in normalised.items()}
-    return cls(**values)
+    return cls(**values) if check else values
 
 
 def read_file(path) -> Any:

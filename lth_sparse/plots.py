@@ -83,3 +83,112 @@ def _save(fig, path: Path) -> None:
     from lth_sparse.runs import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+
+
+def plot_consensus(summary: dict, out_dir) -> list[Path]:
+    """The consensus pipeline's figures: each ticket's test accuracy on each task (mean +- std over the seeds),
+    the Jaccard distance matrix of the bespoke masks, the per-layer count of weights kept by 0..N tasks, and the
+    mean pairwise distance over the IMP rounds beside that of independent masks."""
+    import numpy as np
+
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks = summary["tasks"]
+    n = len(tasks)
+    seeds = len(summary["seeds"])
+    paths = []
+    suffix = f" (mean and std over {seeds} seeds)" if seeds > 1 else ""
+
+    if summary.get("retrain"):
+        by = {(r["ticket"], r["target"]): r for r in summary["retrain"]}
+        fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * n + 2), 4.2))
+        series = [("dense", "dense network", None)]
+        series += [("consensus", "consensus ticket", "consensus"), ("random", "random mask, consensus's layer sparsity",
+                                                                     "random")]
+        series += [("own", "bespoke ticket of the task (same sparsity)", None),
+                   ("others", "bespoke tickets of the other tasks (mean)", None)]
+        width = 0.8 / len(series)
+        for k, (key, label, ticket) in enumerate(series):
+            means, stds = [], []
+            for t in range(n):
+                if key == "dense":
+                    s = summary["dense"][t]
+                    means.append(s["mean"]), stds.append(s["std"])
+                elif key == "own":
+                    r = by.get((f"bespoke_{t}", t))
+                    means.append(r["test_accuracy"]["mean"] if r else np.nan)
+                    stds.append(r["test_accuracy"]["std"] if r else 0)
+                elif key == "others":
+                    rows = [by[(f"bespoke_{j}", t)] for j in range(n) if j != t and (f"bespoke_{j}", t) in by]
+                    means.append(np.mean([r["test_accuracy"]["mean"] for r in rows]) if rows else np.nan)
+                    stds.append(np.std([r["test_accuracy"]["mean"] for r in rows]) if rows else 0)
+                else:
+                    r = by.get((ticket, t))
+                    means.append(r["test_accuracy"]["mean"] if r else np.nan)
+                    stds.append(r["test_accuracy"]["std"] if r else 0)
+            x = np.arange(n) + (k - (len(series) - 1) / 2) * width
+            ax.bar(x, 100 * np.array(means), width, yerr=100 * np.array(stds), label=label, capsize=2)
+        ax.set_xticks(np.arange(n), [t if len(t) < 22 else t[:20] + ".." for t in tasks], rotation=15, fontsize=8)
+        ax.set_ylabel("test accuracy (%)")
+        low = min(100 * r["test_accuracy"]["mean"] for r in summary["retrain"])
+        ax.set_ylim(max(0.0, low - 10), 100)
+        c = summary["consensus"]
+        ax.set_title(f"tickets retrained on each task: consensus {100 * c['sparsity']['mean']:.1f}% sparse" + suffix,
+                     fontsize=9)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+        fig.tight_layout()
+        paths.append(out_dir / "accuracy_by_task.png")
+        _save(fig, paths[-1])
+        plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(1.0 * n + 3, 1.0 * n + 2))
+    matrix = np.array(summary["jaccard"])
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w" if matrix[i, j] < 0.6 else "k",
+                    fontsize=8)
+    short = [t if len(t) < 16 else t[:14] + ".." for t in tasks]
+    ax.set_xticks(range(n), short, rotation=30, fontsize=7, ha="right")
+    ax.set_yticks(range(n), short, fontsize=7)
+    fig.colorbar(image, ax=ax, label="Jaccard distance")
+    ax.set_title(f"bespoke masks, round {summary['config']['intersect_round']}", fontsize=9)
+    fig.tight_layout()
+    paths.append(out_dir / "jaccard.png")
+    _save(fig, paths[-1])
+    plt.close(fig)
+
+    layers = list(summary["overlap"])
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.0 * len(layers), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], layers):
+        counts = np.array(summary["overlap"][name])
+        ax.bar(range(len(counts)), counts / counts.sum() * 100)
+        ax.set_xticks(range(len(counts)))
+        ax.set_xlabel("kept by this many tasks")
+        ax.set_title(name, fontsize=9)
+    axes[0][0].set_ylabel("share of the layer's weights (%)")
+    fig.suptitle(f"weights kept by 0..{n} bespoke tickets (round {summary['config']['intersect_round']})" + suffix,
+                 fontsize=9)
+    fig.tight_layout()
+    paths.append(out_dir / "overlap_by_layer.png")
+    _save(fig, paths[-1])
+    plt.close(fig)
+
+    rounds = summary["over_rounds"]
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    x = [100 * r["density"] for r in rounds]
+    ax.plot(x, [r["jaccard"] for r in rounds], "o-", label="bespoke masks (mean over pairs)")
+    ax.plot(x, [r["independent_jaccard"] for r in rounds], "k--", label="independent masks of those densities")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("weights remaining (%)")
+    ax.set_ylabel("Jaccard distance")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    paths.append(out_dir / "jaccard_over_rounds.png")
+    _save(fig, paths[-1])
+    plt.close(fig)
+    return paths
