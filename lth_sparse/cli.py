@@ -252,6 +252,36 @@ def _run_consensus(args) -> int:
     return 0
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare-masks", help="the Jaccard distance between IMP runs' masks, round by round",
+        description="Compare the masks of IMP runs (other pruning methods, rewinding vs fine-tuning, seeds, tasks) "
+                    "round by round, seed by seed (the seeds both runs have), as Paganini & Forde (2020) do: the "
+                    "Jaccard distance in total and per layer, beside that of independent masks of the same "
+                    "densities. Every pair of RUNs, or each against --reference. Prints a table; with --out, "
+                    "writes compare.json and plots.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="IMP run directories")
+    p.add_argument("--reference", metavar="RUN", help="compare every RUN with this one (default: every pair)")
+    p.add_argument("--out", metavar="DIR", help="write DIR/compare.json and DIR/plots/*.png")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args) -> int:
+    from lth_sparse.compare import compare_runs
+
+    result = compare_runs(args.runs, args.reference, args.out, plots=not args.no_plots)
+    for pair in result["pairs"]:
+        print(f"{pair['a']} vs {pair['b']} (seeds {', '.join(map(str, pair['seeds']))}):")
+        print(f"{'round':>5}  {'remaining a':>11}  {'remaining b':>11}  {'jaccard':>8}  {'independent':>11}")
+        for r in pair["rounds"]:
+            print(f"{r['round']:>5}  {100 * r['density_a']:>10.2f}%  {100 * r['density_b']:>10.2f}%  "
+                  f"{r['jaccard']:>8.4f}  {r['independent_jaccard']:>11.4f}")
+    if args.out:
+        print(f"written: {Path(args.out) / 'compare.json'}")
+    return 0
+
+
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="rebuild a run's summary.json and figures from its units' results",
                        description="Rebuild RUN/summary.json and RUN/plots/*.png from the results the run's units "
@@ -294,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_imp(sub)
     _add_consensus(sub)
+    _add_compare(sub)
     from lth_sparse.sweep import add_sweep_parser
 
     add_sweep_parser(sub)

@@ -192,3 +192,54 @@ def plot_consensus(summary: dict, out_dir) -> list[Path]:
     _save(fig, paths[-1])
     plt.close(fig)
     return paths
+
+
+def plot_compare(result: dict, out_dir) -> list[Path]:
+    """The Jaccard distance between runs' masks over the pruning rounds: in total (with the distance of
+    independent masks of those densities) and per layer."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def label(pair):
+        return f"{Path(pair['a']).name} vs {Path(pair['b']).name}"
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for pair in result["pairs"]:
+        rounds = pair["rounds"]
+        x = [r["round"] for r in rounds]
+        line, = ax.plot(x, [r["jaccard"] for r in rounds], "o-", label=label(pair))
+        if len(pair["seeds"]) > 1:
+            ax.fill_between(x, [r["jaccard"] - r["jaccard_std"] for r in rounds],
+                            [r["jaccard"] + r["jaccard_std"] for r in rounds], color=line.get_color(), alpha=0.2,
+                            linewidth=0)
+        ax.plot(x, [r["independent_jaccard"] for r in rounds], ":", color=line.get_color(), linewidth=1)
+    ax.set_xlabel("pruning round")
+    ax.set_ylabel("Jaccard distance (dotted: independent masks)")
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("masks compared round by round, seed by seed", fontsize=9)
+    fig.tight_layout()
+    paths = [out_dir / "jaccard_over_rounds.png"]
+    _save(fig, paths[-1])
+    plt.close(fig)
+
+    layers = list(result["pairs"][0]["rounds"][0]["jaccard_per_layer"]) if result["pairs"][0]["rounds"] else []
+    if layers:
+        fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], layers):
+            for pair in result["pairs"]:
+                ax.plot([r["round"] for r in pair["rounds"]], [r["jaccard_per_layer"][name] for r in pair["rounds"]],
+                        "o-", markersize=3, label=label(pair))
+            ax.set_title(name, fontsize=9)
+            ax.set_ylim(0, 1)
+            ax.set_xlabel("pruning round")
+            ax.grid(True, alpha=0.3)
+        axes[0][0].set_ylabel("Jaccard distance")
+        axes[0][-1].legend(fontsize=6)
+        fig.tight_layout()
+        paths.append(out_dir / "jaccard_per_layer.png")
+        _save(fig, paths[-1])
+        plt.close(fig)
+    return paths
