@@ -20,7 +20,7 @@ from lth_sparse.masks import Masks, expected_jaccard_distance, jaccard_distance
 from lth_sparse.runs import atomic_write_json
 from lth_sparse.tickets import _run_config, _seed_dir, finished_rounds, run_seeds
 
-__all__ = ["compare_runs"]
+__all__ = ["compare_pair", "compare_runs", "connection_stability", "importance_overlap"]
 
 
 def _round_masks(run_dir: Path, seed: int, rounds: list[int]) -> list[Masks]:
@@ -96,3 +96,86 @@ def compare_runs(run_dirs, reference=None, out_dir=None, *, plots: bool = True) 
 
             plot_compare(result, out_dir / "plots")
     return result
+
+
+# --- The layerwise-importance paper's overlap analyses (Vandersmissen et al., Section 5) ------------------------
+
+
+def importance_overlap(run_dirs, round: int, seed: int | None = None) -> dict:
+    """The connections that every ticket of ``round`` keeps, over IMP runs from one initialisation that differ in
+    their importance measure (magnitude, l1, l2, ...): per layer and in total, their count, their share of all
+    the layer's weights, and their share of the unpruned ones (the overlap over the mean count each ticket keeps
+    there: the paper's "9.34% of the unpruned connections"). ``seed``: the seed compared (default: the first
+    the runs share). The runs must share their initialisation (same seed and model), else the overlap is that of
+    unrelated masks; this is checked on their ``init.pt``."""
+    runs = [Path(r) for r in run_dirs]
+    if len(runs) < 2:
+        raise ValueError("an overlap needs at least two runs")
+    common = sorted(set.intersection(*(set(run_seeds(r)) for r in runs)))
+    if not common:
+        raise ValueError(f"the runs have no seed in common: {[run_seeds(r) for r in runs]}")
+    seed = common[0] if seed is None else seed
+    if seed not in common:
+        raise ValueError(f"seed {seed} is not in every run; common seeds: {common}")
+    folders = [_seed_dir(r, _run_config(r), seed)[0] for r in runs]
+    inits = [torch.load(f / "init.pt", map_location="cpu") for f in folders]
+    for run, init in zip(runs[1:], inits[1:]):
+        if init.keys() != inits[0].keys() or not all(torch.equal(init[k], inits[0][k]) for k in init):
+            raise ValueError(f"{run} starts from another initialisation than {runs[0]} (seed {seed}): the overlap of "
+                             "tickets from one initialisation needs the same seed and model")
+    for run in runs:
+        if round not in finished_rounds(run, seed):
+            raise KeyError(f"round {round} of seed {seed} has not finished in {run}")
+    tickets = [Masks.load(f / f"round_{round:02d}" / "masks.safetensors") for f in folders]
+    from lth_sparse.masks import intersection
+
+    both = intersection(tickets)
+    layers = {}
+    for name in both:
+        kept = sum(int(t[name].sum()) for t in tickets) / len(tickets)
+        count = int(both[name].sum())
+        layers[name] = {"overlap": count, "of_all": count / both[name].numel(),
+                        "of_unpruned": count / kept if kept else 0.0}
+    kept_total = sum(t.num_unpruned() for t in tickets) / len(tickets)
+    return {"runs": [str(r) for r in runs], "seed": seed, "round": round, "density": tickets[0].density(),
+            "overlap": both.num_unpruned(), "of_all": both.num_unpruned() / both.num_weights(),
+            "of_unpruned": both.num_unpruned() / kept_total if kept_total else 0.0, "layers": layers,
+            "masks": both}
+
+
+def connection_stability(run_dir, overlap: Masks, round: int, seed: int | None = None) -> dict:
+    """For each connection of the round-``round`` ticket of one IMP run: the standard deviation of its trained
+    value over the rounds 0..``round`` (the trained weights ``final.pt`` of each), and whether its sign flips
+    across them (not all of one sign); summarised apart for the connections in ``overlap`` (those every ticket
+    keeps, :func:`importance_overlap`) and the others, per layer and in total: ``mean_std``, ``median_std`` and
+    ``flip_fraction`` (Vandersmissen et al., Section 5 and their Figure 2)."""
+    run_dir = Path(run_dir)
+    seed = run_seeds(run_dir)[0] if seed is None else seed
+    folder, _ = _seed_dir(run_dir, _run_config(run_dir), seed)
+    done = finished_rounds(run_dir, seed)
+    if any(r not in done for r in range(round + 1)):
+        raise KeyError(f"rounds 0..{round} of seed {seed} have not all finished in {run_dir} (finished: {done})")
+    ticket = Masks.load(folder / f"round_{round:02d}" / "masks.safetensors")
+    finals = [torch.load(folder / f"round_{r:02d}" / "final.pt", map_location="cpu") for r in range(round + 1)]
+    groups = {"overlapping": {}, "other": {}}
+    totals = {g: {"std": [], "flip": []} for g in groups}
+    for name, mask in ticket.items():
+        values = torch.stack([f[name] for f in finals]).double()  # (rounds, *shape)
+        std = values.std(dim=0, unbiased=False)
+        flip = (values > 0).any(0) & (values < 0).any(0)
+        inside = overlap[name].to(mask.device) & mask
+        for group, where in (("overlapping", inside), ("other", mask & ~inside)):
+            s, f = std[where], flip[where]
+            totals[group]["std"].append(s)
+            totals[group]["flip"].append(f)
+            groups[group][name] = _summary(s, f)
+    for group in groups:
+        groups[group]["total"] = _summary(torch.cat(totals[group]["std"]), torch.cat(totals[group]["flip"]))
+    return {"run": str(run_dir), "seed": seed, "round": round, **groups}
+
+
+def _summary(std: torch.Tensor, flip: torch.Tensor) -> dict:
+    if std.numel() == 0:
+        return {"count": 0, "mean_std": None, "median_std": None, "flip_fraction": None}
+    return {"count": int(std.numel()), "mean_std": float(std.mean()), "median_std": float(std.median()),
+            "flip_fraction": float(flip.double().mean())}

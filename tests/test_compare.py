@@ -5,7 +5,9 @@ import json
 import pytest
 
 from lth_sparse.cli import main
-from lth_sparse.compare import compare_runs
+import torch
+
+from lth_sparse.compare import compare_runs, connection_stability, importance_overlap
 from lth_sparse.masks import Masks, expected_jaccard_distance, jaccard_distance
 from lth_sparse.pipelines import imp
 
@@ -19,7 +21,8 @@ def runs(tmp_path_factory):
     made = {}
     for name, options in {"magnitude": dict(seeds=(0, 1)), "again": dict(seeds=(0, 1)),
                           "random": dict(importance="random", seeds=(1, 2)),
-                          "wide": dict(model_options=(("width", 24),))}.items():
+                          "wide": dict(model_options=(("width", 24),)), "l1": dict(importance="l1", seeds=(0, 1)),
+                          "shifted": dict(init_seed=7)}.items():
         imp.run(imp.ImpConfig(**{**TINY, **options}), tmp / name, progress=False, log=lambda s: None, plots=False)
         made[name] = tmp / name
     return made
@@ -67,3 +70,41 @@ def test_bad_input_is_refused_by_name(runs, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["compare-masks", str(runs["magnitude"]), str(runs["again"])]) == 0
     assert "jaccard" in capsys.readouterr().out
+
+
+def test_the_overlap_of_tickets_from_one_initialisation(runs):
+    out = importance_overlap([runs["magnitude"], runs["l1"], runs["random"]], round=2)
+    assert out["seed"] == 1, "the seed all three have"
+    tickets = [masks(runs[name], 1, 2) for name in ("magnitude", "l1", "random")]
+    both = out["masks"]
+    for t in tickets:
+        assert both.is_subset_of(t)
+    assert out["overlap"] == both.num_unpruned()
+    assert out["of_all"] == pytest.approx(both.num_unpruned() / both.num_weights())
+    assert out["of_unpruned"] == pytest.approx(both.num_unpruned() / tickets[0].num_unpruned())  # equal counts
+    for name, layer in out["layers"].items():
+        kept = sum(int(t[name].sum()) for t in tickets) / 3
+        assert layer["of_unpruned"] == pytest.approx(int(both[name].sum()) / kept)
+    with pytest.raises(ValueError, match="another initialisation"):
+        importance_overlap([runs["magnitude"], runs["shifted"]], round=1)
+    with pytest.raises(KeyError, match="round 5"):
+        importance_overlap([runs["magnitude"], runs["l1"]], round=5)
+
+
+def test_connection_stability_splits_the_ticket_into_overlapping_and_other(runs):
+    overlap = importance_overlap([runs["magnitude"], runs["l1"]], round=2, seed=0)["masks"]
+    out = connection_stability(runs["magnitude"], overlap, round=2, seed=0)
+    ticket = masks(runs["magnitude"], 0, 2)
+    assert out["overlapping"]["total"]["count"] + out["other"]["total"]["count"] == ticket.num_unpruned()
+    assert out["overlapping"]["total"]["count"] == overlap.num_unpruned()
+    # by hand, for every layer: the trained values of rounds 0..2 of each connection of the ticket
+    finals = [torch.load(runs["magnitude"] / "seed_0" / f"round_{r:02d}" / "final.pt") for r in range(3)]
+    for name, kept in ticket.items():
+        values = torch.stack([f[name] for f in finals]).double()
+        for group, where in (("overlapping", kept & overlap[name]), ("other", kept & ~overlap[name])):
+            if not where.any():
+                continue
+            std = values.std(dim=0, unbiased=False)[where]
+            flips = ((values > 0).any(0) & (values < 0).any(0))[where]
+            assert out[group][name]["mean_std"] == pytest.approx(float(std.mean()))
+            assert out[group][name]["flip_fraction"] == pytest.approx(float(flips.double().mean()))
