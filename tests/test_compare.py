@@ -108,3 +108,40 @@ def test_connection_stability_splits_the_ticket_into_overlapping_and_other(runs)
             flips = ((values > 0).any(0) & (values < 0).any(0))[where]
             assert out[group][name]["mean_std"] == pytest.approx(float(std.mean()))
             assert out[group][name]["flip_fraction"] == pytest.approx(float(flips.double().mean()))
+
+
+def test_the_partial_reinitialisation_keeps_the_overlap_and_redraws_the_rest(runs, tmp_path):
+    from lth_sparse.compare import partial_reinit_state, reinit_survival
+
+    overlap = importance_overlap([runs["magnitude"], runs["l1"]], round=2, seed=0)["masks"]
+    state = partial_reinit_state(runs["magnitude"], overlap, redraw_seed=11, seed=0)
+    init = torch.load(runs["magnitude"] / "seed_0" / "init.pt")
+    for name, keep in overlap.items():
+        assert torch.equal(state[name][keep], init[name][keep])
+        assert (state[name][~keep] != init[name][~keep]).float().mean() > 0.99, "the rest redrawn"
+    torch.save(state, tmp_path / "partial.pt")
+    config = imp.ImpConfig(**{**TINY, "init_file": str(tmp_path / "partial.pt")})
+    imp.run(config, tmp_path / "rerun", progress=False, log=lambda s: None, plots=False)
+    started = torch.load(tmp_path / "rerun" / "seed_0" / "init.pt")
+    assert all(torch.equal(started[k], state[k]) for k in state), "IMP started from the given state"
+    survival = reinit_survival(overlap, masks(tmp_path / "rerun", 0, 2))
+    assert survival["overlap"] == overlap.num_unpruned() and 0 <= survival["kept"] <= survival["overlap"]
+    print(f"partial re-initialisation: {survival['kept']} of {survival['overlap']} overlapping connections kept, "
+          f"{survival['expected']:.1f} expected ({100 * survival['increase']:+.1f}%)")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        imp.IMP.check(imp.ImpConfig(**{**TINY, "init_file": str(tmp_path / "missing.pt")}))
+    with pytest.raises(ValueError, match="does not fit"):
+        imp.IMP.check(imp.ImpConfig(**{**TINY, "model_options": (("width", 24),),
+                                       "init_file": str(tmp_path / "partial.pt")}))
+
+
+def test_survival_against_the_uniform_expectation_on_hand_made_masks():
+    from lth_sparse.compare import reinit_survival
+
+    overlap = Masks({"a.weight": torch.tensor([True, True, False, False]), "b.weight": torch.tensor([True, False])})
+    ticket = Masks({"a.weight": torch.tensor([True, False, False, False]), "b.weight": torch.tensor([True, True])})
+    out = reinit_survival(overlap, ticket)
+    # layer a: density 1/4, 2 overlapping -> 0.5 expected, 1 kept (+100%); layer b: density 1 -> 1 expected, 1 kept
+    assert out["layers"]["a.weight"] == {"overlap": 2, "kept": 1, "expected": 0.5, "increase": 1.0}
+    assert out["layers"]["b.weight"]["increase"] == 0.0
+    assert (out["kept"], out["expected"]) == (2, 1.5) and out["increase"] == pytest.approx(1 / 3)

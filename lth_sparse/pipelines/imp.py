@@ -119,6 +119,9 @@ class ImpConfig(TrainConfig):
                                     default_text="--seed")
     augment_seed: int | None = option(None, "seed of the data augmentation (random crops and flips)", since="0.2",
                                       default_text="the data order's generator, as before it could be set apart")
+    init_file: str | None = option(None, "start from this state dict (a run's init.pt, or a partially "
+                                         "re-initialised one) instead of a draw from --init-seed", since="0.2",
+                                   metavar="FILE")
     prune_seed: int | None = option(None, "seed of random pruning and of the random-mask control", since="0.2",
                                     default_text="--seed")
     seeds: tuple[int, ...] = option((), "run one IMP per seed, into RUN/seed_N/, and summarise over them: a count "
@@ -224,6 +227,17 @@ class _Imp:
             raise ValueError(f"rewind point {config.rewind} (iteration {self.rewind_iter}) must come before the end "
                              f"of training (iteration {self.total_iters})")
         self.model = self.new_model(config.seed_of("init"))
+        if config.init_file is not None:
+            path = Path(config.init_file).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"init_file {config.init_file}: no such file")
+            state = torch.load(path, map_location=self.device)
+            state = state.get("state_dict", state)  # rewind.pt holds it under state_dict
+            try:
+                self.model.load_state_dict(state)
+            except RuntimeError as error:
+                raise ValueError(f"init_file {config.init_file} does not fit {config.model} on {config.dataset}: "
+                                 f"{str(error).splitlines()[0]}") from None
         self.names = list(masked_weights(self.model))
         self.exclude = [self.names[-1]] if config.spare_output else []
 
