@@ -37,3 +37,15 @@ def test_the_python_api_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     assert sum(int((~k).sum()) for k in keep) == 1000
     threshold = namespace["threshold"]
     assert int(sum((s <= threshold).sum() for s in scores)) >= 1000
+
+
+def test_the_mask_analysis_snippet_runs_and_independent_masks_meet_the_expectation():
+    text = README.read_text()
+    section = text[text.index("**Mask analysis**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md (mask analysis)", "exec"), namespace)
+    a, b = namespace["a"], namespace["b"]
+    measured = namespace["jaccard_distance"](a, b)
+    assert abs(measured - namespace["expected_jaccard_distance"](0.64, 0.64)) < 0.005
+    assert round(namespace["expected_jaccard_distance"](0.64, 0.64), 2) == 0.53
