@@ -318,7 +318,8 @@ def test_the_committed_results_of_the_old_schema_still_resume():
 
     from lth_sparse.config import config_from_options
 
-    saved = read_json(Path(__file__).resolve().parents[1] / "results" / "imp-lenet300-fashion-mnist" / "config.json")
+    # the config.json of the README's first results (results/imp-lenet300-fashion-mnist, schema 1, now replaced)
+    saved = read_json(Path(__file__).resolve().parent / "fixtures" / "imp_config_schema1.json")
     config = config_from_options(ImpConfig, saved["config"])
     assert runs.legacy_config_hash(config, saved["config"]) == saved["hash"]
 
