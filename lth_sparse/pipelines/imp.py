@@ -46,7 +46,7 @@ from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.models import create_model
 from lth_sparse.prune import (IMPORTANCES, SCOPES, STRUCTURED_NORMS, check_importance_and_scope, effective_masks,
-                              random_masks_like)
+                              output_connected_masks, random_masks_like)
 from lth_sparse.pipelines.base import Pipeline, Unit, register_pipeline, run_pipeline
 from lth_sparse.pipelines.steps import prune_trained, run_step, shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, RunDir, Steps, atomic_torch_save, atomic_write_json, read_json
@@ -335,12 +335,14 @@ class _Imp:
         """The round's result (its ``done.json``), computed by rank 0 and shared with every rank."""
         def record() -> dict:  # on rank 0
             effective = effective_masks(self.model, masks, self.data.input_shape)
+            output_side = output_connected_masks(self.model, masks, self.data.input_shape)
             return {
                 "round": r,
                 "sparsity": masks.sparsity(),
                 "density": masks.density(),
                 "layer_sparsity": masks.layer_sparsity(),
                 "effective_sparsity": effective.sparsity(),
+                "output_connected_sparsity": output_side.sparsity(),
                 **{key: metrics[key] for key in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
                                                  "best_val_iteration", "best_val_loss", "iterations",
                                                  "train_seconds")},
@@ -544,7 +546,8 @@ def run(config: ImpConfig, out_dir, *, progress: bool | None = None, log: Callab
 
     The summary holds ``kind`` (``"imp"``), ``hash``, ``config``, ``seeds``, ``per_seed`` (each seed's
     rounds) and ``rounds``: per round (0 = dense), over the seeds, the mean of ``sparsity``, ``density``,
-    ``effective_sparsity``, ``test_accuracy``, ``test_loss``, ``val_accuracy``, ``val_loss``,
+    ``effective_sparsity``, ``output_connected_sparsity`` (Paganini & Forde's count: only weights cut off from
+    the output; runs made before it lack it), ``test_accuracy``, ``test_loss``, ``val_accuracy``, ``val_loss``,
     ``best_val_iteration``, ``best_val_loss``, ``iterations``, ``train_seconds`` (and with controls
     ``reinit_*`` and ``random_mask_*``: ``test_accuracy``, ``test_loss``, ``best_val_iteration``), each
     with ``_std``, ``_min`` and ``_max``; ``layer_sparsity`` per layer; ``seeds`` (the count).

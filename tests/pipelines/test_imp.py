@@ -296,3 +296,10 @@ def test_seeds_vary_apart_each_defaulting_from_the_run_seed(tmp_path):
     a = load_dataset("digits", seed=imp.ImpConfig(seed=1, split_seed=0).seed_of("split"), train_size=300)
     b = load_dataset("digits", seed=0, train_size=300)
     assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.x, b.train.x)
+
+
+def test_each_round_records_both_effective_sparsities_in_order(rewound):
+    for result in rewound.summary["rounds"]:
+        # pruned <= cut off from the output (Paganini & Forde) <= on no input-output path (Vysogorets & Kempe)
+        assert result["sparsity"] <= result["output_connected_sparsity"] + 1e-12
+        assert result["output_connected_sparsity"] <= result["effective_sparsity"] + 1e-12
