@@ -146,37 +146,6 @@ def config_from_args(config_class, args: argparse.Namespace):
         raise CliError(str(error)) from error
 
 
-def _add_imp(sub) -> None:
-    from lth_sparse.data import available_datasets
-    from lth_sparse.models import available_models
-    from lth_sparse.pipelines.imp import ImpConfig
-    from lth_sparse.train import TrainConfig
-
-    p = sub.add_parser(
-        "imp", help="find lottery tickets by iterative magnitude pruning with rewinding",
-        description="Iterative magnitude pruning with rewinding (IMP/LTR). Round 0 trains the dense network; each "
-                    "further round prunes FRACTION of the remaining weights and retrains. Results go to --out: "
-                    "config.json, round_NN/ (masks, metrics, weights), summary.json and plots/. Re-running the same "
-                    "command resumes after the last finished round.",
-        epilog=f"Datasets: {', '.join(available_datasets())}. Models: {', '.join(available_models())}. "
-               "Every option can also come from --config FILE by its name (model_options as a mapping); flags "
-               "override the file. Bad input ends with one 'lth-sparse imp: error: ...' line and exit status 2.",
-    )
-    p.add_argument("--config", metavar="FILE",
-                   help="file of options, keyed by their names (rounds: 10, model_options: {width: 512}); JSON if "
-                        "its name ends in .json, YAML otherwise; a run's config.json works too. Flags given here "
-                        "override it; an unknown key is an error")
-    p.add_argument("--out", default="runs/imp",
-                   help="run directory (default: runs/imp); the same command resumes the run there, another config "
-                        "is refused once a round of it has finished")
-    add_config_arguments(p, ImpConfig, groups={"training": TrainConfig})
-    add_executor_arguments(p)
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: when stderr is a terminal)")
-    p.set_defaults(func=_run_imp)
-
-
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     """Where the units run: the options every pipeline's subcommand shares (not part of the config)."""
     from lth_sparse.executors import EXECUTORS
@@ -203,23 +172,64 @@ def executor_from_args(args, threads: int | None):
                          ray_address=args.ray_address, num_cpus=args.ray_num_cpus, num_gpus=args.ray_num_gpus)
 
 
-def _run_imp(args) -> int:
-    from lth_sparse.pipelines import imp
+def _add_pipeline(sub, kind: str, *, help: str, description: str, epilog: str, out: str) -> None:
+    """The subcommand of a pipeline: a flag per field of its config (``--config FILE`` supplies any), the executor
+    options, ``--out``, ``--no-plots`` and ``--progress``."""
+    from lth_sparse.pipelines.base import pipeline_for
+    from lth_sparse.train import TrainConfig
 
-    config = config_from_args(imp.ImpConfig, args)
-    imp.run(config, args.out, progress=args.progress, plots=not args.no_plots,
-            executor=executor_from_args(args, config.threads))
+    config_class = pipeline_for(kind).config_class
+    p = sub.add_parser(kind, help=help, description=description, epilog=epilog)
+    p.add_argument("--config", metavar="FILE",
+                   help="file of options, keyed by their names (rounds: 10, model_options: {width: 512}); JSON if "
+                        "its name ends in .json, YAML otherwise; a run's config.json works too. Flags given here "
+                        "override it; an unknown key is an error")
+    p.add_argument("--out", default=out,
+                   help=f"run directory (default: {out}); the same command resumes the run there, another config "
+                        "is refused once a unit of it has finished")
+    add_config_arguments(p, config_class, groups={"training": TrainConfig})
+    add_executor_arguments(p)
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: when stderr is a terminal)")
+    p.set_defaults(func=lambda args: _run_pipeline_command(kind, args))
+
+
+def _run_pipeline_command(kind: str, args) -> int:
+    import importlib
+
+    from lth_sparse.pipelines.base import pipeline_for
+
+    module = importlib.import_module(f"lth_sparse.pipelines.{kind}")  # its run(): the pipeline's defaults
+    config = config_from_args(pipeline_for(kind).config_class, args)
+    module.run(config, args.out, progress=args.progress, plots=not args.no_plots,
+               executor=executor_from_args(args, config.threads))
     return 0
+
+
+def _add_imp(sub) -> None:
+    from lth_sparse.data import available_datasets
+    from lth_sparse.models import available_models
+
+    _add_pipeline(
+        sub, "imp", out="runs/imp", help="find lottery tickets by iterative magnitude pruning with rewinding",
+        description="Iterative magnitude pruning with rewinding (IMP/LTR). Round 0 trains the dense network; each "
+                    "further round prunes FRACTION of the remaining weights and retrains. Results go to --out: "
+                    "config.json, seed_N/round_NN/ (masks, metrics, weights), summary.json and plots/. Re-running "
+                    "the same command resumes after the last finished round.",
+        epilog=f"Datasets: {', '.join(available_datasets())} (and derived tasks NAME:half=a|b, :classes=..., "
+               f":shape=CxHxW, :permute=SEED). Models: {', '.join(available_models())}. Every option can also come "
+               "from --config FILE by its name (model_options as a mapping); flags override the file. Bad input "
+               "ends with one 'lth-sparse imp: error: ...' line and exit status 2.")
 
 
 def _add_consensus(sub) -> None:
     from lth_sparse.data import available_datasets
     from lth_sparse.models import available_models
-    from lth_sparse.pipelines.consensus import ConsensusConfig
-    from lth_sparse.train import TrainConfig
 
-    p = sub.add_parser(
-        "consensus", help="consensus (pret-a-porter) tickets: bespoke IMP tickets on several tasks, intersected",
+    _add_pipeline(
+        sub, "consensus", out="runs/consensus",
+        help="consensus (pret-a-porter) tickets: bespoke IMP tickets on several tasks, intersected",
         description="Paganini & Forde (2020), Algorithm 1. From one shared initialisation, IMP finds a bespoke ticket "
                     "on each task (one unit per task, in parallel under --executor process or ray); the consensus "
                     "ticket keeps the weights every bespoke ticket of --intersect-round keeps (--min-votes K: at "
@@ -230,26 +240,7 @@ def _add_consensus(sub) -> None:
         epilog=f"Tasks: data sets ({', '.join(available_datasets())}) or derived tasks NAME:half=a|b, "
                "NAME:classes=0,1,2, NAME:shape=CxHxW, NAME:permute=SEED (combinable: "
                "fashion-mnist:half=a:permute=1). Models: " + ", ".join(available_models()) + ". Every option can "
-               "also come from --config FILE; flags override it, and override --preset.",
-    )
-    p.add_argument("--config", metavar="FILE",
-                   help="file of options, keyed by their names; JSON if its name ends in .json, YAML otherwise")
-    p.add_argument("--out", default="runs/consensus", help="run directory (default: runs/consensus)")
-    add_config_arguments(p, ConsensusConfig, groups={"training": TrainConfig})
-    add_executor_arguments(p)
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: when stderr is a terminal)")
-    p.set_defaults(func=_run_consensus)
-
-
-def _run_consensus(args) -> int:
-    from lth_sparse.pipelines import consensus
-
-    config = config_from_args(consensus.ConsensusConfig, args)
-    consensus.run(config, args.out, progress=args.progress, plots=not args.no_plots,
-                  executor=executor_from_args(args, config.threads))
-    return 0
+               "also come from --config FILE; flags override it, and override --preset.")
 
 
 def _add_compare(sub) -> None:

@@ -85,8 +85,8 @@ class Sweep:
 def _known_pipelines() -> list[str]:
     import lth_sparse.pipelines as package
 
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name != "base"
-                  and not m.name.startswith("_"))
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name not in ("base", "steps")
+                  and not m.name.startswith("_"))  # base and steps: the contract and the blocks, not pipelines
 
 
 def _pipeline(kind, source: str):

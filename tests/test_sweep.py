@@ -137,7 +137,7 @@ def test_a_changed_fixed_option_is_refused_naming_it_before_anything_is_written(
 @pytest.mark.parametrize("content, message", [
     ([{"pipeline": "imp"}], "expected a mapping with 'pipeline', 'fixed' and 'grid', got list"),
     ({"pipeline": "imp", "grid": GRID, "seeds": 2}, "unknown entries ['seeds']"),
-    ({"pipeline": "prune-it", "grid": GRID}, "unknown pipeline 'prune-it'; known: imp"),
+    ({"pipeline": "prune-it", "grid": GRID}, "unknown pipeline 'prune-it'; known: consensus, imp"),
     ({"pipeline": "base", "grid": GRID}, "unknown pipeline 'base'"),
     ({"grid": GRID}, "no 'pipeline'"),
     ({"pipeline": "imp", "grid": {"lerning_rate": [0.1]}}, "grid: unknown options ['lerning_rate']"),

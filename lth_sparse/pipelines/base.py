@@ -133,6 +133,16 @@ class Pipeline:
         """Build ``summary.json`` (and the plots) from the units' saved results alone."""
         raise NotImplementedError
 
+    def saved_config(self, run_dir: Path) -> tuple[dict, Any]:
+        """(``config.json`` of ``run_dir`` as saved, the config it holds); a run of another kind is refused."""
+        from lth_sparse.config import config_from_options
+        from lth_sparse.runs import ConfigMismatch, read_json
+
+        saved = read_json(Path(run_dir) / "config.json")
+        if saved.get("kind") != self.kind:
+            raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not a {self.kind} run")
+        return saved, config_from_options(self.config_class, saved["config"], f"{Path(run_dir) / 'config.json'}")
+
     def report(self, summary: dict) -> list[str]:
         """Lines that present ``summary`` at the end of a run (e.g. a table); none by default."""
         return []

@@ -355,10 +355,7 @@ class ConsensusPipeline(Pipeline):
 
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
         run_dir = Path(run_dir)
-        saved = read_json(run_dir / "config.json")
-        if saved.get("kind") != self.kind:
-            raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not a consensus run")
-        config = config_from_options(ConsensusConfig, saved["config"], f"{run_dir / 'config.json'}")
+        saved, config = self.saved_config(run_dir)
         steps = Steps(run_dir)
         n = len(config.tasks)
         per_seed: dict[int, dict] = {}

@@ -518,10 +518,7 @@ class ImpPipeline(Pipeline):
 
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
         run_dir = Path(run_dir)
-        saved = read_json(run_dir / "config.json")
-        if saved.get("kind") != self.kind:
-            raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not an IMP run")
-        config = config_from_options(ImpConfig, saved["config"], f"{run_dir / 'config.json'}")
+        saved, config = self.saved_config(run_dir)
         units = Steps(run_dir)
         per_seed = {s: [self._with_controls(units, s, result, config)
                         for result in units.result(f"seed_{s}")["rounds"][:config.rounds + 1]]
