@@ -1,7 +1,7 @@
 """The executors (``--executor local | process | ray``): the same IMP units through each, wall time and overhead.
 
 N units (``--units``, 8), each one IMP run of LeNet-300-100 on the 8x8 digits (one seed each,
-``--rounds`` rounds after the dense one, ``--epochs`` epochs a round: 20-40 s a unit on one core of
+``--rounds`` rounds after the dense one, ``--epochs`` epochs a round: about 20 s a unit on one core of
 this project's 2-core machine), every unit on one thread, run through
 
 - ``local``: in this process, one after the other: the work itself (``T_local``);
@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--units", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="pruning rounds of each unit (default 2)")
-    parser.add_argument("--epochs", type=int, default=200, help="epochs of each round (default 200)")
+    parser.add_argument("--epochs", type=int, default=500,
+                        help="epochs of each round (default 500: units of about 20 s, the size the target names)")
     parser.add_argument("--executors", default="local,process,ray",
                         help="which to run, comma-separated; local is always run: the others are measured against "
                              "it (default: local,process,ray)")

@@ -85,6 +85,16 @@ def _save(fig, path: Path) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
+def short_task_names(tasks: list[str]) -> list[str]:
+    """Task names for labels: without the ``:shape=`` every task got, and without the data set's name where all
+    share it (``fashion-mnist:half=a`` -> ``half=a``)."""
+    names = [":".join(p for p in t.split(":") if not p.startswith("shape=")) for t in tasks]
+    bases = {n.split(":")[0] for n in names}
+    if len(bases) == 1 and all(":" in n for n in names):
+        names = [n.split(":", 1)[1] for n in names]
+    return names
+
+
 def plot_consensus(summary: dict, out_dir) -> list[Path]:
     """The consensus pipeline's figures: each ticket's test accuracy on each task (mean +- std over the seeds),
     the Jaccard distance matrix of the bespoke masks, the per-layer count of weights kept by 0..N tasks, and the
@@ -94,7 +104,7 @@ def plot_consensus(summary: dict, out_dir) -> list[Path]:
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = summary["tasks"]
+    tasks = short_task_names(summary["tasks"])
     n = len(tasks)
     seeds = len(summary["seeds"])
     paths = []
@@ -129,7 +139,7 @@ def plot_consensus(summary: dict, out_dir) -> list[Path]:
                     stds.append(r["test_accuracy"]["std"] if r else 0)
             x = np.arange(n) + (k - (len(series) - 1) / 2) * width
             ax.bar(x, 100 * np.array(means), width, yerr=100 * np.array(stds), label=label, capsize=2)
-        ax.set_xticks(np.arange(n), [t if len(t) < 22 else t[:20] + ".." for t in tasks], rotation=15, fontsize=8)
+        ax.set_xticks(np.arange(n), tasks, rotation=15, fontsize=8)
         ax.set_ylabel("test accuracy (%)")
         low = min(100 * r["test_accuracy"]["mean"] for r in summary["retrain"])
         ax.set_ylim(max(0.0, low - 10), 100)
@@ -149,9 +159,8 @@ def plot_consensus(summary: dict, out_dir) -> list[Path]:
         for j in range(n):
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w" if matrix[i, j] < 0.6 else "k",
                     fontsize=8)
-    short = [t if len(t) < 16 else t[:14] + ".." for t in tasks]
-    ax.set_xticks(range(n), short, rotation=30, fontsize=7, ha="right")
-    ax.set_yticks(range(n), short, fontsize=7)
+    ax.set_xticks(range(n), tasks, rotation=30, fontsize=7, ha="right")
+    ax.set_yticks(range(n), tasks, fontsize=7)
     fig.colorbar(image, ax=ax, label="Jaccard distance")
     ax.set_title(f"bespoke masks, round {summary['config']['intersect_round']}", fontsize=9)
     fig.tight_layout()
@@ -182,6 +191,9 @@ def plot_consensus(summary: dict, out_dir) -> list[Path]:
     ax.plot(x, [r["independent_jaccard"] for r in rounds], "k--", label="independent masks of those densities")
     ax.set_xscale("log")
     ax.invert_xaxis()
+    ax.set_xticks(x[:: max(1, len(x) // 8)])
+    ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    ax.minorticks_off()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("Jaccard distance")
     ax.set_ylim(0, 1)

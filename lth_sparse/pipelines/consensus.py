@@ -431,7 +431,9 @@ class ConsensusPipeline(Pipeline):
                  f"(independent masks of those densities: {c['independent_jaccard']['mean']:.3f})"]
         if summary.get("retrain"):
             n = len(summary["tasks"])
-            lines.append(f"  {'test accuracy':<22}" + "".join(f"{t[:18]:>20}" for t in summary["tasks"]))
+            from lth_sparse.plots import short_task_names
+
+            lines.append(f"  {'test accuracy':<22}" + "".join(f"{t[:18]:>20}" for t in short_task_names(summary["tasks"])))
             by = {(r["ticket"], r["target"]): r for r in summary["retrain"]}
             lines.append(f"  {'dense':<22}" + "".join(f"{pm(summary['dense'][t]):>20}" for t in range(n)))
             for label in ["consensus", "random"] + [f"bespoke_{j}" for j in range(n)]:
