@@ -131,11 +131,14 @@ def _scalar(kind: type, value: Any, name: str, source: str, choices=None) -> Any
     return value
 
 
-def config_from_options(cls, options: Mapping[str, Any], source: str = "options", *, check: bool = True):
+def config_from_options(cls, options: Mapping[str, Any], source: str = "options", *, check: bool = True,
+                        presets: bool = True):
     """``cls(**options)`` after checking every name and type (``source`` names where they came from).
 
     A config class with ``PRESETS`` (name -> options) and a ``preset`` field takes the named
-    preset's options under those given (so a flag or a file still overrides a preset's value).
+    preset's options under those given (so a flag or a file still overrides a preset's value);
+    ``presets=False`` for a run's saved ``config.json``, which holds what the preset gave when it
+    ran (a field added since takes its default, not what the preset gives today).
     Names may use ``-`` or ``_``. A tuple field takes a list (or one value); a field of
     (name, value) pairs takes a mapping. Raises :class:`ConfigError` naming the unknown
     options and the valid ones, or the option whose value has the wrong type; the
@@ -147,11 +150,11 @@ def config_from_options(cls, options: Mapping[str, Any], source: str = "options"
     unknown = sorted(set(normalised) - set(fields))
     if unknown:
         raise ConfigError(f"{source}: unknown options {unknown}; valid: {sorted(fields)}")
-    presets = getattr(cls, "PRESETS", None)
-    if presets and normalised.get("preset") is not None:  # a preset's values, under the options given
-        if normalised["preset"] not in presets:
-            raise ConfigError(f"{source}: unknown preset {normalised['preset']!r}; presets: {sorted(presets)}")
-        normalised = {**presets[normalised["preset"]], **normalised}
+    known = getattr(cls, "PRESETS", None)
+    if presets and known and normalised.get("preset") is not None:  # a preset's values, under the options given
+        if normalised["preset"] not in known:
+            raise ConfigError(f"{source}: unknown preset {normalised['preset']!r}; presets: {sorted(known)}")
+        normalised = {**known[normalised["preset"]], **normalised}
     values = {name: _coerce(cls, fields[name], value, source) for name, value in normalised.items()}
     return cls(**values) if check else values
 

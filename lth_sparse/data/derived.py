@@ -16,8 +16,11 @@ make them from the data sets at hand, offline:
 - ``permute=SEED``: a fixed permutation of the pixel positions drawn from SEED, the same for
   every channel, every example and both sets ("permuted MNIST"); of the features for vectors.
   A permuted task trains without augmentation (crops and flips of scrambled pixels mean nothing).
+- ``augment=none|flip|cropP|flip+cropP`` (``flip+crop4``): the training augmentation, replacing the data set's own
+  (``RandomCropFlip``: a random crop of the image's size from it padded by P pixels, a horizontal
+  flip with probability 1/2; applied last, so it holds for a permuted task too when asked for).
 
-The options apply in that order (classes, half, shape, permute) whatever order they are
+The options apply in that order (classes, half, shape, permute, augment) whatever order they are
 written in; each may appear once. A data set without an official test set has its fixed
 held-out test set taken out first, exactly as ``load_dataset`` takes it from the plain name,
 so a derived task is tested on the same examples as its source. The name is part of a run's
@@ -36,7 +39,7 @@ from .dataset import RawDataset, hold_out_test
 
 __all__ = ["OPTIONS", "canonical_name", "derive", "parse_task"]
 
-OPTIONS = ("classes", "half", "shape", "permute")  # the order they apply in
+OPTIONS = ("classes", "half", "shape", "permute", "augment")  # the order they apply in
 _LUMA = (0.299, 0.587, 0.114)
 _CHUNK = 4096  # images resized at a time
 
@@ -67,6 +70,22 @@ def _parse_shape(value: str) -> tuple[int, int, int]:
     return shape
 
 
+def _parse_augment(value: str) -> tuple[int, bool]:
+    """``none``, ``flip``, ``cropP``, ``flip+cropP`` -> (crop padding P, flip)."""
+    padding, flip = 0, False
+    if value.strip().lower() != "none":
+        for part in value.lower().split("+"):
+            part = part.strip()
+            if part == "flip" and not flip:
+                flip = True
+            elif part.startswith("crop") and part[4:].isdigit() and int(part[4:]) > 0 and not padding:
+                padding = int(part[4:])
+            else:
+                raise ValueError(f"augment=... is none, flip, cropP (P > 0 pixels of padding, e.g. crop4) or "
+                                 f"flip+cropP, got {value!r}")
+    return padding, flip
+
+
 def _parse_permute(value: str) -> int:
     try:
         return int(value)
@@ -74,7 +93,8 @@ def _parse_permute(value: str) -> int:
         raise ValueError(f"permute=... takes an integer seed, got {value!r}") from None
 
 
-_PARSERS = {"classes": _parse_classes, "half": _parse_half, "shape": _parse_shape, "permute": _parse_permute}
+_PARSERS = {"classes": _parse_classes, "half": _parse_half, "shape": _parse_shape, "permute": _parse_permute,
+            "augment": _parse_augment}
 
 
 def parse_task(name: str) -> tuple[str, dict]:
@@ -98,6 +118,9 @@ def parse_task(name: str) -> tuple[str, dict]:
 
 
 def _format(key: str, value) -> str:
+    if key == "augment":
+        padding, flip = value
+        return "+".join([*(["flip"] if flip else []), *([f"crop{padding}"] if padding else [])]) or "none"
     if key == "classes":
         return ",".join(str(c) for c in value)
     if key == "shape":
@@ -196,4 +219,9 @@ def derive(raw: RawDataset, options: dict, name: str = "data set") -> RawDataset
     if "permute" in options:  # crops and flips of scrambled pixels mean nothing: no augmentation
         raw = dataclasses.replace(raw, train_x=_permute(raw.train_x, options["permute"]),
                                   test_x=_permute(raw.test_x, options["permute"]), crop_padding=0, flip=False)
+    if "augment" in options:
+        padding, flip = options["augment"]
+        if (padding or flip) and raw.train_x.dim() != 4:
+            raise ValueError(f"{name}: augment=... crops and flips images; this data set holds vectors")
+        raw = dataclasses.replace(raw, crop_padding=padding, flip=flip)
     return raw

@@ -141,7 +141,8 @@ class Pipeline:
         saved = read_json(Path(run_dir) / "config.json")
         if saved.get("kind") != self.kind:
             raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not a {self.kind} run")
-        return saved, config_from_options(self.config_class, saved["config"], f"{Path(run_dir) / 'config.json'}")
+        return saved, config_from_options(self.config_class, saved["config"], f"{Path(run_dir) / 'config.json'}",
+                                          presets=False)
 
     def report(self, summary: dict) -> list[str]:
         """Lines that present ``summary`` at the end of a run (e.g. a table); none by default."""

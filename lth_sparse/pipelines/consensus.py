@@ -53,9 +53,11 @@ from lth_sparse.train import TrainConfig
 PRESETS = {
     # Section 3 of the paper: SGD at a constant learning rate of 0.01, batch 32, 30 epochs, no regularisation;
     # Section 4.2.1: 2 rounds of 20% global unstructured magnitude pruning, rewound to the initial weights.
+    # Appendix: "a horizontal flip and a random crop" at train time; the crop's padding is not given: 4 pixels
+    # (the usual choice) is this reading.
     "paganini": dict(optimizer="sgd", lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, batch_size=32,
                      epochs=30.0, schedule="constant", warmup_epochs=0.0, val_fraction=0.2, fraction=0.2,
-                     scope="global", importance="magnitude", intersect_round=2),
+                     scope="global", importance="magnitude", intersect_round=2, augment="flip+crop4"),
 }
 TICKETS = ("consensus", "random", "bespoke")
 
@@ -71,6 +73,9 @@ class ConsensusConfig(TrainConfig):
                                     metavar="TASK")
     input_shape: str | None = option(None, "the CxHxW every task's inputs are brought to", metavar="CxHxW",
                                      default_text="the first task's")
+    augment: str | None = option(None, "every task's training augmentation: none, flip, cropP or flip+cropP "
+                                       "(a random crop from the image padded by P pixels)",
+                                 default_text="each data set's own")
     model: str = option("lenet300", "model name")
     model_options: tuple[tuple[str, object], ...] = option(
         (), "model option, e.g. width=512 for mlp (repeatable; in a --config file a mapping)", flag="model-option",
@@ -89,7 +94,8 @@ class ConsensusConfig(TrainConfig):
     init_per_task: bool = option(False, "draw another initialisation for each task (a control: the masks are "
                                         "then no more alike than independent ones)")
     preset: str | None = option(None, "the paper's training recipe (paganini: SGD lr 0.01 constant, batch 32, "
-                                      "30 epochs, 80/20 split, 2 rounds of 20% global pruning); options given "
+                                      "30 epochs, 80/20 split, flip and crop, 2 rounds of 20% global pruning); "
+                                      "options given "
                                       "override it", choices=tuple(PRESETS))
     seed: int = option(0, "the seed of the shared initialisation, the data order and random pruning")
     seeds: tuple[int, ...] = option((), "run the whole experiment once per seed, into RUN/seed_N/, and summarise "
@@ -114,10 +120,12 @@ class ConsensusConfig(TrainConfig):
             raise ValueError(f"intersect_round must lie in 1..rounds ({self.rounds}), got {self.intersect_round}")
         if self.min_votes is not None and not 1 <= self.min_votes <= len(self.tasks):
             raise ValueError(f"min_votes must lie in 1..{len(self.tasks)} (the number of tasks), got {self.min_votes}")
-        if self.input_shape is not None:
-            from lth_sparse.data.derived import parse_task
+        from lth_sparse.data.derived import parse_task
 
+        if self.input_shape is not None:
             parse_task(f"x:shape={self.input_shape}")
+        if self.augment is not None:
+            parse_task(f"x:augment={self.augment}")
         if self.threads is not None:
             resolve_threads(self.threads)
         if len(set(self.seeds)) != len(self.seeds):
@@ -133,9 +141,13 @@ class ConsensusConfig(TrainConfig):
         return self.min_votes or len(self.tasks)
 
     def task_names(self, shape: str) -> tuple[str, ...]:
-        """The tasks as loaded: every task but one already of ``shape`` brought to it (``:shape=CxHxW``)."""
-        return tuple(t if i == 0 and self.input_shape is None or ":shape=" in t else f"{t}:shape={shape}"
-                     for i, t in enumerate(self.tasks))
+        """The tasks as loaded: every task but one already of ``shape`` brought to it (``:shape=CxHxW``), and
+        with ``augment`` (``:augment=...``) where the task does not set its own."""
+        names = tuple(t if i == 0 and self.input_shape is None or ":shape=" in t else f"{t}:shape={shape}"
+                      for i, t in enumerate(self.tasks))
+        if self.augment is None:
+            return names
+        return tuple(t if ":augment=" in t else f"{t}:augment={self.augment}" for t in names)
 
     def imp_config(self, task: str, index: int) -> ImpConfig:
         """The bespoke IMP run of one task: this config's training, pruning and seed, rewound to the initial

@@ -124,3 +124,21 @@ def test_imp_runs_on_a_derived_task_with_its_output_layer_sized_to_it(tmp_path):
     final = torch.load(tmp_path / "run" / "seed_0" / "round_01" / "final.pt")
     last = [k for k in final if k.endswith("weight")][-1]
     assert final[last].shape[0] == 3 and summary["rounds"][1]["test_accuracy"] > 1 / 3
+
+
+def test_augment_sets_the_training_augmentation():
+    from lth_sparse.data.derived import canonical_name
+
+    raw = traceable()
+    assert (derive(raw, {"augment": (4, True)}).crop_padding, derive(raw, {"augment": (4, True)}).flip) == (4, True)
+    assert parse_task("x:augment=crop2+flip")[1] == {"augment": (2, True)}
+    assert parse_task("x:augment=none")[1] == {"augment": (0, False)}
+    assert canonical_name("x:augment=crop2+flip") == "x:augment=flip+crop2"
+    permuted = derive(raw, {"permute": 1, "augment": (0, True)})
+    assert permuted.flip and permuted.crop_padding == 0, "asked for: applied after the permutation"
+    for bad in ("crop", "crop0", "flip+flip", "rotate"):
+        with pytest.raises(ValueError, match="augment=... is none, flip, cropP"):
+            parse_task(f"x:augment={bad}")
+    data = load_dataset("digits:augment=flip+crop1")
+    assert data.augment is not None and data.augment.padding == 1 and data.augment.flip
+    assert load_dataset("digits:augment=none").augment is None

@@ -123,6 +123,8 @@ def test_the_paganini_preset_is_the_papers_recipe_and_options_override_it():
     assert (c.optimizer, c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs, c.schedule) == \
         ("sgd", 0.01, 0.0, 0.0, 32, 30.0, "constant")
     assert (c.val_fraction, c.fraction, c.scope, c.importance, c.intersect_round) == (0.2, 0.2, "global", "magnitude", 2)
+    assert c.augment == "flip+crop4", "the appendix: a horizontal flip and a random crop (padding: our reading)"
+    assert c.task_names("1x8x8") == ("digits:augment=flip+crop4", "digits:half=b:shape=1x8x8:augment=flip+crop4")
     assert config_from_options(ConsensusConfig, {"tasks": TASKS, "preset": "paganini", "lr": 0.1}).lr == 0.1
     with pytest.raises(ConfigError, match="unknown preset 'frankle'"):
         config_from_options(ConsensusConfig, {"tasks": TASKS, "preset": "frankle"})
@@ -141,3 +143,21 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys):
     assert main([*args, "--tasks", "mnist1d", "digits"]) == 2
     assert "holds vectors" in capsys.readouterr().err
     assert not (tmp_path / "x").exists(), "nothing written"
+
+
+def test_a_saved_config_keeps_what_its_preset_gave_when_it_ran(tmp_path):
+    # a run's config.json is read without expanding its preset again: a field the preset sets since (here
+    # augment, removed from the saved file as a run made before it existed) takes its default
+    import json as json_
+
+    from lth_sparse.pipelines.consensus import CONSENSUS
+
+    config = ConsensusConfig(**{**TINY, "tasks": TASKS, "preset": "paganini", "augment": None, "epochs": 1,
+                                "batch_size": 64, "retrain": False})
+    consensus.run(config, tmp_path / "run", progress=False, log=lambda s: None, plots=False)
+    saved_file = tmp_path / "run" / "config.json"
+    saved = json_.loads(saved_file.read_text())
+    del saved["config"]["augment"]
+    saved_file.write_text(json_.dumps(saved))
+    _, read = CONSENSUS.saved_config(tmp_path / "run")
+    assert read.augment is None and read.preset == "paganini"
