@@ -421,6 +421,18 @@ class ConsensusPipeline(Pipeline):
                         row["source_round"] = [f["source_round"] for f in found]
                     rows.append(row)
             summary["retrain"] = rows
+            # flat figures (means over the seeds, and over the tasks): a sweep's table of consensus runs
+            for key in ("sparsity", "effective_sparsity", "output_connected_sparsity", "mean_jaccard",
+                        "independent_jaccard", "bespoke_sparsity"):
+                summary[key] = summary["consensus"][key]["mean"]
+            for label, pick in (("consensus", lambda r: r["ticket"] == "consensus"),
+                                ("random", lambda r: r["ticket"] == "random"),
+                                ("bespoke_own", lambda r: r["ticket"] == f"bespoke_{r['target']}"),
+                                ("bespoke_other", lambda r: r["ticket"].startswith("bespoke_")
+                                 and r["ticket"] != f"bespoke_{r['target']}")):
+                chosen = [r["test_accuracy"]["mean"] for r in rows if pick(r)]
+                if chosen:
+                    summary[f"test_accuracy_{label}"] = sum(chosen) / len(chosen)
         summary["per_seed"] = {str(s): {"consensus": e["consensus"]} for s, e in per_seed.items()}
         atomic_write_json(run_dir / "summary.json", summary)
         if plots and per_seed:
@@ -471,7 +483,10 @@ def run(config: ConsensusConfig, out_dir, *, progress: bool | None = None, log: 
     round: mean density, mean pairwise Jaccard distance, and that of independent masks), ``dense``
     (per task, the dense network's test accuracy), ``retrain`` (one row per ticket and task:
     ``test_accuracy`` and ``sparsity`` over the seeds; bespoke rows with ``source`` and the
-    ``source_round`` used) and ``per_seed`` (each seed's consensus figures).
+    ``source_round`` used), ``per_seed`` (each seed's consensus figures), and flat means for a sweep's
+    table: ``sparsity``, ``effective_sparsity``, ``output_connected_sparsity``, ``mean_jaccard``,
+    ``independent_jaccard``, ``bespoke_sparsity`` and ``test_accuracy_consensus`` / ``_random`` /
+    ``_bespoke_own`` / ``_bespoke_other`` (over the tasks).
     """
     from lth_sparse.executors import LocalExecutor
 

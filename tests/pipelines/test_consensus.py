@@ -161,3 +161,14 @@ def test_a_saved_config_keeps_what_its_preset_gave_when_it_ran(tmp_path):
     saved_file.write_text(json_.dumps(saved))
     _, read = CONSENSUS.saved_config(tmp_path / "run")
     assert read.augment is None and read.preset == "paganini"
+
+
+def test_a_sweep_table_gets_the_consensus_figures(shared):
+    from lth_sparse.sweep import summary_rows
+
+    _, summary = shared
+    (row,) = summary_rows(summary)
+    assert row["sparsity"] == summary["consensus"]["sparsity"]["mean"]
+    own = [r["test_accuracy"]["mean"] for r in summary["retrain"] if r["ticket"] == f"bespoke_{r['target']}"]
+    assert row["test_accuracy_bespoke_own"] == pytest.approx(sum(own) / 3)
+    assert {"mean_jaccard", "independent_jaccard", "test_accuracy_consensus", "test_accuracy_random"} <= set(row)
