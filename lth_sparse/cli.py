@@ -273,6 +273,65 @@ def _run_compare(args) -> int:
     return 0
 
 
+def _add_importance_overlap(sub) -> None:
+    p = sub.add_parser(
+        "importance-overlap", help="the connections every ticket from one initialisation keeps (Vandersmissen et al.)",
+        description="The layerwise-importance paper's analyses (Section 5) over IMP runs from one initialisation that "
+                    "differ in --importance (magnitude, l1, l2, ...): the connections every ticket of --round keeps, "
+                    "per layer, as a share of all and of the unpruned weights; for each run, the std of each kept "
+                    "connection's trained value over the rounds and its sign flips, overlapping vs other. With "
+                    "--write-partial-init FILE, the partial re-initialisation test's start (the first run's "
+                    "initialisation on the overlap, a fresh draw elsewhere) for 'lth-sparse imp --init-file FILE'; "
+                    "with --survival RUN, how many overlapping connections RUN's ticket of --round keeps against the "
+                    "uniform expectation.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="IMP run directories of one initialisation")
+    p.add_argument("--round", type=int, required=True, help="the round whose tickets are compared")
+    p.add_argument("--seed", type=int, help="the seed compared (default: the first the runs share)")
+    p.add_argument("--write-partial-init", metavar="FILE", help="write the partial re-initialisation's state dict")
+    p.add_argument("--redraw-seed", type=int, default=1, help="seed of the redrawn weights (default: 1)")
+    p.add_argument("--survival", metavar="RUN", help="an IMP run started from --write-partial-init's file")
+    p.add_argument("--out", metavar="FILE", help="write the figures as JSON")
+    p.set_defaults(func=_run_importance_overlap)
+
+
+def _run_importance_overlap(args) -> int:
+    import torch
+
+    from lth_sparse.compare import connection_stability, importance_overlap, partial_reinit_state, reinit_survival
+    from lth_sparse.runs import atomic_torch_save, atomic_write_json
+    from lth_sparse.tickets import load_ticket
+
+    out = importance_overlap(args.runs, args.round, args.seed)
+    overlap = out.pop("masks")
+    print(f"round {args.round} (seed {out['seed']}, {100 * out['density']:.2f}% remaining): {out['overlap']} "
+          f"connections kept by all {len(args.runs)} tickets, {100 * out['of_all']:.2f}% of all weights, "
+          f"{100 * out['of_unpruned']:.2f}% of the unpruned")
+    for name, layer in out["layers"].items():
+        print(f"  {name:<24} {layer['overlap']:>9}  {100 * layer['of_all']:>7.2f}% of all  "
+              f"{100 * layer['of_unpruned']:>7.2f}% of the unpruned")
+    out["stability"] = {}
+    for run in args.runs:
+        st = connection_stability(run, overlap, args.round, out["seed"])
+        out["stability"][run] = st
+        o, other = st["overlapping"]["total"], st["other"]["total"]
+        fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        print(f"{run}: std over rounds {fmt(o['mean_std'])} (overlapping) vs {fmt(other['mean_std'])} (other); sign "
+              f"flips {fmt(o['flip_fraction'])} vs {fmt(other['flip_fraction'])}")
+    if args.write_partial_init:
+        atomic_torch_save(args.write_partial_init,
+                          partial_reinit_state(args.runs[0], overlap, args.redraw_seed, out["seed"]))
+        print(f"written: {args.write_partial_init} (lth-sparse imp --init-file {args.write_partial_init} ...)")
+    if args.survival:
+        ticket = load_ticket(args.survival, args.round, out["seed"]).masks
+        survival = reinit_survival(overlap.to(torch.device("cpu")), ticket)
+        out["survival"] = survival
+        print(f"{args.survival}: keeps {survival['kept']} of the {survival['overlap']} overlapping connections, "
+              f"{survival['expected']:.1f} expected uniformly ({100 * survival['increase']:+.1f}%)")
+    if args.out:
+        atomic_write_json(args.out, out)
+    return 0
+
+
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="rebuild a run's summary.json and figures from its units' results",
                        description="Rebuild RUN/summary.json and RUN/plots/*.png from the results the run's units "
@@ -316,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_imp(sub)
     _add_consensus(sub)
     _add_compare(sub)
+    _add_importance_overlap(sub)
     from lth_sparse.sweep import add_sweep_parser
 
     add_sweep_parser(sub)

@@ -145,3 +145,16 @@ def test_survival_against_the_uniform_expectation_on_hand_made_masks():
     assert out["layers"]["a.weight"] == {"overlap": 2, "kept": 1, "expected": 0.5, "increase": 1.0}
     assert out["layers"]["b.weight"]["increase"] == 0.0
     assert (out["kept"], out["expected"]) == (2, 1.5) and out["increase"] == pytest.approx(1 / 3)
+
+
+def test_the_importance_overlap_command(runs, tmp_path, capsys):
+    args = ["importance-overlap", str(runs["magnitude"]), str(runs["l1"]), "--round", "2", "--seed", "0"]
+    assert main([*args, "--write-partial-init", str(tmp_path / "p.pt"), "--out", str(tmp_path / "o.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "kept by all 2 tickets" in printed and "sign flips" in printed
+    saved = json.loads((tmp_path / "o.json").read_text())
+    assert saved["overlap"] == importance_overlap([runs["magnitude"], runs["l1"]], 2, 0)["overlap"]
+    config = imp.ImpConfig(**{**TINY, "init_file": str(tmp_path / "p.pt")})
+    imp.run(config, tmp_path / "re", progress=False, log=lambda s: None, plots=False)
+    assert main([*args, "--survival", str(tmp_path / "re")]) == 0
+    assert "overlapping connections" in capsys.readouterr().out
