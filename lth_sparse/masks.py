@@ -199,6 +199,26 @@ class Masks(Mapping):
         both = self._pairwise(other, torch.logical_and)
         return all(torch.equal(both[n], self[n]) for n in self)
 
+    def permuted(self, scope: str = "layer", generator: torch.Generator | None = None) -> Masks:
+        """The masks with their entries shuffled: ``scope="layer"`` within each layer (every layer keeps its
+        count exactly), ``"global"`` across all layers together (only the total count is kept; a layer's share
+        then follows its size). Morcos et al. (2019)'s random tickets permute the ticket's mask globally; IMP's
+        random-mask control keeps each layer's count (``prune.random_masks_like`` is ``permuted("layer")``).
+        Drawn with ``generator`` on the CPU (reproducible on any device), returned on the masks' devices."""
+        if scope not in ("layer", "global"):
+            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+        if scope == "layer":  # a uniform random subset of each layer's size: its lowest random scores pruned
+            from lth_sparse.ops import prune_lowest
+
+            return Masks({n: prune_lowest([torch.rand(m.shape, generator=generator).to(m.device)], None,
+                                          m.numel() - int(m.sum()))[0] for n, m in self._masks.items()})
+        if not self._masks:
+            return Masks()
+        flat = torch.cat([m.flatten().cpu() for m in self._masks.values()])
+        shuffled = flat[torch.randperm(flat.numel(), generator=generator)]
+        parts = shuffled.split([m.numel() for m in self._masks.values()])
+        return Masks({n: part.view(m.shape).to(m.device) for (n, m), part in zip(self._masks.items(), parts)})
+
     # Files
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` in safetensors (no pickle), atomically."""

@@ -131,3 +131,21 @@ def test_masks_of_other_layers_or_shapes_are_refused_by_name():
         jaccard_distance(torch.ones(3), torch.ones(3))
     with pytest.raises(ValueError, match="no masks"):
         union([])
+
+
+def test_permuted_masks_keep_the_counts_their_scope_says():
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    masks = Masks({"a.weight": torch.ones(40, 25, dtype=torch.bool), "b.weight": torch.zeros(1000, dtype=torch.bool),
+                   "c.weight": torch.rand(30, 30, generator=g()) < 0.3})
+    layer = masks.permuted("layer", g())
+    assert layer.layer_sparsity() == masks.layer_sparsity() and layer != masks
+    assert not torch.equal(layer["c.weight"], masks["c.weight"]), "shuffled within the layer"
+    assert layer == masks.permuted("layer", g()), "reproducible with a generator"
+    spread = masks.permuted("global", g())
+    assert spread.num_unpruned() == masks.num_unpruned() and [m.shape for m in spread.values()] == [
+        m.shape for m in masks.values()]
+    density = masks.density()  # a layer's share follows its size: every layer near the overall density
+    for name, m in spread.items():
+        assert abs(float(m.double().mean()) - density) < 0.1, name
+    with pytest.raises(ValueError, match="scope must be"):
+        masks.permuted("row")

@@ -213,7 +213,9 @@ def _uint8_std_mean(x: Tensor) -> tuple[Tensor, Tensor]:
         means.append(s1 / (255 * n))
         stds.append(math.sqrt((s2 * n - s1 * s1) / (255 * 255 * n * n)))  # exact integers up to the division
     shape = (1, channels, 1, 1) if x.dim() == 4 else (1,) * x.dim()
-    as_tensor = lambda v: torch.tensor(v, dtype=torch.float64).to(torch.float32).reshape(shape).to(x.device)  # noqa: E731
+    def as_tensor(values: list[float]) -> Tensor:
+        return torch.tensor(values, dtype=torch.float64).to(torch.float32).reshape(shape).to(x.device)
+
     return as_tensor(stds), as_tensor(means)
 
 

@@ -266,7 +266,8 @@ def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], No
 
 @dataclass(frozen=True)
 class RetrainSpec:
-    """What a retraining unit trains: ``ticket`` (consensus, random, or bespoke of task ``source``) on task ``target``."""
+    """What a retraining unit trains: ``ticket`` (consensus, random, or bespoke of task ``source``) on task
+    ``target``."""
 
     config: ConsensusConfig
     tasks: tuple[str, ...]

@@ -173,12 +173,9 @@ def prune_random(model: nn.Module, fraction: float, *, scope: str = "global", ma
 
 
 def random_masks_like(masks: Masks, generator: torch.Generator | None = None) -> Masks:
-    """Random masks with exactly the same number of kept weights in each layer (the random-mask control)."""
-    out = {}
-    for name, mask in masks.items():
-        scores = torch.rand(mask.shape, generator=generator).to(mask.device)
-        out[name] = prune_lowest([scores], None, mask.numel() - int(mask.sum()))[0]
-    return Masks(out)
+    """Random masks with exactly the same number of kept weights in each layer (the random-mask control):
+    ``masks.permuted("layer", generator)``."""
+    return masks.permuted("layer", generator)
 
 
 def prune_structured(model: nn.Module, fraction: float, *, norm: str = "l2", scope: str = "layerwise",
