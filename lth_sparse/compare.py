@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from lth_sparse.masks import Masks, expected_jaccard_distance, jaccard_distance
+from lth_sparse.masks import Masks, expected_jaccard_distance, intersection, jaccard_distance
+from lth_sparse.pipelines.base import over_seeds
 from lth_sparse.runs import atomic_write_json
 from lth_sparse.tickets import _run_config, _seed_dir, finished_rounds, run_seeds
 
@@ -28,11 +29,6 @@ __all__ = ["compare_pair", "compare_runs", "connection_stability", "importance_o
 def _round_masks(run_dir: Path, seed: int, rounds: list[int]) -> list[Masks]:
     folder, _ = _seed_dir(run_dir, _run_config(run_dir), seed)
     return [Masks.load(folder / f"round_{r:02d}" / "masks.safetensors") for r in rounds]
-
-
-def _stats(values: list[float]) -> dict:
-    t = torch.tensor(values, dtype=torch.float64)
-    return {"mean": float(t.mean()), "std": float(t.std(unbiased=True)) if len(values) > 1 else 0.0}
 
 
 def compare_pair(run_a, run_b) -> dict:
@@ -62,9 +58,9 @@ def compare_pair(run_a, run_b) -> dict:
         rows = [entries[i] for entries in per_seed]
         entry = {"round": rows[0]["round"], "seeds": len(rows)}
         for key in ("density_a", "density_b", "jaccard", "independent_jaccard"):
-            stats = _stats([row[key] for row in rows])
+            stats = over_seeds([row[key] for row in rows])
             entry[key], entry[f"{key}_std"] = stats["mean"], stats["std"]
-        entry["jaccard_per_layer"] = {name: _stats([row["jaccard_per_layer"][name] for row in rows])["mean"]
+        entry["jaccard_per_layer"] = {name: over_seeds([row["jaccard_per_layer"][name] for row in rows])["mean"]
                                       for name in rows[0]["jaccard_per_layer"]}
         rounds.append(entry)
     return {"a": str(run_a), "b": str(run_b), "seeds": seeds, "rounds": rounds}
@@ -129,8 +125,6 @@ def importance_overlap(run_dirs, round: int, seed: int | None = None) -> dict:
         if round not in finished_rounds(run, seed):
             raise KeyError(f"round {round} of seed {seed} has not finished in {run}")
     tickets = [Masks.load(f / f"round_{round:02d}" / "masks.safetensors") for f in folders]
-    from lth_sparse.masks import intersection
-
     both = intersection(tickets)
     layers = {}
     for name in both:

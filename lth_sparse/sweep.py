@@ -91,7 +91,7 @@ def _known_pipelines() -> list[str]:
 
 def _pipeline(kind, source: str):
     """The registered pipeline ``kind`` (the module ``lth_sparse.pipelines.<kind>`` registers it)."""
-    from lth_sparse.pipelines.base import claim_run, open_run, pipeline_for
+    from lth_sparse.pipelines.base import pipeline_for
 
     if isinstance(kind, str) and kind in _known_pipelines():
         try:
@@ -227,10 +227,9 @@ def run_sweep(sweep: Sweep, out_dir, *, executor=None, log: Callable[[str], None
     call per stage; units that fail are reported together (:class:`~lth_sparse.executors.UnitsFailed`)
     once the rest of their stage has finished, and later stages do not start.
     """
+    from lth_sparse.distributed import launched_world_size
     from lth_sparse.executors import LocalExecutor
     from lth_sparse.pipelines.base import claim_run, open_run, pipeline_for
-
-    from lth_sparse.distributed import launched_world_size
 
     ranks = launched_world_size()
     if ranks > 1:  # every rank would run (and write) every point: a sweep spreads its units by the executor

@@ -26,7 +26,6 @@ takes from the run directory are shared with the others.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import time
 from collections.abc import Callable
@@ -37,10 +36,11 @@ from typing import Any
 import torch
 
 from lth_sparse.distributed import World, launched, launched_world_size
+from lth_sparse.pipelines.steps import release_shared
 from lth_sparse.runs import RunDir, Steps
 
-__all__ = ["PIPELINES", "Pipeline", "Unit", "claim_run", "open_run", "pipeline_for", "register_pipeline",
-           "run_pipeline", "run_unit"]
+__all__ = ["PIPELINES", "Pipeline", "Unit", "claim_run", "open_run", "over_seeds", "pipeline_for",
+           "register_pipeline", "run_pipeline", "run_unit"]
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,14 @@ def run_unit(unit: Unit, run_dir: str | Path, *, threads: int | None = None,
         world.on_writer(lambda: steps.mark_done(unit.directory, result), share=False)
         log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: done in {time.perf_counter() - started:.2f} s")
     return result
+
+
+def over_seeds(values) -> dict:
+    """A figure over seeds (or any repeats): ``mean``, ``std`` (the sample std, n - 1; 0 for one value), ``min``,
+    ``max`` and ``n``; what every pipeline's summary reports beside its means."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    std = float(t.std(unbiased=True)) if len(values) > 1 else 0.0
+    return {"mean": float(t.mean()), "std": std, "min": float(t.min()), "max": float(t.max()), "n": len(values)}
 
 
 class Pipeline:
@@ -202,8 +210,6 @@ def run_pipeline(pipeline: Pipeline, config, out_dir, *, executor=None, log: Cal
             pending = world.on_writer(lambda: [i for i, u in enumerate(stage) if not run.is_done(u.directory)])
             if pending:
                 executor.run([stage[i] for i in pending], run_path, log=log, progress=progress)
-        from lth_sparse.pipelines.steps import release_shared
-
         release_shared()  # the data the units of this process shared
         summary = world.on_writer(lambda: pipeline.summarize(run_path, plots=plots))
         for line in pipeline.report(summary):

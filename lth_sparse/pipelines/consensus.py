@@ -33,21 +33,23 @@ the same epochs as the bespoke rounds, from iteration 0.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
 
 import torch
 
-from lth_sparse.config import config_from_options, option
+from lth_sparse.config import option
+from lth_sparse.data.derived import parse_task
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import (Masks, distance_matrix, expected_jaccard_distance, jaccard_distance, masked_weights,
                               overlap_counts, vote)
-from lth_sparse.pipelines.base import Pipeline, Unit, register_pipeline, run_pipeline
+from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
 from lth_sparse.pipelines.imp import PRUNERS, ImpConfig, _Imp, _round_name, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset
 from lth_sparse.prune import SCOPES, effective_masks, output_connected_masks, random_masks_like
-from lth_sparse.runs import ConfigMismatch, Steps, atomic_write_json, read_json
+from lth_sparse.runs import Steps, atomic_write_json, read_json
 from lth_sparse.train import TrainConfig
 
 PRESETS = {
@@ -120,8 +122,6 @@ class ConsensusConfig(TrainConfig):
             raise ValueError(f"intersect_round must lie in 1..rounds ({self.rounds}), got {self.intersect_round}")
         if self.min_votes is not None and not 1 <= self.min_votes <= len(self.tasks):
             raise ValueError(f"min_votes must lie in 1..{len(self.tasks)} (the number of tasks), got {self.min_votes}")
-        from lth_sparse.data.derived import parse_task
-
         if self.input_shape is not None:
             parse_task(f"x:shape={self.input_shape}")
         if self.augment is not None:
@@ -168,8 +168,9 @@ def _shape_text(shape) -> str:
 def _first_shape(config: ConsensusConfig) -> str:
     if config.input_shape is not None:
         return config.input_shape
-    data = shared_dataset(config.tasks[0], data_dir=config.data_dir, val_fraction=config.val_fraction,
-                          seed=config.seed, train_size=config.train_size)
+    # the options _Imp loads the task with, so that the data set loaded here is the one its units reuse
+    data = shared_dataset(config.tasks[0], data_dir=config.data_dir, device=config.device,
+                          val_fraction=config.val_fraction, seed=config.seed, train_size=config.train_size)
     if len(data.input_shape) != 3:
         raise ValueError(f"task {config.tasks[0]!r} holds vectors {data.input_shape}, not images: a consensus brings "
                          "every task to one image shape")
@@ -282,8 +283,6 @@ def _ticket_label(ticket: str, source: int | None) -> str:
 
 def closest_round(rounds: list[dict], density: float) -> int:
     """The round whose density is closest to ``density`` (on a log scale: IMP's rounds are geometric)."""
-    import math
-
     return min(rounds, key=lambda r: abs(math.log(r["density"]) - math.log(max(density, 1e-12))))["round"]
 
 
@@ -328,12 +327,6 @@ def retrain_unit(spec: RetrainSpec, directory: Path, log: Callable[[str], None],
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------
-
-
-def _stats(values: list[float]) -> dict:
-    t = torch.tensor(values, dtype=torch.float64)
-    return {"mean": float(t.mean()), "std": float(t.std(unbiased=True)) if len(values) > 1 else 0.0,
-            "min": float(t.min()), "max": float(t.max()), "n": len(values)}
 
 
 class ConsensusPipeline(Pipeline):
@@ -390,10 +383,10 @@ class ConsensusPipeline(Pipeline):
             first = next(iter(per_seed.values()))["consensus"]
             summary["tasks"] = first["tasks"]
             cons = [e["consensus"] for e in per_seed.values()]
-            summary["consensus"] = {key: _stats([c[key] for c in cons]) for key in (
+            summary["consensus"] = {key: over_seeds([c[key] for c in cons]) for key in (
                 "sparsity", "density", "effective_sparsity", "output_connected_sparsity", "mean_jaccard",
                 "independent_jaccard", "random_sparsity")}
-            summary["consensus"]["bespoke_sparsity"] = _stats([x for c in cons for x in c["bespoke_sparsity"]])
+            summary["consensus"]["bespoke_sparsity"] = over_seeds([x for c in cons for x in c["bespoke_sparsity"]])
             summary["consensus"]["left_out"] = first["left_out"]
             summary["jaccard"] = torch.tensor([c["jaccard"] for c in cons]).mean(0).tolist()
             summary["jaccard_per_layer"] = {k: torch.tensor([c["jaccard_per_layer"][k] for c in cons]).mean(0).tolist()
@@ -401,10 +394,10 @@ class ConsensusPipeline(Pipeline):
             summary["overlap"] = {name: torch.tensor([c["overlap"]["layers"][name]["counts"] for c in cons],
                                                      dtype=torch.float64).mean(0).tolist()
                                   for name in first["overlap"]["layers"]}
-            summary["over_rounds"] = [{key: _stats([c["over_rounds"][r][key] for c in cons])["mean"]
+            summary["over_rounds"] = [{key: over_seeds([c["over_rounds"][r][key] for c in cons])["mean"]
                                        for key in ("round", "density", "jaccard", "independent_jaccard")}
                                       for r in range(len(first["over_rounds"]))]
-            summary["dense"] = [_stats([e["bespoke"][i][0]["test_accuracy"] for e in per_seed.values()])
+            summary["dense"] = [over_seeds([e["bespoke"][i][0]["test_accuracy"] for e in per_seed.values()])
                                 for i in range(n)]
             rows = []
             labels = ["consensus", "random"] + [f"bespoke_{j}" for j in range(n)]
@@ -415,8 +408,8 @@ class ConsensusPipeline(Pipeline):
                     if not found:
                         continue
                     row = {"ticket": label, "target": t, "task": summary["tasks"][t],
-                           "test_accuracy": _stats([f["test_accuracy"] for f in found]),
-                           "sparsity": _stats([f["sparsity"] for f in found])}
+                           "test_accuracy": over_seeds([f["test_accuracy"] for f in found]),
+                           "sparsity": over_seeds([f["sparsity"] for f in found])}
                     if label.startswith("bespoke_"):
                         row["source"] = int(label.split("_")[1])
                         row["source_round"] = [f["source_round"] for f in found]

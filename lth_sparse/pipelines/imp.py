@@ -40,16 +40,16 @@ from typing import Callable
 
 import torch
 
-from lth_sparse.config import config_from_options, option
+from lth_sparse.config import option
 from lth_sparse.distributed import World
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.models import create_model
 from lth_sparse.prune import (IMPORTANCES, SCOPES, STRUCTURED_NORMS, check_importance_and_scope, effective_masks,
                               output_connected_masks, random_masks_like)
-from lth_sparse.pipelines.base import Pipeline, Unit, register_pipeline, run_pipeline
+from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
 from lth_sparse.pipelines.steps import prune_trained, run_step, shared_dataset, train_masked
-from lth_sparse.runs import ConfigMismatch, RunDir, Steps, atomic_torch_save, atomic_write_json, read_json
+from lth_sparse.runs import ConfigMismatch, RunDir, Steps, atomic_torch_save, atomic_write_json
 from lth_sparse.train import TrainConfig, iterations_per_epoch, make_schedule, parse_step
 
 RETRAIN_MODES = ("rewind", "finetune", "lr-rewind")
@@ -415,12 +415,6 @@ def imp_control(spec: ImpControl, directory: Path, log: Callable[[str], None], p
     return result
 
 
-def _aggregate(values: list) -> dict:
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    std = float(t.std(unbiased=True)) if len(values) > 1 else 0.0
-    return {"mean": float(t.mean()), "std": std, "min": float(t.min()), "max": float(t.max())}
-
-
 def summarize_rounds(per_seed: dict[int, list[dict]]) -> list[dict]:
     """Per round (those every seed has finished), every number's mean over seeds under its own key, and its
     std (sample, n-1; 0 for one seed), min and max under ``KEY_std``, ``KEY_min``, ``KEY_max``;
@@ -438,7 +432,7 @@ def summarize_rounds(per_seed: dict[int, list[dict]]) -> list[dict]:
             if key == "layer_sparsity":
                 entry[key] = {n: sum(row[key][n] for row in rows) / len(rows) for n in value}
             elif isinstance(value, (int, float)) and not isinstance(value, bool) and all(key in row for row in rows):
-                stats = _aggregate([row[key] for row in rows])
+                stats = over_seeds([row[key] for row in rows])
                 entry[key] = stats["mean"]
                 for stat in ("std", "min", "max"):
                     entry[f"{key}_{stat}"] = stats[stat]
