@@ -113,7 +113,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class, groups: 
             shown = " ".join(map(str, default))
         else:
             shown = default
-        help_text = f"{f.metadata.get('help', f.name)} (default: {shown})"
+        help_text = f"{f.metadata.get('help', f.name)} (default: {shown})".replace("%", "%%")  # argparse formats it
         common = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         metavar = f.metadata.get("metavar") or ("{" + ",".join(map(str, choices)) + "}" if choices else None)
         if "parse" in f.metadata:
@@ -241,6 +241,26 @@ def _add_consensus(sub) -> None:
                "NAME:classes=0,1,2, NAME:shape=CxHxW, NAME:permute=SEED (combinable: "
                "fashion-mnist:half=a:permute=1). Models: " + ", ".join(available_models()) + ". Every option can "
                "also come from --config FILE; flags override it, and override --preset.")
+
+
+def _add_transfer(sub) -> None:
+    from lth_sparse.data import available_datasets
+
+    _add_pipeline(
+        sub, "transfer", out="runs/transfer",
+        help="train an IMP run's tickets on other data sets or optimizers, beside the random-ticket controls",
+        description="Morcos et al. (2019), 'One ticket to win them all'. Every finished round of --source (an IMP "
+                    "run) is trained on every --target: the source's rewind (late-resetting) weights under its mask, "
+                    "the output layer left out of the ticket, re-initialised and sized to the target's classes; "
+                    "beside it the controls named by their (weights, mask) pair: fresh-global is the paper's random "
+                    "ticket, fresh-preserved/-local/-global its Appendix A.2. One unit per (seed, round, target, "
+                    "kind). The target trains with the source run's training options unless --preset or the flags "
+                    "say otherwise (--preset morcos-adam: a ticket found with SGD trained with Adam). Results go to "
+                    "--out: seed_S/target_T/round_RR/KIND/, summary.json and plots/. Re-running resumes.",
+        epilog=f"Targets: data sets ({', '.join(available_datasets())}) or derived tasks NAME:half=a|b, "
+               "NAME:classes=0,1,2, NAME:permute=SEED; images are brought to the source's input shape. Every "
+               "option can also come from --config FILE; flags override it and --preset, which override the "
+               "source's training options.")
 
 
 def _add_compare(sub) -> None:
@@ -374,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_imp(sub)
     _add_consensus(sub)
+    _add_transfer(sub)
     _add_compare(sub)
     _add_importance_overlap(sub)
     from lth_sparse.sweep import add_sweep_parser

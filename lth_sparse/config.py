@@ -137,6 +137,8 @@ def config_from_options(cls, options: Mapping[str, Any], source: str = "options"
 
     A config class with ``PRESETS`` (name -> options) and a ``preset`` field takes the named
     preset's options under those given (so a flag or a file still overrides a preset's value);
+    one with a classmethod ``inherited_options(options) -> dict`` takes those under both (a
+    transfer inherits its source run's training recipe: source < preset < file < flags);
     ``presets=False`` for a run's saved ``config.json``, which holds what the preset gave when it
     ran (a field added since takes its default, not what the preset gives today).
     Names may use ``-`` or ``_``. A tuple field takes a list (or one value); a field of
@@ -155,6 +157,9 @@ def config_from_options(cls, options: Mapping[str, Any], source: str = "options"
         if normalised["preset"] not in known:
             raise ConfigError(f"{source}: unknown preset {normalised['preset']!r}; presets: {sorted(known)}")
         normalised = {**known[normalised["preset"]], **normalised}
+    inherit = getattr(cls, "inherited_options", None)
+    if presets and inherit is not None:  # e.g. a transfer's training defaults: its source run's, under the rest
+        normalised = {**inherit(normalised), **normalised}
     values = {name: _coerce(cls, fields[name], value, source) for name, value in normalised.items()}
     return cls(**values) if check else values
 

@@ -255,3 +255,55 @@ def plot_compare(result: dict, out_dir) -> list[Path]:
         _save(fig, paths[-1])
         plt.close(fig)
     return paths
+
+
+def plot_transfer(summary: dict, out_dir) -> list[Path]:
+    """One figure per target: test accuracy on the target against the source ticket's fraction of weights pruned,
+    one line per ticket kind (mean +- std over the seeds), and the target's own tickets where given, as Morcos et
+    al. (2019)'s Figures 2-5."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seeds = len(summary.get("seeds", [])) or 1
+    source = summary.get("source", {})
+    styles = {"rewind-preserved": "o-", "fresh-global": "s--", "fresh-preserved": "^:", "fresh-local": "v:",
+              "rewind-local": "d-.", "rewind-global": "x-."}
+    paths = []
+    for entry in summary["targets"]:
+        fig, ax = plt.subplots(figsize=(6.8, 4.4))
+        from lth_sparse.pipelines.transfer import TICKET_TEXT
+
+        for kind, rows in entry["tickets"].items():
+            x = [100 * r["source_density"] for r in rows]
+            mean = [100 * r["test_accuracy"]["mean"] for r in rows]
+            line, = ax.plot(x, mean, styles.get(kind, "o-"), label=TICKET_TEXT.get(kind, kind))
+            if seeds > 1:
+                std = [100 * r["test_accuracy"]["std"] for r in rows]
+                ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                color=line.get_color(), alpha=0.2, linewidth=0)
+        if "own" in entry:
+            rows = entry["own"]["rounds"]
+            x = [100 * r["density"] for r in rows]
+            mean = [100 * r["test_accuracy"]["mean"] for r in rows]
+            line, = ax.plot(x, mean, "k*-", label="target's own ticket")
+            if len(entry["own"]["seeds"]) > 1:
+                std = [100 * r["test_accuracy"]["std"] for r in rows]
+                ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                                color="k", alpha=0.1, linewidth=0)
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.set_xlabel("source ticket's weights remaining (%)")
+        ax.set_ylabel(f"test accuracy on the target (%)")
+        title = f"{source.get('dataset')} -> {short_task_names([entry['task']])[0]}"
+        if seeds > 1:
+            title += f", mean and std over {seeds} seeds"
+        ax.set_title(title, fontsize="medium")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = out_dir / f"transfer_target_{entry['target']}.png"
+        _save(fig, path)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -249,6 +249,22 @@ def test_every_config_field_is_a_documented_flag(capsys):
         assert " ".join(f.metadata["help"].split()[:4]) in help_text, f.name
 
 
+@pytest.mark.parametrize("kind", ["imp", "consensus", "transfer"])
+def test_every_pipelines_help_shows_every_field(kind, capsys):
+    """--help of every pipeline prints (a '%' in a help text, as in '20% global', is no format directive)."""
+    import dataclasses
+
+    from lth_sparse.pipelines.base import pipeline_for
+
+    with pytest.raises(SystemExit) as exit_:
+        main([kind, "--help"])
+    assert exit_.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(pipeline_for(kind).config_class):
+        assert "--" + f.metadata.get("flag", f.name.replace("_", "-")) in help_text, f.name
+    assert "%%" not in help_text
+
+
 def test_flags_override_the_config_file_field_by_field(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text("dataset: digits\nmodel: mlp\nmodel_options: {width: 16}\nrounds: 0\nepochs: 1\n"

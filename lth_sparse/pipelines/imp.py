@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
@@ -54,6 +54,19 @@ from lth_sparse.train import TrainConfig, iterations_per_epoch, make_schedule, p
 
 RETRAIN_MODES = ("rewind", "finetune", "lr-rewind")
 PRUNERS = IMPORTANCES + ("random",)
+
+# Morcos et al. (2019), "One ticket to win them all", Appendix A.1: SGD at 0.1 with momentum 0.9 and weight decay
+# 1e-4, or Adam at 3e-4 with betas 0.9/0.999 and weight decay 1e-4 (coupled, as torch.optim.Adam's), batch 512;
+# VGG19's 160 epochs with the learning rate divided by 10 at epochs 80 and 120 (small-scale runs give --epochs and
+# --milestones together); 20% global magnitude pruning per round; late resetting to epoch 1 (their small data sets).
+_MORCOS_TRAIN = dict(batch_size=512, epochs=160.0, schedule="step", milestones=(80.0, 120.0), gamma=0.1,
+                     warmup_epochs=0.0, weight_decay=1e-4)
+MORCOS_TRAINING = {
+    "morcos": dict(_MORCOS_TRAIN, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False),
+    "morcos-adam": dict(_MORCOS_TRAIN, optimizer="adam", lr=3e-4, betas=(0.9, 0.999)),
+}
+PRESETS = {name: dict(train, fraction=0.2, scope="global", importance="magnitude", rewind="epoch:1",
+                      retrain="rewind") for name, train in MORCOS_TRAINING.items()}
 
 
 def parse_seeds(value) -> tuple[int, ...]:
@@ -91,6 +104,8 @@ class ImpConfig(TrainConfig):
     Fields marked ``identity=False`` may change between a run and its resumption.
     """
 
+    PRESETS: ClassVar[dict] = PRESETS
+
     dataset: str = option("fashion-mnist", "dataset name (the list is at the end of --help)")
     model: str = option("lenet300", "model name")
     model_options: tuple[tuple[str, object], ...] = option(
@@ -124,6 +139,11 @@ class ImpConfig(TrainConfig):
                                    metavar="FILE")
     prune_seed: int | None = option(None, "seed of random pruning and of the random-mask control", since="0.2",
                                     default_text="--seed")
+    preset: str | None = option(None, "a paper's recipe; options given override it. morcos: Morcos et al. 2019's "
+                                      "SGD (lr 0.1, momentum 0.9, weight decay 1e-4, batch 512, 160 epochs, lr / 10 "
+                                      "at 80 and 120), 20% global magnitude pruning, late resetting to epoch 1; "
+                                      "morcos-adam: the same with Adam (lr 3e-4, betas 0.9/0.999, weight decay 1e-4)",
+                                choices=tuple(PRESETS), since="0.2")
     seeds: tuple[int, ...] = option((), "run one IMP per seed, into RUN/seed_N/, and summarise over them: a count "
                                         "(--seeds 3: seeds 0, 1, 2) or a list (--seeds 0,4,7; a single seed "
                                         "with a comma, --seeds 4,); each seed stands for --seed except that the "
@@ -343,6 +363,7 @@ class _Imp:
                 "layer_sparsity": masks.layer_sparsity(),
                 "effective_sparsity": effective.sparsity(),
                 "output_connected_sparsity": output_side.sparsity(),
+                "input_shape": list(self.data.input_shape), "num_classes": self.data.num_classes,
                 **{key: metrics[key] for key in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
                                                  "best_val_iteration", "best_val_loss", "iterations",
                                                  "train_seconds")},

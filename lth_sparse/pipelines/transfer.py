@@ -1,0 +1,513 @@
+"""Ticket transfer across data sets and optimizers: Morcos et al. (2019), "One ticket to win them all".
+
+Every round of a *source* IMP run (any data set, model, optimizer) is a ticket; this pipeline
+trains each on one or more *target* configurations (another data set, derived task or
+optimizer) and compares it with the paper's controls. One unit per (seed, source round,
+target, ticket kind), all independent (one stage): ``seed_S/TARGET/round_RR/KIND/``.
+
+A ticket kind is a (weights, mask) pair, named ``WEIGHTS-MASK``:
+
+- weights: ``rewind``, the source's rewind state (late resetting: the weights at the source's
+  rewind iteration, e.g. epoch 1, the paper's choice for its small data sets), or ``fresh``, a
+  new draw from the initialisation distribution (the model's initialiser, another seed);
+- mask: ``preserved`` (the ticket's), ``local`` (permuted within each layer: every layer keeps
+  its count exactly) or ``global`` (permuted across all layers: only the total is kept).
+
+``rewind-preserved`` is the transferred winning ticket; ``fresh-global`` is the paper's *random
+ticket*, its primary comparison (Section 3); Appendix A.2 compares the three masks with fresh
+weights (``fresh-preserved``, ``fresh-local``, ``fresh-global``); IMP's own random-mask control
+is ``rewind-local``.
+
+Readings of the paper, stated:
+
+- The output layer is left out of the ticket (Section 3: "we simply excluded this layer from the
+  winning ticket and randomly reinitialized it"): it is dense, drawn afresh (one draw per seed and
+  round, shared by every ticket kind, so the kinds differ only in the body), sized to the target's
+  classes, and never pruned or permuted by the source's mask; the masks are permuted over the other
+  layers only.
+- A target is brought to the source's input shape (``:shape=`` of :mod:`lth_sparse.data.derived`):
+  the paper's VGG/ResNet pool globally before the classifier, so any input size fits them; the
+  models here (LeNet-300-100, LeNet-5, Conv-N) have fixed input sizes, so the images are resized.
+- Every ticket kind trains the target's full schedule (iteration 0 to the end) with the target's
+  hyperparameters: the training options, which default to the source run's (so ``--target
+  TASK`` alone changes only the data), under ``--preset`` and the flags (``--preset morcos-adam``
+  trains with the paper's Adam: the optimizer transfer of its Section 4.3).
+- The x axis is the source ticket's fraction of pruned weights (all its layers, as the source
+  run reports it); the trained network's own sparsity (its output layer dense) is stored beside.
+
+``--target-ticket RUN`` names an IMP run on a target (its ``dataset`` must be that target as
+given): its rounds are the reference line (the target's own tickets) and the *transfer gap*
+(transferred minus the target's own ticket at the same round) is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import torch
+
+from lth_sparse.config import option
+from lth_sparse.executors import resolve_threads
+from lth_sparse.masks import Masks, masked_weights
+from lth_sparse.models import create_model
+from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
+from lth_sparse.pipelines.imp import MORCOS_TRAINING, check_device, parse_seeds
+from lth_sparse.pipelines.steps import shared_dataset, train_masked
+from lth_sparse.runs import ConfigMismatch, Steps, atomic_write_json, read_json
+from lth_sparse.tickets import finished_rounds, load_ticket, run_seeds
+from lth_sparse.train import TrainConfig
+
+WEIGHTS = ("rewind", "fresh")
+MASK_KINDS = ("preserved", "local", "global")
+TICKETS = tuple(f"{w}-{m}" for w in WEIGHTS for m in MASK_KINDS)
+DEFAULT_TICKETS = ("rewind-preserved", "fresh-global")
+TICKET_TEXT = {
+    "rewind-preserved": "transferred ticket (rewind weights, its mask)",
+    "rewind-local": "rewind weights, mask permuted per layer",
+    "rewind-global": "rewind weights, mask permuted globally",
+    "fresh-preserved": "fresh weights, its mask",
+    "fresh-local": "fresh weights, mask permuted per layer",
+    "fresh-global": "random ticket (fresh weights, mask permuted globally)",
+}
+PRESETS = MORCOS_TRAINING  # the training part of the IMP presets: a transfer prunes nothing
+
+
+def parse_tickets(value) -> tuple[str, ...]:
+    """``--tickets``: kinds ``WEIGHTS-MASK`` (comma- or space-separated), or ``all`` for the six."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    if items == ["all"]:
+        return TICKETS
+    unknown = [t for t in items if t not in TICKETS]
+    if unknown or not items:
+        raise ValueError(f"ticket kinds are WEIGHTS-MASK with weights {list(WEIGHTS)} and masks {list(MASK_KINDS)} "
+                         f"(or all), got {unknown or items}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"ticket kinds repeat: {items}")
+    return tuple(items)
+
+
+def _source_config(source: str) -> dict:
+    """The source run's saved config; refuses a missing directory or a run of another kind."""
+    path = Path(source).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"source {source}: no config.json there, not a run directory")
+    saved = read_json(path / "config.json")
+    if saved.get("kind") != "imp":
+        raise ConfigMismatch(f"source {source} holds a {saved.get('kind')!r} run, not an IMP run: tickets come "
+                             "from IMP")
+    return saved["config"]
+
+
+@dataclass(frozen=True)
+class TransferConfig(TrainConfig):
+    """A transfer experiment: the target's training (the fields of :class:`TrainConfig`; their defaults are the
+    source run's when the config is made by :func:`lth_sparse.config.config_from_options`), and these."""
+
+    PRESETS: ClassVar[dict] = PRESETS
+
+    source: str = option("", "the source IMP run directory (its rounds are the tickets)", metavar="RUN_DIR")
+    targets: tuple[str, ...] = option((), "the target tasks: data sets or derived tasks, e.g. fashion-mnist:half=b "
+                                          "digits fashion-mnist:classes=0,1,2,3,4", flag="target", metavar="TASK")
+    tickets: tuple[str, ...] = option(DEFAULT_TICKETS, "ticket kinds WEIGHTS-MASK (weights rewind|fresh, mask "
+                                                       "preserved|local|global), or all",
+                                      parse=parse_tickets, metavar="KIND")
+    rounds: tuple[int, ...] = option((), "source rounds to transfer", metavar="R",
+                                     default_text="every round the source has finished")
+    target_tickets: tuple[str, ...] = option((), "IMP runs on the targets (their dataset names a target as given "
+                                                 "here): the target's own tickets, the reference line",
+                                             flag="target-ticket", metavar="RUN_DIR")
+    augment: str | None = option(None, "the targets' training augmentation: none, flip, cropP or flip+cropP",
+                                 default_text="each data set's own")
+    preset: str | None = option(None, "the target's training recipe of Morcos et al. 2019 (morcos: SGD lr 0.1, "
+                                      "momentum 0.9, weight decay 1e-4, batch 512, 160 epochs, lr / 10 at 80 and "
+                                      "120; morcos-adam: Adam lr 3e-4, betas 0.9/0.999, weight decay 1e-4); options "
+                                      "given override it", choices=tuple(PRESETS))
+    seed: int = option(0, "the seed of the targets' split, the fresh draws, the permutations and the data order")
+    seeds: tuple[int, ...] = option((), "the seeds (a count or a list): seed S transfers the source's seed S (a "
+                                        "source of one seed serves every seed)", parse=parse_seeds,
+                                    metavar="N|S,S,...", default_text="the source's seeds")
+    train_size: int | None = option(None, "train on a seeded subset of N examples of each target", metavar="N")
+    val_fraction: float = option(0.2, "share of each target's training set held out for validation")
+    device: str = option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
+    data_dir: str | None = option(None, "where datasets are looked for and downloaded", identity=False,
+                                  metavar="DIR", default_text="$LTH_SPARSE_DATA, else ~/.cache/lth_sparse/data")
+    threads: int | None = option(None, "CPU threads for torch per unit", identity=False, metavar="N",
+                                 default_text="OMP_NUM_THREADS if set, else the usable cores not already busy")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.source:
+            raise ValueError("a transfer needs --source RUN_DIR, an IMP run")
+        if not self.targets:
+            raise ValueError("a transfer needs at least one --target TASK")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"the targets must be distinct, got {list(self.targets)}")
+        parse_tickets(self.tickets)
+        if any(r < 0 for r in self.rounds) or len(set(self.rounds)) != len(self.rounds):
+            raise ValueError(f"rounds must be distinct and >= 0, got {list(self.rounds)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        if self.augment is not None:
+            from lth_sparse.data.derived import parse_task
+
+            parse_task(f"x:augment={self.augment}")
+        if self.threads is not None:
+            resolve_threads(self.threads)
+
+    @classmethod
+    def inherited_options(cls, options: dict) -> dict:
+        """The source run's training options: what the target trains with unless a preset or an option says
+        otherwise (:func:`lth_sparse.config.config_from_options` puts them under both)."""
+        if not options.get("source"):
+            return {}
+        saved = _source_config(str(options["source"]))
+        return {f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved}
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+# --- what the plan needs from the source -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a transfer reads of its source run: its config, seeds, finished rounds and input shape."""
+
+    config: dict
+    seeds: tuple[int, ...]
+    rounds: dict[int, tuple[int, ...]]  # per seed, the finished rounds
+    input_shape: tuple[int, ...]
+
+
+def read_source(config: TransferConfig) -> Source:
+    """The source run of ``config``, checked: an IMP run with finished rounds for the seeds the transfer uses."""
+    saved = _source_config(config.source)
+    path = Path(config.source).expanduser()
+    seeds = tuple(run_seeds(path))
+    rounds = {s: tuple(finished_rounds(path, s)) for s in seeds}
+    if not seeds or not any(rounds.values()):
+        raise ValueError(f"source {config.source}: no finished IMP round yet (run it first: lth-sparse imp ... "
+                         f"--out {config.source})")
+    first = min(s for s in seeds if rounds[s])
+    shape = read_json(path / f"seed_{first}" / "round_00" / "done.json").get("input_shape") if (
+        path / f"seed_{first}" / "round_00" / "done.json").exists() else None
+    if shape is None:  # runs made before IMP recorded it: the source data set's own
+        shape = shared_dataset(saved["dataset"], data_dir=config.data_dir, device="cpu",
+                               val_fraction=saved.get("val_fraction", 0.2), seed=saved.get("seed", 0),
+                               train_size=saved.get("train_size")).input_shape
+    return Source(saved, seeds, rounds, tuple(shape))
+
+
+def seed_pairs(config: TransferConfig, source: Source) -> list[tuple[int, int]]:
+    """(seed, the source's seed it transfers) per seed: seed S takes the source's seed S; a source of one seed
+    serves every seed (then the seeds vary only the target side: fresh draws, permutations, data order)."""
+    seeds = config.seeds or source.seeds
+    if len(source.seeds) == 1:
+        return [(s, source.seeds[0]) for s in seeds]
+    missing = [s for s in seeds if s not in source.seeds]
+    if missing:
+        raise ValueError(f"source {config.source} has seeds {list(source.seeds)}, not {missing}: seed S transfers "
+                         "the source's seed S (a source of one seed serves any seed)")
+    return [(s, s) for s in seeds]
+
+
+def target_names(config: TransferConfig, shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The targets as loaded: brought to the source's image shape (``:shape=``, a no-op where it is theirs), with
+    ``augment`` where the target does not set its own."""
+    names = []
+    for t in config.targets:
+        if len(shape) == 3 and ":shape=" not in t:
+            t = f"{t}:shape={'x'.join(map(str, shape))}"
+        if config.augment is not None and ":augment=" not in t:
+            t = f"{t}:augment={config.augment}"
+        names.append(t)
+    return tuple(names)
+
+
+def _target_dir(i: int) -> str:
+    return f"target_{i}"
+
+
+# --- the unit -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferSpec:
+    """What a transfer unit trains: ticket kind ``ticket`` of round ``round`` of the source's seed
+    ``source_seed``, on target ``target`` (as loaded: ``task``), with seed ``seed``."""
+
+    config: TransferConfig
+    seed: int
+    source_seed: int
+    round: int
+    target: int
+    task: str
+    ticket: str
+
+
+def _load_target(c: TransferConfig, task: str, device):
+    return shared_dataset(task, data_dir=c.data_dir, device=device, val_fraction=c.val_fraction, seed=c.seed,
+                          train_size=c.train_size)
+
+
+def _new_model(source_config: dict, data, seed: int, device) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = create_model(source_config["model"], data.input_shape, data.num_classes,
+                         **dict(source_config.get("model_options") or ()))
+    model.input_shape = data.input_shape
+    return model.to(device)
+
+
+def ticket_start(spec: TransferSpec, device="cpu"):
+    """(model, state, masks, facts) of one transfer unit before training: the target's model (the source's
+    architecture with the target's classes), the state it starts from and the masks it trains under."""
+    c = spec.config
+    weights, mask_kind = spec.ticket.split("-")
+    ticket = load_ticket(c.source, spec.round, seed=spec.source_seed, device=device)
+    data = _load_target(c, spec.task, device)
+    model = _new_model(ticket.config, data, spec.seed * 7919 + 17 + spec.round, device)  # the fresh output layer
+    names = list(masked_weights(model))
+    head = names[-1]
+    head_prefix = head[: -len("weight")]
+    start = model.state_dict()
+    if weights == "fresh":
+        fresh = _new_model(ticket.config, data, spec.seed * 7919 + 100_003 + spec.round, device).state_dict()
+        body = {k: v for k, v in fresh.items() if not k.startswith(head_prefix)}
+    else:
+        body = {k: v for k, v in ticket.rewind_state.items() if not k.startswith(head_prefix)}
+    for key, value in body.items():
+        if key.endswith(".mask"):
+            continue
+        if key not in start or start[key].shape != value.shape:
+            have = tuple(start[key].shape) if key in start else "no such tensor"
+            raise ValueError(f"the source's {key} {tuple(value.shape)} does not fit the target's model ({have}): "
+                             f"target {spec.task!r} must have the source's input shape")
+        start[key] = value.clone()
+    source_body = Masks({n: m for n, m in ticket.masks.items() if n != head})
+    if set(source_body) != set(names[:-1]):
+        raise ValueError(f"the source's masks ({sorted(ticket.masks)}) do not fit the target's model ({names})")
+    generator = torch.Generator().manual_seed(spec.seed * 31 + spec.round * 2 + (mask_kind == "global"))
+    body_masks = source_body if mask_kind == "preserved" else source_body.permuted(
+        "layer" if mask_kind == "local" else "global", generator)
+    masks = Masks({**{n: body_masks[n].to(device) for n in body_masks},
+                   head: torch.ones_like(model.state_dict()[head], dtype=torch.bool)})
+    facts = {"source_sparsity": ticket.masks.sparsity(), "source_density": ticket.masks.density(),
+             "source_test_accuracy": ticket.result.get("test_accuracy"),
+             "rewind_iteration": ticket.rewind_iteration, "body_sparsity": body_masks.sparsity(),
+             "output_layer": head}
+    return model, data, start, masks, facts
+
+
+def transfer_unit(spec: TransferSpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
+    """The transfer pipeline's unit: one ticket kind of one source round trained on one target."""
+    c = spec.config
+    device = check_device(c.device)
+    model, data, state, masks, facts = ticket_start(spec, device)
+    metrics = train_masked(model, data, c.train_config(), masks, state, directory, seed=spec.seed, start=0,
+                           progress=progress, desc=f"round {spec.round} {spec.ticket} on {spec.task}")
+    result = {"seed": spec.seed, "source_seed": spec.source_seed, "round": spec.round, "target": spec.target,
+              "task": spec.task, "ticket": spec.ticket, **facts, "layer_sparsity": masks.layer_sparsity(),
+              **{k: metrics[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
+                                         "best_val_iteration", "iterations", "train_seconds", "sparsity")}}
+    log(f"seed {spec.seed} round {spec.round} ({100 * facts['source_density']:.2f}% of the source's weights left) "
+        f"{spec.ticket} on {spec.task}: test accuracy {100 * metrics['test_accuracy']:.2f}%")
+    return result
+
+
+# --- the target's own tickets (the reference line) ----------------------------------------------------------
+
+
+def own_tickets(run_dir: str) -> dict:
+    """An IMP run's rounds as the reference line: per round, test accuracy and density over its seeds."""
+    config = _source_config(run_dir)
+    path = Path(run_dir).expanduser()
+    per_seed = {}
+    for s in run_seeds(path):
+        folder = path / f"seed_{s}" if (path / f"seed_{s}").is_dir() else path
+        per_seed[s] = [read_json(folder / f"round_{r:02d}" / "done.json") for r in finished_rounds(path, s)]
+    count = min((len(v) for v in per_seed.values()), default=0)
+    rounds = []
+    for r in range(count):
+        rows = [v[r] for v in per_seed.values()]
+        rounds.append({"round": rows[0]["round"], "density": over_seeds([x["density"] for x in rows])["mean"],
+                       "sparsity": over_seeds([x["sparsity"] for x in rows])["mean"],
+                       "test_accuracy": over_seeds([x["test_accuracy"] for x in rows])})
+    return {"run": str(run_dir), "dataset": config["dataset"], "seeds": sorted(per_seed), "epochs": config["epochs"],
+            "optimizer": config["optimizer"], "rounds": rounds}
+
+
+def _matching_target(config: TransferConfig, run_dir: str) -> int:
+    dataset = _source_config(run_dir)["dataset"]
+    plain = [t.split(":shape=")[0] for t in config.targets]
+    for i, (t, p) in enumerate(zip(config.targets, plain)):
+        if dataset in (t, p) or dataset.split(":shape=")[0] == p:
+            return i
+    raise ValueError(f"--target-ticket {run_dir} is an IMP run on {dataset!r}, which is none of the targets "
+                     f"{list(config.targets)}")
+
+
+# --- the pipeline -------------------------------------------------------------------------------------------
+
+
+class TransferPipeline(Pipeline):
+    kind = "transfer"
+    config_class = TransferConfig
+    description = "ticket transfer across data sets and optimizers, with the random-ticket controls"
+
+    def check(self, config: TransferConfig) -> None:
+        source = read_source(config)
+        pairs = seed_pairs(config, source)
+        for _, s in pairs:
+            missing = [r for r in config.rounds if r not in source.rounds[s]]
+            if missing:
+                raise ValueError(f"source {config.source} seed {s} has not finished rounds {missing}; finished: "
+                                 f"{list(source.rounds[s])}")
+        device = check_device(config.device)
+        for task in target_names(config, source.input_shape):
+            data = _load_target(config, task, "cpu")
+            if tuple(data.input_shape) != source.input_shape:
+                raise ValueError(f"target {task!r} holds inputs of shape {tuple(data.input_shape)}; the source's "
+                                 f"model takes {source.input_shape}, and vectors cannot be resized")
+        for run_dir in config.target_tickets:
+            _matching_target(config, run_dir)
+        seed, s = pairs[0]
+        round_ = (config.rounds or source.rounds[s])[0]
+        ticket_start(TransferSpec(config, seed, s, round_, 0, target_names(config, source.input_shape)[0],
+                                  config.tickets[0]), device)  # the source's ticket fits the target's model
+
+    def plan(self, config: TransferConfig) -> list[list[Unit]]:
+        source = read_source(config)
+        tasks = target_names(config, source.input_shape)
+        units = []
+        for seed, source_seed in seed_pairs(config, source):
+            for r in config.rounds or source.rounds[source_seed]:
+                for t, task in enumerate(tasks):
+                    for kind in config.tickets:
+                        spec = TransferSpec(config, seed, source_seed, r, t, task, kind)
+                        units.append(Unit("lth_sparse.pipelines.transfer:transfer_unit", spec,
+                                          f"seed_{seed}/{_target_dir(t)}/round_{r:02d}/{kind}",
+                                          label=f"seed {seed} round {r} {kind} on {task}"))
+        return [units]
+
+    def summarize(self, run_dir, *, plots: bool = True) -> dict:
+        run_dir = Path(run_dir)
+        saved, config = self.saved_config(run_dir)
+        steps = Steps(run_dir)
+        results = [steps.result(str(d.relative_to(run_dir)))
+                   for d in sorted(run_dir.glob("seed_*/target_*/round_*/*")) if (d / "done.json").exists()]
+        summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
+                   "source": {"run": config.source, "dataset": None, "model": None}, "targets": [], "seeds": []}
+        try:
+            source_config = _source_config(config.source)
+            summary["source"].update(dataset=source_config["dataset"], model=source_config["model"],
+                                     optimizer=source_config["optimizer"], rewind=source_config["rewind"])
+        except (OSError, ConfigMismatch):
+            pass  # the source moved: the units' results still say everything plotted
+        summary["seeds"] = sorted({r["seed"] for r in results})
+        tasks = sorted({(r["target"], r["task"]) for r in results})
+        own = {}
+        for run in config.target_tickets:
+            try:
+                own[_matching_target(config, run)] = own_tickets(run)
+            except (OSError, ConfigMismatch, ValueError):
+                continue
+        for t, task in tasks:
+            mine = [r for r in results if r["target"] == t]
+            entry = {"target": t, "task": task, "tickets": {}}
+            for kind in config.tickets:
+                rows = []
+                for r in sorted({x["round"] for x in mine if x["ticket"] == kind}):
+                    found = [x for x in mine if x["ticket"] == kind and x["round"] == r]
+                    rows.append({"round": r, "seeds": len(found),
+                                 "source_sparsity": over_seeds([x["source_sparsity"] for x in found])["mean"],
+                                 "source_density": over_seeds([x["source_density"] for x in found])["mean"],
+                                 "sparsity": over_seeds([x["sparsity"] for x in found])["mean"],
+                                 "test_accuracy": over_seeds([x["test_accuracy"] for x in found])})
+                if rows:
+                    entry["tickets"][kind] = rows
+            if t in own:
+                entry["own"] = own[t]
+                entry["gap"] = _gaps(entry["tickets"].get("rewind-preserved", []), own[t]["rounds"])
+            summary["targets"].append(entry)
+        # flat figures for a sweep's table: per kind, the mean test accuracy over targets at the last common round
+        for entry in summary["targets"][:1]:
+            for kind, rows in entry["tickets"].items():
+                summary[f"test_accuracy_{kind.replace('-', '_')}_last"] = rows[-1]["test_accuracy"]["mean"]
+        atomic_write_json(run_dir / "summary.json", summary)
+        if plots and results:
+            from lth_sparse.plots import plot_transfer
+
+            plot_transfer(summary, run_dir / "plots")
+        return summary
+
+    def report(self, summary: dict) -> list[str]:
+        lines = []
+        seeds = len(summary["seeds"])
+        for entry in summary["targets"]:
+            kinds = list(entry["tickets"])
+            lines.append(f"target {entry['task']} ({'mean +- std over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}"
+                         f"; source {summary['source'].get('dataset')}):")
+            head = f"  {'round':>5} {'pruned':>8}" + "".join(f"{k:>22}" for k in kinds)
+            if "own" in entry:
+                head += f"{'own ticket':>22}{'gap':>8}"
+            lines.append(head)
+            by_round = {k: {row["round"]: row for row in rows} for k, rows in entry["tickets"].items()}
+            own = {row["round"]: row for row in entry.get("own", {}).get("rounds", [])}
+            gaps = {g["round"]: g for g in entry.get("gap", [])}
+            for r in sorted({r for rows in by_round.values() for r in rows}):
+                first = next(rows[r] for rows in by_round.values() if r in rows)
+                cells = []
+                for k in kinds:
+                    row = by_round[k].get(r)
+                    cells.append(_pm(row["test_accuracy"], seeds) if row else "-")
+                line = f"  {r:>5} {100 * first['source_sparsity']:>7.2f}%" + "".join(f"{c:>22}" for c in cells)
+                if "own" in entry:
+                    line += f"{_pm(own[r]['test_accuracy'], 2) if r in own else '-':>22}"
+                    line += f"{100 * gaps[r]['gap']:>+7.2f}" if r in gaps else f"{'-':>8}"
+                lines.append(line)
+        return lines
+
+
+def _pm(stats: dict, seeds: int) -> str:
+    return f"{100 * stats['mean']:.2f}% +- {100 * stats['std']:.2f}" if seeds > 1 else f"{100 * stats['mean']:.2f}%"
+
+
+def _gaps(transferred: list[dict], own: list[dict]) -> list[dict]:
+    """Per transferred round, its accuracy minus the target's own ticket's at the closest density (log scale:
+    IMP's densities are geometric; the same round where both prune alike)."""
+    out = []
+    for row in transferred:
+        if not own:
+            break
+        match = min(own, key=lambda o: abs(math.log(max(o["density"], 1e-12))
+                                           - math.log(max(row["source_density"], 1e-12))))
+        out.append({"round": row["round"], "own_round": match["round"], "source_density": row["source_density"],
+                    "own_density": match["density"],
+                    "gap": row["test_accuracy"]["mean"] - match["test_accuracy"]["mean"]})
+    return out
+
+
+TRANSFER = register_pipeline(TransferPipeline())
+
+
+def run(config: TransferConfig, out_dir, *, progress: bool | None = None, log: Callable[[str], None] = print,
+        plots: bool = True, executor=None) -> dict:
+    """Run (or resume) a transfer; returns the summary also written to ``out_dir/summary.json``.
+
+    The summary holds ``kind`` (``"transfer"``), ``hash``, ``config``, ``source`` (its run, data set, model,
+    optimizer, rewind point), ``seeds``, and per target (``targets``: ``target``, ``task`` as loaded)
+    ``tickets``: per ticket kind, per source round, ``source_sparsity`` / ``source_density`` (the x axis),
+    ``sparsity`` (the trained network's, its output layer dense) and ``test_accuracy`` over the seeds
+    (``mean``/``std``/``min``/``max``/``n``); with ``--target-ticket``, ``own`` (that IMP run's rounds) and
+    ``gap`` (per round, the transferred ticket's mean accuracy minus the own ticket's at the closest density).
+    """
+    from lth_sparse.executors import LocalExecutor
+
+    executor = executor or LocalExecutor(config.threads)
+    config = dataclasses.replace(config, threads=executor.threads)
+    return run_pipeline(TRANSFER, config, out_dir, executor=executor, log=log, progress=progress, plots=plots)
