@@ -258,52 +258,88 @@ def plot_compare(result: dict, out_dir) -> list[Path]:
 
 
 def plot_transfer(summary: dict, out_dir) -> list[Path]:
-    """One figure per target: test accuracy on the target against the source ticket's fraction of weights pruned,
-    one line per ticket kind (mean +- std over the seeds), and the target's own tickets where given, as Morcos et
-    al. (2019)'s Figures 2-5."""
+    """The transfer pipeline's figures, as Morcos et al. (2019)'s Figures 2-5: per target, test accuracy on it
+    against the source ticket's weights remaining, mean +- std over the seeds: with one source a line per ticket
+    kind, with several a line per source (its transferred ticket solid, its random ticket dashed); the target's
+    own tickets where given. With several pairs, the transfer matrix at each ``--at`` (the gap to the target's
+    own ticket where known, else the transferred ticket's accuracy)."""
+    from lth_sparse.pipelines.transfer import TICKET_TEXT
+
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = len(summary.get("seeds", [])) or 1
-    source = summary.get("source", {})
+    sources = summary["sources"]
     styles = {"rewind-preserved": "o-", "fresh-global": "s--", "fresh-preserved": "^:", "fresh-local": "v:",
               "rewind-local": "d-.", "rewind-global": "x-."}
-    paths = []
-    for entry in summary["targets"]:
-        fig, ax = plt.subplots(figsize=(6.8, 4.4))
-        from lth_sparse.pipelines.transfer import TICKET_TEXT
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
-        for kind, rows in entry["tickets"].items():
-            x = [100 * r["source_density"] for r in rows]
-            mean = [100 * r["test_accuracy"]["mean"] for r in rows]
-            line, = ax.plot(x, mean, styles.get(kind, "o-"), label=TICKET_TEXT.get(kind, kind))
-            if seeds > 1:
-                std = [100 * r["test_accuracy"]["std"] for r in rows]
-                ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                color=line.get_color(), alpha=0.2, linewidth=0)
-        if "own" in entry:
-            rows = entry["own"]["rounds"]
-            x = [100 * r["density"] for r in rows]
-            mean = [100 * r["test_accuracy"]["mean"] for r in rows]
-            line, = ax.plot(x, mean, "k*-", label="target's own ticket")
-            if len(entry["own"]["seeds"]) > 1:
-                std = [100 * r["test_accuracy"]["std"] for r in rows]
-                ax.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                color="k", alpha=0.1, linewidth=0)
+    def band(ax, x, stats, color, **style):
+        mean = [100 * s["mean"] for s in stats]
+        line, = ax.plot(x, mean, color=color, **style)
+        if seeds > 1:
+            std = [100 * s["std"] for s in stats]
+            ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
+
+    paths = []
+    for target in summary["targets"]:
+        pairs = [p for p in summary["pairs"] if p["target"] == target["target"]]
+        if not pairs:
+            continue
+        fig, ax = plt.subplots(figsize=(6.8, 4.4))
+        for n, pair in enumerate(pairs):
+            source = sources[pair["source"]].get("dataset") or f"source {pair['source']}"
+            kinds = pair["tickets"] if len(pairs) == 1 else {k: v for k, v in pair["tickets"].items()
+                                                             if k in ("rewind-preserved", "fresh-global")}
+            for m, (kind, rows) in enumerate(kinds.items()):
+                color = colors[(m if len(pairs) == 1 else n) % len(colors)]
+                label = TICKET_TEXT.get(kind, kind) if len(pairs) == 1 else (
+                    f"{source}: {'transferred' if kind == 'rewind-preserved' else 'random'} ticket")
+                fmt = styles.get(kind, "o-")
+                band(ax, [100 * r["source_density"] for r in rows], [r["test_accuracy"] for r in rows], color,
+                     marker=fmt[0], linestyle=fmt[1:], label=label, markersize=4)
+        if "own" in target:
+            rows = target["own"]["rounds"]
+            band(ax, [100 * r["density"] for r in rows], [r["test_accuracy"] for r in rows], "k", marker="*",
+                 linestyle="-", label="target's own ticket", markersize=5)
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
         ax.set_xlabel("source ticket's weights remaining (%)")
-        ax.set_ylabel(f"test accuracy on the target (%)")
-        title = f"{source.get('dataset')} -> {short_task_names([entry['task']])[0]}"
+        ax.set_ylabel("test accuracy on the target (%)")
+        title = (f"{sources[pairs[0]['source']].get('dataset')} -> " if len(pairs) == 1 else "") + \
+            short_task_names([pairs[0]["task"]])[0]
         if seeds > 1:
             title += f", mean and std over {seeds} seeds"
         ax.set_title(title, fontsize="medium")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
         fig.tight_layout()
-        path = out_dir / f"transfer_target_{entry['target']}.png"
+        path = out_dir / f"transfer_target_{target['target']}.png"
         _save(fig, path)
         plt.close(fig)
         paths.append(path)
+    if len(summary["pairs"]) > 1:
+        for entry in summary.get("matrix", []):
+            values = entry["gap"] if entry.get("gap") is not None else entry["accuracy"]
+            what = "transfer gap (points)" if entry.get("gap") is not None else "transferred ticket's accuracy (%)"
+            fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(summary["targets"]), 1.4 + 0.6 * len(sources)))
+            grid = [[float("nan") if v is None else 100 * v for v in row] for row in values]
+            image = ax.imshow(grid, cmap="RdBu" if entry.get("gap") is not None else "viridis", aspect="auto")
+            for i, row in enumerate(grid):
+                for j, v in enumerate(row):
+                    if v == v:
+                        ax.text(j, i, f"{v:+.1f}" if entry.get("gap") is not None else f"{v:.1f}", ha="center",
+                                va="center", fontsize="small")
+            ax.set_xticks(range(len(summary["targets"])),
+                          short_task_names([t["name"] for t in summary["targets"]]), fontsize="small")
+            ax.set_yticks(range(len(sources)), [str(s.get("dataset")) for s in sources], fontsize="small")
+            ax.set_title(f"{what} at {100 * entry['at']:.0f}% pruned", fontsize="medium")
+            fig.colorbar(image, ax=ax)
+            fig.tight_layout()
+            path = out_dir / f"transfer_matrix_{round(1000 * entry['at']):04d}.png"
+            _save(fig, path)
+            plt.close(fig)
+            paths.append(path)
     return paths

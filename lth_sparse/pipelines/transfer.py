@@ -109,7 +109,8 @@ class TransferConfig(TrainConfig):
 
     PRESETS: ClassVar[dict] = PRESETS
 
-    source: str = option("", "the source IMP run directory (its rounds are the tickets)", metavar="RUN_DIR")
+    sources: tuple[str, ...] = option((), "the source IMP run directories (their rounds are the tickets); several "
+                                          "make the transfer matrix", flag="source", metavar="RUN_DIR")
     targets: tuple[str, ...] = option((), "the target tasks: data sets or derived tasks, e.g. fashion-mnist:half=b "
                                           "digits fashion-mnist:classes=0,1,2,3,4", flag="target", metavar="TASK")
     tickets: tuple[str, ...] = option(DEFAULT_TICKETS, "ticket kinds WEIGHTS-MASK (weights rewind|fresh, mask "
@@ -127,9 +128,11 @@ class TransferConfig(TrainConfig):
                                       "120; morcos-adam: Adam lr 3e-4, betas 0.9/0.999, weight decay 1e-4); options "
                                       "given override it", choices=tuple(PRESETS))
     seed: int = option(0, "the seed of the targets' split, the fresh draws, the permutations and the data order")
-    seeds: tuple[int, ...] = option((), "the seeds (a count or a list): seed S transfers the source's seed S (a "
+    seeds: tuple[int, ...] = option((), "the seeds (a count or a list): seed S transfers each source's seed S (a "
                                         "source of one seed serves every seed)", parse=parse_seeds,
-                                    metavar="N|S,S,...", default_text="the source's seeds")
+                                    metavar="N|S,S,...", default_text="the first source's seeds")
+    at: tuple[float, ...] = option((0.5, 0.9, 0.98), "fractions of weights pruned at which the transfer matrix is "
+                                                     "read (the source round closest to each)", metavar="F")
     train_size: int | None = option(None, "train on a seeded subset of N examples of each target", metavar="N")
     val_fraction: float = option(0.2, "share of each target's training set held out for validation")
     device: str = option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
@@ -140,8 +143,12 @@ class TransferConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.source:
+        if not self.sources:
             raise ValueError("a transfer needs --source RUN_DIR, an IMP run")
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"the sources must be distinct, got {list(self.sources)}")
+        if any(not 0 <= a < 1 for a in self.at):
+            raise ValueError(f"--at takes fractions of weights pruned in [0, 1), got {list(self.at)}")
         if not self.targets:
             raise ValueError("a transfer needs at least one --target TASK")
         if len(set(self.targets)) != len(self.targets):
@@ -160,65 +167,69 @@ class TransferConfig(TrainConfig):
 
     @classmethod
     def inherited_options(cls, options: dict) -> dict:
-        """The source run's training options: what the target trains with unless a preset or an option says
-        otherwise (:func:`lth_sparse.config.config_from_options` puts them under both)."""
-        if not options.get("source"):
+        """The (first) source run's training options: what the target trains with unless a preset or an option
+        says otherwise (:func:`lth_sparse.config.config_from_options` puts them under both)."""
+        sources = options.get("sources")
+        if not sources:
             return {}
-        saved = _source_config(str(options["source"]))
+        saved = _source_config(str(sources if isinstance(sources, str) else list(sources)[0]))
         return {f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved}
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
-# --- what the plan needs from the source -------------------------------------------------------------------
+# --- what the plan needs from the sources ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Source:
-    """What a transfer reads of its source run: its config, seeds, finished rounds and input shape."""
+    """What a transfer reads of a source run: its config, seeds, finished rounds and input shape."""
 
+    run: str
     config: dict
     seeds: tuple[int, ...]
     rounds: dict[int, tuple[int, ...]]  # per seed, the finished rounds
     input_shape: tuple[int, ...]
 
 
-def read_source(config: TransferConfig) -> Source:
-    """The source run of ``config``, checked: an IMP run with finished rounds for the seeds the transfer uses."""
-    saved = _source_config(config.source)
-    path = Path(config.source).expanduser()
+def read_source(run: str, data_dir: str | None = None) -> Source:
+    """The source run ``run``, checked: an IMP run with finished rounds."""
+    saved = _source_config(run)
+    path = Path(run).expanduser()
     seeds = tuple(run_seeds(path))
     rounds = {s: tuple(finished_rounds(path, s)) for s in seeds}
     if not seeds or not any(rounds.values()):
-        raise ValueError(f"source {config.source}: no finished IMP round yet (run it first: lth-sparse imp ... "
-                         f"--out {config.source})")
+        raise ValueError(f"source {run}: no finished IMP round yet (run it first: lth-sparse imp ... --out {run})")
     first = min(s for s in seeds if rounds[s])
-    shape = read_json(path / f"seed_{first}" / "round_00" / "done.json").get("input_shape") if (
-        path / f"seed_{first}" / "round_00" / "done.json").exists() else None
+    dense = path / f"seed_{first}" / "round_00" / "done.json"
+    shape = read_json(dense).get("input_shape") if dense.exists() else None
     if shape is None:  # runs made before IMP recorded it: the source data set's own
-        shape = shared_dataset(saved["dataset"], data_dir=config.data_dir, device="cpu",
+        shape = shared_dataset(saved["dataset"], data_dir=data_dir, device="cpu",
                                val_fraction=saved.get("val_fraction", 0.2), seed=saved.get("seed", 0),
                                train_size=saved.get("train_size")).input_shape
-    return Source(saved, seeds, rounds, tuple(shape))
+    return Source(run, saved, seeds, rounds, tuple(shape))
 
 
-def seed_pairs(config: TransferConfig, source: Source) -> list[tuple[int, int]]:
+def seed_list(config: TransferConfig, sources: list[Source]) -> tuple[int, ...]:
+    return config.seeds or sources[0].seeds
+
+
+def seed_pairs(config: TransferConfig, source: Source, seeds: tuple[int, ...]) -> list[tuple[int, int]]:
     """(seed, the source's seed it transfers) per seed: seed S takes the source's seed S; a source of one seed
     serves every seed (then the seeds vary only the target side: fresh draws, permutations, data order)."""
-    seeds = config.seeds or source.seeds
     if len(source.seeds) == 1:
         return [(s, source.seeds[0]) for s in seeds]
     missing = [s for s in seeds if s not in source.seeds]
     if missing:
-        raise ValueError(f"source {config.source} has seeds {list(source.seeds)}, not {missing}: seed S transfers "
-                         "the source's seed S (a source of one seed serves any seed)")
+        raise ValueError(f"source {source.run} has seeds {list(source.seeds)}, not {missing}: seed S transfers the "
+                         "source's seed S (a source of one seed serves any seed)")
     return [(s, s) for s in seeds]
 
 
 def target_names(config: TransferConfig, shape: tuple[int, ...]) -> tuple[str, ...]:
-    """The targets as loaded: brought to the source's image shape (``:shape=``, a no-op where it is theirs), with
-    ``augment`` where the target does not set its own."""
+    """The targets as loaded for a source of input ``shape``: brought to its image shape (``:shape=``, a no-op
+    where it is theirs), with ``augment`` where the target does not set its own."""
     names = []
     for t in config.targets:
         if len(shape) == 3 and ":shape=" not in t:
@@ -229,8 +240,8 @@ def target_names(config: TransferConfig, shape: tuple[int, ...]) -> tuple[str, .
     return tuple(names)
 
 
-def _target_dir(i: int) -> str:
-    return f"target_{i}"
+def _unit_dir(seed: int, source: int, target: int, round_: int, kind: str) -> str:
+    return f"seed_{seed}/source_{source}/target_{target}/round_{round_:02d}/{kind}"
 
 
 # --- the unit -----------------------------------------------------------------------------------------------
@@ -238,11 +249,13 @@ def _target_dir(i: int) -> str:
 
 @dataclass(frozen=True)
 class TransferSpec:
-    """What a transfer unit trains: ticket kind ``ticket`` of round ``round`` of the source's seed
-    ``source_seed``, on target ``target`` (as loaded: ``task``), with seed ``seed``."""
+    """What a transfer unit trains: ticket kind ``ticket`` of round ``round`` of seed ``source_seed`` of source
+    ``source`` (its run directory: ``run``), on target ``target`` (as loaded: ``task``), with seed ``seed``."""
 
     config: TransferConfig
     seed: int
+    source: int
+    run: str
     source_seed: int
     round: int
     target: int
@@ -264,19 +277,21 @@ def _new_model(source_config: dict, data, seed: int, device) -> torch.nn.Module:
 
 
 def ticket_start(spec: TransferSpec, device="cpu"):
-    """(model, state, masks, facts) of one transfer unit before training: the target's model (the source's
-    architecture with the target's classes), the state it starts from and the masks it trains under."""
+    """(model, data, state, masks, facts) of one transfer unit before training: the target's model (the source's
+    architecture with the target's classes), its data, the state it starts from and the masks it trains under."""
     c = spec.config
     weights, mask_kind = spec.ticket.split("-")
-    ticket = load_ticket(c.source, spec.round, seed=spec.source_seed, device=device)
+    ticket = load_ticket(spec.run, spec.round, seed=spec.source_seed, device=device)
     data = _load_target(c, spec.task, device)
-    model = _new_model(ticket.config, data, spec.seed * 7919 + 17 + spec.round, device)  # the fresh output layer
+    # one draw per (seed, source, round) of the output layer, shared by the ticket kinds; another for fresh weights
+    draw = spec.seed * 7919 + 1_000_003 * spec.source + spec.round
+    model = _new_model(ticket.config, data, draw + 17, device)
     names = list(masked_weights(model))
     head = names[-1]
     head_prefix = head[: -len("weight")]
     start = model.state_dict()
     if weights == "fresh":
-        fresh = _new_model(ticket.config, data, spec.seed * 7919 + 100_003 + spec.round, device).state_dict()
+        fresh = _new_model(ticket.config, data, draw + 100_003, device).state_dict()
         body = {k: v for k, v in fresh.items() if not k.startswith(head_prefix)}
     else:
         body = {k: v for k, v in ticket.rewind_state.items() if not k.startswith(head_prefix)}
@@ -291,7 +306,7 @@ def ticket_start(spec: TransferSpec, device="cpu"):
     source_body = Masks({n: m for n, m in ticket.masks.items() if n != head})
     if set(source_body) != set(names[:-1]):
         raise ValueError(f"the source's masks ({sorted(ticket.masks)}) do not fit the target's model ({names})")
-    generator = torch.Generator().manual_seed(spec.seed * 31 + spec.round * 2 + (mask_kind == "global"))
+    generator = torch.Generator().manual_seed(draw * 2 + (mask_kind == "global"))
     body_masks = source_body if mask_kind == "preserved" else source_body.permuted(
         "layer" if mask_kind == "local" else "global", generator)
     masks = Masks({**{n: body_masks[n].to(device) for n in body_masks},
@@ -310,12 +325,13 @@ def transfer_unit(spec: TransferSpec, directory: Path, log: Callable[[str], None
     model, data, state, masks, facts = ticket_start(spec, device)
     metrics = train_masked(model, data, c.train_config(), masks, state, directory, seed=spec.seed, start=0,
                            progress=progress, desc=f"round {spec.round} {spec.ticket} on {spec.task}")
-    result = {"seed": spec.seed, "source_seed": spec.source_seed, "round": spec.round, "target": spec.target,
-              "task": spec.task, "ticket": spec.ticket, **facts, "layer_sparsity": masks.layer_sparsity(),
+    result = {"seed": spec.seed, "source": spec.source, "source_seed": spec.source_seed, "round": spec.round,
+              "target": spec.target, "task": spec.task, "ticket": spec.ticket, **facts,
+              "layer_sparsity": masks.layer_sparsity(),
               **{k: metrics[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
                                          "best_val_iteration", "iterations", "train_seconds", "sparsity")}}
-    log(f"seed {spec.seed} round {spec.round} ({100 * facts['source_density']:.2f}% of the source's weights left) "
-        f"{spec.ticket} on {spec.task}: test accuracy {100 * metrics['test_accuracy']:.2f}%")
+    log(f"seed {spec.seed} source {spec.source} round {spec.round} ({100 * facts['source_density']:.2f}% of its "
+        f"weights left) {spec.ticket} on {spec.task}: test accuracy {100 * metrics['test_accuracy']:.2f}%")
     return result
 
 
@@ -342,13 +358,29 @@ def own_tickets(run_dir: str) -> dict:
 
 
 def _matching_target(config: TransferConfig, run_dir: str) -> int:
-    dataset = _source_config(run_dir)["dataset"]
-    plain = [t.split(":shape=")[0] for t in config.targets]
-    for i, (t, p) in enumerate(zip(config.targets, plain)):
-        if dataset in (t, p) or dataset.split(":shape=")[0] == p:
+    dataset = _source_config(run_dir)["dataset"].split(":shape=")[0]
+    for i, t in enumerate(config.targets):
+        if dataset == t.split(":shape=")[0]:
             return i
     raise ValueError(f"--target-ticket {run_dir} is an IMP run on {dataset!r}, which is none of the targets "
                      f"{list(config.targets)}")
+
+
+def _closest(rows: list[dict], density: float, key: str) -> dict:
+    """The row whose ``key`` density is closest to ``density`` (log scale: IMP's densities are geometric)."""
+    return min(rows, key=lambda r: abs(math.log(max(r[key], 1e-12)) - math.log(max(density, 1e-12))))
+
+
+def _gaps(transferred: list[dict], own: list[dict]) -> list[dict]:
+    """Per transferred round, its accuracy minus the target's own ticket's at the closest density (the same round
+    where both prune alike)."""
+    out = []
+    for row in transferred if own else []:
+        match = _closest(own, row["source_density"], "density")
+        out.append({"round": row["round"], "own_round": match["round"], "source_density": row["source_density"],
+                    "own_density": match["density"],
+                    "gap": row["test_accuracy"]["mean"] - match["test_accuracy"]["mean"]})
+    return out
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------
@@ -360,38 +392,43 @@ class TransferPipeline(Pipeline):
     description = "ticket transfer across data sets and optimizers, with the random-ticket controls"
 
     def check(self, config: TransferConfig) -> None:
-        source = read_source(config)
-        pairs = seed_pairs(config, source)
-        for _, s in pairs:
-            missing = [r for r in config.rounds if r not in source.rounds[s]]
-            if missing:
-                raise ValueError(f"source {config.source} seed {s} has not finished rounds {missing}; finished: "
-                                 f"{list(source.rounds[s])}")
+        sources = [read_source(run, config.data_dir) for run in config.sources]
+        seeds = seed_list(config, sources)
         device = check_device(config.device)
-        for task in target_names(config, source.input_shape):
-            data = _load_target(config, task, "cpu")
-            if tuple(data.input_shape) != source.input_shape:
-                raise ValueError(f"target {task!r} holds inputs of shape {tuple(data.input_shape)}; the source's "
-                                 f"model takes {source.input_shape}, and vectors cannot be resized")
-        for run_dir in config.target_tickets:
-            _matching_target(config, run_dir)
-        seed, s = pairs[0]
-        round_ = (config.rounds or source.rounds[s])[0]
-        ticket_start(TransferSpec(config, seed, s, round_, 0, target_names(config, source.input_shape)[0],
-                                  config.tickets[0]), device)  # the source's ticket fits the target's model
+        for target_ticket in config.target_tickets:
+            _matching_target(config, target_ticket)
+        for k, source in enumerate(sources):
+            pairs = seed_pairs(config, source, seeds)
+            for _, s in pairs:
+                missing = [r for r in config.rounds if r not in source.rounds[s]]
+                if missing:
+                    raise ValueError(f"source {source.run} seed {s} has not finished rounds {missing}; finished: "
+                                     f"{list(source.rounds[s])}")
+            tasks = target_names(config, source.input_shape)
+            for task in tasks:
+                data = _load_target(config, task, "cpu")
+                if tuple(data.input_shape) != source.input_shape:
+                    raise ValueError(f"target {task!r} holds inputs of shape {tuple(data.input_shape)}; source "
+                                     f"{source.run}'s model takes {source.input_shape}, and vectors cannot be resized")
+            seed, s = pairs[0]
+            round_ = (config.rounds or source.rounds[s])[0]
+            ticket_start(TransferSpec(config, seed, k, source.run, s, round_, 0, tasks[0], config.tickets[0]),
+                         device)  # the source's ticket fits the target's model
 
     def plan(self, config: TransferConfig) -> list[list[Unit]]:
-        source = read_source(config)
-        tasks = target_names(config, source.input_shape)
+        sources = [read_source(run, config.data_dir) for run in config.sources]
+        seeds = seed_list(config, sources)
         units = []
-        for seed, source_seed in seed_pairs(config, source):
-            for r in config.rounds or source.rounds[source_seed]:
-                for t, task in enumerate(tasks):
-                    for kind in config.tickets:
-                        spec = TransferSpec(config, seed, source_seed, r, t, task, kind)
-                        units.append(Unit("lth_sparse.pipelines.transfer:transfer_unit", spec,
-                                          f"seed_{seed}/{_target_dir(t)}/round_{r:02d}/{kind}",
-                                          label=f"seed {seed} round {r} {kind} on {task}"))
+        for k, source in enumerate(sources):
+            tasks = target_names(config, source.input_shape)
+            for seed, source_seed in seed_pairs(config, source, seeds):
+                for r in config.rounds or source.rounds[source_seed]:
+                    for t, task in enumerate(tasks):
+                        for kind in config.tickets:
+                            spec = TransferSpec(config, seed, k, source.run, source_seed, r, t, task, kind)
+                            units.append(Unit("lth_sparse.pipelines.transfer:transfer_unit", spec,
+                                              _unit_dir(seed, k, t, r, kind),
+                                              label=f"seed {seed} source {k} round {r} {kind} on {task}"))
         return [units]
 
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
@@ -399,26 +436,31 @@ class TransferPipeline(Pipeline):
         saved, config = self.saved_config(run_dir)
         steps = Steps(run_dir)
         results = [steps.result(str(d.relative_to(run_dir)))
-                   for d in sorted(run_dir.glob("seed_*/target_*/round_*/*")) if (d / "done.json").exists()]
+                   for d in sorted(run_dir.glob("seed_*/source_*/target_*/round_*/*")) if (d / "done.json").exists()]
         summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
-                   "source": {"run": config.source, "dataset": None, "model": None}, "targets": [], "seeds": []}
-        try:
-            source_config = _source_config(config.source)
-            summary["source"].update(dataset=source_config["dataset"], model=source_config["model"],
-                                     optimizer=source_config["optimizer"], rewind=source_config["rewind"])
-        except (OSError, ConfigMismatch):
-            pass  # the source moved: the units' results still say everything plotted
-        summary["seeds"] = sorted({r["seed"] for r in results})
-        tasks = sorted({(r["target"], r["task"]) for r in results})
+                   "sources": [], "targets": [{"target": t, "name": name} for t, name in enumerate(config.targets)],
+                   "seeds": sorted({r["seed"] for r in results}), "pairs": []}
+        for k, run in enumerate(config.sources):
+            entry = {"source": k, "run": run}
+            try:
+                source_config = _source_config(run)
+                entry.update(dataset=source_config["dataset"], model=source_config["model"],
+                             optimizer=source_config["optimizer"], rewind=source_config["rewind"])
+            except (OSError, ConfigMismatch):
+                entry["dataset"] = None  # the source moved: the units' results still hold everything plotted
+            summary["sources"].append(entry)
         own = {}
         for run in config.target_tickets:
             try:
                 own[_matching_target(config, run)] = own_tickets(run)
             except (OSError, ConfigMismatch, ValueError):
                 continue
-        for t, task in tasks:
-            mine = [r for r in results if r["target"] == t]
-            entry = {"target": t, "task": task, "tickets": {}}
+        for t, entry in enumerate(summary["targets"]):
+            if t in own:
+                entry["own"] = own[t]
+        for k, t in sorted({(r["source"], r["target"]) for r in results}):
+            mine = [r for r in results if r["source"] == k and r["target"] == t]
+            pair = {"source": k, "target": t, "task": mine[0]["task"], "tickets": {}}
             for kind in config.tickets:
                 rows = []
                 for r in sorted({x["round"] for x in mine if x["ticket"] == kind}):
@@ -429,15 +471,15 @@ class TransferPipeline(Pipeline):
                                  "sparsity": over_seeds([x["sparsity"] for x in found])["mean"],
                                  "test_accuracy": over_seeds([x["test_accuracy"] for x in found])})
                 if rows:
-                    entry["tickets"][kind] = rows
+                    pair["tickets"][kind] = rows
             if t in own:
-                entry["own"] = own[t]
-                entry["gap"] = _gaps(entry["tickets"].get("rewind-preserved", []), own[t]["rounds"])
-            summary["targets"].append(entry)
-        # flat figures for a sweep's table: per kind, the mean test accuracy over targets at the last common round
-        for entry in summary["targets"][:1]:
-            for kind, rows in entry["tickets"].items():
-                summary[f"test_accuracy_{kind.replace('-', '_')}_last"] = rows[-1]["test_accuracy"]["mean"]
+                pair["gap"] = _gaps(pair["tickets"].get("rewind-preserved", []), own[t]["rounds"])
+            summary["pairs"].append(pair)
+        summary["matrix"] = _matrix(summary, config)
+        # flat figures for a sweep's table: per kind, the first pair's mean test accuracy at its sparsest round
+        for pair in summary["pairs"][:1]:
+            for kind, rows in pair["tickets"].items():
+                summary[f"test_accuracy_{kind.replace('-', '_')}_sparsest"] = rows[-1]["test_accuracy"]["mean"]
         atomic_write_json(run_dir / "summary.json", summary)
         if plots and results:
             from lth_sparse.plots import plot_transfer
@@ -446,50 +488,66 @@ class TransferPipeline(Pipeline):
         return summary
 
     def report(self, summary: dict) -> list[str]:
+        from lth_sparse.plots import short_task_names
+
         lines = []
         seeds = len(summary["seeds"])
-        for entry in summary["targets"]:
-            kinds = list(entry["tickets"])
-            lines.append(f"target {entry['task']} ({'mean +- std over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}"
-                         f"; source {summary['source'].get('dataset')}):")
+        for pair in summary["pairs"]:
+            kinds = list(pair["tickets"])
+            source = summary["sources"][pair["source"]]
+            target = summary["targets"][pair["target"]]
+            lines.append(f"{source.get('dataset')} -> {short_task_names([pair['task']])[0]} "
+                         f"({'mean +- std over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}):")
             head = f"  {'round':>5} {'pruned':>8}" + "".join(f"{k:>22}" for k in kinds)
-            if "own" in entry:
+            if "own" in target:
                 head += f"{'own ticket':>22}{'gap':>8}"
             lines.append(head)
-            by_round = {k: {row["round"]: row for row in rows} for k, rows in entry["tickets"].items()}
-            own = {row["round"]: row for row in entry.get("own", {}).get("rounds", [])}
-            gaps = {g["round"]: g for g in entry.get("gap", [])}
+            by_round = {k: {row["round"]: row for row in rows} for k, rows in pair["tickets"].items()}
+            gaps = {g["round"]: g for g in pair.get("gap", [])}
+            own = {row["round"]: row for row in target.get("own", {}).get("rounds", [])}
             for r in sorted({r for rows in by_round.values() for r in rows}):
                 first = next(rows[r] for rows in by_round.values() if r in rows)
-                cells = []
-                for k in kinds:
-                    row = by_round[k].get(r)
-                    cells.append(_pm(row["test_accuracy"], seeds) if row else "-")
+                cells = [_pm(by_round[k][r]["test_accuracy"], seeds) if r in by_round[k] else "-" for k in kinds]
                 line = f"  {r:>5} {100 * first['source_sparsity']:>7.2f}%" + "".join(f"{c:>22}" for c in cells)
-                if "own" in entry:
-                    line += f"{_pm(own[r]['test_accuracy'], 2) if r in own else '-':>22}"
+                if "own" in target:
+                    match = own.get(gaps[r]["own_round"]) if r in gaps else None
+                    line += f"{_pm(match['test_accuracy'], 2) if match else '-':>22}"
                     line += f"{100 * gaps[r]['gap']:>+7.2f}" if r in gaps else f"{'-':>8}"
                 lines.append(line)
+        for m in summary["matrix"]:
+            if m.get("gap") is not None and len(summary["pairs"]) > 1:
+                lines.append(f"transfer gap at {100 * m['at']:.0f}% pruned (rows: sources, columns: targets), points:")
+                for k, row in enumerate(m["gap"]):
+                    lines.append(f"  {str(summary['sources'][k].get('dataset')):<28}"
+                                 + "".join(f"{'-' if g is None else f'{100 * g:+.2f}':>10}" for g in row))
         return lines
+
+
+def _matrix(summary: dict, config: TransferConfig) -> list[dict]:
+    """At each ``config.at`` fraction pruned: per (source, target), the transferred ticket's mean accuracy at the
+    source round closest to it, and its gap to the target's own ticket (where ``--target-ticket`` gave one)."""
+    n_sources, n_targets = len(summary["sources"]), len(summary["targets"])
+    pairs = {(p["source"], p["target"]): p for p in summary["pairs"]}
+    out = []
+    for at in config.at:
+        accuracy = [[None] * n_targets for _ in range(n_sources)]
+        gap = [[None] * n_targets for _ in range(n_sources)]
+        rounds = [[None] * n_targets for _ in range(n_sources)]
+        for (k, t), pair in pairs.items():
+            rows = pair["tickets"].get("rewind-preserved")
+            if not rows:
+                continue
+            row = _closest(rows, 1 - at, "source_density")
+            accuracy[k][t], rounds[k][t] = row["test_accuracy"]["mean"], row["round"]
+            gaps = {g["round"]: g["gap"] for g in pair.get("gap", [])}
+            gap[k][t] = gaps.get(row["round"])
+        has_gap = any(g is not None for row in gap for g in row)
+        out.append({"at": at, "round": rounds, "accuracy": accuracy, "gap": gap if has_gap else None})
+    return out
 
 
 def _pm(stats: dict, seeds: int) -> str:
     return f"{100 * stats['mean']:.2f}% +- {100 * stats['std']:.2f}" if seeds > 1 else f"{100 * stats['mean']:.2f}%"
-
-
-def _gaps(transferred: list[dict], own: list[dict]) -> list[dict]:
-    """Per transferred round, its accuracy minus the target's own ticket's at the closest density (log scale:
-    IMP's densities are geometric; the same round where both prune alike)."""
-    out = []
-    for row in transferred:
-        if not own:
-            break
-        match = min(own, key=lambda o: abs(math.log(max(o["density"], 1e-12))
-                                           - math.log(max(row["source_density"], 1e-12))))
-        out.append({"round": row["round"], "own_round": match["round"], "source_density": row["source_density"],
-                    "own_density": match["density"],
-                    "gap": row["test_accuracy"]["mean"] - match["test_accuracy"]["mean"]})
-    return out
 
 
 TRANSFER = register_pipeline(TransferPipeline())
@@ -499,12 +557,14 @@ def run(config: TransferConfig, out_dir, *, progress: bool | None = None, log: C
         plots: bool = True, executor=None) -> dict:
     """Run (or resume) a transfer; returns the summary also written to ``out_dir/summary.json``.
 
-    The summary holds ``kind`` (``"transfer"``), ``hash``, ``config``, ``source`` (its run, data set, model,
-    optimizer, rewind point), ``seeds``, and per target (``targets``: ``target``, ``task`` as loaded)
-    ``tickets``: per ticket kind, per source round, ``source_sparsity`` / ``source_density`` (the x axis),
-    ``sparsity`` (the trained network's, its output layer dense) and ``test_accuracy`` over the seeds
-    (``mean``/``std``/``min``/``max``/``n``); with ``--target-ticket``, ``own`` (that IMP run's rounds) and
-    ``gap`` (per round, the transferred ticket's mean accuracy minus the own ticket's at the closest density).
+    The summary holds ``kind`` (``"transfer"``), ``hash``, ``config``, ``sources`` (each: its run, data set,
+    model, optimizer, rewind point), ``targets`` (each: its name as given, and with ``--target-ticket``
+    ``own``: that IMP run's rounds, the reference line), ``seeds``, ``pairs`` (per source and target: ``task``
+    as loaded; ``tickets``, per ticket kind and source round, ``source_sparsity`` / ``source_density`` (the x
+    axis), ``sparsity`` (the trained network's, its output layer dense) and ``test_accuracy`` over the seeds
+    (``mean``/``std``/``min``/``max``/``n``); ``gap``: per round, the transferred ticket's mean accuracy minus
+    the own ticket's at the closest density) and ``matrix`` (at each ``--at`` fraction pruned, per source and
+    target, the transferred ticket's accuracy, the round used and the gap).
     """
     from lth_sparse.executors import LocalExecutor
 

@@ -31,7 +31,7 @@ def make_source(path, **overrides):
 
 
 def make_config(source, **options):
-    return config_from_options(TransferConfig, {"source": str(source), "targets": ["digits:half=b"], **options})
+    return config_from_options(TransferConfig, {"sources": [str(source)], "targets": ["digits:half=b"], **options})
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,9 @@ def every_kind(source):
 def test_the_summary_holds_every_kind_at_every_round_for_every_target(every_kind):
     out, config, summary = every_kind
     assert summary["seeds"] == [0, 1]
-    assert [t["task"].split(":shape=")[0] for t in summary["targets"]] == ["digits:half=b", "digits:classes=0,1,2,3,4"]
-    for entry in summary["targets"]:
+    assert [t["task"].split(":shape=")[0] for t in summary["pairs"]] == ["digits:half=b", "digits:classes=0,1,2,3,4"]
+    assert [p["source"] for p in summary["pairs"]] == [0, 0]
+    for entry in summary["pairs"]:
         assert set(entry["tickets"]) == set(TICKETS)
         for kind, rows in entry["tickets"].items():
             assert [r["round"] for r in rows] == [0, 1, 2], kind
@@ -61,7 +62,7 @@ def test_the_summary_holds_every_kind_at_every_round_for_every_target(every_kind
             assert all(0 < r["test_accuracy"]["mean"] <= 1 for r in rows)
     assert (out / "plots" / "transfer_target_0.png").stat().st_size > 0
     assert (out / "plots" / "transfer_target_1.png").stat().st_size > 0
-    done = json.loads((out / "seed_1" / "target_1" / "round_02" / "fresh-global" / "done.json").read_text())
+    done = json.loads((out / "seed_1" / "source_0" / "target_1" / "round_02" / "fresh-global" / "done.json").read_text())
     assert done["source_seed"] == 1 and done["ticket"] == "fresh-global" and done["round"] == 2
 
 
@@ -85,7 +86,7 @@ def test_the_morcos_presets_are_the_papers_numbers():
 
 
 def start(source, ticket, round_=2, seed=0, task="digits:half=b:shape=1x8x8", target=0):
-    return ticket_start(TransferSpec(make_config(source), seed, seed, round_, target, task, ticket))
+    return ticket_start(TransferSpec(make_config(source), seed, 0, str(source), seed, round_, target, task, ticket))
 
 
 def body(masks: Masks, head: str) -> Masks:
@@ -146,7 +147,7 @@ def test_a_target_with_another_class_count_gets_a_resized_output_layer(every_kin
     head = facts["output_layer"]
     assert data.num_classes == 5 and state[head].shape[0] == 5 and masks[head].shape[0] == 5
     out, _, _ = every_kind
-    trained = torch.load(out / "seed_0" / "target_1" / "round_02" / "rewind-preserved" / "final.pt")
+    trained = torch.load(out / "seed_0" / "source_0" / "target_1" / "round_02" / "rewind-preserved" / "final.pt")
     assert trained[head].shape[0] == 5
 
 
@@ -159,8 +160,8 @@ def test_a_rerun_resumes_and_the_process_executor_gives_the_same_files(every_kin
     transfer.run(small, tmp_path / "pool", progress=False, log=quiet, plots=False,
                  executor=ProcessExecutor(workers=2, threads=1))
     for kind in ("rewind-preserved", "fresh-global"):
-        a = torch.load(out / "seed_1" / "target_0" / "round_02" / kind / "final.pt")
-        b = torch.load(tmp_path / "pool" / "seed_1" / "target_0" / "round_02" / kind / "final.pt")
+        a = torch.load(out / "seed_1" / "source_0" / "target_0" / "round_02" / kind / "final.pt")
+        b = torch.load(tmp_path / "pool" / "seed_1" / "source_0" / "target_0" / "round_02" / kind / "final.pt")
         assert a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a), kind
 
 
@@ -169,12 +170,12 @@ def test_the_targets_own_tickets_give_the_reference_line_and_the_gap(source, tmp
     make_source(own, dataset="digits:half=b")
     config = make_config(source, target_tickets=[str(own)], rounds=[0, 2], seeds=[0])
     summary = transfer.run(config, tmp_path / "run", progress=False, log=quiet, plots=True)
-    entry = summary["targets"][0]
-    assert [r["round"] for r in entry["own"]["rounds"]] == [0, 1, 2]
+    entry, target = summary["pairs"][0], summary["targets"][0]
+    assert [r["round"] for r in target["own"]["rounds"]] == [0, 1, 2]
     gaps = {g["round"]: g for g in entry["gap"]}
     assert set(gaps) == {0, 2} and gaps[2]["own_round"] == 2
     transferred = entry["tickets"]["rewind-preserved"][1]["test_accuracy"]["mean"]
-    assert gaps[2]["gap"] == pytest.approx(transferred - entry["own"]["rounds"][2]["test_accuracy"]["mean"])
+    assert gaps[2]["gap"] == pytest.approx(transferred - target["own"]["rounds"][2]["test_accuracy"]["mean"])
     with pytest.raises(ValueError, match="none of the targets"):
         transfer.run(make_config(source, target_tickets=[str(source)]), tmp_path / "bad", progress=False, log=quiet)
 
@@ -211,7 +212,7 @@ def test_the_command_line(source, tmp_path, capsys):
     assert main(["transfer", "--source", str(source), "--target", "digits:half=b", "--tickets", "rewind-preserved",
                  "--rounds", "2", "--seeds", "0,", "--out", str(tmp_path / "cli"), "--no-plots"]) == 0
     out = capsys.readouterr().out
-    assert "rewind-preserved" in out and "source digits:half=a" in out
+    assert "rewind-preserved" in out and "digits:half=a -> half=b" in out
     assert main(["transfer", "--source", str(tmp_path / "none"), "--target", "digits", "--out",
                  str(tmp_path / "x")]) == 2
     assert "not a run directory" in capsys.readouterr().err
@@ -226,14 +227,37 @@ def test_same_distribution_transfer_beats_the_random_ticket_at_high_sparsity(tmp
                   seeds=(0, 1), train_size=2000)
     make_source(tmp_path / "a", **recipe, dataset="fashion-mnist:half=a")
     make_source(tmp_path / "b", **recipe, dataset="fashion-mnist:half=b")
-    config = config_from_options(TransferConfig, {"source": str(tmp_path / "a"), "targets": ["fashion-mnist:half=b"],
+    config = config_from_options(TransferConfig, {"sources": [str(tmp_path / "a")], "targets": ["fashion-mnist:half=b"],
                                                   "rounds": [4], "train_size": 2000,
                                                   "target_tickets": [str(tmp_path / "b")]})
-    entry = transfer.run(config, tmp_path / "t", progress=False, log=quiet, plots=False)["targets"][0]
+    summary = transfer.run(config, tmp_path / "t", progress=False, log=quiet, plots=False)
+    entry, target = summary["pairs"][0], summary["targets"][0]
     winning = entry["tickets"]["rewind-preserved"][0]["test_accuracy"]["mean"]
     random = entry["tickets"]["fresh-global"][0]["test_accuracy"]["mean"]
-    own = entry["own"]["rounds"][4]["test_accuracy"]["mean"]
+    own = target["own"]["rounds"][4]["test_accuracy"]["mean"]
     print(f"at {100 * entry['tickets']['rewind-preserved'][0]['source_density']:.2f}% remaining: transferred "
           f"{100 * winning:.2f}%, random ticket {100 * random:.2f}%, target's own {100 * own:.2f}%")
     assert winning > random + 0.05
     assert winning > own - 0.05
+
+
+def test_several_sources_make_the_transfer_matrix(source, tmp_path):
+    """Two sources x two targets, with the targets' own tickets: the matrix of transfer gaps at each --at."""
+    other = tmp_path / "b"
+    make_source(other, dataset="digits:half=b")
+    config = config_from_options(TransferConfig, {
+        "sources": [str(source), str(other)], "targets": ["digits:half=b", "digits:half=a"],
+        "target_tickets": [str(other), str(source)], "tickets": "rewind-preserved", "seeds": [0], "at": [0.5, 0.75]})
+    summary = transfer.run(config, tmp_path / "matrix", progress=False, log=quiet, plots=True)
+    assert [(p["source"], p["target"]) for p in summary["pairs"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [m["at"] for m in summary["matrix"]] == [0.5, 0.75]
+    at = summary["matrix"][1]
+    assert at["round"] == [[2, 2], [2, 2]], "0.75 pruned is round 2 at 50% per round"
+    pairs = {(p["source"], p["target"]): p for p in summary["pairs"]}
+    for k in range(2):
+        for t in range(2):
+            accuracy = pairs[(k, t)]["tickets"]["rewind-preserved"][2]["test_accuracy"]["mean"]
+            own = summary["targets"][t]["own"]["rounds"][2]["test_accuracy"]["mean"]
+            assert at["accuracy"][k][t] == pytest.approx(accuracy)
+            assert at["gap"][k][t] == pytest.approx(accuracy - own)
+    assert (tmp_path / "matrix" / "plots" / "transfer_matrix_0750.png").stat().st_size > 0
