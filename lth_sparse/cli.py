@@ -263,6 +263,26 @@ def _add_transfer(sub) -> None:
                "source's training options.")
 
 
+def _add_instability(sub) -> None:
+    from lth_sparse.data import available_datasets
+    from lth_sparse.models import available_models
+
+    _add_pipeline(
+        sub, "instability", out="runs/instability",
+        help="instability to SGD noise: error barriers between copies trained from one state",
+        description="Linear mode connectivity (Frankle et al. 2020; the SGD-noise paper's equation 3). From each "
+                    "rewind point of a dense network (--rewind-points), or from every round's ticket of an IMP run "
+                    "(--source), --copies copies train to the end under different data order and augmentation; "
+                    "every pair is evaluated at --alphas points of the straight line between them (in one batched "
+                    "pass) and its error barrier is the largest error on the path minus the mean of its ends. "
+                    "--successive measures the barriers between successive rounds' tickets; --search finds the "
+                    "earliest stable rewind point by bisection. Results go to --out: seed_S/POINT/copy_C/, "
+                    "seed_S/POINT/pair_I_J/, summary.json and plots/. Re-running resumes.",
+        epilog=f"Datasets: {', '.join(available_datasets())} (and derived tasks). Models: "
+               f"{', '.join(available_models())}. With --source the run's data set, model and training recipe are "
+               "the defaults; --preset and the flags override them.")
+
+
 def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare-masks", help="the Jaccard distance between IMP runs' masks, round by round",
@@ -395,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_imp(sub)
     _add_consensus(sub)
     _add_transfer(sub)
+    _add_instability(sub)
     _add_compare(sub)
     _add_importance_overlap(sub)
     from lth_sparse.sweep import add_sweep_parser

@@ -343,3 +343,99 @@ def plot_transfer(summary: dict, out_dir) -> list[Path]:
             plt.close(fig)
             paths.append(path)
     return paths
+
+
+def plot_instability(summary: dict, out_dir) -> list[Path]:
+    """The instability pipeline's figures: test error along the path for each rewind point or round (mean +- std
+    over seeds x pairs; alpha = 0 is the first copy), the error barrier against the point (with the stability
+    threshold), the barriers between successive IMP tickets, and the search's probes."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = summary.get("config", {})
+    title = f"{config.get('model', '')} on {config.get('dataset', '')}, bn {summary.get('bn')}"
+    paths = []
+    points = summary["points"]
+    if points:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for row in points:
+            mean = [100 * v for v in row["test_error_curve"]]
+            std = [100 * v for v in row["test_error_curve_std"]]
+            line, = ax.plot(row["alphas"], mean, "o-", markersize=3, label=row["point"])
+            ax.fill_between(row["alphas"], [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
+        ax.set_xlabel("alpha (0: copy 1, 1: copy 2)")
+        ax.set_ylabel("test error (%)")
+        ax.set_title(f"error along the path, {title}", fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small", ncol=2)
+        fig.tight_layout()
+        path = out_dir / "error_along_path.png"
+        _save(fig, path)
+        plt.close(fig)
+        paths.append(path)
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        rounds = all(r["point"].startswith("round_") for r in points)
+        x = [100 * (1 - r.get("sparsity", 0.0)) if rounds else r.get("iteration", i) for i, r in enumerate(points)]
+        for key, label, style in (("test_error_barrier", "test", "o-"), ("train_error_barrier", "train", "s--")):
+            mean = [100 * r[key]["mean"] for r in points]
+            std = [100 * r[key]["std"] for r in points]
+            ax.errorbar(x, mean, yerr=std, fmt=style, capsize=3, label=f"{label} error barrier")
+        ax.axhline(100 * summary["threshold"], color="k", linestyle=":", label="stability threshold")
+        if rounds:
+            ax.set_xscale("log")
+            ax.invert_xaxis()
+            ax.set_xlabel("weights remaining (%)")
+        else:
+            ax.set_xscale("symlog", linthresh=max(1, min([v for v in x if v > 0], default=1)))
+            ax.set_xlabel("rewind point (iteration)")
+            for xi, r in zip(x, points):
+                ax.annotate(r["point"], (xi, 100 * r["test_error_barrier"]["mean"]), fontsize="x-small",
+                            textcoords="offset points", xytext=(3, 5))
+        ax.set_ylabel("error barrier (points)")
+        ax.set_title(f"instability, {title}", fontsize="medium")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = out_dir / "barrier_vs_point.png"
+        _save(fig, path)
+        plt.close(fig)
+        paths.append(path)
+    if summary.get("successive"):
+        rows = summary["successive"]
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        ax.errorbar(range(len(rows)), [100 * r["test_error_barrier"]["mean"] for r in rows],
+                    yerr=[100 * r["test_error_barrier"]["std"] for r in rows], fmt="o-", capsize=3)
+        ax.axhline(100 * summary["threshold"], color="k", linestyle=":", label="stability threshold")
+        ax.set_xticks(range(len(rows)), [r["rounds"].replace("round_", "") for r in rows], rotation=45,
+                      fontsize="small")
+        ax.set_xlabel("successive rounds")
+        ax.set_ylabel("test error barrier (points)")
+        ax.set_title(f"barriers between successive tickets, {title}", fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / "successive_barriers.png"
+        _save(fig, path)
+        plt.close(fig)
+        paths.append(path)
+    if summary.get("search"):
+        probes = sorted(summary["search"]["probes"], key=lambda p: p["iteration"])
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        ax.errorbar([p["iteration"] for p in probes], [100 * p["barrier"]["mean"] for p in probes],
+                    yerr=[100 * p["barrier"]["std"] for p in probes], fmt="o", capsize=3)
+        ax.axhline(100 * summary["threshold"], color="k", linestyle=":", label="stability threshold")
+        found = summary["search"]["earliest_stable_iteration"]
+        if found is not None:
+            ax.axvline(found, color="g", linestyle="--", label=f"earliest stable: iteration {found}")
+        ax.set_xlabel("rewind point (iteration)")
+        ax.set_ylabel("mean test error barrier (points)")
+        ax.set_title(f"bisection probes, {title}", fontsize="medium")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = out_dir / "search_probes.png"
+        _save(fig, path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
