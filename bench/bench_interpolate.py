@@ -9,7 +9,7 @@ CPU Conv-4 runs one alpha at a time in cache-sized passes (see ``lth_sparse/nn/p
 All ways in the same run, with the same inputs, taking turns in rotated order; the
 results are checked equal; times are medians over the repeats.
 
-    python bench/bench_interpolate.py            # LeNet-300-100 on 10,000 examples, Conv-4 on 500, 21 alphas
+    python bench/bench_interpolate.py            # LeNet-300-100 on 10,000 examples, Conv-4 on 160, 21 alphas
     python bench/bench_interpolate.py --conv4-examples 10000 --repeats 1   # Conv-4 on issue 6's 10,000
     python bench/bench_interpolate.py --quick    # smaller, seconds
     python bench/bench_interpolate.py --device cuda   # issue 8's GPU targets (see below)
@@ -18,6 +18,18 @@ On a GPU (``--device cuda``): an MLP (LeNet-300-100) and ResNet-20, each on 10,0
 alphas; the loop, the batched pass on the backend ``auto`` picks, and the batched pass with each GPU
 backend of the interpolation ops forced (``LTH_SPARSE_BACKEND=triton``), its results checked against
 the loop's. Every call is synchronised; writes ``bench/results/interpolate-cuda.json`` with the GPU.
+
+Batch norm recomputed (rows with ``"bn": "recompute"``; the rows above are ``"interpolate"``): the loop
+loads each alpha's state dict, resets its batch-norm statistics (``momentum=None``), re-estimates them
+with a train-mode forward over each of the same training batches, then evaluates (and its channels_last
+twin for convs); ours is :func:`lth_sparse.analysis.interpolate` with ``bn="recompute"`` (statistics of
+all alphas in the same passes, then the batched evaluation), the whole call with its checks.
+LeNet-300-100 (no batch norm: nothing to re-estimate, the loop skips it too) on 10,000 examples,
+Conv-2 and Conv-4 with a BatchNorm2d after every conv (``lth_sparse.models``' conv nets have no batch
+norm option; ``conv2_bn`` / ``conv4_bn`` are built here) on ``--bn-examples`` examples and
+``--bn-batches`` training batches of ``--bn-batch-size``:
+
+    python bench/bench_interpolate.py --modes recompute --bn-examples 10000 --bn-batches 10 --repeats 1
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import os
 import statistics
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -39,13 +52,25 @@ from bench._common import print_table, write_results  # noqa: E402
 
 
 @torch.no_grad()
-def loop_over_alphas(model, state_a, state_b, alphas, x, y, batch_size):
+def loop_over_alphas(model, state_a, state_b, alphas, x, y, batch_size, bn_inputs=None):
+    """Loss and accuracy per alpha, loading each interpolated state dict into ``model``. ``bn_inputs``: the
+    training batches each alpha's batch-norm statistics are re-estimated on (reset, ``momentum=None``,
+    a train-mode forward of the batch-norm layers per batch); None: the interpolated statistics."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     losses, accs = [], []
     for alpha in alphas:
         state = {k: torch.lerp(state_a[k], state_b[k], alpha) if state_a[k].is_floating_point() else state_a[k]
                  for k in state_a}
         model.load_state_dict(state)
         model.eval()
+        if bn_inputs is not None and norms:
+            for norm in norms:
+                norm.reset_running_stats()
+                norm.momentum = None
+                norm.train()
+            for xb in bn_inputs:
+                model(xb)
+            model.eval()
         loss = correct = 0.0
         for start in range(0, x.shape[0], batch_size):
             out = model(x[start:start + batch_size])
@@ -144,6 +169,84 @@ def run_case(name, shape, examples, num_alphas, repeats, batch_size, device="cpu
     return row
 
 
+def with_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """The Sequential ``model`` with a BatchNorm2d after every conv (``convN`` -> ``bnN``)."""
+    layers = OrderedDict()
+    for name, module in model.named_children():
+        layers[name] = module
+        if isinstance(module, torch.nn.Conv2d):
+            layers[name.replace("conv", "bn")] = torch.nn.BatchNorm2d(module.out_channels)
+    net = torch.nn.Sequential(layers)
+    net.input_shape, net.num_classes = model.input_shape, model.num_classes
+    return net
+
+
+def bn_model(name, shape):
+    """``lenet300`` as it is; ``conv2_bn`` / ``conv4_bn``: the registered conv net with batch norm."""
+    from lth_sparse.models import create_model
+
+    if name.endswith("_bn"):
+        return with_batchnorm(create_model(name[:-3], shape, 10))
+    return create_model(name, shape, 10)
+
+
+def run_recompute_case(name, shape, examples, num_alphas, repeats, batch_size, bn_batches, bn_batch_size,
+                       device="cpu"):
+    """BN recomputed at every alpha: the loop (and on the CPU, for convs, its channels_last twin) against
+    ``lth_sparse.analysis.interpolate(..., bn="recompute")``, all on the same training batches."""
+    from lth_sparse.analysis import interpolate
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    model = bn_model(name, shape).to(device)
+    state_a = copy.deepcopy(model.state_dict())
+    torch.manual_seed(1)
+    state_b = copy.deepcopy(bn_model(name, shape).to(device).state_dict())
+    x = torch.randn(examples, *shape, device=device)
+    y = torch.randint(0, 10, (examples,), device=device)
+    bn_inputs = [torch.randn(bn_batch_size, *shape, device=device) for _ in range(bn_batches)]
+    alphas = torch.linspace(0, 1, num_alphas, device=device)
+    channels_last = device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last) if channels_last else None
+
+    def ways_on(x, y, bn_inputs):
+        ways = {"loop": lambda: loop_over_alphas(copy.deepcopy(model), state_a, state_b, alphas, x, y, batch_size,
+                                                 bn_inputs)}
+        if channels_last:
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            bn_cl = [b.contiguous(memory_format=torch.channels_last) for b in bn_inputs]
+            ways["loop_cl"] = lambda: loop_over_alphas(copy.deepcopy(model_cl), state_a, state_b, alphas, x_cl, y,
+                                                       batch_size, bn_cl)
+
+        def ours():
+            result = interpolate(model, state_a, state_b, {"test": (x, y)}, alphas=alphas, bn="recompute",
+                                 train_data=bn_inputs, bn_batches=len(bn_inputs), batch_size=batch_size)
+            curve = result.curve("test")
+            return (torch.tensor(curve.loss, dtype=torch.float64),
+                    torch.tensor(curve.accuracy, dtype=torch.float64), result.bn_layers)
+
+        ways["ours"] = ours
+        return ways
+
+    for warm_up in ways_on(x[:4], y[:4], [b[:4] for b in bn_inputs[:1]]).values():  # first-call costs, untimed
+        warm_up()
+    timings = median_of(ways_on(x, y, bn_inputs), repeats, device)
+    t_loop, (loss_loop, acc_loop), _ = timings["loop"]
+    t_ours, (loss_ours, acc_ours, bn_layers), _ = timings["ours"]
+    row = {"model": name, "bn": "recompute", "device": str(device), "examples": examples,
+           "bn_batches": bn_batches if bn_layers else 0, "bn_batch_size": bn_batch_size, "bn_layers": bn_layers,
+           "alphas": num_alphas, "repeats": repeats, "loop_s": t_loop}
+    if "loop_cl" in timings:
+        row["loop_cl_s"] = timings["loop_cl"][0]
+    row["all_seconds"] = {way: t[2] for way, t in timings.items()}
+    row.update({"ours_s": t_ours, "speedup": t_loop / t_ours})
+    if "loop_cl" in timings:
+        row["speedup_cl"] = row["loop_cl_s"] / t_ours
+    row.update({"max_loss_diff": (loss_loop - loss_ours).abs().max().item(),
+                "acc_equal": bool(torch.allclose(acc_loop, acc_ours, atol=2 / examples))})
+    return row
+
+
 def gpu_rows(num_alphas, repeats, quick):
     """Issue 8's targets: an MLP and ResNet-20 over 10,000 examples, every GPU backend of ours."""
     from lth_sparse._dispatch import backend_status
@@ -154,41 +257,81 @@ def gpu_rows(num_alphas, repeats, quick):
             run_case("resnet20", (3, 32, 32), examples, num_alphas, repeats, 1000, "cuda", forced)]
 
 
+def gpu_recompute_rows(num_alphas, repeats, quick):
+    """BN recomputed on the GPU: ResNet-20 (batch norm after every conv) on 10,000 examples, 10 batches of 1000."""
+    examples = 1000 if quick else 10_000
+    return [run_recompute_case("resnet20", (3, 32, 32), examples, num_alphas, repeats, 1000, 2 if quick else 10,
+                               1000, "cuda")]
+
+
+MODES = ("interpolate", "recompute")
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer examples, one repeat")
     parser.add_argument("--alphas", type=int, default=21)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--conv4-examples", type=int, default=500,
-                        help="Conv-4's examples on the CPU (default 500; issue 6's target is set on 10000: "
-                             "about 25 minutes per repeat of its three ways here)")
+    parser.add_argument("--conv4-examples", type=int, default=160,
+                        help="Conv-4's examples on the CPU (default 160, to keep the default run of both modes "
+                             "near 4 minutes on 2 cores; issue 6's target is set on 10000: about 25 minutes per "
+                             "repeat of its three ways here)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="batch-norm modes to measure, comma-separated: interpolate (the rows of the plain "
+                             "path evaluation) and recompute (default: both; the results file of a run of "
+                             "one mode is named after it)")
+    parser.add_argument("--bn-examples", type=int, default=96,
+                        help="recompute rows: Conv-2/Conv-4 (with batch norm) evaluation examples on the CPU "
+                             "(default 96; LeNet-300-100: 10000)")
+    parser.add_argument("--bn-batches", type=int, default=2, help="recompute rows: training batches (default 2)")
+    parser.add_argument("--bn-batch-size", type=int, default=48,
+                        help="recompute rows: examples per training batch (default 48)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="median of this many runs of each way (default 3, quick 1)")
     args = parser.parse_args(argv)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if not modes or any(m not in MODES for m in modes):
+        parser.error(f"--modes: choose from {', '.join(MODES)}, got {args.modes!r}")
     scale = 10 if args.quick else 1
     repeats = args.repeats or (1 if args.quick else 3)
+    result_name = "interpolate" if set(modes) == set(MODES) else "interpolate_" + "_".join(modes)
     if args.device == "cuda":
         if not torch.cuda.is_available():
             parser.error("--device cuda: no CUDA device here")
-        rows = gpu_rows(args.alphas, repeats + 1, args.quick)
+        rows = gpu_rows(args.alphas, repeats + 1, args.quick) if "interpolate" in modes else []
+        if "recompute" in modes:
+            rows += gpu_recompute_rows(args.alphas, repeats + 1, args.quick)
         print(f"evaluation at {args.alphas} points of a linear path, {torch.cuda.get_device_name()}")
-        columns = [("model", "model", ""), ("examples", "examples", "d"), ("loop_s", "loop (s)", ".4f"),
-                   ("ours_s", "batched (s)", ".4f"), ("speedup", "speed-up", ".2f"),
+        columns = [("model", "model", ""), ("bn", "bn", ""), ("examples", "examples", "d"),
+                   ("loop_s", "loop (s)", ".4f"), ("ours_s", "batched (s)", ".4f"), ("speedup", "speed-up", ".2f"),
                    ("ours_triton_s", "batched, triton (s)", ".4f"), ("speedup_triton", "speed-up, triton", ".2f"),
                    ("max_loss_diff", "max |loss diff|", ".1e"), ("acc_equal", "same acc", "")]
         print_table([c for c in columns if any(c[0] in r for r in rows)], rows)
         if not args.quick:
-            write_results("interpolate", "cuda", rows, {"alphas": args.alphas})
+            write_results(result_name, "cuda", rows, {"alphas": args.alphas})
         return rows
-    rows = [run_case("lenet300", (1, 28, 28), 10_000 // scale, args.alphas, repeats, 1000),
-            run_case("conv4", (3, 32, 32), max(1, args.conv4_examples // scale), args.alphas, repeats, 250)]
+    rows = []
+    if "interpolate" in modes:
+        rows += [run_case("lenet300", (1, 28, 28), 10_000 // scale, args.alphas, repeats, 1000),
+                 run_case("conv4", (3, 32, 32), max(1, args.conv4_examples // scale), args.alphas, repeats, 250)]
+        for row in rows:
+            row["bn"] = "interpolate"
+    if "recompute" in modes:
+        bn_examples, bn_batch_size = max(1, args.bn_examples // scale), max(2, args.bn_batch_size // scale)
+        rows += [run_recompute_case("lenet300", (1, 28, 28), 10_000 // scale, args.alphas, repeats, 1000,
+                                    args.bn_batches, bn_batch_size)]
+        rows += [run_recompute_case(name, (3, 32, 32), bn_examples, args.alphas, repeats, 250, args.bn_batches,
+                                    bn_batch_size) for name in ("conv2_bn", "conv4_bn")]
     print(f"evaluation at {args.alphas} points of a linear path, CPU, {torch.get_num_threads()} threads")
-    print_table([("model", "model", ""), ("examples", "examples", "d"), ("loop_s", "loop (s)", ".3f"),
+    print_table([("model", "model", ""), ("bn", "bn", ""), ("examples", "examples", "d"),
+                 ("bn_batches", "bn batches", "d"), ("loop_s", "loop (s)", ".3f"),
                  ("loop_cl_s", "loop, channels_last (s)", ".3f"), ("ours_s", "batched (s)", ".3f"),
                  ("speedup", "vs loop", ".2f"), ("speedup_cl", "vs channels_last loop", ".2f"),
                  ("max_loss_diff", "max |loss diff|", ".1e"), ("acc_equal", "same acc", "")], rows)
     if not args.quick:
-        write_results("interpolate", "cpu", rows, {"alphas": args.alphas})
+        write_results(result_name, "cpu", rows,
+                      {"alphas": args.alphas, "modes": list(modes), "bn_examples": args.bn_examples,
+                       "bn_batches": args.bn_batches, "bn_batch_size": args.bn_batch_size})
     return rows
 
 
