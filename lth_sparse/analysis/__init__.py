@@ -1,5 +1,14 @@
-"""Analyses of trained networks: error barriers along linear paths (instability to SGD noise)."""
+"""Analyses of trained networks: the linear path between two networks evaluated (``interpolate``), error
+barriers along it (instability to SGD noise), and training-dynamics measures (forgetting events, convergence
+speed: :mod:`lth_sparse.analysis.dynamics`)."""
 
 from lth_sparse.analysis.barriers import BARRIER_KINDS, Barrier, barrier, error_barrier, is_stable, loss_barrier
+from lth_sparse.analysis.dynamics import (EpochErrors, ForgettingEvents, ForgettingResult, convergence_speed,
+                                          dataset_without, epoch_errors, least_forgotten, most_forgotten,
+                                          without_examples)
+from lth_sparse.analysis.interpolate import BN_MODES, PathCurve, PathResult, interpolate, mask_relation
 
-__all__ = ["BARRIER_KINDS", "Barrier", "barrier", "error_barrier", "is_stable", "loss_barrier"]
+__all__ = ["BARRIER_KINDS", "BN_MODES", "Barrier", "EpochErrors", "ForgettingEvents", "ForgettingResult", "PathCurve",
+           "PathResult", "barrier", "convergence_speed", "dataset_without", "epoch_errors", "error_barrier",
+           "interpolate", "is_stable", "least_forgotten", "loss_barrier", "mask_relation", "most_forgotten",
+           "without_examples"]
