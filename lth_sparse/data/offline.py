@@ -1,4 +1,4 @@
-"""Datasets that need no download: scikit-learn's digits and MNIST-1D."""
+"""Datasets that need no download: scikit-learn's digits, MNIST-1D and Plant 'n' Seek's circle."""
 
 from __future__ import annotations
 
@@ -80,3 +80,23 @@ def load_mnist1d(data_dir: Path, download: bool) -> RawDataset:
         test_y=tensors["test_y"],
         num_classes=10,
     )
+
+
+@register_dataset("circle")
+def load_circle(data_dir: Path, download: bool) -> RawDataset:
+    """Plant 'n' Seek's Circle task (Fischer & Burkholz, 2022, Appendix B.1): 10,000 points uniform in
+    ``[-1, 1]^2``, 4 classes by the ring of their squared radius (boundaries 0.2, 0.5, 0.7), about 1% of the
+    labels flipped to an adjacent ring; the fixed 90/10 split of :func:`lth_sparse.planting.planting_data`
+    (data seed 0) gives the 9,000 training and 1,000 test points, the same for every run.
+
+    Generated offline, nothing is stored. ``load_dataset`` standardises the inputs (mean and std of the
+    training split): a planted network, built for the raw inputs, reads them as ``x = z * std + mean``
+    (``Dataset.mean`` / ``Dataset.std``). The regression tasks ``relu`` and ``helix`` are not registered:
+    ``RawDataset`` holds integer classes only (see :mod:`lth_sparse.planting.tasks`).
+    """
+    from lth_sparse.planting.tasks import planting_data
+
+    data = planting_data("circle")
+    (train_x, train_y), (test_x, test_y) = data["train"], data["test"]
+    return RawDataset(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                      num_classes=data["num_classes"])
