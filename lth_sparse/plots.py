@@ -308,8 +308,8 @@ def plot_transfer(summary: dict, out_dir) -> list[Path]:
         ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
         ax.set_xlabel("source ticket's weights remaining (%)")
         ax.set_ylabel("test accuracy on the target (%)")
-        title = (f"{sources[pairs[0]['source']].get('dataset')} -> " if len(pairs) == 1 else "") + \
-            short_task_names([pairs[0]["task"]])[0]
+        task = ":".join(part for part in pairs[0]["task"].split(":") if not part.startswith("shape="))
+        title = (f"{sources[pairs[0]['source']].get('dataset')} -> " if len(pairs) == 1 else "") + task
         if seeds > 1:
             title += f", mean and std over {seeds} seeds"
         ax.set_title(title, fontsize="medium")
