@@ -7,7 +7,8 @@
 
 Registered: ``fashion-mnist`` (the default), ``mnist``, ``kmnist``, ``emnist``
 (balanced), ``cifar10``, ``cifar100``, ``svhn``, ``tiny-imagenet`` (image folder),
-``digits`` (scikit-learn) and ``mnist1d``. Add one with ``@register_dataset(name)``
+``digits`` (scikit-learn), ``mnist1d``, and Plant 'n' Seek's generated tasks ``circle`` (4 classes)
+and the regressions ``relu`` and ``helix`` (float targets, raw inputs). Add one with ``@register_dataset(name)``
 on a ``loader(data_dir, download) -> RawDataset``.
 """
 

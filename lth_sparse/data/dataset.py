@@ -78,7 +78,10 @@ class RawDataset:
 
     train_x / test_x: ``uint8`` ``(N, C, H, W)`` images (scaled to ``[0, 1]`` at
     load), or floating ``(N, F)`` / ``(N, C, H, W)`` values used as they are.
-    train_y / test_y: integer class indices ``(N,)``.
+    train_y / test_y: integer class indices ``(N,)``; or floating targets ``(N, D)`` of a regression task
+    (``num_classes`` is then the number of outputs D, the models' output size).
+    normalise: standardise the inputs (per channel, on the training split); ``False`` keeps them as the
+    loader gives them (the planted networks of :mod:`lth_sparse.planting` are built for the raw inputs).
     test_x and test_y are ``None`` when the dataset has no official test set; then
     ``load_dataset`` holds out ``held_out_test_fraction`` of the training set with a
     fixed seed, the same for every run.
@@ -94,6 +97,7 @@ class RawDataset:
     crop_padding: int = 0
     flip: bool = False
     held_out_test_fraction: float = 0.2
+    normalise: bool = True
 
 
 def batches(
@@ -260,7 +264,8 @@ def split_and_normalise(
     # same values as converting first, without a float copy of the whole set and a second one of the
     # training split for its statistics (fresh pages of 150-190 MB cost ~70 ms each to fault in).
     x_all = x_all.to(device)
-    y_all = y_all.to(device=device, dtype=torch.int64)
+    target_dtype = torch.float32 if y_all.is_floating_point() else torch.int64  # a regression keeps its values
+    y_all = y_all.to(device=device, dtype=target_dtype)
     train_index, val_index = train_index.to(device), val_index.to(device)
     train_raw = x_all[train_index]
     if train_raw.dtype == torch.uint8:  # the statistics of x / 255, from the pixel values' histogram
@@ -268,13 +273,17 @@ def split_and_normalise(
     train_x, val_x = _as_float(train_raw), _as_float(x_all[val_index])
     del train_raw
     test_x = _as_float(test_x.to(device))
-    test_y = test_y.to(device=device, dtype=torch.int64)
+    test_y = test_y.to(device=device, dtype=target_dtype)
 
-    if x_all.dtype != torch.uint8:
+    if not raw.normalise:  # the inputs as the loader made them
+        mean = torch.zeros((1,) * train_x.dim(), device=train_x.device)
+        std = torch.ones_like(mean)
+    elif x_all.dtype != torch.uint8:
         std, mean = torch.std_mean(train_x, dim=_channel_dims(train_x), correction=0, keepdim=True)
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel is left unscaled
-    for x in (train_x, val_x, test_x):
-        x.sub_(mean).div_(std)
+    if raw.normalise:
+        for x in (train_x, val_x, test_x):
+            x.sub_(mean).div_(std)
 
     train_y = y_all[train_index]
     if train_size is not None and train_size < len(train_y):

@@ -1,4 +1,4 @@
-"""Datasets that need no download: scikit-learn's digits, MNIST-1D and Plant 'n' Seek's circle."""
+"""Datasets that need no download: scikit-learn's digits, MNIST-1D and Plant 'n' Seek's circle, relu and helix."""
 
 from __future__ import annotations
 
@@ -82,21 +82,36 @@ def load_mnist1d(data_dir: Path, download: bool) -> RawDataset:
     )
 
 
+def _planting(task: str) -> RawDataset:
+    from lth_sparse.planting.tasks import planting_data
+
+    data = planting_data(task)
+    (train_x, train_y), (test_x, test_y) = data["train"], data["test"]
+    outputs = data["num_classes"] if data["kind"] == "classification" else data["num_outputs"]
+    return RawDataset(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, num_classes=outputs,
+                      normalise=False)
+
+
 @register_dataset("circle")
 def load_circle(data_dir: Path, download: bool) -> RawDataset:
     """Plant 'n' Seek's Circle task (Fischer & Burkholz, 2022, Appendix B.1): 10,000 points uniform in
     ``[-1, 1]^2``, 4 classes by the ring of their squared radius (boundaries 0.2, 0.5, 0.7), about 1% of the
     labels flipped to an adjacent ring; the fixed 90/10 split of :func:`lth_sparse.planting.planting_data`
-    (data seed 0) gives the 9,000 training and 1,000 test points, the same for every run.
+    (data seed 0) gives the 9,000 training and 1,000 test points, the same for every run. Generated offline,
+    nothing is stored; the inputs are not standardised (the planted networks are built for the raw inputs)."""
+    return _planting("circle")
 
-    Generated offline, nothing is stored. ``load_dataset`` standardises the inputs (mean and std of the
-    training split): a planted network, built for the raw inputs, reads them as ``x = z * std + mean``
-    (``Dataset.mean`` / ``Dataset.std``). The regression tasks ``relu`` and ``helix`` are not registered:
-    ``RawDataset`` holds integer classes only (see :mod:`lth_sparse.planting.tasks`).
-    """
-    from lth_sparse.planting.tasks import planting_data
 
-    data = planting_data("circle")
-    (train_x, train_y), (test_x, test_y) = data["train"], data["test"]
-    return RawDataset(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                      num_classes=data["num_classes"])
+@register_dataset("relu")
+def load_relu(data_dir: Path, download: bool) -> RawDataset:
+    """Plant 'n' Seek's ReLU task (Appendix B.1): ``y = ReLU(x)`` on 10,000 points uniform in [-1, 1], plus
+    N(0, 0.01^2) noise; a regression (float targets ``(N, 1)``, trained with the mean squared error by default);
+    inputs not standardised."""
+    return _planting("relu")
+
+
+@register_dataset("helix")
+def load_helix(data_dir: Path, download: bool) -> RawDataset:
+    """Plant 'n' Seek's Helix task (Appendix B.1): the 3-D helix of x uniform in [-1, 1], plus N(0, 0.01^2)
+    noise; a regression (float targets ``(N, 3)``); inputs not standardised."""
+    return _planting("helix")

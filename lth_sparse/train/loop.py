@@ -147,7 +147,8 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, precision: 
     """Mean loss and accuracy of ``model`` on ``split`` (eval mode, restored after), the forward pass
     at ``precision`` (see :func:`autocast_context`; the loss is taken of the float32 output).
 
-    ``loss_fn(output, target)``: the mean loss of a batch (default: cross-entropy); the mean over
+    ``loss_fn(output, target)``: the mean loss of a batch (default: cross-entropy; the mean squared error for
+    floating targets); the mean over
     ``split`` weights each batch by its size. The accuracy (``output.argmax(1) == target``) is
     returned for integer targets only; for floating targets (a regression) it is ``None``. An empty
     split gives NaN (and ``None`` accuracy for floating targets). The sums stay on the device, read
@@ -166,7 +167,9 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, precision: 
     for x, y in batches(split, batch_size, shuffle=False):
         with autocast_context(precision, device_type):
             out = model(x)
-        if loss_fn is None:
+        if loss_fn is None and not classification:  # a regression's default: the mean squared error
+            loss_sum += F.mse_loss(out.float(), y.reshape(out.shape), reduction="mean").double() * len(y)
+        elif loss_fn is None:
             loss_sum += F.cross_entropy(out.float(), y, reduction="sum")
         else:
             loss_sum += loss_fn(out.float(), y).double() * len(y)
@@ -193,6 +196,11 @@ class TrainResult:
         d = asdict(self)
         d.pop("history")
         return d
+
+
+def _mse(output: Tensor, target: Tensor) -> Tensor:
+    """A regression's default loss: the mean squared error over the batch and the outputs."""
+    return F.mse_loss(output, target.reshape(output.shape))
 
 
 @dataclass(frozen=True)
@@ -351,7 +359,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
     if not 0 <= start_iteration <= end:
         raise ValueError(f"start_iteration must be in [0, {end}], got {start_iteration}")
     schedule = lr_factor or make_schedule(cfg, per_epoch, total)
-    train_loss_fn = F.cross_entropy if loss_fn is None else loss_fn
+    train_loss_fn = loss_fn or (_mse if data.train.y.is_floating_point() else F.cross_entropy)
     inner = _unwrap(model)
     if optimizer is None:
         optimizer = make_optimizer(model, cfg)
