@@ -106,6 +106,9 @@ class InstabilityConfig(TrainConfig):
     eval_examples: int | None = option(10000, "evaluate each path on at most this many examples per split",
                                        metavar="N")
     threshold: float = option(0.02, "a pair is stable when its error barrier is under this (a fraction)")
+    dynamics: bool = option(False, "also measure each copy's training dynamics: forgetting events per training "
+                                   "example (Toneva et al. 2019) and convergence speed (equation 4, test error "
+                                   "before training and after every epoch)")
     preset: str | None = option(None, "the SGD-noise paper's recipe (sgd-noise: SGD lr 0.1 cosine, weight decay "
                                       "5e-4, 200 epochs, momentum 0.9, batch 256); options given override it",
                                 choices=tuple(PRESETS))
@@ -336,13 +339,34 @@ def copy_unit(spec: CopySpec, directory: Path, log: Callable[[str], None], progr
     state, masks, start = _start(spec, setup, directory)
     model = setup.model()
     noise = noise_seed(spec.seed, spec.copy)
+    callbacks, measures = [], {}
+    if c.dynamics:
+        from lth_sparse.analysis import EpochErrors, ForgettingEvents, convergence_speed
+
+        model.load_state_dict(state)
+        masks.apply_to(model)
+        forgetting = ForgettingEvents(len(setup.data.train), setup.device)
+        # equation 4 is of a whole training: from iteration 0 only (the test error before training, measured now)
+        errors = EpochErrors(model, setup.data.test, setup.per_epoch) if start == 0 else None
+        callbacks = [forgetting] + ([errors] if errors is not None else [])
     metrics = train_masked(model, setup.data, c.train_config(), masks, state, directory, seed=noise,
-                           augment_seed=noise, start=start, progress=progress,
+                           augment_seed=noise, start=start, callbacks=callbacks, progress=progress,
                            desc=f"seed {spec.seed} {spec.point} copy {spec.copy}")
+    if c.dynamics:
+        counts = forgetting.result()
+        counts.save(directory / "forgetting.safetensors")
+        measures = {"forgetting_events": counts.mean_events, "unforgettable": counts.unforgettable_fraction,
+                    "never_learned": counts.never_learned_fraction}
+        if errors is not None:
+            measures.update(test_errors=errors.errors, convergence_speed=convergence_speed(errors.errors))
     log(f"seed {spec.seed} {spec.point} copy {spec.copy} (noise seed {noise}): iterations {start}..{setup.total}, "
-        f"test accuracy {100 * metrics['test_accuracy']:.2f}%")
+        f"test accuracy {100 * metrics['test_accuracy']:.2f}%"
+        + (f"; {measures['forgetting_events']:.3f} forgetting events per example, "
+           f"{100 * measures['unforgettable']:.1f}% unforgettable"
+           + (f", convergence speed {measures['convergence_speed']:.3f}" if "convergence_speed" in measures else "")
+           if measures else ""))
     return {"seed": spec.seed, "point": spec.point, "copy": spec.copy, "noise_seed": noise, "start": start,
-            "sparsity": masks.sparsity(),
+            "sparsity": masks.sparsity(), **measures,
             **{k: metrics[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "iterations", "train_seconds")}}
 
 
@@ -573,6 +597,12 @@ class InstabilityPipeline(Pipeline):
             lines.append(f"  {row['point']:<14}{row.get('iteration', '-')!s:>10}"
                          f"{100 * b['mean']:>10.2f} +- {100 * b['std']:<4.2f}{100 * t['mean']:>10.2f} +- "
                          f"{100 * t['std']:<4.2f}{100 * row['end_error']['mean']:>17.2f}%{'yes' if row['stable'] else 'no':>8}")
+        for row in summary["points"]:
+            if "forgetting_events" in row:
+                lines.append(f"  {row['point']}: {row['forgetting_events']['mean']:.3f} forgetting events per "
+                             f"example, {100 * row['unforgettable']['mean']:.1f}% unforgettable, convergence speed "
+                             + (f"{row['convergence_speed']['mean']:.3f}" if "convergence_speed" in row else "-")
+                             + f", test accuracy {100 * row['test_accuracy']['mean']:.2f}% (over copies)")
         for row in summary["successive"]:
             lines.append(f"  rounds {row['rounds']}: barrier between the trained tickets "
                          f"{100 * row['test_error_barrier']['mean']:.2f} points")
@@ -602,6 +632,14 @@ def _point_row(p: str, found: list[dict], config, steps: Steps, source_rounds: d
     if steps.is_done(copy_name):
         row["iteration"] = steps.result(copy_name)["start"]
         row["sparsity"] = steps.result(copy_name)["sparsity"]
+    copies = [steps.result(name) for name in sorted({f[end] for f in found for end in ("a", "b")})
+              if steps.is_done(name)]
+    if copies:
+        row["test_accuracy"] = over_seeds([x["test_accuracy"] for x in copies])
+    for key in ("forgetting_events", "unforgettable", "never_learned", "convergence_speed"):
+        values = [x[key] for x in copies if key in x and x[key] == x[key]]  # NaN: no drop to measure
+        if values:
+            row[key] = over_seeds(values)
     if p.startswith("round_") and source_rounds:
         r = int(p[len("round_"):])
         accs = [x["test_accuracy"] for x in source_rounds.get(r, [])]

@@ -161,3 +161,19 @@ def test_bad_input(tmp_path):
         InstabilityConfig(rewind_points=("soon",))
     assert not (tmp_path / "late").exists()
     assert main(["instability", "--source", str(other), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_copies_training_dynamics(tmp_path):
+    from lth_sparse.analysis import ForgettingResult, convergence_speed
+
+    config, summary = run(tmp_path / "dyn", rewind_points="init,iter:10", dynamics=True)
+    init, late = summary["points"]
+    assert init["forgetting_events"]["n"] == 2 and 0 <= init["unforgettable"]["mean"] <= 1
+    assert "convergence_speed" in init and "convergence_speed" not in late, "equation 4 is of whole trainings"
+    done = json.loads((tmp_path / "dyn" / "seed_0" / "init" / "copy_1" / "done.json").read_text())
+    assert len(done["test_errors"]) == 4 and done["convergence_speed"] == pytest.approx(
+        convergence_speed(done["test_errors"]))
+    assert done["test_errors"][-1] == pytest.approx(1 - done["test_accuracy"])
+    counts = ForgettingResult.load(tmp_path / "dyn" / "seed_0" / "init" / "copy_1" / "forgetting.safetensors")
+    assert bool((counts.presentations == 3).all()), "every example presented once per epoch"
+    assert counts.mean_events == pytest.approx(done["forgetting_events"])
