@@ -177,3 +177,17 @@ def test_the_copies_training_dynamics(tmp_path):
     counts = ForgettingResult.load(tmp_path / "dyn" / "seed_0" / "init" / "copy_1" / "forgetting.safetensors")
     assert bool((counts.presentations == 3).all()), "every example presented once per epoch"
     assert counts.mean_events == pytest.approx(done["forgetting_events"])
+
+
+def test_a_conv_net_is_unstable_at_initialisation_and_stable_a_fraction_of_an_epoch_in(tmp_path):
+    """Frankle et al. (2020)'s finding on a small conv net and real data (Conv-2 on the 8x8 digits, SGD with
+    momentum): copies from the initialisation end in different basins, copies from iteration 20 (about half an
+    epoch) in one. Asserted on the mean over 2 seeds with a wide margin; the figures are printed."""
+    config, summary = run(tmp_path / "conv", model="conv2", epochs=4, lr=0.05, momentum=0.9, batch_size=32,
+                          rewind_points="init,iter:20", seeds=2, eval_examples=2000)
+    init, late = summary["points"]
+    print(f"Conv-2 on digits: barrier {100 * init['test_error_barrier']['mean']:.2f} +- "
+          f"{100 * init['test_error_barrier']['std']:.2f} points from init, {100 * late['test_error_barrier']['mean']:.2f}"
+          f" +- {100 * late['test_error_barrier']['std']:.2f} from iteration 20")
+    assert init["test_error_barrier"]["mean"] > late["test_error_barrier"]["mean"] + 0.10
+    assert not init["stable"]
