@@ -6,6 +6,9 @@ make them from the data sets at hand, offline:
 - ``half=a`` / ``half=b``: one of two halves of the training set, stratified by class and drawn
   with a fixed seed (0), so the two are disjoint and together the whole; each keeps the whole
   test set (as Morcos et al. 2019 split CIFAR-10 into CIFAR-10a and CIFAR-10b).
+- ``subset=F``: a class-balanced share F in (0, 1] of the training set (``round(F * n_c)`` examples of each
+  class c, at least one, drawn with a fixed seed (1): nested, so ``subset=0.01`` lies in ``subset=0.02``);
+  the test set stays whole: the few-shot tasks of the SGD-noise paper's Section 5.2 (1, 2, 5, 10%).
 - ``classes=0,1,2``: only these classes, in the training and the test set, relabelled
   0..k-1 in the order given (so the output layer has k units).
 - ``shape=CxHxW``: images resized to H x W (bilinear; antialiased where they shrink) and
@@ -20,7 +23,7 @@ make them from the data sets at hand, offline:
   (``RandomCropFlip``: a random crop of the image's size from it padded by P pixels, a horizontal
   flip with probability 1/2; applied last, so it holds for a permuted task too when asked for).
 
-The options apply in that order (classes, half, shape, permute, augment) whatever order they are
+The options apply in that order (classes, half, subset, shape, permute, augment) whatever order they are
 written in; each may appear once. A data set without an official test set has its fixed
 held-out test set taken out first, exactly as ``load_dataset`` takes it from the plain name,
 so a derived task is tested on the same examples as its source. The name is part of a run's
@@ -39,7 +42,7 @@ from .dataset import RawDataset, hold_out_test
 
 __all__ = ["OPTIONS", "canonical_name", "derive", "parse_task"]
 
-OPTIONS = ("classes", "half", "shape", "permute", "augment")  # the order they apply in
+OPTIONS = ("classes", "half", "subset", "shape", "permute", "augment")  # the order they apply in
 _LUMA = (0.299, 0.587, 0.114)
 _CHUNK = 4096  # images resized at a time
 
@@ -86,6 +89,16 @@ def _parse_augment(value: str) -> tuple[int, bool]:
     return padding, flip
 
 
+def _parse_subset(value: str) -> float:
+    try:
+        fraction = float(value)
+    except ValueError:
+        raise ValueError(f"subset=... takes a fraction of the training set in (0, 1], got {value!r}") from None
+    if not 0 < fraction <= 1:
+        raise ValueError(f"subset=... takes a fraction of the training set in (0, 1], got {value!r}")
+    return fraction
+
+
 def _parse_permute(value: str) -> int:
     try:
         return int(value)
@@ -93,8 +106,8 @@ def _parse_permute(value: str) -> int:
         raise ValueError(f"permute=... takes an integer seed, got {value!r}") from None
 
 
-_PARSERS = {"classes": _parse_classes, "half": _parse_half, "shape": _parse_shape, "permute": _parse_permute,
-            "augment": _parse_augment}
+_PARSERS = {"classes": _parse_classes, "half": _parse_half, "subset": _parse_subset, "shape": _parse_shape,
+            "permute": _parse_permute, "augment": _parse_augment}
 
 
 def parse_task(name: str) -> tuple[str, dict]:
@@ -197,6 +210,21 @@ def _resize(x: Tensor, shape: tuple[int, int, int], name: str) -> Tensor:
     return torch.cat(out)
 
 
+def _subset(raw: RawDataset, fraction: float) -> RawDataset:
+    """A class-balanced share of the training set: per class, the first ``max(1, round(fraction * n_c))`` of one
+    fixed permutation of its examples (so smaller subsets lie in larger ones)."""
+    generator = torch.Generator().manual_seed(1)
+    y = raw.train_y.long()
+    chosen = []
+    for c in range(raw.num_classes):
+        index = (y == c).nonzero().flatten()
+        if len(index):
+            order = index[torch.randperm(len(index), generator=generator)]
+            chosen.append(order[:max(1, round(fraction * len(index)))])
+    index = torch.sort(torch.cat(chosen)).values
+    return dataclasses.replace(raw, train_x=raw.train_x[index], train_y=raw.train_y[index])
+
+
 def _permute(x: Tensor, seed: int) -> Tensor:
     flat = x.flatten(2) if x.dim() == 4 else x
     perm = torch.randperm(flat.shape[-1], generator=torch.Generator().manual_seed(seed))
@@ -213,6 +241,8 @@ def derive(raw: RawDataset, options: dict, name: str = "data set") -> RawDataset
         raw = _select_classes(raw, options["classes"], name)
     if "half" in options:
         raw = _half(raw, options["half"])
+    if "subset" in options:
+        raw = _subset(raw, options["subset"])
     if "shape" in options:
         raw = dataclasses.replace(raw, train_x=_resize(raw.train_x, options["shape"], name),
                                   test_x=_resize(raw.test_x, options["shape"], name))

@@ -142,3 +142,25 @@ def test_augment_sets_the_training_augmentation():
     data = load_dataset("digits:augment=flip+crop1")
     assert data.augment is not None and data.augment.padding == 1 and data.augment.flip
     assert load_dataset("digits:augment=none").augment is None
+
+
+def test_a_class_balanced_subset_of_the_training_set_nested_in_larger_ones():
+    from lth_sparse.data import load_dataset
+
+    full = load_dataset("digits", val_fraction=0)
+    one = load_dataset("digits:subset=0.1", val_fraction=0)
+    two = load_dataset("digits:subset=0.2", val_fraction=0)
+    counts = torch.bincount(full.train.y, minlength=10)
+    assert torch.equal(torch.bincount(one.train.y, minlength=10), (0.1 * counts.double()).round().long().clamp_min(1))
+    assert len(two.train) > len(one.train) and len(one.test) == len(full.test)
+    # nested: examples identified by their position (x holds it)
+    ids = torch.arange(200, dtype=torch.float32).unsqueeze(1)
+    raw = RawDataset(train_x=ids, train_y=torch.arange(200) % 4, test_x=ids[:8], test_y=torch.arange(8) % 4,
+                     num_classes=4)
+    small = set(derive(raw, {"subset": 0.1}).train_x.flatten().tolist())
+    large = set(derive(raw, {"subset": 0.3}).train_x.flatten().tolist())
+    assert len(small) == 20 and len(large) == 60 and small < large
+    tiny = load_dataset("digits:subset=0.0001", val_fraction=0)
+    assert torch.equal(torch.bincount(tiny.train.y, minlength=10), torch.ones(10, dtype=torch.long)), "one a class"
+    with pytest.raises(ValueError, match="subset"):
+        parse_task("digits:subset=1.5")
