@@ -26,7 +26,9 @@ def plot_imp(summary: dict, out_dir) -> list[Path]:
 
     seeds = len(summary.get("seeds", [])) or 1
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for key, label, style in (("", f"ticket (rewind {config.get('rewind', '')})", "o-"),
+    for key, label, style in (("", f"ticket (rewind {config.get('rewind', '')})"
+                                   + (", mask search" if config.get("search_epochs") is not None else ""), "o-"),
+                              ("sparse_", "ticket, full sparse training (AIMP)", "D-"),
                               ("reinit_", "same mask, random reinit", "s--"),
                               ("random_mask_", "random mask, same layer sparsity", "^:")):
         acc = f"{key}test_accuracy"
@@ -435,6 +437,52 @@ def plot_instability(summary: dict, out_dir) -> list[Path]:
         ax.legend(fontsize="small")
         fig.tight_layout()
         path = out_dir / "search_probes.png"
+        _save(fig, path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_plant(summary: dict, out_dir) -> list[Path]:
+    """The planting benchmark's figures, per task and depth: test performance against density, one line per pruner
+    (mean +- std over the seeds), the planted ticket's performance as a horizontal line and its density as a
+    vertical one; and the recall of the planted weights against density."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ref in summary["references"]:
+        rows = [r for r in summary["rows"] if (r["task"], r["depth"]) == (ref["task"], ref["depth"])]
+        dense = [r for r in rows if r["density_label"] == "1"]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for pruner in dict.fromkeys(r["pruner"] for r in rows):
+            mine = sorted([r for r in rows if r["pruner"] == pruner] + [d for d in dense if d["pruner"] != pruner],
+                          key=lambda r: r["density"])
+            x = [r["density"] for r in mine]
+            style = "s--" if mine and mine[0]["kind"] == "strong" else "o-"
+            for ax, key in ((axes[0], "score"), (axes[1], "recall")):
+                stats = [r[key] for r in mine]
+                mean = [s["mean"] for s in stats]
+                std = [s["std"] for s in stats]
+                line, = ax.plot(x, mean, style, markersize=4, label=pruner)
+                ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                                color=line.get_color(), alpha=0.12, linewidth=0)
+        metric = "test MSE" if ref["metric"] == "mse" else "test accuracy"
+        axes[0].axhline(ref["test"], color="k", linestyle=":", label="planted ticket")
+        axes[0].axhline(ref["chance"], color="grey", linestyle="-.", label="chance")
+        for ax in axes:
+            ax.axvline(ref["planted_density"], color="k", linestyle="--", linewidth=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("density (remaining weights / all)")
+            ax.grid(True, which="both", alpha=0.3)
+        if ref["metric"] == "mse":
+            axes[0].set_yscale("log")
+        axes[0].set_ylabel(metric)
+        axes[1].set_ylabel("recall of the planted weights")
+        axes[0].legend(fontsize="x-small", ncol=2)
+        fig.suptitle(f"{ref['task']}, depth {ref['depth']} (dashed: the planted density)", fontsize="medium")
+        fig.tight_layout()
+        path = out_dir / f"plant_{ref['task']}_depth{ref['depth']}.png"
         _save(fig, path)
         plt.close(fig)
         paths.append(path)

@@ -124,6 +124,15 @@ class ImpConfig(TrainConfig):
     structured: str | None = option(None, "prune whole neurons/channels by this norm instead of single weights",
                                     choices=STRUCTURED_NORMS)
     spare_output: bool = option(False, "never prune the output layer")
+    search_epochs: float | None = option(None, "AIMP (Zullich et al. 2021): every round's mask-search training lasts "
+                                               "this many epochs, its learning-rate schedule compressed to them; "
+                                               "each round's ticket then gets a sparse training with the full "
+                                               "schedule (--epochs) in the second stage", metavar="E", since="0.2",
+                                     default_text="none: the rounds train the full schedule (IMP)")
+    sparse_options: tuple[tuple[str, object], ...] = option(
+        (), "with --search-epochs, training options of the sparse training that differ from the mask search's, "
+            "e.g. momentum=0.9 batch_size=256 (the SGD-noise paper's Table 4; repeatable; in a file a mapping)",
+        flag="sparse-option", metavar="KEY=VALUE", since="0.2")
     controls: bool = option(False, "also train the random-reinit and random-mask controls each round")
     seed: int = option(0, "the run's seed: every seed below that is not given defaults to it")
     init_seed: int | None = option(None, "seed of the initialisation (and, offset per round, of the reinit "
@@ -181,6 +190,12 @@ class ImpConfig(TrainConfig):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         parse_step(self.rewind, 1)
+        if self.search_epochs is not None and not 0 < self.search_epochs <= self.epochs:
+            raise ValueError(f"search_epochs must lie in (0, epochs={self.epochs}], got {self.search_epochs}")
+        if self.sparse_options and self.search_epochs is None:
+            raise ValueError("--sparse-option sets the sparse training of AIMP: give --search-epochs too")
+        if self.sparse_options:
+            self.sparse_train_config()
 
     def seed_of(self, what: str) -> int:
         """The seed of ``what`` (``init``, ``split``, ``order``, ``prune``): its own, else ``seed``."""
@@ -200,7 +215,21 @@ class ImpConfig(TrainConfig):
         return dataclasses.replace(self, seed=seed, seeds=(), split_seed=self.seed_of("split"))
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+        """The rounds' training: with ``search_epochs`` (AIMP) the mask search's, its schedule compressed to that
+        budget (step milestones scaled alike); else the full one."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        if self.search_epochs is not None:
+            ratio = self.search_epochs / self.epochs
+            values.update(epochs=self.search_epochs, milestones=tuple(m * ratio for m in self.milestones),
+                          warmup_epochs=self.warmup_epochs * ratio)
+        return TrainConfig(**values)
+
+    def sparse_train_config(self) -> TrainConfig:
+        """AIMP's sparse training of each round's ticket: the full schedule, with ``sparse_options`` applied."""
+        from lth_sparse.config import config_from_options
+
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        return config_from_options(TrainConfig, {**values, **dict(self.sparse_options)}, "--sparse-option")
 
 
 def _round_name(r: int) -> str:
@@ -208,6 +237,7 @@ def _round_name(r: int) -> str:
 
 
 CONTROLS = ("reinit", "random_mask")
+SPARSE = "sparse"  # AIMP's sparse training of a round's ticket: round_NN/sparse/
 
 
 def _control_name(r: int, control: str) -> str:
@@ -241,7 +271,7 @@ class _Imp:
                                    train_size=config.train_size)
         self.train_cfg = config.train_config()
         self.per_epoch = iterations_per_epoch(len(self.data.train), config.batch_size)
-        self.total_iters = round(config.epochs * self.per_epoch)
+        self.total_iters = round(self.train_cfg.epochs * self.per_epoch)  # AIMP: the mask search's budget
         self.rewind_iter = parse_step(config.rewind, self.per_epoch)
         if self.rewind_iter >= self.total_iters:
             raise ValueError(f"rewind point {config.rewind} (iteration {self.rewind_iter}) must come before the end "
@@ -351,6 +381,24 @@ class _Imp:
             state = self.new_model(c.seed_of("init") + 100_000 + r).state_dict()
         return self.train(state, masks, self.run / _control_name(r, control), desc=f"round {r} {control}")
 
+    def sparse(self, r: int) -> dict:
+        """AIMP's sparse training of round ``r``'s ticket: its masks over the rewind state, trained with the full
+        schedule (and ``sparse_options``) from the rewind iteration, the schedule's own position; the rewind
+        iteration counts the mask search's epochs, so it is carried over as a fraction of an epoch count."""
+        c, round_dir = self.config, self.run / _round_name(r)
+        cfg = c.sparse_train_config()
+        per_epoch = iterations_per_epoch(len(self.data.train), cfg.batch_size)
+        total = round(cfg.epochs * per_epoch)
+        start = round(self.rewind_iter / self.per_epoch * per_epoch)
+        masks = self.world.on_writer(lambda: Masks.load(round_dir / "masks.safetensors", self.device), share=False)
+        masks = self.world.broadcast_masks(masks, self.model)
+        rewind = self.world.on_writer(
+            lambda: torch.load(self.run / "rewind.pt", map_location=self.device)["state_dict"], share=False)
+        metrics = train_masked(self.model, self.data, cfg, masks, rewind, self.run / f"{_round_name(r)}/{SPARSE}",
+                               seed=c.seed_of("order"), augment_seed=c.augment_seed, start=min(start, total - 1),
+                               progress=self.progress, desc=f"round {r} sparse training", world=self.world)
+        return metrics
+
     def _record(self, r: int, masks: Masks, metrics: dict) -> dict:
         """The round's result (its ``done.json``), computed by rank 0 and shared with every rank."""
         def record() -> dict:  # on rank 0
@@ -378,6 +426,8 @@ def _row(result: dict, controls: bool) -> str:
            f"{round(result['best_val_iteration']):>8d}")
     if controls and "reinit_test_accuracy" in result:
         row += f"  {100 * result['reinit_test_accuracy']:>8.2f}%  {100 * result['random_mask_test_accuracy']:>8.2f}%"
+    if "sparse_test_accuracy" in result:
+        row += f"  {100 * result['sparse_test_accuracy']:>8.2f}%"
     return row
 
 
@@ -436,6 +486,25 @@ def imp_control(spec: ImpControl, directory: Path, log: Callable[[str], None], p
     return result
 
 
+@dataclass(frozen=True)
+class ImpSparse:
+    """What an AIMP sparse-training unit trains: round ``round``'s ticket of the single-seed run of ``config``."""
+
+    config: ImpConfig
+    round: int
+
+
+def imp_sparse(spec: ImpSparse, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
+    """The second stage's unit of AIMP: one round's ticket trained with the full schedule in
+    ``seed_N/round_NN/sparse/`` (see :meth:`_Imp.sparse`); independent of the other rounds'."""
+    seed_dir = directory.parent.parent
+    imp = _Imp(spec.config, seed_dir, progress, log)
+    result = imp.sparse(spec.round)
+    log(f"seed {spec.config.seed} round {spec.round} sparse training: {100 * (1 - result['sparsity']):.2f}% "
+        f"remaining, test accuracy {100 * result['test_accuracy']:.2f}%")
+    return result
+
+
 def summarize_rounds(per_seed: dict[int, list[dict]]) -> list[dict]:
     """Per round (those every seed has finished), every number's mean over seeds under its own key, and its
     std (sample, n-1; 0 for one seed), min and max under ``KEY_std``, ``KEY_min``, ``KEY_max``;
@@ -476,10 +545,17 @@ class ImpPipeline(Pipeline):
         pruned round's two controls of each seed, one unit each (independent of each other)."""
         stages = [[Unit("lth_sparse.pipelines.imp:imp_seed", config.for_seed(s), f"seed_{s}", label=f"IMP seed {s}")
                    for s in config.seed_list()]]
+        second = []
         if config.controls and config.rounds:
-            stages.append([Unit("lth_sparse.pipelines.imp:imp_control", ImpControl(config.for_seed(s), r, control),
-                                f"seed_{s}/{_control_name(r, control)}", label=f"seed {s} round {r} {control}")
-                           for s in config.seed_list() for r in range(1, config.rounds + 1) for control in CONTROLS])
+            second += [Unit("lth_sparse.pipelines.imp:imp_control", ImpControl(config.for_seed(s), r, control),
+                            f"seed_{s}/{_control_name(r, control)}", label=f"seed {s} round {r} {control}")
+                       for s in config.seed_list() for r in range(1, config.rounds + 1) for control in CONTROLS]
+        if config.search_epochs is not None:
+            second += [Unit("lth_sparse.pipelines.imp:imp_sparse", ImpSparse(config.for_seed(s), r),
+                            f"seed_{s}/{_round_name(r)}/{SPARSE}", label=f"seed {s} round {r} sparse training")
+                       for s in config.seed_list() for r in range(config.rounds + 1)]
+        if second:
+            stages.append(second)
         return stages
 
     def report(self, summary: dict) -> list[str]:
@@ -487,7 +563,12 @@ class ImpPipeline(Pipeline):
         seeds = len(summary["seeds"])
         controls = summary["config"]["controls"]
         title = f"summary ({'mean over ' + str(seeds) + ' seeds' if seeds > 1 else 'seed ' + str(summary['seeds'][0])})"
-        return [title, _header(controls), *(_row(r, controls) for r in summary["rounds"])] if summary["rounds"] else []
+        header = _header(controls) + (f"  {'sparse tr.':>9}" if summary["rounds"] and
+                                      "sparse_test_accuracy" in summary["rounds"][0] else "")
+        if summary["config"].get("search_epochs") is not None:
+            title += (f"; test acc: the {summary['config']['search_epochs']:g}-epoch mask search, sparse tr.: the "
+                      f"ticket's full training (AIMP)")
+        return [title, header, *(_row(r, controls) for r in summary["rounds"])] if summary["rounds"] else []
 
     def prepare(self, run: RunDir, log: Callable[[str], None]) -> None:
         """Two things before the units run. A run directory of the single-seed layout (``round_NN/`` at its top,
@@ -505,6 +586,11 @@ class ImpPipeline(Pipeline):
         """A seed's round result with its finished controls' figures (``reinit_test_accuracy``, ...) added.
         (Runs made before the controls were units hold them in the round's own ``done.json`` already.)"""
         r = result["round"]
+        sparse = f"seed_{seed}/{_round_name(r)}/{SPARSE}"
+        if config.search_epochs is not None and units.is_done(sparse):
+            done = units.result(sparse)
+            result = {**result, **{f"sparse_{key}": done[key] for key in ("test_accuracy", "test_loss",
+                                                                          "best_val_iteration")}}
         if not config.controls or not r:
             return result
         result = dict(result)

@@ -303,3 +303,32 @@ def test_each_round_records_both_effective_sparsities_in_order(rewound):
         # pruned <= cut off from the output (Paganini & Forde) <= on no input-output path (Vysogorets & Kempe)
         assert result["sparsity"] <= result["output_connected_sparsity"] + 1e-12
         assert result["output_connected_sparsity"] <= result["effective_sparsity"] + 1e-12
+
+
+def test_aimp_compresses_the_mask_search_and_trains_each_ticket_fully(tmp_path):
+    """AIMP (Zullich et al. 2021; the SGD-noise paper's Table 3): the rounds' mask search trains --search-epochs
+    with the schedule compressed to them; each round's ticket then trains the full schedule from the rewind
+    state, with the sparse training's own options (Table 4)."""
+    import json
+
+    from lth_sparse.pipelines import imp as imp_module
+    from lth_sparse.pipelines.imp import ImpConfig
+
+    config = ImpConfig(dataset="digits", model="mlp", model_options=(("width", 32),), epochs=4, search_epochs=1,
+                       lr=0.05, schedule="step", milestones=(2.0, 3.0), rounds=2, rewind="iter:3",
+                       sparse_options=(("momentum", 0.0),))
+    search = config.train_config()
+    assert (search.epochs, search.milestones) == (1, (0.5, 0.75)), "the schedule compressed to the budget"
+    assert config.sparse_train_config().momentum == 0.0 and config.sparse_train_config().epochs == 4
+    summary = imp_module.run(config, tmp_path / "run", progress=False, log=lambda s: None, plots=True)
+    per_epoch = -(-int(len(imp_module._Imp(config, None, False, lambda s: None).data.train)) // 128)
+    for r, row in enumerate(summary["rounds"]):
+        assert row["iterations"] == per_epoch, "a round's mask search lasts one epoch"
+        sparse = json.loads((tmp_path / "run" / "seed_0" / f"round_{r:02d}" / "sparse" / "done.json").read_text())
+        assert sparse["iterations"] == 4 * per_epoch and row["sparse_test_accuracy"] == sparse["test_accuracy"]
+        masks = Masks.load(tmp_path / "run" / "seed_0" / f"round_{r:02d}" / "sparse" / "masks.safetensors")
+        assert masks == Masks.load(tmp_path / "run" / "seed_0" / f"round_{r:02d}" / "masks.safetensors")
+    with pytest.raises(ValueError, match="search_epochs must lie"):
+        ImpConfig(epochs=4, search_epochs=5)
+    with pytest.raises(ValueError, match="give --search-epochs"):
+        ImpConfig(sparse_options=(("momentum", 0.0),))
