@@ -261,3 +261,20 @@ def test_several_sources_make_the_transfer_matrix(source, tmp_path):
             assert at["accuracy"][k][t] == pytest.approx(accuracy)
             assert at["gap"][k][t] == pytest.approx(accuracy - own)
     assert (tmp_path / "matrix" / "plots" / "transfer_matrix_0750.png").stat().st_size > 0
+
+
+def test_a_conv_net_transfers_too(tmp_path):
+    """Conv-2 on the digits halves: the convolutions and hidden dense layers keep the source's rewind weights and
+    masks, the last linear layer is re-drawn dense; every kind trains."""
+    source = tmp_path / "conv"
+    make_source(source, model="conv2", epochs=1, rounds=1, seeds=(0,))
+    config = make_config(source, tickets="all", train_size=300)
+    summary = transfer.run(config, tmp_path / "run", progress=False, log=quiet, plots=False)
+    assert set(summary["pairs"][0]["tickets"]) == set(TICKETS)
+    model, data, state, masks, facts = ticket_start(TransferSpec(config, 0, 0, str(source), 0, 1, 0,
+                                                                 "digits:half=b:shape=1x8x8", "rewind-preserved"))
+    ticket = load_ticket(source, 1, seed=0)
+    head = facts["output_layer"]
+    convs = [n for n in masks if n != head and ticket.masks[n].dim() == 4]
+    assert convs and all(torch.equal(masks[n], ticket.masks[n]) for n in convs)
+    assert bool(masks[head].all()) and not bool(ticket.masks[head].all())
