@@ -283,6 +283,24 @@ def _add_instability(sub) -> None:
                "the defaults; --preset and the flags override them.")
 
 
+def _add_plant(sub) -> None:
+    _add_pipeline(
+        sub, "plant", out="runs/plant",
+        help="plant tickets with known ground truth and benchmark pruners against them (Plant 'n' Seek)",
+        description="Fischer & Burkholz (2022). For every task (relu, circle, helix), depth, pruner, density and "
+                    "seed, one unit: the task's target network is planted into a host MLP, the pruner searches the "
+                    "host for a ticket of that density, and the unit records the recovery of the planted ticket "
+                    "(precision, recall, Jaccard distance, containment, per layer and overall), layer collapse, and "
+                    "the ticket's test accuracy (circle) or MSE (relu, helix): weak tickets trained (Adam, lr 1e-3, "
+                    "batch 32, 10 epochs), strong tickets (edge-popup) untrained with their outputs rescaled by "
+                    "least squares. Results go to --out: TASK/depth_D/PRUNER/density_X/seed_S/, summary.json and "
+                    "plots/. Re-running resumes.",
+        epilog="Density is remaining weights over all weights (biases not counted), the paper's rho; 'planted' is "
+               "the planted ticket's own. Depth counts the input layer (depth 3: 2 weight layers). Pruners: "
+               "random, magnitude, snip, grasp, synflow (single-shot), multishot-NAME (10 rounds, weights reset: "
+               "multishot-magnitude is IMP), edge-popup, edge-popup-annealed.")
+
+
 def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare-masks", help="the Jaccard distance between IMP runs' masks, round by round",
@@ -310,6 +328,53 @@ def _run_compare(args) -> int:
                   f"{r['jaccard']:>8.4f}  {r['independent_jaccard']:>11.4f}")
     if args.out:
         print(f"written: {Path(args.out) / 'compare.json'}")
+    return 0
+
+
+def _add_probe(sub) -> None:
+    p = sub.add_parser(
+        "probe", help="linear probes of an IMP run's tickets frozen at their rewind weights",
+        description="The SGD-noise paper's Section 5.1 (Tables 5 and 6): for each round of an IMP run, a linear "
+                    "classifier (5 epochs, lr 0.005, weight decay 1e-4: Appendix G) on the frozen features after "
+                    "each block or hidden layer of: the ticket at its rewind weights (untrained), the same weights "
+                    "under the mask permuted within each layer, a random dense network and the trained dense "
+                    "network. --data probes on another data set of the run's input shape (a new linear layer: the "
+                    "transfer of frozen features). Prints a table; with --out writes probes.json and a plot.")
+    p.add_argument("run", metavar="RUN", help="an IMP run directory")
+    p.add_argument("--rounds", type=int, nargs="+", metavar="R", help="rounds to probe (default: every finished one)")
+    p.add_argument("--seed", type=int, default=None, help="the run's seed (default: its first)")
+    p.add_argument("--data", metavar="TASK", help="probe on this data set or derived task (default: the run's)")
+    p.add_argument("--probe-seed", type=int, default=0, help="seed of the permutation, the random network and the "
+                                                              "probe (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--out", metavar="DIR", help="write DIR/probes.json and DIR/plots/probes.png")
+    p.set_defaults(func=_run_probe)
+
+
+def _run_probe(args) -> int:
+    from lth_sparse.analysis import probe_ticket
+    from lth_sparse.tickets import finished_rounds
+
+    rounds = args.rounds or finished_rounds(args.run, args.seed)
+    results = []
+    for r in rounds:
+        result = probe_ticket(args.run, r, seed=args.seed, data=args.data, probe_seed=args.probe_seed,
+                              device=args.device)
+        results.append({"round": r, **result})
+        print(f"round {r} ({100 * result['sparsity']:.2f}% pruned) on {result['dataset']}: test accuracy of the probe")
+        print(f"  {'layer':<14}" + "".join(f"{v:>15}" for v in result["variants"]))
+        for layer in result["layers"]:
+            print(f"  {layer:<14}" + "".join(f"{100 * result['probes'][v][layer]['test_accuracy']:>14.2f}%"
+                                            for v in result["variants"]))
+    if args.out:
+        from lth_sparse.plots import plot_probes
+        from lth_sparse.runs import atomic_write_json
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "probes.json", {"run": str(args.run), "rounds": results})
+        plot_probes(results, out / "plots")
+        print(f"written: {out / 'probes.json'}")
     return 0
 
 
@@ -416,7 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_consensus(sub)
     _add_transfer(sub)
     _add_instability(sub)
+    _add_plant(sub)
     _add_compare(sub)
+    _add_probe(sub)
     _add_importance_overlap(sub)
     from lth_sparse.sweep import add_sweep_parser
 

@@ -487,3 +487,28 @@ def plot_plant(summary: dict, out_dir) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_probes(results: list[dict], out_dir) -> list[Path]:
+    """Linear-probe test accuracy per probe point, one panel per round, a bar per network variant."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results) + 1.5, 3.8), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        layers, variants = result["layers"], result["variants"]
+        width = 0.8 / len(variants)
+        for i, variant in enumerate(variants):
+            ax.bar([j + i * width for j in range(len(layers))],
+                   [100 * result["probes"][variant][layer]["test_accuracy"] for layer in layers], width,
+                   label=variant.replace("_", " "))
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))], layers, fontsize="small", rotation=30)
+        ax.set_title(f"round {result['round']} ({100 * result['sparsity']:.1f}% pruned)", fontsize="medium")
+        ax.set_ylabel("probe test accuracy (%)")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize="x-small")
+    fig.tight_layout()
+    path = out_dir / "probes.png"
+    _save(fig, path)
+    plt.close(fig)
+    return [path]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import copy
 
 import pytest
@@ -243,3 +244,20 @@ def test_frozen_features_transfer_to_a_data_set_of_the_same_input_shape(run_dir)
 def test_a_data_set_of_another_input_shape_is_refused(run_dir):
     with pytest.raises(ValueError, match=r"input shape \(1, 16, 16\).*\(1, 8, 8\)"):
         probe_ticket(run_dir, 2, data="digits:shape=1x16x16")
+
+
+def test_the_probe_command(tmp_path, capsys):
+    from lth_sparse.cli import main
+    from lth_sparse.pipelines import imp
+    from lth_sparse.pipelines.imp import ImpConfig
+
+    run = tmp_path / "imp"
+    imp.run(ImpConfig(dataset="digits", model="mlp", model_options=(("width", 16),), epochs=1, rounds=1, lr=0.05),
+            run, progress=False, log=lambda s: None, plots=False)
+    assert main(["probe", str(run), "--rounds", "1", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "trained_dense" in out and "relu1" in out
+    saved = json.loads((tmp_path / "out" / "probes.json").read_text())
+    assert [r["round"] for r in saved["rounds"]] == [1]
+    assert (tmp_path / "out" / "plots" / "probes.png").stat().st_size > 0
+    assert main(["probe", str(tmp_path / "nothing")]) == 2
