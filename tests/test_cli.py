@@ -249,7 +249,7 @@ def test_every_config_field_is_a_documented_flag(capsys):
         assert " ".join(f.metadata["help"].split()[:4]) in help_text, f.name
 
 
-@pytest.mark.parametrize("kind", ["imp", "consensus", "transfer"])
+@pytest.mark.parametrize("kind", ["imp", "consensus", "transfer", "instability", "plant"])
 def test_every_pipelines_help_shows_every_field(kind, capsys):
     """--help of every pipeline prints (a '%' in a help text, as in '20% global', is no format directive)."""
     import dataclasses

@@ -1,0 +1,395 @@
+"""Planting tickets with known ground truth and benchmarking pruners against them: Fischer & Burkholz (2022),
+"Plant 'n' Seek: can you find the winning ticket?".
+
+For every (task, depth, pruner, density, seed) of the grid, one unit: the task's target network
+(:func:`lth_sparse.planting.make_target`) is planted into a host MLP of that depth and ``width``
+(:func:`lth_sparse.planting.plant`, seed ``seed``), the pruner searches the host for a ticket of that
+density, and the unit records
+
+- the **recovery** of the planted ticket, per layer and overall: precision (share of the found weights
+  that are planted ones), recall (share of the planted weights found), the Jaccard distance between the
+  two masks, and whether the found mask contains the planted one;
+- **layer collapse** (a layer pruned to zero, or with no kept weight on an input-output path);
+- the ticket's test performance (accuracy for ``circle``, mean squared error for the regressions ``relu``
+  and ``helix``) before and after training: a *weak* ticket is trained (Adam, lr 1e-3, batch 32, 10
+  epochs: the paper's Appendix B.1, the config's defaults); a *strong* ticket (edge-popup's) is the
+  masked untrained host, its output rescaled per output by least squares against the target network's
+  outputs on the training inputs (the host computes the target only up to a scale per output).
+
+The planted ticket's own performance (the target's on the same data, :func:`target_performance`) is the
+reference line; its density (``planted`` in ``--densities``) is one of the grid's densities.
+
+Pruners: ``random``, ``magnitude``, ``snip``, ``grasp``, ``synflow`` (single-shot, global, scored on one
+batch of ``prune_batch`` training examples; SynFlow data-free, ``synflow_iterations`` rounds),
+``multishot-NAME`` for any of them (Section 3.2: 10 rounds to ``density ** (r / 10)``, 5 epochs of training
+per round, the weights reset to their initial values after each pruning: ``multishot-magnitude`` is IMP),
+``edge-popup`` and ``edge-popup-annealed`` (strong tickets; one kept fraction per layer, which cannot
+express the planted ticket's uneven layer densities). Conventions: depth counts the input layer (depth 3
+is 2 weight layers); density is remaining weights over all weights, biases not counted, and ``sparsity``
+is 1 - density as everywhere in lth_sparse. The pruning batch size is not in the paper: 256 is our choice.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from lth_sparse.config import option
+from lth_sparse.executors import resolve_threads
+from lth_sparse.masks import Masks, jaccard_distance, masked_weights
+from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
+from lth_sparse.pipelines.imp import check_device, parse_seeds
+from lth_sparse.pipelines.steps import shared_dataset, train_masked
+from lth_sparse.runs import Steps, atomic_write_json
+from lth_sparse.train import TrainConfig, evaluate
+
+TASKS = ("relu", "circle", "helix")
+SINGLE_SHOT = ("random", "magnitude", "snip", "grasp", "synflow")
+PRUNERS = SINGLE_SHOT + tuple(f"multishot-{p}" for p in SINGLE_SHOT) + ("edge-popup", "edge-popup-annealed")
+STRONG = ("edge-popup", "edge-popup-annealed")
+
+
+def parse_densities(value) -> tuple[str, ...]:
+    """``--densities``: numbers in (0, 1] and ``planted`` (the planted ticket's own density)."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else [str(v) for v in value]
+    for item in items:
+        if item != "planted":
+            try:
+                d = float(item)
+            except ValueError:
+                raise ValueError(f"a density is a number in (0, 1] or 'planted', got {item!r}") from None
+            if not 0 < d <= 1:
+                raise ValueError(f"a density must lie in (0, 1] (remaining weights over all), got {item}")
+    if not items or len(set(items)) != len(items):
+        raise ValueError(f"densities must be given and distinct, got {items}")
+    return tuple(items)
+
+
+def parse_pruners(value) -> tuple[str, ...]:
+    items = value.replace(",", " ").split() if isinstance(value, str) else [str(v) for v in value]
+    unknown = [p for p in items if p not in PRUNERS]
+    if unknown or not items:
+        raise ValueError(f"unknown pruners {unknown or items}; known: {', '.join(PRUNERS)}")
+    return tuple(items)
+
+
+@dataclass(frozen=True)
+class PlantConfig(TrainConfig):
+    """A Plant 'n' Seek benchmark: the weak tickets' training (the fields of :class:`TrainConfig`, here with the
+    paper's defaults: Adam, lr 1e-3, batch 32, 10 epochs), and these."""
+
+    epochs: float = option(10, "training epochs of each weak ticket (the paper: 10)")
+    batch_size: int = option(32, "mini-batch size (the paper: 32)")
+    optimizer: str = option("adam", "optimizer (the paper: Adam)", choices=("sgd", "adam", "adamw"))
+    lr: float = option(1e-3, "learning rate (the paper: 0.001)")
+    tasks: tuple[str, ...] = option(TASKS, "planting tasks", choices=TASKS, metavar="TASK")
+    depths: tuple[int, ...] = option((3, 5), "host depths, counting the input layer (depth 3: 2 weight layers; "
+                                            "the paper: 3, 5, 10)", metavar="D")
+    width: int = option(100, "host width")
+    pruners: tuple[str, ...] = option(("random", "magnitude", "snip", "grasp", "synflow", "multishot-magnitude",
+                                       "edge-popup", "edge-popup-annealed"),
+                                      "pruners: " + ", ".join(PRUNERS), parse=parse_pruners, metavar="P,P,...")
+    densities: tuple[str, ...] = option(("0.01", "0.1", "0.5", "1", "planted"),
+                                        "densities (remaining weights over all, biases not counted), and planted: "
+                                        "the planted ticket's own", parse=parse_densities, metavar="D,D,...")
+    prune_batch: int = option(256, "training examples the data-dependent pruners score on")
+    synflow_iterations: int = option(100, "SynFlow's rounds (its paper: 100; 1 is single-shot)")
+    multishot_rounds: int = option(10, "rounds of multi-shot pruning (the paper: 10)")
+    multishot_epochs: float = option(5, "training epochs per multi-shot round (the paper: 5)")
+    edge_popup_epochs: int = option(10, "edge-popup's training epochs of the scores (the paper: 10)")
+    seed: int = option(0, "the seed of the host's initialisation and planting, the pruning and the data order")
+    seeds: tuple[int, ...] = option((), "repeats (a count or a list), summarised over", parse=parse_seeds,
+                                    metavar="N|S,S,...", default_text="--seed alone")
+    train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
+    val_fraction: float = option(0.1, "share of the 9,000 training points held out for validation")
+    device: str = option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
+    threads: int | None = option(None, "CPU threads for torch per unit", identity=False, metavar="N",
+                                 default_text="OMP_NUM_THREADS if set, else the usable cores not already busy")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from lth_sparse.planting import MIN_DEPTH
+
+        if not self.tasks or any(t not in TASKS for t in self.tasks):
+            raise ValueError(f"tasks must be among {TASKS}, got {list(self.tasks)}")
+        for task in self.tasks:
+            for d in self.depths:
+                if d < MIN_DEPTH[task]:
+                    raise ValueError(f"depth {d} is below {task}'s minimum {MIN_DEPTH[task]} (depth counts the input "
+                                     "layer: depth 3 is 2 weight layers)")
+        if self.width < 2:
+            raise ValueError(f"width must be >= 2, got {self.width}")
+        parse_pruners(self.pruners)
+        parse_densities(self.densities)
+        for name in ("prune_batch", "synflow_iterations", "multishot_rounds", "edge_popup_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        if self.threads is not None:
+            resolve_threads(self.threads)
+
+    def seed_list(self) -> tuple[int, ...]:
+        return self.seeds or (self.seed,)
+
+    def train_config(self, epochs: float | None = None) -> TrainConfig:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        if epochs is not None:
+            values["epochs"] = epochs
+        return TrainConfig(**values)
+
+
+@dataclass(frozen=True)
+class PlantSpec:
+    config: PlantConfig
+    task: str
+    depth: int
+    pruner: str
+    density: str
+    seed: int
+
+
+def _unit_dir(spec: PlantSpec) -> str:
+    return f"{spec.task}/depth_{spec.depth}/{spec.pruner}/density_{spec.density}/seed_{spec.seed}"
+
+
+def recovery(found: Masks, planted: Masks) -> dict:
+    """How much of the planted ticket a found mask recovers: per layer and overall, ``precision`` (found weights
+    that are planted), ``recall`` (planted weights found), ``jaccard`` (distance), ``contains`` (every planted
+    weight found)."""
+    def stats(f: torch.Tensor, p: torch.Tensor) -> dict:
+        both, nf, np_ = int((f & p).sum()), int(f.sum()), int(p.sum())
+        union = int((f | p).sum())
+        return {"precision": both / nf if nf else 0.0, "recall": both / np_ if np_ else 1.0,
+                "jaccard": 1 - both / union if union else 0.0, "contains": both == np_, "found": nf, "planted": np_}
+
+    layers = {n: stats(found[n].bool().cpu(), planted[n].bool().cpu()) for n in planted}
+    flat_f = torch.cat([found[n].bool().flatten().cpu() for n in planted])
+    flat_p = torch.cat([planted[n].bool().flatten().cpu() for n in planted])
+    total = stats(flat_f, flat_p)
+    assert abs(total["jaccard"] - jaccard_distance(Masks({n: found[n] for n in planted}), planted)) < 1e-9
+    return {**total, "layers": layers}
+
+
+def _least_squares_scale(output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per output, the scale ``a`` minimising ``||a * output - reference||^2`` (0 for an output that is all zero)."""
+    num = (output * reference).sum(0)
+    den = (output * output).sum(0)
+    return torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(den))
+
+
+class _Scaled(nn.Module):
+    def __init__(self, net: nn.Module, scale: torch.Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("scale", scale)
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
+    """One (task, depth, pruner, density, seed): plant, prune, measure the recovery, train (weak) or rescale
+    (strong), evaluate."""
+    from lth_sparse.nn import masked
+    from lth_sparse.planting import make_target, plant, target_performance
+    from lth_sparse.prune import get_pruner, layer_collapse
+    from lth_sparse.prune.edge_popup import edge_popup, strong_ticket
+    from lth_sparse.prune.multishot import multi_shot
+
+    c = spec.config
+    device = check_device(c.device)
+    data = shared_dataset(spec.task, device=device, val_fraction=c.val_fraction, seed=c.seed,
+                          train_size=c.train_size)
+    regression = data.train.y.is_floating_point()
+    target = make_target(spec.task, spec.depth)
+    host, planted, scales = plant(target, c.width, seed=spec.seed)
+    host = host.float().to(device)
+    model = masked(copy.deepcopy(host))
+    model.input_shape = data.input_shape
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    planted = Masks({n: m.to(device) for n, m in planted.items()})
+    names = list(masked_weights(model))
+    if list(planted) != names:
+        raise RuntimeError(f"the planted masks {list(planted)} do not name the host's layers {names}")
+    density = planted.density() if spec.density == "planted" else float(spec.density)
+    loss_fn = None  # the training loop's default: cross-entropy, or the mean squared error for floats
+    generator = torch.Generator().manual_seed(spec.seed * 7919 + 13)
+    order = torch.randperm(len(data.train), generator=generator)[: c.prune_batch].to(device)
+    batch = (data.train.x[order], data.train.y[order])
+    score_loss = (lambda out, y: nn.functional.mse_loss(out, y.reshape(out.shape))) if regression else \
+        nn.functional.cross_entropy
+    bias_masks = None
+    history = None
+
+    def single(name: str, model_: nn.Module, masks: Masks | None, d: float) -> Masks:
+        options = {"iterations": c.synflow_iterations} if name == "synflow" else {}
+        kept = int(round(d * sum(m.numel() for m in planted.values())))
+        current = sum(int(m.sum()) for m in masks.values()) if masks is not None else None
+        if current is not None and kept >= current:
+            return masks
+        return get_pruner(name)(model_, density=d, masks=masks, batch=batch, loss_fn=score_loss,
+                                input_shape=tuple(data.input_shape), generator=generator, **options)
+
+    pruner = spec.pruner
+    if density >= 1.0:
+        masks = Masks.ones_like(model)
+    elif pruner in SINGLE_SHOT:
+        masks = single(pruner, model, None, density)
+    elif pruner.startswith("multishot-"):
+        name = pruner[len("multishot-"):]
+        masks = multi_shot(model, data, density, lambda m, masks_, d: single(name, m, masks_, d),
+                           rounds=c.multishot_rounds, epochs_per_round=c.multishot_epochs,
+                           train_config=c.train_config(), loss_fn=loss_fn, seed=spec.seed, progress=progress)
+        model.load_state_dict(init)
+    else:
+        masks, bias_masks, history = edge_popup(copy.deepcopy(host), data, density, epochs=c.edge_popup_epochs,
+                                                annealed=pruner == "edge-popup-annealed", loss_fn=loss_fn,
+                                                seed=spec.seed, progress=progress)
+    masks = Masks({n: masks[n].to(device) for n in names})
+    found = recovery(masks, planted)
+    collapse = layer_collapse(model, masks, tuple(data.input_shape))
+    result = {"task": spec.task, "depth": spec.depth, "pruner": pruner, "density_label": spec.density,
+              "density": masks.density(), "target_density": density, "seed": spec.seed,
+              "planted_density": planted.density(), "recovery": found,
+              "collapsed_layers": [n for n, v in collapse.items() if v.collapsed],
+              "collapsed": any(v.collapsed for v in collapse.values()), "regression": regression,
+              "reference": target_performance(spec.task, spec.depth)}
+    masks.save(directory / "masks.safetensors")
+    if pruner in STRONG:
+        ticket = strong_ticket(host, masks, bias_masks).to(device)
+        with torch.no_grad():
+            reference = target.float().to(device)(data.train.x)
+            out = ticket(data.train.x)
+            scale = _least_squares_scale(out, reference)
+        scaled = _Scaled(ticket, scale)
+        loss, acc = evaluate(scaled, data.test)
+        result.update(kind="strong", test_loss=loss, test_accuracy=acc, output_scale=scale.tolist(),
+                      edge_popup_history=history)
+    else:
+        model.load_state_dict(init)
+        masks.apply_to(model)
+        before_loss, before_acc = evaluate(model, data.test)
+        metrics = train_masked(model, data, c.train_config(), masks, init, directory, seed=spec.seed,
+                               progress=progress, desc=f"{spec.task} depth {spec.depth} {pruner} {spec.density}")
+        result.update(kind="weak", before_test_loss=before_loss, before_test_accuracy=before_acc,
+                      test_loss=metrics["test_loss"], test_accuracy=metrics["test_accuracy"])
+    metric = "test_loss" if regression else "test_accuracy"
+    result["score"] = result[metric]
+    log(f"{spec.task} depth {spec.depth} {pruner} at density {density:.4g} (seed {spec.seed}): "
+        f"{'MSE' if regression else 'accuracy'} {result['score']:.4g} ({result['kind']}; the planted ticket "
+        f"{result['reference']['test']:.4g}), recall of the planted weights {found['recall']:.3f}, precision "
+        f"{found['precision']:.3f}" + (f", collapsed: {result['collapsed_layers']}" if result["collapsed"] else ""))
+    return result
+
+
+class PlantPipeline(Pipeline):
+    kind = "plant"
+    config_class = PlantConfig
+    description = "planted tickets with known ground truth, and pruners benchmarked against them"
+
+    def check(self, config: PlantConfig) -> None:
+        from lth_sparse.planting import make_target, plant
+
+        check_device(config.device)
+        for task in config.tasks:
+            data = shared_dataset(task, device="cpu", val_fraction=config.val_fraction, seed=config.seed,
+                                  train_size=config.train_size)
+            if config.prune_batch > len(data.train):
+                raise ValueError(f"prune_batch {config.prune_batch} exceeds the {len(data.train)} training points")
+            for depth in config.depths:
+                plant(make_target(task, depth), config.width, seed=config.seed_list()[0])
+
+    def plan(self, config: PlantConfig) -> list[list[Unit]]:
+        units = []
+        for task in config.tasks:
+            for depth in config.depths:
+                for pruner in config.pruners:
+                    for density in config.densities:
+                        if density == "1" and pruner != config.pruners[0]:
+                            continue  # density 1 prunes nothing: one dense unit per task and depth
+                        for s in config.seed_list():
+                            spec = PlantSpec(config, task, depth, pruner, density, s)
+                            units.append(Unit("lth_sparse.pipelines.plant:plant_unit", spec, _unit_dir(spec),
+                                              label=f"{task} depth {depth} {pruner} density {density} seed {s}"))
+        return [units]
+
+    def summarize(self, run_dir, *, plots: bool = True) -> dict:
+        run_dir = Path(run_dir)
+        saved, config = self.saved_config(run_dir)
+        steps = Steps(run_dir)
+        results = [steps.result(str(d.relative_to(run_dir))) for d in sorted(run_dir.glob("*/depth_*/*/density_*/seed_*"))
+                   if (d / "done.json").exists()]
+        rows, references = [], {}
+        keys = sorted({(r["task"], r["depth"], r["pruner"], r["density_label"]) for r in results},
+                      key=lambda k: (k[0], k[1], k[2], 2.0 if k[3] == "planted" else float(k[3])))
+        for task, depth, pruner, label in keys:
+            found = [r for r in results if (r["task"], r["depth"], r["pruner"], r["density_label"]) ==
+                     (task, depth, pruner, label)]
+            first = found[0]
+            references[f"{task}/{depth}"] = {"task": task, "depth": depth, "planted_density": first["planted_density"],
+                                             **first["reference"]}
+            row = {"task": task, "depth": depth, "pruner": pruner, "density_label": label, "seeds": len(found),
+                   "kind": first["kind"], "regression": first["regression"],
+                   "density": over_seeds([r["density"] for r in found])["mean"],
+                   "score": over_seeds([r["score"] for r in found]),
+                   "recall": over_seeds([r["recovery"]["recall"] for r in found]),
+                   "precision": over_seeds([r["recovery"]["precision"] for r in found]),
+                   "jaccard": over_seeds([r["recovery"]["jaccard"] for r in found]),
+                   "contains": sum(bool(r["recovery"]["contains"]) for r in found),
+                   "collapsed": sum(bool(r["collapsed"]) for r in found)}
+            if first["kind"] == "weak":
+                key = "before_test_loss" if first["regression"] else "before_test_accuracy"
+                row["score_before_training"] = over_seeds([r[key] for r in found])
+            rows.append(row)
+        summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
+                   "seeds": list(config.seed_list()), "references": list(references.values()), "rows": rows,
+                   "conventions": "density = remaining weights / all weights (biases not counted); depth counts "
+                                  "the input layer; score = test accuracy (circle) or test MSE (relu, helix)"}
+        atomic_write_json(run_dir / "summary.json", summary)
+        if plots and rows:
+            from lth_sparse.plots import plot_plant
+
+            plot_plant(summary, run_dir / "plots")
+        return summary
+
+    def report(self, summary: dict) -> list[str]:
+        lines = []
+        for ref in summary["references"]:
+            task, depth = ref["task"], ref["depth"]
+            metric = "MSE" if ref["metric"] == "mse" else "accuracy"
+            lines.append(f"{task}, depth {depth}: planted ticket density {ref['planted_density']:.4g}, test {metric} "
+                         f"{ref['test']:.4g} (chance {ref['chance']:.4g}); mean over seeds:")
+            lines.append(f"  {'pruner':<24}{'density':>10}{metric:>12}{'recall':>9}{'precision':>10}{'collapsed':>10}")
+            for row in summary["rows"]:
+                if (row["task"], row["depth"]) == (task, depth):
+                    lines.append(f"  {row['pruner'] + ' (' + row['kind'] + ')':<24}{row['density']:>10.4g}"
+                                 f"{row['score']['mean']:>12.4g}{row['recall']['mean']:>9.3f}"
+                                 f"{row['precision']['mean']:>10.3f}{row['collapsed']:>6}/{row['seeds']}")
+        return lines
+
+
+PLANT = register_pipeline(PlantPipeline())
+
+
+def run(config: PlantConfig, out_dir, *, progress: bool | None = None, log: Callable[[str], None] = print,
+        plots: bool = True, executor=None) -> dict:
+    """Run (or resume) the benchmark; returns the summary also written to ``out_dir/summary.json``.
+
+    The summary holds ``kind`` (``"plant"``), ``hash``, ``config``, ``seeds``, ``references`` (per task and
+    depth: the planted density and the target's own train/test score, its noise-free test score and chance),
+    and ``rows``: per (task, depth, pruner, density) over the seeds, ``score`` (test accuracy or MSE) and, for
+    weak tickets, ``score_before_training``, the found density, ``recall``, ``precision``, ``jaccard`` (each
+    mean/std/min/max/n), and how many seeds' masks ``contains`` the planted one and ``collapsed``.
+    """
+    from lth_sparse.executors import LocalExecutor
+
+    executor = executor or LocalExecutor(config.threads)
+    config = dataclasses.replace(config, threads=executor.threads)
+    return run_pipeline(PLANT, config, out_dir, executor=executor, log=log, progress=progress, plots=plots)
