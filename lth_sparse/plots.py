@@ -390,7 +390,9 @@ def plot_instability(summary: dict, out_dir) -> list[Path]:
             ax.invert_xaxis()
             ax.set_xlabel("weights remaining (%)")
         else:
-            ax.set_xscale("symlog", linthresh=max(1, min([v for v in x if v > 0], default=1)))
+            linthresh = max(1, min([v for v in x if v > 0], default=1))
+            ax.set_xscale("symlog", linthresh=linthresh)
+            ax.set_xlim(left=-0.3 * linthresh, right=1.5 * max(x) if max(x) > 0 else 1)  # no negative decades
             ax.set_xlabel("rewind point (iteration)")
             for xi, r in zip(x, points):
                 ax.annotate(r["point"], (xi, 100 * r["test_error_barrier"]["mean"]), fontsize="x-small",
