@@ -121,6 +121,11 @@ class TransferConfig(TrainConfig):
     target_tickets: tuple[str, ...] = option((), "IMP runs on the targets (their dataset names a target as given "
                                                  "here): the target's own tickets, the reference line",
                                              flag="target-ticket", metavar="RUN_DIR")
+    target_optimizer: str | None = option(None, "train the targets with Morcos et al.'s settings of this optimizer "
+                                                "(sgd: lr 0.1, momentum 0.9, weight decay 1e-4; adam: lr 3e-4, betas "
+                                                "0.9/0.999, weight decay 1e-4; Section 4.3), the source's epochs, "
+                                                "batch and schedule kept", choices=("sgd", "adam"),
+                                          default_text="the source's optimizer")
     augment: str | None = option(None, "the targets' training augmentation: none, flip, cropP or flip+cropP",
                                  default_text="each data set's own")
     preset: str | None = option(None, "the target's training recipe of Morcos et al. 2019 (morcos: SGD lr 0.1, "
@@ -173,7 +178,13 @@ class TransferConfig(TrainConfig):
         if not sources:
             return {}
         saved = _source_config(str(sources if isinstance(sources, str) else list(sources)[0]))
-        return {f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved}
+        inherited = {f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved}
+        optimizer = options.get("target_optimizer")
+        if optimizer is not None:  # the optimizer's own settings over the source's; epochs, batch, schedule kept
+            recipe = MORCOS_TRAINING["morcos" if optimizer == "sgd" else "morcos-adam"]
+            inherited.update({k: recipe[k] for k in ("optimizer", "lr", "momentum", "nesterov", "betas",
+                                                     "weight_decay") if k in recipe})
+        return inherited
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})

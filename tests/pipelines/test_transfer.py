@@ -74,6 +74,14 @@ def test_the_target_trains_with_the_source_recipe_unless_told(source):
     assert changed.epochs == 160 and changed.milestones == (80, 120), "the preset's, over the source's"
 
 
+def test_target_optimizer_sets_the_papers_optimizer_and_keeps_the_sources_schedule(source):
+    adam = make_config(source, target_optimizer="adam")
+    assert (adam.optimizer, adam.lr, adam.betas, adam.weight_decay) == ("adam", 3e-4, (0.9, 0.999), 1e-4)
+    assert (adam.epochs, adam.batch_size) == (2, 64), "the source's epochs and batch"
+    sgd = make_config(source, target_optimizer="sgd", lr=0.02)
+    assert (sgd.optimizer, sgd.momentum, sgd.weight_decay, sgd.lr) == ("sgd", 0.9, 1e-4, 0.02), "flags override it"
+
+
 def test_the_morcos_presets_are_the_papers_numbers():
     sgd = config_from_options(ImpConfig, {"preset": "morcos"})
     assert (sgd.optimizer, sgd.lr, sgd.momentum, sgd.weight_decay, sgd.batch_size) == ("sgd", 0.1, 0.9, 1e-4, 512)
