@@ -197,7 +197,7 @@ class _Scaled(nn.Module):
 def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
     """One (task, depth, pruner, density, seed): plant, prune, measure the recovery, train (weak) or rescale
     (strong), evaluate."""
-    from lth_sparse.nn import masked
+    from lth_sparse.nn import masked, unmasked
     from lth_sparse.planting import make_target, plant, target_performance
     from lth_sparse.prune import get_pruner, layer_collapse
     from lth_sparse.prune.edge_popup import edge_popup, strong_ticket
@@ -272,6 +272,7 @@ def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], pro
         loss, acc = evaluate(scaled, data.test)
         result.update(kind="strong", test_loss=loss, test_accuracy=acc, output_scale=scale.tolist(),
                       edge_popup_history=history)
+        exported = _Scaled(unmasked(copy.deepcopy(ticket)), scale)
     else:
         model.load_state_dict(init)
         masks.apply_to(model)
@@ -280,6 +281,10 @@ def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], pro
                                progress=progress, desc=f"{spec.task} depth {spec.depth} {pruner} {spec.density}")
         result.update(kind="weak", before_test_loss=before_loss, before_test_accuracy=before_acc,
                       test_loss=metrics["test_loss"], test_accuracy=metrics["test_accuracy"])
+        exported = unmasked(copy.deepcopy(model))
+    # the ticket as a plain torch model (nn.Linear layers, pruned weights zero; a strong ticket with its output
+    # scale): torch.load(..., weights_only=False) gives it back, masks.safetensors beside it
+    torch.save(exported.cpu(), directory / "ticket.pt")
     metric = "test_loss" if regression else "test_accuracy"
     result["score"] = result[metric]
     log(f"{spec.task} depth {spec.depth} {pruner} at density {density:.4g} (seed {spec.seed}): "

@@ -59,6 +59,21 @@ def test_the_summary_holds_every_grid_point_with_recovery_and_the_reference(tiny
     masks = Masks.load(path / "circle" / "depth_3" / "magnitude" / "density_planted" / "seed_0" / "masks.safetensors")
     assert masks.density() == pytest.approx(1 / 6, abs=1e-3)
     assert (path / "plots" / "plant_circle_depth3.png").stat().st_size > 0
+    # every found ticket exports as a plain torch model computing what was evaluated
+    from lth_sparse.data import load_dataset
+    from lth_sparse.nn import MaskedMixin
+    from lth_sparse.train import evaluate
+
+    unit = path / "circle" / "depth_3" / "magnitude" / "density_planted" / "seed_0"
+    ticket = torch.load(unit / "ticket.pt", weights_only=False)
+    assert not any(isinstance(m, MaskedMixin) for m in ticket.modules())
+    assert int((ticket[0].weight != 0).sum()) <= int(masks["0.weight"].sum())
+    data = load_dataset("circle", val_fraction=0.1, train_size=1000)
+    done_weak = json.loads((unit / "done.json").read_text())
+    assert evaluate(ticket, data.test)[1] == pytest.approx(done_weak["test_accuracy"])
+    strong = torch.load(path / "circle" / "depth_3" / "edge-popup" / "density_planted" / "seed_0" / "ticket.pt",
+                        weights_only=False)
+    assert evaluate(strong, data.test)[1] == pytest.approx(done["test_accuracy"])
 
 
 def test_a_rerun_resumes_and_bad_input_is_refused(tiny, tmp_path):
