@@ -106,6 +106,12 @@ class InstabilityConfig(TrainConfig):
     eval_examples: int | None = option(10000, "evaluate each path on at most this many examples per split",
                                        metavar="N")
     threshold: float = option(0.02, "a pair is stable when its error barrier is under this (a fraction)")
+    drop_most_forgotten: float | None = option(None, "train on the training set without this share of its most "
+                                                     "forgotten examples (Appendix A.1), counted by --forgetting-run",
+                                               metavar="F")
+    forgetting_run: str | None = option(None, "an instability run made with --dynamics on the same data: its copies' "
+                                              "forgetting events, summed per example, rank the examples",
+                                        metavar="RUN_DIR")
     dynamics: bool = option(False, "also measure each copy's training dynamics: forgetting events per training "
                                    "example (Toneva et al. 2019) and convergence speed (equation 4, test error "
                                    "before training and after every epoch)")
@@ -146,6 +152,10 @@ class InstabilityConfig(TrainConfig):
             raise ValueError("--successive and --rounds need --source RUN_DIR (an IMP run)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+        if (self.drop_most_forgotten is None) != (self.forgetting_run is None):
+            raise ValueError("--drop-most-forgotten F and --forgetting-run RUN go together")
+        if self.drop_most_forgotten is not None and not 0 < self.drop_most_forgotten < 1:
+            raise ValueError(f"drop_most_forgotten is a fraction in (0, 1), got {self.drop_most_forgotten}")
         if self.threads is not None:
             resolve_threads(self.threads)
 
@@ -174,6 +184,27 @@ def _imp_config(run: str) -> dict:
     if saved.get("kind") != "imp":
         raise ConfigMismatch(f"source {run} holds a {saved.get('kind')!r} run, not an IMP run")
     return saved["config"]
+
+
+def forgetting_scores(run: str, examples: int) -> torch.Tensor:
+    """Per training example, its forgetting events summed over the copies of an instability run made with
+    ``--dynamics``; an example some copy never learned ranks above every other (Toneva et al. count it
+    forgettable). Refuses a run without forgetting counts or counted on another training set."""
+    from lth_sparse.analysis import ForgettingResult
+
+    files = sorted(Path(run).expanduser().glob("seed_*/*/copy_*/forgetting.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"forgetting run {run}: no forgetting.safetensors (make it with --dynamics)")
+    total = torch.zeros(examples, dtype=torch.float64)
+    never = torch.zeros(examples, dtype=torch.bool)
+    for file in files:
+        result = ForgettingResult.load(file)
+        if result.num_examples != examples:
+            raise ValueError(f"forgetting run {run} counted {result.num_examples} training examples, this training "
+                             f"set has {examples}: it must use the same data set, split and --train-size")
+        total += result.counts.double().cpu()
+        never |= result.never_learned.cpu()
+    return torch.where(never, total.max() + 1, total)
 
 
 def noise_seed(seed: int, copy: int) -> int:
@@ -228,6 +259,14 @@ class _Setup:
             split = saved.get("split_seed") if saved.get("split_seed") is not None else saved.get("seed", 0)
         self.data = shared_dataset(config.dataset, data_dir=config.data_dir, device=self.device,
                                    val_fraction=config.val_fraction, seed=split, train_size=config.train_size)
+        self.dropped = 0
+        if config.drop_most_forgotten is not None:
+            from lth_sparse.analysis import dataset_without, most_forgotten
+
+            scores = forgetting_scores(config.forgetting_run, len(self.data.train))
+            dropped = most_forgotten(scores, config.drop_most_forgotten)
+            self.data = dataset_without(self.data, dropped)
+            self.dropped = len(dropped)
         self.per_epoch = iterations_per_epoch(len(self.data.train), config.batch_size)
         self.total = round(config.epochs * self.per_epoch)
         self.seed = seed
@@ -548,6 +587,8 @@ class InstabilityPipeline(Pipeline):
                    "seeds": list(config.seed_list()), "threshold": config.threshold, "bn": config.bn,
                    "convention": "alpha = 0 is the first copy (or the earlier round), alpha = 1 the second",
                    "points": [], "successive": []}
+        if config.drop_most_forgotten is not None:
+            summary["dropped_examples"] = _Setup(config, config.seed_list()[0]).dropped
         source_rounds = {}
         if config.source is not None:
             try:

@@ -191,3 +191,25 @@ def test_a_conv_net_is_unstable_at_initialisation_and_stable_a_fraction_of_an_ep
           f" +- {100 * late['test_error_barrier']['std']:.2f} from iteration 20")
     assert init["test_error_barrier"]["mean"] > late["test_error_barrier"]["mean"] + 0.10
     assert not init["stable"]
+
+
+def test_dropping_the_most_forgotten_examples(tmp_path):
+    """Appendix A.1: the copies train without the most forgotten share of the training set, ranked by another
+    run's forgetting counts."""
+    from lth_sparse.analysis import ForgettingResult
+
+    counted, _ = run(tmp_path / "counted", dynamics=True, epochs=2)
+    config, summary = run(tmp_path / "dropped", epochs=2, drop_most_forgotten=0.1,
+                          forgetting_run=str(tmp_path / "counted"))
+    setup = _Setup(config, 0)
+    full = _Setup(counted, 0).data
+    assert summary["dropped_examples"] == round(0.1 * len(full.train)) == len(full.train) - len(setup.data.train)
+    counts = sum(ForgettingResult.load(f).counts.double() for f in (tmp_path / "counted").glob(
+        "seed_0/init/copy_*/forgetting.safetensors"))
+    kept = {tuple(x.tolist()) for x in setup.data.train.x.flatten(1)}
+    dropped = [i for i in range(len(full.train)) if tuple(full.train.x[i].flatten().tolist()) not in kept]
+    assert min(counts[dropped]) >= counts.median(), "the dropped examples are among the most forgotten"
+    with pytest.raises(ValueError, match="go together"):
+        InstabilityConfig(drop_most_forgotten=0.1)
+    with pytest.raises(FileNotFoundError, match="make it with --dynamics"):
+        run(tmp_path / "x", drop_most_forgotten=0.1, forgetting_run=str(tmp_path / "dropped"))
