@@ -19,7 +19,8 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ConfigError", "config_from_options", "field_kind", "option", "read_file"]
+__all__ = ["ConfigError", "config_from_options", "data_dir_option", "device_option", "field_kind", "option",
+           "read_file", "threads_option"]
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,23 @@ def option(default: Any, help: str, *, choices: tuple | None = None, identity: b
     if parse is not None:
         metadata["parse"] = parse
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def device_option() -> Any:
+    """The ``device`` field every pipeline's config has (not part of a run's identity)."""
+    return option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
+
+
+def data_dir_option() -> Any:
+    """The ``data_dir`` field every pipeline's config has (not part of a run's identity)."""
+    return option(None, "where datasets are looked for and downloaded", identity=False, metavar="DIR",
+                  default_text="$LTH_SPARSE_DATA, else ~/.cache/lth_sparse/data")
+
+
+def threads_option(help: str = "CPU threads for torch per unit") -> Any:
+    """The ``threads`` field every pipeline's config has (not part of a run's identity)."""
+    return option(None, help, identity=False, metavar="N",
+                  default_text="OMP_NUM_THREADS if set, else the usable cores not already busy")
 
 
 def field_kind(cls, f: dataclasses.Field) -> tuple[str, type | None, bool]:

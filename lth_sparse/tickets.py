@@ -18,7 +18,7 @@ import torch.nn as nn
 from lth_sparse.masks import Masks, unwrap_model
 from lth_sparse.runs import ConfigMismatch, read_json
 
-__all__ = ["Ticket", "finished_rounds", "load_ticket", "run_seeds"]
+__all__ = ["Ticket", "finished_rounds", "imp_run_config", "load_ticket", "run_seeds"]
 
 WEIGHTS = ("rewind", "init", "final")
 
@@ -65,14 +65,19 @@ class Ticket:
         return model
 
 
-def _run_config(run_dir: Path) -> dict:
-    config_file = run_dir / "config.json"
-    if not config_file.exists():
+def imp_run_config(run_dir) -> dict:
+    """The config an IMP run directory saved (a dict); refuses a directory that is no run, or a run of another
+    kind, saying which."""
+    config_file = Path(run_dir).expanduser() / "config.json"
+    if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in {run_dir}: not a run directory")
     saved = read_json(config_file)
     if saved.get("kind") != "imp":
         raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not an IMP run: tickets come from IMP")
     return saved["config"]
+
+
+_run_config = imp_run_config
 
 
 def _seed_dir(run_dir: Path, config: dict, seed: int | None) -> tuple[Path, int]:

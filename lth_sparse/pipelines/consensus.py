@@ -40,7 +40,7 @@ from typing import Callable, ClassVar
 
 import torch
 
-from lth_sparse.config import option
+from lth_sparse.config import data_dir_option, device_option, option, threads_option
 from lth_sparse.data.derived import parse_task
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import (Masks, distance_matrix, expected_jaccard_distance, jaccard_distance, masked_weights,
@@ -106,11 +106,9 @@ class ConsensusConfig(TrainConfig):
     train_size: int | None = option(None, "train on a seeded subset of N examples of each task (quick runs)",
                                     metavar="N")
     val_fraction: float = option(0.2, "share of each task's training set held out for validation")
-    device: str = option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
-    data_dir: str | None = option(None, "where datasets are looked for and downloaded", identity=False,
-                                  metavar="DIR", default_text="$LTH_SPARSE_DATA, else ~/.cache/lth_sparse/data")
-    threads: int | None = option(None, "CPU threads for torch per unit", identity=False, metavar="N",
-                                 default_text="OMP_NUM_THREADS if set, else the usable cores not already busy")
+    device: str = device_option()
+    data_dir: str | None = data_dir_option()
+    threads: int | None = threads_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()

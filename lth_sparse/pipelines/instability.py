@@ -43,7 +43,7 @@ from typing import Callable, ClassVar
 
 import torch
 
-from lth_sparse.config import option
+from lth_sparse.config import data_dir_option, device_option, option, threads_option
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
@@ -51,7 +51,7 @@ from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipel
 from lth_sparse.pipelines.imp import check_device, parse_seeds
 from lth_sparse.pipelines.steps import run_step, shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_torch_save, atomic_write_json, read_json
-from lth_sparse.tickets import finished_rounds, run_seeds
+from lth_sparse.tickets import finished_rounds, imp_run_config, run_seeds
 from lth_sparse.train import TrainConfig, iterations_per_epoch, parse_step
 
 BN_CHOICES = ("recompute", "interpolate", "train-mode")
@@ -123,11 +123,9 @@ class InstabilityConfig(TrainConfig):
                                     parse=parse_seeds, metavar="N|S,S,...", default_text="--seed alone")
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.2, "share of the training set held out for validation")
-    device: str = option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
-    data_dir: str | None = option(None, "where datasets are looked for and downloaded", identity=False,
-                                  metavar="DIR", default_text="$LTH_SPARSE_DATA, else ~/.cache/lth_sparse/data")
-    threads: int | None = option(None, "CPU threads for torch per unit", identity=False, metavar="N",
-                                 default_text="OMP_NUM_THREADS if set, else the usable cores not already busy")
+    device: str = device_option()
+    data_dir: str | None = data_dir_option()
+    threads: int | None = threads_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -177,13 +175,7 @@ class InstabilityConfig(TrainConfig):
 
 
 def _imp_config(run: str) -> dict:
-    path = Path(run).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"source {run}: no config.json there, not a run directory")
-    saved = read_json(path / "config.json")
-    if saved.get("kind") != "imp":
-        raise ConfigMismatch(f"source {run} holds a {saved.get('kind')!r} run, not an IMP run")
-    return saved["config"]
+    return imp_run_config(run)
 
 
 def forgetting_scores(run: str, examples: int) -> torch.Tensor:

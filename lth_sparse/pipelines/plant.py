@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from lth_sparse.config import option
+from lth_sparse.config import device_option, option, threads_option
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks, jaccard_distance, masked_weights
 from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
@@ -108,9 +108,8 @@ class PlantConfig(TrainConfig):
                                     metavar="N|S,S,...", default_text="--seed alone")
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.1, "share of the 9,000 training points held out for validation")
-    device: str = option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
-    threads: int | None = option(None, "CPU threads for torch per unit", identity=False, metavar="N",
-                                 default_text="OMP_NUM_THREADS if set, else the usable cores not already busy")
+    device: str = device_option()
+    threads: int | None = threads_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -50,7 +50,7 @@ from typing import Callable, ClassVar
 
 import torch
 
-from lth_sparse.config import option
+from lth_sparse.config import data_dir_option, device_option, option, threads_option
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.models import create_model
@@ -58,7 +58,7 @@ from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipel
 from lth_sparse.pipelines.imp import MORCOS_TRAINING, check_device, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_write_json, read_json
-from lth_sparse.tickets import finished_rounds, load_ticket, run_seeds
+from lth_sparse.tickets import finished_rounds, imp_run_config, load_ticket, run_seeds
 from lth_sparse.train import TrainConfig
 
 WEIGHTS = ("rewind", "fresh")
@@ -92,14 +92,7 @@ def parse_tickets(value) -> tuple[str, ...]:
 
 def _source_config(source: str) -> dict:
     """The source run's saved config; refuses a missing directory or a run of another kind."""
-    path = Path(source).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"source {source}: no config.json there, not a run directory")
-    saved = read_json(path / "config.json")
-    if saved.get("kind") != "imp":
-        raise ConfigMismatch(f"source {source} holds a {saved.get('kind')!r} run, not an IMP run: tickets come "
-                             "from IMP")
-    return saved["config"]
+    return imp_run_config(source)
 
 
 @dataclass(frozen=True)
@@ -140,11 +133,9 @@ class TransferConfig(TrainConfig):
                                                      "read (the source round closest to each)", metavar="F")
     train_size: int | None = option(None, "train on a seeded subset of N examples of each target", metavar="N")
     val_fraction: float = option(0.2, "share of each target's training set held out for validation")
-    device: str = option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
-    data_dir: str | None = option(None, "where datasets are looked for and downloaded", identity=False,
-                                  metavar="DIR", default_text="$LTH_SPARSE_DATA, else ~/.cache/lth_sparse/data")
-    threads: int | None = option(None, "CPU threads for torch per unit", identity=False, metavar="N",
-                                 default_text="OMP_NUM_THREADS if set, else the usable cores not already busy")
+    device: str = device_option()
+    data_dir: str | None = data_dir_option()
+    threads: int | None = threads_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
