@@ -91,6 +91,10 @@ class InstabilityConfig(TrainConfig):
                                 metavar="RUN_DIR")
     rounds: tuple[int, ...] = option((), "the source's rounds to measure", metavar="R",
                                      default_text="every finished round")
+    imp_rounds: int | None = option(None, "run IMP here first, this many rounds after the dense one (into RUN/imp/), "
+                                          "and measure every round's ticket, as with --source", metavar="N")
+    imp_fraction: float = option(0.2, "with --imp-rounds: fraction of the remaining weights pruned per round")
+    imp_rewind: str = option("init", "with --imp-rounds: the rewind point of its tickets (init, iter:N, epoch:E)")
     rewind_points: tuple[str, ...] = option(("init",), "the dense network's rewind points: init, iter:N, epoch:E",
                                             parse=parse_points, metavar="POINT")
     copies: int = option(2, "copies trained from each point under different SGD noise (every pair is measured)")
@@ -140,14 +144,23 @@ class InstabilityConfig(TrainConfig):
         if self.search_step < 1:
             raise ValueError(f"search_step must be >= 1, got {self.search_step}")
         parse_points(self.rewind_points)
-        if self.source is not None:
+        if self.imp_rounds is not None:
+            if self.source is not None:
+                raise ValueError("--imp-rounds runs IMP here; --source reads a finished run: give one of them")
+            if self.imp_rounds < 0 or not 0 < self.imp_fraction < 1:
+                raise ValueError(f"imp_rounds must be >= 0 and imp_fraction in (0, 1), got {self.imp_rounds} and "
+                                 f"{self.imp_fraction}")
+            parse_step(self.imp_rewind, 1)
+            if any(r > self.imp_rounds for r in self.rounds):
+                raise ValueError(f"rounds {list(self.rounds)} go beyond --imp-rounds {self.imp_rounds}")
+        if self.source is not None or self.imp_rounds is not None:
             if self.rewind_points != ("init",):
                 raise ValueError("--rewind-points is for a dense network; a --source run's tickets start from its "
                                  "own rewind state")
             if self.search is not None:
                 raise ValueError("--search is for a dense network, not a --source run")
         elif self.successive or self.rounds:
-            raise ValueError("--successive and --rounds need --source RUN_DIR (an IMP run)")
+            raise ValueError("--successive and --rounds need --source RUN_DIR (an IMP run) or --imp-rounds N")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         if (self.drop_most_forgotten is None) != (self.forgetting_run is None):
@@ -294,6 +307,29 @@ def _source_point(r: int) -> str:
     return f"round_{r:02d}"
 
 
+def _tickets(config: InstabilityConfig) -> bool:
+    """Whether the copies start from IMP tickets (--source or --imp-rounds) rather than a dense network."""
+    return config.source is not None or config.imp_rounds is not None
+
+
+def _ticket_folder(config: InstabilityConfig, run_dir: Path, seed: int) -> Path:
+    """The folder of one seed's IMP run (its rewind.pt and round_NN/): the source's, or RUN/imp/seed_S."""
+    if config.imp_rounds is not None:
+        return Path(run_dir) / "imp" / f"seed_{seed}"
+    return _source_seed_dir(config.source, seed)
+
+
+def imp_config(config: InstabilityConfig, seed: int):
+    """The IMP run of ``--imp-rounds`` for ``seed``: this config's data, model and training."""
+    from lth_sparse.pipelines.imp import ImpConfig
+
+    train = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    return ImpConfig(**train, dataset=config.dataset, model=config.model, model_options=config.model_options,
+                     rounds=config.imp_rounds, fraction=config.imp_fraction, rewind=config.imp_rewind, seed=seed,
+                     split_seed=config.seed, train_size=config.train_size, val_fraction=config.val_fraction,
+                     device=config.device, data_dir=config.data_dir, threads=config.threads)
+
+
 def _source_seed_dir(source: str, seed: int) -> Path:
     path = Path(source).expanduser()
     return path / f"seed_{seed}" if (path / f"seed_{seed}").is_dir() else path
@@ -352,12 +388,12 @@ class CopySpec:
 def _start(spec: CopySpec, setup: _Setup, directory: Path) -> tuple[dict, Masks, int]:
     """(state, masks, iteration) a copy starts from."""
     c = spec.config
-    if c.source is None:
+    if not _tickets(c):
         saved = torch.load(directory.parent.parent / "trunk" / f"state_{_point_label(spec.point)}.pt",
                            map_location=setup.device)
         model = setup.model()
         return saved["state_dict"], Masks.ones_like(model), saved["iteration"]
-    folder = _source_seed_dir(c.source, spec.seed)
+    folder = _ticket_folder(c, directory.parents[2], spec.seed)
     rewind = torch.load(folder / "rewind.pt", map_location=setup.device)
     masks = Masks.load(folder / spec.point / "masks.safetensors", setup.device)
     return rewind["state_dict"], masks, rewind["iteration"]
@@ -440,7 +476,7 @@ def pair_unit(spec: PairSpec, directory: Path, log: Callable[[str], None], progr
         state_a = torch.load(run_dir / spec.a / "final.pt", map_location=setup.device)
         state_b = torch.load(run_dir / spec.b / "final.pt", map_location=setup.device)
     else:
-        folder = _source_seed_dir(c.source, spec.seed)
+        folder = _ticket_folder(c, directory.parents[3], spec.seed)
         state_a = torch.load(folder / spec.a / "final.pt", map_location=setup.device)
         state_b = torch.load(folder / spec.b / "final.pt", map_location=setup.device)
     out = evaluate_pair(c, setup, state_a, state_b, spec.seed)
@@ -511,6 +547,8 @@ def search_unit(spec: SearchSpec, directory: Path, log: Callable[[str], None], p
 
 
 def _points(config: InstabilityConfig, seed: int) -> list[str]:
+    if config.imp_rounds is not None:
+        return [_source_point(r) for r in (config.rounds or range(config.imp_rounds + 1))]
     if config.source is None:
         return list(config.rewind_points)
     done = finished_rounds(Path(config.source).expanduser(), seed)
@@ -541,11 +579,18 @@ class InstabilityPipeline(Pipeline):
         for p in config.rewind_points:
             setup.point(p)
         setup.model()
+        if config.imp_rounds is not None:
+            from lth_sparse.pipelines.imp import IMP
+
+            IMP.check(imp_config(config, config.seed_list()[0]))
 
     def plan(self, config: InstabilityConfig) -> list[list[Unit]]:
         trunks, copies, pairs = [], [], []
         for s in config.seed_list():
-            if config.source is None:
+            if config.imp_rounds is not None:
+                trunks.append(Unit("lth_sparse.pipelines.imp:imp_seed", imp_config(config, s), f"imp/seed_{s}",
+                                   label=f"seed {s} IMP ({config.imp_rounds} rounds)"))
+            elif config.source is None:
                 trunks.append(Unit("lth_sparse.pipelines.instability:trunk_unit", TrunkSpec(config, s),
                                    f"seed_{s}/trunk", label=f"seed {s} trunk"))
             for p in _points(config, s):
@@ -582,7 +627,13 @@ class InstabilityPipeline(Pipeline):
         if config.drop_most_forgotten is not None:
             summary["dropped_examples"] = _Setup(config, config.seed_list()[0]).dropped
         source_rounds = {}
-        if config.source is not None:
+        if config.imp_rounds is not None:
+            for s in config.seed_list():
+                for p in _points(config, s):
+                    done = run_dir / "imp" / f"seed_{s}" / p / "done.json"
+                    if done.exists():
+                        source_rounds.setdefault(int(p[len("round_"):]), []).append(read_json(done))
+        elif config.source is not None:
             try:
                 for s in config.seed_list():
                     folder = _source_seed_dir(config.source, s)
@@ -592,7 +643,7 @@ class InstabilityPipeline(Pipeline):
                 source_rounds = {}
         dense_accuracy = over_seeds([x["test_accuracy"] for x in source_rounds[0]])["mean"] if 0 in source_rounds \
             else None
-        labels = list(config.rewind_points) if config.source is None else sorted(
+        labels = list(config.rewind_points) if not _tickets(config) else sorted(
             {p for s in config.seed_list() for p in _points(config, s)})
         for p in labels:
             found = []

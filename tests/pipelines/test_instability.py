@@ -213,3 +213,24 @@ def test_dropping_the_most_forgotten_examples(tmp_path):
         InstabilityConfig(drop_most_forgotten=0.1)
     with pytest.raises(FileNotFoundError, match="make it with --dynamics"):
         run(tmp_path / "x", drop_most_forgotten=0.1, forgetting_run=str(tmp_path / "dropped"))
+
+
+def test_imp_run_by_the_pipeline_itself_equals_a_source_run(tmp_path):
+    """--imp-rounds runs IMP into RUN/imp/ and measures its tickets: the same masks and the same barriers as
+    running lth-sparse imp first and giving it as --source."""
+    from lth_sparse.masks import Masks
+    from lth_sparse.pipelines.instability import imp_config
+
+    config, inside = run(tmp_path / "inside", epochs=2, imp_rounds=2, imp_fraction=0.5, imp_rewind="iter:5",
+                         successive=True, alphas=5)
+    imp.run(imp_config(config, 0), tmp_path / "imp", progress=False, log=quiet, plots=False)
+    _, outside = run(tmp_path / "outside", source=str(tmp_path / "imp"), successive=True, alphas=5, epochs=2)
+    for r in (1, 2):
+        assert Masks.load(tmp_path / "inside" / "imp" / "seed_0" / f"round_{r:02d}" / "masks.safetensors") == \
+            Masks.load(tmp_path / "imp" / "seed_0" / f"round_{r:02d}" / "masks.safetensors")
+    assert [p["test_error_barrier"]["mean"] for p in inside["points"]] == pytest.approx(
+        [p["test_error_barrier"]["mean"] for p in outside["points"]], abs=1e-6)
+    assert [p["winning"] for p in inside["points"]] == [p["winning"] for p in outside["points"]]
+    assert len(inside["successive"]) == 2
+    with pytest.raises(ValueError, match="give one of them"):
+        InstabilityConfig(imp_rounds=2, source=str(tmp_path / "imp"))
