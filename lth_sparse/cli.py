@@ -172,6 +172,10 @@ def executor_from_args(args, threads: int | None):
                          ray_address=args.ray_address, num_cpus=args.ray_num_cpus, num_gpus=args.ray_num_gpus)
 
 
+DERIVED = ("NAME:half=a|b, NAME:subset=F, NAME:classes=0,1,2, NAME:shape=CxHxW, NAME:permute=SEED, "
+           "NAME:augment=none|flip|cropP|flip+cropP (combinable: fashion-mnist:half=a:permute=1)")
+
+
 def _add_pipeline(sub, kind: str, *, help: str, description: str, epilog: str, out: str) -> None:
     """The subcommand of a pipeline: a flag per field of its config (``--config FILE`` supplies any), the executor
     options, ``--out``, ``--no-plots`` and ``--progress``."""
@@ -217,8 +221,7 @@ def _add_imp(sub) -> None:
                     "further round prunes FRACTION of the remaining weights and retrains. Results go to --out: "
                     "config.json, seed_N/round_NN/ (masks, metrics, weights), summary.json and plots/. Re-running "
                     "the same command resumes after the last finished round.",
-        epilog=f"Datasets: {', '.join(available_datasets())} (and derived tasks NAME:half=a|b, :classes=..., "
-               f":shape=CxHxW, :permute=SEED). Models: {', '.join(available_models())}. Every option can also come "
+        epilog=f"Datasets: {', '.join(available_datasets())} (and derived tasks {DERIVED}). Models: {', '.join(available_models())}. Every option can also come "
                "from --config FILE by its name (model_options as a mapping); flags override the file. Bad input "
                "ends with one 'lth-sparse imp: error: ...' line and exit status 2.")
 
@@ -237,9 +240,8 @@ def _add_consensus(sub) -> None:
                     "bespoke ticket of every task at the consensus's sparsity are retrained on every task. Results "
                     "go to --out: seed_S/bespoke_I/ (IMP runs), seed_S/consensus/, seed_S/retrain/, summary.json "
                     "and plots/. Re-running the same command resumes.",
-        epilog=f"Tasks: data sets ({', '.join(available_datasets())}) or derived tasks NAME:half=a|b, "
-               "NAME:classes=0,1,2, NAME:shape=CxHxW, NAME:permute=SEED (combinable: "
-               "fashion-mnist:half=a:permute=1). Models: " + ", ".join(available_models()) + ". Every option can "
+        epilog=f"Tasks: data sets ({', '.join(available_datasets())}) or derived tasks {DERIVED}. Models: "
+               + ", ".join(available_models()) + ". Every option can "
                "also come from --config FILE; flags override it, and override --preset.")
 
 
@@ -254,11 +256,12 @@ def _add_transfer(sub) -> None:
                     "the output layer left out of the ticket, re-initialised and sized to the target's classes; "
                     "beside it the controls named by their (weights, mask) pair: fresh-global is the paper's random "
                     "ticket, fresh-preserved/-local/-global its Appendix A.2. One unit per (seed, round, target, "
-                    "kind). The target trains with the source run's training options unless --preset or the flags "
-                    "say otherwise (--preset morcos-adam: a ticket found with SGD trained with Adam). Results go to "
-                    "--out: seed_S/target_T/round_RR/KIND/, summary.json and plots/. Re-running resumes.",
-        epilog=f"Targets: data sets ({', '.join(available_datasets())}) or derived tasks NAME:half=a|b, "
-               "NAME:classes=0,1,2, NAME:permute=SEED; images are brought to the source's input shape. Every "
+                    "kind). The target trains with the source run's training options unless --target-optimizer, "
+                    "--preset or the flags say otherwise (--target-optimizer adam: a ticket found with SGD trained "
+                    "with Adam). Several --source runs make the transfer matrix (--at). Results go to --out: "
+                    "seed_S/source_K/target_T/round_RR/KIND/, summary.json and plots/. Re-running resumes.",
+        epilog=f"Targets: data sets ({', '.join(available_datasets())}) or derived tasks {DERIVED}; images are "
+               "brought to the source's input shape. Every "
                "option can also come from --config FILE; flags override it and --preset, which override the "
                "source's training options.")
 
