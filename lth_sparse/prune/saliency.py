@@ -138,7 +138,7 @@ def _prepare(model: nn.Module, masks: Mapping[str, Tensor] | None, exclude: Iter
         raise KeyError(f"exclude names no prunable weight: {sorted(unknown)} (prunable weights: {list(layers)})")
     if masks is None:
         if any(isinstance(m, MaskedMixin) for m in layers.values()):
-            masks = {n: m.mask.detach().clone() for n, m in layers.items()}
+            masks = {n: m.mask.detach() for n, m in layers.items()}  # read only; _select returns new tensors
         else:
             masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in layers.items()}
     masks = masks if isinstance(masks, Masks) else Masks(masks)
@@ -192,7 +192,7 @@ def select_kept(scores: Mapping[str, Tensor], masks: Masks, names: Iterable[str]
 
 def _select(scores: Mapping[str, Tensor], masks: Masks, names: list[str], kept: int, unpruned: Mapping[str, int]
             ) -> Masks:
-    new = dict(masks)
+    new = {n: m.clone() for n, m in masks.items() if n not in names}  # never the caller's or the model's tensors
     if not names:
         return Masks(new)
     remaining = sum(unpruned[n] for n in names)
@@ -207,7 +207,7 @@ def _select(scores: Mapping[str, Tensor], masks: Masks, names: list[str], kept: 
         chosen = [s.double() for s in chosen]
     dense = remaining == sum(masks[n].numel() for n in names)  # nothing pruned yet: the selection reads no mask
     new.update(zip(names, prune_lowest(chosen, None if dense else [masks[n] for n in names], remaining - kept)))
-    return Masks(new)
+    return Masks({n: new[n] for n in masks})  # in the masks' order
 
 
 # --- running the model on given tensors ---------------------------------------------------------------------------

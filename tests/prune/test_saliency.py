@@ -581,3 +581,25 @@ def test_layer_collapse_of_a_plain_model_with_given_masks():
     assert [c.pruned for c in got.values()] == [False, True, False]
     assert all(c.disconnected for c in got.values())
     assert not network_collapsed(plain, input_shape=(3, 6, 6))
+
+
+def test_returned_masks_never_alias_the_models_buffers():
+    """The pruners read a masked model's mask buffers without copying them; what they return is always new
+    tensors, for pruned layers, excluded ones and a pruning that removes nothing."""
+    from lth_sparse.masks import masked_weights
+    from lth_sparse.prune import get_pruner
+
+    torch.manual_seed(0)
+    model = create_model("mlp", (8,), 3, width=16)
+    buffers = {n: m.mask for n, m in masked_weights(model).items()}
+    names = list(buffers)
+    for density, exclude in ((0.5, ()), (1.0, ()), (0.5, (names[-1],))):
+        masks = get_pruner("magnitude")(model, density=density, exclude=exclude)
+        for n, m in masks.items():
+            assert m.untyped_storage().data_ptr() != buffers[n].untyped_storage().data_ptr(), (density, exclude, n)
+        assert list(masks) == names
+    before = {n: b.clone() for n, b in buffers.items()}
+    masks = get_pruner("magnitude")(model, density=0.5)
+    for m in masks.values():
+        m.zero_()
+    assert all(torch.equal(buffers[n], before[n]) for n in names), "the model's masks are untouched"
