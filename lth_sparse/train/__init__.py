@@ -4,7 +4,6 @@ from lth_sparse.train.loop import (
     TrainConfig,
     TrainResult,
     TrainStep,
-    default_loss,
     evaluate,
     iterations_per_epoch,
     make_optimizer,
@@ -13,5 +12,5 @@ from lth_sparse.train.loop import (
     train,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "TrainStep", "default_loss", "evaluate", "iterations_per_epoch", "make_optimizer",
+__all__ = ["TrainConfig", "TrainResult", "TrainStep", "evaluate", "iterations_per_epoch", "make_optimizer",
            "make_schedule", "parse_step", "train"]
