@@ -119,19 +119,27 @@ class _PathLayer(nn.Module):
         self.register_buffer("bias_a", a.get("bias"))
         self.register_buffer("bias_b", b.get("bias"))
         self._result: Tensor | None = None  # the last result on the CPU, reused by the next pass
+        self._weights: dict = {}  # on the CPU, every alpha's interpolated weights, kept across passes
         self._ends_pass = -1  # one alpha at a time: the pass whose both ends' outputs _result holds
+        # the ReLU that follows the layer, applied by it (see _fuse_relus): for a shared input, in the
+        # pass that forms each alpha's output from the two ends'
+        self.relu = False
 
-    def _interpolated(self, op, kind: str, x: Tensor, alphas: Tensor, *conv_args) -> Tensor:
-        """(A, N, ...): the op on x (1 or A, N, ...), on the CPU into the last result when it can."""
+    def _interpolated(self, op, kind: str, x: Tensor, alphas: Tensor, *conv_args, relu: bool = False) -> Tensor:
+        """(A, N, ...): the op on x (1 or A, N, ...), clamped at 0 with ``relu``; on the CPU into the last
+        result when it can."""
         args = (x, self.weight_a, self.weight_b, alphas, self.bias_a, self.bias_b)
         if x.device.type == "cpu" and choose_backend(f"interpolated_{kind}", x.device, interpolate.IMPLEMENTED) == "torch":
-            self._result = interpolate.cpu_forward_into(self._result, kind, *args, *conv_args)
+            self._result = interpolate.cpu_forward_into(self._result, kind, *args, *conv_args, cache=self._weights,
+                                                        relu=relu)
             return self._result
-        return op(*args, *conv_args)
+        out = op(*args, *conv_args)
+        return out.relu_() if relu else out
 
     def _run(self, op, kind: str, x: Tensor, *conv_args) -> Tensor:
         if self.shared.source is None:
-            return self._interpolated(op, kind, self.shared.unfold(x), self.shared.alphas, *conv_args).flatten(0, 1)
+            return self._interpolated(op, kind, self.shared.unfold(x), self.shared.alphas, *conv_args,
+                                      relu=self.relu).flatten(0, 1)
         alpha = self.shared.alphas[0]
         if self.shared.is_source(x):
             # both ends' outputs once per pass (two products), each alpha's a lerp of them
@@ -139,10 +147,12 @@ class _PathLayer(nn.Module):
                 ends = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
                 self._interpolated(op, kind, x.unsqueeze(0), ends, *conv_args)
                 self._ends_pass = self.shared.passes
-            return torch.lerp(self._result[0], self._result[1], alpha)
-        weight = torch.lerp(self.weight_a, self.weight_b, alpha)
-        bias = None if self.bias_a is None else torch.lerp(self.bias_a, self.bias_b, alpha)
-        return self._layer_at(x, weight, bias, *conv_args)
+            out = torch.lerp(self._result[0], self._result[1], alpha)
+        else:
+            weight = torch.lerp(self.weight_a, self.weight_b, alpha)
+            bias = None if self.bias_a is None else torch.lerp(self.bias_a, self.bias_b, alpha)
+            out = self._layer_at(x, weight, bias, *conv_args)
+        return out.relu_() if self.relu else out
 
 
 class _PathLinear(_PathLayer):
@@ -312,16 +322,24 @@ class _PathFunctional(nn.Module):
         return torch.utils._pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) else t, out)
 
 
-def _relu_in_place(net: nn.Module) -> None:
-    """A ReLU right after an interpolating layer in an ``nn.Sequential`` works in place: its input is
-    that layer's fresh output, which nothing else sees. Saves a pass's largest allocation (fresh
-    pages for 16 MB of activations cost as much as computing them)."""
+def _fuse_relus(net: nn.Module) -> None:
+    """A ReLU right after an interpolating layer in an ``nn.Sequential`` sees only that layer's fresh
+    output: a Linear/Conv2d applies it itself (``_PathLayer.relu``; the ReLU becomes an Identity), for
+    a shared input in the same pass that forms each alpha's output, and after a BatchNorm it works in
+    place. Saves a pass over a pass's largest activation (and its allocation: fresh pages for 16 MB
+    of activations cost as much as computing them)."""
     for seq in net.modules():
         if not isinstance(seq, nn.Sequential):
             continue
         names = list(seq._modules)
         for prev, name in zip(names, names[1:]):
-            if type(seq._modules[name]) is nn.ReLU and isinstance(seq._modules[prev], (_PathLayer, _PathBatchNorm)):
+            before = seq._modules[prev]
+            if type(seq._modules[name]) is not nn.ReLU:
+                continue
+            if isinstance(before, _PathLayer) and not before.relu:
+                before.relu = True
+                seq._modules[name] = nn.Identity()
+            elif isinstance(before, _PathBatchNorm):
                 seq._modules[name] = nn.ReLU(inplace=True)
 
 
@@ -363,7 +381,7 @@ class PathNetwork(nn.Module):
             if not buffer.is_floating_point() and name in state_a and state_a[name].shape == buffer.shape:
                 buffer.copy_(state_a[name])
         self.net = self._convert(net, state_a, state_b)
-        _relu_in_place(self.net)
+        _fuse_relus(self.net)
         self._bn_alphas: Tensor | None = None  # the alphas recompute_bn_statistics estimated for
         self._has_batch_norm = bool(self._batch_norms())
 
@@ -505,8 +523,9 @@ class PathNetwork(nn.Module):
                 xb, yb = x[start:start + step], y[start:start + step]
                 logits = self(xb, alphas, one_alpha_at_a_time=order)
                 targets = yb.unsqueeze(0).expand(num_alphas, -1)
-                loss += _cross_entropy_sums(logits, targets)
-                correct += (logits.argmax(-1) == targets).sum(1).double()
+                pass_loss, pass_correct = _loss_and_correct_sums(logits, targets)
+                loss += pass_loss
+                correct += pass_correct
             examples += x.shape[0]
         if loss is None:
             loss = torch.zeros(num_alphas, dtype=torch.float64, device=alphas.device)
@@ -550,14 +569,20 @@ _MIN_PASS_EXAMPLES = 32
 _ONE_ALPHA_ACTIVATION_BYTES = 8 << 20
 
 
-def _cross_entropy_sums(logits: Tensor, targets: Tensor) -> Tensor:
-    """The cross-entropy of logits (A, N, K) against class indices (A, N), summed over N: (A,) float64.
+def _loss_and_correct_sums(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The cross-entropy of logits (A, N, K) against class indices (A, N), summed over N, and the number of
+    correct predictions (argmax, the first largest logit on ties): two (A,) float64 tensors.
 
-    ``logsumexp - logit of the target``, the same value as ``F.cross_entropy`` (to float rounding), whose
-    log-softmax over 10 classes costs 6x as much on the CPU (LeNet-300-100's 21 alphas x 640 examples:
-    1.8 ms against 0.3 ms per pass, a tenth of the whole evaluation)."""
+    ``logsumexp - logit of the target`` from the one pass that finds each example's largest logit and its
+    index (the shift of the log-sum-exp, as torch.logsumexp's: an infinite largest logit shifts by 0),
+    the same value as ``F.cross_entropy`` to float rounding. F.cross_entropy's log-softmax over 10
+    classes cost 6x as much on the CPU, and logsumexp and argmax apart 1.5x (LeNet-300-100's 21 alphas
+    x 254 examples: 0.21 ms against 0.33 ms per pass)."""
+    top, predicted = logits.max(-1)
+    shift = torch.where(top.isfinite(), top, torch.zeros((), dtype=top.dtype, device=top.device))
+    log_sum_exp = (logits - shift.unsqueeze(-1)).exp_().sum(-1).log_().add_(shift)
     picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (torch.logsumexp(logits, -1) - picked).sum(1, dtype=torch.float64)
+    return (log_sum_exp - picked).sum(1, dtype=torch.float64), (predicted == targets).sum(1, dtype=torch.float64)
 
 
 def _largest_activation(path: PathNetwork, x: Tensor, alphas: Tensor) -> int:

@@ -81,23 +81,33 @@ def test_bad_input_is_refused():
         PathNetwork(model, state_a, state_b)(torch.randn(2, 40), torch.tensor(0.5))
 
 
-def test_relu_after_an_interpolating_layer_runs_in_place_and_no_other():
-    """The ReLU right after a path layer in a Sequential works in place (its input is that layer's
-    fresh output); one that sees the caller's input, or a shared ReLU module, does not."""
+def test_relu_after_an_interpolating_layer_is_fused_and_no_other():
+    """The ReLU right after a Linear/Conv2d path layer in a Sequential is applied by that layer (it sees only
+    the layer's fresh output) and becomes an Identity; right after a batch norm it works in place; one that
+    sees the caller's input, or another module's output, stays as it is. The values are the loop's."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Dropout(),
-                                torch.nn.ReLU(), torch.nn.Linear(7, 3))
+                                torch.nn.ReLU(), torch.nn.Linear(7, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
+                                torch.nn.Linear(6, 3))
+    model[6].running_mean.uniform_(-1, 1)
+    model[6].running_var.uniform_(0.5, 2)
     state_a = copy.deepcopy(model.state_dict())
-    state_b = {k: v + 1 for k, v in state_a.items()}
+    state_b = {k: v + 1 if v.is_floating_point() else v for k, v in state_a.items()}
     path = PathNetwork(model, state_a, state_b)
-    assert [getattr(m, "inplace", None) for m in path.net] == [False, None, True, False, False, None]
-    assert not model[2].inplace, "the caller's model is untouched"
+    assert [type(m).__name__ for m in path.net] == ["ReLU", "_PathLinear", "Identity", "Dropout", "ReLU", "_PathLinear",
+                                                    "_PathBatchNorm", "ReLU", "_PathLinear"]
+    assert [path.net[i].relu for i in (1, 5, 8)] == [True, False, False]
+    assert [path.net[i].inplace for i in (0, 4, 7)] == [False, False, True]
+    assert isinstance(model[2], torch.nn.ReLU) and not model[7].inplace, "the caller's model is untouched"
     x = torch.randn(4, 5)
     before = x.clone()
     alphas = torch.linspace(0, 1, 3)
     out = path(x, alphas)
     assert torch.equal(x, before), "the input is never written"
-    torch.testing.assert_close(out, loop_reference(model, state_a, state_b, alphas, x))
+    reference = loop_reference(model, state_a, state_b, alphas, x)
+    torch.testing.assert_close(out, reference)
+    torch.testing.assert_close(path(x, alphas, one_alpha_at_a_time=True), reference)
+    assert torch.equal(x, before)
 
 
 def test_results_reused_between_passes_never_change_what_a_caller_holds():
