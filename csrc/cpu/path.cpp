@@ -15,12 +15,15 @@ namespace {
 constexpr int64_t kElementwiseGrain = 1 << 15;  // elements of out per task
 
 // What one row of out gets: lerp (Kind::kLerp: from a, b, with the coefficient and base of torch.lerp)
-// or its own values (Kind::kInPlace), plus an optional bias row, clamped at 0 with Relu. Plain loops the
-// compiler vectorises; the AVX-512 and AVX2 clones below run where the CPU has them.
+// or its own values (Kind::kInPlace), plus a bias (Bias::kColumn: one per column, the bias row;
+// Bias::kRow: one for the whole row), clamped at 0 with Relu. Plain loops the compiler vectorises;
+// the AVX-512 and AVX2 clones below run where the CPU has them.
 enum class Kind { kLerpFromA, kLerpFromB, kInPlace };
+enum class Bias { kNone, kColumn, kRow };
 
-template <typename T, Kind K, bool Bias, bool Relu>
+template <typename T, Kind K, Bias B, bool Relu>
 __attribute__((always_inline)) inline void row(const T* a, const T* b, const T* bias, T* dst, int64_t n, T coeff) {
+  const T row_bias = B == Bias::kRow ? *bias : T(0);
   for (int64_t c = 0; c < n; ++c) {
     T v;
     if constexpr (K == Kind::kInPlace) {
@@ -28,29 +31,31 @@ __attribute__((always_inline)) inline void row(const T* a, const T* b, const T* 
     } else {
       v = std::fma(coeff, b[c] - a[c], K == Kind::kLerpFromA ? a[c] : b[c]);
     }
-    if constexpr (Bias) v += bias[c];
+    if constexpr (B == Bias::kColumn) v += bias[c];
+    if constexpr (B == Bias::kRow) v += row_bias;
     if constexpr (Relu) v = v < T(0) ? T(0) : v;  // NaN stays NaN, as in torch.relu
     dst[c] = v;
   }
 }
 
-#define LTH_SPARSE_ROWS_BODY                                                              \
-  for (int64_t r = 0; r < rows; ++r)                                                      \
-    row<T, K, Bias, Relu>(a + r * ld, b + r * ld, bias, dst + r * cols, cols, coeff);
+// rows of out from r0 on; bias: the alpha's bias (per column: its row; per row: from row r0 on)
+#define LTH_SPARSE_ROWS_BODY                                                                                  \
+  for (int64_t r = 0; r < rows; ++r)                                                                          \
+    row<T, K, B, Relu>(a + r * ld, b + r * ld, B == Bias::kRow ? bias + r : bias, dst + r * cols, cols, coeff);
 
-template <typename T, Kind K, bool Bias, bool Relu>
+template <typename T, Kind K, Bias B, bool Relu>
 void rows_generic(const T* a, const T* b, const T* bias, T* dst, int64_t rows, int64_t cols, int64_t ld, T coeff) {
   LTH_SPARSE_ROWS_BODY
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define LTH_SPARSE_PATH_X86 1
-template <typename T, Kind K, bool Bias, bool Relu>
+template <typename T, Kind K, Bias B, bool Relu>
 __attribute__((target("avx512f"))) void rows_avx512(const T* a, const T* b, const T* bias, T* dst, int64_t rows,
                                                     int64_t cols, int64_t ld, T coeff) {
   LTH_SPARSE_ROWS_BODY
 }
-template <typename T, Kind K, bool Bias, bool Relu>
+template <typename T, Kind K, Bias B, bool Relu>
 __attribute__((target("avx2,fma"))) void rows_avx2(const T* a, const T* b, const T* bias, T* dst, int64_t rows,
                                                    int64_t cols, int64_t ld, T coeff) {
   LTH_SPARSE_ROWS_BODY
@@ -60,34 +65,43 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const T* a, const T* b, const
 #endif
 #undef LTH_SPARSE_ROWS_BODY
 
-template <typename T, Kind K, bool Bias, bool Relu>
+template <typename T, Kind K, Bias B, bool Relu>
 void rows_best(const T* a, const T* b, const T* bias, T* dst, int64_t rows, int64_t cols, int64_t ld, T coeff) {
 #if LTH_SPARSE_PATH_X86
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx512) return rows_avx512<T, K, Bias, Relu>(a, b, bias, dst, rows, cols, ld, coeff);
-  if (avx2) return rows_avx2<T, K, Bias, Relu>(a, b, bias, dst, rows, cols, ld, coeff);
+  if (avx512) return rows_avx512<T, K, B, Relu>(a, b, bias, dst, rows, cols, ld, coeff);
+  if (avx2) return rows_avx2<T, K, B, Relu>(a, b, bias, dst, rows, cols, ld, coeff);
 #endif
-  rows_generic<T, K, Bias, Relu>(a, b, bias, dst, rows, cols, ld, coeff);
+  rows_generic<T, K, B, Relu>(a, b, bias, dst, rows, cols, ld, coeff);
+}
+
+template <typename T, Kind K, Bias B>
+void rows_relu(bool relu, const T* a, const T* b, const T* bias, T* dst, int64_t rows, int64_t cols, int64_t ld,
+               T coeff) {
+  relu ? rows_best<T, K, B, true>(a, b, bias, dst, rows, cols, ld, coeff)
+       : rows_best<T, K, B, false>(a, b, bias, dst, rows, cols, ld, coeff);
 }
 
 template <typename T, Kind K>
-void rows_for(bool bias, bool relu, const T* a, const T* b, const T* bias_row, T* dst, int64_t rows, int64_t cols,
+void rows_for(Bias bias_kind, bool relu, const T* a, const T* b, const T* bias, T* dst, int64_t rows, int64_t cols,
               int64_t ld, T coeff) {
-  if (bias) {
-    relu ? rows_best<T, K, true, true>(a, b, bias_row, dst, rows, cols, ld, coeff)
-         : rows_best<T, K, true, false>(a, b, bias_row, dst, rows, cols, ld, coeff);
-  } else {
-    relu ? rows_best<T, K, false, true>(a, b, bias_row, dst, rows, cols, ld, coeff)
-         : rows_best<T, K, false, false>(a, b, bias_row, dst, rows, cols, ld, coeff);
+  switch (bias_kind) {
+    case Bias::kColumn:
+      return rows_relu<T, K, Bias::kColumn>(relu, a, b, bias, dst, rows, cols, ld, coeff);
+    case Bias::kRow:
+      return rows_relu<T, K, Bias::kRow>(relu, a, b, bias, dst, rows, cols, ld, coeff);
+    default:
+      return rows_relu<T, K, Bias::kNone>(relu, a, b, bias, dst, rows, cols, ld, coeff);
   }
 }
 
 // Over (alpha, block of rows) tasks: out (A, rows, cols); a, b (rows, cols) with row stride ld, or null
-// (in place); alphas as the layer's dtype sees them (empty in place); bias (A, cols) or null.
+// (in place); alphas as the layer's dtype sees them (empty in place); bias (A, cols) per column or
+// (A, rows) per row, or null.
 template <typename T>
-void run(T* out, const T* a, const T* b, const std::vector<double>& alphas, const T* bias, int64_t num_alphas,
-         int64_t rows, int64_t cols, int64_t ld, bool relu) {
+void run(T* out, const T* a, const T* b, const std::vector<double>& alphas, const T* bias, Bias bias_kind,
+         int64_t num_alphas, int64_t rows, int64_t cols, int64_t ld, bool relu) {
   const int64_t rows_per_task = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, cols));
   const int64_t tasks_per_alpha = (rows + rows_per_task - 1) / rows_per_task;
   at::parallel_for(0, num_alphas * tasks_per_alpha, 1, [&](int64_t begin, int64_t end) {
@@ -96,9 +110,11 @@ void run(T* out, const T* a, const T* b, const std::vector<double>& alphas, cons
       const int64_t r0 = (task % tasks_per_alpha) * rows_per_task;
       const int64_t n = std::min(rows, r0 + rows_per_task) - r0;
       T* dst = out + (i * rows + r0) * cols;
-      const T* bias_row = bias == nullptr ? nullptr : bias + i * cols;
+      const T* bias_at = bias_kind == Bias::kColumn ? bias + i * cols
+                         : bias_kind == Bias::kRow  ? bias + i * rows + r0
+                                                    : nullptr;
       if (a == nullptr) {
-        rows_for<T, Kind::kInPlace>(bias != nullptr, relu, nullptr, nullptr, bias_row, dst, n, cols, 0, T(0));
+        rows_for<T, Kind::kInPlace>(bias_kind, relu, nullptr, nullptr, bias_at, dst, n, cols, 0, T(0));
         continue;
       }
       const T w = static_cast<T>(alphas[i]);
@@ -106,34 +122,37 @@ void run(T* out, const T* a, const T* b, const std::vector<double>& alphas, cons
       const T* pa = a + r0 * ld;
       const T* pb = b + r0 * ld;
       if (from_a) {
-        rows_for<T, Kind::kLerpFromA>(bias != nullptr, relu, pa, pb, bias_row, dst, n, cols, ld, w);
+        rows_for<T, Kind::kLerpFromA>(bias_kind, relu, pa, pb, bias_at, dst, n, cols, ld, w);
       } else {
-        rows_for<T, Kind::kLerpFromB>(bias != nullptr, relu, pa, pb, bias_row, dst, n, cols, ld, w - T(1));
+        rows_for<T, Kind::kLerpFromB>(bias_kind, relu, pa, pb, bias_at, dst, n, cols, ld, w - T(1));
       }
     }
   });
 }
 
-void check_out_and_bias(const char* what, const at::Tensor& out, const std::optional<at::Tensor>& bias) {
+// The kind of bias: none, (A, cols) per column, or (A, rows) per row (bias_per_row).
+Bias check_out_and_bias(const char* what, const at::Tensor& out, const std::optional<at::Tensor>& bias,
+                        bool bias_per_row) {
   TORCH_CHECK(out.device().is_cpu() && out.dim() == 3 && out.is_contiguous(), what,
               ": out must be a contiguous (A, rows, cols) CPU tensor, got ", out.sizes(), " with strides ",
               out.strides());
   TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble, what,
               ": float32 or float64 only, got ", out.scalar_type());
-  if (bias.has_value()) {
-    const auto& t = *bias;
-    TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.size(0) == out.size(0) && t.size(1) == out.size(2) &&
-                    t.is_contiguous() && t.scalar_type() == out.scalar_type(),
-                what, ": bias must be a contiguous (A, cols) CPU tensor of out's dtype, got ", t.sizes(), " ",
-                t.scalar_type(), " for out ", out.sizes(), " ", out.scalar_type());
-  }
+  if (!bias.has_value()) return Bias::kNone;
+  const auto& t = *bias;
+  const int64_t size = bias_per_row ? out.size(1) : out.size(2);
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.size(0) == out.size(0) && t.size(1) == size &&
+                  t.is_contiguous() && t.scalar_type() == out.scalar_type(),
+              what, ": bias must be a contiguous (A, ", bias_per_row ? "rows" : "cols", ") CPU tensor of out's dtype, got ",
+              t.sizes(), " ", t.scalar_type(), " for out ", out.sizes(), " ", out.scalar_type());
+  return bias_per_row ? Bias::kRow : Bias::kColumn;
 }
 
 }  // namespace
 
 at::Tensor lerp_relu_(at::Tensor out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& alphas,
-                      const std::optional<at::Tensor>& bias, bool relu) {
-  check_out_and_bias("lerp_relu_", out, bias);
+                      const std::optional<at::Tensor>& bias, bool relu, bool bias_per_row) {
+  const Bias bias_kind = check_out_and_bias("lerp_relu_", out, bias, bias_per_row);
   TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && alphas.device().is_cpu(), "lerp_relu_: CPU tensors only");
   TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && alphas.dim() == 1, "lerp_relu_: a, b must be (rows, cols), alphas (A,); got a ",
               a.sizes(), ", b ", b.sizes(), ", alphas ", alphas.sizes());
@@ -155,17 +174,18 @@ at::Tensor lerp_relu_(at::Tensor out, const at::Tensor& a, const at::Tensor& b, 
   const int64_t rows = a.size(0), cols = a.size(1), ld = rows > 1 ? a.stride(0) : cols;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lerp_relu_", [&] {
     run<scalar_t>(out.data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), values,
-                  bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, out.size(0), rows, cols, ld, relu);
+                  bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, bias_kind, out.size(0), rows, cols, ld,
+                  relu);
   });
   return out;
 }
 
-at::Tensor bias_relu_(at::Tensor out, const at::Tensor& bias, bool relu) {
-  check_out_and_bias("bias_relu_", out, bias);
+at::Tensor bias_relu_(at::Tensor out, const at::Tensor& bias, bool relu, bool bias_per_row) {
+  const Bias bias_kind = check_out_and_bias("bias_relu_", out, bias, bias_per_row);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "bias_relu_", [&] {
-    run<scalar_t>(out.data_ptr<scalar_t>(), nullptr, nullptr, {}, bias.const_data_ptr<scalar_t>(), out.size(0),
-                  out.size(1), out.size(2), 0, relu);
+    run<scalar_t>(out.data_ptr<scalar_t>(), nullptr, nullptr, {}, bias.const_data_ptr<scalar_t>(), bias_kind,
+                  out.size(0), out.size(1), out.size(2), 0, relu);
   });
   return out;
 }

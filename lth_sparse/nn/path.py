@@ -182,6 +182,37 @@ class _PathConv2d(_PathLayer):
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
+class _FusedReLU(nn.Identity):
+    """Where a ReLU stood that the interpolating layer before it applies (see ``_fuse_relus``)."""
+
+
+class _PathChain(nn.Module):
+    """Consecutive Linear layers of an ``nn.Sequential`` (with the ReLUs between them fused into them),
+    in its place: on the CPU, when the first one's input is the one all alphas share (an MLP's first
+    layer), computed feature-major in one call (:func:`lth_sparse.ops.interpolate.cpu_linear_chain`);
+    anywhere else the layers one by one, as they would run without the chain."""
+
+    def __init__(self, shared: _PathState, layers: list[_PathLinear]) -> None:
+        super().__init__()
+        self.shared = shared
+        self.layers = nn.ModuleList(layers)
+        self._buffers_between: dict = {}  # the activations between the layers, reused from pass to pass
+
+    def forward(self, x: Tensor) -> Tensor:
+        shared = self.shared
+        alphas = shared.alphas
+        if (shared.source is None and alphas is not None and alphas.shape[0] > 1 and x.dim() == 2
+                and x.shape[0] == shared.batch and x.device.type == "cpu"
+                and choose_backend("interpolated_linear", x.device, interpolate.IMPLEMENTED) == "torch"):
+            specs = [(m.weight_a, m.weight_b, m.bias_a, m.bias_b, m.relu, m._weights) for m in self.layers]
+            out = interpolate.cpu_linear_chain(x, specs, alphas, self._buffers_between)
+            if out is not None:
+                return out.flatten(0, 1)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
 class _PathBatchNorm(nn.Module):
     """Batch norm on the path: the per-alpha affine map of interpolated (``bn="interpolate"``), recomputed
     (``"recompute"``) or batch (``"train-mode"``, and while statistics are recomputed) statistics, with the
@@ -338,9 +369,32 @@ def _fuse_relus(net: nn.Module) -> None:
                 continue
             if isinstance(before, _PathLayer) and not before.relu:
                 before.relu = True
-                seq._modules[name] = nn.Identity()
+                seq._modules[name] = _FusedReLU()
             elif isinstance(before, _PathBatchNorm):
                 seq._modules[name] = nn.ReLU(inplace=True)
+
+
+def _chain_linears(net: nn.Module, shared: _PathState) -> None:
+    """Each run of two or more interpolating Linear layers in an ``nn.Sequential``, nothing between them
+    but the ReLUs they apply, becomes one ``_PathChain`` in the place of the first (the others' places
+    hold an ``nn.Identity``)."""
+    for seq in list(net.modules()):
+        if not isinstance(seq, nn.Sequential):
+            continue
+        names = list(seq._modules)
+        run: list[str] = []
+        for name in [*names, None]:
+            module = seq._modules[name] if name is not None else None
+            if isinstance(module, _PathLinear) or (run and isinstance(module, _FusedReLU)):
+                run.append(name)
+                continue
+            linears = [n for n in run if isinstance(seq._modules[n], _PathLinear)]
+            if len(linears) >= 2:
+                chain = _PathChain(shared, [seq._modules[n] for n in linears])
+                for n in run:
+                    seq._modules[n] = nn.Identity()
+                seq._modules[run[0]] = chain
+            run = [name] if isinstance(module, _PathLinear) else []
 
 
 BN_MODES = ("interpolate", "recompute", "train-mode")
@@ -382,6 +436,7 @@ class PathNetwork(nn.Module):
                 buffer.copy_(state_a[name])
         self.net = self._convert(net, state_a, state_b)
         _fuse_relus(self.net)
+        _chain_linears(self.net, self.shared)
         self._bn_alphas: Tensor | None = None  # the alphas recompute_bn_statistics estimated for
         self._has_batch_norm = bool(self._batch_norms())
 
@@ -585,27 +640,37 @@ def _loss_and_correct_sums(logits: Tensor, targets: Tensor) -> tuple[Tensor, Ten
     return (log_sum_exp - picked).sum(1, dtype=torch.float64), (predicted == targets).sum(1, dtype=torch.float64)
 
 
-def _largest_activation(path: PathNetwork, x: Tensor, alphas: Tensor) -> int:
-    """Bytes of the largest module output of ``path`` for one example and one alpha (a probe on interpolated
-    batch-norm statistics whatever the path's mode: one example has no batch statistics, and the probe
-    must not count towards recomputed ones)."""
-    largest = [x[:1].numel() * x.element_size()]
+def _activation_bytes(path: PathNetwork, x: Tensor, alphas: Tensor) -> tuple[int, int]:
+    """Bytes per example of the largest module output of ``path`` that is each alpha's own (per alpha), and
+    of the largest that all alphas share (the input, and what is computed from it alone, such as its
+    flattening), probed on one example at two alphas (on interpolated batch-norm statistics whatever
+    the path's mode: one example has no batch statistics, and the probe must not count towards
+    recomputed ones). A chain of linear layers counts the activations between its layers."""
+    per_alpha = [0]
+    shared = [x[:1].numel() * x.element_size()]
 
     def record(module, inputs, output):
-        if isinstance(output, Tensor):
-            largest[0] = max(largest[0], output.numel() * output.element_size())
+        if not isinstance(output, Tensor) or output.dim() == 0:
+            return
+        if output.shape[0] == 1:
+            shared[0] = max(shared[0], output.numel() * output.element_size())
+        else:
+            per_alpha[0] = max(per_alpha[0], output[0].numel() * output.element_size())
+        if isinstance(module, _PathChain):
+            widest = max(layer.weight_a.shape[0] for layer in module.layers)
+            per_alpha[0] = max(per_alpha[0], widest * output.element_size())
 
     handles = [m.register_forward_hook(record) for m in path.net.modules()]
-    shared = path.shared
-    saved = shared.bn, shared.estimating
-    shared.bn, shared.estimating = "interpolate", False
+    shared_state = path.shared
+    saved = shared_state.bn, shared_state.estimating
+    shared_state.bn, shared_state.estimating = "interpolate", False
     try:
-        path(x[:1], alphas[:1])
+        path(x[:1], alphas[:1].expand(2))
     finally:
-        shared.bn, shared.estimating = saved
+        shared_state.bn, shared_state.estimating = saved
         for h in handles:
             h.remove()
-    return largest[0]
+    return per_alpha[0], shared[0]
 
 
 def _pass_order(path: PathNetwork, x: Tensor, alphas: Tensor, batch_size: int, whole_batches: bool,
@@ -613,27 +678,29 @@ def _pass_order(path: PathNetwork, x: Tensor, alphas: Tensor, batch_size: int, w
     """(one alpha at a time?, examples per pass) for passes over batches like ``x`` at ``alphas``.
 
     Cut passes (``whole_batches`` false): at most ``batch_size`` examples, fewer (down to
-    ``_MIN_PASS_EXAMPLES``) when the largest activation of the pass would exceed ``_ACTIVATION_BYTES``
+    ``_MIN_PASS_EXAMPLES``) when the largest activation of the pass (all alphas' own activations, or
+    one all alphas share: see ``_activation_bytes``) would exceed ``_ACTIVATION_BYTES``
     (``_GPU_ACTIVATION_BYTES`` off the CPU); all alphas folded into the batch, or (on the CPU, where all
     alphas of ``_MIN_PASS_EXAMPLES`` examples overflow that budget: Conv-4, ResNet-20) one alpha at a time.
     Whole batches (batch statistics: recomputing them, ``bn="train-mode"``): one alpha at a time where all
     alphas of a whole batch would overflow the budget. ``one_alpha_at_a_time`` forces the order.
     """
     num_alphas = alphas.shape[0]
-    per_alpha = _largest_activation(path, x, alphas)
+    per_alpha, shared = _activation_bytes(path, x, alphas)
     cpu = x.device.type == "cpu"
     budget = _ACTIVATION_BYTES if cpu else _GPU_ACTIVATION_BYTES
+    all_alphas = max(per_alpha * num_alphas, shared)  # bytes per example of all alphas' largest activation
     if one_alpha_at_a_time is None:
         if whole_batches:
-            one_alpha_at_a_time = per_alpha * num_alphas * x.shape[0] > budget
+            one_alpha_at_a_time = all_alphas * x.shape[0] > budget
         else:
-            one_alpha_at_a_time = cpu and per_alpha * num_alphas * _MIN_PASS_EXAMPLES > budget
+            one_alpha_at_a_time = cpu and all_alphas * _MIN_PASS_EXAMPLES > budget
     if one_alpha_at_a_time:
-        per_example = per_alpha
+        per_example = max(per_alpha, shared)
         budget = _ONE_ALPHA_ACTIVATION_BYTES if cpu else budget
     else:
-        per_example = per_alpha * num_alphas
-    return bool(one_alpha_at_a_time), max(1, min(batch_size, max(_MIN_PASS_EXAMPLES, budget // per_example)))
+        per_example = all_alphas
+    return bool(one_alpha_at_a_time), max(1, min(batch_size, max(_MIN_PASS_EXAMPLES, budget // max(1, per_example))))
 
 
 @torch.no_grad()

@@ -503,3 +503,60 @@ def interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alpha
         raise ValueError("padding must be an int or a pair")
     return _interpolated_conv2d(_alpha_inputs(input, alphas, input_per_alpha), weight_a, weight_b, alphas, bias_a,
                                 bias_b, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
+
+
+def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor | None:
+    """Consecutive linear layers on the path, the first on an input ``x`` (N, in) all alphas share, on
+    CPU tensors without autograd, computed feature-major; None where that does not apply (no C++
+    extension, autocast on, a dtype other than float32/float64), and the caller runs the layers one
+    by one instead.
+
+    layers: per layer (weight_a, weight_b, bias_a, bias_b, relu, cache), ``relu`` whether a ReLU
+    follows it, ``cache`` the dict where the layer keeps its interpolated weights (see
+    ``_cached_weights``). buffers: a dict the caller keeps for the activations between the layers,
+    reused by the next call of the same shapes. Returns (A, N, out), a tensor of its own.
+
+    Feature-major: each activation is (A, features, N), each layer's product ``W(alpha) h`` with the
+    examples along the columns, the first layer's both ends in one product ``[W_a; W_b] x^T`` and each
+    alpha's activations, bias and ReLU in one pass of the C++ kernels. MKL runs these products faster
+    than the same ones example-major (LeNet-300-100's second layer, 21 alphas x 512 examples: 88
+    against 72 GMAC/s; the output layer's 10 rows: 1.5x), and the activations of twice as many
+    examples stay in the caches.
+    """
+    C = cpp_extension()
+    if C is None or x.dim() != 2 or x.dtype not in (torch.float32, torch.float64) or _autocast.active(x) is not None:
+        return None
+    num_alphas, n = alphas.shape[0], x.shape[0]
+    weight_a, weight_b, bias_a, bias_b, relu, cache = layers[0]
+    _check_linear(x.unsqueeze(0), weight_a, weight_b, alphas, bias_a, bias_b)
+    stacked, biases = _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, True)
+    ends = torch.mm(stacked, x.t())  # (2 * out, N): both ends' outputs, feature-major
+    size = weight_a.shape[0]
+    h = _chain_buffer(buffers, 0, (num_alphas, size, n), x) if len(layers) > 1 else x.new_empty(num_alphas, size, n)
+    C.lerp_relu_(h, ends[:size], ends[size:], alphas, biases, relu, True)
+    for index, (weight_a, weight_b, bias_a, bias_b, relu, cache) in enumerate(layers[1:], start=1):
+        _check_linear(h.transpose(1, 2), weight_a, weight_b, alphas, bias_a, bias_b)
+        interpolated = _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, False)
+        if interpolated is None:  # too large to keep: formed for this call
+            coef = alphas.reshape(-1, 1, 1).to(weight_a.dtype)
+            interpolated = (torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef),
+                            None if bias_a is None else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef[:, :, 0]))
+        weights, biases = interpolated
+        shape = (num_alphas, weight_a.shape[0], n)
+        # the last layer's result is returned (as a transposed copy, or a view of it): never reused
+        out = _chain_buffer(buffers, index, shape, x) if index < len(layers) - 1 else x.new_empty(shape)
+        torch.bmm(weights, h, out=out)
+        if biases is not None:
+            C.bias_relu_(out, biases, relu, True)
+        elif relu:
+            out.relu_()
+        h = out
+    return h.transpose(1, 2).contiguous()
+
+
+def _chain_buffer(buffers: dict, index: int, shape: tuple, like: Tensor) -> Tensor:
+    """The activation buffer ``index`` of a chain, reused while its shape, dtype and device stay."""
+    held = buffers.get(index)
+    if held is None or tuple(held.shape) != shape or held.dtype != like.dtype or held.device != like.device:
+        buffers[index] = held = like.new_empty(shape)
+    return held
