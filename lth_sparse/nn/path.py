@@ -17,6 +17,20 @@ unfold it to ``(A, N, ...)``:
 
 Masked layers use each endpoint's masked weight (``W_a * M_a``, ``W_b * M_b``).
 
+On the CPU (the torch backend of those ops) a pass also:
+
+- keeps every alpha's interpolated weights from one pass to the next (up to 64 MB a layer), and a
+  shared-input layer's two ends stacked as one weight of twice the outputs (one product);
+- lets a Linear/Conv2d apply the ReLU that follows it in an ``nn.Sequential`` (the ReLU becomes an
+  identity): for a shared input, each alpha's lerp of the two ends, its bias and the ReLU are one pass
+  of the C++ kernel ``lerp_relu_``;
+- runs consecutive Linear layers of an ``nn.Sequential`` whose first sees the shared input (an MLP)
+  as one chain, feature-major (activations ``(A, features, N)``, products ``W(alpha) h``, faster in
+  MKL than the same products example-major: see :func:`lth_sparse.ops.interpolate.cpu_linear_chain`).
+
+Each is equal, to float rounding, to the plain-torch order it replaces (tested against it and
+against the loop over state dicts).
+
 ``forward(x, alphas, one_alpha_at_a_time=True)`` runs the network once per alpha on ``(N, ...)``
 tensors instead, each layer at its interpolated weight, except that a layer whose input is ``x``
 itself still computes both ends' outputs once per pass and each alpha's as their lerp. On the CPU
