@@ -18,7 +18,8 @@ import torch.nn as nn
 from lth_sparse.masks import Masks, unwrap_model
 from lth_sparse.runs import ConfigMismatch, read_json
 
-__all__ = ["Ticket", "finished_rounds", "imp_run_config", "load_ticket", "run_seeds"]
+__all__ = ["Ticket", "finished_rounds", "imp_run_config", "load_ticket", "round_results", "run_seeds",
+           "seed_folder", "training_options"]
 
 WEIGHTS = ("rewind", "init", "final")
 
@@ -104,10 +105,31 @@ def run_seeds(run_dir) -> list[int]:
     return sorted(found)
 
 
+def seed_folder(run_dir, seed: int | None = None) -> Path:
+    """The folder of one seed of an IMP run (``seed_N/``, or the run itself in the layout made before seeds): its
+    ``rewind.pt``, ``init.pt`` and ``round_NN/``. Default: the run's first seed."""
+    run_dir = Path(run_dir).expanduser()
+    return _seed_dir(run_dir, _run_config(run_dir), seed)[0]
+
+
+def round_results(run_dir, seed: int | None = None) -> list[dict]:
+    """The ``done.json`` of every finished round of one seed of an IMP run, in round order."""
+    folder = seed_folder(run_dir, seed)
+    return [read_json(folder / f"round_{r:02d}" / "done.json") for r in finished_rounds(run_dir, seed)]
+
+
+def training_options(config: dict) -> dict:
+    """The training options (the fields of :class:`lth_sparse.train.TrainConfig`) of a run's saved config."""
+    from dataclasses import fields
+
+    from lth_sparse.train import TrainConfig
+
+    return {f.name: config[f.name] for f in fields(TrainConfig) if f.name in config}
+
+
 def finished_rounds(run_dir, seed: int | None = None) -> list[int]:
     """The rounds of one seed of an IMP run that have finished (have ``done.json``), sorted."""
-    run_dir = Path(run_dir)
-    folder, _ = _seed_dir(run_dir, _run_config(run_dir), seed)
+    folder = seed_folder(run_dir, seed)
     return sorted(int(d.name[len("round_"):]) for d in folder.glob("round_[0-9][0-9]") if (d / "done.json").exists())
 
 

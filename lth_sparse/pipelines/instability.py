@@ -51,7 +51,8 @@ from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipel
 from lth_sparse.pipelines.imp import check_device, parse_seeds
 from lth_sparse.pipelines.steps import run_step, shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_torch_save, atomic_write_json, read_json
-from lth_sparse.tickets import finished_rounds, imp_run_config, run_seeds
+from lth_sparse.tickets import (finished_rounds, imp_run_config, round_results, run_seeds, seed_folder,
+                                training_options)
 from lth_sparse.train import TrainConfig, iterations_per_epoch, parse_step
 
 BN_CHOICES = ("recompute", "interpolate", "train-mode")
@@ -175,20 +176,15 @@ class InstabilityConfig(TrainConfig):
         """With a source, its training recipe, data set and model: what the copies train with unless told."""
         if not options.get("source"):
             return {}
-        saved = _imp_config(str(options["source"]))
-        keep = [f.name for f in dataclasses.fields(TrainConfig)] + ["dataset", "model", "model_options", "train_size",
-                                                                   "val_fraction"]
-        return {k: saved[k] for k in keep if k in saved}
+        saved = imp_run_config(str(options["source"]))
+        data = {k: saved[k] for k in ("dataset", "model", "model_options", "train_size", "val_fraction") if k in saved}
+        return {**training_options(saved), **data}
 
     def seed_list(self) -> tuple[int, ...]:
         return self.seeds or (self.seed,)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
-
-
-def _imp_config(run: str) -> dict:
-    return imp_run_config(run)
 
 
 def forgetting_scores(run: str, examples: int) -> torch.Tensor:
@@ -260,7 +256,7 @@ class _Setup:
         # the split of the run's --seed (the seeds vary the initialisation, not the data); a source's own split
         split = config.seed
         if config.source is not None:
-            saved = _imp_config(config.source)
+            saved = imp_run_config(config.source)
             split = saved.get("split_seed") if saved.get("split_seed") is not None else saved.get("seed", 0)
         self.data = shared_dataset(config.dataset, data_dir=config.data_dir, device=self.device,
                                    val_fraction=config.val_fraction, seed=split, train_size=config.train_size)
@@ -316,7 +312,7 @@ def _ticket_folder(config: InstabilityConfig, run_dir: Path, seed: int) -> Path:
     """The folder of one seed's IMP run (its rewind.pt and round_NN/): the source's, or RUN/imp/seed_S."""
     if config.imp_rounds is not None:
         return Path(run_dir) / "imp" / f"seed_{seed}"
-    return _source_seed_dir(config.source, seed)
+    return seed_folder(config.source, seed)
 
 
 def imp_config(config: InstabilityConfig, seed: int):
@@ -328,11 +324,6 @@ def imp_config(config: InstabilityConfig, seed: int):
                      rounds=config.imp_rounds, fraction=config.imp_fraction, rewind=config.imp_rewind, seed=seed,
                      split_seed=config.seed, train_size=config.train_size, val_fraction=config.val_fraction,
                      device=config.device, data_dir=config.data_dir, threads=config.threads)
-
-
-def _source_seed_dir(source: str, seed: int) -> Path:
-    path = Path(source).expanduser()
-    return path / f"seed_{seed}" if (path / f"seed_{seed}").is_dir() else path
 
 
 # --- stage 1: the trunk (dense) -----------------------------------------------------------------------------
@@ -562,7 +553,7 @@ class InstabilityPipeline(Pipeline):
 
     def check(self, config: InstabilityConfig) -> None:
         if config.source is not None:
-            _imp_config(config.source)
+            imp_run_config(config.source)
             have = run_seeds(Path(config.source).expanduser())
             missing = [s for s in config.seed_list() if s not in have]
             if missing:
@@ -636,9 +627,8 @@ class InstabilityPipeline(Pipeline):
         elif config.source is not None:
             try:
                 for s in config.seed_list():
-                    folder = _source_seed_dir(config.source, s)
-                    for r in finished_rounds(Path(config.source).expanduser(), s):
-                        source_rounds.setdefault(r, []).append(read_json(folder / _source_point(r) / "done.json"))
+                    for result in round_results(config.source, s):
+                        source_rounds.setdefault(result["round"], []).append(result)
             except (OSError, ConfigMismatch, KeyError):
                 source_rounds = {}
         dense_accuracy = over_seeds([x["test_accuracy"] for x in source_rounds[0]])["mean"] if 0 in source_rounds \

@@ -58,7 +58,8 @@ from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipel
 from lth_sparse.pipelines.imp import MORCOS_TRAINING, check_device, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_write_json, read_json
-from lth_sparse.tickets import finished_rounds, imp_run_config, load_ticket, run_seeds
+from lth_sparse.tickets import (finished_rounds, imp_run_config, load_ticket, round_results, run_seeds,
+                                training_options)
 from lth_sparse.train import TrainConfig
 
 WEIGHTS = ("rewind", "fresh")
@@ -88,11 +89,6 @@ def parse_tickets(value) -> tuple[str, ...]:
     if len(set(items)) != len(items):
         raise ValueError(f"ticket kinds repeat: {items}")
     return tuple(items)
-
-
-def _source_config(source: str) -> dict:
-    """The source run's saved config; refuses a missing directory or a run of another kind."""
-    return imp_run_config(source)
 
 
 @dataclass(frozen=True)
@@ -168,8 +164,7 @@ class TransferConfig(TrainConfig):
         sources = options.get("sources")
         if not sources:
             return {}
-        saved = _source_config(str(sources if isinstance(sources, str) else list(sources)[0]))
-        inherited = {f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved}
+        inherited = training_options(imp_run_config(str(sources if isinstance(sources, str) else list(sources)[0])))
         optimizer = options.get("target_optimizer")
         if optimizer is not None:  # the optimizer's own settings over the source's; epochs, batch, schedule kept
             recipe = MORCOS_TRAINING["morcos" if optimizer == "sgd" else "morcos-adam"]
@@ -197,7 +192,7 @@ class Source:
 
 def read_source(run: str, data_dir: str | None = None) -> Source:
     """The source run ``run``, checked: an IMP run with finished rounds."""
-    saved = _source_config(run)
+    saved = imp_run_config(run)
     path = Path(run).expanduser()
     seeds = tuple(run_seeds(path))
     rounds = {s: tuple(finished_rounds(path, s)) for s in seeds}
@@ -342,12 +337,8 @@ def transfer_unit(spec: TransferSpec, directory: Path, log: Callable[[str], None
 
 def own_tickets(run_dir: str) -> dict:
     """An IMP run's rounds as the reference line: per round, test accuracy and density over its seeds."""
-    config = _source_config(run_dir)
-    path = Path(run_dir).expanduser()
-    per_seed = {}
-    for s in run_seeds(path):
-        folder = path / f"seed_{s}" if (path / f"seed_{s}").is_dir() else path
-        per_seed[s] = [read_json(folder / f"round_{r:02d}" / "done.json") for r in finished_rounds(path, s)]
+    config = imp_run_config(run_dir)
+    per_seed = {s: round_results(run_dir, s) for s in run_seeds(Path(run_dir).expanduser())}
     count = min((len(v) for v in per_seed.values()), default=0)
     rounds = []
     for r in range(count):
@@ -360,7 +351,7 @@ def own_tickets(run_dir: str) -> dict:
 
 
 def _matching_target(config: TransferConfig, run_dir: str) -> int:
-    dataset = _source_config(run_dir)["dataset"].split(":shape=")[0]
+    dataset = imp_run_config(run_dir)["dataset"].split(":shape=")[0]
     for i, t in enumerate(config.targets):
         if dataset == t.split(":shape=")[0]:
             return i
@@ -445,7 +436,7 @@ class TransferPipeline(Pipeline):
         for k, run in enumerate(config.sources):
             entry = {"source": k, "run": run}
             try:
-                source_config = _source_config(run)
+                source_config = imp_run_config(run)
                 entry.update(dataset=source_config["dataset"], model=source_config["model"],
                              optimizer=source_config["optimizer"], rewind=source_config["rewind"])
             except (OSError, ConfigMismatch):
