@@ -424,7 +424,7 @@ def copy_unit(spec: CopySpec, directory: Path, log: Callable[[str], None], progr
            + (f", convergence speed {measures['convergence_speed']:.3f}" if "convergence_speed" in measures else "")
            if measures else ""))
     return {"seed": spec.seed, "point": spec.point, "copy": spec.copy, "noise_seed": noise, "start": start,
-            "sparsity": masks.sparsity(), **measures,
+            "sparsity": masks.sparsity(), "dropped_examples": setup.dropped, **measures,
             **{k: metrics[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "iterations", "train_seconds")}}
 
 
@@ -615,8 +615,6 @@ class InstabilityPipeline(Pipeline):
                    "seeds": list(config.seed_list()), "threshold": config.threshold, "bn": config.bn,
                    "convention": "alpha = 0 is the first copy (or the earlier round), alpha = 1 the second",
                    "points": [], "successive": []}
-        if config.drop_most_forgotten is not None:
-            summary["dropped_examples"] = _Setup(config, config.seed_list()[0]).dropped
         source_rounds = {}
         if config.imp_rounds is not None:
             for s in config.seed_list():
@@ -650,6 +648,11 @@ class InstabilityPipeline(Pipeline):
             if steps.is_done(name):
                 summary["successive"].append(steps.result(name))
         summary["successive"] = _successive_rows(summary["successive"])
+        if config.drop_most_forgotten is not None:  # as the copies record it (no data loaded here)
+            copies = [steps.result(str(d.relative_to(run_dir))) for d in sorted(run_dir.glob("seed_*/*/copy_*"))
+                      if (d / "done.json").exists()]
+            if copies:
+                summary["dropped_examples"] = copies[0]["dropped_examples"]
         if steps.is_done("search"):
             summary["search"] = steps.result("search")
         if summary["points"]:
