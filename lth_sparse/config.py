@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["ConfigError", "config_from_options", "data_dir_option", "device_option", "field_kind", "option",
-           "read_file", "threads_option"]
+           "read_file", "split_items", "threads_option"]
 
 
 class ConfigError(ValueError):
@@ -62,6 +62,12 @@ def option(default: Any, help: str, *, choices: tuple | None = None, identity: b
     if parse is not None:
         metadata["parse"] = parse
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def split_items(value: Any) -> list[str]:
+    """The items of a list option as written: a string split at commas and whitespace (``"a,b c"``), or each
+    element of a list (a config file's) as a string; for the options' ``parse`` functions."""
+    return value.replace(",", " ").split() if isinstance(value, str) else [str(v) for v in value]
 
 
 def device_option() -> Any:

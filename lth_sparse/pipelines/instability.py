@@ -43,7 +43,7 @@ from typing import Callable, ClassVar
 
 import torch
 
-from lth_sparse.config import data_dir_option, device_option, option, threads_option
+from lth_sparse.config import data_dir_option, device_option, option, split_items, threads_option
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
@@ -68,7 +68,7 @@ PRESETS = {
 
 def parse_points(value) -> tuple[str, ...]:
     """``--rewind-points``: ``init``, ``iter:N``, ``epoch:E`` (comma- or space-separated)."""
-    items = value.replace(",", " ").split() if isinstance(value, str) else [str(v) for v in value]
+    items = split_items(value)
     for item in items:
         parse_step(item, 1)
     if len(set(items)) != len(items):

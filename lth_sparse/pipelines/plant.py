@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from lth_sparse.config import device_option, option, threads_option
+from lth_sparse.config import device_option, option, split_items, threads_option
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks, jaccard_distance, masked_weights
 from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
@@ -57,7 +57,7 @@ STRONG = ("edge-popup", "edge-popup-annealed")
 
 def parse_densities(value) -> tuple[str, ...]:
     """``--densities``: numbers in (0, 1] and ``planted`` (the planted ticket's own density)."""
-    items = value.replace(",", " ").split() if isinstance(value, str) else [str(v) for v in value]
+    items = split_items(value)
     for item in items:
         if item != "planted":
             try:
@@ -72,7 +72,7 @@ def parse_densities(value) -> tuple[str, ...]:
 
 
 def parse_pruners(value) -> tuple[str, ...]:
-    items = value.replace(",", " ").split() if isinstance(value, str) else [str(v) for v in value]
+    items = split_items(value)
     unknown = [p for p in items if p not in PRUNERS]
     if unknown or not items:
         raise ValueError(f"unknown pruners {unknown or items}; known: {', '.join(PRUNERS)}")
