@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .dataset import RawDataset, hold_out_test
 
-__all__ = ["OPTIONS", "canonical_name", "derive", "parse_task"]
+__all__ = ["OPTIONS", "canonical_name", "derive", "parse_task", "with_options"]
 
 OPTIONS = ("classes", "half", "subset", "shape", "permute", "augment")  # the order they apply in
 _LUMA = (0.299, 0.587, 0.114)
@@ -128,6 +128,14 @@ def parse_task(name: str) -> tuple[str, dict]:
             raise ValueError(f"{name!r}: option {key!r} given twice")
         options[key] = _PARSERS[key](value.strip())
     return base.strip().lower(), options
+
+
+def with_options(task: str, **options) -> str:
+    """``task`` with each option of ``options`` whose value is not None appended (``shape="1x28x28"`` ->
+    ``:shape=1x28x28``), unless the task sets that option itself: how a pipeline gives its tasks a shared input
+    shape or augmentation."""
+    own = parse_task(task)[1]
+    return task + "".join(f":{key}={value}" for key, value in options.items() if value is not None and key not in own)
 
 
 def _format(key: str, value) -> str:

@@ -41,7 +41,7 @@ from typing import Callable, ClassVar
 import torch
 
 from lth_sparse.config import data_dir_option, device_option, option, threads_option
-from lth_sparse.data.derived import parse_task
+from lth_sparse.data.derived import parse_task, with_options
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import (Masks, distance_matrix, expected_jaccard_distance, jaccard_distance, masked_weights,
                               overlap_counts, vote)
@@ -141,11 +141,8 @@ class ConsensusConfig(TrainConfig):
     def task_names(self, shape: str) -> tuple[str, ...]:
         """The tasks as loaded: every task but one already of ``shape`` brought to it (``:shape=CxHxW``), and
         with ``augment`` (``:augment=...``) where the task does not set its own."""
-        names = tuple(t if i == 0 and self.input_shape is None or ":shape=" in t else f"{t}:shape={shape}"
-                      for i, t in enumerate(self.tasks))
-        if self.augment is None:
-            return names
-        return tuple(t if ":augment=" in t else f"{t}:augment={self.augment}" for t in names)
+        return tuple(with_options(t, shape=None if i == 0 and self.input_shape is None else shape, augment=self.augment)
+                     for i, t in enumerate(self.tasks))
 
     def imp_config(self, task: str, index: int) -> ImpConfig:
         """The bespoke IMP run of one task: this config's training, pruning and seed, rewound to the initial

@@ -50,7 +50,8 @@ from typing import Callable, ClassVar
 
 import torch
 
-from lth_sparse.config import data_dir_option, device_option, option, threads_option
+from lth_sparse.config import data_dir_option, device_option, option, split_items, threads_option
+from lth_sparse.data.derived import with_options
 from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.models import create_model
@@ -79,7 +80,7 @@ PRESETS = MORCOS_TRAINING  # the training part of the IMP presets: a transfer pr
 
 def parse_tickets(value) -> tuple[str, ...]:
     """``--tickets``: kinds ``WEIGHTS-MASK`` (comma- or space-separated), or ``all`` for the six."""
-    items = value.replace(",", " ").split() if isinstance(value, str) else list(value)
+    items = split_items(value)
     if items == ["all"]:
         return TICKETS
     unknown = [t for t in items if t not in TICKETS]
@@ -227,14 +228,8 @@ def seed_pairs(config: TransferConfig, source: Source, seeds: tuple[int, ...]) -
 def target_names(config: TransferConfig, shape: tuple[int, ...]) -> tuple[str, ...]:
     """The targets as loaded for a source of input ``shape``: brought to its image shape (``:shape=``, a no-op
     where it is theirs), with ``augment`` where the target does not set its own."""
-    names = []
-    for t in config.targets:
-        if len(shape) == 3 and ":shape=" not in t:
-            t = f"{t}:shape={'x'.join(map(str, shape))}"
-        if config.augment is not None and ":augment=" not in t:
-            t = f"{t}:augment={config.augment}"
-        names.append(t)
-    return tuple(names)
+    image = "x".join(map(str, shape)) if len(shape) == 3 else None
+    return tuple(with_options(t, shape=image, augment=config.augment) for t in config.targets)
 
 
 def _unit_dir(seed: int, source: int, target: int, round_: int, kind: str) -> str:
