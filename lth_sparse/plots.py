@@ -80,6 +80,16 @@ def plot_imp(summary: dict, out_dir) -> list[Path]:
     return [accuracy_path, layer_path]
 
 
+def _line_with_band(ax, x, mean, std, fmt="o-", *, alpha=0.15, **style):
+    """Plot ``mean`` against ``x`` and shade ``mean +- std`` in the line's colour (``std`` None: the line alone);
+    returns the line."""
+    line, = ax.plot(x, mean, fmt, **style)
+    if std is not None:
+        ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
+                        color=line.get_color(), alpha=alpha, linewidth=0)
+    return line
+
+
 def _save(fig, path: Path) -> None:
     """Write the figure as PNG atomically (a crash or a reader never sees half an image)."""
     from lth_sparse.runs import atomic_write
@@ -276,13 +286,9 @@ def plot_transfer(summary: dict, out_dir) -> list[Path]:
               "rewind-local": "d-.", "rewind-global": "x-."}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
-    def band(ax, x, stats, color, **style):
-        mean = [100 * s["mean"] for s in stats]
-        line, = ax.plot(x, mean, color=color, **style)
-        if seeds > 1:
-            std = [100 * s["std"] for s in stats]
-            ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
+    def band(ax, x, stats, color, fmt, **style):
+        _line_with_band(ax, x, [100 * s["mean"] for s in stats], [100 * s["std"] for s in stats] if seeds > 1
+                        else None, fmt, color=color, **style)
 
     paths = []
     for target in summary["targets"]:
@@ -298,13 +304,13 @@ def plot_transfer(summary: dict, out_dir) -> list[Path]:
                 color = colors[(m if len(pairs) == 1 else n) % len(colors)]
                 label = TICKET_TEXT.get(kind, kind) if len(pairs) == 1 else (
                     f"{source}: {'transferred' if kind == 'rewind-preserved' else 'random'} ticket")
-                fmt = styles.get(kind, "o-")
                 band(ax, [100 * r["source_density"] for r in rows], [r["test_accuracy"] for r in rows], color,
-                     marker=fmt[0], linestyle=fmt[1:], label=label, markersize=4)
+                     styles.get(kind, "o-"), label=label, markersize=4)
         if "own" in target:
             rows = target["own"]["rounds"]
-            band(ax, [100 * r["density"] for r in rows], [r["test_accuracy"] for r in rows], "k", marker="*",
-                 linestyle="-", label="target's own ticket", markersize=5)
+            _line_with_band(ax, [100 * r["density"] for r in rows], [100 * r["test_accuracy"]["mean"] for r in rows],
+                            [100 * r["test_accuracy"]["std"] for r in rows] if len(target["own"]["seeds"]) > 1
+                            else None, "*-", alpha=0.1, color="k", label="target's own ticket", markersize=5)
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
@@ -361,11 +367,8 @@ def plot_instability(summary: dict, out_dir) -> list[Path]:
     if points:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for row in points:
-            mean = [100 * v for v in row["test_error_curve"]]
-            std = [100 * v for v in row["test_error_curve_std"]]
-            line, = ax.plot(row["alphas"], mean, "o-", markersize=3, label=row["point"])
-            ax.fill_between(row["alphas"], [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
+            _line_with_band(ax, row["alphas"], [100 * v for v in row["test_error_curve"]],
+                            [100 * v for v in row["test_error_curve_std"]], markersize=3, label=row["point"])
         ax.set_xlabel("alpha (0: copy 1, 1: copy 2)")
         ax.set_ylabel("test error (%)")
         ax.set_title(f"error along the path, {title}", fontsize="medium")
@@ -463,12 +466,8 @@ def plot_plant(summary: dict, out_dir) -> list[Path]:
             x = [r["density"] for r in mine]
             style = "s--" if mine and mine[0]["kind"] == "strong" else "o-"
             for ax, key in ((axes[0], "score"), (axes[1], "recall")):
-                stats = [r[key] for r in mine]
-                mean = [s["mean"] for s in stats]
-                std = [s["std"] for s in stats]
-                line, = ax.plot(x, mean, style, markersize=4, label=pruner)
-                ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                                color=line.get_color(), alpha=0.12, linewidth=0)
+                _line_with_band(ax, x, [r[key]["mean"] for r in mine], [r[key]["std"] for r in mine], style,
+                                alpha=0.12, markersize=4, label=pruner)
         metric = "test MSE" if ref["metric"] == "mse" else "test accuracy"
         axes[0].axhline(ref["test"], color="k", linestyle=":", label="planted ticket")
         axes[0].axhline(ref["chance"], color="grey", linestyle="-.", label="chance")
