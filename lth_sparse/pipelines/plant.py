@@ -47,7 +47,7 @@ from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipel
 from lth_sparse.pipelines.imp import check_device, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
 from lth_sparse.runs import Steps, atomic_write_json
-from lth_sparse.train import TrainConfig, evaluate
+from lth_sparse.train import TrainConfig, default_loss, evaluate
 
 TASKS = ("relu", "circle", "helix")
 SINGLE_SHOT = ("random", "magnitude", "snip", "grasp", "synflow")
@@ -222,8 +222,7 @@ def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], pro
     generator = torch.Generator().manual_seed(spec.seed * 7919 + 13)
     order = torch.randperm(len(data.train), generator=generator)[: c.prune_batch].to(device)
     batch = (data.train.x[order], data.train.y[order])
-    score_loss = (lambda out, y: nn.functional.mse_loss(out, y.reshape(out.shape))) if regression else \
-        nn.functional.cross_entropy
+    score_loss = default_loss(data.train.y)  # SNIP's and GraSP's loss: the one the tickets train with
     bias_masks = None
     history = None
 

@@ -4,6 +4,7 @@ from lth_sparse.train.loop import (
     TrainConfig,
     TrainResult,
     TrainStep,
+    default_loss,
     evaluate,
     iterations_per_epoch,
     make_optimizer,
@@ -12,5 +13,5 @@ from lth_sparse.train.loop import (
     train,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "TrainStep", "evaluate", "iterations_per_epoch", "make_optimizer",
+__all__ = ["TrainConfig", "TrainResult", "TrainStep", "default_loss", "evaluate", "iterations_per_epoch", "make_optimizer",
            "make_schedule", "parse_step", "train"]

@@ -203,6 +203,12 @@ def _mse(output: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(output, target.reshape(output.shape))
 
 
+def default_loss(targets: Tensor) -> LossFn:
+    """The loss ``train`` uses when given none, for these targets: cross-entropy for class indices, the mean
+    squared error for floating targets (a regression)."""
+    return _mse if targets.is_floating_point() else F.cross_entropy
+
+
 @dataclass(frozen=True)
 class TrainStep:
     """What each of ``train``'s callbacks is given after every optimizer step.
@@ -359,7 +365,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
     if not 0 <= start_iteration <= end:
         raise ValueError(f"start_iteration must be in [0, {end}], got {start_iteration}")
     schedule = lr_factor or make_schedule(cfg, per_epoch, total)
-    train_loss_fn = loss_fn or (_mse if data.train.y.is_floating_point() else F.cross_entropy)
+    train_loss_fn = loss_fn or default_loss(data.train.y)
     inner = _unwrap(model)
     if optimizer is None:
         optimizer = make_optimizer(model, cfg)
