@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import print_table, write_results  # noqa: E402
-from bench.bench_interpolate import bn_model  # noqa: E402
+from bench.bench_interpolate import bn_model, load_at  # noqa: E402
 
 
 def user_train(model, x, y, epochs, batch_size, lr, seed):
@@ -51,19 +51,9 @@ def user_train(model, x, y, epochs, batch_size, lr, seed):
 @torch.no_grad()
 def user_path(model, state_a, state_b, alphas, splits, bn_inputs, batch_size):
     """Test error per alpha, loading each interpolated state dict; batch norm re-estimated on ``bn_inputs``."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     errors = {name: [] for name in splits}
     for alpha in alphas:
-        model.load_state_dict({k: torch.lerp(state_a[k], state_b[k], float(alpha)) if state_a[k].is_floating_point()
-                               else state_a[k] for k in state_a})
-        if norms:
-            for norm in norms:
-                norm.reset_running_stats()
-                norm.momentum = None
-            model.train()
-            for xb in bn_inputs:
-                model(xb)
-        model.eval()
+        load_at(model, state_a, state_b, float(alpha), bn_inputs)
         for name, (x, y) in splits.items():
             wrong = 0
             for xb, yb in torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size):

@@ -52,25 +52,31 @@ from bench._common import print_table, write_results  # noqa: E402
 
 
 @torch.no_grad()
+def load_at(model, state_a, state_b, alpha, bn_inputs=None):
+    """The user's way to one point of the path: load the interpolated state dict into ``model``; with
+    ``bn_inputs`` (training batches), reset its batch-norm statistics (``momentum=None``) and re-estimate them
+    with a train-mode forward per batch. Leaves ``model`` in eval mode."""
+    model.load_state_dict({k: torch.lerp(state_a[k], state_b[k], alpha) if state_a[k].is_floating_point()
+                           else state_a[k] for k in state_a})
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if bn_inputs is not None and norms:
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+            norm.train()
+        for xb in bn_inputs:
+            model(xb)
+    model.eval()
+
+
+@torch.no_grad()
 def loop_over_alphas(model, state_a, state_b, alphas, x, y, batch_size, bn_inputs=None):
     """Loss and accuracy per alpha, loading each interpolated state dict into ``model``. ``bn_inputs``: the
     training batches each alpha's batch-norm statistics are re-estimated on (reset, ``momentum=None``,
     a train-mode forward of the batch-norm layers per batch); None: the interpolated statistics."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     losses, accs = [], []
     for alpha in alphas:
-        state = {k: torch.lerp(state_a[k], state_b[k], alpha) if state_a[k].is_floating_point() else state_a[k]
-                 for k in state_a}
-        model.load_state_dict(state)
-        model.eval()
-        if bn_inputs is not None and norms:
-            for norm in norms:
-                norm.reset_running_stats()
-                norm.momentum = None
-                norm.train()
-            for xb in bn_inputs:
-                model(xb)
-            model.eval()
+        load_at(model, state_a, state_b, alpha, bn_inputs)
         loss = correct = 0.0
         for start in range(0, x.shape[0], batch_size):
             out = model(x[start:start + batch_size])
