@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from lth_sparse.config import device_option, option, split_items, threads_option
 from lth_sparse.executors import resolve_threads
-from lth_sparse.masks import Masks, jaccard_distance, masked_weights
+from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
 from lth_sparse.pipelines.imp import check_device, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
@@ -160,20 +160,17 @@ def _unit_dir(spec: PlantSpec) -> str:
 
 def recovery(found: Masks, planted: Masks) -> dict:
     """How much of the planted ticket a found mask recovers: per layer and overall, ``precision`` (found weights
-    that are planted), ``recall`` (planted weights found), ``jaccard`` (distance), ``contains`` (every planted
-    weight found)."""
-    def stats(f: torch.Tensor, p: torch.Tensor) -> dict:
-        both, nf, np_ = int((f & p).sum()), int(f.sum()), int(p.sum())
-        union = int((f | p).sum())
+    that are planted), ``recall`` (planted weights found), ``jaccard`` (the distance of
+    :func:`lth_sparse.masks.jaccard_distance`), ``contains`` (every planted weight found)."""
+    def figures(both: int, nf: int, np_: int) -> dict:
+        union = nf + np_ - both
         return {"precision": both / nf if nf else 0.0, "recall": both / np_ if np_ else 1.0,
                 "jaccard": 1 - both / union if union else 0.0, "contains": both == np_, "found": nf, "planted": np_}
 
-    layers = {n: stats(found[n].bool().cpu(), planted[n].bool().cpu()) for n in planted}
-    flat_f = torch.cat([found[n].bool().flatten().cpu() for n in planted])
-    flat_p = torch.cat([planted[n].bool().flatten().cpu() for n in planted])
-    total = stats(flat_f, flat_p)
-    assert abs(total["jaccard"] - jaccard_distance(Masks({n: found[n] for n in planted}), planted)) < 1e-9
-    return {**total, "layers": layers}
+    counts = {n: (int((found[n].bool() & planted[n].bool()).sum()), int(found[n].sum()), int(planted[n].sum()))
+              for n in planted}
+    total = figures(*(sum(c[i] for c in counts.values()) for i in range(3)))  # the layers' counts summed
+    return {**total, "layers": {n: figures(*c) for n, c in counts.items()}}
 
 
 def _least_squares_scale(output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from lth_sparse.cli import main
 from lth_sparse.config import ConfigError, config_from_options
-from lth_sparse.masks import Masks
+from lth_sparse.masks import Masks, jaccard_distance
 from lth_sparse.pipelines import plant
 from lth_sparse.pipelines.plant import PlantConfig, recovery
 
@@ -28,6 +28,9 @@ def test_recovery_by_hand():
     assert r["jaccard"] == pytest.approx(1 - 2 / 5)
     assert r["layers"]["a.weight"]["recall"] == 0.5 and r["layers"]["b.weight"]["contains"] is True
     assert recovery(planted, planted)["contains"] and recovery(planted, planted)["jaccard"] == 0
+    assert r["jaccard"] == pytest.approx(jaccard_distance(found, planted))
+    assert {n: v["jaccard"] for n, v in r["layers"].items()} == pytest.approx(
+        jaccard_distance(found, planted, per_layer=True))
 
 
 @pytest.fixture(scope="module")
