@@ -16,6 +16,7 @@ from lth_sparse.data import Dataset, Split
 from lth_sparse.models import create_model
 from lth_sparse.nn import masked
 from lth_sparse.nn.modules import MaskedMixin
+from lth_sparse.nn.path import PathNetwork
 from lth_sparse.train.loop import evaluate
 
 ATOL, RTOL = 2e-5, 1e-4  # float32 through a few layers, summed over a split
@@ -173,6 +174,44 @@ def test_recomputed_statistics_are_the_same_folded_or_one_alpha_at_a_time(order)
     bn_inputs = recompute_batches(data["train"], 2, 16, seed=0)
     assert_matches(result, loop_reference(model, state_a, state_b, alphas, {"test": data["test"]}, "recompute",
                                           bn_inputs))
+
+
+class TwiceNormed(nn.Module):
+    """One BatchNorm1d module called twice in a forward, with a layer between the calls, then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.bn, self.fc2, self.head = nn.Linear(12, 6), nn.BatchNorm1d(6), nn.Linear(6, 6), nn.Linear(6, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.fc2(torch.relu(self.bn(self.fc1(x.flatten(1))))))))
+
+
+@pytest.mark.parametrize("order", [True, False])
+@pytest.mark.parametrize("name", ["conv_bn", "twice"])
+def test_estimating_forwards_stop_after_the_last_batch_norm_and_keep_the_loops_statistics(order, name):
+    """Only the first estimating forward runs the layers after the last batch-norm call (the classifier
+    head); every recomputed statistic is still the loop's, also for a batch norm called twice a forward."""
+    if name == "twice":
+        torch.manual_seed(0)
+        model, shape = TwiceNormed(), (12,)
+        state_a = copy.deepcopy(model.state_dict())
+        state_b = {k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state_a.items()}
+    else:
+        model, state_a, state_b, shape = endpoints(name)
+    data = data_for(shape)
+    path = PathNetwork(model, state_a, state_b, bn="recompute")
+    head = path.net.head if name == "twice" else path.net.fc2
+    calls = []
+    head.register_forward_hook(lambda module, inputs, output: calls.append(output.shape[0]))
+    bn_inputs = recompute_batches(data["train"], 3, 12, seed=0)
+    alphas = torch.tensor([0.0, 0.4, 1.0])
+    path.recompute_bn_statistics(bn_inputs, alphas, one_alpha_at_a_time=order)
+    assert len(calls) == 1, "the head ran in the first estimating forward only"
+    result = interpolate(model, state_a, state_b, data, alphas=alphas.tolist(), bn="recompute", bn_batches=3,
+                         bn_batch_size=12, batch_size=16, one_alpha_at_a_time=order)
+    assert_matches(result, loop_reference(model, state_a, state_b, alphas.tolist(), data, "recompute", bn_inputs,
+                                          batch_size=16))
 
 
 @pytest.mark.parametrize("name", ["lenet300", "conv_bn"])

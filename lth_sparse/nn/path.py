@@ -47,9 +47,10 @@ interpolated state dicts:
 - ``recompute``: statistics re-estimated for every alpha by
   :meth:`PathNetwork.recompute_bn_statistics` over training batches, all alphas in the same passes:
   each batch-norm layer normalises each alpha's activations by their own batch statistics and
-  averages, per alpha, the batch means and unbiased batch variances over the batches (what
-  ``reset_running_stats()``, ``momentum=None`` and train-mode forwards over the same batches leave
-  in the running statistics);
+  averages, per alpha, the batch means and unbiased batch variances over the batches (over its
+  calls, for a module a forward calls twice: what ``reset_running_stats()``, ``momentum=None`` and
+  train-mode forwards over the same batches leave in the running statistics); the forwards that
+  estimate them stop after the last batch norm;
 - ``train-mode``: every pass normalised by its own batch statistics, per alpha (batch norm in
   training mode; each batch of the caller is one pass, never cut).
 
@@ -92,6 +93,10 @@ class _PathState:
         # which of the alphas of the recomputed statistics the running forward evaluates (one alpha at a time:
         # one of them)
         self.alpha_index = slice(None)
+        # while estimating: the batch-norm calls of the running forward, and after how many of them the
+        # estimating forwards stop (what comes after the last batch norm does not change any statistics)
+        self.bn_calls = 0
+        self.stop_after: int | None = None
 
     def is_source(self, x: Tensor) -> bool:
         """Whether ``x`` is the pass's input or a view of it (one alpha at a time). Anything else
@@ -227,6 +232,10 @@ class _PathChain(nn.Module):
         return x
 
 
+class _StatisticsDone(Exception):
+    """Raised by the last batch norm of an estimating forward: nothing after it changes a statistic."""
+
+
 class _PathBatchNorm(nn.Module):
     """Batch norm on the path: the per-alpha affine map of interpolated (``bn="interpolate"``), recomputed
     (``"recompute"``) or batch (``"train-mode"``, and while statistics are recomputed) statistics, with the
@@ -247,21 +256,28 @@ class _PathBatchNorm(nn.Module):
         self.register_buffer("recomputed_var", None)
         self._sum_mean: Tensor | None = None
         self._sum_var: Tensor | None = None
+        self._calls: Tensor | None = None  # per alpha, how many calls the sums hold
 
     def start_estimate(self, num_alphas: int) -> None:
         self._sum_mean = self.mean_a.new_zeros(num_alphas, self.mean_a.shape[0], dtype=torch.float64)
         self._sum_var = torch.zeros_like(self._sum_mean)
+        self._calls = self.mean_a.new_zeros(num_alphas, 1, dtype=torch.float64)
 
-    def finish_estimate(self, num_batches: int) -> None:
-        self.recomputed_mean = (self._sum_mean / num_batches).to(self.mean_a.dtype)
-        self.recomputed_var = (self._sum_var / num_batches).to(self.var_a.dtype)
-        self._sum_mean = self._sum_var = None
+    def finish_estimate(self) -> None:
+        """The statistics: per alpha, the mean over this layer's calls (a batch each, or more for a module a
+        forward calls more than once) of their means and unbiased variances, as torch's cumulative average
+        (``momentum=None``) over the same calls."""
+        calls = self._calls.clamp_min(1)
+        self.recomputed_mean = (self._sum_mean / calls).to(self.mean_a.dtype)
+        self.recomputed_var = (self._sum_var / calls).to(self.var_a.dtype)
+        self._sum_mean = self._sum_var = self._calls = None
 
     def _accumulate(self, mean: Tensor, unbiased_var: Tensor) -> None:
-        """While estimating: add a batch's (A, C) mean and unbiased variance to this pass's alphas' sums."""
+        """While estimating: add a call's (A, C) mean and unbiased variance to this pass's alphas' sums."""
         index = self.shared.alpha_index
         self._sum_mean[index] += mean.double()
         self._sum_var[index] += unbiased_var.double()
+        self._calls[index] += 1
 
     def _batch_statistics(self, unfolded: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and biased variance per alpha and channel of (A or 1, N, C, *) activations, (A or 1, C); while
@@ -301,6 +317,15 @@ class _PathBatchNorm(nn.Module):
         return F.batch_norm(x, mean, var, weight, bias, False, 0.0, self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
+        out = self._forward(x)
+        shared = self.shared
+        if shared.estimating:
+            shared.bn_calls += 1
+            if shared.stop_after is not None and shared.bn_calls >= shared.stop_after:
+                raise _StatisticsDone
+        return out
+
+    def _forward(self, x: Tensor) -> Tensor:
         shared = self.shared
         batch_statistics = shared.estimating or shared.bn == "train-mode"
         if shared.bn == "recompute" and not batch_statistics and self.recomputed_mean is None:
@@ -520,7 +545,9 @@ class PathNetwork(nn.Module):
             return self._one_alpha_at_a_time(x, alphas)
         self.shared.alphas = alphas
         self.shared.alpha_index = slice(None)
-        out = self.net(x)
+        out = self._run_net(x)
+        if out is None:  # an estimating forward that stopped after its last batch norm
+            return None
         if out.shape[0] == x.shape[0] and alphas.shape[0] > 1:  # no layer with parameters: the same for all alphas
             out = out.unsqueeze(0).expand(alphas.shape[0], *out.shape)
         # a copy: the layers' results are reused by the next pass on the CPU
@@ -530,10 +557,12 @@ class PathNetwork(nn.Module):
     def recompute_bn_statistics(self, batches: Iterable[Tensor], alphas: Tensor,
                                 one_alpha_at_a_time: bool | None = None) -> int:
         """Re-estimate every batch-norm layer's statistics at each alpha from ``batches`` (inputs (N, ...),
-        each one pass, never cut), for ``bn="recompute"``: per alpha, the mean over the batches of the
-        batch means and of the unbiased batch variances, each batch normalised by its own statistics on
-        the way (what ``reset_running_stats()``, ``momentum=None`` and a train-mode forward per batch
-        leave in the running statistics of the model loaded at that alpha). Returns the number of batches.
+        each one pass, never cut), for ``bn="recompute"``: per alpha, the mean over the batches (over the
+        calls, for a layer a forward calls more than once) of the batch means and of the unbiased batch
+        variances, each batch normalised by its own statistics on the way (what
+        ``reset_running_stats()``, ``momentum=None`` and a train-mode forward per batch leave in the
+        running statistics of the model loaded at that alpha). After the first batch the forwards stop
+        at the last batch-norm call (see ``_run_net``). Returns the number of batches.
 
         ``one_alpha_at_a_time``: the order of each pass (see ``forward``); None picks it as
         :func:`evaluate_path` does, from the activations of the batch's size.
@@ -547,6 +576,7 @@ class PathNetwork(nn.Module):
         for norm in norms:
             norm.start_estimate(alphas.shape[0])
         self.shared.estimating = True
+        self.shared.stop_after = None
         try:
             order = one_alpha_at_a_time
             for x in batches:
@@ -557,10 +587,11 @@ class PathNetwork(nn.Module):
                 count += 1
         finally:
             self.shared.estimating = False
+            self.shared.stop_after = None
         if count == 0:
             raise ValueError("recompute_bn_statistics needs at least one batch")
         for norm in norms:
-            norm.finish_estimate(count)
+            norm.finish_estimate()
         self._bn_alphas = alphas.clone()
         return count
 
@@ -601,6 +632,23 @@ class PathNetwork(nn.Module):
             correct = torch.zeros_like(loss)
         return loss, correct, examples
 
+    def _run_net(self, x: Tensor) -> Tensor | None:
+        """The network on ``x``. While statistics are estimated, the first forward counts its batch-norm
+        calls and the later ones stop after that many (None): the layers after the last batch norm change
+        no statistic (Conv-2 + BN: its three linear layers, a tenth of the estimation's time). Assumes what
+        the path assumes everywhere: every forward calls the same layers in the same order."""
+        shared = self.shared
+        if not shared.estimating:
+            return self.net(x)
+        shared.bn_calls = 0
+        try:
+            out = self.net(x)
+        except _StatisticsDone:
+            return None
+        if shared.stop_after is None and shared.bn_calls:
+            shared.stop_after = shared.bn_calls
+        return out
+
     def _one_alpha_at_a_time(self, x: Tensor, alphas: Tensor) -> Tensor:
         """The network once per alpha on (N, ...) tensors; a layer whose input is ``x`` itself computes
         both ends' outputs once (two products) and each alpha's as their lerp, as in the batched pass."""
@@ -611,7 +659,9 @@ class PathNetwork(nn.Module):
             for i in range(alphas.shape[0]):
                 self.shared.alphas = alphas[i:i + 1]
                 self.shared.alpha_index = slice(i, i + 1)
-                out = self.net(x)
+                out = self._run_net(x)
+                if out is None:  # an estimating forward that stopped after its last batch norm
+                    continue
                 if result is None:
                     result = out.new_empty(alphas.shape[0], *out.shape)
                 result[i] = out
