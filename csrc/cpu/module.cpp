@@ -36,6 +36,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bias_per_row") = false,
         "out[i] += bias[i] (along the columns, or the rows with bias_per_row), clamped at 0 when relu, in place: "
         "out (A, rows, cols), bias (A, cols) / (A, rows), contiguous.");
+  m.def("lerp_relu_mm_", &lth_sparse::cpu::lerp_relu_mm_, py::arg("out"), py::arg("a"), py::arg("b"), py::arg("alphas"),
+        py::arg("bias"), py::arg("relu"), py::arg("weights"), py::arg("buffer"),
+        "For each alpha i: buffer = lerp(a, b, alphas[i]) (+ bias[i] along the rows), clamped at 0 when relu, then "
+        "out[i] = weights[i] @ buffer: a feature-major chain's first two layers, one alpha's activations at a time.");
   m.def("transpose_2d", &lth_sparse::cpu::transpose_2d, py::arg("x"),
         "x.t().contiguous() for a 2-D CPU tensor, blocked (float32: 8 x 8 AVX2 register transposes).");
   m.def("mask_structure", &lth_sparse::cpu::mask_structure, py::arg("mask"),

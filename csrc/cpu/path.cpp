@@ -180,6 +180,32 @@ at::Tensor lerp_relu_(at::Tensor out, const at::Tensor& a, const at::Tensor& b, 
   return out;
 }
 
+at::Tensor lerp_relu_mm_(at::Tensor out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& alphas,
+                         const std::optional<at::Tensor>& bias, bool relu, const at::Tensor& weights,
+                         at::Tensor buffer) {
+  TORCH_CHECK(buffer.dim() == 2 && buffer.is_contiguous() && buffer.sizes() == a.sizes(),
+              "lerp_relu_mm_: buffer must be contiguous and of a's shape ", a.sizes(), ", got ", buffer.sizes());
+  TORCH_CHECK(weights.dim() == 3 && weights.is_contiguous() && weights.size(0) == alphas.size(0) &&
+                  weights.size(2) == a.size(0) && weights.scalar_type() == a.scalar_type() && weights.device().is_cpu(),
+              "lerp_relu_mm_: weights must be a contiguous (A, out_rows, rows) CPU tensor of a's dtype, got ",
+              weights.sizes(), " ", weights.scalar_type(), " for a ", a.sizes(), " and ", alphas.size(0), " alphas");
+  TORCH_CHECK(out.dim() == 3 && out.is_contiguous() && out.size(0) == alphas.size(0) &&
+                  out.size(1) == weights.size(1) && out.size(2) == a.size(1),
+              "lerp_relu_mm_: out must be contiguous (A, out_rows, cols) = (", alphas.size(0), ", ", weights.size(1),
+              ", ", a.size(1), "), got ", out.sizes());
+  // one alpha's activations through lerp_relu_'s checks and kernel, into the buffer seen as (1, rows, cols)
+  auto one = buffer.unsqueeze(0);
+  const auto alpha_values = alphas.to(a.scalar_type());
+  for (int64_t i = 0; i < alphas.size(0); ++i) {
+    std::optional<at::Tensor> bias_i;
+    if (bias.has_value()) bias_i = bias->narrow(0, i, 1);
+    lerp_relu_(one, a, b, alpha_values.narrow(0, i, 1), bias_i, relu, true);
+    auto out_i = out.select(0, i);
+    at::mm_out(out_i, weights.select(0, i), buffer);
+  }
+  return out;
+}
+
 at::Tensor bias_relu_(at::Tensor out, const at::Tensor& bias, bool relu, bool bias_per_row) {
   const Bias bias_kind = check_out_and_bias("bias_relu_", out, bias, bias_per_row);
   if (out.numel() == 0) return out;

@@ -25,5 +25,16 @@ at::Tensor lerp_relu_(at::Tensor out, const at::Tensor& a, const at::Tensor& b, 
 // rows, cols) contiguous, bias (A, cols) or (A, rows) contiguous, both float32 or both float64. Returns out.
 at::Tensor bias_relu_(at::Tensor out, const at::Tensor& bias, bool relu, bool bias_per_row);
 
+// For each alpha i in turn: buffer = lerp(a, b, alphas[i]) (+ bias[i, r] along the rows), clamped at 0 when
+// relu, then out[i] = weights[i] @ buffer. The first two layers of a feature-major chain of linear layers
+// (lth_sparse.ops.interpolate.cpu_linear_chain): each alpha's activations of the first layer are made in a
+// buffer small enough to stay in the caches and consumed there by the second layer's product, instead of
+// all alphas' being written out and read back. a, b: (rows, cols) as for lerp_relu_; bias: (A, rows) or
+// none; weights: (A, out_rows, rows) contiguous; buffer: (rows, cols) contiguous; out: (A, out_rows, cols)
+// contiguous; all of one dtype (float32 or float64). Returns out.
+at::Tensor lerp_relu_mm_(at::Tensor out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& alphas,
+                         const std::optional<at::Tensor>& bias, bool relu, const at::Tensor& weights,
+                         at::Tensor buffer);
+
 }  // namespace cpu
 }  // namespace lth_sparse

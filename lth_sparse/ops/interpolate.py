@@ -517,25 +517,26 @@ def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor
     reused by the next call of the same shapes. Returns (A, N, out), a tensor of its own.
 
     Feature-major: each activation is (A, features, N), each layer's product ``W(alpha) h`` with the
-    examples along the columns, the first layer's both ends in one product ``[W_a; W_b] x^T`` and each
-    alpha's activations, bias and ReLU in one pass of the C++ kernels. MKL runs these products faster
-    than the same ones example-major (LeNet-300-100's second layer, 21 alphas x 512 examples: 88
-    against 72 GMAC/s; the output layer's 10 rows: 1.5x), and the activations of twice as many
-    examples stay in the caches.
+    examples along the columns, which MKL runs faster than the same products example-major
+    (LeNet-300-100's second layer, 21 alphas x 512 examples: 88 against 72 GMAC/s; the output layer's
+    10 rows: 1.5x). The first layer's both ends are one product ``[W_a; W_b] x^T``; then, alpha by
+    alpha, that alpha's activations, bias and ReLU are one pass of a C++ kernel into a buffer that
+    stays in the caches and the second layer's product reads them there (``lerp_relu_mm_``); the later
+    layers run for all alphas at once.
     """
     C = cpp_extension()
-    if C is None or x.dim() != 2 or x.dtype not in (torch.float32, torch.float64) or _autocast.active(x) is not None:
+    if (C is None or len(layers) < 2 or x.dim() != 2 or x.dtype not in (torch.float32, torch.float64)
+            or _autocast.active(x) is not None):
         return None
     num_alphas, n = alphas.shape[0], x.shape[0]
-    weight_a, weight_b, bias_a, bias_b, relu, cache = layers[0]
+    weight_a, weight_b, bias_a, bias_b, first_relu, cache = layers[0]
     _check_linear(x.unsqueeze(0), weight_a, weight_b, alphas, bias_a, bias_b)
-    stacked, biases = _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, True)
+    stacked, first_biases = _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, True)
     ends = torch.mm(stacked, x.t())  # (2 * out, N): both ends' outputs, feature-major
     size = weight_a.shape[0]
-    h = _chain_buffer(buffers, 0, (num_alphas, size, n), x) if len(layers) > 1 else x.new_empty(num_alphas, size, n)
-    C.lerp_relu_(h, ends[:size], ends[size:], alphas, biases, relu, True)
+    h = None
     for index, (weight_a, weight_b, bias_a, bias_b, relu, cache) in enumerate(layers[1:], start=1):
-        _check_linear(h.transpose(1, 2), weight_a, weight_b, alphas, bias_a, bias_b)
+        _check_linear(x.new_empty(1, 1, size if h is None else h.shape[1]), weight_a, weight_b, alphas, bias_a, bias_b)
         interpolated = _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, False)
         if interpolated is None:  # too large to keep: formed for this call
             coef = alphas.reshape(-1, 1, 1).to(weight_a.dtype)
@@ -545,7 +546,11 @@ def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor
         shape = (num_alphas, weight_a.shape[0], n)
         # the last layer's result is returned (as a transposed copy, or a view of it): never reused
         out = _chain_buffer(buffers, index, shape, x) if index < len(layers) - 1 else x.new_empty(shape)
-        torch.bmm(weights, h, out=out)
+        if h is None:  # the first layer's activations made alpha by alpha and used at once by this product
+            one = _chain_buffer(buffers, 0, (size, n), x)
+            C.lerp_relu_mm_(out, ends[:size], ends[size:], alphas, first_biases, first_relu, weights.contiguous(), one)
+        else:
+            torch.bmm(weights, h, out=out)
         if biases is not None:
             C.bias_relu_(out, biases, relu, True)
         elif relu:

@@ -279,3 +279,32 @@ def test_shared_activations_count_once_in_the_pass_size():
     assert path_module._activation_bytes(path, torch.randn(3, 1, 28, 28), alphas) == (300 * 4, 784 * 4)
     order, size = path_module._pass_order(path, torch.randn(2000, 1, 28, 28), alphas, 1000, False)
     assert (order, size) == (False, path_module._ACTIVATION_BYTES // (21 * 300 * 4))
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_lerp_relu_mm_is_each_alphas_activations_then_its_product(dtype, bias, num_threads):
+    torch.manual_seed(7)
+    rows, cols, out_rows = 19, 33, 6
+    a, b = stacked_halves(rows, cols, dtype)
+    alphas = torch.tensor(ALPHAS, dtype=dtype)
+    biases = torch.randn(len(ALPHAS), rows, dtype=dtype) if bias else None
+    weights = torch.randn(len(ALPHAS), out_rows, rows, dtype=dtype)
+    out = torch.full((len(ALPHAS), out_rows, cols), float("nan"), dtype=dtype)
+    buffer = torch.empty(rows, cols, dtype=dtype)
+    with threads(num_threads):
+        C.lerp_relu_mm_(out, a, b, alphas, biases, True, weights, buffer)
+    h = torch.lerp(a.unsqueeze(0), b.unsqueeze(0), alphas.view(-1, 1, 1))
+    if bias:
+        h = h + biases.unsqueeze(2)
+    expected = torch.bmm(weights, h.relu())
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(out, expected, **tolerance)
+    with pytest.raises(RuntimeError, match="buffer must be contiguous and of a's shape"):
+        C.lerp_relu_mm_(out, a, b, alphas, biases, True, weights, torch.empty(rows, cols + 1, dtype=dtype))
+    with pytest.raises(RuntimeError, match=r"weights must be a contiguous \(A, out_rows, rows\)"):
+        C.lerp_relu_mm_(out, a, b, alphas, biases, True, weights[:, :, :-1], buffer)
+    with pytest.raises(RuntimeError, match="out must be contiguous"):
+        C.lerp_relu_mm_(out[:, :-1], a, b, alphas, biases, True, weights, buffer)
