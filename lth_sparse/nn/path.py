@@ -399,6 +399,12 @@ class _PathFunctional(nn.Module):
         return torch.utils._pytree.tree_map(lambda t: t.flatten(0, 1) if isinstance(t, Tensor) else t, out)
 
 
+def _runs_in_order(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Sequential`` whose forward is Sequential's own (each child fed the one
+    before it), not a subclass's that could feed them otherwise."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
 def _fuse_relus(net: nn.Module) -> None:
     """A ReLU right after an interpolating layer in an ``nn.Sequential`` sees only that layer's fresh
     output: a Linear/Conv2d applies it itself (``_PathLayer.relu``; the ReLU becomes an Identity), for
@@ -406,7 +412,7 @@ def _fuse_relus(net: nn.Module) -> None:
     place. Saves a pass over a pass's largest activation (and its allocation: fresh pages for 16 MB
     of activations cost as much as computing them)."""
     for seq in net.modules():
-        if not isinstance(seq, nn.Sequential):
+        if not _runs_in_order(seq):
             continue
         names = list(seq._modules)
         for prev, name in zip(names, names[1:]):
@@ -425,7 +431,7 @@ def _chain_linears(net: nn.Module, shared: _PathState) -> None:
     but the ReLUs they apply, becomes one ``_PathChain`` in the place of the first (the others' places
     hold an ``nn.Identity``)."""
     for seq in list(net.modules()):
-        if not isinstance(seq, nn.Sequential):
+        if not _runs_in_order(seq):
             continue
         names = list(seq._modules)
         run: list[str] = []

@@ -222,3 +222,26 @@ def test_evaluate_path_runs_conv4_one_alpha_at_a_time_and_the_same_either_way(na
         torch.testing.assert_close(loss, chosen[0], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(loss.float(), expected.reshape(21, 5).mean(1), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(acc, (logits.argmax(-1) == y).double().mean(1))
+
+
+class Skipping(torch.nn.Sequential):
+    """A Sequential subclass whose forward does not feed each child the one before it."""
+
+    def forward(self, x):
+        hidden = self[0](x)
+        return self[2](self[1](hidden)) + self[3](hidden)
+
+
+def test_a_sequential_with_its_own_forward_keeps_its_relus_and_layers():
+    """Fusing a ReLU into the layer before it and chaining linear layers assume Sequential's own forward;
+    a subclass with another forward (here the first layer's output also feeds a skip branch, before the
+    ReLU) is left as it is, and still equals the loop."""
+    torch.manual_seed(0)
+    model = Skipping(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3), torch.nn.Linear(7, 3))
+    state_a = copy.deepcopy(model.state_dict())
+    state_b = {k: v + 1 for k, v in state_a.items()}
+    path = PathNetwork(model, state_a, state_b)
+    assert [type(m).__name__ for m in path.net] == ["_PathLinear", "ReLU", "_PathLinear", "_PathLinear"]
+    assert not path.net[0].relu
+    x, alphas = torch.randn(4, 5), torch.linspace(0, 1, 3)
+    torch.testing.assert_close(path(x, alphas), loop_reference(model, state_a, state_b, alphas, x))
