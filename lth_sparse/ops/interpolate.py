@@ -165,10 +165,11 @@ def _backward(layer, grad, input, weight_a, weight_b, alphas, bias_a, bias_b, ne
 def _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, batched_per_alpha, out=None,
              interpolated=None, relu=False):
     """The (A, ...) result, written into ``out`` when given (the result's shape and layout, from an
-    earlier call: see ``cpu_forward_into``). ``interpolated``: every alpha's (weight, bias) formed
-    already, (A, ...) and (A, out) or None, for per-alpha inputs; for a shared input, both ends' stacked
-    along the outputs, (2 * out, ...) and (2 * out,) or None (see ``_cached_weights``). ``relu``: the
-    result clamped at 0 (the ReLU after the layer, in the same pass for a shared input)."""
+    earlier call: see ``cpu_forward_into``). ``interpolated`` (see ``_cached_weights``): for per-alpha
+    inputs every alpha's weight and bias formed already, (A, ...) and (A, out) or None; for a shared
+    input both ends' weights stacked along the outputs, (2 * out, ...), and every alpha's bias, (A, out)
+    or None. ``relu``: the result clamped at 0 (the ReLU after the layer, in the same pass for a shared
+    input)."""
     num_alphas = alphas.shape[0]
     if input.shape[0] == 1:
         biases = None
