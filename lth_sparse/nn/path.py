@@ -635,6 +635,8 @@ class PathNetwork(nn.Module):
             for start in range(0, x.shape[0], step):
                 xb, yb = x[start:start + step], y[start:start + step]
                 logits = self(xb, alphas, one_alpha_at_a_time=order)
+                if logits.dtype in (torch.bfloat16, torch.float16):  # under autocast: the losses from float32
+                    logits = logits.float()
                 targets = yb.unsqueeze(0).expand(num_alphas, -1)
                 pass_loss, pass_correct = _loss_and_correct_sums(logits, targets)
                 loss += pass_loss

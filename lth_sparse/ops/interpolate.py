@@ -412,7 +412,8 @@ def _cached_weights(cache: dict, weight_a: Tensor, weight_b: Tensor, alphas: Ten
         coef = alphas.reshape(-1, *([1] * weight_a.dim())).to(weight_a.dtype)
         weights = (torch.cat([weight_a, weight_b]) if shared_input
                    else torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef))
-        biases = None if bias_a is None else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1])
+        biases = (None if bias_a is None
+                  else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1]))
         cache[shared_input] = held = (ends, alphas.clone(), (weights, biases))
     return held[2]
 
@@ -451,7 +452,8 @@ def cpu_forward_into(previous: Tensor | None, kind: str, input: Tensor, weight_a
              and previous.device == input.device and _storage_users(previous) == 1)
     interpolated = None
     shared = input.shape[0] == 1
-    if cache is not None and (not shared or kind == "linear" or conv_args[3] == 1):  # a grouped conv's ends do not stack
+    # (a grouped conv's two ends do not stack into one conv)
+    if cache is not None and (not shared or kind == "linear" or conv_args[3] == 1):
         interpolated = _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, shared)
     return _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, per_alpha,
                     out=previous if reuse else None, interpolated=interpolated, relu=relu)
@@ -542,7 +544,8 @@ def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor
         if interpolated is None:  # too large to keep: formed for this call
             coef = alphas.reshape(-1, 1, 1).to(weight_a.dtype)
             interpolated = (torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef),
-                            None if bias_a is None else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef[:, :, 0]))
+                            None if bias_a is None
+                            else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef[:, :, 0]))
         weights, biases = interpolated
         shape = (num_alphas, weight_a.shape[0], n)
         # the last layer's result is returned (as a transposed copy, or a view of it): never reused
