@@ -472,8 +472,8 @@ def test_a_path_evaluates_on_recomputed_statistics_only_for_the_alphas_they_were
 
 
 @pytest.mark.parametrize("name", ["lenet300", "conv_bn"])
-def test_bfloat16_precision_is_recorded_and_close_to_float32(name):
-    """precision="bfloat16": the passes under autocast; the result says so, and its curves stay near the
+def test_bf16_precision_is_recorded_and_close_to_fp32(name):
+    """precision="bf16": the passes under autocast; the result says so, and its curves stay near the
     float32 ones (bfloat16 keeps 8 bits of mantissa: losses to a few hundredths, accuracies to a few
     examples of 40); float32 is the default and unchanged."""
     model, state_a, state_b, shape = endpoints(name)
@@ -481,8 +481,8 @@ def test_bfloat16_precision_is_recorded_and_close_to_float32(name):
     alphas = [0.0, 0.5, 1.0]
     kwargs = dict(alphas=alphas, bn="recompute", bn_batches=2, bn_batch_size=12, batch_size=16)
     full = interpolate(model, state_a, state_b, data, **kwargs)
-    low = interpolate(model, state_a, state_b, data, precision="bfloat16", **kwargs)
-    assert (full.precision, low.precision) == ("float32", "bfloat16")
+    low = interpolate(model, state_a, state_b, data, precision="bf16", **kwargs)
+    assert (full.precision, low.precision) == ("fp32", "bf16")
     for split in ("train", "test"):
         f, b = full.curve(split), low.curve(split)
         assert max(abs(x - y) for x, y in zip(f.loss, b.loss)) < 0.05
@@ -491,6 +491,6 @@ def test_bfloat16_precision_is_recorded_and_close_to_float32(name):
     assert full.curve("test").loss != low.curve("test").loss, "the bfloat16 passes ran in bfloat16"
     assert PathResult.from_dict(json.loads(json.dumps(low.to_dict()))) == low
     legacy = {k: v for k, v in full.to_dict().items() if k != "precision"}  # results written before the field
-    assert PathResult.from_dict(legacy).precision == "float32"
-    with pytest.raises(ValueError, match="unknown precision 'float16'"):
-        interpolate(model, state_a, state_b, data, precision="float16", **kwargs)
+    assert PathResult.from_dict(legacy).precision == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        interpolate(model, state_a, state_b, data, precision="fp16", **kwargs)

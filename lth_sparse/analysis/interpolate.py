@@ -53,7 +53,7 @@ from lth_sparse.nn.path import BN_MODES, PathNetwork
 __all__ = ["BN_MODES", "CONVENTION", "METRICS", "MASK_KINDS", "PRECISIONS", "PathCurve", "PathResult", "interpolate",
            "mask_relation", "recompute_batches"]
 
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("fp32", "bf16")  # as the training loop names them (lth_sparse.train)
 CONVENTION = "(1 - alpha) * state_a + alpha * state_b: alpha = 0 is state_a, alpha = 1 is state_b"
 METRICS = ("loss", "error", "accuracy")
 MASK_KINDS = ("shared", "different", "none")
@@ -92,7 +92,7 @@ class PathResult:
     bn_batches / bn_examples: the training batches and examples the statistics were re-estimated on
     (0 unless ``bn="recompute"`` and the model has batch norm); bn_layers: the model's batch-norm layers;
     batch_size: the evaluation batch size (with ``bn="train-mode"``, the examples of each batch statistic);
-    precision: the products' precision (``PRECISIONS``: ``"float32"``, or ``"bfloat16"`` under autocast);
+    precision: the passes' precision (``PRECISIONS``: ``"fp32"``, or ``"bf16"`` under autocast);
     convention: which end is which (``CONVENTION``: alpha = 0 is state_a).
     """
 
@@ -104,7 +104,7 @@ class PathResult:
     bn_examples: int = 0
     bn_layers: int = 0
     batch_size: int = 1000
-    precision: str = "float32"
+    precision: str = "fp32"
     convention: str = CONVENTION
     schema: int = field(default=_SCHEMA)
 
@@ -146,7 +146,7 @@ class PathResult:
                    curves={str(k): PathCurve.from_dict(v) for k, v in d["curves"].items()},
                    bn_batches=int(d.get("bn_batches", 0)), bn_examples=int(d.get("bn_examples", 0)),
                    bn_layers=int(d.get("bn_layers", 0)), batch_size=int(d.get("batch_size", 1000)),
-                   precision=str(d.get("precision", "float32")), convention=str(d.get("convention", CONVENTION)),
+                   precision=str(d.get("precision", "fp32")), convention=str(d.get("convention", CONVENTION)),
                    schema=_SCHEMA)
 
 
@@ -329,7 +329,7 @@ def interpolate(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mappin
                 splits: Sequence[str] | None = None, train_data: Split | tuple[Tensor, Tensor] | Iterable | None = None,
                 batch_size: int = 1000, bn_batch_size: int | None = None, seed: int = 0,
                 examples: int | None = None, device: str | torch.device | None = None,
-                one_alpha_at_a_time: bool | None = None, precision: str = "float32") -> PathResult:
+                one_alpha_at_a_time: bool | None = None, precision: str = "fp32") -> PathResult:
     """``model`` at ``(1 - a) * state_a + a * state_b`` for every alpha ``a``, evaluated on each split:
     mean cross-entropy loss, error and accuracy per alpha (see the module's docstring).
 
@@ -344,7 +344,7 @@ def interpolate(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mappin
     (default ``batch_size``) training examples, drawn with ``seed`` (see :func:`recompute_batches`) from
     ``train_data`` (default: the data's train split). device: where to evaluate (default: the data's).
     one_alpha_at_a_time: force the order of the passes (see :class:`~lth_sparse.nn.path.PathNetwork`).
-    precision: ``"float32"`` (default), or ``"bfloat16"``: the statistics' and the evaluation's passes under
+    precision: ``"fp32"`` (default), or ``"bf16"``: the statistics' and the evaluation's passes under
     ``torch.autocast`` in bfloat16 (products and convolutions in bfloat16, accumulated in float32; the
     losses from float32 logits), for CPUs with AMX and GPUs with tensor cores: Conv-2 / Conv-4 + batch
     norm, 21 alphas, one core of an AMX Xeon: 2.1x / 2.7x faster, losses within 0.005 of float32's
@@ -406,7 +406,7 @@ def interpolate(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mappin
 
 
 def _precision(precision: str, device: torch.device):
-    """The context the passes run in: none for float32, autocast to bfloat16 for "bfloat16"."""
-    if precision == "float32":
+    """The context the passes run in: none for fp32, autocast to bfloat16 for "bf16"."""
+    if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)

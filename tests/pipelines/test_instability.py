@@ -1,8 +1,10 @@
 """The instability pipeline (error barriers between copies trained under different SGD noise) at tiny size on
 the real 8x8 digits."""
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from lth_sparse.pipelines import imp, instability
 from lth_sparse.pipelines.imp import ImpConfig
 from lth_sparse.pipelines.instability import (InstabilityConfig, _Setup, contradictions, earliest_stable,
                                               evaluate_pair)
-from lth_sparse.runs import ConfigMismatch
+from lth_sparse.runs import ConfigMismatch, config_hash
 
 TINY = dict(dataset="digits", model="lenet300", epochs=3, lr=0.05, batch_size=64, alphas=11)
 
@@ -234,3 +236,24 @@ def test_imp_run_by_the_pipeline_itself_equals_a_source_run(tmp_path):
     assert len(inside["successive"]) == 2
     with pytest.raises(ValueError, match="give one of them"):
         InstabilityConfig(imp_rounds=2, source=str(tmp_path / "imp"))
+
+
+def test_bf16_paths_are_recorded_and_the_hash_of_an_fp32_run_is_unchanged(tmp_path):
+    """--path-precision bf16 evaluates each path under autocast and says so in every pair's result and the
+    summary; fp32, the default, leaves the run's identity as it was before the option existed."""
+    from lth_sparse.analysis import PRECISIONS
+
+    assert instability.PRECISION_CHOICES == PRECISIONS
+    config, summary = run(tmp_path / "bf16", rewind_points="iter:10", path_precision="bf16")
+    assert summary["path_precision"] == "bf16" and config.precision == "fp32"  # the training's stays
+    done = json.loads((tmp_path / "bf16" / "seed_0" / "iter_10" / "pair_0_1" / "done.json").read_text())
+    assert done["path"]["precision"] == "bf16"
+    assert 0 <= done["test_error_barrier"] <= 1
+    # the committed run, made before the option existed, keeps its hash (fp32, the default, is not counted)
+    saved = json.loads((Path(__file__).parents[2] / "results" / "instability-digits" / "rewind-points" /
+                        "config.json").read_text())
+    fields = {f.name for f in dataclasses.fields(InstabilityConfig)}
+    old = InstabilityConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()
+                               if k in fields})
+    assert "path_precision" not in saved["config"] and old.path_precision == "fp32"
+    assert config_hash(old) == saved["hash"]
