@@ -30,6 +30,7 @@ norm option; ``conv2_bn`` / ``conv4_bn`` are built here) on ``--bn-examples`` ex
 ``--bn-batches`` training batches of ``--bn-batch-size``:
 
     python bench/bench_interpolate.py --modes recompute --bn-examples 10000 --bn-batches 10 --repeats 1
+    python bench/bench_interpolate.py --modes recompute --bf16   # also ours with precision="bf16"
 """
 
 from __future__ import annotations
@@ -197,9 +198,10 @@ def bn_model(name, shape):
 
 
 def run_recompute_case(name, shape, examples, num_alphas, repeats, batch_size, bn_batches, bn_batch_size,
-                       device="cpu"):
+                       device="cpu", bf16=False):
     """BN recomputed at every alpha: the loop (and on the CPU, for convs, its channels_last twin) against
-    ``lth_sparse.analysis.interpolate(..., bn="recompute")``, all on the same training batches."""
+    ``lth_sparse.analysis.interpolate(..., bn="recompute")``, all on the same training batches; with
+    ``bf16``, also ours with ``precision="bf16"`` (its losses against the float32 loop's)."""
     from lth_sparse.analysis import interpolate
 
     device = torch.device(device)
@@ -224,14 +226,17 @@ def run_recompute_case(name, shape, examples, num_alphas, repeats, batch_size, b
             ways["loop_cl"] = lambda: loop_over_alphas(copy.deepcopy(model_cl), state_a, state_b, alphas, x_cl, y,
                                                        batch_size, bn_cl)
 
-        def ours():
+        def ours(precision="fp32"):
             result = interpolate(model, state_a, state_b, {"test": (x, y)}, alphas=alphas, bn="recompute",
-                                 train_data=bn_inputs, bn_batches=len(bn_inputs), batch_size=batch_size)
+                                 train_data=bn_inputs, bn_batches=len(bn_inputs), batch_size=batch_size,
+                                 precision=precision)
             curve = result.curve("test")
             return (torch.tensor(curve.loss, dtype=torch.float64),
                     torch.tensor(curve.accuracy, dtype=torch.float64), result.bn_layers)
 
         ways["ours"] = ours
+        if bf16:
+            ways["ours_bf16"] = lambda: ours("bf16")
         return ways
 
     for warm_up in ways_on(x[:4], y[:4], [b[:4] for b in bn_inputs[:1]]).values():  # first-call costs, untimed
@@ -250,6 +255,11 @@ def run_recompute_case(name, shape, examples, num_alphas, repeats, batch_size, b
         row["speedup_cl"] = row["loop_cl_s"] / t_ours
     row.update({"max_loss_diff": (loss_loop - loss_ours).abs().max().item(),
                 "acc_equal": bool(torch.allclose(acc_loop, acc_ours, atol=2 / examples))})
+    if bf16:
+        t_bf16, (loss_bf16, acc_bf16, _), _ = timings["ours_bf16"]
+        row.update({"ours_bf16_s": t_bf16, "speedup_bf16": t_loop / t_bf16, "bf16_vs_fp32": t_ours / t_bf16,
+                    "max_loss_diff_bf16": (loss_loop - loss_bf16).abs().max().item(),
+                    "max_acc_diff_bf16": (acc_loop - acc_bf16).abs().max().item()})
     return row
 
 
@@ -294,6 +304,9 @@ def main(argv=None) -> list[dict]:
                         help="recompute rows: examples per training batch (default 48)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="median of this many runs of each way (default 3, quick 1)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="recompute rows on the CPU: also ours with precision='bf16' (the passes under autocast), "
+                             "timed against the same loop, its losses against the float32 loop's")
     args = parser.parse_args(argv)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if not modes or any(m not in MODES for m in modes):
@@ -325,15 +338,21 @@ def main(argv=None) -> list[dict]:
     if "recompute" in modes:
         bn_examples, bn_batch_size = max(1, args.bn_examples // scale), max(2, args.bn_batch_size // scale)
         rows += [run_recompute_case("lenet300", (1, 28, 28), 10_000 // scale, args.alphas, repeats, 1000,
-                                    args.bn_batches, bn_batch_size)]
+                                    args.bn_batches, bn_batch_size, bf16=args.bf16)]
         rows += [run_recompute_case(name, (3, 32, 32), bn_examples, args.alphas, repeats, 250, args.bn_batches,
-                                    bn_batch_size) for name in ("conv2_bn", "conv4_bn")]
+                                    bn_batch_size, bf16=args.bf16) for name in ("conv2_bn", "conv4_bn")]
     print(f"evaluation at {args.alphas} points of a linear path, CPU, {torch.get_num_threads()} threads")
     print_table([("model", "model", ""), ("bn", "bn", ""), ("examples", "examples", "d"),
                  ("bn_batches", "bn batches", "d"), ("loop_s", "loop (s)", ".3f"),
                  ("loop_cl_s", "loop, channels_last (s)", ".3f"), ("ours_s", "batched (s)", ".3f"),
                  ("speedup", "vs loop", ".2f"), ("speedup_cl", "vs channels_last loop", ".2f"),
                  ("max_loss_diff", "max |loss diff|", ".1e"), ("acc_equal", "same acc", "")], rows)
+    if args.bf16 and "recompute" in modes:
+        print("with precision='bf16' (recompute rows)")
+        print_table([("model", "model", ""), ("ours_s", "fp32 (s)", ".3f"), ("ours_bf16_s", "bf16 (s)", ".3f"),
+                     ("bf16_vs_fp32", "bf16 vs fp32", ".2f"), ("speedup_bf16", "bf16 vs loop", ".2f"),
+                     ("max_loss_diff_bf16", "max |loss diff|", ".1e"), ("max_acc_diff_bf16", "max |acc diff|", ".3f")],
+                    [r for r in rows if "ours_bf16_s" in r])
     if not args.quick:
         write_results(result_name, "cpu", rows,
                       {"alphas": args.alphas, "modes": list(modes), "bn_examples": args.bn_examples,

@@ -99,3 +99,14 @@ def test_median_of_takes_the_median_of_each_way_with_the_ways_in_turn():
     assert calls == ["a", "b", "b", "a", "a", "b"]
     # (median seconds, the last run's result, every run's seconds)
     assert timings == {"a": (2.0, 4, [1.0, 9.0, 2.0]), "b": (5.0, 5, [5.0, 4.0, 30.0])}
+
+
+def test_the_recompute_rows_bf16_way_is_timed_and_checked_against_the_float32_loop():
+    """``--bf16``: ours with precision="bf16" beside the float32 ways, its losses against the loop's (close, not
+    equal: bfloat16 products)."""
+    from bench import bench_interpolate
+
+    row = bench_interpolate.run_recompute_case("conv2_bn", (3, 8, 8), 6, 3, 1, 4, 1, 4, bf16=True)
+    assert {"ours_bf16_s", "speedup_bf16", "bf16_vs_fp32", "max_loss_diff_bf16", "max_acc_diff_bf16"} <= set(row)
+    assert row["max_loss_diff"] < 1e-4 < row["max_loss_diff_bf16"] < 0.1
+    assert "ours_bf16_s" not in bench_interpolate.run_recompute_case("conv2_bn", (3, 8, 8), 6, 3, 1, 4, 1, 4)
