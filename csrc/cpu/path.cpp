@@ -130,52 +130,67 @@ void run(T* out, const T* a, const T* b, const std::vector<double>& alphas, cons
   });
 }
 
-// The kind of bias: none, (A, cols) per column, or (A, rows) per row (bias_per_row).
-Bias check_out_and_bias(const char* what, const at::Tensor& out, const std::optional<at::Tensor>& bias,
-                        bool bias_per_row) {
+void check_out(const char* what, const at::Tensor& out) {
   TORCH_CHECK(out.device().is_cpu() && out.dim() == 3 && out.is_contiguous(), what,
               ": out must be a contiguous (A, rows, cols) CPU tensor, got ", out.sizes(), " with strides ",
               out.strides());
   TORCH_CHECK(out.scalar_type() == at::kFloat || out.scalar_type() == at::kDouble, what,
               ": float32 or float64 only, got ", out.scalar_type());
+}
+
+// The kind of bias: none, (A, cols) per column, or (A, rows) per row (bias_per_row), of dtype.
+Bias check_bias(const char* what, const std::optional<at::Tensor>& bias, int64_t num_alphas, int64_t rows,
+                int64_t cols, at::ScalarType dtype, bool bias_per_row) {
   if (!bias.has_value()) return Bias::kNone;
   const auto& t = *bias;
-  const int64_t size = bias_per_row ? out.size(1) : out.size(2);
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.size(0) == out.size(0) && t.size(1) == size &&
-                  t.is_contiguous() && t.scalar_type() == out.scalar_type(),
+  const int64_t size = bias_per_row ? rows : cols;
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.size(0) == num_alphas && t.size(1) == size &&
+                  t.is_contiguous() && t.scalar_type() == dtype,
               what, ": bias must be a contiguous (A, ", bias_per_row ? "rows" : "cols", ") CPU tensor of out's dtype, got ",
-              t.sizes(), " ", t.scalar_type(), " for out ", out.sizes(), " ", out.scalar_type());
+              t.sizes(), " ", t.scalar_type(), " for (A, rows, cols) = (", num_alphas, ", ", rows, ", ", cols, ") ",
+              dtype);
   return bias_per_row ? Bias::kRow : Bias::kColumn;
+}
+
+// The two ends (rows, cols) and the alphas of a lerp, checked; each alpha as the layer's dtype sees it
+// (torch.lerp's weight is of the inputs' dtype).
+struct Lerp {
+  std::vector<double> alphas;
+  int64_t rows, cols, ld;
+};
+
+Lerp check_lerp(const char* what, const at::Tensor& a, const at::Tensor& b, const at::Tensor& alphas,
+                at::ScalarType dtype) {
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && alphas.device().is_cpu(), what, ": CPU tensors only");
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && alphas.dim() == 1, what, ": a, b must be (rows, cols), alphas (A,); got a ",
+              a.sizes(), ", b ", b.sizes(), ", alphas ", alphas.sizes());
+  TORCH_CHECK(a.sizes() == b.sizes() && a.strides() == b.strides(), what, ": a and b differ in shape or strides: ",
+              a.sizes(), a.strides(), " and ", b.sizes(), b.strides());
+  TORCH_CHECK(a.size(1) <= 1 || a.stride(1) == 1, what, ": a and b need a unit column stride, got strides ", a.strides());
+  TORCH_CHECK(a.scalar_type() == dtype && b.scalar_type() == dtype, what, ": a, b and out must share one dtype, got ",
+              a.scalar_type(), ", ", b.scalar_type(), ", ", dtype);
+  TORCH_CHECK(at::isFloatingType(alphas.scalar_type()), what, ": alphas must be floating, got ", alphas.scalar_type());
+  const auto values = alphas.to(dtype).to(at::kDouble).contiguous();
+  const int64_t rows = a.size(0), cols = a.size(1);
+  return {std::vector<double>(values.data_ptr<double>(), values.data_ptr<double>() + alphas.size(0)), rows, cols,
+          rows > 1 ? a.stride(0) : cols};
 }
 
 }  // namespace
 
 at::Tensor lerp_relu_(at::Tensor out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& alphas,
                       const std::optional<at::Tensor>& bias, bool relu, bool bias_per_row) {
-  const Bias bias_kind = check_out_and_bias("lerp_relu_", out, bias, bias_per_row);
-  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && alphas.device().is_cpu(), "lerp_relu_: CPU tensors only");
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && alphas.dim() == 1, "lerp_relu_: a, b must be (rows, cols), alphas (A,); got a ",
-              a.sizes(), ", b ", b.sizes(), ", alphas ", alphas.sizes());
-  TORCH_CHECK(a.sizes() == b.sizes() && a.strides() == b.strides(), "lerp_relu_: a and b differ in shape or strides: ",
-              a.sizes(), a.strides(), " and ", b.sizes(), b.strides());
-  TORCH_CHECK(a.size(1) <= 1 || a.stride(1) == 1, "lerp_relu_: a and b need a unit column stride, got strides ",
-              a.strides());
-  TORCH_CHECK(out.size(0) == alphas.size(0) && out.size(1) == a.size(0) && out.size(2) == a.size(1), "lerp_relu_: out ",
+  check_out("lerp_relu_", out);
+  const Lerp lerp = check_lerp("lerp_relu_", a, b, alphas, out.scalar_type());
+  TORCH_CHECK(out.size(0) == alphas.size(0) && out.size(1) == lerp.rows && out.size(2) == lerp.cols, "lerp_relu_: out ",
               out.sizes(), " is not (A, rows, cols) for alphas ", alphas.sizes(), " and a ", a.sizes());
-  TORCH_CHECK(a.scalar_type() == out.scalar_type() && b.scalar_type() == out.scalar_type(),
-              "lerp_relu_: a, b and out must share one dtype, got ", a.scalar_type(), ", ", b.scalar_type(), ", ",
-              out.scalar_type());
-  TORCH_CHECK(at::isFloatingType(alphas.scalar_type()), "lerp_relu_: alphas must be floating, got ",
-              alphas.scalar_type());
+  const Bias bias_kind = check_bias("lerp_relu_", bias, out.size(0), lerp.rows, lerp.cols, out.scalar_type(),
+                                    bias_per_row);
   if (out.numel() == 0) return out;
-  // each alpha as the layer's dtype sees it (torch.lerp's weight is of the inputs' dtype)
-  const auto alpha_values = alphas.to(out.scalar_type()).to(at::kDouble).contiguous();
-  std::vector<double> values(alpha_values.data_ptr<double>(), alpha_values.data_ptr<double>() + alphas.size(0));
-  const int64_t rows = a.size(0), cols = a.size(1), ld = rows > 1 ? a.stride(0) : cols;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lerp_relu_", [&] {
-    run<scalar_t>(out.data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), values,
-                  bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, bias_kind, out.size(0), rows, cols, ld,
-                  relu);
+    run<scalar_t>(out.data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), lerp.alphas,
+                  bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, bias_kind, out.size(0), lerp.rows,
+                  lerp.cols, lerp.ld, relu);
   });
   return out;
 }
@@ -193,21 +208,30 @@ at::Tensor lerp_relu_mm_(at::Tensor out, const at::Tensor& a, const at::Tensor& 
                   out.size(1) == weights.size(1) && out.size(2) == a.size(1),
               "lerp_relu_mm_: out must be contiguous (A, out_rows, cols) = (", alphas.size(0), ", ", weights.size(1),
               ", ", a.size(1), "), got ", out.sizes());
-  // one alpha's activations through lerp_relu_'s checks and kernel, into the buffer seen as (1, rows, cols)
-  auto one = buffer.unsqueeze(0);
-  const auto alpha_values = alphas.to(a.scalar_type());
-  for (int64_t i = 0; i < alphas.size(0); ++i) {
-    std::optional<at::Tensor> bias_i;
-    if (bias.has_value()) bias_i = bias->narrow(0, i, 1);
-    lerp_relu_(one, a, b, alpha_values.narrow(0, i, 1), bias_i, relu, true);
-    auto out_i = out.select(0, i);
-    at::mm_out(out_i, weights.select(0, i), buffer);
-  }
+  const Lerp lerp = check_lerp("lerp_relu_mm_", a, b, alphas, out.scalar_type());
+  const Bias bias_kind = check_bias("lerp_relu_mm_", bias, alphas.size(0), lerp.rows, lerp.cols, out.scalar_type(),
+                                    true);
+  TORCH_CHECK(buffer.scalar_type() == out.scalar_type(), "lerp_relu_mm_: buffer must be of out's dtype, got ",
+              buffer.scalar_type());
+  if (out.numel() == 0) return out;
+  // alpha by alpha: its activations into the buffer (one alpha of the checked lerp), then its product
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lerp_relu_mm_", [&] {
+    const scalar_t* biases = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
+    for (int64_t i = 0; i < alphas.size(0); ++i) {
+      run<scalar_t>(buffer.data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
+                    {lerp.alphas[i]}, biases == nullptr ? nullptr : biases + i * lerp.rows, bias_kind, 1, lerp.rows,
+                    lerp.cols, lerp.ld, relu);
+      auto out_i = out.select(0, i);
+      at::mm_out(out_i, weights.select(0, i), buffer);
+    }
+  });
   return out;
 }
 
 at::Tensor bias_relu_(at::Tensor out, const at::Tensor& bias, bool relu, bool bias_per_row) {
-  const Bias bias_kind = check_out_and_bias("bias_relu_", out, bias, bias_per_row);
+  check_out("bias_relu_", out);
+  const Bias bias_kind = check_bias("bias_relu_", bias, out.size(0), out.size(1), out.size(2), out.scalar_type(),
+                                    bias_per_row);
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "bias_relu_", [&] {
     run<scalar_t>(out.data_ptr<scalar_t>(), nullptr, nullptr, {}, bias.const_data_ptr<scalar_t>(), bias_kind,

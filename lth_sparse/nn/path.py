@@ -140,7 +140,7 @@ class _PathLayer(nn.Module):
         self._result: Tensor | None = None  # the last result on the CPU, reused by the next pass
         self._weights: dict = {}  # on the CPU, every alpha's interpolated weights, kept across passes
         self._ends_pass = -1  # one alpha at a time: the pass whose both ends' outputs _result holds
-        self._one_weight: Tensor | None = None  # one alpha at a time: the buffer of the alpha's weight
+        self._scratch: dict = {}  # one alpha at a time: the buffer of the alpha's weight
         # the ReLU that follows the layer, applied by it (see _fuse_relus): for a shared input, in the
         # pass that forms each alpha's output from the two ends'
         self.relu = False
@@ -169,10 +169,7 @@ class _PathLayer(nn.Module):
                 self._ends_pass = self.shared.passes
             out = torch.lerp(self._result[0], self._result[1], alpha)
         else:
-            weight = self._one_weight
-            if weight is None or weight.shape != self.weight_a.shape or weight.dtype != self.weight_a.dtype \
-                    or weight.device != self.weight_a.device:
-                weight = self._one_weight = torch.empty_like(self.weight_a)
+            weight = interpolate.reused_buffer(self._scratch, "weight", self.weight_a.shape, self.weight_a)
             # into the same buffer at every alpha and pass: a fresh one (Conv-2's fc1, 16 MB) came as new
             # pages each time and cost 3.1 ms a lerp against 1.8 ms
             torch.lerp(self.weight_a, self.weight_b, alpha, out=weight)

@@ -409,13 +409,20 @@ def _cached_weights(cache: dict, weight_a: Tensor, weight_b: Tensor, alphas: Ten
                  for t in (weight_a, weight_b, bias_a, bias_b))
     held = cache.get(shared_input)
     if held is None or held[0] != ends or held[1].dtype != alphas.dtype or not torch.equal(held[1], alphas):
-        coef = alphas.reshape(-1, *([1] * weight_a.dim())).to(weight_a.dtype)
-        weights = (torch.cat([weight_a, weight_b]) if shared_input
-                   else torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef))
-        biases = (None if bias_a is None
-                  else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1]))
-        cache[shared_input] = held = (ends, alphas.clone(), (weights, biases))
+        formed = _formed_weights(weight_a, weight_b, alphas, bias_a, bias_b, shared_input)
+        cache[shared_input] = held = (ends, alphas.clone(), formed)
     return held[2]
+
+
+def _formed_weights(weight_a: Tensor, weight_b: Tensor, alphas: Tensor, bias_a: Tensor | None,
+                    bias_b: Tensor | None, shared_input: bool) -> tuple[Tensor, Tensor | None]:
+    """What ``_cached_weights`` keeps, formed now."""
+    coef = alphas.reshape(-1, *([1] * weight_a.dim())).to(weight_a.dtype)
+    weights = (torch.cat([weight_a, weight_b]) if shared_input
+               else torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef))
+    biases = (None if bias_a is None
+              else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1]))
+    return weights, biases
 
 
 def cpu_forward_into(previous: Tensor | None, kind: str, input: Tensor, weight_a: Tensor, weight_b: Tensor,
@@ -540,18 +547,14 @@ def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor
     h = None
     for index, (weight_a, weight_b, bias_a, bias_b, relu, cache) in enumerate(layers[1:], start=1):
         _check_linear(x.new_empty(1, 1, size if h is None else h.shape[1]), weight_a, weight_b, alphas, bias_a, bias_b)
-        interpolated = _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, False)
-        if interpolated is None:  # too large to keep: formed for this call
-            coef = alphas.reshape(-1, 1, 1).to(weight_a.dtype)
-            interpolated = (torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef),
-                            None if bias_a is None
-                            else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef[:, :, 0]))
-        weights, biases = interpolated
+        weights, biases = (_cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, False)
+                           # too large to keep: formed for this call
+                           or _formed_weights(weight_a, weight_b, alphas, bias_a, bias_b, False))
         shape = (num_alphas, weight_a.shape[0], n)
         # the last layer's result is returned (as a transposed copy, or a view of it): never reused
-        out = _chain_buffer(buffers, index, shape, x) if index < len(layers) - 1 else x.new_empty(shape)
+        out = reused_buffer(buffers, index, shape, x) if index < len(layers) - 1 else x.new_empty(shape)
         if h is None:  # the first layer's activations made alpha by alpha and used at once by this product
-            one = _chain_buffer(buffers, 0, (size, n), x)
+            one = reused_buffer(buffers, 0, (size, n), x)
             C.lerp_relu_mm_(out, ends[:size], ends[size:], alphas, first_biases, first_relu, weights.contiguous(), one)
         else:
             torch.bmm(weights, h, out=out)
@@ -563,9 +566,11 @@ def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor
     return h.transpose(1, 2).contiguous()
 
 
-def _chain_buffer(buffers: dict, index: int, shape: tuple, like: Tensor) -> Tensor:
-    """The activation buffer ``index`` of a chain, reused while its shape, dtype and device stay."""
-    held = buffers.get(index)
-    if held is None or tuple(held.shape) != shape or held.dtype != like.dtype or held.device != like.device:
-        buffers[index] = held = like.new_empty(shape)
+def reused_buffer(buffers: dict, key, shape: tuple, like: Tensor) -> Tensor:
+    """The buffer ``buffers[key]``, (re)made empty like ``like`` when it is missing or its shape, dtype or
+    device differ: a scratch tensor kept from one pass to the next (a fresh one of many MB comes as new
+    pages, whose faults cost as much as filling it)."""
+    held = buffers.get(key)
+    if held is None or tuple(held.shape) != tuple(shape) or held.dtype != like.dtype or held.device != like.device:
+        buffers[key] = held = like.new_empty(shape)
     return held
