@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from lth_sparse.runs import atomic_write_bytes
+from lth_sparse.atomic import atomic_write_bytes
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parents[1]

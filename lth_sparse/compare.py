@@ -19,7 +19,7 @@ import torch
 
 from lth_sparse.masks import Masks, expected_jaccard_distance, intersection, jaccard_distance
 from lth_sparse.pipelines.base import over_seeds
-from lth_sparse.runs import atomic_write_json
+from lth_sparse.atomic import atomic_write_json
 from lth_sparse.tickets import _run_config, _seed_dir, finished_rounds, run_seeds
 
 __all__ = ["compare_pair", "compare_runs", "connection_stability", "importance_overlap", "partial_reinit_state",

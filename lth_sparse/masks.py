@@ -224,7 +224,7 @@ class Masks(Mapping):
         """Write to ``path`` in safetensors (no pickle), atomically."""
         from safetensors.torch import save_file
 
-        from lth_sparse.runs import atomic_write
+        from lth_sparse.atomic import atomic_write
 
         tensors = {n: m.detach().cpu().contiguous() for n, m in self._masks.items()}
         atomic_write(path, lambda tmp: save_file(tensors, os.fspath(tmp), metadata={"format": _FORMAT}))

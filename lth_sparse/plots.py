@@ -92,7 +92,7 @@ def _line_with_band(ax, x, mean, std, fmt="o-", *, alpha=0.15, **style):
 
 def _save(fig, path: Path) -> None:
     """Write the figure as PNG atomically (a crash or a reader never sees half an image)."""
-    from lth_sparse.runs import atomic_write
+    from lth_sparse.atomic import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 

@@ -4,7 +4,7 @@ A pipeline writes everything under its run directory. ``config.json`` holds the
 full config and its hash; a re-run with the same config resumes (finished steps
 are skipped), a different config is refused with a message saying what differs
 (or, where no step has finished, replaces the unfinished run). Every file is
-written through :func:`atomic_write`: to a temporary name, flushed to disk, then
+written through :mod:`lth_sparse.atomic`: to a temporary name, flushed to disk, then
 renamed, so a crash leaves either the old file or the new one, never half of one.
 """
 
@@ -15,78 +15,11 @@ import hashlib
 import json
 import os
 import shutil
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Write a file so that a crash leaves the old file or the new one, never part of one.
-
-    ``write(tmp)`` writes the content to ``tmp``, a unique name beside ``path``; it is
-    flushed to disk (fsync), renamed over ``path``, and the rename itself made durable
-    (fsync of the directory, where the platform allows). On an error the temporary file
-    is removed and the error raised. The one atomic writer of the package: every
-    ``atomic_*`` function here, ``Masks.save``, the data cache and the benchmarks' JSON go
-    through it. Returns ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows, where a directory cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n").encode())
-
-
-def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def _json_default(obj):
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
+from lth_sparse.atomic import (atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_json,  # noqa: F401
+                               json_default, read_json)
 
 HASH_SCHEMA = 2
 """The version of the config-hash rule (``config.json`` records it). 1: every identity field; 2: only the
@@ -108,7 +41,7 @@ def _default(f: dataclasses.Field):
 
 
 def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=json_default).encode()).hexdigest()[:16]
 
 
 def config_hash(config) -> str:
@@ -217,8 +150,8 @@ class RunDir(Steps):
         identity = config_identity(self.config)
         defaults = {f.name: _default(f) for f in dataclasses.fields(self.config)}
         old = saved.get("config", {})
-        now = json.loads(json.dumps(identity, default=_json_default))
-        plain_defaults = json.loads(json.dumps({k: defaults[k] for k in now}, default=_json_default))
+        now = json.loads(json.dumps(identity, default=json_default))
+        plain_defaults = json.loads(json.dumps({k: defaults[k] for k in now}, default=json_default))
         diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in now.items()
                  if old.get(k, plain_defaults[k]) != v]
         what = "; ".join(diffs) or "hash differs"

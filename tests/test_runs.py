@@ -271,19 +271,20 @@ def test_atomic_write_calls_the_writer_on_a_temporary_file_and_renames_it(tmp_pa
     assert not seen[0].exists() and listing(tmp_path) == ["masks.bin"]
 
 
-def test_every_atomic_writer_of_the_package_goes_through_the_run_store(tmp_path, monkeypatch):
-    """Masks.save, the data cache and the benchmarks' JSON use runs.atomic_write (one writer, with fsync)."""
+def test_every_atomic_writer_of_the_package_goes_through_one_writer(tmp_path, monkeypatch):
+    """Masks.save, the data cache and the benchmarks' JSON use atomic.atomic_write (one writer, with fsync)."""
+    from lth_sparse import atomic
     from lth_sparse.data import cache
     from lth_sparse.masks import Masks
 
     calls = []
-    real = runs.atomic_write
+    real = atomic.atomic_write
 
     def counting(path, write):
         calls.append(os.path.basename(path))
         return real(path, write)
 
-    monkeypatch.setattr(runs, "atomic_write", counting)
+    monkeypatch.setattr(atomic, "atomic_write", counting)
     Masks({"fc.weight": torch.ones(2, 2, dtype=torch.bool)}).save(tmp_path / "masks.safetensors")
     cache.cached_tensors(tmp_path, "k1", lambda: {"x": torch.zeros(1)})
     assert calls == ["masks.safetensors", "k1.pt"]

@@ -163,7 +163,7 @@ class ForgettingResult:
         the ``.json`` beside it (``path`` with its suffix replaced), each atomically."""
         from safetensors.torch import save_file
 
-        from lth_sparse.runs import atomic_write, atomic_write_json
+        from lth_sparse.atomic import atomic_write, atomic_write_json
 
         path = Path(path)
         if path.suffix == ".json":

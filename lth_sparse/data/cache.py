@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lth_sparse.runs import atomic_torch_save
+from lth_sparse.atomic import atomic_torch_save
 
 __all__ = ["cached_tensors"]
 

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from lth_sparse.config import option
 from lth_sparse.data import Dataset, Split, batches
-from lth_sparse.runs import atomic_torch_save
+from lth_sparse.atomic import atomic_torch_save
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
