@@ -19,11 +19,13 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from lth_sparse.errors import UserError
+
 __all__ = ["ConfigError", "config_from_options", "data_dir_option", "device_option", "field_kind", "option",
            "read_file", "split_items", "threads_option"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """An option that the config does not have, or a value of the wrong type for it."""
 
 

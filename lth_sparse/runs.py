@@ -20,6 +20,7 @@ from typing import Any
 
 from lth_sparse.atomic import (atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_json,  # noqa: F401
                                json_default, read_json)
+from lth_sparse.errors import UserError
 
 HASH_SCHEMA = 2
 """The version of the config-hash rule (``config.json`` records it). 1: every identity field; 2: only the
@@ -52,28 +53,8 @@ def config_hash(config) -> str:
     return _digest({"schema": HASH_SCHEMA, "fields": changed})
 
 
-def legacy_config_hash(config, saved_fields) -> str | None:
-    """The hash of schema 1 (run directories made before the schema was recorded): every identity field.
-
-    ``saved_fields``: the field names that directory's ``config.json`` holds. Fields added since (not
-    among them) count only at their defaults: if one differs, the experiment differs and ``None`` is
-    returned; at its default it is left out, as the old hash never saw it.
-    """
-    fields = {}
-    for f in dataclasses.fields(config):
-        if not f.metadata.get("identity", True):
-            continue
-        value = getattr(config, f.name)
-        if f.name not in saved_fields:  # added since that directory was made
-            if value != _default(f):
-                return None
-            continue
-        fields[f.name] = value
-    return _digest(fields)
-
-
-class ConfigMismatch(RuntimeError):
-    """A run directory holds a run of another config."""
+class ConfigMismatch(UserError):
+    """A run directory holds a run of another kind or config."""
 
 
 class Steps:
@@ -143,10 +124,11 @@ class RunDir(Steps):
         if not isinstance(saved, dict) or saved.get("kind") != self.kind:
             kind = saved.get("kind") if isinstance(saved, dict) else None
             raise ConfigMismatch(f"{self.path} holds a {kind!r} run, not {self.kind!r}; choose another --out")
-        schema = saved.get("schema", 1)
-        expected = self.hash if schema == HASH_SCHEMA else legacy_config_hash(self.config, saved.get("config", {}))
-        if saved.get("hash") == expected:
-            return  # the same experiment (a directory of schema 1 gets the new hash when claimed)
+        if saved.get("schema") != HASH_SCHEMA:
+            raise ConfigMismatch(f"{config_file} was hashed by rule {saved.get('schema')!r}, not by this version's "
+                                 f"rule {HASH_SCHEMA} (see lth_sparse.runs.HASH_SCHEMA); choose another --out")
+        if saved.get("hash") == self.hash:
+            return  # the same experiment
         identity = config_identity(self.config)
         defaults = {f.name: _default(f) for f in dataclasses.fields(self.config)}
         old = saved.get("config", {})
