@@ -7,10 +7,13 @@ import dataclasses
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
+from lth_sparse.errors import UserError, judging_input
 
-class CliError(Exception):
+
+class CliError(UserError):
     """Bad input on the command line: printed as ``lth-sparse COMMAND: error: MESSAGE``, exit status 2."""
 
 
@@ -130,20 +133,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class, groups: 
 
 def config_from_args(config_class, args: argparse.Namespace):
     """The config from ``--config FILE`` (if given) overridden by the flags given, checked by name and type."""
-    from lth_sparse.config import ConfigError, config_from_options
+    from lth_sparse.config import config_from_options
 
     options = _load_config_file(args.config) if getattr(args, "config", None) else {}
     source = f"--config {args.config}" if options else "options"
-    try:  # the file's names and types checked, its values coerced (a config may need flags the file lacks)
+    with judging_input():  # the file's names and types checked, its values coerced (the flags may add to them)
         from_file = config_from_options(config_class, options, source, check=False)
-    except ConfigError as error:
-        raise CliError(str(error)) from error
     merged = {f.name: from_file[f.name] for f in dataclasses.fields(config_class) if f.name in from_file}
     merged.update({f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)})
-    try:
+    with judging_input():  # a ConfigError, the dataclass's own checks, a source run that cannot be read
         return config_from_options(config_class, merged, "options")
-    except ConfigError as error:
-        raise CliError(str(error)) from error
 
 
 def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,18 +171,15 @@ def executor_from_args(args, threads: int | None):
                          ray_address=args.ray_address, num_cpus=args.ray_num_cpus, num_gpus=args.ray_num_gpus)
 
 
-DERIVED = ("NAME:half=a|b, NAME:subset=F, NAME:classes=0,1,2, NAME:shape=CxHxW, NAME:permute=SEED, "
-           "NAME:augment=none|flip|cropP|flip+cropP (combinable: fashion-mnist:half=a:permute=1)")
 
-
-def _add_pipeline(sub, kind: str, *, help: str, description: str, epilog: str, out: str) -> None:
-    """The subcommand of a pipeline: a flag per field of its config (``--config FILE`` supplies any), the executor
-    options, ``--out``, ``--no-plots`` and ``--progress``."""
-    from lth_sparse.pipelines.base import pipeline_for
+def _add_pipeline(sub, pipeline) -> None:
+    """The subcommand of a pipeline, its texts from the :class:`~lth_sparse.pipelines.base.Pipeline`: a flag per
+    field of its config (``--config FILE`` supplies any), the executor options, ``--out``, ``--no-plots`` and
+    ``--progress``."""
     from lth_sparse.train import TrainConfig
 
-    config_class = pipeline_for(kind).config_class
-    p = sub.add_parser(kind, help=help, description=description, epilog=epilog)
+    out = pipeline.default_out
+    p = sub.add_parser(pipeline.kind, help=pipeline.help, description=pipeline.description, epilog=pipeline.epilog)
     p.add_argument("--config", metavar="FILE",
                    help="file of options, keyed by their names (rounds: 10, model_options: {width: 512}); JSON if "
                         "its name ends in .json, YAML otherwise; a run's config.json works too. Flags given here "
@@ -191,117 +187,58 @@ def _add_pipeline(sub, kind: str, *, help: str, description: str, epilog: str, o
     p.add_argument("--out", default=out,
                    help=f"run directory (default: {out}); the same command resumes the run there, another config "
                         "is refused once a unit of it has finished")
-    add_config_arguments(p, config_class, groups={"training": TrainConfig})
+    add_config_arguments(p, pipeline.config_class, groups={"training": TrainConfig})
     add_executor_arguments(p)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: when stderr is a terminal)")
-    p.set_defaults(func=lambda args: _run_pipeline_command(kind, args))
+    p.set_defaults(func=lambda args: _run_pipeline_command(pipeline, args))
 
 
-def _run_pipeline_command(kind: str, args) -> int:
-    import importlib
-
-    from lth_sparse.pipelines.base import pipeline_for
-
-    module = importlib.import_module(f"lth_sparse.pipelines.{kind}")  # its run(): the pipeline's defaults
-    config = config_from_args(pipeline_for(kind).config_class, args)
-    module.run(config, args.out, progress=args.progress, plots=not args.no_plots,
-               executor=executor_from_args(args, config.threads))
+def _run_pipeline_command(pipeline, args) -> int:
+    config = config_from_args(pipeline.config_class, args)
+    pipeline.run(config, args.out, progress=args.progress, plots=not args.no_plots,
+                 executor=executor_from_args(args, config.threads))
     return 0
 
 
-def _add_imp(sub) -> None:
-    from lth_sparse.data import available_datasets
-    from lth_sparse.models import available_models
-
-    _add_pipeline(
-        sub, "imp", out="runs/imp", help="find lottery tickets by iterative magnitude pruning with rewinding",
-        description="Iterative magnitude pruning with rewinding (IMP/LTR). Round 0 trains the dense network; each "
-                    "further round prunes FRACTION of the remaining weights and retrains. Results go to --out: "
-                    "config.json, seed_N/round_NN/ (masks, metrics, weights), summary.json and plots/. Re-running "
-                    "the same command resumes after the last finished round.",
-        epilog=f"Datasets: {', '.join(available_datasets())} (and derived tasks {DERIVED}). Models: {', '.join(available_models())}. Every option can also come "
-               "from --config FILE by its name (model_options as a mapping); flags override the file. Bad input "
-               "ends with one 'lth-sparse imp: error: ...' line and exit status 2.")
-
-
-def _add_consensus(sub) -> None:
-    from lth_sparse.data import available_datasets
-    from lth_sparse.models import available_models
-
-    _add_pipeline(
-        sub, "consensus", out="runs/consensus",
-        help="consensus (pret-a-porter) tickets: bespoke IMP tickets on several tasks, intersected",
-        description="Paganini & Forde (2020), Algorithm 1. From one shared initialisation, IMP finds a bespoke ticket "
-                    "on each task (one unit per task, in parallel under --executor process or ray); the consensus "
-                    "ticket keeps the weights every bespoke ticket of --intersect-round keeps (--min-votes K: at "
-                    "least K of them). Then the consensus ticket, a random mask of its layer sparsity and the "
-                    "bespoke ticket of every task at the consensus's sparsity are retrained on every task. Results "
-                    "go to --out: seed_S/bespoke_I/ (IMP runs), seed_S/consensus/, seed_S/retrain/, summary.json "
-                    "and plots/. Re-running the same command resumes.",
-        epilog=f"Tasks: data sets ({', '.join(available_datasets())}) or derived tasks {DERIVED}. Models: "
-               + ", ".join(available_models()) + ". Every option can "
-               "also come from --config FILE; flags override it, and override --preset.")
+def _add_sweep(sub) -> None:
+    """``lth-sparse sweep GRID --out DIR``: any pipeline over a grid of option values (:mod:`lth_sparse.sweep`)."""
+    p = sub.add_parser(
+        "sweep", help="run a pipeline over a grid of option values",
+        description="Run a pipeline over the Cartesian product of the option values listed in GRID: one run "
+                    "directory per grid point under --out, named by its values (fraction=0.2,seed=1), every unit "
+                    "of every point through one executor (so --executor process or ray runs points in parallel), "
+                    "then DIR/sweep.csv and DIR/sweep.json: one row per grid point and round, the point's values "
+                    "and its summary's figures. Re-running the same command resumes; a finished sweep re-run does "
+                    "no work; a point whose config changed is refused, as a run is.",
+        epilog="GRID (YAML, or JSON if its name ends in .json):  pipeline: imp  /  fixed: {dataset: digits, "
+               "rounds: 3}  /  grid: {fraction: [0.2, 0.5], seed: [0, 1]}. Every name is an option of the "
+               "pipeline (see 'lth-sparse imp --help'); an unknown one is an error. Bad input ends with one "
+               "'lth-sparse sweep: error: ...' line and exit status 2, before anything is written.")
+    p.add_argument("grid", metavar="GRID", help="the grid file: pipeline, fixed options and grid of values")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="the sweep directory: one run directory per grid point, sweep.csv, sweep.json")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads per unit (default: threads under fixed in GRID, else OMP_NUM_THREADS if set, "
+                        "else the idle cores shared among the workers)")
+    add_executor_arguments(p)
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=False,
+                   help="draw each point's PNG figures (default: no; 'lth-sparse plot DIR/POINT' draws one later)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: when stderr is a terminal)")
+    p.set_defaults(func=_run_sweep)
 
 
-def _add_transfer(sub) -> None:
-    from lth_sparse.data import available_datasets
+def _run_sweep(args) -> int:
+    from lth_sparse.sweep import load_sweep, run_sweep
 
-    _add_pipeline(
-        sub, "transfer", out="runs/transfer",
-        help="train an IMP run's tickets on other data sets or optimizers, beside the random-ticket controls",
-        description="Morcos et al. (2019), 'One ticket to win them all'. Every finished round of --source (an IMP "
-                    "run) is trained on every --target: the source's rewind (late-resetting) weights under its mask, "
-                    "the output layer left out of the ticket, re-initialised and sized to the target's classes; "
-                    "beside it the controls named by their (weights, mask) pair: fresh-global is the paper's random "
-                    "ticket, fresh-preserved/-local/-global its Appendix A.2. One unit per (seed, round, target, "
-                    "kind). The target trains with the source run's training options unless --target-optimizer, "
-                    "--preset or the flags say otherwise (--target-optimizer adam: a ticket found with SGD trained "
-                    "with Adam). Several --source runs make the transfer matrix (--at). Results go to --out: "
-                    "seed_S/source_K/target_T/round_RR/KIND/, summary.json and plots/. Re-running resumes.",
-        epilog=f"Targets: data sets ({', '.join(available_datasets())}) or derived tasks {DERIVED}; images are "
-               "brought to the source's input shape. Every "
-               "option can also come from --config FILE; flags override it and --preset, which override the "
-               "source's training options.")
-
-
-def _add_instability(sub) -> None:
-    from lth_sparse.data import available_datasets
-    from lth_sparse.models import available_models
-
-    _add_pipeline(
-        sub, "instability", out="runs/instability",
-        help="instability to SGD noise: error barriers between copies trained from one state",
-        description="Linear mode connectivity (Frankle et al. 2020; the SGD-noise paper's equation 3). From each "
-                    "rewind point of a dense network (--rewind-points), or from every round's ticket of an IMP run "
-                    "(--source), --copies copies train to the end under different data order and augmentation; "
-                    "every pair is evaluated at --alphas points of the straight line between them (in one batched "
-                    "pass) and its error barrier is the largest error on the path minus the mean of its ends. "
-                    "--successive measures the barriers between successive rounds' tickets; --search finds the "
-                    "earliest stable rewind point by bisection. Results go to --out: seed_S/POINT/copy_C/, "
-                    "seed_S/POINT/pair_I_J/, summary.json and plots/. Re-running resumes.",
-        epilog=f"Datasets: {', '.join(available_datasets())} (and derived tasks). Models: "
-               f"{', '.join(available_models())}. With --source the run's data set, model and training recipe are "
-               "the defaults; --preset and the flags override them.")
-
-
-def _add_plant(sub) -> None:
-    _add_pipeline(
-        sub, "plant", out="runs/plant",
-        help="plant tickets with known ground truth and benchmark pruners against them (Plant 'n' Seek)",
-        description="Fischer & Burkholz (2022). For every task (relu, circle, helix), depth, pruner, density and "
-                    "seed, one unit: the task's target network is planted into a host MLP, the pruner searches the "
-                    "host for a ticket of that density, and the unit records the recovery of the planted ticket "
-                    "(precision, recall, Jaccard distance, containment, per layer and overall), layer collapse, and "
-                    "the ticket's test accuracy (circle) or MSE (relu, helix): weak tickets trained (Adam, lr 1e-3, "
-                    "batch 32, 10 epochs), strong tickets (edge-popup) untrained with their outputs rescaled by "
-                    "least squares. Results go to --out: TASK/depth_D/PRUNER/density_X/seed_S/, summary.json and "
-                    "plots/. Re-running resumes.",
-        epilog="Density is remaining weights over all weights (biases not counted), the paper's rho; 'planted' is "
-               "the planted ticket's own. Depth counts the input layer (depth 3: 2 weight layers). Pruners: "
-               "random, magnitude, snip, grasp, synflow (single-shot), multishot-NAME (10 rounds, weights reset: "
-               "multishot-magnitude is IMP), edge-popup, edge-popup-annealed.")
+    sweep = load_sweep(args.grid)
+    threads = args.threads
+    if threads is None:
+        threads = getattr(sweep.points[0].config, "threads", None)
+    run_sweep(sweep, args.out, executor=executor_from_args(args, threads), progress=args.progress, plots=args.plots)
+    return 0
 
 
 def _add_compare(sub) -> None:
@@ -316,7 +253,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--reference", metavar="RUN", help="compare every RUN with this one (default: every pair)")
     p.add_argument("--out", metavar="DIR", help="write DIR/compare.json and DIR/plots/*.png")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.set_defaults(func=_run_compare)
+    p.set_defaults(func=_judging_input(_run_compare))
 
 
 def _run_compare(args) -> int:
@@ -351,7 +288,7 @@ def _add_probe(sub) -> None:
                                                               "probe (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--out", metavar="DIR", help="write DIR/probes.json and DIR/plots/probes.png")
-    p.set_defaults(func=_run_probe)
+    p.set_defaults(func=_judging_input(_run_probe))
 
 
 def _run_probe(args) -> int:
@@ -399,7 +336,7 @@ def _add_importance_overlap(sub) -> None:
     p.add_argument("--redraw-seed", type=int, default=1, help="seed of the redrawn weights (default: 1)")
     p.add_argument("--survival", metavar="RUN", help="an IMP run started from --write-partial-init's file")
     p.add_argument("--out", metavar="FILE", help="write the figures as JSON")
-    p.set_defaults(func=_run_importance_overlap)
+    p.set_defaults(func=_judging_input(_run_importance_overlap))
 
 
 def _run_importance_overlap(args) -> int:
@@ -445,7 +382,7 @@ def _add_plot(sub) -> None:
                        description="Rebuild RUN/summary.json and RUN/plots/*.png from the results the run's units "
                                    "saved, without re-running anything (any kind of run).")
     p.add_argument("run", help="a run directory")
-    p.set_defaults(func=_run_plot)
+    p.set_defaults(func=_judging_input(_run_plot))
 
 
 def _run_plot(args) -> int:
@@ -480,45 +417,54 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Bad input ends with one 'lth-sparse COMMAND: error: ...' line and exit status 2 "
                "(LTH_SPARSE_DEBUG=1 shows the traceback instead).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_imp(sub)
-    _add_consensus(sub)
-    _add_transfer(sub)
-    _add_instability(sub)
-    _add_plant(sub)
+    from lth_sparse.pipelines.base import KINDS, pipeline_for
+
+    for kind in KINDS:
+        _add_pipeline(sub, pipeline_for(kind))
     _add_compare(sub)
     _add_probe(sub)
     _add_importance_overlap(sub)
-    from lth_sparse.sweep import add_sweep_parser
-
-    add_sweep_parser(sub)
+    _add_sweep(sub)
     _add_plot(sub)
     _add_info(sub)
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean bad input or an unusable environment, not a bug: printed without a traceback."""
-    from lth_sparse.data import DownloadError
-    from lth_sparse.runs import ConfigMismatch
-
-    return CliError, ConfigMismatch, DownloadError, ValueError, KeyError, OSError
+def _judging_input(command):
+    """``command`` reads the runs the user named: what reading them raises is the input's fault (see
+    :func:`lth_sparse.errors.judging_input`)."""
+    def run(args) -> int:
+        with judging_input():
+            return command(args)
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for bad input, with one ``error:`` line)."""
+    """Run the command line; returns the exit status: 2 for bad input (one ``error:`` line, no traceback), 1 for
+    any other failure (a bug: its traceback and a request to report it)."""
+    from lth_sparse.data import DownloadError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except _user_errors() as error:
+    except (UserError, DownloadError) as error:
         if os.environ.get("LTH_SPARSE_DEBUG"):
             raise
         if os.environ.get("RANK", "0") != "0":
             return 2  # under torchrun, every rank fails alike; rank 0 says why
-        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-        if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in message:
-            message = f"{error.filename}: {message}"
-        print(f"lth-sparse {args.command}: error: {message}", file=sys.stderr)
+        print(f"lth-sparse {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception:
+        traceback.print_exc()
+        print(f"lth-sparse {args.command}: this is a bug in lth_sparse {_version()}, not a problem with your input: "
+              "please report it with the command and the traceback above", file=sys.stderr)
+        return 1
+
+
+def _version() -> str:
+    from lth_sparse._version import __version__
+
+    return __version__
 
 
 if __name__ == "__main__":

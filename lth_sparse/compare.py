@@ -11,23 +11,23 @@ distance, the distance that independent masks of the same densities would have i
 
 from __future__ import annotations
 
-import dataclasses
 from itertools import combinations
 from pathlib import Path
 
 import torch
 
 from lth_sparse.masks import Masks, expected_jaccard_distance, intersection, jaccard_distance
-from lth_sparse.pipelines.base import over_seeds
-from lth_sparse.atomic import atomic_write_json
-from lth_sparse.tickets import _run_config, _seed_dir, finished_rounds, run_seeds
+from lth_sparse.atomic import atomic_write_json, read_json
+from lth_sparse.experiment import draw_model
+from lth_sparse.stats import over_seeds
+from lth_sparse.tickets import finished_rounds, imp_run_config, run_seeds, seed_folder
 
 __all__ = ["compare_pair", "compare_runs", "connection_stability", "importance_overlap", "partial_reinit_state",
            "reinit_survival"]
 
 
 def _round_masks(run_dir: Path, seed: int, rounds: list[int]) -> list[Masks]:
-    folder, _ = _seed_dir(run_dir, _run_config(run_dir), seed)
+    folder = seed_folder(run_dir, seed)
     return [Masks.load(folder / f"round_{r:02d}" / "masks.safetensors") for r in rounds]
 
 
@@ -82,7 +82,7 @@ def compare_runs(run_dirs, reference=None, out_dir=None, *, plots: bool = True) 
     if not pairs:
         raise ValueError("compare-masks needs two runs, or a run and --reference")
     for run in {*run_dirs, *([reference] if reference else [])}:
-        _run_config(run)  # an IMP run, or a clear error
+        imp_run_config(run)  # an IMP run, or a clear error
     result = {"runs": [str(r) for r in run_dirs], "reference": str(reference) if reference else None,
               "pairs": [compare_pair(a, b) for a, b in pairs]}
     if out_dir is not None:
@@ -115,7 +115,7 @@ def importance_overlap(run_dirs, round: int, seed: int | None = None) -> dict:
     seed = common[0] if seed is None else seed
     if seed not in common:
         raise ValueError(f"seed {seed} is not in every run; common seeds: {common}")
-    folders = [_seed_dir(r, _run_config(r), seed)[0] for r in runs]
+    folders = [seed_folder(r, seed) for r in runs]
     inits = [torch.load(f / "init.pt", map_location="cpu") for f in folders]
     for run, init in zip(runs[1:], inits[1:]):
         if init.keys() != inits[0].keys() or not all(torch.equal(init[k], inits[0][k]) for k in init):
@@ -147,7 +147,7 @@ def connection_stability(run_dir, overlap: Masks, round: int, seed: int | None =
     ``flip_fraction`` (Vandersmissen et al., Section 5 and their Figure 2)."""
     run_dir = Path(run_dir)
     seed = run_seeds(run_dir)[0] if seed is None else seed
-    folder, _ = _seed_dir(run_dir, _run_config(run_dir), seed)
+    folder = seed_folder(run_dir, seed)
     done = finished_rounds(run_dir, seed)
     if any(r not in done for r in range(round + 1)):
         raise KeyError(f"rounds 0..{round} of seed {seed} have not all finished in {run_dir} (finished: {done})")
@@ -182,17 +182,14 @@ def partial_reinit_state(run_dir, overlap: Masks, redraw_seed: int, seed: int | 
     initialisation of ``run_dir``'s ``seed`` where ``overlap`` keeps a connection, a fresh draw from the
     model's own initialisation (seeded ``redraw_seed``) everywhere else (other weights and the biases).
     Save it and pass it to IMP as ``init_file`` (``--init-file``), with the run's other options."""
-    from lth_sparse.config import config_from_options
-    from lth_sparse.pipelines.imp import ImpConfig, _Imp
-
     run_dir = Path(run_dir)
-    saved = _run_config(run_dir)
+    saved = imp_run_config(run_dir)
     seed = run_seeds(run_dir)[0] if seed is None else seed
-    folder, _ = _seed_dir(run_dir, saved, seed)
+    folder = seed_folder(run_dir, seed)
     init = torch.load(folder / "init.pt", map_location="cpu")
-    config = config_from_options(ImpConfig, saved).for_seed(seed)
-    fresh = _Imp(dataclasses.replace(config, init_seed=redraw_seed, init_file=None), None, False,
-                 lambda line: None).model.state_dict()
+    dense = read_json(folder / "round_00" / "done.json")  # the input shape and classes the run's model was built for
+    fresh = draw_model(saved["model"], dense["input_shape"], dense["num_classes"], saved.get("model_options"),
+                       seed=redraw_seed).state_dict()
     state = {k: v.detach().clone().cpu() for k, v in fresh.items()}
     for name, keep in overlap.items():
         state[name] = torch.where(keep.cpu(), init[name], state[name])

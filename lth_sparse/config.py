@@ -1,8 +1,10 @@
 """Config dataclasses: their documented fields, and the one way from a file and flags to a config.
 
 Every pipeline describes its experiment by a frozen dataclass whose fields are
-declared with :func:`option` (a default and a help text, optionally choices, a
-``since`` version, whether it is part of the run's identity). The command line is
+declared with :func:`option` (a default and a help text, optionally choices, whether it
+is part of the run's identity: a run's hash counts only the identity fields that differ from
+their defaults, so a field added later, at its default, leaves existing runs' hashes alone;
+see :data:`lth_sparse.runs.HASH_SCHEMA`). The command line is
 generated from those fields (:func:`lth_sparse.cli.add_config_arguments`): each
 becomes a documented flag, ``--config FILE`` supplies any of them by name, and
 flags override the file. :func:`config_from_options` turns such a mapping (from a
@@ -30,7 +32,7 @@ class ConfigError(UserError):
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, identity: bool = True,
-           since: str | None = None, metavar: str | None = None, flag: str | None = None,
+           metavar: str | None = None, flag: str | None = None,
            default_text: str | None = None, parse: Callable[[Any], Any] | None = None) -> Any:
     """A config field with its documentation.
 
@@ -40,9 +42,6 @@ def option(default: Any, help: str, *, choices: tuple | None = None, identity: b
         choices: the allowed values, where they are a fixed set.
         identity: ``False`` for options that do not change the experiment's results
             (device, data folder, how many rounds to run so far): left out of the run's hash.
-        since: the version that added the field (documentation: the run's hash counts only the
-            fields that differ from their defaults, so a field added later, at its default,
-            leaves existing runs' hashes alone; see :data:`lth_sparse.runs.HASH_SCHEMA`).
         metavar, flag: how the flag is shown / named (default ``--field-name``).
         default_text: how ``--help`` describes the default, where the value alone would not say it.
         parse: turns a value as written (a flag's string, a file's value) into the field's value
@@ -53,8 +52,6 @@ def option(default: Any, help: str, *, choices: tuple | None = None, identity: b
     metadata: dict[str, Any] = {"help": help, "identity": identity}
     if choices is not None:
         metadata["choices"] = tuple(choices)
-    if since is not None:
-        metadata["since"] = since
     if metavar is not None:
         metadata["metavar"] = metavar
     if flag is not None:

@@ -1,6 +1,6 @@
 """Executors: where a pipeline's units run, and with how many CPU threads each.
 
-One interface runs any pipeline anywhere (see :mod:`lth_sparse.pipelines.base`):
+One interface runs any pipeline anywhere (see :mod:`lth_sparse.units` and :mod:`lth_sparse.pipelines.base`):
 
 - :class:`LocalExecutor` (``--executor local``, the default): in this process, in order;
 - :class:`ProcessExecutor` (``--executor process --workers N``): N local worker processes,
@@ -10,7 +10,7 @@ One interface runs any pipeline anywhere (see :mod:`lth_sparse.pipelines.base`):
 - :class:`RayExecutor` (``--executor ray``): each unit a Ray task on a cluster.
 
 A unit's files are the same whichever executor ran it (same seeds, same files, same
-thread count): each calls :func:`lth_sparse.pipelines.base.run_unit`.
+thread count): each calls :func:`lth_sparse.units.run_unit`.
 
 Threads: torch's default (one OpenMP thread per core) collapses when the cores are
 already busy. On this project's 2-core machine, with another process running, one
@@ -30,6 +30,9 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from lth_sparse.errors import UserError
+from lth_sparse.units import run_unit
 
 __all__ = ["EXECUTORS", "LocalExecutor", "ProcessExecutor", "RayExecutor", "UnitsFailed", "default_threads",
            "make_executor", "resolve_threads", "usable_cores"]
@@ -76,7 +79,7 @@ def _check_count(name: str, value, minimum: int) -> int:
     """``value`` if it is an int (not a bool) of at least ``minimum`` (0 or 1), else a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+        raise UserError(f"{name} must be {expected}, got {value!r}")
     return value
 
 
@@ -106,8 +109,6 @@ class LocalExecutor:
 
     def run(self, units: Sequence, run_dir, *, log: Callable[[str], None] = print,
             progress: bool | None = None) -> None:
-        from lth_sparse.pipelines.base import run_unit
-
         for i, unit in enumerate(units):
             if len(units) > 1:
                 log(f"[unit {i + 1}/{len(units)}] {unit.name}")
@@ -116,8 +117,6 @@ class LocalExecutor:
 
 def _worker(conn, run_dir: str, threads: int) -> None:
     """A worker process: runs the units sent over its own pipe until it receives None (or the pipe closes)."""
-    from lth_sparse.pipelines.base import run_unit
-
     while True:
         try:
             item = conn.recv()
@@ -242,7 +241,7 @@ class RayExecutor:
         try:
             import ray  # noqa: F401
         except ImportError as error:
-            raise ImportError("--executor ray needs Ray: pip install 'lth_sparse[ray]' (or pip install ray)") from error
+            raise UserError("--executor ray needs Ray: pip install 'lth_sparse[ray]' (or pip install ray)") from error
         self.address = address
         self.retries = _check_count("retries", retries, 0)
         self.threads = resolve_threads(threads, 1)
@@ -259,7 +258,7 @@ class RayExecutor:
         if address not in (None, "auto", "local"):
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(f"--ray-address must be auto or HOST:PORT, got {address!r}")
+                raise UserError(f"--ray-address must be auto or HOST:PORT, got {address!r}")
             import socket
 
             try:
@@ -303,8 +302,6 @@ class RayExecutor:
 
 
 def _ray_unit(unit, run_dir: str, threads: int):
-    from lth_sparse.pipelines.base import run_unit
-
     try:
         run_unit(unit, run_dir, threads=threads, progress=False)
         return "done", None
@@ -321,4 +318,4 @@ def make_executor(name: str = "local", *, workers: int = 2, threads: int | None 
         return ProcessExecutor(workers, threads, retries)
     if name == "ray":
         return RayExecutor(ray_address, threads, retries, num_cpus, num_gpus)
-    raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+    raise UserError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")

@@ -269,13 +269,12 @@ def plot_compare(result: dict, out_dir) -> list[Path]:
     return paths
 
 
-def plot_transfer(summary: dict, out_dir) -> list[Path]:
+def plot_transfer(summary: dict, out_dir, labels: dict[str, str]) -> list[Path]:
     """The transfer pipeline's figures, as Morcos et al. (2019)'s Figures 2-5: per target, test accuracy on it
     against the source ticket's weights remaining, mean +- std over the seeds: with one source a line per ticket
     kind, with several a line per source (its transferred ticket solid, its random ticket dashed); the target's
     own tickets where given. With several pairs, the transfer matrix at each ``--at`` (the gap to the target's
-    own ticket where known, else the transferred ticket's accuracy)."""
-    from lth_sparse.pipelines.transfer import TICKET_TEXT
+    own ticket where known, else the transferred ticket's accuracy). ``labels``: each ticket kind's legend text."""
 
     plt = _pyplot()
     out_dir = Path(out_dir)
@@ -302,7 +301,7 @@ def plot_transfer(summary: dict, out_dir) -> list[Path]:
                                                              if k in ("rewind-preserved", "fresh-global")}
             for m, (kind, rows) in enumerate(kinds.items()):
                 color = colors[(m if len(pairs) == 1 else n) % len(colors)]
-                label = TICKET_TEXT.get(kind, kind) if len(pairs) == 1 else (
+                label = labels.get(kind, kind) if len(pairs) == 1 else (
                     f"{source}: {'transferred' if kind == 'rewind-preserved' else 'random'} ticket")
                 band(ax, [100 * r["source_density"] for r in rows], [r["test_accuracy"] for r in rows], color,
                      styles.get(kind, "o-"), label=label, markersize=4)

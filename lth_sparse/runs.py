@@ -164,6 +164,8 @@ class RunDir(Steps):
                     entry.unlink()
         record = {"kind": self.kind, "hash": self.hash, "schema": HASH_SCHEMA,
                   "config": {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}}
-        atomic_write_json(self.path / "config.json", record)
+        config_file = self.path / "config.json"
+        if not config_file.exists() or read_json(config_file) != json.loads(json.dumps(record, default=json_default)):
+            atomic_write_json(config_file, record)  # a resumed run of the same options leaves it untouched
         self.claimed = True
 

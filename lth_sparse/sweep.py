@@ -19,15 +19,16 @@ is a run directory of its own under the sweep's, named by its values (``fraction
 options sorted by name, so the name does not depend on their order in the file), which
 resumes, and refuses another config, exactly as a run of that pipeline does. The units of
 every point go to the executor together, stage by stage (one ``executor.run`` per stage),
-so a process pool or a Ray cluster runs points in parallel. Then each point is summarised
-(``summary.json``, plots) and the sweep's table written: ``sweep.csv`` and ``sweep.json``,
+so a process pool or a Ray cluster runs points in parallel (the pipelines' one driver,
+:func:`lth_sparse.pipelines.base.drive`, does it, as for a single run). Then each point is
+summarised where a unit under it changed (``summary.json``; its plots only when asked) and the
+sweep's table written: ``sweep.csv`` and ``sweep.json``,
 one row per grid point and round (for a pipeline whose summary has no ``rounds``, one row
 per point) holding the point's grid values and the summary's numbers.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -35,19 +36,19 @@ import io
 import itertools
 import json
 import math
-import pkgutil
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from lth_sparse.config import ConfigError, config_from_options
-from lth_sparse.runs import Steps, atomic_write_bytes, atomic_write_json
+from lth_sparse.errors import UserError
+from lth_sparse.atomic import atomic_write_bytes, atomic_write_json
 
-__all__ = ["GridError", "GridPoint", "Sweep", "add_sweep_parser", "load_sweep", "point_name", "run_sweep",
-           "run_sweep_command", "summary_rows", "sweep_from_mapping"]
+__all__ = ["GridError", "GridPoint", "Sweep", "load_sweep", "point_name", "run_sweep", "summary_rows",
+           "sweep_from_mapping"]
 
 SECTIONS = ("pipeline", "fixed", "grid")
 # Where the units run, one value for the whole sweep (the executor's): not an option a grid may vary.
@@ -56,7 +57,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")  # what a point's directory name may
 _MAX_NAME = 120
 
 
-class GridError(ValueError):
+class GridError(UserError):
     """A grid file that cannot describe a sweep: not a mapping, an unknown pipeline or option, an empty grid."""
 
 
@@ -82,23 +83,13 @@ class Sweep:
         return {"pipeline": self.pipeline, "fixed": self.fixed, "grid": self.grid}
 
 
-def _known_pipelines() -> list[str]:
-    import lth_sparse.pipelines as package
-
-    return sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name not in ("base", "steps")
-                  and not m.name.startswith("_"))  # base and steps: the contract and the blocks, not pipelines
-
-
 def _pipeline(kind, source: str):
-    """The registered pipeline ``kind`` (the module ``lth_sparse.pipelines.<kind>`` registers it)."""
-    from lth_sparse.pipelines.base import pipeline_for
+    """The registered pipeline ``kind``, or a :class:`GridError` naming the known ones."""
+    from lth_sparse.pipelines.base import KINDS, pipeline_for
 
-    if isinstance(kind, str) and kind in _known_pipelines():
-        try:
-            return pipeline_for(kind)
-        except KeyError:  # a module of the package that is not a pipeline
-            pass
-    raise GridError(f"{source}: unknown pipeline {kind!r}; known: {', '.join(_known_pipelines())}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise GridError(f"{source}: unknown pipeline {kind!r}; known: {', '.join(sorted(KINDS))}")
+    return pipeline_for(kind)
 
 
 def _value_text(value) -> str:
@@ -209,71 +200,62 @@ def summary_rows(summary: dict) -> list[dict]:
             for entry in entries]
 
 
-def _in_sweep(unit, point: str):
-    """``unit`` of the run in ``point/``, its directory relative to the sweep's (one executor call runs every point)."""
-    return dataclasses.replace(unit, directory=(PurePosixPath(point) / unit.directory).as_posix(),
-                               label=f"{point}: {unit.name}")
-
-
 def run_sweep(sweep: Sweep, out_dir, *, executor=None, log: Callable[[str], None] = print,
-              progress: bool | None = None, plots: bool = True) -> dict:
+              progress: bool | None = None, plots: bool = False) -> dict:
     """Run (or resume) every point of ``sweep`` under ``out_dir``; returns the table also written to
     ``out_dir/sweep.json`` (``pipeline``, ``fixed``, ``grid``, ``points``: name, values and config
     hash of each, and ``rows``) and ``out_dir/sweep.csv`` (the rows).
 
     Every point is checked (its inputs by the pipeline, its run directory against the config there:
     :class:`~lth_sparse.runs.ConfigMismatch` for a point whose config changed) before anything is
-    written. Then the units of every point run through ``executor`` (default: in process, in order), one
-    call per stage; units that fail are reported together (:class:`~lth_sparse.executors.UnitsFailed`)
-    once the rest of their stage has finished, and later stages do not start.
+    written. Then the pipelines' driver (:func:`lth_sparse.pipelines.base.drive`) runs the units of
+    every point through ``executor`` (default: in process, in order), one call per stage; units that
+    fail are reported together (:class:`~lth_sparse.executors.UnitsFailed`) once the rest of their
+    stage has finished, and later stages do not start. Each point's summary is rebuilt only where a
+    unit under it changed; its plots are drawn only with ``plots``. A finished sweep re-run does no work
+    but read the points' summaries.
     """
-    from lth_sparse.distributed import launched_world_size
     from lth_sparse.executors import LocalExecutor
-    from lth_sparse.pipelines.base import claim_run, open_run, pipeline_for
+    from lth_sparse.pipelines.base import drive, open_run, pipeline_for, refuse_under_torchrun
 
-    ranks = launched_world_size()
-    if ranks > 1:  # every rank would run (and write) every point: a sweep spreads its units by the executor
-        raise ValueError(f"a sweep does not run under torchrun ({ranks} ranks): run it once, with --executor "
-                         "process or ray to spread its points")
+    refuse_under_torchrun()
     pipeline = pipeline_for(sweep.pipeline)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} is a file, not a sweep directory; choose another --out")
+        raise GridError(f"{out} is a file, not a sweep directory; choose another --out")
     if (out / "config.json").exists():
         raise GridError(f"{out} is a run directory, not a sweep's; choose another --out")
     has_threads = any(f.name == "threads" for f in dataclasses.fields(pipeline.config_class))
     if executor is None:
         executor = LocalExecutor(sweep.points[0].config.threads if has_threads else None)
-    runs = []
+    plans = []
     for point in sweep.points:  # every point checked before any is claimed
         config = dataclasses.replace(point.config, threads=executor.threads) if has_threads else point.config
-        runs.append(open_run(pipeline, config, out / point.name))
-    for run in runs:
-        claim_run(pipeline, run, log)
-    plans = {point.name: pipeline.plan(run.config) for point, run in zip(sweep.points, runs)}
-    stages = [[_in_sweep(unit, name) for name, plan in plans.items() if i < len(plan) for unit in plan[i]]
-              for i in range(max(len(plan) for plan in plans.values()))]
-    units = [u for stage in stages for u in stage]
-    steps = Steps(out)
-    finished = sum(steps.is_done(u.directory) for u in units)
+        plans.append(open_run(pipeline, config, out / point.name, prefix=point.name))
+    units = [(plan, unit) for plan in plans for stage in pipeline.plan(plan.config) for unit in stage]
+    finished = sum(plan.run.is_done(unit.directory) for plan, unit in units)
     log(f"sweep of {pipeline.kind} over {len(sweep.points)} points "
         f"({' x '.join(f'{len(v)} {k}' for k, v in sorted(sweep.grid.items()))}) in {out}: {len(units)} units"
         + (f", {finished} already done" if finished else "") + f", through the {executor.name} executor")
     started = time.time()
-    for stage in stages:
-        pending = [u for u in stage if not steps.is_done(u.directory)]
-        if pending:
-            executor.run(pending, out, log=log, progress=progress)
+    summaries = drive(plans, out, executor=executor, log=_quiet_claims(log), progress=progress, plots=plots)
     points, rows = [], []
-    for point, run in zip(sweep.points, runs):
-        summary = pipeline.summarize(run.path, plots=plots)
-        points.append({"name": point.name, "values": point.values, "hash": run.hash})
+    for point, plan, summary in zip(sweep.points, plans, summaries):
+        points.append({"name": point.name, "values": point.values, "hash": plan.run.hash})
         rows += [{"point": point.name, **point.values, **figures} for figures in summary_rows(summary)]
     table = {**sweep.record(), "points": points, "rows": rows}
     atomic_write_json(out / "sweep.json", table)
     _write_csv(out / "sweep.csv", rows)
     log(f"done in {time.time() - started:.0f} s: {out / 'sweep.csv'}, {out / 'sweep.json'}")
     return table
+
+
+def _quiet_claims(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` without each point's "found a finished run" line (the sweep's first line counts its units)."""
+    def filtered(line: str) -> None:
+        if not line.startswith("found a finished run in "):
+            log(line)
+    return filtered
 
 
 def _csv_cell(value) -> Any:
@@ -294,57 +276,3 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     for row in rows:
         writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
     atomic_write_bytes(path, text.getvalue().encode())
-
-
-# --- the command line -------------------------------------------------------------------------------------
-
-def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
-    """``lth-sparse sweep GRID --out DIR``: the subcommand's parser, added to ``subparsers``."""
-    from lth_sparse.cli import add_executor_arguments
-
-    p = subparsers.add_parser(
-        "sweep", help="run a pipeline over a grid of option values",
-        description="Run a pipeline over the Cartesian product of the option values listed in GRID: one run "
-                    "directory per grid point under --out, named by its values (fraction=0.2,seed=1), every unit "
-                    "of every point through one executor (so --executor process or ray runs points in parallel), "
-                    "then DIR/sweep.csv and DIR/sweep.json: one row per grid point and round, the point's values "
-                    "and its summary's figures. Re-running the same command resumes; a point whose config "
-                    "changed is refused, as a run is.",
-        epilog="GRID (YAML, or JSON if its name ends in .json):  pipeline: imp  /  fixed: {dataset: digits, "
-               "rounds: 3}  /  grid: {fraction: [0.2, 0.5], seed: [0, 1]}. Every name is an option of the "
-               "pipeline (see 'lth-sparse imp --help'); an unknown one is an error. Bad input ends with one "
-               "'lth-sparse sweep: error: ...' line and exit status 2, before anything is written.")
-    p.add_argument("grid", metavar="GRID", help="the grid file: pipeline, fixed options and grid of values")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="the sweep directory: one run directory per grid point, sweep.csv, sweep.json")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads per unit (default: threads under fixed in GRID, else OMP_NUM_THREADS if set, "
-                        "else the idle cores shared among the workers)")
-    add_executor_arguments(p)
-    p.add_argument("--no-plots", action="store_true", help="skip each point's PNG figures")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: when stderr is a terminal)")
-    p.set_defaults(func=run_sweep_command)
-    return p
-
-
-def run_sweep_command(args) -> int:
-    """``lth-sparse sweep``: runs the sweep; bad input raises :class:`lth_sparse.cli.CliError`."""
-    from lth_sparse.cli import CliError, executor_from_args
-
-    try:
-        sweep = load_sweep(args.grid)
-    except GridError as error:
-        raise CliError(str(error)) from error
-    threads = args.threads
-    if threads is None:
-        threads = getattr(sweep.points[0].config, "threads", None)
-    try:
-        executor = executor_from_args(args, threads)
-    except (ImportError, ValueError) as error:
-        raise CliError(str(error)) from error
-    try:
-        run_sweep(sweep, args.out, executor=executor, progress=args.progress, plots=not args.no_plots)
-    except GridError as error:
-        raise CliError(str(error)) from error
-    return 0

@@ -2,9 +2,8 @@
 
 ``load_ticket(run_dir, round)`` gives the ticket of one round of one seed: its masks, the
 state its survivors are rewound to, the initialisation, the round's trained weights and
-its saved results. It reads both layouts of an IMP run directory (``seed_N/round_NN/``,
-and ``round_NN/`` at the top for runs made before seeds), and refuses a run of another
-kind, a round that has not finished, or a seed the run does not have, naming what it has.
+its saved results, from an IMP run directory's ``seed_N/round_NN/``; it refuses a run of
+another kind, a round that has not finished, or a seed the run does not have, naming what it has.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import torch.nn as nn
 from lth_sparse.masks import Masks, unwrap_model
 from lth_sparse.runs import ConfigMismatch, read_json
 
-__all__ = ["Ticket", "finished_rounds", "imp_run_config", "load_ticket", "round_results", "run_seeds",
+__all__ = ["Ticket", "finished_rounds", "imp_run_config", "load_ticket", "resolve_seed", "round_results", "run_seeds",
            "seed_folder", "training_options"]
 
 WEIGHTS = ("rewind", "init", "final")
@@ -78,18 +77,17 @@ def imp_run_config(run_dir) -> dict:
     return saved["config"]
 
 
-_run_config = imp_run_config
-
-
-def _seed_dir(run_dir: Path, config: dict, seed: int | None) -> tuple[Path, int]:
+def resolve_seed(run_dir, seed: int | None = None) -> int:
+    """``seed`` if the IMP run in ``run_dir`` holds it (else a :class:`KeyError` naming the seeds it holds), or the
+    run's first seed when ``seed`` is None."""
     seeds = run_seeds(run_dir)
     if seed is None:
-        seed = seeds[0] if seeds else config.get("seed", 0)
-    if (run_dir / "round_00").is_dir() and seed == config.get("seed", 0):
-        return run_dir, seed  # the single-seed layout made before seeds
+        if not seeds:
+            raise KeyError(f"{run_dir} holds no seed_N/ folder: no IMP seed of it has started")
+        return seeds[0]
     if seed not in seeds:
         raise KeyError(f"{run_dir} has no seed {seed}; its seeds: {seeds}")
-    return run_dir / f"seed_{seed}", seed
+    return seed
 
 
 def run_seeds(run_dir) -> list[int]:
@@ -100,16 +98,15 @@ def run_seeds(run_dir) -> list[int]:
         suffix = d.name[len("seed_"):]
         if d.is_dir() and suffix.lstrip("-").isdigit():
             found.append(int(suffix))
-    if not found and (run_dir / "round_00").is_dir():
-        found.append(_run_config(run_dir).get("seed", 0))
     return sorted(found)
 
 
 def seed_folder(run_dir, seed: int | None = None) -> Path:
-    """The folder of one seed of an IMP run (``seed_N/``, or the run itself in the layout made before seeds): its
-    ``rewind.pt``, ``init.pt`` and ``round_NN/``. Default: the run's first seed."""
+    """The folder of one seed of an IMP run (``seed_N/``): its ``rewind.pt``, ``init.pt`` and ``round_NN/``.
+    Default: the run's first seed."""
     run_dir = Path(run_dir).expanduser()
-    return _seed_dir(run_dir, _run_config(run_dir), seed)[0]
+    imp_run_config(run_dir)  # an IMP run, or a clear error
+    return run_dir / f"seed_{resolve_seed(run_dir, seed)}"
 
 
 def round_results(run_dir, seed: int | None = None) -> list[dict]:
@@ -136,8 +133,9 @@ def finished_rounds(run_dir, seed: int | None = None) -> list[int]:
 def load_ticket(run_dir, round: int, seed: int | None = None, device="cpu") -> Ticket:
     """The ticket of ``round`` (0 = the dense network) of ``seed`` (default: the run's first) of an IMP run."""
     run_dir = Path(run_dir)
-    config = _run_config(run_dir)
-    folder, seed = _seed_dir(run_dir, config, seed)
+    config = imp_run_config(run_dir)
+    seed = resolve_seed(run_dir, seed)
+    folder = run_dir / f"seed_{seed}"
     done = finished_rounds(run_dir, seed)
     if round not in done:
         raise KeyError(f"round {round} of seed {seed} in {run_dir} has not finished; finished rounds: {done}")

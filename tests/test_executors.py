@@ -60,7 +60,8 @@ import time  # noqa: E402
 
 from lth_sparse.executors import LocalExecutor, ProcessExecutor, UnitsFailed, make_executor  # noqa: E402
 from lth_sparse.pipelines import imp  # noqa: E402
-from lth_sparse.pipelines.base import Unit, run_unit  # noqa: E402
+from lth_sparse.pipelines.common import parse_seeds  # noqa: E402
+from lth_sparse.units import Unit, run_unit  # noqa: E402
 
 FUNCTIONS = "tests.pipelines.unit_functions"
 
@@ -182,32 +183,14 @@ def test_imp_units_in_the_process_pool_equal_the_local_runs_and_a_killed_one_red
     assert round_0_done < (seed_dir / "killed_once").stat().st_mtime_ns, "round 0 was not redone after the kill"
 
 
-def test_a_single_seed_run_of_the_old_layout_moves_into_its_seed_folder_and_resumes(tmp_path, single_seed_runs):
-    out = tmp_path / "run"
-    imp.run(imp.ImpConfig(**{**TINY, "rounds": 0}, seed=0), out, progress=False, log=lambda s: None, plots=False)
-    seed_dir = out / "seed_0"
-    # Make it look like a run of the layout before seeds: round_NN/, init.pt and rewind.pt at the top.
-    for entry in list(seed_dir.iterdir()):
-        if entry.name.startswith("round_") or entry.suffix == ".pt":
-            entry.rename(out / entry.name)
-    for leftover in seed_dir.iterdir():
-        leftover.unlink()
-    seed_dir.rmdir()
-    lines = []
-    summary = imp.run(imp.ImpConfig(**TINY, seed=0), out, progress=False, log=lines.append, plots=False)
-    assert any("moved the single-seed run's files" in line for line in lines)
-    assert not (out / "round_00").exists() and (seed_dir / "round_01" / "done.json").exists()
-    assert without_timings(summary["per_seed"]["0"]) == without_timings(single_seed_runs[0]["per_seed"]["0"])
-
-
 def test_seeds_on_the_command_line_are_a_count_or_a_list():
-    assert imp.parse_seeds("3") == (0, 1, 2)
-    assert imp.parse_seeds("0,4,7") == (0, 4, 7)
-    assert imp.parse_seeds("4,") == (4,)
-    assert imp.parse_seeds(2) == (0, 1) and imp.parse_seeds([5, 6]) == (5, 6)
+    assert parse_seeds("3") == (0, 1, 2)
+    assert parse_seeds("0,4,7") == (0, 4, 7)
+    assert parse_seeds("4,") == (4,)
+    assert parse_seeds(2) == (0, 1) and parse_seeds([5, 6]) == (5, 6)
     for bad in ("0", "a,b", "", True, -1):
         with pytest.raises(ValueError):
-            imp.parse_seeds(bad)
+            parse_seeds(bad)
     with pytest.raises(ValueError, match="distinct"):
         imp.ImpConfig(seeds=(1, 1))
 

@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray")
 
 from lth_sparse.executors import LocalExecutor, RayExecutor  # noqa: E402
 from lth_sparse.pipelines import imp  # noqa: E402
-from lth_sparse.pipelines.base import Unit  # noqa: E402
+from lth_sparse.units import Unit  # noqa: E402
 from lth_sparse.runs import read_json  # noqa: E402
 from lth_sparse.sweep import run_sweep, sweep_from_mapping  # noqa: E402
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from pathlib import Path
@@ -11,11 +10,12 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from lth_sparse.cli import CliError
+from lth_sparse.errors import UserError
 from lth_sparse.executors import LocalExecutor
 from lth_sparse.pipelines import imp
 from lth_sparse.runs import ConfigMismatch, read_json
-from lth_sparse.sweep import GridError, add_sweep_parser, load_sweep, point_name, run_sweep, sweep_from_mapping
+from lth_sparse.cli import build_parser
+from lth_sparse.sweep import GridError, load_sweep, point_name, run_sweep, sweep_from_mapping
 
 FIXED = {"dataset": "digits", "model": "mlp", "model_options": {"width": 16}, "rounds": 1, "epochs": 1,
          "train_size": 300}
@@ -35,9 +35,7 @@ def without_timings(rounds: list[dict]) -> list[dict]:
 
 def sweep_command(argv: list[str]):
     """``lth-sparse sweep ARGV`` through the subcommand's own parser (as cli.py registers it)."""
-    parser = argparse.ArgumentParser(prog="lth-sparse")
-    add_sweep_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["sweep", *argv])
+    args = build_parser().parse_args(["sweep", *argv])
     return args.func(args)
 
 
@@ -161,14 +159,14 @@ def test_a_grid_that_describes_no_sweep_is_refused_with_what_is_wrong(content, m
 
 def test_the_command_refuses_a_bad_grid_file_and_writes_nothing(tmp_path):
     grid = write_grid(tmp_path / "grid.yaml", grid={"lerning_rate": [0.1]})
-    with pytest.raises(CliError, match=r"grid.yaml: grid: unknown options \['lerning_rate'\]"):
+    with pytest.raises(UserError, match=r"grid.yaml: grid: unknown options \['lerning_rate'\]"):
         sweep_command([str(grid), "--out", str(tmp_path / "out")])
     (tmp_path / "list.yaml").write_text("- fraction\n- seed\n")
-    with pytest.raises(CliError, match="expected a mapping"):
+    with pytest.raises(UserError, match="expected a mapping"):
         sweep_command([str(tmp_path / "list.yaml"), "--out", str(tmp_path / "out")])
-    with pytest.raises(CliError, match="no such file"):
+    with pytest.raises(UserError, match="no such file"):
         sweep_command([str(tmp_path / "nowhere.yaml"), "--out", str(tmp_path / "out")])
-    with pytest.raises(CliError, match="workers must be a positive integer"):
+    with pytest.raises(UserError, match="workers must be a positive integer"):
         sweep_command([str(write_grid(tmp_path / "ok.yaml")), "--out", str(tmp_path / "out"),
                        "--executor", "process", "--workers", "0"])
     assert not (tmp_path / "out").exists()

@@ -65,18 +65,3 @@ def test_a_run_of_another_kind_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"kind": "transfer", "hash": "0", "config": {}}))
     with pytest.raises(ConfigMismatch, match="not an IMP run"):
         load_ticket(tmp_path, 0)
-
-
-def test_the_single_seed_layout_made_before_seeds_is_read(run, tmp_path):
-    import shutil
-
-    old = tmp_path / "old"
-    old.mkdir()
-    config = json.loads((run / "config.json").read_text())
-    config["config"]["seeds"], config["config"]["seed"] = [], 2
-    (old / "config.json").write_text(json.dumps(config))
-    for entry in (run / "seed_2").iterdir():
-        if entry.name.startswith("round_") or entry.suffix == ".pt":
-            (shutil.copytree if entry.is_dir() else shutil.copy)(entry, old / entry.name)
-    assert run_seeds(old) == [2]
-    assert load_ticket(old, 1).masks == load_ticket(run, 1, seed=2).masks

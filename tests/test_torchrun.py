@@ -178,7 +178,7 @@ def test_another_executor_under_torchrun_is_refused_before_anything_is_written(t
 
 
 def test_a_unit_run_under_torchrun_without_a_process_group_is_refused(torchrun_env, tmp_path):
-    from lth_sparse.pipelines.base import Unit, run_unit
+    from lth_sparse.units import Unit, run_unit
 
     with pytest.raises(RuntimeError, match="WORLD_SIZE=2 .* no process group"):
         run_unit(Unit("tests.pipelines.unit_functions:double", {"x": 1}, "u"), tmp_path)

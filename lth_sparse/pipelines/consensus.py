@@ -40,17 +40,18 @@ from typing import Callable, ClassVar
 
 import torch
 
-from lth_sparse.config import data_dir_option, device_option, option, threads_option
+from lth_sparse.config import option
 from lth_sparse.data.derived import parse_task, with_options
-from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import (Masks, distance_matrix, expected_jaccard_distance, jaccard_distance, masked_weights,
                               overlap_counts, vote)
-from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
-from lth_sparse.pipelines.imp import PRUNERS, ImpConfig, _Imp, _round_name, parse_seeds
+from lth_sparse.pipelines.base import Pipeline, register_pipeline
+from lth_sparse.pipelines.common import DERIVED_TASKS, CommonConfig, over_seeds, parse_seeds
+from lth_sparse.pipelines.imp import PRUNERS, ImpConfig, ImpRun, round_name
 from lth_sparse.pipelines.steps import shared_dataset
 from lth_sparse.prune import SCOPES, effective_masks, output_connected_masks, random_masks_like
 from lth_sparse.runs import Steps, atomic_write_json, read_json
 from lth_sparse.train import TrainConfig
+from lth_sparse.units import Unit
 
 PRESETS = {
     # Section 3 of the paper: SGD at a constant learning rate of 0.01, batch 32, 30 epochs, no regularisation;
@@ -65,7 +66,7 @@ TICKETS = ("consensus", "random", "bespoke")
 
 
 @dataclass(frozen=True)
-class ConsensusConfig(TrainConfig):
+class ConsensusConfig(CommonConfig):
     """A consensus-ticket experiment: the training hyperparameters of :class:`TrainConfig` (inherited), and these."""
 
     PRESETS: ClassVar[dict] = PRESETS
@@ -106,9 +107,6 @@ class ConsensusConfig(TrainConfig):
     train_size: int | None = option(None, "train on a seeded subset of N examples of each task (quick runs)",
                                     metavar="N")
     val_fraction: float = option(0.2, "share of each task's training set held out for validation")
-    device: str = device_option()
-    data_dir: str | None = data_dir_option()
-    threads: int | None = threads_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,16 +122,6 @@ class ConsensusConfig(TrainConfig):
             parse_task(f"x:shape={self.input_shape}")
         if self.augment is not None:
             parse_task(f"x:augment={self.augment}")
-        if self.threads is not None:
-            resolve_threads(self.threads)
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
-
-    def seed_list(self) -> tuple[int, ...]:
-        return self.seeds or (self.seed,)
-
-    def for_seed(self, seed: int) -> ConsensusConfig:
-        return dataclasses.replace(self, seed=seed, seeds=()) if self.seeds else self
 
     def votes(self) -> int:
         return self.min_votes or len(self.tasks)
@@ -147,7 +135,7 @@ class ConsensusConfig(TrainConfig):
     def imp_config(self, task: str, index: int) -> ImpConfig:
         """The bespoke IMP run of one task: this config's training, pruning and seed, rewound to the initial
         weights (``init_per_task``: another initialisation per task)."""
-        train = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        train = self.training_options()
         return ImpConfig(**train, dataset=task, model=self.model, model_options=self.model_options, rounds=self.rounds,
                          fraction=self.fraction, rewind="init", retrain="rewind", scope=self.scope,
                          importance=self.importance, seed=self.seed,
@@ -163,7 +151,7 @@ def _shape_text(shape) -> str:
 def _first_shape(config: ConsensusConfig) -> str:
     if config.input_shape is not None:
         return config.input_shape
-    # the options _Imp loads the task with, so that the data set loaded here is the one its units reuse
+    # the options ImpRun loads the task with, so that the data set loaded here is the one its units reuse
     data = shared_dataset(config.tasks[0], data_dir=config.data_dir, device=config.device,
                           val_fraction=config.val_fraction, seed=config.seed, train_size=config.train_size)
     if len(data.input_shape) != 3:
@@ -209,7 +197,7 @@ def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], No
     c = spec.config
     seed_dir = directory.parent
     n = len(spec.tasks)
-    rounds = {i: [Masks.load(seed_dir / _bespoke_dir(i) / _round_name(r) / "masks.safetensors")
+    rounds = {i: [Masks.load(seed_dir / _bespoke_dir(i) / round_name(r) / "masks.safetensors")
                   for r in range(c.rounds + 1)] for i in range(n)}
     at = [rounds[i][c.intersect_round] for i in range(n)]
     shared, apart = _shared_layers(at)
@@ -224,7 +212,7 @@ def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], No
     random_masks = random_masks_like(consensus, generator)
     random_masks.save(directory / "random_masks.safetensors")
     # the effective sparsities need the model (the first task's)
-    imp = _Imp(c.imp_config(spec.tasks[0], 0), None, progress, log)
+    imp = ImpRun(c.imp_config(spec.tasks[0], 0), None, progress, log)
     effective = effective_masks(imp.model, consensus, imp.data.input_shape)
     output_side = output_connected_masks(imp.model, consensus, imp.data.input_shape)
     matrix = distance_matrix([part(m) for m in at])
@@ -308,8 +296,8 @@ def retrain_unit(spec: RetrainSpec, directory: Path, log: Callable[[str], None],
     else:
         bespoke = read_json(seed_dir / _bespoke_dir(spec.source) / "done.json")["rounds"]
         source_round = closest_round(bespoke, consensus["density"])
-        masks = Masks.load(seed_dir / _bespoke_dir(spec.source) / _round_name(source_round) / "masks.safetensors")
-    imp = _Imp(c.imp_config(spec.tasks[spec.target], spec.target), None, progress, log)
+        masks = Masks.load(seed_dir / _bespoke_dir(spec.source) / round_name(source_round) / "masks.safetensors")
+    imp = ImpRun(c.imp_config(spec.tasks[spec.target], spec.target), None, progress, log)
     masks = _fit(masks, imp.model)
     init = {k: v.clone() for k, v in imp.model.state_dict().items()}
     label = _ticket_label(spec.ticket, spec.source)
@@ -325,14 +313,47 @@ def retrain_unit(spec: RetrainSpec, directory: Path, log: Callable[[str], None],
 
 
 class ConsensusPipeline(Pipeline):
+    """Consensus tickets as a pipeline (stages: bespoke IMP runs, the consensus mask, the retraining).
+
+    The summary holds ``kind`` (``"consensus"``), ``hash``, ``config``, ``seeds``, ``tasks`` (as loaded),
+    ``consensus`` (over the seeds, each as ``mean``/``std``/``min``/``max``/``n``: ``sparsity``,
+    ``density``, ``effective_sparsity``, ``output_connected_sparsity``, ``mean_jaccard``,
+    ``independent_jaccard``, ``random_sparsity``, ``bespoke_sparsity``; ``left_out``), ``jaccard`` (the
+    N x N matrix at the intersected round, mean over seeds) and ``jaccard_per_layer``, ``overlap``
+    (per layer, the mean count of weights kept by exactly 0..N tasks), ``over_rounds`` (per IMP
+    round: mean density, mean pairwise Jaccard distance, and that of independent masks), ``dense``
+    (per task, the dense network's test accuracy), ``retrain`` (one row per ticket and task:
+    ``test_accuracy`` and ``sparsity`` over the seeds; bespoke rows with ``source`` and the
+    ``source_round`` used), ``per_seed`` (each seed's consensus figures), and flat means for a sweep's
+    table: ``sparsity``, ``effective_sparsity``, ``output_connected_sparsity``, ``mean_jaccard``,
+    ``independent_jaccard``, ``bespoke_sparsity`` and ``test_accuracy_consensus`` / ``_random`` /
+    ``_bespoke_own`` / ``_bespoke_other`` (over the tasks).
+    """
+
     kind = "consensus"
     config_class = ConsensusConfig
-    description = "consensus (pret-a-porter) tickets from bespoke tickets on several tasks"
+    help = "consensus (pret-a-porter) tickets: bespoke IMP tickets on several tasks, intersected"
+    description = ("Paganini & Forde (2020), Algorithm 1. From one shared initialisation, IMP finds a bespoke ticket "
+                   "on each task (one unit per task, in parallel under --executor process or ray); the consensus "
+                   "ticket keeps the weights every bespoke ticket of --intersect-round keeps (--min-votes K: at "
+                   "least K of them). Then the consensus ticket, a random mask of its layer sparsity and the "
+                   "bespoke ticket of every task at the consensus's sparsity are retrained on every task. Results "
+                   "go to --out: seed_S/bespoke_I/ (IMP runs), seed_S/consensus/, seed_S/retrain/, summary.json "
+                   "and plots/. Re-running the same command resumes.")
+
+    @property
+    def epilog(self) -> str:
+        from lth_sparse.data import available_datasets
+        from lth_sparse.models import available_models
+
+        return (f"Tasks: data sets ({', '.join(available_datasets())}) or derived tasks {DERIVED_TASKS}. Models: "
+                + ", ".join(available_models()) + ". Every option can "
+                "also come from --config FILE; flags override it, and override --preset.")
 
     def check(self, config: ConsensusConfig) -> None:
         shape = _first_shape(config)
         for i, task in enumerate(config.task_names(shape)):
-            _Imp(config.imp_config(task, i), None, False, lambda line: None)
+            ImpRun(config.imp_config(task, i), None, False, lambda line: None)
 
     def plan(self, config: ConsensusConfig) -> list[list[Unit]]:
         tasks = config.task_names(_first_shape(config))
@@ -459,26 +480,4 @@ class ConsensusPipeline(Pipeline):
 CONSENSUS = register_pipeline(ConsensusPipeline())
 
 
-def run(config: ConsensusConfig, out_dir, *, progress: bool | None = None, log: Callable[[str], None] = print,
-        plots: bool = True, executor=None) -> dict:
-    """Run (or resume) the consensus pipeline; returns the summary also written to ``out_dir/summary.json``.
-
-    The summary holds ``kind`` (``"consensus"``), ``hash``, ``config``, ``seeds``, ``tasks`` (as loaded),
-    ``consensus`` (over the seeds, each as ``mean``/``std``/``min``/``max``/``n``: ``sparsity``,
-    ``density``, ``effective_sparsity``, ``output_connected_sparsity``, ``mean_jaccard``,
-    ``independent_jaccard``, ``random_sparsity``, ``bespoke_sparsity``; ``left_out``), ``jaccard`` (the
-    N x N matrix at the intersected round, mean over seeds) and ``jaccard_per_layer``, ``overlap``
-    (per layer, the mean count of weights kept by exactly 0..N tasks), ``over_rounds`` (per IMP
-    round: mean density, mean pairwise Jaccard distance, and that of independent masks), ``dense``
-    (per task, the dense network's test accuracy), ``retrain`` (one row per ticket and task:
-    ``test_accuracy`` and ``sparsity`` over the seeds; bespoke rows with ``source`` and the
-    ``source_round`` used), ``per_seed`` (each seed's consensus figures), and flat means for a sweep's
-    table: ``sparsity``, ``effective_sparsity``, ``output_connected_sparsity``, ``mean_jaccard``,
-    ``independent_jaccard``, ``bespoke_sparsity`` and ``test_accuracy_consensus`` / ``_random`` /
-    ``_bespoke_own`` / ``_bespoke_other`` (over the tasks).
-    """
-    from lth_sparse.executors import LocalExecutor
-
-    executor = executor or LocalExecutor(config.threads)
-    config = dataclasses.replace(config, threads=executor.threads)
-    return run_pipeline(CONSENSUS, config, out_dir, executor=executor, log=log, progress=progress, plots=plots)
+run = CONSENSUS.run

@@ -42,63 +42,27 @@ import torch
 
 from lth_sparse.config import option
 from lth_sparse.distributed import World
-from lth_sparse.executors import resolve_threads
+from lth_sparse.experiment import check_device, draw_model
 from lth_sparse.masks import Masks, masked_weights
-from lth_sparse.models import create_model
 from lth_sparse.prune import (IMPORTANCES, SCOPES, STRUCTURED_NORMS, check_importance_and_scope, effective_masks,
                               output_connected_masks, random_masks_like)
-from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
+from lth_sparse.pipelines.base import Pipeline, register_pipeline
+from lth_sparse.pipelines.common import DERIVED_TASKS, MORCOS_TRAINING, CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import prune_trained, run_step, shared_dataset, train_masked
-from lth_sparse.runs import ConfigMismatch, RunDir, Steps, atomic_torch_save, atomic_write_json
+from lth_sparse.runs import RunDir, Steps, atomic_torch_save, atomic_write_json
 from lth_sparse.train import TrainConfig, iterations_per_epoch, make_schedule, parse_step
+from lth_sparse.units import Unit
 
 RETRAIN_MODES = ("rewind", "finetune", "lr-rewind")
 PRUNERS = IMPORTANCES + ("random",)
 
-# Morcos et al. (2019), "One ticket to win them all", Appendix A.1: SGD at 0.1 with momentum 0.9 and weight decay
-# 1e-4, or Adam at 3e-4 with betas 0.9/0.999 and weight decay 1e-4 (coupled, as torch.optim.Adam's), batch 512;
-# VGG19's 160 epochs with the learning rate divided by 10 at epochs 80 and 120 (small-scale runs give --epochs and
-# --milestones together); 20% global magnitude pruning per round; late resetting to epoch 1 (their small data sets).
-_MORCOS_TRAIN = dict(batch_size=512, epochs=160.0, schedule="step", milestones=(80.0, 120.0), gamma=0.1,
-                     warmup_epochs=0.0, weight_decay=1e-4)
-MORCOS_TRAINING = {
-    "morcos": dict(_MORCOS_TRAIN, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False),
-    "morcos-adam": dict(_MORCOS_TRAIN, optimizer="adam", lr=3e-4, betas=(0.9, 0.999)),
-}
+# Morcos et al.'s pruning: 20% global magnitude pruning per round, late resetting to epoch 1 (their small data sets).
 PRESETS = {name: dict(train, fraction=0.2, scope="global", importance="magnitude", rewind="epoch:1",
                       retrain="rewind") for name, train in MORCOS_TRAINING.items()}
 
 
-def parse_seeds(value) -> tuple[int, ...]:
-    """``--seeds``: a count N (``3`` -> seeds 0, 1, 2) or a comma-separated list (``0,4,7``; ``4,`` is seed 4
-    alone); in a config file an int is a count and a list is the seeds."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a count or a list of seeds, got {value!r}")
-    if isinstance(value, int):
-        count = value
-    elif isinstance(value, str) and "," not in value:
-        try:
-            count = int(value)
-        except ValueError:
-            raise ValueError(f"expected a count or a comma-separated list of seeds, got {value!r}") from None
-    else:
-        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
-        if not items and not isinstance(value, str):
-            return ()  # an empty list (as config.json holds the default): --seed alone
-        try:
-            seeds = tuple(int(v) for v in items)
-        except (TypeError, ValueError):
-            raise ValueError(f"seeds must be integers, got {value!r}") from None
-        if not seeds or any(isinstance(v, bool) for v in items):
-            raise ValueError(f"expected at least one integer seed, got {value!r}")
-        return seeds
-    if count < 1:
-        raise ValueError(f"a count of seeds must be >= 1, got {count}")
-    return tuple(range(count))
-
-
 @dataclass(frozen=True)
-class ImpConfig(TrainConfig):
+class ImpConfig(CommonConfig):
     """An IMP experiment: the training hyperparameters of :class:`TrainConfig` (inherited), and these.
 
     Fields marked ``identity=False`` may change between a run and its resumption.
@@ -127,42 +91,39 @@ class ImpConfig(TrainConfig):
     search_epochs: float | None = option(None, "AIMP (Zullich et al. 2021): every round's mask-search training lasts "
                                                "this many epochs, its learning-rate schedule compressed to them; "
                                                "each round's ticket then gets a sparse training with the full "
-                                               "schedule (--epochs) in the second stage", metavar="E", since="0.2",
+                                               "schedule (--epochs) in the second stage", metavar="E",
                                      default_text="none: the rounds train the full schedule (IMP)")
     sparse_options: tuple[tuple[str, object], ...] = option(
         (), "with --search-epochs, training options of the sparse training that differ from the mask search's, "
             "e.g. momentum=0.9 batch_size=256 (the SGD-noise paper's Table 4; repeatable; in a file a mapping)",
-        flag="sparse-option", metavar="KEY=VALUE", since="0.2")
+        flag="sparse-option", metavar="KEY=VALUE")
     controls: bool = option(False, "also train the random-reinit and random-mask controls each round")
     seed: int = option(0, "the run's seed: every seed below that is not given defaults to it")
     init_seed: int | None = option(None, "seed of the initialisation (and, offset per round, of the reinit "
-                                         "control's)", since="0.2", default_text="--seed")
+                                         "control's)", default_text="--seed")
     split_seed: int | None = option(None, "seed of the train/validation split and of the --train-size subset",
-                                    since="0.2", default_text="--seed")
-    order_seed: int | None = option(None, "seed of the data order (the SGD noise)", since="0.2",
                                     default_text="--seed")
-    augment_seed: int | None = option(None, "seed of the data augmentation (random crops and flips)", since="0.2",
+    order_seed: int | None = option(None, "seed of the data order (the SGD noise)",
+                                    default_text="--seed")
+    augment_seed: int | None = option(None, "seed of the data augmentation (random crops and flips)",
                                       default_text="the data order's generator, as before it could be set apart")
     init_file: str | None = option(None, "start from this state dict (a run's init.pt, or a partially "
-                                         "re-initialised one) instead of a draw from --init-seed", since="0.2",
+                                         "re-initialised one) instead of a draw from --init-seed",
                                    metavar="FILE")
-    prune_seed: int | None = option(None, "seed of random pruning and of the random-mask control", since="0.2",
+    prune_seed: int | None = option(None, "seed of random pruning and of the random-mask control",
                                     default_text="--seed")
     preset: str | None = option(None, "a paper's recipe; options given override it. morcos: Morcos et al. 2019's "
                                       "SGD (lr 0.1, momentum 0.9, weight decay 1e-4, batch 512, 160 epochs, lr / 10 "
                                       "at 80 and 120), 20% global magnitude pruning, late resetting to epoch 1; "
                                       "morcos-adam: the same with Adam (lr 3e-4, betas 0.9/0.999, weight decay 1e-4)",
-                                choices=tuple(PRESETS), since="0.2")
+                                choices=tuple(PRESETS))
     seeds: tuple[int, ...] = option((), "run one IMP per seed, into RUN/seed_N/, and summarise over them: a count "
                                         "(--seeds 3: seeds 0, 1, 2) or a list (--seeds 0,4,7; a single seed "
                                         "with a comma, --seeds 4,); each seed stands for --seed except that the "
-                                        "train/validation split stays that of --seed (or --split-seed)", since="0.2", parse=parse_seeds,
+                                        "train/validation split stays that of --seed (or --split-seed)", parse=parse_seeds,
                                     metavar="N|S,S,...", default_text="--seed alone")
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.2, "share of the official training set held out for validation")
-    device: str = option("cpu", "cpu, cuda, cuda:1, ...", identity=False)
-    data_dir: str | None = option(None, "where datasets are looked for and downloaded", identity=False,
-                                  metavar="DIR", default_text="$LTH_SPARSE_DATA, else ~/.cache/lth_sparse/data")
     threads: int | None = option(None, "CPU threads for torch, recorded in config.json; several jobs on one "
                                        "machine: give each --threads so that they sum to the cores",
                                  identity=False, metavar="N",
@@ -185,10 +146,6 @@ class ImpConfig(TrainConfig):
             raise ValueError(f"structured must be one of {STRUCTURED_NORMS} or None, got {self.structured!r}")
         if self.structured is None:
             check_importance_and_scope(self.importance, self.scope)  # before round 0 trains, not after
-        if self.threads is not None:
-            resolve_threads(self.threads)
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         parse_step(self.rewind, 1)
         if self.search_epochs is not None and not 0 < self.search_epochs <= self.epochs:
             raise ValueError(f"search_epochs must lie in (0, epochs={self.epochs}], got {self.search_epochs}")
@@ -202,10 +159,6 @@ class ImpConfig(TrainConfig):
         own = getattr(self, f"{what}_seed")
         return self.seed if own is None else own
 
-    def seed_list(self) -> tuple[int, ...]:
-        """The seeds this config runs: ``seeds``, or ``(seed,)`` when it is empty."""
-        return self.seeds or (self.seed,)
-
     def for_seed(self, seed: int) -> ImpConfig:
         """The single-seed config of one of this config's IMP runs (one unit). Under ``seeds`` the
         train/validation split stays the run's (``split_seed``, else ``seed``): the seeds vary the
@@ -217,7 +170,7 @@ class ImpConfig(TrainConfig):
     def train_config(self) -> TrainConfig:
         """The rounds' training: with ``search_epochs`` (AIMP) the mask search's, its schedule compressed to that
         budget (step milestones scaled alike); else the full one."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        values = self.training_options()
         if self.search_epochs is not None:
             ratio = self.search_epochs / self.epochs
             values.update(epochs=self.search_epochs, milestones=tuple(m * ratio for m in self.milestones),
@@ -228,11 +181,12 @@ class ImpConfig(TrainConfig):
         """AIMP's sparse training of each round's ticket: the full schedule, with ``sparse_options`` applied."""
         from lth_sparse.config import config_from_options
 
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        values = self.training_options()
         return config_from_options(TrainConfig, {**values, **dict(self.sparse_options)}, "--sparse-option")
 
 
-def _round_name(r: int) -> str:
+def round_name(r: int) -> str:
+    """The folder of round ``r`` of a single-seed IMP run: ``round_NN``."""
     return f"round_{r:02d}"
 
 
@@ -240,11 +194,11 @@ CONTROLS = ("reinit", "random_mask")
 SPARSE = "sparse"  # AIMP's sparse training of a round's ticket: round_NN/sparse/
 
 
-def _control_name(r: int, control: str) -> str:
-    return f"{_round_name(r)}/control_{control}"
+def control_name(r: int, control: str) -> str:
+    return f"{round_name(r)}/control_{control}"
 
 
-class _Imp:
+class ImpRun:
     """One single-seed IMP run in ``directory`` (``None``: only check the inputs): its data, its model, and
     its rounds as resumable steps (:func:`~lth_sparse.pipelines.steps.run_step`), each a
     :func:`~lth_sparse.pipelines.steps.train_masked` after a :func:`~lth_sparse.pipelines.steps.prune_trained`.
@@ -293,11 +247,8 @@ class _Imp:
 
     def new_model(self, seed: int):
         """A freshly initialised model, drawn from ``seed``."""
-        torch.manual_seed(seed)
-        model = create_model(self.config.model, self.data.input_shape, self.data.num_classes,
-                             **dict(self.config.model_options))
-        model.input_shape = self.data.input_shape
-        return model.to(self.device)
+        return draw_model(self.config.model, self.data.input_shape, self.data.num_classes, self.config.model_options,
+                          seed=seed, device=self.device)
 
     def train(self, state: dict | None, masks: Masks, folder: Path, *, lr_factor=None, snapshot_at=(),
               on_snapshot=None, start: int | None = None, desc: str) -> dict:
@@ -328,11 +279,11 @@ class _Imp:
                                  on_snapshot=keep_rewind, desc="round 0 (dense)")
             return self._record(0, masks, metrics)
 
-        return run_step(run, _round_name(0), compute, world=self.world)
+        return run_step(run, round_name(0), compute, world=self.world)
 
     def pruned_round(self, r: int) -> dict:
         run, c = self.run, self.config
-        prev_dir = run / _round_name(r - 1)
+        prev_dir = run / round_name(r - 1)
 
         def compute(folder: Path) -> dict:
             def prune():  # on rank 0
@@ -356,14 +307,14 @@ class _Imp:
                 metrics = self.train(prev_state, masks, folder, lr_factor=lambda it: final_lr, desc=f"round {r}")
             return self._record(r, masks, metrics)
 
-        return run_step(run, _round_name(r), compute, world=self.world)
+        return run_step(run, round_name(r), compute, world=self.world)
 
     def control(self, r: int, control: str) -> dict:
         """Train the control ``control`` of round ``r`` (Frankle & Carbin 2019), from the round's saved masks:
         ``reinit``, the same masks on a fresh initialisation (drawn from ``init_seed + 100000 + r``);
         ``random_mask``, a random mask of the same per-layer counts (drawn from ``prune_seed * 31 + r``)
         on the rewind state. Both train as the round did, from the rewind iteration."""
-        c, round_dir = self.config, self.run / _round_name(r)
+        c, round_dir = self.config, self.run / round_name(r)
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
 
@@ -379,13 +330,13 @@ class _Imp:
         masks = self.world.broadcast_masks(masks, self.model)
         if control == "reinit":
             state = self.new_model(c.seed_of("init") + 100_000 + r).state_dict()
-        return self.train(state, masks, self.run / _control_name(r, control), desc=f"round {r} {control}")
+        return self.train(state, masks, self.run / control_name(r, control), desc=f"round {r} {control}")
 
     def sparse(self, r: int) -> dict:
         """AIMP's sparse training of round ``r``'s ticket: its masks over the rewind state, trained with the full
         schedule (and ``sparse_options``) from the rewind iteration, the schedule's own position; the rewind
         iteration counts the mask search's epochs, so it is carried over as a fraction of an epoch count."""
-        c, round_dir = self.config, self.run / _round_name(r)
+        c, round_dir = self.config, self.run / round_name(r)
         cfg = c.sparse_train_config()
         per_epoch = iterations_per_epoch(len(self.data.train), cfg.batch_size)
         total = round(cfg.epochs * per_epoch)
@@ -394,7 +345,7 @@ class _Imp:
         masks = self.world.broadcast_masks(masks, self.model)
         rewind = self.world.on_writer(
             lambda: torch.load(self.run / "rewind.pt", map_location=self.device)["state_dict"], share=False)
-        metrics = train_masked(self.model, self.data, cfg, masks, rewind, self.run / f"{_round_name(r)}/{SPARSE}",
+        metrics = train_masked(self.model, self.data, cfg, masks, rewind, self.run / f"{round_name(r)}/{SPARSE}",
                                seed=c.seed_of("order"), augment_seed=c.augment_seed, start=min(start, total - 1),
                                progress=self.progress, desc=f"round {r} sparse training", world=self.world)
         return metrics
@@ -442,7 +393,7 @@ def imp_seed(config: ImpConfig, directory: Path, log: Callable[[str], None], pro
     """The first unit of the IMP pipeline: one single-seed IMP run in ``directory`` (its rounds in
     ``round_NN/``, each finished by its own ``done.json``, so a killed run resumes after its last
     finished round). Returns ``{"seed", "rounds"}``, the unit's ``done.json``."""
-    imp = _Imp(config, directory, progress, log)
+    imp = ImpRun(config, directory, progress, log)
     c = config
     log(f"IMP seed {c.seed}: {c.model} on {c.dataset}, {c.rounds} rounds of {c.fraction:.0%} "
         f"({c.scope}, {c.structured or c.importance}), rewind {c.rewind}, retrain {c.retrain}; "
@@ -451,7 +402,7 @@ def imp_seed(config: ImpConfig, directory: Path, log: Callable[[str], None], pro
         + (f" on each of {imp.world.size} ranks (DDP, {imp.device} on rank 0)" if imp.world.size > 1 else "")
         + f" -> {directory}")
     if imp.world.writer:
-        finished = sum(imp.run.is_done(_round_name(r)) for r in range(c.rounds + 1))
+        finished = sum(imp.run.is_done(round_name(r)) for r in range(c.rounds + 1))
         if finished:
             log(f"resuming: {finished} of {c.rounds + 1} rounds already done")
     log(_header(False))
@@ -475,11 +426,11 @@ class ImpControl:
 
 def imp_control(spec: ImpControl, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
     """The second stage's unit of the IMP pipeline: one control of one round, in
-    ``seed_N/round_NN/control_KIND/`` (see :meth:`_Imp.control`), trained from the round's saved masks
+    ``seed_N/round_NN/control_KIND/`` (see :meth:`ImpRun.control`), trained from the round's saved masks
     once the seed's rounds are done; the controls of all rounds and seeds are independent of each
     other. Returns the training's results (``test_accuracy``, ``sparsity``, ...), its ``done.json``."""
     seed_dir = directory.parent.parent
-    imp = _Imp(spec.config, seed_dir, progress, log)
+    imp = ImpRun(spec.config, seed_dir, progress, log)
     result = imp.control(spec.round, spec.control)
     log(f"seed {spec.config.seed} round {spec.round} {spec.control}: {100 * (1 - result['sparsity']):.2f}% "
         f"remaining, test accuracy {100 * result['test_accuracy']:.2f}%")
@@ -496,9 +447,9 @@ class ImpSparse:
 
 def imp_sparse(spec: ImpSparse, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
     """The second stage's unit of AIMP: one round's ticket trained with the full schedule in
-    ``seed_N/round_NN/sparse/`` (see :meth:`_Imp.sparse`); independent of the other rounds'."""
+    ``seed_N/round_NN/sparse/`` (see :meth:`ImpRun.sparse`); independent of the other rounds'."""
     seed_dir = directory.parent.parent
-    imp = _Imp(spec.config, seed_dir, progress, log)
+    imp = ImpRun(spec.config, seed_dir, progress, log)
     result = imp.sparse(spec.round)
     log(f"seed {spec.config.seed} round {spec.round} sparse training: {100 * (1 - result['sparsity']):.2f}% "
         f"remaining, test accuracy {100 * result['test_accuracy']:.2f}%")
@@ -535,10 +486,24 @@ class ImpPipeline(Pipeline):
 
     kind = "imp"
     config_class = ImpConfig
-    description = "iterative magnitude pruning with rewinding, one run per seed"
+    help = "find lottery tickets by iterative magnitude pruning with rewinding"
+    description = ("Iterative magnitude pruning with rewinding (IMP/LTR). Round 0 trains the dense network; each "
+                   "further round prunes FRACTION of the remaining weights and retrains. Results go to --out: "
+                   "config.json, seed_N/round_NN/ (masks, metrics, weights), summary.json and plots/. Re-running "
+                   "the same command resumes after the last finished round.")
+
+    @property
+    def epilog(self) -> str:
+        from lth_sparse.data import available_datasets
+        from lth_sparse.models import available_models
+
+        return (f"Datasets: {', '.join(available_datasets())} (and derived tasks {DERIVED_TASKS}). Models: "
+                f"{', '.join(available_models())}. Every option can also come from --config FILE by its name "
+                "(model_options as a mapping); flags override the file. Bad input ends with one 'lth-sparse imp: "
+                "error: ...' line and exit status 2.")
 
     def check(self, config: ImpConfig) -> None:
-        _Imp(config.for_seed(config.seed_list()[0]), None, False, lambda line: None)
+        ImpRun(config.for_seed(config.seed_list()[0]), None, False, lambda line: None)
 
     def plan(self, config: ImpConfig) -> list[list[Unit]]:
         """Stage 1: one IMP run per seed (its rounds sequential inside it). Stage 2, with ``controls``: each
@@ -548,11 +513,11 @@ class ImpPipeline(Pipeline):
         second = []
         if config.controls and config.rounds:
             second += [Unit("lth_sparse.pipelines.imp:imp_control", ImpControl(config.for_seed(s), r, control),
-                            f"seed_{s}/{_control_name(r, control)}", label=f"seed {s} round {r} {control}")
+                            f"seed_{s}/{control_name(r, control)}", label=f"seed {s} round {r} {control}")
                        for s in config.seed_list() for r in range(1, config.rounds + 1) for control in CONTROLS]
         if config.search_epochs is not None:
             second += [Unit("lth_sparse.pipelines.imp:imp_sparse", ImpSparse(config.for_seed(s), r),
-                            f"seed_{s}/{_round_name(r)}/{SPARSE}", label=f"seed {s} round {r} sparse training")
+                            f"seed_{s}/{round_name(r)}/{SPARSE}", label=f"seed {s} round {r} sparse training")
                        for s in config.seed_list() for r in range(config.rounds + 1)]
         if second:
             stages.append(second)
@@ -571,11 +536,8 @@ class ImpPipeline(Pipeline):
         return [title, header, *(_row(r, controls) for r in summary["rounds"])] if summary["rounds"] else []
 
     def prepare(self, run: RunDir, log: Callable[[str], None]) -> None:
-        """Two things before the units run. A run directory of the single-seed layout (``round_NN/`` at its top,
-        before seeds) moves into ``seed_N/``, so it resumes (with other seeds than its own it is refused). And
-        raising ``rounds`` extends a finished run: a seed's unit that finished fewer rounds is opened again
+        """Raising ``rounds`` extends a finished run: a seed's unit that finished fewer rounds is opened again
         (its finished rounds keep their own ``done.json`` and are not retrained)."""
-        self._migrate(run, log)
         for s in run.config.seed_list():
             unit = f"seed_{s}"
             if run.is_done(unit) and len(run.result(unit)["rounds"]) < run.config.rounds + 1:
@@ -583,10 +545,10 @@ class ImpPipeline(Pipeline):
 
     @staticmethod
     def _with_controls(units: Steps, seed: int, result: dict, config: ImpConfig) -> dict:
-        """A seed's round result with its finished controls' figures (``reinit_test_accuracy``, ...) added.
-        (Runs made before the controls were units hold them in the round's own ``done.json`` already.)"""
+        """A seed's round result with its finished controls' figures (``reinit_test_accuracy``, ...) and AIMP's
+        sparse training's added."""
         r = result["round"]
-        sparse = f"seed_{seed}/{_round_name(r)}/{SPARSE}"
+        sparse = f"seed_{seed}/{round_name(r)}/{SPARSE}"
         if config.search_epochs is not None and units.is_done(sparse):
             done = units.result(sparse)
             result = {**result, **{f"sparse_{key}": done[key] for key in ("test_accuracy", "test_loss",
@@ -595,27 +557,12 @@ class ImpPipeline(Pipeline):
             return result
         result = dict(result)
         for control in CONTROLS:
-            name = f"seed_{seed}/{_control_name(r, control)}"
+            name = f"seed_{seed}/{control_name(r, control)}"
             if units.is_done(name):
                 done = units.result(name)
                 for key in ("test_accuracy", "test_loss", "best_val_iteration"):
                     result[f"{control}_{key}"] = done[key]
         return result
-
-    def _migrate(self, run: RunDir, log: Callable[[str], None]) -> None:
-        old_rounds = sorted(run.path.glob("round_[0-9][0-9]"))
-        if not old_rounds:
-            return
-        config = run.config
-        if config.seed_list() != (config.seed,):
-            raise ConfigMismatch(f"{run.path} holds a single-seed IMP run of the old layout (seed {config.seed}); "
-                                 "resume it without --seeds, or use another --out")
-        target = run.path / f"seed_{config.seed}"
-        target.mkdir(exist_ok=True)
-        for entry in [*old_rounds, run.path / "init.pt", run.path / "rewind.pt"]:
-            if entry.exists():
-                entry.rename(target / entry.name)
-        log(f"moved the single-seed run's files in {run.path} into {target.name}/ (the layout of runs with seeds)")
 
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
         run_dir = Path(run_dir)
@@ -638,50 +585,4 @@ class ImpPipeline(Pipeline):
 IMP = register_pipeline(ImpPipeline())
 
 
-def run(config: ImpConfig, out_dir, *, progress: bool | None = None, log: Callable[[str], None] = print,
-        plots: bool = True, executor=None) -> dict:
-    """Run (or resume) IMP, one run per seed; returns the summary also written to ``out_dir/summary.json``.
-
-    The summary holds ``kind`` (``"imp"``), ``hash``, ``config``, ``seeds``, ``per_seed`` (each seed's
-    rounds) and ``rounds``: per round (0 = dense), over the seeds, the mean of ``sparsity``, ``density``,
-    ``effective_sparsity``, ``output_connected_sparsity`` (Paganini & Forde's count: only weights cut off from
-    the output; runs made before it lack it), ``test_accuracy``, ``test_loss``, ``val_accuracy``, ``val_loss``,
-    ``best_val_iteration``, ``best_val_loss``, ``iterations``, ``train_seconds`` (and with controls
-    ``reinit_*`` and ``random_mask_*``: ``test_accuracy``, ``test_loss``, ``best_val_iteration``), each
-    with ``_std``, ``_min`` and ``_max``; ``layer_sparsity`` per layer; ``seeds`` (the count).
-
-    ``executor`` (default :class:`~lth_sparse.executors.LocalExecutor`) runs the seeds' units; its
-    thread count per unit (``config.threads``, else :func:`lth_sparse.executors.default_threads`) is
-    recorded in ``config.json``. Nothing is written before the inputs (device, dataset, model, rewind
-    point, run directory) are checked.
-
-    Under torchrun (``WORLD_SIZE`` > 1; the executor must then be the local one) every rank calls
-    this with the same arguments: each round trains in DistributedDataParallel (``device`` ``cuda``
-    means ``cuda:LOCAL_RANK``), rank 0 alone writes ``out_dir`` and logs, and every rank returns
-    rank 0's summary. The results equal a single process's up to float rounding (the gradients are
-    summed in another order); a killed job re-run with the same command resumes after the last
-    finished round, with any number of ranks.
-    """
-    from lth_sparse.executors import LocalExecutor
-
-    executor = executor or LocalExecutor(config.threads)
-    config = dataclasses.replace(config, threads=executor.threads)
-    return run_pipeline(IMP, config, out_dir, executor=executor, log=log, progress=progress, plots=plots)
-
-
-def check_device(device: str) -> torch.device:
-    """``device`` parsed, and refused with a clear error where torch cannot use it here."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from error
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: torch sees no CUDA device here (torch.cuda.is_available() is "
-                             f"False; torch {torch.__version__}); use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"device {device!r}: MPS is not available here")
-    return dev
-
+run = IMP.run

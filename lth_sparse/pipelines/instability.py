@@ -43,17 +43,18 @@ from typing import Callable, ClassVar
 
 import torch
 
-from lth_sparse.config import data_dir_option, device_option, option, split_items, threads_option
-from lth_sparse.executors import resolve_threads
+from lth_sparse.config import option, split_items
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
-from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
-from lth_sparse.pipelines.imp import check_device, parse_seeds
+from lth_sparse.experiment import check_device
+from lth_sparse.pipelines.base import Pipeline, register_pipeline
+from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import run_step, shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_torch_save, atomic_write_json, read_json
 from lth_sparse.tickets import (finished_rounds, imp_run_config, round_results, run_seeds, seed_folder,
                                 training_options)
 from lth_sparse.train import TrainConfig, iterations_per_epoch, parse_step
+from lth_sparse.units import Unit
 
 BN_CHOICES = ("recompute", "interpolate", "train-mode")
 PRECISION_CHOICES = ("fp32", "bf16")  # lth_sparse.analysis.PRECISIONS
@@ -78,7 +79,7 @@ def parse_points(value) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class InstabilityConfig(TrainConfig):
+class InstabilityConfig(CommonConfig):
     """An instability experiment: the training of :class:`TrainConfig` (inherited), and these."""
 
     PRESETS: ClassVar[dict] = PRESETS
@@ -112,7 +113,7 @@ class InstabilityConfig(TrainConfig):
     path_precision: str = option("fp32", "the path's passes in fp32, or in bf16 under autocast (2-3x faster for conv "
                                          "nets on CPUs with AMX and on GPUs, losses within ~0.005: a screening "
                                          "precision; report barriers in fp32). --precision is the training's",
-                                 choices=PRECISION_CHOICES, since="0.2")
+                                 choices=PRECISION_CHOICES)
     eval_examples: int | None = option(10000, "evaluate each path on at most this many examples per split",
                                        metavar="N")
     threshold: float = option(0.02, "a pair is stable when its error barrier is under this (a fraction)")
@@ -133,9 +134,6 @@ class InstabilityConfig(TrainConfig):
                                     parse=parse_seeds, metavar="N|S,S,...", default_text="--seed alone")
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.2, "share of the training set held out for validation")
-    device: str = device_option()
-    data_dir: str | None = data_dir_option()
-    threads: int | None = threads_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -167,14 +165,10 @@ class InstabilityConfig(TrainConfig):
                 raise ValueError("--search is for a dense network, not a --source run")
         elif self.successive or self.rounds:
             raise ValueError("--successive and --rounds need --source RUN_DIR (an IMP run) or --imp-rounds N")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         if (self.drop_most_forgotten is None) != (self.forgetting_run is None):
             raise ValueError("--drop-most-forgotten F and --forgetting-run RUN go together")
         if self.drop_most_forgotten is not None and not 0 < self.drop_most_forgotten < 1:
             raise ValueError(f"drop_most_forgotten is a fraction in (0, 1), got {self.drop_most_forgotten}")
-        if self.threads is not None:
-            resolve_threads(self.threads)
 
     @classmethod
     def inherited_options(cls, options: dict) -> dict:
@@ -185,11 +179,8 @@ class InstabilityConfig(TrainConfig):
         data = {k: saved[k] for k in ("dataset", "model", "model_options", "train_size", "val_fraction") if k in saved}
         return {**training_options(saved), **data}
 
-    def seed_list(self) -> tuple[int, ...]:
-        return self.seeds or (self.seed,)
-
     def train_config(self) -> TrainConfig:
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+        return TrainConfig(**self.training_options())
 
 
 def forgetting_scores(run: str, examples: int) -> torch.Tensor:
@@ -324,7 +315,7 @@ def imp_config(config: InstabilityConfig, seed: int):
     """The IMP run of ``--imp-rounds`` for ``seed``: this config's data, model and training."""
     from lth_sparse.pipelines.imp import ImpConfig
 
-    train = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    train = config.training_options()
     return ImpConfig(**train, dataset=config.dataset, model=config.model, model_options=config.model_options,
                      rounds=config.imp_rounds, fraction=config.imp_fraction, rewind=config.imp_rewind, seed=seed,
                      split_seed=config.seed, train_size=config.train_size, val_fraction=config.val_fraction,
@@ -552,9 +543,38 @@ def _points(config: InstabilityConfig, seed: int) -> list[str]:
 
 
 class InstabilityPipeline(Pipeline):
+    """Instability to SGD noise as a pipeline: copies trained from each point, then their pairs' paths.
+
+    The summary holds ``kind`` (``"instability"``), ``hash``, ``config``, ``seeds``, ``threshold``, ``bn``,
+    ``convention`` (which end is alpha = 0), ``points`` (per rewind point or source round: the test and train
+    error and loss barriers over seeds x pairs as ``mean``/``std``/``min``/``max``/``n``, ``end_error`` (the
+    endpoints' test errors: equation 3 cannot be below half their gap), ``stable``, ``stable_pairs``,
+    ``alphas`` and the mean error curves with their std, ``iteration`` (where the copies started), with a
+    source ``ticket_test_accuracy`` and ``winning`` (at least the dense network's accuracy)), ``successive``
+    (per pair of successive rounds, the barrier between their trained tickets) and ``search`` (the earliest
+    stable point, the probes and any contradictions of monotonicity).
+    """
+
     kind = "instability"
     config_class = InstabilityConfig
-    description = "instability to SGD noise: error barriers between copies trained from one state"
+    help = "instability to SGD noise: error barriers between copies trained from one state"
+    description = ("Linear mode connectivity (Frankle et al. 2020; the SGD-noise paper's equation 3). From each "
+                   "rewind point of a dense network (--rewind-points), or from every round's ticket of an IMP run "
+                   "(--source), --copies copies train to the end under different data order and augmentation; "
+                   "every pair is evaluated at --alphas points of the straight line between them (in one batched "
+                   "pass) and its error barrier is the largest error on the path minus the mean of its ends. "
+                   "--successive measures the barriers between successive rounds' tickets; --search finds the "
+                   "earliest stable rewind point by bisection. Results go to --out: seed_S/POINT/copy_C/, "
+                   "seed_S/POINT/pair_I_J/, summary.json and plots/. Re-running resumes.")
+
+    @property
+    def epilog(self) -> str:
+        from lth_sparse.data import available_datasets
+        from lth_sparse.models import available_models
+
+        return (f"Datasets: {', '.join(available_datasets())} (and derived tasks). Models: "
+                f"{', '.join(available_models())}. With --source the run's data set, model and training recipe are "
+                "the defaults; --preset and the flags override them.")
 
     def check(self, config: InstabilityConfig) -> None:
         if config.source is not None:
@@ -746,21 +766,4 @@ def _successive_rows(found: list[dict]) -> list[dict]:
 INSTABILITY = register_pipeline(InstabilityPipeline())
 
 
-def run(config: InstabilityConfig, out_dir, *, progress: bool | None = None, log: Callable[[str], None] = print,
-        plots: bool = True, executor=None) -> dict:
-    """Run (or resume) an instability experiment; returns the summary also written to ``out_dir/summary.json``.
-
-    The summary holds ``kind`` (``"instability"``), ``hash``, ``config``, ``seeds``, ``threshold``, ``bn``,
-    ``convention`` (which end is alpha = 0), ``points`` (per rewind point or source round: the test and train
-    error and loss barriers over seeds x pairs as ``mean``/``std``/``min``/``max``/``n``, ``end_error`` (the
-    endpoints' test errors: equation 3 cannot be below half their gap), ``stable``, ``stable_pairs``,
-    ``alphas`` and the mean error curves with their std, ``iteration`` (where the copies started), with a
-    source ``ticket_test_accuracy`` and ``winning`` (at least the dense network's accuracy)), ``successive``
-    (per pair of successive rounds, the barrier between their trained tickets) and ``search`` (the earliest
-    stable point, the probes and any contradictions of monotonicity).
-    """
-    from lth_sparse.executors import LocalExecutor
-
-    executor = executor or LocalExecutor(config.threads)
-    config = dataclasses.replace(config, threads=executor.threads)
-    return run_pipeline(INSTABILITY, config, out_dir, executor=executor, log=log, progress=progress, plots=plots)
+run = INSTABILITY.run

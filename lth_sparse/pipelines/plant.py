@@ -40,14 +40,15 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from lth_sparse.config import device_option, option, split_items, threads_option
-from lth_sparse.executors import resolve_threads
+from lth_sparse.config import option, split_items
 from lth_sparse.masks import Masks, masked_weights
-from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
-from lth_sparse.pipelines.imp import check_device, parse_seeds
+from lth_sparse.experiment import check_device
+from lth_sparse.pipelines.base import Pipeline, register_pipeline
+from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
 from lth_sparse.runs import Steps, atomic_write_json
 from lth_sparse.train import TrainConfig, default_loss, evaluate
+from lth_sparse.units import Unit
 
 TASKS = ("relu", "circle", "helix")
 SINGLE_SHOT = ("random", "magnitude", "snip", "grasp", "synflow")
@@ -80,7 +81,7 @@ def parse_pruners(value) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class PlantConfig(TrainConfig):
+class PlantConfig(CommonConfig):
     """A Plant 'n' Seek benchmark: the weak tickets' training (the fields of :class:`TrainConfig`, here with the
     paper's defaults: Adam, lr 1e-3, batch 32, 10 epochs), and these."""
 
@@ -108,8 +109,6 @@ class PlantConfig(TrainConfig):
                                     metavar="N|S,S,...", default_text="--seed alone")
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.1, "share of the 9,000 training points held out for validation")
-    device: str = device_option()
-    threads: int | None = threads_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -129,16 +128,9 @@ class PlantConfig(TrainConfig):
         for name in ("prune_batch", "synflow_iterations", "multishot_rounds", "edge_popup_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
-        if self.threads is not None:
-            resolve_threads(self.threads)
-
-    def seed_list(self) -> tuple[int, ...]:
-        return self.seeds or (self.seed,)
 
     def train_config(self, epochs: float | None = None) -> TrainConfig:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        values = self.training_options()
         if epochs is not None:
             values["epochs"] = epochs
         return TrainConfig(**values)
@@ -290,9 +282,30 @@ def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], pro
 
 
 class PlantPipeline(Pipeline):
+    """The planting benchmark as a pipeline: one unit per (task, depth, pruner, density, seed).
+
+    The summary holds ``kind`` (``"plant"``), ``hash``, ``config``, ``seeds``, ``references`` (per task and
+    depth: the planted density and the target's own train/test score, its noise-free test score and chance),
+    and ``rows``: per (task, depth, pruner, density) over the seeds, ``score`` (test accuracy or MSE) and, for
+    weak tickets, ``score_before_training``, the found density, ``recall``, ``precision``, ``jaccard`` (each
+    mean/std/min/max/n), and how many seeds' masks ``contains`` the planted one and ``collapsed``.
+    """
+
     kind = "plant"
     config_class = PlantConfig
-    description = "planted tickets with known ground truth, and pruners benchmarked against them"
+    help = "plant tickets with known ground truth and benchmark pruners against them (Plant 'n' Seek)"
+    description = ("Fischer & Burkholz (2022). For every task (relu, circle, helix), depth, pruner, density and "
+                   "seed, one unit: the task's target network is planted into a host MLP, the pruner searches the "
+                   "host for a ticket of that density, and the unit records the recovery of the planted ticket "
+                   "(precision, recall, Jaccard distance, containment, per layer and overall), layer collapse, and "
+                   "the ticket's test accuracy (circle) or MSE (relu, helix): weak tickets trained (Adam, lr 1e-3, "
+                   "batch 32, 10 epochs), strong tickets (edge-popup) untrained with their outputs rescaled by "
+                   "least squares. Results go to --out: TASK/depth_D/PRUNER/density_X/seed_S/, summary.json and "
+                   "plots/. Re-running resumes.")
+    epilog = ("Density is remaining weights over all weights (biases not counted), the paper's rho; 'planted' is "
+              "the planted ticket's own. Depth counts the input layer (depth 3: 2 weight layers). Pruners: "
+              "random, magnitude, snip, grasp, synflow (single-shot), multishot-NAME (10 rounds, weights reset: "
+              "multishot-magnitude is IMP), edge-popup, edge-popup-annealed.")
 
     def check(self, config: PlantConfig) -> None:
         from lth_sparse.planting import make_target, plant
@@ -378,18 +391,4 @@ class PlantPipeline(Pipeline):
 PLANT = register_pipeline(PlantPipeline())
 
 
-def run(config: PlantConfig, out_dir, *, progress: bool | None = None, log: Callable[[str], None] = print,
-        plots: bool = True, executor=None) -> dict:
-    """Run (or resume) the benchmark; returns the summary also written to ``out_dir/summary.json``.
-
-    The summary holds ``kind`` (``"plant"``), ``hash``, ``config``, ``seeds``, ``references`` (per task and
-    depth: the planted density and the target's own train/test score, its noise-free test score and chance),
-    and ``rows``: per (task, depth, pruner, density) over the seeds, ``score`` (test accuracy or MSE) and, for
-    weak tickets, ``score_before_training``, the found density, ``recall``, ``precision``, ``jaccard`` (each
-    mean/std/min/max/n), and how many seeds' masks ``contains`` the planted one and ``collapsed``.
-    """
-    from lth_sparse.executors import LocalExecutor
-
-    executor = executor or LocalExecutor(config.threads)
-    config = dataclasses.replace(config, threads=executor.threads)
-    return run_pipeline(PLANT, config, out_dir, executor=executor, log=log, progress=progress, plots=plots)
+run = PLANT.run

@@ -9,7 +9,8 @@ public pieces IMP's units are made of, for the other pipelines to reuse:
   iterations with given seeds, and write the masks, the final weights and the
   metrics into a step's folder;
 - :func:`prune_trained`: the masks that pruning a trained state gives;
-- :func:`shared_dataset`: a data set loaded once per process for the units it runs.
+- :func:`~lth_sparse.experiment.shared_dataset` (re-exported): a data set loaded once per
+  process for the units it runs.
 
 A ticket read back from a finished IMP run is :func:`lth_sparse.tickets.load_ticket`.
 
@@ -28,7 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lth_sparse.data import Dataset, load_dataset
+from lth_sparse.data import Dataset
+from lth_sparse.experiment import release_shared, shared_dataset  # noqa: F401 - the blocks of a unit
 from lth_sparse.distributed import World
 from lth_sparse.masks import Masks
 from lth_sparse.prune import prune_magnitude, prune_random, prune_structured
@@ -37,36 +39,12 @@ from lth_sparse.train import TrainConfig, train
 
 __all__ = ["prune_trained", "release_shared", "run_step", "shared_dataset", "train_masked"]
 
-_SHARED: dict = {}
-
-
-def shared_dataset(name: str, **options) -> Dataset:
-    """``load_dataset(name, **options)``, loaded once per process for the units that run in it.
-
-    A worker of the process pool or of Ray runs many units of one run (IMP's controls: two per
-    round and seed), each of which would otherwise read and normalise the same data again
-    (1.5-2 s for Fashion-MNIST on one core). The last data set asked for is kept (one at a
-    time); :func:`release_shared` lets it go. Its tensors are shared between the units: treat
-    them as read-only (training and evaluation only read them).
-    """
-    key = (name, tuple(sorted((k, str(v)) for k, v in options.items())))
-    if _SHARED.get("key") != key:
-        _SHARED.clear()
-        _SHARED.update(key=key, data=load_dataset(name, **options))
-    return _SHARED["data"]
-
-
-def release_shared() -> None:
-    """Forget the data set :func:`shared_dataset` keeps (its memory is freed once nothing else holds it)."""
-    _SHARED.clear()
-
-
 def run_step(steps: Steps, name: str, compute: Callable[[Path], dict], *, world: World | None = None) -> dict:
     """The result of step ``name`` of ``steps``: its ``done.json`` when it is done, else ``compute(folder)``,
     recorded as its ``done.json`` (written last, atomically) and returned.
 
     The one place a unit applies the run store's rule to its own steps (as
-    :func:`~lth_sparse.pipelines.base.run_unit` does to units): a killed step has no
+    :func:`~lth_sparse.units.run_unit` does to units): a killed step has no
     ``done.json`` and runs again from scratch. Under torchrun every rank calls it and runs
     ``compute`` (which must return the same result on every rank, e.g. rank 0's shared);
     rank 0 alone reads and writes the folder.

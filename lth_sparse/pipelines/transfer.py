@@ -50,18 +50,19 @@ from typing import Callable, ClassVar
 
 import torch
 
-from lth_sparse.config import data_dir_option, device_option, option, split_items, threads_option
+from lth_sparse.config import option, split_items
 from lth_sparse.data.derived import with_options
-from lth_sparse.executors import resolve_threads
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.models import create_model
-from lth_sparse.pipelines.base import Pipeline, Unit, over_seeds, register_pipeline, run_pipeline
-from lth_sparse.pipelines.imp import MORCOS_TRAINING, check_device, parse_seeds
+from lth_sparse.experiment import check_device
+from lth_sparse.pipelines.base import Pipeline, register_pipeline
+from lth_sparse.pipelines.common import DERIVED_TASKS, MORCOS_TRAINING, CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_write_json, read_json
 from lth_sparse.tickets import (finished_rounds, imp_run_config, load_ticket, round_results, run_seeds,
                                 training_options)
 from lth_sparse.train import TrainConfig
+from lth_sparse.units import Unit
 
 WEIGHTS = ("rewind", "fresh")
 MASK_KINDS = ("preserved", "local", "global")
@@ -93,7 +94,7 @@ def parse_tickets(value) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class TransferConfig(TrainConfig):
+class TransferConfig(CommonConfig):
     """A transfer experiment: the target's training (the fields of :class:`TrainConfig`; their defaults are the
     source run's when the config is made by :func:`lth_sparse.config.config_from_options`), and these."""
 
@@ -130,9 +131,6 @@ class TransferConfig(TrainConfig):
                                                      "read (the source round closest to each)", metavar="F")
     train_size: int | None = option(None, "train on a seeded subset of N examples of each target", metavar="N")
     val_fraction: float = option(0.2, "share of each target's training set held out for validation")
-    device: str = device_option()
-    data_dir: str | None = data_dir_option()
-    threads: int | None = threads_option()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -149,14 +147,10 @@ class TransferConfig(TrainConfig):
         parse_tickets(self.tickets)
         if any(r < 0 for r in self.rounds) or len(set(self.rounds)) != len(self.rounds):
             raise ValueError(f"rounds must be distinct and >= 0, got {list(self.rounds)}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
         if self.augment is not None:
             from lth_sparse.data.derived import parse_task
 
             parse_task(f"x:augment={self.augment}")
-        if self.threads is not None:
-            resolve_threads(self.threads)
 
     @classmethod
     def inherited_options(cls, options: dict) -> dict:
@@ -174,7 +168,7 @@ class TransferConfig(TrainConfig):
         return inherited
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+        return TrainConfig(**self.training_options())
 
 
 # --- what the plan needs from the sources ------------------------------------------------------------------
@@ -375,9 +369,39 @@ def _gaps(transferred: list[dict], own: list[dict]) -> list[dict]:
 
 
 class TransferPipeline(Pipeline):
+    """Ticket transfer as a pipeline: one unit per (seed, source, round, target, ticket kind).
+
+    The summary holds ``kind`` (``"transfer"``), ``hash``, ``config``, ``sources`` (each: its run, data set,
+    model, optimizer, rewind point), ``targets`` (each: its name as given, and with ``--target-ticket``
+    ``own``: that IMP run's rounds, the reference line), ``seeds``, ``pairs`` (per source and target: ``task``
+    as loaded; ``tickets``, per ticket kind and source round, ``source_sparsity`` / ``source_density`` (the x
+    axis), ``sparsity`` (the trained network's, its output layer dense) and ``test_accuracy`` over the seeds
+    (``mean``/``std``/``min``/``max``/``n``); ``gap``: per round, the transferred ticket's mean accuracy minus
+    the own ticket's at the closest density) and ``matrix`` (at each ``--at`` fraction pruned, per source and
+    target, the transferred ticket's accuracy, the round used and the gap).
+    """
+
     kind = "transfer"
     config_class = TransferConfig
-    description = "ticket transfer across data sets and optimizers, with the random-ticket controls"
+    help = "train an IMP run's tickets on other data sets or optimizers, beside the random-ticket controls"
+    description = ("Morcos et al. (2019), 'One ticket to win them all'. Every finished round of --source (an IMP "
+                   "run) is trained on every --target: the source's rewind (late-resetting) weights under its mask, "
+                   "the output layer left out of the ticket, re-initialised and sized to the target's classes; "
+                   "beside it the controls named by their (weights, mask) pair: fresh-global is the paper's random "
+                   "ticket, fresh-preserved/-local/-global its Appendix A.2. One unit per (seed, round, target, "
+                   "kind). The target trains with the source run's training options unless --target-optimizer, "
+                   "--preset or the flags say otherwise (--target-optimizer adam: a ticket found with SGD trained "
+                   "with Adam). Several --source runs make the transfer matrix (--at). Results go to --out: "
+                   "seed_S/source_K/target_T/round_RR/KIND/, summary.json and plots/. Re-running resumes.")
+
+    @property
+    def epilog(self) -> str:
+        from lth_sparse.data import available_datasets
+
+        return (f"Targets: data sets ({', '.join(available_datasets())}) or derived tasks {DERIVED_TASKS}; images are "
+                "brought to the source's input shape. Every "
+                "option can also come from --config FILE; flags override it and --preset, which override the "
+                "source's training options.")
 
     def check(self, config: TransferConfig) -> None:
         sources = [read_source(run, config.data_dir) for run in config.sources]
@@ -472,7 +496,7 @@ class TransferPipeline(Pipeline):
         if plots and results:
             from lth_sparse.plots import plot_transfer
 
-            plot_transfer(summary, run_dir / "plots")
+            plot_transfer(summary, run_dir / "plots", TICKET_TEXT)
         return summary
 
     def report(self, summary: dict) -> list[str]:
@@ -541,21 +565,4 @@ def _pm(stats: dict, seeds: int) -> str:
 TRANSFER = register_pipeline(TransferPipeline())
 
 
-def run(config: TransferConfig, out_dir, *, progress: bool | None = None, log: Callable[[str], None] = print,
-        plots: bool = True, executor=None) -> dict:
-    """Run (or resume) a transfer; returns the summary also written to ``out_dir/summary.json``.
-
-    The summary holds ``kind`` (``"transfer"``), ``hash``, ``config``, ``sources`` (each: its run, data set,
-    model, optimizer, rewind point), ``targets`` (each: its name as given, and with ``--target-ticket``
-    ``own``: that IMP run's rounds, the reference line), ``seeds``, ``pairs`` (per source and target: ``task``
-    as loaded; ``tickets``, per ticket kind and source round, ``source_sparsity`` / ``source_density`` (the x
-    axis), ``sparsity`` (the trained network's, its output layer dense) and ``test_accuracy`` over the seeds
-    (``mean``/``std``/``min``/``max``/``n``); ``gap``: per round, the transferred ticket's mean accuracy minus
-    the own ticket's at the closest density) and ``matrix`` (at each ``--at`` fraction pruned, per source and
-    target, the transferred ticket's accuracy, the round used and the gap).
-    """
-    from lth_sparse.executors import LocalExecutor
-
-    executor = executor or LocalExecutor(config.threads)
-    config = dataclasses.replace(config, threads=executor.threads)
-    return run_pipeline(TRANSFER, config, out_dir, executor=executor, log=log, progress=progress, plots=plots)
+run = TRANSFER.run

@@ -22,7 +22,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -61,7 +61,12 @@ class TrainConfig:
     warmup_epochs: float = option(0.0, "linear learning-rate warm-up, in epochs")
     eval_every: int = option(0, "iterations between validation passes (0: once per epoch)")
     precision: str = option("fp32", "numeric precision of training and evaluation: fp32, bf16 (autocast) or fp16 "
-                                    "(autocast with a GradScaler)", choices=PRECISIONS, since="0.2")
+                                    "(autocast with a GradScaler)", choices=PRECISIONS)
+
+    def training_options(self) -> dict:
+        """The training hyperparameters of this config by name (the fields of :class:`TrainConfig`, which a
+        pipeline's config inherits), e.g. to build a ``TrainConfig`` with some of them changed."""
+        return {f.name: getattr(self, f.name) for f in fields(TrainConfig)}
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

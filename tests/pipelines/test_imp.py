@@ -321,7 +321,7 @@ def test_aimp_compresses_the_mask_search_and_trains_each_ticket_fully(tmp_path):
     assert (search.epochs, search.milestones) == (1, (0.5, 0.75)), "the schedule compressed to the budget"
     assert config.sparse_train_config().momentum == 0.0 and config.sparse_train_config().epochs == 4
     summary = imp_module.run(config, tmp_path / "run", progress=False, log=lambda s: None, plots=True)
-    per_epoch = -(-int(len(imp_module._Imp(config, None, False, lambda s: None).data.train)) // 128)
+    per_epoch = -(-int(len(imp_module.ImpRun(config, None, False, lambda s: None).data.train)) // 128)
     for r, row in enumerate(summary["rounds"]):
         assert row["iterations"] == per_epoch, "a round's mask search lasts one epoch"
         sparse = json.loads((tmp_path / "run" / "seed_0" / f"round_{r:02d}" / "sparse" / "done.json").read_text())

@@ -160,16 +160,18 @@ def test_controls_are_units_of_a_second_stage(tmp_path, monkeypatch):
 
 
 def test_a_shared_dataset_is_loaded_once_per_process_until_released(monkeypatch):
+    from lth_sparse import experiment
+
     loads = []
-    real = steps.load_dataset
-    monkeypatch.setattr(steps, "load_dataset", lambda name, **kw: (loads.append((name, kw)), real(name, **kw))[1])
-    steps.release_shared()
-    a = steps.shared_dataset("digits", seed=0, train_size=100)
-    assert steps.shared_dataset("digits", seed=0, train_size=100) is a and len(loads) == 1
-    b = steps.shared_dataset("digits", seed=1, train_size=100)  # another split: loaded, and kept instead
+    real = experiment.load_dataset
+    monkeypatch.setattr(experiment, "load_dataset", lambda name, **kw: (loads.append((name, kw)), real(name, **kw))[1])
+    experiment.release_shared()
+    a = experiment.shared_dataset("digits", seed=0, train_size=100)
+    assert experiment.shared_dataset("digits", seed=0, train_size=100) is a and len(loads) == 1
+    b = experiment.shared_dataset("digits", seed=1, train_size=100)  # another split: loaded, and kept instead
     assert b is not a and not torch.equal(a.train.x, b.train.x) and len(loads) == 2
-    assert steps.shared_dataset("digits", seed=0, train_size=100) is not a and len(loads) == 3, "one kept at a time"
-    steps.release_shared()
-    steps.shared_dataset("digits", seed=0, train_size=100)
+    assert experiment.shared_dataset("digits", seed=0, train_size=100) is not a and len(loads) == 3, "one kept at a time"
+    experiment.release_shared()
+    experiment.shared_dataset("digits", seed=0, train_size=100)
     assert len(loads) == 4
-    steps.release_shared()
+    experiment.release_shared()

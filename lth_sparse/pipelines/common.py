@@ -1,0 +1,96 @@
+"""The block every pipeline's config and summary is built on.
+
+- :class:`CommonConfig`: the options every pipeline shares (the training hyperparameters of
+  :class:`~lth_sparse.train.TrainConfig`, the seed and the seeds, the training subset and the
+  validation share, the device, the data folder, the threads), defined once; a pipeline's config
+  inherits them and adds its own (a field redefined by a pipeline keeps its place and its name:
+  only its default or its help differ);
+- :func:`parse_seeds`, the ``--seeds`` option's reading;
+- :data:`MORCOS_TRAINING`, the training recipes of Morcos et al. (2019) that IMP and transfer presets use;
+- :func:`~lth_sparse.stats.over_seeds` (re-exported), the statistics every summary reports over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from lth_sparse.config import data_dir_option, device_option, option, threads_option
+from lth_sparse.executors import resolve_threads
+from lth_sparse.stats import over_seeds
+from lth_sparse.train import TrainConfig
+
+__all__ = ["DERIVED_TASKS", "MORCOS_TRAINING", "CommonConfig", "over_seeds", "parse_seeds"]
+
+DERIVED_TASKS = ("NAME:half=a|b, NAME:subset=F, NAME:classes=0,1,2, NAME:shape=CxHxW, NAME:permute=SEED, "
+                 "NAME:augment=none|flip|cropP|flip+cropP (combinable: fashion-mnist:half=a:permute=1)")
+"""How the ``--help`` of the pipelines that take data sets names the derived tasks (:mod:`lth_sparse.data.derived`)."""
+
+# Morcos et al. (2019), "One ticket to win them all", Appendix A.1: SGD at 0.1 with momentum 0.9 and weight decay
+# 1e-4, or Adam at 3e-4 with betas 0.9/0.999 and weight decay 1e-4 (coupled, as torch.optim.Adam's), batch 512;
+# VGG19's 160 epochs with the learning rate divided by 10 at epochs 80 and 120 (small-scale runs give --epochs and
+# --milestones together).
+_MORCOS_TRAIN = dict(batch_size=512, epochs=160.0, schedule="step", milestones=(80.0, 120.0), gamma=0.1,
+                     warmup_epochs=0.0, weight_decay=1e-4)
+MORCOS_TRAINING = {
+    "morcos": dict(_MORCOS_TRAIN, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False),
+    "morcos-adam": dict(_MORCOS_TRAIN, optimizer="adam", lr=3e-4, betas=(0.9, 0.999)),
+}
+
+
+def parse_seeds(value) -> tuple[int, ...]:
+    """``--seeds``: a count N (``3`` -> seeds 0, 1, 2) or a comma-separated list (``0,4,7``; ``4,`` is seed 4
+    alone); in a config file an int is a count and a list is the seeds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a count or a list of seeds, got {value!r}")
+    if isinstance(value, int):
+        count = value
+    elif isinstance(value, str) and "," not in value:
+        try:
+            count = int(value)
+        except ValueError:
+            raise ValueError(f"expected a count or a comma-separated list of seeds, got {value!r}") from None
+    else:
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+        if not items and not isinstance(value, str):
+            return ()  # an empty list (as config.json holds the default): --seed alone
+        try:
+            seeds = tuple(int(v) for v in items)
+        except (TypeError, ValueError):
+            raise ValueError(f"seeds must be integers, got {value!r}") from None
+        if not seeds or any(isinstance(v, bool) for v in items):
+            raise ValueError(f"expected at least one integer seed, got {value!r}")
+        return seeds
+    if count < 1:
+        raise ValueError(f"a count of seeds must be >= 1, got {count}")
+    return tuple(range(count))
+
+
+@dataclass(frozen=True)
+class CommonConfig(TrainConfig):
+    """The options every pipeline's config shares, beside the training hyperparameters it inherits."""
+
+    seed: int = option(0, "the run's seed")
+    seeds: tuple[int, ...] = option((), "several seeds (a count or a list), each run into RUN/seed_N/ and "
+                                        "summarised over", parse=parse_seeds, metavar="N|S,S,...",
+                                    default_text="--seed alone")
+    train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
+    val_fraction: float = option(0.2, "share of the training set held out for validation")
+    device: str = device_option()
+    data_dir: str | None = data_dir_option()
+    threads: int | None = threads_option()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threads is not None:
+            resolve_threads(self.threads)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {list(self.seeds)}")
+
+    def seed_list(self) -> tuple[int, ...]:
+        """The seeds this config runs: ``seeds``, or ``(seed,)`` when it is empty."""
+        return self.seeds or (self.seed,)
+
+    def for_seed(self, seed: int):
+        """The single-seed config of seed ``seed`` of this config (itself where it has no ``seeds``)."""
+        return dataclasses.replace(self, seed=seed, seeds=()) if self.seeds else self
