@@ -9,8 +9,8 @@ for CIFAR-10: SNIP's and GraSP's scoring grows with the batch, their selection d
 float32 (SynFlow in float64 both ways):
 
 - **ours**: the public pruners ``prune_snip``, ``prune_grasp``, ``prune_synflow`` and
-  ``get_pruner("magnitude")`` on the masked model; the time inside the global selection (the body of
-  ``select_kept``: ``lth_sparse.ops.prune_lowest`` with its checks) is measured during the same call,
+  ``get_pruner("magnitude")`` on the masked model; the time inside the global selection
+  (``select_kept``: ``lth_sparse.ops.prune_lowest`` with its checks) is measured during the same call,
   the rest (checks, counts, scoring) is scoring.
 - **the Synaptic-Flow way**, its ``Pruners/pruners.py`` pattern written out as a user would on the same
   weights: a copy pruned with ``torch.nn.utils.prune.custom_from_mask`` (``weight = weight_orig *
@@ -186,7 +186,7 @@ class SynapticFlow:
 # --- ours --------------------------------------------------------------------------------------------------------
 
 class Ours:
-    """The public pruners; the time spent in the selection (``saliency._select``, the body of ``select_kept``)
+    """The public pruners; the time spent in the selection (``select_kept``, as the saliency module calls it)
     during the call is the selection, the rest is scoring."""
 
     def __init__(self, model: nn.Module, batch, density: float) -> None:
@@ -209,7 +209,7 @@ class Ours:
     def run(self, pruner: str, iterations: int):
         from lth_sparse.prune import saliency
 
-        inner = saliency._select  # what every pruner selects with (select_kept's body)
+        inner = saliency.select_kept  # what every pruner selects with
         spent = [0.0]
 
         def timed_select(*args, **kwargs):
@@ -219,13 +219,13 @@ class Ours:
             finally:
                 spent[0] += time.perf_counter() - start
 
-        saliency._select = timed_select
+        saliency.select_kept = timed_select
         try:
             start = time.perf_counter()
             masks = self.call(pruner, iterations)
             total = time.perf_counter() - start
         finally:
-            saliency._select = inner
+            saliency.select_kept = inner
         return {"score": total - spent[0], "select": spent[0]}, list(masks.values())
 
 

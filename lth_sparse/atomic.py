@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_json", "json_default",
-           "read_json"]
+__all__ = ["atomic_save_safetensors", "atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_json",
+           "json_default", "read_json", "read_safetensors"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -67,6 +67,39 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], format: str,
+                            metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``tensors`` (moved to the CPU, made contiguous) to ``path`` in safetensors (no pickle), atomically,
+    with the metadata ``{"format": format, **metadata}``: ``format`` names what the file holds and its version
+    (``"lth_sparse.masks/1"``), and :func:`read_safetensors` refuses a file of another. Returns ``path``."""
+    from safetensors.torch import save_file
+
+    tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+    header = {"format": format, **(metadata or {})}
+    return atomic_write(path, lambda tmp: save_file(tensors, os.fspath(tmp), metadata=header))
+
+
+def read_safetensors(path: str | os.PathLike, format: str, what: str, *, device: str | torch.device = "cpu",
+                     names: Iterable[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and the metadata of a file written by :func:`atomic_save_safetensors` with ``format``.
+
+    ``names``: the tensors to read (default every one, in the file's order); ``device``: where they are
+    loaded. ``what`` names the file's content in the errors (``"masks file"``). Raises FileNotFoundError
+    (``no {what} at {path}``) when there is no file, and ValueError naming the file and the format tag it
+    holds when that tag is not ``format``.
+    """
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no {what} at {path}")
+    with safe_open(path, framework="pt", device=str(device)) as f:
+        metadata = f.metadata() or {}
+        if metadata.get("format") != format:
+            raise ValueError(f"{path} is not an lth_sparse {what} (format {metadata.get('format')!r})")
+        return {name: f.get_tensor(name) for name in (f.keys() if names is None else names)}, metadata
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -12,6 +12,7 @@ wraps, so masks move freely between a wrapped model and the bare one.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from lth_sparse.atomic import atomic_save_safetensors, read_safetensors
 from lth_sparse.nn.modules import MaskedMixin
 
 _FORMAT = "lth_sparse.masks/1"
@@ -44,8 +46,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def _bare_named_modules(model: nn.Module):
-    """``named_modules()`` with the wrappers left out: (name in the bare model, module), each module once."""
+def bare_named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``named_modules()`` with the DDP, DataParallel and ``torch.compile`` wrappers left out, at any depth:
+    (name in the bare model, module) pairs, each module once, in ``named_modules()``'s order (pre-order,
+    children in registration order)."""
     seen = set()
     stack = [("", model)]
     while stack:
@@ -60,6 +64,17 @@ def _bare_named_modules(model: nn.Module):
         stack.extend(reversed(children))  # pre-order, children in registration order, as named_modules()
 
 
+def unwrapped_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every DDP / DataParallel / ``torch.compile`` wrapper, at any depth, replaced
+    by the module it holds: copying a wrapper itself may fail (DDP holds a process group), and running a
+    compiled one would compile. A module held twice stays one module in the copy."""
+    memo: dict = {}
+    for module in reversed(list(model.modules())):  # inner wrappers before the ones around them
+        if _wrapped(module) is not None:
+            memo[id(module)] = copy.deepcopy(unwrap_model(module), memo)
+    return copy.deepcopy(unwrap_model(model), memo)
+
+
 def masked_weights(model: nn.Module) -> dict[str, MaskedMixin]:
     """The masked layers of ``model`` by weight name (``"features.0.weight"``), in module order.
 
@@ -67,7 +82,7 @@ def masked_weights(model: nn.Module) -> dict[str, MaskedMixin]:
     anywhere in the model, add nothing to them.
     """
     return {(f"{name}.weight" if name else "weight"): module
-            for name, module in _bare_named_modules(model) if isinstance(module, MaskedMixin)}
+            for name, module in bare_named_modules(model) if isinstance(module, MaskedMixin)}
 
 
 def _module_name(param_name: str) -> str:
@@ -108,7 +123,7 @@ class Masks(Mapping):
         Layers pruned with ``torch.nn.utils.prune`` (a ``weight_mask`` buffer) count too.
         """
         masks = {}
-        for name, module in _bare_named_modules(model):
+        for name, module in bare_named_modules(model):
             if isinstance(module, MaskedMixin):
                 mask = module.mask
             elif isinstance(getattr(module, "weight_mask", None), Tensor):
@@ -222,26 +237,12 @@ class Masks(Mapping):
     # Files
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` in safetensors (no pickle), atomically."""
-        from safetensors.torch import save_file
-
-        from lth_sparse.atomic import atomic_write
-
-        tensors = {n: m.detach().cpu().contiguous() for n, m in self._masks.items()}
-        atomic_write(path, lambda tmp: save_file(tensors, os.fspath(tmp), metadata={"format": _FORMAT}))
+        atomic_save_safetensors(path, self._masks, _FORMAT)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu") -> Masks:
         """Read masks written by :meth:`save`."""
-        from safetensors import safe_open
-
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no masks file at {path}")
-        with safe_open(path, framework="pt", device=str(device)) as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not an lth_sparse masks file (format {metadata.get('format')!r})")
-            return cls({name: f.get_tensor(name) for name in f.keys()})
+        return cls(read_safetensors(path, _FORMAT, "masks file", device=device)[0])
 
 
 # --- Mask analysis: similarity, overlap, voting -----------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Training-dynamics measures (issue 19): forgetting events on hand-made presentation sequences whose answers are
-known and against a plain per-example replay, through checkpoints and files, in a real training of a tiny MLP on
-the 8x8 digits, under DDP (two gloo ranks); the most/least forgotten rankings and the subsets without them;
-equation 4 on error curves whose convergence speed is known."""
+"""Training-dynamics measures (:mod:`lth_sparse.analysis.dynamics`): forgetting events on hand-made presentation
+sequences whose answers are known and against a plain per-example replay, through checkpoints and files, in a
+real training of a tiny MLP on the 8x8 digits, under DDP (two gloo ranks); the most/least forgotten rankings and
+the subsets without them; equation 4 on error curves whose convergence speed is known."""
 
 from __future__ import annotations
 

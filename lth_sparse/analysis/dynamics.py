@@ -1,4 +1,4 @@
-"""Training-dynamics measures of "The Influence of SGD Noise on Lottery Ticket Performance" (issue 19):
+"""Training-dynamics measures of "The Influence of SGD Noise on Lottery Ticket Performance":
 forgetting events (Table 1, Appendix A.1) and convergence speed (equation 4).
 
 Forgetting events (Toneva et al., 2019, "An empirical study of example forgetting during deep neural network
@@ -52,6 +52,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from lth_sparse.atomic import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    read_safetensors,
+)
 from lth_sparse.data import Dataset, Split
 from lth_sparse.train.loop import PRECISIONS, TrainStep, evaluate
 
@@ -61,6 +66,7 @@ __all__ = ["EpochErrors", "ForgettingEvents", "ForgettingResult", "convergence_s
 _FORMAT = "lth_sparse.forgetting/1"
 _STATE_FORMAT = 1
 _VECTORS = ("counts", "learned", "last_correct", "presentations")
+_TENSORS = (*_VECTORS, "events_per_epoch")  # a ForgettingResult's tensors, and the counting state's
 
 
 # --- Forgetting events ------------------------------------------------------------------------------------
@@ -161,32 +167,18 @@ class ForgettingResult:
     def save(self, path: str | os.PathLike) -> None:
         """Write the per-example tensors to ``path`` (safetensors, the figures in its metadata) and the figures to
         the ``.json`` beside it (``path`` with its suffix replaced), each atomically."""
-        from safetensors.torch import save_file
-
-        from lth_sparse.atomic import atomic_write, atomic_write_json
-
         path = Path(path)
         if path.suffix == ".json":
             raise ValueError(f"path is the tensors' file and the figures go to a .json beside it; got {path}")
         figures = self.to_dict()
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in (*_VECTORS, "events_per_epoch")}
-        metadata = {"format": _FORMAT, "figures": json.dumps(figures)}
-        atomic_write(path, lambda tmp: save_file(tensors, os.fspath(tmp), metadata=metadata))
+        tensors = {name: getattr(self, name) for name in _TENSORS}
+        atomic_save_safetensors(path, tensors, _FORMAT, {"figures": json.dumps(figures)})
         atomic_write_json(path.with_suffix(".json"), figures)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> ForgettingResult:
         """Read a result written by :meth:`save` (the safetensors file; the JSON is not needed)."""
-        from safetensors import safe_open
-
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no forgetting result at {path}")
-        with safe_open(path, framework="pt", device=str(device)) as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") != _FORMAT:
-                raise ValueError(f"{path} is not an lth_sparse forgetting result (format {metadata.get('format')!r})")
-            return cls(**{name: f.get_tensor(name) for name in (*_VECTORS, "events_per_epoch")})
+        return cls(**read_safetensors(path, _FORMAT, "forgetting result", device=device, names=_TENSORS)[0])
 
 
 class ForgettingEvents:
@@ -276,7 +268,7 @@ class ForgettingEvents:
     def state_dict(self) -> dict:
         """Copies of the counts so far (``train`` saves them in its checkpoints)."""
         return {"format": _STATE_FORMAT, "num_examples": self.num_examples,
-                **{name: getattr(self, name).clone() for name in (*_VECTORS, "events_per_epoch")}}
+                **{name: getattr(self, name).clone() for name in _TENSORS}}
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from ``state`` (a :meth:`state_dict`, on any device)."""
@@ -284,7 +276,7 @@ class ForgettingEvents:
             raise ValueError(f"the state (format {state.get('format')!r}) is one of ForgettingEvents over "
                              f"{state.get('num_examples')!r} examples, this one counts {self.num_examples} "
                              f"(format {_STATE_FORMAT})")
-        for name in (*_VECTORS, "events_per_epoch"):
+        for name in _TENSORS:
             current = getattr(self, name)
             value = torch.as_tensor(state[name])
             if name != "events_per_epoch" and value.shape != current.shape:
@@ -294,7 +286,7 @@ class ForgettingEvents:
     def result(self) -> ForgettingResult:
         """The counts so far, copied to the CPU (one read back to the host)."""
         return ForgettingResult(**{name: getattr(self, name).cpu().clone()
-                                   for name in (*_VECTORS, "events_per_epoch")})
+                                   for name in _TENSORS})
 
 
 def _check_fraction(fraction: float) -> float:

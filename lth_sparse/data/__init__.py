@@ -18,7 +18,6 @@ from .dataset import Dataset, RawDataset, Split, batches
 from .idx import read_idx, write_idx
 from .registry import (
     DATASETS,
-    DEFAULT_DATASET,
     DownloadError,
     available_datasets,
     default_data_dir,
@@ -28,7 +27,6 @@ from .registry import (
 
 __all__ = [
     "DATASETS",
-    "DEFAULT_DATASET",
     "Dataset",
     "DownloadError",
     "RandomCropFlip",

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
+from lth_sparse.registry import Registry
+
 from .dataset import Dataset, RawDataset, split_and_normalise
 from .derived import OPTIONS, canonical_name, derive, parse_task
 
 __all__ = [
     "DATASETS",
-    "DEFAULT_DATASET",
     "DownloadError",
     "available_datasets",
     "default_data_dir",
@@ -33,8 +34,8 @@ Loader = Callable[[Path, bool], RawDataset]
 class DownloadError(RuntimeError):
     """A dataset is not on disk and could not be downloaded; the message says how to get it."""
 
-DATASETS: dict[str, Loader] = {}
-DEFAULT_DATASET = "fashion-mnist"
+
+DATASETS: Registry[Loader] = Registry("dataset")
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
@@ -43,19 +44,12 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
     Raises:
         ValueError: if ``name`` is already registered.
     """
-
-    def decorate(loader: Loader) -> Loader:
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        DATASETS[name] = loader
-        return loader
-
-    return decorate
+    return DATASETS.register(name)
 
 
 def available_datasets() -> list[str]:
     """The registered dataset names, sorted."""
-    return sorted(DATASETS)
+    return DATASETS.names()
 
 
 def default_data_dir() -> Path:
@@ -101,10 +95,8 @@ def load_dataset(
             failed attempt created and left empty are removed.
     """
     key, options = parse_task(name)
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {key!r}; available: {', '.join(available_datasets())}"
-                         + (" (and derived tasks NAME:OPTION=VALUE, options: " + ", ".join(OPTIONS) + ")"
-                            if not options else ""))
+    loader = DATASETS.lookup(key, "" if options else
+                             " (and derived tasks NAME:OPTION=VALUE, options: " + ", ".join(OPTIONS) + ")")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):
@@ -112,7 +104,7 @@ def load_dataset(
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     before = _folders(root)
     try:
-        raw = DATASETS[key](root, download)
+        raw = loader(root, download)
     except BaseException:
         _remove_new_empty_folders(root, before)  # a failed download leaves no empty MNIST/raw behind
         raise

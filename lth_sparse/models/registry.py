@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from lth_sparse.nn import masked
+from lth_sparse.registry import Registry
 
 __all__ = [
     "INITIALIZERS",
@@ -27,7 +28,8 @@ __all__ = [
 
 Builder = Callable[..., nn.Module]
 
-MODELS: dict[str, Builder] = {}
+#: The builders by name; names are looked up without surrounding spaces and ignoring case.
+MODELS: Registry[Builder] = Registry("model", key=lambda name: name.strip().lower())
 
 
 def register_model(name: str) -> Callable[[Builder], Builder]:
@@ -37,19 +39,12 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
     Raises:
         ValueError: if ``name`` is already registered.
     """
-
-    def decorate(build: Builder) -> Builder:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = build
-        return build
-
-    return decorate
+    return MODELS.register(name)
 
 
 def available_models() -> list[str]:
     """The registered model names, sorted."""
-    return sorted(MODELS)
+    return MODELS.names()
 
 
 def image_shape(model: str, input_shape: Sequence[int], min_size: int = 1) -> tuple[int, int, int]:
@@ -131,9 +126,7 @@ def create_model(
             with the model and the shape; ``num_classes < 1``; unknown ``init``.
         TypeError: an option the model does not have.
     """
-    key = name.strip().lower()
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    build = MODELS.lookup(name)
     shape = tuple(int(d) for d in input_shape)
     if not shape or any(d < 1 for d in shape):
         raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {tuple(input_shape)}")
@@ -141,7 +134,7 @@ def create_model(
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if init not in INITIALIZERS:
         raise ValueError(f"unknown init {init!r}; available: {', '.join(sorted(INITIALIZERS))}")
-    model = MODELS[key](shape, int(num_classes), **options)
+    model = build(shape, int(num_classes), **options)
     initialize(model, init)
     model = masked(model)
     # What the model was built for, for tools that need one example's shape (effective sparsity).

@@ -64,7 +64,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .tasks import CIRCLE_BOUNDARIES, check_task, planting_data, task_kind
+from .tasks import CIRCLE_BOUNDARIES, TASKS, check_task, planting_data, task_kind
 
 __all__ = [
     "MIN_DEPTH",
@@ -78,7 +78,7 @@ __all__ = [
 ]
 
 #: The smallest depth (layers including the input layer) each target can be built for.
-MIN_DEPTH: dict[str, int] = {"relu": 3, "circle": 3, "helix": 3}
+MIN_DEPTH: dict[str, int] = dict.fromkeys(TASKS, 3)
 #: Knots of each univariate piece (Appendix B.1: 10 for Circle, 30 for Helix).
 CIRCLE_KNOTS = 10
 HELIX_KNOTS = 30

@@ -58,6 +58,7 @@ __all__ = [
     "chance_level",
 ]
 
+#: The planting tasks' names, in the paper's order: the one list of them, which every other is built from.
 TASKS: tuple[str, ...] = ("relu", "circle", "helix")
 
 #: The squared radii at which Circle's class changes (Appendix B.1: radii sqrt(0.2), sqrt(0.5), sqrt(0.7)).

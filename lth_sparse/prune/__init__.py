@@ -20,6 +20,8 @@ from lth_sparse.prune.pruners import (
     prune_random,
     prune_structured,
     random_masks_like,
+    select_kept,
+    uniform_scores,
 )
 from lth_sparse.prune.saliency import (
     GRASP_TEMPERATURE,
@@ -29,23 +31,23 @@ from lth_sparse.prune.saliency import (
     grasp_scores,
     magnitude_scores,
     prunable_layers,
+    prunable_masks,
     prune_grasp,
     prune_snip,
     prune_synflow,
     pruner_names,
     random_scores,
-    select_kept,
     snip_scores,
     synflow_scores,
-    target_kept,
 )
 
 __all__ = ["IMPORTANCES", "LAYER_NORMALISED", "SCOPES", "STRUCTURED_NORMS", "check_importance_and_scope",
            "importance_scores", "prune_magnitude", "prune_random", "prune_structured", "random_masks_like",
+           "select_kept", "uniform_scores",
            "effective_masks", "output_connected_masks",
            "GRASP_TEMPERATURE", "PRUNER_NAMES", "SYNFLOW_ITERATIONS", "get_pruner", "grasp_scores", "magnitude_scores",
-           "prunable_layers", "prune_grasp", "prune_snip", "prune_synflow", "pruner_names", "random_scores",
-           "select_kept", "snip_scores", "synflow_scores", "target_kept",
+           "prunable_layers", "prunable_masks", "prune_grasp", "prune_snip", "prune_synflow", "pruner_names",
+           "random_scores", "snip_scores", "synflow_scores",
            "LayerCollapse", "layer_collapse", "network_collapsed",
            "EdgePopupNetwork", "EdgePopupResult", "annealed_densities", "edge_popup", "straight_through_topk",
            "strong_ticket", "topk_mask", "MultiShotRound", "density_schedule", "magnitude_to_density", "multi_shot"]

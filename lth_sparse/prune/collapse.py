@@ -30,10 +30,10 @@ from typing import NamedTuple
 import torch.nn as nn
 from torch import Tensor
 
-from lth_sparse.masks import Masks, masked_weights
+from lth_sparse.masks import Masks, masked_weights, unwrapped_copy
 from lth_sparse.nn import masked
-from lth_sparse.prune.effective import _bare_copy, effective_masks
-from lth_sparse.prune.saliency import _prepare
+from lth_sparse.prune.effective import effective_masks
+from lth_sparse.prune.saliency import prunable_masks
 
 
 class LayerCollapse(NamedTuple):
@@ -50,9 +50,9 @@ class LayerCollapse(NamedTuple):
 
 def _effective(model: nn.Module, masks: Mapping[str, Tensor] | None, input_shape: tuple[int, ...] | None
                ) -> tuple[Masks, Masks]:
-    masks = _prepare(model, masks).masks
+    masks = prunable_masks(model, masks)
     if not masked_weights(model):  # a plain model: reachability runs on a masked copy
-        model = masked(_bare_copy(model))
+        model = masked(unwrapped_copy(model))
     return masks, effective_masks(model, masks, input_shape)
 
 

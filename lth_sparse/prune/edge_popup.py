@@ -74,6 +74,7 @@ from lth_sparse.masks import Masks, unwrap_model
 from lth_sparse.nn import MaskedMixin, masked
 from lth_sparse.nn.modules import MASKED_TYPES
 from lth_sparse.ops import prune_lowest
+from lth_sparse.prune._checks import check_count, check_density
 from lth_sparse.prune.multishot import density_schedule
 from lth_sparse.train import TrainConfig, iterations_per_epoch, make_optimizer, train
 
@@ -90,15 +91,12 @@ EDGE_POPUP_BATCH_SIZE = 32
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def _check_density(density: float) -> float:
-    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0.0 < density <= 1.0:
-        raise ValueError(f"density must be in (0, 1] (the fraction of each layer's weights kept), got {density!r}")
-    return float(density)
+_DENSITY = "the fraction of each layer's weights kept"  # what edge-popup's density is, for its errors
 
 
 def kept_count(density: float, n: int) -> int:
     """How many of a layer's ``n`` entries edge-popup keeps at ``density``: ``round(density * n)``."""
-    return round(_check_density(density) * n)
+    return round(check_density(density, _DENSITY) * n)
 
 
 def topk_mask(scores: Tensor, kept: int) -> Tensor:
@@ -195,7 +193,7 @@ class EdgePopupNetwork(nn.Module):
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         self.model = unwrap_model(model)
-        self.density = _check_density(density)
+        self.density = check_density(density, _DENSITY)
         layers = _scored_layers(self.model)
         self.layer_names: list[str] = list(layers)
         generator = torch.Generator().manual_seed(int(seed))
@@ -262,10 +260,8 @@ def edge_popup(model: nn.Module, data: Dataset, density: float, *, epochs: int =
         ValueError: ``density`` outside (0, 1], ``epochs`` not an integer >= 1, a model without a layer to
             score or with a layer already pruned; the training loop's errors for bad ``lr``/``batch_size``.
     """
-    density = _check_density(density)
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    epochs = int(epochs)
+    density = check_density(density, _DENSITY)
+    epochs = check_count("epochs", epochs)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=momentum,
                       weight_decay=weight_decay, schedule="cosine")
     inner = unwrap_model(model)

@@ -21,13 +21,11 @@ from the input), and the gradient arriving at it into 1 where it is non-zero
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from lth_sparse.masks import Masks, _wrapped, masked_weights, unwrap_model
+from lth_sparse.masks import Masks, masked_weights, unwrap_model, unwrapped_copy
 
 
 class _Reachability(torch.autograd.Function):
@@ -47,20 +45,10 @@ class _Reachability(torch.autograd.Function):
         return (grad != 0).to(grad.dtype) * reached, None
 
 
-def _bare_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every DDP / DataParallel / torch.compile wrapper replaced by what it holds
-    (copying a wrapper itself may fail, DDP's process group, and running a compiled one would compile)."""
-    memo: dict = {}
-    for module in reversed(list(model.modules())):  # inner wrappers before the ones around them
-        if _wrapped(module) is not None:
-            memo[id(module)] = copy.deepcopy(unwrap_model(module), memo)
-    return copy.deepcopy(unwrap_model(model), memo)
-
-
 @torch.no_grad()
 def _reachability_copy(model: nn.Module, masks: Masks, from_input: bool = True
                        ) -> tuple[nn.Module, dict[str, nn.Module]]:
-    net = _bare_copy(model).double().eval()
+    net = unwrapped_copy(model).double().eval()
     layers = masked_weights(net)
     for name, mask in masks.items():
         layers[name].mask.copy_(mask)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -49,6 +48,7 @@ from torch import Tensor
 
 from lth_sparse.data import Dataset
 from lth_sparse.masks import Masks, masked_weights, unwrap_model
+from lth_sparse.prune._checks import check_count, check_density
 from lth_sparse.prune.pruners import prune_magnitude
 from lth_sparse.train import TrainConfig, TrainResult, train
 
@@ -63,16 +63,7 @@ PruneFn = Callable[[nn.Module, Masks, float], Masks]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def _check_density(density: float) -> float:
-    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0.0 < density <= 1.0:
-        raise ValueError(f"density must be in (0, 1] (the fraction of all weights kept), got {density!r}")
-    return float(density)
-
-
-def _check_steps(name: str, steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {steps!r}")
-    return int(steps)
+_DENSITY = "the fraction of all weights kept"  # what multi-shot pruning's density is, for its errors
 
 
 def density_schedule(density: float, steps: int) -> list[float]:
@@ -82,8 +73,8 @@ def density_schedule(density: float, steps: int) -> list[float]:
 
     Raises ValueError for ``density`` outside (0, 1] or ``steps`` not an integer >= 1.
     """
-    density = _check_density(density)
-    steps = _check_steps("steps", steps)
+    density = check_density(density, _DENSITY)
+    steps = check_count("steps", steps)
     return [density ** (i / steps) for i in range(1, steps + 1)]
 
 
@@ -94,7 +85,7 @@ def fraction_for_density(masks: Masks, density: float) -> float:
 
     Raises ValueError for ``density`` outside (0, 1], or above what ``masks`` keeps (pruning cannot regrow).
     """
-    density = _check_density(density)
+    density = check_density(density, _DENSITY)
     total, remaining = masks.num_weights(), masks.num_unpruned()
     kept = round(density * total)
     if kept > remaining:
@@ -145,7 +136,7 @@ def multi_shot(model: nn.Module, data: Dataset, density: float, prune_fn: PruneF
             a weight the round before pruned.
         TypeError / KeyError: ``prune_fn`` returned no masks, or masks of other weights than the model's.
     """
-    targets = density_schedule(_check_density(density), _check_steps("rounds", rounds))
+    targets = density_schedule(check_density(density, _DENSITY), check_count("rounds", rounds))
     inner = unwrap_model(model)
     layers = masked_weights(inner)
     if not layers:

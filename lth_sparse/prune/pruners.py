@@ -27,6 +27,9 @@ Weights are ranked only when every unpruned one to be ranked, and its score,
 is finite: a NaN sorts above every number (it would be kept as the most
 important weight) and an inf turns layer-normalised scores into NaN, so NaN or
 inf weights (diverged training) are a ValueError naming the layers.
+
+The global selection is :func:`select_kept`, and random pruning's scores :func:`uniform_scores`: the single-shot
+pruners of :mod:`lth_sparse.prune.saliency` select, and draw, through them too.
 """
 
 from __future__ import annotations
@@ -122,22 +125,64 @@ def _prunable(model: nn.Module, masks: Masks | None, exclude: Iterable[str]):
     return layers, masks, names
 
 
+def unpruned_counts(masks: Mapping[str, Tensor]) -> dict[str, int]:
+    """The number of weights each mask keeps, by weight name."""
+    return {n: int(m.count_nonzero()) for n, m in masks.items()}
+
+
+def uniform_scores(masks: Mapping[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """The scores of random pruning: uniform in [0, 1), one per entry of each mask, by weight name. Drawn on the
+    CPU with ``generator``, layer by layer in the masks' order (the same draws whatever the device), and moved
+    to each mask's device."""
+    return {n: torch.rand(m.shape, generator=generator).to(m.device) for n, m in masks.items()}
+
+
+def select_kept(scores: Mapping[str, Tensor], masks: Masks, names: Iterable[str], kept: int,
+                unpruned: Mapping[str, int] | None = None) -> Masks:
+    """``masks`` with the lowest-scoring unpruned weights of the layers ``names`` pruned, pooled across those
+    layers, until exactly ``kept`` of them remain: the global selection of every pruner (through
+    :func:`lth_sparse.ops.prune_lowest`; ties pruned in layer order, then flat index).
+
+    Other layers' masks are returned as copies, so the result never shares a tensor with ``masks`` (which
+    may be a model's own mask buffers). Scores of different dtypes are compared in float64 (which holds each
+    exactly). ``unpruned``: the count of each layer's kept weights (:func:`unpruned_counts`) when the caller
+    has it. Raises ValueError for ``kept`` outside [0, unpruned weights of ``names``], and for a NaN or
+    infinite score of an unpruned weight (a NaN would rank highest and be kept), naming the layers.
+    """
+    names = list(names)
+    new = {n: m.clone() for n, m in masks.items() if n not in names}  # never the caller's or the model's tensors
+    if not names:
+        return Masks(new)
+    if unpruned is None:
+        unpruned = unpruned_counts({n: masks[n] for n in names})
+    remaining = sum(unpruned[n] for n in names)
+    if not 0 <= kept <= remaining:
+        raise ValueError(f"kept must be in [0, {remaining}] (the weights still unpruned), got {kept}")
+    # A sum is finite only when every term is (NaN and inf propagate): one read, and the exact search
+    # (which names the layers) only when it fails (maybe for a NaN where pruned, or an overflowing sum).
+    if not all(bool(torch.isfinite(scores[n].sum())) for n in names):
+        _refuse_non_finite({n: scores[n] for n in names}, masks, "scores of unpruned weights")
+    chosen = [scores[n].detach() for n in names]
+    if len({s.dtype for s in chosen}) > 1:  # one dtype for the selection; float64 holds every score exactly
+        chosen = [s.double() for s in chosen]
+    dense = remaining == sum(masks[n].numel() for n in names)  # nothing pruned yet: the selection reads no mask
+    new.update(zip(names, prune_lowest(chosen, None if dense else [masks[n] for n in names], remaining - kept)))
+    return Masks({n: new[n] for n in masks})  # in the masks' order
+
+
 def _select(scores: dict[str, Tensor], masks: Masks, names: list[str], fraction: float, scope: str) -> Masks:
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    new = dict(masks)
     if scope == "global":
-        remaining = sum(int(masks[n].sum()) for n in names)
-        k = round(fraction * remaining)
-        if names:
-            out = prune_lowest([scores[n] for n in names], [masks[n] for n in names], k)
-            new.update(zip(names, out))
-    else:
-        for n in names:
-            k = round(fraction * int(masks[n].sum()))
-            new[n] = prune_lowest([scores[n]], [masks[n]], k)[0]
+        unpruned = unpruned_counts({n: masks[n] for n in names})
+        remaining = sum(unpruned.values())
+        return select_kept(scores, masks, names, remaining - round(fraction * remaining), unpruned)
+    new = dict(masks)
+    for n in names:
+        k = round(fraction * int(masks[n].sum()))
+        new[n] = prune_lowest([scores[n]], [masks[n]], k)[0]
     return Masks(new)
 
 
@@ -167,9 +212,8 @@ def prune_magnitude(model: nn.Module, fraction: float, *, scope: str = "global",
 def prune_random(model: nn.Module, fraction: float, *, scope: str = "global", masks: Masks | None = None,
                  exclude: Iterable[str] = (), generator: torch.Generator | None = None) -> Masks:
     """Like :func:`prune_magnitude` with uniformly random scores."""
-    layers, masks, names = _prunable(model, masks, exclude)
-    scores = {n: torch.rand(masks[n].shape, generator=generator).to(masks[n].device) for n in names}
-    return _select(scores, masks, names, fraction, scope)
+    _, masks, names = _prunable(model, masks, exclude)
+    return _select(uniform_scores({n: masks[n] for n in names}, generator), masks, names, fraction, scope)
 
 
 def random_masks_like(masks: Masks, generator: torch.Generator | None = None) -> Masks:

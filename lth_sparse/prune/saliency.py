@@ -24,8 +24,9 @@ weight scores exactly 0, and the selection ranks only the weights still unpruned
 
 Pruners (:func:`prune_snip`, :func:`prune_grasp`, :func:`prune_synflow`; ``get_pruner(name)`` for all
 five) score, then select globally (all layers pooled; biases and other parameters are never pruned)
-through :func:`lth_sparse.ops.prune_lowest`, and return new :class:`~lth_sparse.masks.Masks`; the model is
-not changed. How much is pruned, with the package's two quantities under two names:
+through :func:`~lth_sparse.prune.select_kept` (:func:`lth_sparse.ops.prune_lowest`), and return new
+:class:`~lth_sparse.masks.Masks`; the model is not changed. How much is pruned, with the package's two
+quantities under two names:
 
 - ``fraction`` (positional, as :func:`~lth_sparse.prune.prune_magnitude`): the share of the *remaining*
   weights to remove: ``round(fraction * remaining)`` are pruned, ``0 <= fraction <= 1``;
@@ -51,8 +52,11 @@ models, whose ``nn.Linear`` / ``nn.Conv2d`` weights are the prunable ones (all-o
 returned masks apply after ``lth_sparse.nn.masked(model)``). A model with masked layers prunes those only.
 
 Building blocks, public for pipelines and analyses: :func:`prunable_layers` (what is scored),
-:func:`target_kept` (how many remain, from ``fraction`` or ``density``), :func:`select_kept` (the global
-selection), :func:`magnitude_scores` and :func:`random_scores` (the two baselines' scores).
+:func:`prunable_masks` (the masks scoring starts from), :func:`magnitude_scores` and :func:`random_scores`
+(the two baselines' scores). The selection, and the scores of magnitude and random pruning, are those of
+:mod:`lth_sparse.prune.pruners` (:func:`~lth_sparse.prune.pruners.select_kept`,
+:func:`~lth_sparse.prune.pruners.importance_scores`, :func:`~lth_sparse.prune.pruners.uniform_scores`):
+one implementation of each for every pruner of the package.
 
 The shuffle control (Frankle et al. 2021; Synaptic-Flow's ``--shuffle``, whose ``Pruner.shuffle()`` only
 rebinds a local name and leaves the masks as they were) is :func:`lth_sparse.prune.random_masks_like`,
@@ -71,10 +75,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
-from lth_sparse.masks import Masks, _bare_named_modules, masked_weights, unwrap_model
+from lth_sparse.masks import Masks, bare_named_modules, masked_weights, unwrap_model
 from lth_sparse.nn.modules import MASKED_TYPES, MaskedMixin
-from lth_sparse.ops import prune_lowest
-from lth_sparse.prune.pruners import _refuse_non_finite
+from lth_sparse.prune._checks import check_count, check_density
+from lth_sparse.prune.pruners import (
+    importance_scores,
+    select_kept,
+    uniform_scores,
+    unpruned_counts,
+)
 
 PRUNER_NAMES = ("random", "magnitude", "snip", "grasp", "synflow")
 GRASP_TEMPERATURE = 200.0
@@ -96,7 +105,7 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     layers: dict[str, nn.Module] = dict(masked_weights(model))
     if layers:
         return layers
-    for name, module in _bare_named_modules(model):
+    for name, module in bare_named_modules(model):
         if type(module) in MASKED_TYPES:
             if hasattr(module, "weight_orig"):
                 raise ValueError(f"layer {name!r} is pruned with torch.nn.utils.prune: convert the model with "
@@ -125,10 +134,6 @@ class _Prepared(NamedTuple):
         return sum(self.masks[n].numel() for n in self.names)
 
 
-def _counts(masks: Mapping[str, Tensor]) -> dict[str, int]:
-    return {n: int(m.count_nonzero()) for n, m in masks.items()}
-
-
 def _prepare(model: nn.Module, masks: Mapping[str, Tensor] | None, exclude: Iterable[str] = ()) -> _Prepared:
     layers = prunable_layers(model)
     if isinstance(exclude, str):
@@ -138,7 +143,7 @@ def _prepare(model: nn.Module, masks: Mapping[str, Tensor] | None, exclude: Iter
         raise KeyError(f"exclude names no prunable weight: {sorted(unknown)} (prunable weights: {list(layers)})")
     if masks is None:
         if any(isinstance(m, MaskedMixin) for m in layers.values()):
-            masks = {n: m.mask.detach() for n, m in layers.items()}  # read only; _select returns new tensors
+            masks = {n: m.mask.detach() for n, m in layers.items()}  # read only; select_kept returns new tensors
         else:
             masks = {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in layers.items()}
     masks = masks if isinstance(masks, Masks) else Masks(masks)
@@ -149,17 +154,18 @@ def _prepare(model: nn.Module, masks: Mapping[str, Tensor] | None, exclude: Iter
             raise ValueError(f"mask {n!r} must have the weight's shape {tuple(layer.weight.shape)}, "
                              f"got {tuple(masks[n].shape)}")
     masks = Masks({n: masks[n] for n in layers})
-    return _Prepared(layers, masks, [n for n in layers if n not in exclude], _counts(masks))
+    return _Prepared(layers, masks, [n for n in layers if n not in exclude], unpruned_counts(masks))
 
 
-def target_kept(masks: Mapping[str, Tensor], names: Iterable[str], fraction: float | None = None,
-                density: float | None = None) -> int:
-    """How many of the weights ``names`` remain after pruning by ``fraction`` or by ``density`` (see the
-    module docstring; exactly one of them). Raises ValueError for both or neither, a value outside its
-    range, and a density above the current one (pruning cannot regrow weights)."""
-    names = list(names)
-    return _kept(sum(_counts({n: masks[n] for n in names}).values()), sum(masks[n].numel() for n in names), fraction,
-                 density)
+def prunable_masks(model: nn.Module, masks: Mapping[str, Tensor] | None = None) -> Masks:
+    """The masks of :func:`prunable_layers` that the pruners here start from, in layer order: ``masks`` checked
+    against the model, or by default the model's own (all kept for a plain model).
+
+    Read them, do not write them: they may be the given tensors or the model's own mask buffers. Raises
+    KeyError for masks of other weights than the prunable ones, ValueError for a mask of the wrong shape,
+    and :func:`prunable_layers`' errors.
+    """
+    return _prepare(model, masks).masks
 
 
 def _kept(remaining: int, total: int, fraction: float | None, density: float | None) -> int:
@@ -172,42 +178,12 @@ def _kept(remaining: int, total: int, fraction: float | None, density: float | N
             raise ValueError(f"fraction must be in [0, 1] (the share of the remaining weights to remove), "
                              f"got {fraction!r}")
         return remaining - round(fraction * remaining)
-    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0.0 < density <= 1.0:
-        raise ValueError(f"density must be in (0, 1] (the share of all prunable weights kept), got {density!r}")
-    kept = round(density * total)
+    check_density(density, "the share of all prunable weights kept")
+    kept = round(density * total)  # the density as given (a Fraction stays exact)
     if kept > remaining:
         raise ValueError(f"density={density} keeps {kept} of the {total} prunable weights, but only {remaining} "
                          f"are unpruned (density {remaining / max(total, 1):.6g}): pruning cannot regrow weights")
     return kept
-
-
-def select_kept(scores: Mapping[str, Tensor], masks: Masks, names: Iterable[str], kept: int) -> Masks:
-    """``masks`` with the lowest-scoring unpruned weights of the layers ``names`` pruned, pooled across those
-    layers, until exactly ``kept`` of them remain (through :func:`lth_sparse.ops.prune_lowest`; ties pruned
-    in layer order, then flat index). Other layers' masks are returned as they are. Raises ValueError for
-    a NaN or infinite score of an unpruned weight (a NaN would rank highest and be kept)."""
-    names = list(names)
-    return _select(scores, masks, names, kept, _counts({n: masks[n] for n in names}))
-
-
-def _select(scores: Mapping[str, Tensor], masks: Masks, names: list[str], kept: int, unpruned: Mapping[str, int]
-            ) -> Masks:
-    new = {n: m.clone() for n, m in masks.items() if n not in names}  # never the caller's or the model's tensors
-    if not names:
-        return Masks(new)
-    remaining = sum(unpruned[n] for n in names)
-    if not 0 <= kept <= remaining:
-        raise ValueError(f"kept must be in [0, {remaining}] (the weights still unpruned), got {kept}")
-    # A sum is finite only when every term is (NaN and inf propagate): one read, and the exact search
-    # (which names the layers) only when it fails (maybe for a NaN where pruned, or an overflowing sum).
-    if not all(bool(torch.isfinite(scores[n].sum())) for n in names):
-        _refuse_non_finite({n: scores[n] for n in names}, masks, "scores of unpruned weights")
-    chosen = [scores[n].detach() for n in names]
-    if len({s.dtype for s in chosen}) > 1:  # one dtype for the selection; float64 holds every score exactly
-        chosen = [s.double() for s in chosen]
-    dense = remaining == sum(masks[n].numel() for n in names)  # nothing pruned yet: the selection reads no mask
-    new.update(zip(names, prune_lowest(chosen, None if dense else [masks[n] for n in names], remaining - kept)))
-    return Masks({n: new[n] for n in masks})  # in the masks' order
 
 
 # --- running the model on given tensors ---------------------------------------------------------------------------
@@ -227,7 +203,7 @@ class _ScoringNetwork:
     def __init__(self, model: nn.Module) -> None:
         self.net = self._structure(model, {})
         self.tensors: dict[str, Tensor] = {}
-        for name, module in _bare_named_modules(model):
+        for name, module in bare_named_modules(model):
             prefix = f"{name}." if name else ""
             for key, p in module._parameters.items():
                 if p is not None:
@@ -435,24 +411,25 @@ def synflow_scores(model: nn.Module, input_shape: tuple[int, ...] | None = None,
 
 
 def _magnitude(p: _Prepared) -> dict[str, Tensor]:
-    scores = {n: layer.weight.detach().abs() for n, layer in p.layers.items()}
+    scores = importance_scores({n: layer.weight for n, layer in p.layers.items()}, p.masks, "magnitude")
     return {n: s if p.dense(n) else s.mul_(p.masks[n]) for n, s in scores.items()}
 
 
 def magnitude_scores(model: nn.Module, masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
-    """``|w|`` of every prunable weight (Frankle & Carbin 2019), 0 where pruned."""
+    """``|w|`` of every prunable weight (Frankle & Carbin 2019), 0 where pruned: the magnitude scores of
+    :func:`~lth_sparse.prune.importance_scores` (float32 for float16 and bfloat16 weights)."""
     return _magnitude(_prepare(model, masks))
 
 
 def _random(p: _Prepared, generator: torch.Generator | None) -> dict[str, Tensor]:
-    scores = {n: torch.rand(m.shape, generator=generator).to(m.device) for n, m in p.masks.items()}
+    scores = uniform_scores(p.masks, generator)
     return {n: s if p.dense(n) else s.mul_(p.masks[n]) for n, s in scores.items()}
 
 
 def random_scores(model: nn.Module, masks: Mapping[str, Tensor] | None = None,
                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """Uniform random scores of every prunable weight, drawn on the CPU with ``generator`` layer by layer
-    (as :func:`~lth_sparse.prune.prune_random`), 0 where pruned."""
+    (:func:`~lth_sparse.prune.uniform_scores`, as :func:`~lth_sparse.prune.prune_random`), 0 where pruned."""
     return _random(_prepare(model, masks), generator)
 
 
@@ -461,7 +438,7 @@ def random_scores(model: nn.Module, masks: Mapping[str, Tensor] | None = None,
 def _prune(p: _Prepared, scores: Callable[[], dict[str, Tensor]], fraction: float | None,
            density: float | None) -> Masks:
     kept = _kept(p.remaining(), p.total(), fraction, density)  # arguments checked before any scoring
-    return _select(scores(), p.masks, p.names, kept, p.unpruned)
+    return select_kept(scores(), p.masks, p.names, kept, p.unpruned)
 
 
 def prune_snip(model: nn.Module, fraction: float | None = None, *, density: float | None = None, batch: Batch,
@@ -469,7 +446,8 @@ def prune_snip(model: nn.Module, fraction: float | None = None, *, density: floa
                exclude: Iterable[str] = ()) -> Masks:
     """New masks pruning by :func:`snip_scores` on ``batch``, globally, to ``fraction`` or ``density`` (one of
     them, see the module docstring). exclude: weight names never pruned (they still count in the scores'
-    forward pass). Errors as :func:`snip_scores` and :func:`target_kept`."""
+    forward pass). Errors as :func:`snip_scores`, and ValueError for both or neither of ``fraction`` and
+    ``density``, a value outside its range, or a density above the current one (pruning cannot regrow)."""
     p = _prepare(model, masks, exclude)
     return _prune(p, lambda: _snip(model, p, batch, loss_fn), fraction, density)
 
@@ -491,8 +469,7 @@ def prune_synflow(model: nn.Module, fraction: float | None = None, *, density: f
     ``iterations`` rounds that each re-score with the masks of the round before (Tanaka et al.'s
     Algorithm 1 with ``iterations=SYNFLOW_ITERATIONS``; the schedule is in the module docstring).
     ``iterations=1`` is single-shot. Data-free; other arguments as :func:`prune_snip`."""
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    check_count("iterations", iterations)
     p = _prepare(model, masks, exclude)
     kept = _kept(p.remaining(), p.total(), fraction, density)
     synflow = _SynFlow(model, p.layers, input_shape, dtype)
@@ -500,9 +477,9 @@ def prune_synflow(model: nn.Module, fraction: float | None = None, *, density: f
     for i in range(1, iterations + 1):
         now = sum(unpruned[n] for n in p.names)
         goal = kept if i == iterations or start == 0 else round(start * (kept / start) ** (i / iterations))
-        masks = _select(synflow.scores(masks, unpruned), masks, p.names, min(max(goal, kept), now), unpruned)
+        masks = select_kept(synflow.scores(masks, unpruned), masks, p.names, min(max(goal, kept), now), unpruned)
         if i < iterations:
-            unpruned = {**unpruned, **_counts({n: masks[n] for n in p.names})}
+            unpruned = {**unpruned, **unpruned_counts({n: masks[n] for n in p.names})}
     return masks
 
 
