@@ -162,10 +162,19 @@ class RunDir(Steps):
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
-        record = {"kind": self.kind, "hash": self.hash, "schema": HASH_SCHEMA,
-                  "config": {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}}
-        config_file = self.path / "config.json"
-        if not config_file.exists() or read_json(config_file) != json.loads(json.dumps(record, default=json_default)):
-            atomic_write_json(config_file, record)  # a resumed run of the same options leaves it untouched
+        if not self.recorded():  # a resumed run of the same options leaves config.json untouched
+            atomic_write_json(self.path / "config.json", self._record())
         self.claimed = True
+
+    def _record(self) -> dict:
+        return {"kind": self.kind, "hash": self.hash, "schema": HASH_SCHEMA,
+                "config": {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}}
+
+    def recorded(self) -> bool:
+        """Whether ``config.json`` holds this very config, every option (those outside the hash too) as given."""
+        config_file = self.path / "config.json"
+        try:
+            return read_json(config_file) == json.loads(json.dumps(self._record(), default=json_default))
+        except (OSError, ValueError):
+            return False
 

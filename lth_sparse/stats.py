@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["over_seeds"]
+__all__ = ["closest_by_density", "over_seeds"]
 
 
 def over_seeds(values) -> dict:
@@ -13,3 +15,9 @@ def over_seeds(values) -> dict:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64)
     std = float(t.std(unbiased=True)) if len(values) > 1 else 0.0
     return {"mean": float(t.mean()), "std": std, "min": float(t.min()), "max": float(t.max()), "n": len(values)}
+
+
+def closest_by_density(rows: list[dict], density: float, key: str = "density") -> dict:
+    """The row whose ``key`` (a fraction of weights remaining) is closest to ``density``, on a log scale (IMP's
+    rounds are geometric in density); a density of 0 counts as 1e-12."""
+    return min(rows, key=lambda r: abs(math.log(max(r[key], 1e-12)) - math.log(max(density, 1e-12))))

@@ -17,7 +17,7 @@ import torch.nn as nn
 from lth_sparse.masks import Masks, unwrap_model
 from lth_sparse.runs import ConfigMismatch, read_json
 
-__all__ = ["Ticket", "finished_rounds", "imp_run_config", "load_ticket", "resolve_seed", "round_results", "run_seeds",
+__all__ = ["Ticket", "finished_rounds", "imp_run_config", "load_ticket", "resolve_seed", "result_files", "round_results", "run_seeds",
            "seed_folder", "training_options"]
 
 WEIGHTS = ("rewind", "init", "final")
@@ -75,6 +75,13 @@ def imp_run_config(run_dir) -> dict:
     if saved.get("kind") != "imp":
         raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not an IMP run: tickets come from IMP")
     return saved["config"]
+
+
+def result_files(run_dir) -> list[Path]:
+    """The files of an IMP run that its readers' results come from: ``config.json`` and every round's
+    ``done.json`` (what a summary built from the run depends on; see ``Pipeline.summary_inputs``)."""
+    run_dir = Path(run_dir).expanduser()
+    return [run_dir / "config.json", *sorted(run_dir.glob("seed_*/round_[0-9][0-9]/done.json"))]
 
 
 def resolve_seed(run_dir, seed: int | None = None) -> int:

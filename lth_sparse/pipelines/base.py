@@ -12,7 +12,7 @@ together (a sweep's points: every unit of a stage through one executor call). Bo
 run, then claim it, plan it, hand each stage's unfinished units to an executor
 (:mod:`lth_sparse.executors`), summarise and report. A summary and its plots are rebuilt only
 when something under them changed (a unit's ``done.json``, the run's ``config.json``, a file
-outside the run it reads, the package's version, or plots asked for where none were drawn):
+outside the run it reads, the package's version), or plots are asked for where none were drawn:
 re-running a finished run does no work. The command line and sweeps both go through them.
 
 Under ``torchrun`` (several ranks; :mod:`lth_sparse.distributed`) every rank runs the same
@@ -32,11 +32,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lth_sparse.atomic import atomic_write_bytes, read_json
+from lth_sparse.atomic import atomic_write_json, read_json
 from lth_sparse.distributed import launched, launched_world_size
 from lth_sparse.errors import UserError, judging_input
 from lth_sparse.experiment import release_shared
-from lth_sparse.runs import RunDir
+from lth_sparse.registry import Registry
+from lth_sparse.runs import RunDir, Steps
 from lth_sparse.units import Unit
 
 __all__ = ["KINDS", "PIPELINES", "Pipeline", "RunPlan", "claim", "drive", "open_run", "pipeline_for",
@@ -77,6 +78,15 @@ class Pipeline:
         """Build ``summary.json`` (and the plots) from the units' saved results alone."""
         raise NotImplementedError
 
+    def unit_results(self, run_dir: Path, config, within: str = "") -> dict[str, dict]:
+        """The ``done.json`` of every planned unit of ``config`` in ``run_dir`` that is done (whose directory
+        lies under ``within``, where given), by unit directory, in the order of the directories' paths: what
+        :meth:`summarize` is built from."""
+        steps = Steps(run_dir)
+        units = sorted((u.directory for stage in self.plan(config) for u in stage), key=PurePosixPath)
+        return {d: steps.result(d) for d in units
+                if PurePosixPath(within) in (PurePosixPath(d), *PurePosixPath(d).parents) and steps.is_done(d)}
+
     def summary_inputs(self, config) -> list[Path]:
         """Files outside the run directory that :meth:`summarize` reads (e.g. other runs' results)."""
         return []
@@ -96,10 +106,10 @@ class Pipeline:
         return saved, config_from_options(self.config_class, saved["config"], f"{Path(run_dir) / 'config.json'}",
                                           presets=False)
 
-    def summary_stamp(self, run_dir: Path, config, units: Sequence[Unit], plots: bool) -> str:
+    def summary_stamp(self, run_dir: Path, config, units: Sequence[Unit]) -> str:
         """What ``summary.json`` of ``run_dir`` is built from, as a digest: the package's version, the run's
         ``config.json``, every planned unit's ``done.json`` and :meth:`summary_inputs` (each by size and
-        modification time), and whether plots were drawn."""
+        modification time)."""
         from lth_sparse._version import __version__
 
         def stat(path: Path) -> list:
@@ -109,7 +119,7 @@ class Pipeline:
                 return [str(path), None]
             return [str(path), s.st_size, s.st_mtime_ns]
 
-        record = [__version__, plots, (run_dir / "config.json").read_bytes().hex(),
+        record = [__version__, (run_dir / "config.json").read_bytes().hex(),
                   [stat(run_dir / u.directory / "done.json") for u in units],
                   [stat(Path(p)) for p in self.summary_inputs(config)]]
         return hashlib.sha256(json.dumps(record).encode()).hexdigest()
@@ -186,12 +196,19 @@ def _with_executor(pipeline: Pipeline, config, executor):
 
 def open_run(pipeline: Pipeline, config, out_dir, prefix: str = "") -> RunPlan:
     """The run of ``config`` in ``out_dir``, checked (the directory's kind and config, then the config's inputs
-    by :meth:`Pipeline.check`), not yet written. What ``check`` refuses (``ValueError``, ``KeyError``,
+    by :meth:`Pipeline.check`, unless the directory holds this very config and every unit of it is done: a
+    finished run re-run does no work), not yet written. What ``check`` refuses (``ValueError``, ``KeyError``,
     ``OSError``: it judges the user's input) is raised as a :class:`~lth_sparse.errors.UserError`."""
     with judging_input():
         run = RunDir(out_dir, config, pipeline.kind, claim=False)
-        pipeline.check(config)
+        if not _finished(pipeline, run):  # a finished run of the same options has nothing left to check
+            pipeline.check(config)
     return RunPlan(pipeline, run, prefix)
+
+
+def _finished(pipeline: Pipeline, run: RunDir) -> bool:
+    """Whether ``run`` holds its very config (every option as given) and every unit its plan lists is done."""
+    return run.recorded() and all(run.is_done(u.directory) for stage in pipeline.plan(run.config) for u in stage)
 
 
 def claim(plan: RunPlan, log: Callable[[str], None]) -> RunPlan:
@@ -215,15 +232,20 @@ def claim(plan: RunPlan, log: Callable[[str], None]) -> RunPlan:
 
 def summarize_if_changed(plan: RunPlan, stages: list[list[Unit]], plots: bool) -> dict:
     """The run's summary: rebuilt by :meth:`Pipeline.summarize` where anything it is made from changed since it
-    was last built (see :meth:`Pipeline.summary_stamp`), else read back from ``summary.json``."""
+    was last built (see :meth:`Pipeline.summary_stamp`) or plots are asked for where none were drawn, else read
+    back from ``summary.json``. ``SUMMARY_STAMP`` beside it records the digest and whether plots were drawn."""
     pipeline, path = plan.pipeline, plan.run.path
     units = [u for stage in stages for u in stage]
-    stamp_file = path / SUMMARY_STAMP
-    before = pipeline.summary_stamp(path, plan.config, units, plots)
-    if (path / "summary.json").exists() and stamp_file.exists() and stamp_file.read_text() == before:
+    stamp = {"built_from": pipeline.summary_stamp(path, plan.config, units), "plots": plots}
+    try:
+        before = read_json(path / SUMMARY_STAMP)
+    except (OSError, ValueError):
+        before = None
+    if (isinstance(before, dict) and before.get("built_from") == stamp["built_from"]
+            and (before.get("plots") or not plots) and (path / "summary.json").exists()):
         return read_json(path / "summary.json")
     summary = pipeline.summarize(path, plots=plots)
-    atomic_write_bytes(stamp_file, pipeline.summary_stamp(path, plan.config, units, plots).encode())
+    atomic_write_json(path / SUMMARY_STAMP, stamp)
     return summary
 
 
@@ -270,14 +292,12 @@ def _silent(line: str) -> None:
 KINDS = ("imp", "consensus", "transfer", "instability", "plant")
 """The pipelines, each registered by its module ``lth_sparse.pipelines.<kind>``, in the command line's order."""
 
-PIPELINES: dict[str, Pipeline] = {}
+PIPELINES: Registry[Pipeline] = Registry("pipeline")
 
 
 def register_pipeline(pipeline: Pipeline) -> Pipeline:
-    if pipeline.kind in PIPELINES:
-        raise ValueError(f"pipeline {pipeline.kind!r} is already registered")
-    PIPELINES[pipeline.kind] = pipeline
-    return pipeline
+    """Register ``pipeline`` under its ``kind`` (each module ``lth_sparse.pipelines.<kind>`` registers its own)."""
+    return PIPELINES.register(pipeline.kind)(pipeline)
 
 
 def pipeline_for(kind: str) -> Pipeline:

@@ -33,7 +33,6 @@ the same epochs as the bespoke rounds, from iteration 0.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -42,15 +41,22 @@ import torch
 
 from lth_sparse.config import option
 from lth_sparse.data.derived import parse_task, with_options
-from lth_sparse.masks import (Masks, distance_matrix, expected_jaccard_distance, jaccard_distance, masked_weights,
-                              overlap_counts, vote)
+from lth_sparse.masks import (
+    Masks,
+    distance_matrix,
+    expected_jaccard_distance,
+    jaccard_distance,
+    masked_weights,
+    overlap_counts,
+    vote,
+)
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import DERIVED_TASKS, CommonConfig, over_seeds, parse_seeds
-from lth_sparse.pipelines.imp import PRUNERS, ImpConfig, ImpRun, round_name
+from lth_sparse.pipelines.imp import PRUNERS, ImpConfig, ImpRun, imp_seed, round_name
 from lth_sparse.pipelines.steps import shared_dataset
 from lth_sparse.prune import SCOPES, effective_masks, output_connected_masks, random_masks_like
 from lth_sparse.runs import Steps, atomic_write_json, read_json
-from lth_sparse.train import TrainConfig
+from lth_sparse.stats import closest_by_density
 from lth_sparse.units import Unit
 
 PRESETS = {
@@ -132,6 +138,11 @@ class ConsensusConfig(CommonConfig):
         return tuple(with_options(t, shape=None if i == 0 and self.input_shape is None else shape, augment=self.augment)
                      for i, t in enumerate(self.tasks))
 
+    def loaded_tasks(self) -> tuple[str, ...]:
+        """The tasks as the units load them: brought to the first task's input shape (or ``input_shape``); the
+        first task is loaded to learn it (once per process: the units load it again from the cache)."""
+        return self.task_names(_first_shape(self))
+
     def imp_config(self, task: str, index: int) -> ImpConfig:
         """The bespoke IMP run of one task: this config's training, pruning and seed, rewound to the initial
         weights (``init_per_task``: another initialisation per task)."""
@@ -164,11 +175,25 @@ def _first_shape(config: ConsensusConfig) -> str:
 
 
 @dataclass(frozen=True)
+class BespokeSpec:
+    """What a bespoke unit trains: IMP of one seed's config on task ``index``."""
+
+    config: ConsensusConfig
+    index: int
+
+
+def bespoke_unit(spec: BespokeSpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
+    """Stage 1 of the consensus pipeline: the bespoke IMP run of one task (IMP's own unit, on the task as loaded:
+    brought to the shared input shape)."""
+    c = spec.config
+    return imp_seed(c.imp_config(c.loaded_tasks()[spec.index], spec.index), directory, log, progress)
+
+
+@dataclass(frozen=True)
 class ConsensusSpec:
     """What a consensus unit computes: the consensus of one seed's bespoke tickets."""
 
     config: ConsensusConfig
-    tasks: tuple[str, ...]  # as loaded (shape included)
 
 
 def _bespoke_dir(i: int) -> str:
@@ -195,8 +220,9 @@ def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], No
     """Stage 2 of the consensus pipeline: the consensus masks (``masks.safetensors``), the random control
     (``random_masks.safetensors``) and the analysis of the bespoke masks; returns its ``done.json``."""
     c = spec.config
+    tasks = c.loaded_tasks()
     seed_dir = directory.parent
-    n = len(spec.tasks)
+    n = len(tasks)
     rounds = {i: [Masks.load(seed_dir / _bespoke_dir(i) / round_name(r) / "masks.safetensors")
                   for r in range(c.rounds + 1)] for i in range(n)}
     at = [rounds[i][c.intersect_round] for i in range(n)]
@@ -212,7 +238,7 @@ def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], No
     random_masks = random_masks_like(consensus, generator)
     random_masks.save(directory / "random_masks.safetensors")
     # the effective sparsities need the model (the first task's)
-    imp = ImpRun(c.imp_config(spec.tasks[0], 0), None, progress, log)
+    imp = ImpRun(c.imp_config(tasks[0], 0), None, progress, log)
     effective = effective_masks(imp.model, consensus, imp.data.input_shape)
     output_side = output_connected_masks(imp.model, consensus, imp.data.input_shape)
     matrix = distance_matrix([part(m) for m in at])
@@ -226,7 +252,7 @@ def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], No
         over_rounds.append({"round": r, "density": sum(m.density() for m in masks_r) / n,
                             "jaccard": sum(measured) / len(pairs), "independent_jaccard": sum(expected) / len(pairs)})
     result = {
-        "tasks": list(spec.tasks), "votes": c.votes(), "intersect_round": c.intersect_round,
+        "tasks": list(tasks), "votes": c.votes(), "intersect_round": c.intersect_round,
         "layers": shared, "left_out": apart,
         "sparsity": consensus.sparsity(), "density": consensus.density(),
         "layer_sparsity": consensus.layer_sparsity(),
@@ -254,7 +280,6 @@ class RetrainSpec:
     ``target``."""
 
     config: ConsensusConfig
-    tasks: tuple[str, ...]
     ticket: str
     source: int | None
     target: int
@@ -262,11 +287,6 @@ class RetrainSpec:
 
 def _ticket_label(ticket: str, source: int | None) -> str:
     return f"bespoke_{source}" if ticket == "bespoke" else ticket
-
-
-def closest_round(rounds: list[dict], density: float) -> int:
-    """The round whose density is closest to ``density`` (on a log scale: IMP's rounds are geometric)."""
-    return min(rounds, key=lambda r: abs(math.log(r["density"]) - math.log(max(density, 1e-12))))["round"]
 
 
 def _fit(masks: Masks, model) -> Masks:
@@ -295,16 +315,17 @@ def retrain_unit(spec: RetrainSpec, directory: Path, log: Callable[[str], None],
         masks = Masks.load(seed_dir / "consensus" / "random_masks.safetensors")
     else:
         bespoke = read_json(seed_dir / _bespoke_dir(spec.source) / "done.json")["rounds"]
-        source_round = closest_round(bespoke, consensus["density"])
+        source_round = closest_by_density(bespoke, consensus["density"])["round"]
         masks = Masks.load(seed_dir / _bespoke_dir(spec.source) / round_name(source_round) / "masks.safetensors")
-    imp = ImpRun(c.imp_config(spec.tasks[spec.target], spec.target), None, progress, log)
+    task = c.loaded_tasks()[spec.target]
+    imp = ImpRun(c.imp_config(task, spec.target), None, progress, log)
     masks = _fit(masks, imp.model)
     init = {k: v.clone() for k, v in imp.model.state_dict().items()}
     label = _ticket_label(spec.ticket, spec.source)
     metrics = imp.train(init, masks, directory, start=0, desc=f"{label} on task {spec.target}")
     result = {"ticket": label, "source": spec.source, "source_round": source_round, "target": spec.target,
-              "task": spec.tasks[spec.target], **metrics}
-    log(f"{label} on {spec.tasks[spec.target]}: {100 * masks.density():.2f}% remaining, test accuracy "
+              "task": task, **metrics}
+    log(f"{label} on {task}: {100 * masks.density():.2f}% remaining, test accuracy "
         f"{100 * metrics['test_accuracy']:.2f}%")
     return result
 
@@ -351,25 +372,24 @@ class ConsensusPipeline(Pipeline):
                 "also come from --config FILE; flags override it, and override --preset.")
 
     def check(self, config: ConsensusConfig) -> None:
-        shape = _first_shape(config)
-        for i, task in enumerate(config.task_names(shape)):
+        for i, task in enumerate(config.loaded_tasks()):
             ImpRun(config.imp_config(task, i), None, False, lambda line: None)
 
     def plan(self, config: ConsensusConfig) -> list[list[Unit]]:
-        tasks = config.task_names(_first_shape(config))
+        tasks = config.tasks
         stages: list[list[Unit]] = [[], [], []]
         for s in config.seed_list():
             c = config.for_seed(s)
             root = f"seed_{s}"
-            stages[0] += [Unit("lth_sparse.pipelines.imp:imp_seed", c.imp_config(task, i),
+            stages[0] += [Unit("lth_sparse.pipelines.consensus:bespoke_unit", BespokeSpec(c, i),
                                f"{root}/{_bespoke_dir(i)}", label=f"seed {s} bespoke IMP on {task}")
                           for i, task in enumerate(tasks)]
-            stages[1].append(Unit("lth_sparse.pipelines.consensus:consensus_unit", ConsensusSpec(c, tasks),
+            stages[1].append(Unit("lth_sparse.pipelines.consensus:consensus_unit", ConsensusSpec(c),
                                   f"{root}/consensus", label=f"seed {s} consensus"))
             if config.retrain:
                 tickets = [("consensus", None), ("random", None)] + [("bespoke", j) for j in range(len(tasks))]
                 stages[2] += [Unit("lth_sparse.pipelines.consensus:retrain_unit",
-                                   RetrainSpec(c, tasks, ticket, source, target),
+                                   RetrainSpec(c, ticket, source, target),
                                    f"{root}/retrain/{_ticket_label(ticket, source)}/task_{target}",
                                    label=f"seed {s} {_ticket_label(ticket, source)} on {tasks[target]}")
                               for ticket, source in tickets for target in range(len(tasks))]
@@ -388,10 +408,8 @@ class ConsensusPipeline(Pipeline):
             entry = {"consensus": steps.result(f"{root}/consensus"),
                      "bespoke": {i: steps.result(f"{root}/{_bespoke_dir(i)}")["rounds"] for i in range(n)}}
             entry["retrain"] = {}
-            for unit in sorted((run_dir / root / "retrain").glob("*/task_*")):
-                name = f"{root}/retrain/{unit.parent.name}/{unit.name}"
-                if steps.is_done(name):
-                    entry["retrain"][f"{unit.parent.name}/{unit.name}"] = steps.result(name)
+            for name, result in self.unit_results(run_dir, config, f"{root}/retrain").items():
+                entry["retrain"][name[len(f"{root}/retrain/"):]] = result
             per_seed[s] = entry
         summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
                    "seeds": sorted(per_seed)}

@@ -38,21 +38,28 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, ClassVar
 
 import torch
 
 from lth_sparse.config import option, split_items
+from lth_sparse.experiment import check_device
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
-from lth_sparse.experiment import check_device
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import run_step, shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_torch_save, atomic_write_json, read_json
-from lth_sparse.tickets import (finished_rounds, imp_run_config, round_results, run_seeds, seed_folder,
-                                training_options)
+from lth_sparse.tickets import (
+    finished_rounds,
+    imp_run_config,
+    result_files,
+    round_results,
+    run_seeds,
+    seed_folder,
+    training_options,
+)
 from lth_sparse.train import TrainConfig, iterations_per_epoch, parse_step
 from lth_sparse.units import Unit
 
@@ -632,6 +639,10 @@ class InstabilityPipeline(Pipeline):
                                 label=f"search over {config.search}s")])
         return stages
 
+    def summary_inputs(self, config: InstabilityConfig) -> list[Path]:
+        """With ``source``: its rounds' results, which the summary reads."""
+        return result_files(config.source) if config.source is not None else []
+
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
         run_dir = Path(run_dir)
         saved, config = self.saved_config(run_dir)
@@ -669,14 +680,11 @@ class InstabilityPipeline(Pipeline):
             if not found:
                 continue
             summary["points"].append(_point_row(p, found, config, steps, source_rounds, dense_accuracy))
-        for unit in sorted(run_dir.glob("seed_*/successive/*/pair")):
-            name = str(unit.relative_to(run_dir))
-            if steps.is_done(name):
-                summary["successive"].append(steps.result(name))
-        summary["successive"] = _successive_rows(summary["successive"])
+        results = self.unit_results(run_dir, config)
+        summary["successive"] = _successive_rows([result for name, result in results.items()
+                                                  if "/successive/" in name])
         if config.drop_most_forgotten is not None:  # as the copies record it (no data loaded here)
-            copies = [steps.result(str(d.relative_to(run_dir))) for d in sorted(run_dir.glob("seed_*/*/copy_*"))
-                      if (d / "done.json").exists()]
+            copies = [result for name, result in results.items() if PurePosixPath(name).name.startswith("copy_")]
             if copies:
                 summary["dropped_examples"] = copies[0]["dropped_examples"]
         if steps.is_done("search"):

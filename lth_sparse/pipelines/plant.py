@@ -41,16 +41,16 @@ import torch
 import torch.nn as nn
 
 from lth_sparse.config import option, split_items
-from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.experiment import check_device
+from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
-from lth_sparse.runs import Steps, atomic_write_json
+from lth_sparse.planting.tasks import TASKS
+from lth_sparse.runs import atomic_write_json
 from lth_sparse.train import TrainConfig, default_loss, evaluate
 from lth_sparse.units import Unit
 
-TASKS = ("relu", "circle", "helix")
 SINGLE_SHOT = ("random", "magnitude", "snip", "grasp", "synflow")
 PRUNERS = SINGLE_SHOT + tuple(f"multishot-{p}" for p in SINGLE_SHOT) + ("edge-popup", "edge-popup-annealed")
 STRONG = ("edge-popup", "edge-popup-annealed")
@@ -336,9 +336,7 @@ class PlantPipeline(Pipeline):
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
         run_dir = Path(run_dir)
         saved, config = self.saved_config(run_dir)
-        steps = Steps(run_dir)
-        results = [steps.result(str(d.relative_to(run_dir))) for d in sorted(run_dir.glob("*/depth_*/*/density_*/seed_*"))
-                   if (d / "done.json").exists()]
+        results = list(self.unit_results(run_dir, config).values())
         rows, references = [], {}
         keys = sorted({(r["task"], r["depth"], r["pruner"], r["density_label"]) for r in results},
                       key=lambda k: (k[0], k[1], k[2], 2.0 if k[3] == "planted" else float(k[3])))

@@ -43,7 +43,6 @@ given): its rounds are the reference line (the target's own tickets) and the *tr
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar
@@ -52,14 +51,15 @@ import torch
 
 from lth_sparse.config import option, split_items
 from lth_sparse.data.derived import with_options
+from lth_sparse.experiment import check_device
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.models import create_model
-from lth_sparse.experiment import check_device
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import DERIVED_TASKS, MORCOS_TRAINING, CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_write_json, read_json
-from lth_sparse.tickets import (finished_rounds, imp_run_config, load_ticket, round_results, run_seeds,
+from lth_sparse.stats import closest_by_density
+from lth_sparse.tickets import (finished_rounds, imp_run_config, load_ticket, result_files, round_results, run_seeds,
                                 training_options)
 from lth_sparse.train import TrainConfig
 from lth_sparse.units import Unit
@@ -348,17 +348,12 @@ def _matching_target(config: TransferConfig, run_dir: str) -> int:
                      f"{list(config.targets)}")
 
 
-def _closest(rows: list[dict], density: float, key: str) -> dict:
-    """The row whose ``key`` density is closest to ``density`` (log scale: IMP's densities are geometric)."""
-    return min(rows, key=lambda r: abs(math.log(max(r[key], 1e-12)) - math.log(max(density, 1e-12))))
-
-
 def _gaps(transferred: list[dict], own: list[dict]) -> list[dict]:
     """Per transferred round, its accuracy minus the target's own ticket's at the closest density (the same round
     where both prune alike)."""
     out = []
     for row in transferred if own else []:
-        match = _closest(own, row["source_density"], "density")
+        match = closest_by_density(own, row["source_density"])
         out.append({"round": row["round"], "own_round": match["round"], "source_density": row["source_density"],
                     "own_density": match["density"],
                     "gap": row["test_accuracy"]["mean"] - match["test_accuracy"]["mean"]})
@@ -442,6 +437,10 @@ class TransferPipeline(Pipeline):
                                               _unit_dir(seed, k, t, r, kind),
                                               label=f"seed {seed} source {k} round {r} {kind} on {task}"))
         return [units]
+
+    def summary_inputs(self, config: TransferConfig) -> list[Path]:
+        """The source runs' and the target tickets' results, which the summary reads."""
+        return [f for run in (*config.sources, *config.target_tickets) for f in result_files(run)]
 
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
         run_dir = Path(run_dir)
@@ -549,7 +548,7 @@ def _matrix(summary: dict, config: TransferConfig) -> list[dict]:
             rows = pair["tickets"].get("rewind-preserved")
             if not rows:
                 continue
-            row = _closest(rows, 1 - at, "source_density")
+            row = closest_by_density(rows, 1 - at, "source_density")
             accuracy[k][t], rounds[k][t] = row["test_accuracy"]["mean"], row["round"]
             gaps = {g["round"]: g["gap"] for g in pair.get("gap", [])}
             gap[k][t] = gaps.get(row["round"])
