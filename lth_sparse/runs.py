@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from lth_sparse.atomic import (atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_json,  # noqa: F401
                                json_default, read_json)

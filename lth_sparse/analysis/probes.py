@@ -50,7 +50,7 @@ from torch import Tensor
 
 from lth_sparse.data import Dataset, Split, load_dataset
 from lth_sparse.masks import Masks, jaccard_distance, unwrap_model
-from lth_sparse.models import create_model
+from lth_sparse.experiment import draw_model
 from lth_sparse.models.resnet import BasicBlock, Bottleneck
 from lth_sparse.tickets import Ticket, load_ticket
 from lth_sparse.train import TrainConfig, evaluate, train
@@ -289,11 +289,8 @@ def _new_model(config: dict, input_shape: Sequence[int], num_classes: int, init_
     """The run's architecture, freshly initialised from ``init_seed`` without touching the caller's random
     streams (torch's default generator is forked)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(init_seed)
-        model = create_model(config["model"], tuple(input_shape), num_classes,
-                             **dict(config.get("model_options") or ()))
-    return model.to(device)
-
+        return draw_model(config["model"], input_shape, num_classes, config.get("model_options"), seed=init_seed,
+                          device=device)
 
 def ticket_variants(ticket: Ticket, dense: Ticket, input_shape: Sequence[int], num_classes: int, *,
                     probe_seed: int = 0, device="cpu") -> dict[str, nn.Module]:

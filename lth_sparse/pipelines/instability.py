@@ -44,9 +44,8 @@ from typing import Callable, ClassVar
 import torch
 
 from lth_sparse.config import option, split_items
-from lth_sparse.experiment import check_device
+from lth_sparse.experiment import check_device, draw_model
 from lth_sparse.masks import Masks
-from lth_sparse.models import create_model
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import run_step, shared_dataset, train_masked
@@ -283,11 +282,8 @@ class _Setup:
         return k
 
     def model(self, seed: int | None = None):
-        torch.manual_seed(self.seed if seed is None else seed)
-        model = create_model(self.config.model, self.data.input_shape, self.data.num_classes,
-                             **dict(self.config.model_options))
-        model.input_shape = self.data.input_shape
-        return model.to(self.device)
+        return draw_model(self.config.model, self.data.input_shape, self.data.num_classes, self.config.model_options,
+                          seed=self.seed if seed is None else seed, device=self.device)
 
 
 def _point_label(text: str) -> str:

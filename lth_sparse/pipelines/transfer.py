@@ -51,9 +51,8 @@ import torch
 
 from lth_sparse.config import option, split_items
 from lth_sparse.data.derived import with_options
-from lth_sparse.experiment import check_device
+from lth_sparse.experiment import check_device, draw_model
 from lth_sparse.masks import Masks, masked_weights
-from lth_sparse.models import create_model
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import DERIVED_TASKS, MORCOS_TRAINING, CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
@@ -254,14 +253,6 @@ def _load_target(c: TransferConfig, task: str, device):
                           train_size=c.train_size)
 
 
-def _new_model(source_config: dict, data, seed: int, device) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = create_model(source_config["model"], data.input_shape, data.num_classes,
-                         **dict(source_config.get("model_options") or ()))
-    model.input_shape = data.input_shape
-    return model.to(device)
-
-
 def ticket_start(spec: TransferSpec, device="cpu"):
     """(model, data, state, masks, facts) of one transfer unit before training: the target's model (the source's
     architecture with the target's classes), its data, the state it starts from and the masks it trains under."""
@@ -271,13 +262,15 @@ def ticket_start(spec: TransferSpec, device="cpu"):
     data = _load_target(c, spec.task, device)
     # one draw per (seed, source, round) of the output layer, shared by the ticket kinds; another for fresh weights
     draw = spec.seed * 7919 + 1_000_003 * spec.source + spec.round
-    model = _new_model(ticket.config, data, draw + 17, device)
+    model = draw_model(ticket.config["model"], data.input_shape, data.num_classes, ticket.config.get("model_options"),
+                       seed=draw + 17, device=device)
     names = list(masked_weights(model))
     head = names[-1]
     head_prefix = head[: -len("weight")]
     start = model.state_dict()
     if weights == "fresh":
-        fresh = _new_model(ticket.config, data, draw + 100_003, device).state_dict()
+        fresh = draw_model(ticket.config["model"], data.input_shape, data.num_classes,
+                           ticket.config.get("model_options"), seed=draw + 100_003, device=device).state_dict()
         body = {k: v for k, v in fresh.items() if not k.startswith(head_prefix)}
     else:
         body = {k: v for k, v in ticket.rewind_state.items() if not k.startswith(head_prefix)}
