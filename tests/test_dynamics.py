@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import socket
 
 import pytest
 import torch
@@ -370,11 +369,6 @@ WORLD = 2
 DDP_TRAIN_SIZE = 76  # batches of 33, 33, 10: shards of 17 and 16, then 5 and 5
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def ddp_worker(rank, port, data, cfg, out_dir):
     torch.set_num_threads(1)
@@ -389,12 +383,12 @@ def ddp_worker(rank, port, data, cfg, out_dir):
         dist.destroy_process_group()
 
 
-def test_under_ddp_synced_counts_are_the_whole_training_sets_and_unsynced_the_shards(digits, tmp_path):
+def test_under_ddp_synced_counts_are_the_whole_training_sets_and_unsynced_the_shards(free_port, digits, tmp_path):
     data = dataclasses.replace(digits, train=Split(digits.train.x[:DDP_TRAIN_SIZE], digits.train.y[:DDP_TRAIN_SIZE]))
     cfg = train_config(epochs=3, batch_size=33)
     import torch._dynamo  # noqa: F401  (imported once before forking, as tests/train/test_distributed.py does)
 
-    mp.start_processes(ddp_worker, args=(free_port(), data, cfg, tmp_path), nprocs=WORLD, join=True,
+    mp.start_processes(ddp_worker, args=(free_port, data, cfg, tmp_path), nprocs=WORLD, join=True,
                        start_method="fork")
     ranks = [torch.load(tmp_path / f"out{rank}.pt", weights_only=False) for rank in range(WORLD)]
     # the global batches: the ranks' shards of each step, joined

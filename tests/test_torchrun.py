@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -197,11 +196,6 @@ def test_cuda_is_the_local_rank_s_gpu_and_an_index_is_refused_on_several_ranks()
 
 # --- the helpers on two forked ranks (gloo) --------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def world_worker(rank: int, port: int, out_dir: Path) -> None:
     torch.set_num_threads(1)
@@ -234,10 +228,10 @@ def world_worker(rank: int, port: int, out_dir: Path) -> None:
         dist.destroy_process_group()
 
 
-def test_masks_are_broadcast_once_and_ddp_leaves_them_alone(tmp_path):
+def test_masks_are_broadcast_once_and_ddp_leaves_them_alone(free_port, tmp_path):
     import torch._dynamo  # noqa: F401 - imported once here, not in each forked rank (DDP imports it)
 
-    mp.start_processes(world_worker, args=(free_port(), tmp_path), nprocs=RANKS, join=True, start_method="fork")
+    mp.start_processes(world_worker, args=(free_port, tmp_path), nprocs=RANKS, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"{rank}.pt", weights_only=False) for rank in range(RANKS)]
     assert ranks[0]["masks"].keys() == ranks[1]["masks"].keys()
     for name, mask in ranks[0]["masks"].items():

@@ -43,7 +43,7 @@ from lth_sparse.units import Unit
 __all__ = ["KINDS", "PIPELINES", "Pipeline", "RunPlan", "claim", "drive", "open_run", "pipeline_for",
            "register_pipeline", "summarize_if_changed"]
 
-SUMMARY_STAMP = ".summary-stamp"
+SUMMARY_STAMP = "summary-stamp.json"
 """The file beside ``summary.json`` that says what it was built from (see :meth:`Pipeline.summary_stamp`)."""
 
 

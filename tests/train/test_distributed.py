@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 
 import pytest
 import torch
@@ -51,11 +50,6 @@ def test_a_batch_smaller_than_the_world_is_a_value_error(digits):
         train(small_model(), short, config(), rank=0, world_size=2, progress=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def ddp_worker(rank, port, data, cfg, out_dir):
     torch.set_num_threads(1)
@@ -73,14 +67,14 @@ def ddp_worker(rank, port, data, cfg, out_dir):
         dist.destroy_process_group()
 
 
-def test_ddp_on_two_ranks_equals_one_process_on_the_same_global_batches(digits, tmp_path):
+def test_ddp_on_two_ranks_equals_one_process_on_the_same_global_batches(free_port, digits, tmp_path):
     data = dataclasses.replace(digits, train=Split(digits.train.x[:DDP_TRAIN_SIZE], digits.train.y[:DDP_TRAIN_SIZE]))
     cfg = config(epochs=2, batch_size=DDP_BATCH, lr=0.2, momentum=0.0)
     # Forked, not spawned, with what DDP's constructor imports (torch._dynamo) imported once here: the
     # workers start without seconds of imports each.
     import torch._dynamo  # noqa: F401
 
-    mp.start_processes(ddp_worker, args=(free_port(), data, cfg, tmp_path), nprocs=WORLD, join=True,
+    mp.start_processes(ddp_worker, args=(free_port, data, cfg, tmp_path), nprocs=WORLD, join=True,
                        start_method="fork")
     ranks = [torch.load(tmp_path / f"out{rank}.pt", weights_only=False) for rank in range(WORLD)]
 
