@@ -44,6 +44,7 @@ from typing import Callable, ClassVar
 import torch
 
 from lth_sparse.config import option, split_items
+from lth_sparse.analysis import BN_MODES, PRECISIONS
 from lth_sparse.experiment import check_device, draw_model
 from lth_sparse.masks import Masks
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
@@ -62,8 +63,6 @@ from lth_sparse.tickets import (
 from lth_sparse.train import TrainConfig, iterations_per_epoch, parse_step
 from lth_sparse.units import Unit
 
-BN_CHOICES = ("recompute", "interpolate", "train-mode")
-PRECISION_CHOICES = ("fp32", "bf16")  # lth_sparse.analysis.PRECISIONS
 SEARCH_UNITS = ("epoch", "iter")
 PRESETS = {
     # The SGD-noise paper, Section 4 and Appendix G: SGD from 0.1, cosine-annealed, weight decay 5e-4, 200 epochs
@@ -114,12 +113,12 @@ class InstabilityConfig(CommonConfig):
     alphas: int = option(21, "points along each path, evenly spaced in [0, 1]")
     bn: str = option("recompute", "batch-norm statistics along the path: re-estimated per alpha on training "
                                   "batches, interpolated like every tensor, or batch statistics",
-                     choices=BN_CHOICES)
+                     choices=BN_MODES)
     bn_batches: int = option(10, "training batches the statistics are re-estimated on (--bn recompute)")
     path_precision: str = option("fp32", "the path's passes in fp32, or in bf16 under autocast (2-3x faster for conv "
                                          "nets on CPUs with AMX and on GPUs, losses within ~0.005: a screening "
                                          "precision; report barriers in fp32). --precision is the training's",
-                                 choices=PRECISION_CHOICES)
+                                 choices=PRECISIONS)
     eval_examples: int | None = option(10000, "evaluate each path on at most this many examples per split",
                                        metavar="N")
     threshold: float = option(0.02, "a pair is stable when its error barrier is under this (a fraction)")

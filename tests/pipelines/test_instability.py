@@ -243,7 +243,8 @@ def test_bf16_paths_are_recorded_and_the_hash_of_an_fp32_run_is_unchanged(tmp_pa
     summary; fp32, the default, leaves the run's identity as it was before the option existed."""
     from lth_sparse.analysis import PRECISIONS
 
-    assert instability.PRECISION_CHOICES == PRECISIONS
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(InstabilityConfig)}
+    assert choices["path_precision"] == PRECISIONS
     config, summary = run(tmp_path / "bf16", rewind_points="iter:10", path_precision="bf16")
     assert summary["path_precision"] == "bf16" and config.precision == "fp32"  # the training's stays
     done = json.loads((tmp_path / "bf16" / "seed_0" / "iter_10" / "pair_0_1" / "done.json").read_text())
