@@ -43,9 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lth_sparse.atomic import atomic_write_bytes, atomic_write_json
 from lth_sparse.config import ConfigError, config_from_options
 from lth_sparse.errors import UserError
-from lth_sparse.atomic import atomic_write_bytes, atomic_write_json
+from lth_sparse.runs import config_hash
 
 __all__ = ["GridError", "GridPoint", "Sweep", "load_sweep", "point_name", "run_sweep", "summary_rows",
            "sweep_from_mapping"]
@@ -228,20 +229,25 @@ def run_sweep(sweep: Sweep, out_dir, *, executor=None, log: Callable[[str], None
     has_threads = any(f.name == "threads" for f in dataclasses.fields(pipeline.config_class))
     if executor is None:
         executor = LocalExecutor(sweep.points[0].config.threads if has_threads else None)
-    plans = []
-    for point in sweep.points:  # every point checked before any is claimed
-        config = dataclasses.replace(point.config, threads=executor.threads) if has_threads else point.config
-        plans.append(open_run(pipeline, config, out / point.name, prefix=point.name))
-    units = [(plan, unit) for plan in plans for stage in pipeline.plan(plan.config) for unit in stage]
-    finished = sum(plan.run.is_done(unit.directory) for plan, unit in units)
-    log(f"sweep of {pipeline.kind} over {len(sweep.points)} points "
-        f"({' x '.join(f'{len(v)} {k}' for k, v in sorted(sweep.grid.items()))}) in {out}: {len(units)} units"
-        + (f", {finished} already done" if finished else "") + f", through the {executor.name} executor")
+    configs = [dataclasses.replace(point.config, threads=executor.threads) if has_threads else point.config
+               for point in sweep.points]
+
+    def open_plans() -> list:
+        plans = [open_run(pipeline, config, out / point.name, prefix=point.name)  # every point checked first
+                 for point, config in zip(sweep.points, configs)]
+        units = [(plan, unit) for plan in plans for stage in pipeline.plan(plan.config) for unit in stage]
+        finished = sum(plan.run.is_done(unit.directory) for plan, unit in units)
+        log(f"sweep of {pipeline.kind} over {len(sweep.points)} points "
+            f"({' x '.join(f'{len(v)} {k}' for k, v in sorted(sweep.grid.items()))}) in {out}: {len(units)} units"
+            + (f", {finished} already done" if finished else "") + f", through the {executor.name} executor")
+        return plans
+
     started = time.time()
-    summaries = drive(plans, out, executor=executor, log=_quiet_claims(log), progress=progress, plots=plots)
+    summaries = drive(pipeline, configs, open_plans, out, executor=executor, log=_quiet_claims(log),
+                      progress=progress, plots=plots)
     points, rows = [], []
-    for point, plan, summary in zip(sweep.points, plans, summaries):
-        points.append({"name": point.name, "values": point.values, "hash": plan.run.hash})
+    for point, config, summary in zip(sweep.points, configs, summaries):
+        points.append({"name": point.name, "values": point.values, "hash": config_hash(config)})
         rows += [{"point": point.name, **point.values, **figures} for figures in summary_rows(summary)]
     table = {**sweep.record(), "points": points, "rows": rows}
     atomic_write_json(out / "sweep.json", table)

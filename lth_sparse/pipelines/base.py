@@ -145,25 +145,8 @@ class Pipeline:
         if ranks > 1 and getattr(executor, "name", None) != "local":
             raise UserError(f"under torchrun ({ranks} ranks) every rank runs the units itself, in process: use "
                             f"--executor local (the default), not {getattr(executor, 'name', type(executor).__name__)}")
-        with launched(getattr(config, "device", "cpu")) as world:
-            if not world.writer:
-                log, progress = _silent, False
-            plan = world.on_writer(lambda: claim(open_run(self, config, out_dir), log), share=False)
-            started = time.time()
-            stages = self.plan(config)
-            for stage in stages:
-                pending = world.on_writer(lambda: [i for i, u in enumerate(stage) if not plan.run.is_done(u.directory)])
-                if pending:
-                    executor.run([stage[i] for i in pending], plan.run.path if world.writer else Path(out_dir),
-                                 log=log, progress=progress)
-            release_shared()  # the data the units of this process shared
-            summary = world.on_writer(lambda: summarize_if_changed(plan, stages, plots))
-            for line in self.report(summary):
-                log(line)
-            path = Path(out_dir)
-            log(f"done in {time.time() - started:.0f} s: {path / 'summary.json'}"
-                + (f", plots in {path / 'plots'}" if plots else ""))
-        return summary
+        return drive(self, [config], lambda: [open_run(self, config, out_dir)], out_dir, executor=executor, log=log,
+                     progress=progress, plots=plots, report=True)[0]
 
 
 @dataclasses.dataclass
@@ -249,24 +232,51 @@ def summarize_if_changed(plan: RunPlan, stages: list[list[Unit]], plots: bool) -
     return summary
 
 
-def drive(plans: Sequence[RunPlan], root, *, executor, log: Callable[[str], None] = print,
-          progress: bool | None = None, plots: bool = True) -> list[dict]:
-    """Run several checked runs of one pipeline together: claim each, then every stage's unfinished units of all
-    of them through one ``executor.run`` call per stage (their directories relative to ``root``, under each
-    run's ``prefix``), then each run's summary (rebuilt only where something changed). Returns the summaries,
-    in the order of ``plans``. Not under torchrun (every rank would run every run)."""
-    refuse_under_torchrun()
-    root = Path(root)
-    for plan in plans:
-        claim(plan, log)
-    plans_stages = [plan.pipeline.plan(plan.config) for plan in plans]
-    for i in range(max((len(s) for s in plans_stages), default=0)):
-        stage = [_under(unit, plan.prefix) for plan, stages in zip(plans, plans_stages) if i < len(stages)
-                 for unit in stages[i] if not plan.run.is_done(unit.directory)]
-        if stage:
-            executor.run(stage, root, log=log, progress=progress)
-    release_shared()
-    return [summarize_if_changed(plan, stages, plots) for plan, stages in zip(plans, plans_stages)]
+def drive(pipeline: Pipeline, configs: Sequence, open_plans: Callable[[], list[RunPlan]], root, *, executor,
+          log: Callable[[str], None] = print, progress: bool | None = None, plots: bool = True,
+          report: bool = False) -> list[dict]:
+    """The one driver: run the runs of ``pipeline`` with ``configs`` together. ``open_plans()`` opens and
+    checks every one of them (:func:`open_run`) before any is written; then each is claimed, every stage's
+    unfinished units of all of them go through one ``executor.run`` call per stage (their directories relative
+    to ``root``, under each run's ``prefix``), and each run's summary is built where something under it changed.
+    Returns the summaries, in the order of ``configs``. With ``report`` (one run in ``root``), the pipeline's
+    report of its summary and where it lies are logged at the end.
+
+    Under torchrun (one run only) every rank calls it: rank 0 alone opens, claims, finds the unfinished units
+    and summarises, and shares what it found; every rank runs the units and returns rank 0's summaries.
+    """
+    if len(configs) > 1:
+        refuse_under_torchrun()
+    root, started = Path(root), time.time()
+    with launched(getattr(configs[0], "device", "cpu")) as world:
+        if not world.writer:
+            log, progress = _silent, False
+
+        def open_and_claim() -> list[RunPlan]:
+            plans = open_plans()
+            for plan in plans:
+                claim(plan, log)
+            return plans
+
+        plans = world.on_writer(open_and_claim, share=False)
+        stages_of = [pipeline.plan(config) for config in configs]  # pure: every rank plans alike
+        prefixes = world.on_writer(lambda: [plan.prefix for plan in plans])
+        for i in range(max((len(stages) for stages in stages_of), default=0)):
+            pending = world.on_writer(lambda: [(k, j) for k, stages in enumerate(stages_of) if i < len(stages)
+                                               for j, unit in enumerate(stages[i])
+                                               if not plans[k].run.is_done(unit.directory)])
+            if pending:
+                executor.run([_under(stages_of[k][i][j], prefixes[k]) for k, j in pending], root, log=log,
+                             progress=progress)
+        release_shared()  # the data the units of this process shared
+        summaries = world.on_writer(lambda: [summarize_if_changed(plan, stages, plots)
+                                             for plan, stages in zip(plans, stages_of)])
+        if report:
+            for line in pipeline.report(summaries[0]):
+                log(line)
+            log(f"done in {time.time() - started:.0f} s: {root / 'summary.json'}"
+                + (f", plots in {root / 'plots'}" if plots else ""))
+    return summaries
 
 
 def refuse_under_torchrun() -> None:
