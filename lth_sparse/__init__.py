@@ -1,13 +1,18 @@
 """lth_sparse: lottery-ticket research on PyTorch.
 
-Layers (DESIGN.md): kernels and ops (:mod:`lth_sparse.ops`), masked modules and
+Layers (docs/design.md): kernels and ops (:mod:`lth_sparse.ops`), masked modules and
 masks (:mod:`lth_sparse.nn`, :class:`lth_sparse.Masks`), pruning, data, models,
 training, and the pipelines behind the ``lth-sparse`` command.
 """
 
-from lth_sparse._version import __version__
-from lth_sparse._dispatch import backend_info, warn_if_torch_only
+from typing import TYPE_CHECKING
+
 from lth_sparse import ops
+from lth_sparse._dispatch import backend_info, warn_if_torch_only
+from lth_sparse._version import __version__
+
+if TYPE_CHECKING:
+    from lth_sparse.masks import Masks
 
 warn_if_torch_only()
 

@@ -1,6 +1,6 @@
 """Backend choice for every op: one small function, read at call time.
 
-DESIGN.md fixes the order. For tensors on CUDA: the compiled CUDA extension,
+docs/design.md fixes the order. For tensors on CUDA: the compiled CUDA extension,
 then Triton, then torch. For tensors on the CPU: the compiled C++ extension,
 then torch (and Triton under ``TRITON_INTERPRET=1``, but only when forced: the
 interpreter is a test vehicle, never a fast path). ``LTH_SPARSE_BACKEND`` forces
@@ -121,7 +121,7 @@ def choose_backend(op: str, device: torch.device, implemented: tuple[str, ...]) 
     """The backend to run ``op`` with on ``device``.
 
     ``implemented`` lists the backends that have a kernel for ``op`` (``torch``
-    always). With ``auto`` the first usable one in DESIGN.md's order is taken.
+    always). With ``auto`` the first usable one in docs/design.md's order is taken.
     """
     setting = backend_setting()
     if setting != "auto":

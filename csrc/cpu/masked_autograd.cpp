@@ -279,13 +279,5 @@ at::Tensor masked_linear_dense(const at::Tensor& input, const at::Tensor& weight
   return dense_forward(input, weight, mask, bias);
 }
 
-at::Tensor masked_linear_sparse(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
-                                const std::optional<at::Tensor>& bias, const std::vector<at::Tensor>& structure) {
-  TORCH_CHECK(structure.size() == 4, "masked_linear_sparse: structure must be mask_structure(mask)'s 4 tensors");
-  TORCH_CHECK(weight.dim() == 2 && input.dim() >= 1 && input.size(-1) == weight.size(1),
-              "masked_linear_sparse: input (*, in) and weight (out, in) do not fit");
-  return sparse_forward(input, weight, mask, bias, structure);
-}
-
 }  // namespace cpu
 }  // namespace lth_sparse

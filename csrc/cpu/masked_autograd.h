@@ -4,7 +4,6 @@
 #include <ATen/ATen.h>
 
 #include <optional>
-#include <vector>
 
 namespace lth_sparse {
 namespace cpu {
@@ -44,12 +43,6 @@ std::optional<at::Tensor> masked_linear_auto(const at::Tensor& input, const at::
 // saves forming a copy that the GEMMs then read. Differentiable in input, weight and bias.
 at::Tensor masked_linear_dense(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
                                const std::optional<at::Tensor>& bias);
-
-// The same through the mask's CSR/CSC structure (mask_structure(mask)): one multiply-add per
-// unpruned weight and example in the forward and the input gradient, the weight gradient at the
-// unpruned entries only. float32/float64.
-at::Tensor masked_linear_sparse(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& mask,
-                                const std::optional<at::Tensor>& bias, const std::vector<at::Tensor>& structure);
 
 }  // namespace cpu
 }  // namespace lth_sparse

@@ -56,9 +56,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_linear_dense", &lth_sparse::cpu::masked_linear_dense, py::arg("input"), py::arg("weight"),
         py::arg("mask"), py::arg("bias"),
         "F.linear(input, weight * mask, bias), weight gradient masked: dense GEMMs, backward in C++.");
-  m.def("masked_linear_sparse", &lth_sparse::cpu::masked_linear_sparse, py::arg("input"), py::arg("weight"),
-        py::arg("mask"), py::arg("bias"), py::arg("structure"),
-        "The same through the CSR/CSC structure of the mask (mask_structure(mask)), backward in C++.");
   m.def("masked_linear_auto", &lth_sparse::cpu::masked_linear_auto, py::arg("input"), py::arg("weight"),
         py::arg("mask"), py::arg("bias"), py::arg("max_density"), py::arg("gemv_max_density"),
         py::arg("min_dense_work"), py::arg("small_dense_work"), py::arg("small_min_columns"), py::arg("allow_plain"),

@@ -35,6 +35,7 @@
 // rewritten.
 
 #include "cpu/select.h"
+#include "select_host.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -857,52 +858,7 @@ void prune_impl(const Layout& layout, int64_t k) {
 }
 
 // ---------------------------------------------------------------------------
-// Arguments.
-
-bool is_supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-void check_scores(const std::vector<at::Tensor>& tensors, const char* op, const char* name) {
-  TORCH_CHECK(!tensors.empty(), op, ": ", name, " must be a non-empty list of tensors");
-  const at::ScalarType dtype = tensors[0].scalar_type();
-  TORCH_CHECK(is_supported_float(dtype), op, ": ", name,
-              " must be float32, float64, float16 or bfloat16, got ", dtype);
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const at::Tensor& t = tensors[i];
-    TORCH_CHECK(t.defined(), op, ": ", name, "[", i, "] is undefined");
-    TORCH_CHECK(t.device().is_cpu(), op, ": ", name, "[", i,
-                "] must be a CPU tensor for the C++ CPU kernel, got device ", t.device());
-    TORCH_CHECK(t.scalar_type() == dtype, op, ": all ", name, " must share one dtype; ", name, "[",
-                i, "] is ", t.scalar_type(), " but ", name, "[0] is ", dtype);
-  }
-}
-
-void check_masks(const std::vector<at::Tensor>& scores, const std::vector<at::Tensor>& masks) {
-  TORCH_CHECK(masks.size() == scores.size(), "prune_lowest: masks must hold one mask per score tensor, got ",
-              masks.size(), " masks for ", scores.size(), " score tensors");
-  for (size_t i = 0; i < scores.size(); ++i) {
-    const at::Tensor& m = masks[i];
-    TORCH_CHECK(m.defined(), "prune_lowest: masks[", i, "] is undefined");
-    TORCH_CHECK(m.scalar_type() == at::kBool, "prune_lowest: masks[", i, "] must be bool, got ",
-                m.scalar_type());
-    TORCH_CHECK(m.sizes() == scores[i].sizes(), "prune_lowest: masks[", i,
-                "] must have the shape of scores[", i, "] ", scores[i].sizes(), ", got ", m.sizes());
-    TORCH_CHECK(m.device() == scores[i].device(), "prune_lowest: masks[", i, "] is on ", m.device(),
-                " but scores[", i, "] is on ", scores[i].device());
-  }
-}
-
-template <typename F>
-void dispatch_float(at::ScalarType t, const F& f) {
-  switch (t) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kHalf: f(at::Half{}); break;
-    case at::kBFloat16: f(at::BFloat16{}); break;
-    default: TORCH_CHECK(false, "unsupported dtype ", t);
-  }
-}
+// Results.
 
 template <typename scalar_t>
 at::Tensor scalar_tensor_of_key(KeyOf<scalar_t> key, const at::TensorOptions& options) {
@@ -911,19 +867,16 @@ at::Tensor scalar_tensor_of_key(KeyOf<scalar_t> key, const at::TensorOptions& op
   return out;
 }
 
-void check_k_in_total(const Layout& layout, int64_t k, const char* op) {
-  TORCH_CHECK(k >= 1 && k <= layout.total, op, ": k must be in [1, ", layout.total,
-              "] (1-based, at most the total number of elements), got k=", k);
-}
+constexpr const char* kExpected = "a CPU tensor for the C++ CPU kernel";
 
 }  // namespace
 
 at::Tensor kth_smallest(const std::vector<at::Tensor>& tensors, int64_t k) {
-  check_scores(tensors, "kth_smallest", "tensors");
+  select_host::check_scores(tensors, "kth_smallest", "tensors", at::kCPU, kExpected);
   const Layout layout(tensors, nullptr);
-  check_k_in_total(layout, k, "kth_smallest");
+  select_host::check_kth(k, layout.total, "kth_smallest");
   at::Tensor out;
-  dispatch_float(tensors[0].scalar_type(), [&](auto tag) {
+  select_host::dispatch_float(tensors[0].scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     const auto sel = select_kth<scalar_t, false>(layout, k, "kth_smallest");
     out = scalar_tensor_of_key<scalar_t>(sel.key, tensors[0].options());
@@ -932,11 +885,11 @@ at::Tensor kth_smallest(const std::vector<at::Tensor>& tensors, int64_t k) {
 }
 
 at::Tensor kth_smallest_radix(const std::vector<at::Tensor>& tensors, int64_t k) {
-  check_scores(tensors, "kth_smallest_radix", "tensors");
+  select_host::check_scores(tensors, "kth_smallest_radix", "tensors", at::kCPU, kExpected);
   const Layout layout(tensors, nullptr);
-  check_k_in_total(layout, k, "kth_smallest_radix");
+  select_host::check_kth(k, layout.total, "kth_smallest_radix");
   at::Tensor out;
-  dispatch_float(tensors[0].scalar_type(), [&](auto tag) {
+  select_host::dispatch_float(tensors[0].scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     using Key = KeyOf<scalar_t>;
     const auto sel = range_select<Key>(DataKeys<scalar_t, false>{layout}, std::numeric_limits<Key>::min(),
@@ -949,28 +902,13 @@ at::Tensor kth_smallest_radix(const std::vector<at::Tensor>& tensors, int64_t k)
 std::vector<at::Tensor> prune_lowest(const std::vector<at::Tensor>& scores,
                                      const std::optional<std::vector<at::Tensor>>& masks,
                                      int64_t k) {
-  check_scores(scores, "prune_lowest", "scores");
-  if (masks.has_value()) check_masks(scores, *masks);
-  TORCH_CHECK(k >= 0, "prune_lowest: k must be >= 0, got k=", k);
+  select_host::check_scores(scores, "prune_lowest", "scores", at::kCPU, kExpected);
+  if (masks.has_value()) select_host::check_masks(scores, *masks);
   Layout layout(scores, masks.has_value() ? &*masks : nullptr);
-  TORCH_CHECK(k <= layout.total, "prune_lowest: k=", k,
-              " is above the number of active (unpruned) entries (at most ", layout.total, ")");
-
-  std::vector<at::Tensor> out;
-  out.reserve(scores.size());
-  for (size_t i = 0; i < scores.size(); ++i) {
-    const auto options = scores[i].options().dtype(at::kBool);
-    if (k == 0) {  // nothing to prune: the masks as they are
-      out.push_back(masks.has_value() ? (*masks)[i].clone(at::MemoryFormat::Contiguous)
-                                      : at::ones(scores[i].sizes(), options));
-      continue;
-    }
-    out.push_back(at::empty(scores[i].sizes(), options));
-    if (layout.segment_of_input[i] >= 0)
-      layout.segments[layout.segment_of_input[i]].out = static_cast<uint8_t*>(out.back().data_ptr());
-  }
-  if (k == 0) return out;
-  dispatch_float(scores[0].scalar_type(), [&](auto tag) {
+  select_host::check_prune_count(k, layout.total);
+  std::vector<at::Tensor> out = select_host::new_masks(scores, masks, k, layout);
+  if (k == 0) return out;  // nothing to prune: the masks as they are
+  select_host::dispatch_float(scores[0].scalar_type(), [&](auto tag) {
     using scalar_t = decltype(tag);
     if (layout.masked) {
       prune_impl<scalar_t, true>(layout, k);

@@ -27,7 +27,8 @@ each input element's address computed from its indices in the tile load and zero
 the load mask (no ``F.unfold``), exactly as ``masked_matmul``'s conv forward; groups are grid axis 1,
 alphas grid axis 2.
 
-Precision, tiles and launch follow :mod:`lth_sparse.kernels.masked_matmul` and reuse its pieces:
+Precision, tiles and launch follow :mod:`lth_sparse.kernels.masked_matmul` and share its pieces
+(``kernels/_tiles.py``):
 float32 accumulation (float64 for float64, multiplied on the CUDA cores, ``FMA``, because Triton's
 sm_90 float64 ``tl.dot`` rejects a register-formed operand); output in the input dtype; float32 uses
 TF32 only where torch allows it (``torch.backends.cuda.matmul.allow_tf32`` for linear,
@@ -44,27 +45,23 @@ Empty problems launch nothing.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from lth_sparse.kernels.masked_matmul import (
-    _FMA_CONFIGS,
-    _INTERPRETED,
-    _INTERPRETER_TILE,
-    _TENSOR_CORE_CONFIGS,
-    _conv_allows_tf32,
-    _dtype_options,
-    _geometry,
-    _im2col_tile,
-    _index,
-    _linear_allows_tf32,
-    _mma,
-    _output_size,
-    _tile_coords,
+from lth_sparse.kernels._tiles import (
+    accumulator_dtype,
+    conv_allows_tf32,
+    conv_geometry,
+    conv_output_size,
+    dtype_options,
+    im2col_tile,
+    index,
+    launch,
+    linear_allows_tf32,
+    mma,
+    tile_coords,
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -118,13 +115,13 @@ def _interpolated_gemm_kernel(
     """y[a][n, m] = sum_k W(alpha_a)[m, k] x[a][n, k] + b(alpha_a)[m]; see the module docstring for SHARED."""
     pid = tl.program_id(0)
     pid_a = tl.program_id(1)  # 0 in the SHARED mode, whose grid has one alpha column
-    pid_m, pid_n = _tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
-    offs_n = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
+    pid_m, pid_n = tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
+    offs_n = index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
     in_m = offs_m < M
     in_n = offs_n < N
     w_rows = offs_m[:, None] * stride_wm  # both weights contiguous (out, in)
-    x_cols = x_ptr + _index(pid_a, INDEX_64) * stride_xa + offs_n[None, :] * stride_xn
+    x_cols = x_ptr + index(pid_a, INDEX_64) * stride_xa + offs_n[None, :] * stride_xn
     if not SHARED:
         alpha = tl.load(alphas_ptr + pid_a)
 
@@ -132,17 +129,17 @@ def _interpolated_gemm_kernel(
     if SHARED:
         acc_b = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for kt in range(0, tl.cdiv(K, BLOCK_K)):
-        offs_k = _index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
+        offs_k = index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
         in_k = offs_k < K
         w_bounds = in_m[:, None] & in_k[None, :]
         w_a = tl.load(w_a_ptr + w_rows + offs_k[None, :], mask=w_bounds, other=0.0)
         w_b = tl.load(w_b_ptr + w_rows + offs_k[None, :], mask=w_bounds, other=0.0)
         x = tl.load(x_cols + offs_k[:, None] * stride_xk, mask=in_k[:, None] & in_n[None, :], other=0.0)
         if SHARED:
-            acc = _mma(w_a, x, acc, INPUT_PRECISION, UPCAST, FMA)
-            acc_b = _mma(w_b, x, acc_b, INPUT_PRECISION, UPCAST, FMA)
+            acc = mma(w_a, x, acc, INPUT_PRECISION, UPCAST, FMA)
+            acc_b = mma(w_b, x, acc_b, INPUT_PRECISION, UPCAST, FMA)
         else:
-            acc = _mma(_lerp_weight(w_a, w_b, alpha, ACC_DTYPE), x, acc, INPUT_PRECISION, UPCAST, FMA)
+            acc = mma(_lerp_weight(w_a, w_b, alpha, ACC_DTYPE), x, acc, INPUT_PRECISION, UPCAST, FMA)
 
     if not SHARED:
         acc_b = acc
@@ -172,9 +169,9 @@ def _interpolated_conv_kernel(
     pid = tl.program_id(0)
     group = tl.program_id(1)
     pid_a = tl.program_id(2)  # 0 in the SHARED mode
-    pid_m, pid_n = _tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
-    offs_n = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
+    pid_m, pid_n = tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
+    offs_n = index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
     in_m = offs_m < M
     in_n = offs_n < N
     out_channel = group * M + offs_m
@@ -184,7 +181,7 @@ def _interpolated_conv_kernel(
     batch = offs_n // (OW * OH)
     h0 = out_h * STRIDE_H - PAD_H
     w0 = out_w * STRIDE_W - PAD_W
-    x_cols = (x_ptr + _index(pid_a, INDEX_64) * sx_a + batch * sx_n + (group * C_G) * sx_c
+    x_cols = (x_ptr + index(pid_a, INDEX_64) * sx_a + batch * sx_n + (group * C_G) * sx_c
               + h0 * sx_h + w0 * sx_w)
     if not SHARED:
         alpha = tl.load(alphas_ptr + pid_a)
@@ -193,17 +190,17 @@ def _interpolated_conv_kernel(
     if SHARED:
         acc_b = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for kt in range(0, tl.cdiv(K, BLOCK_K)):
-        offs_k = _index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
+        offs_k = index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
         in_k = offs_k < K
         w_bounds = in_m[:, None] & in_k[None, :]
         w_a = tl.load(w_a_ptr + w_rows + offs_k[None, :], mask=w_bounds, other=0.0)
         w_b = tl.load(w_b_ptr + w_rows + offs_k[None, :], mask=w_bounds, other=0.0)
-        x = _im2col_tile(x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_H, DIL_W, KH, KW)
+        x = im2col_tile(x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_H, DIL_W, KH, KW)
         if SHARED:
-            acc = _mma(w_a, x, acc, INPUT_PRECISION, UPCAST, FMA)
-            acc_b = _mma(w_b, x, acc_b, INPUT_PRECISION, UPCAST, FMA)
+            acc = mma(w_a, x, acc, INPUT_PRECISION, UPCAST, FMA)
+            acc_b = mma(w_b, x, acc_b, INPUT_PRECISION, UPCAST, FMA)
         else:
-            acc = _mma(_lerp_weight(w_a, w_b, alpha, ACC_DTYPE), x, acc, INPUT_PRECISION, UPCAST, FMA)
+            acc = mma(_lerp_weight(w_a, w_b, alpha, ACC_DTYPE), x, acc, INPUT_PRECISION, UPCAST, FMA)
 
     if not SHARED:
         acc_b = acc
@@ -228,29 +225,6 @@ def _fits_two_accumulators(config: triton.Config, fma: bool) -> bool:
     return 2 * outputs <= 128 * 32 * config.num_warps
 
 
-@functools.cache
-def _tuned(kernel, key: tuple[str, ...], fma: bool, shared: bool):
-    configs = _FMA_CONFIGS if fma else _TENSOR_CORE_CONFIGS
-    if shared:
-        configs = [c for c in configs if _fits_two_accumulators(c, fma)]
-    return triton.autotune(configs=configs, key=list(key))(kernel)
-
-
-def _launch(kernel, key: tuple[str, ...], grid, args: tuple, kwargs: dict, device: torch.device) -> None:
-    """Run ``kernel`` autotuned on a GPU, or with the fixed small tile under the interpreter."""
-    if device.type == "cuda":
-        if _INTERPRETED:
-            raise RuntimeError("lth_sparse.kernels was imported with TRITON_INTERPRET=1; "
-                               "its kernels run on CPU tensors only in this process")
-        with torch.cuda.device(device):
-            _tuned(kernel, key, kwargs["FMA"], kwargs["SHARED"])[grid](*args, **kwargs)
-        return
-    if not _INTERPRETED:
-        raise RuntimeError(f"Triton kernels run on CPU tensors only when TRITON_INTERPRET=1 is set before "
-                           f"lth_sparse.kernels is imported; these tensors are on {device}")
-    kernel[grid(_INTERPRETER_TILE)](*args, **kwargs, **_INTERPRETER_TILE)
-
-
 # CUDA's limit on grid axes 1 and 2, which hold the alphas of the per-alpha mode.
 _MAX_GRID_ALPHAS = 65535
 
@@ -261,17 +235,13 @@ def _check_alpha_grid(num_alphas: int, shared: bool, device: torch.device) -> No
                          f"(a CUDA grid axis), got {num_alphas}")
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _bias_only(shape: tuple[int, ...], alphas: Tensor, bias_a: Tensor | None, bias_b: Tensor | None,
                like: Tensor, bias_dim: int) -> Tensor:
     """The output of a problem with an empty reduction (or nothing to compute): the interpolated bias, or zeros.
     ``bias_dim`` is the output dimension that holds the channels."""
     y = like.new_zeros(shape)
     if bias_a is not None and y.numel():
-        coef = alphas.to(_acc_dtype(like.dtype))[:, None]
+        coef = alphas.to(accumulator_dtype(like.dtype))[:, None]
         bias = (1 - coef) * bias_a.to(coef.dtype) + coef * bias_b.to(coef.dtype)  # (A, out)
         y += bias.reshape(bias.shape[0], *([1] * (bias_dim - 1)), bias.shape[1],
                           *([1] * (len(shape) - bias_dim - 1))).to(like.dtype)
@@ -304,7 +274,7 @@ def interpolated_linear_forward(input: Tensor, weight_a: Tensor, weight_b: Tenso
     weight_a, weight_b = weight_a.contiguous(), weight_b.contiguous()
     bias_a = bias_a.contiguous() if bias_a is not None else None
     bias_b = bias_b.contiguous() if bias_b is not None else None
-    coefs = alphas.to(_acc_dtype(input.dtype)).contiguous()
+    coefs = alphas.to(accumulator_dtype(input.dtype)).contiguous()
     y = torch.empty(out_shape, dtype=input.dtype, device=input.device)
     M, N, K = n_out, rows, k_in
 
@@ -315,9 +285,9 @@ def interpolated_linear_forward(input: Tensor, weight_a: Tensor, weight_b: Tenso
     args = (weight_a, weight_b, x, y, bias_a, bias_b, coefs, M, N, K, num_alphas, weight_a.stride(0),
             x.stride(0), x.stride(1), x.stride(2), rows * n_out, 1, n_out)
     kwargs = dict(HAS_BIAS=bias_a is not None, SHARED=shared,
-                  **_dtype_options(input.dtype, _linear_allows_tf32(), x, y, weight_a))
-    _launch(_interpolated_gemm_kernel, ("M", "N", "K", "NUM_ALPHAS", "stride_xk"), grid, args, kwargs,
-            input.device)
+                  **dtype_options(input.dtype, linear_allows_tf32(), x, y, weight_a))
+    launch(_interpolated_gemm_kernel, ("M", "N", "K", "NUM_ALPHAS", "stride_xk"), grid, args, kwargs, input.device,
+           _fits_two_accumulators if shared else None)
     return y
 
 
@@ -333,7 +303,7 @@ def interpolated_conv2d_forward(input: Tensor, weight_a: Tensor, weight_b: Tenso
     """
     num_alphas = alphas.shape[0]
     c_out, c_g, kh, kw = weight_a.shape
-    oh, ow = _output_size(input, weight_a, stride, padding, dilation)
+    oh, ow = conv_output_size(input, weight_a, stride, padding, dilation)
     _, nb, _, h, w = input.shape
     out_shape = (num_alphas, nb, c_out, oh, ow)
     M, N, K = c_out // groups, nb * oh * ow, c_g * kh * kw
@@ -344,7 +314,7 @@ def interpolated_conv2d_forward(input: Tensor, weight_a: Tensor, weight_b: Tenso
     weight_a, weight_b = weight_a.contiguous(), weight_b.contiguous()
     bias_a = bias_a.contiguous() if bias_a is not None else None
     bias_b = bias_b.contiguous() if bias_b is not None else None
-    coefs = alphas.to(_acc_dtype(input.dtype)).contiguous()
+    coefs = alphas.to(accumulator_dtype(input.dtype)).contiguous()
     y = torch.empty(out_shape, dtype=input.dtype, device=input.device)
 
     def grid(meta):
@@ -352,11 +322,11 @@ def interpolated_conv2d_forward(input: Tensor, weight_a: Tensor, weight_b: Tenso
                 1 if shared else num_alphas)
 
     args = (input, weight_a, weight_b, bias_a, bias_b, coefs, y, M, N, K, num_alphas, c_g, h, w, oh, ow,
-            *input.stride(), *y.stride(), weight_a.stride(0), *_geometry(stride, padding, dilation))
+            *input.stride(), *y.stride(), weight_a.stride(0), *conv_geometry(stride, padding, dilation))
     kwargs = dict(KH=kh, KW=kw, HAS_BIAS=bias_a is not None, SHARED=shared,
-                  **_dtype_options(input.dtype, _conv_allows_tf32(), input, y, weight_a))
-    _launch(_interpolated_conv_kernel, ("M", "N", "K", "NUM_ALPHAS", "KH", "KW", "STRIDE_H", "STRIDE_W"), grid,
-            args, kwargs, input.device)
+                  **dtype_options(input.dtype, conv_allows_tf32(), input, y, weight_a))
+    launch(_interpolated_conv_kernel, ("M", "N", "K", "NUM_ALPHAS", "KH", "KW", "STRIDE_H", "STRIDE_W"), grid,
+           args, kwargs, input.device, _fits_two_accumulators if shared else None)
     return y
 
 

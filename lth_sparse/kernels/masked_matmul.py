@@ -33,7 +33,8 @@ not ``F.unfold`` + GEMM. The unfolded input of a 3x3 conv is 9 times the input
 (for a VGG layer, batch 64 at 56x56x256 in bfloat16: 103 MB of input, 925 MB of
 columns), written once and read back once more in every pass: that alone is
 more traffic than the whole cuDNN conv, and more peak memory than the torch
-way, so it cannot meet the issue's 1.10x-of-dense and lower-peak-memory targets.
+way, so it could be neither within 1.10x of the dense conv's time nor lower in
+peak memory than the torch way, the two targets of these kernels.
 The implicit GEMM computes each operand element's input address from its
 (batch, row, column) and (channel, kernel row, kernel column) indices in the
 tile load, with padding handled by the load mask, so nothing but the output is
@@ -71,7 +72,9 @@ bfloat16 operands are widened to float32 before ``tl.dot`` because the
 interpreter's ``tl.dot`` gets bfloat16 wrong (products of bfloat16 values are
 exact in float32, so the numbers are those of the GPU path).
 ``TRITON_INTERPRET`` must be set before this module is imported: Triton decides
-when the kernels are defined whether they are interpreted.
+when the kernels are defined whether they are interpreted. The tiles, their
+launch and the tile functions shared with :mod:`lth_sparse.kernels.interpolate`
+are in ``kernels/_tiles.py``.
 
 Index arithmetic is 32-bit unless a tensor spans 2**31 elements, then 64-bit.
 0-size problems return without launching.
@@ -79,62 +82,28 @@ Index arithmetic is 32-bit unless a tensor spans 2**31 elements, then 64-bit.
 
 from __future__ import annotations
 
-import functools
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-# Whether the kernels below were defined for the interpreter (Triton decides at decoration time).
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def is_available() -> bool:
-    """Triton is importable (this module imported); whether a device can run it is the dispatch's question."""
-    return True
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tiles
-# ---------------------------------------------------------------------------------------------------------------
-
-def _config(m, n, k, stages, warps, group=8):
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": group},
-                         num_stages=stages, num_warps=warps)
-
-
-# The tutorial matmul's set, plus narrow tiles for skinny problems (LeNet: 300 x 60 x 784). Configs that do
-# not fit in shared memory (large float32 tiles) are dropped by the autotuner.
-_TENSOR_CORE_CONFIGS = [
-    _config(128, 256, 64, 3, 8), _config(256, 128, 64, 3, 8), _config(128, 128, 64, 4, 8), _config(128, 128, 32, 4, 4),
-    _config(64, 256, 32, 4, 4), _config(128, 64, 32, 4, 4), _config(64, 128, 32, 4, 4), _config(64, 64, 64, 4, 4),
-    _config(128, 32, 32, 4, 4), _config(32, 64, 32, 5, 2), _config(64, 32, 32, 5, 2), _config(32, 32, 64, 5, 2),
-]
-# float64 multiplies on the CUDA cores: the (BLOCK_M, BLOCK_K, BLOCK_N) product lives in registers.
-_FMA_CONFIGS = [_config(32, 32, 8, 2, 4), _config(64, 32, 8, 2, 4), _config(64, 64, 8, 2, 8)]
-
-# One small tile under the interpreter: tl.dot needs >= 16 on every side.
-_INTERPRETER_TILE = {"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2}
-
+from lth_sparse.kernels._tiles import (
+    accumulator_dtype,
+    conv_allows_tf32,
+    conv_geometry,
+    conv_output_size,
+    dtype_options,
+    im2col_tile,
+    index,
+    launch,
+    linear_allows_tf32,
+    mma,
+    tile_coords,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
-# Shared device functions
+# Device functions of the split-K reduction
 # ---------------------------------------------------------------------------------------------------------------
-
-@triton.jit
-def _tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Grouped ordering: GROUP_M row tiles sweep the column tiles together, so B tiles are reused from L2."""
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * num_pid_n
-    first_m = (pid // width) * GROUP_M
-    group_size = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_size
-    pid_n = (pid % width) // group_size
-    return pid_m, pid_n
-
 
 @triton.jit
 def _k_tile_range(pid_k, K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
@@ -143,26 +112,6 @@ def _k_tile_range(pid_k, K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     per_split = tl.cdiv(k_tiles, SPLIT_K)
     start = pid_k * per_split
     return start, tl.minimum(start + per_split, k_tiles)
-
-
-@triton.jit
-def _mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FMA: tl.constexpr):
-    """acc + a @ b: tensor cores, or CUDA-core FMAs for float64 (see the module docstring)."""
-    if FMA:
-        acc += tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-    else:
-        if UPCAST:  # interpreter only: its tl.dot mishandles bfloat16
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-    return acc
-
-
-@triton.jit
-def _index(offs, INDEX_64: tl.constexpr):
-    if INDEX_64:
-        offs = offs.to(tl.int64)
-    return offs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,9 +132,9 @@ def _masked_gemm_kernel(
     """C[s] = (A * Ma)[:, Ks] @ B[Ks, :] (+ bias[:, None]) (* Mc); optionally row_sum[s] = A[:, Ks].sum(1)."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    pid_m, pid_n = _tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
-    offs_n = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
+    pid_m, pid_n = tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
+    offs_n = index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
     in_m = offs_m < M
     in_n = offs_n < N
     a_rows = a_ptr + offs_m[:, None] * stride_am
@@ -198,7 +147,7 @@ def _masked_gemm_kernel(
         row_sum = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     k_start, k_end = _k_tile_range(pid_k, K, BLOCK_K, SPLIT_K)
     for kt in range(k_start, k_end):
-        offs_k = _index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
+        offs_k = index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
         in_k = offs_k < K
         a_bounds = in_m[:, None] & in_k[None, :]
         a = tl.load(a_rows + offs_k[None, :] * stride_ak, mask=a_bounds, other=0.0)
@@ -209,7 +158,7 @@ def _masked_gemm_kernel(
         if ROW_SUM:
             if pid_n == 0:  # one column of programs sums, the others skip the extra reduction
                 row_sum += tl.sum(a.to(ACC_DTYPE), axis=1)
-        acc = _mma(a, b, acc, INPUT_PRECISION, UPCAST, FMA)
+        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST, FMA)
 
     c_bounds = in_m[:, None] & in_n[None, :]
     if HAS_BIAS:
@@ -230,22 +179,6 @@ def _masked_gemm_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _im2col_tile(x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_H, DIL_W,
-                 KH: tl.constexpr, KW: tl.constexpr):
-    """The (BLOCK_K, BLOCK_N) tile of the unfolded input, loaded in place: row k = (channel, kernel
-    row, kernel column), column n = an output position whose input window starts at (h0, w0), at
-    ``x_cols``; taps in the padding load as zero."""
-    tap_w = offs_k % KW
-    tap_h = (offs_k // KW) % KH
-    channel = offs_k // (KW * KH)
-    h = h0[None, :] + (tap_h * DIL_H)[:, None]
-    w = w0[None, :] + (tap_w * DIL_W)[:, None]
-    inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
-    return tl.load(x_cols[None, :] + (channel * sx_c + tap_h * DIL_H * sx_h + tap_w * DIL_W * sx_w)[:, None],
-                   mask=in_k[:, None] & in_n[None, :] & inside, other=0.0)
-
-
-@triton.jit
 def _conv_forward_kernel(
     x_ptr, w_ptr, w_mask_ptr, bias_ptr, y_ptr,
     M, N, K,  # C_out/groups, batch*OH*OW, C_in/groups*KH*KW
@@ -260,9 +193,9 @@ def _conv_forward_kernel(
     """y[n, g*M + o, p, q] = sum_{c, r, s} (W*M)[g*M + o, c, r, s] * x[n, g*C_G + c, p*st - pad + r*dil, ...] + b."""
     pid = tl.program_id(0)
     group = tl.program_id(1)
-    pid_m, pid_n = _tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
-    offs_n = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
+    pid_m, pid_n = tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
+    offs_n = index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
     in_m = offs_m < M
     in_n = offs_n < N
     out_channel = group * M + offs_m
@@ -276,15 +209,15 @@ def _conv_forward_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for kt in range(0, tl.cdiv(K, BLOCK_K)):
-        offs_k = _index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
+        offs_k = index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
         in_k = offs_k < K
         a_bounds = in_m[:, None] & in_k[None, :]
         w_offsets = w_rows + offs_k[None, :]
         a = tl.load(w_ptr + w_offsets, mask=a_bounds, other=0.0)
         keep = tl.load(w_mask_ptr + w_offsets, mask=a_bounds, other=0)
         a = tl.where(keep != 0, a, 0.0)
-        b = _im2col_tile(x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_H, DIL_W, KH, KW)
-        acc = _mma(a, b, acc, INPUT_PRECISION, UPCAST, FMA)
+        b = im2col_tile(x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_H, DIL_W, KH, KW)
+        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST, FMA)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + out_channel, mask=in_m, other=0.0).to(ACC_DTYPE)[:, None]
@@ -308,9 +241,9 @@ def _conv_input_grad_kernel(
     over the taps with p*st = h + pad - r*dil (and likewise q): a transposed conv as a GEMM."""
     pid = tl.program_id(0)
     group = tl.program_id(1)
-    pid_m, pid_n = _tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
-    offs_n = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
+    pid_m, pid_n = tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
+    offs_n = index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
     in_m = offs_m < M
     in_n = offs_n < N
     w_rows = (offs_m * (KH * KW))[:, None]
@@ -321,7 +254,7 @@ def _conv_input_grad_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for kt in range(0, tl.cdiv(K, BLOCK_K)):
-        offs_k = _index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
+        offs_k = index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
         in_k = offs_k < K
         tap_w = offs_k % KW
         tap_h = (offs_k // KW) % KH
@@ -340,7 +273,7 @@ def _conv_input_grad_kernel(
                    & (p < OH) & (q < OW))
         b = tl.load(dy_cols[None, :] + (out_channel * sy_c)[:, None] + p * sy_h + q * sy_w,
                     mask=in_k[:, None] & in_n[None, :] & on_grid, other=0.0)
-        acc = _mma(a, b, acc, INPUT_PRECISION, UPCAST, FMA)
+        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST, FMA)
 
     in_channel = group * M + offs_m
     dx_ptrs = dx_ptr + (in_channel * sx_c)[:, None] + (batch * sx_n + pos_h * sx_h + pos_w * sx_w)[None, :]
@@ -364,9 +297,9 @@ def _conv_weight_grad_kernel(
     pid = tl.program_id(0)
     group = tl.program_id(1)
     pid_k = tl.program_id(2)
-    pid_m, pid_n = _tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = _index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
-    offs_n = _index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
+    pid_m, pid_n = tile_coords(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    offs_m = index(pid_m * BLOCK_M + tl.arange(0, BLOCK_M), INDEX_64)
+    offs_n = index(pid_n * BLOCK_N + tl.arange(0, BLOCK_N), INDEX_64)
     in_m = offs_m < M
     in_n = offs_n < N
     out_channel = group * M + offs_m
@@ -381,7 +314,7 @@ def _conv_weight_grad_kernel(
         row_sum = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     k_start, k_end = _k_tile_range(pid_k, K, BLOCK_K, SPLIT_K)
     for kt in range(k_start, k_end):
-        offs_k = _index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
+        offs_k = index(kt * BLOCK_K + tl.arange(0, BLOCK_K), INDEX_64)
         in_k = offs_k < K
         out_w = offs_k % OW
         out_h = (offs_k // OW) % OH
@@ -398,7 +331,7 @@ def _conv_weight_grad_kernel(
         if ROW_SUM:
             if pid_n == 0:
                 row_sum += tl.sum(a.to(ACC_DTYPE), axis=1)
-        acc = _mma(a, b, acc, INPUT_PRECISION, UPCAST, FMA)
+        acc = mma(a, b, acc, INPUT_PRECISION, UPCAST, FMA)
 
     bounds = in_m[:, None] & in_n[None, :]
     w_offsets = out_channel[:, None] * sw_o + offs_n[None, :]
@@ -414,48 +347,8 @@ def _conv_weight_grad_kernel(
 # Launch helpers
 # ---------------------------------------------------------------------------------------------------------------
 
-@functools.cache
-def _tuned(kernel, key: tuple[str, ...], fma: bool):
-    return triton.autotune(configs=_FMA_CONFIGS if fma else _TENSOR_CORE_CONFIGS, key=list(key))(kernel)
-
-
-def _launch(kernel, key: tuple[str, ...], grid, args: tuple, kwargs: dict, device: torch.device) -> None:
-    """Run ``kernel`` autotuned on a GPU, or with the fixed small tile under the interpreter."""
-    if device.type == "cuda":
-        if _INTERPRETED:
-            raise RuntimeError("lth_sparse.kernels was imported with TRITON_INTERPRET=1; "
-                               "its kernels run on CPU tensors only in this process")
-        with torch.cuda.device(device):
-            _tuned(kernel, key, kwargs["FMA"])[grid](*args, **kwargs)
-        return
-    if not _INTERPRETED:
-        raise RuntimeError(f"Triton kernels run on CPU tensors only when TRITON_INTERPRET=1 is set before "
-                           f"lth_sparse.kernels is imported; these tensors are on {device}")
-    kernel[grid(_INTERPRETER_TILE)](*args, **kwargs, **_INTERPRETER_TILE)
-
-
-def _dtype_options(dtype: torch.dtype, allow_tf32: bool, *tensors: Tensor | None) -> dict:
-    """The constexprs that follow from the dtype, the TF32 setting and the tensors' extents."""
-    fp64 = dtype == torch.float64
-    return dict(ACC_DTYPE=tl.float64 if fp64 else tl.float32,
-                INPUT_PRECISION="tf32" if dtype == torch.float32 and allow_tf32 and not _INTERPRETED else "ieee",
-                UPCAST=_INTERPRETED and dtype == torch.bfloat16, FMA=fp64, INDEX_64=_needs_int64(*tensors))
-
-
-def _needs_int64(*tensors: Tensor | None) -> bool:
-    """Whether some element offset in these tensors passes int32 (offsets then need 64-bit arithmetic)."""
-    for t in tensors:
-        if t is not None and sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0) >= 2**31 - 1:
-            return True
-    return False
-
-
 def _as_bytes(mask: Tensor) -> Tensor:
     return mask.view(torch.uint8)
-
-
-def _workspace_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _split_k(tiles: int, k_size: int, device: torch.device) -> int:
@@ -502,9 +395,9 @@ def _masked_gemm(a: Tensor, a_strides: tuple[int, int], b: Tensor, b_strides: tu
         c_split_stride = 0
         sums = torch.empty(1, M, dtype=dtype, device=device) if row_sum else None
     else:
-        c = torch.empty(split_k, M, N, dtype=_workspace_dtype(dtype), device=device)
+        c = torch.empty(split_k, M, N, dtype=accumulator_dtype(dtype), device=device)
         c_split_stride = c.stride(0)
-        sums = torch.empty(split_k, M, dtype=_workspace_dtype(dtype), device=device) if row_sum else None
+        sums = torch.empty(split_k, M, dtype=accumulator_dtype(dtype), device=device) if row_sum else None
 
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), split_k)
@@ -515,9 +408,9 @@ def _masked_gemm(a: Tensor, a_strides: tuple[int, int], b: Tensor, b_strides: tu
             c_split_stride, c_strides[0], c_strides[1], c_mask_strides[0], c_mask_strides[1],
             sums.stride(0) if sums is not None else 0)
     kwargs = dict(HAS_BIAS=bias is not None, MASK_A=a_mask is not None, MASK_C=c_mask is not None,
-                  ROW_SUM=row_sum, SPLIT_K=split_k, **_dtype_options(dtype, allow_tf32, a, b, c, a_mask, c_mask))
+                  ROW_SUM=row_sum, SPLIT_K=split_k, **dtype_options(dtype, allow_tf32, a, b, c, a_mask, c_mask))
     key = ("M", "N", "K", "stride_ak", "stride_bn", "stride_cm", "MASK_A", "MASK_C", "SPLIT_K")
-    _launch(_masked_gemm_kernel, key, grid, args, kwargs, device)
+    launch(_masked_gemm_kernel, key, grid, args, kwargs, device)
     if split_k > 1:
         c = c.sum(0).to(dtype).reshape(out_shape)
         sums = sums.sum(0, keepdim=True).to(dtype) if sums is not None else None
@@ -527,10 +420,6 @@ def _masked_gemm(a: Tensor, a_strides: tuple[int, int], b: Tensor, b_strides: tu
 # ---------------------------------------------------------------------------------------------------------------
 # Public launch functions: masked_linear
 # ---------------------------------------------------------------------------------------------------------------
-
-def _linear_allows_tf32() -> bool:
-    return bool(torch.backends.cuda.matmul.allow_tf32)
-
 
 def masked_linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
     """``input @ (weight * mask)^T + bias`` with the mask applied on load, the bias in the epilogue.
@@ -546,7 +435,7 @@ def masked_linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Ten
     # y^T = (W*M) @ x^T, stored into y (rows, N) through transposed strides
     y, _ = _masked_gemm(weight, weight.stride(), x, (x.stride(1), x.stride(0)), (1, n_out), n_out, rows, k_in,
                         (rows, n_out), a_mask=mask, a_mask_strides=mask.stride(), bias=bias,
-                        allow_tf32=_linear_allows_tf32())
+                        allow_tf32=linear_allows_tf32())
     return y.reshape(*input.shape[:-1], n_out)
 
 
@@ -560,7 +449,7 @@ def masked_linear_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Te
     n_out, k_in = weight.shape
     g = grad.reshape(grad.shape[:-1].numel(), n_out)
     rows = g.shape[0]
-    allow_tf32 = _linear_allows_tf32()
+    allow_tf32 = linear_allows_tf32()
     grad_input = grad_weight = grad_bias = grad.new_empty(0)
     if need_input:
         # dX^T = (W*M)^T @ dY^T, stored into dX (rows, K) through transposed strides
@@ -584,23 +473,6 @@ def masked_linear_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Te
 # Public launch functions: masked_conv2d
 # ---------------------------------------------------------------------------------------------------------------
 
-def _conv_allows_tf32() -> bool:
-    return bool(torch.backends.cudnn.allow_tf32)
-
-
-def _output_size(input: Tensor, weight: Tensor, stride, padding, dilation) -> tuple[int, int]:
-    size = tuple((input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
-                 for i in range(2))
-    if min(size) <= 0:
-        raise ValueError(f"input of spatial size {tuple(input.shape[-2:])} is too small for kernel "
-                         f"{tuple(weight.shape[2:])} with padding {list(padding)} and dilation {list(dilation)}")
-    return size
-
-
-def _geometry(stride, padding, dilation) -> tuple[int, ...]:
-    return (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
-
-
 def masked_conv2d_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None, stride: list[int],
                           padding: list[int], dilation: list[int], groups: int) -> Tensor:
     """``conv2d(input, weight * mask, bias, stride, padding, dilation, groups)`` as an implicit GEMM.
@@ -611,7 +483,7 @@ def masked_conv2d_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Ten
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     c_out, c_g, kh, kw = weight.shape
-    oh, ow = _output_size(x, weight, stride, padding, dilation)
+    oh, ow = conv_output_size(x, weight, stride, padding, dilation)
     nb, _, h, w = x.shape
     weight, mask = weight.contiguous(), mask.contiguous()
     bias = bias.contiguous() if bias is not None else None
@@ -627,10 +499,10 @@ def masked_conv2d_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Ten
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), groups)
 
         args = (x, weight, _as_bytes(mask), bias, y, M, N, K, c_g, h, w, oh, ow, *x.stride(), *y.stride(),
-                weight.stride(0), *_geometry(stride, padding, dilation))
+                weight.stride(0), *conv_geometry(stride, padding, dilation))
         kwargs = dict(KH=kh, KW=kw, HAS_BIAS=bias is not None,
-                      **_dtype_options(x.dtype, _conv_allows_tf32(), x, y, weight))
-        _launch(_conv_forward_kernel, ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W"), grid, args, kwargs,
+                      **dtype_options(x.dtype, conv_allows_tf32(), x, y, weight))
+        launch(_conv_forward_kernel, ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W"), grid, args, kwargs,
                 x.device)
     return y.squeeze(0) if unbatched else y
 
@@ -651,8 +523,8 @@ def masked_conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Te
     nb, _, h, w = x.shape
     oh, ow = dy.shape[-2:]
     weight, mask = weight.contiguous(), mask.contiguous()
-    geometry = _geometry(stride, padding, dilation)
-    allow_tf32 = _conv_allows_tf32()
+    geometry = conv_geometry(stride, padding, dilation)
+    allow_tf32 = conv_allows_tf32()
     grad_input = grad_weight = grad_bias = grad.new_empty(0)
 
     if need_input:
@@ -667,8 +539,8 @@ def masked_conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Te
 
             args = (dy, weight, _as_bytes(mask), dx, M, N, K, c_og, h, w, oh, ow, *dy.stride(), *dx.stride(),
                     weight.stride(0), *geometry)
-            kwargs = dict(KH=kh, KW=kw, **_dtype_options(x.dtype, allow_tf32, dx, dy, weight))
-            _launch(_conv_input_grad_kernel, ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W"), grid, args,
+            kwargs = dict(KH=kh, KW=kw, **dtype_options(x.dtype, allow_tf32, dx, dy, weight))
+            launch(_conv_input_grad_kernel, ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W"), grid, args,
                     kwargs, x.device)
         grad_input = dx.squeeze(0) if unbatched else dx
 
@@ -693,7 +565,7 @@ def _conv_weight_grad(dy: Tensor, x: Tensor, mask: Tensor, groups: int, geometry
         return x.new_zeros(mask.shape), ((dy.sum((0, 2, 3)) if K else x.new_zeros(c_out)) if row_sum else None)
     if split_k is None:
         split_k = _split_k(_nominal_tiles(M, N) * groups, K, device)
-    work_dtype = dtype if split_k == 1 else _workspace_dtype(dtype)
+    work_dtype = dtype if split_k == 1 else accumulator_dtype(dtype)
     dw = torch.empty(split_k, *mask.shape, dtype=work_dtype, device=device)
     db = torch.empty(split_k, c_out, dtype=work_dtype, device=device) if row_sum else None
 
@@ -702,13 +574,13 @@ def _conv_weight_grad(dy: Tensor, x: Tensor, mask: Tensor, groups: int, geometry
 
     args = (dy, x, _as_bytes(mask), dw, db, M, N, K, c_g, h, w, oh, ow, *dy.stride(), *x.stride(), N,
             dw.stride(0), db.stride(0) if db is not None else 0, *geometry)
-    kwargs = dict(KH=kh, KW=kw, ROW_SUM=row_sum, SPLIT_K=split_k, **_dtype_options(dtype, allow_tf32, dy, x, dw))
-    _launch(_conv_weight_grad_kernel, ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W", "SPLIT_K"), grid, args,
+    kwargs = dict(KH=kh, KW=kw, ROW_SUM=row_sum, SPLIT_K=split_k, **dtype_options(dtype, allow_tf32, dy, x, dw))
+    launch(_conv_weight_grad_kernel, ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W", "SPLIT_K"), grid, args,
             kwargs, device)
     if split_k == 1:
         return dw[0], (db[0] if db is not None else None)
     return dw.sum(0).to(dtype), (db.sum(0).to(dtype) if db is not None else None)
 
 
-__all__ = ["is_available", "masked_linear_forward", "masked_linear_backward", "masked_conv2d_forward",
+__all__ = ["masked_linear_forward", "masked_linear_backward", "masked_conv2d_forward",
            "masked_conv2d_backward"]

@@ -49,7 +49,6 @@ nested ``@triton.jit`` call, not per element, hence one kernel with the tile cod
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 
 import torch
@@ -57,8 +56,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Whether the kernels below were defined for the interpreter (Triton decides at decoration time).
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from lth_sparse.kernels._tiles import check_device
 
 _DIGIT_BITS = 11
 _BINS = 1 << _DIGIT_BITS
@@ -85,11 +83,6 @@ _STATE_SLOTS = 8
 _HISTOGRAM = tl.constexpr(0)
 _COUNT_TIES = tl.constexpr(1)
 _WRITE_MASKS = tl.constexpr(2)
-
-
-def is_available() -> bool:
-    """Triton is importable (this module imported); whether a device can run it is the dispatch's question."""
-    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -256,14 +249,9 @@ def _choose_bucket_kernel(
 
 def _tiling(device: torch.device) -> tuple[int, int, int]:
     """(elements per tile, warps, programs: per SM on a GPU, in all under the interpreter)."""
+    check_device(device)
     if device.type == "cuda":
-        if _INTERPRETED:
-            raise RuntimeError("lth_sparse.kernels was imported with TRITON_INTERPRET=1; "
-                               "its kernels run on CPU tensors only in this process")
         return 4096, 8, 4
-    if not _INTERPRETED:
-        raise RuntimeError(f"Triton kernels run on CPU tensors only when TRITON_INTERPRET=1 is set before "
-                           f"lth_sparse.kernels is imported; these tensors are on {device}")
     return 1024, 1, 2
 
 
@@ -388,4 +376,4 @@ def prune_lowest(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: in
     return outs
 
 
-__all__ = ["is_available", "kth_smallest", "prune_lowest"]
+__all__ = ["kth_smallest", "prune_lowest"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
-from lth_sparse.nn.modules import MASKED_TYPES, MaskedMixin, _MASKED_WEIGHTS
+from lth_sparse.nn.modules import MASKED_TYPES, MaskedMixin, strip_mask
 from lth_sparse.ops import zero_pruned_
 
 
@@ -42,20 +42,12 @@ def masked(model: nn.Module) -> nn.Module:
     return model
 
 
-def _strip(module: MaskedMixin) -> torch.Tensor:
-    mask = module.mask
-    _MASKED_WEIGHTS.pop(module.weight, None)
-    del module._buffers["mask"]
-    module.__class__ = next(base for base, cls in MASKED_TYPES.items() if isinstance(module, cls))
-    return mask
-
-
 @torch.no_grad()
 def unmasked(model: nn.Module) -> nn.Module:
     """Turn every masked layer back into a plain ``nn.Linear``/``nn.Conv2d``, pruned weights set to zero, in place."""
     for module in model.modules():
         if isinstance(module, MaskedMixin):
-            zero_pruned_(module.weight, _strip(module))
+            zero_pruned_(module.weight, strip_mask(module))
     return model
 
 
@@ -63,5 +55,5 @@ def to_torch_prune(model: nn.Module) -> nn.Module:
     """Turn every masked layer into a plain layer pruned with ``torch.nn.utils.prune.custom_from_mask``, in place."""
     for module in model.modules():
         if isinstance(module, MaskedMixin):
-            prune.custom_from_mask(module, "weight", _strip(module))
+            prune.custom_from_mask(module, "weight", strip_mask(module))
     return model

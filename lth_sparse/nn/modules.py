@@ -146,9 +146,15 @@ def resolve_conv_padding(conv: nn.Conv2d, input: Tensor) -> tuple[Tensor, tuple[
 MASKED_TYPES = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
 
 
-def masked_layers(model: nn.Module):
-    """(name, module) for every masked layer of ``model``, in module order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, MaskedMixin)]
+def strip_mask(module: MaskedMixin) -> Tensor:
+    """Turn the masked layer ``module`` back into its torch layer (``nn.Linear`` / ``nn.Conv2d``), in place,
+    and return its mask: the ``mask`` buffer removed, the weight no longer kept at zero where pruned by
+    :func:`enforce_masks`; the weights are left as they are."""
+    mask = module.mask
+    _MASKED_WEIGHTS.pop(module.weight, None)
+    del module._buffers["mask"]
+    module.__class__ = next(base for base, cls in MASKED_TYPES.items() if isinstance(module, cls))
+    return mask
 
 
 @torch.no_grad()

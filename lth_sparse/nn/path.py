@@ -17,16 +17,17 @@ unfold it to ``(A, N, ...)``:
 
 Masked layers use each endpoint's masked weight (``W_a * M_a``, ``W_b * M_b``).
 
-On the CPU (the torch backend of those ops) a pass also:
+On the CPU (the ``cpp`` and ``torch`` backends of those ops) a pass also:
 
 - keeps every alpha's interpolated weights from one pass to the next (up to 64 MB a layer), and a
   shared-input layer's two ends stacked as one weight of twice the outputs (one product);
 - lets a Linear/Conv2d apply the ReLU that follows it in an ``nn.Sequential`` (the ReLU becomes an
-  identity): for a shared input, each alpha's lerp of the two ends, its bias and the ReLU are one pass
-  of the C++ kernel ``lerp_relu_``;
-- runs consecutive Linear layers of an ``nn.Sequential`` whose first sees the shared input (an MLP)
-  as one chain, feature-major (activations ``(A, features, N)``, products ``W(alpha) h``, faster in
-  MKL than the same products example-major: see :func:`lth_sparse.ops.interpolate.cpu_linear_chain`).
+  identity): for a shared input on the ``cpp`` backend, each alpha's lerp of the two ends, its bias
+  and the ReLU are one pass of the C++ kernel ``lerp_relu_``;
+- on the ``cpp`` backend, runs consecutive Linear layers of an ``nn.Sequential`` whose first sees the
+  shared input (an MLP) as one chain, feature-major (activations ``(A, features, N)``, products
+  ``W(alpha) h``, faster in MKL than the same products example-major: see
+  :func:`lth_sparse.ops.interpolate.cpu_linear_chain`).
 
 Each is equal, to float rounding, to the plain-torch order it replaces (tested against it and
 against the loop over state dicts).
@@ -68,15 +69,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.modules.utils import _pair
 
 from lth_sparse._dispatch import choose_backend
 from lth_sparse.nn.modules import MaskedMixin, resolve_conv_padding
 from lth_sparse.ops import interpolate
-# The custom ops themselves: their inputs are (A or 1, ...), one per alpha or one shared, as this module
-# passes them (the public functions ask for the convention by keyword).
-from lth_sparse.ops.interpolate import _interpolated_conv2d as interpolated_conv2d
-from lth_sparse.ops.interpolate import _interpolated_linear as interpolated_linear
+from lth_sparse.ops._checks import pair_list
+from lth_sparse.ops.interpolate import interpolated_conv2d_op, interpolated_linear_op
+
+# The op of each kind of path layer. The layers call the custom ops themselves: their inputs are (A or 1, ...),
+# one per alpha or one shared, as this module passes them (the public functions ask for the convention by keyword).
+_OP_NAMES = {"linear": "interpolated_linear", "conv": "interpolated_conv2d"}
 
 
 class _PathState:
@@ -149,9 +151,10 @@ class _PathLayer(nn.Module):
         """(A, N, ...): the op on x (1 or A, N, ...), clamped at 0 with ``relu``; on the CPU into the last
         result when it can."""
         args = (x, self.weight_a, self.weight_b, alphas, self.bias_a, self.bias_b)
-        if x.device.type == "cpu" and choose_backend(f"interpolated_{kind}", x.device, interpolate.IMPLEMENTED) == "torch":
+        if x.device.type == "cpu" and (
+                (backend := choose_backend(_OP_NAMES[kind], x.device, interpolate.IMPLEMENTED)) in ("cpp", "torch")):
             self._result = interpolate.cpu_forward_into(self._result, kind, *args, *conv_args, cache=self._weights,
-                                                        relu=relu)
+                                                        relu=relu, backend=backend)
             return self._result
         out = op(*args, *conv_args)
         return out.relu_() if relu else out
@@ -180,7 +183,7 @@ class _PathLayer(nn.Module):
 
 class _PathLinear(_PathLayer):
     def forward(self, x: Tensor) -> Tensor:
-        return self._run(interpolated_linear, "linear", x)
+        return self._run(interpolated_linear_op, "linear", x)
 
     @staticmethod
     def _layer_at(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -195,8 +198,8 @@ class _PathConv2d(_PathLayer):
     def forward(self, x: Tensor) -> Tensor:
         conv = self.conv
         x, padding = resolve_conv_padding(conv, x)
-        return self._run(interpolated_conv2d, "conv", x, list(_pair(conv.stride)), list(_pair(padding)),
-                         list(_pair(conv.dilation)), conv.groups)
+        return self._run(interpolated_conv2d_op, "conv", x, pair_list(conv.stride), pair_list(padding),
+                         pair_list(conv.dilation), conv.groups)
 
     @staticmethod
     def _layer_at(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups) -> Tensor:
@@ -211,8 +214,8 @@ class _FusedReLU(nn.Identity):
 
 class _PathChain(nn.Module):
     """Consecutive Linear layers of an ``nn.Sequential`` (with the ReLUs between them fused into them),
-    in its place: on the CPU, when the first one's input is the one all alphas share (an MLP's first
-    layer), computed feature-major in one call (:func:`lth_sparse.ops.interpolate.cpu_linear_chain`);
+    in its place: on the CPU's ``cpp`` backend, when the first one's input is the one all alphas share (an
+    MLP's first layer), computed feature-major in one call (:func:`lth_sparse.ops.interpolate.cpu_linear_chain`);
     anywhere else the layers one by one, as they would run without the chain."""
 
     def __init__(self, shared: _PathState, layers: list[_PathLinear]) -> None:
@@ -226,7 +229,7 @@ class _PathChain(nn.Module):
         alphas = shared.alphas
         if (shared.source is None and alphas is not None and alphas.shape[0] > 1 and x.dim() == 2
                 and x.shape[0] == shared.batch and x.device.type == "cpu"
-                and choose_backend("interpolated_linear", x.device, interpolate.IMPLEMENTED) == "torch"):
+                and choose_backend("interpolated_linear", x.device, interpolate.IMPLEMENTED) == "cpp"):
             specs = [(m.weight_a, m.weight_b, m.bias_a, m.bias_b, m.relu, m._weights) for m in self.layers]
             out = interpolate.cpu_linear_chain(x, specs, alphas, self._buffers_between)
             if out is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -140,6 +140,12 @@ def check_conv_geometry(input: Tensor, weight: Tensor, stride, padding, dilation
     for name, value, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
         if len(value) != 2 or any(v < low for v in value):
             raise ValueError(f"{name} must be two ints >= {low}, got {list(value)}")
+
+
+def pair_list(value) -> list:
+    """A conv's stride, padding or dilation, given as one int or a pair, as the list of two that the ops
+    take: an iterable's items, else the value twice (``nn.Conv2d``'s rule)."""
+    return list(value) if isinstance(value, Iterable) else [value, value]
 
 
 def conv_output_size(input: Tensor, weight: Tensor, stride, padding, dilation) -> list[int]:

@@ -13,6 +13,14 @@ Ticket Hypothesis"). The output is linear in alpha for a fixed input, so:
 
 The backward uses the same linearity: every gradient is two products with
 ``W_a`` and ``W_b`` of the alpha-weighted output gradients.
+
+Backends of the forward: ``torch``, torch's ops alone (the reference order);
+``cpp``, the same products with the passes over the result that follow them (the
+lerp of a shared input's two ends, each alpha's bias, the ReLU of
+:class:`lth_sparse.nn.path.PathNetwork`) fused by the C++ kernels of
+``csrc/cpu/path.cpp``, and :func:`cpu_linear_chain`; ``triton``, the kernels of
+``kernels/interpolate.py`` (opt-in until verified on a GPU). The backward is
+torch's on every backend.
 """
 
 from __future__ import annotations
@@ -20,13 +28,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.modules.utils import _pair
 
 from lth_sparse._dispatch import choose_backend, cpp_extension, triton_kernel
 from lth_sparse.ops import _autocast, _checks
-from lth_sparse.ops._checks import check_conv_geometry, conv_output_size
+from lth_sparse.ops._checks import check_conv_geometry, conv_output_size, pair_list
 
-IMPLEMENTED = ("triton", "torch")
+IMPLEMENTED = ("triton", "cpp", "torch")
 
 # The Triton forward kernels (``kernels/interpolate.py``): the interpolated weight
 # formed on load, or two products combined in the epilogue for a shared input.
@@ -162,14 +169,15 @@ def _backward(layer, grad, input, weight_a, weight_b, alphas, bias_a, bias_b, ne
     return out
 
 
-def _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, batched_per_alpha, out=None,
+def _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, batched_per_alpha, ext, out=None,
              interpolated=None, relu=False):
     """The (A, ...) result, written into ``out`` when given (the result's shape and layout, from an
-    earlier call: see ``cpu_forward_into``). ``interpolated`` (see ``_cached_weights``): for per-alpha
-    inputs every alpha's weight and bias formed already, (A, ...) and (A, out) or None; for a shared
-    input both ends' weights stacked along the outputs, (2 * out, ...), and every alpha's bias, (A, out)
-    or None. ``relu``: the result clamped at 0 (the ReLU after the layer, in the same pass for a shared
-    input)."""
+    earlier call: see ``cpu_forward_into``). ``ext``: the C++ extension whose kernels fuse the passes
+    over the result (the ``cpp`` backend), or None for torch's ops alone (the ``torch`` backend).
+    ``interpolated`` (see ``_cached_weights``): for per-alpha inputs every alpha's weight and bias
+    formed already, (A, ...) and (A, out) or None; for a shared input both ends' weights stacked along
+    the outputs, (2 * out, ...), and every alpha's bias, (A, out) or None. ``relu``: the result clamped
+    at 0 (the ReLU after the layer, in the same pass for a shared input)."""
     num_alphas = alphas.shape[0]
     if input.shape[0] == 1:
         biases = None
@@ -183,15 +191,15 @@ def _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, batched_p
             if bias_a is not None:
                 y_a, y_b = layer.add_bias(y_a, bias_a), layer.add_bias(y_b, bias_b)
         return _lerp_ends(y_a, y_b, alphas, _per_alpha_result(num_alphas, y_a) if out is None else out, relu,
-                          layer.channel_dim, biases)
+                          layer.channel_dim, ext, biases)
     if interpolated is not None:
         weights, biases = interpolated
-        C = cpp_extension()
-        if layer is _Linear and biases is not None and C is not None and input.dtype in (torch.float32, torch.float64):
+        if (layer is _Linear and biases is not None and ext is not None
+                and input.dtype in (torch.float32, torch.float64)):
             # the product alone, then each alpha's bias (and the ReLU) in one pass over the result: baddbmm
             # would first copy the biases into every row of it
             out = batched_per_alpha(input, weights, None, out, slice(0, num_alphas), num_alphas)
-            C.bias_relu_(out.view(num_alphas, -1, out.shape[-1]), biases, relu)
+            ext.bias_relu_(out.view(num_alphas, -1, out.shape[-1]), biases, relu)
             return out
         out = batched_per_alpha(input, weights, biases, out, slice(0, num_alphas), num_alphas)
         return out.relu_() if relu else out
@@ -200,7 +208,8 @@ def _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, batched_p
     for block in blocks:
         coef = alphas[block].reshape(-1, *([1] * weight_a.dim())).to(weight_a.dtype)
         weights = torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef, out=buffer[:coef.shape[0]])
-        biases = None if bias_a is None else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1])
+        biases = (None if bias_a is None
+                  else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1]))
         out = batched_per_alpha(input[block], weights, biases, out, block, num_alphas)
     return out.relu_() if relu else out
 
@@ -219,19 +228,19 @@ def _rows(t: Tensor, channel_dim: int, lead: int = 0) -> Tensor | None:
         return None
 
 
-def _lerp_ends(y_a: Tensor, y_b: Tensor, alphas: Tensor, out: Tensor, relu: bool, channel_dim: int,
+def _lerp_ends(y_a: Tensor, y_b: Tensor, alphas: Tensor, out: Tensor, relu: bool, channel_dim: int, ext,
                biases: Tensor | None = None) -> Tensor:
     """``out`` (A, ...) = ``torch.lerp(y_a, y_b, alphas[i])`` (+ ``biases[i]``, (A, channels)) for each alpha,
-    clamped at 0 with ``relu``: in one pass of the C++ kernel where the layouts allow it (without bias,
-    to the last bit torch.lerp's values; with the ReLU, LeNet-300-100's first layer, 21 alphas, 254
-    examples: 0.38 ms against torch's lerp and relu_, 0.64 ms), else torch.lerp, add_ and relu_."""
-    C = cpp_extension()
-    if C is not None and y_a.device.type == "cpu" and y_a.dtype in (torch.float32, torch.float64) \
+    clamped at 0 with ``relu``: in one pass of the C++ extension ``ext``'s kernel where it is given and
+    the layouts allow it (without bias, to the last bit torch.lerp's values; with the ReLU,
+    LeNet-300-100's first layer, 21 alphas, 254 examples: 0.38 ms against torch's lerp and relu_,
+    0.64 ms), else torch.lerp, add_ and relu_."""
+    if ext is not None and y_a.device.type == "cpu" and y_a.dtype in (torch.float32, torch.float64) \
             and y_a.dtype == y_b.dtype == out.dtype and y_a.shape == y_b.shape:
         a_rows, b_rows, out_rows = _rows(y_a, channel_dim), _rows(y_b, channel_dim), _rows(out, channel_dim, 1)
         if a_rows is not None and b_rows is not None and out_rows is not None and a_rows.stride() == b_rows.stride():
             if out_rows.is_contiguous():
-                C.lerp_relu_(out_rows, a_rows, b_rows, alphas, biases, relu)
+                ext.lerp_relu_(out_rows, a_rows, b_rows, alphas, biases, relu)
                 return out
     coef = _alpha_view(alphas, y_a.dim() + 1).to(y_a.dtype)
     torch.lerp(y_a.unsqueeze(0), y_b.unsqueeze(0), coef, out=out)
@@ -311,16 +320,25 @@ def _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, paddi
                               bias_a=bias_a, bias_b=bias_b)
 
 
+def _extension(backend: str):
+    """The C++ extension for the ``cpp`` backend (its kernels fuse passes of the torch order), None for
+    ``torch`` (torch's ops alone: the reference order)."""
+    return cpp_extension() if backend == "cpp" else None
+
+
 @torch.library.custom_op("lth_sparse::interpolated_linear", mutates_args=())
-def _interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                         bias_a: Tensor | None, bias_b: Tensor | None) -> Tensor:
+def interpolated_linear_op(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
+                           bias_a: Tensor | None, bias_b: Tensor | None) -> Tensor:
+    """The custom op ``torch.ops.lth_sparse.interpolated_linear``: :func:`interpolated_linear` on an input
+    (A or 1, *, in) whose first dimension says the convention, one input per alpha or one shared."""
     _check_linear(input, weight_a, weight_b, alphas, bias_a, bias_b)
-    if choose_backend("interpolated_linear", input.device, IMPLEMENTED) == "triton":
+    backend = choose_backend("interpolated_linear", input.device, IMPLEMENTED)
+    if backend == "triton":
         return _TRITON_LINEAR(input, weight_a, weight_b, alphas, bias_a, bias_b)
-    return _forward(_Linear, input, weight_a, weight_b, alphas, bias_a, bias_b, _linear_per_alpha)
+    return _forward(_Linear, input, weight_a, weight_b, alphas, bias_a, bias_b, _linear_per_alpha, _extension(backend))
 
 
-@_interpolated_linear.register_fake
+@interpolated_linear_op.register_fake
 def _(input, weight_a, weight_b, alphas, bias_a, bias_b):
     _check_linear(input, weight_a, weight_b, alphas, bias_a, bias_b)
     return input.new_empty(alphas.shape[0], *input.shape[1:-1], weight_a.shape[0])
@@ -334,25 +352,30 @@ def _backward_linear(ctx, grad):
     return tuple(_backward(_Linear, grad, *ctx.saved_tensors, ctx.needs_input_grad))
 
 
-_interpolated_linear.register_autograd(_backward_linear, setup_context=_setup_linear)
+interpolated_linear_op.register_autograd(_backward_linear, setup_context=_setup_linear)
 # under autocast: input, weights and biases in the autocast dtype, as F.linear; alphas as they are
-_autocast.register(_interpolated_linear, cast_args=(0, 1, 2, 4, 5))
+_autocast.register(interpolated_linear_op, cast_args=(0, 1, 2, 4, 5))
 
 
 @torch.library.custom_op("lth_sparse::interpolated_conv2d", mutates_args=())
-def _interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                         bias_a: Tensor | None, bias_b: Tensor | None, stride: list[int], padding: list[int],
-                         dilation: list[int], groups: int) -> Tensor:
+def interpolated_conv2d_op(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
+                           bias_a: Tensor | None, bias_b: Tensor | None, stride: list[int], padding: list[int],
+                           dilation: list[int], groups: int) -> Tensor:
+    """The custom op ``torch.ops.lth_sparse.interpolated_conv2d``: :func:`interpolated_conv2d` on an input
+    (A or 1, N, C, H, W) whose first dimension says the convention (see :func:`interpolated_linear_op`),
+    zero padding as pairs."""
     _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups)
-    if choose_backend("interpolated_conv2d", input.device, IMPLEMENTED) == "triton":
+    backend = choose_backend("interpolated_conv2d", input.device, IMPLEMENTED)
+    if backend == "triton":
         out = _TRITON_CONV(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups)
         # the layout of the CPU result (see _per_alpha_result) whichever backend ran; a copy only under the interpreter
         return out if out.device.type != "cpu" else _per_alpha_result(out.shape[0], out, out.shape[1:]).copy_(out)
     conv_args = (stride, padding, dilation, groups)
-    return _forward(_Conv(*conv_args), input, weight_a, weight_b, alphas, bias_a, bias_b, _conv_per_alpha(conv_args))
+    return _forward(_Conv(*conv_args), input, weight_a, weight_b, alphas, bias_a, bias_b, _conv_per_alpha(conv_args),
+                    _extension(backend))
 
 
-@_interpolated_conv2d.register_fake
+@interpolated_conv2d_op.register_fake
 def _(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups):
     _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups)
     return _per_alpha_result(alphas.shape[0], input, (input.shape[1], weight_a.shape[0],
@@ -369,16 +392,16 @@ def _backward_conv(ctx, grad):
     return (*grads, None, None, None, None)
 
 
-_interpolated_conv2d.register_autograd(_backward_conv, setup_context=_setup_conv)
-_autocast.register(_interpolated_conv2d, cast_args=(0, 1, 2, 4, 5))
+interpolated_conv2d_op.register_autograd(_backward_conv, setup_context=_setup_conv)
+_autocast.register(interpolated_conv2d_op, cast_args=(0, 1, 2, 4, 5))
 
 
-def _storage_users(t: Tensor) -> int:
+def _storage_users(t: Tensor, ext) -> int:
     """How many tensors use t's storage: t itself, its views and any other, but not the base t is a
-    view of; a large number when that cannot be known here (then a buffer is never reused)."""
-    C = cpp_extension()
-    if C is not None:
-        users = C.storage_use_count(t)
+    view of; a large number when that cannot be known here (then a buffer is never reused). Counted
+    by the C++ extension ``ext`` where given, else by torch."""
+    if ext is not None:
+        users = ext.storage_use_count(t)
     else:  # torch's private count, where this torch has it
         count = getattr(torch._C, "_storage_Use_Count", None)
         if count is None:
@@ -427,7 +450,7 @@ def _formed_weights(weight_a: Tensor, weight_b: Tensor, alphas: Tensor, bias_a: 
 
 def cpu_forward_into(previous: Tensor | None, kind: str, input: Tensor, weight_a: Tensor, weight_b: Tensor,
                      alphas: Tensor, bias_a: Tensor | None, bias_b: Tensor | None, *conv_args,
-                     cache: dict | None = None, relu: bool = False) -> Tensor:
+                     cache: dict | None = None, relu: bool = False, backend: str | None = None) -> Tensor:
     """``interpolated_linear`` (kind "linear") / ``interpolated_conv2d`` (kind "conv", conv_args: stride,
     padding, dilation, groups as pairs) on CPU tensors without autograd, written into ``previous``
     (an earlier result of this call) when it has the result's shape and nothing else refers to it.
@@ -440,12 +463,18 @@ def cpu_forward_into(previous: Tensor | None, kind: str, input: Tensor, weight_a
     layer, where every alpha's interpolated weights stay from one call to the next (see
     ``_cached_weights``; not under autocast, whose cast weights are new tensors at every call).
     ``relu``: the result clamped at 0, as the ReLU that follows the layer would (see ``_lerp_ends``).
+    ``backend``: ``cpp`` (the C++ extension's kernels fuse passes over the result) or ``torch`` (torch's
+    ops alone), as ``choose_backend`` picks it for the op; None: picked here.
     """
+    if backend is None:
+        backend = choose_backend("interpolated_linear" if kind == "linear" else "interpolated_conv2d", input.device,
+                                 IMPLEMENTED)
     if (autocast := _autocast.active(input)) is not None:
-        result = _autocast.run_cast(cpu_forward_into, autocast,
+        result = _autocast.run_cast(lambda *args: cpu_forward_into(*args, backend=backend), autocast,
                                     (previous, kind, input, weight_a, weight_b, alphas, bias_a, bias_b, *conv_args),
                                     (2, 3, 4, 6, 7))
         return result.relu_() if relu else result
+    ext = _extension(backend)
     if kind == "linear":
         _check_linear(input, weight_a, weight_b, alphas, bias_a, bias_b)
         shape = (alphas.shape[0], *input.shape[1:-1], weight_a.shape[0])
@@ -456,13 +485,13 @@ def cpu_forward_into(previous: Tensor | None, kind: str, input: Tensor, weight_a
                  *conv_output_size(input, weight_a, conv_args[0], conv_args[1], conv_args[2]))
         layer, per_alpha = _Conv(*conv_args), _conv_per_alpha(conv_args)
     reuse = (previous is not None and tuple(previous.shape) == shape and previous.dtype == input.dtype
-             and previous.device == input.device and _storage_users(previous) == 1)
+             and previous.device == input.device and _storage_users(previous, ext) == 1)
     interpolated = None
     shared = input.shape[0] == 1
     # (a grouped conv's two ends do not stack into one conv)
     if cache is not None and (not shared or kind == "linear" or conv_args[3] == 1):
         interpolated = _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, shared)
-    return _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, per_alpha,
+    return _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, per_alpha, ext,
                     out=previous if reuse else None, interpolated=interpolated, relu=relu)
 
 
@@ -495,8 +524,8 @@ def interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alpha
     weight_a/weight_b: (out, in); alphas: (A,); biases: (out,) or both None.
     Returns (A, *, out). Differentiable in every tensor argument.
     """
-    return _interpolated_linear(_alpha_inputs(input, alphas, input_per_alpha), weight_a, weight_b, alphas, bias_a,
-                                bias_b)
+    return interpolated_linear_op(_alpha_inputs(input, alphas, input_per_alpha), weight_a, weight_b, alphas, bias_a,
+                                  bias_b)
 
 
 def interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
@@ -511,15 +540,15 @@ def interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alpha
     """
     if isinstance(padding, str):
         raise ValueError("padding must be an int or a pair")
-    return _interpolated_conv2d(_alpha_inputs(input, alphas, input_per_alpha), weight_a, weight_b, alphas, bias_a,
-                                bias_b, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups)
+    return interpolated_conv2d_op(_alpha_inputs(input, alphas, input_per_alpha), weight_a, weight_b, alphas, bias_a,
+                                  bias_b, pair_list(stride), pair_list(padding), pair_list(dilation), groups)
 
 
 def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor | None:
     """Consecutive linear layers on the path, the first on an input ``x`` (N, in) all alphas share, on
-    CPU tensors without autograd, computed feature-major; None where that does not apply (no C++
-    extension, autocast on, a dtype other than float32/float64), and the caller runs the layers one
-    by one instead.
+    CPU tensors without autograd, computed feature-major by the C++ extension's kernels (the ``cpp``
+    backend of ``interpolated_linear``); None where that does not apply (no C++ extension, autocast on,
+    a dtype other than float32/float64), and the caller runs the layers one by one instead.
 
     layers: per layer (weight_a, weight_b, bias_a, bias_b, relu, cache), ``relu`` whether a ReLU
     follows it, ``cache`` the dict where the layer keeps its interpolated weights (see

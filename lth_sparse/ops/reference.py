@@ -48,7 +48,8 @@ def prune_lowest(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: in
 
 def interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
                         bias_a: Tensor | None = None, bias_b: Tensor | None = None) -> Tensor:
-    """For each alpha: ``F.linear(x, (1 - alpha) * weight_a + alpha * weight_b, (1 - alpha) * bias_a + alpha * bias_b)``."""
+    """For each alpha: ``F.linear(x, (1 - alpha) * weight_a + alpha * weight_b,
+    (1 - alpha) * bias_a + alpha * bias_b)``."""
     outputs = []
     for i, alpha in enumerate(alphas):
         x = input[i] if input.shape[0] == alphas.shape[0] else input[0]

@@ -19,8 +19,8 @@ if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
     pytest.skip("the Triton kernels need a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
 pytest.importorskip("triton")
 
+from lth_sparse.kernels import _tiles as tiles  # noqa: E402
 from lth_sparse.kernels import interpolate as kernels  # noqa: E402
-from lth_sparse.kernels import masked_matmul  # noqa: E402
 from lth_sparse.ops import reference  # noqa: E402
 from tests.tolerances import assert_close, full_precision_float32  # noqa: E402
 
@@ -197,7 +197,7 @@ def test_conv_empty_batch_gives_an_empty_output(bias, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_64_bit_indexing_gives_the_same_results(monkeypatch, mode):
     # Tensors past 2**31 elements switch the kernels to 64-bit offsets; too big for CI, so force the switch.
-    monkeypatch.setattr(masked_matmul, "_needs_int64", lambda *tensors: True)
+    monkeypatch.setattr(tiles, "needs_int64", lambda *tensors: True)
     x, w_a, w_b, b_a, b_b = random_pair((5, 7), (num_inputs(mode, 3), 4, 7), torch.float32)
     check_linear(x, w_a, w_b, as_alphas(ALPHAS), b_a, b_b)
     check_conv(*CONV_GEOMETRIES["stride2-rect"], torch.float32, mode)
@@ -207,13 +207,13 @@ def test_64_bit_indexing_gives_the_same_results(monkeypatch, mode):
 
 @pytest.mark.parametrize("fma", [False, True], ids=["tensor-cores", "fma"])
 def test_shared_mode_is_tuned_only_over_tiles_that_hold_two_accumulators(fma):
-    configs = kernels._tuned(kernels._interpolated_gemm_kernel, ("M",), fma, True).configs
+    configs = tiles.autotuned(kernels._interpolated_gemm_kernel, ("M",), fma, kernels._fits_two_accumulators).configs
     assert configs, "the shared mode needs at least one tile to tune over"
     for c in configs:
         outputs = c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"]
         # per thread: two float32 accumulators within 128 registers; float64 FMA tiles no larger than 32 x 32
         assert outputs <= 32 * 32 if fma else 2 * outputs <= 128 * 32 * c.num_warps
-    assert len(kernels._tuned(kernels._interpolated_gemm_kernel, ("M",), fma, False).configs) >= len(configs)
+    assert len(tiles.autotuned(kernels._interpolated_gemm_kernel, ("M",), fma).configs) >= len(configs)
 
 
 # -------------------------------------------------------------------------------------------------------- GPU

@@ -94,8 +94,8 @@ def test_relu_after_an_interpolating_layer_is_fused_and_no_other():
     state_a = copy.deepcopy(model.state_dict())
     state_b = {k: v + 1 if v.is_floating_point() else v for k, v in state_a.items()}
     path = PathNetwork(model, state_a, state_b)
-    assert [type(m).__name__ for m in path.net] == ["ReLU", "_PathLinear", "_FusedReLU", "Dropout", "ReLU", "_PathLinear",
-                                                    "_PathBatchNorm", "ReLU", "_PathLinear"]
+    assert [type(m).__name__ for m in path.net] == ["ReLU", "_PathLinear", "_FusedReLU", "Dropout", "ReLU",
+                                                    "_PathLinear", "_PathBatchNorm", "ReLU", "_PathLinear"]
     assert [path.net[i].relu for i in (1, 5, 8)] == [True, False, False]
     assert [path.net[i].inplace for i in (0, 4, 7)] == [False, False, True]
     assert isinstance(model[2], torch.nn.ReLU) and not model[7].inplace, "the caller's model is untouched"
@@ -140,21 +140,20 @@ def test_storage_users_counts_the_other_tensors_on_a_storage(how, monkeypatch):
     """The reuse of a path layer's buffer rests on this count: wrong low would overwrite a live tensor."""
     import lth_sparse.ops.interpolate as interpolate_ops
 
-    if how != "extension":
-        monkeypatch.setattr(interpolate_ops, "cpp_extension", lambda: None)
+    ext = interpolate_ops.cpp_extension() if how == "extension" else None
     if how == "unknown":
         monkeypatch.delattr(torch._C, "_storage_Use_Count", raising=False)
-    elif how == "extension" and interpolate_ops.cpp_extension() is None:
+    elif how == "extension" and ext is None:
         pytest.skip("the C++ extension is not built")
     t = torch.empty(4, 5)
-    counts = [interpolate_ops._storage_users(t)]
+    counts = [interpolate_ops._storage_users(t, ext)]
     view = t[1:]
-    counts.append(interpolate_ops._storage_users(t))
-    counts.append(interpolate_ops._storage_users(view))  # view itself; its base t is not counted
+    counts.append(interpolate_ops._storage_users(t, ext))
+    counts.append(interpolate_ops._storage_users(view, ext))  # view itself; its base t is not counted
     other = view.view(-1)
-    counts.append(interpolate_ops._storage_users(view))
+    counts.append(interpolate_ops._storage_users(view, ext))
     del view, other
-    counts.append(interpolate_ops._storage_users(t))
+    counts.append(interpolate_ops._storage_users(t, ext))
     if how == "unknown":
         assert all(c >= 1 << 30 for c in counts), "unknown: never reused"
     else:
@@ -194,7 +193,8 @@ def test_one_alpha_at_a_time_shares_only_the_layers_that_see_the_input():
         first = first.layers[0] if hasattr(first, "layers") else first  # a chain of linear layers: its first
         calls = []
         original = first._interpolated
-        first._interpolated = lambda *args, **kwargs: calls.append(args[3].tolist()) or original(*args, **kwargs)
+        first._interpolated = (lambda *args, calls=calls, original=original, **kwargs:
+                               calls.append(args[3].tolist()) or original(*args, **kwargs))
         out = path(x, alphas, one_alpha_at_a_time=True)
         assert calls == [[0.0, 1.0]] * shared_calls
         torch.testing.assert_close(out, loop_reference(model, state_a, state_b, alphas, x))

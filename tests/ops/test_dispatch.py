@@ -39,8 +39,8 @@ def test_forced_cuda_on_cpu_tensors_is_an_error_not_a_fallback(use_backend):
 
 
 def test_forced_backend_without_a_kernel_for_the_op_is_an_error(use_backend):
-    use_backend("cpp")
-    with pytest.raises(RuntimeError, match="has no cpp kernel"):
+    use_backend("cuda")
+    with pytest.raises(RuntimeError, match="has no cuda kernel"):
         interpolated_linear(torch.randn(1, 2, 3), torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0.5]))
 
 

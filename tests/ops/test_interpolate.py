@@ -4,7 +4,7 @@ import torch
 from lth_sparse.ops import interpolate, reference
 from lth_sparse.ops import interpolated_conv2d as public_interpolated_conv2d
 from lth_sparse.ops import interpolated_linear as public_interpolated_linear
-from lth_sparse.ops.interpolate import IMPLEMENTED, _interpolated_conv2d, _interpolated_linear
+from lth_sparse.ops.interpolate import IMPLEMENTED, interpolated_conv2d_op, interpolated_linear_op
 from tests.conftest import available_backends
 from tests.tolerances import assert_close
 
@@ -62,7 +62,8 @@ def test_per_alpha_inputs_use_blocks_of_weights(monkeypatch):
     monkeypatch.setattr(interpolate, "_MAX_BLOCK", 2)
     alphas = torch.linspace(0, 1, 7)
     x, wa, wb, ba, bb = linear_case(7, (3,), 6, 5, True, torch.float32)
-    assert_close(interpolated_linear(x, wa, wb, alphas, ba, bb), reference.interpolated_linear(x, wa, wb, alphas, ba, bb))
+    assert_close(interpolated_linear(x, wa, wb, alphas, ba, bb),
+                 reference.interpolated_linear(x, wa, wb, alphas, ba, bb))
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -109,11 +110,11 @@ def test_interpolated_conv2d_gradcheck(shared):
 def test_opcheck():
     x, wa, wb, ba, bb = linear_case(3, (2,), 4, 5, True, torch.float32)
     alphas = torch.tensor([0.0, 0.5, 1.0])
-    torch.library.opcheck(_interpolated_linear, (x.requires_grad_(), wa.requires_grad_(), wb, alphas, ba, bb))
-    torch.library.opcheck(_interpolated_linear, (x[:1], wa, wb.requires_grad_(), alphas, None, None))
+    torch.library.opcheck(interpolated_linear_op, (x.requires_grad_(), wa.requires_grad_(), wb, alphas, ba, bb))
+    torch.library.opcheck(interpolated_linear_op, (x[:1], wa, wb.requires_grad_(), alphas, None, None))
     xc, wa, wb, ba, bb = conv_case(1, 2, 4, 5, 4, 3, 2, True, torch.float32)
-    torch.library.opcheck(_interpolated_conv2d, (xc.requires_grad_(), wa, wb.requires_grad_(), alphas, ba, bb,
-                                                 [1, 1], [1, 1], [1, 1], 2))
+    torch.library.opcheck(interpolated_conv2d_op, (xc.requires_grad_(), wa, wb.requires_grad_(), alphas, ba, bb,
+                                                   [1, 1], [1, 1], [1, 1], 2))
 
 
 @pytest.mark.parametrize("change,error,words", [
@@ -140,7 +141,8 @@ def test_a_batch_as_large_as_the_number_of_alphas_is_still_one_shared_batch():
     out = public_interpolated_linear(x[0], wa, wb, alphas, ba, bb)
     assert out.shape == (3, 3, 5)
     for i, a in enumerate(alphas):
-        torch.testing.assert_close(out[i], torch.nn.functional.linear(x[0], torch.lerp(wa, wb, a), torch.lerp(ba, bb, a)))
+        torch.testing.assert_close(out[i],
+                                   torch.nn.functional.linear(x[0], torch.lerp(wa, wb, a), torch.lerp(ba, bb, a)))
     per_alpha = public_interpolated_linear(x[0], wa, wb, alphas, ba, bb, input_per_alpha=True)
     assert per_alpha.shape == (3, 5), "row i of the batch through the layer at alphas[i]"
     torch.testing.assert_close(per_alpha[1], out[1, 1])

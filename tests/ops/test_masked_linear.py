@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from lth_sparse.ops import masked_linear
-from lth_sparse.ops import reference
+from lth_sparse.ops import masked_linear, reference
 from lth_sparse.ops.masked_linear import IMPLEMENTED, _masked_linear
 from tests.conftest import backend_variants
 from tests.tolerances import assert_close

@@ -110,12 +110,12 @@ def test_bias_relu_is_add_then_relu_in_place(dtype, relu, num_threads):
 
 @needs_extension
 @pytest.mark.parametrize("call, words", [
-    (lambda: C.lerp_relu_(torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(3, 4).double(), torch.rand(2), None, False),
-     "one dtype"),
+    (lambda: C.lerp_relu_(torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(3, 4).double(), torch.rand(2), None,
+                          False), "one dtype"),
     (lambda: C.lerp_relu_(torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(4, 3).t(), torch.rand(2), None, False),
      "strides"),
-    (lambda: C.lerp_relu_(torch.empty(2, 3, 4), torch.randn(4, 3).t(), torch.randn(4, 3).t(), torch.rand(2), None, False),
-     "unit column stride"),
+    (lambda: C.lerp_relu_(torch.empty(2, 3, 4), torch.randn(4, 3).t(), torch.randn(4, 3).t(), torch.rand(2), None,
+                          False), "unit column stride"),
     (lambda: C.lerp_relu_(torch.empty(2, 4, 3).transpose(1, 2), torch.randn(3, 4), torch.randn(3, 4), torch.rand(2),
                           None, False), "contiguous"),
     (lambda: C.lerp_relu_(torch.empty(3, 3, 4), torch.randn(3, 4), torch.randn(3, 4), torch.rand(2), None, False),
@@ -182,9 +182,9 @@ def test_weights_kept_across_passes_follow_the_alphas_and_the_endpoints(monkeypa
 
 
 @pytest.mark.parametrize("order", [False, True])
-def test_fused_and_plain_torch_paths_agree(monkeypatch, order):
-    """With the C++ kernels (ends stacked, bias and ReLU in the lerp's pass) and without them (torch.lerp,
-    add_, relu_), on a net with a conv, float64: the same values to float64 rounding."""
+def test_fused_and_plain_torch_paths_agree(use_backend, order):
+    """With the C++ kernels (ends stacked, bias and ReLU in the lerp's pass) and without them (the torch
+    backend: torch.lerp, add_, relu_), on a net with a conv, float64: the same values to float64 rounding."""
     torch.manual_seed(3)
     model = create_model("conv2", (1, 10, 10), 5).double()
     state_a = copy.deepcopy(model.state_dict())
@@ -192,7 +192,7 @@ def test_fused_and_plain_torch_paths_agree(monkeypatch, order):
     x = torch.randn(6, 1, 10, 10, dtype=torch.float64)
     alphas = torch.tensor([0.0, 0.3, 0.5, 0.8, 1.0, 1.4], dtype=torch.float64)
     fused = PathNetwork(model, state_a, state_b)(x, alphas, one_alpha_at_a_time=order)
-    monkeypatch.setattr(interpolate_ops, "cpp_extension", lambda: None)
+    use_backend("torch")
     plain = PathNetwork(model, state_a, state_b)(x, alphas, one_alpha_at_a_time=order)
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fused, loop(model, state_a, state_b, alphas, x), rtol=1e-12, atol=1e-12)
@@ -231,7 +231,7 @@ def chained_models():
 
 @pytest.mark.parametrize("name", ["lenet300", "plain"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_a_chain_of_linear_layers_equals_the_loop_in_every_order_and_without_the_extension(monkeypatch, name, dtype):
+def test_a_chain_of_linear_layers_equals_the_loop_in_every_order_and_without_the_extension(use_backend, name, dtype):
     model = chained_models()[name].to(dtype)
     state_a = copy.deepcopy(model.state_dict())
     torch.manual_seed(6)
@@ -247,7 +247,7 @@ def test_a_chain_of_linear_layers_equals_the_loop_in_every_order_and_without_the
         torch.testing.assert_close(path(x, alphas), expected, **tolerance)
     torch.testing.assert_close(path(x, alphas, one_alpha_at_a_time=True), expected, **tolerance)
     torch.testing.assert_close(path(x, alphas[:1]), expected[:1], **tolerance)  # one alpha: the layers one by one
-    monkeypatch.setattr(interpolate_ops, "cpp_extension", lambda: None)
+    use_backend("torch")  # torch's ops alone, as where the extension is not built
     torch.testing.assert_close(PathNetwork(model, state_a, state_b)(x, alphas), expected, **tolerance)
 
 
