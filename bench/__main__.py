@@ -53,7 +53,7 @@ def _select_cuda_rows(result: list[dict]) -> list[dict]:
 
 
 def _masked_cuda_rows() -> list[dict]:
-    """Masked layers on the GPU (issue 7), against the torch way, where there is a GPU."""
+    """Masked layers on the GPU, against the torch way, where there is a GPU."""
     if not torch.cuda.is_available():
         return []
     return _masked_cuda_table(bench_masked_linear.main(["--quick", "--dtypes", "float32,bfloat16"]))

@@ -15,7 +15,7 @@ That overhead is split in two from each unit's own time (the ``done in X s`` of 
 measured inside its worker): the worker-seconds spent outside the units (what the executor
 itself costs), and how much longer the units took side by side than one after the other (what
 running two at once on this machine costs, whoever schedules them).
-Targets (issue 16): the process pool within 1.2x of the ideal, Ray's overhead under 2 s a unit.
+Targets: the process pool within 1.2x of the ideal, Ray's overhead under 2 s a unit.
 
 On a shared machine the wall time mixes two things: what the executor costs, and the cores other
 work took (two workers on two cores that another job keeps busy get one core between them, and

@@ -10,9 +10,9 @@ All ways in the same run, with the same inputs, taking turns in rotated order; t
 results are checked equal; times are medians over the repeats.
 
     python bench/bench_interpolate.py            # LeNet-300-100 on 10,000 examples, Conv-4 on 160, 21 alphas
-    python bench/bench_interpolate.py --conv4-examples 10000 --repeats 1   # Conv-4 on issue 6's 10,000
+    python bench/bench_interpolate.py --conv4-examples 10000 --repeats 1   # Conv-4 on the target's 10,000
     python bench/bench_interpolate.py --quick    # smaller, seconds
-    python bench/bench_interpolate.py --device cuda   # issue 8's GPU targets (see below)
+    python bench/bench_interpolate.py --device cuda   # the GPU targets (see below)
 
 On a GPU (``--device cuda``): an MLP (LeNet-300-100) and ResNet-20, each on 10,000 examples, 21
 alphas; the loop, the batched pass on the backend ``auto`` picks, and the batched pass with each GPU
@@ -264,7 +264,7 @@ def run_recompute_case(name, shape, examples, num_alphas, repeats, batch_size, b
 
 
 def gpu_rows(num_alphas, repeats, quick):
-    """Issue 8's targets: an MLP and ResNet-20 over 10,000 examples, every GPU backend of ours."""
+    """The GPU targets: an MLP and ResNet-20 over 10,000 examples, every GPU backend of ours."""
     from lth_sparse._dispatch import backend_status
 
     forced = tuple(b for b in ("triton",) if backend_status(b, torch.device("cuda"))[0])
@@ -290,7 +290,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--conv4-examples", type=int, default=160,
                         help="Conv-4's examples on the CPU (default 160, to keep the default run of both modes "
-                             "near 4 minutes on 2 cores; issue 6's target is set on 10000: about 25 minutes per "
+                             "near 4 minutes on 2 cores; the CPU target is set on 10000: about 25 minutes per "
                              "repeat of its three ways here)")
     parser.add_argument("--modes", default=",".join(MODES),
                         help="batch-norm modes to measure, comma-separated: interpolate (the rows of the plain "

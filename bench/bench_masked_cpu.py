@@ -17,7 +17,7 @@ measured within each repeat, dense/ours with its quartiles over the repeats (the
 The weights hold +0.0 at their pruned entries, as a masked layer's weights do after every optimizer
 step (``enforce_masks``); the dense path then uses the weight as it is instead of forming a masked copy.
 
-Shapes (issue 6): the LeNet-300-100 layers at batch 60, and the whole network; a 1024x1024 layer at
+Shapes: the LeNet-300-100 layers at batch 60, and the whole network; a 1024x1024 layer at
 batch 256; two Conv-4 style 3x3 convs at batch 60. Sparsities 0% to 99%. Prints the ratios dense /
 ours (above 1: ours is faster) and writes ``bench/results/masked_cpu-cpu.json`` with the crossover
 sparsity per shape (the lowest sparsity from which the sparse path beats the dense one).

@@ -7,10 +7,10 @@ Three ways, timed in the same process on the same tensors (``triton.testing.do_b
 - ours: ``lth_sparse.ops.masked_linear`` / ``masked_conv2d`` with ``LTH_SPARSE_BACKEND=triton``
   (the mask applied on load, dW masked in the epilogue, bias fused).
 
-Shapes (issue 7): LeNet-300-100 layers at batch 60, VGG/ResNet 3x3 convs (64-512 channels) both
+Shapes: LeNet-300-100 layers at batch 60, VGG/ResNet 3x3 convs (64-512 channels) both
 as convs and as the GEMMs an im2col would give, and a transformer MLP (4096 x 16384, 8192 tokens);
 float32 (TF32 off, as torch's default for matmul), bfloat16, float16; density 0.2 (80% pruned).
-Prints a table with the ratios the issue targets (ours / dense <= 1.10, torch way / ours >= 1.3 where
+Prints a table with the target ratios (ours / dense <= 1.10, torch way / ours >= 1.3 where
 memory-bound) and the peak memory of one step, and writes ``bench/results/masked_linear-<gpu>.json``.
 
     python bench/bench_masked_linear.py [--only linear|conv] [--dtypes float32,bfloat16,float16] [--quick]
@@ -63,52 +63,17 @@ QUICK = {"lenet300 fc1", "vgg conv 64 @56 as GEMM", "mlp up 4096->16384", "conv 
 
 
 def masked_linear_ours():
-    """Our kernels behind the op's dispatch; until the op lists a Triton backend, the kernels directly."""
-    from lth_sparse.ops.masked_linear import IMPLEMENTED, masked_linear
-    if "triton" in IMPLEMENTED:
-        return masked_linear, "lth_sparse.ops.masked_linear (LTH_SPARSE_BACKEND=triton)"
-    from lth_sparse.kernels import masked_matmul as k
+    """Our masked linear behind the op's dispatch (run with ``LTH_SPARSE_BACKEND=triton``)."""
+    from lth_sparse.ops.masked_linear import masked_linear
 
-    class Fn(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, w, m, b):
-            ctx.save_for_backward(x, w, m)
-            ctx.has_bias = b is not None
-            return k.masked_linear_forward(x, w, m, b)
-
-        @staticmethod
-        def backward(ctx, grad):
-            x, w, m = ctx.saved_tensors
-            nx, nw, _, nb = ctx.needs_input_grad
-            dx, dw, db = k.masked_linear_backward(grad, x, w, m, nx, nw, bool(nb and ctx.has_bias))
-            return dx if nx else None, dw if nw else None, None, db if nb and ctx.has_bias else None
-
-    return (lambda x, w, m, b=None: Fn.apply(x, w, m, b)), "lth_sparse.kernels.masked_matmul (op not wired yet)"
+    return masked_linear, "lth_sparse.ops.masked_linear (LTH_SPARSE_BACKEND=triton)"
 
 
 def masked_conv2d_ours():
-    from lth_sparse.ops.masked_conv2d import IMPLEMENTED, masked_conv2d
-    if "triton" in IMPLEMENTED:
-        return masked_conv2d, "lth_sparse.ops.masked_conv2d (LTH_SPARSE_BACKEND=triton)"
-    from lth_sparse.kernels import masked_matmul as k
+    """Our masked conv behind the op's dispatch (run with ``LTH_SPARSE_BACKEND=triton``)."""
+    from lth_sparse.ops.masked_conv2d import masked_conv2d
 
-    class Fn(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, w, m, b, stride, padding):
-            ctx.save_for_backward(x, w, m)
-            ctx.geometry = ([stride] * 2, [padding] * 2, [1, 1], 1)
-            ctx.has_bias = b is not None
-            return k.masked_conv2d_forward(x, w, m, b, *ctx.geometry)
-
-        @staticmethod
-        def backward(ctx, grad):
-            x, w, m = ctx.saved_tensors
-            nx, nw, _, nb = ctx.needs_input_grad[:4]
-            dx, dw, db = k.masked_conv2d_backward(grad, x, w, m, *ctx.geometry, nx, nw, bool(nb and ctx.has_bias))
-            return (dx if nx else None, dw if nw else None, None, db if nb and ctx.has_bias else None, None, None)
-
-    return ((lambda x, w, m, b=None, stride=1, padding=0: Fn.apply(x, w, m, b, stride, padding)),
-            "lth_sparse.kernels.masked_matmul (op not wired yet)")
+    return masked_conv2d, "lth_sparse.ops.masked_conv2d (LTH_SPARSE_BACKEND=triton)"
 
 
 def make_step(forward, leaves, grad):

@@ -3,7 +3,7 @@ Synaptic-Flow way, on VGG-16 and ResNet-20 (CIFAR-10 shapes, CPU).
 
 Both ways prune the same freshly initialised model (``lth_sparse.models.create_model``, seed 0, input
 3x32x32, 10 classes) to ``--density`` (1% kept, Fischer & Burkholz's sparsity 0.01) from one batch of
-``--batch`` random examples (default 64, the low end of the issue's 64-256, to keep the run short;
+``--batch`` random examples (default 64, the low end of the usual 64-256 pruning batch, to keep the run short;
 Fischer & Burkholz's pruning set, Synaptic-Flow's default, is 10 examples per class, ``--batch 100``
 for CIFAR-10: SNIP's and GraSP's scoring grows with the batch, their selection does not), in eval mode,
 float32 (SynFlow in float64 both ways):

@@ -23,7 +23,7 @@ from lth_sparse.runs import ConfigMismatch, read_json
 from tests.tolerances import assert_close
 
 RANKS = 2
-# The command (with the controls: units of a second stage), with 5 epochs (20 steps) at a learning rate at which the dense round learns.
+# A two-rank IMP command (with the controls: units of a second stage), with 5 epochs (20 steps) at a learning rate at which the dense round learns.
 COMMAND = ["imp", "--dataset", "digits", "--model", "mlp", "--model-option", "width=16", "--rounds", "1",
            "--epochs", "5", "--train-size", "256", "--batch-size", "64", "--lr", "0.1", "--controls", "--no-plots"]
 LAUNCH_TIMEOUT = 600  # seconds; torch's imports in three processes on a busy 2-core machine take most of it
