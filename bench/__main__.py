@@ -17,8 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import (bench_imp_round, bench_interpolate, bench_masked_cpu, bench_masked_linear,  # noqa: E402
-                   bench_select)
+from bench import bench_imp_round, bench_interpolate, bench_masked_cpu, bench_masked_linear, bench_select  # noqa: E402
 from bench._common import print_table  # noqa: E402
 
 
@@ -31,10 +30,22 @@ def _select_rows() -> list[dict]:
 
 def _select_cpu_rows(result: list[dict]) -> list[dict]:
     t = {r["case"]: r["ms"] / 1e3 for r in result}
-    return [{"bench": "select", "case": "global threshold (5M float32)", "torch_way": "cat + kthvalue",
-             "torch_s": t["cat_kthvalue"], "ours_s": t["kth_smallest"]},
-            {"bench": "select", "case": "global masks, exact k", "torch_way": "cat + kthvalue, s > t",
-             "torch_s": t["torch_masks"], "ours_s": t["prune_lowest"]}]
+    return [
+        {
+            "bench": "select",
+            "case": "global threshold (5M float32)",
+            "torch_way": "cat + kthvalue",
+            "torch_s": t["cat_kthvalue"],
+            "ours_s": t["kth_smallest"],
+        },
+        {
+            "bench": "select",
+            "case": "global masks, exact k",
+            "torch_way": "cat + kthvalue, s > t",
+            "torch_s": t["torch_masks"],
+            "ours_s": t["prune_lowest"],
+        },
+    ]
 
 
 def _select_cuda_rows(result: list[dict]) -> list[dict]:
@@ -43,12 +54,23 @@ def _select_cuda_rows(result: list[dict]) -> list[dict]:
     rows = []
     for case in t:
         if case.startswith("kth_smallest[") and case.endswith("]"):
-            backend = case[len("kth_smallest["):-1]
-            rows += [{"bench": "select cuda", "case": f"global threshold ({backend})", "torch_way": "cat + kthvalue",
-                      "torch_s": t["cat_kthvalue"], "ours_s": t[case]},
-                     {"bench": "select cuda", "case": f"global masks, exact k ({backend})",
-                      "torch_way": "cat + kthvalue, s > t", "torch_s": t["torch_masks"],
-                      "ours_s": t[f"prune_lowest[{backend}]"]}]
+            backend = case[len("kth_smallest[") : -1]
+            rows += [
+                {
+                    "bench": "select cuda",
+                    "case": f"global threshold ({backend})",
+                    "torch_way": "cat + kthvalue",
+                    "torch_s": t["cat_kthvalue"],
+                    "ours_s": t[case],
+                },
+                {
+                    "bench": "select cuda",
+                    "case": f"global masks, exact k ({backend})",
+                    "torch_way": "cat + kthvalue, s > t",
+                    "torch_s": t["torch_masks"],
+                    "ours_s": t[f"prune_lowest[{backend}]"],
+                },
+            ]
     return rows
 
 
@@ -60,9 +82,16 @@ def _masked_cuda_rows() -> list[dict]:
 
 
 def _masked_cuda_table(result: list[dict]) -> list[dict]:
-    return [{"bench": "masked cuda", "case": f"{r['shape']}, {r['dtype']}",
-             "torch_way": "F.linear(x, w * m, b)" if r["kind"] == "linear" else "conv2d(x, w * m, b)",
-             "torch_s": r["torch_way_ms"] / 1e3, "ours_s": r["ours_ms"] / 1e3} for r in result]
+    return [
+        {
+            "bench": "masked cuda",
+            "case": f"{r['shape']}, {r['dtype']}",
+            "torch_way": "F.linear(x, w * m, b)" if r["kind"] == "linear" else "conv2d(x, w * m, b)",
+            "torch_s": r["torch_way_ms"] / 1e3,
+            "ours_s": r["ours_ms"] / 1e3,
+        }
+        for r in result
+    ]
 
 
 def _interpolate_rows() -> list[dict]:
@@ -77,28 +106,62 @@ def _interpolate_table(result: list[tuple[dict, str]]) -> list[dict]:
     rows = []
     for r, bench in result:
         case = f"{r['model']}, {r['examples']} examples, {r['alphas']} alphas"
-        rows.append({"bench": bench, "case": case, "torch_way": "load each state dict", "torch_s": r["loop_s"],
-                     "ours_s": r["ours_s"]})
+        rows.append(
+            {
+                "bench": bench,
+                "case": case,
+                "torch_way": "load each state dict",
+                "torch_s": r["loop_s"],
+                "ours_s": r["ours_s"],
+            }
+        )
         if r.get("loop_cl_s") is not None:
-            rows.append({"bench": bench, "case": case, "torch_way": "the same, channels_last",
-                         "torch_s": r["loop_cl_s"], "ours_s": r["ours_s"]})
+            rows.append(
+                {
+                    "bench": bench,
+                    "case": case,
+                    "torch_way": "the same, channels_last",
+                    "torch_s": r["loop_cl_s"],
+                    "ours_s": r["ours_s"],
+                }
+            )
     return rows
 
 
 def _masked_rows() -> list[dict]:
     """Masked layers, forward + backward, against dense torch (no mask): the bar the issue sets."""
-    return [{"bench": "masked_cpu", "case": f"{r['shape']}, {r['sparsity']:.0%} sparse", "torch_way": "dense F.linear",
-             "torch_s": r["dense_ms"] / 1e3, "ours_s": r["ours_auto_ms"] / 1e3}
-            for r in bench_masked_cpu.main(["--quick"]) if r["sparsity"] in (0.9, 0.95)]
+    return [
+        {
+            "bench": "masked_cpu",
+            "case": f"{r['shape']}, {r['sparsity']:.0%} sparse",
+            "torch_way": "dense F.linear",
+            "torch_s": r["dense_ms"] / 1e3,
+            "ours_s": r["ours_auto_ms"] / 1e3,
+        }
+        for r in bench_masked_cpu.main(["--quick"])
+        if r["sparsity"] in (0.9, 0.95)
+    ]
 
 
 def _imp_round_rows() -> list[dict]:
     t = {r["way"]: r["seconds"] for r in bench_imp_round.main(["--quick"])}
     case = "LeNet-300-100 round, 1 epoch"
-    return [{"bench": "imp_round", "case": case, "torch_way": "DataLoader + nn.utils.prune",
-             "torch_s": t["usual"], "ours_s": t["lth_sparse"]},
-            {"bench": "imp_round", "case": case, "torch_way": "tensors + nn.utils.prune",
-             "torch_s": t["tensors"], "ours_s": t["lth_sparse"]}]
+    return [
+        {
+            "bench": "imp_round",
+            "case": case,
+            "torch_way": "DataLoader + nn.utils.prune",
+            "torch_s": t["usual"],
+            "ours_s": t["lth_sparse"],
+        },
+        {
+            "bench": "imp_round",
+            "case": case,
+            "torch_way": "tensors + nn.utils.prune",
+            "torch_s": t["tensors"],
+            "ours_s": t["lth_sparse"],
+        },
+    ]
 
 
 def main() -> None:
@@ -114,11 +177,25 @@ def main() -> None:
             os.environ.update(saved)
     for r in rows:
         r["ratio"] = r["torch_s"] / r["ours_s"]
-    gpu = (f"rows marked cuda on {torch.cuda.get_device_name()}" if torch.cuda.is_available()
-           else "no GPU here: the cuda rows run where torch sees one")
-    print(f"\nquick benchmarks, {time.perf_counter() - start:.0f} s: CPU rows on {torch.get_num_threads()} threads; {gpu}")
-    print_table([("bench", "bench", ""), ("case", "case", ""), ("torch_way", "the torch way", ""),
-                 ("torch_s", "torch (s)", ".4f"), ("ours_s", "ours (s)", ".4f"), ("ratio", "speed-up", ".2f")], rows)
+    gpu = (
+        f"rows marked cuda on {torch.cuda.get_device_name()}"
+        if torch.cuda.is_available()
+        else "no GPU here: the cuda rows run where torch sees one"
+    )
+    print(
+        f"\nquick benchmarks, {time.perf_counter() - start:.0f} s: CPU rows on {torch.get_num_threads()} threads; {gpu}"
+    )
+    print_table(
+        [
+            ("bench", "bench", ""),
+            ("case", "case", ""),
+            ("torch_way", "the torch way", ""),
+            ("torch_s", "torch (s)", ".4f"),
+            ("ours_s", "ours (s)", ".4f"),
+            ("ratio", "speed-up", ".2f"),
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

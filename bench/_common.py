@@ -50,10 +50,20 @@ def _memory_gib() -> float | None:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True)
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -62,6 +72,7 @@ def _git_commit() -> str | None:
 def _triton_version() -> str | None:
     try:
         import triton
+
         return triton.__version__
     except ImportError:
         return None
@@ -104,18 +115,21 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, Any]:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info.update({
-            "gpu": props.name,
-            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-            "gpu_capability": f"{props.major}.{props.minor}",
-            "gpu_count": torch.cuda.device_count(),
-            "cuda": torch.version.cuda,
-        })
+        info.update(
+            {
+                "gpu": props.name,
+                "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+                "gpu_capability": f"{props.major}.{props.minor}",
+                "gpu_count": torch.cuda.device_count(),
+                "cuda": torch.version.cuda,
+            }
+        )
     return info
 
 
-def write_results(name: str, device: str | torch.device, rows: list[dict[str, Any]],
-                  extra: dict[str, Any] | None = None) -> Path:
+def write_results(
+    name: str, device: str | torch.device, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``bench/results/<name>-<device_label(device)>.json``: ``{"benchmark", "machine", "rows", **extra}``.
 
     The file is replaced atomically (written next to it, then renamed). Returns its path.

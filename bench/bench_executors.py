@@ -67,7 +67,7 @@ def _descendants_cpu() -> dict[int, float] | None:
                 text = f.read()
         except OSError:  # gone meanwhile
             continue
-        fields = text[text.rindex(")") + 2:].split()  # from field 3 (state) on: the name may hold spaces
+        fields = text[text.rindex(")") + 2 :].split()  # from field 3 (state) on: the name may hold spaces
         parent[int(entry)] = int(fields[1])
         cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / tick  # utime, stime, cutime, cstime
     out, frontier = {}, [os.getpid()]
@@ -100,11 +100,20 @@ def imp_units(n: int, quick: bool, rounds: int, epochs: int) -> list:
     from lth_sparse.pipelines import imp
 
     if quick:
-        config = imp.ImpConfig(dataset="digits", model="mlp", model_options=(("width", 16),), rounds=1, epochs=1,
-                               train_size=300, seeds=tuple(range(n)), threads=1)
+        config = imp.ImpConfig(
+            dataset="digits",
+            model="mlp",
+            model_options=(("width", 16),),
+            rounds=1,
+            epochs=1,
+            train_size=300,
+            seeds=tuple(range(n)),
+            threads=1,
+        )
     else:
-        config = imp.ImpConfig(dataset="digits", model="lenet300", rounds=rounds, epochs=epochs,
-                               seeds=tuple(range(n)), threads=1)
+        config = imp.ImpConfig(
+            dataset="digits", model="lenet300", rounds=rounds, epochs=epochs, seeds=tuple(range(n)), threads=1
+        )
     imp.IMP.check(config)  # loads the data set once here, so that the local run does not pay the first read
     return imp.IMP.plan(config)[0]
 
@@ -121,8 +130,14 @@ def run_through(executor, units, root: Path, name: str) -> dict:
     done = sum((run_dir / u.directory / "done.json").exists() for u in units)
     if done != len(units):
         raise RuntimeError(f"{name}: only {done} of {len(units)} units finished")
-    return {"executor": name, "seconds": seconds, "cpu_s": cpu, "work_s": sum(unit_seconds(run_dir, u) for u in units),
-            "load_before": load_before, "load_after": _load()}
+    return {
+        "executor": name,
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "work_s": sum(unit_seconds(run_dir, u) for u in units),
+        "load_before": load_before,
+        "load_after": _load(),
+    }
 
 
 def unit_seconds(run_dir: Path, unit) -> float:
@@ -137,11 +152,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--units", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="pruning rounds of each unit (default 2)")
-    parser.add_argument("--epochs", type=int, default=500,
-                        help="epochs of each round (default 500: units of about 20 s, the size the target names)")
-    parser.add_argument("--executors", default="local,process,ray",
-                        help="which to run, comma-separated; local is always run: the others are measured against "
-                             "it (default: local,process,ray)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=500,
+        help="epochs of each round (default 500: units of about 20 s, the size the target names)",
+    )
+    parser.add_argument(
+        "--executors",
+        default="local,process,ray",
+        help="which to run, comma-separated; local is always run: the others are measured against "
+        "it (default: local,process,ray)",
+    )
     parser.add_argument("--quick", action="store_true", help="4 tiny units, results not written")
     args = parser.parse_args(argv)
     if args.quick:
@@ -169,8 +191,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print("ray is not installed (pip install 'lth_sparse[ray]'): no ray row")
             else:
                 start = time.perf_counter()
-                ray.init(address="local", num_cpus=WORKERS, include_dashboard=False, log_to_driver=False,
-                         configure_logging=False)
+                ray.init(
+                    address="local",
+                    num_cpus=WORKERS,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
                 started = time.perf_counter() - start
                 try:
                     row = run_through(RayExecutor(address="local", threads=1), units, root, "ray")
@@ -195,37 +222,71 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if row["cpu_s"] is not None and local_cpu is not None:
             row["cores"] = row["cpu_s"] / row["seconds"]
             row["cpu_overhead_per_unit_s"] = (row["cpu_s"] - local_cpu) / len(units)
-    size = "tiny (mlp width 16, 1 round, 1 epoch, 300 examples)" if args.quick else (
-        f"LeNet-300-100 on digits, {args.rounds} rounds of {args.epochs} epochs")
-    print(f"{len(units)} IMP units through each executor: {size}, 1 thread a unit, {WORKERS} workers "
-          f"on {os.cpu_count()} cores")
-    print_table([("executor", "executor", ""), ("workers", "workers", "d"), ("seconds", "wall (s)", ".1f"),
-                 ("ideal_s", "ideal (s)", ".1f"), ("ratio_to_ideal", "x ideal", ".2f"),
-                 ("overhead_per_unit_s", "overhead/unit (s)", ".2f"),
-                 ("outside_units_per_unit_s", "outside units/unit (s)", ".2f"),
-                 ("units_slower_per_unit_s", "units slower/unit (s)", ".2f"), ("cpu_s", "CPU (s)", ".1f"),
-                 ("cores", "cores got", ".2f"), ("cpu_overhead_per_unit_s", "CPU overhead/unit (s)", ".2f"),
-                 ("start_s", "cluster start (s)", ".1f"), ("load_before", "load before", ".2f"),
-                 ("load_after", "load after", ".2f")], rows)
+    size = (
+        "tiny (mlp width 16, 1 round, 1 epoch, 300 examples)"
+        if args.quick
+        else (f"LeNet-300-100 on digits, {args.rounds} rounds of {args.epochs} epochs")
+    )
+    print(
+        f"{len(units)} IMP units through each executor: {size}, 1 thread a unit, {WORKERS} workers "
+        f"on {os.cpu_count()} cores"
+    )
+    print_table(
+        [
+            ("executor", "executor", ""),
+            ("workers", "workers", "d"),
+            ("seconds", "wall (s)", ".1f"),
+            ("ideal_s", "ideal (s)", ".1f"),
+            ("ratio_to_ideal", "x ideal", ".2f"),
+            ("overhead_per_unit_s", "overhead/unit (s)", ".2f"),
+            ("outside_units_per_unit_s", "outside units/unit (s)", ".2f"),
+            ("units_slower_per_unit_s", "units slower/unit (s)", ".2f"),
+            ("cpu_s", "CPU (s)", ".1f"),
+            ("cores", "cores got", ".2f"),
+            ("cpu_overhead_per_unit_s", "CPU overhead/unit (s)", ".2f"),
+            ("start_s", "cluster start (s)", ".1f"),
+            ("load_before", "load before", ".2f"),
+            ("load_after", "load after", ".2f"),
+        ],
+        rows,
+    )
     by_name = {row["executor"]: row for row in rows}
     if "process" in by_name:
-        print(f"process pool: {by_name['process']['ratio_to_ideal']:.2f}x the ideal of {WORKERS} workers "
-              f"(target: within 1.2x, units of >= 20 s; a unit took {local / len(units):.1f} s here)")
+        print(
+            f"process pool: {by_name['process']['ratio_to_ideal']:.2f}x the ideal of {WORKERS} workers "
+            f"(target: within 1.2x, units of >= 20 s; a unit took {local / len(units):.1f} s here)"
+        )
     if "ray" in by_name:
-        print(f"ray: {by_name['ray']['overhead_per_unit_s']:.2f} s overhead a unit (target: under 2 s), plus "
-              f"{by_name['ray']['start_s']:.1f} s to start the local cluster")
+        print(
+            f"ray: {by_name['ray']['overhead_per_unit_s']:.2f} s overhead a unit (target: under 2 s), plus "
+            f"{by_name['ray']['start_s']:.1f} s to start the local cluster"
+        )
     for row in rows[1:]:
-        print(f"{row['executor']}: of its {row['overhead_per_unit_s']:.2f} s a unit, {row['outside_units_per_unit_s']:.2f} s "
-              f"were worker time outside the units (the executor: start, imports, scheduling, the idle tail) and "
-              f"{row['units_slower_per_unit_s']:.2f} s the units' own work taking longer side by side than alone")
+        print(
+            f"{row['executor']}: of its {row['overhead_per_unit_s']:.2f} s a unit, "
+            f"{row['outside_units_per_unit_s']:.2f} s "
+            f"were worker time outside the units (the executor: start, imports, scheduling, the idle tail) and "
+            f"{row['units_slower_per_unit_s']:.2f} s the units' own work taking longer side by side than alone"
+        )
     for row in rows[1:]:
         if row.get("cores") is not None:
-            print(f"{row['executor']}: the run got {row['cores']:.2f} of {WORKERS} cores (the rest went to other work "
-                  f"on the machine); the executor itself spent {row['cpu_overhead_per_unit_s']:.2f} CPU-s a unit")
+            print(
+                f"{row['executor']}: the run got {row['cores']:.2f} of {WORKERS} cores (the rest went to other work "
+                f"on the machine); the executor itself spent {row['cpu_overhead_per_unit_s']:.2f} CPU-s a unit"
+            )
     if not args.quick:
-        write_results("executors", "cpu", rows, {
-            "units": len(units), "workers": WORKERS, "unit": size, "threads_per_unit": 1,
-            "note": "one measurement per executor on a shared machine: see load_before/load_after"})
+        write_results(
+            "executors",
+            "cpu",
+            rows,
+            {
+                "units": len(units),
+                "workers": WORKERS,
+                "unit": size,
+                "threads_per_unit": 1,
+                "note": "one measurement per executor on a shared machine: see load_before/load_after",
+            },
+        )
     return rows
 
 

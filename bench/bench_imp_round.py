@@ -47,8 +47,9 @@ TRAIN_EXAMPLES = 48_000  # the size of lth_sparse's 80% training split
 
 
 def lenet300():
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(),
-                         nn.Linear(100, 10))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
+    )
 
 
 def pruned_and_rewound(init_state: dict, trained_state: dict, amount: float) -> nn.Sequential:
@@ -92,15 +93,14 @@ def usual_round(root: str, init_state: dict, trained_state: dict, epochs: int, a
     test_set = datasets.FashionMNIST(root, train=False, transform=tf, download=False)
     train_set = torch.utils.data.Subset(train_set, range(TRAIN_EXAMPLES))
     model = pruned_and_rewound(init_state, trained_state, amount)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=BATCH, shuffle=True,
-                                         generator=torch.Generator().manual_seed(0))
-    accuracy = train_and_test(model, [lambda: loader] * epochs,
-                              torch.utils.data.DataLoader(test_set, batch_size=1000))
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+    accuracy = train_and_test(model, [lambda: loader] * epochs, torch.utils.data.DataLoader(test_set, batch_size=1000))
     return time.perf_counter() - start, accuracy
 
 
-def tensors_round(root: str, init_state: dict, trained_state: dict, epochs: int,
-                  amount: float) -> tuple[float, float]:
+def tensors_round(root: str, init_state: dict, trained_state: dict, epochs: int, amount: float) -> tuple[float, float]:
     """The careful torch way: the same pruning, the data as normalised tensors, batches by slicing."""
     from torchvision import datasets
 
@@ -118,16 +118,17 @@ def tensors_round(root: str, init_state: dict, trained_state: dict, epochs: int,
     def epoch():
         order = torch.randperm(len(y_train), generator=generator)
         for i in range(0, len(order), BATCH):
-            index = order[i:i + BATCH]
+            index = order[i : i + BATCH]
             yield x_train[index], y_train[index]
 
-    test = [(x_test[i:i + 1000], y_test[i:i + 1000]) for i in range(0, len(y_test), 1000)]
+    test = [(x_test[i : i + 1000], y_test[i : i + 1000]) for i in range(0, len(y_test), 1000)]
     accuracy = train_and_test(model, [epoch] * epochs, test)
     return time.perf_counter() - start, accuracy
 
 
-def our_round(root: str, init_state: dict, trained_state: dict, epochs: int, amount: float,
-              sparse_kernels: bool = True) -> tuple[float, float]:
+def our_round(
+    root: str, init_state: dict, trained_state: dict, epochs: int, amount: float, sparse_kernels: bool = True
+) -> tuple[float, float]:
     from lth_sparse.data import load_dataset
     from lth_sparse.masks import Masks
     from lth_sparse.nn import masked
@@ -143,8 +144,9 @@ def our_round(root: str, init_state: dict, trained_state: dict, epochs: int, amo
     model.load_state_dict(init_state, strict=False)
     masks.apply_to(model)
     with _cpu.held_on("auto" if sparse_kernels else "dense"):
-        result = train(model, data, TrainConfig(epochs=epochs, batch_size=BATCH, lr=LR, momentum=MOMENTUM),
-                       progress=False)
+        result = train(
+            model, data, TrainConfig(epochs=epochs, batch_size=BATCH, lr=LR, momentum=MOMENTUM), progress=False
+        )
     return time.perf_counter() - start, result.test_accuracy
 
 
@@ -162,8 +164,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     files = sorted(Path(DEBIAN_FASHION_MNIST_DIR).glob("*-ubyte.gz"))
     if len(files) != 4:
-        parser.error(f"needs Fashion-MNIST's four files in {DEBIAN_FASHION_MNIST_DIR} "
-                     "(apt install dataset-fashion-mnist)")
+        parser.error(
+            f"needs Fashion-MNIST's four files in {DEBIAN_FASHION_MNIST_DIR} (apt install dataset-fashion-mnist)"
+        )
     tmp = tempfile.mkdtemp()
     raw = Path(tmp) / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
@@ -175,11 +178,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     init_state = copy.deepcopy(dense.state_dict())
     trained_state = {k: v + 0.01 * torch.randn_like(v) for k, v in init_state.items()}  # a stand-in "trained" net
 
-    ways = {"usual": lambda: usual_round(tmp, init_state, trained_state, args.epochs, args.amount),
-            "tensors": lambda: tensors_round(tmp, init_state, trained_state, args.epochs, args.amount),
-            "lth_sparse": lambda: our_round(tmp, init_state, trained_state, args.epochs, args.amount),
-            "lth_sparse_dense_kernels": lambda: our_round(tmp, init_state, trained_state, args.epochs, args.amount,
-                                                          sparse_kernels=False)}
+    ways = {
+        "usual": lambda: usual_round(tmp, init_state, trained_state, args.epochs, args.amount),
+        "tensors": lambda: tensors_round(tmp, init_state, trained_state, args.epochs, args.amount),
+        "lth_sparse": lambda: our_round(tmp, init_state, trained_state, args.epochs, args.amount),
+        "lth_sparse_dense_kernels": lambda: our_round(
+            tmp, init_state, trained_state, args.epochs, args.amount, sparse_kernels=False
+        ),
+    }
     # One untimed round of each first: the first round in a process pays for imports, first calls and
     # the file cache (measured 3.2 s against 2.1 s for the next), which would bias whichever runs first.
     for way in ways.values():
@@ -187,27 +193,50 @@ def main(argv: list[str] | None = None) -> list[dict]:
     runs = {name: [] for name in ways}
     names = list(ways)
     for r in range(args.repeats):  # interleaved, order rotated, so all see the same machine load
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             runs[name].append(ways[name]())
     shutil.rmtree(tmp)
-    labels = {"usual": "DataLoader + torch.nn.utils.prune", "tensors": "tensors + torch.nn.utils.prune",
-              "lth_sparse": "lth_sparse",
-              "lth_sparse_dense_kernels": "lth_sparse, dense path only"}
-    rows = [{"way": way, "seconds": statistics.median(t for t, _ in r), "test_accuracy": r[-1][1],
-             "all_seconds": [t for t, _ in r]} for way, r in runs.items()]
+    labels = {
+        "usual": "DataLoader + torch.nn.utils.prune",
+        "tensors": "tensors + torch.nn.utils.prune",
+        "lth_sparse": "lth_sparse",
+        "lth_sparse_dense_kernels": "lth_sparse, dense path only",
+    }
+    rows = [
+        {
+            "way": way,
+            "seconds": statistics.median(t for t, _ in r),
+            "test_accuracy": r[-1][1],
+            "all_seconds": [t for t, _ in r],
+        }
+        for way, r in runs.items()
+    ]
     t = {row["way"]: row["seconds"] for row in rows}
-    print(f"one IMP round of LeNet-300-100 on Fashion-MNIST, {args.amount:.0%} pruned ({args.epochs} epoch(s), "
-          f"{torch.get_num_threads()} threads)")
+    print(
+        f"one IMP round of LeNet-300-100 on Fashion-MNIST, {args.amount:.0%} pruned ({args.epochs} epoch(s), "
+        f"{torch.get_num_threads()} threads)"
+    )
     print(f"{'way':<34}{'seconds':>10}{'test acc':>10}")
     for row in rows:
         print(f"{labels[row['way']]:<34}{row['seconds']:>10.2f}{row['test_accuracy']:>10.4f}")
-    print(f"speed-up: {t['usual'] / t['lth_sparse']:.2f}x over the usual way (mostly data loading), "
-          f"{t['tensors'] / t['lth_sparse']:.2f}x over tensors + torch.nn.utils.prune")
+    print(
+        f"speed-up: {t['usual'] / t['lth_sparse']:.2f}x over the usual way (mostly data loading), "
+        f"{t['tensors'] / t['lth_sparse']:.2f}x over tensors + torch.nn.utils.prune"
+    )
     if not args.quick:
         name = "imp_round" if args.amount == 0.2 else f"imp_round_{round(args.amount * 100)}pct"
-        write_results(name, "cpu", rows, {"epochs": args.epochs, "amount": args.amount, "repeats": args.repeats,
-                                          "speedup": t["usual"] / t["lth_sparse"],
-                                          "speedup_over_tensors": t["tensors"] / t["lth_sparse"]})
+        write_results(
+            name,
+            "cpu",
+            rows,
+            {
+                "epochs": args.epochs,
+                "amount": args.amount,
+                "repeats": args.repeats,
+                "speedup": t["usual"] / t["lth_sparse"],
+                "speedup_over_tensors": t["tensors"] / t["lth_sparse"],
+            },
+        )
     return rows
 
 

@@ -36,8 +36,12 @@ from bench.bench_interpolate import bn_model, load_at  # noqa: E402
 
 def user_train(model, x, y, epochs, batch_size, lr, seed):
     """An SGD loop over a shuffled DataLoader, as a user writes it."""
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     model.train()
     for _ in range(epochs):
@@ -73,8 +77,15 @@ def run_case(name, data, examples, epochs, alphas, bn_batches, batch_size, lr):
     shape = tuple(data.input_shape)
     train = Split(data.train.x[:examples], data.train.y[:examples])
     test = Split(data.test.x[:examples], data.test.y[:examples])
-    small = Dataset(name=data.name, train=train, val=Split(data.val.x[:500], data.val.y[:500]), test=test,
-                    num_classes=10, input_shape=shape, augment=None)
+    small = Dataset(
+        name=data.name,
+        train=train,
+        val=Split(data.val.x[:500], data.val.y[:500]),
+        test=test,
+        num_classes=10,
+        input_shape=shape,
+        augment=None,
+    )
     torch.manual_seed(0)
     base = bn_model(name, shape)
     start = copy.deepcopy(base.state_dict())
@@ -86,9 +97,15 @@ def run_case(name, data, examples, epochs, alphas, bn_batches, batch_size, lr):
     started = time.perf_counter()
     finals = [user_train(copy.deepcopy(base), train.x, train.y, epochs, batch_size, lr, seed) for seed in (1, 2)]
     user_trained = time.perf_counter() - started
-    curves = user_path(copy.deepcopy(base), finals[0], finals[1], grid, {"train": (train.x, train.y),
-                                                                        "test": (test.x, test.y)},
-                       bn_inputs, 1000)
+    curves = user_path(
+        copy.deepcopy(base),
+        finals[0],
+        finals[1],
+        grid,
+        {"train": (train.x, train.y), "test": (test.x, test.y)},
+        bn_inputs,
+        1000,
+    )
     user_total = time.perf_counter() - started
     user_barrier = error_barrier(curves["test"], grid.tolist())
 
@@ -100,23 +117,48 @@ def run_case(name, data, examples, epochs, alphas, bn_batches, batch_size, lr):
         train_masked(model, small, cfg, Masks.ones_like(model), start, seed=seed, progress=False)
         states.append(copy.deepcopy(model.state_dict()))
     ours_trained = time.perf_counter() - started
-    result = interpolate(masked(copy.deepcopy(base)), states[0], states[1], small, alphas=grid, bn="recompute",
-                         bn_batches=bn_batches, bn_batch_size=batch_size, splits=("train", "test"))
+    result = interpolate(
+        masked(copy.deepcopy(base)),
+        states[0],
+        states[1],
+        small,
+        alphas=grid,
+        bn="recompute",
+        bn_batches=bn_batches,
+        bn_batch_size=batch_size,
+        splits=("train", "test"),
+    )
     ours_total = time.perf_counter() - started
-    return {"model": name, "examples": examples, "epochs": epochs, "alphas": alphas, "bn_batches": bn_batches,
-            "user_train_s": user_trained, "user_path_s": user_total - user_trained, "user_s": user_total,
-            "ours_train_s": ours_trained, "ours_path_s": ours_total - ours_trained, "ours_s": ours_total,
-            "path_speedup": (user_total - user_trained) / (ours_total - ours_trained),
-            "train_speedup": user_trained / ours_trained, "speedup": user_total / ours_total,
-            "user_barrier": user_barrier.value, "ours_barrier": result.barrier("test").value}
+    return {
+        "model": name,
+        "examples": examples,
+        "epochs": epochs,
+        "alphas": alphas,
+        "bn_batches": bn_batches,
+        "user_train_s": user_trained,
+        "user_path_s": user_total - user_trained,
+        "user_s": user_total,
+        "ours_train_s": ours_trained,
+        "ours_path_s": ours_total - ours_trained,
+        "ours_s": ours_total,
+        "path_speedup": (user_total - user_trained) / (ours_total - ours_trained),
+        "train_speedup": user_trained / ours_trained,
+        "speedup": user_total / ours_total,
+        "user_barrier": user_barrier.value,
+        "ours_barrier": result.barrier("test").value,
+    }
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1,000 examples, 1 epoch")
     parser.add_argument("--examples", type=int, default=10000, help="LeNet-300-100's training and test examples")
-    parser.add_argument("--conv-examples", type=int, default=1000,
-                        help="Conv-2 + BN's (its loop re-estimates BN and evaluates 21 nets: ~3 s an example pair)")
+    parser.add_argument(
+        "--conv-examples",
+        type=int,
+        default=1000,
+        help="Conv-2 + BN's (its loop re-estimates BN and evaluates 21 nets: ~3 s an example pair)",
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--alphas", type=int, default=21)
     args = parser.parse_args(argv)
@@ -132,13 +174,25 @@ def main(argv=None) -> list[dict]:
         examples = min(examples, len(data.train), len(data.test))
     for name in ("lenet300", "conv2_bn"):  # first-call costs (oneDNN primitives, allocator), untimed, both ways
         run_case(name, data, 256, 1, 3, 1, 128, 0.05)
-    rows = [run_case("lenet300", data, examples, epochs, args.alphas, 10, 128, 0.05),
-            run_case("conv2_bn", data, min(conv_examples, examples), epochs, args.alphas, 10, 128, 0.05)]
-    print_table([("model", "model", "s"), ("examples", "examples", "d"), ("user_train_s", "user train s", ".2f"),
-                 ("ours_train_s", "ours train s", ".2f"), ("user_path_s", "user path s", ".2f"),
-                 ("ours_path_s", "ours path s", ".2f"), ("path_speedup", "path x", ".2f"),
-                 ("speedup", "whole x", ".2f"), ("user_barrier", "barrier (user)", ".4f"),
-                 ("ours_barrier", "barrier (ours)", ".4f")], rows)
+    rows = [
+        run_case("lenet300", data, examples, epochs, args.alphas, 10, 128, 0.05),
+        run_case("conv2_bn", data, min(conv_examples, examples), epochs, args.alphas, 10, 128, 0.05),
+    ]
+    print_table(
+        [
+            ("model", "model", "s"),
+            ("examples", "examples", "d"),
+            ("user_train_s", "user train s", ".2f"),
+            ("ours_train_s", "ours train s", ".2f"),
+            ("user_path_s", "user path s", ".2f"),
+            ("ours_path_s", "ours path s", ".2f"),
+            ("path_speedup", "path x", ".2f"),
+            ("speedup", "whole x", ".2f"),
+            ("user_barrier", "barrier (user)", ".4f"),
+            ("ours_barrier", "barrier (ours)", ".4f"),
+        ],
+        rows,
+    )
     write_results("instability", "cpu", rows, {"threads": 1, "data": data.name})
     return rows
 

@@ -57,8 +57,12 @@ def load_at(model, state_a, state_b, alpha, bn_inputs=None):
     """The user's way to one point of the path: load the interpolated state dict into ``model``; with
     ``bn_inputs`` (training batches), reset its batch-norm statistics (``momentum=None``) and re-estimate them
     with a train-mode forward per batch. Leaves ``model`` in eval mode."""
-    model.load_state_dict({k: torch.lerp(state_a[k], state_b[k], alpha) if state_a[k].is_floating_point()
-                           else state_a[k] for k in state_a})
+    model.load_state_dict(
+        {
+            k: torch.lerp(state_a[k], state_b[k], alpha) if state_a[k].is_floating_point() else state_a[k]
+            for k in state_a
+        }
+    )
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if bn_inputs is not None and norms:
         for norm in norms:
@@ -80,15 +84,18 @@ def loop_over_alphas(model, state_a, state_b, alphas, x, y, batch_size, bn_input
         load_at(model, state_a, state_b, alpha, bn_inputs)
         loss = correct = 0.0
         for start in range(0, x.shape[0], batch_size):
-            out = model(x[start:start + batch_size])
-            loss += F.cross_entropy(out, y[start:start + batch_size], reduction="sum").item()
-            correct += (out.argmax(1) == y[start:start + batch_size]).sum().item()
+            out = model(x[start : start + batch_size])
+            loss += F.cross_entropy(out, y[start : start + batch_size], reduction="sum").item()
+            correct += (out.argmax(1) == y[start : start + batch_size]).sum().item()
         losses.append(loss / x.shape[0])
         accs.append(correct / x.shape[0])
     return torch.tensor(losses, dtype=torch.float64), torch.tensor(accs, dtype=torch.float64)
 
 
-def timed(fn, device=torch.device("cpu")):
+CPU = torch.device("cpu")
+
+
+def timed(fn, device=CPU):
     """(seconds, fn()) with the device synchronised around the call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -99,14 +106,14 @@ def timed(fn, device=torch.device("cpu")):
     return time.perf_counter() - start, result
 
 
-def median_of(ways: dict, repeats: int, device=torch.device("cpu"), timer=timed) -> dict:
+def median_of(ways: dict, repeats: int, device=CPU, timer=timed) -> dict:
     """{name: (median seconds, last result, every run's seconds)}: each way of ``ways`` (name -> function)
     run ``repeats`` times, the ways taking turns in rotated order so that all see the same drift of a
     shared machine."""
     times, results = {name: [] for name in ways}, {}
     names = list(ways)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             seconds, results[name] = timer(ways[name], device)
             times[name].append(seconds)
     return {name: (statistics.median(times[name]), results[name], times[name]) for name in names}
@@ -147,21 +154,29 @@ def run_case(name, shape, examples, num_alphas, repeats, batch_size, device="cpu
     if device.type == "cpu" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules()):
         model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        ways["loop_cl"] = lambda: loop_over_alphas(copy.deepcopy(model_cl), state_a, state_b, alphas, x_cl, y,
-                                                   batch_size)
+        ways["loop_cl"] = lambda: loop_over_alphas(
+            copy.deepcopy(model_cl), state_a, state_b, alphas, x_cl, y, batch_size
+        )
 
     def ours(label):
         def run():
             with backend(None if label == "auto" else label):
                 return evaluate_path(model, state_a, state_b, alphas, x, y, batch_size)
+
         return run
 
     for label in ("auto", *forced):
         ways[label] = ours(label)
     timings = median_of(ways, repeats, device)
     t_loop, (loss_loop, acc_loop), _ = timings["loop"]
-    row = {"model": name, "device": str(device), "examples": examples, "alphas": num_alphas, "repeats": repeats,
-           "loop_s": t_loop}
+    row = {
+        "model": name,
+        "device": str(device),
+        "examples": examples,
+        "alphas": num_alphas,
+        "repeats": repeats,
+        "loop_s": t_loop,
+    }
     if "loop_cl" in timings:
         row["loop_cl_s"] = timings["loop_cl"][0]
     row["all_seconds"] = {way: t[2] for way, t in timings.items()}
@@ -171,8 +186,12 @@ def run_case(name, shape, examples, num_alphas, repeats, batch_size, device="cpu
         row.update({f"ours{suffix}_s": t_ours, f"speedup{suffix}": t_loop / t_ours})
         if "loop_cl" in timings:
             row[f"speedup_cl{suffix}"] = row["loop_cl_s"] / t_ours
-        row.update({f"max_loss_diff{suffix}": (loss_loop - loss_ours.cpu()).abs().max().item(),
-                    f"acc_equal{suffix}": bool(torch.allclose(acc_loop, acc_ours.cpu(), atol=2 / examples))})
+        row.update(
+            {
+                f"max_loss_diff{suffix}": (loss_loop - loss_ours.cpu()).abs().max().item(),
+                f"acc_equal{suffix}": bool(torch.allclose(acc_loop, acc_ours.cpu(), atol=2 / examples)),
+            }
+        )
     return row
 
 
@@ -197,8 +216,9 @@ def bn_model(name, shape):
     return create_model(name, shape, 10)
 
 
-def run_recompute_case(name, shape, examples, num_alphas, repeats, batch_size, bn_batches, bn_batch_size,
-                       device="cpu", bf16=False):
+def run_recompute_case(
+    name, shape, examples, num_alphas, repeats, batch_size, bn_batches, bn_batch_size, device="cpu", bf16=False
+):
     """BN recomputed at every alpha: the loop (and on the CPU, for convs, its channels_last twin) against
     ``lth_sparse.analysis.interpolate(..., bn="recompute")``, all on the same training batches; with
     ``bf16``, also ours with ``precision="bf16"`` (its losses against the float32 loop's)."""
@@ -218,21 +238,37 @@ def run_recompute_case(name, shape, examples, num_alphas, repeats, batch_size, b
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last) if channels_last else None
 
     def ways_on(x, y, bn_inputs):
-        ways = {"loop": lambda: loop_over_alphas(copy.deepcopy(model), state_a, state_b, alphas, x, y, batch_size,
-                                                 bn_inputs)}
+        ways = {
+            "loop": lambda: loop_over_alphas(
+                copy.deepcopy(model), state_a, state_b, alphas, x, y, batch_size, bn_inputs
+            )
+        }
         if channels_last:
             x_cl = x.contiguous(memory_format=torch.channels_last)
             bn_cl = [b.contiguous(memory_format=torch.channels_last) for b in bn_inputs]
-            ways["loop_cl"] = lambda: loop_over_alphas(copy.deepcopy(model_cl), state_a, state_b, alphas, x_cl, y,
-                                                       batch_size, bn_cl)
+            ways["loop_cl"] = lambda: loop_over_alphas(
+                copy.deepcopy(model_cl), state_a, state_b, alphas, x_cl, y, batch_size, bn_cl
+            )
 
         def ours(precision="fp32"):
-            result = interpolate(model, state_a, state_b, {"test": (x, y)}, alphas=alphas, bn="recompute",
-                                 train_data=bn_inputs, bn_batches=len(bn_inputs), batch_size=batch_size,
-                                 precision=precision)
+            result = interpolate(
+                model,
+                state_a,
+                state_b,
+                {"test": (x, y)},
+                alphas=alphas,
+                bn="recompute",
+                train_data=bn_inputs,
+                bn_batches=len(bn_inputs),
+                batch_size=batch_size,
+                precision=precision,
+            )
             curve = result.curve("test")
-            return (torch.tensor(curve.loss, dtype=torch.float64),
-                    torch.tensor(curve.accuracy, dtype=torch.float64), result.bn_layers)
+            return (
+                torch.tensor(curve.loss, dtype=torch.float64),
+                torch.tensor(curve.accuracy, dtype=torch.float64),
+                result.bn_layers,
+            )
 
         ways["ours"] = ours
         if bf16:
@@ -244,22 +280,41 @@ def run_recompute_case(name, shape, examples, num_alphas, repeats, batch_size, b
     timings = median_of(ways_on(x, y, bn_inputs), repeats, device)
     t_loop, (loss_loop, acc_loop), _ = timings["loop"]
     t_ours, (loss_ours, acc_ours, bn_layers), _ = timings["ours"]
-    row = {"model": name, "bn": "recompute", "device": str(device), "examples": examples,
-           "bn_batches": bn_batches if bn_layers else 0, "bn_batch_size": bn_batch_size, "bn_layers": bn_layers,
-           "alphas": num_alphas, "repeats": repeats, "loop_s": t_loop}
+    row = {
+        "model": name,
+        "bn": "recompute",
+        "device": str(device),
+        "examples": examples,
+        "bn_batches": bn_batches if bn_layers else 0,
+        "bn_batch_size": bn_batch_size,
+        "bn_layers": bn_layers,
+        "alphas": num_alphas,
+        "repeats": repeats,
+        "loop_s": t_loop,
+    }
     if "loop_cl" in timings:
         row["loop_cl_s"] = timings["loop_cl"][0]
     row["all_seconds"] = {way: t[2] for way, t in timings.items()}
     row.update({"ours_s": t_ours, "speedup": t_loop / t_ours})
     if "loop_cl" in timings:
         row["speedup_cl"] = row["loop_cl_s"] / t_ours
-    row.update({"max_loss_diff": (loss_loop - loss_ours).abs().max().item(),
-                "acc_equal": bool(torch.allclose(acc_loop, acc_ours, atol=2 / examples))})
+    row.update(
+        {
+            "max_loss_diff": (loss_loop - loss_ours).abs().max().item(),
+            "acc_equal": bool(torch.allclose(acc_loop, acc_ours, atol=2 / examples)),
+        }
+    )
     if bf16:
         t_bf16, (loss_bf16, acc_bf16, _), _ = timings["ours_bf16"]
-        row.update({"ours_bf16_s": t_bf16, "speedup_bf16": t_loop / t_bf16, "bf16_vs_fp32": t_ours / t_bf16,
-                    "max_loss_diff_bf16": (loss_loop - loss_bf16).abs().max().item(),
-                    "max_acc_diff_bf16": (acc_loop - acc_bf16).abs().max().item()})
+        row.update(
+            {
+                "ours_bf16_s": t_bf16,
+                "speedup_bf16": t_loop / t_bf16,
+                "bf16_vs_fp32": t_ours / t_bf16,
+                "max_loss_diff_bf16": (loss_loop - loss_bf16).abs().max().item(),
+                "max_acc_diff_bf16": (acc_loop - acc_bf16).abs().max().item(),
+            }
+        )
     return row
 
 
@@ -269,15 +324,20 @@ def gpu_rows(num_alphas, repeats, quick):
 
     forced = tuple(b for b in ("triton",) if backend_status(b, torch.device("cuda"))[0])
     examples = 1000 if quick else 10_000
-    return [run_case("lenet300", (1, 28, 28), examples, num_alphas, repeats, 1000, "cuda", forced),
-            run_case("resnet20", (3, 32, 32), examples, num_alphas, repeats, 1000, "cuda", forced)]
+    return [
+        run_case("lenet300", (1, 28, 28), examples, num_alphas, repeats, 1000, "cuda", forced),
+        run_case("resnet20", (3, 32, 32), examples, num_alphas, repeats, 1000, "cuda", forced),
+    ]
 
 
 def gpu_recompute_rows(num_alphas, repeats, quick):
     """BN recomputed on the GPU: ResNet-20 (batch norm after every conv) on 10,000 examples, 10 batches of 1000."""
     examples = 1000 if quick else 10_000
-    return [run_recompute_case("resnet20", (3, 32, 32), examples, num_alphas, repeats, 1000, 2 if quick else 10,
-                               1000, "cuda")]
+    return [
+        run_recompute_case(
+            "resnet20", (3, 32, 32), examples, num_alphas, repeats, 1000, 2 if quick else 10, 1000, "cuda"
+        )
+    ]
 
 
 MODES = ("interpolate", "recompute")
@@ -288,25 +348,41 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="fewer examples, one repeat")
     parser.add_argument("--alphas", type=int, default=21)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--conv4-examples", type=int, default=160,
-                        help="Conv-4's examples on the CPU (default 160, to keep the default run of both modes "
-                             "near 4 minutes on 2 cores; the CPU target is set on 10000: about 25 minutes per "
-                             "repeat of its three ways here)")
-    parser.add_argument("--modes", default=",".join(MODES),
-                        help="batch-norm modes to measure, comma-separated: interpolate (the rows of the plain "
-                             "path evaluation) and recompute (default: both; the results file of a run of "
-                             "one mode is named after it)")
-    parser.add_argument("--bn-examples", type=int, default=96,
-                        help="recompute rows: Conv-2/Conv-4 (with batch norm) evaluation examples on the CPU "
-                             "(default 96; LeNet-300-100: 10000)")
+    parser.add_argument(
+        "--conv4-examples",
+        type=int,
+        default=160,
+        help="Conv-4's examples on the CPU (default 160, to keep the default run of both modes "
+        "near 4 minutes on 2 cores; the CPU target is set on 10000: about 25 minutes per "
+        "repeat of its three ways here)",
+    )
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="batch-norm modes to measure, comma-separated: interpolate (the rows of the plain "
+        "path evaluation) and recompute (default: both; the results file of a run of "
+        "one mode is named after it)",
+    )
+    parser.add_argument(
+        "--bn-examples",
+        type=int,
+        default=96,
+        help="recompute rows: Conv-2/Conv-4 (with batch norm) evaluation examples on the CPU "
+        "(default 96; LeNet-300-100: 10000)",
+    )
     parser.add_argument("--bn-batches", type=int, default=2, help="recompute rows: training batches (default 2)")
-    parser.add_argument("--bn-batch-size", type=int, default=48,
-                        help="recompute rows: examples per training batch (default 48)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="median of this many runs of each way (default 3, quick 1)")
-    parser.add_argument("--bf16", action="store_true",
-                        help="recompute rows on the CPU: also ours with precision='bf16' (the passes under autocast), "
-                             "timed against the same loop, its losses against the float32 loop's")
+    parser.add_argument(
+        "--bn-batch-size", type=int, default=48, help="recompute rows: examples per training batch (default 48)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="median of this many runs of each way (default 3, quick 1)"
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="recompute rows on the CPU: also ours with precision='bf16' (the passes under autocast), "
+        "timed against the same loop, its losses against the float32 loop's",
+    )
     args = parser.parse_args(argv)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if not modes or any(m not in MODES for m in modes):
@@ -321,42 +397,103 @@ def main(argv=None) -> list[dict]:
         if "recompute" in modes:
             rows += gpu_recompute_rows(args.alphas, repeats + 1, args.quick)
         print(f"evaluation at {args.alphas} points of a linear path, {torch.cuda.get_device_name()}")
-        columns = [("model", "model", ""), ("bn", "bn", ""), ("examples", "examples", "d"),
-                   ("loop_s", "loop (s)", ".4f"), ("ours_s", "batched (s)", ".4f"), ("speedup", "speed-up", ".2f"),
-                   ("ours_triton_s", "batched, triton (s)", ".4f"), ("speedup_triton", "speed-up, triton", ".2f"),
-                   ("max_loss_diff", "max |loss diff|", ".1e"), ("acc_equal", "same acc", "")]
+        columns = [
+            ("model", "model", ""),
+            ("bn", "bn", ""),
+            ("examples", "examples", "d"),
+            ("loop_s", "loop (s)", ".4f"),
+            ("ours_s", "batched (s)", ".4f"),
+            ("speedup", "speed-up", ".2f"),
+            ("ours_triton_s", "batched, triton (s)", ".4f"),
+            ("speedup_triton", "speed-up, triton", ".2f"),
+            ("max_loss_diff", "max |loss diff|", ".1e"),
+            ("acc_equal", "same acc", ""),
+        ]
         print_table([c for c in columns if any(c[0] in r for r in rows)], rows)
         if not args.quick:
             write_results(result_name, "cuda", rows, {"alphas": args.alphas})
         return rows
     rows = []
     if "interpolate" in modes:
-        rows += [run_case("lenet300", (1, 28, 28), 10_000 // scale, args.alphas, repeats, 1000),
-                 run_case("conv4", (3, 32, 32), max(1, args.conv4_examples // scale), args.alphas, repeats, 250)]
+        rows += [
+            run_case("lenet300", (1, 28, 28), 10_000 // scale, args.alphas, repeats, 1000),
+            run_case("conv4", (3, 32, 32), max(1, args.conv4_examples // scale), args.alphas, repeats, 250),
+        ]
         for row in rows:
             row["bn"] = "interpolate"
     if "recompute" in modes:
         bn_examples, bn_batch_size = max(1, args.bn_examples // scale), max(2, args.bn_batch_size // scale)
-        rows += [run_recompute_case("lenet300", (1, 28, 28), 10_000 // scale, args.alphas, repeats, 1000,
-                                    args.bn_batches, bn_batch_size, bf16=args.bf16)]
-        rows += [run_recompute_case(name, (3, 32, 32), bn_examples, args.alphas, repeats, 250, args.bn_batches,
-                                    bn_batch_size, bf16=args.bf16) for name in ("conv2_bn", "conv4_bn")]
+        rows += [
+            run_recompute_case(
+                "lenet300",
+                (1, 28, 28),
+                10_000 // scale,
+                args.alphas,
+                repeats,
+                1000,
+                args.bn_batches,
+                bn_batch_size,
+                bf16=args.bf16,
+            )
+        ]
+        rows += [
+            run_recompute_case(
+                name,
+                (3, 32, 32),
+                bn_examples,
+                args.alphas,
+                repeats,
+                250,
+                args.bn_batches,
+                bn_batch_size,
+                bf16=args.bf16,
+            )
+            for name in ("conv2_bn", "conv4_bn")
+        ]
     print(f"evaluation at {args.alphas} points of a linear path, CPU, {torch.get_num_threads()} threads")
-    print_table([("model", "model", ""), ("bn", "bn", ""), ("examples", "examples", "d"),
-                 ("bn_batches", "bn batches", "d"), ("loop_s", "loop (s)", ".3f"),
-                 ("loop_cl_s", "loop, channels_last (s)", ".3f"), ("ours_s", "batched (s)", ".3f"),
-                 ("speedup", "vs loop", ".2f"), ("speedup_cl", "vs channels_last loop", ".2f"),
-                 ("max_loss_diff", "max |loss diff|", ".1e"), ("acc_equal", "same acc", "")], rows)
+    print_table(
+        [
+            ("model", "model", ""),
+            ("bn", "bn", ""),
+            ("examples", "examples", "d"),
+            ("bn_batches", "bn batches", "d"),
+            ("loop_s", "loop (s)", ".3f"),
+            ("loop_cl_s", "loop, channels_last (s)", ".3f"),
+            ("ours_s", "batched (s)", ".3f"),
+            ("speedup", "vs loop", ".2f"),
+            ("speedup_cl", "vs channels_last loop", ".2f"),
+            ("max_loss_diff", "max |loss diff|", ".1e"),
+            ("acc_equal", "same acc", ""),
+        ],
+        rows,
+    )
     if args.bf16 and "recompute" in modes:
         print("with precision='bf16' (recompute rows)")
-        print_table([("model", "model", ""), ("ours_s", "fp32 (s)", ".3f"), ("ours_bf16_s", "bf16 (s)", ".3f"),
-                     ("bf16_vs_fp32", "bf16 vs fp32", ".2f"), ("speedup_bf16", "bf16 vs loop", ".2f"),
-                     ("max_loss_diff_bf16", "max |loss diff|", ".1e"), ("max_acc_diff_bf16", "max |acc diff|", ".3f")],
-                    [r for r in rows if "ours_bf16_s" in r])
+        print_table(
+            [
+                ("model", "model", ""),
+                ("ours_s", "fp32 (s)", ".3f"),
+                ("ours_bf16_s", "bf16 (s)", ".3f"),
+                ("bf16_vs_fp32", "bf16 vs fp32", ".2f"),
+                ("speedup_bf16", "bf16 vs loop", ".2f"),
+                ("max_loss_diff_bf16", "max |loss diff|", ".1e"),
+                ("max_acc_diff_bf16", "max |acc diff|", ".3f"),
+            ],
+            [r for r in rows if "ours_bf16_s" in r],
+        )
     if not args.quick:
-        write_results(result_name, "cpu", rows,
-                      {"alphas": args.alphas, "modes": list(modes), "bn_examples": args.bn_examples,
-                       "bn_batches": args.bn_batches, "bn_batch_size": args.bn_batch_size})
+        write_results(
+            result_name,
+            "cpu",
+            rows,
+            {
+                "alphas": args.alphas,
+                "modes": list(modes),
+                "bn_examples": args.bn_examples,
+                "bn_batches": args.bn_batches,
+                "bn_batch_size": args.bn_batch_size,
+            },
+        )
     return rows
 
 

@@ -72,7 +72,7 @@ def _time_interleaved(steps: dict, budget_s: float, repeats: int = 15) -> tuple[
     samples = []
     for r in range(repeats):
         sample = {}
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             step, path = steps[name]
             with _cpu.held_on(path):
                 start = time.perf_counter()
@@ -105,15 +105,17 @@ def _layer(kind: str, shape, sparsity: float, seed: int = 0):
     if kind == "linear":
         batch, fin, fout = shape
         x = torch.randn(batch, fin, generator=g)
-        w = torch.randn(fout, fin, generator=g) * fin ** -0.5
+        w = torch.randn(fout, fin, generator=g) * fin**-0.5
         b = torch.zeros(fout)
         m = torch.rand(fout, fin, generator=g) >= sparsity
         w = torch.where(m, w, 0)  # +0.0 where pruned (w * m would leave -0.0)
         leaves = [t.requires_grad_() for t in (x, w, b)]
-        ways = {"dense": lambda x, w, b: F.linear(x, w, b),
-                "torch": lambda x, w, b: F.linear(x, w * m, b),
-                "ours": lambda x, w, b: masked_linear(x, w, m, b),
-                "floor": _floor}
+        ways = {
+            "dense": lambda x, w, b: F.linear(x, w, b),
+            "torch": lambda x, w, b: F.linear(x, w * m, b),
+            "ours": lambda x, w, b: masked_linear(x, w, m, b),
+            "floor": _floor,
+        }
         return leaves, ways
     if kind == "conv":
         batch, cin, cout, size = shape
@@ -123,15 +125,17 @@ def _layer(kind: str, shape, sparsity: float, seed: int = 0):
         m = torch.rand(w.shape, generator=g) >= sparsity
         w = torch.where(m, w, 0)  # +0.0 where pruned (w * m would leave -0.0)
         leaves = [t.requires_grad_() for t in (x, w, b)]
-        ways = {"dense": lambda x, w, b: F.conv2d(x, w, b, 1, 1),
-                "torch": lambda x, w, b: F.conv2d(x, w * m, b, 1, 1),
-                "ours": lambda x, w, b: masked_conv2d(x, w, m, b, 1, 1)}
+        ways = {
+            "dense": lambda x, w, b: F.conv2d(x, w, b, 1, 1),
+            "torch": lambda x, w, b: F.conv2d(x, w * m, b, 1, 1),
+            "ours": lambda x, w, b: masked_conv2d(x, w, m, b, 1, 1),
+        }
         return leaves, ways
     # the whole LeNet-300-100: x -> 300 -> 100 -> 10, ReLU between
     (batch,) = shape
     dims = [(784, 300), (300, 100), (100, 10)]
     x = torch.randn(batch, 784, generator=g)
-    ws = [torch.randn(o, i, generator=g) * i ** -0.5 for i, o in dims]
+    ws = [torch.randn(o, i, generator=g) * i**-0.5 for i, o in dims]
     bs = [torch.zeros(o) for _, o in dims]
     ms = [torch.rand(w.shape, generator=g) >= sparsity for w in ws]
     ws = [torch.where(m, w, 0) for w, m in zip(ws, ms)]
@@ -144,12 +148,15 @@ def _layer(kind: str, shape, sparsity: float, seed: int = 0):
                 h = fn(h, params[i], params[3 + i], ms[i])
                 h = torch.relu(h) if i < 2 else h
             return h
+
         return run
 
-    ways = {"dense": net(lambda h, w, b, m: F.linear(h, w, b)),
-            "torch": net(lambda h, w, b, m: F.linear(h, w * m, b)),
-            "ours": net(lambda h, w, b, m: masked_linear(h, w, m, b)),
-            "floor": _floor}
+    ways = {
+        "dense": net(lambda h, w, b, m: F.linear(h, w, b)),
+        "torch": net(lambda h, w, b, m: F.linear(h, w * m, b)),
+        "ours": net(lambda h, w, b, m: masked_linear(h, w, m, b)),
+        "floor": _floor,
+    }
     return leaves, ways
 
 
@@ -163,6 +170,7 @@ def _step(fn, leaves):
         for t in leaves:
             t.grad = None
         fn(*leaves).sum().backward()
+
     return step
 
 
@@ -188,27 +196,33 @@ def run(quick: bool = False, threads: int | None = None) -> tuple[list[dict], di
             leaves, ways = _layer(kind, shape, sparsity)
             _check_same(ways, leaves)
             row = {"shape": name, "sparsity": sparsity}
-            steps = {"dense_ms": (_step(ways["dense"], leaves), "auto"),
-                     "torch_way_ms": (_step(ways["torch"], leaves), "auto"),
-                     **{f"ours_{path}_ms": (_step(ways["ours"], leaves), path) for path in ("auto", "dense", "sparse")}}
+            steps = {
+                "dense_ms": (_step(ways["dense"], leaves), "auto"),
+                "torch_way_ms": (_step(ways["torch"], leaves), "auto"),
+                **{f"ours_{path}_ms": (_step(ways["ours"], leaves), path) for path in ("auto", "dense", "sparse")},
+            }
             if "floor" in ways:
                 steps["floor_ms"] = (_step(ways["floor"], leaves), "auto")
             medians, samples = _time_interleaved(steps, 5 * budget)
             row.update({k: v * 1e3 for k, v in medians.items()})
             row["dense_over_ours"] = _paired_ratio(samples, "dense_ms", "ours_auto_ms")
-            row["dense_over_ours_q1"], row["dense_over_ours_q3"] = _paired_quartiles(samples, "dense_ms", "ours_auto_ms")
+            row["dense_over_ours_q1"], row["dense_over_ours_q3"] = _paired_quartiles(
+                samples, "dense_ms", "ours_auto_ms"
+            )
             row["torch_way_over_ours"] = _paired_ratio(samples, "torch_way_ms", "ours_auto_ms")
             row["sparse_over_dense_path"] = _paired_ratio(samples, "ours_sparse_ms", "ours_dense_ms")
             if "floor_ms" in medians:
                 row["dense_over_floor"] = _paired_ratio(samples, "dense_ms", "floor_ms")
             sparse_wins.append((sparsity, row["sparse_over_dense_path"] < 1))
             rows.append(row)
-            print(f"{name:34s} {sparsity:5.0%}  dense {row['dense_ms']:8.3f} ms  torch way {row['torch_way_ms']:8.3f}  "
-                  f"ours {row['ours_auto_ms']:8.3f} (dense path {row['ours_dense_ms']:.3f}, sparse path "
-                  f"{row['ours_sparse_ms']:.3f})  dense/ours {row['dense_over_ours']:.2f}x "
-                  f"(quartiles {row['dense_over_ours_q1']:.2f}-{row['dense_over_ours_q3']:.2f})"
-                  + (f" (bound: dense/floor {row['dense_over_floor']:.2f}x)" if "dense_over_floor" in row else ""),
-                  flush=True)
+            print(
+                f"{name:34s} {sparsity:5.0%}  dense {row['dense_ms']:8.3f} ms  torch way {row['torch_way_ms']:8.3f}  "
+                f"ours {row['ours_auto_ms']:8.3f} (dense path {row['ours_dense_ms']:.3f}, sparse path "
+                f"{row['ours_sparse_ms']:.3f})  dense/ours {row['dense_over_ours']:.2f}x "
+                f"(quartiles {row['dense_over_ours_q1']:.2f}-{row['dense_over_ours_q3']:.2f})"
+                + (f" (bound: dense/floor {row['dense_over_floor']:.2f}x)" if "dense_over_floor" in row else ""),
+                flush=True,
+            )
         # the lowest sparsity from which the sparse path wins at every sparsity measured above it
         wins_from = None
         for sparsity, wins in reversed(sparse_wins):
@@ -226,19 +240,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     rows, crossover = run(args.quick, args.threads)
     print()
-    print_table([("shape", "shape", ""), ("sparsity", "sparsity", ".0%"), ("dense_ms", "dense ms", ".3f"),
-                 ("torch_way_ms", "torch way ms", ".3f"), ("ours_auto_ms", "ours ms", ".3f"),
-                 ("dense_over_ours", "dense/ours", ".2f"),
-                 ("dense_over_ours_q1", "q1", ".2f"), ("dense_over_ours_q3", "q3", ".2f"), ("torch_way_over_ours", "torch way/ours", ".2f"),
-                 ("sparse_over_dense_path", "sparse/dense path", ".2f"),
-                 ("dense_over_floor", "dense/floor (bound)", ".2f")], rows)
+    print_table(
+        [
+            ("shape", "shape", ""),
+            ("sparsity", "sparsity", ".0%"),
+            ("dense_ms", "dense ms", ".3f"),
+            ("torch_way_ms", "torch way ms", ".3f"),
+            ("ours_auto_ms", "ours ms", ".3f"),
+            ("dense_over_ours", "dense/ours", ".2f"),
+            ("dense_over_ours_q1", "q1", ".2f"),
+            ("dense_over_ours_q3", "q3", ".2f"),
+            ("torch_way_over_ours", "torch way/ours", ".2f"),
+            ("sparse_over_dense_path", "sparse/dense path", ".2f"),
+            ("dense_over_floor", "dense/floor (bound)", ".2f"),
+        ],
+        rows,
+    )
     print("\ncrossover (sparse path faster from this sparsity on):")
     for name, value in crossover.items():
         print(f"  {name}: {'never' if value is None else f'{value:.0%}'}")
     if not args.quick:
-        write_results("masked_cpu", "cpu", rows, extra={
-            "policy": _cpu.policy(),
-            "crossover_sparsity": crossover})
+        write_results("masked_cpu", "cpu", rows, extra={"policy": _cpu.policy(), "crossover_sparsity": crossover})
     return rows
 
 

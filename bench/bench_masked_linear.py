@@ -58,8 +58,7 @@ CONV_SHAPES = [
     ("conv 3x3 512->512 @7", 32, 512, 512, 7, 1),
     ("conv 3x3 128->256 @28 s2", 32, 128, 256, 28, 2),
 ]
-QUICK = {"lenet300 fc1", "vgg conv 64 @56 as GEMM", "mlp up 4096->16384", "conv 3x3 64->64 @56",
-         "conv 3x3 512->512 @7"}
+QUICK = {"lenet300 fc1", "vgg conv 64 @56 as GEMM", "mlp up 4096->16384", "conv 3x3 64->64 @56", "conv 3x3 512->512 @7"}
 
 
 def masked_linear_ours():
@@ -79,6 +78,7 @@ def masked_conv2d_ours():
 def make_step(forward, leaves, grad):
     def step():
         forward().backward(grad)
+
     return step
 
 
@@ -117,6 +117,7 @@ def max_relative_error(ours, theirs, leaves, grad) -> float:
 
 def gpu_timer(step, leaves):
     import triton.testing
+
     return triton.testing.do_bench(step, grad_to_none=leaves, return_mode="median")
 
 
@@ -144,8 +145,15 @@ def linear_row(name, tokens, fin, fout, dtype, device, timer, ours):
         "torch_way": lambda: F.linear(x, w * m, b),
         "ours": lambda: ours(x, w, m, b),
     }
-    out = {"kind": "linear", "shape": name, "M": tokens, "K": fin, "N": fout, "dtype": str(dtype).split(".")[-1],
-           "flops": 6 * tokens * fin * fout}
+    out = {
+        "kind": "linear",
+        "shape": name,
+        "M": tokens,
+        "K": fin,
+        "N": fout,
+        "dtype": str(dtype).split(".")[-1],
+        "flops": 6 * tokens * fin * fout,
+    }
     for way, fwd in ways.items():
         out[f"{way}_ms"], out[f"{way}_peak_mb"] = measure(make_step(fwd, leaves, grad), leaves, device, timer)
     out["max_rel_err_vs_torch_way"] = max_relative_error(ways["ours"], ways["torch_way"], leaves, grad)
@@ -166,20 +174,35 @@ def conv_row(name, batch, cin, cout, size, stride, dtype, device, timer, ours):
         "torch_way": lambda: F.conv2d(x, w * m, b, stride, 1),
         "ours": lambda: ours(x, w, m, b, stride, 1),
     }
-    out = {"kind": "conv", "shape": name, "M": batch * out_size**2, "K": cin * 9, "N": cout,
-           "dtype": str(dtype).split(".")[-1], "flops": 6 * batch * out_size**2 * cin * 9 * cout}
+    out = {
+        "kind": "conv",
+        "shape": name,
+        "M": batch * out_size**2,
+        "K": cin * 9,
+        "N": cout,
+        "dtype": str(dtype).split(".")[-1],
+        "flops": 6 * batch * out_size**2 * cin * 9 * cout,
+    }
     for way, fwd in ways.items():
         out[f"{way}_ms"], out[f"{way}_peak_mb"] = measure(make_step(fwd, leaves, grad), leaves, device, timer)
     out["max_rel_err_vs_torch_way"] = max_relative_error(ways["ours"], ways["torch_way"], leaves, grad)
     return add_ratios(out)
 
 
-COLUMNS = [("shape", "shape", "s"), ("dtype", "dtype", "s"), ("dense_ms", "dense ms", ".3f"),
-           ("torch_way_ms", "torch way ms", ".3f"), ("ours_ms", "ours ms", ".3f"),
-           ("ours_over_dense", "ours/dense", ".2f"), ("torch_way_over_ours", "torch way/ours", ".2f"),
-           ("ours_tflops", "ours TFLOP/s", ".1f"), ("dense_peak_mb", "peak MB dense", ".0f"),
-           ("torch_way_peak_mb", "torch way", ".0f"), ("ours_peak_mb", "ours", ".0f"),
-           ("max_rel_err_vs_torch_way", "rel err", ".1e")]
+COLUMNS = [
+    ("shape", "shape", "s"),
+    ("dtype", "dtype", "s"),
+    ("dense_ms", "dense ms", ".3f"),
+    ("torch_way_ms", "torch way ms", ".3f"),
+    ("ours_ms", "ours ms", ".3f"),
+    ("ours_over_dense", "ours/dense", ".2f"),
+    ("torch_way_over_ours", "torch way/ours", ".2f"),
+    ("ours_tflops", "ours TFLOP/s", ".1f"),
+    ("dense_peak_mb", "peak MB dense", ".0f"),
+    ("torch_way_peak_mb", "torch way", ".0f"),
+    ("ours_peak_mb", "ours", ".0f"),
+    ("max_rel_err_vs_torch_way", "rel err", ".1e"),
+]
 
 
 def add_ratios(row: dict) -> dict:
@@ -195,8 +218,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--only", choices=["linear", "conv"], default=None)
     parser.add_argument("--dtypes", default="float32,bfloat16,float16")
     parser.add_argument("--quick", action="store_true", help="a few shapes only; writes nothing")
-    parser.add_argument("--interpret-smoke", action="store_true",
-                        help="one tiny linear and conv under TRITON_INTERPRET=1 on the CPU; nothing is written")
+    parser.add_argument(
+        "--interpret-smoke",
+        action="store_true",
+        help="one tiny linear and conv under TRITON_INTERPRET=1 on the CPU; nothing is written",
+    )
     args = parser.parse_args(argv)
     # read by the dispatch at every call; set here, not on import (python -m bench imports this module
     # and restores the environment after each benchmark)
@@ -206,16 +232,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         device = torch.device("cpu")
         ours_linear, how_linear = masked_linear_ours()
         ours_conv, how_conv = masked_conv2d_ours()
-        print(f"interpreter smoke run on the CPU (times are the interpreter's, not a measurement): "
-              f"{how_linear}; {how_conv}")
-        rows = [linear_row("smoke linear 24x40->48", 24, 40, 48, torch.float32, device, cpu_timer, ours_linear),
-                conv_row("smoke conv 4->6 @6", 2, 4, 6, 6, 1, torch.float32, device, cpu_timer, ours_conv)]
+        print(
+            f"interpreter smoke run on the CPU (times are the interpreter's, not a measurement): "
+            f"{how_linear}; {how_conv}"
+        )
+        rows = [
+            linear_row("smoke linear 24x40->48", 24, 40, 48, torch.float32, device, cpu_timer, ours_linear),
+            conv_row("smoke conv 4->6 @6", 2, 4, 6, 6, 1, torch.float32, device, cpu_timer, ours_conv),
+        ]
         print_table(COLUMNS, rows)
         return rows
 
     if not torch.cuda.is_available():
-        print("bench_masked_linear.py needs a CUDA GPU (none found); nothing measured. "
-              "Use --interpret-smoke to check that the script runs.")
+        print(
+            "bench_masked_linear.py needs a CUDA GPU (none found); nothing measured. "
+            "Use --interpret-smoke to check that the script runs."
+        )
         return []
 
     device = torch.device("cuda")
@@ -237,14 +269,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     rows.append(conv_row(*shape, dtype, device, gpu_timer, ours_conv))
     print_table(COLUMNS, rows)
     missed = [r for r in rows if r["ours_over_dense"] > 1.10]
-    print(f"\nours <= 1.10x dense: {len(rows) - len(missed)}/{len(rows)} rows"
-          + ("" if not missed else "; missed: " + ", ".join(f"{r['shape']} {r['dtype']} "
-                                                          f"({r['ours_over_dense']:.2f}x)" for r in missed)))
+    print(
+        f"\nours <= 1.10x dense: {len(rows) - len(missed)}/{len(rows)} rows"
+        + (
+            ""
+            if not missed
+            else "; missed: " + ", ".join(f"{r['shape']} {r['dtype']} ({r['ours_over_dense']:.2f}x)" for r in missed)
+        )
+    )
     lower_peak = sum(r["ours_peak_mb"] < r["torch_way_peak_mb"] for r in rows)
     print(f"peak memory below the torch way: {lower_peak}/{len(rows)} rows")
     if not args.quick:  # a quick run never replaces the recorded results
-        write_results("masked_linear", "cuda", rows,
-                      {"density": DENSITY, "tf32": False, "ours": [how_linear, how_conv]})
+        write_results(
+            "masked_linear", "cuda", rows, {"density": DENSITY, "tf32": False, "ours": [how_linear, how_conv]}
+        )
     return rows
 
 

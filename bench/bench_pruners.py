@@ -29,8 +29,8 @@ Synaptic-Flow way on VGG-16 alone would take minutes here) on the exponential sc
 Each case runs once per round, cases in turn (a shared machine's load falls on all alike), ``--rounds``
 rounds after one warm-up run, median per stage reported, and the minimum (``time.perf_counter``: each run
 takes 0.01-20 s, and the split needs the stages of one run; on a shared machine other work only ever slows a
-run down, so the ratio of the fastest runs is the steadier figure). Before timing, the masks are checked: ours keep exactly
-``round(density * N)``, and the overlap with the Synaptic-Flow way's kept weights is reported (its
+run down, so the ratio of the fastest runs is the steadier figure). Before timing, the masks are checked: ours
+keep exactly ``round(density * N)``, and the overlap with the Synaptic-Flow way's kept weights is reported (its
 threshold keeps ties at the threshold out, so its count may differ slightly). Prints one table
 (end-to-end ratio, scoring ratio, selection ratio) and writes ``bench/results/pruners-cpu.json``.
 
@@ -69,6 +69,7 @@ PRUNERS = ("magnitude", "snip", "grasp", "synflow", "synflow_iterative")
 
 
 # --- the Synaptic-Flow way ---------------------------------------------------------------------------------------
+
 
 def synaptic_flow_model(model: nn.Module) -> tuple[nn.Module, list[tuple[torch.Tensor, nn.Parameter]]]:
     """A plain copy of ``model`` whose layers are pruned with ``torch.nn.utils.prune`` (all-ones masks), and
@@ -185,6 +186,7 @@ class SynapticFlow:
 
 # --- ours --------------------------------------------------------------------------------------------------------
 
+
 class Ours:
     """The public pruners; the time spent in the selection (``select_kept``, as the saliency module calls it)
     during the call is the selection, the rest is scoring."""
@@ -203,8 +205,9 @@ class Ours:
             return prune_snip(self.model, density=self.density, batch=self.batch)
         if pruner == "grasp":
             return prune_grasp(self.model, density=self.density, batch=self.batch, temperature=GRASP_TEMPERATURE)
-        return prune_synflow(self.model, density=self.density,
-                             iterations=iterations if pruner == "synflow_iterative" else 1)
+        return prune_synflow(
+            self.model, density=self.density, iterations=iterations if pruner == "synflow_iterative" else 1
+        )
 
     def run(self, pruner: str, iterations: int):
         from lth_sparse.prune import saliency
@@ -231,6 +234,7 @@ class Ours:
 
 # --- the benchmark -----------------------------------------------------------------------------------------------
 
+
 def make_case(model_name: str, batch_size: int) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     from lth_sparse.models import create_model
 
@@ -246,14 +250,20 @@ def check(ours: list[torch.Tensor], theirs: list[torch.Tensor], density: float) 
     kept = sum(int(m.sum()) for m in ours)
     assert kept == round(density * total), f"ours kept {kept}, not round(density * N) = {round(density * total)}"
     both = sum(int((a & b).sum()) for a, b in zip(ours, theirs))
-    return {"weights": total, "kept": kept, "kept_synaptic_flow": sum(int(m.sum()) for m in theirs),
-            "agreement": both / max(kept, 1)}
+    return {
+        "weights": total,
+        "kept": kept,
+        "kept_synaptic_flow": sum(int(m.sum()) for m in theirs),
+        "agreement": both / max(kept, 1),
+    }
 
 
 def bench_model(model_name: str, args) -> list[dict]:
     model, batch = make_case(model_name, args.batch)
-    ways: dict[str, Callable] = {"ours": Ours(model, batch, args.density).run,
-                                 "synaptic_flow": SynapticFlow(model, batch, args.density).run}
+    ways: dict[str, Callable] = {
+        "ours": Ours(model, batch, args.density).run,
+        "synaptic_flow": SynapticFlow(model, batch, args.density).run,
+    }
     pruners = [p for p in PRUNERS if p in args.pruners]
     rows = []
     for pruner in pruners:
@@ -269,8 +279,11 @@ def bench_model(model_name: str, args) -> list[dict]:
     for row in rows:
         for way in ways:
             samples = times[row["pruner"], way]
-            for stage, of in (("score_", lambda s: s["score"]), ("select_", lambda s: s["select"]),
-                              ("", lambda s: s["score"] + s["select"])):
+            for stage, of in (
+                ("score_", lambda s: s["score"]),
+                ("select_", lambda s: s["select"]),
+                ("", lambda s: s["score"] + s["select"]),
+            ):
                 row[f"{way}_{stage}s"] = statistics.median(of(s) for s in samples)
                 row[f"{way}_{stage}min_s"] = min(of(s) for s in samples)
         for stage in ("", "score_", "select_"):
@@ -289,8 +302,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--synflow-iterations", type=int, default=10, help="rounds of iterative SynFlow (10)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds over all cases (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
-    parser.add_argument("--quick", action="store_true", help="ResNet-20, batch 8, 1 round, 3 SynFlow rounds; "
-                                                             "nothing is written")
+    parser.add_argument(
+        "--quick", action="store_true", help="ResNet-20, batch 8, 1 round, 3 SynFlow rounds; nothing is written"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.batch, args.rounds, args.synflow_iterations = "resnet20", 8, 1, 3
@@ -301,25 +315,50 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"pruning to density {args.density} with a batch of {args.batch}; {torch.get_num_threads()} threads")
     rows = [row for name in args.models.split(",") for row in bench_model(name.strip(), args)]
     print()
-    print_table([("model", "model", ""), ("pruner", "pruner", ""),
-                 ("synaptic_flow_s", "S-F way (s)", ".3f"), ("ours_s", "ours (s)", ".3f"), ("ratio", "ratio", ".2f"),
-                 ("ratio_min", "of mins", ".2f"),
-                 ("synaptic_flow_score_s", "S-F score", ".3f"), ("ours_score_s", "ours score", ".3f"),
-                 ("score_ratio", "ratio", ".2f"),
-                 ("synaptic_flow_select_s", "S-F select", ".4f"), ("ours_select_s", "ours select", ".4f"),
-                 ("select_ratio", "ratio", ".1f"), ("agreement", "overlap", ".4f")], rows)
-    print(f"\n{time.perf_counter() - start:.0f} s in all; ratio = Synaptic-Flow way time / ours (medians of "
-          f"{args.rounds} rounds; 'of mins': the ratio of the fastest runs, less sensitive to other work on a shared "
-          f"machine); overlap = share of our kept weights the Synaptic-Flow way keeps too")
+    print_table(
+        [
+            ("model", "model", ""),
+            ("pruner", "pruner", ""),
+            ("synaptic_flow_s", "S-F way (s)", ".3f"),
+            ("ours_s", "ours (s)", ".3f"),
+            ("ratio", "ratio", ".2f"),
+            ("ratio_min", "of mins", ".2f"),
+            ("synaptic_flow_score_s", "S-F score", ".3f"),
+            ("ours_score_s", "ours score", ".3f"),
+            ("score_ratio", "ratio", ".2f"),
+            ("synaptic_flow_select_s", "S-F select", ".4f"),
+            ("ours_select_s", "ours select", ".4f"),
+            ("select_ratio", "ratio", ".1f"),
+            ("agreement", "overlap", ".4f"),
+        ],
+        rows,
+    )
+    print(
+        f"\n{time.perf_counter() - start:.0f} s in all; ratio = Synaptic-Flow way time / ours (medians of "
+        f"{args.rounds} rounds; 'of mins': the ratio of the fastest runs, less sensitive to other work on a shared "
+        f"machine); overlap = share of our kept weights the Synaptic-Flow way keeps too"
+    )
     if args.quick:  # a smoke-sized run never replaces the recorded results
         return rows
-    write_results("pruners", "cpu", rows, {
-        "input_shape": list(INPUT_SHAPE), "classes": CLASSES, "batch": args.batch, "density": args.density,
-        "synflow_iterations": args.synflow_iterations, "seed": SEED, "grasp_temperature": GRASP_TEMPERATURE,
-        "timer": (f"time.perf_counter per stage, median (and min) over {args.rounds} interleaved rounds after a "
-                  "warm-up run"),
-        "baseline": "Synaptic-Flow's Pruners/pruners.py scoring and _global_mask on a torch.nn.utils.prune copy",
-    })
+    write_results(
+        "pruners",
+        "cpu",
+        rows,
+        {
+            "input_shape": list(INPUT_SHAPE),
+            "classes": CLASSES,
+            "batch": args.batch,
+            "density": args.density,
+            "synflow_iterations": args.synflow_iterations,
+            "seed": SEED,
+            "grasp_temperature": GRASP_TEMPERATURE,
+            "timer": (
+                f"time.perf_counter per stage, median (and min) over {args.rounds} interleaved rounds after a "
+                "warm-up run"
+            ),
+            "baseline": "Synaptic-Flow's Pruners/pruners.py scoring and _global_mask on a torch.nn.utils.prune copy",
+        },
+    )
     return rows
 
 

@@ -133,6 +133,7 @@ def our_ops():
     os.environ["LTH_SPARSE_BACKEND"] = "cpp"  # read by the dispatch at every call
     try:
         from lth_sparse.ops import kth_smallest, prune_lowest
+
         return kth_smallest, prune_lowest, "lth_sparse.ops with LTH_SPARSE_BACKEND=cpp"
     except ImportError:
         ext = importlib.import_module("lth_sparse._C")
@@ -167,12 +168,12 @@ def sample_seconds(fn, device: torch.device, min_run_time: float) -> list[float]
             times.append(start.elapsed_time(end) / 1e3)
         return times
     from torch.utils.benchmark import Timer
+
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return list(timer.blocked_autorange(min_run_time=min_run_time).times)
 
 
-def median_seconds_interleaved(cases: dict, device: torch.device, rounds: int,
-                               min_run_time: dict) -> dict[str, float]:
+def median_seconds_interleaved(cases: dict, device: torch.device, rounds: int, min_run_time: dict) -> dict[str, float]:
     """Median time of each case, measured in `rounds` rounds that take every case in turn, so that all
     cases see the same machine load (this machine may be shared)."""
     for fn in cases.values():
@@ -184,11 +185,14 @@ def median_seconds_interleaved(cases: dict, device: torch.device, rounds: int,
     return {key: sorted(t)[len(t) // 2] for key, t in times.items()}
 
 
-def check_masks(scores: list[torch.Tensor], before: list[torch.Tensor] | None, after: list[torch.Tensor],
-                k: int) -> None:
+def check_masks(
+    scores: list[torch.Tensor], before: list[torch.Tensor] | None, after: list[torch.Tensor], k: int
+) -> None:
     """Exactly k active entries pruned, nothing revived, and no kept score below a pruned one."""
-    pruned = [(b if b is not None else torch.ones_like(a)) & ~a for a, b in
-              zip(after, before if before is not None else [None] * len(after))]
+    pruned = [
+        (b if b is not None else torch.ones_like(a)) & ~a
+        for a, b in zip(after, before if before is not None else [None] * len(after))
+    ]
     assert sum(int(p.sum()) for p in pruned) == k, "prune_lowest did not prune exactly k entries"
     if before is not None:
         assert all(not bool((a & ~b).any()) for a, b in zip(after, before)), "prune_lowest revived an entry"
@@ -201,6 +205,7 @@ def check_masks(scores: list[torch.Tensor], before: list[torch.Tensor] | None, a
 # CPU
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def cpu_section(args) -> list[dict]:
     device = torch.device("cpu")
     size = QUICK_SIZE if args.quick else args.size
@@ -211,8 +216,10 @@ def cpu_section(args) -> list[dict]:
     scores = [w.abs() for w in weights]
     n = sum(s.numel() for s in scores)
     k = int(PRUNE_FRACTION * n)
-    print(f"{len(scores)} tensors, {n / 1e6:.1f}M float32 values ({4 * n / 1e9:.2f} GB), k = {k} (20%); "
-          f"{torch.get_num_threads()} threads; ours: {how}")
+    print(
+        f"{len(scores)} tensors, {n / 1e6:.1f}M float32 values ({4 * n / 1e9:.2f} GB), k = {k} (20%); "
+        f"{torch.get_num_threads()} threads; ours: {how}"
+    )
 
     # Correctness on these tensors first: the same threshold, exactly k pruned.
     threshold = torch.cat([s.reshape(-1) for s in scores]).kthvalue(k).values
@@ -240,40 +247,78 @@ def cpu_section(args) -> list[dict]:
         ("kth_smallest", "kth_smallest (ours)", lambda: kth_smallest(scores, k), score_bytes),
         ("torch_masks", "torch way masks: cat+kthvalue, s > t", torch_masks, score_bytes + n),
         ("prune_lowest", "prune_lowest (ours)", lambda: prune_lowest(scores, None, k), score_bytes + n),
-        ("prune_lowest_masked", "prune_lowest (ours), masks, IMP round 2",
-         lambda: prune_lowest(scores, round1, k2), score_bytes + 2 * n),
+        (
+            "prune_lowest_masked",
+            "prune_lowest (ours), masks, IMP round 2",
+            lambda: prune_lowest(scores, round1, k2),
+            score_bytes + 2 * n,
+        ),
     ]
     ext = raw_extension(device)
     if ext is not None and ext.prune_lowest is not prune_lowest:  # what the op adds to the kernel
-        cases.append(("prune_lowest_masked_kernel", "  the same, extension kernel alone",
-                      lambda: ext.prune_lowest(scores, round1, k2), score_bytes + 2 * n))
+        cases.append(
+            (
+                "prune_lowest_masked_kernel",
+                "  the same, extension kernel alone",
+                lambda: ext.prune_lowest(scores, round1, k2),
+                score_bytes + 2 * n,
+            )
+        )
     seconds = median_seconds_interleaved(
-        {key: fn for key, _, fn, _ in cases}, device, args.rounds,
-        {key: (2 if key in ("cat_kthvalue", "torch_masks") else 1) * min_run_time for key, *_ in cases})
-    rows = [{"case": key, "what": what, "ms": seconds[key] * 1e3, "gb_per_s": moved / seconds[key] / 1e9}
-            for key, what, _, moved in cases]
+        {key: fn for key, _, fn, _ in cases},
+        device,
+        args.rounds,
+        {key: (2 if key in ("cat_kthvalue", "torch_masks") else 1) * min_run_time for key, *_ in cases},
+    )
+    rows = [
+        {"case": key, "what": what, "ms": seconds[key] * 1e3, "gb_per_s": moved / seconds[key] / 1e9}
+        for key, what, _, moved in cases
+    ]
     t = {r["case"]: r["ms"] for r in rows}
     for r in rows:
         r["speedup_vs_cat_kthvalue"] = t["cat_kthvalue"] / r["ms"]
         r["times_sum"] = r["ms"] / t["sum"]
 
     print()
-    print_table([("what", "case", "s"), ("ms", "time [ms]", ".2f"),
-                 ("speedup_vs_cat_kthvalue", "cat+kthvalue / this", ".1f"),
-                 ("times_sum", "this / sum()", ".2f"), ("gb_per_s", "GB/s", ".1f")], rows)
-    passes = ("kth_smallest: 1 pass over the data (a 64K-position sample first; the ~1% of keys between the "
-              "sampled pivots kept and selected in 2 passes over them); prune_lowest: that select + 1 write "
-              "pass (+ a rewrite of the few chunks holding kept ties, if any)")
+    print_table(
+        [
+            ("what", "case", "s"),
+            ("ms", "time [ms]", ".2f"),
+            ("speedup_vs_cat_kthvalue", "cat+kthvalue / this", ".1f"),
+            ("times_sum", "this / sum()", ".2f"),
+            ("gb_per_s", "GB/s", ".1f"),
+        ],
+        rows,
+    )
+    passes = (
+        "kth_smallest: 1 pass over the data (a 64K-position sample first; the ~1% of keys between the "
+        "sampled pivots kept and selected in 2 passes over them); prune_lowest: that select + 1 write "
+        "pass (+ a rewrite of the few chunks holding kept ties, if any)"
+    )
     print(f"\npasses: {passes}")
     if args.quick:  # a smoke-sized run never replaces the recorded results
         return rows
-    write_results("select", device, rows, {
-        "values": n, "tensors": len(scores), "shapes": [list(s.shape) for s in scores], "dtype": "float32",
-        "k": k, "k_round2": k2, "seed": SEED, "ours": how, "kernel_info": kernel_info(device),
-        "timer": (f"median over {args.rounds} interleaved rounds of torch.utils.benchmark.Timer "
-                  f"blocked_autorange blocks (min_run_time {min_run_time}s)"),
-        "passes": passes,
-    })
+    write_results(
+        "select",
+        device,
+        rows,
+        {
+            "values": n,
+            "tensors": len(scores),
+            "shapes": [list(s.shape) for s in scores],
+            "dtype": "float32",
+            "k": k,
+            "k_round2": k2,
+            "seed": SEED,
+            "ours": how,
+            "kernel_info": kernel_info(device),
+            "timer": (
+                f"median over {args.rounds} interleaved rounds of torch.utils.benchmark.Timer "
+                f"blocked_autorange blocks (min_run_time {min_run_time}s)"
+            ),
+            "passes": passes,
+        },
+    )
     return rows
 
 
@@ -283,10 +328,10 @@ def cpu_section(args) -> list[dict]:
 
 GPU_PASSES = {
     "cuda": "radix select on 11-bit digits: 3 histogram passes over the scores (float32), each followed by a "
-            "one-block scan; prune_lowest: + 1 write pass (+ 1 tie-count pass when some ties at the "
-            "threshold stay)",
+    "one-block scan; prune_lowest: + 1 write pass (+ 1 tie-count pass when some ties at the "
+    "threshold stay)",
     "triton": "the same passes as the cuda kernel (its Triton twin): 3 histogram passes (float32), a "
-              "one-program scan after each; prune_lowest: + 1 write pass (+ 1 tie-count pass when some ties stay)",
+    "one-program scan after each; prune_lowest: + 1 write pass (+ 1 tie-count pass when some ties stay)",
 }
 
 
@@ -301,6 +346,7 @@ def gpu_backends(device: torch.device) -> dict[str, tuple]:
         def call(*args):
             os.environ["LTH_SPARSE_BACKEND"] = backend  # read by the dispatch at every call
             return op(*args)
+
         return call
 
     found = {}
@@ -311,10 +357,17 @@ def gpu_backends(device: torch.device) -> dict[str, tuple]:
         if not ok:
             found[backend] = why
             continue
-        kernel = (_dispatch.cuda_extension().prune_lowest if backend == "cuda"
-                  else importlib.import_module("lth_sparse.kernels.select").prune_lowest)
-        found[backend] = (forced(kth_smallest, backend), forced(prune_lowest, backend), kernel,
-                          f"lth_sparse.ops with LTH_SPARSE_BACKEND={backend}")
+        kernel = (
+            _dispatch.cuda_extension().prune_lowest
+            if backend == "cuda"
+            else importlib.import_module("lth_sparse.kernels.select").prune_lowest
+        )
+        found[backend] = (
+            forced(kth_smallest, backend),
+            forced(prune_lowest, backend),
+            kernel,
+            f"lth_sparse.ops with LTH_SPARSE_BACKEND={backend}",
+        )
     return found
 
 
@@ -342,8 +395,10 @@ def gpu_rows(size: int, device: torch.device, args, min_run_time: float) -> tupl
     del weights
     n = sum(s.numel() for s in scores)
     k = int(PRUNE_FRACTION * n)
-    print(f"\n{len(scores)} tensors, {n:,} float32 values ({4 * n / 1e9:.2f} GB), k = {k} (20%) on "
-          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else device}")
+    print(
+        f"\n{len(scores)} tensors, {n:,} float32 values ({4 * n / 1e9:.2f} GB), k = {k} (20%) on "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else device}"
+    )
 
     threshold = torch.cat([s.reshape(-1) for s in scores]).kthvalue(k).values
     backends, status, round1 = {}, {}, None
@@ -378,35 +433,78 @@ def gpu_rows(size: int, device: torch.device, args, min_run_time: float) -> tupl
     for name, (kth_smallest, prune_lowest, kernel, _) in backends.items():
         cases += [
             (f"kth_smallest[{name}]", f"kth_smallest ({name})", lambda f=kth_smallest: f(scores, k), score_bytes),
-            (f"prune_lowest[{name}]", f"prune_lowest ({name})", lambda f=prune_lowest: f(scores, None, k),
-             score_bytes + n),
-            (f"prune_lowest_masked[{name}]", f"prune_lowest ({name}), masks, IMP round 2",
-             lambda f=prune_lowest: f(scores, round1, k2), score_bytes + 2 * n),
-            (f"prune_lowest_masked_kernel[{name}]", "  the same, kernel alone (no op checks)",
-             lambda f=kernel: f(scores, round1, k2), score_bytes + 2 * n),
+            (
+                f"prune_lowest[{name}]",
+                f"prune_lowest ({name})",
+                lambda f=prune_lowest: f(scores, None, k),
+                score_bytes + n,
+            ),
+            (
+                f"prune_lowest_masked[{name}]",
+                f"prune_lowest ({name}), masks, IMP round 2",
+                lambda f=prune_lowest: f(scores, round1, k2),
+                score_bytes + 2 * n,
+            ),
+            (
+                f"prune_lowest_masked_kernel[{name}]",
+                "  the same, kernel alone (no op checks)",
+                lambda f=kernel: f(scores, round1, k2),
+                score_bytes + 2 * n,
+            ),
         ]
-    seconds = median_seconds_interleaved({key: fn for key, _, fn, _ in cases}, device, args.rounds,
-                                         {key: min_run_time for key, *_ in cases})
+    seconds = median_seconds_interleaved(
+        {key: fn for key, _, fn, _ in cases}, device, args.rounds, {key: min_run_time for key, *_ in cases}
+    )
     read_bound = seconds["copy"] / 2  # a copy reads and writes the bytes once: reading them takes half of it
-    rows = [{"values": n, "case": key, "what": what, "ms": seconds[key] * 1e3,
-             "gb_per_s": moved / seconds[key] / 1e9,
-             "speedup_vs_cat_kthvalue": seconds["cat_kthvalue"] / seconds[key],
-             "times_read_bound": seconds[key] / read_bound}
-            for key, what, _, moved in cases]
-    rows.append({"values": n, "case": "read_bound", "what": "one read at the copy's bandwidth (bound)",
-                 "ms": read_bound * 1e3, "gb_per_s": score_bytes / read_bound / 1e9,
-                 "speedup_vs_cat_kthvalue": seconds["cat_kthvalue"] / read_bound, "times_read_bound": 1.0})
+    rows = [
+        {
+            "values": n,
+            "case": key,
+            "what": what,
+            "ms": seconds[key] * 1e3,
+            "gb_per_s": moved / seconds[key] / 1e9,
+            "speedup_vs_cat_kthvalue": seconds["cat_kthvalue"] / seconds[key],
+            "times_read_bound": seconds[key] / read_bound,
+        }
+        for key, what, _, moved in cases
+    ]
+    rows.append(
+        {
+            "values": n,
+            "case": "read_bound",
+            "what": "one read at the copy's bandwidth (bound)",
+            "ms": read_bound * 1e3,
+            "gb_per_s": score_bytes / read_bound / 1e9,
+            "speedup_vs_cat_kthvalue": seconds["cat_kthvalue"] / read_bound,
+            "times_read_bound": 1.0,
+        }
+    )
     print()
-    print_table([("what", "case", "s"), ("ms", "time [ms]", ".3f"),
-                 ("speedup_vs_cat_kthvalue", "cat+kthvalue / this", ".1f"),
-                 ("times_read_bound", "this / read bound", ".2f"), ("gb_per_s", "GB/s", ".1f")], rows)
+    print_table(
+        [
+            ("what", "case", "s"),
+            ("ms", "time [ms]", ".3f"),
+            ("speedup_vs_cat_kthvalue", "cat+kthvalue / this", ".1f"),
+            ("times_read_bound", "this / read bound", ".2f"),
+            ("gb_per_s", "GB/s", ".1f"),
+        ],
+        rows,
+    )
     if {"cuda", "triton"} <= backends.keys():
-        ratios = ", ".join(f"{op} {seconds[f'{op}[triton]'] / seconds[f'{op}[cuda]']:.2f}x"
-                           for op in ("kth_smallest", "prune_lowest", "prune_lowest_masked"))
+        ratios = ", ".join(
+            f"{op} {seconds[f'{op}[triton]'] / seconds[f'{op}[cuda]']:.2f}x"
+            for op in ("kth_smallest", "prune_lowest", "prune_lowest_masked")
+        )
         print(f"\ntriton time / cuda time: {ratios}")
-    about = {"values": n, "tensors": len(scores), "k": k, "k_round2": k2, "backends": status,
-             "ours": {name: found[3] for name, found in backends.items()},
-             "shapes": [list(s.shape) for s in scores]}
+    about = {
+        "values": n,
+        "tensors": len(scores),
+        "k": k,
+        "k_round2": k2,
+        "backends": status,
+        "ours": {name: found[3] for name, found in backends.items()},
+        "shapes": [list(s.shape) for s in scores],
+    }
     return rows, about
 
 
@@ -423,8 +521,10 @@ def cuda_section(args, device: torch.device | None = None) -> list[dict]:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             if free < GPU_BYTES_PER_VALUE * size:
-                print(f"\n{size / 1e6:.0f}M values need about {GPU_BYTES_PER_VALUE * size / 2**30:.0f} GiB of GPU "
-                      f"memory, {free / 2**30:.0f} GiB are free: skipped")
+                print(
+                    f"\n{size / 1e6:.0f}M values need about {GPU_BYTES_PER_VALUE * size / 2**30:.0f} GiB of GPU "
+                    f"memory, {free / 2**30:.0f} GiB are free: skipped"
+                )
                 continue
         size_rows, size_about = gpu_rows(size, device, args, min_run_time)
         rows += size_rows
@@ -434,33 +534,55 @@ def cuda_section(args, device: torch.device | None = None) -> list[dict]:
     print("\npasses: " + "; ".join(f"{name}: {text}" for name, text in GPU_PASSES.items()))
     if smoke or args.quick:  # a smoke-sized run never replaces the recorded results
         return rows
-    write_results("select", device, rows, {
-        "sizes": about, "dtype": "float32", "seed": SEED,
-        "timer": (f"median over {args.rounds} interleaved rounds of single calls timed with CUDA events "
-                  f"(synchronised after each; at least 5 calls and {min_run_time}s per case and round)"),
-        "read_bound": "half the time of a device-to-device copy of the scores' bytes",
-        "passes": GPU_PASSES,
-    })
+    write_results(
+        "select",
+        device,
+        rows,
+        {
+            "sizes": about,
+            "dtype": "float32",
+            "seed": SEED,
+            "timer": (
+                f"median over {args.rounds} interleaved rounds of single calls timed with CUDA events "
+                f"(synchronised after each; at least 5 calls and {min_run_time}s per case and round)"
+            ),
+            "read_bound": "half the time of a device-to-device copy of the scores' bytes",
+            "passes": GPU_PASSES,
+        },
+    )
     return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="total float32 values (default 70M)")
-    parser.add_argument("--huge-size", type=int, default=HUGE_SIZE,
-                        help="CUDA only: a second, larger run where memory allows (default 1B; 0: none)")
+    parser.add_argument(
+        "--huge-size",
+        type=int,
+        default=HUGE_SIZE,
+        help="CUDA only: a second, larger run where memory allows (default 1B; 0: none)",
+    )
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_SIZE // 10**6}M values, a few seconds")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto (default): the CPU section, then the CUDA one where a GPU is")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto (default): the CPU section, then the CUDA one where a GPU is",
+    )
     parser.add_argument("--min-run-time", type=float, default=None, help="seconds per case and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all cases (default 3)")
-    parser.add_argument("--interpret-smoke", action="store_true",
-                        help="run the CUDA section's code on the CPU through the Triton interpreter")
+    parser.add_argument(
+        "--interpret-smoke",
+        action="store_true",
+        help="run the CUDA section's code on the CPU through the Triton interpreter",
+    )
     args = parser.parse_args(argv)
     if args.interpret_smoke:
         args.rounds = 1
-        print("interpreter smoke run of the CUDA section on the CPU (triton only; times are the interpreter's, "
-              "not a measurement, and nothing is written)")
+        print(
+            "interpreter smoke run of the CUDA section on the CPU (triton only; times are the interpreter's, "
+            "not a measurement, and nothing is written)"
+        )
         return cuda_section(args, torch.device("cpu"))
     rows = []
     if args.device in ("auto", "cpu"):

@@ -35,13 +35,25 @@ def grid_file(path: Path, points: int) -> Path:
         "pipeline: imp\n"
         "fixed: {dataset: digits, model: mlp, model_options: {width: 16}, rounds: 1, epochs: 1, train_size: 200, "
         "batch_size: 50, lr: 0.05}\n"
-        f"grid: {{fraction: {fractions}, seed: {seeds}}}\n")
+        f"grid: {{fraction: {fractions}, seed: {seeds}}}\n"
+    )
     return path
 
 
 def timed_sweep(grid: Path, out: Path, *extra: str) -> float:
-    command = [sys.executable, "-m", "lth_sparse", "sweep", str(grid), "--out", str(out), "--threads", "1",
-               "--no-progress", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "lth_sparse",
+        "sweep",
+        str(grid),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return time.perf_counter() - started
@@ -68,16 +80,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [
         {"case": "from scratch", "points": points, "seconds": first, "vs_scratch": 1.0},
         {"case": "re-run, finished (median of 3)", "points": points, "seconds": rerun, "vs_scratch": first / rerun},
-        {"case": "re-run with --plots: drawn once", "points": points, "seconds": plots_first,
-         "vs_scratch": first / plots_first},
-        {"case": "re-run with --plots again: kept", "points": points, "seconds": plots_again,
-         "vs_scratch": first / plots_again},
+        {
+            "case": "re-run with --plots: drawn once",
+            "points": points,
+            "seconds": plots_first,
+            "vs_scratch": first / plots_first,
+        },
+        {
+            "case": "re-run with --plots again: kept",
+            "points": points,
+            "seconds": plots_again,
+            "vs_scratch": first / plots_again,
+        },
     ]
     print(f"a sweep of {points} tiny IMP points on digits, the whole 'lth-sparse sweep' command each time, 1 thread")
-    print_table([("case", "case", ""), ("points", "points", "d"), ("seconds", "wall (s)", ".2f"),
-                 ("vs_scratch", "x faster than from scratch", ".1f")], rows)
-    print(f"finished re-run: {rerun:.2f} s, {1000 * rerun / points:.1f} ms a point; target {target:.1f} s "
-          f"(3 s + 10 ms a point): {'met' if rerun < target else 'NOT met'} ({rerun / target:.2f}x the target)")
+    print_table(
+        [
+            ("case", "case", ""),
+            ("points", "points", "d"),
+            ("seconds", "wall (s)", ".2f"),
+            ("vs_scratch", "x faster than from scratch", ".1f"),
+        ],
+        rows,
+    )
+    print(
+        f"finished re-run: {rerun:.2f} s, {1000 * rerun / points:.1f} ms a point; target {target:.1f} s "
+        f"(3 s + 10 ms a point): {'met' if rerun < target else 'NOT met'} ({rerun / target:.2f}x the target)"
+    )
     if not args.quick:
         write_results("sweep_rerun", "cpu", rows, {"target_s": target, "reruns_s": reruns})
     return rows

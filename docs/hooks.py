@@ -90,9 +90,15 @@ def on_page_markdown(markdown, page, config, files):
         if resolved is None:
             return match.group(0)
         if files.get_file_from_path(resolved) is None:
-            files.append(File(resolved, src_dir=str(root), dest_dir=config["site_dir"],
-                              use_directory_urls=config["use_directory_urls"]))
-        fragment = target[len(target.split("#", 1)[0]):]
+            files.append(
+                File(
+                    resolved,
+                    src_dir=str(root),
+                    dest_dir=config["site_dir"],
+                    use_directory_urls=config["use_directory_urls"],
+                )
+            )
+        fragment = target[len(target.split("#", 1)[0]) :]
         return f"{before}{posixpath.relpath(resolved, page_dir)}{fragment}{after}"
 
     return LINK.sub(into_the_site, markdown)

@@ -23,5 +23,6 @@ def __getattr__(name):
     # Masks pulls in safetensors; loaded on first use.
     if name == "Masks":
         from lth_sparse.masks import Masks
+
         return Masks
     raise AttributeError(f"module 'lth_sparse' has no attribute {name!r}")

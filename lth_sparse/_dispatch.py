@@ -128,7 +128,8 @@ def choose_backend(op: str, device: torch.device, implemented: tuple[str, ...]) 
         if setting not in implemented:
             raise RuntimeError(
                 f"LTH_SPARSE_BACKEND={setting}: op {op} has no {setting} kernel "
-                f"(it has: {', '.join(implemented)}); use LTH_SPARSE_BACKEND=auto")
+                f"(it has: {', '.join(implemented)}); use LTH_SPARSE_BACKEND=auto"
+            )
         ok, why = backend_status(setting, device)
         if not ok:
             raise RuntimeError(f"LTH_SPARSE_BACKEND={setting} cannot run {op}: {why}")
@@ -158,8 +159,11 @@ def plain_eager() -> bool:
     dispatch mode (fake tensors, tracing) and functorch transforms; in plain
     eager mode the Function runs the same kernels with the same checks.
     """
-    return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-                or torch._C._are_functorch_transforms_active())
+    return not (
+        torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._are_functorch_transforms_active()
+    )
 
 
 # What the op layer adds to backend_info() where the C++ extension is built, key -> report(): the op
@@ -186,7 +190,9 @@ def warn_if_torch_only() -> None:
             "lth_sparse was installed without its compiled kernels "
             f"({_load_extension('_C')[1]}); every op runs on the torch fallback. "
             "Reinstall with a C++ compiler: pip install --no-build-isolation -e .",
-            RuntimeWarning, stacklevel=3)
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def backend_info() -> dict:
@@ -213,8 +219,7 @@ def backend_info() -> dict:
     if not cpp_ok:
         reasons["cpp"] = cpp_why
     if not cuda_ok:
-        reasons["cuda"] = (_load_extension("_cuda")[1] if not cuda_built
-                           else "built, but torch sees no CUDA device")
+        reasons["cuda"] = _load_extension("_cuda")[1] if not cuda_built else "built, but torch sees no CUDA device"
     if not triton_ok:
         reasons["triton"] = triton_why or "no CUDA device and TRITON_INTERPRET is not 1"
     info = {

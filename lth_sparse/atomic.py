@@ -15,8 +15,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_save_safetensors", "atomic_torch_save", "atomic_write", "atomic_write_bytes", "atomic_write_json",
-           "json_default", "read_json", "read_safetensors"]
+__all__ = [
+    "atomic_save_safetensors",
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "json_default",
+    "read_json",
+    "read_safetensors",
+]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -69,8 +77,9 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def atomic_save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], format: str,
-                            metadata: Mapping[str, str] | None = None) -> Path:
+def atomic_save_safetensors(
+    path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], format: str, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write ``tensors`` (moved to the CPU, made contiguous) to ``path`` in safetensors (no pickle), atomically,
     with the metadata ``{"format": format, **metadata}``: ``format`` names what the file holds and its version
     (``"lth_sparse.masks/1"``), and :func:`read_safetensors` refuses a file of another. Returns ``path``."""
@@ -81,8 +90,14 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch
     return atomic_write(path, lambda tmp: save_file(tensors, os.fspath(tmp), metadata=header))
 
 
-def read_safetensors(path: str | os.PathLike, format: str, what: str, *, device: str | torch.device = "cpu",
-                     names: Iterable[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(
+    path: str | os.PathLike,
+    format: str,
+    what: str,
+    *,
+    device: str | torch.device = "cpu",
+    names: Iterable[str] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and the metadata of a file written by :func:`atomic_save_safetensors` with ``format``.
 
     ``names``: the tensors to read (default every one, in the file's order); ``device``: where they are

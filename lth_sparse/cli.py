@@ -32,8 +32,7 @@ def _load_config_file(path: str) -> dict:
     if isinstance(data, dict) and "config" in data and isinstance(data["config"], dict):
         data = data["config"]  # a run's own config.json
     if not isinstance(data, dict):
-        raise CliError(f"--config {path}: expected a mapping of option names to values, "
-                       f"got {type(data).__name__}")
+        raise CliError(f"--config {path}: expected a mapping of option names to values, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -50,6 +49,7 @@ def _number(text: str):
 
 def _flag_type(scalar: type, optional: bool, choices):
     """argparse's ``type`` for one value: parsed, ``none`` for an optional option, checked against ``choices``."""
+
     def parse(text: str):
         if optional and text.lower() in ("none", "null"):
             return None
@@ -65,6 +65,7 @@ def _flag_type(scalar: type, optional: bool, choices):
         if choices is not None and value not in choices:
             raise argparse.ArgumentTypeError(f"expected one of {', '.join(map(str, choices))}, got {text!r}")
         return value
+
     parse.__name__ = scalar.__name__  # argparse names the type in its errors
     return parse
 
@@ -75,6 +76,7 @@ def _parsed(parse):
             return parse(text)
         except (TypeError, ValueError) as error:
             raise argparse.ArgumentTypeError(str(error)) from None
+
     convert.__name__ = "value"
     return convert
 
@@ -150,26 +152,41 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     from lth_sparse.executors import EXECUTORS
 
     group = parser.add_argument_group("executor (where the units run; a unit's files are the same with any)")
-    group.add_argument("--executor", choices=EXECUTORS, default="local",
-                       help="local: in this process, in order; process: a pool of --workers local processes; ray: "
-                            "Ray tasks on a cluster (pip install 'lth_sparse[ray]') (default: local)")
+    group.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: in this process, in order; process: a pool of --workers local processes; ray: "
+        "Ray tasks on a cluster (pip install 'lth_sparse[ray]') (default: local)",
+    )
     group.add_argument("--workers", type=int, default=2, help="worker processes of --executor process (default: 2)")
-    group.add_argument("--retries", type=int, default=2,
-                       help="times a unit whose worker died is retried, process and ray (default: 2)")
-    group.add_argument("--ray-address", default="auto",
-                       help="the Ray cluster: auto (one started with 'ray start --head', or RAY_ADDRESS), HOST:PORT, "
-                            "or local (a cluster started for this run) (default: auto)")
-    group.add_argument("--ray-num-cpus", type=float, default=None,
-                       help="CPUs Ray reserves per unit (default: its thread count)")
+    group.add_argument(
+        "--retries", type=int, default=2, help="times a unit whose worker died is retried, process and ray (default: 2)"
+    )
+    group.add_argument(
+        "--ray-address",
+        default="auto",
+        help="the Ray cluster: auto (one started with 'ray start --head', or RAY_ADDRESS), HOST:PORT, "
+        "or local (a cluster started for this run) (default: auto)",
+    )
+    group.add_argument(
+        "--ray-num-cpus", type=float, default=None, help="CPUs Ray reserves per unit (default: its thread count)"
+    )
     group.add_argument("--ray-num-gpus", type=float, default=0, help="GPUs Ray reserves per unit (default: 0)")
 
 
 def executor_from_args(args, threads: int | None):
     from lth_sparse.executors import make_executor
 
-    return make_executor(args.executor, workers=args.workers, threads=threads, retries=args.retries,
-                         ray_address=args.ray_address, num_cpus=args.ray_num_cpus, num_gpus=args.ray_num_gpus)
-
+    return make_executor(
+        args.executor,
+        workers=args.workers,
+        threads=threads,
+        retries=args.retries,
+        ray_address=args.ray_address,
+        num_cpus=args.ray_num_cpus,
+        num_gpus=args.ray_num_gpus,
+    )
 
 
 def _add_pipeline(sub, pipeline) -> None:
@@ -180,53 +197,87 @@ def _add_pipeline(sub, pipeline) -> None:
 
     out = pipeline.default_out
     p = sub.add_parser(pipeline.kind, help=pipeline.help, description=pipeline.description, epilog=pipeline.epilog)
-    p.add_argument("--config", metavar="FILE",
-                   help="file of options, keyed by their names (rounds: 10, model_options: {width: 512}); JSON if "
-                        "its name ends in .json, YAML otherwise; a run's config.json works too. Flags given here "
-                        "override it; an unknown key is an error")
-    p.add_argument("--out", default=out,
-                   help=f"run directory (default: {out}); the same command resumes the run there, another config "
-                        "is refused once a unit of it has finished")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="file of options, keyed by their names (rounds: 10, model_options: {width: 512}); JSON if "
+        "its name ends in .json, YAML otherwise; a run's config.json works too. Flags given here "
+        "override it; an unknown key is an error",
+    )
+    p.add_argument(
+        "--out",
+        default=out,
+        help=f"run directory (default: {out}); the same command resumes the run there, another config "
+        "is refused once a unit of it has finished",
+    )
     add_config_arguments(p, pipeline.config_class, groups={"training": TrainConfig})
     add_executor_arguments(p)
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: when stderr is a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: when stderr is a terminal)",
+    )
     p.set_defaults(func=lambda args: _run_pipeline_command(pipeline, args))
 
 
 def _run_pipeline_command(pipeline, args) -> int:
     config = config_from_args(pipeline.config_class, args)
-    pipeline.run(config, args.out, progress=args.progress, plots=not args.no_plots,
-                 executor=executor_from_args(args, config.threads))
+    pipeline.run(
+        config,
+        args.out,
+        progress=args.progress,
+        plots=not args.no_plots,
+        executor=executor_from_args(args, config.threads),
+    )
     return 0
 
 
 def _add_sweep(sub) -> None:
     """``lth-sparse sweep GRID --out DIR``: any pipeline over a grid of option values (:mod:`lth_sparse.sweep`)."""
     p = sub.add_parser(
-        "sweep", help="run a pipeline over a grid of option values",
+        "sweep",
+        help="run a pipeline over a grid of option values",
         description="Run a pipeline over the Cartesian product of the option values listed in GRID: one run "
-                    "directory per grid point under --out, named by its values (fraction=0.2,seed=1), every unit "
-                    "of every point through one executor (so --executor process or ray runs points in parallel), "
-                    "then DIR/sweep.csv and DIR/sweep.json: one row per grid point and round, the point's values "
-                    "and its summary's figures. Re-running the same command resumes; a finished sweep re-run does "
-                    "no work; a point whose config changed is refused, as a run is.",
+        "directory per grid point under --out, named by its values (fraction=0.2,seed=1), every unit "
+        "of every point through one executor (so --executor process or ray runs points in parallel), "
+        "then DIR/sweep.csv and DIR/sweep.json: one row per grid point and round, the point's values "
+        "and its summary's figures. Re-running the same command resumes; a finished sweep re-run does "
+        "no work; a point whose config changed is refused, as a run is.",
         epilog="GRID (YAML, or JSON if its name ends in .json):  pipeline: imp  /  fixed: {dataset: digits, "
-               "rounds: 3}  /  grid: {fraction: [0.2, 0.5], seed: [0, 1]}. Every name is an option of the "
-               "pipeline (see 'lth-sparse imp --help'); an unknown one is an error. Bad input ends with one "
-               "'lth-sparse sweep: error: ...' line and exit status 2, before anything is written.")
+        "rounds: 3}  /  grid: {fraction: [0.2, 0.5], seed: [0, 1]}. Every name is an option of the "
+        "pipeline (see 'lth-sparse imp --help'); an unknown one is an error. Bad input ends with one "
+        "'lth-sparse sweep: error: ...' line and exit status 2, before anything is written.",
+    )
     p.add_argument("grid", metavar="GRID", help="the grid file: pipeline, fixed options and grid of values")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="the sweep directory: one run directory per grid point, sweep.csv, sweep.json")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads per unit (default: threads under fixed in GRID, else OMP_NUM_THREADS if set, "
-                        "else the idle cores shared among the workers)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the sweep directory: one run directory per grid point, sweep.csv, sweep.json",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads per unit (default: threads under fixed in GRID, else OMP_NUM_THREADS if set, "
+        "else the idle cores shared among the workers)",
+    )
     add_executor_arguments(p)
-    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=False,
-                   help="draw each point's PNG figures (default: no; 'lth-sparse plot DIR/POINT' draws one later)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: when stderr is a terminal)")
+    p.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="draw each point's PNG figures (default: no; 'lth-sparse plot DIR/POINT' draws one later)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: when stderr is a terminal)",
+    )
     p.set_defaults(func=_run_sweep)
 
 
@@ -243,12 +294,14 @@ def _run_sweep(args) -> int:
 
 def _add_compare(sub) -> None:
     p = sub.add_parser(
-        "compare-masks", help="the Jaccard distance between IMP runs' masks, round by round",
+        "compare-masks",
+        help="the Jaccard distance between IMP runs' masks, round by round",
         description="Compare the masks of IMP runs (other pruning methods, rewinding vs fine-tuning, seeds, tasks) "
-                    "round by round, seed by seed (the seeds both runs have), as Paganini & Forde (2020) do: the "
-                    "Jaccard distance in total and per layer, beside that of independent masks of the same "
-                    "densities. Every pair of RUNs, or each against --reference. Prints a table; with --out, "
-                    "writes compare.json and plots.")
+        "round by round, seed by seed (the seeds both runs have), as Paganini & Forde (2020) do: the "
+        "Jaccard distance in total and per layer, beside that of independent masks of the same "
+        "densities. Every pair of RUNs, or each against --reference. Prints a table; with --out, "
+        "writes compare.json and plots.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN", help="IMP run directories")
     p.add_argument("--reference", metavar="RUN", help="compare every RUN with this one (default: every pair)")
     p.add_argument("--out", metavar="DIR", help="write DIR/compare.json and DIR/plots/*.png")
@@ -264,8 +317,10 @@ def _run_compare(args) -> int:
         print(f"{pair['a']} vs {pair['b']} (seeds {', '.join(map(str, pair['seeds']))}):")
         print(f"{'round':>5}  {'remaining a':>11}  {'remaining b':>11}  {'jaccard':>8}  {'independent':>11}")
         for r in pair["rounds"]:
-            print(f"{r['round']:>5}  {100 * r['density_a']:>10.2f}%  {100 * r['density_b']:>10.2f}%  "
-                  f"{r['jaccard']:>8.4f}  {r['independent_jaccard']:>11.4f}")
+            print(
+                f"{r['round']:>5}  {100 * r['density_a']:>10.2f}%  {100 * r['density_b']:>10.2f}%  "
+                f"{r['jaccard']:>8.4f}  {r['independent_jaccard']:>11.4f}"
+            )
     if args.out:
         print(f"written: {Path(args.out) / 'compare.json'}")
     return 0
@@ -273,19 +328,25 @@ def _run_compare(args) -> int:
 
 def _add_probe(sub) -> None:
     p = sub.add_parser(
-        "probe", help="linear probes of an IMP run's tickets frozen at their rewind weights",
+        "probe",
+        help="linear probes of an IMP run's tickets frozen at their rewind weights",
         description="The SGD-noise paper's Section 5.1 (Tables 5 and 6): for each round of an IMP run, a linear "
-                    "classifier (5 epochs, lr 0.005, weight decay 1e-4: Appendix G) on the frozen features after "
-                    "each block or hidden layer of: the ticket at its rewind weights (untrained), the same weights "
-                    "under the mask permuted within each layer, a random dense network and the trained dense "
-                    "network. --data probes on another data set of the run's input shape (a new linear layer: the "
-                    "transfer of frozen features). Prints a table; with --out writes probes.json and a plot.")
+        "classifier (5 epochs, lr 0.005, weight decay 1e-4: Appendix G) on the frozen features after "
+        "each block or hidden layer of: the ticket at its rewind weights (untrained), the same weights "
+        "under the mask permuted within each layer, a random dense network and the trained dense "
+        "network. --data probes on another data set of the run's input shape (a new linear layer: the "
+        "transfer of frozen features). Prints a table; with --out writes probes.json and a plot.",
+    )
     p.add_argument("run", metavar="RUN", help="an IMP run directory")
     p.add_argument("--rounds", type=int, nargs="+", metavar="R", help="rounds to probe (default: every finished one)")
     p.add_argument("--seed", type=int, default=None, help="the run's seed (default: its first)")
     p.add_argument("--data", metavar="TASK", help="probe on this data set or derived task (default: the run's)")
-    p.add_argument("--probe-seed", type=int, default=0, help="seed of the permutation, the random network and the "
-                                                              "probe (default: 0)")
+    p.add_argument(
+        "--probe-seed",
+        type=int,
+        default=0,
+        help="seed of the permutation, the random network and the probe (default: 0)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--out", metavar="DIR", help="write DIR/probes.json and DIR/plots/probes.png")
     p.set_defaults(func=_judging_input(_run_probe))
@@ -298,14 +359,17 @@ def _run_probe(args) -> int:
     rounds = args.rounds or finished_rounds(args.run, args.seed)
     results = []
     for r in rounds:
-        result = probe_ticket(args.run, r, seed=args.seed, data=args.data, probe_seed=args.probe_seed,
-                              device=args.device)
+        result = probe_ticket(
+            args.run, r, seed=args.seed, data=args.data, probe_seed=args.probe_seed, device=args.device
+        )
         results.append({"round": r, **result})
         print(f"round {r} ({100 * result['sparsity']:.2f}% pruned) on {result['dataset']}: test accuracy of the probe")
         print(f"  {'layer':<14}" + "".join(f"{v:>15}" for v in result["variants"]))
         for layer in result["layers"]:
-            print(f"  {layer:<14}" + "".join(f"{100 * result['probes'][v][layer]['test_accuracy']:>14.2f}%"
-                                            for v in result["variants"]))
+            print(
+                f"  {layer:<14}"
+                + "".join(f"{100 * result['probes'][v][layer]['test_accuracy']:>14.2f}%" for v in result["variants"])
+            )
     if args.out:
         from lth_sparse.plots import plot_probes
         from lth_sparse.runs import atomic_write_json
@@ -320,15 +384,17 @@ def _run_probe(args) -> int:
 
 def _add_importance_overlap(sub) -> None:
     p = sub.add_parser(
-        "importance-overlap", help="the connections every ticket from one initialisation keeps (Vandersmissen et al.)",
+        "importance-overlap",
+        help="the connections every ticket from one initialisation keeps (Vandersmissen et al.)",
         description="The layerwise-importance paper's analyses (Section 5) over IMP runs from one initialisation that "
-                    "differ in --importance (magnitude, l1, l2, ...): the connections every ticket of --round keeps, "
-                    "per layer, as a share of all and of the unpruned weights; for each run, the std of each kept "
-                    "connection's trained value over the rounds and its sign flips, overlapping vs other. With "
-                    "--write-partial-init FILE, the partial re-initialisation test's start (the first run's "
-                    "initialisation on the overlap, a fresh draw elsewhere) for 'lth-sparse imp --init-file FILE'; "
-                    "with --survival RUN, how many overlapping connections RUN's ticket of --round keeps against the "
-                    "uniform expectation.")
+        "differ in --importance (magnitude, l1, l2, ...): the connections every ticket of --round keeps, "
+        "per layer, as a share of all and of the unpruned weights; for each run, the std of each kept "
+        "connection's trained value over the rounds and its sign flips, overlapping vs other. With "
+        "--write-partial-init FILE, the partial re-initialisation test's start (the first run's "
+        "initialisation on the overlap, a fresh draw elsewhere) for 'lth-sparse imp --init-file FILE'; "
+        "with --survival RUN, how many overlapping connections RUN's ticket of --round keeps against the "
+        "uniform expectation.",
+    )
     p.add_argument("runs", nargs="+", metavar="RUN", help="IMP run directories of one initialisation")
     p.add_argument("--round", type=int, required=True, help="the round whose tickets are compared")
     p.add_argument("--seed", type=int, help="the seed compared (default: the first the runs share)")
@@ -348,39 +414,51 @@ def _run_importance_overlap(args) -> int:
 
     out = importance_overlap(args.runs, args.round, args.seed)
     overlap = out.pop("masks")
-    print(f"round {args.round} (seed {out['seed']}, {100 * out['density']:.2f}% remaining): {out['overlap']} "
-          f"connections kept by all {len(args.runs)} tickets, {100 * out['of_all']:.2f}% of all weights, "
-          f"{100 * out['of_unpruned']:.2f}% of the unpruned")
+    print(
+        f"round {args.round} (seed {out['seed']}, {100 * out['density']:.2f}% remaining): {out['overlap']} "
+        f"connections kept by all {len(args.runs)} tickets, {100 * out['of_all']:.2f}% of all weights, "
+        f"{100 * out['of_unpruned']:.2f}% of the unpruned"
+    )
     for name, layer in out["layers"].items():
-        print(f"  {name:<24} {layer['overlap']:>9}  {100 * layer['of_all']:>7.2f}% of all  "
-              f"{100 * layer['of_unpruned']:>7.2f}% of the unpruned")
+        print(
+            f"  {name:<24} {layer['overlap']:>9}  {100 * layer['of_all']:>7.2f}% of all  "
+            f"{100 * layer['of_unpruned']:>7.2f}% of the unpruned"
+        )
     out["stability"] = {}
     for run in args.runs:
         st = connection_stability(run, overlap, args.round, out["seed"])
         out["stability"][run] = st
         o, other = st["overlapping"]["total"], st["other"]["total"]
         fmt = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-        print(f"{run}: std over rounds {fmt(o['mean_std'])} (overlapping) vs {fmt(other['mean_std'])} (other); sign "
-              f"flips {fmt(o['flip_fraction'])} vs {fmt(other['flip_fraction'])}")
+        print(
+            f"{run}: std over rounds {fmt(o['mean_std'])} (overlapping) vs {fmt(other['mean_std'])} (other); sign "
+            f"flips {fmt(o['flip_fraction'])} vs {fmt(other['flip_fraction'])}"
+        )
     if args.write_partial_init:
-        atomic_torch_save(args.write_partial_init,
-                          partial_reinit_state(args.runs[0], overlap, args.redraw_seed, out["seed"]))
+        atomic_torch_save(
+            args.write_partial_init, partial_reinit_state(args.runs[0], overlap, args.redraw_seed, out["seed"])
+        )
         print(f"written: {args.write_partial_init} (lth-sparse imp --init-file {args.write_partial_init} ...)")
     if args.survival:
         ticket = load_ticket(args.survival, args.round, out["seed"]).masks
         survival = reinit_survival(overlap.to(torch.device("cpu")), ticket)
         out["survival"] = survival
-        print(f"{args.survival}: keeps {survival['kept']} of the {survival['overlap']} overlapping connections, "
-              f"{survival['expected']:.1f} expected uniformly ({100 * survival['increase']:+.1f}%)")
+        print(
+            f"{args.survival}: keeps {survival['kept']} of the {survival['overlap']} overlapping connections, "
+            f"{survival['expected']:.1f} expected uniformly ({100 * survival['increase']:+.1f}%)"
+        )
     if args.out:
         atomic_write_json(args.out, out)
     return 0
 
 
 def _add_plot(sub) -> None:
-    p = sub.add_parser("plot", help="rebuild a run's summary.json and figures from its units' results",
-                       description="Rebuild RUN/summary.json and RUN/plots/*.png from the results the run's units "
-                                   "saved, without re-running anything (any kind of run).")
+    p = sub.add_parser(
+        "plot",
+        help="rebuild a run's summary.json and figures from its units' results",
+        description="Rebuild RUN/summary.json and RUN/plots/*.png from the results the run's units "
+        "saved, without re-running anything (any kind of run).",
+    )
     p.add_argument("run", help="a run directory")
     p.set_defaults(func=_judging_input(_run_plot))
 
@@ -404,8 +482,11 @@ def _run_plot(args) -> int:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="what was built and which backend is active",
-                       description="Print lth_sparse.backend_info() as JSON.")
+    p = sub.add_parser(
+        "info",
+        help="what was built and which backend is active",
+        description="Print lth_sparse.backend_info() as JSON.",
+    )
     p.set_defaults(func=lambda args: print(json.dumps(__import__("lth_sparse").backend_info(), indent=2)) or 0)
 
 
@@ -413,9 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lth-sparse",
         description="Lottery-ticket research: IMP with rewinding and the analyses that build on it. "
-                    "Each subcommand writes a run directory that a re-run resumes.",
+        "Each subcommand writes a run directory that a re-run resumes.",
         epilog="Bad input ends with one 'lth-sparse COMMAND: error: ...' line and exit status 2 "
-               "(LTH_SPARSE_DEBUG=1 shows the traceback instead).")
+        "(LTH_SPARSE_DEBUG=1 shows the traceback instead).",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     from lth_sparse.pipelines.base import KINDS, pipeline_for
 
@@ -433,9 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _judging_input(command):
     """``command`` reads the runs the user named: what reading them raises is the input's fault (see
     :func:`lth_sparse.errors.judging_input`)."""
+
     def run(args) -> int:
         with judging_input():
             return command(args)
+
     return run
 
 
@@ -456,8 +540,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception:
         traceback.print_exc()
-        print(f"lth-sparse {args.command}: this is a bug in lth_sparse {_version()}, not a problem with your input: "
-              "please report it with the command and the traceback above", file=sys.stderr)
+        print(
+            f"lth-sparse {args.command}: this is a bug in lth_sparse {_version()}, not a problem with your input: "
+            "please report it with the command and the traceback above",
+            file=sys.stderr,
+        )
         return 1
 
 

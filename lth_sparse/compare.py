@@ -16,14 +16,20 @@ from pathlib import Path
 
 import torch
 
-from lth_sparse.masks import Masks, expected_jaccard_distance, intersection, jaccard_distance
 from lth_sparse.atomic import atomic_write_json, read_json
 from lth_sparse.experiment import draw_model
+from lth_sparse.masks import Masks, expected_jaccard_distance, intersection, jaccard_distance
 from lth_sparse.stats import over_seeds
 from lth_sparse.tickets import finished_rounds, imp_run_config, run_seeds, seed_folder
 
-__all__ = ["compare_pair", "compare_runs", "connection_stability", "importance_overlap", "partial_reinit_state",
-           "reinit_survival"]
+__all__ = [
+    "compare_pair",
+    "compare_runs",
+    "connection_stability",
+    "importance_overlap",
+    "partial_reinit_state",
+    "reinit_survival",
+]
 
 
 def _round_masks(run_dir: Path, seed: int, rounds: list[int]) -> list[Masks]:
@@ -36,8 +42,10 @@ def compare_pair(run_a, run_b) -> dict:
     run_a, run_b = Path(run_a), Path(run_b)
     seeds = sorted(set(run_seeds(run_a)) & set(run_seeds(run_b)))
     if not seeds:
-        raise ValueError(f"{run_a} (seeds {run_seeds(run_a)}) and {run_b} (seeds {run_seeds(run_b)}) have no seed "
-                         "in common: masks are compared seed by seed")
+        raise ValueError(
+            f"{run_a} (seeds {run_seeds(run_a)}) and {run_b} (seeds {run_seeds(run_b)}) have no seed "
+            "in common: masks are compared seed by seed"
+        )
     per_seed = []
     for seed in seeds:
         rounds = sorted(set(finished_rounds(run_a, seed)) & set(finished_rounds(run_b, seed)))
@@ -48,9 +56,16 @@ def compare_pair(run_a, run_b) -> dict:
                 total = jaccard_distance(a, b)
             except ValueError as error:
                 raise ValueError(f"{run_a} and {run_b}, round {r}: {error}") from None
-            entries.append({"round": r, "density_a": a.density(), "density_b": b.density(), "jaccard": total,
-                            "jaccard_per_layer": jaccard_distance(a, b, per_layer=True),
-                            "independent_jaccard": expected_jaccard_distance(a.density(), b.density())})
+            entries.append(
+                {
+                    "round": r,
+                    "density_a": a.density(),
+                    "density_b": b.density(),
+                    "jaccard": total,
+                    "jaccard_per_layer": jaccard_distance(a, b, per_layer=True),
+                    "independent_jaccard": expected_jaccard_distance(a.density(), b.density()),
+                }
+            )
         per_seed.append(entries)
     count = min(len(e) for e in per_seed)
     rounds = []
@@ -60,8 +75,10 @@ def compare_pair(run_a, run_b) -> dict:
         for key in ("density_a", "density_b", "jaccard", "independent_jaccard"):
             stats = over_seeds([row[key] for row in rows])
             entry[key], entry[f"{key}_std"] = stats["mean"], stats["std"]
-        entry["jaccard_per_layer"] = {name: over_seeds([row["jaccard_per_layer"][name] for row in rows])["mean"]
-                                      for name in rows[0]["jaccard_per_layer"]}
+        entry["jaccard_per_layer"] = {
+            name: over_seeds([row["jaccard_per_layer"][name] for row in rows])["mean"]
+            for name in rows[0]["jaccard_per_layer"]
+        }
         rounds.append(entry)
     return {"a": str(run_a), "b": str(run_b), "seeds": seeds, "rounds": rounds}
 
@@ -83,8 +100,11 @@ def compare_runs(run_dirs, reference=None, out_dir=None, *, plots: bool = True) 
         raise ValueError("compare-masks needs two runs, or a run and --reference")
     for run in {*run_dirs, *([reference] if reference else [])}:
         imp_run_config(run)  # an IMP run, or a clear error
-    result = {"runs": [str(r) for r in run_dirs], "reference": str(reference) if reference else None,
-              "pairs": [compare_pair(a, b) for a, b in pairs]}
+    result = {
+        "runs": [str(r) for r in run_dirs],
+        "reference": str(reference) if reference else None,
+        "pairs": [compare_pair(a, b) for a, b in pairs],
+    }
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -119,8 +139,10 @@ def importance_overlap(run_dirs, round: int, seed: int | None = None) -> dict:
     inits = [torch.load(f / "init.pt", map_location="cpu") for f in folders]
     for run, init in zip(runs[1:], inits[1:]):
         if init.keys() != inits[0].keys() or not all(torch.equal(init[k], inits[0][k]) for k in init):
-            raise ValueError(f"{run} starts from another initialisation than {runs[0]} (seed {seed}): the overlap of "
-                             "tickets from one initialisation needs the same seed and model")
+            raise ValueError(
+                f"{run} starts from another initialisation than {runs[0]} (seed {seed}): the overlap of "
+                "tickets from one initialisation needs the same seed and model"
+            )
     for run in runs:
         if round not in finished_rounds(run, seed):
             raise KeyError(f"round {round} of seed {seed} has not finished in {run}")
@@ -130,13 +152,23 @@ def importance_overlap(run_dirs, round: int, seed: int | None = None) -> dict:
     for name in both:
         kept = sum(int(t[name].sum()) for t in tickets) / len(tickets)
         count = int(both[name].sum())
-        layers[name] = {"overlap": count, "of_all": count / both[name].numel(),
-                        "of_unpruned": count / kept if kept else 0.0}
+        layers[name] = {
+            "overlap": count,
+            "of_all": count / both[name].numel(),
+            "of_unpruned": count / kept if kept else 0.0,
+        }
     kept_total = sum(t.num_unpruned() for t in tickets) / len(tickets)
-    return {"runs": [str(r) for r in runs], "seed": seed, "round": round, "density": tickets[0].density(),
-            "overlap": both.num_unpruned(), "of_all": both.num_unpruned() / both.num_weights(),
-            "of_unpruned": both.num_unpruned() / kept_total if kept_total else 0.0, "layers": layers,
-            "masks": both}
+    return {
+        "runs": [str(r) for r in runs],
+        "seed": seed,
+        "round": round,
+        "density": tickets[0].density(),
+        "overlap": both.num_unpruned(),
+        "of_all": both.num_unpruned() / both.num_weights(),
+        "of_unpruned": both.num_unpruned() / kept_total if kept_total else 0.0,
+        "layers": layers,
+        "masks": both,
+    }
 
 
 def connection_stability(run_dir, overlap: Masks, round: int, seed: int | None = None) -> dict:
@@ -173,8 +205,12 @@ def connection_stability(run_dir, overlap: Masks, round: int, seed: int | None =
 def _summary(std: torch.Tensor, flip: torch.Tensor) -> dict:
     if std.numel() == 0:
         return {"count": 0, "mean_std": None, "median_std": None, "flip_fraction": None}
-    return {"count": int(std.numel()), "mean_std": float(std.mean()), "median_std": float(std.median()),
-            "flip_fraction": float(flip.double().mean())}
+    return {
+        "count": int(std.numel()),
+        "mean_std": float(std.mean()),
+        "median_std": float(std.median()),
+        "flip_fraction": float(flip.double().mean()),
+    }
 
 
 def partial_reinit_state(run_dir, overlap: Masks, redraw_seed: int, seed: int | None = None) -> dict:
@@ -188,8 +224,9 @@ def partial_reinit_state(run_dir, overlap: Masks, redraw_seed: int, seed: int | 
     folder = seed_folder(run_dir, seed)
     init = torch.load(folder / "init.pt", map_location="cpu")
     dense = read_json(folder / "round_00" / "done.json")  # the input shape and classes the run's model was built for
-    fresh = draw_model(saved["model"], dense["input_shape"], dense["num_classes"], saved.get("model_options"),
-                       seed=redraw_seed).state_dict()
+    fresh = draw_model(
+        saved["model"], dense["input_shape"], dense["num_classes"], saved.get("model_options"), seed=redraw_seed
+    ).state_dict()
     state = {k: v.detach().clone().cpu() for k, v in fresh.items()}
     for name, keep in overlap.items():
         state[name] = torch.where(keep.cpu(), init[name], state[name])
@@ -209,9 +246,18 @@ def reinit_survival(overlap: Masks, ticket: Masks) -> dict:
         kept = int((mask & ticket[name].to(mask.device)).sum())
         density = float(ticket[name].double().mean())
         expected = count * density
-        layers[name] = {"overlap": count, "kept": kept, "expected": expected,
-                        "increase": kept / expected - 1 if expected else None}
+        layers[name] = {
+            "overlap": count,
+            "kept": kept,
+            "expected": expected,
+            "increase": kept / expected - 1 if expected else None,
+        }
         kept_total += kept
         expected_total += expected
-    return {"layers": layers, "overlap": overlap.num_unpruned(), "kept": kept_total, "expected": expected_total,
-            "increase": kept_total / expected_total - 1 if expected_total else None}
+    return {
+        "layers": layers,
+        "overlap": overlap.num_unpruned(),
+        "kept": kept_total,
+        "expected": expected_total,
+        "increase": kept_total / expected_total - 1 if expected_total else None,
+    }

@@ -23,17 +23,34 @@ from typing import Any
 
 from lth_sparse.errors import UserError
 
-__all__ = ["ConfigError", "config_from_options", "data_dir_option", "device_option", "field_kind", "option",
-           "read_file", "split_items", "threads_option"]
+__all__ = [
+    "ConfigError",
+    "config_from_options",
+    "data_dir_option",
+    "device_option",
+    "field_kind",
+    "option",
+    "read_file",
+    "split_items",
+    "threads_option",
+]
 
 
 class ConfigError(UserError):
     """An option that the config does not have, or a value of the wrong type for it."""
 
 
-def option(default: Any, help: str, *, choices: tuple | None = None, identity: bool = True,
-           metavar: str | None = None, flag: str | None = None,
-           default_text: str | None = None, parse: Callable[[Any], Any] | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    identity: bool = True,
+    metavar: str | None = None,
+    flag: str | None = None,
+    default_text: str | None = None,
+    parse: Callable[[Any], Any] | None = None,
+) -> Any:
     """A config field with its documentation.
 
     Args:
@@ -76,14 +93,24 @@ def device_option() -> Any:
 
 def data_dir_option() -> Any:
     """The ``data_dir`` field every pipeline's config has (not part of a run's identity)."""
-    return option(None, "where datasets are looked for and downloaded", identity=False, metavar="DIR",
-                  default_text="$LTH_SPARSE_DATA, else ~/.cache/lth_sparse/data")
+    return option(
+        None,
+        "where datasets are looked for and downloaded",
+        identity=False,
+        metavar="DIR",
+        default_text="$LTH_SPARSE_DATA, else ~/.cache/lth_sparse/data",
+    )
 
 
 def threads_option(help: str = "CPU threads for torch per unit") -> Any:
     """The ``threads`` field every pipeline's config has (not part of a run's identity)."""
-    return option(None, help, identity=False, metavar="N",
-                  default_text="OMP_NUM_THREADS if set, else the usable cores not already busy")
+    return option(
+        None,
+        help,
+        identity=False,
+        metavar="N",
+        default_text="OMP_NUM_THREADS if set, else the usable cores not already busy",
+    )
 
 
 def field_kind(cls, f: dataclasses.Field) -> tuple[str, type | None, bool]:
@@ -154,8 +181,9 @@ def _scalar(kind: type, value: Any, name: str, source: str, choices=None) -> Any
     return value
 
 
-def config_from_options(cls, options: Mapping[str, Any], source: str = "options", *, check: bool = True,
-                        presets: bool = True):
+def config_from_options(
+    cls, options: Mapping[str, Any], source: str = "options", *, check: bool = True, presets: bool = True
+):
     """``cls(**options)`` after checking every name and type (``source`` names where they came from).
 
     A config class with ``PRESETS`` (name -> options) and a ``preset`` field takes the named

@@ -58,8 +58,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"the environment variable {name} must be an integer (as torchrun sets it), "
-                         f"got {value!r}") from None
+        raise ValueError(
+            f"the environment variable {name} must be an integer (as torchrun sets it), got {value!r}"
+        ) from None
 
 
 def launched_world_size() -> int:
@@ -84,8 +85,10 @@ def device_for_rank(device: str, local_rank: int, world_size: int) -> str:
         return "cpu"
     if dev.type == "cuda":
         if dev.index is not None:
-            raise ValueError(f"--device {device}: under torchrun give --device cuda; each rank takes "
-                             f"cuda:LOCAL_RANK (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+            raise ValueError(
+                f"--device {device}: under torchrun give --device cuda; each rank takes "
+                f"cuda:LOCAL_RANK (choose the GPUs with CUDA_VISIBLE_DEVICES)"
+            )
         return f"cuda:{local_rank}"
     raise ValueError(f"--device {device}: a run on several ranks trains on cpu (gloo) or cuda (nccl)")
 
@@ -110,9 +113,11 @@ class World:
             return cls(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
         size = _env_int("WORLD_SIZE", 1)
         if size > 1:
-            raise RuntimeError(f"WORLD_SIZE={size} (torchrun) but no process group is open: every rank would run "
-                               "the whole job and write the same files; only a pipeline command (lth-sparse imp) "
-                               "runs under torchrun")
+            raise RuntimeError(
+                f"WORLD_SIZE={size} (torchrun) but no process group is open: every rank would run "
+                "the whole job and write the same files; only a pipeline command (lth-sparse imp) "
+                "runs under torchrun"
+            )
         return cls()
 
     @property
@@ -164,8 +169,9 @@ class World:
         shapes = {name: module.mask.shape for name, module in layers.items()}
         if self.writer:
             if list(masks) != list(shapes):
-                raise KeyError(f"the masks to broadcast cover {list(masks)}, the model's masked weights are "
-                               f"{list(shapes)}")
+                raise KeyError(
+                    f"the masks to broadcast cover {list(masks)}, the model's masked weights are {list(shapes)}"
+                )
             flat = torch.cat([masks[name].reshape(-1).to(device=device, dtype=torch.uint8) for name in shapes])
         else:
             flat = torch.empty(sum(s.numel() for s in shapes.values()), dtype=torch.uint8, device=device)
@@ -225,8 +231,10 @@ def launched(device: str = "cpu") -> Iterator[World]:
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: torch sees no CUDA device here; use --device cpu (gloo)")
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) here: "
-                             "start at most that many processes per node")
+            raise ValueError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) here: "
+                "start at most that many processes per node"
+            )
         torch.cuda.set_device(rank_device)
         backend = "nccl"
     else:

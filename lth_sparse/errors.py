@@ -42,5 +42,4 @@ def judging_input() -> Iterator[None]:
 @functools.cache
 def _user_error_of(kind: type[Exception]) -> type[UserError]:
     """The :class:`UserError` that is also a ``kind`` (its message as given, not as ``kind`` would quote it)."""
-    return type(kind.__name__, (UserError, kind), {"__str__": lambda self: str(self.args[0]),
-                                                   "__module__": __name__})
+    return type(kind.__name__, (UserError, kind), {"__str__": lambda self: str(self.args[0]), "__module__": __name__})

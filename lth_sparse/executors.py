@@ -34,8 +34,17 @@ from pathlib import Path
 from lth_sparse.errors import UserError
 from lth_sparse.units import run_unit
 
-__all__ = ["EXECUTORS", "LocalExecutor", "ProcessExecutor", "RayExecutor", "UnitsFailed", "default_threads",
-           "make_executor", "resolve_threads", "usable_cores"]
+__all__ = [
+    "EXECUTORS",
+    "LocalExecutor",
+    "ProcessExecutor",
+    "RayExecutor",
+    "UnitsFailed",
+    "default_threads",
+    "make_executor",
+    "resolve_threads",
+    "usable_cores",
+]
 
 EXECUTORS = ("local", "process", "ray")
 
@@ -107,8 +116,9 @@ class LocalExecutor:
     def __init__(self, threads: int | None = None) -> None:
         self.threads = resolve_threads(threads, 1)
 
-    def run(self, units: Sequence, run_dir, *, log: Callable[[str], None] = print,
-            progress: bool | None = None) -> None:
+    def run(
+        self, units: Sequence, run_dir, *, log: Callable[[str], None] = print, progress: bool | None = None
+    ) -> None:
         for i, unit in enumerate(units):
             if len(units) > 1:
                 log(f"[unit {i + 1}/{len(units)}] {unit.name}")
@@ -150,8 +160,9 @@ class ProcessExecutor:
         self.retries = _check_count("retries", retries, 0)
         self.threads = resolve_threads(threads, workers)
 
-    def run(self, units: Sequence, run_dir, *, log: Callable[[str], None] = print,
-            progress: bool | None = None) -> None:
+    def run(
+        self, units: Sequence, run_dir, *, log: Callable[[str], None] = print, progress: bool | None = None
+    ) -> None:
         from multiprocessing.connection import wait
 
         context = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
@@ -236,8 +247,15 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = "auto", threads: int | None = None, retries: int = 2,
-                 num_cpus: float | None = None, num_gpus: float = 0, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str | None = "auto",
+        threads: int | None = None,
+        retries: int = 2,
+        num_cpus: float | None = None,
+        num_gpus: float = 0,
+        connect_timeout: float = 10.0,
+    ) -> None:
         try:
             import ray  # noqa: F401
         except ImportError as error:
@@ -264,23 +282,29 @@ class RayExecutor:
             try:
                 socket.create_connection((host, int(port)), timeout=self.connect_timeout).close()
             except OSError as error:
-                raise ConnectionError(f"no Ray cluster answers at {address} ({error}); start one with "
-                                      "'ray start --head' or check the address") from error
+                raise ConnectionError(
+                    f"no Ray cluster answers at {address} ({error}); start one with "
+                    "'ray start --head' or check the address"
+                ) from error
         try:
             # Ray's address=None would join a cluster it finds on this machine (RAY_ADDRESS, or the last one
             # started); "local" always starts a new one, as documented for None and "local" here.
-            ray.init(address="local" if address in (None, "local") else address, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+            ray.init(
+                address="local" if address in (None, "local") else address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
         except ConnectionError as error:
             raise ConnectionError(f"could not connect to a Ray cluster at {address!r}: {error}") from error
 
-    def run(self, units: Sequence, run_dir, *, log: Callable[[str], None] = print,
-            progress: bool | None = None) -> None:
+    def run(
+        self, units: Sequence, run_dir, *, log: Callable[[str], None] = print, progress: bool | None = None
+    ) -> None:
         import ray
 
         self._connect()
-        remote = ray.remote(_ray_unit).options(max_retries=self.retries, num_cpus=self.num_cpus,
-                                               num_gpus=self.num_gpus)
+        remote = ray.remote(_ray_unit).options(max_retries=self.retries, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
         run_dir = str(Path(run_dir).resolve())  # a worker's working directory is not the driver's on another node
         refs = {remote.remote(unit, run_dir, self.threads): unit for unit in units}
         failures: dict[str, str] = {}
@@ -309,8 +333,16 @@ def _ray_unit(unit, run_dir: str, threads: int):
         return "error", traceback.format_exc()
 
 
-def make_executor(name: str = "local", *, workers: int = 2, threads: int | None = None, retries: int = 2,
-                  ray_address: str | None = "auto", num_cpus: float | None = None, num_gpus: float = 0):
+def make_executor(
+    name: str = "local",
+    *,
+    workers: int = 2,
+    threads: int | None = None,
+    retries: int = 2,
+    ray_address: str | None = "auto",
+    num_cpus: float | None = None,
+    num_gpus: float = 0,
+):
     """The executor named ``name`` (one of :data:`EXECUTORS`), with its options checked."""
     if name == "local":
         return LocalExecutor(threads)

@@ -29,8 +29,10 @@ def check_device(device: str) -> torch.device:
         raise UserError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from error
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {device!r}: torch sees no CUDA device here (torch.cuda.is_available() is "
-                            f"False; torch {torch.__version__}); use --device cpu")
+            raise UserError(
+                f"device {device!r}: torch sees no CUDA device here (torch.cuda.is_available() is "
+                f"False; torch {torch.__version__}); use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
@@ -38,8 +40,9 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def draw_model(name: str, input_shape: Sequence[int], num_classes: int, options=(), *, seed: int,
-               device="cpu") -> nn.Module:
+def draw_model(
+    name: str, input_shape: Sequence[int], num_classes: int, options=(), *, seed: int, device="cpu"
+) -> nn.Module:
     """The registry's model ``name`` (with ``options``, pairs or a mapping) for ``input_shape`` and
     ``num_classes``, initialised from ``seed`` (torch's default generator is seeded with it, as every
     pipeline's draw has been), on ``device``, with ``input_shape`` recorded on it."""

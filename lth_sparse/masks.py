@@ -59,8 +59,11 @@ def bare_named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             continue
         seen.add(id(module))
         yield prefix, module
-        children = [(f"{prefix}.{name}" if prefix else name, child)
-                    for name, child in module._modules.items() if child is not None]
+        children = [
+            (f"{prefix}.{name}" if prefix else name, child)
+            for name, child in module._modules.items()
+            if child is not None
+        ]
         stack.extend(reversed(children))  # pre-order, children in registration order, as named_modules()
 
 
@@ -81,8 +84,11 @@ def masked_weights(model: nn.Module) -> dict[str, MaskedMixin]:
     Names are the bare model's: DDP, DataParallel and ``torch.compile`` wrappers,
     anywhere in the model, add nothing to them.
     """
-    return {(f"{name}.weight" if name else "weight"): module
-            for name, module in bare_named_modules(model) if isinstance(module, MaskedMixin)}
+    return {
+        (f"{name}.weight" if name else "weight"): module
+        for name, module in bare_named_modules(model)
+        if isinstance(module, MaskedMixin)
+    }
 
 
 def _module_name(param_name: str) -> str:
@@ -152,8 +158,10 @@ class Masks(Mapping):
         layers = masked_weights(model)
         for name, mask in self._masks.items():
             if name not in layers:
-                raise KeyError(f"mask {name!r} matches no masked layer of the model "
-                               f"(its masked weights: {', '.join(layers) or 'none'})")
+                raise KeyError(
+                    f"mask {name!r} matches no masked layer of the model "
+                    f"(its masked weights: {', '.join(layers) or 'none'})"
+                )
             weight = layers[name].weight
             if mask.shape != weight.shape:
                 raise ValueError(f"mask {name!r} has shape {tuple(mask.shape)}, the weight has {tuple(weight.shape)}")
@@ -204,8 +212,7 @@ class Masks(Mapping):
     def __eq__(self, other) -> bool:
         if not isinstance(other, Masks) or list(self) != list(other):
             return False
-        return all(self[n].shape == other[n].shape and torch.equal(self[n], other[n].to(self[n].device))
-                   for n in self)
+        return all(self[n].shape == other[n].shape and torch.equal(self[n], other[n].to(self[n].device)) for n in self)
 
     __hash__ = None
 
@@ -225,8 +232,14 @@ class Masks(Mapping):
         if scope == "layer":  # a uniform random subset of each layer's size: its lowest random scores pruned
             from lth_sparse.ops import prune_lowest
 
-            return Masks({n: prune_lowest([torch.rand(m.shape, generator=generator).to(m.device)], None,
-                                          m.numel() - int(m.sum()))[0] for n, m in self._masks.items()})
+            return Masks(
+                {
+                    n: prune_lowest(
+                        [torch.rand(m.shape, generator=generator).to(m.device)], None, m.numel() - int(m.sum())
+                    )[0]
+                    for n, m in self._masks.items()
+                }
+            )
         if not self._masks:
             return Masks()
         flat = torch.cat([m.flatten().cpu() for m in self._masks.values()])
@@ -255,6 +268,7 @@ class Masks(Mapping):
 #                     weights the other keeps; 1 when either is empty (the empty set is inside any other).
 # ``per_layer=True`` gives a dict by weight name instead of the one figure over all layers together.
 
+
 def _as_masks(masks, what: str = "masks") -> Masks:
     if isinstance(masks, Masks):
         return masks
@@ -274,12 +288,16 @@ def _aligned(masks_list, what: str = "masks") -> list[Masks]:
     for i, other in enumerate(out[1:], start=1):
         if list(other) != list(first):
             only_first, only_other = sorted(set(first) - set(other)), sorted(set(other) - set(first))
-            raise ValueError(f"{what} 0 and {i} cover different weights: only in 0: {only_first}, only in {i}: "
-                             f"{only_other}" + ("" if only_first or only_other else " (another order)"))
+            raise ValueError(
+                f"{what} 0 and {i} cover different weights: only in 0: {only_first}, only in {i}: "
+                f"{only_other}" + ("" if only_first or only_other else " (another order)")
+            )
         for name in first:
             if first[name].shape != other[name].shape:
-                raise ValueError(f"{what} 0 and {i} differ in the shape of {name!r}: {tuple(first[name].shape)} "
-                                 f"and {tuple(other[name].shape)} (another architecture?)")
+                raise ValueError(
+                    f"{what} 0 and {i} differ in the shape of {name!r}: {tuple(first[name].shape)} "
+                    f"and {tuple(other[name].shape)} (another architecture?)"
+                )
     device = next(iter(first.values())).device if len(first) else None
     return [m if device is None else m.to(device) for m in out]
 
@@ -399,11 +417,13 @@ def overlap_counts(masks_list) -> dict:
     for name, c in counts.items():
         hist = torch.bincount(c.reshape(-1).cpu(), minlength=n + 1)
         total += hist
-        layers[name] = {"counts": hist.tolist(),
-                        "fractions": (hist.double() / max(c.numel(), 1)).tolist()}
+        layers[name] = {"counts": hist.tolist(), "fractions": (hist.double() / max(c.numel(), 1)).tolist()}
     all_weights = int(total.sum())
-    return {"masks": n, "layers": layers,
-            "total": {"counts": total.tolist(), "fractions": (total.double() / max(all_weights, 1)).tolist()}}
+    return {
+        "masks": n,
+        "layers": layers,
+        "total": {"counts": total.tolist(), "fractions": (total.double() / max(all_weights, 1)).tolist()},
+    }
 
 
 def expected_jaccard_distance(density_a: float, density_b: float) -> float:
@@ -416,8 +436,11 @@ def expected_jaccard_distance(density_a: float, density_b: float) -> float:
     return 0.0 if union_ == 0 else 1.0 - density_a * density_b / union_
 
 
-DISTANCES = {"jaccard": jaccard_distance, "hamming": lambda a, b, per_layer=False: _hamming_fraction(a, b, per_layer),
-             "iom": lambda a, b, per_layer=False: _one_minus(intersection_over_minimum(a, b, per_layer))}
+DISTANCES = {
+    "jaccard": jaccard_distance,
+    "hamming": lambda a, b, per_layer=False: _hamming_fraction(a, b, per_layer),
+    "iom": lambda a, b, per_layer=False: _one_minus(intersection_over_minimum(a, b, per_layer)),
+}
 
 
 def _hamming_fraction(a, b, per_layer):
@@ -439,8 +462,11 @@ def distance_matrix(masks_list, metric: str = "jaccard", per_layer: bool = False
     masks_list = _aligned(list(masks_list))
     n = len(masks_list)
     names = list(masks_list[0])
-    out = {name: torch.zeros(n, n, dtype=torch.float64) for name in names} if per_layer else torch.zeros(
-        n, n, dtype=torch.float64)
+    out = (
+        {name: torch.zeros(n, n, dtype=torch.float64) for name in names}
+        if per_layer
+        else torch.zeros(n, n, dtype=torch.float64)
+    )
     for i in range(n):
         for j in range(i + 1, n):
             d = DISTANCES[metric](masks_list[i], masks_list[j], per_layer=per_layer)

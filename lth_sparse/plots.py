@@ -26,22 +26,33 @@ def plot_imp(summary: dict, out_dir) -> list[Path]:
 
     seeds = len(summary.get("seeds", [])) or 1
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for key, label, style in (("", f"ticket (rewind {config.get('rewind', '')})"
-                                   + (", mask search" if config.get("search_epochs") is not None else ""), "o-"),
-                              ("sparse_", "ticket, full sparse training (AIMP)", "D-"),
-                              ("reinit_", "same mask, random reinit", "s--"),
-                              ("random_mask_", "random mask, same layer sparsity", "^:")):
+    for key, label, style in (
+        (
+            "",
+            f"ticket (rewind {config.get('rewind', '')})"
+            + (", mask search" if config.get("search_epochs") is not None else ""),
+            "o-",
+        ),
+        ("sparse_", "ticket, full sparse training (AIMP)", "D-"),
+        ("reinit_", "same mask, random reinit", "s--"),
+        ("random_mask_", "random mask, same layer sparsity", "^:"),
+    ):
         acc = f"{key}test_accuracy"
         rows = [r for r in rounds if acc in r]
         if not rows:
             continue
         x = [100 * r["density"] for r in rows]
-        line, = ax.plot(x, [100 * r[acc] for r in rows], style, label=label)
+        (line,) = ax.plot(x, [100 * r[acc] for r in rows], style, label=label)
         if seeds > 1 and all(f"{acc}_std" in r for r in rows):
             # the band: mean +- one standard deviation over the seeds
-            ax.fill_between(x, [100 * (r[acc] - r[f"{acc}_std"]) for r in rows],
-                            [100 * (r[acc] + r[f"{acc}_std"]) for r in rows], color=line.get_color(), alpha=0.2,
-                            linewidth=0)
+            ax.fill_between(
+                x,
+                [100 * (r[acc] - r[f"{acc}_std"]) for r in rows],
+                [100 * (r[acc] + r[f"{acc}_std"]) for r in rows],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
     if seeds > 1:
         title += f", mean and std over {seeds} seeds"
     ax.set_xscale("log")
@@ -63,8 +74,9 @@ def plot_imp(summary: dict, out_dir) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     layers = list(rounds[0]["layer_sparsity"])
     for layer in layers:
-        ax.plot([r["round"] for r in rounds], [100 * (1 - r["layer_sparsity"][layer]) for r in rounds], "o-",
-                label=layer)
+        ax.plot(
+            [r["round"] for r in rounds], [100 * (1 - r["layer_sparsity"][layer]) for r in rounds], "o-", label=layer
+        )
     ax.plot([r["round"] for r in rounds], density, "k--", label="all layers")
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_yscale("log")
@@ -83,10 +95,16 @@ def plot_imp(summary: dict, out_dir) -> list[Path]:
 def _line_with_band(ax, x, mean, std, fmt="o-", *, alpha=0.15, **style):
     """Plot ``mean`` against ``x`` and shade ``mean +- std`` in the line's colour (``std`` None: the line alone);
     returns the line."""
-    line, = ax.plot(x, mean, fmt, **style)
+    (line,) = ax.plot(x, mean, fmt, **style)
     if std is not None:
-        ax.fill_between(x, [m - d for m, d in zip(mean, std)], [m + d for m, d in zip(mean, std)],
-                        color=line.get_color(), alpha=alpha, linewidth=0)
+        ax.fill_between(
+            x,
+            [m - d for m, d in zip(mean, std)],
+            [m + d for m, d in zip(mean, std)],
+            color=line.get_color(),
+            alpha=alpha,
+            linewidth=0,
+        )
     return line
 
 
@@ -126,10 +144,14 @@ def plot_consensus(summary: dict, out_dir) -> list[Path]:
         by = {(r["ticket"], r["target"]): r for r in summary["retrain"]}
         fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * n + 2), 4.2))
         series = [("dense", "dense network", None)]
-        series += [("consensus", "consensus ticket", "consensus"), ("random", "random mask, consensus's layer sparsity",
-                                                                     "random")]
-        series += [("own", "bespoke ticket of the task (same sparsity)", None),
-                   ("others", "bespoke tickets of the other tasks (mean)", None)]
+        series += [
+            ("consensus", "consensus ticket", "consensus"),
+            ("random", "random mask, consensus's layer sparsity", "random"),
+        ]
+        series += [
+            ("own", "bespoke ticket of the task (same sparsity)", None),
+            ("others", "bespoke tickets of the other tasks (mean)", None),
+        ]
         width = 0.8 / len(series)
         for k, (key, label, ticket) in enumerate(series):
             means, stds = [], []
@@ -156,8 +178,9 @@ def plot_consensus(summary: dict, out_dir) -> list[Path]:
         low = min(100 * r["test_accuracy"]["mean"] for r in summary["retrain"])
         ax.set_ylim(max(0.0, low - 10), 100)
         c = summary["consensus"]
-        ax.set_title(f"tickets retrained on each task: consensus {100 * c['sparsity']['mean']:.1f}% sparse" + suffix,
-                     fontsize=9)
+        ax.set_title(
+            f"tickets retrained on each task: consensus {100 * c['sparsity']['mean']:.1f}% sparse" + suffix, fontsize=9
+        )
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         fig.tight_layout()
         paths.append(out_dir / "accuracy_by_task.png")
@@ -169,8 +192,15 @@ def plot_consensus(summary: dict, out_dir) -> list[Path]:
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w" if matrix[i, j] < 0.6 else "k",
-                    fontsize=8)
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:.2f}",
+                ha="center",
+                va="center",
+                color="w" if matrix[i, j] < 0.6 else "k",
+                fontsize=8,
+            )
     ax.set_xticks(range(n), tasks, rotation=30, fontsize=7, ha="right")
     ax.set_yticks(range(n), tasks, fontsize=7)
     fig.colorbar(image, ax=ax, label="Jaccard distance")
@@ -189,8 +219,9 @@ def plot_consensus(summary: dict, out_dir) -> list[Path]:
         ax.set_xlabel("kept by this many tasks")
         ax.set_title(name, fontsize=9)
     axes[0][0].set_ylabel("share of the layer's weights (%)")
-    fig.suptitle(f"weights kept by 0..{n} bespoke tickets (round {summary['config']['intersect_round']})" + suffix,
-                 fontsize=9)
+    fig.suptitle(
+        f"weights kept by 0..{n} bespoke tickets (round {summary['config']['intersect_round']})" + suffix, fontsize=9
+    )
     fig.tight_layout()
     paths.append(out_dir / "overlap_by_layer.png")
     _save(fig, paths[-1])
@@ -232,11 +263,16 @@ def plot_compare(result: dict, out_dir) -> list[Path]:
     for pair in result["pairs"]:
         rounds = pair["rounds"]
         x = [r["round"] for r in rounds]
-        line, = ax.plot(x, [r["jaccard"] for r in rounds], "o-", label=label(pair))
+        (line,) = ax.plot(x, [r["jaccard"] for r in rounds], "o-", label=label(pair))
         if len(pair["seeds"]) > 1:
-            ax.fill_between(x, [r["jaccard"] - r["jaccard_std"] for r in rounds],
-                            [r["jaccard"] + r["jaccard_std"] for r in rounds], color=line.get_color(), alpha=0.2,
-                            linewidth=0)
+            ax.fill_between(
+                x,
+                [r["jaccard"] - r["jaccard_std"] for r in rounds],
+                [r["jaccard"] + r["jaccard_std"] for r in rounds],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
         ax.plot(x, [r["independent_jaccard"] for r in rounds], ":", color=line.get_color(), linewidth=1)
     ax.set_xlabel("pruning round")
     ax.set_ylabel("Jaccard distance (dotted: independent masks)")
@@ -254,8 +290,13 @@ def plot_compare(result: dict, out_dir) -> list[Path]:
         fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), squeeze=False)
         for ax, name in zip(axes[0], layers):
             for pair in result["pairs"]:
-                ax.plot([r["round"] for r in pair["rounds"]], [r["jaccard_per_layer"][name] for r in pair["rounds"]],
-                        "o-", markersize=3, label=label(pair))
+                ax.plot(
+                    [r["round"] for r in pair["rounds"]],
+                    [r["jaccard_per_layer"][name] for r in pair["rounds"]],
+                    "o-",
+                    markersize=3,
+                    label=label(pair),
+                )
             ax.set_title(name, fontsize=9)
             ax.set_ylim(0, 1)
             ax.set_xlabel("pruning round")
@@ -281,13 +322,26 @@ def plot_transfer(summary: dict, out_dir, labels: dict[str, str]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = len(summary.get("seeds", [])) or 1
     sources = summary["sources"]
-    styles = {"rewind-preserved": "o-", "fresh-global": "s--", "fresh-preserved": "^:", "fresh-local": "v:",
-              "rewind-local": "d-.", "rewind-global": "x-."}
+    styles = {
+        "rewind-preserved": "o-",
+        "fresh-global": "s--",
+        "fresh-preserved": "^:",
+        "fresh-local": "v:",
+        "rewind-local": "d-.",
+        "rewind-global": "x-.",
+    }
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
     def band(ax, x, stats, color, fmt, **style):
-        _line_with_band(ax, x, [100 * s["mean"] for s in stats], [100 * s["std"] for s in stats] if seeds > 1
-                        else None, fmt, color=color, **style)
+        _line_with_band(
+            ax,
+            x,
+            [100 * s["mean"] for s in stats],
+            [100 * s["std"] for s in stats] if seeds > 1 else None,
+            fmt,
+            color=color,
+            **style,
+        )
 
     paths = []
     for target in summary["targets"]:
@@ -297,19 +351,40 @@ def plot_transfer(summary: dict, out_dir, labels: dict[str, str]) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6.8, 4.4))
         for n, pair in enumerate(pairs):
             source = sources[pair["source"]].get("dataset") or f"source {pair['source']}"
-            kinds = pair["tickets"] if len(pairs) == 1 else {k: v for k, v in pair["tickets"].items()
-                                                             if k in ("rewind-preserved", "fresh-global")}
+            kinds = (
+                pair["tickets"]
+                if len(pairs) == 1
+                else {k: v for k, v in pair["tickets"].items() if k in ("rewind-preserved", "fresh-global")}
+            )
             for m, (kind, rows) in enumerate(kinds.items()):
                 color = colors[(m if len(pairs) == 1 else n) % len(colors)]
-                label = labels.get(kind, kind) if len(pairs) == 1 else (
-                    f"{source}: {'transferred' if kind == 'rewind-preserved' else 'random'} ticket")
-                band(ax, [100 * r["source_density"] for r in rows], [r["test_accuracy"] for r in rows], color,
-                     styles.get(kind, "o-"), label=label, markersize=4)
+                label = (
+                    labels.get(kind, kind)
+                    if len(pairs) == 1
+                    else (f"{source}: {'transferred' if kind == 'rewind-preserved' else 'random'} ticket")
+                )
+                band(
+                    ax,
+                    [100 * r["source_density"] for r in rows],
+                    [r["test_accuracy"] for r in rows],
+                    color,
+                    styles.get(kind, "o-"),
+                    label=label,
+                    markersize=4,
+                )
         if "own" in target:
             rows = target["own"]["rounds"]
-            _line_with_band(ax, [100 * r["density"] for r in rows], [100 * r["test_accuracy"]["mean"] for r in rows],
-                            [100 * r["test_accuracy"]["std"] for r in rows] if len(target["own"]["seeds"]) > 1
-                            else None, "*-", alpha=0.1, color="k", label="target's own ticket", markersize=5)
+            _line_with_band(
+                ax,
+                [100 * r["density"] for r in rows],
+                [100 * r["test_accuracy"]["mean"] for r in rows],
+                [100 * r["test_accuracy"]["std"] for r in rows] if len(target["own"]["seeds"]) > 1 else None,
+                "*-",
+                alpha=0.1,
+                color="k",
+                label="target's own ticket",
+                markersize=5,
+            )
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.3g}"))
@@ -337,10 +412,19 @@ def plot_transfer(summary: dict, out_dir, labels: dict[str, str]) -> list[Path]:
             for i, row in enumerate(grid):
                 for j, v in enumerate(row):
                     if v == v:
-                        ax.text(j, i, f"{v:+.1f}" if entry.get("gap") is not None else f"{v:.1f}", ha="center",
-                                va="center", fontsize="small")
-            ax.set_xticks(range(len(summary["targets"])),
-                          short_task_names([t["name"] for t in summary["targets"]]), fontsize="small")
+                        ax.text(
+                            j,
+                            i,
+                            f"{v:+.1f}" if entry.get("gap") is not None else f"{v:.1f}",
+                            ha="center",
+                            va="center",
+                            fontsize="small",
+                        )
+            ax.set_xticks(
+                range(len(summary["targets"])),
+                short_task_names([t["name"] for t in summary["targets"]]),
+                fontsize="small",
+            )
             ax.set_yticks(range(len(sources)), [str(s.get("dataset")) for s in sources], fontsize="small")
             ax.set_title(f"{what} at {100 * entry['at']:.0f}% pruned", fontsize="medium")
             fig.colorbar(image, ax=ax)
@@ -366,8 +450,14 @@ def plot_instability(summary: dict, out_dir) -> list[Path]:
     if points:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for row in points:
-            _line_with_band(ax, row["alphas"], [100 * v for v in row["test_error_curve"]],
-                            [100 * v for v in row["test_error_curve_std"]], markersize=3, label=row["point"])
+            _line_with_band(
+                ax,
+                row["alphas"],
+                [100 * v for v in row["test_error_curve"]],
+                [100 * v for v in row["test_error_curve_std"]],
+                markersize=3,
+                label=row["point"],
+            )
         ax.set_xlabel("alpha (0: copy 1, 1: copy 2)")
         ax.set_ylabel("test error (%)")
         ax.set_title(f"error along the path, {title}", fontsize="medium")
@@ -397,8 +487,13 @@ def plot_instability(summary: dict, out_dir) -> list[Path]:
             ax.set_xlim(left=-0.3 * linthresh, right=1.5 * max(x) if max(x) > 0 else 1)  # no negative decades
             ax.set_xlabel("rewind point (iteration)")
             for xi, r in zip(x, points):
-                ax.annotate(r["point"], (xi, 100 * r["test_error_barrier"]["mean"]), fontsize="x-small",
-                            textcoords="offset points", xytext=(3, 5))
+                ax.annotate(
+                    r["point"],
+                    (xi, 100 * r["test_error_barrier"]["mean"]),
+                    fontsize="x-small",
+                    textcoords="offset points",
+                    xytext=(3, 5),
+                )
         ax.set_ylabel("error barrier (points)")
         ax.set_title(f"instability, {title}", fontsize="medium")
         ax.grid(True, which="both", alpha=0.3)
@@ -411,11 +506,17 @@ def plot_instability(summary: dict, out_dir) -> list[Path]:
     if summary.get("successive"):
         rows = summary["successive"]
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        ax.errorbar(range(len(rows)), [100 * r["test_error_barrier"]["mean"] for r in rows],
-                    yerr=[100 * r["test_error_barrier"]["std"] for r in rows], fmt="o-", capsize=3)
+        ax.errorbar(
+            range(len(rows)),
+            [100 * r["test_error_barrier"]["mean"] for r in rows],
+            yerr=[100 * r["test_error_barrier"]["std"] for r in rows],
+            fmt="o-",
+            capsize=3,
+        )
         ax.axhline(100 * summary["threshold"], color="k", linestyle=":", label="stability threshold")
-        ax.set_xticks(range(len(rows)), [r["rounds"].replace("round_", "") for r in rows], rotation=45,
-                      fontsize="small")
+        ax.set_xticks(
+            range(len(rows)), [r["rounds"].replace("round_", "") for r in rows], rotation=45, fontsize="small"
+        )
         ax.set_xlabel("successive rounds")
         ax.set_ylabel("test error barrier (points)")
         ax.set_title(f"barriers between successive tickets, {title}", fontsize="medium")
@@ -428,8 +529,13 @@ def plot_instability(summary: dict, out_dir) -> list[Path]:
     if summary.get("search"):
         probes = sorted(summary["search"]["probes"], key=lambda p: p["iteration"])
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        ax.errorbar([p["iteration"] for p in probes], [100 * p["barrier"]["mean"] for p in probes],
-                    yerr=[100 * p["barrier"]["std"] for p in probes], fmt="o", capsize=3)
+        ax.errorbar(
+            [p["iteration"] for p in probes],
+            [100 * p["barrier"]["mean"] for p in probes],
+            yerr=[100 * p["barrier"]["std"] for p in probes],
+            fmt="o",
+            capsize=3,
+        )
         ax.axhline(100 * summary["threshold"], color="k", linestyle=":", label="stability threshold")
         found = summary["search"]["earliest_stable_iteration"]
         if found is not None:
@@ -460,13 +566,23 @@ def plot_plant(summary: dict, out_dir) -> list[Path]:
         dense = [r for r in rows if r["density_label"] == "1"]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         for pruner in dict.fromkeys(r["pruner"] for r in rows):
-            mine = sorted([r for r in rows if r["pruner"] == pruner] + [d for d in dense if d["pruner"] != pruner],
-                          key=lambda r: r["density"])
+            mine = sorted(
+                [r for r in rows if r["pruner"] == pruner] + [d for d in dense if d["pruner"] != pruner],
+                key=lambda r: r["density"],
+            )
             x = [r["density"] for r in mine]
             style = "s--" if mine and mine[0]["kind"] == "strong" else "o-"
             for ax, key in ((axes[0], "score"), (axes[1], "recall")):
-                _line_with_band(ax, x, [r[key]["mean"] for r in mine], [r[key]["std"] for r in mine], style,
-                                alpha=0.12, markersize=4, label=pruner)
+                _line_with_band(
+                    ax,
+                    x,
+                    [r[key]["mean"] for r in mine],
+                    [r[key]["std"] for r in mine],
+                    style,
+                    alpha=0.12,
+                    markersize=4,
+                    label=pruner,
+                )
         metric = "test MSE" if ref["metric"] == "mse" else "test accuracy"
         axes[0].axhline(ref["test"], color="k", linestyle=":", label="planted ticket")
         axes[0].axhline(ref["chance"], color="grey", linestyle="-.", label="chance")
@@ -499,9 +615,12 @@ def plot_probes(results: list[dict], out_dir) -> list[Path]:
         layers, variants = result["layers"], result["variants"]
         width = 0.8 / len(variants)
         for i, variant in enumerate(variants):
-            ax.bar([j + i * width for j in range(len(layers))],
-                   [100 * result["probes"][variant][layer]["test_accuracy"] for layer in layers], width,
-                   label=variant.replace("_", " "))
+            ax.bar(
+                [j + i * width for j in range(len(layers))],
+                [100 * result["probes"][variant][layer]["test_accuracy"] for layer in layers],
+                width,
+                label=variant.replace("_", " "),
+            )
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layers))], layers, fontsize="small", rotation=30)
         ax.set_title(f"round {result['round']} ({100 * result['sparsity']:.1f}% pruned)", fontsize="medium")
         ax.set_ylabel("probe test accuracy (%)")

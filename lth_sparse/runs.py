@@ -17,8 +17,14 @@ import os
 import shutil
 from pathlib import Path
 
-from lth_sparse.atomic import (atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_json,  # noqa: F401
-                               json_default, read_json)
+from lth_sparse.atomic import (  # noqa: F401
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    json_default,
+    read_json,
+)
 from lth_sparse.errors import UserError
 
 HASH_SCHEMA = 2
@@ -47,8 +53,11 @@ def _digest(obj) -> str:
 def config_hash(config) -> str:
     """16 hex digits naming the experiment: the SHA-256 of the schema and the identity fields that differ
     from their defaults (as sorted JSON). Fields with ``identity=False`` never count."""
-    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-               if f.metadata.get("identity", True) and getattr(config, f.name) != _default(f)}
+    changed = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.metadata.get("identity", True) and getattr(config, f.name) != _default(f)
+    }
     return _digest({"schema": HASH_SCHEMA, "fields": changed})
 
 
@@ -124,8 +133,10 @@ class RunDir(Steps):
             kind = saved.get("kind") if isinstance(saved, dict) else None
             raise ConfigMismatch(f"{self.path} holds a {kind!r} run, not {self.kind!r}; choose another --out")
         if saved.get("schema") != HASH_SCHEMA:
-            raise ConfigMismatch(f"{config_file} was hashed by rule {saved.get('schema')!r}, not by this version's "
-                                 f"rule {HASH_SCHEMA} (see lth_sparse.runs.HASH_SCHEMA); choose another --out")
+            raise ConfigMismatch(
+                f"{config_file} was hashed by rule {saved.get('schema')!r}, not by this version's "
+                f"rule {HASH_SCHEMA} (see lth_sparse.runs.HASH_SCHEMA); choose another --out"
+            )
         if saved.get("hash") == self.hash:
             return  # the same experiment
         identity = config_identity(self.config)
@@ -133,13 +144,13 @@ class RunDir(Steps):
         old = saved.get("config", {})
         now = json.loads(json.dumps(identity, default=json_default))
         plain_defaults = json.loads(json.dumps({k: defaults[k] for k in now}, default=json_default))
-        diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in now.items()
-                 if old.get(k, plain_defaults[k]) != v]
+        diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in now.items() if old.get(k, plain_defaults[k]) != v]
         what = "; ".join(diffs) or "hash differs"
         if self.finished_steps():
             raise ConfigMismatch(
                 f"{self.path} holds a run with another config ({what}). "
-                "Use another --out, or the same options to resume it.")
+                "Use another --out, or the same options to resume it."
+            )
         self.replacing = what
 
     def finished_steps(self) -> list[str]:
@@ -166,8 +177,12 @@ class RunDir(Steps):
         self.claimed = True
 
     def _record(self) -> dict:
-        return {"kind": self.kind, "hash": self.hash, "schema": HASH_SCHEMA,
-                "config": {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}}
+        return {
+            "kind": self.kind,
+            "hash": self.hash,
+            "schema": HASH_SCHEMA,
+            "config": {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)},
+        }
 
     def recorded(self) -> bool:
         """Whether ``config.json`` holds this very config, every option (those outside the hash too) as given."""
@@ -176,4 +191,3 @@ class RunDir(Steps):
             return read_json(config_file) == json.loads(json.dumps(self._record(), default=json_default))
         except (OSError, ValueError):
             return False
-

@@ -48,8 +48,16 @@ from lth_sparse.config import ConfigError, config_from_options
 from lth_sparse.errors import UserError
 from lth_sparse.runs import config_hash
 
-__all__ = ["GridError", "GridPoint", "Sweep", "load_sweep", "point_name", "run_sweep", "summary_rows",
-           "sweep_from_mapping"]
+__all__ = [
+    "GridError",
+    "GridPoint",
+    "Sweep",
+    "load_sweep",
+    "point_name",
+    "run_sweep",
+    "summary_rows",
+    "sweep_from_mapping",
+]
 
 SECTIONS = ("pipeline", "fixed", "grid")
 # Where the units run, one value for the whole sweep (the executor's): not an option a grid may vary.
@@ -117,7 +125,7 @@ def point_name(values: Mapping[str, Any]) -> str:
     name = _UNSAFE.sub("_", ",".join(f"{k}={_value_text(values[k])}" for k in sorted(values)))
     if len(name) > _MAX_NAME:
         digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        name = f"{name[:_MAX_NAME - 13]}~{digest}"
+        name = f"{name[: _MAX_NAME - 13]}~{digest}"
     return name
 
 
@@ -142,23 +150,26 @@ def sweep_from_mapping(data, source: str = "grid") -> Sweep:
     if not isinstance(fixed, Mapping):
         raise GridError(f"{source}: fixed must be a mapping of option names to values, got {type(fixed).__name__}")
     if not isinstance(grid, Mapping) or not grid:
-        raise GridError(f"{source}: grid must be a non-empty mapping of option names to lists of values, "
-                        f"got {grid!r}")
+        raise GridError(f"{source}: grid must be a non-empty mapping of option names to lists of values, got {grid!r}")
     fixed = {str(k).replace("-", "_"): v for k, v in fixed.items()}
     grid = {str(k).replace("-", "_"): v for k, v in grid.items()}
     fields = {f.name for f in dataclasses.fields(pipeline.config_class)}
     for section, options in (("fixed", fixed), ("grid", grid)):
         unknown = sorted(set(options) - fields)
         if unknown:
-            raise GridError(f"{source}: {section}: unknown options {unknown} for pipeline {pipeline.kind!r}; "
-                            f"valid: {sorted(fields)}")
+            raise GridError(
+                f"{source}: {section}: unknown options {unknown} for pipeline {pipeline.kind!r}; "
+                f"valid: {sorted(fields)}"
+            )
     both = sorted(set(fixed) & set(grid))
     if both:
         raise GridError(f"{source}: {both} in both fixed and grid; give each option in one of them")
     for name, values in grid.items():
         if name in NOT_IN_GRID:
-            raise GridError(f"{source}: grid: {name} is where the units run, one value for the whole sweep; "
-                            "give it under fixed (or --threads)")
+            raise GridError(
+                f"{source}: grid: {name} is where the units run, one value for the whole sweep; "
+                "give it under fixed (or --threads)"
+            )
         if not isinstance(values, list) or not values:
             raise GridError(f"{source}: grid: {name} must be a non-empty list of values, got {values!r}")
     names = sorted(grid)
@@ -167,8 +178,9 @@ def sweep_from_mapping(data, source: str = "grid") -> Sweep:
         values = dict(zip(names, combination))
         name = point_name(values)
         if name in seen:
-            raise GridError(f"{source}: grid values {seen[name]} and {values} give the same point ({name}); "
-                            "list each value once")
+            raise GridError(
+                f"{source}: grid values {seen[name]} and {values} give the same point ({name}); list each value once"
+            )
         seen[name] = values
         try:
             config = config_from_options(pipeline.config_class, {**fixed, **values}, f"{source}: point {name}")
@@ -197,12 +209,20 @@ def summary_rows(summary: dict) -> list[dict]:
     top-level numbers. Nested values (``layer_sparsity``, ``per_seed``) are left to ``summary.json``."""
     rounds = summary.get("rounds")
     entries = rounds if isinstance(rounds, list) and all(isinstance(r, dict) for r in rounds) else [summary]
-    return [{k: v for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            for entry in entries]
+    return [
+        {k: v for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} for entry in entries
+    ]
 
 
-def run_sweep(sweep: Sweep, out_dir, *, executor=None, log: Callable[[str], None] = print,
-              progress: bool | None = None, plots: bool = False) -> dict:
+def run_sweep(
+    sweep: Sweep,
+    out_dir,
+    *,
+    executor=None,
+    log: Callable[[str], None] = print,
+    progress: bool | None = None,
+    plots: bool = False,
+) -> dict:
     """Run (or resume) every point of ``sweep`` under ``out_dir``; returns the table also written to
     ``out_dir/sweep.json`` (``pipeline``, ``fixed``, ``grid``, ``points``: name, values and config
     hash of each, and ``rows``) and ``out_dir/sweep.csv`` (the rows).
@@ -229,22 +249,30 @@ def run_sweep(sweep: Sweep, out_dir, *, executor=None, log: Callable[[str], None
     has_threads = any(f.name == "threads" for f in dataclasses.fields(pipeline.config_class))
     if executor is None:
         executor = LocalExecutor(sweep.points[0].config.threads if has_threads else None)
-    configs = [dataclasses.replace(point.config, threads=executor.threads) if has_threads else point.config
-               for point in sweep.points]
+    configs = [
+        dataclasses.replace(point.config, threads=executor.threads) if has_threads else point.config
+        for point in sweep.points
+    ]
 
     def open_plans() -> list:
-        plans = [open_run(pipeline, config, out / point.name, prefix=point.name)  # every point checked first
-                 for point, config in zip(sweep.points, configs)]
+        plans = [
+            open_run(pipeline, config, out / point.name, prefix=point.name)  # every point checked first
+            for point, config in zip(sweep.points, configs)
+        ]
         units = [(plan, unit) for plan in plans for stage in pipeline.plan(plan.config) for unit in stage]
         finished = sum(plan.run.is_done(unit.directory) for plan, unit in units)
-        log(f"sweep of {pipeline.kind} over {len(sweep.points)} points "
+        log(
+            f"sweep of {pipeline.kind} over {len(sweep.points)} points "
             f"({' x '.join(f'{len(v)} {k}' for k, v in sorted(sweep.grid.items()))}) in {out}: {len(units)} units"
-            + (f", {finished} already done" if finished else "") + f", through the {executor.name} executor")
+            + (f", {finished} already done" if finished else "")
+            + f", through the {executor.name} executor"
+        )
         return plans
 
     started = time.time()
-    summaries = drive(pipeline, configs, open_plans, out, executor=executor, log=_quiet_claims(log),
-                      progress=progress, plots=plots)
+    summaries = drive(
+        pipeline, configs, open_plans, out, executor=executor, log=_quiet_claims(log), progress=progress, plots=plots
+    )
     points, rows = [], []
     for point, config, summary in zip(sweep.points, configs, summaries):
         points.append({"name": point.name, "values": point.values, "hash": config_hash(config)})
@@ -258,9 +286,11 @@ def run_sweep(sweep: Sweep, out_dir, *, executor=None, log: Callable[[str], None
 
 def _quiet_claims(log: Callable[[str], None]) -> Callable[[str], None]:
     """``log`` without each point's "found a finished run" line (the sweep's first line counts its units)."""
+
     def filtered(line: str) -> None:
         if not line.startswith("found a finished run in "):
             log(line)
+
     return filtered
 
 

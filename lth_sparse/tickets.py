@@ -17,8 +17,18 @@ import torch.nn as nn
 from lth_sparse.masks import Masks, unwrap_model
 from lth_sparse.runs import ConfigMismatch, read_json
 
-__all__ = ["Ticket", "finished_rounds", "imp_run_config", "load_ticket", "resolve_seed", "result_files", "round_results", "run_seeds",
-           "seed_folder", "training_options"]
+__all__ = [
+    "Ticket",
+    "finished_rounds",
+    "imp_run_config",
+    "load_ticket",
+    "resolve_seed",
+    "result_files",
+    "round_results",
+    "run_seeds",
+    "seed_folder",
+    "training_options",
+]
 
 WEIGHTS = ("rewind", "init", "final")
 
@@ -59,8 +69,10 @@ class Ticket:
         missing, unexpected = bare.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith(".mask")]
         if missing or unexpected:
-            raise ValueError(f"the model does not fit the ticket's {self.config.get('model')!r} weights: missing "
-                             f"{missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"the model does not fit the ticket's {self.config.get('model')!r} weights: missing "
+                f"{missing[:5]}, unexpected {unexpected[:5]}"
+            )
         self.masks.apply_to(model)
         return model
 
@@ -102,7 +114,7 @@ def run_seeds(run_dir) -> list[int]:
     run_dir = Path(run_dir)
     found = []
     for d in run_dir.glob("seed_*"):
-        suffix = d.name[len("seed_"):]
+        suffix = d.name[len("seed_") :]
         if d.is_dir() and suffix.lstrip("-").isdigit():
             found.append(int(suffix))
     return sorted(found)
@@ -134,7 +146,7 @@ def training_options(config: dict) -> dict:
 def finished_rounds(run_dir, seed: int | None = None) -> list[int]:
     """The rounds of one seed of an IMP run that have finished (have ``done.json``), sorted."""
     folder = seed_folder(run_dir, seed)
-    return sorted(int(d.name[len("round_"):]) for d in folder.glob("round_[0-9][0-9]") if (d / "done.json").exists())
+    return sorted(int(d.name[len("round_") :]) for d in folder.glob("round_[0-9][0-9]") if (d / "done.json").exists())
 
 
 def load_ticket(run_dir, round: int, seed: int | None = None, device="cpu") -> Ticket:
@@ -148,9 +160,15 @@ def load_ticket(run_dir, round: int, seed: int | None = None, device="cpu") -> T
         raise KeyError(f"round {round} of seed {seed} in {run_dir} has not finished; finished rounds: {done}")
     step = folder / f"round_{round:02d}"
     rewind = torch.load(folder / "rewind.pt", map_location=device)
-    return Ticket(run_dir=run_dir, seed=seed, round=round,
-                  masks=Masks.load(step / "masks.safetensors", device),
-                  rewind_state=rewind["state_dict"], rewind_iteration=rewind["iteration"],
-                  init_state=torch.load(folder / "init.pt", map_location=device),
-                  final_state=torch.load(step / "final.pt", map_location=device),
-                  result=read_json(step / "done.json"), config=config)
+    return Ticket(
+        run_dir=run_dir,
+        seed=seed,
+        round=round,
+        masks=Masks.load(step / "masks.safetensors", device),
+        rewind_state=rewind["state_dict"],
+        rewind_iteration=rewind["iteration"],
+        init_state=torch.load(folder / "init.pt", map_location=device),
+        final_state=torch.load(step / "final.pt", map_location=device),
+        result=read_json(step / "done.json"),
+        config=config,
+    )

@@ -55,8 +55,14 @@ def _resolve(function: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def run_unit(unit: Unit, run_dir: str | Path, *, threads: int | None = None,
-             echo: Callable[[str], None] | None = None, progress: bool | None = None) -> dict:
+def run_unit(
+    unit: Unit,
+    run_dir: str | Path,
+    *,
+    threads: int | None = None,
+    echo: Callable[[str], None] | None = None,
+    progress: bool | None = None,
+) -> dict:
     """Run ``unit`` in ``run_dir / unit.directory`` unless it is done; returns its ``done.json``.
 
     ``threads`` sets torch's CPU threads for the unit (restored afterwards). Every line the
@@ -89,9 +95,11 @@ def run_unit(unit: Unit, run_dir: str | Path, *, threads: int | None = None,
             if echo is not None:
                 echo(line)
 
-        log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: started"
+        log(
+            f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: started"
             + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads is not None else "")
-            + (f" on {world.size} ranks" if world.size > 1 else ""))
+            + (f" on {world.size} ranks" if world.size > 1 else "")
+        )
         started = time.perf_counter()
         try:
             result = function(unit.config, directory, log, progress)

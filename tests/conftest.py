@@ -43,14 +43,17 @@ def use_backend(monkeypatch, request):
     ``cpp-sparse`` forces the C++ backend and its sparse path (CSR/CSC kernels)
     whatever the layer's size and density (float32/float64; other dtypes stay dense).
     """
+
     def set_backend(name: str) -> None:
         if name == "cpp-sparse":
             from lth_sparse.ops import _cpu
+
             held = _cpu.held_on("sparse")
             held.__enter__()
             request.addfinalizer(lambda: held.__exit__(None, None, None))
             name = "cpp"
         monkeypatch.setenv("LTH_SPARSE_BACKEND", name)
+
     return set_backend
 
 
@@ -76,10 +79,12 @@ def wrap(request):
             request.addfinalizer(dist.destroy_process_group)
         return torch.nn.parallel.DistributedDataParallel(model)
 
-    return {"compile": lambda m: torch.compile(m),
-            "ddp": ddp,
-            "ddp-of-compile": lambda m: ddp(torch.compile(m)),
-            "compile-of-ddp": lambda m: torch.compile(ddp(m))}[request.param]
+    return {
+        "compile": lambda m: torch.compile(m),
+        "ddp": ddp,
+        "ddp-of-compile": lambda m: ddp(torch.compile(m)),
+        "compile-of-ddp": lambda m: torch.compile(ddp(m)),
+    }[request.param]
 
 
 def pytest_collection_modifyitems(config, items):

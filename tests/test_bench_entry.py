@@ -19,22 +19,38 @@ def _select_result(cases: dict[str, float], values: int | None = None) -> list[d
 
 
 def test_cpu_select_rows_pair_ours_with_cat_kthvalue():
-    rows = bench_main._select_cpu_rows(_select_result(
-        {"cat_kthvalue": 100.0, "sum": 2.0, "kth_smallest": 4.0, "torch_masks": 110.0, "prune_lowest": 5.0}))
+    rows = bench_main._select_cpu_rows(
+        _select_result(
+            {"cat_kthvalue": 100.0, "sum": 2.0, "kth_smallest": 4.0, "torch_masks": 110.0, "prune_lowest": 5.0}
+        )
+    )
     assert [(r["torch_s"], r["ours_s"]) for r in rows] == [(0.1, 0.004), (0.11, 0.005)]
 
 
 def test_cuda_select_rows_one_pair_per_backend_and_never_the_cpu_times():
-    result = _select_result({"cat_kthvalue": 50.0, "torch_masks": 60.0, "copy": 1.0,
-                             "kth_smallest[cuda]": 2.0, "prune_lowest[cuda]": 3.0,
-                             "prune_lowest_masked[cuda]": 4.0, "prune_lowest_masked_kernel[cuda]": 3.5,
-                             "kth_smallest[triton]": 2.5, "prune_lowest[triton]": 3.2}, values=5_000_000)
+    result = _select_result(
+        {
+            "cat_kthvalue": 50.0,
+            "torch_masks": 60.0,
+            "copy": 1.0,
+            "kth_smallest[cuda]": 2.0,
+            "prune_lowest[cuda]": 3.0,
+            "prune_lowest_masked[cuda]": 4.0,
+            "prune_lowest_masked_kernel[cuda]": 3.5,
+            "kth_smallest[triton]": 2.5,
+            "prune_lowest[triton]": 3.2,
+        },
+        values=5_000_000,
+    )
     rows = bench_main._select_cuda_rows(result)
-    assert [r["case"] for r in rows] == ["global threshold (cuda)", "global masks, exact k (cuda)",
-                                         "global threshold (triton)", "global masks, exact k (triton)"]
+    assert [r["case"] for r in rows] == [
+        "global threshold (cuda)",
+        "global masks, exact k (cuda)",
+        "global threshold (triton)",
+        "global masks, exact k (triton)",
+    ]
     assert all(r["bench"] == "select cuda" for r in rows)
-    assert [(r["torch_s"], r["ours_s"]) for r in rows] == [(0.05, 0.002), (0.06, 0.003), (0.05, 0.0025),
-                                                           (0.06, 0.0032)]
+    assert [(r["torch_s"], r["ours_s"]) for r in rows] == [(0.05, 0.002), (0.06, 0.003), (0.05, 0.0025), (0.06, 0.0032)]
 
 
 def test_masked_cuda_rows_from_the_benchmarks_own_rows(monkeypatch):
@@ -69,17 +85,25 @@ def test_interpolate_rows_one_per_loop_the_channels_last_one_only_where_it_ran()
     conv4 = {"model": "conv4", "examples": 50, "alphas": 21, "loop_s": 2.2, "loop_cl_s": 1.9, "ours_s": 1.5}
     rows = bench_main._interpolate_table([(lenet, "interpolate"), (conv4, "interpolate")])
     assert [(r["case"].split(",")[0], r["torch_way"], r["torch_s"], r["ours_s"]) for r in rows] == [
-        ("lenet300", "load each state dict", 0.1, 0.025), ("conv4", "load each state dict", 2.2, 1.5),
-        ("conv4", "the same, channels_last", 1.9, 1.5)]
+        ("lenet300", "load each state dict", 0.1, 0.025),
+        ("conv4", "load each state dict", 2.2, 1.5),
+        ("conv4", "the same, channels_last", 1.9, 1.5),
+    ]
 
 
 def test_imp_round_rows_compare_with_both_torch_ways(monkeypatch):
-    result = [{"way": "usual", "seconds": 12.0}, {"way": "tensors", "seconds": 2.0},
-              {"way": "lth_sparse", "seconds": 1.6}, {"way": "lth_sparse_dense_kernels", "seconds": 1.9}]
+    result = [
+        {"way": "usual", "seconds": 12.0},
+        {"way": "tensors", "seconds": 2.0},
+        {"way": "lth_sparse", "seconds": 1.6},
+        {"way": "lth_sparse_dense_kernels", "seconds": 1.9},
+    ]
     monkeypatch.setattr(bench_main.bench_imp_round, "main", lambda argv: result)
     rows = bench_main._imp_round_rows()
     assert [(r["torch_way"], r["torch_s"], r["ours_s"]) for r in rows] == [
-        ("DataLoader + nn.utils.prune", 12.0, 1.6), ("tensors + nn.utils.prune", 2.0, 1.6)]
+        ("DataLoader + nn.utils.prune", 12.0, 1.6),
+        ("tensors + nn.utils.prune", 2.0, 1.6),
+    ]
 
 
 def test_median_of_takes_the_median_of_each_way_with_the_ways_in_turn():
@@ -92,10 +116,12 @@ def test_median_of_takes_the_median_of_each_way_with_the_ways_in_turn():
         def run():
             calls.append(name)
             return ticks[name][sum(c == name for c in calls) - 1]
+
         return run
 
-    timings = bench_interpolate.median_of({"a": way("a"), "b": way("b")}, 3,
-                                          timer=lambda fn, device: (fn(), next(clock)))
+    timings = bench_interpolate.median_of(
+        {"a": way("a"), "b": way("b")}, 3, timer=lambda fn, device: (fn(), next(clock))
+    )
     assert calls == ["a", "b", "b", "a", "a", "b"]
     # (median seconds, the last run's result, every run's seconds)
     assert timings == {"a": (2.0, 4, [1.0, 9.0, 2.0]), "b": (5.0, 5, [5.0, 4.0, 30.0])}

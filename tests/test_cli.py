@@ -15,8 +15,21 @@ from lth_sparse.cli import main
 from lth_sparse.runs import read_json
 
 # The smallest real run: an MLP on scikit-learn's 8x8 digits (offline), one short epoch.
-TINY = ["--dataset", "digits", "--model", "mlp", "--model-option", "width=16", "--rounds", "0", "--epochs", "1",
-        "--train-size", "200", "--no-plots"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--model-option",
+    "width=16",
+    "--rounds",
+    "0",
+    "--epochs",
+    "1",
+    "--train-size",
+    "200",
+    "--no-plots",
+]
 
 
 def run_cli(argv, capsys):
@@ -52,8 +65,9 @@ def test_a_malformed_json_config_names_the_position(tmp_path, capsys):
 
 def test_a_yaml_config_under_another_extension_is_read(tmp_path, capsys):
     config = tmp_path / "options.cfg"
-    config.write_text("dataset: digits\nmodel: mlp\nmodel_options: {width: 16}\nrounds: 0\nepochs: 1\n"
-                      "train_size: 200\nseed: 5\n")
+    config.write_text(
+        "dataset: digits\nmodel: mlp\nmodel_options: {width: 16}\nrounds: 0\nepochs: 1\ntrain_size: 200\nseed: 5\n"
+    )
     code, _, err = run_cli(["imp", "--config", str(config), "--no-plots", "--out", str(tmp_path / "run")], capsys)
     assert code == 0, err
     saved = read_json(tmp_path / "run" / "config.json")["config"]
@@ -79,8 +93,9 @@ def test_a_config_value_of_the_wrong_type_is_refused(tmp_path, capsys):
     assert_one_error_line(code, err, "rounds must be int, got 'five'", str(config))
 
 
-def test_mnist_offline_in_an_empty_data_dir_is_one_error_line_and_leaves_no_empty_folders(tmp_path, capsys,
-                                                                                          monkeypatch):
+def test_mnist_offline_in_an_empty_data_dir_is_one_error_line_and_leaves_no_empty_folders(
+    tmp_path, capsys, monkeypatch
+):
     mnist = pytest.importorskip("torchvision.datasets.mnist")
 
     def offline(*args, **kwargs):
@@ -89,8 +104,9 @@ def test_mnist_offline_in_an_empty_data_dir_is_one_error_line_and_leaves_no_empt
     monkeypatch.setattr(mnist, "download_and_extract_archive", offline)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    code, _, err = run_cli(["imp", "--dataset", "mnist", "--data-dir", str(data_dir), "--out", str(tmp_path / "run")],
-                           capsys)
+    code, _, err = run_cli(
+        ["imp", "--dataset", "mnist", "--data-dir", str(data_dir), "--out", str(tmp_path / "run")], capsys
+    )
     assert_one_error_line(code, err, "could not download the training set of mnist", "--data-dir")
     assert list(data_dir.iterdir()) == [], "the failed download's empty MNIST/raw is removed"
     assert not (tmp_path / "run").exists(), "bad input claims no run directory"
@@ -227,8 +243,9 @@ def test_plot_of_a_run_of_an_unknown_kind_is_one_error_line(tmp_path, capsys):
 
 
 def test_layerwise_scope_with_a_layer_normalised_importance_is_refused_before_training(tmp_path, capsys):
-    code, stdout, err = run_cli(["imp", *TINY, "--scope", "layerwise", "--importance", "lamp",
-                                 "--out", str(tmp_path / "run")], capsys)
+    code, stdout, err = run_cli(
+        ["imp", *TINY, "--scope", "layerwise", "--importance", "lamp", "--out", str(tmp_path / "run")], capsys
+    )
     assert_one_error_line(code, err, "would be plain layerwise magnitude pruning")
     assert stdout == "" and not (tmp_path / "run").exists()
 
@@ -267,10 +284,28 @@ def test_every_pipelines_help_shows_every_field(kind, capsys):
 
 def test_flags_override_the_config_file_field_by_field(tmp_path, capsys):
     config = tmp_path / "c.yaml"
-    config.write_text("dataset: digits\nmodel: mlp\nmodel_options: {width: 16}\nrounds: 0\nepochs: 1\n"
-                      "train_size: 200\nmilestones: [1, 2]\ncontrols: true\nstructured: l1\n")
-    code, _, err = run_cli(["imp", "--config", str(config), "--no-controls", "--milestones", "0.5", "--structured",
-                            "none", "--no-plots", "--epochs", "2", "--out", str(tmp_path / "run")], capsys)
+    config.write_text(
+        "dataset: digits\nmodel: mlp\nmodel_options: {width: 16}\nrounds: 0\nepochs: 1\n"
+        "train_size: 200\nmilestones: [1, 2]\ncontrols: true\nstructured: l1\n"
+    )
+    code, _, err = run_cli(
+        [
+            "imp",
+            "--config",
+            str(config),
+            "--no-controls",
+            "--milestones",
+            "0.5",
+            "--structured",
+            "none",
+            "--no-plots",
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     saved = read_json(tmp_path / "run" / "config.json")["config"]
     assert saved["controls"] is False and saved["milestones"] == [0.5] and saved["structured"] is None

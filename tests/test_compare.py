@@ -3,26 +3,28 @@
 import json
 
 import pytest
-
-from lth_sparse.cli import main
 import torch
 
+from lth_sparse.cli import main
 from lth_sparse.compare import compare_runs, connection_stability, importance_overlap
 from lth_sparse.masks import Masks, expected_jaccard_distance, jaccard_distance
 from lth_sparse.pipelines import imp
 
-TINY = dict(dataset="digits", model="mlp", model_options=(("width", 16),), rounds=2, epochs=1, lr=0.05,
-            train_size=300)
+TINY = dict(dataset="digits", model="mlp", model_options=(("width", 16),), rounds=2, epochs=1, lr=0.05, train_size=300)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     made = {}
-    for name, options in {"magnitude": dict(seeds=(0, 1)), "again": dict(seeds=(0, 1)),
-                          "random": dict(importance="random", seeds=(1, 2)),
-                          "wide": dict(model_options=(("width", 24),)), "l1": dict(importance="l1", seeds=(0, 1)),
-                          "shifted": dict(init_seed=7)}.items():
+    for name, options in {
+        "magnitude": dict(seeds=(0, 1)),
+        "again": dict(seeds=(0, 1)),
+        "random": dict(importance="random", seeds=(1, 2)),
+        "wide": dict(model_options=(("width", 24),)),
+        "l1": dict(importance="l1", seeds=(0, 1)),
+        "shifted": dict(init_seed=7),
+    }.items():
         imp.run(imp.ImpConfig(**{**TINY, **options}), tmp / name, progress=False, log=lambda s: None, plots=False)
         made[name] = tmp / name
     return made
@@ -54,8 +56,10 @@ def test_distances_are_seed_by_seed_on_the_seeds_both_runs_have(runs, tmp_path):
 
 def test_a_reference_is_compared_with_every_other_run(runs):
     result = compare_runs([runs["magnitude"], runs["again"], runs["random"]], reference=runs["magnitude"])
-    assert [(p["a"], p["b"]) for p in result["pairs"]] == [(str(runs["magnitude"]), str(runs["again"])),
-                                                          (str(runs["magnitude"]), str(runs["random"]))]
+    assert [(p["a"], p["b"]) for p in result["pairs"]] == [
+        (str(runs["magnitude"]), str(runs["again"])),
+        (str(runs["magnitude"]), str(runs["random"])),
+    ]
 
 
 def test_bad_input_is_refused_by_name(runs, tmp_path, capsys):
@@ -126,13 +130,16 @@ def test_the_partial_reinitialisation_keeps_the_overlap_and_redraws_the_rest(run
     assert all(torch.equal(started[k], state[k]) for k in state), "IMP started from the given state"
     survival = reinit_survival(overlap, masks(tmp_path / "rerun", 0, 2))
     assert survival["overlap"] == overlap.num_unpruned() and 0 <= survival["kept"] <= survival["overlap"]
-    print(f"partial re-initialisation: {survival['kept']} of {survival['overlap']} overlapping connections kept, "
-          f"{survival['expected']:.1f} expected ({100 * survival['increase']:+.1f}%)")
+    print(
+        f"partial re-initialisation: {survival['kept']} of {survival['overlap']} overlapping connections kept, "
+        f"{survival['expected']:.1f} expected ({100 * survival['increase']:+.1f}%)"
+    )
     with pytest.raises(FileNotFoundError, match="no such file"):
         imp.IMP.check(imp.ImpConfig(**{**TINY, "init_file": str(tmp_path / "missing.pt")}))
     with pytest.raises(ValueError, match="does not fit"):
-        imp.IMP.check(imp.ImpConfig(**{**TINY, "model_options": (("width", 24),),
-                                       "init_file": str(tmp_path / "partial.pt")}))
+        imp.IMP.check(
+            imp.ImpConfig(**{**TINY, "model_options": (("width", 24),), "init_file": str(tmp_path / "partial.pt")})
+        )
 
 
 def test_survival_against_the_uniform_expectation_on_hand_made_masks():

@@ -20,7 +20,7 @@ API_GUIDE = ROOT / "docs" / "api" / "index.md"
 def python_block(page: Path, after: str) -> str:
     """The first ```python block of ``page`` after the text ``after``."""
     text = page.read_text()
-    section = text[text.index(after):]
+    section = text[text.index(after) :]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match, f"{page.name} has a python block after {after!r}"
     return match.group(1)
@@ -37,7 +37,7 @@ def check_pruned_model(namespace: dict, folder: Path) -> None:
     """What the masking lines' comments promise, checked on the objects the snippet made."""
     model, masks = namespace["model"], namespace["masks"]
     assert abs(masks.sparsity() - 0.2) < 1e-3
-    for name, module in model.named_modules():
+    for module in model.modules():
         if hasattr(module, "mask"):
             assert torch.equal(module.weight[~module.mask], torch.zeros_like(module.weight[~module.mask]))
     assert (folder / "masks.safetensors").is_file()
@@ -80,13 +80,22 @@ def test_every_relative_link_of_the_readme_points_to_a_file():
 
 
 def test_the_docs_site_builds_strictly(tmp_path):
-    missing = [name for name in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
-               if importlib.util.find_spec(name) is None]
+    missing = [
+        name
+        for name in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
+        if importlib.util.find_spec(name) is None
+    ]
     if missing:
-        pytest.skip(f"the docs extra is not installed (no {', '.join(missing)}): "
-                    "pip install --no-build-isolation -e '.[docs]'")
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, check=False)
+        pytest.skip(
+            f"the docs extra is not installed (no {', '.join(missing)}): pip install --no-build-isolation -e '.[docs]'"
+        )
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
     site = tmp_path / "site"
     assert (site / "cli" / "index.html").read_text().count("usage: lth-sparse") >= 2, "the CLI reference is generated"

@@ -38,14 +38,21 @@ EPOCHS = 4
 
 # --- Helpers ----------------------------------------------------------------------------------------------
 
+
 def step_of(index: list[int], correct: list[bool], epoch: int = 0, iteration: int = 1) -> TrainStep:
     """A TrainStep whose examples at ``index`` are classified correctly where ``correct`` says so (3 classes,
     targets 0..2 cycling, the wrong answer the next class)."""
     target = torch.arange(len(index)) % 3
     predicted = torch.where(torch.tensor(correct, dtype=torch.bool), target, (target + 1) % 3)
     output = torch.nn.functional.one_hot(predicted, 3).float() * 2 - 0.5
-    return TrainStep(iteration=iteration, epoch=epoch, index=torch.tensor(index, dtype=torch.int64), output=output,
-                     target=target, loss=torch.tensor(0.0))
+    return TrainStep(
+        iteration=iteration,
+        epoch=epoch,
+        index=torch.tensor(index, dtype=torch.int64),
+        output=output,
+        target=target,
+        loss=torch.tensor(0.0),
+    )
 
 
 def replay(num_examples: int, steps: list[tuple[list[int], list[bool], int]]) -> dict:
@@ -60,15 +67,23 @@ def replay(num_examples: int, steps: list[tuple[list[int], list[bool], int]]) ->
             history[i].append(c)
     counts = [sum(1 for a, b in zip(h, h[1:]) if a and not b) for h in history]
     epochs = max((e for _, _, e in steps), default=-1) + 1
-    return {"counts": counts, "learned": [any(h) for h in history],
-            "last_correct": [bool(h) and h[-1] for h in history], "presentations": [len(h) for h in history],
-            "events_per_epoch": [per_epoch.get(e, 0) for e in range(epochs)]}
+    return {
+        "counts": counts,
+        "learned": [any(h) for h in history],
+        "last_correct": [bool(h) and h[-1] for h in history],
+        "presentations": [len(h) for h in history],
+        "events_per_epoch": [per_epoch.get(e, 0) for e in range(epochs)],
+    }
 
 
 def as_lists(result: ForgettingResult) -> dict:
-    return {"counts": result.counts.tolist(), "learned": result.learned.tolist(),
-            "last_correct": result.last_correct.tolist(), "presentations": result.presentations.tolist(),
-            "events_per_epoch": result.events_per_epoch.tolist()}
+    return {
+        "counts": result.counts.tolist(),
+        "learned": result.learned.tolist(),
+        "last_correct": result.last_correct.tolist(),
+        "presentations": result.presentations.tolist(),
+        "events_per_epoch": result.events_per_epoch.tolist(),
+    }
 
 
 def feed(callback: ForgettingEvents, steps) -> ForgettingEvents:
@@ -79,19 +94,20 @@ def feed(callback: ForgettingEvents, steps) -> ForgettingEvents:
 
 # The hand-made sequences, four epochs; per example the outcome at its four presentations:
 SEQUENCES = {
-    0: [True, False, True, False],   # correct, wrong, correct, wrong: 2 events (epochs 1 and 3)
+    0: [True, False, True, False],  # correct, wrong, correct, wrong: 2 events (epochs 1 and 3)
     1: [False, False, False, False],  # never learned: 0 events, forgettable in Toneva's convention
-    2: [False, True, True, True],    # learned once and kept: unforgettable
-    3: [True, True, True, False],    # 1 event, in the last epoch
-    4: [True, False, False, True],   # 1 event (epoch 1), relearned
+    2: [False, True, True, True],  # learned once and kept: unforgettable
+    3: [True, True, True, False],  # 1 event, in the last epoch
+    4: [True, False, False, True],  # 1 event (epoch 1), relearned
 }
 # The batches of each epoch, in arbitrary orders
 ORDERS = [[[3, 0], [4, 1, 2]], [[2], [1, 4, 0, 3]], [[4, 2, 1], [0, 3]], [[1, 0, 3, 2, 4]]]
 
 
 def hand_steps() -> list[tuple[list[int], list[bool], int]]:
-    return [(batch, [SEQUENCES[i][epoch] for i in batch], epoch)
-            for epoch, order in enumerate(ORDERS) for batch in order]
+    return [
+        (batch, [SEQUENCES[i][epoch] for i in batch], epoch) for epoch, order in enumerate(ORDERS) for batch in order
+    ]
 
 
 def random_steps(num_examples: int, epochs: int, seed: int) -> list[tuple[list[int], list[bool], int]]:
@@ -108,6 +124,7 @@ def random_steps(num_examples: int, epochs: int, seed: int) -> list[tuple[list[i
 
 # --- Forgetting events on known sequences -----------------------------------------------------------------
 
+
 def test_the_hand_made_sequences_give_the_counts_worked_out_by_hand():
     result = feed(ForgettingEvents(5), hand_steps()).result()
     assert result.counts.tolist() == [2, 0, 0, 1, 1]
@@ -118,14 +135,15 @@ def test_the_hand_made_sequences_give_the_counts_worked_out_by_hand():
     assert result.unforgettable.tolist() == [False, False, True, False, False]
     assert result.never_learned.tolist() == [False, True, False, False, False]
     assert result.mean_events == pytest.approx(4 / 5)
-    assert result.std_events == pytest.approx(math.sqrt(((2 - 0.8) ** 2 + 2 * 0.8 ** 2 + 2 * 0.2 ** 2) / 5))
+    assert result.std_events == pytest.approx(math.sqrt(((2 - 0.8) ** 2 + 2 * 0.8**2 + 2 * 0.2**2) / 5))
     assert result.unforgettable_fraction == pytest.approx(1 / 5)
     assert result.never_learned_fraction == pytest.approx(1 / 5)
     assert result.forgotten_fraction == pytest.approx(3 / 5)
     figures = result.to_dict()
     assert figures["num_presented"] == figures["num_examples"] == 5 and figures["max_events"] == 2
-    assert figures["unforgettable_fraction"] + figures["forgotten_fraction"] + figures["never_learned_fraction"] \
-        == pytest.approx(1.0)
+    assert figures["unforgettable_fraction"] + figures["forgotten_fraction"] + figures[
+        "never_learned_fraction"
+    ] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -137,7 +155,9 @@ def test_arbitrary_orders_and_skipped_epochs_match_a_per_example_replay(seed):
     assert sum(expected["counts"]) > 0, "precondition: the sequences forget"
     presented = [p > 0 for p in expected["presentations"]]
     assert result.num_presented == sum(presented)
-    n_learned_kept = sum(1 for c, l, p in zip(expected["counts"], expected["learned"], presented) if p and l and c == 0)
+    n_learned_kept = sum(
+        1 for c, learned, p in zip(expected["counts"], expected["learned"], presented) if p and learned and c == 0
+    )
     assert result.unforgettable_fraction == pytest.approx(n_learned_kept / sum(presented))
 
 
@@ -166,10 +186,10 @@ def test_a_state_dict_round_trip_mid_sequence_continues_as_if_uninterrupted():
     whole = feed(ForgettingEvents(17), steps).result()
     first = feed(ForgettingEvents(17), steps[: len(steps) // 2])
     state = first.state_dict()
-    feed(first, steps[len(steps) // 2:])  # the state is a copy: going on does not change it
+    feed(first, steps[len(steps) // 2 :])  # the state is a copy: going on does not change it
     resumed = ForgettingEvents(17)
     resumed.load_state_dict(state)
-    feed(resumed, steps[len(steps) // 2:])
+    feed(resumed, steps[len(steps) // 2 :])
     assert as_lists(resumed.result()) == as_lists(whole) == as_lists(first.result())
     with pytest.raises(ValueError, match="17 examples"):
         ForgettingEvents(16).load_state_dict(state)
@@ -191,6 +211,7 @@ def test_save_and_load_give_back_the_same_result_and_the_figures_beside_it(tmp_p
 
 
 # --- Rankings and subsets ---------------------------------------------------------------------------------
+
 
 def test_most_forgotten_puts_never_learned_first_then_counts_ties_by_position():
     result = feed(ForgettingEvents(5), hand_steps()).result()  # counts [2, 0, 0, 1, 1], example 1 never learned
@@ -232,6 +253,7 @@ def test_the_split_without_the_most_forgotten_keeps_the_others_in_order():
 
 # --- A real training --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", seed=0, train_size=TRAIN_SIZE)
@@ -248,8 +270,10 @@ def train_config(**overrides) -> TrainConfig:
 
 def outcomes_recorder(steps: list):
     """A callback keeping each step's (positions, correct, epoch), for the replay."""
+
     def record(step: TrainStep) -> None:
         steps.append((step.index.tolist(), (step.output.argmax(1) == step.target).tolist(), step.epoch))
+
     return record
 
 
@@ -267,8 +291,9 @@ def test_a_digits_training_counts_every_example_once_per_epoch_and_repeats_exact
     assert int(result.events_per_epoch.sum()) == int(result.counts.sum())
     assert bool((result.counts <= EPOCHS // 2).all()), "an event needs a correct presentation before it"
     assert result.never_learned_fraction < 0.5 < result.unforgettable_fraction + result.forgotten_fraction
-    assert result.unforgettable_fraction + result.forgotten_fraction + result.never_learned_fraction \
-        == pytest.approx(1.0)
+    assert result.unforgettable_fraction + result.forgotten_fraction + result.never_learned_fraction == pytest.approx(
+        1.0
+    )
     assert as_lists(again) == as_lists(result), "the same seeds give the same counts"
 
     removed = most_forgotten(result, 0.1)
@@ -291,17 +316,34 @@ def test_a_training_resumed_from_its_checkpoint_counts_as_an_uninterrupted_one(d
     model = tiny_mlp()
     first = callbacks(model)
     checkpoint = tmp_path / "checkpoint.pt"
-    train(model, digits, train_config(), seed=3, progress=False, callbacks=first, end_iteration=per_epoch + 2,
-          checkpoint_path=checkpoint)
+    train(
+        model,
+        digits,
+        train_config(),
+        seed=3,
+        progress=False,
+        callbacks=first,
+        end_iteration=per_epoch + 2,
+        checkpoint_path=checkpoint,
+    )
     model = tiny_mlp(seed=1)  # the resumed model starts elsewhere; its initial error is the checkpoint's
     resumed = callbacks(model)
-    train(model, digits, train_config(), seed=3, progress=False, callbacks=resumed, checkpoint_path=checkpoint,
-          resume=True)
+    train(
+        model,
+        digits,
+        train_config(),
+        seed=3,
+        progress=False,
+        callbacks=resumed,
+        checkpoint_path=checkpoint,
+        resume=True,
+    )
     assert as_lists(resumed[0].result()) == as_lists(whole[0].result())
     assert resumed[1].errors == whole[1].errors and len(whole[1].errors) == EPOCHS + 1
 
 
 # --- Convergence speed ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("epochs", [1, 2, 5, 10])
 def test_instant_convergence_is_1_and_a_linear_drop_is_its_mean_fraction(epochs):
@@ -369,16 +411,23 @@ WORLD = 2
 DDP_TRAIN_SIZE = 76  # batches of 33, 33, 10: shards of 17 and 16, then 5 and 5
 
 
-
 def ddp_worker(rank, port, data, cfg, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         synced, own, steps = ForgettingEvents(len(data.train)), ForgettingEvents(len(data.train), sync=False), []
-        train(DistributedDataParallel(tiny_mlp()), data, cfg, seed=3, progress=False,
-              callbacks=[synced, own, outcomes_recorder(steps)])
-        torch.save({"synced": as_lists(synced.result()), "own": as_lists(own.result()), "steps": steps},
-                   out_dir / f"out{rank}.pt")
+        train(
+            DistributedDataParallel(tiny_mlp()),
+            data,
+            cfg,
+            seed=3,
+            progress=False,
+            callbacks=[synced, own, outcomes_recorder(steps)],
+        )
+        torch.save(
+            {"synced": as_lists(synced.result()), "own": as_lists(own.result()), "steps": steps},
+            out_dir / f"out{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -388,8 +437,7 @@ def test_under_ddp_synced_counts_are_the_whole_training_sets_and_unsynced_the_sh
     cfg = train_config(epochs=3, batch_size=33)
     import torch._dynamo  # noqa: F401  (imported once before forking, as tests/train/test_distributed.py does)
 
-    mp.start_processes(ddp_worker, args=(free_port, data, cfg, tmp_path), nprocs=WORLD, join=True,
-                       start_method="fork")
+    mp.start_processes(ddp_worker, args=(free_port, data, cfg, tmp_path), nprocs=WORLD, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"out{rank}.pt", weights_only=False) for rank in range(WORLD)]
     # the global batches: the ranks' shards of each step, joined
     joined = [(a[0] + b[0], a[1] + b[1], a[2]) for a, b in zip(ranks[0]["steps"], ranks[1]["steps"], strict=True)]
@@ -407,13 +455,16 @@ def test_sync_without_a_process_group_is_an_error():
 
 # --- On a GPU ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_the_gpu_the_update_reads_nothing_back_and_counts_as_on_the_cpu():
     steps = random_steps(1000, epochs=5, seed=7)
     on_cpu = feed(ForgettingEvents(1000), steps).result()
     gpu_steps = [step_of(index, correct, epoch, it) for it, (index, correct, epoch) in enumerate(steps, 1)]
-    gpu_steps = [TrainStep(s.iteration, s.epoch, s.index.cuda(), s.output.cuda(), s.target.cuda(), s.loss.cuda())
-                 for s in gpu_steps]
+    gpu_steps = [
+        TrainStep(s.iteration, s.epoch, s.index.cuda(), s.output.cuda(), s.target.cuda(), s.loss.cuda())
+        for s in gpu_steps
+    ]
     cb = ForgettingEvents(1000, "cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

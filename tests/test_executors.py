@@ -17,17 +17,21 @@ def machine(monkeypatch):
     def set_machine(cores: int, load: float) -> None:
         monkeypatch.setattr(executors, "usable_cores", lambda: cores)
         monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+
     return set_machine
 
 
-@pytest.mark.parametrize("cores, load, workers, expected", [
-    (2, 0.0, 1, 2),    # an idle machine: every core
-    (2, 1.1, 1, 1),    # another job on one of two cores: the one left
-    (2, 5.0, 1, 1),    # overloaded: never below one
-    (16, 3.6, 1, 12),  # four busy cores (3.6 rounds to 4)
-    (16, 0.0, 4, 4),   # four workers share the cores
-    (3, 0.0, 2, 1),    # shares round down
-])
+@pytest.mark.parametrize(
+    "cores, load, workers, expected",
+    [
+        (2, 0.0, 1, 2),  # an idle machine: every core
+        (2, 1.1, 1, 1),  # another job on one of two cores: the one left
+        (2, 5.0, 1, 1),  # overloaded: never below one
+        (16, 3.6, 1, 12),  # four busy cores (3.6 rounds to 4)
+        (16, 0.0, 4, 4),  # four workers share the cores
+        (3, 0.0, 2, 1),  # shares round down
+    ],
+)
 def test_default_threads_are_the_idle_cores_shared_among_workers(machine, cores, load, workers, expected):
     machine(cores, load)
     assert executors.default_threads(workers) == expected
@@ -89,8 +93,13 @@ def test_a_unit_that_raises_writes_no_done_json(tmp_path):
 
 def test_the_process_pool_runs_each_unit_in_a_worker_retries_killed_ones_and_reports_errors(tmp_path):
     """One pool (workers are slow to start: each imports torch) for every behaviour of the process executor."""
-    units = (units_of("double", [1, 2]) + units_of("fail", [7]) + units_of("die_once", [5])
-             + units_of("always_die", [9]) + units_of("double", [3]))
+    units = (
+        units_of("double", [1, 2])
+        + units_of("fail", [7])
+        + units_of("die_once", [5])
+        + units_of("always_die", [9])
+        + units_of("double", [3])
+    )
     lines = []
     with pytest.raises(UnitsFailed) as error:
         ProcessExecutor(workers=2, threads=1, retries=1).run(units, tmp_path, log=lines.append)
@@ -108,11 +117,14 @@ def test_the_process_pool_runs_each_unit_in_a_worker_retries_killed_ones_and_rep
     assert not (tmp_path / "unit_7" / "done.json").exists() and not (tmp_path / "unit_9" / "done.json").exists()
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(name="cluster"), "unknown executor 'cluster'"),
-    (dict(name="process", workers=0), "workers must be a positive integer"),
-    (dict(name="process", retries=-1), "retries must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(name="cluster"), "unknown executor 'cluster'"),
+        (dict(name="process", workers=0), "workers must be a positive integer"),
+        (dict(name="process", retries=-1), "retries must be an integer >= 0"),
+    ],
+)
 def test_bad_executor_options_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         make_executor(**options)
@@ -134,8 +146,7 @@ def test_an_unreachable_ray_address_is_a_clear_error_within_seconds(tmp_path):
 
 # --- IMP through the executors, and with several seeds ------------------------------------------------------
 
-TINY = dict(dataset="digits", model="mlp", model_options=(("width", 16),), rounds=1, epochs=1, train_size=300,
-            lr=0.05)
+TINY = dict(dataset="digits", model="mlp", model_options=(("width", 16),), rounds=1, epochs=1, train_size=300, lr=0.05)
 
 
 def without_timings(rounds: list[dict]) -> list[dict]:
@@ -146,13 +157,22 @@ def without_timings(rounds: list[dict]) -> list[dict]:
 def single_seed_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("single")
     # Under --seeds the split stays --seed's (0): the single-seed runs they equal say so with --split-seed.
-    return {s: imp.run(imp.ImpConfig(**TINY, seed=s, split_seed=0), tmp / f"seed{s}", progress=False,
-                       log=lambda line: None, plots=False) for s in (0, 1)}
+    return {
+        s: imp.run(
+            imp.ImpConfig(**TINY, seed=s, split_seed=0),
+            tmp / f"seed{s}",
+            progress=False,
+            log=lambda line: None,
+            plots=False,
+        )
+        for s in (0, 1)
+    }
 
 
 def test_several_seeds_equal_the_single_seed_runs_and_their_spread_is_summarised(tmp_path, single_seed_runs):
-    summary = imp.run(imp.ImpConfig(**TINY, seeds=(0, 1)), tmp_path / "run", progress=False, log=lambda s: None,
-                      plots=True)
+    summary = imp.run(
+        imp.ImpConfig(**TINY, seeds=(0, 1)), tmp_path / "run", progress=False, log=lambda s: None, plots=True
+    )
     for s in (0, 1):
         assert without_timings(summary["per_seed"][str(s)]) == without_timings(single_seed_runs[s]["per_seed"][str(s)])
         assert (tmp_path / "run" / f"seed_{s}" / "round_01" / "masks.safetensors").exists()
@@ -161,15 +181,17 @@ def test_several_seeds_equal_the_single_seed_runs_and_their_spread_is_summarised
         assert mean["seeds"] == 2
         assert mean["test_accuracy"] == pytest.approx(sum(values) / 2)
         assert mean["test_accuracy_min"] == min(values) and mean["test_accuracy_max"] == max(values)
-        assert mean["test_accuracy_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+        assert mean["test_accuracy_std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     assert (tmp_path / "run" / "plots" / "accuracy_vs_remaining.png").stat().st_size > 1000
 
 
 def test_imp_units_in_the_process_pool_equal_the_local_runs_and_a_killed_one_redoes_nothing_finished(
-        tmp_path, single_seed_runs):
+    tmp_path, single_seed_runs
+):
     """Seed 0's worker is killed (SIGKILL) right after its round 0 finished; seed 1 runs beside it."""
-    killed = Unit(f"{FUNCTIONS}:imp_seed_killed_after_round_0", imp.ImpConfig(**TINY, seeds=(0, 1)).for_seed(0),
-                  "seed_0")
+    killed = Unit(
+        f"{FUNCTIONS}:imp_seed_killed_after_round_0", imp.ImpConfig(**TINY, seeds=(0, 1)).for_seed(0), "seed_0"
+    )
     plain = [u for u in imp.IMP.plan(imp.ImpConfig(**TINY, seeds=(0, 1)))[0] if u.directory == "seed_1"]
     lines = []
     ProcessExecutor(workers=2, threads=1).run([killed, *plain], tmp_path, log=lines.append)

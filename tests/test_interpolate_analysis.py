@@ -26,12 +26,24 @@ ATOL, RTOL = 2e-5, 1e-4  # float32 through a few layers, summed over a split
 def conv_bn(shape=(3, 8, 8), classes=10) -> nn.Module:
     """A small conv net with BatchNorm2d after each conv and BatchNorm1d in the classifier."""
     c = shape[0]
-    return masked(nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(c, 8, 3, padding=1), bn1=nn.BatchNorm2d(8), relu1=nn.ReLU(),
-        conv2=nn.Conv2d(8, 8, 3, padding=1, bias=False), bn2=nn.BatchNorm2d(8), relu2=nn.ReLU(),
-        pool=nn.MaxPool2d(2), flatten=nn.Flatten(),
-        fc1=nn.Linear(8 * (shape[1] // 2) * (shape[2] // 2), 16), bn3=nn.BatchNorm1d(16), relu3=nn.ReLU(),
-        fc2=nn.Linear(16, classes))))
+    return masked(
+        nn.Sequential(
+            OrderedDict(
+                conv1=nn.Conv2d(c, 8, 3, padding=1),
+                bn1=nn.BatchNorm2d(8),
+                relu1=nn.ReLU(),
+                conv2=nn.Conv2d(8, 8, 3, padding=1, bias=False),
+                bn2=nn.BatchNorm2d(8),
+                relu2=nn.ReLU(),
+                pool=nn.MaxPool2d(2),
+                flatten=nn.Flatten(),
+                fc1=nn.Linear(8 * (shape[1] // 2) * (shape[2] // 2), 16),
+                bn3=nn.BatchNorm1d(16),
+                relu3=nn.ReLU(),
+                fc2=nn.Linear(16, classes),
+            )
+        )
+    )
 
 
 def build(name):
@@ -62,11 +74,14 @@ def endpoints(name, seed_b=1):
 
 def data_for(shape, n_train=48, n_test=40, seed=2):
     g = torch.Generator().manual_seed(seed)
-    return {"train": Split(torch.randn(n_train, *shape, generator=g), torch.randint(0, 10, (n_train,), generator=g)),
-            "test": Split(torch.randn(n_test, *shape, generator=g), torch.randint(0, 10, (n_test,), generator=g))}
+    return {
+        "train": Split(torch.randn(n_train, *shape, generator=g), torch.randint(0, 10, (n_train,), generator=g)),
+        "test": Split(torch.randn(n_test, *shape, generator=g), torch.randint(0, 10, (n_test,), generator=g)),
+    }
 
 
 # ------------------------------------------------------------------------------------- the loop reference
+
 
 def masked_prefixes(model):
     return {f"{name}." if name else "" for name, m in model.named_modules() if isinstance(m, MaskedMixin)}
@@ -120,7 +135,7 @@ def loop_reference(model, state_a, state_b, alphas, splits, bn, bn_inputs=(), ba
         for name, split in splits.items():
             loss = correct = 0.0
             for start in range(0, len(split), batch_size):
-                x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+                x, y = split.x[start : start + batch_size], split.y[start : start + batch_size]
                 logits = m(x)
                 loss += F.cross_entropy(logits, y, reduction="sum").item()
                 correct += (logits.argmax(1) == y).sum().item()
@@ -132,13 +147,18 @@ def loop_reference(model, state_a, state_b, alphas, splits, bn, bn_inputs=(), ba
 def assert_matches(result, reference):
     for name, (losses, accs) in reference.items():
         curve = result.curve(name)
-        torch.testing.assert_close(torch.tensor(curve.loss, dtype=torch.float64),
-                                   torch.tensor(losses, dtype=torch.float64), atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(
+            torch.tensor(curve.loss, dtype=torch.float64),
+            torch.tensor(losses, dtype=torch.float64),
+            atol=ATOL,
+            rtol=RTOL,
+        )
         assert curve.accuracy == pytest.approx(accs, abs=1e-12)
         assert curve.error == pytest.approx([1 - a for a in accs], abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ equal the loop
+
 
 @pytest.mark.parametrize("name", ["lenet300", "conv_bn", "resnet20"])
 @pytest.mark.parametrize("bn", ["recompute", "interpolate", "train-mode"])
@@ -146,8 +166,9 @@ def test_batched_path_equals_the_loop_over_interpolated_state_dicts(name, bn):
     model, state_a, state_b, shape = endpoints(name)
     data = data_for(shape)
     alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
-    result = interpolate(model, state_a, state_b, data, alphas=alphas, bn=bn, bn_batches=3, bn_batch_size=12,
-                         batch_size=16)
+    result = interpolate(
+        model, state_a, state_b, data, alphas=alphas, bn=bn, bn_batches=3, bn_batch_size=12, batch_size=16
+    )
     bn_inputs = recompute_batches(data["train"], 3, 12, seed=0)
     has_bn = bool(batch_norms(model))
     assert result.bn == bn and result.alphas == alphas and result.splits == ["train", "test"]
@@ -160,8 +181,12 @@ def test_the_bn_modes_differ_on_a_batch_norm_network():
     """The three modes are three different measurements (a test that they are not one code path)."""
     model, state_a, state_b, shape = endpoints("conv_bn")
     data = data_for(shape)
-    losses = {bn: interpolate(model, state_a, state_b, data, alphas=5, bn=bn, bn_batches=2, batch_size=16)
-              .curve("test").loss[2] for bn in ("recompute", "interpolate", "train-mode")}
+    losses = {
+        bn: interpolate(model, state_a, state_b, data, alphas=5, bn=bn, bn_batches=2, batch_size=16)
+        .curve("test")
+        .loss[2]
+        for bn in ("recompute", "interpolate", "train-mode")
+    }
     assert len({round(v, 6) for v in losses.values()}) == 3, losses
 
 
@@ -170,11 +195,22 @@ def test_recomputed_statistics_are_the_same_folded_or_one_alpha_at_a_time(order)
     model, state_a, state_b, shape = endpoints("resnet20")
     data = data_for(shape)
     alphas = [0.0, 0.3, 0.6, 1.0]
-    result = interpolate(model, state_a, state_b, data, alphas=alphas, bn="recompute", bn_batches=2,
-                         bn_batch_size=16, splits=["test"], one_alpha_at_a_time=order)
+    result = interpolate(
+        model,
+        state_a,
+        state_b,
+        data,
+        alphas=alphas,
+        bn="recompute",
+        bn_batches=2,
+        bn_batch_size=16,
+        splits=["test"],
+        one_alpha_at_a_time=order,
+    )
     bn_inputs = recompute_batches(data["train"], 2, 16, seed=0)
-    assert_matches(result, loop_reference(model, state_a, state_b, alphas, {"test": data["test"]}, "recompute",
-                                          bn_inputs))
+    assert_matches(
+        result, loop_reference(model, state_a, state_b, alphas, {"test": data["test"]}, "recompute", bn_inputs)
+    )
 
 
 class TwiceNormed(nn.Module):
@@ -209,10 +245,21 @@ def test_estimating_forwards_stop_after_the_last_batch_norm_and_keep_the_loops_s
     alphas = torch.tensor([0.0, 0.4, 1.0])
     path.recompute_bn_statistics(bn_inputs, alphas, one_alpha_at_a_time=order)
     assert len(calls) == 1, "the head ran in the first estimating forward only"
-    result = interpolate(model, state_a, state_b, data, alphas=alphas.tolist(), bn="recompute", bn_batches=3,
-                         bn_batch_size=12, batch_size=16, one_alpha_at_a_time=order)
-    assert_matches(result, loop_reference(model, state_a, state_b, alphas.tolist(), data, "recompute", bn_inputs,
-                                          batch_size=16))
+    result = interpolate(
+        model,
+        state_a,
+        state_b,
+        data,
+        alphas=alphas.tolist(),
+        bn="recompute",
+        bn_batches=3,
+        bn_batch_size=12,
+        batch_size=16,
+        one_alpha_at_a_time=order,
+    )
+    assert_matches(
+        result, loop_reference(model, state_a, state_b, alphas.tolist(), data, "recompute", bn_inputs, batch_size=16)
+    )
 
 
 @pytest.mark.parametrize("name", ["lenet300", "conv_bn"])
@@ -254,6 +301,7 @@ def test_different_networks_have_the_barriers_of_their_curves():
 
 # ---------------------------------------------------------------------------------------------------- masks
 
+
 def masked_endpoints(shared: bool):
     model, state_a, state_b, shape = endpoints("conv_bn")
     g = torch.Generator().manual_seed(5)
@@ -275,8 +323,10 @@ def test_masked_endpoints_equal_the_loop_over_masked_weights(shared, bn):
     bn_inputs = recompute_batches(data["train"], 2, 16, seed=0)
     assert_matches(result, loop_reference(model, state_a, state_b, alphas, data, bn, bn_inputs))
     # the weights under the masks matter, those outside do not
-    state_b_noise = {k: (v + 100 * ~state_b[k[:-6] + "mask"] if k.endswith("weight") and k[:-6] + "mask" in state_b
-                         else v) for k, v in state_b.items()}
+    state_b_noise = {
+        k: (v + 100 * ~state_b[k[:-6] + "mask"] if k.endswith("weight") and k[:-6] + "mask" in state_b else v)
+        for k, v in state_b.items()
+    }
     again = interpolate(model, state_a, state_b_noise, data, alphas=alphas, bn=bn, bn_batches=2, bn_batch_size=16)
     assert again.curve("test").loss == pytest.approx(result.curve("test").loss, rel=1e-6)
 
@@ -290,20 +340,25 @@ def test_a_plain_torch_model_has_no_masks_and_matches_the_loop():
     data = data_for((3, 8, 8))
     result = interpolate(model, state_a, state_b, data, alphas=[0.0, 0.5, 1.0], bn_batches=2, bn_batch_size=16)
     assert result.masks == "none" and result.bn == "recompute" and result.bn_layers == 1
-    assert_matches(result, loop_reference(model, state_a, state_b, [0.0, 0.5, 1.0], data, "recompute",
-                                          recompute_batches(data["train"], 2, 16)))
+    assert_matches(
+        result,
+        loop_reference(
+            model, state_a, state_b, [0.0, 0.5, 1.0], data, "recompute", recompute_batches(data["train"], 2, 16)
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------- extrapolation
 
-@pytest.mark.parametrize("name,bn", [("lenet300", "interpolate"), ("conv_bn", "recompute"),
-                                     ("resnet20", "train-mode")])
+
+@pytest.mark.parametrize("name,bn", [("lenet300", "interpolate"), ("conv_bn", "recompute"), ("resnet20", "train-mode")])
 def test_extrapolated_alphas_match_the_loop(name, bn):
     model, state_a, state_b, shape = endpoints(name)
     data = data_for(shape)
     alphas = [-0.5, 0.0, 0.5, 1.0, 1.5]
-    result = interpolate(model, state_a, state_b, data, alphas=alphas, bn=bn, bn_batches=2, bn_batch_size=16,
-                         batch_size=16)
+    result = interpolate(
+        model, state_a, state_b, data, alphas=alphas, bn=bn, bn_batches=2, bn_batch_size=16, batch_size=16
+    )
     assert result.alphas == alphas
     bn_inputs = recompute_batches(data["train"], 2, 16)
     assert_matches(result, loop_reference(model, state_a, state_b, alphas, data, bn, bn_inputs, batch_size=16))
@@ -311,6 +366,7 @@ def test_extrapolated_alphas_match_the_loop(name, bn):
 
 
 # --------------------------------------------------------------------------------------------- data forms
+
 
 def test_data_as_a_dataset_a_mapping_of_pairs_and_of_loaders_give_the_same_curves():
     model, state_a, state_b, shape = endpoints("conv_bn")
@@ -322,10 +378,16 @@ def test_data_as_a_dataset_a_mapping_of_pairs_and_of_loaders_give_the_same_curve
     assert from_dataset.splits == ["train", "test"]
     pairs = {k: (v.x, v.y) for k, v in data.items()}
     from_pairs = interpolate(model, state_a, state_b, pairs, **kwargs)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data["test"].x, data["test"].y),
-                                         batch_size=7)
-    from_loader = interpolate(model, state_a, state_b, {"test": loader}, splits=["test"], **kwargs,
-                              train_data=[(x, None) for x in recompute_batches(data["train"], 2, 16)])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data["test"].x, data["test"].y), batch_size=7)
+    from_loader = interpolate(
+        model,
+        state_a,
+        state_b,
+        {"test": loader},
+        splits=["test"],
+        **kwargs,
+        train_data=[(x, None) for x in recompute_batches(data["train"], 2, 16)],
+    )
     for other in (from_pairs, from_loader):
         assert other.curve("test").loss == pytest.approx(from_dataset.curve("test").loss, rel=1e-5)
         assert other.curve("test").accuracy == from_dataset.curve("test").accuracy
@@ -367,19 +429,25 @@ def test_recompute_on_a_model_without_batch_norm_needs_no_training_data():
 
 # ------------------------------------------------------------------------------------------- the result
 
+
 def test_the_result_goes_through_json_unchanged():
     model, state_a, state_b, shape = endpoints("conv_bn")
     result = interpolate(model, state_a, state_b, data_for(shape), alphas=[0.0, 0.5, 1.0, 1.25], bn_batches=2)
     d = json.loads(json.dumps(result.to_dict()))
     assert d["bn"] == "recompute" and d["masks"] == "shared" and "alpha = 0 is state_a" in d["convention"]
-    assert set(d["curves"]) == {"train", "test"} and set(d["curves"]["test"]) == {"loss", "error", "accuracy",
-                                                                                     "examples"}
+    assert set(d["curves"]) == {"train", "test"} and set(d["curves"]["test"]) == {
+        "loss",
+        "error",
+        "accuracy",
+        "examples",
+    }
     back = PathResult.from_dict(d)
     assert back == result
     assert back.barrier("train", "midpoint") == result.barrier("train", "midpoint")
 
 
 # ------------------------------------------------------------------------------------------- other layers
+
 
 class Scale(nn.Module):
     """A custom layer with a parameter of its own: PathNetwork has no special case for it."""
@@ -396,8 +464,17 @@ class Scale(nn.Module):
 @pytest.mark.parametrize("bn", ["recompute", "interpolate"])
 def test_layers_without_a_special_case_go_through_functional_call(bn):
     torch.manual_seed(0)
-    model = masked(nn.Sequential(nn.Flatten(), nn.Linear(48, 20), nn.LayerNorm(20), nn.PReLU(20), Scale(20),
-                                 nn.BatchNorm1d(20), nn.Linear(20, 10)))
+    model = masked(
+        nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(48, 20),
+            nn.LayerNorm(20),
+            nn.PReLU(20),
+            Scale(20),
+            nn.BatchNorm1d(20),
+            nn.Linear(20, 10),
+        )
+    )
     state_a = copy.deepcopy(model.state_dict())
     torch.manual_seed(1)
     state_b = {k: v + torch.randn_like(v) * 0.5 if v.is_floating_point() else v for k, v in state_a.items()}
@@ -405,10 +482,20 @@ def test_layers_without_a_special_case_go_through_functional_call(bn):
     data = data_for((3, 4, 4))
     alphas = [-0.5, 0.0, 0.3, 1.0]
     for order in (None, True):
-        result = interpolate(model, state_a, state_b, data, alphas=alphas, bn=bn, bn_batches=2, bn_batch_size=16,
-                             one_alpha_at_a_time=order)
-        assert_matches(result, loop_reference(model, state_a, state_b, alphas, data, bn,
-                                              recompute_batches(data["train"], 2, 16)))
+        result = interpolate(
+            model,
+            state_a,
+            state_b,
+            data,
+            alphas=alphas,
+            bn=bn,
+            bn_batches=2,
+            bn_batch_size=16,
+            one_alpha_at_a_time=order,
+        )
+        assert_matches(
+            result, loop_reference(model, state_a, state_b, alphas, data, bn, recompute_batches(data["train"], 2, 16))
+        )
 
 
 class Gated(nn.Module):
@@ -425,6 +512,7 @@ class Gated(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- bad input
 
+
 def test_bad_input_is_refused_with_the_first_mismatch_named():
     model, state_a, state_b, shape = endpoints("conv_bn")
     data = data_for(shape)
@@ -436,8 +524,12 @@ def test_bad_input_is_refused_with_the_first_mismatch_named():
     wrong = dict(state_b, **{"fc1.weight": torch.zeros(16, 7), "fc2.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"'fc1.weight': \(16, 128\) and \(16, 7\)"):
         interpolate(model, state_a, wrong, data)
-    for alphas, message in (([], "empty"), ([0.0, float("nan")], "finite"), (torch.tensor([0.5, float("inf")]),
-                                                                           "finite"), (1, "at least 2")):
+    for alphas, message in (
+        ([], "empty"),
+        ([0.0, float("nan")], "finite"),
+        (torch.tensor([0.5, float("inf")]), "finite"),
+        (1, "at least 2"),
+    ):
         with pytest.raises(ValueError, match=message):
             interpolate(model, state_a, state_b, data, alphas=alphas)
     with pytest.raises(ValueError, match="unknown bn mode 'batch'; choose one of interpolate, recompute, train-mode"):

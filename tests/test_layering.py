@@ -54,14 +54,17 @@ def test_no_module_imports_another_modules_private_names():
 def test_the_private_name_check_sees_one_and_allows_a_private_module_of_the_own_package():
     source = "from lth_sparse.pipelines.imp import _Hidden\nfrom lth_sparse.ops import _checks\n"
     assert private_imports(PACKAGE / "ops" / "select.py", source) == [
-        "lth_sparse.ops.select: from lth_sparse.pipelines.imp import _Hidden"]
+        "lth_sparse.ops.select: from lth_sparse.pipelines.imp import _Hidden"
+    ]
     assert private_imports(PACKAGE / "pipelines" / "plant.py", source) == [
         "lth_sparse.pipelines.plant: from lth_sparse.pipelines.imp import _Hidden",
-        "lth_sparse.pipelines.plant: from lth_sparse.ops import _checks"]
+        "lth_sparse.pipelines.plant: from lth_sparse.ops import _checks",
+    ]
 
 
-@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter is not installed (pip install "
-                                                                   "'lth_sparse[lint]')")
+@pytest.mark.skipif(
+    shutil.which("lint-imports") is None, reason="import-linter is not installed (pip install 'lth_sparse[lint]')"
+)
 def test_the_import_linter_contracts_are_kept():
     result = subprocess.run([shutil.which("lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
@@ -77,6 +80,11 @@ def test_the_import_linter_contracts_catch_an_upward_import(tmp_path):
     runs = tmp_path / "lth_sparse" / "runs.py"
     runs.write_text(runs.read_text() + "\nfrom lth_sparse.pipelines import base  # noqa\n")
     env_path = f"{tmp_path}"
-    result = subprocess.run([shutil.which("lint-imports"), "--no-cache"], cwd=tmp_path, capture_output=True,
-                            text=True, env={"PYTHONPATH": env_path, "PATH": str(Path(sys.executable).parent)})
+    result = subprocess.run(
+        [shutil.which("lint-imports"), "--no-cache"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": env_path, "PATH": str(Path(sys.executable).parent)},
+    )
     assert result.returncode != 0 and "lth_sparse.runs -> lth_sparse.pipelines" in result.stdout

@@ -3,9 +3,22 @@
 import pytest
 import torch
 
-from lth_sparse.masks import (Hamming, Masks, consensus_counts, consensus_fraction, distance_matrix,
-                              distances_over_rounds, expected_jaccard_distance, hamming_distance, intersection,
-                              intersection_over_minimum, jaccard_distance, overlap_counts, union, vote)
+from lth_sparse.masks import (
+    Hamming,
+    Masks,
+    consensus_counts,
+    consensus_fraction,
+    distance_matrix,
+    distances_over_rounds,
+    expected_jaccard_distance,
+    hamming_distance,
+    intersection,
+    intersection_over_minimum,
+    jaccard_distance,
+    overlap_counts,
+    union,
+    vote,
+)
 
 
 def bits(s: str) -> torch.Tensor:
@@ -64,8 +77,10 @@ def test_votes_intersection_and_union_of_three_masks():
 
 def test_the_intersection_is_inside_every_mask_and_at_least_as_sparse_as_the_sparsest():
     g = torch.Generator().manual_seed(0)
-    masks = [Masks({"x.weight": torch.rand(30, 40, generator=g) < d, "y.weight": torch.rand(10, generator=g) < d})
-             for d in (0.9, 0.6, 0.75)]
+    masks = [
+        Masks({"x.weight": torch.rand(30, 40, generator=g) < d, "y.weight": torch.rand(10, generator=g) < d})
+        for d in (0.9, 0.6, 0.75)
+    ]
     inter, uni = intersection(masks), union(masks)
     for m in masks:
         assert inter.is_subset_of(m) and m.is_subset_of(uni)
@@ -135,15 +150,21 @@ def test_masks_of_other_layers_or_shapes_are_refused_by_name():
 
 def test_permuted_masks_keep_the_counts_their_scope_says():
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    masks = Masks({"a.weight": torch.ones(40, 25, dtype=torch.bool), "b.weight": torch.zeros(1000, dtype=torch.bool),
-                   "c.weight": torch.rand(30, 30, generator=g()) < 0.3})
+    masks = Masks(
+        {
+            "a.weight": torch.ones(40, 25, dtype=torch.bool),
+            "b.weight": torch.zeros(1000, dtype=torch.bool),
+            "c.weight": torch.rand(30, 30, generator=g()) < 0.3,
+        }
+    )
     layer = masks.permuted("layer", g())
     assert layer.layer_sparsity() == masks.layer_sparsity() and layer != masks
     assert not torch.equal(layer["c.weight"], masks["c.weight"]), "shuffled within the layer"
     assert layer == masks.permuted("layer", g()), "reproducible with a generator"
     spread = masks.permuted("global", g())
     assert spread.num_unpruned() == masks.num_unpruned() and [m.shape for m in spread.values()] == [
-        m.shape for m in masks.values()]
+        m.shape for m in masks.values()
+    ]
     density = masks.density()  # a layer's share follows its size: every layer near the overall density
     for name, m in spread.items():
         assert abs(float(m.double().mean()) - density) < 0.1, name

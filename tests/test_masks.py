@@ -45,6 +45,7 @@ def layer(model: nn.Module, name: str) -> nn.Module:
 
 # --- from_model / apply_to --------------------------------------------------------------------------------------
 
+
 def test_from_model_names_masks_by_weight_parameter_and_copies_them():
     model = named_model()
     masks = random_masks(seed=1)
@@ -119,6 +120,7 @@ def test_masks_reject_non_bool_tensors_and_non_weight_names():
 
 # --- wrapped models: DDP, torch.compile -------------------------------------------------------------------------
 
+
 def test_masks_move_between_a_wrapped_model_and_the_bare_one_under_the_bare_names(wrap):
     model = named_model()
     wrapped = wrap(model)
@@ -168,6 +170,7 @@ def test_from_model_reads_a_compiled_model_pruned_with_torch_prune_under_the_bar
 
 # --- counts -----------------------------------------------------------------------------------------------------
 
+
 def hand_made() -> Masks:
     a = torch.tensor([[True, False, False, True], [True, True, True, True]])  # 2 of 8 pruned
     b = torch.tensor([False, False, False, True, True, True, True, True])  # 3 of 8 pruned
@@ -194,6 +197,7 @@ def test_sparsity_at_zero_and_full_pruning():
 
 # --- files ------------------------------------------------------------------------------------------------------
 
+
 def test_save_and_load_round_trip(tmp_path):
     masks = hand_made()
     path = tmp_path / "masks.safetensors"
@@ -212,7 +216,7 @@ def test_saved_file_is_safetensors_not_a_pickle(tmp_path):
     assert not data.startswith(b"\x80"), "a pickle protocol header"
     (header_length,) = struct.unpack("<Q", data[:8])
     assert 8 + header_length <= len(data)
-    header = json.loads(data[8:8 + header_length])
+    header = json.loads(data[8 : 8 + header_length])
     assert set(header) == {"__metadata__", *NAMES}
     assert header["classifier.weight"]["dtype"] == "BOOL"
     assert header["classifier.weight"]["shape"] == [4, 12]
@@ -234,6 +238,7 @@ def test_loading_a_missing_file_is_a_file_not_found_error(tmp_path):
 
 
 # --- algebra ----------------------------------------------------------------------------------------------------
+
 
 def test_and_or_are_elementwise_per_layer():
     x, y = random_masks(seed=7), random_masks(seed=8)
@@ -274,11 +279,13 @@ def test_combining_masks_over_different_layers_is_a_key_error():
 
 # --- torch.nn.utils.prune ---------------------------------------------------------------------------------------
 
+
 def test_from_model_reads_a_model_pruned_with_torch_prune():
     torch.manual_seed(0)
     model = Named()
-    prune.global_unstructured([(model.features[0], "weight"), (model.classifier, "weight")],
-                              pruning_method=prune.L1Unstructured, amount=0.3)
+    prune.global_unstructured(
+        [(model.features[0], "weight"), (model.classifier, "weight")], pruning_method=prune.L1Unstructured, amount=0.3
+    )
     masks = Masks.from_model(model)
     assert list(masks) == NAMES
     assert torch.equal(masks["features.0.weight"], model.features[0].weight_mask.bool())

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import copy
+import json
 
 import pytest
 import torch
 
-from lth_sparse.analysis.probes import (PROBE_VARIANTS, ProbeSettings, feature_dataset, features, linear_probe,
-                                        probe_points, probe_ticket, ticket_variants, train_probe)
+from lth_sparse.analysis.probes import (
+    PROBE_VARIANTS,
+    ProbeSettings,
+    feature_dataset,
+    features,
+    linear_probe,
+    probe_points,
+    probe_ticket,
+    ticket_variants,
+    train_probe,
+)
 from lth_sparse.data import Dataset, Split, load_dataset
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
@@ -19,8 +28,9 @@ from lth_sparse.tickets import load_ticket
 # A tiny IMP run: a 2-hidden-layer MLP of width 32 on the 8x8 digits, two rounds of 50% global magnitude pruning.
 # Narrow on purpose: 32 random ReLU features of the digits are a poor representation (a wide random layer is
 # already a good one), so the trained network's features stand clearly above a random network's.
-TINY = dict(dataset="digits", model="mlp", model_options=(("width", 32),), rounds=2, epochs=3, lr=0.05,
-            fraction=0.5, threads=1)
+TINY = dict(
+    dataset="digits", model="mlp", model_options=(("width", 32),), rounds=2, epochs=3, lr=0.05, fraction=0.5, threads=1
+)
 # Digits has ~1,150 training examples: batches of 32 give the probe ~180 steps in the paper's 5 epochs.
 PROBE = dict(batch_size=32)
 
@@ -46,11 +56,19 @@ def separable(n: int = 300, dim: int = 12, classes: int = 3, seed: int = 0) -> D
         y = torch.randint(classes, (count,), generator=g)
         return Split(centres[y] + torch.randn(count, dim, generator=g), y)
 
-    return Dataset(name="clusters", train=split(n), val=split(n // 3), test=split(n // 3), num_classes=classes,
-                   input_shape=(dim,), augment=None)
+    return Dataset(
+        name="clusters",
+        train=split(n),
+        val=split(n // 3),
+        test=split(n // 3),
+        num_classes=classes,
+        input_shape=(dim,),
+        augment=None,
+    )
 
 
 # --- probe points and features ------------------------------------------------------------------------------
+
 
 def test_default_probe_points_follow_the_rule_for_the_package_models():
     assert probe_points(create_model("lenet300", (1, 8, 8), 10)) == ["relu1", "relu2"]
@@ -60,7 +78,8 @@ def test_default_probe_points_follow_the_rule_for_the_package_models():
     assert probe_points(create_model("lenet5", (1, 12, 12), 10)) == ["pool1", "pool2", "relu3", "relu4"]
     assert probe_points(create_model("vgg11", (3, 16, 16), 10)) == ["pool1", "pool2", "pool3", "pool4", "avgpool"]
     assert probe_points(create_model("resnet20", (3, 8, 8), 10, width=4)) == [
-        f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)]
+        f"layer{s}.{b}" for s in (1, 2, 3) for b in range(3)
+    ]
     assert len(probe_points(create_model("resnet18", (3, 8, 8), 10))) == 8
 
 
@@ -107,6 +126,7 @@ def test_bad_probe_points_are_refused_by_name():
 
 
 # --- the probe ----------------------------------------------------------------------------------------------
+
 
 def test_probing_leaves_the_network_bit_identical_and_its_modes_restored():
     data = load_dataset("digits", seed=0, train_size=200)
@@ -168,6 +188,7 @@ def test_feature_datasets_keep_the_labels_and_hold_no_augmentation():
 
 # --- tickets ------------------------------------------------------------------------------------------------
 
+
 def test_probe_ticket_returns_every_variant_at_every_probe_point(probed):
     assert probed["variants"] == list(PROBE_VARIANTS)
     assert probed["layers"] == ["relu1", "relu2"]
@@ -205,8 +226,7 @@ def test_the_permuted_mask_differs_from_the_tickets_and_keeps_each_layers_count(
     # the same rewind weights under either mask
     rewind = ticket.rewind_state
     for name in ticket_masks:
-        torch.testing.assert_close(models["permuted"].state_dict()[name], rewind[name] * permuted[name],
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(models["permuted"].state_dict()[name], rewind[name] * permuted[name], rtol=0, atol=0)
     assert torch.equal(models["trained_dense"].state_dict()["fc1.weight"], dense.final_state["fc1.weight"])
     assert not torch.equal(models["random_dense"].state_dict()["fc1.weight"], dense.init_state["fc1.weight"])
     assert all(not p.requires_grad for m in models.values() for p in m.parameters())
@@ -252,8 +272,13 @@ def test_the_probe_command(tmp_path, capsys):
     from lth_sparse.pipelines.imp import ImpConfig
 
     run = tmp_path / "imp"
-    imp.run(ImpConfig(dataset="digits", model="mlp", model_options=(("width", 16),), epochs=1, rounds=1, lr=0.05),
-            run, progress=False, log=lambda s: None, plots=False)
+    imp.run(
+        ImpConfig(dataset="digits", model="mlp", model_options=(("width", 16),), epochs=1, rounds=1, lr=0.05),
+        run,
+        progress=False,
+        log=lambda s: None,
+        plots=False,
+    )
     assert main(["probe", str(run), "--rounds", "1", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "trained_dense" in out and "relu1" in out

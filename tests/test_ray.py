@@ -14,13 +14,19 @@ ray = pytest.importorskip("ray")
 
 from lth_sparse.executors import LocalExecutor, RayExecutor  # noqa: E402
 from lth_sparse.pipelines import imp  # noqa: E402
-from lth_sparse.units import Unit  # noqa: E402
 from lth_sparse.runs import read_json  # noqa: E402
 from lth_sparse.sweep import run_sweep, sweep_from_mapping  # noqa: E402
+from lth_sparse.units import Unit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FIXED = {"dataset": "digits", "model": "mlp", "model_options": {"width": 16}, "rounds": 1, "epochs": 1,
-         "train_size": 300}
+FIXED = {
+    "dataset": "digits",
+    "model": "mlp",
+    "model_options": {"width": 16},
+    "rounds": 1,
+    "epochs": 1,
+    "train_size": 300,
+}
 GRID = {"fraction": [0.2, 0.5], "seed": [0, 1]}
 
 
@@ -38,8 +44,7 @@ def cluster():
     """A local Ray cluster of 2 CPUs, never one found on the machine; its workers import ``tests.*`` by name."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 
@@ -47,16 +52,26 @@ def cluster():
 @pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "sweep"
-    table = run_sweep(sweep_from_mapping({"pipeline": "imp", "fixed": FIXED, "grid": GRID}), out,
-                      executor=LocalExecutor(1), log=lambda line: None, plots=False)
+    table = run_sweep(
+        sweep_from_mapping({"pipeline": "imp", "fixed": FIXED, "grid": GRID}),
+        out,
+        executor=LocalExecutor(1),
+        log=lambda line: None,
+        plots=False,
+    )
     return out, table
 
 
 def test_a_sweep_on_a_ray_cluster_gives_the_summaries_of_the_local_executor(cluster, local_sweep, tmp_path):
     local_dir, local_table = local_sweep
     lines: list[str] = []
-    table = run_sweep(sweep_from_mapping({"pipeline": "imp", "fixed": FIXED, "grid": GRID}), tmp_path / "sweep",
-                      executor=RayExecutor(address="local", threads=1), log=lines.append, plots=False)
+    table = run_sweep(
+        sweep_from_mapping({"pipeline": "imp", "fixed": FIXED, "grid": GRID}),
+        tmp_path / "sweep",
+        executor=RayExecutor(address="local", threads=1),
+        log=lines.append,
+        plots=False,
+    )
     assert any("through the ray executor" in line for line in lines)
     assert without_timings(table["rows"]) == without_timings(local_table["rows"])
     for point in local_table["points"]:
@@ -72,8 +87,9 @@ def test_a_unit_killed_on_ray_is_retried_and_redoes_nothing_it_had_finished(clus
     """Seed 0's Ray worker is killed (SIGKILL, by its PID) right after its round 0 finished; seed 1 runs beside it."""
     local_dir, _ = local_sweep
     points = {p.name: p.config for p in sweep_from_mapping({"pipeline": "imp", "fixed": FIXED, "grid": GRID}).points}
-    killed = Unit("tests.pipelines.unit_functions:imp_seed_killed_after_round_0", points["fraction=0.2,seed=0"],
-                  "seed_0")
+    killed = Unit(
+        "tests.pipelines.unit_functions:imp_seed_killed_after_round_0", points["fraction=0.2,seed=0"], "seed_0"
+    )
     plain = imp.IMP.plan(points["fraction=0.2,seed=1"])[0]
     assert [u.directory for u in plain] == ["seed_1"]
     RayExecutor(address="local", threads=1, retries=2).run([killed, *plain], tmp_path, log=lambda line: None)

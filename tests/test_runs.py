@@ -34,6 +34,7 @@ def listing(directory) -> list[str]:
 
 # --- atomic writes --------------------------------------------------------------------------------------------
 
+
 def test_atomic_write_json_writes_the_object_and_leaves_no_temporary_file(tmp_path):
     path = tmp_path / "sub" / "summary.json"
     atomic_write_json(path, {"rounds": [{"round": 0, "shape": (2, 3)}], "path": tmp_path})
@@ -120,6 +121,7 @@ def test_a_crash_before_the_rename_of_torch_save_keeps_the_old_checkpoint(tmp_pa
 
 # --- run directory ---------------------------------------------------------------------------------------------
 
+
 def small_config(**overrides) -> ImpConfig:
     base = dict(dataset="digits", model="mlp", rounds=2, epochs=1, milestones=(1.0, 2.0))
     base.update(overrides)
@@ -204,8 +206,12 @@ def test_mark_done_is_done_and_result_round_trip(tmp_path):
     run.mark_done("round_1", result)
     assert run.is_done("round_1")
     assert not run.is_done("round_2")
-    assert run.result("round_1") == {"round": 1, "sparsity": 0.2, "layer_sparsity": {"fc1.weight": 0.2},
-                                     "milestones": [1, 2]}
+    assert run.result("round_1") == {
+        "round": 1,
+        "sparsity": 0.2,
+        "layer_sparsity": {"fc1.weight": 0.2},
+        "milestones": [1, 2],
+    }
     assert listing(step) == ["done.json"]
 
 
@@ -298,8 +304,12 @@ def test_the_hash_of_the_default_imp_config_is_pinned():
 
 
 def test_a_directory_of_another_hash_rule_is_refused_with_the_rule_named(tmp_path):
-    record = {"kind": "imp", "hash": config_hash(small_config()), "schema": 1,
-              "config": json.loads(json.dumps(dataclasses.asdict(small_config())))}
+    record = {
+        "kind": "imp",
+        "hash": config_hash(small_config()),
+        "schema": 1,
+        "config": json.loads(json.dumps(dataclasses.asdict(small_config()))),
+    }
     (tmp_path / "config.json").write_text(json.dumps(record))
     with pytest.raises(ConfigMismatch, match="hashed by rule 1, not by this version's rule 2"):
         RunDir(tmp_path, small_config(), kind="imp")

@@ -10,22 +10,31 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from lth_sparse.cli import build_parser
 from lth_sparse.errors import UserError
 from lth_sparse.executors import LocalExecutor
 from lth_sparse.pipelines import imp
 from lth_sparse.runs import ConfigMismatch, read_json
-from lth_sparse.cli import build_parser
 from lth_sparse.sweep import GridError, load_sweep, point_name, run_sweep, sweep_from_mapping
 
-FIXED = {"dataset": "digits", "model": "mlp", "model_options": {"width": 16}, "rounds": 1, "epochs": 1,
-         "train_size": 300}
+FIXED = {
+    "dataset": "digits",
+    "model": "mlp",
+    "model_options": {"width": 16},
+    "rounds": 1,
+    "epochs": 1,
+    "train_size": 300,
+}
 GRID = {"fraction": [0.2, 0.5], "seed": [0, 1]}
 POINTS = ["fraction=0.2,seed=0", "fraction=0.2,seed=1", "fraction=0.5,seed=0", "fraction=0.5,seed=1"]
 
 
 def write_grid(path: Path, fixed=None, grid=None, pipeline="imp") -> Path:
-    path.write_text(yaml.safe_dump({"pipeline": pipeline, "fixed": FIXED if fixed is None else fixed,
-                                    "grid": GRID if grid is None else grid}))
+    path.write_text(
+        yaml.safe_dump(
+            {"pipeline": pipeline, "fixed": FIXED if fixed is None else fixed, "grid": GRID if grid is None else grid}
+        )
+    )
     return path
 
 
@@ -57,16 +66,18 @@ def swept(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     executor = RecordingExecutor()
     lines: list[str] = []
-    table = run_sweep(load_sweep(write_grid(tmp / "grid.yaml")), tmp / "sweep", executor=executor,
-                      log=lines.append, plots=False)
+    table = run_sweep(
+        load_sweep(write_grid(tmp / "grid.yaml")), tmp / "sweep", executor=executor, log=lines.append, plots=False
+    )
     plain = {}
     for fraction, seed in ((0.2, 0), (0.2, 1), (0.5, 0), (0.5, 1)):
         config = imp.ImpConfig(**{**FIXED, "model_options": (("width", 16),)}, fraction=fraction, seed=seed)
         run_dir = tmp / "plain" / f"{fraction}-{seed}"
         imp.run(config, run_dir, progress=False, log=lambda line: None, plots=False)
         plain[f"fraction={fraction},seed={seed}"] = read_json(run_dir / "summary.json")
-    return SimpleNamespace(dir=tmp / "sweep", grid=tmp / "grid.yaml", table=table, plain=plain,
-                           calls=executor.calls, lines=lines)
+    return SimpleNamespace(
+        dir=tmp / "sweep", grid=tmp / "grid.yaml", table=table, plain=plain, calls=executor.calls, lines=lines
+    )
 
 
 def test_each_grid_point_is_the_run_a_plain_imp_run_of_its_config_gives(swept):
@@ -76,9 +87,11 @@ def test_each_grid_point_is_the_run_a_plain_imp_run_of_its_config_gives(swept):
         assert summary["hash"] == plain["hash"], name
         assert summary["config"] == plain["config"], name
         assert without_timings(summary["per_seed"][str(summary["config"]["seed"])]) == without_timings(
-            plain["per_seed"][str(plain["config"]["seed"])]), name
+            plain["per_seed"][str(plain["config"]["seed"])]
+        ), name
     assert read_json(swept.dir / "fraction=0.5,seed=1" / "summary.json")["rounds"][1]["density"] == pytest.approx(
-        0.5, abs=1e-3)
+        0.5, abs=1e-3
+    )
 
 
 def test_every_unit_of_every_point_goes_to_the_executor_in_one_call(swept):
@@ -116,8 +129,12 @@ def test_re_running_the_command_resumes_and_runs_nothing_again(swept, capsys):
     done = sorted(swept.dir.rglob("done.json"))
     assert len(done) == 4 * 3  # per point: the seed's unit and its two rounds
     before = {p: p.stat().st_mtime_ns for p in done}
-    assert sweep_command([str(swept.grid), "--out", str(swept.dir), "--executor", "process", "--no-plots",
-                          "--threads", "1"]) == 0
+    assert (
+        sweep_command(
+            [str(swept.grid), "--out", str(swept.dir), "--executor", "process", "--no-plots", "--threads", "1"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "4 units, 4 already done" in out
     assert {p: p.stat().st_mtime_ns for p in done} == before
@@ -132,25 +149,28 @@ def test_a_changed_fixed_option_is_refused_naming_it_before_anything_is_written(
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
-@pytest.mark.parametrize("content, message", [
-    ([{"pipeline": "imp"}], "expected a mapping with 'pipeline', 'fixed' and 'grid', got list"),
-    ({"pipeline": "imp", "grid": GRID, "seeds": 2}, "unknown entries ['seeds']"),
-    ({"pipeline": "prune-it", "grid": GRID}, "unknown pipeline 'prune-it'; known: consensus, imp"),
-    ({"pipeline": "base", "grid": GRID}, "unknown pipeline 'base'"),
-    ({"grid": GRID}, "no 'pipeline'"),
-    ({"pipeline": "imp", "grid": {"lerning_rate": [0.1]}}, "grid: unknown options ['lerning_rate']"),
-    ({"pipeline": "imp", "fixed": {"epoch": 1}, "grid": GRID}, "fixed: unknown options ['epoch']"),
-    ({"pipeline": "imp", "fixed": [1], "grid": GRID}, "fixed must be a mapping"),
-    ({"pipeline": "imp", "grid": {}}, "grid must be a non-empty mapping"),
-    ({"pipeline": "imp", "fixed": FIXED}, "grid must be a non-empty mapping"),
-    ({"pipeline": "imp", "grid": {"seed": []}}, "grid: seed must be a non-empty list of values, got []"),
-    ({"pipeline": "imp", "grid": {"seed": 3}}, "grid: seed must be a non-empty list of values, got 3"),
-    ({"pipeline": "imp", "fixed": {"seed": 1}, "grid": {"seed": [2]}}, "['seed'] in both fixed and grid"),
-    ({"pipeline": "imp", "grid": {"threads": [1, 2]}}, "grid: threads is where the units run"),
-    ({"pipeline": "imp", "grid": {"seed": [1, 1]}}, "give the same point (seed=1)"),
-    ({"pipeline": "imp", "grid": {"rounds": ["one"]}}, "point rounds=one: rounds must be int, got 'one'"),
-    ({"pipeline": "imp", "grid": {"fraction": [0.5, 1.5]}}, "point fraction=1.5: fraction must be in (0, 1)"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ([{"pipeline": "imp"}], "expected a mapping with 'pipeline', 'fixed' and 'grid', got list"),
+        ({"pipeline": "imp", "grid": GRID, "seeds": 2}, "unknown entries ['seeds']"),
+        ({"pipeline": "prune-it", "grid": GRID}, "unknown pipeline 'prune-it'; known: consensus, imp"),
+        ({"pipeline": "base", "grid": GRID}, "unknown pipeline 'base'"),
+        ({"grid": GRID}, "no 'pipeline'"),
+        ({"pipeline": "imp", "grid": {"lerning_rate": [0.1]}}, "grid: unknown options ['lerning_rate']"),
+        ({"pipeline": "imp", "fixed": {"epoch": 1}, "grid": GRID}, "fixed: unknown options ['epoch']"),
+        ({"pipeline": "imp", "fixed": [1], "grid": GRID}, "fixed must be a mapping"),
+        ({"pipeline": "imp", "grid": {}}, "grid must be a non-empty mapping"),
+        ({"pipeline": "imp", "fixed": FIXED}, "grid must be a non-empty mapping"),
+        ({"pipeline": "imp", "grid": {"seed": []}}, "grid: seed must be a non-empty list of values, got []"),
+        ({"pipeline": "imp", "grid": {"seed": 3}}, "grid: seed must be a non-empty list of values, got 3"),
+        ({"pipeline": "imp", "fixed": {"seed": 1}, "grid": {"seed": [2]}}, "['seed'] in both fixed and grid"),
+        ({"pipeline": "imp", "grid": {"threads": [1, 2]}}, "grid: threads is where the units run"),
+        ({"pipeline": "imp", "grid": {"seed": [1, 1]}}, "give the same point (seed=1)"),
+        ({"pipeline": "imp", "grid": {"rounds": ["one"]}}, "point rounds=one: rounds must be int, got 'one'"),
+        ({"pipeline": "imp", "grid": {"fraction": [0.5, 1.5]}}, "point fraction=1.5: fraction must be in (0, 1)"),
+    ],
+)
 def test_a_grid_that_describes_no_sweep_is_refused_with_what_is_wrong(content, message):
     with pytest.raises(GridError) as error:
         sweep_from_mapping(content, "grid.yaml")
@@ -167,8 +187,17 @@ def test_the_command_refuses_a_bad_grid_file_and_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         sweep_command([str(tmp_path / "nowhere.yaml"), "--out", str(tmp_path / "out")])
     with pytest.raises(UserError, match="workers must be a positive integer"):
-        sweep_command([str(write_grid(tmp_path / "ok.yaml")), "--out", str(tmp_path / "out"),
-                       "--executor", "process", "--workers", "0"])
+        sweep_command(
+            [
+                str(write_grid(tmp_path / "ok.yaml")),
+                "--out",
+                str(tmp_path / "out"),
+                "--executor",
+                "process",
+                "--workers",
+                "0",
+            ]
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -188,12 +217,15 @@ def test_a_run_directory_is_not_taken_for_a_sweep_directory(tmp_path):
 
 
 def test_point_names_are_sorted_by_option_filesystem_safe_and_stable():
-    assert point_name({"seed": 1, "fraction": 0.2}) == point_name({"fraction": 0.2, "seed": 1}) == \
-        "fraction=0.2,seed=1"
-    assert point_name({"rewind": "epoch:2", "lr": 1e-05, "controls": True, "structured": None}) == \
-        "controls=true,lr=1e-05,rewind=epoch_2,structured=none"
-    assert point_name({"model_options": {"width": 16, "depth": 3}, "milestones": [10, 20]}) == \
-        "milestones=10+20,model_options=depth=3+width=16"
+    assert point_name({"seed": 1, "fraction": 0.2}) == point_name({"fraction": 0.2, "seed": 1}) == "fraction=0.2,seed=1"
+    assert (
+        point_name({"rewind": "epoch:2", "lr": 1e-05, "controls": True, "structured": None})
+        == "controls=true,lr=1e-05,rewind=epoch_2,structured=none"
+    )
+    assert (
+        point_name({"model_options": {"width": 16, "depth": 3}, "milestones": [10, 20]})
+        == "milestones=10+20,model_options=depth=3+width=16"
+    )
     assert point_name({"data_dir": "/data/a b"}) == "data_dir=_data_a_b"
     long_a, long_b = point_name({"rewind": "x" * 200 + "a"}), point_name({"rewind": "x" * 200 + "b"})
     assert len(long_a) <= 120 and long_a != long_b and long_a == point_name({"rewind": "x" * 200 + "a"})

@@ -14,8 +14,16 @@ from lth_sparse.pipelines import imp
 from lth_sparse.runs import ConfigMismatch
 from lth_sparse.tickets import finished_rounds, load_ticket, run_seeds
 
-TINY = dict(dataset="digits", model="mlp", model_options=(("width", 16),), rounds=2, epochs=1, train_size=300,
-            rewind="iter:3", batch_size=32)
+TINY = dict(
+    dataset="digits",
+    model="mlp",
+    model_options=(("width", 16),),
+    rounds=2,
+    epochs=1,
+    train_size=300,
+    rewind="iter:3",
+    batch_size=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +38,7 @@ def test_a_ticket_is_the_round_s_masks_with_the_rewind_state(run):
     folder = run / "seed_2"
     assert ticket.seed == 2 and ticket.round == 2 and ticket.rewind_iteration == 3
     assert ticket.masks == Masks.load(folder / "round_02" / "masks.safetensors")
-    assert abs(ticket.masks.sparsity() - (1 - 0.8 ** 2)) < 0.01
+    assert abs(ticket.masks.sparsity() - (1 - 0.8**2)) < 0.01
     rewind = torch.load(folder / "rewind.pt")["state_dict"]
     assert all(torch.equal(ticket.rewind_state[k], rewind[k]) for k in rewind)
     assert ticket.result == json.loads((folder / "round_02" / "done.json").read_text())
@@ -49,12 +57,15 @@ def test_seeds_and_rounds_are_listed_and_the_first_seed_is_the_default(run):
     assert load_ticket(run, 1).seed == 0
 
 
-@pytest.mark.parametrize("call, error, message", [
-    (lambda run: load_ticket(run, 5), KeyError, "round 5 of seed 0"),
-    (lambda run: load_ticket(run, 1, seed=1), KeyError, "its seeds: [0, 2]"),
-    (lambda run: load_ticket(run / "seed_0", 1), FileNotFoundError, "not a run directory"),
-    (lambda run: load_ticket(run, 1).state("best"), ValueError, "weights must be one of"),
-])
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda run: load_ticket(run, 5), KeyError, "round 5 of seed 0"),
+        (lambda run: load_ticket(run, 1, seed=1), KeyError, "its seeds: [0, 2]"),
+        (lambda run: load_ticket(run / "seed_0", 1), FileNotFoundError, "not a run directory"),
+        (lambda run: load_ticket(run, 1).state("best"), ValueError, "weights must be one of"),
+    ],
+)
 def test_what_the_run_does_not_have_is_refused_naming_what_it_has(run, call, error, message):
     with pytest.raises(error) as info:
         call(run)

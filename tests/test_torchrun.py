@@ -23,19 +23,47 @@ from lth_sparse.runs import ConfigMismatch, read_json
 from tests.tolerances import assert_close
 
 RANKS = 2
-# A two-rank IMP command (with the controls: units of a second stage), with 5 epochs (20 steps) at a learning rate at which the dense round learns.
-COMMAND = ["imp", "--dataset", "digits", "--model", "mlp", "--model-option", "width=16", "--rounds", "1",
-           "--epochs", "5", "--train-size", "256", "--batch-size", "64", "--lr", "0.1", "--controls", "--no-plots"]
+# A two-rank IMP command (with the controls: units of a second stage), with 5 epochs (20 steps) at a learning
+# rate at which the dense round learns.
+COMMAND = [
+    "imp",
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--model-option",
+    "width=16",
+    "--rounds",
+    "1",
+    "--epochs",
+    "5",
+    "--train-size",
+    "256",
+    "--batch-size",
+    "64",
+    "--lr",
+    "0.1",
+    "--controls",
+    "--no-plots",
+]
 LAUNCH_TIMEOUT = 600  # seconds; torch's imports in three processes on a busy 2-core machine take most of it
-TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                "TORCHELASTIC_RUN_ID", "GROUP_RANK", "ROLE_RANK")
+TORCHRUN_ENV = (
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "GROUP_RANK",
+    "ROLE_RANK",
+)
 
 
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                      env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     return env
 
 
@@ -44,10 +72,18 @@ def launch(out: Path, ranks: int | None) -> subprocess.CompletedProcess:
     if ranks is None:
         prefix = [sys.executable, "-m", "lth_sparse"]
     else:  # torchrun itself, by module: the interpreter of this test's environment
-        prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-                  "-m", "lth_sparse"]
-    done = subprocess.run([*prefix, *COMMAND, "--out", str(out)], env=_env(), capture_output=True, text=True,
-                          timeout=LAUNCH_TIMEOUT)
+        prefix = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={ranks}",
+            "-m",
+            "lth_sparse",
+        ]
+    done = subprocess.run(
+        [*prefix, *COMMAND, "--out", str(out)], env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT
+    )
     assert done.returncode == 0, f"exit status {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done
 
@@ -58,8 +94,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchrun")
     single = launch(root / "single", None)
     ddp = launch(root / "ddp", RANKS)
-    return {"root": root, "single": root / "single", "ddp": root / "ddp", "ddp_output": ddp,
-            "single_output": single}
+    return {"root": root, "single": root / "single", "ddp": root / "ddp", "ddp_output": ddp, "single_output": single}
 
 
 def files(run_dir: Path) -> list[str]:
@@ -95,8 +130,9 @@ def test_two_ranks_find_the_single_process_masks_and_weights(runs):
         assert masks.sparsity() == pytest.approx(0.2 * r, abs=1e-3)
         expected, found = torch.load(single / round_dir / "final.pt"), torch.load(ddp / round_dir / "final.pt")
         assert expected.keys() == found.keys()
-        assert not torch.allclose(expected["fc1.weight"], init["fc1.weight"], atol=1e-3), \
+        assert not torch.allclose(expected["fc1.weight"], init["fc1.weight"], atol=1e-3), (
             "precondition: training moves the weights well beyond the tolerance"
+        )
         for key, value in expected.items():
             if value.is_floating_point():  # the gradients are summed in another order
                 assert_close(found[key], value, scale=10)
@@ -119,8 +155,13 @@ def test_two_ranks_record_the_single_process_metrics(runs):
             assert found[key] == pytest.approx(expected[key], rel=1e-5), key
     assert single["rounds"][0]["test_accuracy"] > 0.5, "precondition: the dense round learns (chance: 0.1)"
     for r in (0, 1):
-        records = [[json.loads(line) for line in (runs[kind] / "seed_0" / f"round_{r:02d}" / "metrics.jsonl")
-                    .read_text().splitlines()] for kind in ("ddp", "single")]
+        records = [
+            [
+                json.loads(line)
+                for line in (runs[kind] / "seed_0" / f"round_{r:02d}" / "metrics.jsonl").read_text().splitlines()
+            ]
+            for kind in ("ddp", "single")
+        ]
         assert [e["iteration"] for e in records[0]] == [e["iteration"] for e in records[1]] == [4, 8, 12, 16, 20]
         for found, expected in zip(*records):
             assert found["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
@@ -139,13 +180,16 @@ def test_a_relaunch_resumes_after_the_last_finished_round(runs, tmp_path):
         shutil.rmtree(control)
     (run / "summary.json").unlink()
     round0 = run / "seed_0" / "round_00" / "done.json"
-    before = {p: p.stat().st_mtime_ns for p in (round0, run / "seed_0" / "round_00" / "final.pt",
-                                                run / "seed_0" / "rewind.pt")}
+    before = {
+        p: p.stat().st_mtime_ns
+        for p in (round0, run / "seed_0" / "round_00" / "final.pt", run / "seed_0" / "rewind.pt")
+    }
     out = launch(run, RANKS).stdout
     assert out.count("resuming: 1 of 2 rounds already done") == 1, out
     assert {p: p.stat().st_mtime_ns for p in before} == before, "round 0 is not trained again"
-    assert Masks.load(run / "seed_0" / "round_01" / "masks.safetensors") == \
-        Masks.load(runs["single"] / "seed_0" / "round_01" / "masks.safetensors")
+    assert Masks.load(run / "seed_0" / "round_01" / "masks.safetensors") == Masks.load(
+        runs["single"] / "seed_0" / "round_01" / "masks.safetensors"
+    )
     found = torch.load(run / "seed_0" / "round_01" / "final.pt")
     for key, value in torch.load(runs["single"] / "seed_0" / "round_01" / "final.pt").items():
         if value.is_floating_point():
@@ -155,11 +199,13 @@ def test_a_relaunch_resumes_after_the_last_finished_round(runs, tmp_path):
 
 # --- without launching: what torchrun's environment alone decides ---------------------------------
 
+
 @pytest.fixture
 def torchrun_env(monkeypatch):
     """The environment of rank 0 of two, as torchrun sets it (no process group is opened)."""
-    for key, value in dict(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2",
-                           MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+    for key, value in dict(
+        WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1"
+    ).items():
         monkeypatch.setenv(key, value)
 
 
@@ -214,16 +260,26 @@ def world_worker(rank: int, port: int, out_dir: Path) -> None:
         ddp(torch.randn(4, 1, 8, 8)).sum().backward()
         errors = []
         for raised in (ConfigMismatch("the run there has another config"), None):
+
             def compute(raised=raised):
                 if raised is not None:
                     raise raised
                 return {"rank": world.rank}
+
             try:
                 errors.append(("ok", world.on_writer(compute)))
             except ConfigMismatch as error:
                 errors.append(("raised", str(error)))
-        torch.save({"masks": dict(masks), "after_init": after_init, "after_step": dict(model.state_dict()),
-                    "outcomes": errors, "shared": world.share(f"from rank {world.rank}")}, out_dir / f"{rank}.pt")
+        torch.save(
+            {
+                "masks": dict(masks),
+                "after_init": after_init,
+                "after_step": dict(model.state_dict()),
+                "outcomes": errors,
+                "shared": world.share(f"from rank {world.rank}"),
+            },
+            out_dir / f"{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -240,8 +296,9 @@ def test_masks_are_broadcast_once_and_ddp_leaves_them_alone(free_port, tmp_path)
     for key, value in ranks[0]["after_init"].items():
         if key.endswith("mask"):
             assert torch.equal(value, ranks[0]["masks"][key[:-4] + "weight"])
-            assert ranks[1]["after_init"][key].all() and ranks[1]["after_step"][key].all(), \
+            assert ranks[1]["after_init"][key].all() and ranks[1]["after_step"][key].all(), (
                 f"{key}: DDP sent no mask, neither when built nor at the forward pass"
+            )
         else:
             assert torch.equal(ranks[1]["after_init"][key], value), f"{key}: rank 0's weights, copied by DDP"
     expected = [("raised", "the run there has another config"), ("ok", {"rank": 0})]

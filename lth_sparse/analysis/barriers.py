@@ -103,7 +103,8 @@ def loss_barrier(losses: Sequence[float], alphas: Sequence[float], kind: str = "
     return barrier(losses, alphas, kind)
 
 
-def is_stable(errors: Sequence[float], alphas: Sequence[float], threshold: float = 0.02,
-              kind: str = "max-mean") -> bool:
+def is_stable(
+    errors: Sequence[float], alphas: Sequence[float], threshold: float = 0.02, kind: str = "max-mean"
+) -> bool:
     """Whether the pair is stable to SGD noise: its error barrier under ``threshold`` (Frankle et al.: 2%)."""
     return error_barrier(errors, alphas, kind).value < threshold

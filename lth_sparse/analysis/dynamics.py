@@ -60,8 +60,17 @@ from lth_sparse.atomic import (
 from lth_sparse.data import Dataset, Split
 from lth_sparse.train.loop import PRECISIONS, TrainStep, evaluate
 
-__all__ = ["EpochErrors", "ForgettingEvents", "ForgettingResult", "convergence_speed", "dataset_without",
-           "epoch_errors", "least_forgotten", "most_forgotten", "without_examples"]
+__all__ = [
+    "EpochErrors",
+    "ForgettingEvents",
+    "ForgettingResult",
+    "convergence_speed",
+    "dataset_without",
+    "epoch_errors",
+    "least_forgotten",
+    "most_forgotten",
+    "without_examples",
+]
 
 _FORMAT = "lth_sparse.forgetting/1"
 _STATE_FORMAT = 1
@@ -70,6 +79,7 @@ _TENSORS = (*_VECTORS, "events_per_epoch")  # a ForgettingResult's tensors, and 
 
 
 # --- Forgetting events ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, eq=False)  # tensors: no elementwise ==
 class ForgettingResult:
@@ -156,13 +166,17 @@ class ForgettingResult:
 
     def to_dict(self) -> dict:
         """The figures, JSON-ready (NaN where nothing was presented)."""
-        return {"num_examples": self.num_examples, "num_presented": self.num_presented,
-                "mean_events": self.mean_events, "std_events": self.std_events,
-                "max_events": int(self.counts.max()) if self.num_examples else 0,
-                "unforgettable_fraction": self.unforgettable_fraction,
-                "forgotten_fraction": self.forgotten_fraction,
-                "never_learned_fraction": self.never_learned_fraction,
-                "events_per_epoch": [int(v) for v in self.events_per_epoch.tolist()]}
+        return {
+            "num_examples": self.num_examples,
+            "num_presented": self.num_presented,
+            "mean_events": self.mean_events,
+            "std_events": self.std_events,
+            "max_events": int(self.counts.max()) if self.num_examples else 0,
+            "unforgettable_fraction": self.unforgettable_fraction,
+            "forgotten_fraction": self.forgotten_fraction,
+            "never_learned_fraction": self.never_learned_fraction,
+            "events_per_epoch": [int(v) for v in self.events_per_epoch.tolist()],
+        }
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the per-example tensors to ``path`` (safetensors, the figures in its metadata) and the figures to
@@ -226,11 +240,15 @@ class ForgettingEvents:
     def __call__(self, step: TrainStep) -> None:
         index, output, target = step.index, step.output, step.target
         if output.dim() != 2 or target.dim() != 1 or target.is_floating_point():
-            raise ValueError("forgetting events need (B, C) scores and (B,) integer class targets, got output "
-                             f"{tuple(output.shape)} and target {tuple(target.shape)} of {target.dtype}")
+            raise ValueError(
+                "forgetting events need (B, C) scores and (B,) integer class targets, got output "
+                f"{tuple(output.shape)} and target {tuple(target.shape)} of {target.dtype}"
+            )
         if not (index.shape[0] == output.shape[0] == target.shape[0]) or index.dim() != 1:
-            raise ValueError(f"index {tuple(index.shape)}, output {tuple(output.shape)} and target "
-                             f"{tuple(target.shape)} must hold the same examples")
+            raise ValueError(
+                f"index {tuple(index.shape)}, output {tuple(output.shape)} and target "
+                f"{tuple(target.shape)} must hold the same examples"
+            )
         if step.epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {step.epoch}")
         if step.epoch >= len(self.events_per_epoch):  # once per epoch, on the host's knowledge of the epoch alone
@@ -267,15 +285,20 @@ class ForgettingEvents:
 
     def state_dict(self) -> dict:
         """Copies of the counts so far (``train`` saves them in its checkpoints)."""
-        return {"format": _STATE_FORMAT, "num_examples": self.num_examples,
-                **{name: getattr(self, name).clone() for name in _TENSORS}}
+        return {
+            "format": _STATE_FORMAT,
+            "num_examples": self.num_examples,
+            **{name: getattr(self, name).clone() for name in _TENSORS},
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from ``state`` (a :meth:`state_dict`, on any device)."""
         if state.get("format") != _STATE_FORMAT or state.get("num_examples") != self.num_examples:
-            raise ValueError(f"the state (format {state.get('format')!r}) is one of ForgettingEvents over "
-                             f"{state.get('num_examples')!r} examples, this one counts {self.num_examples} "
-                             f"(format {_STATE_FORMAT})")
+            raise ValueError(
+                f"the state (format {state.get('format')!r}) is one of ForgettingEvents over "
+                f"{state.get('num_examples')!r} examples, this one counts {self.num_examples} "
+                f"(format {_STATE_FORMAT})"
+            )
         for name in _TENSORS:
             current = getattr(self, name)
             value = torch.as_tensor(state[name])
@@ -285,8 +308,7 @@ class ForgettingEvents:
 
     def result(self) -> ForgettingResult:
         """The counts so far, copied to the CPU (one read back to the host)."""
-        return ForgettingResult(**{name: getattr(self, name).cpu().clone()
-                                   for name in _TENSORS})
+        return ForgettingResult(**{name: getattr(self, name).cpu().clone() for name in _TENSORS})
 
 
 def _check_fraction(fraction: float) -> float:
@@ -301,9 +323,11 @@ def _forgetting_key(counts_or_result: Tensor | ForgettingResult) -> Tensor:
         result = counts_or_result
         unpresented = result.num_examples - result.num_presented
         if unpresented:
-            raise ValueError(f"{unpresented} of the {result.num_examples} examples were never presented: a ranking "
-                             "needs every example's record (a training shorter than an epoch, or one rank's shard "
-                             "under DDP without sync?)")
+            raise ValueError(
+                f"{unpresented} of the {result.num_examples} examples were never presented: a ranking "
+                "needs every example's record (a training shorter than an epoch, or one rank's shard "
+                "under DDP without sync?)"
+            )
         key = result.counts.double()
         top = float(key.max()) + 1.0 if len(key) else 0.0
         return torch.where(result.learned, key, torch.full_like(key, top))
@@ -355,12 +379,15 @@ def without_examples(split: Split, indices: Tensor | Sequence[int]) -> Split:
     if index.numel() == 0:
         index = index.to(torch.int64)
     if index.dim() != 1 or index.is_floating_point() or index.dtype == torch.bool or index.is_complex():
-        raise ValueError(f"indices must be a vector of integer positions, got {index.dtype} of shape "
-                         f"{tuple(index.shape)}")
+        raise ValueError(
+            f"indices must be a vector of integer positions, got {index.dtype} of shape {tuple(index.shape)}"
+        )
     index = index.to(device=split.y.device, dtype=torch.int64)
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-        raise ValueError(f"indices must be positions in [0, {n}) of the split, got values in "
-                         f"[{int(index.min())}, {int(index.max())}]")
+        raise ValueError(
+            f"indices must be positions in [0, {n}) of the split, got values in "
+            f"[{int(index.min())}, {int(index.max())}]"
+        )
     keep = torch.ones(n, dtype=torch.bool, device=split.y.device)
     keep[index] = False
     return Split(split.x[keep], split.y[keep])
@@ -375,6 +402,7 @@ def dataset_without(data: Dataset, indices: Tensor | Sequence[int]) -> Dataset:
 
 
 # --- Convergence speed ------------------------------------------------------------------------------------
+
 
 def convergence_speed(errors: Sequence[float] | Tensor, *, strict: bool = False) -> float:
     """Equation 4: ``(1/T) sum_{ep=1..T} (errors[0] - errors[ep]) / (errors[0] - errors[T])``.
@@ -398,8 +426,10 @@ def convergence_speed(errors: Sequence[float] | Tensor, *, strict: bool = False)
     drop = float(e[0] - e[-1])
     if not drop > 0:
         if strict:
-            raise ValueError(f"the error did not drop over training ({float(e[0])} before, {float(e[-1])} after): "
-                             "the convergence speed is undefined")
+            raise ValueError(
+                f"the error did not drop over training ({float(e[0])} before, {float(e[-1])} after): "
+                "the convergence speed is undefined"
+            )
         return math.nan
     return float(((e[0] - e[1:]) / drop).mean())
 
@@ -420,14 +450,25 @@ class EpochErrors:
     evaluates once per epoch, the default), with no extra pass.
     """
 
-    def __init__(self, model: nn.Module, split: Split, iterations_per_epoch: int, *, batch_size: int = 1000,
-                 precision: str = "fp32", initial_error: float | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        split: Split,
+        iterations_per_epoch: int,
+        *,
+        batch_size: int = 1000,
+        precision: str = "fp32",
+        initial_error: float | None = None,
+    ) -> None:
         if split.y.is_floating_point():
             raise ValueError("EpochErrors measures a classification error; the split has floating targets")
         if len(split) == 0:
             raise ValueError("the split is empty")
-        if isinstance(iterations_per_epoch, bool) or not isinstance(iterations_per_epoch, numbers.Integral) \
-                or iterations_per_epoch < 1:
+        if (
+            isinstance(iterations_per_epoch, bool)
+            or not isinstance(iterations_per_epoch, numbers.Integral)
+            or iterations_per_epoch < 1
+        ):
             raise ValueError(f"iterations_per_epoch must be an integer >= 1, got {iterations_per_epoch!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -495,6 +536,8 @@ def epoch_errors(records: Iterable[Mapping] | str | os.PathLike, initial_error: 
             by_epoch[int(epoch)] = 1.0 - float(accuracy)
     epochs = sorted(by_epoch)
     if not epochs or epochs != list(range(1, len(epochs) + 1)):
-        raise ValueError(f"the records hold whole epochs {epochs}, not every epoch from 1: train with the default "
-                         "eval_every (once per epoch), or record the errors with EpochErrors")
+        raise ValueError(
+            f"the records hold whole epochs {epochs}, not every epoch from 1: train with the default "
+            "eval_every (once per epoch), or record the errors with EpochErrors"
+        )
     return [float(initial_error), *(by_epoch[e] for e in epochs)]

@@ -50,8 +50,18 @@ from lth_sparse.data import Dataset, Split, batches
 from lth_sparse.nn.modules import MaskedMixin
 from lth_sparse.nn.path import BN_MODES, PathNetwork
 
-__all__ = ["BN_MODES", "CONVENTION", "METRICS", "MASK_KINDS", "PRECISIONS", "PathCurve", "PathResult", "interpolate",
-           "mask_relation", "recompute_batches"]
+__all__ = [
+    "BN_MODES",
+    "CONVENTION",
+    "METRICS",
+    "MASK_KINDS",
+    "PRECISIONS",
+    "PathCurve",
+    "PathResult",
+    "interpolate",
+    "mask_relation",
+    "recompute_batches",
+]
 
 PRECISIONS = ("fp32", "bf16")  # as the training loop names them (lth_sparse.train)
 CONVENTION = "(1 - alpha) * state_a + alpha * state_b: alpha = 0 is state_a, alpha = 1 is state_b"
@@ -72,13 +82,21 @@ class PathCurve:
     examples: int
 
     def to_dict(self) -> dict:
-        return {"loss": list(self.loss), "error": list(self.error), "accuracy": list(self.accuracy),
-                "examples": self.examples}
+        return {
+            "loss": list(self.loss),
+            "error": list(self.error),
+            "accuracy": list(self.accuracy),
+            "examples": self.examples,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> PathCurve:
-        return cls([float(v) for v in d["loss"]], [float(v) for v in d["error"]],
-                   [float(v) for v in d["accuracy"]], int(d["examples"]))
+        return cls(
+            [float(v) for v in d["loss"]],
+            [float(v) for v in d["error"]],
+            [float(v) for v in d["accuracy"]],
+            int(d["examples"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -133,24 +151,41 @@ class PathResult:
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (floats, ints, strings, lists); :meth:`from_dict` reads it back."""
-        return {"schema": self.schema, "convention": self.convention, "alphas": list(self.alphas), "bn": self.bn,
-                "masks": self.masks, "bn_batches": self.bn_batches, "bn_examples": self.bn_examples,
-                "bn_layers": self.bn_layers, "batch_size": self.batch_size, "precision": self.precision,
-                "curves": {name: c.to_dict() for name, c in self.curves.items()}}
+        return {
+            "schema": self.schema,
+            "convention": self.convention,
+            "alphas": list(self.alphas),
+            "bn": self.bn,
+            "masks": self.masks,
+            "bn_batches": self.bn_batches,
+            "bn_examples": self.bn_examples,
+            "bn_layers": self.bn_layers,
+            "batch_size": self.batch_size,
+            "precision": self.precision,
+            "curves": {name: c.to_dict() for name, c in self.curves.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping) -> PathResult:
         if int(d.get("schema", _SCHEMA)) != _SCHEMA:
             raise ValueError(f"PathResult schema {d.get('schema')} is not the one this version reads ({_SCHEMA})")
-        return cls(alphas=[float(a) for a in d["alphas"]], bn=str(d["bn"]), masks=str(d["masks"]),
-                   curves={str(k): PathCurve.from_dict(v) for k, v in d["curves"].items()},
-                   bn_batches=int(d.get("bn_batches", 0)), bn_examples=int(d.get("bn_examples", 0)),
-                   bn_layers=int(d.get("bn_layers", 0)), batch_size=int(d.get("batch_size", 1000)),
-                   precision=str(d.get("precision", "fp32")), convention=str(d.get("convention", CONVENTION)),
-                   schema=_SCHEMA)
+        return cls(
+            alphas=[float(a) for a in d["alphas"]],
+            bn=str(d["bn"]),
+            masks=str(d["masks"]),
+            curves={str(k): PathCurve.from_dict(v) for k, v in d["curves"].items()},
+            bn_batches=int(d.get("bn_batches", 0)),
+            bn_examples=int(d.get("bn_examples", 0)),
+            bn_layers=int(d.get("bn_layers", 0)),
+            batch_size=int(d.get("batch_size", 1000)),
+            precision=str(d.get("precision", "fp32")),
+            convention=str(d.get("convention", CONVENTION)),
+            schema=_SCHEMA,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- checks
+
 
 def _as_alphas(alphas: int | Sequence[float] | Tensor) -> Tensor:
     """(A,) float64 alphas: ``n`` evenly spaced points of [0, 1] for an int, else the values given."""
@@ -190,11 +225,11 @@ def _check_states(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mapp
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name}[{key!r}] must be a tensor, got {type(t).__name__}")
         if a.shape != b.shape:
-            raise ValueError(f"state_a and state_b differ in the shape of {key!r}: {tuple(a.shape)} and "
-                             f"{tuple(b.shape)}")
+            raise ValueError(
+                f"state_a and state_b differ in the shape of {key!r}: {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         if a.shape != reference.shape:
-            raise ValueError(f"{key!r} has shape {tuple(a.shape)} in the states, {tuple(reference.shape)} in the "
-                             f"model")
+            raise ValueError(f"{key!r} has shape {tuple(a.shape)} in the states, {tuple(reference.shape)} in the model")
         if a.is_floating_point() != b.is_floating_point():
             raise ValueError(f"state_a and state_b differ in the dtype of {key!r}: {a.dtype} and {b.dtype}")
 
@@ -211,6 +246,7 @@ def mask_relation(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mapp
 
 # ------------------------------------------------------------------------------------------------ data
 
+
 def _is_pair(value, sequences=(tuple,)) -> bool:
     """Whether ``value`` is (x, y) tensors: a tuple for a whole split (a list of two batches is a list of
     batches), a tuple or list for a batch (a DataLoader yields lists)."""
@@ -224,8 +260,10 @@ def _as_split(value, name: str) -> Split | Iterable:
     if _is_pair(value):
         return Split(value[0], value[1])
     if isinstance(value, Tensor) or isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError(f"split {name!r} must be (x, y) tensors, a Split or an iterable of (x, y) batches, got "
-                        f"{type(value).__name__}")
+        raise TypeError(
+            f"split {name!r} must be (x, y) tensors, a Split or an iterable of (x, y) batches, got "
+            f"{type(value).__name__}"
+        )
     return value
 
 
@@ -237,8 +275,10 @@ def _named_splits(data, splits: Sequence[str] | None) -> dict[str, Split | Itera
         available = dict(data)
         wanted = tuple(available) if splits is None else tuple(splits)
     else:
-        raise TypeError(f"data must be a lth_sparse.data.Dataset or a mapping of split names to (x, y) tensors or "
-                        f"batches, got {type(data).__name__}")
+        raise TypeError(
+            f"data must be a lth_sparse.data.Dataset or a mapping of split names to (x, y) tensors or "
+            f"batches, got {type(data).__name__}"
+        )
     if isinstance(splits, str):
         raise TypeError(f"splits must be a sequence of split names, got the string {splits!r}")
     if not wanted:
@@ -249,8 +289,9 @@ def _named_splits(data, splits: Sequence[str] | None) -> dict[str, Split | Itera
     return {name: _as_split(available[name], name) for name in wanted}
 
 
-def _limited(source: Split | Iterable, examples: int | None, batch_size: int | None,
-             device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+def _limited(
+    source: Split | Iterable, examples: int | None, batch_size: int | None, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor]]:
     """(x, y) batches of a split on ``device``, at most ``examples`` examples in all: a Split as one batch
     (``batch_size`` None) or as consecutive batches of ``batch_size``; an iterable's batches as they come."""
     if isinstance(source, Split):
@@ -274,8 +315,9 @@ def _limited(source: Split | Iterable, examples: int | None, batch_size: int | N
         yield x.to(device), y.to(device)
 
 
-def recompute_batches(train_data: Split | tuple[Tensor, Tensor] | Iterable, bn_batches: int, batch_size: int,
-                      seed: int = 0) -> list[Tensor]:
+def recompute_batches(
+    train_data: Split | tuple[Tensor, Tensor] | Iterable, bn_batches: int, batch_size: int, seed: int = 0
+) -> list[Tensor]:
     """The training inputs ``bn="recompute"`` re-estimates batch-norm statistics on: from tensors, the first
     ``bn_batches`` batches of ``batch_size`` of one permutation drawn with ``seed`` (full batches only, unless
     there are fewer examples than one batch: then all of them in one); from an iterable of (x, y) batches,
@@ -322,14 +364,27 @@ def _device_of(model: nn.Module, named: Mapping[str, Split | Iterable], train_da
 
 # ------------------------------------------------------------------------------------------------- API
 
+
 @torch.no_grad()
-def interpolate(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
-                data: Dataset | Mapping[str, Split | tuple[Tensor, Tensor] | Iterable], *,
-                alphas: int | Sequence[float] | Tensor = 21, bn: str = "recompute", bn_batches: int = 10,
-                splits: Sequence[str] | None = None, train_data: Split | tuple[Tensor, Tensor] | Iterable | None = None,
-                batch_size: int = 1000, bn_batch_size: int | None = None, seed: int = 0,
-                examples: int | None = None, device: str | torch.device | None = None,
-                one_alpha_at_a_time: bool | None = None, precision: str = "fp32") -> PathResult:
+def interpolate(
+    model: nn.Module,
+    state_a: Mapping[str, Tensor],
+    state_b: Mapping[str, Tensor],
+    data: Dataset | Mapping[str, Split | tuple[Tensor, Tensor] | Iterable],
+    *,
+    alphas: int | Sequence[float] | Tensor = 21,
+    bn: str = "recompute",
+    bn_batches: int = 10,
+    splits: Sequence[str] | None = None,
+    train_data: Split | tuple[Tensor, Tensor] | Iterable | None = None,
+    batch_size: int = 1000,
+    bn_batch_size: int | None = None,
+    seed: int = 0,
+    examples: int | None = None,
+    device: str | torch.device | None = None,
+    one_alpha_at_a_time: bool | None = None,
+    precision: str = "fp32",
+) -> PathResult:
     """``model`` at ``(1 - a) * state_a + a * state_b`` for every alpha ``a``, evaluated on each split:
     mean cross-entropy loss, error and accuracy per alpha (see the module's docstring).
 
@@ -383,9 +438,11 @@ def interpolate(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mappin
         used_batches = used_examples = 0
         if bn == "recompute" and bn_layers:
             if train_data is None:
-                raise ValueError("bn='recompute' re-estimates the batch-norm statistics of every alpha on training "
-                                 "batches: pass train_data, or data with a 'train' split (or choose bn='interpolate' "
-                                 "or 'train-mode')")
+                raise ValueError(
+                    "bn='recompute' re-estimates the batch-norm statistics of every alpha on training "
+                    "batches: pass train_data, or data with a 'train' split (or choose bn='interpolate' "
+                    "or 'train-mode')"
+                )
             inputs = [x.to(device) for x in recompute_batches(train_data, bn_batches, bn_batch_size, seed)]
             used_batches = path.recompute_bn_statistics(inputs, path_alphas, one_alpha_at_a_time)
             used_examples = sum(x.shape[0] for x in inputs)
@@ -393,16 +450,26 @@ def interpolate(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mappin
         curves = {}
         for name, source in named.items():
             whole = batch_size if bn == "train-mode" else None  # train-mode: each batch one statistic, as given
-            loss, correct, n = path.evaluate(_limited(source, examples, whole, device), path_alphas, batch_size,
-                                             one_alpha_at_a_time)
+            loss, correct, n = path.evaluate(
+                _limited(source, examples, whole, device), path_alphas, batch_size, one_alpha_at_a_time
+            )
             if n == 0:
                 raise ValueError(f"split {name!r} has no examples")
             accuracy = (correct / n).tolist()
-            curves[name] = PathCurve(loss=(loss / n).tolist(), error=[1.0 - a for a in accuracy], accuracy=accuracy,
-                                     examples=n)
-        return PathResult(alphas=alpha_values.tolist(), bn=bn, masks=mask_relation(model, state_a, state_b),
-                          curves=curves, bn_batches=used_batches, bn_examples=used_examples, bn_layers=bn_layers,
-                          batch_size=int(batch_size), precision=precision)
+            curves[name] = PathCurve(
+                loss=(loss / n).tolist(), error=[1.0 - a for a in accuracy], accuracy=accuracy, examples=n
+            )
+        return PathResult(
+            alphas=alpha_values.tolist(),
+            bn=bn,
+            masks=mask_relation(model, state_a, state_b),
+            curves=curves,
+            bn_batches=used_batches,
+            bn_examples=used_examples,
+            bn_layers=bn_layers,
+            batch_size=int(batch_size),
+            precision=precision,
+        )
 
 
 def _precision(precision: str, device: torch.device):

@@ -49,15 +49,24 @@ import torch.nn as nn
 from torch import Tensor
 
 from lth_sparse.data import Dataset, Split, load_dataset
-from lth_sparse.masks import Masks, jaccard_distance, unwrap_model
 from lth_sparse.experiment import draw_model
+from lth_sparse.masks import Masks, jaccard_distance, unwrap_model
 from lth_sparse.models.resnet import BasicBlock, Bottleneck
 from lth_sparse.tickets import Ticket, load_ticket
 from lth_sparse.train import TrainConfig, evaluate, train
 from lth_sparse.train.loop import OPTIMIZERS
 
-__all__ = ["PROBE_VARIANTS", "ProbeSettings", "features", "feature_dataset", "linear_probe", "probe_points",
-           "probe_ticket", "ticket_variants", "train_probe"]
+__all__ = [
+    "PROBE_VARIANTS",
+    "ProbeSettings",
+    "features",
+    "feature_dataset",
+    "linear_probe",
+    "probe_points",
+    "probe_ticket",
+    "ticket_variants",
+    "train_probe",
+]
 
 # Section 5.1's comparison, in Table 5's order: the ticket, its layerwise-permuted mask, a random dense network,
 # and the trained dense network.
@@ -87,8 +96,15 @@ class ProbeSettings:
 
     def train_config(self) -> TrainConfig:
         """The :class:`~lth_sparse.train.TrainConfig` of the probe: these settings, a constant learning rate."""
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-                           momentum=self.momentum, weight_decay=self.weight_decay, schedule="constant")
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule="constant",
+        )
 
 
 def probe_points(model: nn.Module) -> list[str]:
@@ -112,8 +128,10 @@ def _resolve_layers(model: nn.Module, layers: str | Sequence[str] | None) -> lis
     if layers is None:
         points = probe_points(model)
         if not points:
-            raise ValueError("the model has no default probe point (no residual block, pooling layer or hidden "
-                             "Linear + ReLU): name the modules to probe with layers=[...]")
+            raise ValueError(
+                "the model has no default probe point (no residual block, pooling layer or hidden "
+                "Linear + ReLU): name the modules to probe with layers=[...]"
+            )
         return points
     names = [layers] if isinstance(layers, str) else list(layers)
     if not names:
@@ -123,8 +141,7 @@ def _resolve_layers(model: nn.Module, layers: str | Sequence[str] | None) -> lis
     known = dict(unwrap_model(model).named_modules())
     unknown = [n for n in names if n not in known or n == ""]
     if unknown:
-        raise KeyError(f"layers {unknown} are no modules of the model; its default probe points: "
-                       f"{probe_points(model)}")
+        raise KeyError(f"layers {unknown} are no modules of the model; its default probe points: {probe_points(model)}")
     return names
 
 
@@ -133,8 +150,9 @@ def _pooled(output, name: str) -> Tensor:
     if not isinstance(output, Tensor):
         raise TypeError(f"module {name!r} returns {type(output).__name__}, not a tensor: it cannot be probed")
     if output.dim() < 2:
-        raise ValueError(f"module {name!r} returns a tensor of shape {tuple(output.shape)}: a probe needs (N, D) "
-                         "or (N, C, *spatial)")
+        raise ValueError(
+            f"module {name!r} returns a tensor of shape {tuple(output.shape)}: a probe needs (N, D) or (N, C, *spatial)"
+        )
     return output.float() if output.dim() == 2 else output.float().flatten(2).mean(2)
 
 
@@ -144,8 +162,9 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def features(model: nn.Module, x: Tensor, layers: str | Sequence[str] | None = None, *,
-             batch_size: int = 1024) -> dict[str, Tensor]:
+def features(
+    model: nn.Module, x: Tensor, layers: str | Sequence[str] | None = None, *, batch_size: int = 1024
+) -> dict[str, Tensor]:
     """The representations of ``x`` at the probe points of ``model``, frozen: ``{name: (N, D) float32}``.
 
     ``layers``: module names of the bare model (DDP / ``torch.compile`` wrappers left out), or ``None`` for
@@ -174,6 +193,7 @@ def features(model: nn.Module, x: Tensor, layers: str | Sequence[str] | None = N
         def hook(module, inputs, output) -> None:
             calls[name] = calls.get(name, 0) + 1
             collected[name].append(_pooled(output, name))
+
         return hook
 
     modes = {module: module.training for module in bare.modules()}
@@ -182,11 +202,13 @@ def features(model: nn.Module, x: Tensor, layers: str | Sequence[str] | None = N
         bare.eval()
         for start in range(0, max(len(x), 1), batch_size):  # an empty x still runs once: its widths
             calls.clear()
-            bare(x[start:start + batch_size].to(device))
+            bare(x[start : start + batch_size].to(device))
             wrong = {name: calls.get(name, 0) for name in names if calls.get(name, 0) != 1}
             if wrong:
-                raise ValueError(f"probe points must run exactly once per forward pass; these ran so many times: "
-                                 f"{wrong} (probe the block that holds a shared module)")
+                raise ValueError(
+                    f"probe points must run exactly once per forward pass; these ran so many times: "
+                    f"{wrong} (probe the block that holds a shared module)"
+                )
     finally:
         for handle in handles:
             handle.remove()
@@ -195,8 +217,9 @@ def features(model: nn.Module, x: Tensor, layers: str | Sequence[str] | None = N
     return {name: torch.cat(parts) for name, parts in collected.items()}
 
 
-def feature_dataset(model: nn.Module, data: Dataset, layers: str | Sequence[str] | None = None, *,
-                    batch_size: int = 1024) -> dict[str, Dataset]:
+def feature_dataset(
+    model: nn.Module, data: Dataset, layers: str | Sequence[str] | None = None, *, batch_size: int = 1024
+) -> dict[str, Dataset]:
     """For each probe point, ``data`` with its inputs replaced by the frozen features (:func:`features`) of its
     train, validation and test splits: a :class:`~lth_sparse.data.Dataset` of ``(N, D)`` vectors, the same
     labels, no augmentation, on the model's device. The features are computed once, on the inputs as they are."""
@@ -209,8 +232,15 @@ def feature_dataset(model: nn.Module, data: Dataset, layers: str | Sequence[str]
     for name, train_features in splits["train"][0].items():
         dim = train_features.shape[1]
         parts = {part: Split(feats[name], y.to(device)) for part, (feats, y) in splits.items()}
-        out[name] = Dataset(name=f"{data.name}@{name}", train=parts["train"], val=parts["val"], test=parts["test"],
-                            num_classes=data.num_classes, input_shape=(dim,), augment=None)
+        out[name] = Dataset(
+            name=f"{data.name}@{name}",
+            train=parts["train"],
+            val=parts["val"],
+            test=parts["test"],
+            num_classes=data.num_classes,
+            input_shape=(dim,),
+            augment=None,
+        )
     return out
 
 
@@ -225,8 +255,9 @@ def train_probe(feature_data: Dataset, *, settings: ProbeSettings | None = None,
     """
     settings = settings or ProbeSettings()
     if not feature_data.train.y.dtype == torch.int64:
-        raise ValueError(f"a probe classifies: the targets must be int64 class indices, got "
-                         f"{feature_data.train.y.dtype}")
+        raise ValueError(
+            f"a probe classifies: the targets must be int64 class indices, got {feature_data.train.y.dtype}"
+        )
     dim = int(feature_data.train.x.shape[1])
     if dim < 1:
         raise ValueError("the features are empty (dimension 0): nothing to probe")
@@ -238,17 +269,42 @@ def train_probe(feature_data: Dataset, *, settings: ProbeSettings | None = None,
         probe.weight.copy_(torch.empty(probe.weight.shape).uniform_(-bound, bound, generator=generator))
         probe.bias.copy_(torch.empty(probe.bias.shape).uniform_(-bound, bound, generator=generator))
     probe.to(device)
-    result = train(probe, feature_data, settings.train_config(), seed=seed, progress=False, desc="linear probe",
-                   rank=0, world_size=1)
+    result = train(
+        probe,
+        feature_data,
+        settings.train_config(),
+        seed=seed,
+        progress=False,
+        desc="linear probe",
+        rank=0,
+        world_size=1,
+    )
     train_loss, train_accuracy = evaluate(probe, feature_data.train)
-    return {"test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy,
-            "train_accuracy": train_accuracy, "test_loss": result.test_loss, "val_loss": result.val_loss,
-            "train_loss": train_loss, "feature_dim": dim}
+    return {
+        "test_accuracy": result.test_accuracy,
+        "val_accuracy": result.val_accuracy,
+        "train_accuracy": train_accuracy,
+        "test_loss": result.test_loss,
+        "val_loss": result.val_loss,
+        "train_loss": train_loss,
+        "feature_dim": dim,
+    }
 
 
-def linear_probe(model: nn.Module, data: Dataset, layer: str, *, epochs: float = 5, lr: float = 0.005,
-                 weight_decay: float = 1e-4, batch_size: int = 256, optimizer: str = "adam", momentum: float = 0.0,
-                 seed: int = 0, feature_batch_size: int = 1024) -> dict:
+def linear_probe(
+    model: nn.Module,
+    data: Dataset,
+    layer: str,
+    *,
+    epochs: float = 5,
+    lr: float = 0.005,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
+    seed: int = 0,
+    feature_batch_size: int = 1024,
+) -> dict:
     """The accuracy of a linear classifier on the frozen features of ``model`` at ``layer`` (a module name, see
     :func:`probe_points`), trained on ``data`` (Section 5.1 of the SGD-noise paper).
 
@@ -259,13 +315,15 @@ def linear_probe(model: nn.Module, data: Dataset, layer: str, *, epochs: float =
     reading). ``model`` is not changed. Returns ``{test_accuracy, val_accuracy, train_accuracy, layer,
     feature_dim}`` and the three losses.
     """
-    settings = ProbeSettings(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                             optimizer=optimizer, momentum=momentum)
+    settings = ProbeSettings(
+        epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, optimizer=optimizer, momentum=momentum
+    )
     (feature_data,) = feature_dataset(model, data, [layer], batch_size=feature_batch_size).values()
     return {**train_probe(feature_data, settings=settings, seed=seed), "layer": layer}
 
 
 # --- tickets ------------------------------------------------------------------------------------------------
+
 
 def _split_seed(config: dict) -> int:
     """The train/validation split of an IMP run: ``split_seed``, else its ``--seed`` (also under ``seeds``)."""
@@ -280,20 +338,28 @@ def _init_seed(config: dict, seed: int) -> int:
 
 
 def _run_dataset(config: dict, name: str, device, data_dir) -> Dataset:
-    return load_dataset(name, data_dir=data_dir if data_dir is not None else config.get("data_dir"), device=device,
-                        val_fraction=config.get("val_fraction", 0.2), seed=_split_seed(config),
-                        train_size=config.get("train_size"))
+    return load_dataset(
+        name,
+        data_dir=data_dir if data_dir is not None else config.get("data_dir"),
+        device=device,
+        val_fraction=config.get("val_fraction", 0.2),
+        seed=_split_seed(config),
+        train_size=config.get("train_size"),
+    )
 
 
 def _new_model(config: dict, input_shape: Sequence[int], num_classes: int, init_seed: int, device) -> nn.Module:
     """The run's architecture, freshly initialised from ``init_seed`` without touching the caller's random
     streams (torch's default generator is forked)."""
     with torch.random.fork_rng(devices=[]):
-        return draw_model(config["model"], input_shape, num_classes, config.get("model_options"), seed=init_seed,
-                          device=device)
+        return draw_model(
+            config["model"], input_shape, num_classes, config.get("model_options"), seed=init_seed, device=device
+        )
 
-def ticket_variants(ticket: Ticket, dense: Ticket, input_shape: Sequence[int], num_classes: int, *,
-                    probe_seed: int = 0, device="cpu") -> dict[str, nn.Module]:
+
+def ticket_variants(
+    ticket: Ticket, dense: Ticket, input_shape: Sequence[int], num_classes: int, *, probe_seed: int = 0, device="cpu"
+) -> dict[str, nn.Module]:
     """The four networks of Section 5.1's comparison for ``ticket`` (one IMP round), each of the run's
     architecture for ``input_shape`` / ``num_classes`` (the run's own data), in eval mode, frozen (no parameter
     requires gradient):
@@ -331,10 +397,24 @@ def _source_shape(ticket: Ticket, device, data_dir) -> tuple[tuple[int, ...], in
     return tuple(source.input_shape), source.num_classes
 
 
-def probe_ticket(run_dir, round: int, seed: int | None = None, data: Dataset | str | None = None,
-                 layers: str | Sequence[str] | None = None, *, epochs: float = 5, lr: float = 0.005,
-                 weight_decay: float = 1e-4, batch_size: int = 256, optimizer: str = "adam", momentum: float = 0.0,
-                 probe_seed: int = 0, device="cpu", data_dir=None, feature_batch_size: int = 1024) -> dict:
+def probe_ticket(
+    run_dir,
+    round: int,
+    seed: int | None = None,
+    data: Dataset | str | None = None,
+    layers: str | Sequence[str] | None = None,
+    *,
+    epochs: float = 5,
+    lr: float = 0.005,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    optimizer: str = "adam",
+    momentum: float = 0.0,
+    probe_seed: int = 0,
+    device="cpu",
+    data_dir=None,
+    feature_batch_size: int = 1024,
+) -> dict:
     """Section 5.1's comparison for one IMP round: linear probes (:func:`train_probe`) at every probe point of
     the four networks of :func:`ticket_variants` (the ticket frozen at its rewind weights, the same under a
     layerwise-permuted mask, a random dense network, the trained dense network of round 0).
@@ -359,8 +439,9 @@ def probe_ticket(run_dir, round: int, seed: int | None = None, data: Dataset | s
         ValueError: a data set whose input shape is not the run's; bad probe settings.
         KeyError / FileNotFoundError: as :func:`~lth_sparse.tickets.load_ticket` (no such round, seed, run).
     """
-    settings = ProbeSettings(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                             optimizer=optimizer, momentum=momentum)
+    settings = ProbeSettings(
+        epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, optimizer=optimizer, momentum=momentum
+    )
     ticket = load_ticket(run_dir, round, seed=seed, device=device)
     config = ticket.config
     input_shape, num_classes = _source_shape(ticket, device, data_dir)
@@ -372,9 +453,11 @@ def probe_ticket(run_dir, round: int, seed: int | None = None, data: Dataset | s
     else:
         raise TypeError(f"data must be None, a data set name or a Dataset, got {type(data).__name__}")
     if tuple(target.input_shape) != input_shape:
-        raise ValueError(f"data {target.name!r} has input shape {tuple(target.input_shape)}, but the run's "
-                         f"{config['model']!r} was built for {input_shape} ({config['dataset']!r}): frozen features "
-                         "transfer only to data of the same input shape (derive it, e.g. NAME:shape=CxHxW)")
+        raise ValueError(
+            f"data {target.name!r} has input shape {tuple(target.input_shape)}, but the run's "
+            f"{config['model']!r} was built for {input_shape} ({config['dataset']!r}): frozen features "
+            "transfer only to data of the same input shape (derive it, e.g. NAME:shape=CxHxW)"
+        )
     dense = load_ticket(run_dir, 0, seed=ticket.seed, device=device)
     models = ticket_variants(ticket, dense, input_shape, num_classes, probe_seed=probe_seed, device=device)
     names = _resolve_layers(models["ticket"], layers)
@@ -382,11 +465,20 @@ def probe_ticket(run_dir, round: int, seed: int | None = None, data: Dataset | s
     probes: dict[str, dict[str, dict]] = {}
     for variant in PROBE_VARIANTS:
         per_layer = feature_dataset(models[variant], target, names, batch_size=feature_batch_size)
-        probes[variant] = {name: train_probe(per_layer[name], settings=settings, seed=probe_seed)
-                           for name in names}
-    return {"run_dir": str(Path(run_dir)), "seed": ticket.seed, "round": round,
-            "sparsity": ticket.masks.sparsity(), "rewind_iteration": ticket.rewind_iteration,
-            "source_dataset": config["dataset"], "dataset": target.name,
-            "transfer": target.name != config["dataset"], "layers": names, "variants": list(PROBE_VARIANTS),
-            "probes": probes, "permuted_jaccard": jaccard_distance(ticket.masks.to("cpu"), permuted.to("cpu")),
-            "probe_seed": probe_seed, "settings": asdict(settings)}
+        probes[variant] = {name: train_probe(per_layer[name], settings=settings, seed=probe_seed) for name in names}
+    return {
+        "run_dir": str(Path(run_dir)),
+        "seed": ticket.seed,
+        "round": round,
+        "sparsity": ticket.masks.sparsity(),
+        "rewind_iteration": ticket.rewind_iteration,
+        "source_dataset": config["dataset"],
+        "dataset": target.name,
+        "transfer": target.name != config["dataset"],
+        "layers": names,
+        "variants": list(PROBE_VARIANTS),
+        "probes": probes,
+        "permuted_jaccard": jaccard_distance(ticket.masks.to("cpu"), permuted.to("cpu")),
+        "probe_seed": probe_seed,
+        "settings": asdict(settings),
+    }

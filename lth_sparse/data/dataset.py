@@ -139,8 +139,9 @@ def batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
-                         f"world_size={world_size}")
+        raise ValueError(
+            f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, world_size={world_size}"
+        )
     if augment_generator is None:
         augment_generator = generator
     n = len(split)
@@ -185,9 +186,14 @@ def hold_out_test(raw: RawDataset) -> RawDataset:
     n = len(raw.train_y)
     held_out = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     n_test = math.floor(n * raw.held_out_test_fraction)
-    test_index, keep = held_out[n - n_test:], held_out[: n - n_test]
-    return dataclasses.replace(raw, train_x=raw.train_x[keep], train_y=raw.train_y[keep],
-                               test_x=raw.train_x[test_index], test_y=raw.train_y[test_index])
+    test_index, keep = held_out[n - n_test :], held_out[: n - n_test]
+    return dataclasses.replace(
+        raw,
+        train_x=raw.train_x[keep],
+        train_y=raw.train_y[keep],
+        test_x=raw.train_x[test_index],
+        test_y=raw.train_y[test_index],
+    )
 
 
 def _as_float(x: Tensor) -> Tensor:
@@ -217,6 +223,7 @@ def _uint8_std_mean(x: Tensor) -> tuple[Tensor, Tensor]:
         means.append(s1 / (255 * n))
         stds.append(math.sqrt((s2 * n - s1 * s1) / (255 * 255 * n * n)))  # exact integers up to the division
     shape = (1, channels, 1, 1) if x.dim() == 4 else (1,) * x.dim()
+
     def as_tensor(values: list[float]) -> Tensor:
         return torch.tensor(values, dtype=torch.float64).to(torch.float32).reshape(shape).to(x.device)
 

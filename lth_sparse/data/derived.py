@@ -84,8 +84,10 @@ def _parse_augment(value: str) -> tuple[int, bool]:
             elif part.startswith("crop") and part[4:].isdigit() and int(part[4:]) > 0 and not padding:
                 padding = int(part[4:])
             else:
-                raise ValueError(f"augment=... is none, flip, cropP (P > 0 pixels of padding, e.g. crop4) or "
-                                 f"flip+cropP, got {value!r}")
+                raise ValueError(
+                    f"augment=... is none, flip, cropP (P > 0 pixels of padding, e.g. crop4) or "
+                    f"flip+cropP, got {value!r}"
+                )
     return padding, flip
 
 
@@ -106,8 +108,14 @@ def _parse_permute(value: str) -> int:
         raise ValueError(f"permute=... takes an integer seed, got {value!r}") from None
 
 
-_PARSERS = {"classes": _parse_classes, "half": _parse_half, "subset": _parse_subset, "shape": _parse_shape,
-            "permute": _parse_permute, "augment": _parse_augment}
+_PARSERS = {
+    "classes": _parse_classes,
+    "half": _parse_half,
+    "subset": _parse_subset,
+    "shape": _parse_shape,
+    "permute": _parse_permute,
+    "augment": _parse_augment,
+}
 
 
 def parse_task(name: str) -> tuple[str, dict]:
@@ -120,8 +128,9 @@ def parse_task(name: str) -> tuple[str, dict]:
         key, sep, value = part.partition("=")
         key = key.strip().lower()
         if not sep or not value.strip():
-            raise ValueError(f"{name!r}: a derived task's option is OPTION=VALUE, got {part!r} "
-                             f"(options: {', '.join(OPTIONS)})")
+            raise ValueError(
+                f"{name!r}: a derived task's option is OPTION=VALUE, got {part!r} (options: {', '.join(OPTIONS)})"
+            )
         if key not in _PARSERS:
             raise ValueError(f"{name!r}: unknown derived-task option {key!r}; options: {', '.join(OPTIONS)}")
         if key in options:
@@ -158,8 +167,10 @@ def canonical_name(name: str) -> str:
 
 def _select_classes(raw: RawDataset, classes: tuple[int, ...], name: str) -> RawDataset:
     if max(classes) >= raw.num_classes:
-        raise ValueError(f"{name}: classes={','.join(map(str, classes))} names a class beyond the data set's "
-                         f"{raw.num_classes} (0..{raw.num_classes - 1})")
+        raise ValueError(
+            f"{name}: classes={','.join(map(str, classes))} names a class beyond the data set's "
+            f"{raw.num_classes} (0..{raw.num_classes - 1})"
+        )
     if len(classes) < 2:
         raise ValueError(f"{name}: classes=... needs at least two classes, got {list(classes)}")
     relabel = torch.full((raw.num_classes,), -1, dtype=torch.int64)
@@ -172,8 +183,9 @@ def _select_classes(raw: RawDataset, classes: tuple[int, ...], name: str) -> Raw
 
     train_x, train_y = keep(raw.train_x, raw.train_y)
     test_x, test_y = keep(raw.test_x, raw.test_y)
-    return dataclasses.replace(raw, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                               num_classes=len(classes))
+    return dataclasses.replace(
+        raw, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, num_classes=len(classes)
+    )
 
 
 def _half(raw: RawDataset, which: str) -> RawDataset:
@@ -191,27 +203,29 @@ def _half(raw: RawDataset, which: str) -> RawDataset:
 
 def _resize(x: Tensor, shape: tuple[int, int, int], name: str) -> Tensor:
     if x.dim() != 4:
-        raise ValueError(f"{name}: shape=... needs images (N, C, H, W); this data set holds vectors of "
-                         f"{tuple(x.shape[1:])} features, which have no image shape to bring to "
-                         f"{'x'.join(map(str, shape))}")
+        raise ValueError(
+            f"{name}: shape=... needs images (N, C, H, W); this data set holds vectors of "
+            f"{tuple(x.shape[1:])} features, which have no image shape to bring to "
+            f"{'x'.join(map(str, shape))}"
+        )
     channels, height, width = shape
     if x.shape[1] not in (1, 3) or channels not in (1, 3):
-        raise ValueError(f"{name}: images of {x.shape[1]} channels cannot be brought to {channels} (only "
-                         "grayscale <-> RGB)")
+        raise ValueError(
+            f"{name}: images of {x.shape[1]} channels cannot be brought to {channels} (only grayscale <-> RGB)"
+        )
     if tuple(x.shape[1:]) == tuple(shape):
         return x
     out = []
     for start in range(0, len(x), _CHUNK):
-        part = x[start:start + _CHUNK]
+        part = x[start : start + _CHUNK]
         part = part.float() / 255.0 if x.dtype == torch.uint8 else part.float()
         if part.shape[2:] != (height, width):
             shrinking = height < part.shape[2] or width < part.shape[3]
-            part = F.interpolate(part, size=(height, width), mode="bilinear", align_corners=False,
-                                 antialias=shrinking)
+            part = F.interpolate(part, size=(height, width), mode="bilinear", align_corners=False, antialias=shrinking)
         if part.shape[1] == 1 and channels == 3:
             part = part.expand(-1, 3, -1, -1)
         elif part.shape[1] == 3 and channels == 1:
-            part = sum(w * part[:, i:i + 1] for i, w in enumerate(_LUMA))
+            part = sum(w * part[:, i : i + 1] for i, w in enumerate(_LUMA))
         if x.dtype == torch.uint8:
             part = part.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
         out.append(part.contiguous())
@@ -228,7 +242,7 @@ def _subset(raw: RawDataset, fraction: float) -> RawDataset:
         index = (y == c).nonzero().flatten()
         if len(index):
             order = index[torch.randperm(len(index), generator=generator)]
-            chosen.append(order[:max(1, round(fraction * len(index)))])
+            chosen.append(order[: max(1, round(fraction * len(index)))])
     index = torch.sort(torch.cat(chosen)).values
     return dataclasses.replace(raw, train_x=raw.train_x[index], train_y=raw.train_y[index])
 
@@ -252,11 +266,19 @@ def derive(raw: RawDataset, options: dict, name: str = "data set") -> RawDataset
     if "subset" in options:
         raw = _subset(raw, options["subset"])
     if "shape" in options:
-        raw = dataclasses.replace(raw, train_x=_resize(raw.train_x, options["shape"], name),
-                                  test_x=_resize(raw.test_x, options["shape"], name))
+        raw = dataclasses.replace(
+            raw,
+            train_x=_resize(raw.train_x, options["shape"], name),
+            test_x=_resize(raw.test_x, options["shape"], name),
+        )
     if "permute" in options:  # crops and flips of scrambled pixels mean nothing: no augmentation
-        raw = dataclasses.replace(raw, train_x=_permute(raw.train_x, options["permute"]),
-                                  test_x=_permute(raw.test_x, options["permute"]), crop_padding=0, flip=False)
+        raw = dataclasses.replace(
+            raw,
+            train_x=_permute(raw.train_x, options["permute"]),
+            test_x=_permute(raw.test_x, options["permute"]),
+            crop_padding=0,
+            flip=False,
+        )
     if "augment" in options:
         padding, flip = options["augment"]
         if (padding or flip) and raw.train_x.dim() != 4:

@@ -75,10 +75,8 @@ def write_idx(path: str | os.PathLike, values: Tensor | np.ndarray, *, compress:
         ValueError: for a dtype IDX cannot hold or more than 255 dimensions.
     """
     array = values.cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
-    for code, dtype in _IDX_DTYPES.items():
-        if array.dtype == dtype.newbyteorder("="):
-            break
-    else:
+    code, dtype = next(((c, d) for c, d in _IDX_DTYPES.items() if array.dtype == d.newbyteorder("=")), (None, None))
+    if code is None:
         raise ValueError(
             f"IDX cannot store dtype {array.dtype}; use one of uint8, int8, int16, int32, float32, float64"
         )

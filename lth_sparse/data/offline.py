@@ -88,8 +88,9 @@ def _planting(task: str) -> RawDataset:
     data = planting_data(task)
     (train_x, train_y), (test_x, test_y) = data["train"], data["test"]
     outputs = data["num_classes"] if data["kind"] == "classification" else data["num_outputs"]
-    return RawDataset(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, num_classes=outputs,
-                      normalise=False)
+    return RawDataset(
+        train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, num_classes=outputs, normalise=False
+    )
 
 
 @register_dataset("circle")

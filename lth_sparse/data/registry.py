@@ -95,8 +95,9 @@ def load_dataset(
             failed attempt created and left empty are removed.
     """
     key, options = parse_task(name)
-    loader = DATASETS.lookup(key, "" if options else
-                             " (and derived tasks NAME:OPTION=VALUE, options: " + ", ".join(OPTIONS) + ")")
+    loader = DATASETS.lookup(
+        key, "" if options else " (and derived tasks NAME:OPTION=VALUE, options: " + ", ".join(OPTIONS) + ")"
+    )
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
     if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1):

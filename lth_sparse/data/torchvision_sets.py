@@ -20,8 +20,14 @@ from .registry import DownloadError, register_dataset
 __all__: list[str] = []
 
 # torchvision's class for each dataset, and where its files live under data_dir.
-_CLASSES = {"mnist": "MNIST", "kmnist": "KMNIST", "emnist": "EMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100",
-            "svhn": "SVHN"}
+_CLASSES = {
+    "mnist": "MNIST",
+    "kmnist": "KMNIST",
+    "emnist": "EMNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+    "svhn": "SVHN",
+}
 _LAYOUT = {
     "mnist": "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
     "kmnist": "KMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
@@ -61,8 +67,9 @@ def _labels(values: Any) -> Tensor:
     return torch.as_tensor(np.asarray(values), dtype=torch.int64)
 
 
-def _mnist_like(name: str, data_dir: Path, download: bool, num_classes: int, transpose: bool = False,
-                **options: Any) -> RawDataset:
+def _mnist_like(
+    name: str, data_dir: Path, download: bool, num_classes: int, transpose: bool = False, **options: Any
+) -> RawDataset:
     sets = [_open(name, data_dir, download, train, **options) for train in (True, False)]
     images = []
     for s in sets:

@@ -36,28 +36,43 @@ def check_device(device: torch.device) -> None:
     they are compiled, CPU tensors when they are interpreted."""
     if device.type == "cuda":
         if INTERPRETED:
-            raise RuntimeError("lth_sparse.kernels was imported with TRITON_INTERPRET=1; "
-                               "its kernels run on CPU tensors only in this process")
+            raise RuntimeError(
+                "lth_sparse.kernels was imported with TRITON_INTERPRET=1; "
+                "its kernels run on CPU tensors only in this process"
+            )
     elif not INTERPRETED:
-        raise RuntimeError(f"Triton kernels run on CPU tensors only when TRITON_INTERPRET=1 is set before "
-                           f"lth_sparse.kernels is imported; these tensors are on {device}")
+        raise RuntimeError(
+            f"Triton kernels run on CPU tensors only when TRITON_INTERPRET=1 is set before "
+            f"lth_sparse.kernels is imported; these tensors are on {device}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tiles
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _config(m, n, k, stages, warps, group=8):
-    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": group},
-                         num_stages=stages, num_warps=warps)
+    return triton.Config(
+        {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": group}, num_stages=stages, num_warps=warps
+    )
 
 
 # The tutorial matmul's set, plus narrow tiles for skinny problems (LeNet: 300 x 60 x 784). Configs that do
 # not fit in shared memory (large float32 tiles) are dropped by the autotuner.
 TENSOR_CORE_CONFIGS = [
-    _config(128, 256, 64, 3, 8), _config(256, 128, 64, 3, 8), _config(128, 128, 64, 4, 8), _config(128, 128, 32, 4, 4),
-    _config(64, 256, 32, 4, 4), _config(128, 64, 32, 4, 4), _config(64, 128, 32, 4, 4), _config(64, 64, 64, 4, 4),
-    _config(128, 32, 32, 4, 4), _config(32, 64, 32, 5, 2), _config(64, 32, 32, 5, 2), _config(32, 32, 64, 5, 2),
+    _config(128, 256, 64, 3, 8),
+    _config(256, 128, 64, 3, 8),
+    _config(128, 128, 64, 4, 8),
+    _config(128, 128, 32, 4, 4),
+    _config(64, 256, 32, 4, 4),
+    _config(128, 64, 32, 4, 4),
+    _config(64, 128, 32, 4, 4),
+    _config(64, 64, 64, 4, 4),
+    _config(128, 32, 32, 4, 4),
+    _config(32, 64, 32, 5, 2),
+    _config(64, 32, 32, 5, 2),
+    _config(32, 32, 64, 5, 2),
 ]
 # float64 multiplies on the CUDA cores: the (BLOCK_M, BLOCK_K, BLOCK_N) product lives in registers.
 FMA_CONFIGS = [_config(32, 32, 8, 2, 4), _config(64, 32, 8, 2, 4), _config(64, 64, 8, 2, 8)]
@@ -77,8 +92,15 @@ def autotuned(kernel, key: tuple[str, ...], fma: bool, keep: Callable[[triton.Co
     return triton.autotune(configs=configs, key=list(key))(kernel)
 
 
-def launch(kernel, key: tuple[str, ...], grid, args: tuple, kwargs: dict, device: torch.device,
-           keep: Callable[[triton.Config, bool], bool] | None = None) -> None:
+def launch(
+    kernel,
+    key: tuple[str, ...],
+    grid,
+    args: tuple,
+    kwargs: dict,
+    device: torch.device,
+    keep: Callable[[triton.Config, bool], bool] | None = None,
+) -> None:
     """Run ``kernel`` autotuned on a GPU (see :func:`autotuned`; ``kwargs["FMA"]`` picks the tiles), or with
     the fixed small tile under the interpreter. ``grid(meta)`` gives the grid of a tile's ``meta``."""
     check_device(device)
@@ -92,6 +114,7 @@ def launch(kernel, key: tuple[str, ...], grid, args: tuple, kwargs: dict, device
 # ---------------------------------------------------------------------------------------------------------------
 # Device functions
 # ---------------------------------------------------------------------------------------------------------------
+
 
 @triton.jit
 def tile_coords(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
@@ -128,8 +151,9 @@ def index(offs, INDEX_64: tl.constexpr):
 
 
 @triton.jit
-def im2col_tile(x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_H, DIL_W,
-                KH: tl.constexpr, KW: tl.constexpr):
+def im2col_tile(
+    x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_H, DIL_W, KH: tl.constexpr, KW: tl.constexpr
+):
     """The (BLOCK_K, BLOCK_N) tile of the unfolded input, loaded in place: row k = (channel, kernel
     row, kernel column), column n = an output position whose input window starts at (h0, w0), at
     ``x_cols``; taps in the padding load as zero."""
@@ -139,20 +163,28 @@ def im2col_tile(x_cols, offs_k, in_k, in_n, h0, w0, H, W, sx_c, sx_h, sx_w, DIL_
     h = h0[None, :] + (tap_h * DIL_H)[:, None]
     w = w0[None, :] + (tap_w * DIL_W)[:, None]
     inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
-    return tl.load(x_cols[None, :] + (channel * sx_c + tap_h * DIL_H * sx_h + tap_w * DIL_W * sx_w)[:, None],
-                   mask=in_k[:, None] & in_n[None, :] & inside, other=0.0)
+    return tl.load(
+        x_cols[None, :] + (channel * sx_c + tap_h * DIL_H * sx_h + tap_w * DIL_W * sx_w)[:, None],
+        mask=in_k[:, None] & in_n[None, :] & inside,
+        other=0.0,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Launch options
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def dtype_options(dtype: torch.dtype, allow_tf32: bool, *tensors: Tensor | None) -> dict:
     """The constexprs that follow from the dtype, the TF32 setting and the tensors' extents."""
     fp64 = dtype == torch.float64
-    return dict(ACC_DTYPE=tl.float64 if fp64 else tl.float32,
-                INPUT_PRECISION="tf32" if dtype == torch.float32 and allow_tf32 and not INTERPRETED else "ieee",
-                UPCAST=INTERPRETED and dtype == torch.bfloat16, FMA=fp64, INDEX_64=needs_int64(*tensors))
+    return dict(
+        ACC_DTYPE=tl.float64 if fp64 else tl.float32,
+        INPUT_PRECISION="tf32" if dtype == torch.float32 and allow_tf32 and not INTERPRETED else "ieee",
+        UPCAST=INTERPRETED and dtype == torch.bfloat16,
+        FMA=fp64,
+        INDEX_64=needs_int64(*tensors),
+    )
 
 
 def needs_int64(*tensors: Tensor | None) -> bool:
@@ -181,11 +213,15 @@ def conv_allows_tf32() -> bool:
 def conv_output_size(input: Tensor, weight: Tensor, stride, padding, dilation) -> tuple[int, int]:
     """(OH, OW) of a conv of ``input`` (..., H, W) with ``weight`` (..., kH, kW); ``ValueError`` when the
     input is too small for the kernel."""
-    size = tuple((input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
-                 for i in range(2))
+    size = tuple(
+        (input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
+        for i in range(2)
+    )
     if min(size) <= 0:
-        raise ValueError(f"input of spatial size {tuple(input.shape[-2:])} is too small for kernel "
-                         f"{tuple(weight.shape[2:])} with padding {list(padding)} and dilation {list(dilation)}")
+        raise ValueError(
+            f"input of spatial size {tuple(input.shape[-2:])} is too small for kernel "
+            f"{tuple(weight.shape[2:])} with padding {list(padding)} and dilation {list(dilation)}"
+        )
     return size
 
 

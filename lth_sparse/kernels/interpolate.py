@@ -76,8 +76,23 @@ def _lerp_weight(w_a, w_b, alpha, ACC_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _store_outputs(acc, acc_b, y_ptrs, bounds, out_rows, in_m, bias_a_ptr, bias_b_ptr, alphas_ptr, pid_a,
-                   NUM_ALPHAS, stride_ya, HAS_BIAS: tl.constexpr, SHARED: tl.constexpr, ACC_DTYPE: tl.constexpr):
+def _store_outputs(
+    acc,
+    acc_b,
+    y_ptrs,
+    bounds,
+    out_rows,
+    in_m,
+    bias_a_ptr,
+    bias_b_ptr,
+    alphas_ptr,
+    pid_a,
+    NUM_ALPHAS,
+    stride_ya,
+    HAS_BIAS: tl.constexpr,
+    SHARED: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):
     """The epilogue. SHARED: y[i] = (1 - a_i)(acc + b_a) + a_i (acc_b + b_b) for every alpha i; otherwise
     y[pid_a] = acc + (1 - a) b_a + a b_b (acc_b unused). ``y_ptrs`` address alpha 0's tile; biases are per row."""
     if HAS_BIAS:
@@ -102,15 +117,38 @@ def _store_outputs(acc, acc_b, y_ptrs, bounds, out_rows, in_m, bias_a_ptr, bias_
 # Linear: C[a] (out, rows) = W(a) @ x[a]^T, stored into y[a] (rows, out) through transposed strides
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _interpolated_gemm_kernel(
-    w_a_ptr, w_b_ptr, x_ptr, y_ptr, bias_a_ptr, bias_b_ptr, alphas_ptr,
-    M, N, K, NUM_ALPHAS,  # out_features, rows, in_features, A
-    stride_wm, stride_xa, stride_xn, stride_xk, stride_ya, stride_ym, stride_yn,
-    HAS_BIAS: tl.constexpr, SHARED: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FMA: tl.constexpr,
+    w_a_ptr,
+    w_b_ptr,
+    x_ptr,
+    y_ptr,
+    bias_a_ptr,
+    bias_b_ptr,
+    alphas_ptr,
+    M,
+    N,
+    K,
+    NUM_ALPHAS,  # out_features, rows, in_features, A
+    stride_wm,
+    stride_xa,
+    stride_xn,
+    stride_xk,
+    stride_ya,
+    stride_ym,
+    stride_yn,
+    HAS_BIAS: tl.constexpr,
+    SHARED: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FMA: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     """y[a][n, m] = sum_k W(alpha_a)[m, k] x[a][n, k] + b(alpha_a)[m]; see the module docstring for SHARED."""
     pid = tl.program_id(0)
@@ -144,25 +182,78 @@ def _interpolated_gemm_kernel(
     if not SHARED:
         acc_b = acc
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
-    _store_outputs(acc, acc_b, y_ptrs, in_m[:, None] & in_n[None, :], offs_m, in_m, bias_a_ptr, bias_b_ptr,
-                   alphas_ptr, pid_a, NUM_ALPHAS, stride_ya, HAS_BIAS, SHARED, ACC_DTYPE)
+    _store_outputs(
+        acc,
+        acc_b,
+        y_ptrs,
+        in_m[:, None] & in_n[None, :],
+        offs_m,
+        in_m,
+        bias_a_ptr,
+        bias_b_ptr,
+        alphas_ptr,
+        pid_a,
+        NUM_ALPHAS,
+        stride_ya,
+        HAS_BIAS,
+        SHARED,
+        ACC_DTYPE,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Conv: implicit GEMM; grid axis 1 is the group, axis 2 the alpha
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _interpolated_conv_kernel(
-    x_ptr, w_a_ptr, w_b_ptr, bias_a_ptr, bias_b_ptr, alphas_ptr, y_ptr,
-    M, N, K, NUM_ALPHAS,  # C_out/groups, batch*OH*OW, C_in/groups*KH*KW, A
-    C_G, H, W, OH, OW,
-    sx_a, sx_n, sx_c, sx_h, sx_w, sy_a, sy_n, sy_c, sy_h, sy_w, sw_o,
-    STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
-    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr, SHARED: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FMA: tl.constexpr,
+    x_ptr,
+    w_a_ptr,
+    w_b_ptr,
+    bias_a_ptr,
+    bias_b_ptr,
+    alphas_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    NUM_ALPHAS,  # C_out/groups, batch*OH*OW, C_in/groups*KH*KW, A
+    C_G,
+    H,
+    W,
+    OH,
+    OW,
+    sx_a,
+    sx_n,
+    sx_c,
+    sx_h,
+    sx_w,
+    sy_a,
+    sy_n,
+    sy_c,
+    sy_h,
+    sy_w,
+    sw_o,
+    STRIDE_H,
+    STRIDE_W,
+    PAD_H,
+    PAD_W,
+    DIL_H,
+    DIL_W,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SHARED: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FMA: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     """y[a][n, g*M + o, p, q] = sum_{c, r, s} W(alpha_a)[g*M + o, c, r, s] * x[a][n, g*C_G + c, p*st - pad + r*dil,
     q*st - pad + s*dil] + b(alpha_a)[g*M + o]; see the module docstring for SHARED."""
@@ -181,8 +272,7 @@ def _interpolated_conv_kernel(
     batch = offs_n // (OW * OH)
     h0 = out_h * STRIDE_H - PAD_H
     w0 = out_w * STRIDE_W - PAD_W
-    x_cols = (x_ptr + index(pid_a, INDEX_64) * sx_a + batch * sx_n + (group * C_G) * sx_c
-              + h0 * sx_h + w0 * sx_w)
+    x_cols = x_ptr + index(pid_a, INDEX_64) * sx_a + batch * sx_n + (group * C_G) * sx_c + h0 * sx_h + w0 * sx_w
     if not SHARED:
         alpha = tl.load(alphas_ptr + pid_a)
 
@@ -205,13 +295,29 @@ def _interpolated_conv_kernel(
     if not SHARED:
         acc_b = acc
     y_ptrs = y_ptr + (out_channel * sy_c)[:, None] + (batch * sy_n + out_h * sy_h + out_w * sy_w)[None, :]
-    _store_outputs(acc, acc_b, y_ptrs, in_m[:, None] & in_n[None, :], out_channel, in_m, bias_a_ptr, bias_b_ptr,
-                   alphas_ptr, pid_a, NUM_ALPHAS, sy_a, HAS_BIAS, SHARED, ACC_DTYPE)
+    _store_outputs(
+        acc,
+        acc_b,
+        y_ptrs,
+        in_m[:, None] & in_n[None, :],
+        out_channel,
+        in_m,
+        bias_a_ptr,
+        bias_b_ptr,
+        alphas_ptr,
+        pid_a,
+        NUM_ALPHAS,
+        sy_a,
+        HAS_BIAS,
+        SHARED,
+        ACC_DTYPE,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Launch helpers
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _fits_two_accumulators(config: triton.Config, fma: bool) -> bool:
     """Whether the shared mode's two accumulators fit this tile without spilling (checked with ptxas on sm_90).
@@ -231,20 +337,24 @@ _MAX_GRID_ALPHAS = 65535
 
 def _check_alpha_grid(num_alphas: int, shared: bool, device: torch.device) -> None:
     if not shared and device.type == "cuda" and num_alphas > _MAX_GRID_ALPHAS:
-        raise ValueError(f"the Triton kernels take at most {_MAX_GRID_ALPHAS} alphas with per-alpha inputs "
-                         f"(a CUDA grid axis), got {num_alphas}")
+        raise ValueError(
+            f"the Triton kernels take at most {_MAX_GRID_ALPHAS} alphas with per-alpha inputs "
+            f"(a CUDA grid axis), got {num_alphas}"
+        )
 
 
-def _bias_only(shape: tuple[int, ...], alphas: Tensor, bias_a: Tensor | None, bias_b: Tensor | None,
-               like: Tensor, bias_dim: int) -> Tensor:
+def _bias_only(
+    shape: tuple[int, ...], alphas: Tensor, bias_a: Tensor | None, bias_b: Tensor | None, like: Tensor, bias_dim: int
+) -> Tensor:
     """The output of a problem with an empty reduction (or nothing to compute): the interpolated bias, or zeros.
     ``bias_dim`` is the output dimension that holds the channels."""
     y = like.new_zeros(shape)
     if bias_a is not None and y.numel():
         coef = alphas.to(accumulator_dtype(like.dtype))[:, None]
         bias = (1 - coef) * bias_a.to(coef.dtype) + coef * bias_b.to(coef.dtype)  # (A, out)
-        y += bias.reshape(bias.shape[0], *([1] * (bias_dim - 1)), bias.shape[1],
-                          *([1] * (len(shape) - bias_dim - 1))).to(like.dtype)
+        y += bias.reshape(
+            bias.shape[0], *([1] * (bias_dim - 1)), bias.shape[1], *([1] * (len(shape) - bias_dim - 1))
+        ).to(like.dtype)
     return y
 
 
@@ -252,8 +362,10 @@ def _bias_only(shape: tuple[int, ...], alphas: Tensor, bias_a: Tensor | None, bi
 # Public launch functions
 # ---------------------------------------------------------------------------------------------------------------
 
-def interpolated_linear_forward(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                                bias_a: Tensor | None, bias_b: Tensor | None) -> Tensor:
+
+def interpolated_linear_forward(
+    input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor, bias_a: Tensor | None, bias_b: Tensor | None
+) -> Tensor:
     """For each alpha i: ``F.linear(x_i, (1 - a_i) W_a + a_i W_b, (1 - a_i) b_a + a_i b_b)``, in one launch.
 
     input: (A, *, in) (one input per alpha) or (1, *, in) (shared); weight_a, weight_b: (out, in);
@@ -282,18 +394,53 @@ def interpolated_linear_forward(input: Tensor, weight_a: Tensor, weight_b: Tenso
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), 1 if shared else num_alphas)
 
     # C[a] = y[a]^T: its (m, n) element is y[a, n, m]
-    args = (weight_a, weight_b, x, y, bias_a, bias_b, coefs, M, N, K, num_alphas, weight_a.stride(0),
-            x.stride(0), x.stride(1), x.stride(2), rows * n_out, 1, n_out)
-    kwargs = dict(HAS_BIAS=bias_a is not None, SHARED=shared,
-                  **dtype_options(input.dtype, linear_allows_tf32(), x, y, weight_a))
-    launch(_interpolated_gemm_kernel, ("M", "N", "K", "NUM_ALPHAS", "stride_xk"), grid, args, kwargs, input.device,
-           _fits_two_accumulators if shared else None)
+    args = (
+        weight_a,
+        weight_b,
+        x,
+        y,
+        bias_a,
+        bias_b,
+        coefs,
+        M,
+        N,
+        K,
+        num_alphas,
+        weight_a.stride(0),
+        x.stride(0),
+        x.stride(1),
+        x.stride(2),
+        rows * n_out,
+        1,
+        n_out,
+    )
+    kwargs = dict(
+        HAS_BIAS=bias_a is not None, SHARED=shared, **dtype_options(input.dtype, linear_allows_tf32(), x, y, weight_a)
+    )
+    launch(
+        _interpolated_gemm_kernel,
+        ("M", "N", "K", "NUM_ALPHAS", "stride_xk"),
+        grid,
+        args,
+        kwargs,
+        input.device,
+        _fits_two_accumulators if shared else None,
+    )
     return y
 
 
-def interpolated_conv2d_forward(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                                bias_a: Tensor | None, bias_b: Tensor | None, stride: list[int], padding: list[int],
-                                dilation: list[int], groups: int) -> Tensor:
+def interpolated_conv2d_forward(
+    input: Tensor,
+    weight_a: Tensor,
+    weight_b: Tensor,
+    alphas: Tensor,
+    bias_a: Tensor | None,
+    bias_b: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> Tensor:
     """For each alpha i: ``conv2d(x_i, (1 - a_i) W_a + a_i W_b, (1 - a_i) b_a + a_i b_b, stride, padding,
     dilation, groups)`` (zero padding) as one implicit GEMM.
 
@@ -318,15 +465,46 @@ def interpolated_conv2d_forward(input: Tensor, weight_a: Tensor, weight_b: Tenso
     y = torch.empty(out_shape, dtype=input.dtype, device=input.device)
 
     def grid(meta):
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), groups,
-                1 if shared else num_alphas)
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), groups, 1 if shared else num_alphas)
 
-    args = (input, weight_a, weight_b, bias_a, bias_b, coefs, y, M, N, K, num_alphas, c_g, h, w, oh, ow,
-            *input.stride(), *y.stride(), weight_a.stride(0), *conv_geometry(stride, padding, dilation))
-    kwargs = dict(KH=kh, KW=kw, HAS_BIAS=bias_a is not None, SHARED=shared,
-                  **dtype_options(input.dtype, conv_allows_tf32(), input, y, weight_a))
-    launch(_interpolated_conv_kernel, ("M", "N", "K", "NUM_ALPHAS", "KH", "KW", "STRIDE_H", "STRIDE_W"), grid,
-           args, kwargs, input.device, _fits_two_accumulators if shared else None)
+    args = (
+        input,
+        weight_a,
+        weight_b,
+        bias_a,
+        bias_b,
+        coefs,
+        y,
+        M,
+        N,
+        K,
+        num_alphas,
+        c_g,
+        h,
+        w,
+        oh,
+        ow,
+        *input.stride(),
+        *y.stride(),
+        weight_a.stride(0),
+        *conv_geometry(stride, padding, dilation),
+    )
+    kwargs = dict(
+        KH=kh,
+        KW=kw,
+        HAS_BIAS=bias_a is not None,
+        SHARED=shared,
+        **dtype_options(input.dtype, conv_allows_tf32(), input, y, weight_a),
+    )
+    launch(
+        _interpolated_conv_kernel,
+        ("M", "N", "K", "NUM_ALPHAS", "KH", "KW", "STRIDE_H", "STRIDE_W"),
+        grid,
+        args,
+        kwargs,
+        input.device,
+        _fits_two_accumulators if shared else None,
+    )
     return y
 
 

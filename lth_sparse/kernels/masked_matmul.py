@@ -105,6 +105,7 @@ from lth_sparse.kernels._tiles import (
 # Device functions of the split-K reduction
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _k_tile_range(pid_k, K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     """The K tiles of split ``pid_k`` (all of them when SPLIT_K == 1); a split may get none."""
@@ -118,16 +119,45 @@ def _k_tile_range(pid_k, K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
 # Linear: one strided GEMM for y^T, dX^T and dW
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _masked_gemm_kernel(
-    a_ptr, b_ptr, c_ptr, bias_ptr, a_mask_ptr, c_mask_ptr, row_sum_ptr,
-    M, N, K,
-    stride_am, stride_ak, stride_bk, stride_bn, stride_amm, stride_amk,
-    stride_cs, stride_cm, stride_cn, stride_cmm, stride_cmn, stride_rs,
-    HAS_BIAS: tl.constexpr, MASK_A: tl.constexpr, MASK_C: tl.constexpr, ROW_SUM: tl.constexpr,
-    SPLIT_K: tl.constexpr, ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    FMA: tl.constexpr, INDEX_64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    bias_ptr,
+    a_mask_ptr,
+    c_mask_ptr,
+    row_sum_ptr,
+    M,
+    N,
+    K,
+    stride_am,
+    stride_ak,
+    stride_bk,
+    stride_bn,
+    stride_amm,
+    stride_amk,
+    stride_cs,
+    stride_cm,
+    stride_cn,
+    stride_cmm,
+    stride_cmn,
+    stride_rs,
+    HAS_BIAS: tl.constexpr,
+    MASK_A: tl.constexpr,
+    MASK_C: tl.constexpr,
+    ROW_SUM: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FMA: tl.constexpr,
+    INDEX_64: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     """C[s] = (A * Ma)[:, Ks] @ B[Ks, :] (+ bias[:, None]) (* Mc); optionally row_sum[s] = A[:, Ks].sum(1)."""
     pid = tl.program_id(0)
@@ -164,8 +194,9 @@ def _masked_gemm_kernel(
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_m, mask=in_m, other=0.0).to(ACC_DTYPE)[:, None]
     if MASK_C:
-        keep_c = tl.load(c_mask_ptr + offs_m[:, None] * stride_cmm + offs_n[None, :] * stride_cmn,
-                         mask=c_bounds, other=0)
+        keep_c = tl.load(
+            c_mask_ptr + offs_m[:, None] * stride_cmm + offs_n[None, :] * stride_cmn, mask=c_bounds, other=0
+        )
         acc = tl.where(keep_c != 0, acc, 0.0)
     c_ptrs = c_ptr + pid_k * stride_cs + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_bounds)
@@ -178,17 +209,49 @@ def _masked_gemm_kernel(
 # Conv: implicit GEMM, one kernel per product; the grid's second axis is the group
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _conv_forward_kernel(
-    x_ptr, w_ptr, w_mask_ptr, bias_ptr, y_ptr,
-    M, N, K,  # C_out/groups, batch*OH*OW, C_in/groups*KH*KW
-    C_G, H, W, OH, OW,
-    sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w, sw_o,
-    STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
-    KH: tl.constexpr, KW: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FMA: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    w_mask_ptr,
+    bias_ptr,
+    y_ptr,
+    M,
+    N,
+    K,  # C_out/groups, batch*OH*OW, C_in/groups*KH*KW
+    C_G,
+    H,
+    W,
+    OH,
+    OW,
+    sx_n,
+    sx_c,
+    sx_h,
+    sx_w,
+    sy_n,
+    sy_c,
+    sy_h,
+    sy_w,
+    sw_o,
+    STRIDE_H,
+    STRIDE_W,
+    PAD_H,
+    PAD_W,
+    DIL_H,
+    DIL_W,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FMA: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     """y[n, g*M + o, p, q] = sum_{c, r, s} (W*M)[g*M + o, c, r, s] * x[n, g*C_G + c, p*st - pad + r*dil, ...] + b."""
     pid = tl.program_id(0)
@@ -227,15 +290,44 @@ def _conv_forward_kernel(
 
 @triton.jit
 def _conv_input_grad_kernel(
-    dy_ptr, w_ptr, w_mask_ptr, dx_ptr,
-    M, N, K,  # C_in/groups, batch*H*W, C_out/groups*KH*KW
-    C_OG, H, W, OH, OW,
-    sy_n, sy_c, sy_h, sy_w, sx_n, sx_c, sx_h, sx_w, sw_o,
-    STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
-    KH: tl.constexpr, KW: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FMA: tl.constexpr,
+    dy_ptr,
+    w_ptr,
+    w_mask_ptr,
+    dx_ptr,
+    M,
+    N,
+    K,  # C_in/groups, batch*H*W, C_out/groups*KH*KW
+    C_OG,
+    H,
+    W,
+    OH,
+    OW,
+    sy_n,
+    sy_c,
+    sy_h,
+    sy_w,
+    sx_n,
+    sx_c,
+    sx_h,
+    sx_w,
+    sw_o,
+    STRIDE_H,
+    STRIDE_W,
+    PAD_H,
+    PAD_W,
+    DIL_H,
+    DIL_W,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FMA: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     """dx[n, g*M + c, h, w] = sum_{o, r, s} (W*M)[g*C_OG + o, c, r, s] * dy[n, g*C_OG + o, p, q]
     over the taps with p*st = h + pad - r*dil (and likewise q): a transposed conv as a GEMM."""
@@ -269,10 +361,12 @@ def _conv_input_grad_kernel(
         # negative h_num are masked; their (then meaningless) quotients are never dereferenced
         p = h_num // STRIDE_H
         q = w_num // STRIDE_W
-        on_grid = ((h_num >= 0) & (w_num >= 0) & (h_num % STRIDE_H == 0) & (w_num % STRIDE_W == 0)
-                   & (p < OH) & (q < OW))
-        b = tl.load(dy_cols[None, :] + (out_channel * sy_c)[:, None] + p * sy_h + q * sy_w,
-                    mask=in_k[:, None] & in_n[None, :] & on_grid, other=0.0)
+        on_grid = (h_num >= 0) & (w_num >= 0) & (h_num % STRIDE_H == 0) & (w_num % STRIDE_W == 0) & (p < OH) & (q < OW)
+        b = tl.load(
+            dy_cols[None, :] + (out_channel * sy_c)[:, None] + p * sy_h + q * sy_w,
+            mask=in_k[:, None] & in_n[None, :] & on_grid,
+            other=0.0,
+        )
         acc = mma(a, b, acc, INPUT_PRECISION, UPCAST, FMA)
 
     in_channel = group * M + offs_m
@@ -282,15 +376,49 @@ def _conv_input_grad_kernel(
 
 @triton.jit
 def _conv_weight_grad_kernel(
-    dy_ptr, x_ptr, w_mask_ptr, dw_ptr, db_ptr,
-    M, N, K,  # C_out/groups, C_in/groups*KH*KW, batch*OH*OW
-    C_G, H, W, OH, OW,
-    sy_n, sy_c, sy_h, sy_w, sx_n, sx_c, sx_h, sx_w, sw_o, stride_ws, stride_bs,
-    STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W,
-    KH: tl.constexpr, KW: tl.constexpr, ROW_SUM: tl.constexpr, SPLIT_K: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FMA: tl.constexpr,
+    dy_ptr,
+    x_ptr,
+    w_mask_ptr,
+    dw_ptr,
+    db_ptr,
+    M,
+    N,
+    K,  # C_out/groups, C_in/groups*KH*KW, batch*OH*OW
+    C_G,
+    H,
+    W,
+    OH,
+    OW,
+    sy_n,
+    sy_c,
+    sy_h,
+    sy_w,
+    sx_n,
+    sx_c,
+    sx_h,
+    sx_w,
+    sw_o,
+    stride_ws,
+    stride_bs,
+    STRIDE_H,
+    STRIDE_W,
+    PAD_H,
+    PAD_W,
+    DIL_H,
+    DIL_W,
+    KH: tl.constexpr,
+    KW: tl.constexpr,
+    ROW_SUM: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    FMA: tl.constexpr,
     INDEX_64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     """dW[g*M + o, j] = Mask[g*M + o, j] * sum_{n, p, q} dy[n, g*M + o, p, q] * im2col(x)[(n, p, q), j] over
     split s of the (n, p, q) sum; db[g*M + o] = the same sum of dy alone."""
@@ -319,15 +447,21 @@ def _conv_weight_grad_kernel(
         out_w = offs_k % OW
         out_h = (offs_k // OW) % OH
         batch = offs_k // (OW * OH)
-        a = tl.load(dy_rows[:, None] + (batch * sy_n + out_h * sy_h + out_w * sy_w)[None, :],
-                    mask=in_m[:, None] & in_k[None, :], other=0.0)
+        a = tl.load(
+            dy_rows[:, None] + (batch * sy_n + out_h * sy_h + out_w * sy_w)[None, :],
+            mask=in_m[:, None] & in_k[None, :],
+            other=0.0,
+        )
         h0 = out_h * STRIDE_H - PAD_H
         w0 = out_w * STRIDE_W - PAD_W
         h = h0[:, None] + (tap_h * DIL_H)[None, :]
         w = w0[:, None] + (tap_w * DIL_W)[None, :]
         inside = (h >= 0) & (h < H) & (w >= 0) & (w < W)
-        b = tl.load(x_cols[None, :] + (batch * sx_n + h0 * sx_h + w0 * sx_w)[:, None],
-                    mask=in_k[:, None] & in_n[None, :] & inside, other=0.0)
+        b = tl.load(
+            x_cols[None, :] + (batch * sx_n + h0 * sx_h + w0 * sx_w)[:, None],
+            mask=in_k[:, None] & in_n[None, :] & inside,
+            other=0.0,
+        )
         if ROW_SUM:
             if pid_n == 0:
                 row_sum += tl.sum(a.to(ACC_DTYPE), axis=1)
@@ -347,6 +481,7 @@ def _conv_weight_grad_kernel(
 # Launch helpers
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def _as_bytes(mask: Tensor) -> Tensor:
     return mask.view(torch.uint8)
 
@@ -365,11 +500,26 @@ def _nominal_tiles(m: int, n: int) -> int:
     return triton.cdiv(m, 128) * triton.cdiv(n, 128)
 
 
-def _masked_gemm(a: Tensor, a_strides: tuple[int, int], b: Tensor, b_strides: tuple[int, int],
-                 c_strides: tuple[int, int], M: int, N: int, K: int, out_shape: tuple[int, ...], *,
-                 a_mask: Tensor | None = None, a_mask_strides=(0, 0), c_mask: Tensor | None = None,
-                 c_mask_strides=(0, 0), bias: Tensor | None = None, row_sum: bool = False,
-                 split_k: int | None = None, allow_tf32: bool = False) -> tuple[Tensor, Tensor | None]:
+def _masked_gemm(
+    a: Tensor,
+    a_strides: tuple[int, int],
+    b: Tensor,
+    b_strides: tuple[int, int],
+    c_strides: tuple[int, int],
+    M: int,
+    N: int,
+    K: int,
+    out_shape: tuple[int, ...],
+    *,
+    a_mask: Tensor | None = None,
+    a_mask_strides=(0, 0),
+    c_mask: Tensor | None = None,
+    c_mask_strides=(0, 0),
+    bias: Tensor | None = None,
+    row_sum: bool = False,
+    split_k: int | None = None,
+    allow_tf32: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     """``C = (A * a_mask) @ B (+ bias[:, None]) (* c_mask)`` for strided A (M, K), B (K, N).
 
     C is a new contiguous tensor of ``out_shape`` in A's dtype, written through ``c_strides`` (its
@@ -402,13 +552,38 @@ def _masked_gemm(a: Tensor, a_strides: tuple[int, int], b: Tensor, b_strides: tu
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), split_k)
 
-    args = (a, b, c, bias, _as_bytes(a_mask) if a_mask is not None else None,
-            _as_bytes(c_mask) if c_mask is not None else None, sums, M, N, K,
-            a_strides[0], a_strides[1], b_strides[0], b_strides[1], a_mask_strides[0], a_mask_strides[1],
-            c_split_stride, c_strides[0], c_strides[1], c_mask_strides[0], c_mask_strides[1],
-            sums.stride(0) if sums is not None else 0)
-    kwargs = dict(HAS_BIAS=bias is not None, MASK_A=a_mask is not None, MASK_C=c_mask is not None,
-                  ROW_SUM=row_sum, SPLIT_K=split_k, **dtype_options(dtype, allow_tf32, a, b, c, a_mask, c_mask))
+    args = (
+        a,
+        b,
+        c,
+        bias,
+        _as_bytes(a_mask) if a_mask is not None else None,
+        _as_bytes(c_mask) if c_mask is not None else None,
+        sums,
+        M,
+        N,
+        K,
+        a_strides[0],
+        a_strides[1],
+        b_strides[0],
+        b_strides[1],
+        a_mask_strides[0],
+        a_mask_strides[1],
+        c_split_stride,
+        c_strides[0],
+        c_strides[1],
+        c_mask_strides[0],
+        c_mask_strides[1],
+        sums.stride(0) if sums is not None else 0,
+    )
+    kwargs = dict(
+        HAS_BIAS=bias is not None,
+        MASK_A=a_mask is not None,
+        MASK_C=c_mask is not None,
+        ROW_SUM=row_sum,
+        SPLIT_K=split_k,
+        **dtype_options(dtype, allow_tf32, a, b, c, a_mask, c_mask),
+    )
     key = ("M", "N", "K", "stride_ak", "stride_bn", "stride_cm", "MASK_A", "MASK_C", "SPLIT_K")
     launch(_masked_gemm_kernel, key, grid, args, kwargs, device)
     if split_k > 1:
@@ -420,6 +595,7 @@ def _masked_gemm(a: Tensor, a_strides: tuple[int, int], b: Tensor, b_strides: tu
 # ---------------------------------------------------------------------------------------------------------------
 # Public launch functions: masked_linear
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def masked_linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None) -> Tensor:
     """``input @ (weight * mask)^T + bias`` with the mask applied on load, the bias in the epilogue.
@@ -433,14 +609,27 @@ def masked_linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Ten
     rows = x.shape[0]
     bias = bias.contiguous() if bias is not None else None
     # y^T = (W*M) @ x^T, stored into y (rows, N) through transposed strides
-    y, _ = _masked_gemm(weight, weight.stride(), x, (x.stride(1), x.stride(0)), (1, n_out), n_out, rows, k_in,
-                        (rows, n_out), a_mask=mask, a_mask_strides=mask.stride(), bias=bias,
-                        allow_tf32=linear_allows_tf32())
+    y, _ = _masked_gemm(
+        weight,
+        weight.stride(),
+        x,
+        (x.stride(1), x.stride(0)),
+        (1, n_out),
+        n_out,
+        rows,
+        k_in,
+        (rows, n_out),
+        a_mask=mask,
+        a_mask_strides=mask.stride(),
+        bias=bias,
+        allow_tf32=linear_allows_tf32(),
+    )
     return y.reshape(*input.shape[:-1], n_out)
 
 
-def masked_linear_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Tensor, need_input: bool,
-                           need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+def masked_linear_backward(
+    grad: Tensor, input: Tensor, weight: Tensor, mask: Tensor, need_input: bool, need_weight: bool, need_bias: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad @ (W*M), (grad^T @ input) * M, grad summed over leading dims)``; unneeded ones are empty.
 
     grad: (*, N); input: (*, K); weight, mask: (N, K). The bias gradient is summed in the weight-gradient
@@ -454,14 +643,38 @@ def masked_linear_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Te
     if need_input:
         # dX^T = (W*M)^T @ dY^T, stored into dX (rows, K) through transposed strides
         w_t, m_t = (weight.stride(1), weight.stride(0)), (mask.stride(1), mask.stride(0))
-        dx, _ = _masked_gemm(weight, w_t, g, (g.stride(1), g.stride(0)), (1, k_in), k_in, rows, n_out, (rows, k_in),
-                             a_mask=mask, a_mask_strides=m_t, allow_tf32=allow_tf32)
+        dx, _ = _masked_gemm(
+            weight,
+            w_t,
+            g,
+            (g.stride(1), g.stride(0)),
+            (1, k_in),
+            k_in,
+            rows,
+            n_out,
+            (rows, k_in),
+            a_mask=mask,
+            a_mask_strides=m_t,
+            allow_tf32=allow_tf32,
+        )
         grad_input = dx.reshape(input.shape)
     if need_weight:
         x = input.reshape(rows, k_in)
-        grad_weight, sums = _masked_gemm(g, (g.stride(1), g.stride(0)), x, x.stride(), (k_in, 1), n_out, k_in, rows,
-                                         (n_out, k_in), c_mask=mask, c_mask_strides=mask.stride(),
-                                         row_sum=need_bias, allow_tf32=allow_tf32)
+        grad_weight, sums = _masked_gemm(
+            g,
+            (g.stride(1), g.stride(0)),
+            x,
+            x.stride(),
+            (k_in, 1),
+            n_out,
+            k_in,
+            rows,
+            (n_out, k_in),
+            c_mask=mask,
+            c_mask_strides=mask.stride(),
+            row_sum=need_bias,
+            allow_tf32=allow_tf32,
+        )
         if need_bias:
             grad_bias = sums
     if need_bias and not need_weight:
@@ -473,8 +686,17 @@ def masked_linear_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Te
 # Public launch functions: masked_conv2d
 # ---------------------------------------------------------------------------------------------------------------
 
-def masked_conv2d_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None, stride: list[int],
-                          padding: list[int], dilation: list[int], groups: int) -> Tensor:
+
+def masked_conv2d_forward(
+    input: Tensor,
+    weight: Tensor,
+    mask: Tensor,
+    bias: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> Tensor:
     """``conv2d(input, weight * mask, bias, stride, padding, dilation, groups)`` as an implicit GEMM.
 
     input: (N, C, H, W) or (C, H, W), any strides; weight, mask: (C_out, C/groups, kH, kW). Returns
@@ -498,18 +720,45 @@ def masked_conv2d_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Ten
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), groups)
 
-        args = (x, weight, _as_bytes(mask), bias, y, M, N, K, c_g, h, w, oh, ow, *x.stride(), *y.stride(),
-                weight.stride(0), *conv_geometry(stride, padding, dilation))
-        kwargs = dict(KH=kh, KW=kw, HAS_BIAS=bias is not None,
-                      **dtype_options(x.dtype, conv_allows_tf32(), x, y, weight))
-        launch(_conv_forward_kernel, ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W"), grid, args, kwargs,
-                x.device)
+        args = (
+            x,
+            weight,
+            _as_bytes(mask),
+            bias,
+            y,
+            M,
+            N,
+            K,
+            c_g,
+            h,
+            w,
+            oh,
+            ow,
+            *x.stride(),
+            *y.stride(),
+            weight.stride(0),
+            *conv_geometry(stride, padding, dilation),
+        )
+        kwargs = dict(
+            KH=kh, KW=kw, HAS_BIAS=bias is not None, **dtype_options(x.dtype, conv_allows_tf32(), x, y, weight)
+        )
+        launch(_conv_forward_kernel, ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W"), grid, args, kwargs, x.device)
     return y.squeeze(0) if unbatched else y
 
 
-def masked_conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Tensor, stride: list[int],
-                           padding: list[int], dilation: list[int], groups: int, need_input: bool,
-                           need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+def masked_conv2d_backward(
+    grad: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    mask: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+    need_input: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(conv2d_input(grad, W*M), conv2d_weight(input, grad) * M, grad summed over batch and space)``.
 
     Shapes as in :func:`masked_conv2d_forward`, ``grad`` of the output's shape; unneeded results are empty.
@@ -537,11 +786,33 @@ def masked_conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Te
             def grid(meta):
                 return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), groups)
 
-            args = (dy, weight, _as_bytes(mask), dx, M, N, K, c_og, h, w, oh, ow, *dy.stride(), *dx.stride(),
-                    weight.stride(0), *geometry)
+            args = (
+                dy,
+                weight,
+                _as_bytes(mask),
+                dx,
+                M,
+                N,
+                K,
+                c_og,
+                h,
+                w,
+                oh,
+                ow,
+                *dy.stride(),
+                *dx.stride(),
+                weight.stride(0),
+                *geometry,
+            )
             kwargs = dict(KH=kh, KW=kw, **dtype_options(x.dtype, allow_tf32, dx, dy, weight))
-            launch(_conv_input_grad_kernel, ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W"), grid, args,
-                    kwargs, x.device)
+            launch(
+                _conv_input_grad_kernel,
+                ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W"),
+                grid,
+                args,
+                kwargs,
+                x.device,
+            )
         grad_input = dx.squeeze(0) if unbatched else dx
 
     if need_weight:
@@ -553,8 +824,16 @@ def masked_conv2d_backward(grad: Tensor, input: Tensor, weight: Tensor, mask: Te
     return grad_input, grad_weight, grad_bias
 
 
-def _conv_weight_grad(dy: Tensor, x: Tensor, mask: Tensor, groups: int, geometry: tuple[int, ...], row_sum: bool,
-                      allow_tf32: bool, split_k: int | None = None) -> tuple[Tensor, Tensor | None]:
+def _conv_weight_grad(
+    dy: Tensor,
+    x: Tensor,
+    mask: Tensor,
+    groups: int,
+    geometry: tuple[int, ...],
+    row_sum: bool,
+    allow_tf32: bool,
+    split_k: int | None = None,
+) -> tuple[Tensor, Tensor | None]:
     """``(conv2d_weight(x, dy) * mask, dy summed per channel or None)``; x, dy: 4-D; mask contiguous."""
     c_out, c_g, kh, kw = mask.shape
     nb, _, h, w = x.shape
@@ -572,15 +851,39 @@ def _conv_weight_grad(dy: Tensor, x: Tensor, mask: Tensor, groups: int, geometry
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]), groups, split_k)
 
-    args = (dy, x, _as_bytes(mask), dw, db, M, N, K, c_g, h, w, oh, ow, *dy.stride(), *x.stride(), N,
-            dw.stride(0), db.stride(0) if db is not None else 0, *geometry)
+    args = (
+        dy,
+        x,
+        _as_bytes(mask),
+        dw,
+        db,
+        M,
+        N,
+        K,
+        c_g,
+        h,
+        w,
+        oh,
+        ow,
+        *dy.stride(),
+        *x.stride(),
+        N,
+        dw.stride(0),
+        db.stride(0) if db is not None else 0,
+        *geometry,
+    )
     kwargs = dict(KH=kh, KW=kw, ROW_SUM=row_sum, SPLIT_K=split_k, **dtype_options(dtype, allow_tf32, dy, x, dw))
-    launch(_conv_weight_grad_kernel, ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W", "SPLIT_K"), grid, args,
-            kwargs, device)
+    launch(
+        _conv_weight_grad_kernel,
+        ("M", "N", "K", "KH", "KW", "STRIDE_H", "STRIDE_W", "SPLIT_K"),
+        grid,
+        args,
+        kwargs,
+        device,
+    )
     if split_k == 1:
         return dw[0], (db[0] if db is not None else None)
     return dw.sum(0).to(dtype), (db.sum(0).to(dtype) if db is not None else None)
 
 
-__all__ = ["masked_linear_forward", "masked_linear_backward", "masked_conv2d_forward",
-           "masked_conv2d_backward"]
+__all__ = ["masked_linear_forward", "masked_linear_backward", "masked_conv2d_forward", "masked_conv2d_backward"]

@@ -89,12 +89,28 @@ _WRITE_MASKS = tl.constexpr(2)
 # Kernels
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @triton.jit
 def _tiles_kernel(
-    scores_ptr, masks_ptr, outs_ptr, numels_ptr, first_tiles_ptr, num_segments, num_tiles, state_ptr, work_ptr,
-    PASS: tl.constexpr, SHIFT: tl.constexpr, DIGIT_MASK: tl.constexpr, KEY_BITS: tl.constexpr,
-    INF: tl.constexpr, MASKED: tl.constexpr, ALIGNED: tl.constexpr, SEARCH_STEPS: tl.constexpr,
-    BLOCK: tl.constexpr, BINS: tl.constexpr,
+    scores_ptr,
+    masks_ptr,
+    outs_ptr,
+    numels_ptr,
+    first_tiles_ptr,
+    num_segments,
+    num_tiles,
+    state_ptr,
+    work_ptr,
+    PASS: tl.constexpr,
+    SHIFT: tl.constexpr,
+    DIGIT_MASK: tl.constexpr,
+    KEY_BITS: tl.constexpr,
+    INF: tl.constexpr,
+    MASKED: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    SEARCH_STEPS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BINS: tl.constexpr,
 ):
     """One pass over every tile of every tensor; what it does with a tile's keys depends on PASS.
 
@@ -198,9 +214,15 @@ def _tiles_kernel(
 
 @triton.jit
 def _choose_bucket_kernel(
-    hist_ptr, state_ptr, value_ptr,
-    SHIFT: tl.constexpr, DIGIT_MASK: tl.constexpr, FIRST_PASS: tl.constexpr, WRITE_VALUE: tl.constexpr,
-    KEY_BITS: tl.constexpr, BINS: tl.constexpr,
+    hist_ptr,
+    state_ptr,
+    value_ptr,
+    SHIFT: tl.constexpr,
+    DIGIT_MASK: tl.constexpr,
+    FIRST_PASS: tl.constexpr,
+    WRITE_VALUE: tl.constexpr,
+    KEY_BITS: tl.constexpr,
+    BINS: tl.constexpr,
 ):
     """Moves the state to the bucket of this pass's histogram that holds the wanted rank (one program).
 
@@ -238,14 +260,14 @@ def _choose_bucket_kernel(
     tl.store(state_ptr + _COUNT, ties)
     tl.store(state_ptr + _ERROR, error)
     if WRITE_VALUE:  # the key's float: +0.0 for both zeros' key, the all-ones-magnitude NaN for the NaN key
-        bits = tl.where(prefix >= (1 << (KEY_BITS - 1)), prefix ^ (1 << (KEY_BITS - 1)),
-                        prefix ^ ((1 << KEY_BITS) - 1))
+        bits = tl.where(prefix >= (1 << (KEY_BITS - 1)), prefix ^ (1 << (KEY_BITS - 1)), prefix ^ ((1 << KEY_BITS) - 1))
         tl.store(value_ptr, bits.to(value_ptr.dtype.element_ty))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Launch helpers
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def _tiling(device: torch.device) -> tuple[int, int, int]:
     """(elements per tile, warps, programs: per SM on a GPU, in all under the interpreter)."""
@@ -258,8 +280,7 @@ def _tiling(device: torch.device) -> tuple[int, int, int]:
 class _Layout:
     """One call's table (its non-empty tensors, in order) and select state: one int64 tensor on the device."""
 
-    def __init__(self, scores: Sequence[Tensor], masks: Sequence[Tensor] | None, outs: Sequence[Tensor] | None,
-                 k: int):
+    def __init__(self, scores: Sequence[Tensor], masks: Sequence[Tensor] | None, outs: Sequence[Tensor] | None, k: int):
         device = scores[0].device
         self.block, self.num_warps, programs = _tiling(device)
         self.held = []  # contiguous copies of non-contiguous inputs, alive until the kernels are queued
@@ -272,8 +293,15 @@ class _Layout:
             s = s.contiguous()
             m = masks[i].contiguous() if masks is not None else None
             self.held += [s] if m is None else [s, m]
-            rows.append((s.data_ptr(), m.data_ptr() if m is not None else 0,
-                         outs[i].data_ptr() if outs is not None else 0, n, self.num_tiles))
+            rows.append(
+                (
+                    s.data_ptr(),
+                    m.data_ptr() if m is not None else 0,
+                    outs[i].data_ptr() if outs is not None else 0,
+                    n,
+                    self.num_tiles,
+                )
+            )
             self.num_tiles += triton.cdiv(n, self.block)
         self.num_segments = len(rows)
         self.aligned = all(a % 16 == 0 for row in rows for a in row[:3])
@@ -293,8 +321,18 @@ class _Layout:
 
     def tile_options(self, dtype: torch.dtype, masked: bool) -> dict:
         key_bits, inf, _ = _FORMATS[dtype]
-        return dict(KEY_BITS=key_bits, INF=inf, MASKED=masked, ALIGNED=self.aligned, SEARCH_STEPS=self.search_steps,
-                    BLOCK=self.block, BINS=_BINS, SHIFT=0, DIGIT_MASK=0, num_warps=self.num_warps)
+        return dict(
+            KEY_BITS=key_bits,
+            INF=inf,
+            MASKED=masked,
+            ALIGNED=self.aligned,
+            SEARCH_STEPS=self.search_steps,
+            BLOCK=self.block,
+            BINS=_BINS,
+            SHIFT=0,
+            DIGIT_MASK=0,
+            num_warps=self.num_warps,
+        )
 
 
 def _passes(key_bits: int) -> list[tuple[int, int]]:
@@ -315,13 +353,22 @@ def _radix_select(layout: _Layout, dtype: torch.dtype, masked: bool, value: Tens
     hist = torch.zeros(len(passes), _BINS, dtype=torch.int64, device=layout.state.device)
     options = layout.tile_options(dtype, masked)
     for p, (shift, digit_mask) in enumerate(passes):
-        _tiles_kernel[layout.grid](*layout.table_args(), hist[p],
-                                   **{**options, "PASS": _HISTOGRAM, "SHIFT": shift, "DIGIT_MASK": digit_mask})
+        _tiles_kernel[layout.grid](
+            *layout.table_args(), hist[p], **{**options, "PASS": _HISTOGRAM, "SHIFT": shift, "DIGIT_MASK": digit_mask}
+        )
         last = p == len(passes) - 1
-        _choose_bucket_kernel[(1,)](hist[p], layout.state, value if value is not None else layout.state,
-                                    SHIFT=shift, DIGIT_MASK=digit_mask, FIRST_PASS=p == 0,
-                                    WRITE_VALUE=value is not None and last, KEY_BITS=key_bits,
-                                    BINS=_BINS, num_warps=layout.num_warps)
+        _choose_bucket_kernel[(1,)](
+            hist[p],
+            layout.state,
+            value if value is not None else layout.state,
+            SHIFT=shift,
+            DIGIT_MASK=digit_mask,
+            FIRST_PASS=p == 0,
+            WRITE_VALUE=value is not None and last,
+            KEY_BITS=key_bits,
+            BINS=_BINS,
+            num_warps=layout.num_warps,
+        )
 
 
 def _on_device(device: torch.device):
@@ -331,6 +378,7 @@ def _on_device(device: torch.device):
 # ---------------------------------------------------------------------------------------------------------------
 # Public launch functions
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def kth_smallest(tensors: Sequence[Tensor], k: int) -> Tensor:
     """The k-th smallest (1-based) value over all elements of ``tensors``: ``cat(...).kthvalue(k).values``.
@@ -356,8 +404,9 @@ def prune_lowest(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: in
     tensors of the scores' shapes. Raises ``RuntimeError`` when k exceeds the active entries.
     """
     if k == 0:
-        return [torch.ones_like(s, dtype=torch.bool) if masks is None else masks[i].clone()
-                for i, s in enumerate(scores)]
+        return [
+            torch.ones_like(s, dtype=torch.bool) if masks is None else masks[i].clone() for i, s in enumerate(scores)
+        ]
     dtype, device = scores[0].dtype, scores[0].device
     outs = [torch.empty(s.shape, dtype=torch.bool, device=device) for s in scores]
     masked = masks is not None

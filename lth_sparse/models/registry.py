@@ -57,8 +57,7 @@ def image_shape(model: str, input_shape: Sequence[int], min_size: int = 1) -> tu
     shape = tuple(input_shape)
     if len(shape) != 3:
         raise ValueError(
-            f"model {model!r} needs an image input_shape (C, H, W), got {shape}; "
-            "use lenet300 or mlp for vector inputs"
+            f"model {model!r} needs an image input_shape (C, H, W), got {shape}; use lenet300 or mlp for vector inputs"
         )
     if min(shape[1:]) < min_size:
         raise ValueError(

@@ -63,18 +63,22 @@ class MaskedMixin:
         if self.weight not in _MASKED_WEIGHTS:
             _MASKED_WEIGHTS[self.weight] = weakref.ref(self)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
         # torch would copy_ the loaded mask into the bool buffer, which casts: 0.5 or 2 would become True.
         # Integer 0/1 masks (uint8 masks of old torch, torch.nn.utils.prune's float weight_mask) are refused
         # too, as Masks refuses them: one rule, and a conversion the caller writes and sees (.bool()).
         key = prefix + "mask"
         mask = state_dict.get(key)
         if isinstance(mask, Tensor) and mask.dtype != torch.bool:
-            raise TypeError(f"state_dict[{key!r}] must be a bool mask, got {mask.dtype}; convert a 0/1 mask "
-                            "with .bool() (lth_sparse.nn.masked() converts a torch.nn.utils.prune model)")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+            raise TypeError(
+                f"state_dict[{key!r}] must be a bool mask, got {mask.dtype}; convert a 0/1 mask "
+                "with .bool() (lth_sparse.nn.masked() converts a torch.nn.utils.prune model)"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @torch.no_grad()
     def set_mask(self, mask: Tensor) -> None:
@@ -100,8 +104,15 @@ class MaskedMixin:
 class MaskedLinear(MaskedMixin, nn.Linear):
     """``nn.Linear`` computing ``x (W * mask)^T + b``."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 mask: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        mask: Tensor | None = None,
+    ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._init_mask(mask)
 
@@ -120,8 +131,7 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
     def forward(self, input: Tensor) -> Tensor:
         self._track()
         input, padding = resolve_conv_padding(self, input)
-        return masked_conv2d(input, self.weight, self.mask, self.bias, self.stride, padding, self.dilation,
-                             self.groups)
+        return masked_conv2d(input, self.weight, self.mask, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 def resolve_conv_padding(conv: nn.Conv2d, input: Tensor) -> tuple[Tensor, tuple[int, int]]:

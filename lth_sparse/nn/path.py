@@ -112,8 +112,10 @@ class _PathState:
         if x.shape[0] == self.batch and num_alphas > 1:
             return x.unsqueeze(0)
         if x.shape[0] != num_alphas * self.batch:
-            raise RuntimeError(f"PathNetwork: a layer got a batch of {x.shape[0]}, expected {self.batch} (the input) "
-                               f"or {num_alphas * self.batch} (alphas x batch)")
+            raise RuntimeError(
+                f"PathNetwork: a layer got a batch of {x.shape[0]}, expected {self.batch} (the input) "
+                f"or {num_alphas * self.batch} (alphas x batch)"
+            )
         return x.reshape(num_alphas, self.batch, *x.shape[1:])
 
 
@@ -152,17 +154,20 @@ class _PathLayer(nn.Module):
         result when it can."""
         args = (x, self.weight_a, self.weight_b, alphas, self.bias_a, self.bias_b)
         if x.device.type == "cpu" and (
-                (backend := choose_backend(_OP_NAMES[kind], x.device, interpolate.IMPLEMENTED)) in ("cpp", "torch")):
-            self._result = interpolate.cpu_forward_into(self._result, kind, *args, *conv_args, cache=self._weights,
-                                                        relu=relu, backend=backend)
+            (backend := choose_backend(_OP_NAMES[kind], x.device, interpolate.IMPLEMENTED)) in ("cpp", "torch")
+        ):
+            self._result = interpolate.cpu_forward_into(
+                self._result, kind, *args, *conv_args, cache=self._weights, relu=relu, backend=backend
+            )
             return self._result
         out = op(*args, *conv_args)
         return out.relu_() if relu else out
 
     def _run(self, op, kind: str, x: Tensor, *conv_args) -> Tensor:
         if self.shared.source is None:
-            return self._interpolated(op, kind, self.shared.unfold(x), self.shared.alphas, *conv_args,
-                                      relu=self.relu).flatten(0, 1)
+            return self._interpolated(
+                op, kind, self.shared.unfold(x), self.shared.alphas, *conv_args, relu=self.relu
+            ).flatten(0, 1)
         alpha = self.shared.alphas[0]
         if self.shared.is_source(x):
             # both ends' outputs once per pass (two products), each alpha's a lerp of them
@@ -198,8 +203,15 @@ class _PathConv2d(_PathLayer):
     def forward(self, x: Tensor) -> Tensor:
         conv = self.conv
         x, padding = resolve_conv_padding(conv, x)
-        return self._run(interpolated_conv2d_op, "conv", x, pair_list(conv.stride), pair_list(padding),
-                         pair_list(conv.dilation), conv.groups)
+        return self._run(
+            interpolated_conv2d_op,
+            "conv",
+            x,
+            pair_list(conv.stride),
+            pair_list(padding),
+            pair_list(conv.dilation),
+            conv.groups,
+        )
 
     @staticmethod
     def _layer_at(x: Tensor, weight: Tensor, bias: Tensor | None, stride, padding, dilation, groups) -> Tensor:
@@ -227,9 +239,15 @@ class _PathChain(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shared = self.shared
         alphas = shared.alphas
-        if (shared.source is None and alphas is not None and alphas.shape[0] > 1 and x.dim() == 2
-                and x.shape[0] == shared.batch and x.device.type == "cpu"
-                and choose_backend("interpolated_linear", x.device, interpolate.IMPLEMENTED) == "cpp"):
+        if (
+            shared.source is None
+            and alphas is not None
+            and alphas.shape[0] > 1
+            and x.dim() == 2
+            and x.shape[0] == shared.batch
+            and x.device.type == "cpu"
+            and choose_backend("interpolated_linear", x.device, interpolate.IMPLEMENTED) == "cpp"
+        ):
             specs = [(m.weight_a, m.weight_b, m.bias_a, m.bias_b, m.relu, m._weights) for m in self.layers]
             out = interpolate.cpu_linear_chain(x, specs, alphas, self._buffers_between)
             if out is not None:
@@ -292,8 +310,10 @@ class _PathBatchNorm(nn.Module):
         dims = (1, *range(3, unfolded.dim()))
         count = unfolded.numel() // (unfolded.shape[0] * unfolded.shape[2])
         if count < 2:
-            raise ValueError(f"batch norm on batch statistics needs more than 1 value per channel, got input of "
-                             f"shape {tuple(unfolded.shape[1:])}")
+            raise ValueError(
+                f"batch norm on batch statistics needs more than 1 value per channel, got input of "
+                f"shape {tuple(unfolded.shape[1:])}"
+            )
         var, mean = torch.var_mean(unfolded, dim=dims, correction=0)
         if self.shared.estimating:
             self._accumulate(mean, var * (count / (count - 1)))
@@ -307,8 +327,10 @@ class _PathBatchNorm(nn.Module):
         weight, bias = torch.lerp(self.weight_a, self.weight_b, alpha), torch.lerp(self.bias_a, self.bias_b, alpha)
         if batch_statistics:
             if x.numel() // x.shape[1] < 2:
-                raise ValueError(f"batch norm on batch statistics needs more than 1 value per channel, got input "
-                                 f"of shape {tuple(x.shape)}")
+                raise ValueError(
+                    f"batch norm on batch statistics needs more than 1 value per channel, got input "
+                    f"of shape {tuple(x.shape)}"
+                )
             if not shared.estimating:
                 return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
             # momentum 1: the running statistics become the batch's mean and unbiased variance, as torch
@@ -336,8 +358,9 @@ class _PathBatchNorm(nn.Module):
         shared = self.shared
         batch_statistics = shared.estimating or shared.bn == "train-mode"
         if shared.bn == "recompute" and not batch_statistics and self.recomputed_mean is None:
-            raise RuntimeError("bn='recompute': call PathNetwork.recompute_bn_statistics(batches, alphas) "
-                               "before evaluating")
+            raise RuntimeError(
+                "bn='recompute': call PathNetwork.recompute_bn_statistics(batches, alphas) before evaluating"
+            )
         if shared.alphas.shape[0] == 1:
             return self._one_alpha(x, batch_statistics)
         alphas = shared.alphas.reshape(-1, 1)
@@ -454,8 +477,10 @@ BN_MODES = ("interpolate", "recompute", "train-mode")
 
 def _own_tensors(module: nn.Module) -> dict[str, Tensor]:
     """The parameters and buffers of ``module`` itself (not of its sub-modules), by name."""
-    return {**dict(module.named_parameters(recurse=False)),
-            **{k: v for k, v in module.named_buffers(recurse=False) if v is not None}}
+    return {
+        **dict(module.named_parameters(recurse=False)),
+        **{k: v for k, v in module.named_buffers(recurse=False) if v is not None},
+    }
 
 
 class PathNetwork(nn.Module):
@@ -471,8 +496,9 @@ class PathNetwork(nn.Module):
     and its sub-modules' at once: the sub-modules would see the folded batch, the module its alpha's).
     """
 
-    def __init__(self, model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor],
-                 bn: str = "interpolate") -> None:
+    def __init__(
+        self, model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], bn: str = "interpolate"
+    ) -> None:
         super().__init__()
         missing = set(state_a) ^ set(state_b)
         if missing:
@@ -504,31 +530,54 @@ class PathNetwork(nn.Module):
             prefix = f"{name}." if name else ""
             if inside_functional and name.startswith(inside_functional):
                 continue
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and type(module) in (nn.Linear, nn.Conv2d) or \
-                    isinstance(module, MaskedMixin):
-                ends = [{"weight": _masked_weight(s, prefix, module), "bias": _endpoint(s, prefix, "bias")}
-                        for s in (state_a, state_b)]
+            if (
+                isinstance(module, (nn.Linear, nn.Conv2d))
+                and type(module) in (nn.Linear, nn.Conv2d)
+                or isinstance(module, MaskedMixin)
+            ):
+                ends = [
+                    {"weight": _masked_weight(s, prefix, module), "bias": _endpoint(s, prefix, "bias")}
+                    for s in (state_a, state_b)
+                ]
                 ends = [{k: v for k, v in e.items() if v is not None} for e in ends]
-                new = (_PathLinear(self.shared, *ends) if isinstance(module, nn.Linear)
-                       else _PathConv2d(self.shared, *ends, module))
+                new = (
+                    _PathLinear(self.shared, *ends)
+                    if isinstance(module, nn.Linear)
+                    else _PathConv2d(self.shared, *ends, module)
+                )
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
                 if not module.track_running_stats:
                     raise ValueError(f"{name}: batch norm without running statistics cannot be interpolated")
-                ends = [{k: s[f"{prefix}{k}"] for k in ("running_mean", "running_var", "weight", "bias")
-                         if f"{prefix}{k}" in s} for s in (state_a, state_b)]
+                ends = [
+                    {
+                        k: s[f"{prefix}{k}"]
+                        for k in ("running_mean", "running_var", "weight", "bias")
+                        if f"{prefix}{k}" in s
+                    }
+                    for s in (state_a, state_b)
+                ]
                 new = _PathBatchNorm(self.shared, *ends, module)
             else:
-                own = {k: v for k, v in _own_tensors(module).items() if v.is_floating_point() or
-                       isinstance(v, nn.Parameter)}
+                own = {
+                    k: v
+                    for k, v in _own_tensors(module).items()
+                    if v.is_floating_point() or isinstance(v, nn.Parameter)
+                }
                 if not own:
                     continue
-                below = [f"{prefix}{k}" for k, v in [*module.named_parameters(), *module.named_buffers()]
-                         if "." in k and v.is_floating_point()]
+                below = [
+                    f"{prefix}{k}"
+                    for k, v in [*module.named_parameters(), *module.named_buffers()]
+                    if "." in k and v.is_floating_point()
+                ]
                 if below:
-                    raise ValueError(f"{name or 'the model'}: {type(module).__name__} has tensors of its own and "
-                                     f"sub-modules with tensors ({below[0]}); PathNetwork cannot interpolate it")
-                ends = [{k: s.get(f"{prefix}{k}", v) for k, v in _own_tensors(module).items()}
-                        for s in (state_a, state_b)]
+                    raise ValueError(
+                        f"{name or 'the model'}: {type(module).__name__} has tensors of its own and "
+                        f"sub-modules with tensors ({below[0]}); PathNetwork cannot interpolate it"
+                    )
+                ends = [
+                    {k: s.get(f"{prefix}{k}", v) for k, v in _own_tensors(module).items()} for s in (state_a, state_b)
+                ]
                 new = _PathFunctional(self.shared, module, *ends)
                 inside_functional = (prefix,) if name else ("",)
             replacements.append((name, new))
@@ -551,8 +600,10 @@ class PathNetwork(nn.Module):
             if self._bn_alphas is None:
                 raise RuntimeError("bn='recompute': call recompute_bn_statistics(batches, alphas) before evaluating")
             if self._bn_alphas.shape != alphas.shape or not torch.equal(self._bn_alphas.to(alphas), alphas):
-                raise ValueError(f"bn='recompute': the statistics were recomputed for alphas "
-                                 f"{self._bn_alphas.tolist()}, not {alphas.tolist()}")
+                raise ValueError(
+                    f"bn='recompute': the statistics were recomputed for alphas "
+                    f"{self._bn_alphas.tolist()}, not {alphas.tolist()}"
+                )
         self.shared.batch = x.shape[0]
         if one_alpha_at_a_time:
             return self._one_alpha_at_a_time(x, alphas)
@@ -567,8 +618,9 @@ class PathNetwork(nn.Module):
         return out.reshape(alphas.shape[0], x.shape[0], *out.shape[1:]).clone()
 
     @torch.no_grad()
-    def recompute_bn_statistics(self, batches: Iterable[Tensor], alphas: Tensor,
-                                one_alpha_at_a_time: bool | None = None) -> int:
+    def recompute_bn_statistics(
+        self, batches: Iterable[Tensor], alphas: Tensor, one_alpha_at_a_time: bool | None = None
+    ) -> int:
         """Re-estimate every batch-norm layer's statistics at each alpha from ``batches`` (inputs (N, ...),
         each one pass, never cut), for ``bn="recompute"``: per alpha, the mean over the batches (over the
         calls, for a layer a forward calls more than once) of the batch means and of the unbiased batch
@@ -609,8 +661,13 @@ class PathNetwork(nn.Module):
         return count
 
     @torch.no_grad()
-    def evaluate(self, batches: Iterable[tuple[Tensor, Tensor]], alphas: Tensor, batch_size: int = 1000,
-                 one_alpha_at_a_time: bool | None = None) -> tuple[Tensor, Tensor, int]:
+    def evaluate(
+        self,
+        batches: Iterable[tuple[Tensor, Tensor]],
+        alphas: Tensor,
+        batch_size: int = 1000,
+        one_alpha_at_a_time: bool | None = None,
+    ) -> tuple[Tensor, Tensor, int]:
         """Sums over ``batches`` of (x (N, ...), y (N,) class indices) of the cross-entropy loss and of the
         correct predictions at each alpha, two float64 (A,) tensors, and the number of examples.
 
@@ -633,7 +690,7 @@ class PathNetwork(nn.Module):
                 order, pass_size = _pass_order(self, x, alphas, batch_size, whole, one_alpha_at_a_time)
             step = x.shape[0] if whole else pass_size
             for start in range(0, x.shape[0], step):
-                xb, yb = x[start:start + step], y[start:start + step]
+                xb, yb = x[start : start + step], y[start : start + step]
                 logits = self(xb, alphas, one_alpha_at_a_time=order)
                 if logits.dtype in (torch.bfloat16, torch.float16):  # under autocast: the losses from float32
                     logits = logits.float()
@@ -672,7 +729,7 @@ class PathNetwork(nn.Module):
         result = None
         try:
             for i in range(alphas.shape[0]):
-                self.shared.alphas = alphas[i:i + 1]
+                self.shared.alphas = alphas[i : i + 1]
                 self.shared.alpha_index = slice(i, i + 1)
                 out = self._run_net(x)
                 if out is None:  # an estimating forward that stopped after its last batch norm
@@ -752,8 +809,14 @@ def _activation_bytes(path: PathNetwork, x: Tensor, alphas: Tensor) -> tuple[int
     return per_alpha[0], shared[0]
 
 
-def _pass_order(path: PathNetwork, x: Tensor, alphas: Tensor, batch_size: int, whole_batches: bool,
-                one_alpha_at_a_time: bool | None = None) -> tuple[bool, int]:
+def _pass_order(
+    path: PathNetwork,
+    x: Tensor,
+    alphas: Tensor,
+    batch_size: int,
+    whole_batches: bool,
+    one_alpha_at_a_time: bool | None = None,
+) -> tuple[bool, int]:
     """(one alpha at a time?, examples per pass) for passes over batches like ``x`` at ``alphas``.
 
     Cut passes (``whole_batches`` false): at most ``batch_size`` examples, fewer (down to
@@ -783,9 +846,16 @@ def _pass_order(path: PathNetwork, x: Tensor, alphas: Tensor, batch_size: int, w
 
 
 @torch.no_grad()
-def evaluate_path(model: nn.Module, state_a: Mapping[str, Tensor], state_b: Mapping[str, Tensor], alphas: Tensor,
-                  x: Tensor, y: Tensor, batch_size: int = 1000,
-                  one_alpha_at_a_time: bool | None = None) -> tuple[Tensor, Tensor]:
+def evaluate_path(
+    model: nn.Module,
+    state_a: Mapping[str, Tensor],
+    state_b: Mapping[str, Tensor],
+    alphas: Tensor,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int = 1000,
+    one_alpha_at_a_time: bool | None = None,
+) -> tuple[Tensor, Tensor]:
     """Cross-entropy loss and accuracy of ``model`` at each alpha of the path, over (x, y): two (A,) tensors.
 
     Batch norm on interpolated statistics (``bn="interpolate"``; :func:`lth_sparse.analysis.interpolate`

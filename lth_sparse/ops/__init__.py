@@ -12,5 +12,12 @@ from lth_sparse.ops.masked_conv2d import masked_conv2d
 from lth_sparse.ops.masked_linear import masked_linear
 from lth_sparse.ops.select import kth_smallest, prune_lowest
 
-__all__ = ["masked_linear", "masked_conv2d", "kth_smallest", "prune_lowest",
-           "interpolated_linear", "interpolated_conv2d", "zero_pruned_"]
+__all__ = [
+    "masked_linear",
+    "masked_conv2d",
+    "kth_smallest",
+    "prune_lowest",
+    "interpolated_linear",
+    "interpolated_conv2d",
+    "zero_pruned_",
+]

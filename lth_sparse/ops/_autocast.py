@@ -44,8 +44,12 @@ def active(t) -> tuple[str, torch.dtype] | None:
 
 def cast(value, device_type: str, dtype: torch.dtype):
     """``value.to(dtype)`` for a floating tensor on ``device_type`` other than float64; anything else as is."""
-    if (isinstance(value, Tensor) and value.is_floating_point() and value.dtype is not torch.float64
-            and value.device.type == device_type):
+    if (
+        isinstance(value, Tensor)
+        and value.is_floating_point()
+        and value.dtype is not torch.float64
+        and value.device.type == device_type
+    ):
         return value.to(dtype)
     return value
 
@@ -65,6 +69,7 @@ def register(op, cast_args: Collection[int]) -> None:
     name = op._name.split("::")[-1]
     cast_args = frozenset(cast_args)
     for device_type in DEVICE_TYPES:
+
         def kernel(_keyset, *args, device_type=device_type):
             return run_cast(op, (device_type, torch.get_autocast_dtype(device_type)), args, cast_args)
 

@@ -109,7 +109,8 @@ def check_alphas(alphas: Tensor, input: Tensor) -> None:
     if input.shape[0] not in (1, alphas.shape[0]):
         raise ValueError(
             f"input's first dimension must be 1 (shared by all alphas) or len(alphas)={alphas.shape[0]}, "
-            f"got {input.shape[0]}")
+            f"got {input.shape[0]}"
+        )
 
 
 def check_interpolation_pair(weight_a: Tensor, weight_b: Tensor, bias_a: Tensor | None, bias_b: Tensor | None) -> None:
@@ -135,8 +136,10 @@ def check_conv_geometry(input: Tensor, weight: Tensor, stride, padding, dilation
         raise ValueError(f"groups must be a positive int dividing out_channels={weight.shape[0]}, got {groups}")
     channels = input.shape[-3]
     if channels != weight.shape[1] * groups:
-        raise ValueError(f"input has {channels} channels, the weight expects {weight.shape[1] * groups} "
-                         f"(in_channels/groups={weight.shape[1]} x groups={groups})")
+        raise ValueError(
+            f"input has {channels} channels, the weight expects {weight.shape[1] * groups} "
+            f"(in_channels/groups={weight.shape[1]} x groups={groups})"
+        )
     for name, value, low in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
         if len(value) != 2 or any(v < low for v in value):
             raise ValueError(f"{name} must be two ints >= {low}, got {list(value)}")
@@ -150,5 +153,7 @@ def pair_list(value) -> list:
 
 def conv_output_size(input: Tensor, weight: Tensor, stride, padding, dilation) -> list[int]:
     """(H_out, W_out) of a conv of ``input`` (..., H, W) with ``weight`` (..., kH, kW); shared by the fake kernels."""
-    return [(input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
-            for i in range(2)]
+    return [
+        (input.shape[-2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[2 + i] - 1) - 1) // stride[i] + 1
+        for i in range(2)
+    ]

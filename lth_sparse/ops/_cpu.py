@@ -111,9 +111,14 @@ def _policy_args() -> tuple[float, float, int, int, int]:
 
 def policy() -> dict:
     """The constants that choose the sparse path now (for reports: ``backend_info``, the benchmarks)."""
-    return {"max_density": MAX_DENSITY, "gemv_max_density": GEMV_MAX_DENSITY, "min_dense_work": MIN_DENSE_WORK,
-            "small_dense_work": SMALL_DENSE_WORK, "small_min_columns": SMALL_MIN_COLUMNS,
-            "conv_max_density": CONV_MAX_DENSITY}
+    return {
+        "max_density": MAX_DENSITY,
+        "gemv_max_density": GEMV_MAX_DENSITY,
+        "min_dense_work": MIN_DENSE_WORK,
+        "small_dense_work": SMALL_DENSE_WORK,
+        "small_min_columns": SMALL_MIN_COLUMNS,
+        "conv_max_density": CONV_MAX_DENSITY,
+    }
 
 
 register_cpp_report("cpu_sparse_policy", policy)
@@ -177,8 +182,13 @@ def zero_pruned_(t: Tensor, mask: Tensor) -> Tensor:
         raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
     if mask.shape != t.shape:
         raise ValueError(f"mask must have the shape of t {tuple(t.shape)}, got {tuple(mask.shape)}")
-    if (t.device.type == "cpu" and mask.device.type == "cpu" and t.is_floating_point() and _has_mask_kernel(t)
-            and cpp_extension() is not None):
+    if (
+        t.device.type == "cpu"
+        and mask.device.type == "cpu"
+        and t.is_floating_point()
+        and _has_mask_kernel(t)
+        and cpp_extension() is not None
+    ):
         return cpp_extension().zero_pruned_(t, mask)
     return t.masked_fill_(~mask, 0)
 
@@ -201,8 +211,9 @@ def linear_forward(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | N
     s = structure(mask)
     out = input.new_empty(x.shape[0], out_features)
     xt = C.transpose_2d(x).unsqueeze(1)
-    C.spmm_(out.t().unsqueeze(1), weight.contiguous(), s.row_ptr, s.col_idx, xt,
-            None if bias is None else bias.contiguous())
+    C.spmm_(
+        out.t().unsqueeze(1), weight.contiguous(), s.row_ptr, s.col_idx, xt, None if bias is None else bias.contiguous()
+    )
     return out.reshape(*input.shape[:-1], out_features)
 
 
@@ -227,8 +238,11 @@ def linear_backward(grad, input, weight, mask, need_input, need_weight, need_bia
             grad_input = g.matmul(_apply_mask(weight, mask)).reshape(input.shape)
         if need_weight:
             grad_weight = zero_pruned_(g.t().matmul(input.reshape(rows, in_features)), mask)
-        return (_absent(grad) if grad_input is None else grad_input,
-                _absent(grad) if grad_weight is None else grad_weight, grad_bias)
+        return (
+            _absent(grad) if grad_input is None else grad_input,
+            _absent(grad) if grad_weight is None else grad_weight,
+            grad_bias,
+        )
     s = structure(mask)
     gt = C.transpose_2d(g).unsqueeze(1)
     grad_input, grad_weight = _absent(grad), _absent(grad)
@@ -255,8 +269,9 @@ def _conv_chunks(input: Tensor, weight: Tensor, positions: int):
 
 
 def _conv_sparse(weight: Tensor, mask: Tensor, groups: int, batch: int, positions: int) -> bool:
-    return (groups == 1 and CONV_MAX_DENSITY is not None
-            and use_sparse(weight, mask, batch * positions, CONV_MAX_DENSITY))
+    return (
+        groups == 1 and CONV_MAX_DENSITY is not None and use_sparse(weight, mask, batch * positions, CONV_MAX_DENSITY)
+    )
 
 
 def conv2d_forward(input, weight, mask, bias, stride, padding, dilation, groups):
@@ -276,8 +291,7 @@ def conv2d_forward(input, weight, mask, bias, stride, padding, dilation, groups)
     return out if input.dim() == 4 else out.squeeze(0)
 
 
-def conv2d_backward(grad, input, weight, mask, stride, padding, dilation, groups, need_input, need_weight,
-                    need_bias):
+def conv2d_backward(grad, input, weight, mask, stride, padding, dilation, groups, need_input, need_weight, need_bias):
     C = cpp_extension()
     unbatched = input.dim() == 3
     if unbatched:
@@ -287,11 +301,13 @@ def conv2d_backward(grad, input, weight, mask, stride, padding, dilation, groups
     if not _conv_sparse(weight, mask, groups, input.shape[0], positions):
         grad_input, grad_weight = _absent(grad), _absent(grad)
         if need_input:
-            grad_input = torch.nn.grad.conv2d_input(input.shape, _apply_mask(weight, mask), grad, stride, padding,
-                                                    dilation, groups)
+            grad_input = torch.nn.grad.conv2d_input(
+                input.shape, _apply_mask(weight, mask), grad, stride, padding, dilation, groups
+            )
         if need_weight:
             grad_weight = zero_pruned_(
-                torch.nn.grad.conv2d_weight(input, weight.shape, grad, stride, padding, dilation, groups), mask)
+                torch.nn.grad.conv2d_weight(input, weight.shape, grad, stride, padding, dilation, groups), mask
+            )
     else:
         s = structure(mask)
         g = grad.contiguous().view(grad.shape[0], grad.shape[1], positions)

@@ -31,9 +31,17 @@ from lth_sparse.ops import _autocast
 CAST_ARGS = (0, 1, 3)
 
 
-def define(name: str, *, implemented: tuple[str, ...], geometry_schema: Sequence[str], check: Callable,
-           forward: Mapping[str, Callable], backward: Mapping[str, Callable], output_shape: Callable,
-           bias_view: Callable[[Tensor], Tensor]) -> tuple[torch.library.CustomOpDef, type[torch.autograd.Function]]:
+def define(
+    name: str,
+    *,
+    implemented: tuple[str, ...],
+    geometry_schema: Sequence[str],
+    check: Callable,
+    forward: Mapping[str, Callable],
+    backward: Mapping[str, Callable],
+    output_shape: Callable,
+    bias_view: Callable[[Tensor], Tensor],
+) -> tuple[torch.library.CustomOpDef, type[torch.autograd.Function]]:
     """The custom op ``lth_sparse::<name>`` (with its backward op) and the eager Function of a masked op.
 
     implemented: the backends with kernels for the op (``choose_backend``'s ``implemented``).
@@ -62,9 +70,11 @@ def define(name: str, *, implemented: tuple[str, ...], geometry_schema: Sequence
 
     def fake_backward(grad, input, weight, mask, *geometry_and_needs):
         need_input, need_weight, need_bias = geometry_and_needs[-3:]
-        return (input.new_empty(input.shape) if need_input else grad.new_empty(0),
-                weight.new_empty(weight.shape) if need_weight else grad.new_empty(0),
-                weight.new_empty(weight.shape[0]) if need_bias else grad.new_empty(0))
+        return (
+            input.new_empty(input.shape) if need_input else grad.new_empty(0),
+            weight.new_empty(weight.shape) if need_weight else grad.new_empty(0),
+            weight.new_empty(weight.shape[0]) if need_bias else grad.new_empty(0),
+        )
 
     def save(ctx, input, weight, mask, bias, *geometry):
         ctx.save_for_backward(input, weight, mask)
@@ -84,19 +94,32 @@ def define(name: str, *, implemented: tuple[str, ...], geometry_schema: Sequence
             need_input, need_weight, _, need_bias = ctx.needs_input_grad[:4]
             need_bias = bool(need_bias and ctx.has_bias)
             grad_input, grad_weight, grad_bias = backward_op(
-                grad, input, weight, mask, *ctx.geometry, need_input, need_weight, need_bias)
-            return (grad_input if need_input else None, grad_weight if need_weight else None, None,
-                    grad_bias if need_bias else None, *no_geometry_grads)
+                grad, input, weight, mask, *ctx.geometry, need_input, need_weight, need_bias
+            )
+            return (
+                grad_input if need_input else None,
+                grad_weight if need_weight else None,
+                None,
+                grad_bias if need_bias else None,
+                *no_geometry_grads,
+            )
+
         return backward
 
     op = torch.library.custom_op(
-        f"lth_sparse::{name}", run_forward, mutates_args=(),
-        schema=f"(Tensor input, Tensor weight, Tensor mask, Tensor? bias{geometry_args}) -> Tensor")
+        f"lth_sparse::{name}",
+        run_forward,
+        mutates_args=(),
+        schema=f"(Tensor input, Tensor weight, Tensor mask, Tensor? bias{geometry_args}) -> Tensor",
+    )
     op.register_fake(fake_forward)
     backward_op = torch.library.custom_op(
-        f"lth_sparse::{name}_backward", run_backward, mutates_args=(),
+        f"lth_sparse::{name}_backward",
+        run_backward,
+        mutates_args=(),
         schema=f"(Tensor grad, Tensor input, Tensor weight, Tensor mask{geometry_args}, bool need_input, "
-               "bool need_weight, bool need_bias) -> (Tensor, Tensor, Tensor)")
+        "bool need_weight, bool need_bias) -> (Tensor, Tensor, Tensor)",
+    )
     backward_op.register_fake(fake_backward)
     op.register_autograd(backward_with(backward_op), setup_context=setup_context)
     _autocast.register(op, cast_args=CAST_ARGS)
@@ -124,11 +147,16 @@ def define(name: str, *, implemented: tuple[str, ...], geometry_schema: Sequence
         return out if out is not None else input.new_zeros(shape)
 
     eager_name = "_Eager" + "".join(part.capitalize() for part in name.split("_"))
-    eager = type(torch.autograd.Function)(eager_name, (torch.autograd.Function,), {
-        "__doc__": f"``{name}`` without the custom-op machinery, for plain eager mode (see ``_dispatch.plain_eager``).",
-        "__module__": __name__,
-        "forward": staticmethod(eager_forward),
-        "backward": staticmethod(backward_with(run_backward)),
-        "jvp": staticmethod(jvp),
-    })
+    eager = type(torch.autograd.Function)(
+        eager_name,
+        (torch.autograd.Function,),
+        {
+            "__doc__": f"``{name}`` without the custom-op machinery, for plain eager mode "
+            "(see ``_dispatch.plain_eager``).",
+            "__module__": __name__,
+            "forward": staticmethod(eager_forward),
+            "backward": staticmethod(backward_with(run_backward)),
+            "jvp": staticmethod(jvp),
+        },
+    )
     return op, eager

@@ -169,8 +169,20 @@ def _backward(layer, grad, input, weight_a, weight_b, alphas, bias_a, bias_b, ne
     return out
 
 
-def _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, batched_per_alpha, ext, out=None,
-             interpolated=None, relu=False):
+def _forward(
+    layer,
+    input,
+    weight_a,
+    weight_b,
+    alphas,
+    bias_a,
+    bias_b,
+    batched_per_alpha,
+    ext,
+    out=None,
+    interpolated=None,
+    relu=False,
+):
     """The (A, ...) result, written into ``out`` when given (the result's shape and layout, from an
     earlier call: see ``cpu_forward_into``). ``ext``: the C++ extension whose kernels fuse the passes
     over the result (the ``cpp`` backend), or None for torch's ops alone (the ``torch`` backend).
@@ -190,12 +202,24 @@ def _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, batched_p
             y_a, y_b = layer.product(input[0], weight_a), layer.product(input[0], weight_b)
             if bias_a is not None:
                 y_a, y_b = layer.add_bias(y_a, bias_a), layer.add_bias(y_b, bias_b)
-        return _lerp_ends(y_a, y_b, alphas, _per_alpha_result(num_alphas, y_a) if out is None else out, relu,
-                          layer.channel_dim, ext, biases)
+        return _lerp_ends(
+            y_a,
+            y_b,
+            alphas,
+            _per_alpha_result(num_alphas, y_a) if out is None else out,
+            relu,
+            layer.channel_dim,
+            ext,
+            biases,
+        )
     if interpolated is not None:
         weights, biases = interpolated
-        if (layer is _Linear and biases is not None and ext is not None
-                and input.dtype in (torch.float32, torch.float64)):
+        if (
+            layer is _Linear
+            and biases is not None
+            and ext is not None
+            and input.dtype in (torch.float32, torch.float64)
+        ):
             # the product alone, then each alpha's bias (and the ReLU) in one pass over the result: baddbmm
             # would first copy the biases into every row of it
             out = batched_per_alpha(input, weights, None, out, slice(0, num_alphas), num_alphas)
@@ -207,9 +231,10 @@ def _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, batched_p
     buffer = weight_a.new_empty(blocks[0].stop - blocks[0].start, *weight_a.shape)
     for block in blocks:
         coef = alphas[block].reshape(-1, *([1] * weight_a.dim())).to(weight_a.dtype)
-        weights = torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef, out=buffer[:coef.shape[0]])
-        biases = (None if bias_a is None
-                  else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1]))
+        weights = torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef, out=buffer[: coef.shape[0]])
+        biases = (
+            None if bias_a is None else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1])
+        )
         out = batched_per_alpha(input[block], weights, biases, out, block, num_alphas)
     return out.relu_() if relu else out
 
@@ -228,15 +253,28 @@ def _rows(t: Tensor, channel_dim: int, lead: int = 0) -> Tensor | None:
         return None
 
 
-def _lerp_ends(y_a: Tensor, y_b: Tensor, alphas: Tensor, out: Tensor, relu: bool, channel_dim: int, ext,
-               biases: Tensor | None = None) -> Tensor:
+def _lerp_ends(
+    y_a: Tensor,
+    y_b: Tensor,
+    alphas: Tensor,
+    out: Tensor,
+    relu: bool,
+    channel_dim: int,
+    ext,
+    biases: Tensor | None = None,
+) -> Tensor:
     """``out`` (A, ...) = ``torch.lerp(y_a, y_b, alphas[i])`` (+ ``biases[i]``, (A, channels)) for each alpha,
     clamped at 0 with ``relu``: in one pass of the C++ extension ``ext``'s kernel where it is given and
     the layouts allow it (without bias, to the last bit torch.lerp's values; with the ReLU,
     LeNet-300-100's first layer, 21 alphas, 254 examples: 0.38 ms against torch's lerp and relu_,
     0.64 ms), else torch.lerp, add_ and relu_."""
-    if ext is not None and y_a.device.type == "cpu" and y_a.dtype in (torch.float32, torch.float64) \
-            and y_a.dtype == y_b.dtype == out.dtype and y_a.shape == y_b.shape:
+    if (
+        ext is not None
+        and y_a.device.type == "cpu"
+        and y_a.dtype in (torch.float32, torch.float64)
+        and y_a.dtype == y_b.dtype == out.dtype
+        and y_a.shape == y_b.shape
+    ):
         a_rows, b_rows, out_rows = _rows(y_a, channel_dim), _rows(y_b, channel_dim), _rows(out, channel_dim, 1)
         if a_rows is not None and b_rows is not None and out_rows is not None and a_rows.stride() == b_rows.stride():
             if out_rows.is_contiguous():
@@ -278,16 +316,30 @@ def _conv_per_alpha(conv_args):
         """
         if x.device.type == "cpu":
             for i in range(x.shape[0]):
-                y = F.conv2d(_channels_last(x[i]), weights[i], None if biases is None else biases[i], stride, padding,
-                             dilation, groups)
+                y = F.conv2d(
+                    _channels_last(x[i]),
+                    weights[i],
+                    None if biases is None else biases[i],
+                    stride,
+                    padding,
+                    dilation,
+                    groups,
+                )
                 if out is None:
                     out = _per_alpha_result(num_alphas, y)
                 out[block.start + i] = y
             return out
         blocks, n = x.shape[:2]
         stacked = x.transpose(0, 1).reshape(n, blocks * x.shape[2], *x.shape[3:])
-        y = F.conv2d(stacked, weights.flatten(0, 1), None if biases is None else biases.flatten(),
-                     stride, padding, dilation, groups * blocks)
+        y = F.conv2d(
+            stacked,
+            weights.flatten(0, 1),
+            None if biases is None else biases.flatten(),
+            stride,
+            padding,
+            dilation,
+            groups * blocks,
+        )
         y = y.reshape(n, blocks, weights.shape[1], *y.shape[2:]).transpose(0, 1)
         if out is None:
             out = y.new_empty(num_alphas, *y.shape[1:])
@@ -305,8 +357,9 @@ def _check_linear(input, weight_a, weight_b, alphas, bias_a, bias_b):
         raise ValueError(f"weight_a must be 2-D (out_features, in_features), got shape {tuple(weight_a.shape)}")
     if input.shape[-1] != weight_a.shape[1]:
         raise ValueError(f"input must be (A or 1, *, in_features={weight_a.shape[1]}), got {tuple(input.shape)}")
-    _checks.check_same_device(input=input, weight_a=weight_a, weight_b=weight_b, alphas=alphas,
-                              bias_a=bias_a, bias_b=bias_b)
+    _checks.check_same_device(
+        input=input, weight_a=weight_a, weight_b=weight_b, alphas=alphas, bias_a=bias_a, bias_b=bias_b
+    )
 
 
 def _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups):
@@ -316,8 +369,9 @@ def _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, paddi
     if input.dim() != 5:
         raise ValueError(f"input must be (A or 1, N, C, H, W), got shape {tuple(input.shape)}")
     check_conv_geometry(input[0], weight_a, stride, padding, dilation, groups)
-    _checks.check_same_device(input=input, weight_a=weight_a, weight_b=weight_b, alphas=alphas,
-                              bias_a=bias_a, bias_b=bias_b)
+    _checks.check_same_device(
+        input=input, weight_a=weight_a, weight_b=weight_b, alphas=alphas, bias_a=bias_a, bias_b=bias_b
+    )
 
 
 def _extension(backend: str):
@@ -327,8 +381,9 @@ def _extension(backend: str):
 
 
 @torch.library.custom_op("lth_sparse::interpolated_linear", mutates_args=())
-def interpolated_linear_op(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                           bias_a: Tensor | None, bias_b: Tensor | None) -> Tensor:
+def interpolated_linear_op(
+    input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor, bias_a: Tensor | None, bias_b: Tensor | None
+) -> Tensor:
     """The custom op ``torch.ops.lth_sparse.interpolated_linear``: :func:`interpolated_linear` on an input
     (A or 1, *, in) whose first dimension says the convention, one input per alpha or one shared."""
     _check_linear(input, weight_a, weight_b, alphas, bias_a, bias_b)
@@ -358,9 +413,18 @@ _autocast.register(interpolated_linear_op, cast_args=(0, 1, 2, 4, 5))
 
 
 @torch.library.custom_op("lth_sparse::interpolated_conv2d", mutates_args=())
-def interpolated_conv2d_op(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                           bias_a: Tensor | None, bias_b: Tensor | None, stride: list[int], padding: list[int],
-                           dilation: list[int], groups: int) -> Tensor:
+def interpolated_conv2d_op(
+    input: Tensor,
+    weight_a: Tensor,
+    weight_b: Tensor,
+    alphas: Tensor,
+    bias_a: Tensor | None,
+    bias_b: Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> Tensor:
     """The custom op ``torch.ops.lth_sparse.interpolated_conv2d``: :func:`interpolated_conv2d` on an input
     (A or 1, N, C, H, W) whose first dimension says the convention (see :func:`interpolated_linear_op`),
     zero padding as pairs."""
@@ -371,15 +435,27 @@ def interpolated_conv2d_op(input: Tensor, weight_a: Tensor, weight_b: Tensor, al
         # the layout of the CPU result (see _per_alpha_result) whichever backend ran; a copy only under the interpreter
         return out if out.device.type != "cpu" else _per_alpha_result(out.shape[0], out, out.shape[1:]).copy_(out)
     conv_args = (stride, padding, dilation, groups)
-    return _forward(_Conv(*conv_args), input, weight_a, weight_b, alphas, bias_a, bias_b, _conv_per_alpha(conv_args),
-                    _extension(backend))
+    return _forward(
+        _Conv(*conv_args),
+        input,
+        weight_a,
+        weight_b,
+        alphas,
+        bias_a,
+        bias_b,
+        _conv_per_alpha(conv_args),
+        _extension(backend),
+    )
 
 
 @interpolated_conv2d_op.register_fake
 def _(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups):
     _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, stride, padding, dilation, groups)
-    return _per_alpha_result(alphas.shape[0], input, (input.shape[1], weight_a.shape[0],
-                                                      *conv_output_size(input, weight_a, stride, padding, dilation)))
+    return _per_alpha_result(
+        alphas.shape[0],
+        input,
+        (input.shape[1], weight_a.shape[0], *conv_output_size(input, weight_a, stride, padding, dilation)),
+    )
 
 
 def _setup_conv(ctx, inputs, output):
@@ -417,8 +493,15 @@ def _storage_users(t: Tensor, ext) -> int:
 _CACHED_WEIGHT_BYTES = 64 << 20
 
 
-def _cached_weights(cache: dict, weight_a: Tensor, weight_b: Tensor, alphas: Tensor, bias_a: Tensor | None,
-                    bias_b: Tensor | None, shared_input: bool) -> tuple[Tensor, Tensor | None] | None:
+def _cached_weights(
+    cache: dict,
+    weight_a: Tensor,
+    weight_b: Tensor,
+    alphas: Tensor,
+    bias_a: Tensor | None,
+    bias_b: Tensor | None,
+    shared_input: bool,
+) -> tuple[Tensor, Tensor | None] | None:
     """(weights, biases) from ``cache`` when it holds them for these alphas and these endpoint tensors
     (unchanged since), else formed and kept there; biases: every alpha's interpolated bias (A, out), or
     None. weights: for per-alpha inputs, every alpha's interpolated weight (A, ...) (None, formed per
@@ -428,8 +511,10 @@ def _cached_weights(cache: dict, weight_a: Tensor, weight_b: Tensor, alphas: Ten
     added in the pass that forms its output (see ``_lerp_ends``)."""
     if not shared_input and alphas.shape[0] * weight_a.numel() * weight_a.element_size() > _CACHED_WEIGHT_BYTES:
         return None
-    ends = tuple((t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None
-                 for t in (weight_a, weight_b, bias_a, bias_b))
+    ends = tuple(
+        (t.data_ptr(), t._version, t.dtype, t.device) if t is not None else None
+        for t in (weight_a, weight_b, bias_a, bias_b)
+    )
     held = cache.get(shared_input)
     if held is None or held[0] != ends or held[1].dtype != alphas.dtype or not torch.equal(held[1], alphas):
         formed = _formed_weights(weight_a, weight_b, alphas, bias_a, bias_b, shared_input)
@@ -437,20 +522,34 @@ def _cached_weights(cache: dict, weight_a: Tensor, weight_b: Tensor, alphas: Ten
     return held[2]
 
 
-def _formed_weights(weight_a: Tensor, weight_b: Tensor, alphas: Tensor, bias_a: Tensor | None,
-                    bias_b: Tensor | None, shared_input: bool) -> tuple[Tensor, Tensor | None]:
+def _formed_weights(
+    weight_a: Tensor, weight_b: Tensor, alphas: Tensor, bias_a: Tensor | None, bias_b: Tensor | None, shared_input: bool
+) -> tuple[Tensor, Tensor | None]:
     """What ``_cached_weights`` keeps, formed now."""
     coef = alphas.reshape(-1, *([1] * weight_a.dim())).to(weight_a.dtype)
-    weights = (torch.cat([weight_a, weight_b]) if shared_input
-               else torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef))
-    biases = (None if bias_a is None
-              else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1]))
+    weights = (
+        torch.cat([weight_a, weight_b])
+        if shared_input
+        else torch.lerp(weight_a.unsqueeze(0), weight_b.unsqueeze(0), coef)
+    )
+    biases = None if bias_a is None else torch.lerp(bias_a.unsqueeze(0), bias_b.unsqueeze(0), coef.flatten(1)[:, :1])
     return weights, biases
 
 
-def cpu_forward_into(previous: Tensor | None, kind: str, input: Tensor, weight_a: Tensor, weight_b: Tensor,
-                     alphas: Tensor, bias_a: Tensor | None, bias_b: Tensor | None, *conv_args,
-                     cache: dict | None = None, relu: bool = False, backend: str | None = None) -> Tensor:
+def cpu_forward_into(
+    previous: Tensor | None,
+    kind: str,
+    input: Tensor,
+    weight_a: Tensor,
+    weight_b: Tensor,
+    alphas: Tensor,
+    bias_a: Tensor | None,
+    bias_b: Tensor | None,
+    *conv_args,
+    cache: dict | None = None,
+    relu: bool = False,
+    backend: str | None = None,
+) -> Tensor:
     """``interpolated_linear`` (kind "linear") / ``interpolated_conv2d`` (kind "conv", conv_args: stride,
     padding, dilation, groups as pairs) on CPU tensors without autograd, written into ``previous``
     (an earlier result of this call) when it has the result's shape and nothing else refers to it.
@@ -467,12 +566,16 @@ def cpu_forward_into(previous: Tensor | None, kind: str, input: Tensor, weight_a
     ops alone), as ``choose_backend`` picks it for the op; None: picked here.
     """
     if backend is None:
-        backend = choose_backend("interpolated_linear" if kind == "linear" else "interpolated_conv2d", input.device,
-                                 IMPLEMENTED)
+        backend = choose_backend(
+            "interpolated_linear" if kind == "linear" else "interpolated_conv2d", input.device, IMPLEMENTED
+        )
     if (autocast := _autocast.active(input)) is not None:
-        result = _autocast.run_cast(lambda *args: cpu_forward_into(*args, backend=backend), autocast,
-                                    (previous, kind, input, weight_a, weight_b, alphas, bias_a, bias_b, *conv_args),
-                                    (2, 3, 4, 6, 7))
+        result = _autocast.run_cast(
+            lambda *args: cpu_forward_into(*args, backend=backend),
+            autocast,
+            (previous, kind, input, weight_a, weight_b, alphas, bias_a, bias_b, *conv_args),
+            (2, 3, 4, 6, 7),
+        )
         return result.relu_() if relu else result
     ext = _extension(backend)
     if kind == "linear":
@@ -481,18 +584,39 @@ def cpu_forward_into(previous: Tensor | None, kind: str, input: Tensor, weight_a
         layer, per_alpha = _Linear, _linear_per_alpha
     else:
         _check_conv(input, weight_a, weight_b, alphas, bias_a, bias_b, *conv_args)
-        shape = (alphas.shape[0], input.shape[1], weight_a.shape[0],
-                 *conv_output_size(input, weight_a, conv_args[0], conv_args[1], conv_args[2]))
+        shape = (
+            alphas.shape[0],
+            input.shape[1],
+            weight_a.shape[0],
+            *conv_output_size(input, weight_a, conv_args[0], conv_args[1], conv_args[2]),
+        )
         layer, per_alpha = _Conv(*conv_args), _conv_per_alpha(conv_args)
-    reuse = (previous is not None and tuple(previous.shape) == shape and previous.dtype == input.dtype
-             and previous.device == input.device and _storage_users(previous, ext) == 1)
+    reuse = (
+        previous is not None
+        and tuple(previous.shape) == shape
+        and previous.dtype == input.dtype
+        and previous.device == input.device
+        and _storage_users(previous, ext) == 1
+    )
     interpolated = None
     shared = input.shape[0] == 1
     # (a grouped conv's two ends do not stack into one conv)
     if cache is not None and (not shared or kind == "linear" or conv_args[3] == 1):
         interpolated = _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, shared)
-    return _forward(layer, input, weight_a, weight_b, alphas, bias_a, bias_b, per_alpha, ext,
-                    out=previous if reuse else None, interpolated=interpolated, relu=relu)
+    return _forward(
+        layer,
+        input,
+        weight_a,
+        weight_b,
+        alphas,
+        bias_a,
+        bias_b,
+        per_alpha,
+        ext,
+        out=previous if reuse else None,
+        interpolated=interpolated,
+        relu=relu,
+    )
 
 
 def _alpha_inputs(input: Tensor, alphas: Tensor, input_per_alpha: bool) -> Tensor:
@@ -505,14 +629,23 @@ def _alpha_inputs(input: Tensor, alphas: Tensor, input_per_alpha: bool) -> Tenso
         return input  # the op's own checks name what is wrong with alphas
     count = alphas.shape[0]
     if input.dim() == 0 or input.shape[0] != count:
-        raise ValueError(f"with input_per_alpha=True the input's first dimension is the alpha's, so it must be "
-                         f"{count} (the number of alphas), got input of shape {tuple(input.shape)}")
+        raise ValueError(
+            f"with input_per_alpha=True the input's first dimension is the alpha's, so it must be "
+            f"{count} (the number of alphas), got input of shape {tuple(input.shape)}"
+        )
     return input
 
 
-def interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                        bias_a: Tensor | None = None, bias_b: Tensor | None = None, *,
-                        input_per_alpha: bool = False) -> Tensor:
+def interpolated_linear(
+    input: Tensor,
+    weight_a: Tensor,
+    weight_b: Tensor,
+    alphas: Tensor,
+    bias_a: Tensor | None = None,
+    bias_b: Tensor | None = None,
+    *,
+    input_per_alpha: bool = False,
+) -> Tensor:
     """A linear layer at every point of the path from (weight_a, bias_a) to (weight_b, bias_b).
 
     For each of the A values ``alphas[i]``: ``F.linear(x, (1 - a) W_a + a W_b, (1 - a) b_a + a b_b)``.
@@ -524,13 +657,25 @@ def interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alpha
     weight_a/weight_b: (out, in); alphas: (A,); biases: (out,) or both None.
     Returns (A, *, out). Differentiable in every tensor argument.
     """
-    return interpolated_linear_op(_alpha_inputs(input, alphas, input_per_alpha), weight_a, weight_b, alphas, bias_a,
-                                  bias_b)
+    return interpolated_linear_op(
+        _alpha_inputs(input, alphas, input_per_alpha), weight_a, weight_b, alphas, bias_a, bias_b
+    )
 
 
-def interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                        bias_a: Tensor | None = None, bias_b: Tensor | None = None,
-                        stride=1, padding=0, dilation=1, groups: int = 1, *, input_per_alpha: bool = False) -> Tensor:
+def interpolated_conv2d(
+    input: Tensor,
+    weight_a: Tensor,
+    weight_b: Tensor,
+    alphas: Tensor,
+    bias_a: Tensor | None = None,
+    bias_b: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    *,
+    input_per_alpha: bool = False,
+) -> Tensor:
     """``conv2d`` at every point of the path between two weight sets.
 
     input: (N, C, H, W), shared by every alpha, by default; with ``input_per_alpha=True``
@@ -540,8 +685,18 @@ def interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alpha
     """
     if isinstance(padding, str):
         raise ValueError("padding must be an int or a pair")
-    return interpolated_conv2d_op(_alpha_inputs(input, alphas, input_per_alpha), weight_a, weight_b, alphas, bias_a,
-                                  bias_b, pair_list(stride), pair_list(padding), pair_list(dilation), groups)
+    return interpolated_conv2d_op(
+        _alpha_inputs(input, alphas, input_per_alpha),
+        weight_a,
+        weight_b,
+        alphas,
+        bias_a,
+        bias_b,
+        pair_list(stride),
+        pair_list(padding),
+        pair_list(dilation),
+        groups,
+    )
 
 
 def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor | None:
@@ -564,8 +719,13 @@ def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor
     layers run for all alphas at once.
     """
     C = cpp_extension()
-    if (C is None or len(layers) < 2 or x.dim() != 2 or x.dtype not in (torch.float32, torch.float64)
-            or _autocast.active(x) is not None):
+    if (
+        C is None
+        or len(layers) < 2
+        or x.dim() != 2
+        or x.dtype not in (torch.float32, torch.float64)
+        or _autocast.active(x) is not None
+    ):
         return None
     num_alphas, n = alphas.shape[0], x.shape[0]
     weight_a, weight_b, bias_a, bias_b, first_relu, cache = layers[0]
@@ -576,9 +736,11 @@ def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor
     h = None
     for index, (weight_a, weight_b, bias_a, bias_b, relu, cache) in enumerate(layers[1:], start=1):
         _check_linear(x.new_empty(1, 1, size if h is None else h.shape[1]), weight_a, weight_b, alphas, bias_a, bias_b)
-        weights, biases = (_cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, False)
-                           # too large to keep: formed for this call
-                           or _formed_weights(weight_a, weight_b, alphas, bias_a, bias_b, False))
+        weights, biases = (
+            _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, False)
+            # too large to keep: formed for this call
+            or _formed_weights(weight_a, weight_b, alphas, bias_a, bias_b, False)
+        )
         shape = (num_alphas, weight_a.shape[0], n)
         # the last layer's result is returned (as a transposed copy, or a view of it): never reused
         out = reused_buffer(buffers, index, shape, x) if index < len(layers) - 1 else x.new_empty(shape)

@@ -37,8 +37,9 @@ def _backward_torch(grad, input, weight, mask, stride, padding, dilation, groups
         grad, input = grad.unsqueeze(0), input.unsqueeze(0)
     grad_input = grad_weight = grad.new_empty(0)
     if need_input:
-        grad_input = torch.nn.grad.conv2d_input(input.shape, torch.where(mask, weight, 0), grad,
-                                                stride, padding, dilation, groups)
+        grad_input = torch.nn.grad.conv2d_input(
+            input.shape, torch.where(mask, weight, 0), grad, stride, padding, dilation, groups
+        )
         if unbatched:
             grad_input = grad_input.squeeze(0)
     if need_weight:
@@ -48,10 +49,16 @@ def _backward_torch(grad, input, weight, mask, stride, padding, dilation, groups
     return grad_input, grad_weight, grad_bias
 
 
-_FORWARD = {"torch": _forward_torch, "cpp": _cpu.conv2d_forward,
-            "triton": triton_kernel("masked_matmul", "masked_conv2d_forward")}
-_BACKWARD = {"torch": _backward_torch, "cpp": _cpu.conv2d_backward,
-             "triton": triton_kernel("masked_matmul", "masked_conv2d_backward")}
+_FORWARD = {
+    "torch": _forward_torch,
+    "cpp": _cpu.conv2d_forward,
+    "triton": triton_kernel("masked_matmul", "masked_conv2d_forward"),
+}
+_BACKWARD = {
+    "torch": _backward_torch,
+    "cpp": _cpu.conv2d_backward,
+    "triton": triton_kernel("masked_matmul", "masked_conv2d_backward"),
+}
 
 
 def _output_shape(input: Tensor, weight: Tensor, stride, padding, dilation, groups) -> tuple[int, ...]:
@@ -59,13 +66,27 @@ def _output_shape(input: Tensor, weight: Tensor, stride, padding, dilation, grou
 
 
 _masked_conv2d, _EagerMaskedConv2d = _masked_op.define(
-    "masked_conv2d", implemented=IMPLEMENTED,
-    geometry_schema=("SymInt[] stride", "SymInt[] padding", "SymInt[] dilation", "SymInt groups"), check=_check,
-    forward=_FORWARD, backward=_BACKWARD, output_shape=_output_shape, bias_view=lambda bias: bias.view(-1, 1, 1))
+    "masked_conv2d",
+    implemented=IMPLEMENTED,
+    geometry_schema=("SymInt[] stride", "SymInt[] padding", "SymInt[] dilation", "SymInt groups"),
+    check=_check,
+    forward=_FORWARD,
+    backward=_BACKWARD,
+    output_shape=_output_shape,
+    bias_view=lambda bias: bias.view(-1, 1, 1),
+)
 
 
-def masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None,
-                  stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+def masked_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    mask: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
     """``F.conv2d(input, weight * mask, bias, stride, padding, dilation, groups)``, weight gradient masked.
 
     input: (N, C, H, W) or (C, H, W); weight: (C_out, C/groups, kH, kW); mask:

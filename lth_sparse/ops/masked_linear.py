@@ -48,10 +48,16 @@ def _backward_torch(grad, input, weight, mask, need_input, need_weight, need_bia
     return grad_input, grad_weight, grad_bias
 
 
-_FORWARD = {"torch": _forward_torch, "cpp": _cpu.linear_forward,
-            "triton": triton_kernel("masked_matmul", "masked_linear_forward")}
-_BACKWARD = {"torch": _backward_torch, "cpp": _cpu.linear_backward,
-             "triton": triton_kernel("masked_matmul", "masked_linear_backward")}
+_FORWARD = {
+    "torch": _forward_torch,
+    "cpp": _cpu.linear_forward,
+    "triton": triton_kernel("masked_matmul", "masked_linear_forward"),
+}
+_BACKWARD = {
+    "torch": _backward_torch,
+    "cpp": _cpu.linear_backward,
+    "triton": triton_kernel("masked_matmul", "masked_linear_backward"),
+}
 
 
 def _output_shape(input: Tensor, weight: Tensor) -> tuple[int, ...]:
@@ -59,8 +65,15 @@ def _output_shape(input: Tensor, weight: Tensor) -> tuple[int, ...]:
 
 
 _masked_linear, _EagerMaskedLinear = _masked_op.define(
-    "masked_linear", implemented=IMPLEMENTED, geometry_schema=(), check=_check, forward=_FORWARD,
-    backward=_BACKWARD, output_shape=_output_shape, bias_view=lambda bias: bias)
+    "masked_linear",
+    implemented=IMPLEMENTED,
+    geometry_schema=(),
+    check=_check,
+    forward=_FORWARD,
+    backward=_BACKWARD,
+    output_shape=_output_shape,
+    bias_view=lambda bias: bias,
+)
 
 
 def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None) -> Tensor:

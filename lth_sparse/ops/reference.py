@@ -17,8 +17,16 @@ def masked_linear(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | No
     return F.linear(input, weight * mask, bias)
 
 
-def masked_conv2d(input: Tensor, weight: Tensor, mask: Tensor, bias: Tensor | None = None,
-                  stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+def masked_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    mask: Tensor,
+    bias: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
     """``F.conv2d(input, weight * mask, bias, ...)``."""
     return F.conv2d(input, weight * mask, bias, stride, padding, dilation, groups)
 
@@ -46,8 +54,14 @@ def prune_lowest(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: in
     return [part.reshape(s.shape) for part, s in zip(new.split([s.numel() for s in scores]), scores)]
 
 
-def interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                        bias_a: Tensor | None = None, bias_b: Tensor | None = None) -> Tensor:
+def interpolated_linear(
+    input: Tensor,
+    weight_a: Tensor,
+    weight_b: Tensor,
+    alphas: Tensor,
+    bias_a: Tensor | None = None,
+    bias_b: Tensor | None = None,
+) -> Tensor:
     """For each alpha: ``F.linear(x, (1 - alpha) * weight_a + alpha * weight_b,
     (1 - alpha) * bias_a + alpha * bias_b)``."""
     outputs = []
@@ -59,9 +73,18 @@ def interpolated_linear(input: Tensor, weight_a: Tensor, weight_b: Tensor, alpha
     return torch.stack(outputs)
 
 
-def interpolated_conv2d(input: Tensor, weight_a: Tensor, weight_b: Tensor, alphas: Tensor,
-                        bias_a: Tensor | None = None, bias_b: Tensor | None = None,
-                        stride=1, padding=0, dilation=1, groups: int = 1) -> Tensor:
+def interpolated_conv2d(
+    input: Tensor,
+    weight_a: Tensor,
+    weight_b: Tensor,
+    alphas: Tensor,
+    bias_a: Tensor | None = None,
+    bias_b: Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
     """For each alpha: ``F.conv2d`` with the interpolated weight and bias."""
     outputs = []
     for i, alpha in enumerate(alphas):

@@ -75,8 +75,9 @@ def _kth_smallest_torch(tensors: Sequence[Tensor], k: int) -> Tensor:
 
 def _prune_lowest_torch(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: int) -> list[Tensor]:
     if k == 0:
-        return [torch.ones_like(s, dtype=torch.bool) if masks is None else masks[i].clone()
-                for i, s in enumerate(scores)]
+        return [
+            torch.ones_like(s, dtype=torch.bool) if masks is None else masks[i].clone() for i, s in enumerate(scores)
+        ]
     threshold, below = _radix_select_key(scores, masks, k)
     ties_to_prune = k - below
     out = []
@@ -102,8 +103,10 @@ def _prune_lowest_ext(ext):
 # Backends without a compiled extension: the Triton kernels are imported on first use.
 _KERNELS = {
     "torch": {"kth_smallest": _kth_smallest_torch, "prune_lowest": _prune_lowest_torch},
-    "triton": {"kth_smallest": triton_kernel("select", "kth_smallest"),
-               "prune_lowest": triton_kernel("select", "prune_lowest")},
+    "triton": {
+        "kth_smallest": triton_kernel("select", "kth_smallest"),
+        "prune_lowest": triton_kernel("select", "prune_lowest"),
+    },
 }
 
 
@@ -140,8 +143,7 @@ def _check_prune(scores, masks, k, count_active: bool) -> None:
     if masks is not None:
         _checks.check_mask_list(masks, scores)
     if count_active:
-        active = (sum(int(m.count_nonzero()) for m in masks) if masks is not None
-                  else sum(s.numel() for s in scores))
+        active = sum(int(m.count_nonzero()) for m in masks) if masks is not None else sum(s.numel() for s in scores)
         _checks.check_k(k, 0, active, "the number of entries still unpruned")
     else:
         _checks.check_k(k, 0, sum(s.numel() for s in scores), "the number of entries")

@@ -24,6 +24,7 @@ directory are shared with the others.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -40,8 +41,18 @@ from lth_sparse.registry import Registry
 from lth_sparse.runs import RunDir, Steps
 from lth_sparse.units import Unit
 
-__all__ = ["KINDS", "PIPELINES", "Pipeline", "RunPlan", "claim", "drive", "open_run", "pipeline_for",
-           "register_pipeline", "summarize_if_changed"]
+__all__ = [
+    "KINDS",
+    "PIPELINES",
+    "Pipeline",
+    "RunPlan",
+    "claim",
+    "drive",
+    "open_run",
+    "pipeline_for",
+    "register_pipeline",
+    "summarize_if_changed",
+]
 
 SUMMARY_STAMP = "summary-stamp.json"
 """The file beside ``summary.json`` that says what it was built from (see :meth:`Pipeline.summary_stamp`)."""
@@ -84,8 +95,11 @@ class Pipeline:
         :meth:`summarize` is built from."""
         steps = Steps(run_dir)
         units = sorted((u.directory for stage in self.plan(config) for u in stage), key=PurePosixPath)
-        return {d: steps.result(d) for d in units
-                if PurePosixPath(within) in (PurePosixPath(d), *PurePosixPath(d).parents) and steps.is_done(d)}
+        return {
+            d: steps.result(d)
+            for d in units
+            if PurePosixPath(within) in (PurePosixPath(d), *PurePosixPath(d).parents) and steps.is_done(d)
+        }
 
     def summary_inputs(self, config) -> list[Path]:
         """Files outside the run directory that :meth:`summarize` reads (e.g. other runs' results)."""
@@ -103,8 +117,9 @@ class Pipeline:
         saved = read_json(Path(run_dir) / "config.json")
         if saved.get("kind") != self.kind:
             raise ConfigMismatch(f"{run_dir} holds a {saved.get('kind')!r} run, not a {self.kind} run")
-        return saved, config_from_options(self.config_class, saved["config"], f"{Path(run_dir) / 'config.json'}",
-                                          presets=False)
+        return saved, config_from_options(
+            self.config_class, saved["config"], f"{Path(run_dir) / 'config.json'}", presets=False
+        )
 
     def summary_stamp(self, run_dir: Path, config, units: Sequence[Unit]) -> str:
         """What ``summary.json`` of ``run_dir`` is built from, as a digest: the package's version, the run's
@@ -119,13 +134,24 @@ class Pipeline:
                 return [str(path), None]
             return [str(path), s.st_size, s.st_mtime_ns]
 
-        record = [__version__, (run_dir / "config.json").read_bytes().hex(),
-                  [stat(run_dir / u.directory / "done.json") for u in units],
-                  [stat(Path(p)) for p in self.summary_inputs(config)]]
+        record = [
+            __version__,
+            (run_dir / "config.json").read_bytes().hex(),
+            [stat(run_dir / u.directory / "done.json") for u in units],
+            [stat(Path(p)) for p in self.summary_inputs(config)],
+        ]
         return hashlib.sha256(json.dumps(record).encode()).hexdigest()
 
-    def run(self, config, out_dir, *, executor=None, log: Callable[[str], None] = print,
-            progress: bool | None = None, plots: bool = True) -> dict:
+    def run(
+        self,
+        config,
+        out_dir,
+        *,
+        executor=None,
+        log: Callable[[str], None] = print,
+        progress: bool | None = None,
+        plots: bool = True,
+    ) -> dict:
         """Run (or resume) ``config`` in ``out_dir``; returns the summary, also in ``out_dir/summary.json``.
 
         ``executor`` (default :class:`~lth_sparse.executors.LocalExecutor`, with ``config.threads``)
@@ -143,10 +169,21 @@ class Pipeline:
         executor, config = _with_executor(self, config, executor)
         ranks = launched_world_size()
         if ranks > 1 and getattr(executor, "name", None) != "local":
-            raise UserError(f"under torchrun ({ranks} ranks) every rank runs the units itself, in process: use "
-                            f"--executor local (the default), not {getattr(executor, 'name', type(executor).__name__)}")
-        return drive(self, [config], lambda: [open_run(self, config, out_dir)], out_dir, executor=executor, log=log,
-                     progress=progress, plots=plots, report=True)[0]
+            raise UserError(
+                f"under torchrun ({ranks} ranks) every rank runs the units itself, in process: use "
+                f"--executor local (the default), not {getattr(executor, 'name', type(executor).__name__)}"
+            )
+        return drive(
+            self,
+            [config],
+            lambda: [open_run(self, config, out_dir)],
+            out_dir,
+            executor=executor,
+            log=log,
+            progress=progress,
+            plots=plots,
+            report=True,
+        )[0]
 
 
 @dataclasses.dataclass
@@ -199,8 +236,10 @@ def claim(plan: RunPlan, log: Callable[[str], None]) -> RunPlan:
     pipeline prepare it, and say how much of it is done."""
     run = plan.run
     if run.replacing is not None:
-        log(f"replacing the unfinished run in {run.path} (no unit of it had finished; it had another config: "
-            f"{run.replacing})")
+        log(
+            f"replacing the unfinished run in {run.path} (no unit of it had finished; it had another config: "
+            f"{run.replacing})"
+        )
     with judging_input():  # an --out that cannot be written
         run.claim()
     plan.pipeline.prepare(run, log)
@@ -224,17 +263,30 @@ def summarize_if_changed(plan: RunPlan, stages: list[list[Unit]], plots: bool) -
         before = read_json(path / SUMMARY_STAMP)
     except (OSError, ValueError):
         before = None
-    if (isinstance(before, dict) and before.get("built_from") == stamp["built_from"]
-            and (before.get("plots") or not plots) and (path / "summary.json").exists()):
+    if (
+        isinstance(before, dict)
+        and before.get("built_from") == stamp["built_from"]
+        and (before.get("plots") or not plots)
+        and (path / "summary.json").exists()
+    ):
         return read_json(path / "summary.json")
     summary = pipeline.summarize(path, plots=plots)
     atomic_write_json(path / SUMMARY_STAMP, stamp)
     return summary
 
 
-def drive(pipeline: Pipeline, configs: Sequence, open_plans: Callable[[], list[RunPlan]], root, *, executor,
-          log: Callable[[str], None] = print, progress: bool | None = None, plots: bool = True,
-          report: bool = False) -> list[dict]:
+def drive(
+    pipeline: Pipeline,
+    configs: Sequence,
+    open_plans: Callable[[], list[RunPlan]],
+    root,
+    *,
+    executor,
+    log: Callable[[str], None] = print,
+    progress: bool | None = None,
+    plots: bool = True,
+    report: bool = False,
+) -> list[dict]:
     """The one driver: run the runs of ``pipeline`` with ``configs`` together. ``open_plans()`` opens and
     checks every one of them (:func:`open_run`) before any is written; then each is claimed, every stage's
     unfinished units of all of them go through one ``executor.run`` call per stage (their directories relative
@@ -261,21 +313,33 @@ def drive(pipeline: Pipeline, configs: Sequence, open_plans: Callable[[], list[R
         plans = world.on_writer(open_and_claim, share=False)
         stages_of = [pipeline.plan(config) for config in configs]  # pure: every rank plans alike
         prefixes = world.on_writer(lambda: [plan.prefix for plan in plans])
+
+        def unfinished(i: int) -> list[tuple[int, int]]:  # on rank 0: (run, unit) of stage i not done
+            return [
+                (k, j)
+                for k, stages in enumerate(stages_of)
+                if i < len(stages)
+                for j, unit in enumerate(stages[i])
+                if not plans[k].run.is_done(unit.directory)
+            ]
+
         for i in range(max((len(stages) for stages in stages_of), default=0)):
-            pending = world.on_writer(lambda: [(k, j) for k, stages in enumerate(stages_of) if i < len(stages)
-                                               for j, unit in enumerate(stages[i])
-                                               if not plans[k].run.is_done(unit.directory)])
+            pending = world.on_writer(functools.partial(unfinished, i))
             if pending:
-                executor.run([_under(stages_of[k][i][j], prefixes[k]) for k, j in pending], root, log=log,
-                             progress=progress)
+                executor.run(
+                    [_under(stages_of[k][i][j], prefixes[k]) for k, j in pending], root, log=log, progress=progress
+                )
         release_shared()  # the data the units of this process shared
-        summaries = world.on_writer(lambda: [summarize_if_changed(plan, stages, plots)
-                                             for plan, stages in zip(plans, stages_of)])
+        summaries = world.on_writer(
+            lambda: [summarize_if_changed(plan, stages, plots) for plan, stages in zip(plans, stages_of)]
+        )
         if report:
             for line in pipeline.report(summaries[0]):
                 log(line)
-            log(f"done in {time.time() - started:.0f} s: {root / 'summary.json'}"
-                + (f", plots in {root / 'plots'}" if plots else ""))
+            log(
+                f"done in {time.time() - started:.0f} s: {root / 'summary.json'}"
+                + (f", plots in {root / 'plots'}" if plots else "")
+            )
     return summaries
 
 
@@ -283,16 +347,19 @@ def refuse_under_torchrun() -> None:
     """Several runs at once (a sweep) are one process's job: under torchrun every rank would run every run."""
     ranks = launched_world_size()
     if ranks > 1:
-        raise UserError(f"a sweep does not run under torchrun ({ranks} ranks): run it once, with --executor "
-                        "process or ray to spread its points")
+        raise UserError(
+            f"a sweep does not run under torchrun ({ranks} ranks): run it once, with --executor "
+            "process or ray to spread its points"
+        )
 
 
 def _under(unit: Unit, prefix: str) -> Unit:
     """``unit`` of a run in ``prefix/``, its directory relative to the root that holds that run."""
     if not prefix:
         return unit
-    return dataclasses.replace(unit, directory=(PurePosixPath(prefix) / unit.directory).as_posix(),
-                               label=f"{prefix}: {unit.name}")
+    return dataclasses.replace(
+        unit, directory=(PurePosixPath(prefix) / unit.directory).as_posix(), label=f"{prefix}: {unit.name}"
+    )
 
 
 def _silent(line: str) -> None:

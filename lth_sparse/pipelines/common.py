@@ -22,16 +22,25 @@ from lth_sparse.train import TrainConfig
 
 __all__ = ["DERIVED_TASKS", "MORCOS_TRAINING", "CommonConfig", "over_seeds", "parse_seeds"]
 
-DERIVED_TASKS = ("NAME:half=a|b, NAME:subset=F, NAME:classes=0,1,2, NAME:shape=CxHxW, NAME:permute=SEED, "
-                 "NAME:augment=none|flip|cropP|flip+cropP (combinable: fashion-mnist:half=a:permute=1)")
+DERIVED_TASKS = (
+    "NAME:half=a|b, NAME:subset=F, NAME:classes=0,1,2, NAME:shape=CxHxW, NAME:permute=SEED, "
+    "NAME:augment=none|flip|cropP|flip+cropP (combinable: fashion-mnist:half=a:permute=1)"
+)
 """How the ``--help`` of the pipelines that take data sets names the derived tasks (:mod:`lth_sparse.data.derived`)."""
 
 # Morcos et al. (2019), "One ticket to win them all", Appendix A.1: SGD at 0.1 with momentum 0.9 and weight decay
 # 1e-4, or Adam at 3e-4 with betas 0.9/0.999 and weight decay 1e-4 (coupled, as torch.optim.Adam's), batch 512;
 # VGG19's 160 epochs with the learning rate divided by 10 at epochs 80 and 120 (small-scale runs give --epochs and
 # --milestones together).
-_MORCOS_TRAIN = dict(batch_size=512, epochs=160.0, schedule="step", milestones=(80.0, 120.0), gamma=0.1,
-                     warmup_epochs=0.0, weight_decay=1e-4)
+_MORCOS_TRAIN = dict(
+    batch_size=512,
+    epochs=160.0,
+    schedule="step",
+    milestones=(80.0, 120.0),
+    gamma=0.1,
+    warmup_epochs=0.0,
+    weight_decay=1e-4,
+)
 MORCOS_TRAINING = {
     "morcos": dict(_MORCOS_TRAIN, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False),
     "morcos-adam": dict(_MORCOS_TRAIN, optimizer="adam", lr=3e-4, betas=(0.9, 0.999)),
@@ -71,9 +80,13 @@ class CommonConfig(TrainConfig):
     """The options every pipeline's config shares, beside the training hyperparameters it inherits."""
 
     seed: int = option(0, "the run's seed")
-    seeds: tuple[int, ...] = option((), "several seeds (a count or a list), each run into RUN/seed_N/ and "
-                                        "summarised over", parse=parse_seeds, metavar="N|S,S,...",
-                                    default_text="--seed alone")
+    seeds: tuple[int, ...] = option(
+        (),
+        "several seeds (a count or a list), each run into RUN/seed_N/ and summarised over",
+        parse=parse_seeds,
+        metavar="N|S,S,...",
+        default_text="--seed alone",
+    )
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.2, "share of the training set held out for validation")
     device: str = device_option()

@@ -33,9 +33,10 @@ the same epochs as the bespoke rounds, from iteration 0.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -64,9 +65,23 @@ PRESETS = {
     # Section 4.2.1: 2 rounds of 20% global unstructured magnitude pruning, rewound to the initial weights.
     # Appendix: "a horizontal flip and a random crop" at train time; the crop's padding is not given: 4 pixels
     # (the usual choice) is this reading.
-    "paganini": dict(optimizer="sgd", lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, batch_size=32,
-                     epochs=30.0, schedule="constant", warmup_epochs=0.0, val_fraction=0.2, fraction=0.2,
-                     scope="global", importance="magnitude", intersect_round=2, augment="flip+crop4"),
+    "paganini": dict(
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=0.0,
+        batch_size=32,
+        epochs=30.0,
+        schedule="constant",
+        warmup_epochs=0.0,
+        val_fraction=0.2,
+        fraction=0.2,
+        scope="global",
+        importance="magnitude",
+        intersect_round=2,
+        augment="flip+crop4",
+    ),
 }
 TICKETS = ("consensus", "random", "bespoke")
 
@@ -77,41 +92,71 @@ class ConsensusConfig(CommonConfig):
 
     PRESETS: ClassVar[dict] = PRESETS
 
-    tasks: tuple[str, ...] = option((), "the N tasks (at least two): data sets or derived tasks, e.g. "
-                                        "fashion-mnist:half=a fashion-mnist:permute=1 digits:shape=1x28x28",
-                                    metavar="TASK")
-    input_shape: str | None = option(None, "the CxHxW every task's inputs are brought to", metavar="CxHxW",
-                                     default_text="the first task's")
-    augment: str | None = option(None, "every task's training augmentation: none, flip, cropP or flip+cropP "
-                                       "(a random crop from the image padded by P pixels)",
-                                 default_text="each data set's own")
+    tasks: tuple[str, ...] = option(
+        (),
+        "the N tasks (at least two): data sets or derived tasks, e.g. "
+        "fashion-mnist:half=a fashion-mnist:permute=1 digits:shape=1x28x28",
+        metavar="TASK",
+    )
+    input_shape: str | None = option(
+        None, "the CxHxW every task's inputs are brought to", metavar="CxHxW", default_text="the first task's"
+    )
+    augment: str | None = option(
+        None,
+        "every task's training augmentation: none, flip, cropP or flip+cropP "
+        "(a random crop from the image padded by P pixels)",
+        default_text="each data set's own",
+    )
     model: str = option("lenet300", "model name")
     model_options: tuple[tuple[str, object], ...] = option(
-        (), "model option, e.g. width=512 for mlp (repeatable; in a --config file a mapping)", flag="model-option",
-        metavar="KEY=VALUE")
-    rounds: int = option(9, "IMP rounds of each bespoke ticket: far enough to hold one of the consensus's sparsity "
-                            "(the paper's LeNet: 9)")
+        (),
+        "model option, e.g. width=512 for mlp (repeatable; in a --config file a mapping)",
+        flag="model-option",
+        metavar="KEY=VALUE",
+    )
+    rounds: int = option(
+        9,
+        "IMP rounds of each bespoke ticket: far enough to hold one of the consensus's sparsity (the paper's LeNet: 9)",
+    )
     intersect_round: int = option(2, "the bespoke round whose masks are intersected (the paper: 2, ~36% sparse)")
-    min_votes: int | None = option(None, "keep the weights kept by at least K of the N bespoke tickets",
-                                   metavar="K", default_text="N: the intersection, the paper's")
+    min_votes: int | None = option(
+        None,
+        "keep the weights kept by at least K of the N bespoke tickets",
+        metavar="K",
+        default_text="N: the intersection, the paper's",
+    )
     fraction: float = option(0.2, "fraction of the remaining weights pruned per IMP round")
-    scope: str = option("global", "compare scores across all layers, or prune each layer by the fraction",
-                        choices=SCOPES)
-    importance: str = option("magnitude", "pruning score (random: the paper's sanity check, identical masks on "
-                                          "every task)", choices=PRUNERS)
+    scope: str = option(
+        "global", "compare scores across all layers, or prune each layer by the fraction", choices=SCOPES
+    )
+    importance: str = option(
+        "magnitude", "pruning score (random: the paper's sanity check, identical masks on every task)", choices=PRUNERS
+    )
     retrain: bool = option(True, "retrain every ticket on every task (stage 3)")
-    init_per_task: bool = option(False, "draw another initialisation for each task (a control: the masks are "
-                                        "then no more alike than independent ones)")
-    preset: str | None = option(None, "the paper's training recipe (paganini: SGD lr 0.01 constant, batch 32, "
-                                      "30 epochs, 80/20 split, flip and crop, 2 rounds of 20% global pruning); "
-                                      "options given "
-                                      "override it", choices=tuple(PRESETS))
+    init_per_task: bool = option(
+        False,
+        "draw another initialisation for each task (a control: the masks are then no more alike than independent ones)",
+    )
+    preset: str | None = option(
+        None,
+        "the paper's training recipe (paganini: SGD lr 0.01 constant, batch 32, "
+        "30 epochs, 80/20 split, flip and crop, 2 rounds of 20% global pruning); "
+        "options given "
+        "override it",
+        choices=tuple(PRESETS),
+    )
     seed: int = option(0, "the seed of the shared initialisation, the data order and random pruning")
-    seeds: tuple[int, ...] = option((), "run the whole experiment once per seed, into RUN/seed_N/, and summarise "
-                                        "over them: a count (3: seeds 0, 1, 2) or a list (0,4,7)",
-                                    parse=parse_seeds, metavar="N|S,S,...", default_text="--seed alone")
-    train_size: int | None = option(None, "train on a seeded subset of N examples of each task (quick runs)",
-                                    metavar="N")
+    seeds: tuple[int, ...] = option(
+        (),
+        "run the whole experiment once per seed, into RUN/seed_N/, and summarise "
+        "over them: a count (3: seeds 0, 1, 2) or a list (0,4,7)",
+        parse=parse_seeds,
+        metavar="N|S,S,...",
+        default_text="--seed alone",
+    )
+    train_size: int | None = option(
+        None, "train on a seeded subset of N examples of each task (quick runs)", metavar="N"
+    )
     val_fraction: float = option(0.2, "share of each task's training set held out for validation")
 
     def __post_init__(self) -> None:
@@ -135,8 +180,10 @@ class ConsensusConfig(CommonConfig):
     def task_names(self, shape: str) -> tuple[str, ...]:
         """The tasks as loaded: every task but one already of ``shape`` brought to it (``:shape=CxHxW``), and
         with ``augment`` (``:augment=...``) where the task does not set its own."""
-        return tuple(with_options(t, shape=None if i == 0 and self.input_shape is None else shape, augment=self.augment)
-                     for i, t in enumerate(self.tasks))
+        return tuple(
+            with_options(t, shape=None if i == 0 and self.input_shape is None else shape, augment=self.augment)
+            for i, t in enumerate(self.tasks)
+        )
 
     def loaded_tasks(self) -> tuple[str, ...]:
         """The tasks as the units load them: brought to the first task's input shape (or ``input_shape``); the
@@ -147,12 +194,25 @@ class ConsensusConfig(CommonConfig):
         """The bespoke IMP run of one task: this config's training, pruning and seed, rewound to the initial
         weights (``init_per_task``: another initialisation per task)."""
         train = self.training_options()
-        return ImpConfig(**train, dataset=task, model=self.model, model_options=self.model_options, rounds=self.rounds,
-                         fraction=self.fraction, rewind="init", retrain="rewind", scope=self.scope,
-                         importance=self.importance, seed=self.seed,
-                         init_seed=self.seed + 1000 * index if self.init_per_task else None,
-                         train_size=self.train_size, val_fraction=self.val_fraction, device=self.device,
-                         data_dir=self.data_dir, threads=self.threads)
+        return ImpConfig(
+            **train,
+            dataset=task,
+            model=self.model,
+            model_options=self.model_options,
+            rounds=self.rounds,
+            fraction=self.fraction,
+            rewind="init",
+            retrain="rewind",
+            scope=self.scope,
+            importance=self.importance,
+            seed=self.seed,
+            init_seed=self.seed + 1000 * index if self.init_per_task else None,
+            train_size=self.train_size,
+            val_fraction=self.val_fraction,
+            device=self.device,
+            data_dir=self.data_dir,
+            threads=self.threads,
+        )
 
 
 def _shape_text(shape) -> str:
@@ -163,11 +223,19 @@ def _first_shape(config: ConsensusConfig) -> str:
     if config.input_shape is not None:
         return config.input_shape
     # the options ImpRun loads the task with, so that the data set loaded here is the one its units reuse
-    data = shared_dataset(config.tasks[0], data_dir=config.data_dir, device=config.device,
-                          val_fraction=config.val_fraction, seed=config.seed, train_size=config.train_size)
+    data = shared_dataset(
+        config.tasks[0],
+        data_dir=config.data_dir,
+        device=config.device,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        train_size=config.train_size,
+    )
     if len(data.input_shape) != 3:
-        raise ValueError(f"task {config.tasks[0]!r} holds vectors {data.input_shape}, not images: a consensus brings "
-                         "every task to one image shape")
+        raise ValueError(
+            f"task {config.tasks[0]!r} holds vectors {data.input_shape}, not images: a consensus brings "
+            "every task to one image shape"
+        )
     return _shape_text(data.input_shape)
 
 
@@ -211,8 +279,10 @@ def _shared_layers(task_masks: list[Masks]) -> tuple[list[str], list[str]]:
         elif n == len(names) - 1:
             apart.append(name)
         else:
-            raise ValueError(f"the tasks' masks differ in the shape of {name!r} ({sorted(shapes)}), which is not the "
-                             "output layer: the tasks must share one input shape (--input-shape)")
+            raise ValueError(
+                f"the tasks' masks differ in the shape of {name!r} ({sorted(shapes)}), which is not the "
+                "output layer: the tasks must share one input shape (--input-shape)"
+            )
     return shared, apart
 
 
@@ -223,8 +293,10 @@ def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], No
     tasks = c.loaded_tasks()
     seed_dir = directory.parent
     n = len(tasks)
-    rounds = {i: [Masks.load(seed_dir / _bespoke_dir(i) / round_name(r) / "masks.safetensors")
-                  for r in range(c.rounds + 1)] for i in range(n)}
+    rounds = {
+        i: [Masks.load(seed_dir / _bespoke_dir(i) / round_name(r) / "masks.safetensors") for r in range(c.rounds + 1)]
+        for i in range(n)
+    }
     at = [rounds[i][c.intersect_round] for i in range(n)]
     shared, apart = _shared_layers(at)
 
@@ -249,25 +321,40 @@ def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], No
         masks_r = [part(rounds[i][r]) for i in range(n)]
         measured = [jaccard_distance(masks_r[i], masks_r[j]) for i, j in pairs]
         expected = [expected_jaccard_distance(masks_r[i].density(), masks_r[j].density()) for i, j in pairs]
-        over_rounds.append({"round": r, "density": sum(m.density() for m in masks_r) / n,
-                            "jaccard": sum(measured) / len(pairs), "independent_jaccard": sum(expected) / len(pairs)})
+        over_rounds.append(
+            {
+                "round": r,
+                "density": sum(m.density() for m in masks_r) / n,
+                "jaccard": sum(measured) / len(pairs),
+                "independent_jaccard": sum(expected) / len(pairs),
+            }
+        )
     result = {
-        "tasks": list(tasks), "votes": c.votes(), "intersect_round": c.intersect_round,
-        "layers": shared, "left_out": apart,
-        "sparsity": consensus.sparsity(), "density": consensus.density(),
+        "tasks": list(tasks),
+        "votes": c.votes(),
+        "intersect_round": c.intersect_round,
+        "layers": shared,
+        "left_out": apart,
+        "sparsity": consensus.sparsity(),
+        "density": consensus.density(),
         "layer_sparsity": consensus.layer_sparsity(),
-        "effective_sparsity": effective.sparsity(), "output_connected_sparsity": output_side.sparsity(),
+        "effective_sparsity": effective.sparsity(),
+        "output_connected_sparsity": output_side.sparsity(),
         "bespoke_sparsity": [m.sparsity() for m in at],
-        "jaccard": matrix.tolist(), "jaccard_per_layer": {k: v.tolist() for k, v in per_layer.items()},
+        "jaccard": matrix.tolist(),
+        "jaccard_per_layer": {k: v.tolist() for k, v in per_layer.items()},
         "mean_jaccard": over_rounds[c.intersect_round]["jaccard"],
         "independent_jaccard": over_rounds[c.intersect_round]["independent_jaccard"],
-        "over_rounds": over_rounds, "overlap": overlap_counts([part(m) for m in at]),
+        "over_rounds": over_rounds,
+        "overlap": overlap_counts([part(m) for m in at]),
         "random_sparsity": random_masks.sparsity(),
     }
-    log(f"consensus of {n} tasks at round {c.intersect_round} ({c.votes()} votes): {100 * consensus.density():.2f}% "
+    log(
+        f"consensus of {n} tasks at round {c.intersect_round} ({c.votes()} votes): {100 * consensus.density():.2f}% "
         f"remaining (bespoke: {', '.join(f'{100 * m.density():.1f}%' for m in at)}); mean Jaccard distance "
         f"{result['mean_jaccard']:.3f} (independent masks: {result['independent_jaccard']:.3f})"
-        + (f"; left out (class counts differ): {apart}" if apart else ""))
+        + (f"; left out (class counts differ): {apart}" if apart else "")
+    )
     return result
 
 
@@ -323,10 +410,18 @@ def retrain_unit(spec: RetrainSpec, directory: Path, log: Callable[[str], None],
     init = {k: v.clone() for k, v in imp.model.state_dict().items()}
     label = _ticket_label(spec.ticket, spec.source)
     metrics = imp.train(init, masks, directory, start=0, desc=f"{label} on task {spec.target}")
-    result = {"ticket": label, "source": spec.source, "source_round": source_round, "target": spec.target,
-              "task": task, **metrics}
-    log(f"{label} on {task}: {100 * masks.density():.2f}% remaining, test accuracy "
-        f"{100 * metrics['test_accuracy']:.2f}%")
+    result = {
+        "ticket": label,
+        "source": spec.source,
+        "source_round": source_round,
+        "target": spec.target,
+        "task": task,
+        **metrics,
+    }
+    log(
+        f"{label} on {task}: {100 * masks.density():.2f}% remaining, test accuracy "
+        f"{100 * metrics['test_accuracy']:.2f}%"
+    )
     return result
 
 
@@ -354,22 +449,27 @@ class ConsensusPipeline(Pipeline):
     kind = "consensus"
     config_class = ConsensusConfig
     help = "consensus (pret-a-porter) tickets: bespoke IMP tickets on several tasks, intersected"
-    description = ("Paganini & Forde (2020), Algorithm 1. From one shared initialisation, IMP finds a bespoke ticket "
-                   "on each task (one unit per task, in parallel under --executor process or ray); the consensus "
-                   "ticket keeps the weights every bespoke ticket of --intersect-round keeps (--min-votes K: at "
-                   "least K of them). Then the consensus ticket, a random mask of its layer sparsity and the "
-                   "bespoke ticket of every task at the consensus's sparsity are retrained on every task. Results "
-                   "go to --out: seed_S/bespoke_I/ (IMP runs), seed_S/consensus/, seed_S/retrain/, summary.json "
-                   "and plots/. Re-running the same command resumes.")
+    description = (
+        "Paganini & Forde (2020), Algorithm 1. From one shared initialisation, IMP finds a bespoke ticket "
+        "on each task (one unit per task, in parallel under --executor process or ray); the consensus "
+        "ticket keeps the weights every bespoke ticket of --intersect-round keeps (--min-votes K: at "
+        "least K of them). Then the consensus ticket, a random mask of its layer sparsity and the "
+        "bespoke ticket of every task at the consensus's sparsity are retrained on every task. Results "
+        "go to --out: seed_S/bespoke_I/ (IMP runs), seed_S/consensus/, seed_S/retrain/, summary.json "
+        "and plots/. Re-running the same command resumes."
+    )
 
     @property
     def epilog(self) -> str:
         from lth_sparse.data import available_datasets
         from lth_sparse.models import available_models
 
-        return (f"Tasks: data sets ({', '.join(available_datasets())}) or derived tasks {DERIVED_TASKS}. Models: "
-                + ", ".join(available_models()) + ". Every option can "
-                "also come from --config FILE; flags override it, and override --preset.")
+        return (
+            f"Tasks: data sets ({', '.join(available_datasets())}) or derived tasks {DERIVED_TASKS}. Models: "
+            + ", ".join(available_models())
+            + ". Every option can "
+            "also come from --config FILE; flags override it, and override --preset."
+        )
 
     def check(self, config: ConsensusConfig) -> None:
         for i, task in enumerate(config.loaded_tasks()):
@@ -381,18 +481,35 @@ class ConsensusPipeline(Pipeline):
         for s in config.seed_list():
             c = config.for_seed(s)
             root = f"seed_{s}"
-            stages[0] += [Unit("lth_sparse.pipelines.consensus:bespoke_unit", BespokeSpec(c, i),
-                               f"{root}/{_bespoke_dir(i)}", label=f"seed {s} bespoke IMP on {task}")
-                          for i, task in enumerate(tasks)]
-            stages[1].append(Unit("lth_sparse.pipelines.consensus:consensus_unit", ConsensusSpec(c),
-                                  f"{root}/consensus", label=f"seed {s} consensus"))
+            stages[0] += [
+                Unit(
+                    "lth_sparse.pipelines.consensus:bespoke_unit",
+                    BespokeSpec(c, i),
+                    f"{root}/{_bespoke_dir(i)}",
+                    label=f"seed {s} bespoke IMP on {task}",
+                )
+                for i, task in enumerate(tasks)
+            ]
+            stages[1].append(
+                Unit(
+                    "lth_sparse.pipelines.consensus:consensus_unit",
+                    ConsensusSpec(c),
+                    f"{root}/consensus",
+                    label=f"seed {s} consensus",
+                )
+            )
             if config.retrain:
                 tickets = [("consensus", None), ("random", None)] + [("bespoke", j) for j in range(len(tasks))]
-                stages[2] += [Unit("lth_sparse.pipelines.consensus:retrain_unit",
-                                   RetrainSpec(c, ticket, source, target),
-                                   f"{root}/retrain/{_ticket_label(ticket, source)}/task_{target}",
-                                   label=f"seed {s} {_ticket_label(ticket, source)} on {tasks[target]}")
-                              for ticket, source in tickets for target in range(len(tasks))]
+                stages[2] += [
+                    Unit(
+                        "lth_sparse.pipelines.consensus:retrain_unit",
+                        RetrainSpec(c, ticket, source, target),
+                        f"{root}/retrain/{_ticket_label(ticket, source)}/task_{target}",
+                        label=f"seed {s} {_ticket_label(ticket, source)} on {tasks[target]}",
+                    )
+                    for ticket, source in tickets
+                    for target in range(len(tasks))
+                ]
         return [stage for stage in stages if stage]
 
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
@@ -405,34 +522,59 @@ class ConsensusPipeline(Pipeline):
             root = f"seed_{s}"
             if not steps.is_done(f"{root}/consensus"):
                 continue
-            entry = {"consensus": steps.result(f"{root}/consensus"),
-                     "bespoke": {i: steps.result(f"{root}/{_bespoke_dir(i)}")["rounds"] for i in range(n)}}
+            entry = {
+                "consensus": steps.result(f"{root}/consensus"),
+                "bespoke": {i: steps.result(f"{root}/{_bespoke_dir(i)}")["rounds"] for i in range(n)},
+            }
             entry["retrain"] = {}
             for name, result in self.unit_results(run_dir, config, f"{root}/retrain").items():
-                entry["retrain"][name[len(f"{root}/retrain/"):]] = result
+                entry["retrain"][name[len(f"{root}/retrain/") :]] = result
             per_seed[s] = entry
-        summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
-                   "seeds": sorted(per_seed)}
+        summary = {
+            "kind": self.kind,
+            "hash": saved.get("hash"),
+            "config": dataclasses.asdict(config),
+            "seeds": sorted(per_seed),
+        }
         if per_seed:
             first = next(iter(per_seed.values()))["consensus"]
             summary["tasks"] = first["tasks"]
             cons = [e["consensus"] for e in per_seed.values()]
-            summary["consensus"] = {key: over_seeds([c[key] for c in cons]) for key in (
-                "sparsity", "density", "effective_sparsity", "output_connected_sparsity", "mean_jaccard",
-                "independent_jaccard", "random_sparsity")}
+            summary["consensus"] = {
+                key: over_seeds([c[key] for c in cons])
+                for key in (
+                    "sparsity",
+                    "density",
+                    "effective_sparsity",
+                    "output_connected_sparsity",
+                    "mean_jaccard",
+                    "independent_jaccard",
+                    "random_sparsity",
+                )
+            }
             summary["consensus"]["bespoke_sparsity"] = over_seeds([x for c in cons for x in c["bespoke_sparsity"]])
             summary["consensus"]["left_out"] = first["left_out"]
             summary["jaccard"] = torch.tensor([c["jaccard"] for c in cons]).mean(0).tolist()
-            summary["jaccard_per_layer"] = {k: torch.tensor([c["jaccard_per_layer"][k] for c in cons]).mean(0).tolist()
-                                            for k in first["jaccard_per_layer"]}
-            summary["overlap"] = {name: torch.tensor([c["overlap"]["layers"][name]["counts"] for c in cons],
-                                                     dtype=torch.float64).mean(0).tolist()
-                                  for name in first["overlap"]["layers"]}
-            summary["over_rounds"] = [{key: over_seeds([c["over_rounds"][r][key] for c in cons])["mean"]
-                                       for key in ("round", "density", "jaccard", "independent_jaccard")}
-                                      for r in range(len(first["over_rounds"]))]
-            summary["dense"] = [over_seeds([e["bespoke"][i][0]["test_accuracy"] for e in per_seed.values()])
-                                for i in range(n)]
+            summary["jaccard_per_layer"] = {
+                k: torch.tensor([c["jaccard_per_layer"][k] for c in cons]).mean(0).tolist()
+                for k in first["jaccard_per_layer"]
+            }
+            summary["overlap"] = {
+                name: torch.tensor([c["overlap"]["layers"][name]["counts"] for c in cons], dtype=torch.float64)
+                .mean(0)
+                .tolist()
+                for name in first["overlap"]["layers"]
+            }
+            summary["over_rounds"] = [
+                {
+                    key: over_seeds([c["over_rounds"][r][key] for c in cons])["mean"]
+                    for key in ("round", "density", "jaccard", "independent_jaccard")
+                }
+                for r in range(len(first["over_rounds"]))
+            ]
+            summary["dense"] = [
+                over_seeds([e["bespoke"][i][0]["test_accuracy"] for e in per_seed.values()]) for i in range(n)
+            ]
             rows = []
             labels = ["consensus", "random"] + [f"bespoke_{j}" for j in range(n)]
             for label in labels:
@@ -441,23 +583,37 @@ class ConsensusPipeline(Pipeline):
                     found = [e["retrain"][key] for e in per_seed.values() if key in e["retrain"]]
                     if not found:
                         continue
-                    row = {"ticket": label, "target": t, "task": summary["tasks"][t],
-                           "test_accuracy": over_seeds([f["test_accuracy"] for f in found]),
-                           "sparsity": over_seeds([f["sparsity"] for f in found])}
+                    row = {
+                        "ticket": label,
+                        "target": t,
+                        "task": summary["tasks"][t],
+                        "test_accuracy": over_seeds([f["test_accuracy"] for f in found]),
+                        "sparsity": over_seeds([f["sparsity"] for f in found]),
+                    }
                     if label.startswith("bespoke_"):
                         row["source"] = int(label.split("_")[1])
                         row["source_round"] = [f["source_round"] for f in found]
                     rows.append(row)
             summary["retrain"] = rows
             # flat figures (means over the seeds, and over the tasks): a sweep's table of consensus runs
-            for key in ("sparsity", "effective_sparsity", "output_connected_sparsity", "mean_jaccard",
-                        "independent_jaccard", "bespoke_sparsity"):
+            for key in (
+                "sparsity",
+                "effective_sparsity",
+                "output_connected_sparsity",
+                "mean_jaccard",
+                "independent_jaccard",
+                "bespoke_sparsity",
+            ):
                 summary[key] = summary["consensus"][key]["mean"]
-            for label, pick in (("consensus", lambda r: r["ticket"] == "consensus"),
-                                ("random", lambda r: r["ticket"] == "random"),
-                                ("bespoke_own", lambda r: r["ticket"] == f"bespoke_{r['target']}"),
-                                ("bespoke_other", lambda r: r["ticket"].startswith("bespoke_")
-                                 and r["ticket"] != f"bespoke_{r['target']}")):
+            for label, pick in (
+                ("consensus", lambda r: r["ticket"] == "consensus"),
+                ("random", lambda r: r["ticket"] == "random"),
+                ("bespoke_own", lambda r: r["ticket"] == f"bespoke_{r['target']}"),
+                (
+                    "bespoke_other",
+                    lambda r: r["ticket"].startswith("bespoke_") and r["ticket"] != f"bespoke_{r['target']}",
+                ),
+            ):
                 chosen = [r["test_accuracy"]["mean"] for r in rows if pick(r)]
                 if chosen:
                     summary[f"test_accuracy_{label}"] = sum(chosen) / len(chosen)
@@ -474,18 +630,26 @@ class ConsensusPipeline(Pipeline):
             return []
         c = summary["consensus"]
         seeds = len(summary["seeds"])
-        pm = (lambda s: f"{100 * s['mean']:.2f}% +- {100 * s['std']:.2f}") if seeds > 1 else (
-            lambda s: f"{100 * s['mean']:.2f}%")
-        lines = [f"consensus of {len(summary['tasks'])} tasks ({'mean +- std over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}):",
-                 f"  bespoke sparsity {pm(c['bespoke_sparsity'])}, consensus sparsity {pm(c['sparsity'])} "
-                 f"(effective {pm(c['effective_sparsity'])}, cut off from the output {pm(c['output_connected_sparsity'])})",
-                 f"  mean Jaccard distance between the bespoke masks {c['mean_jaccard']['mean']:.3f} "
-                 f"(independent masks of those densities: {c['independent_jaccard']['mean']:.3f})"]
+        pm = (
+            (lambda s: f"{100 * s['mean']:.2f}% +- {100 * s['std']:.2f}")
+            if seeds > 1
+            else (lambda s: f"{100 * s['mean']:.2f}%")
+        )
+        lines = [
+            f"consensus of {len(summary['tasks'])} tasks "
+            f"({'mean +- std over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}):",
+            f"  bespoke sparsity {pm(c['bespoke_sparsity'])}, consensus sparsity {pm(c['sparsity'])} "
+            f"(effective {pm(c['effective_sparsity'])}, cut off from the output {pm(c['output_connected_sparsity'])})",
+            f"  mean Jaccard distance between the bespoke masks {c['mean_jaccard']['mean']:.3f} "
+            f"(independent masks of those densities: {c['independent_jaccard']['mean']:.3f})",
+        ]
         if summary.get("retrain"):
             n = len(summary["tasks"])
             from lth_sparse.plots import short_task_names
 
-            lines.append(f"  {'test accuracy':<22}" + "".join(f"{t[:18]:>20}" for t in short_task_names(summary["tasks"])))
+            lines.append(
+                f"  {'test accuracy':<22}" + "".join(f"{t[:18]:>20}" for t in short_task_names(summary["tasks"]))
+            )
             by = {(r["ticket"], r["target"]): r for r in summary["retrain"]}
             lines.append(f"  {'dense':<22}" + "".join(f"{pm(summary['dense'][t]):>20}" for t in range(n)))
             for label in ["consensus", "random"] + [f"bespoke_{j}" for j in range(n)]:

@@ -34,9 +34,10 @@ masks pruned on rank 0 and broadcast once per round, every file written by rank 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -44,11 +45,18 @@ from lth_sparse.config import option
 from lth_sparse.distributed import World
 from lth_sparse.experiment import check_device, draw_model
 from lth_sparse.masks import Masks, masked_weights
-from lth_sparse.prune import (IMPORTANCES, SCOPES, STRUCTURED_NORMS, check_importance_and_scope, effective_masks,
-                              output_connected_masks, random_masks_like)
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import DERIVED_TASKS, MORCOS_TRAINING, CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import prune_trained, run_step, shared_dataset, train_masked
+from lth_sparse.prune import (
+    IMPORTANCES,
+    SCOPES,
+    STRUCTURED_NORMS,
+    check_importance_and_scope,
+    effective_masks,
+    output_connected_masks,
+    random_masks_like,
+)
 from lth_sparse.runs import RunDir, Steps, atomic_torch_save, atomic_write_json
 from lth_sparse.train import TrainConfig, iterations_per_epoch, make_schedule, parse_step
 from lth_sparse.units import Unit
@@ -57,8 +65,10 @@ RETRAIN_MODES = ("rewind", "finetune", "lr-rewind")
 PRUNERS = IMPORTANCES + ("random",)
 
 # Morcos et al.'s pruning: 20% global magnitude pruning per round, late resetting to epoch 1 (their small data sets).
-PRESETS = {name: dict(train, fraction=0.2, scope="global", importance="magnitude", rewind="epoch:1",
-                      retrain="rewind") for name, train in MORCOS_TRAINING.items()}
+PRESETS = {
+    name: dict(train, fraction=0.2, scope="global", importance="magnitude", rewind="epoch:1", retrain="rewind")
+    for name, train in MORCOS_TRAINING.items()
+}
 
 
 @dataclass(frozen=True)
@@ -73,62 +83,99 @@ class ImpConfig(CommonConfig):
     dataset: str = option("fashion-mnist", "dataset name (the list is at the end of --help)")
     model: str = option("lenet300", "model name")
     model_options: tuple[tuple[str, object], ...] = option(
-        (), "model option, e.g. depth=3 or width=512 for mlp (repeatable; in a --config file a mapping)",
-        flag="model-option", metavar="KEY=VALUE")
-    rounds: int = option(5, "pruning rounds after the dense one (raising it extends a finished run)",
-                         identity=False)
+        (),
+        "model option, e.g. depth=3 or width=512 for mlp (repeatable; in a --config file a mapping)",
+        flag="model-option",
+        metavar="KEY=VALUE",
+    )
+    rounds: int = option(5, "pruning rounds after the dense one (raising it extends a finished run)", identity=False)
     fraction: float = option(0.2, "fraction of the remaining weights pruned per round")
     rewind: str = option("init", "rewind point: init, epoch:N or iter:N (late resetting)")
-    retrain: str = option("rewind", "rewind the weights (LTR), fine-tune them at the final learning rate, or keep "
-                                    "them and rewind only the learning-rate schedule", choices=RETRAIN_MODES)
-    scope: str = option("global", "compare scores across all layers, or prune each layer by the fraction",
-                        choices=SCOPES)
-    importance: str = option("magnitude", "score: magnitude, the layer-normalised l1/l2/softmax/minmax/lamp (with "
-                                          "--scope global), or random", choices=PRUNERS)
-    structured: str | None = option(None, "prune whole neurons/channels by this norm instead of single weights",
-                                    choices=STRUCTURED_NORMS)
+    retrain: str = option(
+        "rewind",
+        "rewind the weights (LTR), fine-tune them at the final learning rate, or keep "
+        "them and rewind only the learning-rate schedule",
+        choices=RETRAIN_MODES,
+    )
+    scope: str = option(
+        "global", "compare scores across all layers, or prune each layer by the fraction", choices=SCOPES
+    )
+    importance: str = option(
+        "magnitude",
+        "score: magnitude, the layer-normalised l1/l2/softmax/minmax/lamp (with --scope global), or random",
+        choices=PRUNERS,
+    )
+    structured: str | None = option(
+        None, "prune whole neurons/channels by this norm instead of single weights", choices=STRUCTURED_NORMS
+    )
     spare_output: bool = option(False, "never prune the output layer")
-    search_epochs: float | None = option(None, "AIMP (Zullich et al. 2021): every round's mask-search training lasts "
-                                               "this many epochs, its learning-rate schedule compressed to them; "
-                                               "each round's ticket then gets a sparse training with the full "
-                                               "schedule (--epochs) in the second stage", metavar="E",
-                                     default_text="none: the rounds train the full schedule (IMP)")
+    search_epochs: float | None = option(
+        None,
+        "AIMP (Zullich et al. 2021): every round's mask-search training lasts "
+        "this many epochs, its learning-rate schedule compressed to them; "
+        "each round's ticket then gets a sparse training with the full "
+        "schedule (--epochs) in the second stage",
+        metavar="E",
+        default_text="none: the rounds train the full schedule (IMP)",
+    )
     sparse_options: tuple[tuple[str, object], ...] = option(
-        (), "with --search-epochs, training options of the sparse training that differ from the mask search's, "
-            "e.g. momentum=0.9 batch_size=256 (the SGD-noise paper's Table 4; repeatable; in a file a mapping)",
-        flag="sparse-option", metavar="KEY=VALUE")
+        (),
+        "with --search-epochs, training options of the sparse training that differ from the mask search's, "
+        "e.g. momentum=0.9 batch_size=256 (the SGD-noise paper's Table 4; repeatable; in a file a mapping)",
+        flag="sparse-option",
+        metavar="KEY=VALUE",
+    )
     controls: bool = option(False, "also train the random-reinit and random-mask controls each round")
     seed: int = option(0, "the run's seed: every seed below that is not given defaults to it")
-    init_seed: int | None = option(None, "seed of the initialisation (and, offset per round, of the reinit "
-                                         "control's)", default_text="--seed")
-    split_seed: int | None = option(None, "seed of the train/validation split and of the --train-size subset",
-                                    default_text="--seed")
-    order_seed: int | None = option(None, "seed of the data order (the SGD noise)",
-                                    default_text="--seed")
-    augment_seed: int | None = option(None, "seed of the data augmentation (random crops and flips)",
-                                      default_text="the data order's generator, as before it could be set apart")
-    init_file: str | None = option(None, "start from this state dict (a run's init.pt, or a partially "
-                                         "re-initialised one) instead of a draw from --init-seed",
-                                   metavar="FILE")
-    prune_seed: int | None = option(None, "seed of random pruning and of the random-mask control",
-                                    default_text="--seed")
-    preset: str | None = option(None, "a paper's recipe; options given override it. morcos: Morcos et al. 2019's "
-                                      "SGD (lr 0.1, momentum 0.9, weight decay 1e-4, batch 512, 160 epochs, lr / 10 "
-                                      "at 80 and 120), 20% global magnitude pruning, late resetting to epoch 1; "
-                                      "morcos-adam: the same with Adam (lr 3e-4, betas 0.9/0.999, weight decay 1e-4)",
-                                choices=tuple(PRESETS))
-    seeds: tuple[int, ...] = option((), "run one IMP per seed, into RUN/seed_N/, and summarise over them: a count "
-                                        "(--seeds 3: seeds 0, 1, 2) or a list (--seeds 0,4,7; a single seed "
-                                        "with a comma, --seeds 4,); each seed stands for --seed except that the "
-                                        "train/validation split stays that of --seed (or --split-seed)", parse=parse_seeds,
-                                    metavar="N|S,S,...", default_text="--seed alone")
+    init_seed: int | None = option(
+        None, "seed of the initialisation (and, offset per round, of the reinit control's)", default_text="--seed"
+    )
+    split_seed: int | None = option(
+        None, "seed of the train/validation split and of the --train-size subset", default_text="--seed"
+    )
+    order_seed: int | None = option(None, "seed of the data order (the SGD noise)", default_text="--seed")
+    augment_seed: int | None = option(
+        None,
+        "seed of the data augmentation (random crops and flips)",
+        default_text="the data order's generator, as before it could be set apart",
+    )
+    init_file: str | None = option(
+        None,
+        "start from this state dict (a run's init.pt, or a partially "
+        "re-initialised one) instead of a draw from --init-seed",
+        metavar="FILE",
+    )
+    prune_seed: int | None = option(
+        None, "seed of random pruning and of the random-mask control", default_text="--seed"
+    )
+    preset: str | None = option(
+        None,
+        "a paper's recipe; options given override it. morcos: Morcos et al. 2019's "
+        "SGD (lr 0.1, momentum 0.9, weight decay 1e-4, batch 512, 160 epochs, lr / 10 "
+        "at 80 and 120), 20% global magnitude pruning, late resetting to epoch 1; "
+        "morcos-adam: the same with Adam (lr 3e-4, betas 0.9/0.999, weight decay 1e-4)",
+        choices=tuple(PRESETS),
+    )
+    seeds: tuple[int, ...] = option(
+        (),
+        "run one IMP per seed, into RUN/seed_N/, and summarise over them: a count "
+        "(--seeds 3: seeds 0, 1, 2) or a list (--seeds 0,4,7; a single seed "
+        "with a comma, --seeds 4,); each seed stands for --seed except that the "
+        "train/validation split stays that of --seed (or --split-seed)",
+        parse=parse_seeds,
+        metavar="N|S,S,...",
+        default_text="--seed alone",
+    )
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.2, "share of the official training set held out for validation")
-    threads: int | None = option(None, "CPU threads for torch, recorded in config.json; several jobs on one "
-                                       "machine: give each --threads so that they sum to the cores",
-                                 identity=False, metavar="N",
-                                 default_text="OMP_NUM_THREADS if set, else the usable cores not already busy, "
-                                              "measured at start")
+    threads: int | None = option(
+        None,
+        "CPU threads for torch, recorded in config.json; several jobs on one "
+        "machine: give each --threads so that they sum to the cores",
+        identity=False,
+        metavar="N",
+        default_text="OMP_NUM_THREADS if set, else the usable cores not already busy, measured at start",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -173,8 +220,11 @@ class ImpConfig(CommonConfig):
         values = self.training_options()
         if self.search_epochs is not None:
             ratio = self.search_epochs / self.epochs
-            values.update(epochs=self.search_epochs, milestones=tuple(m * ratio for m in self.milestones),
-                          warmup_epochs=self.warmup_epochs * ratio)
+            values.update(
+                epochs=self.search_epochs,
+                milestones=tuple(m * ratio for m in self.milestones),
+                warmup_epochs=self.warmup_epochs * ratio,
+            )
         return TrainConfig(**values)
 
     def sparse_train_config(self) -> TrainConfig:
@@ -220,16 +270,23 @@ class ImpRun:
         self.log = log
         self.device = self.world.device(config.device)
         check_device(self.device)
-        self.data = shared_dataset(config.dataset, data_dir=config.data_dir, device=self.device,
-                                   val_fraction=config.val_fraction, seed=config.seed_of("split"),
-                                   train_size=config.train_size)
+        self.data = shared_dataset(
+            config.dataset,
+            data_dir=config.data_dir,
+            device=self.device,
+            val_fraction=config.val_fraction,
+            seed=config.seed_of("split"),
+            train_size=config.train_size,
+        )
         self.train_cfg = config.train_config()
         self.per_epoch = iterations_per_epoch(len(self.data.train), config.batch_size)
         self.total_iters = round(self.train_cfg.epochs * self.per_epoch)  # AIMP: the mask search's budget
         self.rewind_iter = parse_step(config.rewind, self.per_epoch)
         if self.rewind_iter >= self.total_iters:
-            raise ValueError(f"rewind point {config.rewind} (iteration {self.rewind_iter}) must come before the end "
-                             f"of training (iteration {self.total_iters})")
+            raise ValueError(
+                f"rewind point {config.rewind} (iteration {self.rewind_iter}) must come before the end "
+                f"of training (iteration {self.total_iters})"
+            )
         self.model = self.new_model(config.seed_of("init"))
         if config.init_file is not None:
             path = Path(config.init_file).expanduser()
@@ -240,27 +297,58 @@ class ImpRun:
             try:
                 self.model.load_state_dict(state)
             except RuntimeError as error:
-                raise ValueError(f"init_file {config.init_file} does not fit {config.model} on {config.dataset}: "
-                                 f"{str(error).splitlines()[0]}") from None
+                raise ValueError(
+                    f"init_file {config.init_file} does not fit {config.model} on {config.dataset}: "
+                    f"{str(error).splitlines()[0]}"
+                ) from None
         self.names = list(masked_weights(self.model))
         self.exclude = [self.names[-1]] if config.spare_output else []
 
     def new_model(self, seed: int):
         """A freshly initialised model, drawn from ``seed``."""
-        return draw_model(self.config.model, self.data.input_shape, self.data.num_classes, self.config.model_options,
-                          seed=seed, device=self.device)
+        return draw_model(
+            self.config.model,
+            self.data.input_shape,
+            self.data.num_classes,
+            self.config.model_options,
+            seed=seed,
+            device=self.device,
+        )
 
-    def train(self, state: dict | None, masks: Masks, folder: Path, *, lr_factor=None, snapshot_at=(),
-              on_snapshot=None, start: int | None = None, desc: str) -> dict:
+    def train(
+        self,
+        state: dict | None,
+        masks: Masks,
+        folder: Path,
+        *,
+        lr_factor=None,
+        snapshot_at=(),
+        on_snapshot=None,
+        start: int | None = None,
+        desc: str,
+    ) -> dict:
         """One training of this run's model from ``state`` under ``masks`` (the same on every rank), from the
         rewind iteration (``start``) to the end; with ``lr_factor`` (fine-tuning) as many iterations at
         that rate instead."""
         start = self.rewind_iter if start is None else start
-        return train_masked(self.model, self.data, self.train_cfg, masks, state, folder,
-                            seed=self.config.seed_of("order"), augment_seed=self.config.augment_seed, start=start,
-                            end=start + (self.total_iters - self.rewind_iter) if lr_factor else None,
-                            lr_factor=lr_factor, snapshot_at=snapshot_at, on_snapshot=on_snapshot,
-                            progress=self.progress, desc=desc, world=self.world)
+        return train_masked(
+            self.model,
+            self.data,
+            self.train_cfg,
+            masks,
+            state,
+            folder,
+            seed=self.config.seed_of("order"),
+            augment_seed=self.config.augment_seed,
+            start=start,
+            end=start + (self.total_iters - self.rewind_iter) if lr_factor else None,
+            lr_factor=lr_factor,
+            snapshot_at=snapshot_at,
+            on_snapshot=on_snapshot,
+            progress=self.progress,
+            desc=desc,
+            world=self.world,
+        )
 
     # --- rounds ----------------------------------------------------------------------------------
     def dense_round(self) -> dict:
@@ -275,8 +363,15 @@ class ImpRun:
                 atomic_torch_save(run / "rewind.pt", {"iteration": it, "state_dict": state})
 
             masks = Masks.ones_like(self.model)
-            metrics = self.train(init_state, masks, folder, start=0, snapshot_at=[self.rewind_iter],
-                                 on_snapshot=keep_rewind, desc="round 0 (dense)")
+            metrics = self.train(
+                init_state,
+                masks,
+                folder,
+                start=0,
+                snapshot_at=[self.rewind_iter],
+                on_snapshot=keep_rewind,
+                desc="round 0 (dense)",
+            )
             return self._record(0, masks, metrics)
 
         return run_step(run, round_name(0), compute, world=self.world)
@@ -290,9 +385,17 @@ class ImpRun:
                 prev_state = torch.load(prev_dir / "final.pt", map_location=self.device)
                 prev_masks = Masks.load(prev_dir / "masks.safetensors", self.device)
                 generator = torch.Generator().manual_seed(c.seed_of("prune") * 7919 + r)
-                masks = prune_trained(self.model, prev_state, prev_masks, c.fraction, importance=c.importance,
-                                      scope=c.scope, structured=c.structured, exclude=self.exclude,
-                                      generator=generator)
+                masks = prune_trained(
+                    self.model,
+                    prev_state,
+                    prev_masks,
+                    c.fraction,
+                    importance=c.importance,
+                    scope=c.scope,
+                    structured=c.structured,
+                    exclude=self.exclude,
+                    generator=generator,
+                )
                 rewind = torch.load(run / "rewind.pt", map_location=self.device)["state_dict"]
                 return prev_state, masks, rewind
 
@@ -344,14 +447,27 @@ class ImpRun:
         masks = self.world.on_writer(lambda: Masks.load(round_dir / "masks.safetensors", self.device), share=False)
         masks = self.world.broadcast_masks(masks, self.model)
         rewind = self.world.on_writer(
-            lambda: torch.load(self.run / "rewind.pt", map_location=self.device)["state_dict"], share=False)
-        metrics = train_masked(self.model, self.data, cfg, masks, rewind, self.run / f"{round_name(r)}/{SPARSE}",
-                               seed=c.seed_of("order"), augment_seed=c.augment_seed, start=min(start, total - 1),
-                               progress=self.progress, desc=f"round {r} sparse training", world=self.world)
+            lambda: torch.load(self.run / "rewind.pt", map_location=self.device)["state_dict"], share=False
+        )
+        metrics = train_masked(
+            self.model,
+            self.data,
+            cfg,
+            masks,
+            rewind,
+            self.run / f"{round_name(r)}/{SPARSE}",
+            seed=c.seed_of("order"),
+            augment_seed=c.augment_seed,
+            start=min(start, total - 1),
+            progress=self.progress,
+            desc=f"round {r} sparse training",
+            world=self.world,
+        )
         return metrics
 
     def _record(self, r: int, masks: Masks, metrics: dict) -> dict:
         """The round's result (its ``done.json``), computed by rank 0 and shared with every rank."""
+
         def record() -> dict:  # on rank 0
             effective = effective_masks(self.model, masks, self.data.input_shape)
             output_side = output_connected_masks(self.model, masks, self.data.input_shape)
@@ -362,19 +478,32 @@ class ImpRun:
                 "layer_sparsity": masks.layer_sparsity(),
                 "effective_sparsity": effective.sparsity(),
                 "output_connected_sparsity": output_side.sparsity(),
-                "input_shape": list(self.data.input_shape), "num_classes": self.data.num_classes,
-                **{key: metrics[key] for key in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
-                                                 "best_val_iteration", "best_val_loss", "iterations",
-                                                 "train_seconds")},
+                "input_shape": list(self.data.input_shape),
+                "num_classes": self.data.num_classes,
+                **{
+                    key: metrics[key]
+                    for key in (
+                        "test_accuracy",
+                        "test_loss",
+                        "val_accuracy",
+                        "val_loss",
+                        "best_val_iteration",
+                        "best_val_loss",
+                        "iterations",
+                        "train_seconds",
+                    )
+                },
             }
 
         return self.world.on_writer(record)
 
 
 def _row(result: dict, controls: bool) -> str:
-    row = (f"{result['round']:>5d}  {100 * result['density']:>8.2f}%  {100 * result['effective_sparsity']:>8.2f}%  "
-           f"{100 * result['test_accuracy']:>8.2f}%  {result['test_loss']:>7.4f}  "
-           f"{round(result['best_val_iteration']):>8d}")
+    row = (
+        f"{result['round']:>5d}  {100 * result['density']:>8.2f}%  {100 * result['effective_sparsity']:>8.2f}%  "
+        f"{100 * result['test_accuracy']:>8.2f}%  {result['test_loss']:>7.4f}  "
+        f"{round(result['best_val_iteration']):>8d}"
+    )
     if controls and "reinit_test_accuracy" in result:
         row += f"  {100 * result['reinit_test_accuracy']:>8.2f}%  {100 * result['random_mask_test_accuracy']:>8.2f}%"
     if "sparse_test_accuracy" in result:
@@ -395,12 +524,14 @@ def imp_seed(config: ImpConfig, directory: Path, log: Callable[[str], None], pro
     finished round). Returns ``{"seed", "rounds"}``, the unit's ``done.json``."""
     imp = ImpRun(config, directory, progress, log)
     c = config
-    log(f"IMP seed {c.seed}: {c.model} on {c.dataset}, {c.rounds} rounds of {c.fraction:.0%} "
+    log(
+        f"IMP seed {c.seed}: {c.model} on {c.dataset}, {c.rounds} rounds of {c.fraction:.0%} "
         f"({c.scope}, {c.structured or c.importance}), rewind {c.rewind}, retrain {c.retrain}; "
         f"{len(imp.data.train)} training examples, {imp.total_iters} iterations per round, "
         f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}"
         + (f" on each of {imp.world.size} ranks (DDP, {imp.device} on rank 0)" if imp.world.size > 1 else "")
-        + f" -> {directory}")
+        + f" -> {directory}"
+    )
     if imp.world.writer:
         finished = sum(imp.run.is_done(round_name(r)) for r in range(c.rounds + 1))
         if finished:
@@ -432,8 +563,10 @@ def imp_control(spec: ImpControl, directory: Path, log: Callable[[str], None], p
     seed_dir = directory.parent.parent
     imp = ImpRun(spec.config, seed_dir, progress, log)
     result = imp.control(spec.round, spec.control)
-    log(f"seed {spec.config.seed} round {spec.round} {spec.control}: {100 * (1 - result['sparsity']):.2f}% "
-        f"remaining, test accuracy {100 * result['test_accuracy']:.2f}%")
+    log(
+        f"seed {spec.config.seed} round {spec.round} {spec.control}: {100 * (1 - result['sparsity']):.2f}% "
+        f"remaining, test accuracy {100 * result['test_accuracy']:.2f}%"
+    )
     return result
 
 
@@ -451,8 +584,10 @@ def imp_sparse(spec: ImpSparse, directory: Path, log: Callable[[str], None], pro
     seed_dir = directory.parent.parent
     imp = ImpRun(spec.config, seed_dir, progress, log)
     result = imp.sparse(spec.round)
-    log(f"seed {spec.config.seed} round {spec.round} sparse training: {100 * (1 - result['sparsity']):.2f}% "
-        f"remaining, test accuracy {100 * result['test_accuracy']:.2f}%")
+    log(
+        f"seed {spec.config.seed} round {spec.round} sparse training: {100 * (1 - result['sparsity']):.2f}% "
+        f"remaining, test accuracy {100 * result['test_accuracy']:.2f}%"
+    )
     return result
 
 
@@ -487,20 +622,24 @@ class ImpPipeline(Pipeline):
     kind = "imp"
     config_class = ImpConfig
     help = "find lottery tickets by iterative magnitude pruning with rewinding"
-    description = ("Iterative magnitude pruning with rewinding (IMP/LTR). Round 0 trains the dense network; each "
-                   "further round prunes FRACTION of the remaining weights and retrains. Results go to --out: "
-                   "config.json, seed_N/round_NN/ (masks, metrics, weights), summary.json and plots/. Re-running "
-                   "the same command resumes after the last finished round.")
+    description = (
+        "Iterative magnitude pruning with rewinding (IMP/LTR). Round 0 trains the dense network; each "
+        "further round prunes FRACTION of the remaining weights and retrains. Results go to --out: "
+        "config.json, seed_N/round_NN/ (masks, metrics, weights), summary.json and plots/. Re-running "
+        "the same command resumes after the last finished round."
+    )
 
     @property
     def epilog(self) -> str:
         from lth_sparse.data import available_datasets
         from lth_sparse.models import available_models
 
-        return (f"Datasets: {', '.join(available_datasets())} (and derived tasks {DERIVED_TASKS}). Models: "
-                f"{', '.join(available_models())}. Every option can also come from --config FILE by its name "
-                "(model_options as a mapping); flags override the file. Bad input ends with one 'lth-sparse imp: "
-                "error: ...' line and exit status 2.")
+        return (
+            f"Datasets: {', '.join(available_datasets())} (and derived tasks {DERIVED_TASKS}). Models: "
+            f"{', '.join(available_models())}. Every option can also come from --config FILE by its name "
+            "(model_options as a mapping); flags override the file. Bad input ends with one 'lth-sparse imp: "
+            "error: ...' line and exit status 2."
+        )
 
     def check(self, config: ImpConfig) -> None:
         ImpRun(config.for_seed(config.seed_list()[0]), None, False, lambda line: None)
@@ -508,17 +647,36 @@ class ImpPipeline(Pipeline):
     def plan(self, config: ImpConfig) -> list[list[Unit]]:
         """Stage 1: one IMP run per seed (its rounds sequential inside it). Stage 2, with ``controls``: each
         pruned round's two controls of each seed, one unit each (independent of each other)."""
-        stages = [[Unit("lth_sparse.pipelines.imp:imp_seed", config.for_seed(s), f"seed_{s}", label=f"IMP seed {s}")
-                   for s in config.seed_list()]]
+        stages = [
+            [
+                Unit("lth_sparse.pipelines.imp:imp_seed", config.for_seed(s), f"seed_{s}", label=f"IMP seed {s}")
+                for s in config.seed_list()
+            ]
+        ]
         second = []
         if config.controls and config.rounds:
-            second += [Unit("lth_sparse.pipelines.imp:imp_control", ImpControl(config.for_seed(s), r, control),
-                            f"seed_{s}/{control_name(r, control)}", label=f"seed {s} round {r} {control}")
-                       for s in config.seed_list() for r in range(1, config.rounds + 1) for control in CONTROLS]
+            second += [
+                Unit(
+                    "lth_sparse.pipelines.imp:imp_control",
+                    ImpControl(config.for_seed(s), r, control),
+                    f"seed_{s}/{control_name(r, control)}",
+                    label=f"seed {s} round {r} {control}",
+                )
+                for s in config.seed_list()
+                for r in range(1, config.rounds + 1)
+                for control in CONTROLS
+            ]
         if config.search_epochs is not None:
-            second += [Unit("lth_sparse.pipelines.imp:imp_sparse", ImpSparse(config.for_seed(s), r),
-                            f"seed_{s}/{round_name(r)}/{SPARSE}", label=f"seed {s} round {r} sparse training")
-                       for s in config.seed_list() for r in range(config.rounds + 1)]
+            second += [
+                Unit(
+                    "lth_sparse.pipelines.imp:imp_sparse",
+                    ImpSparse(config.for_seed(s), r),
+                    f"seed_{s}/{round_name(r)}/{SPARSE}",
+                    label=f"seed {s} round {r} sparse training",
+                )
+                for s in config.seed_list()
+                for r in range(config.rounds + 1)
+            ]
         if second:
             stages.append(second)
         return stages
@@ -528,11 +686,14 @@ class ImpPipeline(Pipeline):
         seeds = len(summary["seeds"])
         controls = summary["config"]["controls"]
         title = f"summary ({'mean over ' + str(seeds) + ' seeds' if seeds > 1 else 'seed ' + str(summary['seeds'][0])})"
-        header = _header(controls) + (f"  {'sparse tr.':>9}" if summary["rounds"] and
-                                      "sparse_test_accuracy" in summary["rounds"][0] else "")
+        header = _header(controls) + (
+            f"  {'sparse tr.':>9}" if summary["rounds"] and "sparse_test_accuracy" in summary["rounds"][0] else ""
+        )
         if summary["config"].get("search_epochs") is not None:
-            title += (f"; test acc: the {summary['config']['search_epochs']:g}-epoch mask search, sparse tr.: the "
-                      f"ticket's full training (AIMP)")
+            title += (
+                f"; test acc: the {summary['config']['search_epochs']:g}-epoch mask search, sparse tr.: the "
+                f"ticket's full training (AIMP)"
+            )
         return [title, header, *(_row(r, controls) for r in summary["rounds"])] if summary["rounds"] else []
 
     def prepare(self, run: RunDir, log: Callable[[str], None]) -> None:
@@ -551,8 +712,10 @@ class ImpPipeline(Pipeline):
         sparse = f"seed_{seed}/{round_name(r)}/{SPARSE}"
         if config.search_epochs is not None and units.is_done(sparse):
             done = units.result(sparse)
-            result = {**result, **{f"sparse_{key}": done[key] for key in ("test_accuracy", "test_loss",
-                                                                          "best_val_iteration")}}
+            result = {
+                **result,
+                **{f"sparse_{key}": done[key] for key in ("test_accuracy", "test_loss", "best_val_iteration")},
+            }
         if not config.controls or not r:
             return result
         result = dict(result)
@@ -568,12 +731,22 @@ class ImpPipeline(Pipeline):
         run_dir = Path(run_dir)
         saved, config = self.saved_config(run_dir)
         units = Steps(run_dir)
-        per_seed = {s: [self._with_controls(units, s, result, config)
-                        for result in units.result(f"seed_{s}")["rounds"][:config.rounds + 1]]
-                    for s in config.seed_list() if units.is_done(f"seed_{s}")}
-        summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
-                   "seeds": sorted(per_seed), "rounds": summarize_rounds(per_seed),
-                   "per_seed": {str(s): rounds for s, rounds in per_seed.items()}}
+        per_seed = {
+            s: [
+                self._with_controls(units, s, result, config)
+                for result in units.result(f"seed_{s}")["rounds"][: config.rounds + 1]
+            ]
+            for s in config.seed_list()
+            if units.is_done(f"seed_{s}")
+        }
+        summary = {
+            "kind": self.kind,
+            "hash": saved.get("hash"),
+            "config": dataclasses.asdict(config),
+            "seeds": sorted(per_seed),
+            "rounds": summarize_rounds(per_seed),
+            "per_seed": {str(s): rounds for s, rounds in per_seed.items()},
+        }
         atomic_write_json(run_dir / "summary.json", summary)
         if plots and summary["rounds"]:
             from lth_sparse.plots import plot_imp

@@ -37,14 +37,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
-from lth_sparse.config import option, split_items
 from lth_sparse.analysis import BN_MODES, PRECISIONS
+from lth_sparse.config import option, split_items
 from lth_sparse.experiment import check_device, draw_model
 from lth_sparse.masks import Masks
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
@@ -68,8 +69,17 @@ PRESETS = {
     # The SGD-noise paper, Section 4 and Appendix G: SGD from 0.1, cosine-annealed, weight decay 5e-4, 200 epochs
     # (2 of them pretraining where rewound late), 20% per round; its grid varies momentum (0, 0.9) and batch
     # size (100, 256): this preset takes momentum 0.9 and batch 256, options given override them.
-    "sgd-noise": dict(optimizer="sgd", lr=0.1, schedule="cosine", weight_decay=5e-4, epochs=200.0, momentum=0.9,
-                      nesterov=False, batch_size=256, warmup_epochs=0.0),
+    "sgd-noise": dict(
+        optimizer="sgd",
+        lr=0.1,
+        schedule="cosine",
+        weight_decay=5e-4,
+        epochs=200.0,
+        momentum=0.9,
+        nesterov=False,
+        batch_size=256,
+        warmup_epochs=0.0,
+    ),
 }
 
 
@@ -92,51 +102,88 @@ class InstabilityConfig(CommonConfig):
     dataset: str = option("fashion-mnist", "dataset name (ignored with --source: the run's)")
     model: str = option("lenet300", "model name (ignored with --source: the run's)")
     model_options: tuple[tuple[str, object], ...] = option(
-        (), "model option, e.g. width=512 for mlp (repeatable; in a --config file a mapping)", flag="model-option",
-        metavar="KEY=VALUE")
-    source: str | None = option(None, "an IMP run: measure the instability of its tickets (its rounds, masks and "
-                                      "rewind state; its training recipe unless the options say otherwise)",
-                                metavar="RUN_DIR")
-    rounds: tuple[int, ...] = option((), "the source's rounds to measure", metavar="R",
-                                     default_text="every finished round")
-    imp_rounds: int | None = option(None, "run IMP here first, this many rounds after the dense one (into RUN/imp/), "
-                                          "and measure every round's ticket, as with --source", metavar="N")
+        (),
+        "model option, e.g. width=512 for mlp (repeatable; in a --config file a mapping)",
+        flag="model-option",
+        metavar="KEY=VALUE",
+    )
+    source: str | None = option(
+        None,
+        "an IMP run: measure the instability of its tickets (its rounds, masks and "
+        "rewind state; its training recipe unless the options say otherwise)",
+        metavar="RUN_DIR",
+    )
+    rounds: tuple[int, ...] = option(
+        (), "the source's rounds to measure", metavar="R", default_text="every finished round"
+    )
+    imp_rounds: int | None = option(
+        None,
+        "run IMP here first, this many rounds after the dense one (into RUN/imp/), "
+        "and measure every round's ticket, as with --source",
+        metavar="N",
+    )
     imp_fraction: float = option(0.2, "with --imp-rounds: fraction of the remaining weights pruned per round")
     imp_rewind: str = option("init", "with --imp-rounds: the rewind point of its tickets (init, iter:N, epoch:E)")
-    rewind_points: tuple[str, ...] = option(("init",), "the dense network's rewind points: init, iter:N, epoch:E",
-                                            parse=parse_points, metavar="POINT")
+    rewind_points: tuple[str, ...] = option(
+        ("init",), "the dense network's rewind points: init, iter:N, epoch:E", parse=parse_points, metavar="POINT"
+    )
     copies: int = option(2, "copies trained from each point under different SGD noise (every pair is measured)")
     successive: bool = option(False, "with --source, also the barriers between successive rounds' trained tickets")
-    search: str | None = option(None, "find the earliest stable rewind point by bisection over epochs or "
-                                      "iterations (dense)", choices=SEARCH_UNITS)
+    search: str | None = option(
+        None,
+        "find the earliest stable rewind point by bisection over epochs or iterations (dense)",
+        choices=SEARCH_UNITS,
+    )
     search_step: int = option(1, "the granularity of --search iter, in iterations")
     alphas: int = option(21, "points along each path, evenly spaced in [0, 1]")
-    bn: str = option("recompute", "batch-norm statistics along the path: re-estimated per alpha on training "
-                                  "batches, interpolated like every tensor, or batch statistics",
-                     choices=BN_MODES)
+    bn: str = option(
+        "recompute",
+        "batch-norm statistics along the path: re-estimated per alpha on training "
+        "batches, interpolated like every tensor, or batch statistics",
+        choices=BN_MODES,
+    )
     bn_batches: int = option(10, "training batches the statistics are re-estimated on (--bn recompute)")
-    path_precision: str = option("fp32", "the path's passes in fp32, or in bf16 under autocast (2-3x faster for conv "
-                                         "nets on CPUs with AMX and on GPUs, losses within ~0.005: a screening "
-                                         "precision; report barriers in fp32). --precision is the training's",
-                                 choices=PRECISIONS)
-    eval_examples: int | None = option(10000, "evaluate each path on at most this many examples per split",
-                                       metavar="N")
+    path_precision: str = option(
+        "fp32",
+        "the path's passes in fp32, or in bf16 under autocast (2-3x faster for conv "
+        "nets on CPUs with AMX and on GPUs, losses within ~0.005: a screening "
+        "precision; report barriers in fp32). --precision is the training's",
+        choices=PRECISIONS,
+    )
+    eval_examples: int | None = option(10000, "evaluate each path on at most this many examples per split", metavar="N")
     threshold: float = option(0.02, "a pair is stable when its error barrier is under this (a fraction)")
-    drop_most_forgotten: float | None = option(None, "train on the training set without this share of its most "
-                                                     "forgotten examples (Appendix A.1), counted by --forgetting-run",
-                                               metavar="F")
-    forgetting_run: str | None = option(None, "an instability run made with --dynamics on the same data: its copies' "
-                                              "forgetting events, summed per example, rank the examples",
-                                        metavar="RUN_DIR")
-    dynamics: bool = option(False, "also measure each copy's training dynamics: forgetting events per training "
-                                   "example (Toneva et al. 2019) and convergence speed (equation 4, test error "
-                                   "before training and after every epoch)")
-    preset: str | None = option(None, "the SGD-noise paper's recipe (sgd-noise: SGD lr 0.1 cosine, weight decay "
-                                      "5e-4, 200 epochs, momentum 0.9, batch 256); options given override it",
-                                choices=tuple(PRESETS))
+    drop_most_forgotten: float | None = option(
+        None,
+        "train on the training set without this share of its most "
+        "forgotten examples (Appendix A.1), counted by --forgetting-run",
+        metavar="F",
+    )
+    forgetting_run: str | None = option(
+        None,
+        "an instability run made with --dynamics on the same data: its copies' "
+        "forgetting events, summed per example, rank the examples",
+        metavar="RUN_DIR",
+    )
+    dynamics: bool = option(
+        False,
+        "also measure each copy's training dynamics: forgetting events per training "
+        "example (Toneva et al. 2019) and convergence speed (equation 4, test error "
+        "before training and after every epoch)",
+    )
+    preset: str | None = option(
+        None,
+        "the SGD-noise paper's recipe (sgd-noise: SGD lr 0.1 cosine, weight decay "
+        "5e-4, 200 epochs, momentum 0.9, batch 256); options given override it",
+        choices=tuple(PRESETS),
+    )
     seed: int = option(0, "the seed of the initialisation (and the split)")
-    seeds: tuple[int, ...] = option((), "several initialisations (a count or a list), summarised over",
-                                    parse=parse_seeds, metavar="N|S,S,...", default_text="--seed alone")
+    seeds: tuple[int, ...] = option(
+        (),
+        "several initialisations (a count or a list), summarised over",
+        parse=parse_seeds,
+        metavar="N|S,S,...",
+        default_text="--seed alone",
+    )
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.2, "share of the training set held out for validation")
 
@@ -157,15 +204,17 @@ class InstabilityConfig(CommonConfig):
             if self.source is not None:
                 raise ValueError("--imp-rounds runs IMP here; --source reads a finished run: give one of them")
             if self.imp_rounds < 0 or not 0 < self.imp_fraction < 1:
-                raise ValueError(f"imp_rounds must be >= 0 and imp_fraction in (0, 1), got {self.imp_rounds} and "
-                                 f"{self.imp_fraction}")
+                raise ValueError(
+                    f"imp_rounds must be >= 0 and imp_fraction in (0, 1), got {self.imp_rounds} and {self.imp_fraction}"
+                )
             parse_step(self.imp_rewind, 1)
             if any(r > self.imp_rounds for r in self.rounds):
                 raise ValueError(f"rounds {list(self.rounds)} go beyond --imp-rounds {self.imp_rounds}")
         if self.source is not None or self.imp_rounds is not None:
             if self.rewind_points != ("init",):
-                raise ValueError("--rewind-points is for a dense network; a --source run's tickets start from its "
-                                 "own rewind state")
+                raise ValueError(
+                    "--rewind-points is for a dense network; a --source run's tickets start from its own rewind state"
+                )
             if self.search is not None:
                 raise ValueError("--search is for a dense network, not a --source run")
         elif self.successive or self.rounds:
@@ -202,8 +251,10 @@ def forgetting_scores(run: str, examples: int) -> torch.Tensor:
     for file in files:
         result = ForgettingResult.load(file)
         if result.num_examples != examples:
-            raise ValueError(f"forgetting run {run} counted {result.num_examples} training examples, this training "
-                             f"set has {examples}: it must use the same data set, split and --train-size")
+            raise ValueError(
+                f"forgetting run {run} counted {result.num_examples} training examples, this training "
+                f"set has {examples}: it must use the same data set, split and --train-size"
+            )
         total += result.counts.double().cpu()
         never |= result.never_learned.cpu()
     return torch.where(never, total.max() + 1, total)
@@ -259,8 +310,14 @@ class _Setup:
         if config.source is not None:
             saved = imp_run_config(config.source)
             split = saved.get("split_seed") if saved.get("split_seed") is not None else saved.get("seed", 0)
-        self.data = shared_dataset(config.dataset, data_dir=config.data_dir, device=self.device,
-                                   val_fraction=config.val_fraction, seed=split, train_size=config.train_size)
+        self.data = shared_dataset(
+            config.dataset,
+            data_dir=config.data_dir,
+            device=self.device,
+            val_fraction=config.val_fraction,
+            seed=split,
+            train_size=config.train_size,
+        )
         self.dropped = 0
         if config.drop_most_forgotten is not None:
             from lth_sparse.analysis import dataset_without, most_forgotten
@@ -276,13 +333,20 @@ class _Setup:
     def point(self, text: str) -> int:
         k = parse_step(text, self.per_epoch)
         if k >= self.total:
-            raise ValueError(f"rewind point {text} (iteration {k}) must come before the end of training "
-                             f"(iteration {self.total})")
+            raise ValueError(
+                f"rewind point {text} (iteration {k}) must come before the end of training (iteration {self.total})"
+            )
         return k
 
     def model(self, seed: int | None = None):
-        return draw_model(self.config.model, self.data.input_shape, self.data.num_classes, self.config.model_options,
-                          seed=self.seed if seed is None else seed, device=self.device)
+        return draw_model(
+            self.config.model,
+            self.data.input_shape,
+            self.data.num_classes,
+            self.config.model_options,
+            seed=self.seed if seed is None else seed,
+            device=self.device,
+        )
 
 
 def _point_label(text: str) -> str:
@@ -318,10 +382,22 @@ def imp_config(config: InstabilityConfig, seed: int):
     from lth_sparse.pipelines.imp import ImpConfig
 
     train = config.training_options()
-    return ImpConfig(**train, dataset=config.dataset, model=config.model, model_options=config.model_options,
-                     rounds=config.imp_rounds, fraction=config.imp_fraction, rewind=config.imp_rewind, seed=seed,
-                     split_seed=config.seed, train_size=config.train_size, val_fraction=config.val_fraction,
-                     device=config.device, data_dir=config.data_dir, threads=config.threads)
+    return ImpConfig(
+        **train,
+        dataset=config.dataset,
+        model=config.model,
+        model_options=config.model_options,
+        rounds=config.imp_rounds,
+        fraction=config.imp_fraction,
+        rewind=config.imp_rewind,
+        seed=seed,
+        split_seed=config.seed,
+        train_size=config.train_size,
+        val_fraction=config.val_fraction,
+        device=config.device,
+        data_dir=config.data_dir,
+        threads=config.threads,
+    )
 
 
 # --- stage 1: the trunk (dense) -----------------------------------------------------------------------------
@@ -353,12 +429,25 @@ def trunk_unit(spec: TrunkSpec, directory: Path, log: Callable[[str], None], pro
 
         def keep(iteration, state):
             for p in by_iteration.get(iteration, []):
-                atomic_torch_save(directory / f"state_{_point_label(p)}.pt", {"iteration": iteration,
-                                                                               "state_dict": state})
+                atomic_torch_save(
+                    directory / f"state_{_point_label(p)}.pt", {"iteration": iteration, "state_dict": state}
+                )
 
-        train_masked(model, setup.data, c.train_config(), Masks.ones_like(model), init, None, seed=spec.seed,
-                     start=0, end=last, snapshot_at=sorted(k for k in by_iteration if k > 0), on_snapshot=keep,
-                     progress=progress, desc=f"seed {spec.seed} trunk to iteration {last}")
+        train_masked(
+            model,
+            setup.data,
+            c.train_config(),
+            Masks.ones_like(model),
+            init,
+            None,
+            seed=spec.seed,
+            start=0,
+            end=last,
+            snapshot_at=sorted(k for k in by_iteration if k > 0),
+            on_snapshot=keep,
+            progress=progress,
+            desc=f"seed {spec.seed} trunk to iteration {last}",
+        )
     log(f"seed {spec.seed}: trunk states at {', '.join(f'{p} (iteration {k})' for p, k in points.items())}")
     return {"seed": spec.seed, "points": points, "iterations_per_epoch": setup.per_epoch, "total": setup.total}
 
@@ -378,8 +467,9 @@ def _start(spec: CopySpec, setup: _Setup, directory: Path) -> tuple[dict, Masks,
     """(state, masks, iteration) a copy starts from."""
     c = spec.config
     if not _tickets(c):
-        saved = torch.load(directory.parent.parent / "trunk" / f"state_{_point_label(spec.point)}.pt",
-                           map_location=setup.device)
+        saved = torch.load(
+            directory.parent.parent / "trunk" / f"state_{_point_label(spec.point)}.pt", map_location=setup.device
+        )
         model = setup.model()
         return saved["state_dict"], Masks.ones_like(model), saved["iteration"]
     folder = _ticket_folder(c, directory.parents[2], spec.seed)
@@ -405,25 +495,52 @@ def copy_unit(spec: CopySpec, directory: Path, log: Callable[[str], None], progr
         # equation 4 is of a whole training: from iteration 0 only (the test error before training, measured now)
         errors = EpochErrors(model, setup.data.test, setup.per_epoch) if start == 0 else None
         callbacks = [forgetting] + ([errors] if errors is not None else [])
-    metrics = train_masked(model, setup.data, c.train_config(), masks, state, directory, seed=noise,
-                           augment_seed=noise, start=start, callbacks=callbacks, progress=progress,
-                           desc=f"seed {spec.seed} {spec.point} copy {spec.copy}")
+    metrics = train_masked(
+        model,
+        setup.data,
+        c.train_config(),
+        masks,
+        state,
+        directory,
+        seed=noise,
+        augment_seed=noise,
+        start=start,
+        callbacks=callbacks,
+        progress=progress,
+        desc=f"seed {spec.seed} {spec.point} copy {spec.copy}",
+    )
     if c.dynamics:
         counts = forgetting.result()
         counts.save(directory / "forgetting.safetensors")
-        measures = {"forgetting_events": counts.mean_events, "unforgettable": counts.unforgettable_fraction,
-                    "never_learned": counts.never_learned_fraction}
+        measures = {
+            "forgetting_events": counts.mean_events,
+            "unforgettable": counts.unforgettable_fraction,
+            "never_learned": counts.never_learned_fraction,
+        }
         if errors is not None:
             measures.update(test_errors=errors.errors, convergence_speed=convergence_speed(errors.errors))
-    log(f"seed {spec.seed} {spec.point} copy {spec.copy} (noise seed {noise}): iterations {start}..{setup.total}, "
+    log(
+        f"seed {spec.seed} {spec.point} copy {spec.copy} (noise seed {noise}): iterations {start}..{setup.total}, "
         f"test accuracy {100 * metrics['test_accuracy']:.2f}%"
-        + (f"; {measures['forgetting_events']:.3f} forgetting events per example, "
-           f"{100 * measures['unforgettable']:.1f}% unforgettable"
-           + (f", convergence speed {measures['convergence_speed']:.3f}" if "convergence_speed" in measures else "")
-           if measures else ""))
-    return {"seed": spec.seed, "point": spec.point, "copy": spec.copy, "noise_seed": noise, "start": start,
-            "sparsity": masks.sparsity(), "dropped_examples": setup.dropped, **measures,
-            **{k: metrics[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "iterations", "train_seconds")}}
+        + (
+            f"; {measures['forgetting_events']:.3f} forgetting events per example, "
+            f"{100 * measures['unforgettable']:.1f}% unforgettable"
+            + (f", convergence speed {measures['convergence_speed']:.3f}" if "convergence_speed" in measures else "")
+            if measures
+            else ""
+        )
+    )
+    return {
+        "seed": spec.seed,
+        "point": spec.point,
+        "copy": spec.copy,
+        "noise_seed": noise,
+        "start": start,
+        "sparsity": masks.sparsity(),
+        "dropped_examples": setup.dropped,
+        **measures,
+        **{k: metrics[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "iterations", "train_seconds")},
+    }
 
 
 # --- stage 3: the paths -------------------------------------------------------------------------------------
@@ -444,9 +561,20 @@ def evaluate_pair(c: InstabilityConfig, setup: _Setup, state_a: dict, state_b: d
     from lth_sparse.analysis import interpolate
 
     model = setup.model()
-    result = interpolate(model, state_a, state_b, setup.data, alphas=c.alphas, bn=c.bn, bn_batches=c.bn_batches,
-                         splits=("train", "test"), examples=c.eval_examples, seed=seed,
-                         bn_batch_size=c.batch_size, precision=c.path_precision)
+    result = interpolate(
+        model,
+        state_a,
+        state_b,
+        setup.data,
+        alphas=c.alphas,
+        bn=c.bn,
+        bn_batches=c.bn_batches,
+        splits=("train", "test"),
+        examples=c.eval_examples,
+        seed=seed,
+        bn_batch_size=c.batch_size,
+        precision=c.path_precision,
+    )
     out = {"path": result.to_dict()}
     for split in ("train", "test"):
         for metric in ("error", "loss"):
@@ -470,9 +598,11 @@ def pair_unit(spec: PairSpec, directory: Path, log: Callable[[str], None], progr
         state_b = torch.load(folder / spec.b / "final.pt", map_location=setup.device)
     out = evaluate_pair(c, setup, state_a, state_b, spec.seed)
     out.update(seed=spec.seed, point=spec.point, a=spec.a, b=spec.b, kind=spec.kind)
-    log(f"seed {spec.seed} {spec.point} {spec.a} -> {spec.b}: test error barrier "
+    log(
+        f"seed {spec.seed} {spec.point} {spec.a} -> {spec.b}: test error barrier "
         f"{100 * out['test_error_barrier']:.2f} points (ends {100 * out['test_error_ends'][0]:.2f}% and "
-        f"{100 * out['test_error_ends'][1]:.2f}%; masks {out['path']['masks']}, bn {out['path']['bn']})")
+        f"{100 * out['test_error_ends'][1]:.2f}%; masks {out['path']['masks']}, bn {out['path']['bn']})"
+    )
     return out
 
 
@@ -502,15 +632,36 @@ def search_unit(spec: SearchSpec, directory: Path, log: Callable[[str], None], p
                 model = setup.model()
                 init = {key: v.clone() for key, v in model.state_dict().items()}
                 if k > 0:
-                    train_masked(model, setup.data, c.train_config(), Masks.ones_like(model), init, None, seed=s,
-                                 start=0, end=k, progress=progress, desc=f"probe {k}: seed {s} trunk")
+                    train_masked(
+                        model,
+                        setup.data,
+                        c.train_config(),
+                        Masks.ones_like(model),
+                        init,
+                        None,
+                        seed=s,
+                        start=0,
+                        end=k,
+                        progress=progress,
+                        desc=f"probe {k}: seed {s} trunk",
+                    )
                 trunk = {key: v.clone() for key, v in model.state_dict().items()}
                 finals = []
                 for copy in range(c.copies):
                     noise = noise_seed(s, copy)
-                    train_masked(model, setup.data, c.train_config(), Masks.ones_like(model), trunk, None,
-                                 seed=noise, augment_seed=noise, start=k, progress=progress,
-                                 desc=f"probe {k}: seed {s} copy {copy}")
+                    train_masked(
+                        model,
+                        setup.data,
+                        c.train_config(),
+                        Masks.ones_like(model),
+                        trunk,
+                        None,
+                        seed=noise,
+                        augment_seed=noise,
+                        start=k,
+                        progress=progress,
+                        desc=f"probe {k}: seed {s} copy {copy}",
+                    )
                     finals.append({key: v.clone() for key, v in model.state_dict().items()})
                 for i, j in itertools.combinations(range(c.copies), 2):
                     barriers.append(evaluate_pair(c, setup, finals[i], finals[j], s)["test_error_barrier"])
@@ -518,8 +669,10 @@ def search_unit(spec: SearchSpec, directory: Path, log: Callable[[str], None], p
             return {"iteration": k, "point": n, "barrier": stats, "stable": stats["mean"] < c.threshold}
 
         result = run_step(steps, f"probe_{k:07d}", compute)
-        log(f"probe at iteration {k} ({c.search} {n}): mean barrier {100 * result['barrier']['mean']:.2f} points -> "
-            f"{'stable' if result['stable'] else 'unstable'}")
+        log(
+            f"probe at iteration {k} ({c.search} {n}): mean barrier {100 * result['barrier']['mean']:.2f} points -> "
+            f"{'stable' if result['stable'] else 'unstable'}"
+        )
         return result["stable"]
 
     found, probes = earliest_stable(probe, 0, hi)
@@ -527,9 +680,14 @@ def search_unit(spec: SearchSpec, directory: Path, log: Callable[[str], None], p
     bad = contradictions(probes)
     if bad:
         log(f"monotonicity contradicted by {len(bad)} probe pair(s): {bad}")
-    return {"unit": c.search, "step": step, "earliest_stable": found,
-            "earliest_stable_iteration": None if found is None else found * step, "probes": records,
-            "contradictions": [list(x) for x in bad]}
+    return {
+        "unit": c.search,
+        "step": step,
+        "earliest_stable": found,
+        "earliest_stable_iteration": None if found is None else found * step,
+        "probes": records,
+        "contradictions": [list(x) for x in bad],
+    }
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------
@@ -560,23 +718,27 @@ class InstabilityPipeline(Pipeline):
     kind = "instability"
     config_class = InstabilityConfig
     help = "instability to SGD noise: error barriers between copies trained from one state"
-    description = ("Linear mode connectivity (Frankle et al. 2020; the SGD-noise paper's equation 3). From each "
-                   "rewind point of a dense network (--rewind-points), or from every round's ticket of an IMP run "
-                   "(--source), --copies copies train to the end under different data order and augmentation; "
-                   "every pair is evaluated at --alphas points of the straight line between them (in one batched "
-                   "pass) and its error barrier is the largest error on the path minus the mean of its ends. "
-                   "--successive measures the barriers between successive rounds' tickets; --search finds the "
-                   "earliest stable rewind point by bisection. Results go to --out: seed_S/POINT/copy_C/, "
-                   "seed_S/POINT/pair_I_J/, summary.json and plots/. Re-running resumes.")
+    description = (
+        "Linear mode connectivity (Frankle et al. 2020; the SGD-noise paper's equation 3). From each "
+        "rewind point of a dense network (--rewind-points), or from every round's ticket of an IMP run "
+        "(--source), --copies copies train to the end under different data order and augmentation; "
+        "every pair is evaluated at --alphas points of the straight line between them (in one batched "
+        "pass) and its error barrier is the largest error on the path minus the mean of its ends. "
+        "--successive measures the barriers between successive rounds' tickets; --search finds the "
+        "earliest stable rewind point by bisection. Results go to --out: seed_S/POINT/copy_C/, "
+        "seed_S/POINT/pair_I_J/, summary.json and plots/. Re-running resumes."
+    )
 
     @property
     def epilog(self) -> str:
         from lth_sparse.data import available_datasets
         from lth_sparse.models import available_models
 
-        return (f"Datasets: {', '.join(available_datasets())} (and derived tasks). Models: "
-                f"{', '.join(available_models())}. With --source the run's data set, model and training recipe are "
-                "the defaults; --preset and the flags override them.")
+        return (
+            f"Datasets: {', '.join(available_datasets())} (and derived tasks). Models: "
+            f"{', '.join(available_models())}. With --source the run's data set, model and training recipe are "
+            "the defaults; --preset and the flags override them."
+        )
 
     def check(self, config: InstabilityConfig) -> None:
         if config.source is not None:
@@ -591,8 +753,9 @@ class InstabilityPipeline(Pipeline):
                     raise ValueError(f"source {config.source} seed {s}: no finished round")
                 absent = [r for r in config.rounds if r not in done]
                 if absent:
-                    raise ValueError(f"source {config.source} seed {s} has not finished rounds {absent}; finished: "
-                                     f"{done}")
+                    raise ValueError(
+                        f"source {config.source} seed {s} has not finished rounds {absent}; finished: {done}"
+                    )
         setup = _Setup(config, config.seed_list()[0])
         for p in config.rewind_points:
             setup.point(p)
@@ -606,32 +769,73 @@ class InstabilityPipeline(Pipeline):
         trunks, copies, pairs = [], [], []
         for s in config.seed_list():
             if config.imp_rounds is not None:
-                trunks.append(Unit("lth_sparse.pipelines.imp:imp_seed", imp_config(config, s), f"imp/seed_{s}",
-                                   label=f"seed {s} IMP ({config.imp_rounds} rounds)"))
+                trunks.append(
+                    Unit(
+                        "lth_sparse.pipelines.imp:imp_seed",
+                        imp_config(config, s),
+                        f"imp/seed_{s}",
+                        label=f"seed {s} IMP ({config.imp_rounds} rounds)",
+                    )
+                )
             elif config.source is None:
-                trunks.append(Unit("lth_sparse.pipelines.instability:trunk_unit", TrunkSpec(config, s),
-                                   f"seed_{s}/trunk", label=f"seed {s} trunk"))
+                trunks.append(
+                    Unit(
+                        "lth_sparse.pipelines.instability:trunk_unit",
+                        TrunkSpec(config, s),
+                        f"seed_{s}/trunk",
+                        label=f"seed {s} trunk",
+                    )
+                )
             for p in _points(config, s):
                 label = _point_label(p)
                 for copy in range(config.copies):
-                    copies.append(Unit("lth_sparse.pipelines.instability:copy_unit", CopySpec(config, s, p, copy),
-                                       _copy_dir(s, label, copy), label=f"seed {s} {p} copy {copy}"))
+                    copies.append(
+                        Unit(
+                            "lth_sparse.pipelines.instability:copy_unit",
+                            CopySpec(config, s, p, copy),
+                            _copy_dir(s, label, copy),
+                            label=f"seed {s} {p} copy {copy}",
+                        )
+                    )
                 for i, j in itertools.combinations(range(config.copies), 2):
-                    pairs.append(Unit("lth_sparse.pipelines.instability:pair_unit",
-                                      PairSpec(config, s, p, _copy_dir(s, label, i), _copy_dir(s, label, j)),
-                                      _pair_dir(s, label, i, j), label=f"seed {s} {p} pair {i}-{j}"))
+                    pairs.append(
+                        Unit(
+                            "lth_sparse.pipelines.instability:pair_unit",
+                            PairSpec(config, s, p, _copy_dir(s, label, i), _copy_dir(s, label, j)),
+                            _pair_dir(s, label, i, j),
+                            label=f"seed {s} {p} pair {i}-{j}",
+                        )
+                    )
             if config.successive:
-                rounds = [int(p[len("round_"):]) for p in _points(config, s)]
+                rounds = [int(p[len("round_") :]) for p in _points(config, s)]
                 for r0, r1 in zip(rounds, rounds[1:]):
-                    pairs.append(Unit("lth_sparse.pipelines.instability:pair_unit",
-                                      PairSpec(config, s, f"{_source_point(r0)}-{_source_point(r1)}",
-                                               _source_point(r0), _source_point(r1), kind="successive"),
-                                      f"seed_{s}/successive/{_source_point(r0)}_{_source_point(r1)}/pair",
-                                      label=f"seed {s} rounds {r0} -> {r1}"))
+                    pairs.append(
+                        Unit(
+                            "lth_sparse.pipelines.instability:pair_unit",
+                            PairSpec(
+                                config,
+                                s,
+                                f"{_source_point(r0)}-{_source_point(r1)}",
+                                _source_point(r0),
+                                _source_point(r1),
+                                kind="successive",
+                            ),
+                            f"seed_{s}/successive/{_source_point(r0)}_{_source_point(r1)}/pair",
+                            label=f"seed {s} rounds {r0} -> {r1}",
+                        )
+                    )
         stages = [stage for stage in (trunks, copies, pairs) if stage]
         if config.search is not None:
-            stages.append([Unit("lth_sparse.pipelines.instability:search_unit", SearchSpec(config), "search",
-                                label=f"search over {config.search}s")])
+            stages.append(
+                [
+                    Unit(
+                        "lth_sparse.pipelines.instability:search_unit",
+                        SearchSpec(config),
+                        "search",
+                        label=f"search over {config.search}s",
+                    )
+                ]
+            )
         return stages
 
     def summary_inputs(self, config: InstabilityConfig) -> list[Path]:
@@ -642,18 +846,25 @@ class InstabilityPipeline(Pipeline):
         run_dir = Path(run_dir)
         saved, config = self.saved_config(run_dir)
         steps = Steps(run_dir)
-        summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
-                   "seeds": list(config.seed_list()), "threshold": config.threshold, "bn": config.bn,
-                   "path_precision": config.path_precision,
-                   "convention": "alpha = 0 is the first copy (or the earlier round), alpha = 1 the second",
-                   "points": [], "successive": []}
+        summary = {
+            "kind": self.kind,
+            "hash": saved.get("hash"),
+            "config": dataclasses.asdict(config),
+            "seeds": list(config.seed_list()),
+            "threshold": config.threshold,
+            "bn": config.bn,
+            "path_precision": config.path_precision,
+            "convention": "alpha = 0 is the first copy (or the earlier round), alpha = 1 the second",
+            "points": [],
+            "successive": [],
+        }
         source_rounds = {}
         if config.imp_rounds is not None:
             for s in config.seed_list():
                 for p in _points(config, s):
                     done = run_dir / "imp" / f"seed_{s}" / p / "done.json"
                     if done.exists():
-                        source_rounds.setdefault(int(p[len("round_"):]), []).append(read_json(done))
+                        source_rounds.setdefault(int(p[len("round_") :]), []).append(read_json(done))
         elif config.source is not None:
             try:
                 for s in config.seed_list():
@@ -661,10 +872,14 @@ class InstabilityPipeline(Pipeline):
                         source_rounds.setdefault(result["round"], []).append(result)
             except (OSError, ConfigMismatch, KeyError):
                 source_rounds = {}
-        dense_accuracy = over_seeds([x["test_accuracy"] for x in source_rounds[0]])["mean"] if 0 in source_rounds \
-            else None
-        labels = list(config.rewind_points) if not _tickets(config) else sorted(
-            {p for s in config.seed_list() for p in _points(config, s)})
+        dense_accuracy = (
+            over_seeds([x["test_accuracy"] for x in source_rounds[0]])["mean"] if 0 in source_rounds else None
+        )
+        labels = (
+            list(config.rewind_points)
+            if not _tickets(config)
+            else sorted({p for s in config.seed_list() for p in _points(config, s)})
+        )
         for p in labels:
             found = []
             for s in config.seed_list():
@@ -676,8 +891,7 @@ class InstabilityPipeline(Pipeline):
                 continue
             summary["points"].append(_point_row(p, found, config, steps, source_rounds, dense_accuracy))
         results = self.unit_results(run_dir, config)
-        summary["successive"] = _successive_rows([result for name, result in results.items()
-                                                  if "/successive/" in name])
+        summary["successive"] = _successive_rows([result for name, result in results.items() if "/successive/" in name])
         if config.drop_most_forgotten is not None:  # as the copies record it (no data loaded here)
             copies = [result for name, result in results.items() if PurePosixPath(name).name.startswith("copy_")]
             if copies:
@@ -694,29 +908,38 @@ class InstabilityPipeline(Pipeline):
         return summary
 
     def report(self, summary: dict) -> list[str]:
-        lines = [f"error barriers on the test set (mean +- std over seeds x pairs; stable: under "
-                 f"{100 * summary['threshold']:.1f} points; bn {summary['bn']}):",
-                 f"  {'point':<14}{'iteration':>10}{'barrier':>18}{'train barrier':>18}{'end errors':>18}"
-                 f"{'stable':>8}"]
+        lines = [
+            f"error barriers on the test set (mean +- std over seeds x pairs; stable: under "
+            f"{100 * summary['threshold']:.1f} points; bn {summary['bn']}):",
+            f"  {'point':<14}{'iteration':>10}{'barrier':>18}{'train barrier':>18}{'end errors':>18}{'stable':>8}",
+        ]
         for row in summary["points"]:
             b, t = row["test_error_barrier"], row["train_error_barrier"]
-            lines.append(f"  {row['point']:<14}{row.get('iteration', '-')!s:>10}"
-                         f"{100 * b['mean']:>10.2f} +- {100 * b['std']:<4.2f}{100 * t['mean']:>10.2f} +- "
-                         f"{100 * t['std']:<4.2f}{100 * row['end_error']['mean']:>17.2f}%{'yes' if row['stable'] else 'no':>8}")
+            lines.append(
+                f"  {row['point']:<14}{row.get('iteration', '-')!s:>10}"
+                f"{100 * b['mean']:>10.2f} +- {100 * b['std']:<4.2f}{100 * t['mean']:>10.2f} +- "
+                f"{100 * t['std']:<4.2f}{100 * row['end_error']['mean']:>17.2f}%{'yes' if row['stable'] else 'no':>8}"
+            )
         for row in summary["points"]:
             if "forgetting_events" in row:
-                lines.append(f"  {row['point']}: {row['forgetting_events']['mean']:.3f} forgetting events per "
-                             f"example, {100 * row['unforgettable']['mean']:.1f}% unforgettable, convergence speed "
-                             + (f"{row['convergence_speed']['mean']:.3f}" if "convergence_speed" in row else "-")
-                             + f", test accuracy {100 * row['test_accuracy']['mean']:.2f}% (over copies)")
+                lines.append(
+                    f"  {row['point']}: {row['forgetting_events']['mean']:.3f} forgetting events per "
+                    f"example, {100 * row['unforgettable']['mean']:.1f}% unforgettable, convergence speed "
+                    + (f"{row['convergence_speed']['mean']:.3f}" if "convergence_speed" in row else "-")
+                    + f", test accuracy {100 * row['test_accuracy']['mean']:.2f}% (over copies)"
+                )
         for row in summary["successive"]:
-            lines.append(f"  rounds {row['rounds']}: barrier between the trained tickets "
-                         f"{100 * row['test_error_barrier']['mean']:.2f} points")
+            lines.append(
+                f"  rounds {row['rounds']}: barrier between the trained tickets "
+                f"{100 * row['test_error_barrier']['mean']:.2f} points"
+            )
         if "search" in summary:
             s = summary["search"]
-            lines.append(f"earliest stable rewind point: {s['unit']} {s['earliest_stable']} (iteration "
-                         f"{s['earliest_stable_iteration']}) after {len(s['probes'])} probes"
-                         + (f"; monotonicity contradicted by {s['contradictions']}" if s["contradictions"] else ""))
+            lines.append(
+                f"earliest stable rewind point: {s['unit']} {s['earliest_stable']} (iteration "
+                f"{s['earliest_stable_iteration']}) after {len(s['probes'])} probes"
+                + (f"; monotonicity contradicted by {s['contradictions']}" if s["contradictions"] else "")
+            )
         return lines
 
 
@@ -738,8 +961,9 @@ def _point_row(p: str, found: list[dict], config, steps: Steps, source_rounds: d
     if steps.is_done(copy_name):
         row["iteration"] = steps.result(copy_name)["start"]
         row["sparsity"] = steps.result(copy_name)["sparsity"]
-    copies = [steps.result(name) for name in sorted({f[end] for f in found for end in ("a", "b")})
-              if steps.is_done(name)]
+    copies = [
+        steps.result(name) for name in sorted({f[end] for f in found for end in ("a", "b")}) if steps.is_done(name)
+    ]
     if copies:
         row["test_accuracy"] = over_seeds([x["test_accuracy"] for x in copies])
     for key in ("forgetting_events", "unforgettable", "never_learned", "convergence_speed"):
@@ -747,7 +971,7 @@ def _point_row(p: str, found: list[dict], config, steps: Steps, source_rounds: d
         if values:
             row[key] = over_seeds(values)
     if p.startswith("round_") and source_rounds:
-        r = int(p[len("round_"):])
+        r = int(p[len("round_") :])
         accs = [x["test_accuracy"] for x in source_rounds.get(r, [])]
         if accs:
             row["ticket_test_accuracy"] = over_seeds(accs)["mean"]
@@ -759,10 +983,15 @@ def _successive_rows(found: list[dict]) -> list[dict]:
     rows = []
     for point in sorted({f["point"] for f in found}):
         mine = [f for f in found if f["point"] == point]
-        rows.append({"rounds": point, "pairs": len(mine),
-                     "test_error_barrier": over_seeds([f["test_error_barrier"] for f in mine]),
-                     "train_error_barrier": over_seeds([f["train_error_barrier"] for f in mine]),
-                     "masks": mine[0]["path"]["masks"]})
+        rows.append(
+            {
+                "rounds": point,
+                "pairs": len(mine),
+                "test_error_barrier": over_seeds([f["test_error_barrier"] for f in mine]),
+                "train_error_barrier": over_seeds([f["train_error_barrier"] for f in mine]),
+                "masks": mine[0]["path"]["masks"],
+            }
+        )
     return rows
 
 

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -90,23 +90,35 @@ class PlantConfig(CommonConfig):
     optimizer: str = option("adam", "optimizer (the paper: Adam)", choices=("sgd", "adam", "adamw"))
     lr: float = option(1e-3, "learning rate (the paper: 0.001)")
     tasks: tuple[str, ...] = option(TASKS, "planting tasks", choices=TASKS, metavar="TASK")
-    depths: tuple[int, ...] = option((3, 5), "host depths, counting the input layer (depth 3: 2 weight layers; "
-                                            "the paper: 3, 5, 10)", metavar="D")
+    depths: tuple[int, ...] = option(
+        (3, 5), "host depths, counting the input layer (depth 3: 2 weight layers; the paper: 3, 5, 10)", metavar="D"
+    )
     width: int = option(100, "host width")
-    pruners: tuple[str, ...] = option(("random", "magnitude", "snip", "grasp", "synflow", "multishot-magnitude",
-                                       "edge-popup", "edge-popup-annealed"),
-                                      "pruners: " + ", ".join(PRUNERS), parse=parse_pruners, metavar="P,P,...")
-    densities: tuple[str, ...] = option(("0.01", "0.1", "0.5", "1", "planted"),
-                                        "densities (remaining weights over all, biases not counted), and planted: "
-                                        "the planted ticket's own", parse=parse_densities, metavar="D,D,...")
+    pruners: tuple[str, ...] = option(
+        ("random", "magnitude", "snip", "grasp", "synflow", "multishot-magnitude", "edge-popup", "edge-popup-annealed"),
+        "pruners: " + ", ".join(PRUNERS),
+        parse=parse_pruners,
+        metavar="P,P,...",
+    )
+    densities: tuple[str, ...] = option(
+        ("0.01", "0.1", "0.5", "1", "planted"),
+        "densities (remaining weights over all, biases not counted), and planted: the planted ticket's own",
+        parse=parse_densities,
+        metavar="D,D,...",
+    )
     prune_batch: int = option(256, "training examples the data-dependent pruners score on")
     synflow_iterations: int = option(100, "SynFlow's rounds (its paper: 100; 1 is single-shot)")
     multishot_rounds: int = option(10, "rounds of multi-shot pruning (the paper: 10)")
     multishot_epochs: float = option(5, "training epochs per multi-shot round (the paper: 5)")
     edge_popup_epochs: int = option(10, "edge-popup's training epochs of the scores (the paper: 10)")
     seed: int = option(0, "the seed of the host's initialisation and planting, the pruning and the data order")
-    seeds: tuple[int, ...] = option((), "repeats (a count or a list), summarised over", parse=parse_seeds,
-                                    metavar="N|S,S,...", default_text="--seed alone")
+    seeds: tuple[int, ...] = option(
+        (),
+        "repeats (a count or a list), summarised over",
+        parse=parse_seeds,
+        metavar="N|S,S,...",
+        default_text="--seed alone",
+    )
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.1, "share of the 9,000 training points held out for validation")
 
@@ -119,8 +131,10 @@ class PlantConfig(CommonConfig):
         for task in self.tasks:
             for d in self.depths:
                 if d < MIN_DEPTH[task]:
-                    raise ValueError(f"depth {d} is below {task}'s minimum {MIN_DEPTH[task]} (depth counts the input "
-                                     "layer: depth 3 is 2 weight layers)")
+                    raise ValueError(
+                        f"depth {d} is below {task}'s minimum {MIN_DEPTH[task]} (depth counts the input "
+                        "layer: depth 3 is 2 weight layers)"
+                    )
         if self.width < 2:
             raise ValueError(f"width must be >= 2, got {self.width}")
         parse_pruners(self.pruners)
@@ -154,13 +168,22 @@ def recovery(found: Masks, planted: Masks) -> dict:
     """How much of the planted ticket a found mask recovers: per layer and overall, ``precision`` (found weights
     that are planted), ``recall`` (planted weights found), ``jaccard`` (the distance of
     :func:`lth_sparse.masks.jaccard_distance`), ``contains`` (every planted weight found)."""
+
     def figures(both: int, nf: int, np_: int) -> dict:
         union = nf + np_ - both
-        return {"precision": both / nf if nf else 0.0, "recall": both / np_ if np_ else 1.0,
-                "jaccard": 1 - both / union if union else 0.0, "contains": both == np_, "found": nf, "planted": np_}
+        return {
+            "precision": both / nf if nf else 0.0,
+            "recall": both / np_ if np_ else 1.0,
+            "jaccard": 1 - both / union if union else 0.0,
+            "contains": both == np_,
+            "found": nf,
+            "planted": np_,
+        }
 
-    counts = {n: (int((found[n].bool() & planted[n].bool()).sum()), int(found[n].sum()), int(planted[n].sum()))
-              for n in planted}
+    counts = {
+        n: (int((found[n].bool() & planted[n].bool()).sum()), int(found[n].sum()), int(planted[n].sum()))
+        for n in planted
+    }
     total = figures(*(sum(c[i] for c in counts.values()) for i in range(3)))  # the layers' counts summed
     return {**total, "layers": {n: figures(*c) for n, c in counts.items()}}
 
@@ -193,8 +216,7 @@ def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], pro
 
     c = spec.config
     device = check_device(c.device)
-    data = shared_dataset(spec.task, device=device, val_fraction=c.val_fraction, seed=c.seed,
-                          train_size=c.train_size)
+    data = shared_dataset(spec.task, device=device, val_fraction=c.val_fraction, seed=c.seed, train_size=c.train_size)
     regression = data.train.y.is_floating_point()
     target = make_target(spec.task, spec.depth)
     host, planted, scales = plant(target, c.width, seed=spec.seed)
@@ -221,8 +243,16 @@ def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], pro
         current = sum(int(m.sum()) for m in masks.values()) if masks is not None else None
         if current is not None and kept >= current:
             return masks
-        return get_pruner(name)(model_, density=d, masks=masks, batch=batch, loss_fn=score_loss,
-                                input_shape=tuple(data.input_shape), generator=generator, **options)
+        return get_pruner(name)(
+            model_,
+            density=d,
+            masks=masks,
+            batch=batch,
+            loss_fn=score_loss,
+            input_shape=tuple(data.input_shape),
+            generator=generator,
+            **options,
+        )
 
     pruner = spec.pruner
     if density >= 1.0:
@@ -230,24 +260,49 @@ def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], pro
     elif pruner in SINGLE_SHOT:
         masks = single(pruner, model, None, density)
     elif pruner.startswith("multishot-"):
-        name = pruner[len("multishot-"):]
-        masks = multi_shot(model, data, density, lambda m, masks_, d: single(name, m, masks_, d),
-                           rounds=c.multishot_rounds, epochs_per_round=c.multishot_epochs,
-                           train_config=c.train_config(), loss_fn=loss_fn, seed=spec.seed, progress=progress)
+        name = pruner[len("multishot-") :]
+        masks = multi_shot(
+            model,
+            data,
+            density,
+            lambda m, masks_, d: single(name, m, masks_, d),
+            rounds=c.multishot_rounds,
+            epochs_per_round=c.multishot_epochs,
+            train_config=c.train_config(),
+            loss_fn=loss_fn,
+            seed=spec.seed,
+            progress=progress,
+        )
         model.load_state_dict(init)
     else:
-        masks, bias_masks, history = edge_popup(copy.deepcopy(host), data, density, epochs=c.edge_popup_epochs,
-                                                annealed=pruner == "edge-popup-annealed", loss_fn=loss_fn,
-                                                seed=spec.seed, progress=progress)
+        masks, bias_masks, history = edge_popup(
+            copy.deepcopy(host),
+            data,
+            density,
+            epochs=c.edge_popup_epochs,
+            annealed=pruner == "edge-popup-annealed",
+            loss_fn=loss_fn,
+            seed=spec.seed,
+            progress=progress,
+        )
     masks = Masks({n: masks[n].to(device) for n in names})
     found = recovery(masks, planted)
     collapse = layer_collapse(model, masks, tuple(data.input_shape))
-    result = {"task": spec.task, "depth": spec.depth, "pruner": pruner, "density_label": spec.density,
-              "density": masks.density(), "target_density": density, "seed": spec.seed,
-              "planted_density": planted.density(), "recovery": found,
-              "collapsed_layers": [n for n, v in collapse.items() if v.collapsed],
-              "collapsed": any(v.collapsed for v in collapse.values()), "regression": regression,
-              "reference": target_performance(spec.task, spec.depth)}
+    result = {
+        "task": spec.task,
+        "depth": spec.depth,
+        "pruner": pruner,
+        "density_label": spec.density,
+        "density": masks.density(),
+        "target_density": density,
+        "seed": spec.seed,
+        "planted_density": planted.density(),
+        "recovery": found,
+        "collapsed_layers": [n for n, v in collapse.items() if v.collapsed],
+        "collapsed": any(v.collapsed for v in collapse.values()),
+        "regression": regression,
+        "reference": target_performance(spec.task, spec.depth),
+    }
     masks.save(directory / "masks.safetensors")
     if pruner in STRONG:
         ticket = strong_ticket(host, masks, bias_masks).to(device)
@@ -257,27 +312,44 @@ def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], pro
             scale = _least_squares_scale(out, reference)
         scaled = _Scaled(ticket, scale)
         loss, acc = evaluate(scaled, data.test)
-        result.update(kind="strong", test_loss=loss, test_accuracy=acc, output_scale=scale.tolist(),
-                      edge_popup_history=history)
+        result.update(
+            kind="strong", test_loss=loss, test_accuracy=acc, output_scale=scale.tolist(), edge_popup_history=history
+        )
         exported = _Scaled(unmasked(copy.deepcopy(ticket)), scale)
     else:
         model.load_state_dict(init)
         masks.apply_to(model)
         before_loss, before_acc = evaluate(model, data.test)
-        metrics = train_masked(model, data, c.train_config(), masks, init, directory, seed=spec.seed,
-                               progress=progress, desc=f"{spec.task} depth {spec.depth} {pruner} {spec.density}")
-        result.update(kind="weak", before_test_loss=before_loss, before_test_accuracy=before_acc,
-                      test_loss=metrics["test_loss"], test_accuracy=metrics["test_accuracy"])
+        metrics = train_masked(
+            model,
+            data,
+            c.train_config(),
+            masks,
+            init,
+            directory,
+            seed=spec.seed,
+            progress=progress,
+            desc=f"{spec.task} depth {spec.depth} {pruner} {spec.density}",
+        )
+        result.update(
+            kind="weak",
+            before_test_loss=before_loss,
+            before_test_accuracy=before_acc,
+            test_loss=metrics["test_loss"],
+            test_accuracy=metrics["test_accuracy"],
+        )
         exported = unmasked(copy.deepcopy(model))
     # the ticket as a plain torch model (nn.Linear layers, pruned weights zero; a strong ticket with its output
     # scale): torch.load(..., weights_only=False) gives it back, masks.safetensors beside it
     torch.save(exported.cpu(), directory / "ticket.pt")
     metric = "test_loss" if regression else "test_accuracy"
     result["score"] = result[metric]
-    log(f"{spec.task} depth {spec.depth} {pruner} at density {density:.4g} (seed {spec.seed}): "
+    log(
+        f"{spec.task} depth {spec.depth} {pruner} at density {density:.4g} (seed {spec.seed}): "
         f"{'MSE' if regression else 'accuracy'} {result['score']:.4g} ({result['kind']}; the planted ticket "
         f"{result['reference']['test']:.4g}), recall of the planted weights {found['recall']:.3f}, precision "
-        f"{found['precision']:.3f}" + (f", collapsed: {result['collapsed_layers']}" if result["collapsed"] else ""))
+        f"{found['precision']:.3f}" + (f", collapsed: {result['collapsed_layers']}" if result["collapsed"] else "")
+    )
     return result
 
 
@@ -294,26 +366,31 @@ class PlantPipeline(Pipeline):
     kind = "plant"
     config_class = PlantConfig
     help = "plant tickets with known ground truth and benchmark pruners against them (Plant 'n' Seek)"
-    description = ("Fischer & Burkholz (2022). For every task (relu, circle, helix), depth, pruner, density and "
-                   "seed, one unit: the task's target network is planted into a host MLP, the pruner searches the "
-                   "host for a ticket of that density, and the unit records the recovery of the planted ticket "
-                   "(precision, recall, Jaccard distance, containment, per layer and overall), layer collapse, and "
-                   "the ticket's test accuracy (circle) or MSE (relu, helix): weak tickets trained (Adam, lr 1e-3, "
-                   "batch 32, 10 epochs), strong tickets (edge-popup) untrained with their outputs rescaled by "
-                   "least squares. Results go to --out: TASK/depth_D/PRUNER/density_X/seed_S/, summary.json and "
-                   "plots/. Re-running resumes.")
-    epilog = ("Density is remaining weights over all weights (biases not counted), the paper's rho; 'planted' is "
-              "the planted ticket's own. Depth counts the input layer (depth 3: 2 weight layers). Pruners: "
-              "random, magnitude, snip, grasp, synflow (single-shot), multishot-NAME (10 rounds, weights reset: "
-              "multishot-magnitude is IMP), edge-popup, edge-popup-annealed.")
+    description = (
+        "Fischer & Burkholz (2022). For every task (relu, circle, helix), depth, pruner, density and "
+        "seed, one unit: the task's target network is planted into a host MLP, the pruner searches the "
+        "host for a ticket of that density, and the unit records the recovery of the planted ticket "
+        "(precision, recall, Jaccard distance, containment, per layer and overall), layer collapse, and "
+        "the ticket's test accuracy (circle) or MSE (relu, helix): weak tickets trained (Adam, lr 1e-3, "
+        "batch 32, 10 epochs), strong tickets (edge-popup) untrained with their outputs rescaled by "
+        "least squares. Results go to --out: TASK/depth_D/PRUNER/density_X/seed_S/, summary.json and "
+        "plots/. Re-running resumes."
+    )
+    epilog = (
+        "Density is remaining weights over all weights (biases not counted), the paper's rho; 'planted' is "
+        "the planted ticket's own. Depth counts the input layer (depth 3: 2 weight layers). Pruners: "
+        "random, magnitude, snip, grasp, synflow (single-shot), multishot-NAME (10 rounds, weights reset: "
+        "multishot-magnitude is IMP), edge-popup, edge-popup-annealed."
+    )
 
     def check(self, config: PlantConfig) -> None:
         from lth_sparse.planting import make_target, plant
 
         check_device(config.device)
         for task in config.tasks:
-            data = shared_dataset(task, device="cpu", val_fraction=config.val_fraction, seed=config.seed,
-                                  train_size=config.train_size)
+            data = shared_dataset(
+                task, device="cpu", val_fraction=config.val_fraction, seed=config.seed, train_size=config.train_size
+            )
             if config.prune_batch > len(data.train):
                 raise ValueError(f"prune_batch {config.prune_batch} exceeds the {len(data.train)} training points")
             for depth in config.depths:
@@ -329,8 +406,14 @@ class PlantPipeline(Pipeline):
                             continue  # density 1 prunes nothing: one dense unit per task and depth
                         for s in config.seed_list():
                             spec = PlantSpec(config, task, depth, pruner, density, s)
-                            units.append(Unit("lth_sparse.pipelines.plant:plant_unit", spec, _unit_dir(spec),
-                                              label=f"{task} depth {depth} {pruner} density {density} seed {s}"))
+                            units.append(
+                                Unit(
+                                    "lth_sparse.pipelines.plant:plant_unit",
+                                    spec,
+                                    _unit_dir(spec),
+                                    label=f"{task} depth {depth} {pruner} density {density} seed {s}",
+                                )
+                            )
         return [units]
 
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
@@ -338,31 +421,53 @@ class PlantPipeline(Pipeline):
         saved, config = self.saved_config(run_dir)
         results = list(self.unit_results(run_dir, config).values())
         rows, references = [], {}
-        keys = sorted({(r["task"], r["depth"], r["pruner"], r["density_label"]) for r in results},
-                      key=lambda k: (k[0], k[1], k[2], 2.0 if k[3] == "planted" else float(k[3])))
+        keys = sorted(
+            {(r["task"], r["depth"], r["pruner"], r["density_label"]) for r in results},
+            key=lambda k: (k[0], k[1], k[2], 2.0 if k[3] == "planted" else float(k[3])),
+        )
         for task, depth, pruner, label in keys:
-            found = [r for r in results if (r["task"], r["depth"], r["pruner"], r["density_label"]) ==
-                     (task, depth, pruner, label)]
+            found = [
+                r
+                for r in results
+                if (r["task"], r["depth"], r["pruner"], r["density_label"]) == (task, depth, pruner, label)
+            ]
             first = found[0]
-            references[f"{task}/{depth}"] = {"task": task, "depth": depth, "planted_density": first["planted_density"],
-                                             **first["reference"]}
-            row = {"task": task, "depth": depth, "pruner": pruner, "density_label": label, "seeds": len(found),
-                   "kind": first["kind"], "regression": first["regression"],
-                   "density": over_seeds([r["density"] for r in found])["mean"],
-                   "score": over_seeds([r["score"] for r in found]),
-                   "recall": over_seeds([r["recovery"]["recall"] for r in found]),
-                   "precision": over_seeds([r["recovery"]["precision"] for r in found]),
-                   "jaccard": over_seeds([r["recovery"]["jaccard"] for r in found]),
-                   "contains": sum(bool(r["recovery"]["contains"]) for r in found),
-                   "collapsed": sum(bool(r["collapsed"]) for r in found)}
+            references[f"{task}/{depth}"] = {
+                "task": task,
+                "depth": depth,
+                "planted_density": first["planted_density"],
+                **first["reference"],
+            }
+            row = {
+                "task": task,
+                "depth": depth,
+                "pruner": pruner,
+                "density_label": label,
+                "seeds": len(found),
+                "kind": first["kind"],
+                "regression": first["regression"],
+                "density": over_seeds([r["density"] for r in found])["mean"],
+                "score": over_seeds([r["score"] for r in found]),
+                "recall": over_seeds([r["recovery"]["recall"] for r in found]),
+                "precision": over_seeds([r["recovery"]["precision"] for r in found]),
+                "jaccard": over_seeds([r["recovery"]["jaccard"] for r in found]),
+                "contains": sum(bool(r["recovery"]["contains"]) for r in found),
+                "collapsed": sum(bool(r["collapsed"]) for r in found),
+            }
             if first["kind"] == "weak":
                 key = "before_test_loss" if first["regression"] else "before_test_accuracy"
                 row["score_before_training"] = over_seeds([r[key] for r in found])
             rows.append(row)
-        summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
-                   "seeds": list(config.seed_list()), "references": list(references.values()), "rows": rows,
-                   "conventions": "density = remaining weights / all weights (biases not counted); depth counts "
-                                  "the input layer; score = test accuracy (circle) or test MSE (relu, helix)"}
+        summary = {
+            "kind": self.kind,
+            "hash": saved.get("hash"),
+            "config": dataclasses.asdict(config),
+            "seeds": list(config.seed_list()),
+            "references": list(references.values()),
+            "rows": rows,
+            "conventions": "density = remaining weights / all weights (biases not counted); depth counts "
+            "the input layer; score = test accuracy (circle) or test MSE (relu, helix)",
+        }
         atomic_write_json(run_dir / "summary.json", summary)
         if plots and rows:
             from lth_sparse.plots import plot_plant
@@ -375,14 +480,18 @@ class PlantPipeline(Pipeline):
         for ref in summary["references"]:
             task, depth = ref["task"], ref["depth"]
             metric = "MSE" if ref["metric"] == "mse" else "accuracy"
-            lines.append(f"{task}, depth {depth}: planted ticket density {ref['planted_density']:.4g}, test {metric} "
-                         f"{ref['test']:.4g} (chance {ref['chance']:.4g}); mean over seeds:")
+            lines.append(
+                f"{task}, depth {depth}: planted ticket density {ref['planted_density']:.4g}, test {metric} "
+                f"{ref['test']:.4g} (chance {ref['chance']:.4g}); mean over seeds:"
+            )
             lines.append(f"  {'pruner':<24}{'density':>10}{metric:>12}{'recall':>9}{'precision':>10}{'collapsed':>10}")
             for row in summary["rows"]:
                 if (row["task"], row["depth"]) == (task, depth):
-                    lines.append(f"  {row['pruner'] + ' (' + row['kind'] + ')':<24}{row['density']:>10.4g}"
-                                 f"{row['score']['mean']:>12.4g}{row['recall']['mean']:>9.3f}"
-                                 f"{row['precision']['mean']:>10.3f}{row['collapsed']:>6}/{row['seeds']}")
+                    lines.append(
+                        f"  {row['pruner'] + ' (' + row['kind'] + ')':<24}{row['density']:>10.4g}"
+                        f"{row['score']['mean']:>12.4g}{row['recall']['mean']:>9.3f}"
+                        f"{row['precision']['mean']:>10.3f}{row['collapsed']:>6}/{row['seeds']}"
+                    )
         return lines
 
 

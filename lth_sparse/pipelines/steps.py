@@ -30,14 +30,15 @@ import torch
 import torch.nn as nn
 
 from lth_sparse.data import Dataset
-from lth_sparse.experiment import release_shared, shared_dataset  # noqa: F401 - the blocks of a unit
 from lth_sparse.distributed import World
+from lth_sparse.experiment import release_shared, shared_dataset  # noqa: F401 - the blocks of a unit
 from lth_sparse.masks import Masks
 from lth_sparse.prune import prune_magnitude, prune_random, prune_structured
 from lth_sparse.runs import Steps, atomic_torch_save
 from lth_sparse.train import TrainConfig, train
 
 __all__ = ["prune_trained", "release_shared", "run_step", "shared_dataset", "train_masked"]
+
 
 def run_step(steps: Steps, name: str, compute: Callable[[Path], dict], *, world: World | None = None) -> dict:
     """The result of step ``name`` of ``steps``: its ``done.json`` when it is done, else ``compute(folder)``,
@@ -59,12 +60,29 @@ def run_step(steps: Steps, name: str, compute: Callable[[Path], dict], *, world:
     return result
 
 
-def train_masked(model: nn.Module, data: Dataset, cfg: TrainConfig, masks: Masks, state: dict | None = None,
-                 folder: str | os.PathLike | None = None, *, seed: int = 0, augment_seed: int | None = None,
-                 start: int = 0, end: int | None = None, lr_factor: Callable[[int], float] | None = None,
-                 snapshot_at: Iterable[int] = (), on_snapshot=None, optimizer: torch.optim.Optimizer | None = None,
-                 loss_fn=None, callbacks: Sequence[Callable] = (), progress: bool | None = None,
-                 desc: str = "train", save: bool = True, world: World | None = None) -> dict:
+def train_masked(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    masks: Masks,
+    state: dict | None = None,
+    folder: str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    augment_seed: int | None = None,
+    start: int = 0,
+    end: int | None = None,
+    lr_factor: Callable[[int], float] | None = None,
+    snapshot_at: Iterable[int] = (),
+    on_snapshot=None,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn=None,
+    callbacks: Sequence[Callable] = (),
+    progress: bool | None = None,
+    desc: str = "train",
+    save: bool = True,
+    world: World | None = None,
+) -> dict:
     """Train ``model`` (with masked layers) from ``state`` under ``masks``; returns the training's results.
 
     ``state`` (a state dict; ``None``: the model's current weights) is loaded, ``masks`` applied
@@ -100,15 +118,30 @@ def train_masked(model: nn.Module, data: Dataset, cfg: TrainConfig, masks: Masks
             metrics_path.unlink(missing_ok=True)  # a killed attempt's records go with it
     started = time.time()
     wrapped = world.data_parallel(model)
-    result = train(wrapped, data, cfg, seed=seed, augment_seed=augment_seed, start_iteration=start,
-                   end_iteration=end, snapshot_at=snapshot_at, on_snapshot=on_snapshot, metrics_path=metrics_path,
-                   progress=progress, desc=desc, lr_factor=lr_factor, optimizer=optimizer, loss_fn=loss_fn,
-                   callbacks=callbacks)
+    result = train(
+        wrapped,
+        data,
+        cfg,
+        seed=seed,
+        augment_seed=augment_seed,
+        start_iteration=start,
+        end_iteration=end,
+        snapshot_at=snapshot_at,
+        on_snapshot=on_snapshot,
+        metrics_path=metrics_path,
+        progress=progress,
+        desc=desc,
+        lr_factor=lr_factor,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        callbacks=callbacks,
+    )
     del wrapped  # the DDP wrapper (its hooks on the parameters go with it); ``model`` holds the weights
     out = result.to_dict()
     out["train_seconds"] = time.time() - started
     out["sparsity"] = masks.sparsity()
     if folder is not None and save:
+
         def write():
             masks.save(folder / "masks.safetensors")
             atomic_torch_save(folder / "final.pt", model.state_dict())
@@ -117,9 +150,18 @@ def train_masked(model: nn.Module, data: Dataset, cfg: TrainConfig, masks: Masks
     return out
 
 
-def prune_trained(model: nn.Module, state: dict | None, masks: Masks, fraction: float, *,
-                  importance: str = "magnitude", scope: str = "global", structured: str | None = None,
-                  exclude: Sequence[str] = (), generator: torch.Generator | None = None) -> Masks:
+def prune_trained(
+    model: nn.Module,
+    state: dict | None,
+    masks: Masks,
+    fraction: float,
+    *,
+    importance: str = "magnitude",
+    scope: str = "global",
+    structured: str | None = None,
+    exclude: Sequence[str] = (),
+    generator: torch.Generator | None = None,
+) -> Masks:
     """The masks that pruning ``fraction`` of the weights ``masks`` keeps gives, scored on ``state``.
 
     ``state`` (``None``: the model's current weights) is loaded into ``model`` and ``masks``

@@ -43,9 +43,10 @@ given): its rounds are the reference line (the target's own tickets) and the *tr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -58,8 +59,15 @@ from lth_sparse.pipelines.common import DERIVED_TASKS, MORCOS_TRAINING, CommonCo
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_write_json, read_json
 from lth_sparse.stats import closest_by_density
-from lth_sparse.tickets import (finished_rounds, imp_run_config, load_ticket, result_files, round_results, run_seeds,
-                                training_options)
+from lth_sparse.tickets import (
+    finished_rounds,
+    imp_run_config,
+    load_ticket,
+    result_files,
+    round_results,
+    run_seeds,
+    training_options,
+)
 from lth_sparse.train import TrainConfig
 from lth_sparse.units import Unit
 
@@ -85,8 +93,10 @@ def parse_tickets(value) -> tuple[str, ...]:
         return TICKETS
     unknown = [t for t in items if t not in TICKETS]
     if unknown or not items:
-        raise ValueError(f"ticket kinds are WEIGHTS-MASK with weights {list(WEIGHTS)} and masks {list(MASK_KINDS)} "
-                         f"(or all), got {unknown or items}")
+        raise ValueError(
+            f"ticket kinds are WEIGHTS-MASK with weights {list(WEIGHTS)} and masks {list(MASK_KINDS)} "
+            f"(or all), got {unknown or items}"
+        )
     if len(set(items)) != len(items):
         raise ValueError(f"ticket kinds repeat: {items}")
     return tuple(items)
@@ -99,35 +109,68 @@ class TransferConfig(CommonConfig):
 
     PRESETS: ClassVar[dict] = PRESETS
 
-    sources: tuple[str, ...] = option((), "the source IMP run directories (their rounds are the tickets); several "
-                                          "make the transfer matrix", flag="source", metavar="RUN_DIR")
-    targets: tuple[str, ...] = option((), "the target tasks: data sets or derived tasks, e.g. fashion-mnist:half=b "
-                                          "digits fashion-mnist:classes=0,1,2,3,4", flag="target", metavar="TASK")
-    tickets: tuple[str, ...] = option(DEFAULT_TICKETS, "ticket kinds WEIGHTS-MASK (weights rewind|fresh, mask "
-                                                       "preserved|local|global), or all",
-                                      parse=parse_tickets, metavar="KIND")
-    rounds: tuple[int, ...] = option((), "source rounds to transfer", metavar="R",
-                                     default_text="every round the source has finished")
-    target_tickets: tuple[str, ...] = option((), "IMP runs on the targets (their dataset names a target as given "
-                                                 "here): the target's own tickets, the reference line",
-                                             flag="target-ticket", metavar="RUN_DIR")
-    target_optimizer: str | None = option(None, "train the targets with Morcos et al.'s settings of this optimizer "
-                                                "(sgd: lr 0.1, momentum 0.9, weight decay 1e-4; adam: lr 3e-4, betas "
-                                                "0.9/0.999, weight decay 1e-4; Section 4.3), the source's epochs, "
-                                                "batch and schedule kept", choices=("sgd", "adam"),
-                                          default_text="the source's optimizer")
-    augment: str | None = option(None, "the targets' training augmentation: none, flip, cropP or flip+cropP",
-                                 default_text="each data set's own")
-    preset: str | None = option(None, "the target's training recipe of Morcos et al. 2019 (morcos: SGD lr 0.1, "
-                                      "momentum 0.9, weight decay 1e-4, batch 512, 160 epochs, lr / 10 at 80 and "
-                                      "120; morcos-adam: Adam lr 3e-4, betas 0.9/0.999, weight decay 1e-4); options "
-                                      "given override it", choices=tuple(PRESETS))
+    sources: tuple[str, ...] = option(
+        (),
+        "the source IMP run directories (their rounds are the tickets); several make the transfer matrix",
+        flag="source",
+        metavar="RUN_DIR",
+    )
+    targets: tuple[str, ...] = option(
+        (),
+        "the target tasks: data sets or derived tasks, e.g. fashion-mnist:half=b "
+        "digits fashion-mnist:classes=0,1,2,3,4",
+        flag="target",
+        metavar="TASK",
+    )
+    tickets: tuple[str, ...] = option(
+        DEFAULT_TICKETS,
+        "ticket kinds WEIGHTS-MASK (weights rewind|fresh, mask preserved|local|global), or all",
+        parse=parse_tickets,
+        metavar="KIND",
+    )
+    rounds: tuple[int, ...] = option(
+        (), "source rounds to transfer", metavar="R", default_text="every round the source has finished"
+    )
+    target_tickets: tuple[str, ...] = option(
+        (),
+        "IMP runs on the targets (their dataset names a target as given "
+        "here): the target's own tickets, the reference line",
+        flag="target-ticket",
+        metavar="RUN_DIR",
+    )
+    target_optimizer: str | None = option(
+        None,
+        "train the targets with Morcos et al.'s settings of this optimizer "
+        "(sgd: lr 0.1, momentum 0.9, weight decay 1e-4; adam: lr 3e-4, betas "
+        "0.9/0.999, weight decay 1e-4; Section 4.3), the source's epochs, "
+        "batch and schedule kept",
+        choices=("sgd", "adam"),
+        default_text="the source's optimizer",
+    )
+    augment: str | None = option(
+        None, "the targets' training augmentation: none, flip, cropP or flip+cropP", default_text="each data set's own"
+    )
+    preset: str | None = option(
+        None,
+        "the target's training recipe of Morcos et al. 2019 (morcos: SGD lr 0.1, "
+        "momentum 0.9, weight decay 1e-4, batch 512, 160 epochs, lr / 10 at 80 and "
+        "120; morcos-adam: Adam lr 3e-4, betas 0.9/0.999, weight decay 1e-4); options "
+        "given override it",
+        choices=tuple(PRESETS),
+    )
     seed: int = option(0, "the seed of the targets' split, the fresh draws, the permutations and the data order")
-    seeds: tuple[int, ...] = option((), "the seeds (a count or a list): seed S transfers each source's seed S (a "
-                                        "source of one seed serves every seed)", parse=parse_seeds,
-                                    metavar="N|S,S,...", default_text="the first source's seeds")
-    at: tuple[float, ...] = option((0.5, 0.9, 0.98), "fractions of weights pruned at which the transfer matrix is "
-                                                     "read (the source round closest to each)", metavar="F")
+    seeds: tuple[int, ...] = option(
+        (),
+        "the seeds (a count or a list): seed S transfers each source's seed S (a source of one seed serves every seed)",
+        parse=parse_seeds,
+        metavar="N|S,S,...",
+        default_text="the first source's seeds",
+    )
+    at: tuple[float, ...] = option(
+        (0.5, 0.9, 0.98),
+        "fractions of weights pruned at which the transfer matrix is read (the source round closest to each)",
+        metavar="F",
+    )
     train_size: int | None = option(None, "train on a seeded subset of N examples of each target", metavar="N")
     val_fraction: float = option(0.2, "share of each target's training set held out for validation")
 
@@ -162,8 +205,13 @@ class TransferConfig(CommonConfig):
         optimizer = options.get("target_optimizer")
         if optimizer is not None:  # the optimizer's own settings over the source's; epochs, batch, schedule kept
             recipe = MORCOS_TRAINING["morcos" if optimizer == "sgd" else "morcos-adam"]
-            inherited.update({k: recipe[k] for k in ("optimizer", "lr", "momentum", "nesterov", "betas",
-                                                     "weight_decay") if k in recipe})
+            inherited.update(
+                {
+                    k: recipe[k]
+                    for k in ("optimizer", "lr", "momentum", "nesterov", "betas", "weight_decay")
+                    if k in recipe
+                }
+            )
         return inherited
 
     def train_config(self) -> TrainConfig:
@@ -196,9 +244,14 @@ def read_source(run: str, data_dir: str | None = None) -> Source:
     dense = path / f"seed_{first}" / "round_00" / "done.json"
     shape = read_json(dense).get("input_shape") if dense.exists() else None
     if shape is None:  # runs made before IMP recorded it: the source data set's own
-        shape = shared_dataset(saved["dataset"], data_dir=data_dir, device="cpu",
-                               val_fraction=saved.get("val_fraction", 0.2), seed=saved.get("seed", 0),
-                               train_size=saved.get("train_size")).input_shape
+        shape = shared_dataset(
+            saved["dataset"],
+            data_dir=data_dir,
+            device="cpu",
+            val_fraction=saved.get("val_fraction", 0.2),
+            seed=saved.get("seed", 0),
+            train_size=saved.get("train_size"),
+        ).input_shape
     return Source(run, saved, seeds, rounds, tuple(shape))
 
 
@@ -213,8 +266,10 @@ def seed_pairs(config: TransferConfig, source: Source, seeds: tuple[int, ...]) -
         return [(s, source.seeds[0]) for s in seeds]
     missing = [s for s in seeds if s not in source.seeds]
     if missing:
-        raise ValueError(f"source {source.run} has seeds {list(source.seeds)}, not {missing}: seed S transfers the "
-                         "source's seed S (a source of one seed serves any seed)")
+        raise ValueError(
+            f"source {source.run} has seeds {list(source.seeds)}, not {missing}: seed S transfers the "
+            "source's seed S (a source of one seed serves any seed)"
+        )
     return [(s, s) for s in seeds]
 
 
@@ -249,8 +304,9 @@ class TransferSpec:
 
 
 def _load_target(c: TransferConfig, task: str, device):
-    return shared_dataset(task, data_dir=c.data_dir, device=device, val_fraction=c.val_fraction, seed=c.seed,
-                          train_size=c.train_size)
+    return shared_dataset(
+        task, data_dir=c.data_dir, device=device, val_fraction=c.val_fraction, seed=c.seed, train_size=c.train_size
+    )
 
 
 def ticket_start(spec: TransferSpec, device="cpu"):
@@ -262,15 +318,27 @@ def ticket_start(spec: TransferSpec, device="cpu"):
     data = _load_target(c, spec.task, device)
     # one draw per (seed, source, round) of the output layer, shared by the ticket kinds; another for fresh weights
     draw = spec.seed * 7919 + 1_000_003 * spec.source + spec.round
-    model = draw_model(ticket.config["model"], data.input_shape, data.num_classes, ticket.config.get("model_options"),
-                       seed=draw + 17, device=device)
+    model = draw_model(
+        ticket.config["model"],
+        data.input_shape,
+        data.num_classes,
+        ticket.config.get("model_options"),
+        seed=draw + 17,
+        device=device,
+    )
     names = list(masked_weights(model))
     head = names[-1]
     head_prefix = head[: -len("weight")]
     start = model.state_dict()
     if weights == "fresh":
-        fresh = draw_model(ticket.config["model"], data.input_shape, data.num_classes,
-                           ticket.config.get("model_options"), seed=draw + 100_003, device=device).state_dict()
+        fresh = draw_model(
+            ticket.config["model"],
+            data.input_shape,
+            data.num_classes,
+            ticket.config.get("model_options"),
+            seed=draw + 100_003,
+            device=device,
+        ).state_dict()
         body = {k: v for k, v in fresh.items() if not k.startswith(head_prefix)}
     else:
         body = {k: v for k, v in ticket.rewind_state.items() if not k.startswith(head_prefix)}
@@ -279,21 +347,34 @@ def ticket_start(spec: TransferSpec, device="cpu"):
             continue
         if key not in start or start[key].shape != value.shape:
             have = tuple(start[key].shape) if key in start else "no such tensor"
-            raise ValueError(f"the source's {key} {tuple(value.shape)} does not fit the target's model ({have}): "
-                             f"target {spec.task!r} must have the source's input shape")
+            raise ValueError(
+                f"the source's {key} {tuple(value.shape)} does not fit the target's model ({have}): "
+                f"target {spec.task!r} must have the source's input shape"
+            )
         start[key] = value.clone()
     source_body = Masks({n: m for n, m in ticket.masks.items() if n != head})
     if set(source_body) != set(names[:-1]):
         raise ValueError(f"the source's masks ({sorted(ticket.masks)}) do not fit the target's model ({names})")
     generator = torch.Generator().manual_seed(draw * 2 + (mask_kind == "global"))
-    body_masks = source_body if mask_kind == "preserved" else source_body.permuted(
-        "layer" if mask_kind == "local" else "global", generator)
-    masks = Masks({**{n: body_masks[n].to(device) for n in body_masks},
-                   head: torch.ones_like(model.state_dict()[head], dtype=torch.bool)})
-    facts = {"source_sparsity": ticket.masks.sparsity(), "source_density": ticket.masks.density(),
-             "source_test_accuracy": ticket.result.get("test_accuracy"),
-             "rewind_iteration": ticket.rewind_iteration, "body_sparsity": body_masks.sparsity(),
-             "output_layer": head}
+    body_masks = (
+        source_body
+        if mask_kind == "preserved"
+        else source_body.permuted("layer" if mask_kind == "local" else "global", generator)
+    )
+    masks = Masks(
+        {
+            **{n: body_masks[n].to(device) for n in body_masks},
+            head: torch.ones_like(model.state_dict()[head], dtype=torch.bool),
+        }
+    )
+    facts = {
+        "source_sparsity": ticket.masks.sparsity(),
+        "source_density": ticket.masks.density(),
+        "source_test_accuracy": ticket.result.get("test_accuracy"),
+        "rewind_iteration": ticket.rewind_iteration,
+        "body_sparsity": body_masks.sparsity(),
+        "output_layer": head,
+    }
     return model, data, start, masks, facts
 
 
@@ -302,15 +383,46 @@ def transfer_unit(spec: TransferSpec, directory: Path, log: Callable[[str], None
     c = spec.config
     device = check_device(c.device)
     model, data, state, masks, facts = ticket_start(spec, device)
-    metrics = train_masked(model, data, c.train_config(), masks, state, directory, seed=spec.seed, start=0,
-                           progress=progress, desc=f"round {spec.round} {spec.ticket} on {spec.task}")
-    result = {"seed": spec.seed, "source": spec.source, "source_seed": spec.source_seed, "round": spec.round,
-              "target": spec.target, "task": spec.task, "ticket": spec.ticket, **facts,
-              "layer_sparsity": masks.layer_sparsity(),
-              **{k: metrics[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss",
-                                         "best_val_iteration", "iterations", "train_seconds", "sparsity")}}
-    log(f"seed {spec.seed} source {spec.source} round {spec.round} ({100 * facts['source_density']:.2f}% of its "
-        f"weights left) {spec.ticket} on {spec.task}: test accuracy {100 * metrics['test_accuracy']:.2f}%")
+    metrics = train_masked(
+        model,
+        data,
+        c.train_config(),
+        masks,
+        state,
+        directory,
+        seed=spec.seed,
+        start=0,
+        progress=progress,
+        desc=f"round {spec.round} {spec.ticket} on {spec.task}",
+    )
+    result = {
+        "seed": spec.seed,
+        "source": spec.source,
+        "source_seed": spec.source_seed,
+        "round": spec.round,
+        "target": spec.target,
+        "task": spec.task,
+        "ticket": spec.ticket,
+        **facts,
+        "layer_sparsity": masks.layer_sparsity(),
+        **{
+            k: metrics[k]
+            for k in (
+                "test_accuracy",
+                "test_loss",
+                "val_accuracy",
+                "val_loss",
+                "best_val_iteration",
+                "iterations",
+                "train_seconds",
+                "sparsity",
+            )
+        },
+    }
+    log(
+        f"seed {spec.seed} source {spec.source} round {spec.round} ({100 * facts['source_density']:.2f}% of its "
+        f"weights left) {spec.ticket} on {spec.task}: test accuracy {100 * metrics['test_accuracy']:.2f}%"
+    )
     return result
 
 
@@ -325,11 +437,22 @@ def own_tickets(run_dir: str) -> dict:
     rounds = []
     for r in range(count):
         rows = [v[r] for v in per_seed.values()]
-        rounds.append({"round": rows[0]["round"], "density": over_seeds([x["density"] for x in rows])["mean"],
-                       "sparsity": over_seeds([x["sparsity"] for x in rows])["mean"],
-                       "test_accuracy": over_seeds([x["test_accuracy"] for x in rows])})
-    return {"run": str(run_dir), "dataset": config["dataset"], "seeds": sorted(per_seed), "epochs": config["epochs"],
-            "optimizer": config["optimizer"], "rounds": rounds}
+        rounds.append(
+            {
+                "round": rows[0]["round"],
+                "density": over_seeds([x["density"] for x in rows])["mean"],
+                "sparsity": over_seeds([x["sparsity"] for x in rows])["mean"],
+                "test_accuracy": over_seeds([x["test_accuracy"] for x in rows]),
+            }
+        )
+    return {
+        "run": str(run_dir),
+        "dataset": config["dataset"],
+        "seeds": sorted(per_seed),
+        "epochs": config["epochs"],
+        "optimizer": config["optimizer"],
+        "rounds": rounds,
+    }
 
 
 def _matching_target(config: TransferConfig, run_dir: str) -> int:
@@ -337,8 +460,9 @@ def _matching_target(config: TransferConfig, run_dir: str) -> int:
     for i, t in enumerate(config.targets):
         if dataset == t.split(":shape=")[0]:
             return i
-    raise ValueError(f"--target-ticket {run_dir} is an IMP run on {dataset!r}, which is none of the targets "
-                     f"{list(config.targets)}")
+    raise ValueError(
+        f"--target-ticket {run_dir} is an IMP run on {dataset!r}, which is none of the targets {list(config.targets)}"
+    )
 
 
 def _gaps(transferred: list[dict], own: list[dict]) -> list[dict]:
@@ -347,9 +471,15 @@ def _gaps(transferred: list[dict], own: list[dict]) -> list[dict]:
     out = []
     for row in transferred if own else []:
         match = closest_by_density(own, row["source_density"])
-        out.append({"round": row["round"], "own_round": match["round"], "source_density": row["source_density"],
-                    "own_density": match["density"],
-                    "gap": row["test_accuracy"]["mean"] - match["test_accuracy"]["mean"]})
+        out.append(
+            {
+                "round": row["round"],
+                "own_round": match["round"],
+                "source_density": row["source_density"],
+                "own_density": match["density"],
+                "gap": row["test_accuracy"]["mean"] - match["test_accuracy"]["mean"],
+            }
+        )
     return out
 
 
@@ -372,24 +502,28 @@ class TransferPipeline(Pipeline):
     kind = "transfer"
     config_class = TransferConfig
     help = "train an IMP run's tickets on other data sets or optimizers, beside the random-ticket controls"
-    description = ("Morcos et al. (2019), 'One ticket to win them all'. Every finished round of --source (an IMP "
-                   "run) is trained on every --target: the source's rewind (late-resetting) weights under its mask, "
-                   "the output layer left out of the ticket, re-initialised and sized to the target's classes; "
-                   "beside it the controls named by their (weights, mask) pair: fresh-global is the paper's random "
-                   "ticket, fresh-preserved/-local/-global its Appendix A.2. One unit per (seed, round, target, "
-                   "kind). The target trains with the source run's training options unless --target-optimizer, "
-                   "--preset or the flags say otherwise (--target-optimizer adam: a ticket found with SGD trained "
-                   "with Adam). Several --source runs make the transfer matrix (--at). Results go to --out: "
-                   "seed_S/source_K/target_T/round_RR/KIND/, summary.json and plots/. Re-running resumes.")
+    description = (
+        "Morcos et al. (2019), 'One ticket to win them all'. Every finished round of --source (an IMP "
+        "run) is trained on every --target: the source's rewind (late-resetting) weights under its mask, "
+        "the output layer left out of the ticket, re-initialised and sized to the target's classes; "
+        "beside it the controls named by their (weights, mask) pair: fresh-global is the paper's random "
+        "ticket, fresh-preserved/-local/-global its Appendix A.2. One unit per (seed, round, target, "
+        "kind). The target trains with the source run's training options unless --target-optimizer, "
+        "--preset or the flags say otherwise (--target-optimizer adam: a ticket found with SGD trained "
+        "with Adam). Several --source runs make the transfer matrix (--at). Results go to --out: "
+        "seed_S/source_K/target_T/round_RR/KIND/, summary.json and plots/. Re-running resumes."
+    )
 
     @property
     def epilog(self) -> str:
         from lth_sparse.data import available_datasets
 
-        return (f"Targets: data sets ({', '.join(available_datasets())}) or derived tasks {DERIVED_TASKS}; images are "
-                "brought to the source's input shape. Every "
-                "option can also come from --config FILE; flags override it and --preset, which override the "
-                "source's training options.")
+        return (
+            f"Targets: data sets ({', '.join(available_datasets())}) or derived tasks {DERIVED_TASKS}; images are "
+            "brought to the source's input shape. Every "
+            "option can also come from --config FILE; flags override it and --preset, which override the "
+            "source's training options."
+        )
 
     def check(self, config: TransferConfig) -> None:
         sources = [read_source(run, config.data_dir) for run in config.sources]
@@ -402,18 +536,23 @@ class TransferPipeline(Pipeline):
             for _, s in pairs:
                 missing = [r for r in config.rounds if r not in source.rounds[s]]
                 if missing:
-                    raise ValueError(f"source {source.run} seed {s} has not finished rounds {missing}; finished: "
-                                     f"{list(source.rounds[s])}")
+                    raise ValueError(
+                        f"source {source.run} seed {s} has not finished rounds {missing}; finished: "
+                        f"{list(source.rounds[s])}"
+                    )
             tasks = target_names(config, source.input_shape)
             for task in tasks:
                 data = _load_target(config, task, "cpu")
                 if tuple(data.input_shape) != source.input_shape:
-                    raise ValueError(f"target {task!r} holds inputs of shape {tuple(data.input_shape)}; source "
-                                     f"{source.run}'s model takes {source.input_shape}, and vectors cannot be resized")
+                    raise ValueError(
+                        f"target {task!r} holds inputs of shape {tuple(data.input_shape)}; source "
+                        f"{source.run}'s model takes {source.input_shape}, and vectors cannot be resized"
+                    )
             seed, s = pairs[0]
             round_ = (config.rounds or source.rounds[s])[0]
-            ticket_start(TransferSpec(config, seed, k, source.run, s, round_, 0, tasks[0], config.tickets[0]),
-                         device)  # the source's ticket fits the target's model
+            ticket_start(
+                TransferSpec(config, seed, k, source.run, s, round_, 0, tasks[0], config.tickets[0]), device
+            )  # the source's ticket fits the target's model
 
     def plan(self, config: TransferConfig) -> list[list[Unit]]:
         sources = [read_source(run, config.data_dir) for run in config.sources]
@@ -426,9 +565,14 @@ class TransferPipeline(Pipeline):
                     for t, task in enumerate(tasks):
                         for kind in config.tickets:
                             spec = TransferSpec(config, seed, k, source.run, source_seed, r, t, task, kind)
-                            units.append(Unit("lth_sparse.pipelines.transfer:transfer_unit", spec,
-                                              _unit_dir(seed, k, t, r, kind),
-                                              label=f"seed {seed} source {k} round {r} {kind} on {task}"))
+                            units.append(
+                                Unit(
+                                    "lth_sparse.pipelines.transfer:transfer_unit",
+                                    spec,
+                                    _unit_dir(seed, k, t, r, kind),
+                                    label=f"seed {seed} source {k} round {r} {kind} on {task}",
+                                )
+                            )
         return [units]
 
     def summary_inputs(self, config: TransferConfig) -> list[Path]:
@@ -439,17 +583,30 @@ class TransferPipeline(Pipeline):
         run_dir = Path(run_dir)
         saved, config = self.saved_config(run_dir)
         steps = Steps(run_dir)
-        results = [steps.result(str(d.relative_to(run_dir)))
-                   for d in sorted(run_dir.glob("seed_*/source_*/target_*/round_*/*")) if (d / "done.json").exists()]
-        summary = {"kind": self.kind, "hash": saved.get("hash"), "config": dataclasses.asdict(config),
-                   "sources": [], "targets": [{"target": t, "name": name} for t, name in enumerate(config.targets)],
-                   "seeds": sorted({r["seed"] for r in results}), "pairs": []}
+        results = [
+            steps.result(str(d.relative_to(run_dir)))
+            for d in sorted(run_dir.glob("seed_*/source_*/target_*/round_*/*"))
+            if (d / "done.json").exists()
+        ]
+        summary = {
+            "kind": self.kind,
+            "hash": saved.get("hash"),
+            "config": dataclasses.asdict(config),
+            "sources": [],
+            "targets": [{"target": t, "name": name} for t, name in enumerate(config.targets)],
+            "seeds": sorted({r["seed"] for r in results}),
+            "pairs": [],
+        }
         for k, run in enumerate(config.sources):
             entry = {"source": k, "run": run}
             try:
                 source_config = imp_run_config(run)
-                entry.update(dataset=source_config["dataset"], model=source_config["model"],
-                             optimizer=source_config["optimizer"], rewind=source_config["rewind"])
+                entry.update(
+                    dataset=source_config["dataset"],
+                    model=source_config["model"],
+                    optimizer=source_config["optimizer"],
+                    rewind=source_config["rewind"],
+                )
             except (OSError, ConfigMismatch):
                 entry["dataset"] = None  # the source moved: the units' results still hold everything plotted
             summary["sources"].append(entry)
@@ -469,11 +626,16 @@ class TransferPipeline(Pipeline):
                 rows = []
                 for r in sorted({x["round"] for x in mine if x["ticket"] == kind}):
                     found = [x for x in mine if x["ticket"] == kind and x["round"] == r]
-                    rows.append({"round": r, "seeds": len(found),
-                                 "source_sparsity": over_seeds([x["source_sparsity"] for x in found])["mean"],
-                                 "source_density": over_seeds([x["source_density"] for x in found])["mean"],
-                                 "sparsity": over_seeds([x["sparsity"] for x in found])["mean"],
-                                 "test_accuracy": over_seeds([x["test_accuracy"] for x in found])})
+                    rows.append(
+                        {
+                            "round": r,
+                            "seeds": len(found),
+                            "source_sparsity": over_seeds([x["source_sparsity"] for x in found])["mean"],
+                            "source_density": over_seeds([x["source_density"] for x in found])["mean"],
+                            "sparsity": over_seeds([x["sparsity"] for x in found])["mean"],
+                            "test_accuracy": over_seeds([x["test_accuracy"] for x in found]),
+                        }
+                    )
                 if rows:
                     pair["tickets"][kind] = rows
             if t in own:
@@ -500,8 +662,10 @@ class TransferPipeline(Pipeline):
             kinds = list(pair["tickets"])
             source = summary["sources"][pair["source"]]
             target = summary["targets"][pair["target"]]
-            lines.append(f"{source.get('dataset')} -> {short_task_names([pair['task']])[0]} "
-                         f"({'mean +- std over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}):")
+            lines.append(
+                f"{source.get('dataset')} -> {short_task_names([pair['task']])[0]} "
+                f"({'mean +- std over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}):"
+            )
             head = f"  {'round':>5} {'pruned':>8}" + "".join(f"{k:>22}" for k in kinds)
             if "own" in target:
                 head += f"{'own ticket':>22}{'gap':>8}"
@@ -522,8 +686,10 @@ class TransferPipeline(Pipeline):
             if m.get("gap") is not None and len(summary["pairs"]) > 1:
                 lines.append(f"transfer gap at {100 * m['at']:.0f}% pruned (rows: sources, columns: targets), points:")
                 for k, row in enumerate(m["gap"]):
-                    lines.append(f"  {str(summary['sources'][k].get('dataset')):<28}"
-                                 + "".join(f"{'-' if g is None else f'{100 * g:+.2f}':>10}" for g in row))
+                    lines.append(
+                        f"  {str(summary['sources'][k].get('dataset')):<28}"
+                        + "".join(f"{'-' if g is None else f'{100 * g:+.2f}':>10}" for g in row)
+                    )
         return lines
 
 

@@ -68,23 +68,29 @@ def target_layers(target: nn.Module) -> list[nn.Linear]:
     modules = list(target.named_children())
     for name, module in modules:
         if type(module) not in (nn.Linear, nn.ReLU):
-            raise TypeError(f"target must hold only nn.Linear and nn.ReLU layers; layer {name!r} is "
-                            f"{type(module).__name__}")
+            raise TypeError(
+                f"target must hold only nn.Linear and nn.ReLU layers; layer {name!r} is {type(module).__name__}"
+            )
     if not modules:
         raise ValueError("target is empty: it needs at least one nn.Linear")
     for position, (name, module) in enumerate(modules):
         expected = nn.Linear if position % 2 == 0 else nn.ReLU
         if type(module) is not expected:
-            raise ValueError(f"target must alternate Linear and ReLU, starting and ending with a Linear; layer "
-                             f"{name!r} (position {position}) is {type(module).__name__}, expected {expected.__name__}")
+            raise ValueError(
+                f"target must alternate Linear and ReLU, starting and ending with a Linear; layer "
+                f"{name!r} (position {position}) is {type(module).__name__}, expected {expected.__name__}"
+            )
     if type(modules[-1][1]) is not nn.Linear:
-        raise ValueError(f"target must end with an nn.Linear (the output layer), it ends with layer "
-                         f"{modules[-1][0]!r}, an nn.ReLU")
+        raise ValueError(
+            f"target must end with an nn.Linear (the output layer), it ends with layer {modules[-1][0]!r}, an nn.ReLU"
+        )
     linears = [module for _, module in modules[::2]]
     for (name, layer), previous in zip(modules[2::2], linears):
         if layer.in_features != previous.out_features:
-            raise ValueError(f"target layer {name!r} reads {layer.in_features} features, the layer before it "
-                             f"gives {previous.out_features}")
+            raise ValueError(
+                f"target layer {name!r} reads {layer.in_features} features, the layer before it "
+                f"gives {previous.out_features}"
+            )
     return linears
 
 
@@ -97,9 +103,11 @@ def host_widths(target: nn.Module, width: int) -> list[int]:
     names = [name for name, module in target.named_children() if isinstance(module, nn.Linear)]
     for name, layer in zip(names[:-1], layers[:-1]):
         if layer.out_features > width:
-            raise ValueError(f"the host (width={width}) is narrower than the target's hidden layer {name!r} "
-                             f"({layer.out_features} neurons): use width >= "
-                             f"{max(hidden.out_features for hidden in layers[:-1])}")
+            raise ValueError(
+                f"the host (width={width}) is narrower than the target's hidden layer {name!r} "
+                f"({layer.out_features} neurons): use width >= "
+                f"{max(hidden.out_features for hidden in layers[:-1])}"
+            )
     return [layers[0].in_features] + [width] * (len(layers) - 1) + [layers[-1].out_features]
 
 
@@ -176,24 +184,28 @@ def plant(target: nn.Module, width: int = 100, seed: int = 0) -> tuple[nn.Sequen
         free = torch.ones(host_layer.out_features, dtype=torch.bool)
         for i in range(layer.out_features):
             sources = weight[i].nonzero().flatten()
-            theta = torch.cat([bias[i:i + 1], weight[i, sources] / scales[sources]])
+            theta = torch.cat([bias[i : i + 1], weight[i, sources] / scales[sources]])
             columns = placed[sources]
             candidates = torch.cat([host_layer.bias[:, None], host_layer.weight[:, columns]], dim=1)
             if not theta.any():  # a neuron that is constantly 0: a host neuron with zero bias and no inputs
                 j, c = (i if output_layer else int(free.nonzero()[0])), 1.0
             elif output_layer:
                 j = i
-                c = float(_projection_scales(theta, candidates[i:i + 1])[1])
+                c = float(_projection_scales(theta, candidates[i : i + 1])[1])
                 if c == 0.0:
-                    raise ValueError(f"host output {i} is orthogonal to the target's output neuron {i}: it cannot "
-                                     f"carry it; use another seed")
+                    raise ValueError(
+                        f"host output {i} is orthogonal to the target's output neuron {i}: it cannot "
+                        f"carry it; use another seed"
+                    )
             else:
                 distance, c_all = _projection_scales(theta, candidates)
                 usable = free & (c_all > 0)
                 if not usable.any():
-                    raise ValueError(f"no unused neuron of host layer {name!r} (width {host_layer.out_features}) "
-                                     f"matches target neuron {i} with a positive scale; use a wider host or "
-                                     f"another seed")
+                    raise ValueError(
+                        f"no unused neuron of host layer {name!r} (width {host_layer.out_features}) "
+                        f"matches target neuron {i} with a positive scale; use a wider host or "
+                        f"another seed"
+                    )
                 j = int(torch.where(usable, distance, torch.full_like(distance, torch.inf)).argmin())
                 c = float(c_all[j])
             host_layer.bias[j] = c * theta[0]

@@ -100,8 +100,9 @@ class UnivariatePieces(NamedTuple):
     outer_bias: Tensor
 
 
-def univariate_pieces(knots: Tensor, functions: Sequence[Callable[[Tensor], Tensor]],
-                      last_sign: float | None = None) -> UnivariatePieces:
+def univariate_pieces(
+    knots: Tensor, functions: Sequence[Callable[[Tensor], Tensor]], last_sign: float | None = None
+) -> UnivariatePieces:
     """The piecewise-linear interpolants of ``functions`` through ``knots`` as depth-2 ReLU networks with
     alternating knot signs ``+1, -1, ...`` and the first outer weight corrected (see the module docstring);
     exact for every ``x >= knots[0]``.
@@ -142,11 +143,14 @@ def _square(t: Tensor) -> Tensor:
 
 def _helix_coordinates(shift: float) -> list[Callable[[Tensor], Tensor]]:
     """``f_1, f_2, f_3`` of the helix at ``t - shift``."""
+
     def coordinate(i: int) -> Callable[[Tensor], Tensor]:
         def f(t: Tensor) -> Tensor:
             y = 5 * math.pi + 3 * math.pi * (t - shift)
             return (y * torch.cos(y), y * torch.sin(y), y)[i] / (8 * math.pi)
+
         return f
+
     return [coordinate(i) for i in range(3)]
 
 
@@ -164,9 +168,11 @@ def _helix_layers(depth: int) -> list[Layer]:
         pieces = univariate_pieces(torch.linspace(-1, 1, HELIX_KNOTS, dtype=torch.float64), _helix_coordinates(0.0))
         return [(pieces.inner_weight[:, None], pieces.inner_bias), (pieces.outer_weight, pieces.outer_bias)]
     pieces = univariate_pieces(torch.linspace(0, 2, HELIX_KNOTS, dtype=torch.float64), _helix_coordinates(1.0))
-    layers = [(torch.ones(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)),  # x + 1 in [0, 2]
-              (pieces.inner_weight[:, None], pieces.inner_bias),
-              (pieces.outer_weight, pieces.outer_bias.clone())]
+    layers = [
+        (torch.ones(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)),  # x + 1 in [0, 2]
+        (pieces.inner_weight[:, None], pieces.inner_bias),
+        (pieces.outer_weight, pieces.outer_bias.clone()),
+    ]
     if depth >= 5:
         layers[-1][1].add_(1.0)  # f_1, f_2 >= -1: the outputs pass the identity layers' ReLU as f + 1 >= 0
         layers += [_identity_layer(3) for _ in range(depth - 5)]
@@ -226,8 +232,9 @@ def _circle_layers(depth: int) -> list[Layer]:
     n_parallel = min(math.ceil(reach / (perpendicular_reach + reach) * 2 * n), 2 * n - 3)
     n_perpendicular = max(2 * n - n_parallel, 3)
     par = univariate_pieces(torch.linspace(0, reach, n_parallel, dtype=torch.float64), [_square], last_sign=1.0)
-    perp = univariate_pieces(torch.linspace(0, perpendicular_reach, n_perpendicular, dtype=torch.float64), [_square],
-                             last_sign=1.0)
+    perp = univariate_pieces(
+        torch.linspace(0, perpendicular_reach, n_perpendicular, dtype=torch.float64), [_square], last_sign=1.0
+    )
     weight = zeros(n_parallel + n_perpendicular, 3)
     weight[:n_parallel, 0] = par.inner_weight
     weight[n_parallel:, 1] = weight[n_parallel:, 2] = perp.inner_weight  # |perpendicular| = relu(v) + relu(-v)
@@ -266,8 +273,10 @@ def make_target(task: str, depth: int, dtype: torch.dtype = torch.float64) -> nn
     check_task(task)
     minimum = MIN_DEPTH[task]
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < minimum:
-        raise ValueError(f"depth counts the layers including the input layer; the {task} target needs an integer "
-                         f"depth >= {minimum} (at least one hidden layer), got {depth!r}")
+        raise ValueError(
+            f"depth counts the layers including the input layer; the {task} target needs an integer "
+            f"depth >= {minimum} (at least one hidden layer), got {depth!r}"
+        )
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
     return _sequential(_BUILDERS[task](depth), dtype)

@@ -122,8 +122,9 @@ def circle_flip(x: Tensor, classes: Tensor) -> Tensor:
     """The adjacent class each point's label is flipped to when it is noisy: across the nearer, in radius,
     of its ring's boundaries (class 0 always goes to 1, class 3 to 2). x: ``(N, 2)``, classes: ``(N,)``."""
     radius = (x.double() ** 2).sum(dim=1).sqrt()
-    edges = torch.tensor([-math.inf, *(math.sqrt(b) for b in CIRCLE_BOUNDARIES), math.inf],
-                         dtype=torch.float64, device=x.device)
+    edges = torch.tensor(
+        [-math.inf, *(math.sqrt(b) for b in CIRCLE_BOUNDARIES), math.inf], dtype=torch.float64, device=x.device
+    )
     inner, outer = edges[classes], edges[classes + 1]
     go_out = (outer - radius) < (radius - inner)
     return torch.where(go_out, classes + 1, classes - 1)

@@ -39,7 +39,7 @@ from lth_sparse.prune.saliency import prunable_masks
 class LayerCollapse(NamedTuple):
     """Whether one layer is collapsed, and how (see the module docstring)."""
 
-    pruned: bool        # every weight pruned
+    pruned: bool  # every weight pruned
     disconnected: bool  # no kept weight on an input-output path (True when pruned)
 
     @property
@@ -48,16 +48,18 @@ class LayerCollapse(NamedTuple):
         return self.pruned or self.disconnected
 
 
-def _effective(model: nn.Module, masks: Mapping[str, Tensor] | None, input_shape: tuple[int, ...] | None
-               ) -> tuple[Masks, Masks]:
+def _effective(
+    model: nn.Module, masks: Mapping[str, Tensor] | None, input_shape: tuple[int, ...] | None
+) -> tuple[Masks, Masks]:
     masks = prunable_masks(model, masks)
     if not masked_weights(model):  # a plain model: reachability runs on a masked copy
         model = masked(unwrapped_copy(model))
     return masks, effective_masks(model, masks, input_shape)
 
 
-def layer_collapse(model: nn.Module, masks: Mapping[str, Tensor] | None = None,
-                   input_shape: tuple[int, ...] | None = None) -> dict[str, LayerCollapse]:
+def layer_collapse(
+    model: nn.Module, masks: Mapping[str, Tensor] | None = None, input_shape: tuple[int, ...] | None = None
+) -> dict[str, LayerCollapse]:
     """Per prunable layer (by weight name, in model order), whether it is pruned to zero or disconnected.
 
     model: masked or plain (its ``nn.Linear`` / ``nn.Conv2d`` weights), possibly wrapped; not changed.
@@ -66,12 +68,12 @@ def layer_collapse(model: nn.Module, masks: Mapping[str, Tensor] | None = None,
     not match the model's prunable weights.
     """
     masks, effective = _effective(model, masks, input_shape)
-    return {n: LayerCollapse(pruned=not bool(masks[n].any()), disconnected=not bool(effective[n].any()))
-            for n in masks}
+    return {n: LayerCollapse(pruned=not bool(masks[n].any()), disconnected=not bool(effective[n].any())) for n in masks}
 
 
-def network_collapsed(model: nn.Module, masks: Mapping[str, Tensor] | None = None,
-                      input_shape: tuple[int, ...] | None = None) -> bool:
+def network_collapsed(
+    model: nn.Module, masks: Mapping[str, Tensor] | None = None, input_shape: tuple[int, ...] | None = None
+) -> bool:
     """True when no kept weight lies on a path from the input to the output (the output no longer depends
     on the input); a fully pruned residual block whose shortcut carries the signal does not collapse the
     network. Arguments as :func:`layer_collapse`."""

@@ -78,9 +78,20 @@ from lth_sparse.prune._checks import check_count, check_density
 from lth_sparse.prune.multishot import density_schedule
 from lth_sparse.train import TrainConfig, iterations_per_epoch, make_optimizer, train
 
-__all__ = ["EDGE_POPUP_BATCH_SIZE", "EDGE_POPUP_LR", "EDGE_POPUP_MOMENTUM", "EDGE_POPUP_WEIGHT_DECAY",
-           "EdgePopupNetwork", "EdgePopupResult", "annealed_densities", "edge_popup", "kept_count",
-           "straight_through_topk", "strong_ticket", "topk_mask"]
+__all__ = [
+    "EDGE_POPUP_BATCH_SIZE",
+    "EDGE_POPUP_LR",
+    "EDGE_POPUP_MOMENTUM",
+    "EDGE_POPUP_WEIGHT_DECAY",
+    "EdgePopupNetwork",
+    "EdgePopupResult",
+    "annealed_densities",
+    "edge_popup",
+    "kept_count",
+    "straight_through_topk",
+    "strong_ticket",
+    "topk_mask",
+]
 
 #: Plant 'n' Seek's ``ticket_main.py`` defaults (Appendix B.1: "the parameters suggested in the original code").
 EDGE_POPUP_LR = 0.1
@@ -143,17 +154,24 @@ def annealed_densities(density: float, epochs: int) -> list[float]:
 def _scored_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers edge-popup scores, by module name: masked layers and plain ``nn.Linear`` / ``nn.Conv2d``
     (exactly those types, the ones :func:`lth_sparse.nn.masked` converts)."""
-    layers = {name: module for name, module in model.named_modules()
-              if isinstance(module, MaskedMixin) or type(module) in MASKED_TYPES}
+    layers = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, MaskedMixin) or type(module) in MASKED_TYPES
+    }
     if not layers:
         raise ValueError("the model has no nn.Linear or nn.Conv2d layer, masked or plain, for edge-popup to score")
     for name, module in layers.items():
         if hasattr(module, "weight_orig"):
-            raise ValueError(f"layer {name!r} is pruned with torch.nn.utils.prune: convert the model with "
-                             "lth_sparse.nn.masked(model) first")
+            raise ValueError(
+                f"layer {name!r} is pruned with torch.nn.utils.prune: convert the model with "
+                "lth_sparse.nn.masked(model) first"
+            )
         if isinstance(module, MaskedMixin) and not bool(module.mask.all()):
-            raise ValueError(f"layer {name!r} is already pruned ({module.sparsity:.4f} of its weights): edge-popup "
-                             "searches a dense network; give it the unpruned model")
+            raise ValueError(
+                f"layer {name!r} is already pruned ({module.sparsity:.4f} of its weights): edge-popup "
+                "searches a dense network; give it the unpruned model"
+            )
     return layers
 
 
@@ -232,10 +250,21 @@ class EdgePopupResult(NamedTuple):
     history: list[dict]  # per epoch: epoch, density, iteration, lr, train/val/test loss and accuracy
 
 
-def edge_popup(model: nn.Module, data: Dataset, density: float, *, epochs: int = 10, lr: float = EDGE_POPUP_LR,
-               momentum: float = EDGE_POPUP_MOMENTUM, weight_decay: float = EDGE_POPUP_WEIGHT_DECAY,
-               batch_size: int = EDGE_POPUP_BATCH_SIZE, annealed: bool = False, loss_fn: LossFn | None = None,
-               seed: int = 0, progress: bool | None = False) -> EdgePopupResult:
+def edge_popup(
+    model: nn.Module,
+    data: Dataset,
+    density: float,
+    *,
+    epochs: int = 10,
+    lr: float = EDGE_POPUP_LR,
+    momentum: float = EDGE_POPUP_MOMENTUM,
+    weight_decay: float = EDGE_POPUP_WEIGHT_DECAY,
+    batch_size: int = EDGE_POPUP_BATCH_SIZE,
+    annealed: bool = False,
+    loss_fn: LossFn | None = None,
+    seed: int = 0,
+    progress: bool | None = False,
+) -> EdgePopupResult:
     """Edge-popup on ``model`` with ``data``: the strong ticket keeping ``density`` of every layer's weights
     and of its biases (see the module docstring for every reading of the papers).
 
@@ -262,8 +291,15 @@ def edge_popup(model: nn.Module, data: Dataset, density: float, *, epochs: int =
     """
     density = check_density(density, _DENSITY)
     epochs = check_count("epochs", epochs)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=lr, momentum=momentum,
-                      weight_decay=weight_decay, schedule="cosine")
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer="sgd",
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule="cosine",
+    )
     inner = unwrap_model(model)
     was_training = inner.training
     network = EdgePopupNetwork(inner, density, seed=seed)
@@ -277,11 +313,27 @@ def edge_popup(model: nn.Module, data: Dataset, density: float, *, epochs: int =
         # across the calls exactly as in one call (they depend on the iteration and the epoch alone).
         for epoch, epoch_density in enumerate(densities, start=1):
             network.density = epoch_density
-            result = train(network, data, cfg, seed=seed, start_iteration=(epoch - 1) * per_epoch,
-                           end_iteration=epoch * per_epoch, optimizer=optimizer, loss_fn=loss_fn,
-                           progress=progress, desc=f"edge-popup {epoch}/{epochs}")
-            history.append({**result.history[-1], "epoch": epoch, "density": epoch_density,
-                            "test_loss": result.test_loss, "test_accuracy": result.test_accuracy})
+            result = train(
+                network,
+                data,
+                cfg,
+                seed=seed,
+                start_iteration=(epoch - 1) * per_epoch,
+                end_iteration=epoch * per_epoch,
+                optimizer=optimizer,
+                loss_fn=loss_fn,
+                progress=progress,
+                desc=f"edge-popup {epoch}/{epochs}",
+            )
+            history.append(
+                {
+                    **result.history[-1],
+                    "epoch": epoch,
+                    "density": epoch_density,
+                    "test_loss": result.test_loss,
+                    "test_accuracy": result.test_accuracy,
+                }
+            )
         network.density = density
         masks, bias_masks = network.masks()
     finally:
@@ -305,7 +357,8 @@ def strong_ticket(model: nn.Module, masks: Masks, bias_masks: dict[str, Tensor] 
         if name not in params:
             raise KeyError(f"bias mask {name!r} names no parameter of the model")
         if mask.shape != params[name].shape:
-            raise ValueError(f"bias mask {name!r} has shape {tuple(mask.shape)}, the bias has "
-                             f"{tuple(params[name].shape)}")
+            raise ValueError(
+                f"bias mask {name!r} has shape {tuple(mask.shape)}, the bias has {tuple(params[name].shape)}"
+            )
         params[name].masked_fill_(~mask.to(device=params[name].device, dtype=torch.bool), 0)
     return ticket

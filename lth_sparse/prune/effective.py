@@ -46,8 +46,9 @@ class _Reachability(torch.autograd.Function):
 
 
 @torch.no_grad()
-def _reachability_copy(model: nn.Module, masks: Masks, from_input: bool = True
-                       ) -> tuple[nn.Module, dict[str, nn.Module]]:
+def _reachability_copy(
+    model: nn.Module, masks: Masks, from_input: bool = True
+) -> tuple[nn.Module, dict[str, nn.Module]]:
     net = unwrapped_copy(model).double().eval()
     layers = masked_weights(net)
     for name, mask in masks.items():
@@ -91,8 +92,9 @@ def effective_masks(model: nn.Module, masks: Masks | None = None, input_shape: t
     return _reachable(model, masks, input_shape, from_input=True)
 
 
-def output_connected_masks(model: nn.Module, masks: Masks | None = None,
-                           input_shape: tuple[int, ...] | None = None) -> Masks:
+def output_connected_masks(
+    model: nn.Module, masks: Masks | None = None, input_shape: tuple[int, ...] | None = None
+) -> Masks:
     """The masks with every weight cut off from the output also pruned: Paganini & Forde's (2020) count of
     implicitly pruned weights (their Appendix C and Table 1, ``s_eff``).
 
@@ -118,5 +120,11 @@ def _reachable(model: nn.Module, masks: Masks | None, input_shape, *, from_input
     if out.requires_grad:
         out.sum().backward()
     # A layer the output does not depend on gets no gradient at all: none of its weights is effective.
-    return Masks({name: masks[name] & (layers[name].weight.grad != 0) if layers[name].weight.grad is not None
-                  else torch.zeros_like(masks[name]) for name in masks})
+    return Masks(
+        {
+            name: masks[name] & (layers[name].weight.grad != 0)
+            if layers[name].weight.grad is not None
+            else torch.zeros_like(masks[name])
+            for name in masks
+        }
+    )

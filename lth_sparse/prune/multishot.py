@@ -52,8 +52,15 @@ from lth_sparse.prune._checks import check_count, check_density
 from lth_sparse.prune.pruners import prune_magnitude
 from lth_sparse.train import TrainConfig, TrainResult, train
 
-__all__ = ["MULTISHOT_TRAIN_CONFIG", "MultiShotRound", "PruneFn", "density_schedule", "fraction_for_density",
-           "magnitude_to_density", "multi_shot"]
+__all__ = [
+    "MULTISHOT_TRAIN_CONFIG",
+    "MultiShotRound",
+    "PruneFn",
+    "density_schedule",
+    "fraction_for_density",
+    "magnitude_to_density",
+    "multi_shot",
+]
 
 #: Appendix B.1: Adam, learning rate 0.001, batch size 32; 5 epochs of training per round of multi-shot pruning.
 MULTISHOT_TRAIN_CONFIG = TrainConfig(epochs=5, batch_size=32, optimizer="adam", lr=1e-3)
@@ -89,8 +96,10 @@ def fraction_for_density(masks: Masks, density: float) -> float:
     total, remaining = masks.num_weights(), masks.num_unpruned()
     kept = round(density * total)
     if kept > remaining:
-        raise ValueError(f"density={density} keeps {kept} of the {total} weights, but only {remaining} are unpruned "
-                         f"(density {remaining / max(total, 1):.6g}): pruning cannot regrow weights")
+        raise ValueError(
+            f"density={density} keeps {kept} of the {total} weights, but only {remaining} are unpruned "
+            f"(density {remaining / max(total, 1):.6g}): pruning cannot regrow weights"
+        )
     return 0.0 if remaining == 0 else (remaining - kept) / remaining
 
 
@@ -113,10 +122,20 @@ class MultiShotRound:
     masks: Masks  # the masks after the round's pruning
 
 
-def multi_shot(model: nn.Module, data: Dataset, density: float, prune_fn: PruneFn, *, rounds: int = 10,
-               epochs_per_round: float | None = None, train_config: TrainConfig | None = None,
-               loss_fn: LossFn | None = None, seed: int = 0, progress: bool | None = False,
-               on_round: Callable[[MultiShotRound], None] | None = None) -> Masks:
+def multi_shot(
+    model: nn.Module,
+    data: Dataset,
+    density: float,
+    prune_fn: PruneFn,
+    *,
+    rounds: int = 10,
+    epochs_per_round: float | None = None,
+    train_config: TrainConfig | None = None,
+    loss_fn: LossFn | None = None,
+    seed: int = 0,
+    progress: bool | None = False,
+    on_round: Callable[[MultiShotRound], None] | None = None,
+) -> Masks:
     """Multi-shot pruning of ``model`` to ``density`` in ``rounds`` rounds (see the module docstring).
 
     model: a model with masked layers (:func:`lth_sparse.nn.masked`), none of them pruned yet; it is trained
@@ -143,8 +162,10 @@ def multi_shot(model: nn.Module, data: Dataset, density: float, prune_fn: PruneF
         raise ValueError("the model has no masked layers: convert it with lth_sparse.nn.masked(model) first")
     masks = Masks.from_model(inner)
     if masks.num_unpruned() != masks.num_weights():
-        raise ValueError(f"the model is already pruned (density {masks.density():.6g}): multi-shot pruning starts "
-                         "from the dense network; give it the unpruned model")
+        raise ValueError(
+            f"the model is already pruned (density {masks.density():.6g}): multi-shot pruning starts "
+            "from the dense network; give it the unpruned model"
+        )
     cfg = train_config if train_config is not None else MULTISHOT_TRAIN_CONFIG
     if epochs_per_round is not None:
         cfg = dataclasses.replace(cfg, epochs=epochs_per_round)
@@ -154,24 +175,36 @@ def multi_shot(model: nn.Module, data: Dataset, density: float, prune_fn: PruneF
         inner.load_state_dict(initial)
         masks.apply_to(inner)
         start: list[dict] = []
-        result = train(model, data, cfg, seed=seed, loss_fn=loss_fn, progress=progress,
-                       desc=f"multi-shot round {index}/{len(targets)}",
-                       snapshot_at=(0,) if on_round is not None else (), on_snapshot=lambda _, s: start.append(s))
+        result = train(
+            model,
+            data,
+            cfg,
+            seed=seed,
+            loss_fn=loss_fn,
+            progress=progress,
+            desc=f"multi-shot round {index}/{len(targets)}",
+            snapshot_at=(0,) if on_round is not None else (),
+            on_snapshot=lambda _, s, kept=start: kept.append(s),
+        )
         pruned = prune_fn(model, masks, target)
         if not isinstance(pruned, Mapping):
             raise TypeError(f"prune_fn must return Masks, got {type(pruned).__name__}")
         pruned = pruned if isinstance(pruned, Masks) else Masks(pruned)
         if set(pruned) != set(masks):
-            raise KeyError(f"prune_fn returned masks of {sorted(pruned)}, the model's masked weights are "
-                           f"{sorted(masks)}")
+            raise KeyError(
+                f"prune_fn returned masks of {sorted(pruned)}, the model's masked weights are {sorted(masks)}"
+            )
         pruned = Masks({name: pruned[name] for name in masks})
         if not pruned.is_subset_of(masks):
-            raise ValueError(f"round {index}: prune_fn regrew weights the round before pruned; its masks must be "
-                             "nested in the masks it is given")
+            raise ValueError(
+                f"round {index}: prune_fn regrew weights the round before pruned; its masks must be "
+                "nested in the masks it is given"
+            )
         masks = pruned
         if on_round is not None:
-            on_round(MultiShotRound(round=index, density=target, start_state=start[0], train_result=result,
-                                    masks=masks))
+            on_round(
+                MultiShotRound(round=index, density=target, start_state=start[0], train_result=result, masks=masks)
+            )
     inner.load_state_dict(initial)
     masks.apply_to(inner)
     return masks

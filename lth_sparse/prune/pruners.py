@@ -51,8 +51,9 @@ STRUCTURED_NORMS = ("l1", "l2", "linf")
 
 def _layer_importance(weight: Tensor, mask: Tensor, importance: str) -> Tensor:
     """Scores of one layer; only the entries where ``mask`` is True are meaningful."""
-    magnitude = weight.detach().abs().float() if weight.dtype in (torch.float16, torch.bfloat16) \
-        else weight.detach().abs()
+    magnitude = (
+        weight.detach().abs().float() if weight.dtype in (torch.float16, torch.bfloat16) else weight.detach().abs()
+    )
     if importance == "magnitude":
         return magnitude
     active = magnitude[mask]
@@ -94,7 +95,8 @@ def check_importance_and_scope(importance: str, scope: str) -> None:
             f"importance={importance!r} with scope='layerwise' would be plain layerwise magnitude pruning: "
             f"{importance} is an increasing function of |W| within a layer, so it ranks each layer's weights "
             f"exactly as magnitude does, and its normalisation only matters when layers compete; use "
-            f"scope='global' with {importance!r}, or importance='magnitude' with scope='layerwise'")
+            f"scope='global' with {importance!r}, or importance='magnitude' with scope='layerwise'"
+        )
 
 
 def _refuse_non_finite(values: Mapping[str, Tensor], masks: Mapping[str, Tensor], what: str) -> None:
@@ -106,8 +108,10 @@ def _refuse_non_finite(values: Mapping[str, Tensor], masks: Mapping[str, Tensor]
         if nan or inf:
             bad.append(f"{name} ({nan} NaN, {inf} inf)")
     if bad:
-        raise ValueError(f"{what} must be finite to be ranked (a NaN would rank as the largest and be kept), "
-                         f"got non-finite ones in {', '.join(bad)}")
+        raise ValueError(
+            f"{what} must be finite to be ranked (a NaN would rank as the largest and be kept), "
+            f"got non-finite ones in {', '.join(bad)}"
+        )
 
 
 def _prunable(model: nn.Module, masks: Masks | None, exclude: Iterable[str]):
@@ -137,8 +141,13 @@ def uniform_scores(masks: Mapping[str, Tensor], generator: torch.Generator | Non
     return {n: torch.rand(m.shape, generator=generator).to(m.device) for n, m in masks.items()}
 
 
-def select_kept(scores: Mapping[str, Tensor], masks: Masks, names: Iterable[str], kept: int,
-                unpruned: Mapping[str, int] | None = None) -> Masks:
+def select_kept(
+    scores: Mapping[str, Tensor],
+    masks: Masks,
+    names: Iterable[str],
+    kept: int,
+    unpruned: Mapping[str, int] | None = None,
+) -> Masks:
     """``masks`` with the lowest-scoring unpruned weights of the layers ``names`` pruned, pooled across those
     layers, until exactly ``kept`` of them remain: the global selection of every pruner (through
     :func:`lth_sparse.ops.prune_lowest`; ties pruned in layer order, then flat index).
@@ -186,8 +195,15 @@ def _select(scores: dict[str, Tensor], masks: Masks, names: list[str], fraction:
     return Masks(new)
 
 
-def prune_magnitude(model: nn.Module, fraction: float, *, scope: str = "global", importance: str = "magnitude",
-                    masks: Masks | None = None, exclude: Iterable[str] = ()) -> Masks:
+def prune_magnitude(
+    model: nn.Module,
+    fraction: float,
+    *,
+    scope: str = "global",
+    importance: str = "magnitude",
+    masks: Masks | None = None,
+    exclude: Iterable[str] = (),
+) -> Masks:
     """New masks that remove ``fraction`` of the remaining weights by ``importance`` score.
 
     model: its masked layers give the weights (and the current masks unless
@@ -209,8 +225,15 @@ def prune_magnitude(model: nn.Module, fraction: float, *, scope: str = "global",
     return _select(scores, masks, names, fraction, scope)
 
 
-def prune_random(model: nn.Module, fraction: float, *, scope: str = "global", masks: Masks | None = None,
-                 exclude: Iterable[str] = (), generator: torch.Generator | None = None) -> Masks:
+def prune_random(
+    model: nn.Module,
+    fraction: float,
+    *,
+    scope: str = "global",
+    masks: Masks | None = None,
+    exclude: Iterable[str] = (),
+    generator: torch.Generator | None = None,
+) -> Masks:
     """Like :func:`prune_magnitude` with uniformly random scores."""
     _, masks, names = _prunable(model, masks, exclude)
     return _select(uniform_scores({n: masks[n] for n in names}, generator), masks, names, fraction, scope)
@@ -222,8 +245,15 @@ def random_masks_like(masks: Masks, generator: torch.Generator | None = None) ->
     return masks.permuted("layer", generator)
 
 
-def prune_structured(model: nn.Module, fraction: float, *, norm: str = "l2", scope: str = "layerwise",
-                     masks: Masks | None = None, exclude: Iterable[str] = ()) -> Masks:
+def prune_structured(
+    model: nn.Module,
+    fraction: float,
+    *,
+    norm: str = "l2",
+    scope: str = "layerwise",
+    masks: Masks | None = None,
+    exclude: Iterable[str] = (),
+) -> Masks:
     """Remove ``fraction`` of the remaining output units (rows of a linear weight, output channels of a conv).
 
     Units are scored by the ``norm`` (``l1``, ``l2`` or ``linf``) of their
@@ -244,7 +274,7 @@ def prune_structured(model: nn.Module, fraction: float, *, norm: str = "l2", sco
         if norm == "l1":
             s = w.abs().sum(1) / (fan_in if scope == "global" else 1)
         elif norm == "l2":
-            s = w.norm(dim=1) / (fan_in ** 0.5 if scope == "global" else 1)
+            s = w.norm(dim=1) / (fan_in**0.5 if scope == "global" else 1)
         else:
             s = w.abs().amax(1) if w.numel() else w.new_zeros(w.shape[0])
         unit_scores[n] = s

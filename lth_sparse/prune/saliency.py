@@ -95,6 +95,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 # --- the prunable weights and their masks ------------------------------------------------------------------------
 
+
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The layers whose weights the pruners here score, by bare weight name (``"features.0.weight"``).
 
@@ -108,8 +109,10 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     for name, module in bare_named_modules(model):
         if type(module) in MASKED_TYPES:
             if hasattr(module, "weight_orig"):
-                raise ValueError(f"layer {name!r} is pruned with torch.nn.utils.prune: convert the model with "
-                                 "lth_sparse.nn.masked(model) first (it keeps the masks)")
+                raise ValueError(
+                    f"layer {name!r} is pruned with torch.nn.utils.prune: convert the model with "
+                    "lth_sparse.nn.masked(model) first (it keeps the masks)"
+                )
             layers[f"{name}.weight" if name else "weight"] = module
     if not layers:
         raise ValueError("the model has no nn.Linear or nn.Conv2d layer, masked or plain, to prune")
@@ -120,8 +123,8 @@ class _Prepared(NamedTuple):
     """A model's prunable layers and masks, checked, with each mask counted once."""
 
     layers: dict[str, nn.Module]
-    masks: Masks              # in layer order
-    names: list[str]          # the layers to prune (not excluded)
+    masks: Masks  # in layer order
+    names: list[str]  # the layers to prune (not excluded)
     unpruned: dict[str, int]  # kept weights per layer
 
     def dense(self, name: str) -> bool:
@@ -151,8 +154,9 @@ def _prepare(model: nn.Module, masks: Mapping[str, Tensor] | None, exclude: Iter
         raise KeyError(f"masks cover {sorted(masks)}, the model's prunable weights are {sorted(layers)}")
     for n, layer in layers.items():
         if masks[n].shape != layer.weight.shape:
-            raise ValueError(f"mask {n!r} must have the weight's shape {tuple(layer.weight.shape)}, "
-                             f"got {tuple(masks[n].shape)}")
+            raise ValueError(
+                f"mask {n!r} must have the weight's shape {tuple(layer.weight.shape)}, got {tuple(masks[n].shape)}"
+            )
     masks = Masks({n: masks[n] for n in layers})
     return _Prepared(layers, masks, [n for n in layers if n not in exclude], unpruned_counts(masks))
 
@@ -170,23 +174,29 @@ def prunable_masks(model: nn.Module, masks: Mapping[str, Tensor] | None = None) 
 
 def _kept(remaining: int, total: int, fraction: float | None, density: float | None) -> int:
     if (fraction is None) == (density is None):
-        raise ValueError("give exactly one of fraction (the share of the remaining weights to remove) and "
-                         f"density (the share of all prunable weights to keep), got fraction={fraction!r}, "
-                         f"density={density!r}")
+        raise ValueError(
+            "give exactly one of fraction (the share of the remaining weights to remove) and "
+            f"density (the share of all prunable weights to keep), got fraction={fraction!r}, "
+            f"density={density!r}"
+        )
     if fraction is not None:
         if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"fraction must be in [0, 1] (the share of the remaining weights to remove), "
-                             f"got {fraction!r}")
+            raise ValueError(
+                f"fraction must be in [0, 1] (the share of the remaining weights to remove), got {fraction!r}"
+            )
         return remaining - round(fraction * remaining)
     check_density(density, "the share of all prunable weights kept")
     kept = round(density * total)  # the density as given (a Fraction stays exact)
     if kept > remaining:
-        raise ValueError(f"density={density} keeps {kept} of the {total} prunable weights, but only {remaining} "
-                         f"are unpruned (density {remaining / max(total, 1):.6g}): pruning cannot regrow weights")
+        raise ValueError(
+            f"density={density} keeps {kept} of the {total} prunable weights, but only {remaining} "
+            f"are unpruned (density {remaining / max(total, 1):.6g}): pruning cannot regrow weights"
+        )
     return kept
 
 
 # --- running the model on given tensors ---------------------------------------------------------------------------
+
 
 class _ScoringNetwork:
     """The model's structure with plain torch layers, run on given tensors (``torch.func.functional_call``).
@@ -229,8 +239,9 @@ class _ScoringNetwork:
         new._parameters = dict(module._parameters)
         masked_layer = isinstance(module, MaskedMixin)
         new._buffers = {k: b for k, b in module._buffers.items() if not (masked_layer and k == "mask")}
-        new._modules = {k: None if child is None else cls._structure(child, memo)
-                        for k, child in module._modules.items()}
+        new._modules = {
+            k: None if child is None else cls._structure(child, memo) for k, child in module._modules.items()
+        }
         return new
 
     def __call__(self, inputs: Tensor, tensors: Mapping[str, Tensor]) -> Tensor:
@@ -250,12 +261,15 @@ def _check_batch(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
     if inputs.dim() == 0 or inputs.shape[0] == 0:
         raise ValueError(f"batch inputs must hold at least one example (N, ...), got shape {tuple(inputs.shape)}")
     if targets.dim() == 0 or targets.shape[0] != inputs.shape[0]:
-        raise ValueError(f"batch targets must have one entry per example ({inputs.shape[0]}), "
-                         f"got shape {tuple(targets.shape)}")
+        raise ValueError(
+            f"batch targets must have one entry per example ({inputs.shape[0]}), got shape {tuple(targets.shape)}"
+        )
     shape = getattr(unwrap_model(model), "input_shape", None)
     if shape is not None and tuple(inputs.shape[1:]) != tuple(shape):
-        raise ValueError(f"batch inputs must have shape (N, *input_shape) = (N, {', '.join(map(str, shape))}) "
-                         f"for this model, got {tuple(inputs.shape)}")
+        raise ValueError(
+            f"batch inputs must have shape (N, *input_shape) = (N, {', '.join(map(str, shape))}) "
+            f"for this model, got {tuple(inputs.shape)}"
+        )
     return inputs, targets
 
 
@@ -268,8 +282,10 @@ def _forward(net: _ScoringNetwork, inputs: Tensor, tensors: Mapping[str, Tensor]
 
 def _scalar_loss(loss: Tensor) -> Tensor:
     if not isinstance(loss, Tensor) or loss.dim() != 0:
-        raise ValueError(f"loss_fn must return a scalar (reduction 'mean' or 'sum'), got "
-                         f"{tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__}")
+        raise ValueError(
+            f"loss_fn must return a scalar (reduction 'mean' or 'sum'), got "
+            f"{tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__}"
+        )
     return loss
 
 
@@ -278,6 +294,7 @@ def _grads(output: Tensor, leaves: list[Tensor], create_graph: bool = False) -> 
 
 
 # --- scores ------------------------------------------------------------------------------------------------------
+
 
 def _times(grad: Tensor, weight: Tensor) -> Tensor:
     """``grad * weight``, in the gradient's own storage where it has one (an expanded gradient has not)."""
@@ -297,12 +314,15 @@ def _snip(model: nn.Module, p: _Prepared, batch: Batch, loss_fn: LossFn) -> dict
         tensors = {**net.tensors, **{n: _masked(leaves[n], p.masks[n], p.dense(n)) for n in p.layers}}
         loss = _scalar_loss(loss_fn(_forward(net, inputs, tensors), targets))
         grads = _grads(loss, list(leaves.values()))
-    return {n: torch.zeros_like(leaves[n]) if g is None else _times(g, leaves[n].detach()).abs_()
-            for n, g in zip(p.layers, grads)}
+    return {
+        n: torch.zeros_like(leaves[n]) if g is None else _times(g, leaves[n].detach()).abs_()
+        for n, g in zip(p.layers, grads)
+    }
 
 
-def snip_scores(model: nn.Module, batch: Batch, loss_fn: LossFn = F.cross_entropy,
-                masks: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+def snip_scores(
+    model: nn.Module, batch: Batch, loss_fn: LossFn = F.cross_entropy, masks: Mapping[str, Tensor] | None = None
+) -> dict[str, Tensor]:
     """SNIP's connection sensitivity ``|dL/dw * w|`` (Lee et al. 2019, eq. 6) of every prunable weight.
 
     batch: ``(inputs (N, *input_shape), targets (N, ...))``; loss_fn: ``loss_fn(outputs, targets)``, a
@@ -335,13 +355,19 @@ def _grasp(model: nn.Module, p: _Prepared, batch: Batch, loss_fn: LossFn, temper
             if g_dot_g.requires_grad:  # a loss linear in every weight has H = 0
                 hessian_grads = _grads(g_dot_g, [leaves[n] for n, _ in used])
     hg = dict(zip([n for n, _ in used], hessian_grads))
-    return {n: torch.zeros_like(leaves[n]) if hg.get(n) is None else _times(hg[n], leaves[n].detach())
-            for n in p.layers}
+    return {
+        n: torch.zeros_like(leaves[n]) if hg.get(n) is None else _times(hg[n], leaves[n].detach()) for n in p.layers
+    }
 
 
-def grasp_scores(model: nn.Module, batch: Batch, loss_fn: LossFn = F.cross_entropy,
-                 masks: Mapping[str, Tensor] | None = None, *, temperature: float = GRASP_TEMPERATURE
-                 ) -> dict[str, Tensor]:
+def grasp_scores(
+    model: nn.Module,
+    batch: Batch,
+    loss_fn: LossFn = F.cross_entropy,
+    masks: Mapping[str, Tensor] | None = None,
+    *,
+    temperature: float = GRASP_TEMPERATURE,
+) -> dict[str, Tensor]:
     """GraSP's ``w * (H g)`` (Wang et al. 2020, eq. 8, with the sign that keeps the highest; see the module
     docstring) of every prunable weight: ``g`` the gradient and ``H`` the Hessian, with respect to the
     unpruned weights, of ``loss_fn(outputs / temperature, targets)``.
@@ -356,47 +382,60 @@ def grasp_scores(model: nn.Module, batch: Batch, loss_fn: LossFn = F.cross_entro
 class _SynFlow:
     """SynFlow's linearised copy, made once and scored for any masks (the rounds of iterative SynFlow)."""
 
-    def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module], input_shape: tuple[int, ...] | None,
-                 dtype: torch.dtype) -> None:
+    def __init__(
+        self, model: nn.Module, layers: Mapping[str, nn.Module], input_shape: tuple[int, ...] | None, dtype: torch.dtype
+    ) -> None:
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         if input_shape is None:
             input_shape = getattr(unwrap_model(model), "input_shape", None)
             if input_shape is None:
-                raise ValueError("input_shape (one example's shape, e.g. (3, 32, 32)) is needed: the model has "
-                                 "no input_shape attribute")
+                raise ValueError(
+                    "input_shape (one example's shape, e.g. (3, 32, 32)) is needed: the model has "
+                    "no input_shape attribute"
+                )
         input_shape = tuple(input_shape)
         if not input_shape or not all(isinstance(d, numbers.Integral) and d >= 1 for d in input_shape):
             raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {input_shape}")
         self.layers = list(layers)
         self.net = _ScoringNetwork(model)
         # copy=True: a tensor already in ``dtype`` would otherwise be the model's own, made positive in place
-        self.tensors = {k: v.to(dtype, copy=True).abs_() if v.is_floating_point() else v
-                        for k, v in self.net.tensors.items()}
+        self.tensors = {
+            k: v.to(dtype, copy=True).abs_() if v.is_floating_point() else v for k, v in self.net.tensors.items()
+        }
         device = self.tensors[self.layers[0]].device
         self.input = torch.ones(1, *input_shape, dtype=dtype, device=device)
 
     def scores(self, masks: Masks, unpruned: Mapping[str, int]) -> dict[str, Tensor]:
         leaves = {n: self.tensors[n].detach().requires_grad_() for n in self.layers}
         with torch.enable_grad():
-            tensors = {**self.tensors, **{n: _masked(leaves[n], masks[n], unpruned[n] == masks[n].numel())
-                                          for n in self.layers}}
+            tensors = {
+                **self.tensors,
+                **{n: _masked(leaves[n], masks[n], unpruned[n] == masks[n].numel()) for n in self.layers},
+            }
             try:
                 flow = self.net(self.input, tensors).sum()
             except RuntimeError as exc:
-                raise ValueError(f"the model cannot run on an input of shape {tuple(self.input.shape)}: {exc}") \
-                    from exc
+                raise ValueError(f"the model cannot run on an input of shape {tuple(self.input.shape)}: {exc}") from exc
             if not torch.isfinite(flow):
-                raise ValueError(f"the synaptic flow R = {float(flow)} overflowed {self.input.dtype}: score in "
-                                 "float64 (dtype=torch.float64)")
+                raise ValueError(
+                    f"the synaptic flow R = {float(flow)} overflowed {self.input.dtype}: score in "
+                    "float64 (dtype=torch.float64)"
+                )
             grads = _grads(flow, list(leaves.values()))
-        return {n: torch.zeros_like(leaves[n]) if g is None else _times(g, leaves[n].detach())
-                for n, g in zip(self.layers, grads)}
+        return {
+            n: torch.zeros_like(leaves[n]) if g is None else _times(g, leaves[n].detach())
+            for n, g in zip(self.layers, grads)
+        }
 
 
-def synflow_scores(model: nn.Module, input_shape: tuple[int, ...] | None = None,
-                   masks: Mapping[str, Tensor] | None = None, *, dtype: torch.dtype = torch.float64
-                   ) -> dict[str, Tensor]:
+def synflow_scores(
+    model: nn.Module,
+    input_shape: tuple[int, ...] | None = None,
+    masks: Mapping[str, Tensor] | None = None,
+    *,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, Tensor]:
     """SynFlow's ``|dR/dw * w|`` (Tanaka et al. 2020, eq. 3): ``R`` the summed output of the network with
     every floating parameter and buffer made positive (``|.|``), run in ``dtype`` (float64) in eval mode on
     one all-ones input of ``input_shape`` (one example's shape; default ``model.input_shape``).
@@ -426,8 +465,9 @@ def _random(p: _Prepared, generator: torch.Generator | None) -> dict[str, Tensor
     return {n: s if p.dense(n) else s.mul_(p.masks[n]) for n, s in scores.items()}
 
 
-def random_scores(model: nn.Module, masks: Mapping[str, Tensor] | None = None,
-                  generator: torch.Generator | None = None) -> dict[str, Tensor]:
+def random_scores(
+    model: nn.Module, masks: Mapping[str, Tensor] | None = None, generator: torch.Generator | None = None
+) -> dict[str, Tensor]:
     """Uniform random scores of every prunable weight, drawn on the CPU with ``generator`` layer by layer
     (:func:`~lth_sparse.prune.uniform_scores`, as :func:`~lth_sparse.prune.prune_random`), 0 where pruned."""
     return _random(_prepare(model, masks), generator)
@@ -435,15 +475,24 @@ def random_scores(model: nn.Module, masks: Mapping[str, Tensor] | None = None,
 
 # --- pruners -----------------------------------------------------------------------------------------------------
 
-def _prune(p: _Prepared, scores: Callable[[], dict[str, Tensor]], fraction: float | None,
-           density: float | None) -> Masks:
+
+def _prune(
+    p: _Prepared, scores: Callable[[], dict[str, Tensor]], fraction: float | None, density: float | None
+) -> Masks:
     kept = _kept(p.remaining(), p.total(), fraction, density)  # arguments checked before any scoring
     return select_kept(scores(), p.masks, p.names, kept, p.unpruned)
 
 
-def prune_snip(model: nn.Module, fraction: float | None = None, *, density: float | None = None, batch: Batch,
-               loss_fn: LossFn = F.cross_entropy, masks: Mapping[str, Tensor] | None = None,
-               exclude: Iterable[str] = ()) -> Masks:
+def prune_snip(
+    model: nn.Module,
+    fraction: float | None = None,
+    *,
+    density: float | None = None,
+    batch: Batch,
+    loss_fn: LossFn = F.cross_entropy,
+    masks: Mapping[str, Tensor] | None = None,
+    exclude: Iterable[str] = (),
+) -> Masks:
     """New masks pruning by :func:`snip_scores` on ``batch``, globally, to ``fraction`` or ``density`` (one of
     them, see the module docstring). exclude: weight names never pruned (they still count in the scores'
     forward pass). Errors as :func:`snip_scores`, and ValueError for both or neither of ``fraction`` and
@@ -452,19 +501,34 @@ def prune_snip(model: nn.Module, fraction: float | None = None, *, density: floa
     return _prune(p, lambda: _snip(model, p, batch, loss_fn), fraction, density)
 
 
-def prune_grasp(model: nn.Module, fraction: float | None = None, *, density: float | None = None, batch: Batch,
-                loss_fn: LossFn = F.cross_entropy, masks: Mapping[str, Tensor] | None = None,
-                exclude: Iterable[str] = (), temperature: float = GRASP_TEMPERATURE) -> Masks:
+def prune_grasp(
+    model: nn.Module,
+    fraction: float | None = None,
+    *,
+    density: float | None = None,
+    batch: Batch,
+    loss_fn: LossFn = F.cross_entropy,
+    masks: Mapping[str, Tensor] | None = None,
+    exclude: Iterable[str] = (),
+    temperature: float = GRASP_TEMPERATURE,
+) -> Masks:
     """New masks pruning the lowest :func:`grasp_scores` ``w * Hg`` (GraSP's highest ``-w * Hg``) on
     ``batch``, globally, to ``fraction`` or ``density``; arguments as :func:`prune_snip`."""
     p = _prepare(model, masks, exclude)
     return _prune(p, lambda: _grasp(model, p, batch, loss_fn, temperature), fraction, density)
 
 
-def prune_synflow(model: nn.Module, fraction: float | None = None, *, density: float | None = None,
-                  input_shape: tuple[int, ...] | None = None, iterations: int = 1,
-                  masks: Mapping[str, Tensor] | None = None, exclude: Iterable[str] = (),
-                  dtype: torch.dtype = torch.float64) -> Masks:
+def prune_synflow(
+    model: nn.Module,
+    fraction: float | None = None,
+    *,
+    density: float | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    iterations: int = 1,
+    masks: Mapping[str, Tensor] | None = None,
+    exclude: Iterable[str] = (),
+    dtype: torch.dtype = torch.float64,
+) -> Masks:
     """New masks pruning by :func:`synflow_scores`, globally, to ``fraction`` or ``density``, in
     ``iterations`` rounds that each re-score with the masks of the round before (Tanaka et al.'s
     Algorithm 1 with ``iterations=SYNFLOW_ITERATIONS``; the schedule is in the module docstring).
@@ -483,15 +547,27 @@ def prune_synflow(model: nn.Module, fraction: float | None = None, *, density: f
     return masks
 
 
-def _prune_magnitude(model: nn.Module, fraction: float | None = None, *, density: float | None = None,
-                     masks: Mapping[str, Tensor] | None = None, exclude: Iterable[str] = ()) -> Masks:
+def _prune_magnitude(
+    model: nn.Module,
+    fraction: float | None = None,
+    *,
+    density: float | None = None,
+    masks: Mapping[str, Tensor] | None = None,
+    exclude: Iterable[str] = (),
+) -> Masks:
     p = _prepare(model, masks, exclude)
     return _prune(p, lambda: _magnitude(p), fraction, density)
 
 
-def _prune_random(model: nn.Module, fraction: float | None = None, *, density: float | None = None,
-                  masks: Mapping[str, Tensor] | None = None, exclude: Iterable[str] = (),
-                  generator: torch.Generator | None = None) -> Masks:
+def _prune_random(
+    model: nn.Module,
+    fraction: float | None = None,
+    *,
+    density: float | None = None,
+    masks: Mapping[str, Tensor] | None = None,
+    exclude: Iterable[str] = (),
+    generator: torch.Generator | None = None,
+) -> Masks:
     p = _prepare(model, masks, exclude)
     return _prune(p, lambda: _random(p, generator), fraction, density)
 
@@ -531,15 +607,25 @@ def get_pruner(name: str) -> Callable[..., Masks]:
     key = name.strip().lower()
     implementation, uses = _IMPLEMENTATIONS[key]
 
-    def pruner(model: nn.Module, fraction: float | None = None, *, density: float | None = None,
-               masks: Mapping[str, Tensor] | None = None, exclude: Iterable[str] = (), batch: Batch | None = None,
-               loss_fn: LossFn = F.cross_entropy, input_shape: tuple[int, ...] | None = None,
-               generator: torch.Generator | None = None, **options: Any) -> Masks:
+    def pruner(
+        model: nn.Module,
+        fraction: float | None = None,
+        *,
+        density: float | None = None,
+        masks: Mapping[str, Tensor] | None = None,
+        exclude: Iterable[str] = (),
+        batch: Batch | None = None,
+        loss_fn: LossFn = F.cross_entropy,
+        input_shape: tuple[int, ...] | None = None,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> Masks:
         context = {"batch": batch, "loss_fn": loss_fn, "input_shape": input_shape, "generator": generator}
         if "batch" in uses and batch is None:
             raise ValueError(f"the {key} pruner scores a batch: pass batch=(inputs, targets)")
-        return implementation(model, fraction, density=density, masks=masks, exclude=exclude,
-                              **{k: context[k] for k in uses}, **options)
+        return implementation(
+            model, fraction, density=density, masks=masks, exclude=exclude, **{k: context[k] for k in uses}, **options
+        )
 
     pruner.__name__ = f"prune_{key}"
     pruner.__qualname__ = pruner.__name__

@@ -13,5 +13,15 @@ from lth_sparse.train.loop import (
     train,
 )
 
-__all__ = ["TrainConfig", "TrainResult", "TrainStep", "default_loss", "evaluate", "iterations_per_epoch", "make_optimizer",
-           "make_schedule", "parse_step", "train"]
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainStep",
+    "default_loss",
+    "evaluate",
+    "iterations_per_epoch",
+    "make_optimizer",
+    "make_schedule",
+    "parse_step",
+    "train",
+]

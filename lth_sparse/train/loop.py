@@ -29,9 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from lth_sparse.atomic import atomic_torch_save
 from lth_sparse.config import option
 from lth_sparse.data import Dataset, Split, batches
-from lth_sparse.atomic import atomic_torch_save
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -55,13 +55,17 @@ class TrainConfig:
     weight_decay: float = option(0.0, "weight decay (decoupled for adamw)")
     betas: tuple[float, float] = option((0.9, 0.999), "Adam/AdamW betas", metavar="B")
     schedule: str = option("constant", "learning-rate schedule, stepped per iteration", choices=SCHEDULES)
-    milestones: tuple[float, ...] = option((), "epochs where the step schedule multiplies the learning rate by "
-                                               "--gamma", metavar="EPOCH")
+    milestones: tuple[float, ...] = option(
+        (), "epochs where the step schedule multiplies the learning rate by --gamma", metavar="EPOCH"
+    )
     gamma: float = option(0.1, "step-schedule decay factor")
     warmup_epochs: float = option(0.0, "linear learning-rate warm-up, in epochs")
     eval_every: int = option(0, "iterations between validation passes (0: once per epoch)")
-    precision: str = option("fp32", "numeric precision of training and evaluation: fp32, bf16 (autocast) or fp16 "
-                                    "(autocast with a GradScaler)", choices=PRECISIONS)
+    precision: str = option(
+        "fp32",
+        "numeric precision of training and evaluation: fp32, bf16 (autocast) or fp16 (autocast with a GradScaler)",
+        choices=PRECISIONS,
+    )
 
     def training_options(self) -> dict:
         """The training hyperparameters of this config by name (the fields of :class:`TrainConfig`, which a
@@ -109,8 +113,9 @@ def parse_step(step: str | int, iters_per_epoch: int) -> int:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
@@ -127,6 +132,7 @@ def make_schedule(cfg: TrainConfig, iters_per_epoch: int, total_iters: int) -> C
         elif cfg.schedule == "cosine":
             scale *= 0.5 * (1 + math.cos(math.pi * min(it, total_iters) / max(1, total_iters)))
         return scale
+
     return factor
 
 
@@ -147,8 +153,9 @@ def autocast_context(precision: str, device_type: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000, precision: str = "fp32", *,
-             loss_fn: LossFn | None = None) -> tuple[float, float | None]:
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int = 1000, precision: str = "fp32", *, loss_fn: LossFn | None = None
+) -> tuple[float, float | None]:
     """Mean loss and accuracy of ``model`` on ``split`` (eval mode, restored after), the forward pass
     at ``precision`` (see :func:`autocast_context`; the loss is taken of the float32 output).
 
@@ -268,20 +275,38 @@ def _read_checkpoint(path: str | os.PathLike, identity: dict) -> dict:
         raise ValueError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}")
     for key, value in identity.items():
         if checkpoint["identity"][key] != value:
-            raise ValueError(f"the checkpoint {path} was written with {key}={checkpoint['identity'][key]!r}, "
-                             f"this call has {key}={value!r}")
+            raise ValueError(
+                f"the checkpoint {path} was written with {key}={checkpoint['identity'][key]!r}, "
+                f"this call has {key}={value!r}"
+            )
     return checkpoint
 
 
-def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, start_iteration: int = 0,
-          end_iteration: int | None = None, snapshot_at: Iterable[int] = (), on_snapshot=None,
-          metrics_path: str | os.PathLike | None = None, progress: bool | None = None,
-          desc: str = "train", lr_factor: Callable[[int], float] | None = None,
-          optimizer: torch.optim.Optimizer | None = None, loss_fn: LossFn | None = None,
-          callbacks: Sequence[Callable[[TrainStep], None]] = (), augment_seed: int | None = None,
-          checkpoint_path: str | os.PathLike | None = None, checkpoint_every: int = 0,
-          resume: bool = False, resume_from: str | os.PathLike | None = None,
-          rank: int | None = None, world_size: int | None = None) -> TrainResult:
+def train(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    seed: int = 0,
+    start_iteration: int = 0,
+    end_iteration: int | None = None,
+    snapshot_at: Iterable[int] = (),
+    on_snapshot=None,
+    metrics_path: str | os.PathLike | None = None,
+    progress: bool | None = None,
+    desc: str = "train",
+    lr_factor: Callable[[int], float] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: LossFn | None = None,
+    callbacks: Sequence[Callable[[TrainStep], None]] = (),
+    augment_seed: int | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    resume_from: str | os.PathLike | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> TrainResult:
     """Train ``model`` in place from ``start_iteration`` to ``end_iteration`` (default: ``cfg.epochs``).
 
     The data order depends only on ``seed`` and the epoch, and so does the
@@ -350,16 +375,19 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
     if rank is None:
         rank = torch.distributed.get_rank() if _distributed() else 0
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
-                         f"world_size={world_size}")
+        raise ValueError(
+            f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, world_size={world_size}"
+        )
     n_train = len(data.train)
     if n_train == 0:
         raise ValueError("the training split is empty")
     last_batch = n_train % cfg.batch_size or cfg.batch_size
     if min(cfg.batch_size, n_train, last_batch) < world_size:
-        raise ValueError(f"every batch must hold at least world_size={world_size} examples, one per rank; "
-                         f"batch_size={cfg.batch_size} on {n_train} training examples has a batch of "
-                         f"{min(cfg.batch_size, n_train, last_batch)}")
+        raise ValueError(
+            f"every batch must hold at least world_size={world_size} examples, one per rank; "
+            f"batch_size={cfg.batch_size} on {n_train} training examples has a batch of "
+            f"{min(cfg.batch_size, n_train, last_batch)}"
+        )
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     if resume and checkpoint_path is None:
@@ -427,8 +455,11 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
     metrics_file = None
     if writer and metrics_path is not None:
         # resumed: the records the killed run wrote after its checkpoint are written again below
-        if metrics_offset is not None and os.path.exists(metrics_path) \
-                and os.path.getsize(metrics_path) >= metrics_offset:
+        if (
+            metrics_offset is not None
+            and os.path.exists(metrics_path)
+            and os.path.getsize(metrics_path) >= metrics_offset
+        ):
             os.truncate(metrics_path, metrics_offset)
         metrics_file = open(metrics_path, "a")
 
@@ -440,8 +471,14 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
         running.zero_()
         running_n = 0
         val_loss, val_acc = evaluate(inner, data.val, precision=cfg.precision, loss_fn=loss_fn)
-        entry = {"iteration": it, "epoch": it / per_epoch, "train_loss": train_loss, "val_loss": val_loss,
-                 "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"]}
+        entry = {
+            "iteration": it,
+            "epoch": it / per_epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+        }
         if val_loss < best[0] or math.isnan(best[0]):
             best = (val_loss, it)
         history.append(entry)
@@ -460,13 +497,23 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
             torch.distributed.all_gather_object(per_rank, {"rng": _rng_state(), "running": running.cpu()})
         if not writer:
             return
-        atomic_torch_save(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT, "iteration": it, "identity": identity,
-            "model": inner.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "ranks": per_rank, "running_steps": running_n, "history": history, "best": best,
-            "callbacks": [callback.state_dict() for callback in stateful],
-            "metrics_offset": os.path.getsize(metrics_path) if metrics_file is not None else None,
-        })
+        atomic_torch_save(
+            checkpoint_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "iteration": it,
+                "identity": identity,
+                "model": inner.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "ranks": per_rank,
+                "running_steps": running_n,
+                "history": history,
+                "best": best,
+                "callbacks": [callback.state_dict() for callback in stateful],
+                "metrics_offset": os.path.getsize(metrics_path) if metrics_file is not None else None,
+            },
+        )
 
     model.train()
     if checkpoint is None:
@@ -482,9 +529,19 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
                     # on the data's device: augmenting reads nothing back to the host
                     augment = torch.Generator(device=data.device).manual_seed(augment_seed * 100_003 + epoch)
                 skip = it - epoch * per_epoch  # resuming mid-epoch: skip the batches already seen
-                for b, (x, y, index) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, generator=order,
-                                                          augment=data.augment, augment_generator=augment,
-                                                          with_index=True, rank=rank, world_size=world_size)):
+                for b, (x, y, index) in enumerate(
+                    batches(
+                        data.train,
+                        cfg.batch_size,
+                        shuffle=True,
+                        generator=order,
+                        augment=data.augment,
+                        augment_generator=augment,
+                        with_index=True,
+                        rank=rank,
+                        world_size=world_size,
+                    )
+                ):
                     if b < skip:
                         continue
                     for group, lr in zip(optimizer.param_groups, base_lrs):
@@ -509,8 +566,9 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
                     running_n += 1
                     bar.update(1)
                     if callbacks:
-                        step = TrainStep(iteration=it, epoch=epoch, index=index, output=out.detach(), target=y,
-                                         loss=loss.detach())
+                        step = TrainStep(
+                            iteration=it, epoch=epoch, index=index, output=out.detach(), target=y, loss=loss.detach()
+                        )
                         for callback in callbacks:
                             callback(step)
                     if it % eval_every == 0 or it == end:
@@ -535,6 +593,14 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, *, seed: int = 0, s
             metrics_file.close()
     test_loss, test_acc = evaluate(inner, data.test, precision=cfg.precision, loss_fn=loss_fn)
     last = history[-1]
-    return TrainResult(iterations=it, val_loss=last["val_loss"], val_accuracy=last["val_accuracy"],
-                       test_loss=test_loss, test_accuracy=test_acc, best_val_iteration=best[1],
-                       best_val_loss=best[0], train_loss=last["train_loss"], history=history)
+    return TrainResult(
+        iterations=it,
+        val_loss=last["val_loss"],
+        val_accuracy=last["val_accuracy"],
+        test_loss=test_loss,
+        test_accuracy=test_acc,
+        best_val_iteration=best[1],
+        best_val_loss=best[0],
+        train_loss=last["train_loss"],
+        history=history,
+    )

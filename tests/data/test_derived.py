@@ -15,23 +15,30 @@ def traceable(channels=1, dtype=torch.uint8):
     test example j holds 200 + j % 50."""
     train_x = torch.zeros(N_TRAIN, channels, 4, 4, dtype=dtype)
     train_x[:, :, 0, 0] = (torch.arange(N_TRAIN) % 200).to(dtype).view(-1, 1)
-    train_x[:, :, 1:, :] = torch.randint(0, 256, (N_TRAIN, channels, 3, 4), generator=torch.Generator().manual_seed(1),
-                                         dtype=torch.int64).to(dtype)
+    train_x[:, :, 1:, :] = torch.randint(
+        0, 256, (N_TRAIN, channels, 3, 4), generator=torch.Generator().manual_seed(1), dtype=torch.int64
+    ).to(dtype)
     test_x = torch.zeros(N_TEST, channels, 4, 4, dtype=dtype)
     test_x[:, :, 0, 0] = (200 + torch.arange(N_TEST) % 50).to(dtype).view(-1, 1)
-    return RawDataset(train_x, torch.arange(N_TRAIN) % 5, test_x, torch.arange(N_TEST) % 5, num_classes=5,
-                      crop_padding=1, flip=True)
+    return RawDataset(
+        train_x, torch.arange(N_TRAIN) % 5, test_x, torch.arange(N_TEST) % 5, num_classes=5, crop_padding=1, flip=True
+    )
 
 
 def test_options_are_parsed_checked_and_named_canonically():
     assert parse_task("Fashion-MNIST:half=a:permute=3") == ("fashion-mnist", {"half": "a", "permute": 3})
     assert parse_task("mnist:classes=2,0:shape=3x32x32") == ("mnist", {"classes": (2, 0), "shape": (3, 32, 32)})
     assert canonical_name("FMNIST:permute=03:half=a") == "fmnist:half=a:permute=3"
-    for name, message in [("mnist:halves=a", "unknown derived-task option 'halves'; options: classes, half"),
-                          ("mnist:half=c", "half=... is a or b"), ("mnist:half", "OPTION=VALUE"),
-                          ("mnist:shape=28x28", "CxHxW"), ("mnist:classes=1,1", "distinct"),
-                          ("mnist:classes=x", "class indices"), ("mnist:permute=one", "integer seed"),
-                          ("mnist:half=a:half=b", "given twice")]:
+    for name, message in [
+        ("mnist:halves=a", "unknown derived-task option 'halves'; options: classes, half"),
+        ("mnist:half=c", "half=... is a or b"),
+        ("mnist:half", "OPTION=VALUE"),
+        ("mnist:shape=28x28", "CxHxW"),
+        ("mnist:classes=1,1", "distinct"),
+        ("mnist:classes=x", "class indices"),
+        ("mnist:permute=one", "integer seed"),
+        ("mnist:half=a:half=b", "given twice"),
+    ]:
         with pytest.raises(ValueError, match=message):
             parse_task(name)
 
@@ -66,20 +73,37 @@ def test_shape_resizes_and_converts_channels():
     rgb = derive(raw, {"shape": (3, 8, 8)})
     assert rgb.train_x.shape == (N_TRAIN, 3, 8, 8) and rgb.train_x.dtype == torch.uint8
     assert torch.equal(rgb.train_x[:, 0], rgb.train_x[:, 2]), "grayscale to RGB repeats the channel"
-    flat = RawDataset(torch.full((3, 1, 6, 6), 77, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64),
-                      torch.full((2, 1, 6, 6), 77, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64), 1)
+    flat = RawDataset(
+        torch.full((3, 1, 6, 6), 77, dtype=torch.uint8),
+        torch.zeros(3, dtype=torch.int64),
+        torch.full((2, 1, 6, 6), 77, dtype=torch.uint8),
+        torch.zeros(2, dtype=torch.int64),
+        1,
+    )
     assert (derive(flat, {"shape": (1, 3, 5)}).train_x == 77).all(), "a constant image stays constant"
     colour = torch.zeros(2, 3, 2, 2, dtype=torch.uint8)
     colour[:, 0], colour[:, 1], colour[:, 2] = 100, 200, 50
-    gray = derive(RawDataset(colour, torch.zeros(2, dtype=torch.int64), colour, torch.zeros(2, dtype=torch.int64), 1),
-                  {"shape": (1, 2, 2)})
+    gray = derive(
+        RawDataset(colour, torch.zeros(2, dtype=torch.int64), colour, torch.zeros(2, dtype=torch.int64), 1),
+        {"shape": (1, 2, 2)},
+    )
     assert (gray.train_x == round(0.299 * 100 + 0.587 * 200 + 0.114 * 50)).all(), "luma weights"
-    vectors = RawDataset(torch.randn(10, 40), torch.zeros(10, dtype=torch.int64), torch.randn(4, 40),
-                         torch.zeros(4, dtype=torch.int64), 1)
+    vectors = RawDataset(
+        torch.randn(10, 40),
+        torch.zeros(10, dtype=torch.int64),
+        torch.randn(4, 40),
+        torch.zeros(4, dtype=torch.int64),
+        1,
+    )
     with pytest.raises(ValueError, match="holds vectors of \\(40,\\) features"):
         derive(vectors, {"shape": (1, 28, 28)})
-    four = RawDataset(torch.zeros(2, 4, 2, 2), torch.zeros(2, dtype=torch.int64), torch.zeros(1, 4, 2, 2),
-                      torch.zeros(1, dtype=torch.int64), 1)
+    four = RawDataset(
+        torch.zeros(2, 4, 2, 2),
+        torch.zeros(2, dtype=torch.int64),
+        torch.zeros(1, 4, 2, 2),
+        torch.zeros(1, dtype=torch.int64),
+        1,
+    )
     with pytest.raises(ValueError, match="4 channels"):
         derive(four, {"shape": (3, 2, 2)})
 
@@ -118,8 +142,9 @@ def test_a_derived_task_keeps_the_source_test_set_and_split(monkeypatch, tmp_pat
 def test_imp_runs_on_a_derived_task_with_its_output_layer_sized_to_it(tmp_path):
     from lth_sparse.pipelines import imp
 
-    config = imp.ImpConfig(dataset="digits:classes=0,1,2", model="mlp", model_options=(("width", 16),), rounds=1,
-                           epochs=1, lr=0.05)
+    config = imp.ImpConfig(
+        dataset="digits:classes=0,1,2", model="mlp", model_options=(("width", 16),), rounds=1, epochs=1, lr=0.05
+    )
     summary = imp.run(config, tmp_path / "run", progress=False, log=lambda s: None, plots=False)
     final = torch.load(tmp_path / "run" / "seed_0" / "round_01" / "final.pt")
     last = [k for k in final if k.endswith("weight")][-1]
@@ -155,8 +180,9 @@ def test_a_class_balanced_subset_of_the_training_set_nested_in_larger_ones():
     assert len(two.train) > len(one.train) and len(one.test) == len(full.test)
     # nested: examples identified by their position (x holds it)
     ids = torch.arange(200, dtype=torch.float32).unsqueeze(1)
-    raw = RawDataset(train_x=ids, train_y=torch.arange(200) % 4, test_x=ids[:8], test_y=torch.arange(8) % 4,
-                     num_classes=4)
+    raw = RawDataset(
+        train_x=ids, train_y=torch.arange(200) % 4, test_x=ids[:8], test_y=torch.arange(8) % 4, num_classes=4
+    )
     small = set(derive(raw, {"subset": 0.1}).train_x.flatten().tolist())
     large = set(derive(raw, {"subset": 0.3}).train_x.flatten().tolist())
     assert len(small) == 20 and len(large) == 60 and small < large

@@ -136,8 +136,16 @@ def test_bad_arguments_raise_value_errors_naming_them(registered):
 
 def test_registry_lists_every_dataset_of_the_design():
     assert set(available_datasets()) >= {
-        "fashion-mnist", "mnist", "kmnist", "emnist", "cifar10", "cifar100", "svhn", "tiny-imagenet",
-        "digits", "mnist1d",
+        "fashion-mnist",
+        "mnist",
+        "kmnist",
+        "emnist",
+        "cifar10",
+        "cifar100",
+        "svhn",
+        "tiny-imagenet",
+        "digits",
+        "mnist1d",
     }
 
 

@@ -132,10 +132,17 @@ def test_svhn_maps_label_10_to_0_and_crops_without_flipping(tmp_path, skip_md5):
     assert data.augment.padding == 4 and not data.augment.flip
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("mnist", "MNIST/raw"), ("kmnist", "KMNIST/raw"), ("emnist", "EMNIST/raw/emnist-balanced"),
-    ("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("svhn", "_32x32.mat"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("mnist", "MNIST/raw"),
+        ("kmnist", "KMNIST/raw"),
+        ("emnist", "EMNIST/raw/emnist-balanced"),
+        ("cifar10", "cifar-10-batches-py"),
+        ("cifar100", "cifar-100-python"),
+        ("svhn", "_32x32.mat"),
+    ],
+)
 def test_a_missing_dataset_says_where_it_was_expected(tmp_path, name, expected):
     with pytest.raises(FileNotFoundError, match="download=True") as error:
         load_dataset(name, data_dir=tmp_path, download=False)

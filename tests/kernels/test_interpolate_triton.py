@@ -47,7 +47,7 @@ def random_pair(weight_shape, input_shape, dtype, bias=True, seed=0):
     r = lambda *s: torch.randn(*s, generator=g).to(DEVICE, dtype)  # noqa: E731
     fan_in = max(1, torch.Size(weight_shape[1:]).numel())
     x = r(*input_shape)
-    w_a, w_b = (torch.randn(weight_shape, generator=g).div(fan_in ** 0.5).to(DEVICE, dtype) for _ in range(2))
+    w_a, w_b = (torch.randn(weight_shape, generator=g).div(fan_in**0.5).to(DEVICE, dtype) for _ in range(2))
     b_a, b_b = (r(weight_shape[0]), r(weight_shape[0])) if bias else (None, None)
     return x, w_a, w_b, b_a, b_b
 
@@ -68,6 +68,7 @@ def num_inputs(mode: str, num_alphas: int) -> int:
 
 # ----------------------------------------------------------------------------------------------------- linear
 
+
 def check_linear(x, w_a, w_b, alphas, b_a, b_b):
     y = kernels.interpolated_linear_forward(x, w_a, w_b, alphas, b_a, b_b)
     expected = float64_reference(reference.interpolated_linear, x, w_a, w_b, alphas, b_a, b_b)
@@ -78,7 +79,10 @@ def check_linear(x, w_a, w_b, alphas, b_a, b_b):
 
 
 LINEAR_SHAPES = [  # (leading batch shape, in_features, out_features); 33 and 37 cross the 32-wide test tile
-    ((), 1, 1), ((3,), 17, 5), ((2, 17), 19, 37), ((33,), 40, 3),
+    ((), 1, 1),
+    ((3,), 17, 5),
+    ((2, 17), 19, 37),
+    ((33,), 40, 3),
 ]
 
 
@@ -130,8 +134,11 @@ def test_linear_accepts_strided_views_and_alphas_of_another_dtype(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("batch,fin,fout", [((0,), 4, 3), ((2, 0), 4, 3), ((3,), 0, 4), ((3,), 4, 0)],
-                         ids=["empty-batch", "empty-inner-batch", "no-in-features", "no-out-features"])
+@pytest.mark.parametrize(
+    "batch,fin,fout",
+    [((0,), 4, 3), ((2, 0), 4, 3), ((3,), 0, 4), ((3,), 4, 0)],
+    ids=["empty-batch", "empty-inner-batch", "no-in-features", "no-out-features"],
+)
 def test_linear_empty_problems_give_the_interpolated_bias_or_nothing(batch, fin, fout, mode):
     x, w_a, w_b, b_a, b_b = random_pair((fout, fin), (num_inputs(mode, 3), *batch, fin), torch.float32)
     check_linear(x, w_a, w_b, as_alphas(ALPHAS), b_a, b_b)
@@ -149,11 +156,21 @@ CONV_GEOMETRIES = {  # input shape (without the alpha dimension), weight shape, 
 }
 
 
-def check_conv(input_shape, weight_shape, stride, padding, dilation, groups, dtype, mode, alphas=ALPHAS,
-               bias=True, channels_last=False):
+def check_conv(
+    input_shape,
+    weight_shape,
+    stride,
+    padding,
+    dilation,
+    groups,
+    dtype,
+    mode,
+    alphas=ALPHAS,
+    bias=True,
+    channels_last=False,
+):
     alphas = as_alphas(alphas)
-    x, w_a, w_b, b_a, b_b = random_pair(weight_shape, (num_inputs(mode, alphas.numel()), *input_shape), dtype,
-                                        bias)
+    x, w_a, w_b, b_a, b_b = random_pair(weight_shape, (num_inputs(mode, alphas.numel()), *input_shape), dtype, bias)
     if channels_last:  # (A, N, C, H, W) with C innermost
         x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     geometry = dict(stride=list(stride), padding=list(padding), dilation=list(dilation), groups=groups)
@@ -194,6 +211,7 @@ def test_conv_empty_batch_gives_an_empty_output(bias, mode):
 
 # ------------------------------------------------------------------------------------- 64-bit index arithmetic
 
+
 @pytest.mark.parametrize("mode", MODES)
 def test_64_bit_indexing_gives_the_same_results(monkeypatch, mode):
     # Tensors past 2**31 elements switch the kernels to 64-bit offsets; too big for CI, so force the switch.
@@ -204,6 +222,7 @@ def test_64_bit_indexing_gives_the_same_results(monkeypatch, mode):
 
 
 # ------------------------------------------------------------------------------------------------------ tiles
+
 
 @pytest.mark.parametrize("fma", [False, True], ids=["tensor-cores", "fma"])
 def test_shared_mode_is_tuned_only_over_tiles_that_hold_two_accumulators(fma):
@@ -217,6 +236,7 @@ def test_shared_mode_is_tuned_only_over_tiles_that_hold_two_accumulators(fma):
 
 
 # -------------------------------------------------------------------------------------------------------- GPU
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -45,8 +45,10 @@ def reference_with_grads(op, x, w, m, b, grad, **geometry):
     leaves = [None if t is None else t.double().requires_grad_() for t in (x, w, b)]
     y = op(leaves[0], leaves[1], m, leaves[2], **geometry)
     y.backward(grad.double())
-    return [None if t is None else t.to(x.dtype) for t in (y, leaves[0].grad, leaves[1].grad,
-                                                            None if b is None else leaves[2].grad)]
+    return [
+        None if t is None else t.to(x.dtype)
+        for t in (y, leaves[0].grad, leaves[1].grad, None if b is None else leaves[2].grad)
+    ]
 
 
 def check_linear(x, w, m, b, grad_scale=4.0):
@@ -66,7 +68,13 @@ def check_linear(x, w, m, b, grad_scale=4.0):
 # ----------------------------------------------------------------------------------------------------- linear
 
 LINEAR_SHAPES = [  # (leading input shape, in_features, out_features)
-    ((1,), 1, 1), ((3,), 17, 5), ((33,), 65, 129), ((2, 3), 7, 9), ((0,), 8, 3), ((4,), 0, 3), ((), 6, 2),
+    ((1,), 1, 1),
+    ((3,), 17, 5),
+    ((33,), 65, 129),
+    ((2, 3), 7, 9),
+    ((0,), 8, 3),
+    ((4,), 0, 3),
+    ((), 6, 2),
 ]
 
 
@@ -109,8 +117,9 @@ def test_linear_accepts_strided_views_bias_and_expanded_gradients():
     assert_close(db, db_ref, scale=4)
 
 
-@pytest.mark.parametrize("need", [(True, False, False), (False, True, False), (False, False, True),
-                                  (False, True, True)])
+@pytest.mark.parametrize(
+    "need", [(True, False, False), (False, True, False), (False, False, True), (False, True, True)]
+)
 def test_linear_returns_only_the_requested_gradients(need):
     x, w, m, b = random_layer((6, 10), (4, 10), 0.5, torch.float32)
     grad = torch.randn(4, 6, device=DEVICE)
@@ -126,8 +135,9 @@ def test_split_k_weight_gradient_and_bias_gradient_match_one_pass():
     # On a GPU split-K is chosen for long reductions with few output tiles; force it here.
     x, w, m, _ = random_layer((7, 20), (70, 20), 0.5, torch.float32)
     grad = torch.randn(70, 7, device=DEVICE)
-    dw, db = kernels._masked_gemm(grad, (1, 7), x, (20, 1), (20, 1), 7, 20, 70, (7, 20), c_mask=m,
-                                  c_mask_strides=(20, 1), row_sum=True, split_k=3)
+    dw, db = kernels._masked_gemm(
+        grad, (1, 7), x, (20, 1), (20, 1), 7, 20, 70, (7, 20), c_mask=m, c_mask_strides=(20, 1), row_sum=True, split_k=3
+    )
     assert_close(dw, (grad.t().double() @ x.double()).float() * m)
     assert_close(db, grad.sum(0))
 
@@ -144,8 +154,9 @@ CONV_GEOMETRIES = {  # input shape, weight shape, stride, padding, dilation, gro
 }
 
 
-def check_conv(input_shape, weight_shape, stride, padding, dilation, groups, dtype, density=0.5, bias=True,
-               channels_last=False):
+def check_conv(
+    input_shape, weight_shape, stride, padding, dilation, groups, dtype, density=0.5, bias=True, channels_last=False
+):
     x, w, m, b = random_layer(weight_shape, input_shape, density, dtype, bias=bias)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -185,14 +196,16 @@ def test_conv_accepts_channels_last_input():
 def test_conv_split_k_weight_gradient_matches_one_pass():
     x, w, m, _ = random_layer((4, 2, 3, 3), (2, 4, 6, 6), 0.5, torch.float32)
     grad = torch.randn(2, 4, 6, 6, device=DEVICE)
-    _, _, dw_ref, db_ref = reference_with_grads(reference.masked_conv2d, x, w, m, torch.zeros(4, device=DEVICE),
-                                                grad, stride=1, padding=1, groups=2)
+    _, _, dw_ref, db_ref = reference_with_grads(
+        reference.masked_conv2d, x, w, m, torch.zeros(4, device=DEVICE), grad, stride=1, padding=1, groups=2
+    )
     dw, db = kernels._conv_weight_grad(grad, x, m, 2, (1, 1, 1, 1, 1, 1), True, False, split_k=3)
     assert_close(dw, dw_ref, scale=4)
     assert_close(db, db_ref, scale=4)
 
 
 # -------------------------------------------------------------------------------------------------------- GPU
+
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)

@@ -91,8 +91,14 @@ def test_zero_size_tensors_anywhere_in_the_list(where):
     g = torch.Generator().manual_seed(2)
     a, b = torch.randn(1100, generator=g), torch.randn(5, 7, generator=g)
     empty = [torch.empty(0), torch.empty(3, 0)]
-    scores = on_device({"first": [empty[0], a, b], "middle": [a, empty[1], b], "last": [a, b, empty[0]],
-                        "several": [empty[0], a, empty[1], empty[0], b, empty[1]]}[where])
+    scores = on_device(
+        {
+            "first": [empty[0], a, b],
+            "middle": [a, empty[1], b],
+            "last": [a, b, empty[0]],
+            "several": [empty[0], a, empty[1], empty[0], b, empty[1]],
+        }[where]
+    )
     masks = [(torch.rand(s.shape, generator=g) < 0.5).to(DEVICE) for s in scores]
     n, active = 1135, sum(int(m.sum()) for m in masks)
     assert_kth_matches(scores, [1, 600, n])
@@ -105,9 +111,27 @@ def test_zero_size_tensors_anywhere_in_the_list(where):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_nan_infinities_and_signed_zeros_in_the_float_order(dtype):
     info = torch.finfo(dtype)
-    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, info.max, -info.max,
-                             info.tiny, -info.tiny, info.smallest_normal / 4, -info.smallest_normal / 4, 1.0, -1.0,
-                             -0.0, float("nan"), 0.0], dtype=dtype)
+    specials = torch.tensor(
+        [
+            float("nan"),
+            float("inf"),
+            -float("inf"),
+            0.0,
+            -0.0,
+            info.max,
+            -info.max,
+            info.tiny,
+            -info.tiny,
+            info.smallest_normal / 4,
+            -info.smallest_normal / 4,
+            1.0,
+            -1.0,
+            -0.0,
+            float("nan"),
+            0.0,
+        ],
+        dtype=dtype,
+    )
     negative_nan = specials[:1].neg()  # a NaN with the sign bit set is still the largest
     g = torch.Generator().manual_seed(3)
     scores = on_device([specials, torch.randn(1200, generator=g).to(dtype), negative_nan])
@@ -122,7 +146,7 @@ def test_nan_infinities_and_signed_zeros_in_the_float_order(dtype):
 
 def test_every_float16_bit_pattern_is_ordered_as_torch_orders_it():
     """All 65536 float16 values (2046 NaNs, both zeros, subnormals, infinities), shuffled: 64 tiles."""
-    bits = torch.arange(-2**15, 2**15, dtype=torch.int32).to(torch.int16)
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
     values = bits[torch.randperm(bits.numel(), generator=torch.Generator().manual_seed(4))].view(torch.float16)
     scores = on_device([values[:40000], values[40000:].reshape(-1, 8)])
     finite_and_inf = 65536 - 2046

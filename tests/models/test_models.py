@@ -53,19 +53,22 @@ def test_forward_gives_logits_and_every_layer_is_masked(name, shape):
     assert output_layer.out_features == 7
 
 
-@pytest.mark.parametrize("name, shape, classes, expected", [
-    ("lenet300", (1, 28, 28), 10, 266_610),       # 784*300+300 + 300*100+100 + 100*10+10
-    ("lenet5", (1, 28, 28), 10, 60_074),          # 60 + 880 + 48,120 + 10,164 + 850
-    ("conv2", (3, 32, 32), 10, 4_301_642),        # Frankle & Carbin: 4.3M
-    ("conv4", (3, 32, 32), 10, 2_425_930),        # 2.4M
-    ("conv6", (3, 32, 32), 10, 2_262_602),
-    ("vgg11", (3, 32, 32), 10, 9_231_114),
-    ("vgg16", (3, 32, 32), 10, 14_728_266),       # OpenLTH cifar_vgg_16
-    ("vgg19", (3, 32, 32), 10, 20_040_522),       # Frankle & Carbin: 20.0M
-    ("resnet20", (3, 32, 32), 10, 272_474),       # OpenLTH cifar_resnet_20 (projection shortcuts)
-    ("resnet18", (3, 32, 32), 10, 11_173_962),    # the CIFAR ResNet-18 (3x3 stem, no max-pool)
-    ("mlp", (40,), 10, 40 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10),
-])
+@pytest.mark.parametrize(
+    "name, shape, classes, expected",
+    [
+        ("lenet300", (1, 28, 28), 10, 266_610),  # 784*300+300 + 300*100+100 + 100*10+10
+        ("lenet5", (1, 28, 28), 10, 60_074),  # 60 + 880 + 48,120 + 10,164 + 850
+        ("conv2", (3, 32, 32), 10, 4_301_642),  # Frankle & Carbin: 4.3M
+        ("conv4", (3, 32, 32), 10, 2_425_930),  # 2.4M
+        ("conv6", (3, 32, 32), 10, 2_262_602),
+        ("vgg11", (3, 32, 32), 10, 9_231_114),
+        ("vgg16", (3, 32, 32), 10, 14_728_266),  # OpenLTH cifar_vgg_16
+        ("vgg19", (3, 32, 32), 10, 20_040_522),  # Frankle & Carbin: 20.0M
+        ("resnet20", (3, 32, 32), 10, 272_474),  # OpenLTH cifar_resnet_20 (projection shortcuts)
+        ("resnet18", (3, 32, 32), 10, 11_173_962),  # the CIFAR ResNet-18 (3x3 stem, no max-pool)
+        ("mlp", (40,), 10, 40 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10),
+    ],
+)
 def test_parameter_counts_match_the_known_numbers(name, shape, classes, expected):
     assert n_params(create_model(name, shape, classes)) == expected
 

@@ -70,6 +70,7 @@ def prune_randomly(model: nn.Module, density: float = 0.5, seed: int = 10) -> di
 
 # --- masked() ---------------------------------------------------------------------------------------------------
 
+
 def test_masked_converts_every_linear_and_conv_in_place_and_returns_the_model():
     model = make_net()
     modules_before = {name: model.get_submodule(name) for name in LAYER_NAMES}
@@ -172,6 +173,7 @@ def test_masked_keeps_outputs_of_a_conv_with_same_padding_and_an_even_kernel():
 
 # --- unmasked() -------------------------------------------------------------------------------------------------
 
+
 def test_unmasked_gives_plain_layers_with_pruned_weights_zero_and_the_same_outputs():
     model = masked(make_net())
     masks = prune_randomly(model)
@@ -197,6 +199,7 @@ def test_unmasked_gives_plain_layers_with_pruned_weights_zero_and_the_same_outpu
 
 
 # --- torch.nn.utils.prune interop -------------------------------------------------------------------------------
+
 
 def weight_params(model: nn.Module):
     return [(model.get_submodule(name), "weight") for name in LAYER_NAMES]

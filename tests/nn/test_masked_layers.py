@@ -40,6 +40,7 @@ def where_kept(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # --- class contract ---------------------------------------------------------------------------------------------
 
+
 def test_masked_layers_are_subclasses_of_the_torch_layers_with_a_bool_mask_buffer():
     linear, conv = MaskedLinear(3, 2), MaskedConv2d(2, 4, 3)
     assert isinstance(linear, nn.Linear) and isinstance(conv, nn.Conv2d)
@@ -103,6 +104,7 @@ def test_zero_pruned_is_an_in_place_change_that_autograd_and_the_mask_cache_see(
     leaf = randn(9, 14, seed=3).requires_grad_()
     x = randn(5, 14, seed=4).requires_grad_()
     from lth_sparse.ops import masked_linear
+
     with _cpu.held_on("sparse"):
         out = masked_linear(x, leaf, mask)
     with torch.no_grad():
@@ -141,7 +143,11 @@ def test_zero_pruned_refuses_a_mask_that_is_not_bool_or_not_of_the_tensors_shape
 # --- forward against the reference ------------------------------------------------------------------------------
 
 LINEAR_SHAPES = [  # (input shape, in_features, out_features)
-    ((1, 1), 1, 1), ((5, 17), 17, 3), ((2, 3, 13), 13, 7), ((0, 6), 6, 4), ((6,), 6, 5),
+    ((1, 1), 1, 1),
+    ((5, 17), 17, 3),
+    ((2, 3, 13), 13, 7),
+    ((0, 6), 6, 4),
+    ((6,), 6, 5),
 ]
 
 
@@ -183,8 +189,9 @@ def test_masked_conv2d_matches_reference(kwargs, input_shape, density, bias):
     layer.mask.copy_(mask)
     x = randn(*input_shape, seed=6)
     bias = None if layer.bias is None else layer.bias.detach()
-    expected = reference.masked_conv2d(x, layer.weight.detach(), mask, bias, layer.stride, layer.padding,
-                                       layer.dilation, layer.groups)
+    expected = reference.masked_conv2d(
+        x, layer.weight.detach(), mask, bias, layer.stride, layer.padding, layer.dilation, layer.groups
+    )
     assert_close(layer(x), expected)
 
 
@@ -245,11 +252,13 @@ def test_pruned_weights_holding_inf_or_nan_do_not_change_the_output(kind, poison
 
 # --- gradients --------------------------------------------------------------------------------------------------
 
+
 def reference_forward(layer, weight, x, bias):
     if isinstance(layer, nn.Linear):
         return reference.masked_linear(x, weight, layer.mask, bias)
-    return reference.masked_conv2d(x, weight, layer.mask, bias, layer.stride, layer.padding, layer.dilation,
-                                   layer.groups)
+    return reference.masked_conv2d(
+        x, weight, layer.mask, bias, layer.stride, layer.padding, layer.dilation, layer.groups
+    )
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv"])
@@ -307,8 +316,9 @@ def _layer_and_input(kind: str):
 def _reference_of(layer, x):
     if isinstance(layer, MaskedLinear):
         return reference.masked_linear(x, layer.weight, layer.mask, layer.bias)
-    return reference.masked_conv2d(x, layer.weight, layer.mask, layer.bias, layer.stride, layer.padding,
-                                   layer.dilation, layer.groups)
+    return reference.masked_conv2d(
+        x, layer.weight, layer.mask, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups
+    )
 
 
 def assert_layer_matches_reference(layer, x):
@@ -331,9 +341,10 @@ def assert_layer_matches_reference(layer, x):
 @pytest.mark.parametrize("write", list(BYPASSING_WRITES))
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 @pytest.mark.parametrize("backend", ["auto", "cpp-dense", *backend_variants(LAYER_IMPLEMENTED)])
-def test_a_mask_written_behind_torchs_back_is_seen_by_the_next_forward_and_backward(backend, kind, write, start,
-                                                                                     use_backend):
-    """"auto" takes the C++ layer with its nothing-pruned shortcut (an all-ones mask runs torch's own
+def test_a_mask_written_behind_torchs_back_is_seen_by_the_next_forward_and_backward(
+    backend, kind, write, start, use_backend
+):
+    """ "auto" takes the C++ layer with its nothing-pruned shortcut (an all-ones mask runs torch's own
     layer) and the policy's path; "cpp-dense" and "cpp-sparse" hold the C++ backend on one path."""
     if backend == "cpp-dense":
         use_backend("cpp")
@@ -361,8 +372,10 @@ def test_a_mask_written_behind_torchs_back_is_seen_by_the_next_forward_and_backw
 # --- training: pruned weights stay exactly zero -----------------------------------------------------------------
 
 OPTIMIZERS = {
-    "sgd_nesterov": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True),
-                     ("momentum_buffer",)),
+    "sgd_nesterov": (
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True),
+        ("momentum_buffer",),
+    ),
     "adam": (lambda p: torch.optim.Adam(p, lr=1e-2), ("exp_avg", "exp_avg_sq")),
     "adamw": (lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1), ("exp_avg", "exp_avg_sq")),
 }
@@ -393,8 +406,9 @@ def masked_layers_of(model):
 
 def reference_model_output(model, x):
     conv, linear = model[0], model[3]
-    h = reference.masked_conv2d(x, conv.weight, conv.mask, conv.bias, conv.stride, conv.padding, conv.dilation,
-                                conv.groups)
+    h = reference.masked_conv2d(
+        x, conv.weight, conv.mask, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups
+    )
     return reference.masked_linear(h.relu().flatten(1), linear.weight, linear.mask, linear.bias)
 
 
@@ -456,8 +470,9 @@ def test_newly_pruned_weights_and_their_optimizer_state_are_zero_after_the_next_
     newly_pruned = [o & ~n for o, n in zip(old, new)]
     assert all(p.any() for p in newly_pruned)
     assert all(layer.weight[p].ne(0).all() for layer, p in zip(masked_layers_of(model), newly_pruned))
-    state_before = {key: [optimizer.state[layer.weight][key].clone() for layer in masked_layers_of(model)]
-                    for key in state_keys}
+    state_before = {
+        key: [optimizer.state[layer.weight][key].clone() for layer in masked_layers_of(model)] for key in state_keys
+    }
     assert all(s[p].ne(0).any() for key in state_keys for s, p in zip(state_before[key], newly_pruned))
 
     change_mask(model, how, new)
@@ -487,8 +502,9 @@ def test_mask_written_between_backward_and_step_still_leaves_pruned_weights_zero
     optimizer.zero_grad()
     F.mse_loss(model(x), y).backward()
     # the gradients were computed under the old mask: non-zero where the new one prunes
-    new = [layer.mask & random_mask(layer.mask.shape, 0.5, seed=300 + i)
-           for i, layer in enumerate(masked_layers_of(model))]
+    new = [
+        layer.mask & random_mask(layer.mask.shape, 0.5, seed=300 + i) for i, layer in enumerate(masked_layers_of(model))
+    ]
     assert any(layer.weight.grad[~m].ne(0).any() for layer, m in zip(masked_layers_of(model), new))
     for layer, m in zip(masked_layers_of(model), new):
         layer.mask.copy_(m)
@@ -497,6 +513,7 @@ def test_mask_written_between_backward_and_step_still_leaves_pruned_weights_zero
 
 
 # --- state_dict, deepcopy, .to() --------------------------------------------------------------------------------
+
 
 def test_state_dict_holds_bool_masks_and_load_state_dict_restores_them_in_a_fresh_model():
     model = small_masked_model(seed=0)
@@ -521,8 +538,9 @@ def test_load_state_dict_refuses_a_mask_that_is_not_bool_naming_the_key_and_dtyp
     model = small_masked_model(seed=0)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     mask = state["3.mask"]
-    state["3.mask"] = {"float": mask.float() * 0.5, "int-with-2": mask.long() * 2,
-                       "uint8-0-1": mask.to(torch.uint8)}[bad]
+    state["3.mask"] = {"float": mask.float() * 0.5, "int-with-2": mask.long() * 2, "uint8-0-1": mask.to(torch.uint8)}[
+        bad
+    ]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(TypeError, match=rf"'3\.mask'.*must be a bool mask, got {state['3.mask'].dtype}"):
         model.load_state_dict(state)
@@ -548,8 +566,9 @@ def test_deepcopy_pruned_weights_stay_zero_under_an_optimizer_also_after_a_mask_
     optimizer = make_optimizer(clone.parameters())
     for step in range(3):
         train_step(clone, optimizer, seed=step)
-    new = [layer.mask & random_mask(layer.mask.shape, 0.6, seed=400 + i)
-           for i, layer in enumerate(masked_layers_of(clone))]
+    new = [
+        layer.mask & random_mask(layer.mask.shape, 0.6, seed=400 + i) for i, layer in enumerate(masked_layers_of(clone))
+    ]
     for layer, m in zip(masked_layers_of(clone), new):
         layer.mask.copy_(m)
     for step in range(3, 6):

@@ -9,8 +9,14 @@ from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
 from lth_sparse.nn.path import PathNetwork, evaluate_path
 
-MODELS = [("lenet300", (1, 28, 28), {}), ("mlp", (40,), {"depth": 2, "width": 16}), ("conv2", (1, 12, 12), {}),
-          ("lenet5", (1, 28, 28), {}), ("resnet20", (3, 16, 16), {"width": 4}), ("vgg11", (3, 16, 16), {})]
+MODELS = [
+    ("lenet300", (1, 28, 28), {}),
+    ("mlp", (40,), {"depth": 2, "width": 16}),
+    ("conv2", (1, 12, 12), {}),
+    ("lenet5", (1, 28, 28), {}),
+    ("resnet20", (3, 16, 16), {"width": 4}),
+    ("vgg11", (3, 16, 16), {}),
+]
 
 
 def endpoints(name, shape, options, seed_b=1):
@@ -30,8 +36,10 @@ def endpoints(name, shape, options, seed_b=1):
 def loop_reference(model, state_a, state_b, alphas, x):
     outs = []
     for alpha in alphas:
-        state = {k: torch.lerp(state_a[k], state_b[k], alpha) if state_a[k].is_floating_point() else state_a[k]
-                 for k in state_a}
+        state = {
+            k: torch.lerp(state_a[k], state_b[k], alpha) if state_a[k].is_floating_point() else state_a[k]
+            for k in state_a
+        }
         m = copy.deepcopy(model)
         m.load_state_dict(state)
         outs.append(m.eval()(x))
@@ -86,16 +94,33 @@ def test_relu_after_an_interpolating_layer_is_fused_and_no_other():
     the layer's fresh output) and becomes an identity; right after a batch norm it works in place; one that
     sees the caller's input, or another module's output, stays as it is. The values are the loop's."""
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Dropout(),
-                                torch.nn.ReLU(), torch.nn.Linear(7, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
-                                torch.nn.Linear(6, 3))
+    model = torch.nn.Sequential(
+        torch.nn.ReLU(),
+        torch.nn.Linear(5, 7),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(),
+        torch.nn.ReLU(),
+        torch.nn.Linear(7, 6),
+        torch.nn.BatchNorm1d(6),
+        torch.nn.ReLU(),
+        torch.nn.Linear(6, 3),
+    )
     model[6].running_mean.uniform_(-1, 1)
     model[6].running_var.uniform_(0.5, 2)
     state_a = copy.deepcopy(model.state_dict())
     state_b = {k: v + 1 if v.is_floating_point() else v for k, v in state_a.items()}
     path = PathNetwork(model, state_a, state_b)
-    assert [type(m).__name__ for m in path.net] == ["ReLU", "_PathLinear", "_FusedReLU", "Dropout", "ReLU",
-                                                    "_PathLinear", "_PathBatchNorm", "ReLU", "_PathLinear"]
+    assert [type(m).__name__ for m in path.net] == [
+        "ReLU",
+        "_PathLinear",
+        "_FusedReLU",
+        "Dropout",
+        "ReLU",
+        "_PathLinear",
+        "_PathBatchNorm",
+        "ReLU",
+        "_PathLinear",
+    ]
     assert [path.net[i].relu for i in (1, 5, 8)] == [True, False, False]
     assert [path.net[i].inplace for i in (0, 4, 7)] == [False, False, True]
     assert isinstance(model[2], torch.nn.ReLU) and not model[7].inplace, "the caller's model is untouched"
@@ -163,8 +188,9 @@ def test_storage_users_counts_the_other_tensors_on_a_storage(how, monkeypatch):
 RELU_FIRST = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
 
 
-@pytest.mark.parametrize("name,shape,options", MODELS + [("conv4", (3, 8, 8), {})],
-                         ids=[m[0] for m in MODELS] + ["conv4"])
+@pytest.mark.parametrize(
+    "name,shape,options", MODELS + [("conv4", (3, 8, 8), {})], ids=[m[0] for m in MODELS] + ["conv4"]
+)
 @pytest.mark.parametrize("num_alphas", [1, 2, 5])
 def test_one_alpha_at_a_time_equals_loading_each_interpolated_state(name, shape, options, num_alphas):
     model, state_a, state_b = endpoints(name, shape, options)
@@ -174,8 +200,12 @@ def test_one_alpha_at_a_time_equals_loading_each_interpolated_state(name, shape,
     expected = loop_reference(model, state_a, state_b, alphas, x)
     torch.testing.assert_close(path(x, alphas, one_alpha_at_a_time=True), expected, atol=2e-5, rtol=1e-4)
     x2 = torch.randn(6, *shape)  # a second pass: the first layer's kept end outputs are recomputed for it
-    torch.testing.assert_close(path(x2, alphas, one_alpha_at_a_time=True),
-                               loop_reference(model, state_a, state_b, alphas, x2), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        path(x2, alphas, one_alpha_at_a_time=True),
+        loop_reference(model, state_a, state_b, alphas, x2),
+        atol=2e-5,
+        rtol=1e-4,
+    )
 
 
 def test_one_alpha_at_a_time_shares_only_the_layers_that_see_the_input():
@@ -193,17 +223,21 @@ def test_one_alpha_at_a_time_shares_only_the_layers_that_see_the_input():
         first = first.layers[0] if hasattr(first, "layers") else first  # a chain of linear layers: its first
         calls = []
         original = first._interpolated
-        first._interpolated = (lambda *args, calls=calls, original=original, **kwargs:
-                               calls.append(args[3].tolist()) or original(*args, **kwargs))
+        first._interpolated = lambda *args, calls=calls, original=original, **kwargs: (
+            calls.append(args[3].tolist()) or original(*args, **kwargs)
+        )
         out = path(x, alphas, one_alpha_at_a_time=True)
         assert calls == [[0.0, 1.0]] * shared_calls
         torch.testing.assert_close(out, loop_reference(model, state_a, state_b, alphas, x))
 
 
-@pytest.mark.parametrize("name,shape,options,expect_one_alpha", [("mlp", (40,), {"depth": 1, "width": 8}, False),
-                                                                 ("conv4", (3, 32, 32), {}, True)])
-def test_evaluate_path_runs_conv4_one_alpha_at_a_time_and_the_same_either_way(name, shape, options, expect_one_alpha,
-                                                                              monkeypatch):
+@pytest.mark.parametrize(
+    "name,shape,options,expect_one_alpha",
+    [("mlp", (40,), {"depth": 1, "width": 8}, False), ("conv4", (3, 32, 32), {}, True)],
+)
+def test_evaluate_path_runs_conv4_one_alpha_at_a_time_and_the_same_either_way(
+    name, shape, options, expect_one_alpha, monkeypatch
+):
     """On the CPU Conv-4's activations of all 21 alphas overflow the pass budget: evaluate_path runs it
     one alpha at a time; an MLP's fit and stay folded. Both orders give the per-alpha results."""
     model, state_a, state_b = endpoints(name, shape, options)
@@ -211,8 +245,13 @@ def test_evaluate_path_runs_conv4_one_alpha_at_a_time_and_the_same_either_way(na
     alphas = torch.linspace(0, 1, 21)
     orders = []
     forward = PathNetwork.forward
-    monkeypatch.setattr(PathNetwork, "forward", lambda self, xb, a, one_alpha_at_a_time=False: orders.append(
-        one_alpha_at_a_time) or forward(self, xb, a, one_alpha_at_a_time))
+    monkeypatch.setattr(
+        PathNetwork,
+        "forward",
+        lambda self, xb, a, one_alpha_at_a_time=False: (
+            orders.append(one_alpha_at_a_time) or forward(self, xb, a, one_alpha_at_a_time)
+        ),
+    )
     chosen = evaluate_path(model, state_a, state_b, alphas, x, y, batch_size=2)
     assert orders[1:] == [expect_one_alpha] * 3  # orders[0]: the one-example probe of the activation size
     logits = loop_reference(model, state_a, state_b, alphas, x)

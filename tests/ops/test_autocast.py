@@ -24,8 +24,12 @@ from tests.tolerances import assert_close
 
 def kinds_and_backends(device: str = "cpu") -> list[tuple[str, str]]:
     """(layer kind, backend variant) for each backend of each op that can run on ``device`` here."""
-    return [(kind, backend) for kind, implemented in (("linear", LINEAR_IMPLEMENTED), ("conv", CONV_IMPLEMENTED))
-            for backend in backend_variants(implemented, device)]
+    return [
+        (kind, backend)
+        for kind, implemented in (("linear", LINEAR_IMPLEMENTED), ("conv", CONV_IMPLEMENTED))
+        for backend in backend_variants(implemented, device)
+    ]
+
 
 CPU_DTYPES = [torch.bfloat16, torch.float16]
 DENSITIES = [1.0, 0.5, 0.0]  # nothing pruned (torch's own dense layer on the C++ path), half, everything
@@ -40,8 +44,17 @@ def premasked(layer: nn.Module) -> nn.Module:
     if isinstance(layer, MaskedLinear):
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     else:
-        plain = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                          layer.dilation, layer.groups, bias=layer.bias is not None, padding_mode=layer.padding_mode)
+        plain = nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            bias=layer.bias is not None,
+            padding_mode=layer.padding_mode,
+        )
     plain = plain.to(layer.weight.device, layer.weight.dtype)
     with torch.no_grad():
         plain.weight.copy_(torch.where(layer.mask, layer.weight, 0))
@@ -77,8 +90,9 @@ def run(module, x, grad, dtype, backward_inside):
 @pytest.mark.parametrize("dtype", CPU_DTYPES, ids=str)
 @pytest.mark.parametrize("density", DENSITIES)
 @pytest.mark.parametrize("backward_inside", [False, True], ids=["backward_after", "backward_inside"])
-def test_masked_layer_under_cpu_autocast_matches_the_torch_layer_premasked(kind, backend, dtype, density,
-                                                                          backward_inside, use_backend):
+def test_masked_layer_under_cpu_autocast_matches_the_torch_layer_premasked(
+    kind, backend, dtype, density, backward_inside, use_backend
+):
     use_backend(backend)
     layer, x = make_layer(kind, density)
     plain = premasked(layer)
@@ -105,8 +119,15 @@ def functional_case(kind: str, density: float):
     if kind == "linear":
         return masked_linear, (leaves[0], leaves[1], m, leaves[2]), F.linear, tuple(refs), leaves, refs, m
     geometry = dict(stride=2, padding=1)
-    return (lambda *a: masked_conv2d(*a, **geometry), (leaves[0], leaves[1], m, leaves[2]),
-            lambda *a: F.conv2d(*a, **geometry), tuple(refs), leaves, refs, m)
+    return (
+        lambda *a: masked_conv2d(*a, **geometry),
+        (leaves[0], leaves[1], m, leaves[2]),
+        lambda *a: F.conv2d(*a, **geometry),
+        tuple(refs),
+        leaves,
+        refs,
+        m,
+    )
 
 
 @pytest.mark.parametrize("kind, backend", kinds_and_backends())
@@ -135,9 +156,11 @@ def test_custom_op_under_cpu_autocast_casts_like_the_plain_eager_path(kind, via)
     op, args, _, _, leaves, _, mask = functional_case(kind, 0.5)
     if via == "torch.ops":
         if kind == "linear":
+
             def fn(*a):
                 return torch.ops.lth_sparse.masked_linear(*a)
         else:
+
             def fn(*a):
                 return torch.ops.lth_sparse.masked_conv2d(*a, [2, 2], [1, 1], [1, 1], 1)
     else:
@@ -175,8 +198,11 @@ def interpolation_case(kind: str):
     if kind == "linear":
         x, wa, wb = torch.randn(1, 4, 6, generator=g), torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
     else:
-        x, wa, wb = (torch.randn(3, 2, 3, 6, 6, generator=g), torch.randn(4, 3, 3, 3, generator=g),
-                     torch.randn(4, 3, 3, 3, generator=g))
+        x, wa, wb = (
+            torch.randn(3, 2, 3, 6, 6, generator=g),
+            torch.randn(4, 3, 3, 3, generator=g),
+            torch.randn(4, 3, 3, 3, generator=g),
+        )
     ba, bb = torch.randn(wa.shape[0], generator=g), torch.randn(wa.shape[0], generator=g)
     return x, wa, wb, alphas, ba, bb
 
@@ -184,8 +210,12 @@ def interpolation_case(kind: str):
 def interpolation_reference(kind, x, wa, wb, alphas, ba, bb):
     """The torch layer at each alpha, under the caller's autocast."""
     layer = F.linear if kind == "linear" else (lambda x, w, b: F.conv2d(x, w, b, padding=1))
-    return torch.stack([layer(x[0 if x.shape[0] == 1 else i], torch.lerp(wa, wb, a), torch.lerp(ba, bb, a))
-                        for i, a in enumerate(alphas.tolist())])
+    return torch.stack(
+        [
+            layer(x[0 if x.shape[0] == 1 else i], torch.lerp(wa, wb, a), torch.lerp(ba, bb, a))
+            for i, a in enumerate(alphas.tolist())
+        ]
+    )
 
 
 @pytest.mark.parametrize("backend", available_backends(interpolate.IMPLEMENTED))
@@ -195,8 +225,11 @@ def test_interpolated_op_under_cpu_autocast_matches_the_torch_layer_at_each_alph
     x, wa, wb, alphas, ba, bb = interpolation_case(kind)
     leaves = [t.clone().requires_grad_() for t in (x, wa, wb, alphas, ba, bb)]
     # the linear case's input is shared by every alpha, the conv's one per alpha
-    op = ((lambda x, *a: interpolated_linear(x[0], *a)) if kind == "linear"
-          else (lambda *a: interpolated_conv2d(*a, padding=1, input_per_alpha=True)))
+    op = (
+        (lambda x, *a: interpolated_linear(x[0], *a))
+        if kind == "linear"
+        else (lambda *a: interpolated_conv2d(*a, padding=1, input_per_alpha=True))
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = op(*leaves)
         y_ref = interpolation_reference(kind, x, wa, wb, alphas, ba, bb)
@@ -222,6 +255,7 @@ def test_cpu_forward_into_under_autocast_computes_in_the_autocast_dtype(kind):
 
 # ---------------------------------------------------------------------------------------------------------- GPU
 
+
 def gpu_network(kind: str, masked: bool, seed: int = 0) -> nn.Module:
     """A small masked network (about half of each weight pruned) on the GPU, or the torch network with the
     same weights pre-masked (``masked=False``)."""
@@ -229,8 +263,14 @@ def gpu_network(kind: str, masked: bool, seed: int = 0) -> nn.Module:
     if kind == "linear":
         layers = [MaskedLinear(64, 128), nn.ReLU(), MaskedLinear(128, 10)]
     else:
-        layers = [MaskedConv2d(3, 16, 3, padding=1), nn.ReLU(), MaskedConv2d(16, 16, 3, stride=2, padding=1),
-                  nn.ReLU(), nn.Flatten(), MaskedLinear(16 * 8 * 8, 10)]
+        layers = [
+            MaskedConv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            MaskedConv2d(16, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            MaskedLinear(16 * 8 * 8, 10),
+        ]
     for i, layer in enumerate(layers):
         if isinstance(layer, (MaskedLinear, MaskedConv2d)):
             layer.set_mask(random_mask(layer.weight.shape, 0.5, seed + i))
@@ -243,15 +283,17 @@ def gpu_network(kind: str, masked: bool, seed: int = 0) -> nn.Module:
 def gpu_batches(kind: str, steps: int):
     g = torch.Generator().manual_seed(1)
     shape = (32, 64) if kind == "linear" else (16, 3, 16, 16)
-    return [(torch.randn(*shape, generator=g).cuda(), torch.randint(0, 10, (shape[0],), generator=g).cuda())
-            for _ in range(steps)]
+    return [
+        (torch.randn(*shape, generator=g).cuda(), torch.randint(0, 10, (shape[0],), generator=g).cuda())
+        for _ in range(steps)
+    ]
 
 
 def train_steps(network, batches, dtype, masks):
     """SGD steps under autocast to ``dtype`` (fp16 with a GradScaler); the torch network's weight gradients
     are masked by hand (``masks``: one per weight layer, or None) so both follow the same masked update."""
     optimizer = torch.optim.SGD(network.parameters(), lr=0.05)
-    scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 10, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10, enabled=dtype == torch.float16)
     weights = [m.weight for m in network if isinstance(m, (nn.Linear, nn.Conv2d))]
     for x, y in batches:
         optimizer.zero_grad(set_to_none=True)
@@ -265,7 +307,7 @@ def train_steps(network, batches, dtype, masks):
                 w.grad[~m] = 0
         scaler.step(optimizer)
         scaler.update()
-    assert scaler.get_scale() == (2.0 ** 10 if dtype == torch.float16 else 1.0), "no step may overflow and be skipped"
+    assert scaler.get_scale() == (2.0**10 if dtype == torch.float16 else 1.0), "no step may overflow and be skipped"
     return weights
 
 

@@ -35,8 +35,7 @@ C = cpp_extension()
 linear_module = importlib.import_module("lth_sparse.ops.masked_linear")
 conv_module = importlib.import_module("lth_sparse.ops.masked_conv2d")
 
-BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
-        torch.float64: torch.int64}
+BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 def random_mask(shape, density, seed=0):
@@ -80,6 +79,7 @@ class KernelSpy:
         def counted(*args, **kwargs):
             self.calls[name] += 1
             return kernel(*args, **kwargs)
+
         return counted
 
 
@@ -117,10 +117,12 @@ STRUCTURE_MASKS = {
     "1-d": lambda: random_mask((11,), 0.5),
     "all-true": lambda: torch.ones(5, 9, dtype=torch.bool),
     "all-false": lambda: torch.zeros(5, 9, dtype=torch.bool),
-    "one-entry": lambda: torch.zeros(6, 4, dtype=torch.bool).index_put_((torch.tensor([5]), torch.tensor([0])),
-                                                                       torch.tensor(True)),
-    "empty-row-and-col": lambda: random_mask((6, 8), 0.5).index_fill_(0, torch.tensor([2]), False)
-                                                         .index_fill_(1, torch.tensor([0, 7]), False),
+    "one-entry": lambda: torch.zeros(6, 4, dtype=torch.bool).index_put_(
+        (torch.tensor([5]), torch.tensor([0])), torch.tensor(True)
+    ),
+    "empty-row-and-col": lambda: (
+        random_mask((6, 8), 0.5).index_fill_(0, torch.tensor([2]), False).index_fill_(1, torch.tensor([0, 7]), False)
+    ),
     "0-cols": lambda: torch.zeros(4, 0, dtype=torch.bool),
     "0-rows": lambda: torch.zeros(0, 5, dtype=torch.bool),
     "conv": lambda: random_mask((6, 3, 3, 3), 0.3),
@@ -157,16 +159,19 @@ TRANSPOSE_CASES = {
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32,
-                                   torch.bool])
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.bool]
+)
 @pytest.mark.parametrize("case", list(TRANSPOSE_CASES))
 def test_transpose_2d_is_t_contiguous(case, dtype):
     x = TRANSPOSE_CASES[case](dtype)
     ours = C.transpose_2d(x)
     assert ours.is_contiguous() and ours.dtype == dtype and ours.shape == x.t().shape
+
     def bits(t):  # compares NaN and -0.0 exactly
         t = t.flatten().clone()
         return t if dtype == torch.bool else t.view(torch.uint8)
+
     assert torch.equal(bits(ours), bits(x.t()))
 
 
@@ -205,9 +210,15 @@ def column_space(rows, n, p, dtype, layout, fill=None):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("out_layout,x_layout,n", [
-    ("contiguous", "contiguous", N), ("batch-major", "batch-major", N), ("transposed", "contiguous", N),
-    ("linear", "contiguous", 1)])
+@pytest.mark.parametrize(
+    "out_layout,x_layout,n",
+    [
+        ("contiguous", "contiguous", N),
+        ("batch-major", "batch-major", N),
+        ("transposed", "contiguous", N),
+        ("linear", "contiguous", 1),
+    ],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_spmm_matches_dense_product_for_every_width(dtype, out_layout, x_layout, n, bias):
     mask = random_mask((ROWS, COLS), 0.4)
@@ -287,34 +298,41 @@ def _structure_and_operands():
     return s, torch.randn(4, 6), torch.randn(6, 2, 5), torch.empty(4, 2, 5)
 
 
-@pytest.mark.parametrize("call,words", [
-    (lambda s, v, x, out: C.spmm_(out, v.t(), s[0], s[1], x, None), "contiguous"),
-    (lambda s, v, x, out: C.spmm_(out, v[:, :5].contiguous(), s[0], s[1], x, None), "columns"),
-    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x, None, True), "rows"),
-    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1] + 6, x, None), "out of range"),
-    (lambda s, v, x, out: C.spmm_(out, v, s[0].long(), s[1], x, None), "int32"),
-    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x[:5], None), "shape"),
-    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x[:, :1], None), "shape"),
-    (lambda s, v, x, out: C.spmm_(out[:, :, :4], v, s[0], s[1], x, None), "shape"),
-    (lambda s, v, x, out: C.spmm_(out[:3], v, s[0], s[1], x, None), "entries"),
-    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x.double(), None), "dtype"),
-    (lambda s, v, x, out: C.spmm_(out, v.double(), s[0], s[1], x, None), "dtype"),
-    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x.transpose(1, 2).contiguous().transpose(1, 2), None),
-     "contiguous"),
-    (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x, torch.randn(3)), "bias"),
-    (lambda s, v, x, out: C.spmm_(out[:, 0], v, s[0], s[1], x, None), "3-D"),
-    (lambda s, v, x, out: C.sddmm(s[0].long(), s[1], out.normal_(), x), "int32"),
-    (lambda s, v, x, out: C.sddmm(s[0], s[1], out.normal_(), x[:, :1]), "shape"),
-    (lambda s, v, x, out: C.sddmm(s[0], s[1], out.normal_(), x[:5]), "out of range"),
-    (lambda s, v, x, out: C.sddmm(s[0], s[1], out.normal_().double(), x), "dtype"),
-    (lambda s, v, x, out: C.sddmm(s[0], s[1], out.normal_()[1:], x), "entries"),
-    (lambda s, v, x, out: C.mask_structure(torch.ones(3, 3)), "bool"),
-    (lambda s, v, x, out: C.apply_mask(torch.randn(3, 4), torch.ones(4, 3, dtype=torch.bool)), "shape"),
-    (lambda s, v, x, out: C.apply_mask(torch.randn(3, 4), torch.ones(3, 4)), "bool"),
-    (lambda s, v, x, out: C.apply_mask(torch.ones(3, 4, dtype=torch.long), torch.ones(3, 4, dtype=torch.bool)),
-     "floating"),
-    (lambda s, v, x, out: C.zero_pruned_(torch.randn(3, 4), torch.ones(3, 5, dtype=torch.bool)), "shape"),
-])
+@pytest.mark.parametrize(
+    "call,words",
+    [
+        (lambda s, v, x, out: C.spmm_(out, v.t(), s[0], s[1], x, None), "contiguous"),
+        (lambda s, v, x, out: C.spmm_(out, v[:, :5].contiguous(), s[0], s[1], x, None), "columns"),
+        (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x, None, True), "rows"),
+        (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1] + 6, x, None), "out of range"),
+        (lambda s, v, x, out: C.spmm_(out, v, s[0].long(), s[1], x, None), "int32"),
+        (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x[:5], None), "shape"),
+        (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x[:, :1], None), "shape"),
+        (lambda s, v, x, out: C.spmm_(out[:, :, :4], v, s[0], s[1], x, None), "shape"),
+        (lambda s, v, x, out: C.spmm_(out[:3], v, s[0], s[1], x, None), "entries"),
+        (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x.double(), None), "dtype"),
+        (lambda s, v, x, out: C.spmm_(out, v.double(), s[0], s[1], x, None), "dtype"),
+        (
+            lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x.transpose(1, 2).contiguous().transpose(1, 2), None),
+            "contiguous",
+        ),
+        (lambda s, v, x, out: C.spmm_(out, v, s[0], s[1], x, torch.randn(3)), "bias"),
+        (lambda s, v, x, out: C.spmm_(out[:, 0], v, s[0], s[1], x, None), "3-D"),
+        (lambda s, v, x, out: C.sddmm(s[0].long(), s[1], out.normal_(), x), "int32"),
+        (lambda s, v, x, out: C.sddmm(s[0], s[1], out.normal_(), x[:, :1]), "shape"),
+        (lambda s, v, x, out: C.sddmm(s[0], s[1], out.normal_(), x[:5]), "out of range"),
+        (lambda s, v, x, out: C.sddmm(s[0], s[1], out.normal_().double(), x), "dtype"),
+        (lambda s, v, x, out: C.sddmm(s[0], s[1], out.normal_()[1:], x), "entries"),
+        (lambda s, v, x, out: C.mask_structure(torch.ones(3, 3)), "bool"),
+        (lambda s, v, x, out: C.apply_mask(torch.randn(3, 4), torch.ones(4, 3, dtype=torch.bool)), "shape"),
+        (lambda s, v, x, out: C.apply_mask(torch.randn(3, 4), torch.ones(3, 4)), "bool"),
+        (
+            lambda s, v, x, out: C.apply_mask(torch.ones(3, 4, dtype=torch.long), torch.ones(3, 4, dtype=torch.bool)),
+            "floating",
+        ),
+        (lambda s, v, x, out: C.zero_pruned_(torch.randn(3, 4), torch.ones(3, 5, dtype=torch.bool)), "shape"),
+    ],
+)
 def test_bad_kernel_arguments_raise_runtime_error(call, words):
     with pytest.raises(RuntimeError, match=words):
         call(*_structure_and_operands())
@@ -332,13 +350,21 @@ def _raises_runtime_error_or_is_right(case: str) -> None:
     elif case == "spmm_ decreasing ptr":
         # Row 0 claims 3 entries of an idx of 2; the int32 after idx is a valid column, so nothing
         # but a check of ptr itself can stop the read past the end of idx.
-        C.spmm_(torch.empty(2, 1, 4), torch.randn(2, 3), torch.tensor([0, 3, 2], **i32),
-                torch.tensor([0, 1, 2], **i32)[:2], torch.randn(3, 1, 4), None)
+        C.spmm_(
+            torch.empty(2, 1, 4),
+            torch.randn(2, 3),
+            torch.tensor([0, 3, 2], **i32),
+            torch.tensor([0, 1, 2], **i32)[:2],
+            torch.randn(3, 1, 4),
+            None,
+        )
     elif case == "masked_linear float8_e4m3fn":  # on the default backend; the torch backend computes it
         w = torch.randn(64, 64).to(torch.float8_e4m3fn)
         x, m = torch.randn(8, 64).to(w.dtype), random_mask(w.shape, 0.5)
-        if not torch.equal(masked_linear(x, w, m).view(torch.uint8),
-                           torch.nn.functional.linear(x, torch.where(m, w, 0)).view(torch.uint8)):
+        if not torch.equal(
+            masked_linear(x, w, m).view(torch.uint8),
+            torch.nn.functional.linear(x, torch.where(m, w, 0)).view(torch.uint8),
+        ):
             os._exit(1)
         return
     elif case.startswith(("apply_mask", "zero_pruned_")):
@@ -356,9 +382,18 @@ def _raises_runtime_error_or_is_right(case: str) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork to survive a crash")
-@pytest.mark.parametrize("case", ["spmm_ ptr past idx", "sddmm ptr past idx", "spmm_ decreasing ptr",
-                                  "apply_mask float8_e4m3fn", "apply_mask float8_e5m2",
-                                  "zero_pruned_ float8_e4m3fn", "masked_linear float8_e4m3fn"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "spmm_ ptr past idx",
+        "sddmm ptr past idx",
+        "spmm_ decreasing ptr",
+        "apply_mask float8_e4m3fn",
+        "apply_mask float8_e5m2",
+        "zero_pruned_ float8_e4m3fn",
+        "masked_linear float8_e4m3fn",
+    ],
+)
 def test_malformed_arguments_do_not_crash_the_process(case):
     """Arguments the kernels cannot handle are a RuntimeError, never a segfault or a corrupted heap."""
     pid = os.fork()
@@ -562,25 +597,30 @@ def test_use_sparse_thresholds_at_the_default_constants():
 
 # (weight shape, columns, density, sparse path expected under the default constants)
 _POLICY_CASES = [
-    ((10, 100), 4, 0.1, False),     # 4000 multiply-adds < MIN_DENSE_WORK
-    ((10, 100), 8, 0.99, True),     # tiny product (8000 <= SMALL_DENSE_WORK, 8 columns): any density
+    ((10, 100), 4, 0.1, False),  # 4000 multiply-adds < MIN_DENSE_WORK
+    ((10, 100), 8, 0.99, True),  # tiny product (8000 <= SMALL_DENSE_WORK, 8 columns): any density
     ((10, 100), 60, 0.5, True),
-    ((10, 100), 7, 0.5, False),     # tiny, but fewer than SMALL_MIN_COLUMNS columns: MAX_DENSITY
+    ((10, 100), 7, 0.5, False),  # tiny, but fewer than SMALL_MIN_COLUMNS columns: MAX_DENSITY
     ((10, 100), 7, 0.2, True),
-    ((64, 125), 16, 0.9, True),     # 128000 multiply-adds: tiny
-    ((64, 125), 17, 0.5, False),    # 136000: MAX_DENSITY
+    ((64, 125), 16, 0.9, True),  # 128000 multiply-adds: tiny
+    ((64, 125), 17, 0.5, False),  # 136000: MAX_DENSITY
     ((64, 125), 17, 0.25, True),
-    ((64, 125), 1, 0.2, False),     # batch 1: GEMV_MAX_DENSITY
+    ((64, 125), 1, 0.2, False),  # batch 1: GEMV_MAX_DENSITY
     ((64, 125), 1, 0.05, True),
-    ((64, 125), 2, 0.2, True),      # batch 2: MAX_DENSITY
+    ((64, 125), 2, 0.2, True),  # batch 2: MAX_DENSITY
 ]
 
 
 @pytest.mark.parametrize("shape,columns,density,expected", _POLICY_CASES)
 def test_the_policy_and_the_one_call_layer_agree(shape, columns, density, expected, use_backend):
     use_backend("cpp")
-    assert (_cpu.MAX_DENSITY, _cpu.GEMV_MAX_DENSITY, _cpu.MIN_DENSE_WORK, _cpu.SMALL_DENSE_WORK,
-            _cpu.SMALL_MIN_COLUMNS) == (0.25, 0.05, 4096, 131072, 8), "the cases assume the defaults"
+    assert (
+        _cpu.MAX_DENSITY,
+        _cpu.GEMV_MAX_DENSITY,
+        _cpu.MIN_DENSE_WORK,
+        _cpu.SMALL_DENSE_WORK,
+        _cpu.SMALL_MIN_COLUMNS,
+    ) == (0.25, 0.05, 4096, 131072, 8), "the cases assume the defaults"
     w = torch.randn(shape, requires_grad=True)
     m = mask_with_kept(shape, round(density * w.numel()))
     assert _cpu.use_sparse(w, m, columns) == expected
@@ -596,8 +636,10 @@ def test_the_policy_and_the_one_call_layer_agree(shape, columns, density, expect
             assert ("MaskedLinearSparse" if path == "sparse" else "MaskedLinearDense") in name
 
 
-@pytest.mark.parametrize("kept_offset,dtype,sparse", [
-    (-1000, torch.float32, True), (1, torch.float32, False), (-1000, torch.bfloat16, False)])
+@pytest.mark.parametrize(
+    "kept_offset,dtype,sparse",
+    [(-1000, torch.float32, True), (1, torch.float32, False), (-1000, torch.bfloat16, False)],
+)
 def test_masked_linear_takes_the_path_use_sparse_chooses_in_eager_mode(kept_offset, dtype, sparse, spy, use_backend):
     use_backend("cpp")
     w, m, rows = _threshold_layer(kept_offset, dtype)
@@ -615,10 +657,11 @@ def test_masked_linear_takes_the_path_use_sparse_chooses_in_eager_mode(kept_offs
         assert_close(ours.grad, theirs.grad, scale=10)
 
 
-@pytest.mark.parametrize("kept_offset,dtype,sparse", [
-    (-1000, torch.float32, True), (1, torch.float32, False), (-1000, torch.bfloat16, False)])
-def test_masked_linear_takes_the_path_use_sparse_chooses(kept_offset, dtype, sparse, spy, use_backend,
-                                                          custom_op_path):
+@pytest.mark.parametrize(
+    "kept_offset,dtype,sparse",
+    [(-1000, torch.float32, True), (1, torch.float32, False), (-1000, torch.bfloat16, False)],
+)
+def test_masked_linear_takes_the_path_use_sparse_chooses(kept_offset, dtype, sparse, spy, use_backend, custom_op_path):
     use_backend("cpp")
     w, m, rows = _threshold_layer(kept_offset, dtype)
     assert _cpu.use_sparse(w, m, rows) == sparse
@@ -692,8 +735,11 @@ def test_inference_mode_mask_on_the_sparse_path():
 
 def _linear_case(seed=0, fin=24, fout=10, batch=5, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, fin, generator=g, dtype=dtype), torch.randn(fout, fin, generator=g, dtype=dtype),
-            torch.randn(fout, generator=g, dtype=dtype))
+    return (
+        torch.randn(batch, fin, generator=g, dtype=dtype),
+        torch.randn(fout, fin, generator=g, dtype=dtype),
+        torch.randn(fout, generator=g, dtype=dtype),
+    )
 
 
 def assert_linear_matches_reference(x, w, m, b):
@@ -883,8 +929,9 @@ _NOT_TAKEN = {
     "bias shape": lambda x, w, m, b: (x, w, m, b[:-1]),
     "bias dtype": lambda x, w, m, b: (x, w, m, b.float()),
     "bias 2-d": lambda x, w, m, b: (x, w, m, b[None]),
-    "float8": lambda x, w, m, b: tuple(None if t is None else t.to(torch.float8_e4m3fn) if t.is_floating_point()
-                                       else t for t in (x, w, m, b)),
+    "float8": lambda x, w, m, b: tuple(
+        None if t is None else t.to(torch.float8_e4m3fn) if t.is_floating_point() else t for t in (x, w, m, b)
+    ),
 }
 
 
@@ -945,13 +992,13 @@ def test_double_backward_matches_the_reference(path, clean, batch_shape, use_bac
     (x, w, b), m = _node_case(path, clean, batch_shape)
     y = _ours_on(path, x, w, m, b)
     y_ref = reference.masked_linear(x, w, m, b)
-    grads = torch.autograd.grad((y ** 2).sum(), (x, w, b), create_graph=True)
-    grads_ref = torch.autograd.grad((y_ref ** 2).sum(), (x, w, b), create_graph=True)
+    grads = torch.autograd.grad((y**2).sum(), (x, w, b), create_graph=True)
+    grads_ref = torch.autograd.grad((y_ref**2).sum(), (x, w, b), create_graph=True)
     for ours, theirs in zip(grads, grads_ref):
         assert_close(ours, theirs)
     assert all(g.requires_grad for g in grads)
-    second = torch.autograd.grad(sum((g ** 2).sum() for g in grads), (x, w, b))
-    second_ref = torch.autograd.grad(sum((g ** 2).sum() for g in grads_ref), (x, w, b))
+    second = torch.autograd.grad(sum((g**2).sum() for g in grads), (x, w, b))
+    second_ref = torch.autograd.grad(sum((g**2).sum() for g in grads_ref), (x, w, b))
     for ours, theirs in zip(second, second_ref):
         assert_close(ours, theirs)
     assert not second[1][~m].any(), "pruned weights get no second-order gradient either"
@@ -1043,6 +1090,7 @@ def test_dual_tensors_go_to_the_python_function(use_backend):
     (x, w, b), m = _node_case("dense", clean=True)
     assert C.masked_linear_auto(x.detach(), w.detach(), m, b.detach(), *_cpu._policy_args(), True) is not None
     import torch.autograd.forward_ad as fwAD
+
     with fwAD.dual_level():
         dual = fwAD.make_dual(x.detach(), torch.ones_like(x))
         assert C.masked_linear_auto(dual, w.detach(), m, b.detach(), *_cpu._policy_args(), True) is None
@@ -1074,10 +1122,16 @@ def _conv_case(n, c, h, w, cout, kh, kw, density, dtype=torch.float64, groups=1,
 
 
 def assert_conv_matches_reference(x, wt, m, b, *geometry, need_input=True, with_bias=True, scale=1.0):
-    ours = [x.clone().requires_grad_(need_input), wt.clone().requires_grad_(),
-            b.clone().requires_grad_() if with_bias else None]
-    refs = [x.clone().requires_grad_(need_input), wt.clone().requires_grad_(),
-            b.clone().requires_grad_() if with_bias else None]
+    ours = [
+        x.clone().requires_grad_(need_input),
+        wt.clone().requires_grad_(),
+        b.clone().requires_grad_() if with_bias else None,
+    ]
+    refs = [
+        x.clone().requires_grad_(need_input),
+        wt.clone().requires_grad_(),
+        b.clone().requires_grad_() if with_bias else None,
+    ]
     y = masked_conv2d(ours[0], ours[1], m, ours[2], *geometry)
     y_ref = reference.masked_conv2d(refs[0], refs[1], m, refs[2], *geometry)
     assert y.shape == y_ref.shape
@@ -1123,13 +1177,16 @@ def test_conv_groups_take_the_dense_path_and_match(use_backend, spy):
     assert spy.calls["spmm_"] == 0 and spy.calls["sddmm"] == 0 and spy.calls["apply_mask"] > 0
 
 
-@pytest.mark.parametrize("stride,padding,dilation,kernel", [
-    ((2, 1), (0, 2), (1, 1), (3, 3)),
-    ((1, 3), (1, 0), (2, 1), (2, 3)),
-    ((3, 2), (2, 2), (2, 3), (3, 2)),
-    ((1, 1), (0, 0), (1, 1), (1, 1)),
-    ((2, 2), (1, 1), (1, 1), (4, 4)),
-])
+@pytest.mark.parametrize(
+    "stride,padding,dilation,kernel",
+    [
+        ((2, 1), (0, 2), (1, 1), (3, 3)),
+        ((1, 3), (1, 0), (2, 1), (2, 3)),
+        ((3, 2), (2, 2), (2, 3), (3, 2)),
+        ((1, 1), (0, 0), (1, 1), (1, 1)),
+        ((2, 2), (1, 1), (1, 1), (4, 4)),
+    ],
+)
 def test_conv_sparse_geometries(stride, padding, dilation, kernel, use_backend, spy):
     use_backend("cpp-sparse")
     x, wt, m, b = _conv_case(2, 3, 9, 8, 4, *kernel, 0.4)

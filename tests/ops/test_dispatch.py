@@ -60,16 +60,20 @@ def test_auto_skips_unverified_cuda_kernels():
 
 
 def test_missing_cpp_extension_is_reported(monkeypatch, use_backend):
-    monkeypatch.setitem(_dispatch._load_extension.__wrapped__.__globals__, "_load_extension",
-                        lambda name: (None, f"lth_sparse.{name} is not built (test)"))
+    monkeypatch.setitem(
+        _dispatch._load_extension.__wrapped__.__globals__,
+        "_load_extension",
+        lambda name: (None, f"lth_sparse.{name} is not built (test)"),
+    )
     use_backend("cpp")
     with pytest.raises(RuntimeError, match="not built"):
         kth_smallest([torch.randn(3)], 1)
     assert lth_sparse.backend_info()["cpp"] is False
 
 
-@pytest.mark.skipif(__import__("os").environ.get("LTH_SPARSE_REQUIRE_CPP") != "1",
-                    reason="only where the C++ build is required (CI)")
+@pytest.mark.skipif(
+    __import__("os").environ.get("LTH_SPARSE_REQUIRE_CPP") != "1", reason="only where the C++ build is required (CI)"
+)
 def test_cpp_extension_is_built_where_required():
     info = lth_sparse.backend_info()
     assert info["cpp"], info["reasons"].get("cpp")

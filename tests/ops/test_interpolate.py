@@ -30,8 +30,13 @@ ALPHAS = [torch.tensor([0.0]), torch.tensor([0.0, 1.0]), torch.linspace(-0.5, 1.
 def linear_case(num_inputs, batch, fin, fout, bias, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
-    return r(num_inputs, *batch, fin), r(fout, fin), r(fout, fin), (r(fout) if bias else None), \
-        (r(fout) if bias else None)
+    return (
+        r(num_inputs, *batch, fin),
+        r(fout, fin),
+        r(fout, fin),
+        (r(fout) if bias else None),
+        (r(fout) if bias else None),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -62,8 +67,9 @@ def test_per_alpha_inputs_use_blocks_of_weights(monkeypatch):
     monkeypatch.setattr(interpolate, "_MAX_BLOCK", 2)
     alphas = torch.linspace(0, 1, 7)
     x, wa, wb, ba, bb = linear_case(7, (3,), 6, 5, True, torch.float32)
-    assert_close(interpolated_linear(x, wa, wb, alphas, ba, bb),
-                 reference.interpolated_linear(x, wa, wb, alphas, ba, bb))
+    assert_close(
+        interpolated_linear(x, wa, wb, alphas, ba, bb), reference.interpolated_linear(x, wa, wb, alphas, ba, bb)
+    )
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -77,15 +83,27 @@ def test_interpolated_linear_gradcheck(shared):
 def conv_case(num_inputs, n, c, h, cout, k, groups, bias, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
-    return (r(num_inputs, n, c, h, h + 1), r(cout, c // groups, k, k), r(cout, c // groups, k, k),
-            r(cout) if bias else None, r(cout) if bias else None)
+    return (
+        r(num_inputs, n, c, h, h + 1),
+        r(cout, c // groups, k, k),
+        r(cout, c // groups, k, k),
+        r(cout) if bias else None,
+        r(cout) if bias else None,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("geometry", [(1, 1, 1, 1, 1, 1, 0, 1, 1), (2, 3, 7, 5, 3, 1, 1, 1, 1),
-                                      (3, 4, 9, 6, 3, 2, 2, 2, 2), (0, 2, 5, 2, 3, 1, 0, 1, 1)])
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        (1, 1, 1, 1, 1, 1, 0, 1, 1),
+        (2, 3, 7, 5, 3, 1, 1, 1, 1),
+        (3, 4, 9, 6, 3, 2, 2, 2, 2),
+        (0, 2, 5, 2, 3, 1, 0, 1, 1),
+    ],
+)
 @pytest.mark.parametrize("alphas", ALPHAS[:3], ids=lambda a: f"A{a.numel()}")
 @pytest.mark.parametrize("backend", available_backends(IMPLEMENTED))
 def test_interpolated_conv2d_matches_reference(dtype, shared, bias, geometry, alphas, backend, use_backend):
@@ -113,19 +131,24 @@ def test_opcheck():
     torch.library.opcheck(interpolated_linear_op, (x.requires_grad_(), wa.requires_grad_(), wb, alphas, ba, bb))
     torch.library.opcheck(interpolated_linear_op, (x[:1], wa, wb.requires_grad_(), alphas, None, None))
     xc, wa, wb, ba, bb = conv_case(1, 2, 4, 5, 4, 3, 2, True, torch.float32)
-    torch.library.opcheck(interpolated_conv2d_op, (xc.requires_grad_(), wa, wb.requires_grad_(), alphas, ba, bb,
-                                                   [1, 1], [1, 1], [1, 1], 2))
+    torch.library.opcheck(
+        interpolated_conv2d_op,
+        (xc.requires_grad_(), wa, wb.requires_grad_(), alphas, ba, bb, [1, 1], [1, 1], [1, 1], 2),
+    )
 
 
-@pytest.mark.parametrize("change,error,words", [
-    (lambda x, wa, wb, a, ba, bb: (x, wa, wb, a.reshape(1, -1), ba, bb), ValueError, "alphas must be 1-D"),
-    (lambda x, wa, wb, a, ba, bb: (x, wa, wb, a[:0], ba, bb), ValueError, "at least one"),
-    (lambda x, wa, wb, a, ba, bb: (x[:2], wa, wb, a, ba, bb), ValueError, "first dimension"),
-    (lambda x, wa, wb, a, ba, bb: (x, wa, wb[:, :-1], a, ba, bb), ValueError, "weight_b must have"),
-    (lambda x, wa, wb, a, ba, bb: (x, wa, wb, a, ba, None), ValueError, "together"),
-    (lambda x, wa, wb, a, ba, bb: (x, wa, wb.double(), a, ba, bb), TypeError, "one dtype"),
-    (lambda x, wa, wb, a, ba, bb: (x[..., :-1], wa, wb, a, ba, bb), ValueError, "in_features"),
-])
+@pytest.mark.parametrize(
+    "change,error,words",
+    [
+        (lambda x, wa, wb, a, ba, bb: (x, wa, wb, a.reshape(1, -1), ba, bb), ValueError, "alphas must be 1-D"),
+        (lambda x, wa, wb, a, ba, bb: (x, wa, wb, a[:0], ba, bb), ValueError, "at least one"),
+        (lambda x, wa, wb, a, ba, bb: (x[:2], wa, wb, a, ba, bb), ValueError, "first dimension"),
+        (lambda x, wa, wb, a, ba, bb: (x, wa, wb[:, :-1], a, ba, bb), ValueError, "weight_b must have"),
+        (lambda x, wa, wb, a, ba, bb: (x, wa, wb, a, ba, None), ValueError, "together"),
+        (lambda x, wa, wb, a, ba, bb: (x, wa, wb.double(), a, ba, bb), TypeError, "one dtype"),
+        (lambda x, wa, wb, a, ba, bb: (x[..., :-1], wa, wb, a, ba, bb), ValueError, "in_features"),
+    ],
+)
 def test_bad_input_names_the_argument(change, error, words):
     args = linear_case(3, (2,), 4, 5, True, torch.float32)
     alphas = torch.tensor([0.0, 0.5, 1.0])
@@ -141,15 +164,17 @@ def test_a_batch_as_large_as_the_number_of_alphas_is_still_one_shared_batch():
     out = public_interpolated_linear(x[0], wa, wb, alphas, ba, bb)
     assert out.shape == (3, 3, 5)
     for i, a in enumerate(alphas):
-        torch.testing.assert_close(out[i],
-                                   torch.nn.functional.linear(x[0], torch.lerp(wa, wb, a), torch.lerp(ba, bb, a)))
+        torch.testing.assert_close(
+            out[i], torch.nn.functional.linear(x[0], torch.lerp(wa, wb, a), torch.lerp(ba, bb, a))
+        )
     per_alpha = public_interpolated_linear(x[0], wa, wb, alphas, ba, bb, input_per_alpha=True)
     assert per_alpha.shape == (3, 5), "row i of the batch through the layer at alphas[i]"
     torch.testing.assert_close(per_alpha[1], out[1, 1])
 
 
-@pytest.mark.parametrize("op, x", [(public_interpolated_linear, torch.randn(2, 4)),
-                                   (public_interpolated_conv2d, torch.randn(2, 1, 3, 5, 5))])
+@pytest.mark.parametrize(
+    "op, x", [(public_interpolated_linear, torch.randn(2, 4)), (public_interpolated_conv2d, torch.randn(2, 1, 3, 5, 5))]
+)
 def test_per_alpha_inputs_need_one_input_per_alpha(op, x):
     w = torch.randn(5, 4) if op is public_interpolated_linear else torch.randn(2, 3, 3, 3)
     with pytest.raises(ValueError, match="must be 3 \\(the number of alphas\\)"):

@@ -57,24 +57,29 @@ def test_unbatched_input_matches_reference():
 
 def test_gradcheck_float64():
     x, wt, m, b = make(2, 2, 5, 5, 3, 3, 1, 0.6, torch.float64)
-    assert torch.autograd.gradcheck(lambda x, w, b: masked_conv2d(x, w, m, b, 2, 1),
-                                    (x.requires_grad_(), wt.requires_grad_(), b.requires_grad_()))
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: masked_conv2d(x, w, m, b, 2, 1), (x.requires_grad_(), wt.requires_grad_(), b.requires_grad_())
+    )
 
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_opcheck(bias):
     x, wt, m, b = make(2, 4, 6, 6, 4, 3, 2, 0.5, torch.float32)
-    torch.library.opcheck(_masked_conv2d, (x.requires_grad_(), wt.requires_grad_(), m, b if bias else None,
-                                           [1, 2], [1, 0], [1, 1], 2))
+    torch.library.opcheck(
+        _masked_conv2d, (x.requires_grad_(), wt.requires_grad_(), m, b if bias else None, [1, 2], [1, 0], [1, 1], 2)
+    )
 
 
-@pytest.mark.parametrize("change,error,words", [
-    (lambda x, w, m, b: (x, w, m.int(), b), TypeError, "mask must be a bool"),
-    (lambda x, w, m, b: (x, w, m[:1], b), ValueError, "mask must have the weight's shape"),
-    (lambda x, w, m, b: (x[:, :1], w, m, b), ValueError, "channels"),
-    (lambda x, w, m, b: (x.flatten(1), w, m, b), ValueError, "input must be"),
-    (lambda x, w, m, b: (x, w, m, b[:1]), ValueError, "bias must have shape"),
-])
+@pytest.mark.parametrize(
+    "change,error,words",
+    [
+        (lambda x, w, m, b: (x, w, m.int(), b), TypeError, "mask must be a bool"),
+        (lambda x, w, m, b: (x, w, m[:1], b), ValueError, "mask must have the weight's shape"),
+        (lambda x, w, m, b: (x[:, :1], w, m, b), ValueError, "channels"),
+        (lambda x, w, m, b: (x.flatten(1), w, m, b), ValueError, "input must be"),
+        (lambda x, w, m, b: (x, w, m, b[:1]), ValueError, "bias must have shape"),
+    ],
+)
 def test_bad_input_names_the_argument(change, error, words):
     with pytest.raises(error, match=words):
         masked_conv2d(*change(*make(2, 3, 5, 5, 4, 3, 1, 0.5, torch.float32)))
@@ -93,8 +98,10 @@ def test_forward_mode_ad_matches_reference(backend, moving, use_backend):
 
     use_backend(backend)
     x, wt, m, b = make(2, 3, 7, 6, 4, 3, 1, 0.4, torch.float64)
-    tangents = [torch.randn_like(t) if moving in (name, "all") else None
-                for name, t in (("input", x), ("weight", wt), ("bias", b))]
+    tangents = [
+        torch.randn_like(t) if moving in (name, "all") else None
+        for name, t in (("input", x), ("weight", wt), ("bias", b))
+    ]
     with fwAD.dual_level():
         args = [t if d is None else fwAD.make_dual(t, d) for t, d in zip((x, wt, b), tangents)]
         y = fwAD.unpack_dual(masked_conv2d(args[0], args[1], m, args[2], 2, 1))

@@ -7,7 +7,12 @@ from tests.conftest import backend_variants
 from tests.tolerances import assert_close
 
 SHAPES = [  # (leading batch shape, in_features, out_features)
-    ((1,), 1, 1), ((3,), 17, 5), ((2, 5), 65, 129), ((0,), 8, 3), ((7,), 0, 4), ((), 6, 2),
+    ((1,), 1, 1),
+    ((3,), 17, 5),
+    ((2, 5), 65, 129),
+    ((0,), 8, 3),
+    ((7,), 0, 4),
+    ((), 6, 2),
 ]
 DENSITIES = [1.0, 0.5, 0.1, 0.01, 0.0]
 
@@ -67,6 +72,7 @@ def test_gradcheck_float64():
 
     def fn(x, w, b):
         return masked_linear(x, w, m, b)
+
     assert torch.autograd.gradcheck(fn, (args[0], args[1], args[3]))
 
 
@@ -82,15 +88,18 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(compiled(x, w, m, b), masked_linear(x, w, m, b))
 
 
-@pytest.mark.parametrize("change,error,words", [
-    (lambda x, w, m, b: (x, w, m.float(), b), TypeError, "mask must be a bool"),
-    (lambda x, w, m, b: (x, w, m[:, :-1], b), ValueError, "mask must have the weight's shape"),
-    (lambda x, w, m, b: (x[:, :-1], w, m, b), ValueError, "input must be"),
-    (lambda x, w, m, b: (x.double(), w, m, b), TypeError, "one dtype"),
-    (lambda x, w, m, b: (x, w, m, b[:-1]), ValueError, "bias must have shape"),
-    (lambda x, w, m, b: (x, w.long(), m, b), TypeError, "weight must be a floating"),
-    (lambda x, w, m, b: (x, w, m, b.to("meta")), RuntimeError, "one device"),
-])
+@pytest.mark.parametrize(
+    "change,error,words",
+    [
+        (lambda x, w, m, b: (x, w, m.float(), b), TypeError, "mask must be a bool"),
+        (lambda x, w, m, b: (x, w, m[:, :-1], b), ValueError, "mask must have the weight's shape"),
+        (lambda x, w, m, b: (x[:, :-1], w, m, b), ValueError, "input must be"),
+        (lambda x, w, m, b: (x.double(), w, m, b), TypeError, "one dtype"),
+        (lambda x, w, m, b: (x, w, m, b[:-1]), ValueError, "bias must have shape"),
+        (lambda x, w, m, b: (x, w.long(), m, b), TypeError, "weight must be a floating"),
+        (lambda x, w, m, b: (x, w, m, b.to("meta")), RuntimeError, "one device"),
+    ],
+)
 def test_bad_input_names_the_argument(change, error, words):
     with pytest.raises(error, match=words):
         masked_linear(*change(*make((2,), 5, 3, 0.5, torch.float32)))
@@ -105,8 +114,10 @@ def test_forward_mode_ad_matches_reference(backend, moving, batch, use_backend):
 
     use_backend(backend)
     x, w, m, b = make(batch, 9, 5, 0.4, torch.float64)
-    tangents = [torch.randn_like(t) if moving in (name, "all") else None
-                for name, t in (("input", x), ("weight", w), ("bias", b))]
+    tangents = [
+        torch.randn_like(t) if moving in (name, "all") else None
+        for name, t in (("input", x), ("weight", w), ("bias", b))
+    ]
     with fwAD.dual_level():
         args = [t if d is None else fwAD.make_dual(t, d) for t, d in zip((x, w, b), tangents)]
         y = fwAD.unpack_dual(masked_linear(args[0], args[1], m, args[2]))

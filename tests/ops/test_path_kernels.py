@@ -31,6 +31,7 @@ def stacked_halves(rows: int, cols: int, dtype: torch.dtype) -> tuple[torch.Tens
 
 def threads(n: int):
     """Run the block on n intra-op threads."""
+
     class Threads:
         def __enter__(self):
             self.saved = torch.get_num_threads()
@@ -38,6 +39,7 @@ def threads(n: int):
 
         def __exit__(self, *exc):
             torch.set_num_threads(self.saved)
+
     return Threads()
 
 
@@ -109,25 +111,65 @@ def test_bias_relu_is_add_then_relu_in_place(dtype, relu, num_threads):
 
 
 @needs_extension
-@pytest.mark.parametrize("call, words", [
-    (lambda: C.lerp_relu_(torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(3, 4).double(), torch.rand(2), None,
-                          False), "one dtype"),
-    (lambda: C.lerp_relu_(torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(4, 3).t(), torch.rand(2), None, False),
-     "strides"),
-    (lambda: C.lerp_relu_(torch.empty(2, 3, 4), torch.randn(4, 3).t(), torch.randn(4, 3).t(), torch.rand(2), None,
-                          False), "unit column stride"),
-    (lambda: C.lerp_relu_(torch.empty(2, 4, 3).transpose(1, 2), torch.randn(3, 4), torch.randn(3, 4), torch.rand(2),
-                          None, False), "contiguous"),
-    (lambda: C.lerp_relu_(torch.empty(3, 3, 4), torch.randn(3, 4), torch.randn(3, 4), torch.rand(2), None, False),
-     r"is not \(A, rows, cols\)"),
-    (lambda: C.lerp_relu_(torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(3, 4), torch.rand(2), torch.randn(2, 3),
-                          False), "bias must be"),
-    (lambda: C.lerp_relu_(torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 1]), None,
-                          False), "alphas must be floating"),
-    (lambda: C.lerp_relu_(torch.empty(2, 3, 4, dtype=torch.float16), torch.randn(3, 4).half(), torch.randn(3, 4).half(),
-                          torch.rand(2), None, False), "float32 or float64"),
-    (lambda: C.bias_relu_(torch.empty(2, 3, 4), torch.randn(2, 4).double(), True), "bias must be"),
-])
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (
+            lambda: C.lerp_relu_(
+                torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(3, 4).double(), torch.rand(2), None, False
+            ),
+            "one dtype",
+        ),
+        (
+            lambda: C.lerp_relu_(
+                torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(4, 3).t(), torch.rand(2), None, False
+            ),
+            "strides",
+        ),
+        (
+            lambda: C.lerp_relu_(
+                torch.empty(2, 3, 4), torch.randn(4, 3).t(), torch.randn(4, 3).t(), torch.rand(2), None, False
+            ),
+            "unit column stride",
+        ),
+        (
+            lambda: C.lerp_relu_(
+                torch.empty(2, 4, 3).transpose(1, 2), torch.randn(3, 4), torch.randn(3, 4), torch.rand(2), None, False
+            ),
+            "contiguous",
+        ),
+        (
+            lambda: C.lerp_relu_(
+                torch.empty(3, 3, 4), torch.randn(3, 4), torch.randn(3, 4), torch.rand(2), None, False
+            ),
+            r"is not \(A, rows, cols\)",
+        ),
+        (
+            lambda: C.lerp_relu_(
+                torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(3, 4), torch.rand(2), torch.randn(2, 3), False
+            ),
+            "bias must be",
+        ),
+        (
+            lambda: C.lerp_relu_(
+                torch.empty(2, 3, 4), torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 1]), None, False
+            ),
+            "alphas must be floating",
+        ),
+        (
+            lambda: C.lerp_relu_(
+                torch.empty(2, 3, 4, dtype=torch.float16),
+                torch.randn(3, 4).half(),
+                torch.randn(3, 4).half(),
+                torch.rand(2),
+                None,
+                False,
+            ),
+            "float32 or float64",
+        ),
+        (lambda: C.bias_relu_(torch.empty(2, 3, 4), torch.randn(2, 4).double(), True), "bias must be"),
+    ],
+)
 def test_bad_arguments_raise_and_name_the_fault(call, words):
     with pytest.raises(RuntimeError, match=words):
         call()
@@ -146,8 +188,12 @@ def loop(model, state_a, state_b, alphas, x):
     outs = []
     for alpha in alphas:
         net = copy.deepcopy(model)
-        net.load_state_dict({k: torch.lerp(state_a[k], state_b[k], alpha) if state_a[k].is_floating_point()
-                             else state_a[k] for k in state_a})
+        net.load_state_dict(
+            {
+                k: torch.lerp(state_a[k], state_b[k], alpha) if state_a[k].is_floating_point() else state_a[k]
+                for k in state_a
+            }
+        )
         outs.append(net.eval()(x))
     return torch.stack(outs)
 
@@ -161,8 +207,12 @@ def test_weights_kept_across_passes_follow_the_alphas_and_the_endpoints(monkeypa
     model, state_a, state_b = lenet_path()
     path = PathNetwork(model, copy.deepcopy(state_a), copy.deepcopy(state_b))  # its buffers may be the states' tensors
     x = torch.randn(9, 1, 8, 8)
-    for alphas in (torch.linspace(0, 1, 5), torch.linspace(0, 1, 5), torch.tensor([0.2, 0.9, 1.3]),
-                   torch.linspace(0, 1, 5)):
+    for alphas in (
+        torch.linspace(0, 1, 5),
+        torch.linspace(0, 1, 5),
+        torch.tensor([0.2, 0.9, 1.3]),
+        torch.linspace(0, 1, 5),
+    ):
         torch.testing.assert_close(path(x, alphas), loop(model, state_a, state_b, alphas, x))
     kept = [m._weights for m in path.net.modules() if hasattr(m, "_weights")]
     assert len(kept) == 3
@@ -224,8 +274,15 @@ def chained_models():
     """MLPs whose linear layers become one chain: masked LeNet-300-100 (on 8x8 inputs), a plain Sequential
     with a layer without bias and two linear layers with no ReLU between them."""
     torch.manual_seed(5)
-    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 12, bias=False), torch.nn.ReLU(),
-                                torch.nn.Linear(12, 9), torch.nn.Linear(9, 7), torch.nn.ReLU(), torch.nn.Linear(7, 4))
+    plain = torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 12, bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Linear(12, 9),
+        torch.nn.Linear(9, 7),
+        torch.nn.ReLU(),
+        torch.nn.Linear(7, 4),
+    )
     return {"lenet300": create_model("lenet300", (1, 8, 8), 10), "plain": plain}
 
 

@@ -142,8 +142,9 @@ def test_prune_lowest_equals_torch_global_l1_unstructured(backend, use_backend):
     weights = [model[0].weight.detach().clone(), model[2].weight.detach().clone()]
     k = round(0.2 * sum(w.numel() for w in weights))
     ours = prune_lowest([w.abs() for w in weights], None, k)
-    prune.global_unstructured([(model[0], "weight"), (model[2], "weight")],
-                              pruning_method=prune.L1Unstructured, amount=0.2)
+    prune.global_unstructured(
+        [(model[0], "weight"), (model[2], "weight")], pruning_method=prune.L1Unstructured, amount=0.2
+    )
     assert torch.equal(ours[0], model[0].weight_mask.bool())
     assert torch.equal(ours[1], model[2].weight_mask.bool())
 
@@ -156,22 +157,24 @@ def test_opcheck():
     torch.library.opcheck(_prune_lowest, (scores, [], 3))
 
 
-@pytest.mark.parametrize("call,error,words", [
-    (lambda: kth_smallest([], 1), ValueError, "tensors must not be empty"),
-    (lambda: kth_smallest(torch.randn(3), 1), TypeError, "list or tuple"),
-    (lambda: kth_smallest([torch.randn(3)], 0), ValueError, "k must be in"),
-    (lambda: kth_smallest([torch.randn(3)], 4), ValueError, "k must be in"),
-    (lambda: kth_smallest([torch.randn(3)], 1.0), TypeError, "k must be an int"),
-    (lambda: kth_smallest([torch.arange(3)], 1), TypeError, "floating"),
-    (lambda: kth_smallest([torch.randn(3), torch.randn(2).double()], 1), TypeError, "one dtype"),
-    (lambda: kth_smallest([torch.randn(0)], 1), ValueError, "no elements"),
-    (lambda: prune_lowest([torch.randn(3)], [torch.ones(3)], 1), TypeError, "bool"),
-    (lambda: prune_lowest([torch.randn(3)], [torch.ones(2, dtype=torch.bool)], 1), ValueError, "shape"),
-    (lambda: prune_lowest([torch.randn(3)], [], 1), ValueError, "one mask per score"),
-    (lambda: prune_lowest([torch.randn(3)], [torch.tensor([True, False, False])], 2), ValueError,
-     "still unpruned"),
-    (lambda: prune_lowest([torch.randn(3)], None, -1), ValueError, "k must be in"),
-])
+@pytest.mark.parametrize(
+    "call,error,words",
+    [
+        (lambda: kth_smallest([], 1), ValueError, "tensors must not be empty"),
+        (lambda: kth_smallest(torch.randn(3), 1), TypeError, "list or tuple"),
+        (lambda: kth_smallest([torch.randn(3)], 0), ValueError, "k must be in"),
+        (lambda: kth_smallest([torch.randn(3)], 4), ValueError, "k must be in"),
+        (lambda: kth_smallest([torch.randn(3)], 1.0), TypeError, "k must be an int"),
+        (lambda: kth_smallest([torch.arange(3)], 1), TypeError, "floating"),
+        (lambda: kth_smallest([torch.randn(3), torch.randn(2).double()], 1), TypeError, "one dtype"),
+        (lambda: kth_smallest([torch.randn(0)], 1), ValueError, "no elements"),
+        (lambda: prune_lowest([torch.randn(3)], [torch.ones(3)], 1), TypeError, "bool"),
+        (lambda: prune_lowest([torch.randn(3)], [torch.ones(2, dtype=torch.bool)], 1), ValueError, "shape"),
+        (lambda: prune_lowest([torch.randn(3)], [], 1), ValueError, "one mask per score"),
+        (lambda: prune_lowest([torch.randn(3)], [torch.tensor([True, False, False])], 2), ValueError, "still unpruned"),
+        (lambda: prune_lowest([torch.randn(3)], None, -1), ValueError, "k must be in"),
+    ],
+)
 def test_bad_input_names_the_argument(call, error, words):
     with pytest.raises(error, match=words):
         call()

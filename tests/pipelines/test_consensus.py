@@ -11,8 +11,16 @@ from lth_sparse.masks import Masks, intersection, vote
 from lth_sparse.pipelines import consensus, steps
 from lth_sparse.pipelines.consensus import ConsensusConfig
 
-TINY = dict(model="mlp", model_options=(("width", 32),), epochs=1, lr=0.05, batch_size=64, train_size=400,
-            rounds=3, intersect_round=2)
+TINY = dict(
+    model="mlp",
+    model_options=(("width", 32),),
+    epochs=1,
+    lr=0.05,
+    batch_size=64,
+    train_size=400,
+    rounds=3,
+    intersect_round=2,
+)
 TASKS = ("digits", "digits:permute=1", "digits:half=a")
 
 
@@ -28,8 +36,9 @@ def shared(tmp_path_factory):
 
 
 def bespoke_masks(run_dir, r, n=3, seed=0):
-    return [Masks.load(run_dir / f"seed_{seed}" / f"bespoke_{i}" / f"round_{r:02d}" / "masks.safetensors")
-            for i in range(n)]
+    return [
+        Masks.load(run_dir / f"seed_{seed}" / f"bespoke_{i}" / f"round_{r:02d}" / "masks.safetensors") for i in range(n)
+    ]
 
 
 def test_the_consensus_is_the_intersection_of_the_bespoke_masks(shared):
@@ -40,7 +49,7 @@ def test_the_consensus_is_the_intersection_of_the_bespoke_masks(shared):
     for m in at:
         assert mask.is_subset_of(m)
     assert summary["consensus"]["sparsity"]["mean"] == pytest.approx(mask.sparsity())
-    assert mask.sparsity() >= max(m.sparsity() for m in at) == pytest.approx(1 - 0.8 ** 2, abs=1e-3)
+    assert mask.sparsity() >= max(m.sparsity() for m in at) == pytest.approx(1 - 0.8**2, abs=1e-3)
     done = json.loads((tmp / "run" / "seed_0" / "consensus" / "done.json").read_text())
     assert done["output_connected_sparsity"] <= done["effective_sparsity"] + 1e-12
     assert done["effective_sparsity"] >= done["sparsity"] - 1e-12
@@ -73,17 +82,19 @@ def test_random_pruning_gives_every_task_the_same_mask(tmp_path):
 def test_every_ticket_is_retrained_on_every_task(shared):
     tmp, summary = shared
     rows = {(r["ticket"], r["target"]): r for r in summary["retrain"]}
-    assert set(rows) == {(t, i) for t in ("consensus", "random", "bespoke_0", "bespoke_1", "bespoke_2")
-                         for i in range(3)}
+    assert set(rows) == {
+        (t, i) for t in ("consensus", "random", "bespoke_0", "bespoke_1", "bespoke_2") for i in range(3)
+    }
     density = summary["consensus"]["density"]["mean"]
-    for (ticket, target), row in rows.items():
+    for (ticket, _target), row in rows.items():
         assert 0 <= row["test_accuracy"]["mean"] <= 1
         if ticket.startswith("bespoke"):  # the round of the bespoke run closest to the consensus's density
             (r,) = row["source_round"]
             src = json.loads((tmp / "run" / "seed_0" / f"bespoke_{row['source']}" / "done.json").read_text())
             densities = [x["density"] for x in src["rounds"]]
             assert abs(torch.tensor(densities[r]).log() - torch.tensor(density).log()) == min(
-                abs(torch.tensor(d).log() - torch.tensor(density).log()) for d in densities)
+                abs(torch.tensor(d).log() - torch.tensor(density).log()) for d in densities
+            )
     # a bespoke ticket retrained on its own task from the shared initialisation is the IMP round itself
     own = rows[("bespoke_0", 0)]
     (r,) = own["source_round"]
@@ -120,9 +131,22 @@ def test_tasks_of_other_class_counts_leave_the_output_layer_out(tmp_path):
 
 def test_the_paganini_preset_is_the_papers_recipe_and_options_override_it():
     c = config_from_options(ConsensusConfig, {"tasks": ["digits", "digits:half=b"], "preset": "paganini"})
-    assert (c.optimizer, c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs, c.schedule) == \
-        ("sgd", 0.01, 0.0, 0.0, 32, 30.0, "constant")
-    assert (c.val_fraction, c.fraction, c.scope, c.importance, c.intersect_round) == (0.2, 0.2, "global", "magnitude", 2)
+    assert (c.optimizer, c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs, c.schedule) == (
+        "sgd",
+        0.01,
+        0.0,
+        0.0,
+        32,
+        30.0,
+        "constant",
+    )
+    assert (c.val_fraction, c.fraction, c.scope, c.importance, c.intersect_round) == (
+        0.2,
+        0.2,
+        "global",
+        "magnitude",
+        2,
+    )
     assert c.augment == "flip+crop4", "the appendix: a horizontal flip and a random crop (padding: our reading)"
     assert c.task_names("1x8x8") == ("digits:augment=flip+crop4", "digits:half=b:shape=1x8x8:augment=flip+crop4")
     assert config_from_options(ConsensusConfig, {"tasks": TASKS, "preset": "paganini", "lr": 0.1}).lr == 0.1
@@ -152,8 +176,17 @@ def test_a_saved_config_keeps_what_its_preset_gave_when_it_ran(tmp_path):
 
     from lth_sparse.pipelines.consensus import CONSENSUS
 
-    config = ConsensusConfig(**{**TINY, "tasks": TASKS, "preset": "paganini", "augment": None, "epochs": 1,
-                                "batch_size": 64, "retrain": False})
+    config = ConsensusConfig(
+        **{
+            **TINY,
+            "tasks": TASKS,
+            "preset": "paganini",
+            "augment": None,
+            "epochs": 1,
+            "batch_size": 64,
+            "retrain": False,
+        }
+    )
     consensus.run(config, tmp_path / "run", progress=False, log=lambda s: None, plots=False)
     saved_file = tmp_path / "run" / "config.json"
     saved = json_.loads(saved_file.read_text())

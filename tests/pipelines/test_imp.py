@@ -60,7 +60,7 @@ def test_global_sparsity_after_n_rounds_is_one_minus_point_eight_to_the_n(rewoun
             remaining -= round(0.2 * remaining)
         assert round_masks(rewound.dir, r).num_unpruned() == remaining
         assert result["sparsity"] == pytest.approx(1 - remaining / total, abs=1e-12)
-        assert result["sparsity"] == pytest.approx(1 - 0.8 ** r, abs=1e-4)
+        assert result["sparsity"] == pytest.approx(1 - 0.8**r, abs=1e-4)
         assert result["density"] == pytest.approx(remaining / total, abs=1e-12)
 
 
@@ -240,8 +240,27 @@ def test_bad_config_is_refused():
 
 def test_command_line_runs_and_writes_summary_and_plots(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["imp", "--dataset", "digits", "--model", "mlp", "--model-option", "width=32", "--rounds", "1",
-                 "--epochs", "1", "--lr", "0.05", "--controls", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "imp",
+            "--dataset",
+            "digits",
+            "--model",
+            "mlp",
+            "--model-option",
+            "width=32",
+            "--rounds",
+            "1",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.05",
+            "--controls",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "round" in printed and "rand mask" in printed
@@ -249,8 +268,29 @@ def test_command_line_runs_and_writes_summary_and_plots(tmp_path, capsys):
     assert summary["config"]["model_options"] == [["width", 32]]
     assert (out / "plots" / "accuracy_vs_remaining.png").stat().st_size > 1000
     assert (out / "plots" / "layer_sparsity.png").exists()
-    assert main(["imp", "--dataset", "digits", "--model", "mlp", "--model-option", "width=32", "--rounds", "1",
-                 "--epochs", "1", "--lr", "0.1", "--out", str(out), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "imp",
+                "--dataset",
+                "digits",
+                "--model",
+                "mlp",
+                "--model-option",
+                "width=32",
+                "--rounds",
+                "1",
+                "--epochs",
+                "1",
+                "--lr",
+                "0.1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "lr: 0.05 there, 0.1 now" in capsys.readouterr().err
 
 
@@ -279,8 +319,11 @@ def test_seeds_vary_apart_each_defaulting_from_the_run_seed(tmp_path):
         imp.run(imp.ImpConfig(**tiny, **seeds), tmp_path / name, progress=False, log=lambda s: None, plots=False)
         seed = seeds.get("seed", 0)
         folder = tmp_path / name / f"seed_{seed}"
-        return (torch.load(folder / "init.pt"), torch.load(folder / "round_00" / "final.pt"),
-                [json.loads(x) for x in (folder / "round_00" / "metrics.jsonl").read_text().splitlines()])
+        return (
+            torch.load(folder / "init.pt"),
+            torch.load(folder / "round_00" / "final.pt"),
+            [json.loads(x) for x in (folder / "round_00" / "metrics.jsonl").read_text().splitlines()],
+        )
 
     base_init, base_final, _ = run("base", seed=0)
     same_default = run("explicit", seed=0, init_seed=0, split_seed=0, order_seed=0, prune_seed=0)
@@ -314,9 +357,19 @@ def test_aimp_compresses_the_mask_search_and_trains_each_ticket_fully(tmp_path):
     from lth_sparse.pipelines import imp as imp_module
     from lth_sparse.pipelines.imp import ImpConfig
 
-    config = ImpConfig(dataset="digits", model="mlp", model_options=(("width", 32),), epochs=4, search_epochs=1,
-                       lr=0.05, schedule="step", milestones=(2.0, 3.0), rounds=2, rewind="iter:3",
-                       sparse_options=(("momentum", 0.0),))
+    config = ImpConfig(
+        dataset="digits",
+        model="mlp",
+        model_options=(("width", 32),),
+        epochs=4,
+        search_epochs=1,
+        lr=0.05,
+        schedule="step",
+        milestones=(2.0, 3.0),
+        rounds=2,
+        rewind="iter:3",
+        sparse_options=(("momentum", 0.0),),
+    )
     search = config.train_config()
     assert (search.epochs, search.milestones) == (1, (0.5, 0.75)), "the schedule compressed to the budget"
     assert config.sparse_train_config().momentum == 0.0 and config.sparse_train_config().epochs == 4

@@ -13,8 +13,7 @@ from lth_sparse.cli import main
 from lth_sparse.config import config_from_options
 from lth_sparse.pipelines import imp, instability
 from lth_sparse.pipelines.imp import ImpConfig
-from lth_sparse.pipelines.instability import (InstabilityConfig, _Setup, contradictions, earliest_stable,
-                                              evaluate_pair)
+from lth_sparse.pipelines.instability import InstabilityConfig, _Setup, contradictions, earliest_stable, evaluate_pair
 from lth_sparse.runs import ConfigMismatch, config_hash
 
 TINY = dict(dataset="digits", model="lenet300", epochs=3, lr=0.05, batch_size=64, alphas=11)
@@ -39,7 +38,7 @@ def test_bisection_finds_the_first_stable_point_in_the_expected_probes():
     for first in (1, 2, 7, 63, 100):
         calls = []
 
-        def oracle(k):
+        def oracle(k, calls=calls, first=first):
             calls.append(k)
             return k >= first
 
@@ -65,7 +64,9 @@ def test_the_summary_holds_every_point_with_its_barriers_and_curves(dense):
         assert row["test_error_barrier"]["mean"] >= 0
         # equation 3 can never be below half the gap between the ends
         for s in (0, 1):
-            done = json.loads((path / f"seed_{s}" / row["point"].replace(":", "_") / "pair_0_1" / "done.json").read_text())
+            done = json.loads(
+                (path / f"seed_{s}" / row["point"].replace(":", "_") / "pair_0_1" / "done.json").read_text()
+            )
             a, b = done["test_error_ends"]
             assert done["test_error_barrier"] >= abs(a - b) / 2 - 1e-12
             curve = done["path"]["curves"]["test"]["error"]
@@ -102,8 +103,10 @@ def test_one_initialisation_is_stable_and_two_are_not(dense):
     copy_0 = torch.load(path / "seed_0" / "init" / "copy_0" / "final.pt")
     other_init = torch.load(path / "seed_1" / "init" / "copy_0" / "final.pt")
     apart = evaluate_pair(config, _Setup(config, 0), copy_0, other_init, 0)
-    print(f"barrier: one initialisation {100 * init['test_error_barrier']['mean']:.2f} points, two "
-          f"{100 * apart['test_error_barrier']:.2f} (train {100 * apart['train_error_barrier']:.2f})")
+    print(
+        f"barrier: one initialisation {100 * init['test_error_barrier']['mean']:.2f} points, two "
+        f"{100 * apart['test_error_barrier']:.2f} (train {100 * apart['train_error_barrier']:.2f})"
+    )
     assert apart["train_loss_barrier"] > 5 * max(init["train_loss_barrier"]["mean"], 1e-3)
     assert apart["test_error_barrier"] > init["test_error_barrier"]["mean"] + 0.02
 
@@ -117,8 +120,22 @@ def test_a_rerun_resumes(dense):
 
 def test_the_tickets_of_an_imp_run_and_the_barriers_between_successive_rounds(tmp_path):
     source = tmp_path / "imp"
-    imp.run(ImpConfig(dataset="digits", model="lenet300", epochs=2, lr=0.05, batch_size=64, rounds=2, fraction=0.5,
-                      rewind="iter:5"), source, progress=False, log=quiet, plots=False)
+    imp.run(
+        ImpConfig(
+            dataset="digits",
+            model="lenet300",
+            epochs=2,
+            lr=0.05,
+            batch_size=64,
+            rounds=2,
+            fraction=0.5,
+            rewind="iter:5",
+        ),
+        source,
+        progress=False,
+        log=quiet,
+        plots=False,
+    )
     config = config_from_options(InstabilityConfig, {"source": str(source), "successive": True, "alphas": 5})
     assert (config.dataset, config.epochs, config.lr) == ("digits", 2, 0.05), "the source's recipe"
     summary = instability.run(config, tmp_path / "run", progress=False, log=quiet, plots=True)
@@ -174,7 +191,8 @@ def test_the_copies_training_dynamics(tmp_path):
     assert "convergence_speed" in init and "convergence_speed" not in late, "equation 4 is of whole trainings"
     done = json.loads((tmp_path / "dyn" / "seed_0" / "init" / "copy_1" / "done.json").read_text())
     assert len(done["test_errors"]) == 4 and done["convergence_speed"] == pytest.approx(
-        convergence_speed(done["test_errors"]))
+        convergence_speed(done["test_errors"])
+    )
     assert done["test_errors"][-1] == pytest.approx(1 - done["test_accuracy"])
     counts = ForgettingResult.load(tmp_path / "dyn" / "seed_0" / "init" / "copy_1" / "forgetting.safetensors")
     assert bool((counts.presentations == 3).all()), "every example presented once per epoch"
@@ -185,12 +203,24 @@ def test_a_conv_net_is_unstable_at_initialisation_and_stable_a_fraction_of_an_ep
     """Frankle et al. (2020)'s finding on a small conv net and real data (Conv-2 on the 8x8 digits, SGD with
     momentum): copies from the initialisation end in different basins, copies from iteration 20 (about half an
     epoch) in one. Asserted on the mean over 2 seeds with a wide margin; the figures are printed."""
-    config, summary = run(tmp_path / "conv", model="conv2", epochs=4, lr=0.05, momentum=0.9, batch_size=32,
-                          rewind_points="init,iter:20", seeds=2, eval_examples=2000)
+    config, summary = run(
+        tmp_path / "conv",
+        model="conv2",
+        epochs=4,
+        lr=0.05,
+        momentum=0.9,
+        batch_size=32,
+        rewind_points="init,iter:20",
+        seeds=2,
+        eval_examples=2000,
+    )
     init, late = summary["points"]
-    print(f"Conv-2 on digits: barrier {100 * init['test_error_barrier']['mean']:.2f} +- "
-          f"{100 * init['test_error_barrier']['std']:.2f} points from init, {100 * late['test_error_barrier']['mean']:.2f}"
-          f" +- {100 * late['test_error_barrier']['std']:.2f} from iteration 20")
+    print(
+        f"Conv-2 on digits: barrier {100 * init['test_error_barrier']['mean']:.2f} +- "
+        f"{100 * init['test_error_barrier']['std']:.2f} points from init, "
+        f"{100 * late['test_error_barrier']['mean']:.2f}"
+        f" +- {100 * late['test_error_barrier']['std']:.2f} from iteration 20"
+    )
     assert init["test_error_barrier"]["mean"] > late["test_error_barrier"]["mean"] + 0.10
     assert not init["stable"]
 
@@ -201,13 +231,16 @@ def test_dropping_the_most_forgotten_examples(tmp_path):
     from lth_sparse.analysis import ForgettingResult
 
     counted, _ = run(tmp_path / "counted", dynamics=True, epochs=2)
-    config, summary = run(tmp_path / "dropped", epochs=2, drop_most_forgotten=0.1,
-                          forgetting_run=str(tmp_path / "counted"))
+    config, summary = run(
+        tmp_path / "dropped", epochs=2, drop_most_forgotten=0.1, forgetting_run=str(tmp_path / "counted")
+    )
     setup = _Setup(config, 0)
     full = _Setup(counted, 0).data
     assert summary["dropped_examples"] == round(0.1 * len(full.train)) == len(full.train) - len(setup.data.train)
-    counts = sum(ForgettingResult.load(f).counts.double() for f in (tmp_path / "counted").glob(
-        "seed_0/init/copy_*/forgetting.safetensors"))
+    counts = sum(
+        ForgettingResult.load(f).counts.double()
+        for f in (tmp_path / "counted").glob("seed_0/init/copy_*/forgetting.safetensors")
+    )
     kept = {tuple(x.tolist()) for x in setup.data.train.x.flatten(1)}
     dropped = [i for i in range(len(full.train)) if tuple(full.train.x[i].flatten().tolist()) not in kept]
     assert min(counts[dropped]) >= counts.median(), "the dropped examples are among the most forgotten"
@@ -223,15 +256,18 @@ def test_imp_run_by_the_pipeline_itself_equals_a_source_run(tmp_path):
     from lth_sparse.masks import Masks
     from lth_sparse.pipelines.instability import imp_config
 
-    config, inside = run(tmp_path / "inside", epochs=2, imp_rounds=2, imp_fraction=0.5, imp_rewind="iter:5",
-                         successive=True, alphas=5)
+    config, inside = run(
+        tmp_path / "inside", epochs=2, imp_rounds=2, imp_fraction=0.5, imp_rewind="iter:5", successive=True, alphas=5
+    )
     imp.run(imp_config(config, 0), tmp_path / "imp", progress=False, log=quiet, plots=False)
     _, outside = run(tmp_path / "outside", source=str(tmp_path / "imp"), successive=True, alphas=5, epochs=2)
     for r in (1, 2):
-        assert Masks.load(tmp_path / "inside" / "imp" / "seed_0" / f"round_{r:02d}" / "masks.safetensors") == \
-            Masks.load(tmp_path / "imp" / "seed_0" / f"round_{r:02d}" / "masks.safetensors")
+        assert Masks.load(
+            tmp_path / "inside" / "imp" / "seed_0" / f"round_{r:02d}" / "masks.safetensors"
+        ) == Masks.load(tmp_path / "imp" / "seed_0" / f"round_{r:02d}" / "masks.safetensors")
     assert [p["test_error_barrier"]["mean"] for p in inside["points"]] == pytest.approx(
-        [p["test_error_barrier"]["mean"] for p in outside["points"]], abs=1e-6)
+        [p["test_error_barrier"]["mean"] for p in outside["points"]], abs=1e-6
+    )
     assert [p["winning"] for p in inside["points"]] == [p["winning"] for p in outside["points"]]
     assert len(inside["successive"]) == 2
     with pytest.raises(ValueError, match="give one of them"):
@@ -251,10 +287,12 @@ def test_bf16_paths_are_recorded_and_the_hash_of_an_fp32_run_is_unchanged(tmp_pa
     assert done["path"]["precision"] == "bf16"
     assert 0 <= done["test_error_barrier"] <= 1
     # the committed run, made before the option existed, keeps its hash (fp32, the default, is not counted)
-    saved = json.loads((Path(__file__).parents[2] / "results" / "instability-digits" / "rewind-points" /
-                        "config.json").read_text())
+    saved = json.loads(
+        (Path(__file__).parents[2] / "results" / "instability-digits" / "rewind-points" / "config.json").read_text()
+    )
     fields = {f.name for f in dataclasses.fields(InstabilityConfig)}
-    old = InstabilityConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()
-                               if k in fields})
+    old = InstabilityConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items() if k in fields}
+    )
     assert "path_precision" not in saved["config"] and old.path_precision == "fp32"
     assert config_hash(old) == saved["hash"]

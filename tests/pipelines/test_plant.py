@@ -11,9 +11,18 @@ from lth_sparse.masks import Masks, jaccard_distance
 from lth_sparse.pipelines import plant
 from lth_sparse.pipelines.plant import PlantConfig, recovery
 
-TINY = dict(tasks=["circle", "relu"], depths=[3], pruners="magnitude,multishot-magnitude,edge-popup",
-            densities="planted,1", epochs=1, multishot_epochs=0.25, multishot_rounds=2, edge_popup_epochs=1,
-            train_size=1000, prune_batch=64)
+TINY = dict(
+    tasks=["circle", "relu"],
+    depths=[3],
+    pruners="magnitude,multishot-magnitude,edge-popup",
+    densities="planted,1",
+    epochs=1,
+    multishot_epochs=0.25,
+    multishot_rounds=2,
+    edge_popup_epochs=1,
+    train_size=1000,
+    prune_batch=64,
+)
 
 
 def quiet(line):
@@ -30,7 +39,8 @@ def test_recovery_by_hand():
     assert recovery(planted, planted)["contains"] and recovery(planted, planted)["jaccard"] == 0
     assert r["jaccard"] == pytest.approx(jaccard_distance(found, planted))
     assert {n: v["jaccard"] for n, v in r["layers"].items()} == pytest.approx(
-        jaccard_distance(found, planted, per_layer=True))
+        jaccard_distance(found, planted, per_layer=True)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +66,9 @@ def test_the_summary_holds_every_grid_point_with_recovery_and_the_reference(tiny
             assert row["density"] == pytest.approx(refs[(task, 3)]["planted_density"], abs=0.006)
             assert row["kind"] == ("strong" if pruner == "edge-popup" else "weak")
             assert 0 <= row["recall"]["mean"] <= 1
-    done = json.loads((path / "circle" / "depth_3" / "edge-popup" / "density_planted" / "seed_0" / "done.json")
-                      .read_text())
+    done = json.loads(
+        (path / "circle" / "depth_3" / "edge-popup" / "density_planted" / "seed_0" / "done.json").read_text()
+    )
     assert len(done["output_scale"]) == 4 and done["kind"] == "strong"
     masks = Masks.load(path / "circle" / "depth_3" / "magnitude" / "density_planted" / "seed_0" / "masks.safetensors")
     assert masks.density() == pytest.approx(1 / 6, abs=1e-3)
@@ -74,8 +85,9 @@ def test_the_summary_holds_every_grid_point_with_recovery_and_the_reference(tiny
     data = load_dataset("circle", val_fraction=0.1, train_size=1000)
     done_weak = json.loads((unit / "done.json").read_text())
     assert evaluate(ticket, data.test)[1] == pytest.approx(done_weak["test_accuracy"])
-    strong = torch.load(path / "circle" / "depth_3" / "edge-popup" / "density_planted" / "seed_0" / "ticket.pt",
-                        weights_only=False)
+    strong = torch.load(
+        path / "circle" / "depth_3" / "edge-popup" / "density_planted" / "seed_0" / "ticket.pt", weights_only=False
+    )
     assert evaluate(strong, data.test)[1] == pytest.approx(done["test_accuracy"])
 
 
@@ -101,15 +113,26 @@ def test_single_shot_pruners_train_at_moderate_density_and_miss_the_planted_tick
     its accuracy. One seed, 10 epochs on 4,000 points: the figures are printed."""
     import tempfile
 
-    config = config_from_options(PlantConfig, dict(tasks=["circle"], depths=[3], densities="0.5,planted",
-                                                   pruners="random,magnitude,snip,grasp,synflow", epochs=10,
-                                                   train_size=4000, synflow_iterations=10))
+    config = config_from_options(
+        PlantConfig,
+        dict(
+            tasks=["circle"],
+            depths=[3],
+            densities="0.5,planted",
+            pruners="random,magnitude,snip,grasp,synflow",
+            epochs=10,
+            train_size=4000,
+            synflow_iterations=10,
+        ),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         summary = plant.run(config, tmp, progress=False, log=quiet, plots=False)
     reference = summary["references"][0]
     for row in summary["rows"]:
-        print(f"{row['pruner']:>10} at {row['density_label']:>7}: accuracy {row['score']['mean']:.3f}, recall "
-              f"{row['recall']['mean']:.3f} (planted ticket {reference['test']:.3f}, chance {reference['chance']:.3f})")
+        print(
+            f"{row['pruner']:>10} at {row['density_label']:>7}: accuracy {row['score']['mean']:.3f}, recall "
+            f"{row['recall']['mean']:.3f} (planted ticket {reference['test']:.3f}, chance {reference['chance']:.3f})"
+        )
         if row["density_label"] == "0.5":
             assert row["score"]["mean"] > reference["chance"] + 0.2, row["pruner"]
         else:

@@ -57,8 +57,19 @@ def test_train_masked_starts_from_the_state_under_the_masks_and_writes_its_files
     masks = prune_random(model, 0.7, generator=torch.Generator().manual_seed(0))
     seen = {}
     per_epoch = len(digits.train) // CFG.batch_size
-    result = train_masked(model, digits, CFG, masks, state, tmp_path / "step", seed=3, start=2, end=2 + per_epoch,
-                          snapshot_at=[2], on_snapshot=lambda it, s: seen.update({it: s}))
+    result = train_masked(
+        model,
+        digits,
+        CFG,
+        masks,
+        state,
+        tmp_path / "step",
+        seed=3,
+        start=2,
+        end=2 + per_epoch,
+        snapshot_at=[2],
+        on_snapshot=lambda it, s: seen.update({it: s}),
+    )
     for name, mask in masks.items():  # the training started from ``state`` with the masks applied
         assert torch.equal(seen[2][name], torch.where(mask, state[name], 0)), name
     final = torch.load(tmp_path / "step" / "final.pt")
@@ -116,10 +127,12 @@ def test_prune_trained_is_the_pruner_on_the_trained_state(digits):
     reference = small_model(digits, seed=5)
     start.apply_to(reference)
     assert prune_trained(model, trained, start, 0.3) == prune_magnitude(reference, 0.3, masks=start)
-    assert prune_trained(model, trained, start, 0.3, scope="layerwise") == \
-        prune_magnitude(reference, 0.3, scope="layerwise", masks=start)
-    assert prune_trained(model, trained, start, 0.3, structured="l2", scope="layerwise") == \
-        prune_structured(reference, 0.3, norm="l2", scope="layerwise", masks=start)
+    assert prune_trained(model, trained, start, 0.3, scope="layerwise") == prune_magnitude(
+        reference, 0.3, scope="layerwise", masks=start
+    )
+    assert prune_trained(model, trained, start, 0.3, structured="l2", scope="layerwise") == prune_structured(
+        reference, 0.3, norm="l2", scope="layerwise", masks=start
+    )
     names = list(start)
     spared = prune_trained(model, trained, start, 0.3, exclude=[names[-1]])
     assert torch.equal(spared[names[-1]], start[names[-1]]) and spared.is_subset_of(start)
@@ -135,14 +148,20 @@ def test_controls_are_units_of_a_second_stage(tmp_path, monkeypatch):
     config = imp.ImpConfig(**SMALL, rounds=2, controls=True, seeds=(0, 1))
     stages = imp.IMP.plan(config)
     assert [u.directory for u in stages[0]] == ["seed_0", "seed_1"]
-    assert [u.directory for u in stages[1]] == [f"seed_{s}/round_{r:02d}/control_{c}" for s in (0, 1)
-                                                for r in (1, 2) for c in ("reinit", "random_mask")]
+    assert [u.directory for u in stages[1]] == [
+        f"seed_{s}/round_{r:02d}/control_{c}" for s in (0, 1) for r in (1, 2) for c in ("reinit", "random_mask")
+    ]
     assert len(imp.IMP.plan(imp.ImpConfig(**SMALL, rounds=2))) == 1, "no controls: one stage"
 
     summary = imp.run(config, tmp_path / "run", progress=False, log=lambda s: None, plots=False)
     control = tmp_path / "run" / "seed_1" / "round_02" / "control_random_mask"
-    assert {p.name for p in control.iterdir()} >= {"done.json", "unit.log", "metrics.jsonl", "masks.safetensors",
-                                                    "final.pt"}
+    assert {p.name for p in control.iterdir()} >= {
+        "done.json",
+        "unit.log",
+        "metrics.jsonl",
+        "masks.safetensors",
+        "final.pt",
+    }
     shuffled = Masks.load(control / "masks.safetensors")
     ticket = Masks.load(tmp_path / "run" / "seed_1" / "round_02" / "masks.safetensors")
     assert shuffled.layer_sparsity() == ticket.layer_sparsity() and shuffled != ticket
@@ -155,8 +174,10 @@ def test_controls_are_units_of_a_second_stage(tmp_path, monkeypatch):
     again = imp.run(config, tmp_path / "run", progress=False, log=lambda s: None, plots=False)
     assert calls == ["round 2 random_mask"]
     assert again["rounds"] == summary["rounds"]
-    assert again["per_seed"]["1"][2]["random_mask_test_accuracy"] == summary["per_seed"]["1"][2][
-        "random_mask_test_accuracy"]
+    assert (
+        again["per_seed"]["1"][2]["random_mask_test_accuracy"]
+        == summary["per_seed"]["1"][2]["random_mask_test_accuracy"]
+    )
 
 
 def test_a_shared_dataset_is_loaded_once_per_process_until_released(monkeypatch):
@@ -170,7 +191,9 @@ def test_a_shared_dataset_is_loaded_once_per_process_until_released(monkeypatch)
     assert experiment.shared_dataset("digits", seed=0, train_size=100) is a and len(loads) == 1
     b = experiment.shared_dataset("digits", seed=1, train_size=100)  # another split: loaded, and kept instead
     assert b is not a and not torch.equal(a.train.x, b.train.x) and len(loads) == 2
-    assert experiment.shared_dataset("digits", seed=0, train_size=100) is not a and len(loads) == 3, "one kept at a time"
+    assert experiment.shared_dataset("digits", seed=0, train_size=100) is not a and len(loads) == 3, (
+        "one kept at a time"
+    )
     experiment.release_shared()
     experiment.shared_dataset("digits", seed=0, train_size=100)
     assert len(loads) == 4

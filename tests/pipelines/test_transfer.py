@@ -17,8 +17,17 @@ from lth_sparse.pipelines.transfer import TICKETS, TransferConfig, TransferSpec,
 from lth_sparse.runs import ConfigMismatch
 from lth_sparse.tickets import load_ticket
 
-SOURCE = dict(dataset="digits:half=a", model="lenet300", epochs=2, lr=0.05, batch_size=64, rounds=2, fraction=0.5,
-              rewind="iter:5", seeds=(0, 1))
+SOURCE = dict(
+    dataset="digits:half=a",
+    model="lenet300",
+    epochs=2,
+    lr=0.05,
+    batch_size=64,
+    rounds=2,
+    fraction=0.5,
+    rewind="iter:5",
+    seeds=(0, 1),
+)
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
@@ -62,7 +71,9 @@ def test_the_summary_holds_every_kind_at_every_round_for_every_target(every_kind
             assert all(0 < r["test_accuracy"]["mean"] <= 1 for r in rows)
     assert (out / "plots" / "transfer_target_0.png").stat().st_size > 0
     assert (out / "plots" / "transfer_target_1.png").stat().st_size > 0
-    done = json.loads((out / "seed_1" / "source_0" / "target_1" / "round_02" / "fresh-global" / "done.json").read_text())
+    done = json.loads(
+        (out / "seed_1" / "source_0" / "target_1" / "round_02" / "fresh-global" / "done.json").read_text()
+    )
     assert done["source_seed"] == 1 and done["ticket"] == "fresh-global" and done["round"] == 2
 
 
@@ -89,7 +100,12 @@ def test_the_morcos_presets_are_the_papers_numbers():
     assert (sgd.fraction, sgd.scope, sgd.importance, sgd.rewind) == (0.2, "global", "magnitude", "epoch:1")
     adam = config_from_options(ImpConfig, {"preset": "morcos-adam"})
     assert (adam.optimizer, adam.lr, adam.betas, adam.weight_decay, adam.batch_size) == (
-        "adam", 3e-4, (0.9, 0.999), 1e-4, 512)
+        "adam",
+        3e-4,
+        (0.9, 0.999),
+        1e-4,
+        512,
+    )
     assert config_from_options(ImpConfig, {"preset": "morcos", "lr": 0.05}).lr == 0.05, "options override it"
 
 
@@ -150,8 +166,9 @@ def test_the_permutations_keep_the_counts_they_promise_and_move_the_mask(source)
 
 
 def test_a_target_with_another_class_count_gets_a_resized_output_layer(every_kind, source):
-    model, data, state, masks, facts = start(source, "rewind-preserved", task="digits:classes=0,1,2,3,4:shape=1x8x8",
-                                             target=1)
+    model, data, state, masks, facts = start(
+        source, "rewind-preserved", task="digits:classes=0,1,2,3,4:shape=1x8x8", target=1
+    )
     head = facts["output_layer"]
     assert data.num_classes == 5 and state[head].shape[0] == 5 and masks[head].shape[0] == 5
     out, _, _ = every_kind
@@ -165,8 +182,9 @@ def test_a_rerun_resumes_and_the_process_executor_gives_the_same_files(every_kin
     transfer.run(config, out, progress=False, log=lines.append, plots=False)
     assert any("all 72 units are done" in line for line in lines), lines
     small = make_config(source, tickets="rewind-preserved,fresh-global", rounds=[2], seeds=[1])
-    transfer.run(small, tmp_path / "pool", progress=False, log=quiet, plots=False,
-                 executor=ProcessExecutor(workers=2, threads=1))
+    transfer.run(
+        small, tmp_path / "pool", progress=False, log=quiet, plots=False, executor=ProcessExecutor(workers=2, threads=1)
+    )
     for kind in ("rewind-preserved", "fresh-global"):
         a = torch.load(out / "seed_1" / "source_0" / "target_0" / "round_02" / kind / "final.pt")
         b = torch.load(tmp_path / "pool" / "seed_1" / "source_0" / "target_0" / "round_02" / kind / "final.pt")
@@ -217,12 +235,32 @@ def test_bad_input_is_refused_before_anything_is_written(source, tmp_path):
 
 
 def test_the_command_line(source, tmp_path, capsys):
-    assert main(["transfer", "--source", str(source), "--target", "digits:half=b", "--tickets", "rewind-preserved",
-                 "--rounds", "2", "--seeds", "0,", "--out", str(tmp_path / "cli"), "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                "transfer",
+                "--source",
+                str(source),
+                "--target",
+                "digits:half=b",
+                "--tickets",
+                "rewind-preserved",
+                "--rounds",
+                "2",
+                "--seeds",
+                "0,",
+                "--out",
+                str(tmp_path / "cli"),
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "rewind-preserved" in out and "digits:half=a -> half=b" in out
-    assert main(["transfer", "--source", str(tmp_path / "none"), "--target", "digits", "--out",
-                 str(tmp_path / "x")]) == 2
+    assert (
+        main(["transfer", "--source", str(tmp_path / "none"), "--target", "digits", "--out", str(tmp_path / "x")]) == 2
+    )
     assert "not a run directory" in capsys.readouterr().err
 
 
@@ -231,20 +269,38 @@ def test_same_distribution_transfer_beats_the_random_ticket_at_high_sparsity(tmp
     """Morcos et al. Section 4.1 at tiny scale: Fashion-MNIST half a -> half b, LeNet-300-100, 2 seeds; at ~2.6%
     of the weights the transferred ticket beats the random ticket (fresh weights, globally permuted mask) clearly
     and stays near the target's own ticket. The figures are printed (noisy); the orderings asserted with margins."""
-    recipe = dict(model="lenet300", epochs=3, lr=0.05, batch_size=64, rounds=4, fraction=0.6, rewind="iter:20",
-                  seeds=(0, 1), train_size=2000)
+    recipe = dict(
+        model="lenet300",
+        epochs=3,
+        lr=0.05,
+        batch_size=64,
+        rounds=4,
+        fraction=0.6,
+        rewind="iter:20",
+        seeds=(0, 1),
+        train_size=2000,
+    )
     make_source(tmp_path / "a", **recipe, dataset="fashion-mnist:half=a")
     make_source(tmp_path / "b", **recipe, dataset="fashion-mnist:half=b")
-    config = config_from_options(TransferConfig, {"sources": [str(tmp_path / "a")], "targets": ["fashion-mnist:half=b"],
-                                                  "rounds": [4], "train_size": 2000,
-                                                  "target_tickets": [str(tmp_path / "b")]})
+    config = config_from_options(
+        TransferConfig,
+        {
+            "sources": [str(tmp_path / "a")],
+            "targets": ["fashion-mnist:half=b"],
+            "rounds": [4],
+            "train_size": 2000,
+            "target_tickets": [str(tmp_path / "b")],
+        },
+    )
     summary = transfer.run(config, tmp_path / "t", progress=False, log=quiet, plots=False)
     entry, target = summary["pairs"][0], summary["targets"][0]
     winning = entry["tickets"]["rewind-preserved"][0]["test_accuracy"]["mean"]
     random = entry["tickets"]["fresh-global"][0]["test_accuracy"]["mean"]
     own = target["own"]["rounds"][4]["test_accuracy"]["mean"]
-    print(f"at {100 * entry['tickets']['rewind-preserved'][0]['source_density']:.2f}% remaining: transferred "
-          f"{100 * winning:.2f}%, random ticket {100 * random:.2f}%, target's own {100 * own:.2f}%")
+    print(
+        f"at {100 * entry['tickets']['rewind-preserved'][0]['source_density']:.2f}% remaining: transferred "
+        f"{100 * winning:.2f}%, random ticket {100 * random:.2f}%, target's own {100 * own:.2f}%"
+    )
     assert winning > random + 0.05
     assert winning > own - 0.05
 
@@ -253,9 +309,17 @@ def test_several_sources_make_the_transfer_matrix(source, tmp_path):
     """Two sources x two targets, with the targets' own tickets: the matrix of transfer gaps at each --at."""
     other = tmp_path / "b"
     make_source(other, dataset="digits:half=b")
-    config = config_from_options(TransferConfig, {
-        "sources": [str(source), str(other)], "targets": ["digits:half=b", "digits:half=a"],
-        "target_tickets": [str(other), str(source)], "tickets": "rewind-preserved", "seeds": [0], "at": [0.5, 0.75]})
+    config = config_from_options(
+        TransferConfig,
+        {
+            "sources": [str(source), str(other)],
+            "targets": ["digits:half=b", "digits:half=a"],
+            "target_tickets": [str(other), str(source)],
+            "tickets": "rewind-preserved",
+            "seeds": [0],
+            "at": [0.5, 0.75],
+        },
+    )
     summary = transfer.run(config, tmp_path / "matrix", progress=False, log=quiet, plots=True)
     assert [(p["source"], p["target"]) for p in summary["pairs"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert [m["at"] for m in summary["matrix"]] == [0.5, 0.75]
@@ -279,8 +343,9 @@ def test_a_conv_net_transfers_too(tmp_path):
     config = make_config(source, tickets="all", train_size=300)
     summary = transfer.run(config, tmp_path / "run", progress=False, log=quiet, plots=False)
     assert set(summary["pairs"][0]["tickets"]) == set(TICKETS)
-    model, data, state, masks, facts = ticket_start(TransferSpec(config, 0, 0, str(source), 0, 1, 0,
-                                                                 "digits:half=b:shape=1x8x8", "rewind-preserved"))
+    model, data, state, masks, facts = ticket_start(
+        TransferSpec(config, 0, 0, str(source), 0, 1, 0, "digits:half=b:shape=1x8x8", "rewind-preserved")
+    )
     ticket = load_ticket(source, 1, seed=0)
     head = facts["output_layer"]
     convs = [n for n in masks if n != head and ticket.masks[n].dim() == 4]

@@ -32,12 +32,12 @@ def _no_grad():
         yield
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def target(task: str, depth: int) -> nn.Sequential:
     return make_target(task, depth)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def planted(task: str, depth: int, seed: int) -> tuple[nn.Sequential, Masks, torch.Tensor]:
     return plant(target(task, depth), width=100, seed=seed)
 
@@ -100,7 +100,7 @@ def test_every_planted_hidden_neuron_is_a_positive_multiple_of_one_target_neuron
         matched = []
         for j in rows:
             h = ticket_act[:, j]
-            c = (target_act * h[:, None]).sum(0) / (target_act ** 2).sum(0)
+            c = (target_act * h[:, None]).sum(0) / (target_act**2).sum(0)
             residual = (h[:, None] - c * target_act).norm(dim=0) / h.norm()
             i = int(residual.argmin())
             assert residual[i] < 1e-9, (layer, int(j), float(residual[i]))
@@ -170,8 +170,8 @@ def test_planted_neurons_are_projections_no_larger_than_the_initial_ones(task, d
         prefix = name[: -len("weight")]
         mask = masks[name]
         for j in mask.any(1).nonzero().flatten():
-            now = torch.cat([host.get_parameter(prefix + "bias")[j:j + 1], host.get_parameter(name)[j][mask[j]]])
-            before = torch.cat([fresh.get_parameter(prefix + "bias")[j:j + 1], fresh.get_parameter(name)[j][mask[j]]])
+            now = torch.cat([host.get_parameter(prefix + "bias")[j : j + 1], host.get_parameter(name)[j][mask[j]]])
+            before = torch.cat([fresh.get_parameter(prefix + "bias")[j : j + 1], fresh.get_parameter(name)[j][mask[j]]])
             assert now.norm() <= before.norm() * (1 + 1e-12)
             # the projection of the initial parameters onto the target's direction: the rest is orthogonal
             assert abs(float(now @ (before - now))) <= 1e-9 * float(before @ before)
@@ -230,7 +230,7 @@ def test_literal_argmin_would_pick_negative_scales_for_many_neurons(task):
     negative = 0
     for i in range(first.out_features):
         sources = first.weight[i].nonzero().flatten()
-        theta = torch.cat([first.bias[i:i + 1], first.weight[i, sources]])
+        theta = torch.cat([first.bias[i : i + 1], first.weight[i, sources]])
         m = torch.cat([host_first.bias[:, None], host_first.weight[:, sources]], dim=1)
         cosine = torch.where(free, (m @ theta) / (m.norm(dim=1) * theta.norm()), torch.zeros(()))
         j = int(cosine.abs().argmax())

@@ -22,6 +22,7 @@ def _no_grad():
     with torch.no_grad():
         yield
 
+
 # Non-zero weights of the reference code's targets (RelationalML/PlantNSeek, plant_lottery_tickets/tickets.py:
 # lottery_sphere(depth, [.2, .5, .7], 10, "class"), lottery_relu(depth, "reg")), counted by running it.
 REFERENCE_WEIGHTS = {
@@ -39,7 +40,7 @@ def weight_count(target: nn.Sequential) -> int:
     return sum(int((m.weight != 0).sum()) for m in target if isinstance(m, nn.Linear))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data(task: str) -> dict:
     return planting_data(task)
 
@@ -90,9 +91,14 @@ def test_known_parameters_of_the_reference_code():
     close(circle3[2].weight[:, 0], [2.222222222222, 4.444444444444, 8.888888888889, 17.777777777778])
     circle7 = make_target("circle", 7)
     close(circle7[10].bias, [-5.272540362996, -11.545080725991, -27.090161451982, -62.180322903965])
-    close(circle7[6].weight.T, [[0.923879532511, -0.382683432365, 0.382683432365],  # the fold at pi/8
-                                [0.382683432365, 0.923879532511, -0.923879532511],
-                                [0.382683432365, 0.923879532511, -0.923879532511]])
+    close(
+        circle7[6].weight.T,
+        [
+            [0.923879532511, -0.382683432365, 0.382683432365],  # the fold at pi/8
+            [0.382683432365, 0.923879532511, -0.923879532511],
+            [0.382683432365, 0.923879532511, -0.923879532511],
+        ],
+    )
     helix3 = make_target("helix", 3)
     close(helix3[2].bias, [6.429759340205, -8.24239844472, 0.25])
     close(helix3[2].weight[:, 0], [-3.516316401662, 5.315639761709, 0.375])
@@ -122,8 +128,9 @@ def test_helix_target_is_the_interpolant_through_30_knots(depth):
     knots = torch.linspace(-1, 1, HELIX_KNOTS, dtype=torch.float64)
     torch.testing.assert_close(target(knots[:, None]), helix_function(knots[:, None]), atol=1e-12, rtol=0)
     x = torch.rand(5000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    expected = torch.stack([interpolate(lambda t, i=i: helix_function(t[:, None])[:, i], knots, x)
-                            for i in range(3)], dim=1)
+    expected = torch.stack(
+        [interpolate(lambda t, i=i: helix_function(t[:, None])[:, i], knots, x) for i in range(3)], dim=1
+    )
     torch.testing.assert_close(target(x[:, None]), expected, atol=1e-12, rtol=0)
 
 
@@ -158,7 +165,7 @@ def test_circle_depth_4_and_5_square_the_absolute_values_through_10_knots(depth)
 @pytest.mark.parametrize("depth", [6, 7, 10])
 def test_circle_mirrored_targets_approximate_the_squared_radius(depth):
     x = torch.rand(20000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    radius2 = (x ** 2).sum(1)
+    radius2 = (x**2).sum(1)
     g = circle_g(make_target("circle", depth), x)
     inside = radius2 <= CIRCLE_BOUNDARIES[-1]
     # Inside the outermost ring both components lie within their knots, where interpolating t^2 never
@@ -191,8 +198,9 @@ def test_univariate_pieces_known_answer_with_the_first_weight_corrected():
     assert pieces.outer_weight.tolist() == [[3.0, 2.0, 2.0]]
     assert pieces.outer_bias.tolist() == [-2.0]
     x = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
-    g = (pieces.outer_weight[0] * torch.relu(pieces.inner_weight * x[:, None] + pieces.inner_bias)).sum(1) \
-        + pieces.outer_bias[0]
+    g = (pieces.outer_weight[0] * torch.relu(pieces.inner_weight * x[:, None] + pieces.inner_bias)).sum(
+        1
+    ) + pieces.outer_bias[0]
     assert g.tolist() == [0.0, 0.5, 1.0, 2.5, 4.0]
     # the appendix's uncorrected a_1 = m_1 = 1 would give g(2) = 4 - 2 * 2
     uncorrected = g - 2 * torch.relu(x)

@@ -18,7 +18,7 @@ from lth_sparse.planting.tasks import (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data(task: str, seed: int = 0) -> dict:
     return planting_data(task, seed=seed)
 
@@ -104,14 +104,17 @@ def test_circle_flips_about_one_percent_to_an_adjacent_ring():
     assert bool(((radius - crossed).abs() <= (radius - other).abs()).all())
 
 
-@pytest.mark.parametrize(("radius", "label", "flipped"), [
-    (0.30, 0, 1),  # innermost: only outwards
-    (0.50, 1, 0),  # between sqrt(.2) = .447 and sqrt(.5) = .707: nearer .447
-    (0.65, 1, 2),
-    (0.75, 2, 1),  # between .707 and sqrt(.7) = .837: nearer .707
-    (0.82, 2, 3),
-    (1.20, 3, 2),  # outermost: only inwards
-])
+@pytest.mark.parametrize(
+    ("radius", "label", "flipped"),
+    [
+        (0.30, 0, 1),  # innermost: only outwards
+        (0.50, 1, 0),  # between sqrt(.2) = .447 and sqrt(.5) = .707: nearer .447
+        (0.65, 1, 2),
+        (0.75, 2, 1),  # between .707 and sqrt(.7) = .837: nearer .707
+        (0.82, 2, 3),
+        (1.20, 3, 2),  # outermost: only inwards
+    ],
+)
 def test_circle_flip_goes_across_the_nearer_boundary(radius, label, flipped):
     angle = 0.3
     x = torch.tensor([[radius * math.cos(angle), radius * math.sin(angle)]])

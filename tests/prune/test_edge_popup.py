@@ -43,8 +43,15 @@ def _task_data(task: str, n: int) -> Dataset:
     """A planting task as a Dataset: the 90% training split, the 10% test split, no validation split."""
     d = planting_data(task, n=n)
     (train_x, train_y), (test_x, test_y) = d["train"], d["test"]
-    return Dataset(task, Split(train_x, train_y), Split(test_x[:0], test_y[:0]), Split(test_x, test_y),
-                   d["num_classes"] or 0, (d["input_dim"],), None)
+    return Dataset(
+        task,
+        Split(train_x, train_y),
+        Split(test_x[:0], test_y[:0]),
+        Split(test_x, test_y),
+        d["num_classes"] or 0,
+        (d["input_dim"],),
+        None,
+    )
 
 
 def _mlp(widths: list[int], seed: int = 0) -> nn.Sequential:
@@ -58,6 +65,7 @@ def _mlp(widths: list[int], seed: int = 0) -> nn.Sequential:
 
 
 # --- the straight-through top-k ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("density", [0.5, 0.1, 0.37, 1.0])
 @pytest.mark.parametrize("shape", [(7,), (10, 13), (4, 3, 3, 3)])
@@ -97,8 +105,14 @@ def test_topk_mask_refuses_a_kept_count_outside_the_tensor(bad):
 
 def test_edge_popup_network_keeps_the_fraction_in_every_layer_and_matches_its_strong_ticket():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 7),
-                          nn.ReLU(), nn.Linear(7, 3, bias=False))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 7),
+        nn.ReLU(),
+        nn.Linear(7, 3, bias=False),
+    )
     network = EdgePopupNetwork(model, 0.3, seed=2)
     masks, bias_masks = network.masks()
     assert list(masks) == ["0.weight", "3.weight", "5.weight"]
@@ -111,8 +125,8 @@ def test_edge_popup_network_keeps_the_fraction_in_every_layer_and_matches_its_st
     # scores are drawn with the seed, as kaiming_uniform(a=sqrt(5)): |s| <= 1/sqrt(fan_in), biases too
     again = EdgePopupNetwork(model, 0.3, seed=2)
     assert all(torch.equal(a, b) for a, b in zip(network.parameters(), again.parameters()))
-    assert network.scores[1].weight.abs().max() <= 100 ** -0.5
-    assert network.scores[1].bias.abs().max() <= 100 ** -0.5
+    assert network.scores[1].weight.abs().max() <= 100**-0.5
+    assert network.scores[1].bias.abs().max() <= 100**-0.5
     assert network.scores[1].bias.abs().min() > 0  # not zero-initialised: a zero score never gets a gradient
     # gradients reach the scores alone, never the model's parameters (which still require grad)
     network(x).square().sum().backward()
@@ -121,6 +135,7 @@ def test_edge_popup_network_keeps_the_fraction_in_every_layer_and_matches_its_st
 
 
 # --- edge-popup training ---------------------------------------------------------------------------------------
+
 
 def test_edge_popup_never_changes_the_weights_or_biases_and_trains_the_scores():
     data = _task_data("circle", 600)
@@ -214,11 +229,13 @@ def test_edge_popup_refuses_a_pruned_model():
 
 # --- multi-shot -----------------------------------------------------------------------------------------------
 
+
 def test_density_schedule_and_fraction_for_density():
     assert density_schedule(0.01, 10) == pytest.approx([0.01 ** (i / 10) for i in range(1, 11)], rel=1e-15)
     assert density_schedule(0.3, 1) == [0.3]
-    masks = Masks({"a.weight": torch.tensor([True, True, True, False] * 25),
-                   "b.weight": torch.ones(50, dtype=torch.bool)})
+    masks = Masks(
+        {"a.weight": torch.tensor([True, True, True, False] * 25), "b.weight": torch.ones(50, dtype=torch.bool)}
+    )
     fraction = fraction_for_density(masks, 0.4)  # 125 of 150 kept: 60 must remain
     assert round(fraction * 125) == 65
     with pytest.raises(ValueError, match="regrow"):

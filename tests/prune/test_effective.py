@@ -35,16 +35,20 @@ def test_weights_of_a_unit_without_inputs_or_without_outputs_are_ineffective():
     # Hidden layer 2 (3 units):
     #   unit 2's only input is unit 0 (dead) -> its outgoing weights (column 2 of 4.weight) go too, and
     #   with them its incoming weight from unit 0 (already ineffective).
-    masks = masks_from_rows({
-        "0.weight": ["000", "111", "101", "010"],
-        "2.weight": ["1011", "1001", "1000"],
-        "4.weight": ["111", "011"],
-    })
-    expected = masks_from_rows({
-        "0.weight": ["000", "000", "101", "010"],
-        "2.weight": ["0011", "0001", "0000"],
-        "4.weight": ["110", "010"],
-    })
+    masks = masks_from_rows(
+        {
+            "0.weight": ["000", "111", "101", "010"],
+            "2.weight": ["1011", "1001", "1000"],
+            "4.weight": ["111", "011"],
+        }
+    )
+    expected = masks_from_rows(
+        {
+            "0.weight": ["000", "000", "101", "010"],
+            "2.weight": ["0011", "0001", "0000"],
+            "4.weight": ["110", "010"],
+        }
+    )
     model = three_layer_mlp()
     masks.apply_to(model)
     assert effective_masks(model, input_shape=(3,)) == expected
@@ -55,22 +59,26 @@ def test_weights_of_a_unit_without_inputs_or_without_outputs_are_ineffective():
 
 def test_an_input_feature_with_no_kept_weight_does_not_make_other_weights_ineffective():
     # Input feature 2 feeds nothing: every other kept weight still lies on a path.
-    masks = masks_from_rows({
-        "0.weight": ["110", "010", "100", "110"],
-        "2.weight": ["1111", "0101", "1010"],
-        "4.weight": ["111", "101"],
-    })
+    masks = masks_from_rows(
+        {
+            "0.weight": ["110", "010", "100", "110"],
+            "2.weight": ["1111", "0101", "1010"],
+            "4.weight": ["111", "101"],
+        }
+    )
     model = three_layer_mlp()
     masks.apply_to(model)
     assert effective_masks(model, input_shape=(3,)) == masks
 
 
 def test_a_layer_with_no_kept_weight_makes_every_weight_ineffective():
-    masks = masks_from_rows({
-        "0.weight": ["111", "111", "111", "111"],
-        "2.weight": ["0000", "0000", "0000"],
-        "4.weight": ["111", "111"],
-    })
+    masks = masks_from_rows(
+        {
+            "0.weight": ["111", "111", "111", "111"],
+            "2.weight": ["0000", "0000", "0000"],
+            "4.weight": ["111", "111"],
+        }
+    )
     model = three_layer_mlp()
     masks.apply_to(model)
     effective = effective_masks(model, input_shape=(3,))
@@ -80,8 +88,9 @@ def test_a_layer_with_no_kept_weight_makes_every_weight_ineffective():
 
 def test_effective_masks_do_not_change_the_model():
     model = three_layer_mlp()
-    masks_from_rows({"0.weight": ["000", "111", "101", "010"], "2.weight": ["1011", "1001", "1000"],
-                     "4.weight": ["111", "011"]}).apply_to(model)
+    masks_from_rows(
+        {"0.weight": ["000", "111", "101", "010"], "2.weight": ["1011", "1001", "1000"], "4.weight": ["111", "011"]}
+    ).apply_to(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     effective_masks(model, input_shape=(3,))
     after = model.state_dict()
@@ -153,8 +162,16 @@ def test_a_path_through_a_position_that_max_pooling_does_not_pick_in_the_all_one
     # [[1, 0], [0, 1]]: the pool's tie picks (0, 0), so channel 1's path through (1, 1) gets no gradient,
     # though with other weights (or inputs) the pool picks (1, 1) and that path carries the output.
     torch.manual_seed(0)
-    model = masked(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 1, 3, padding=1), nn.ReLU(),
-                                 nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1, 1)))
+    model = masked(
+        nn.Sequential(
+            nn.Conv2d(1, 2, 3, padding=1),
+            nn.Conv2d(2, 1, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(1, 1),
+        )
+    )
     conv_a = torch.zeros(2, 1, 3, 3, dtype=torch.bool)
     conv_a[0, 0, 2, 2] = True
     conv_a[1, 0, 1, 1] = True
@@ -203,14 +220,14 @@ def test_a_deep_mlp_whose_path_counts_overflow_float64_is_exact():
     for mask in rows.values():
         mask[9] = False
         mask[9, 9] = True
-    rows["100.weight"][3] = False   # layer 50
+    rows["100.weight"][3] = False  # layer 50
     rows["720.weight"][:, 7] = False  # layer 360
     masks = Masks(rows)
     masks.apply_to(model)
     effective = effective_masks(model, input_shape=(width,))
     expected = Masks({name: mask.clone() for name, mask in rows.items()})
     expected["102.weight"][:, 3] = False  # layer 51
-    expected["718.weight"][7] = False     # layer 359
+    expected["718.weight"][7] = False  # layer 359
     assert effective == expected
     assert all(effective[name][9, 9] for name in names)
     assert effective.num_unpruned() == masks.num_unpruned() - 9 - 10
@@ -234,8 +251,9 @@ def test_a_layer_the_output_does_not_use_is_wholly_ineffective():
 
 def test_effective_masks_of_a_wrapped_model_are_the_bare_models(wrap):
     model = three_layer_mlp()
-    masks_from_rows({"0.weight": ["000", "111", "101", "010"], "2.weight": ["1011", "1001", "1000"],
-                     "4.weight": ["111", "011"]}).apply_to(model)
+    masks_from_rows(
+        {"0.weight": ["000", "111", "101", "010"], "2.weight": ["1011", "1001", "1000"], "4.weight": ["111", "011"]}
+    ).apply_to(model)
     model.input_shape = (3,)
     expected = effective_masks(model)
     wrapped = wrap(model)
@@ -247,16 +265,20 @@ def test_output_connected_counts_only_weights_cut_off_from_the_output():
     # Paganini & Forde's count (Appendix C): unit 1 of hidden layer 1 sends no kept weight, so its incoming
     # weights (row 1 of 0.weight) receive no gradient and count as pruned; unit 0 receives no kept weight but
     # still reaches the output (through its bias it carries a signal): its outgoing weights stay.
-    masks = masks_from_rows({
-        "0.weight": ["000", "111", "101", "010"],
-        "2.weight": ["1011", "1001", "1000"],
-        "4.weight": ["111", "011"],
-    })
-    expected = masks_from_rows({
-        "0.weight": ["000", "000", "101", "010"],
-        "2.weight": ["1011", "1001", "1000"],
-        "4.weight": ["111", "011"],
-    })
+    masks = masks_from_rows(
+        {
+            "0.weight": ["000", "111", "101", "010"],
+            "2.weight": ["1011", "1001", "1000"],
+            "4.weight": ["111", "011"],
+        }
+    )
+    expected = masks_from_rows(
+        {
+            "0.weight": ["000", "000", "101", "010"],
+            "2.weight": ["1011", "1001", "1000"],
+            "4.weight": ["111", "011"],
+        }
+    )
     assert output_connected_masks(three_layer_mlp(), masks, input_shape=(3,)) == expected
     # a cut that runs through the last layer takes everything before it
     cut = masks_from_rows({"0.weight": ["111"] * 4, "2.weight": ["1111"] * 3, "4.weight": ["000", "000"]})

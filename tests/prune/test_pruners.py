@@ -11,6 +11,7 @@ import re
 import pytest
 import torch
 import torch.nn as nn
+from tolerances import assert_close
 from torch.nn.utils import prune as torch_prune
 
 from lth_sparse import Masks
@@ -24,8 +25,6 @@ from lth_sparse.prune import (
     prune_structured,
     random_masks_like,
 )
-
-from tolerances import assert_close
 
 NAMES = ["0.weight", "2.weight", "4.weight"]
 
@@ -45,8 +44,9 @@ def layers_of(model: nn.Module) -> dict[str, nn.Module]:
 
 def random_partial_masks(model: nn.Module, seed: int, density: float = 0.7) -> Masks:
     g = torch.Generator().manual_seed(seed)
-    return Masks({name: torch.rand(layer.weight.shape, generator=g) < density
-                  for name, layer in layers_of(model).items()})
+    return Masks(
+        {name: torch.rand(layer.weight.shape, generator=g) < density for name, layer in layers_of(model).items()}
+    )
 
 
 def pruned_mlp(seed: int = 0) -> nn.Module:
@@ -57,6 +57,7 @@ def pruned_mlp(seed: int = 0) -> nn.Module:
 
 
 # --- hand computations ----------------------------------------------------------------------------------------
+
 
 def hand_scores(weights: list[float], importance: str) -> list[float]:
     """Scores of a layer's unpruned weights, computed from the formulas with plain Python floats."""
@@ -87,8 +88,9 @@ def hand_layer_scores(weight: torch.Tensor, mask: torch.Tensor, importance: str)
     return dict(zip(active, hand_scores([flat_w[i] for i in active], importance)))
 
 
-def expected_global(model: nn.Module, masks: Masks, importance: str, fraction: float,
-                    exclude: tuple[str, ...] = ()) -> Masks:
+def expected_global(
+    model: nn.Module, masks: Masks, importance: str, fraction: float, exclude: tuple[str, ...] = ()
+) -> Masks:
     """The masks after removing the round(fraction * remaining) lowest hand scores over all non-excluded layers."""
     layers = layers_of(model)
     pool = []  # (score, layer position, flat index)
@@ -123,6 +125,7 @@ def removed(before: Masks, after: Masks, name: str) -> int:
 
 # --- importance scores ----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("importance", IMPORTANCES)
 def test_importance_scores_equal_the_formula_over_unpruned_entries(importance):
     g = torch.Generator().manual_seed(3)
@@ -142,8 +145,10 @@ def test_importances_on_a_layer_worked_by_hand():
     # |w| = 1, 2, 3, 4 (the sign must not matter); the last row is pruned.
     weight = torch.tensor([[1.0, -2.0], [3.0, -4.0], [100.0, 0.0]], dtype=torch.float64)
     mask = torch.tensor([[True, True], [True, True], [False, False]])
-    got = {imp: importance_scores({"w.weight": weight}, Masks({"w.weight": mask}), imp)["w.weight"][:2].reshape(-1)
-           for imp in IMPORTANCES}
+    got = {
+        imp: importance_scores({"w.weight": weight}, Masks({"w.weight": mask}), imp)["w.weight"][:2].reshape(-1)
+        for imp in IMPORTANCES
+    }
     e = [math.exp(v) for v in (1, 2, 3, 4)]
     expected = {
         "magnitude": [1.0, 2.0, 3.0, 4.0],
@@ -170,12 +175,13 @@ def test_lamp_keeps_the_magnitude_order_within_a_layer_and_scores_the_largest_on
 def test_unknown_importance_is_a_value_error():
     model = mlp()
     with pytest.raises(ValueError, match="importance"):
-        importance_scores({n: l.weight for n, l in layers_of(model).items()}, Masks.from_model(model), "taylor")
+        importance_scores({n: layer.weight for n, layer in layers_of(model).items()}, Masks.from_model(model), "taylor")
     with pytest.raises(ValueError, match="importance"):
         prune_magnitude(model, 0.2, importance="taylor")
 
 
 # --- scopes ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("importance", IMPORTANCES)
 @pytest.mark.parametrize("fraction", [0.2, 0.5, 0.93])
@@ -220,12 +226,15 @@ def test_each_layer_normalised_importance_ranks_a_layers_weights_as_magnitude_do
 @pytest.mark.parametrize("importance", LAYER_NORMALISED)
 def test_layerwise_scope_with_a_layer_normalised_importance_is_a_value_error_saying_why(importance):
     model = pruned_mlp(seed=3)
-    with pytest.raises(ValueError, match=f"importance='{importance}' with scope='layerwise' would be plain "
-                                         "layerwise magnitude pruning") as info:
+    with pytest.raises(
+        ValueError, match=f"importance='{importance}' with scope='layerwise' would be plain layerwise magnitude pruning"
+    ) as info:
         prune_magnitude(model, 0.4, scope="layerwise", importance=importance)
     assert "ranks each layer's weights exactly as magnitude does" in str(info.value)
-    assert prune_magnitude(model, 0.4, scope="global", importance=importance).num_unpruned() < \
-        Masks.from_model(model).num_unpruned()
+    assert (
+        prune_magnitude(model, 0.4, scope="global", importance=importance).num_unpruned()
+        < Masks.from_model(model).num_unpruned()
+    )
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
@@ -281,8 +290,11 @@ def test_global_magnitude_equals_torch_global_unstructured(fraction):
     torch.manual_seed(9)
     plain = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4))
     ours = masked(copy.deepcopy(plain))
-    torch_prune.global_unstructured([(m, "weight") for m in plain if isinstance(m, nn.Linear)],
-                                    pruning_method=torch_prune.L1Unstructured, amount=fraction)
+    torch_prune.global_unstructured(
+        [(m, "weight") for m in plain if isinstance(m, nn.Linear)],
+        pruning_method=torch_prune.L1Unstructured,
+        amount=fraction,
+    )
     got = prune_magnitude(ours, fraction, scope="global", importance="magnitude")
     assert list(got) == NAMES
     for name, module in zip(NAMES, [m for m in plain if isinstance(m, nn.Linear)]):
@@ -311,6 +323,7 @@ def test_layer_normalised_importances_spare_a_layer_of_small_weights_that_magnit
 
 
 # --- NaN and inf -----------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("importance", IMPORTANCES)
 def test_nan_and_inf_weights_are_a_value_error_naming_each_layer_and_count(importance):
@@ -350,13 +363,18 @@ def test_finite_weights_whose_scores_overflow_are_a_value_error():
 
 # --- wrapped models -------------------------------------------------------------------------------------------
 
+
 def test_pruning_a_wrapped_model_gives_the_bare_models_masks(wrap):
     model = pruned_mlp(seed=21)
 
     def prune_all(m):
-        return [prune_magnitude(m, 0.3), prune_magnitude(m, 0.3, scope="layerwise", exclude=["4.weight"]),
-                prune_magnitude(m, 0.3, importance="lamp", masks=Masks.from_model(model)),
-                prune_random(m, 0.3, generator=torch.Generator().manual_seed(0)), prune_structured(m, 0.3)]
+        return [
+            prune_magnitude(m, 0.3),
+            prune_magnitude(m, 0.3, scope="layerwise", exclude=["4.weight"]),
+            prune_magnitude(m, 0.3, importance="lamp", masks=Masks.from_model(model)),
+            prune_random(m, 0.3, generator=torch.Generator().manual_seed(0)),
+            prune_structured(m, 0.3),
+        ]
 
     expected = prune_all(model)
     got = prune_all(wrap(model))
@@ -365,6 +383,7 @@ def test_pruning_a_wrapped_model_gives_the_bare_models_masks(wrap):
 
 
 # --- random pruning -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
 def test_prune_random_removes_the_counts_from_the_remaining_weights(scope):
@@ -406,6 +425,7 @@ def test_random_masks_like_keeps_each_layers_count_and_moves_the_weights():
 
 
 # --- structured pruning ---------------------------------------------------------------------------------------
+
 
 def conv_net(seed: int = 0) -> nn.Module:
     """Conv2d(2 -> 8, 3x3) on 4x4 inputs, then Linear(32 -> 7): weights ``0.weight`` and ``3.weight``."""
@@ -455,8 +475,8 @@ def test_structured_pruning_removes_the_lowest_norm_rows_and_channels_of_each_la
 def test_structured_pruning_of_linear_removes_rows_and_of_conv_removes_output_channels():
     model = conv_net(seed=15)
     with torch.no_grad():
-        model[0].weight[3].mul_(1e-3)   # the conv's weakest output channel
-        model[3].weight[6].mul_(1e-3)   # the linear layer's weakest output row
+        model[0].weight[3].mul_(1e-3)  # the conv's weakest output channel
+        model[3].weight[6].mul_(1e-3)  # the linear layer's weakest output row
     after = prune_structured(model, 0.1, norm="l2")  # round(0.1 * 8) = 1, round(0.1 * 7) = 1
     conv_expected = torch.ones(8, 2, 3, 3, dtype=torch.bool)
     conv_expected[3] = False
@@ -479,6 +499,7 @@ def test_structured_global_scope_removes_the_fraction_of_all_remaining_units():
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
+
 
 def test_unknown_scope_and_norm_are_value_errors():
     model = mlp()

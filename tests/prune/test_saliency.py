@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tolerances import assert_close
 
 from lth_sparse import Masks
 from lth_sparse.models import create_model
@@ -42,8 +43,6 @@ from lth_sparse.prune import (
     synflow_scores,
 )
 
-from tolerances import assert_close
-
 NAMES = ["0.weight", "2.weight"]
 
 
@@ -57,14 +56,14 @@ def two_layer(seed: int = 0, bias: bool = True) -> nn.Module:
 
 def make_batch(seed: int = 1, n: int = 6, features: int = 4, classes: int = 3):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, features, generator=g, dtype=torch.float64),
-            torch.randint(0, classes, (n,), generator=g))
+    return (torch.randn(n, features, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g))
 
 
 def partial_masks(model: nn.Module, seed: int, density: float = 0.7) -> Masks:
     g = torch.Generator().manual_seed(seed)
-    return Masks({n: torch.rand(layer.weight.shape, generator=g) < density
-                  for n, layer in prunable_layers(model).items()})
+    return Masks(
+        {n: torch.rand(layer.weight.shape, generator=g) < density for n, layer in prunable_layers(model).items()}
+    )
 
 
 def weights(model: nn.Module):
@@ -88,6 +87,7 @@ def conv_batch(seed: int = 2, n: int = 5):
 
 
 # --- hand computations ----------------------------------------------------------------------------------------
+
 
 def hand_gradients(model, batch, masks, temperature: float = 1.0):
     """dL/dW1, dL/dW2 of mean cross-entropy(z2 / T), the network run on W * mask, written out by hand."""
@@ -126,7 +126,7 @@ def grasp_by_autograd(model, batch, masks, temperature):
     x, y = batch
 
     def loss(flat):
-        a, b = flat[: w1.numel()].view_as(w1), flat[w1.numel():].view_as(w2)
+        a, b = flat[: w1.numel()].view_as(w1), flat[w1.numel() :].view_as(w2)
         out = F.linear(F.linear(x, a * m1, b1).relu(), b * m2, b2)
         return F.cross_entropy(out / temperature, y)
 
@@ -134,7 +134,7 @@ def grasp_by_autograd(model, batch, masks, temperature):
     g = torch.autograd.functional.jacobian(loss, flat)
     hessian = torch.autograd.functional.hessian(loss, flat)
     score = flat * (hessian @ g)
-    return score[: w1.numel()].view_as(w1), score[w1.numel():].view_as(w2), g
+    return score[: w1.numel()].view_as(w1), score[w1.numel() :].view_as(w2), g
 
 
 @pytest.mark.parametrize("temperature", [1.0, GRASP_TEMPERATURE])
@@ -179,10 +179,14 @@ def test_synflow_scores_are_the_hand_computed_path_products():
 
 # --- SynFlow's invariances --------------------------------------------------------------------------------------
 
+
 def deep_bias_free_mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = masked(nn.Sequential(nn.Linear(6, 8, bias=False), nn.ReLU(), nn.Linear(8, 7, bias=False), nn.ReLU(),
-                                 nn.Linear(7, 3, bias=False)))
+    model = masked(
+        nn.Sequential(
+            nn.Linear(6, 8, bias=False), nn.ReLU(), nn.Linear(8, 7, bias=False), nn.ReLU(), nn.Linear(7, 3, bias=False)
+        )
+    )
     model.input_shape = (6,)
     return model
 
@@ -198,7 +202,7 @@ def test_synflow_conserves_the_flow_in_every_layer(with_masks):
         product = (layer.weight.detach().double().abs() * masks[name]) @ product
     flow = product.sum()
     scores = synflow_scores(model, masks=masks)
-    for name, s in scores.items():
+    for s in scores.values():
         assert_close(s.sum(), flow)
     assert float(flow) > 1.0
 
@@ -208,8 +212,10 @@ def test_synflow_conserves_the_flow_through_convolutions_and_average_pooling():
     positive = nn.Sequential(*[m for m in model]).double()
     with torch.no_grad():
         flow = torch.func.functional_call(
-            positive, {k: v.abs() for k, v in positive.state_dict().items() if v.is_floating_point()},
-            (torch.ones(1, 3, 6, 6, dtype=torch.float64),)).sum()
+            positive,
+            {k: v.abs() for k, v in positive.state_dict().items() if v.is_floating_point()},
+            (torch.ones(1, 3, 6, 6, dtype=torch.float64),),
+        ).sum()
     for s in synflow_scores(model).values():
         assert_close(s.sum(), flow)
 
@@ -242,8 +248,11 @@ def test_scoring_leaves_the_model_as_it_was(score):
     masks = partial_masks(model, 9)
     masks.apply_to(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    {"snip": lambda: snip_scores(model, conv_batch()), "grasp": lambda: grasp_scores(model, conv_batch()),
-     "synflow": lambda: prune_synflow(model, density=0.2, iterations=3)}[score]()
+    {
+        "snip": lambda: snip_scores(model, conv_batch()),
+        "grasp": lambda: grasp_scores(model, conv_batch()),
+        "synflow": lambda: prune_synflow(model, density=0.2, iterations=3),
+    }[score]()
     assert model.training and all(m.training for m in model.modules())
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), f"{k} changed"
@@ -270,6 +279,7 @@ def test_scores_are_taken_in_eval_mode_whatever_the_models_mode():
 
 
 # --- iterative SynFlow ------------------------------------------------------------------------------------------
+
 
 def test_synflow_with_one_iteration_is_single_shot():
     model = small_convnet()
@@ -305,6 +315,7 @@ def test_iterative_synflow_from_pruned_masks_interpolates_from_the_current_densi
 
 # --- density, fraction, existing masks ------------------------------------------------------------------------
 
+
 def run_pruner(name: str, model, **kwargs) -> Masks:
     return get_pruner(name)(model, batch=conv_batch(), generator=torch.Generator().manual_seed(0), **kwargs)
 
@@ -338,9 +349,14 @@ def test_fraction_removes_that_share_of_the_remaining_weights(name):
     assert start.num_unpruned() - got.num_unpruned() == round(0.3 * start.num_unpruned())
 
 
-@pytest.mark.parametrize("name,scores", [("snip", lambda m, masks: snip_scores(m, conv_batch(), masks=masks)),
-                                         ("grasp", lambda m, masks: grasp_scores(m, conv_batch(), masks=masks)),
-                                         ("synflow", lambda m, masks: synflow_scores(m, masks=masks))])
+@pytest.mark.parametrize(
+    "name,scores",
+    [
+        ("snip", lambda m, masks: snip_scores(m, conv_batch(), masks=masks)),
+        ("grasp", lambda m, masks: grasp_scores(m, conv_batch(), masks=masks)),
+        ("synflow", lambda m, masks: synflow_scores(m, masks=masks)),
+    ],
+)
 def test_existing_masks_stay_and_the_lowest_unpruned_scores_go(name, scores):
     model = small_convnet()
     start = partial_masks(model, 12, density=0.6)
@@ -373,15 +389,18 @@ def test_scores_of_a_pruned_network_are_those_of_the_network_without_those_weigh
     masks = partial_masks(model, 13)
     pruned = small_convnet()
     masks.apply_to(pruned)
-    for fn in (lambda m, mk: snip_scores(m, conv_batch(), masks=mk),
-               lambda m, mk: grasp_scores(m, conv_batch(), masks=mk),
-               lambda m, mk: synflow_scores(m, masks=mk)):
+    for fn in (
+        lambda m, mk: snip_scores(m, conv_batch(), masks=mk),
+        lambda m, mk: grasp_scores(m, conv_batch(), masks=mk),
+        lambda m, mk: synflow_scores(m, masks=mk),
+    ):
         a, b = fn(model, masks), fn(pruned, None)
         for n in a:
             assert_close(a[n], b[n])
 
 
 # --- registry, plain and wrapped models ---------------------------------------------------------------------------
+
 
 def test_registry_names_and_unknown_name():
     assert pruner_names() == ("random", "magnitude", "snip", "grasp", "synflow")
@@ -400,8 +419,9 @@ def test_registered_magnitude_and_random_keep_what_the_global_pruners_keep():
 def test_registered_pruners_are_the_public_ones_with_their_options():
     model, batch = small_convnet(), conv_batch()
     assert get_pruner("snip")(model, density=0.2, batch=batch) == prune_snip(model, density=0.2, batch=batch)
-    assert get_pruner("grasp")(model, density=0.2, batch=batch, temperature=1.0) == \
-        prune_grasp(model, density=0.2, batch=batch, temperature=1.0)
+    assert get_pruner("grasp")(model, density=0.2, batch=batch, temperature=1.0) == prune_grasp(
+        model, density=0.2, batch=batch, temperature=1.0
+    )
     assert get_pruner("synflow")(model, density=0.2, iterations=3) == prune_synflow(model, density=0.2, iterations=3)
     with pytest.raises(TypeError):
         get_pruner("magnitude")(model, density=0.2, iterations=3)
@@ -417,8 +437,11 @@ def test_plain_models_score_and_prune_as_their_masked_copies():
     batch = conv_batch()
     assert list(prunable_layers(plain)) == list(prunable_layers(twin)) == ["0.weight", "3.weight"]
     masks = partial_masks(twin, 15)
-    for fn in (lambda m: snip_scores(m, batch, masks=masks), lambda m: grasp_scores(m, batch, masks=masks),
-               lambda m: synflow_scores(m, (3, 6, 6), masks=masks)):
+    for fn in (
+        lambda m: snip_scores(m, batch, masks=masks),
+        lambda m: grasp_scores(m, batch, masks=masks),
+        lambda m: synflow_scores(m, (3, 6, 6), masks=masks),
+    ):
         a, b = fn(plain), fn(twin)
         for n in a:
             assert_close(a[n], b[n])
@@ -447,6 +470,7 @@ def test_the_package_resnet20_prunes_to_the_exact_density(name):
 
 
 # --- errors -----------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("density", [0.0, -0.1, 1.5, math.nan, True])
 def test_a_density_outside_zero_one_is_refused(density):
@@ -515,6 +539,7 @@ def test_non_finite_scores_are_refused_naming_the_layer():
 
 # --- the shuffle control ----------------------------------------------------------------------------------------
 
+
 def test_the_shuffle_control_permutes_each_layer_and_keeps_its_count():
     model = small_convnet()
     ticket = prune_snip(model, density=0.3, batch=conv_batch())
@@ -529,13 +554,17 @@ def test_the_shuffle_control_permutes_each_layer_and_keeps_its_count():
 
 # --- layer collapse ---------------------------------------------------------------------------------------------
 
+
 def test_a_fully_pruned_middle_layer_collapses_a_chain():
     model = deep_bias_free_mlp()
     masks = Masks.ones_like(model)
     masks = Masks({**masks, "2.weight": torch.zeros_like(masks["2.weight"])})
     got = layer_collapse(model, masks)
-    assert got == {"0.weight": LayerCollapse(False, True), "2.weight": LayerCollapse(True, True),
-                   "4.weight": LayerCollapse(False, True)}
+    assert got == {
+        "0.weight": LayerCollapse(False, True),
+        "2.weight": LayerCollapse(True, True),
+        "4.weight": LayerCollapse(False, True),
+    }
     assert network_collapsed(model, masks)
     assert not network_collapsed(model)
     assert not any(c.collapsed for c in layer_collapse(model).values())
@@ -573,8 +602,7 @@ def test_a_fully_pruned_residual_block_does_not_collapse_the_network():
 
 def test_layer_collapse_of_a_plain_model_with_given_masks():
     torch.manual_seed(0)
-    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(16, 2))
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 2))
     masks = Masks({n: torch.ones_like(layer.weight, dtype=torch.bool) for n, layer in prunable_layers(plain).items()})
     masks = Masks({**masks, "2.weight": torch.zeros(4, 4, 3, 3, dtype=torch.bool)})
     got = layer_collapse(plain, masks, input_shape=(3, 6, 6))

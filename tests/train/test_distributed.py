@@ -29,8 +29,18 @@ def test_the_shards_of_a_batch_are_the_batch_cut_in_rank_order(world_size):
     augment = RandomCropFlip(2, flip=True)
 
     def epoch(rank, size):
-        return list(batches(split, 10, shuffle=True, generator=torch.Generator().manual_seed(4), augment=augment,
-                            with_index=True, rank=rank, world_size=size))
+        return list(
+            batches(
+                split,
+                10,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(4),
+                augment=augment,
+                with_index=True,
+                rank=rank,
+                world_size=size,
+            )
+        )
 
     whole = epoch(0, 1)
     shards = [epoch(rank, world_size) for rank in range(world_size)]
@@ -50,19 +60,34 @@ def test_a_batch_smaller_than_the_world_is_a_value_error(digits):
         train(small_model(), short, config(), rank=0, world_size=2, progress=False)
 
 
-
 def ddp_worker(rank, port, data, cfg, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         model = DistributedDataParallel(small_model())
         indices, snapshots = [], []
-        result = train(model, data, cfg, seed=3, progress=False, metrics_path=out_dir / f"metrics{rank}.jsonl",
-                       checkpoint_path=out_dir / f"checkpoint{rank}.pt", snapshot_at=[2],
-                       on_snapshot=lambda it, state: snapshots.append((it, sorted(state))),
-                       callbacks=[lambda step: indices.append(step.index.clone())])
-        torch.save({"weights": weights(model.module), "history": result.history, "result": result.to_dict(),
-                    "indices": indices, "snapshots": snapshots}, out_dir / f"out{rank}.pt")
+        result = train(
+            model,
+            data,
+            cfg,
+            seed=3,
+            progress=False,
+            metrics_path=out_dir / f"metrics{rank}.jsonl",
+            checkpoint_path=out_dir / f"checkpoint{rank}.pt",
+            snapshot_at=[2],
+            on_snapshot=lambda it, state: snapshots.append((it, sorted(state))),
+            callbacks=[lambda step: indices.append(step.index.clone())],
+        )
+        torch.save(
+            {
+                "weights": weights(model.module),
+                "history": result.history,
+                "result": result.to_dict(),
+                "indices": indices,
+                "snapshots": snapshots,
+            },
+            out_dir / f"out{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -74,8 +99,7 @@ def test_ddp_on_two_ranks_equals_one_process_on_the_same_global_batches(free_por
     # workers start without seconds of imports each.
     import torch._dynamo  # noqa: F401
 
-    mp.start_processes(ddp_worker, args=(free_port, data, cfg, tmp_path), nprocs=WORLD, join=True,
-                       start_method="fork")
+    mp.start_processes(ddp_worker, args=(free_port, data, cfg, tmp_path), nprocs=WORLD, join=True, start_method="fork")
     ranks = [torch.load(tmp_path / f"out{rank}.pt", weights_only=False) for rank in range(WORLD)]
 
     single = small_model()

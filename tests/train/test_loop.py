@@ -25,6 +25,7 @@ from tests.train.conftest import BATCH, TRAIN_SIZE, config, same_state, small_mo
 
 # --- determinism and data order -------------------------------------------------------------------------------
 
+
 def test_same_seed_gives_bit_identical_weights(digits):
     cfg = config(momentum=0.9, weight_decay=1e-4)
     a, b = small_model(), small_model()
@@ -49,8 +50,15 @@ def test_snapshots_are_the_state_at_exactly_the_chosen_iterations(digits):
     model = small_model()
     initial = weights(model)
     taken: dict[int, dict] = {}
-    train(model, digits, cfg, seed=1, snapshot_at=[0, 3, 7], progress=False,
-          on_snapshot=lambda it, state: taken.setdefault(it, state))
+    train(
+        model,
+        digits,
+        cfg,
+        seed=1,
+        snapshot_at=[0, 3, 7],
+        progress=False,
+        on_snapshot=lambda it, state: taken.setdefault(it, state),
+    )
     assert sorted(taken) == [0, 3, 7]
     assert same_state(taken[0], initial), "iteration 0 is the state before any step"
     for k in (3, 7):
@@ -66,8 +74,9 @@ def test_training_from_a_snapshot_continues_the_original_run_exactly(digits, k, 
     cfg = config(epochs=3, schedule=schedule)
     whole = small_model()
     taken = {}
-    train(whole, digits, cfg, seed=2, snapshot_at=[k], on_snapshot=lambda it, s: taken.setdefault(it, s),
-          progress=False)
+    train(
+        whole, digits, cfg, seed=2, snapshot_at=[k], on_snapshot=lambda it, s: taken.setdefault(it, s), progress=False
+    )
 
     first = small_model()
     train(first, digits, cfg, seed=2, end_iteration=k, progress=False)
@@ -112,6 +121,7 @@ def test_pruned_weights_stay_zero_through_training(digits):
 
 # --- precision ------------------------------------------------------------------------------------------------
 
+
 def test_fp32_precision_is_the_default_and_plain_float32_training_bit_for_bit(digits, monkeypatch):
     # the training batches, recorded as the loop draws them, replayed by a plain loop without autocast or a scaler
     from lth_sparse.train import loop
@@ -145,8 +155,9 @@ def test_reduced_precision_training_learns_and_keeps_float32_weights_and_pruned_
     mask = torch.rand(model.fc1.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5
     model.fc1.set_mask(mask)
     initial_loss, _ = evaluate(model, digits.val)
-    result = train(model, digits, config(epochs=3, momentum=0.9, weight_decay=1e-3, precision=precision),
-                   progress=False)
+    result = train(
+        model, digits, config(epochs=3, momentum=0.9, weight_decay=1e-3, precision=precision), progress=False
+    )
     assert result.val_loss < initial_loss - 0.5, "the loss must go down"
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -165,6 +176,7 @@ def test_evaluate_at_bf16_is_close_to_float32(digits):
 
 
 # --- schedules ------------------------------------------------------------------------------------------------
+
 
 def test_constant_schedule_is_one_everywhere():
     factor = make_schedule(config(schedule="constant"), 10, 50)
@@ -205,6 +217,7 @@ def test_training_uses_the_schedule(digits):
 
 # --- optimizers -----------------------------------------------------------------------------------------------
 
+
 def test_make_optimizer_builds_sgd_with_the_configs_values():
     model = small_model()
     opt = make_optimizer(model, config(optimizer="sgd", lr=0.3, momentum=0.7, nesterov=True, weight_decay=1e-3))
@@ -231,6 +244,7 @@ def test_make_optimizer_leaves_out_frozen_parameters():
 
 
 # --- evaluation -----------------------------------------------------------------------------------------------
+
 
 def fixed_classifier() -> nn.Module:
     """logits = x @ W^T + b with W = [[1, 0], [0, 1], [1, 1]], b = [0, 0, -1]: three classes from two features."""
@@ -288,12 +302,20 @@ def test_training_reports_the_final_validation_and_test_metrics(digits):
 
 # --- metrics file and early-stopping iteration ----------------------------------------------------------------
 
+
 def test_metrics_file_gets_one_json_line_per_validation_as_training_goes(digits, tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"iteration": -1, "from": "an earlier run"}\n')
     seen_at_7 = []
-    result = train(small_model(), digits, config(eval_every=3), metrics_path=path, snapshot_at=[7],
-                   on_snapshot=lambda it, s: seen_at_7.append(path.read_text().splitlines()), progress=False)
+    result = train(
+        small_model(),
+        digits,
+        config(eval_every=3),
+        metrics_path=path,
+        snapshot_at=[7],
+        on_snapshot=lambda it, s: seen_at_7.append(path.read_text().splitlines()),
+        progress=False,
+    )
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0] == {"iteration": -1, "from": "an earlier run"}, "the file is appended to"
     records = lines[1:]
@@ -319,17 +341,21 @@ def test_best_val_iteration_is_the_iteration_of_minimum_validation_loss(digits):
 
 # --- configuration --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("field, value", [
-    ("optimizer", "rmsprop"),
-    ("schedule", "linear"),
-    ("epochs", 0),
-    ("epochs", -1),
-    ("batch_size", 0),
-    ("lr", 0.0),
-    ("lr", -0.1),
-    ("precision", "fp64"),
-    ("precision", "FP16"),
-])
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("optimizer", "rmsprop"),
+        ("schedule", "linear"),
+        ("epochs", 0),
+        ("epochs", -1),
+        ("batch_size", 0),
+        ("lr", 0.0),
+        ("lr", -0.1),
+        ("precision", "fp64"),
+        ("precision", "FP16"),
+    ],
+)
 def test_train_config_refuses_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -341,14 +367,17 @@ def test_train_config_refuses_negative_momentum_and_weight_decay(field):
         TrainConfig(**{field: -0.1})
 
 
-@pytest.mark.parametrize("step, expected", [
-    ("init", 0),
-    ("iter:0", 0),
-    ("iter:37", 37),
-    ("epoch:2", 20),
-    ("epoch:0.5", 5),
-    (7, 7),
-])
+@pytest.mark.parametrize(
+    "step, expected",
+    [
+        ("init", 0),
+        ("iter:0", 0),
+        ("iter:37", 37),
+        ("epoch:2", 20),
+        ("epoch:0.5", 5),
+        (7, 7),
+    ],
+)
 def test_parse_step(step, expected):
     assert parse_step(step, 10) == expected
 
@@ -367,6 +396,7 @@ def test_a_run_of_no_iterations_records_once_in_the_metrics_file(digits, tmp_pat
 
 
 # --- a caller's optimizer and loss ----------------------------------------------------------------------------
+
 
 def test_a_supplied_optimizer_built_as_the_loop_would_gives_the_same_weights(digits):
     cfg = config(momentum=0.9, weight_decay=1e-4, schedule="cosine")
@@ -408,15 +438,22 @@ def test_a_regression_loss_trains_and_reports_no_accuracy(tmp_path):
     initial_loss, initial_accuracy = evaluate(model, data.val, loss_fn=nn.functional.mse_loss)
     assert initial_accuracy is None
     path = tmp_path / "metrics.jsonl"
-    result = train(model, data, config(epochs=20, batch_size=8, lr=0.1), loss_fn=nn.functional.mse_loss,
-                   metrics_path=path, progress=False)
+    result = train(
+        model,
+        data,
+        config(epochs=20, batch_size=8, lr=0.1),
+        loss_fn=nn.functional.mse_loss,
+        metrics_path=path,
+        progress=False,
+    )
     assert result.val_accuracy is None and result.test_accuracy is None
     assert all(h["val_accuracy"] is None for h in result.history)
     assert all(json.loads(line)["val_accuracy"] is None for line in path.read_text().splitlines())
     with torch.no_grad():
         assert result.val_loss == pytest.approx(nn.functional.mse_loss(model(data.val.x), data.val.y).item(), rel=1e-5)
-        assert result.test_loss == pytest.approx(nn.functional.mse_loss(model(data.test.x), data.test.y).item(),
-                                                 rel=1e-5)
+        assert result.test_loss == pytest.approx(
+            nn.functional.mse_loss(model(data.test.x), data.test.y).item(), rel=1e-5
+        )
     assert result.val_loss < 0.05 * initial_loss
 
 
@@ -432,6 +469,7 @@ def test_evaluate_with_a_loss_fn_weights_each_batch_by_its_size(digits):
 
 
 # --- callbacks, and nothing read back per step ----------------------------------------------------------------
+
 
 def test_callbacks_see_every_step_with_its_examples_outputs_and_loss(digits):
     seen = []
@@ -462,6 +500,7 @@ def test_a_training_step_reads_nothing_back_to_the_host(digits, monkeypatch):
         def wrapper(self, *args, **kwargs):
             calls["n"] += 1
             return original(self, *args, **kwargs)
+
         return wrapper
 
     for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy"):
@@ -481,8 +520,9 @@ def test_a_training_step_reads_nothing_back_to_the_host(digits, monkeypatch):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_training_step_on_a_gpu_does_not_synchronise(digits, precision):
     images = dataclasses.replace(digits, augment=RandomCropFlip(1, flip=True))
-    data = dataclasses.replace(images, train=digits.train.to("cuda"), val=digits.val.to("cuda"),
-                               test=digits.test.to("cuda"))
+    data = dataclasses.replace(
+        images, train=digits.train.to("cuda"), val=digits.val.to("cuda"), test=digits.test.to("cuda")
+    )
     model = small_model().cuda()
     model.fc1.set_mask(torch.rand(model.fc1.weight.shape, generator=torch.Generator().manual_seed(0)).cuda() < 0.5)
     per_epoch = iterations_per_epoch(TRAIN_SIZE, BATCH)
@@ -496,14 +536,21 @@ def test_a_training_step_on_a_gpu_does_not_synchronise(digits, precision):
         with pytest.raises(RuntimeError):
             torch.ones(1, device="cuda").item()  # precondition: the debug mode catches a read-back
         torch.cuda.set_sync_debug_mode("default")
-        result = train(model, data, config(epochs=3, momentum=0.9, precision=precision), augment_seed=1,
-                       callbacks=[check_the_next_step], progress=False)
+        result = train(
+            model,
+            data,
+            config(epochs=3, momentum=0.9, precision=precision),
+            augment_seed=1,
+            callbacks=[check_the_next_step],
+            progress=False,
+        )
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert result.iterations == 3 * per_epoch
 
 
 # --- separate seeds for the data order and the augmentation ---------------------------------------------------
+
 
 class RecordingAugment:
     """Adds noise drawn from the generator it is given, and keeps the draws."""
@@ -522,8 +569,7 @@ def augmented_run(digits, seed, augment_seed):
     data = dataclasses.replace(digits, augment=augment)
     seen = []
     model = small_model()
-    train(model, data, config(epochs=1), seed=seed, augment_seed=augment_seed, callbacks=[seen.append],
-          progress=False)
+    train(model, data, config(epochs=1), seed=seed, augment_seed=augment_seed, callbacks=[seen.append], progress=False)
     return torch.cat([s.index for s in seen]), torch.cat(augment.draws), weights(model)
 
 

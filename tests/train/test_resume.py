@@ -31,6 +31,7 @@ def kill_at(iteration: int):
     def callback(step):
         if step.iteration == iteration:
             raise Killed
+
     return callback
 
 
@@ -68,9 +69,17 @@ def run(setup, data, tmp_path, name, **kwargs):
     model = make_model(setup, seed=kwargs.pop("init_seed", 0))
     kwargs.setdefault("metrics_path", tmp_path / f"{name}.jsonl")
     cfg = config(epochs=3, eval_every=3, **SETUPS[setup])
-    result = train(model, data, cfg, seed=5, progress=False, snapshot_at=[3, 12],
-                   on_snapshot=lambda it, s: snapshots.setdefault(it, s),
-                   callbacks=[counter, *kwargs.pop("callbacks", [])], **kwargs)
+    result = train(
+        model,
+        data,
+        cfg,
+        seed=5,
+        progress=False,
+        snapshot_at=[3, 12],
+        on_snapshot=lambda it, s: snapshots.setdefault(it, s),
+        callbacks=[counter, *kwargs.pop("callbacks", [])],
+        **kwargs,
+    )
     return model, result, snapshots, counter
 
 
@@ -82,16 +91,24 @@ def test_a_killed_run_resumed_from_its_checkpoint_ends_bit_for_bit_as_the_whole_
     torch.manual_seed(1234)  # the same global generator state at the start as the whole run
     checkpoint = tmp_path / "train.pt"
     with pytest.raises(Killed):
-        run(setup, digits, tmp_path, "killed", checkpoint_path=checkpoint, checkpoint_every=CHECKPOINT_EVERY,
-            callbacks=[kill_at(KILLED_AT)])
+        run(
+            setup,
+            digits,
+            tmp_path,
+            "killed",
+            checkpoint_path=checkpoint,
+            checkpoint_every=CHECKPOINT_EVERY,
+            callbacks=[kill_at(KILLED_AT)],
+        )
     saved = torch.load(checkpoint, weights_only=False)
     assert saved["iteration"] == CHECKPOINT_EVERY
     if setup == "fp16-gradscaler":
-        assert saved["scaler"]["scale"] < 2.0 ** 16, "precondition: the scaler has backed off from its start"
+        assert saved["scaler"]["scale"] < 2.0**16, "precondition: the scaler has backed off from its start"
 
     torch.manual_seed(99)  # a fresh model and another global generator state
-    resumed, result, snapshots, counter = run(setup, digits, tmp_path, "killed", init_seed=7,
-                                              checkpoint_path=checkpoint, resume=True)
+    resumed, result, snapshots, counter = run(
+        setup, digits, tmp_path, "killed", init_seed=7, checkpoint_path=checkpoint, resume=True
+    )
     assert same_state(weights(resumed), weights(whole))
     assert result.history == whole_result.history
     assert result.to_dict() == whole_result.to_dict()
@@ -108,8 +125,15 @@ def test_the_weights_alone_do_not_continue_a_momentum_run(digits, tmp_path):
     cfg = config(epochs=3, momentum=0.9, weight_decay=1e-3)
     whole = small_model()
     taken = {}
-    train(whole, digits, cfg, seed=5, snapshot_at=[CHECKPOINT_EVERY], on_snapshot=lambda it, s: taken.update(s=s),
-          progress=False)
+    train(
+        whole,
+        digits,
+        cfg,
+        seed=5,
+        snapshot_at=[CHECKPOINT_EVERY],
+        on_snapshot=lambda it, s: taken.update(s=s),
+        progress=False,
+    )
     rest = small_model(seed=7)
     rest.load_state_dict(taken["s"])
     train(rest, digits, cfg, seed=5, start_iteration=CHECKPOINT_EVERY, progress=False)
