@@ -53,11 +53,15 @@ def _compiler_works(flags: list[str]) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.cpp")
         with open(src, "w") as f:
-            f.write("#include <omp.h>\nint main(){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
-                    if "-fopenmp" in flags else "int main(){return 0;}\n")
+            f.write(
+                "#include <omp.h>\nint main(){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+                if "-fopenmp" in flags
+                else "int main(){return 0;}\n"
+            )
         try:
-            subprocess.run([cxx, *flags, src, "-o", os.path.join(tmp, "probe")],
-                           check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                [cxx, *flags, src, "-o", os.path.join(tmp, "probe")], check=True, capture_output=True, timeout=120
+            )
         except (subprocess.CalledProcessError, OSError, subprocess.TimeoutExpired):
             return False
     return True
@@ -72,8 +76,7 @@ def _want_cuda(torch) -> tuple[bool, str | None]:
         if cuda_home is None:
             raise RuntimeError("LTH_SPARSE_CUDA=1 but no CUDA toolkit (nvcc) was found; set CUDA_HOME")
         return True, cuda_home
-    return (cuda_home is not None and torch.version.cuda is not None
-            and torch.cuda.is_available()), cuda_home
+    return (cuda_home is not None and torch.version.cuda is not None and torch.cuda.is_available()), cuda_home
 
 
 def _extensions():
@@ -81,21 +84,25 @@ def _extensions():
         import torch
         from torch.utils import cpp_extension
     except ImportError:
-        _log("torch is not importable at build time: installing without compiled kernels "
-             "(install torch first and use `pip install --no-build-isolation -e .`)")
+        _log(
+            "torch is not importable at build time: installing without compiled kernels "
+            "(install torch first and use `pip install --no-build-isolation -e .`)"
+        )
         return [], {}
 
     exts = []
     if _compiler_works([]):
         openmp = _compiler_works(["-fopenmp"])
         cxx_flags = ["-O3", "-std=c++20"] + (["-fopenmp", "-DLTH_SPARSE_OPENMP"] if openmp else [])
-        exts.append(cpp_extension.CppExtension(
-            "lth_sparse._C",
-            sorted(glob.glob("csrc/cpu/*.cpp")),
-            include_dirs=[os.path.join(ROOT, "csrc")],
-            extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"] if openmp else [],
-        ))
+        exts.append(
+            cpp_extension.CppExtension(
+                "lth_sparse._C",
+                sorted(glob.glob("csrc/cpu/*.cpp")),
+                include_dirs=[os.path.join(ROOT, "csrc")],
+                extra_compile_args={"cxx": cxx_flags},
+                extra_link_args=["-fopenmp"] if openmp else [],
+            )
+        )
         _log(f"building the C++ CPU kernels (OpenMP: {'yes' if openmp else 'no'})")
     else:
         _log("no working C++ compiler: installing without compiled kernels (torch fallback)")
@@ -108,19 +115,27 @@ def _extensions():
         # and the linker must find libcudart in the toolkit's lib folder.
         os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home
-        libdirs = [d for d in (os.path.join(cuda_home, "lib"), os.path.join(cuda_home, "lib64"))
-                   if os.path.exists(os.path.join(d, "libcudart.so"))]
+        libdirs = [
+            d
+            for d in (os.path.join(cuda_home, "lib"), os.path.join(cuda_home, "lib64"))
+            if os.path.exists(os.path.join(d, "libcudart.so"))
+        ]
         os.environ["LIBRARY_PATH"] = os.pathsep.join(
-            libdirs + [p for p in os.environ.get("LIBRARY_PATH", "").split(os.pathsep) if p])
+            libdirs + [p for p in os.environ.get("LIBRARY_PATH", "").split(os.pathsep) if p]
+        )
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
-        exts.append(cpp_extension.CUDAExtension(
-            "lth_sparse._cuda",
-            cuda_sources,
-            include_dirs=[os.path.join(ROOT, "csrc")],
-            library_dirs=libdirs,
-            extra_compile_args={"cxx": ["-O3", "-std=c++20"],
-                                "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
-        ))
+        exts.append(
+            cpp_extension.CUDAExtension(
+                "lth_sparse._cuda",
+                cuda_sources,
+                include_dirs=[os.path.join(ROOT, "csrc")],
+                library_dirs=libdirs,
+                extra_compile_args={
+                    "cxx": ["-O3", "-std=c++20"],
+                    "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"],
+                },
+            )
+        )
         _log(f"building the CUDA kernels with {cuda_home} for arch {os.environ['TORCH_CUDA_ARCH_LIST']}")
     else:
         _log("skipping the CUDA kernels (LTH_SPARSE_CUDA=1 forces them)")
@@ -142,6 +157,7 @@ class _OptionalBuild:
                     if os.environ.get("LTH_SPARSE_REQUIRE_CPP") == "1":
                         raise
                     _log(f"building {ext.name} failed ({exc}); the package will use the torch fallback")
+
         return OptionalBuildExt
 
 
