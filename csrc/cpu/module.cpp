@@ -28,18 +28,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("zero_pruned_", &lth_sparse::cpu::zero_pruned_, py::arg("t"), py::arg("mask"),
         "Sets t to +0.0 where mask is False, in place; returns t.");
   m.def("lerp_relu_", &lth_sparse::cpu::lerp_relu_, py::arg("out"), py::arg("a"), py::arg("b"), py::arg("alphas"),
-        py::arg("bias"), py::arg("relu"), py::arg("bias_per_row") = false,
-        "out[i] = torch.lerp(a, b, alphas[i]) (+ bias[i], along the columns, or along the rows with bias_per_row), "
-        "clamped at 0 when relu, in one pass: a, b (rows, cols) with a unit column stride and equal strides, out "
-        "(A, rows, cols) and bias (A, cols) / (A, rows) or None contiguous, all float32 or all float64.");
+        py::arg("bias"), py::arg("relu"),
+        "out[i] = torch.lerp(a, b, alphas[i]) (+ bias[i]), clamped at 0 when relu, in one pass: a, b (rows, cols) "
+        "with a unit column stride and equal strides, out (A, rows, cols) and bias (A, cols) or None contiguous, "
+        "all float32 or all float64.");
   m.def("bias_relu_", &lth_sparse::cpu::bias_relu_, py::arg("out"), py::arg("bias"), py::arg("relu"),
-        py::arg("bias_per_row") = false,
-        "out[i] += bias[i] (along the columns, or the rows with bias_per_row), clamped at 0 when relu, in place: "
-        "out (A, rows, cols), bias (A, cols) / (A, rows), contiguous.");
-  m.def("lerp_relu_mm_", &lth_sparse::cpu::lerp_relu_mm_, py::arg("out"), py::arg("a"), py::arg("b"), py::arg("alphas"),
-        py::arg("bias"), py::arg("relu"), py::arg("weights"), py::arg("buffer"),
-        "For each alpha i: buffer = lerp(a, b, alphas[i]) (+ bias[i] along the rows), clamped at 0 when relu, then "
-        "out[i] = weights[i] @ buffer: a feature-major chain's first two layers, one alpha's activations at a time.");
+        "out[i] += bias[i], clamped at 0 when relu, in place: out (A, rows, cols), bias (A, cols), contiguous.");
   m.def("transpose_2d", &lth_sparse::cpu::transpose_2d, py::arg("x"),
         "x.t().contiguous() for a 2-D CPU tensor, blocked (float32: 8 x 8 AVX2 register transposes).");
   m.def("mask_structure", &lth_sparse::cpu::mask_structure, py::arg("mask"),

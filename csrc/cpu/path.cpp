@@ -15,15 +15,14 @@ namespace {
 constexpr int64_t kElementwiseGrain = 1 << 15;  // elements of out per task
 
 // What one row of out gets: lerp (Kind::kLerp: from a, b, with the coefficient and base of torch.lerp)
-// or its own values (Kind::kInPlace), plus a bias (Bias::kColumn: one per column, the bias row;
-// Bias::kRow: one for the whole row), clamped at 0 with Relu. Plain loops the compiler vectorises;
+// or its own values (Kind::kInPlace), plus a bias (Bias::kColumn: one per column, the bias row),
+// clamped at 0 with Relu. Plain loops the compiler vectorises;
 // the AVX-512 and AVX2 clones below run where the CPU has them.
 enum class Kind { kLerpFromA, kLerpFromB, kInPlace };
-enum class Bias { kNone, kColumn, kRow };
+enum class Bias { kNone, kColumn };
 
 template <typename T, Kind K, Bias B, bool Relu>
 __attribute__((always_inline)) inline void row(const T* a, const T* b, const T* bias, T* dst, int64_t n, T coeff) {
-  const T row_bias = B == Bias::kRow ? *bias : T(0);
   for (int64_t c = 0; c < n; ++c) {
     T v;
     if constexpr (K == Kind::kInPlace) {
@@ -32,16 +31,14 @@ __attribute__((always_inline)) inline void row(const T* a, const T* b, const T* 
       v = std::fma(coeff, b[c] - a[c], K == Kind::kLerpFromA ? a[c] : b[c]);
     }
     if constexpr (B == Bias::kColumn) v += bias[c];
-    if constexpr (B == Bias::kRow) v += row_bias;
     if constexpr (Relu) v = v < T(0) ? T(0) : v;  // NaN stays NaN, as in torch.relu
     dst[c] = v;
   }
 }
 
-// rows of out from r0 on; bias: the alpha's bias (per column: its row; per row: from row r0 on)
-#define LTH_SPARSE_ROWS_BODY                                                                                  \
-  for (int64_t r = 0; r < rows; ++r)                                                                          \
-    row<T, K, B, Relu>(a + r * ld, b + r * ld, B == Bias::kRow ? bias + r : bias, dst + r * cols, cols, coeff);
+// rows of out from r0 on; bias: the alpha's bias row
+#define LTH_SPARSE_ROWS_BODY                 \
+  for (int64_t r = 0; r < rows; ++r) row<T, K, B, Relu>(a + r * ld, b + r * ld, bias, dst + r * cols, cols, coeff);
 
 template <typename T, Kind K, Bias B, bool Relu>
 void rows_generic(const T* a, const T* b, const T* bias, T* dst, int64_t rows, int64_t cols, int64_t ld, T coeff) {
@@ -86,19 +83,12 @@ void rows_relu(bool relu, const T* a, const T* b, const T* bias, T* dst, int64_t
 template <typename T, Kind K>
 void rows_for(Bias bias_kind, bool relu, const T* a, const T* b, const T* bias, T* dst, int64_t rows, int64_t cols,
               int64_t ld, T coeff) {
-  switch (bias_kind) {
-    case Bias::kColumn:
-      return rows_relu<T, K, Bias::kColumn>(relu, a, b, bias, dst, rows, cols, ld, coeff);
-    case Bias::kRow:
-      return rows_relu<T, K, Bias::kRow>(relu, a, b, bias, dst, rows, cols, ld, coeff);
-    default:
-      return rows_relu<T, K, Bias::kNone>(relu, a, b, bias, dst, rows, cols, ld, coeff);
-  }
+  bias_kind == Bias::kColumn ? rows_relu<T, K, Bias::kColumn>(relu, a, b, bias, dst, rows, cols, ld, coeff)
+                             : rows_relu<T, K, Bias::kNone>(relu, a, b, bias, dst, rows, cols, ld, coeff);
 }
 
 // Over (alpha, block of rows) tasks: out (A, rows, cols); a, b (rows, cols) with row stride ld, or null
-// (in place); alphas as the layer's dtype sees them (empty in place); bias (A, cols) per column or
-// (A, rows) per row, or null.
+// (in place); alphas as the layer's dtype sees them (empty in place); bias (A, cols), or null.
 template <typename T>
 void run(T* out, const T* a, const T* b, const std::vector<double>& alphas, const T* bias, Bias bias_kind,
          int64_t num_alphas, int64_t rows, int64_t cols, int64_t ld, bool relu) {
@@ -110,9 +100,7 @@ void run(T* out, const T* a, const T* b, const std::vector<double>& alphas, cons
       const int64_t r0 = (task % tasks_per_alpha) * rows_per_task;
       const int64_t n = std::min(rows, r0 + rows_per_task) - r0;
       T* dst = out + (i * rows + r0) * cols;
-      const T* bias_at = bias_kind == Bias::kColumn ? bias + i * cols
-                         : bias_kind == Bias::kRow  ? bias + i * rows + r0
-                                                    : nullptr;
+      const T* bias_at = bias_kind == Bias::kColumn ? bias + i * cols : nullptr;
       if (a == nullptr) {
         rows_for<T, Kind::kInPlace>(bias_kind, relu, nullptr, nullptr, bias_at, dst, n, cols, 0, T(0));
         continue;
@@ -138,18 +126,16 @@ void check_out(const char* what, const at::Tensor& out) {
               ": float32 or float64 only, got ", out.scalar_type());
 }
 
-// The kind of bias: none, (A, cols) per column, or (A, rows) per row (bias_per_row), of dtype.
+// The kind of bias: none, or (A, cols), one per column, of dtype.
 Bias check_bias(const char* what, const std::optional<at::Tensor>& bias, int64_t num_alphas, int64_t rows,
-                int64_t cols, at::ScalarType dtype, bool bias_per_row) {
+                int64_t cols, at::ScalarType dtype) {
   if (!bias.has_value()) return Bias::kNone;
   const auto& t = *bias;
-  const int64_t size = bias_per_row ? rows : cols;
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.size(0) == num_alphas && t.size(1) == size &&
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.size(0) == num_alphas && t.size(1) == cols &&
                   t.is_contiguous() && t.scalar_type() == dtype,
-              what, ": bias must be a contiguous (A, ", bias_per_row ? "rows" : "cols", ") CPU tensor of out's dtype, got ",
-              t.sizes(), " ", t.scalar_type(), " for (A, rows, cols) = (", num_alphas, ", ", rows, ", ", cols, ") ",
-              dtype);
-  return bias_per_row ? Bias::kRow : Bias::kColumn;
+              what, ": bias must be a contiguous (A, cols) CPU tensor of out's dtype, got ", t.sizes(), " ",
+              t.scalar_type(), " for (A, rows, cols) = (", num_alphas, ", ", rows, ", ", cols, ") ", dtype);
+  return Bias::kColumn;
 }
 
 // The two ends (rows, cols) and the alphas of a lerp, checked; each alpha as the layer's dtype sees it
@@ -179,13 +165,12 @@ Lerp check_lerp(const char* what, const at::Tensor& a, const at::Tensor& b, cons
 }  // namespace
 
 at::Tensor lerp_relu_(at::Tensor out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& alphas,
-                      const std::optional<at::Tensor>& bias, bool relu, bool bias_per_row) {
+                      const std::optional<at::Tensor>& bias, bool relu) {
   check_out("lerp_relu_", out);
   const Lerp lerp = check_lerp("lerp_relu_", a, b, alphas, out.scalar_type());
   TORCH_CHECK(out.size(0) == alphas.size(0) && out.size(1) == lerp.rows && out.size(2) == lerp.cols, "lerp_relu_: out ",
               out.sizes(), " is not (A, rows, cols) for alphas ", alphas.sizes(), " and a ", a.sizes());
-  const Bias bias_kind = check_bias("lerp_relu_", bias, out.size(0), lerp.rows, lerp.cols, out.scalar_type(),
-                                    bias_per_row);
+  const Bias bias_kind = check_bias("lerp_relu_", bias, out.size(0), lerp.rows, lerp.cols, out.scalar_type());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lerp_relu_", [&] {
     run<scalar_t>(out.data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), lerp.alphas,
@@ -195,43 +180,9 @@ at::Tensor lerp_relu_(at::Tensor out, const at::Tensor& a, const at::Tensor& b, 
   return out;
 }
 
-at::Tensor lerp_relu_mm_(at::Tensor out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& alphas,
-                         const std::optional<at::Tensor>& bias, bool relu, const at::Tensor& weights,
-                         at::Tensor buffer) {
-  TORCH_CHECK(buffer.dim() == 2 && buffer.is_contiguous() && buffer.sizes() == a.sizes(),
-              "lerp_relu_mm_: buffer must be contiguous and of a's shape ", a.sizes(), ", got ", buffer.sizes());
-  TORCH_CHECK(weights.dim() == 3 && weights.is_contiguous() && weights.size(0) == alphas.size(0) &&
-                  weights.size(2) == a.size(0) && weights.scalar_type() == a.scalar_type() && weights.device().is_cpu(),
-              "lerp_relu_mm_: weights must be a contiguous (A, out_rows, rows) CPU tensor of a's dtype, got ",
-              weights.sizes(), " ", weights.scalar_type(), " for a ", a.sizes(), " and ", alphas.size(0), " alphas");
-  TORCH_CHECK(out.dim() == 3 && out.is_contiguous() && out.size(0) == alphas.size(0) &&
-                  out.size(1) == weights.size(1) && out.size(2) == a.size(1),
-              "lerp_relu_mm_: out must be contiguous (A, out_rows, cols) = (", alphas.size(0), ", ", weights.size(1),
-              ", ", a.size(1), "), got ", out.sizes());
-  const Lerp lerp = check_lerp("lerp_relu_mm_", a, b, alphas, out.scalar_type());
-  const Bias bias_kind = check_bias("lerp_relu_mm_", bias, alphas.size(0), lerp.rows, lerp.cols, out.scalar_type(),
-                                    true);
-  TORCH_CHECK(buffer.scalar_type() == out.scalar_type(), "lerp_relu_mm_: buffer must be of out's dtype, got ",
-              buffer.scalar_type());
-  if (out.numel() == 0) return out;
-  // alpha by alpha: its activations into the buffer (one alpha of the checked lerp), then its product
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lerp_relu_mm_", [&] {
-    const scalar_t* biases = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
-    for (int64_t i = 0; i < alphas.size(0); ++i) {
-      run<scalar_t>(buffer.data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
-                    {lerp.alphas[i]}, biases == nullptr ? nullptr : biases + i * lerp.rows, bias_kind, 1, lerp.rows,
-                    lerp.cols, lerp.ld, relu);
-      auto out_i = out.select(0, i);
-      at::mm_out(out_i, weights.select(0, i), buffer);
-    }
-  });
-  return out;
-}
-
-at::Tensor bias_relu_(at::Tensor out, const at::Tensor& bias, bool relu, bool bias_per_row) {
+at::Tensor bias_relu_(at::Tensor out, const at::Tensor& bias, bool relu) {
   check_out("bias_relu_", out);
-  const Bias bias_kind = check_bias("bias_relu_", bias, out.size(0), out.size(1), out.size(2), out.scalar_type(),
-                                    bias_per_row);
+  const Bias bias_kind = check_bias("bias_relu_", bias, out.size(0), out.size(1), out.size(2), out.scalar_type());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "bias_relu_", [&] {
     run<scalar_t>(out.data_ptr<scalar_t>(), nullptr, nullptr, {}, bias.const_data_ptr<scalar_t>(), bias_kind,

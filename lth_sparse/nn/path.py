@@ -23,11 +23,8 @@ On the CPU (the ``cpp`` and ``torch`` backends of those ops) a pass also:
   shared-input layer's two ends stacked as one weight of twice the outputs (one product);
 - lets a Linear/Conv2d apply the ReLU that follows it in an ``nn.Sequential`` (the ReLU becomes an
   identity): for a shared input on the ``cpp`` backend, each alpha's lerp of the two ends, its bias
-  and the ReLU are one pass of the C++ kernel ``lerp_relu_``;
-- on the ``cpp`` backend, runs consecutive Linear layers of an ``nn.Sequential`` whose first sees the
-  shared input (an MLP) as one chain, feature-major (activations ``(A, features, N)``, products
-  ``W(alpha) h``, faster in MKL than the same products example-major: see
-  :func:`lth_sparse.ops.interpolate.cpu_linear_chain`).
+  and the ReLU are one pass of the C++ kernel ``lerp_relu_`` (LeNet-300-100, 21 alphas on 10,000
+  examples, 1 thread: 1.26-1.41x faster than applying the ReLU apart).
 
 Each is equal, to float rounding, to the plain-torch order it replaces (tested against it and
 against the loop over state dicts).
@@ -144,7 +141,6 @@ class _PathLayer(nn.Module):
         self._result: Tensor | None = None  # the last result on the CPU, reused by the next pass
         self._weights: dict = {}  # on the CPU, every alpha's interpolated weights, kept across passes
         self._ends_pass = -1  # one alpha at a time: the pass whose both ends' outputs _result holds
-        self._scratch: dict = {}  # one alpha at a time: the buffer of the alpha's weight
         # the ReLU that follows the layer, applied by it (see _fuse_relus): for a shared input, in the
         # pass that forms each alpha's output from the two ends'
         self.relu = False
@@ -177,10 +173,7 @@ class _PathLayer(nn.Module):
                 self._ends_pass = self.shared.passes
             out = torch.lerp(self._result[0], self._result[1], alpha)
         else:
-            weight = interpolate.reused_buffer(self._scratch, "weight", self.weight_a.shape, self.weight_a)
-            # into the same buffer at every alpha and pass: a fresh one (Conv-2's fc1, 16 MB) came as new
-            # pages each time and cost 3.1 ms a lerp against 1.8 ms
-            torch.lerp(self.weight_a, self.weight_b, alpha, out=weight)
+            weight = torch.lerp(self.weight_a, self.weight_b, alpha)
             bias = None if self.bias_a is None else torch.lerp(self.bias_a, self.bias_b, alpha)
             out = self._layer_at(x, weight, bias, *conv_args)
         return out.relu_() if self.relu else out
@@ -222,39 +215,6 @@ class _PathConv2d(_PathLayer):
 
 class _FusedReLU(nn.Identity):
     """Where a ReLU stood that the interpolating layer before it applies (see ``_fuse_relus``)."""
-
-
-class _PathChain(nn.Module):
-    """Consecutive Linear layers of an ``nn.Sequential`` (with the ReLUs between them fused into them),
-    in its place: on the CPU's ``cpp`` backend, when the first one's input is the one all alphas share (an
-    MLP's first layer), computed feature-major in one call (:func:`lth_sparse.ops.interpolate.cpu_linear_chain`);
-    anywhere else the layers one by one, as they would run without the chain."""
-
-    def __init__(self, shared: _PathState, layers: list[_PathLinear]) -> None:
-        super().__init__()
-        self.shared = shared
-        self.layers = nn.ModuleList(layers)
-        self._buffers_between: dict = {}  # the activations between the layers, reused from pass to pass
-
-    def forward(self, x: Tensor) -> Tensor:
-        shared = self.shared
-        alphas = shared.alphas
-        if (
-            shared.source is None
-            and alphas is not None
-            and alphas.shape[0] > 1
-            and x.dim() == 2
-            and x.shape[0] == shared.batch
-            and x.device.type == "cpu"
-            and choose_backend("interpolated_linear", x.device, interpolate.IMPLEMENTED) == "cpp"
-        ):
-            specs = [(m.weight_a, m.weight_b, m.bias_a, m.bias_b, m.relu, m._weights) for m in self.layers]
-            out = interpolate.cpu_linear_chain(x, specs, alphas, self._buffers_between)
-            if out is not None:
-                return out.flatten(0, 1)
-        for layer in self.layers:
-            x = layer(x)
-        return x
 
 
 class _StatisticsDone(Exception):
@@ -449,29 +409,6 @@ def _fuse_relus(net: nn.Module) -> None:
                 seq._modules[name] = nn.ReLU(inplace=True)
 
 
-def _chain_linears(net: nn.Module, shared: _PathState) -> None:
-    """Each run of two or more interpolating Linear layers in an ``nn.Sequential``, nothing between them
-    but the ReLUs they apply, becomes one ``_PathChain`` in the place of the first (the others' places
-    hold an ``nn.Identity``)."""
-    for seq in list(net.modules()):
-        if not _runs_in_order(seq):
-            continue
-        names = list(seq._modules)
-        run: list[str] = []
-        for name in [*names, None]:
-            module = seq._modules[name] if name is not None else None
-            if isinstance(module, _PathLinear) or (run and isinstance(module, _FusedReLU)):
-                run.append(name)
-                continue
-            linears = [n for n in run if isinstance(seq._modules[n], _PathLinear)]
-            if len(linears) >= 2:
-                chain = _PathChain(shared, [seq._modules[n] for n in linears])
-                for n in run:
-                    seq._modules[n] = nn.Identity()
-                seq._modules[run[0]] = chain
-            run = [name] if isinstance(module, _PathLinear) else []
-
-
 BN_MODES = ("interpolate", "recompute", "train-mode")
 
 
@@ -514,7 +451,6 @@ class PathNetwork(nn.Module):
                 buffer.copy_(state_a[name])
         self.net = self._convert(net, state_a, state_b)
         _fuse_relus(self.net)
-        _chain_linears(self.net, self.shared)
         self._bn_alphas: Tensor | None = None  # the alphas recompute_bn_statistics estimated for
         self._has_batch_norm = bool(self._batch_norms())
 
@@ -781,7 +717,7 @@ def _activation_bytes(path: PathNetwork, x: Tensor, alphas: Tensor) -> tuple[int
     of the largest that all alphas share (the input, and what is computed from it alone, such as its
     flattening), probed on one example at two alphas (on interpolated batch-norm statistics whatever
     the path's mode: one example has no batch statistics, and the probe must not count towards
-    recomputed ones). A chain of linear layers counts the activations between its layers."""
+    recomputed ones)."""
     per_alpha = [0]
     shared = [x[:1].numel() * x.element_size()]
 
@@ -792,9 +728,6 @@ def _activation_bytes(path: PathNetwork, x: Tensor, alphas: Tensor) -> tuple[int
             shared[0] = max(shared[0], output.numel() * output.element_size())
         else:
             per_alpha[0] = max(per_alpha[0], output[0].numel() * output.element_size())
-        if isinstance(module, _PathChain):
-            widest = max(layer.weight_a.shape[0] for layer in module.layers)
-            per_alpha[0] = max(per_alpha[0], widest * output.element_size())
 
     handles = [m.register_forward_hook(record) for m in path.net.modules()]
     shared_state = path.shared

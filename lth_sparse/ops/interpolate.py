@@ -18,7 +18,7 @@ Backends of the forward: ``torch``, torch's ops alone (the reference order);
 ``cpp``, the same products with the passes over the result that follow them (the
 lerp of a shared input's two ends, each alpha's bias, the ReLU of
 :class:`lth_sparse.nn.path.PathNetwork`) fused by the C++ kernels of
-``csrc/cpu/path.cpp``, and :func:`cpu_linear_chain`; ``triton``, the kernels of
+``csrc/cpu/path.cpp``; ``triton``, the kernels of
 ``kernels/interpolate.py`` (opt-in until verified on a GPU). The backward is
 torch's on every backend.
 """
@@ -697,71 +697,3 @@ def interpolated_conv2d(
         pair_list(dilation),
         groups,
     )
-
-
-def cpu_linear_chain(x: Tensor, layers, alphas: Tensor, buffers: dict) -> Tensor | None:
-    """Consecutive linear layers on the path, the first on an input ``x`` (N, in) all alphas share, on
-    CPU tensors without autograd, computed feature-major by the C++ extension's kernels (the ``cpp``
-    backend of ``interpolated_linear``); None where that does not apply (no C++ extension, autocast on,
-    a dtype other than float32/float64), and the caller runs the layers one by one instead.
-
-    layers: per layer (weight_a, weight_b, bias_a, bias_b, relu, cache), ``relu`` whether a ReLU
-    follows it, ``cache`` the dict where the layer keeps its interpolated weights (see
-    ``_cached_weights``). buffers: a dict the caller keeps for the activations between the layers,
-    reused by the next call of the same shapes. Returns (A, N, out), a tensor of its own.
-
-    Feature-major: each activation is (A, features, N), each layer's product ``W(alpha) h`` with the
-    examples along the columns, which MKL runs faster than the same products example-major
-    (LeNet-300-100's second layer, 21 alphas x 512 examples: 88 against 72 GMAC/s; the output layer's
-    10 rows: 1.5x). The first layer's both ends are one product ``[W_a; W_b] x^T``; then, alpha by
-    alpha, that alpha's activations, bias and ReLU are one pass of a C++ kernel into a buffer that
-    stays in the caches and the second layer's product reads them there (``lerp_relu_mm_``); the later
-    layers run for all alphas at once.
-    """
-    C = cpp_extension()
-    if (
-        C is None
-        or len(layers) < 2
-        or x.dim() != 2
-        or x.dtype not in (torch.float32, torch.float64)
-        or _autocast.active(x) is not None
-    ):
-        return None
-    num_alphas, n = alphas.shape[0], x.shape[0]
-    weight_a, weight_b, bias_a, bias_b, first_relu, cache = layers[0]
-    _check_linear(x.unsqueeze(0), weight_a, weight_b, alphas, bias_a, bias_b)
-    stacked, first_biases = _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, True)
-    ends = torch.mm(stacked, x.t())  # (2 * out, N): both ends' outputs, feature-major
-    size = weight_a.shape[0]
-    h = None
-    for index, (weight_a, weight_b, bias_a, bias_b, relu, cache) in enumerate(layers[1:], start=1):
-        _check_linear(x.new_empty(1, 1, size if h is None else h.shape[1]), weight_a, weight_b, alphas, bias_a, bias_b)
-        weights, biases = (
-            _cached_weights(cache, weight_a, weight_b, alphas, bias_a, bias_b, False)
-            # too large to keep: formed for this call
-            or _formed_weights(weight_a, weight_b, alphas, bias_a, bias_b, False)
-        )
-        shape = (num_alphas, weight_a.shape[0], n)
-        # the last layer's result is returned (as a transposed copy, or a view of it): never reused
-        out = reused_buffer(buffers, index, shape, x) if index < len(layers) - 1 else x.new_empty(shape)
-        if h is None:  # the first layer's activations made alpha by alpha and used at once by this product
-            one = reused_buffer(buffers, 0, (size, n), x)
-            C.lerp_relu_mm_(out, ends[:size], ends[size:], alphas, first_biases, first_relu, weights.contiguous(), one)
-        else:
-            torch.bmm(weights, h, out=out)
-        if biases is not None:
-            C.bias_relu_(out, biases, relu, True)
-        elif relu:
-            out.relu_()
-        h = out
-    return h.transpose(1, 2).contiguous()
-
-
-def reused_buffer(buffers: dict, key, shape: tuple, like: Tensor) -> Tensor:
-    """The buffer ``buffers[key]``, (re)made empty like ``like`` when it is missing or its shape, dtype or
-    device differ: a scratch tensor kept from one pass to the next (a fresh one of many MB comes as new
-    pages, whose faults cost as much as filling it)."""
-    held = buffers.get(key)
-    if held is None or tuple(held.shape) != tuple(shape) or held.dtype != like.dtype or held.device != like.device:
-        buffers[key] = held = like.new_empty(shape)
-    return held

@@ -220,7 +220,6 @@ def test_one_alpha_at_a_time_shares_only_the_layers_that_see_the_input():
         state_b = {k: v + 1 for k, v in state_a.items()}
         path = PathNetwork(model, state_a, state_b)
         first = path.net[1] if model is RELU_FIRST else path.net[0]
-        first = first.layers[0] if hasattr(first, "layers") else first  # a chain of linear layers: its first
         calls = []
         original = first._interpolated
         first._interpolated = lambda *args, calls=calls, original=original, **kwargs: (
@@ -272,7 +271,7 @@ class Skipping(torch.nn.Sequential):
 
 
 def test_a_sequential_with_its_own_forward_keeps_its_relus_and_layers():
-    """Fusing a ReLU into the layer before it and chaining linear layers assume Sequential's own forward;
+    """Fusing a ReLU into the layer before it assumes Sequential's own forward;
     a subclass with another forward (here the first layer's output also feeds a skip branch, before the
     ReLU) is left as it is, and still equals the loop."""
     torch.manual_seed(0)

@@ -221,7 +221,7 @@ def test_weights_kept_across_passes_follow_the_alphas_and_the_endpoints(monkeypa
     else:
         assert [sorted(k) for k in kept] == [[True], [False], [False]]
     # an endpoint written in place (its version counter moves): the kept weights are formed again
-    fc1, fc2, _ = path.net.fc1.layers  # the chain of the three linear layers, in fc1's place
+    fc1, fc2 = path.net.fc1, path.net.fc2
     with torch.no_grad():
         fc2.weight_b.mul_(-1)
         fc1.bias_a.add_(0.5)
@@ -248,31 +248,9 @@ def test_fused_and_plain_torch_paths_agree(use_backend, order):
     torch.testing.assert_close(fused, loop(model, state_a, state_b, alphas, x), rtol=1e-12, atol=1e-12)
 
 
-@needs_extension
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("relu", [False, True])
-def test_biases_along_the_rows(dtype, relu):
-    """bias_per_row: one bias per row of each alpha (feature-major activations, examples along the columns)."""
-    torch.manual_seed(4)
-    rows, cols = 23, 41
-    a, b = stacked_halves(rows, cols, dtype)
-    alphas = torch.tensor(ALPHAS, dtype=dtype)
-    biases = torch.randn(len(ALPHAS), rows, dtype=dtype)
-    out = torch.empty(len(ALPHAS), rows, cols, dtype=dtype)
-    C.lerp_relu_(out, a, b, alphas, biases, relu, True)
-    expected = torch.lerp(a.unsqueeze(0), b.unsqueeze(0), alphas.view(-1, 1, 1)) + biases.unsqueeze(2)
-    assert torch.equal(out, expected.relu() if relu else expected)
-    in_place = torch.randn(len(ALPHAS), rows, cols, dtype=dtype)
-    expected = in_place + biases.unsqueeze(2)
-    C.bias_relu_(in_place, biases, relu, True)
-    assert torch.equal(in_place, expected.relu() if relu else expected)
-    with pytest.raises(RuntimeError, match=r"bias must be a contiguous \(A, rows\)"):
-        C.bias_relu_(in_place, torch.randn(len(ALPHAS), cols, dtype=dtype), relu, True)
-
-
-def chained_models():
-    """MLPs whose linear layers become one chain: masked LeNet-300-100 (on 8x8 inputs), a plain Sequential
-    with a layer without bias and two linear layers with no ReLU between them."""
+def mlp_models():
+    """MLPs: masked LeNet-300-100 (on 8x8 inputs), a plain Sequential with a layer without bias and two linear
+    layers with no ReLU between them."""
     torch.manual_seed(5)
     plain = torch.nn.Sequential(
         torch.nn.Flatten(),
@@ -288,45 +266,27 @@ def chained_models():
 
 @pytest.mark.parametrize("name", ["lenet300", "plain"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_a_chain_of_linear_layers_equals_the_loop_in_every_order_and_without_the_extension(use_backend, name, dtype):
-    model = chained_models()[name].to(dtype)
+def test_an_mlps_path_equals_the_loop_in_every_order_and_without_the_extension(use_backend, name, dtype):
+    model = mlp_models()[name].to(dtype)
     state_a = copy.deepcopy(model.state_dict())
     torch.manual_seed(6)
     state_b = {k: v + 0.2 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state_a.items()}
     path = PathNetwork(model, state_a, state_b)
-    chains = [m for m in path.net.modules() if type(m).__name__ == "_PathChain"]
-    assert len(chains) == 1 and len(chains[0].layers) == (3 if name == "lenet300" else 4)
     x = torch.randn(13, 1, 8, 8, dtype=dtype)
     alphas = torch.tensor([0.0, 0.25, 0.5, 0.6, 1.0, -0.3, 1.2], dtype=dtype)
     expected = loop(model, state_a, state_b, alphas, x)
     tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
-    for _ in range(2):  # the second pass reuses the buffers between the layers
+    for _ in range(2):  # the second pass reuses the layers' results and kept weights
         torch.testing.assert_close(path(x, alphas), expected, **tolerance)
     torch.testing.assert_close(path(x, alphas, one_alpha_at_a_time=True), expected, **tolerance)
-    torch.testing.assert_close(path(x, alphas[:1]), expected[:1], **tolerance)  # one alpha: the layers one by one
+    torch.testing.assert_close(path(x, alphas[:1]), expected[:1], **tolerance)
     use_backend("torch")  # torch's ops alone, as where the extension is not built
     torch.testing.assert_close(PathNetwork(model, state_a, state_b)(x, alphas), expected, **tolerance)
 
 
-def test_the_chain_result_is_never_a_buffer_the_next_pass_writes():
-    model = chained_models()["lenet300"]
-    state_a = copy.deepcopy(model.state_dict())
-    state_b = {k: v * -1 if v.is_floating_point() else v for k, v in state_a.items()}
-    path = PathNetwork(model, state_a, state_b)
-    alphas = torch.linspace(0, 1, 4)
-    x1, x2 = torch.randn(5, 1, 8, 8), torch.randn(5, 1, 8, 8)
-    chain = path.net.fc1
-    path.shared.alphas, path.shared.batch = alphas, 5  # what PathNetwork.forward sets for its layers
-    first = chain(x1.flatten(1))
-    kept = first.clone()
-    chain(x2.flatten(1))
-    assert torch.equal(first, kept)
-    torch.testing.assert_close(first.view(4, 5, 10), loop(model, state_a, state_b, alphas, x1))
-
-
 def test_shared_activations_count_once_in_the_pass_size():
     """LeNet-300-100's flattened input (784 values) is shared by the alphas; each alpha's own largest
-    activation is the chain's 300 units: 21 alphas x 300 x 4 bytes per example under the CPU budget."""
+    activation is the first hidden layer's 300 units: 21 alphas x 300 x 4 bytes per example under the CPU budget."""
     from lth_sparse.nn import path as path_module
 
     model = create_model("lenet300", (1, 28, 28), 10)
@@ -336,32 +296,3 @@ def test_shared_activations_count_once_in_the_pass_size():
     assert path_module._activation_bytes(path, torch.randn(3, 1, 28, 28), alphas) == (300 * 4, 784 * 4)
     order, size = path_module._pass_order(path, torch.randn(2000, 1, 28, 28), alphas, 1000, False)
     assert (order, size) == (False, path_module._ACTIVATION_BYTES // (21 * 300 * 4))
-
-
-@needs_extension
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("num_threads", [1, 2])
-def test_lerp_relu_mm_is_each_alphas_activations_then_its_product(dtype, bias, num_threads):
-    torch.manual_seed(7)
-    rows, cols, out_rows = 19, 33, 6
-    a, b = stacked_halves(rows, cols, dtype)
-    alphas = torch.tensor(ALPHAS, dtype=dtype)
-    biases = torch.randn(len(ALPHAS), rows, dtype=dtype) if bias else None
-    weights = torch.randn(len(ALPHAS), out_rows, rows, dtype=dtype)
-    out = torch.full((len(ALPHAS), out_rows, cols), float("nan"), dtype=dtype)
-    buffer = torch.empty(rows, cols, dtype=dtype)
-    with threads(num_threads):
-        C.lerp_relu_mm_(out, a, b, alphas, biases, True, weights, buffer)
-    h = torch.lerp(a.unsqueeze(0), b.unsqueeze(0), alphas.view(-1, 1, 1))
-    if bias:
-        h = h + biases.unsqueeze(2)
-    expected = torch.bmm(weights, h.relu())
-    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
-    torch.testing.assert_close(out, expected, **tolerance)
-    with pytest.raises(RuntimeError, match="buffer must be contiguous and of a's shape"):
-        C.lerp_relu_mm_(out, a, b, alphas, biases, True, weights, torch.empty(rows, cols + 1, dtype=dtype))
-    with pytest.raises(RuntimeError, match=r"weights must be a contiguous \(A, out_rows, rows\)"):
-        C.lerp_relu_mm_(out, a, b, alphas, biases, True, weights[:, :, :-1], buffer)
-    with pytest.raises(RuntimeError, match="out must be contiguous"):
-        C.lerp_relu_mm_(out[:, :-1], a, b, alphas, biases, True, weights, buffer)
