@@ -53,7 +53,7 @@ from lth_sparse.masks import (
 )
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import DERIVED_TASKS, CommonConfig, over_seeds, parse_seeds
-from lth_sparse.pipelines.imp import PRUNERS, ImpConfig, ImpRun, imp_seed, round_name
+from lth_sparse.pipelines.imp_rounds import PRUNERS, ImpConfig, ImpRun, imp_seed, round_name
 from lth_sparse.pipelines.steps import shared_dataset
 from lth_sparse.prune import SCOPES, effective_masks, output_connected_masks, random_masks_like
 from lth_sparse.runs import Steps, atomic_write_json, read_json

@@ -50,6 +50,7 @@ from lth_sparse.experiment import check_device, draw_model
 from lth_sparse.masks import Masks
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
+from lth_sparse.pipelines.imp_rounds import ImpConfig, ImpRun
 from lth_sparse.pipelines.steps import run_step, shared_dataset, train_masked
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_torch_save, atomic_write_json, read_json
 from lth_sparse.tickets import (
@@ -379,8 +380,6 @@ def _ticket_folder(config: InstabilityConfig, run_dir: Path, seed: int) -> Path:
 
 def imp_config(config: InstabilityConfig, seed: int):
     """The IMP run of ``--imp-rounds`` for ``seed``: this config's data, model and training."""
-    from lth_sparse.pipelines.imp import ImpConfig
-
     train = config.training_options()
     return ImpConfig(
         **train,
@@ -761,9 +760,7 @@ class InstabilityPipeline(Pipeline):
             setup.point(p)
         setup.model()
         if config.imp_rounds is not None:
-            from lth_sparse.pipelines.imp import IMP
-
-            IMP.check(imp_config(config, config.seed_list()[0]))
+            ImpRun(imp_config(config, config.seed_list()[0]), None, False, lambda line: None)
 
     def plan(self, config: InstabilityConfig) -> list[list[Unit]]:
         trunks, copies, pairs = [], [], []
@@ -771,7 +768,7 @@ class InstabilityPipeline(Pipeline):
             if config.imp_rounds is not None:
                 trunks.append(
                     Unit(
-                        "lth_sparse.pipelines.imp:imp_seed",
+                        "lth_sparse.pipelines.imp_rounds:imp_seed",
                         imp_config(config, s),
                         f"imp/seed_{s}",
                         label=f"seed {s} IMP ({config.imp_rounds} rounds)",

@@ -32,7 +32,7 @@ def always_die(config: dict, directory: Path, log, progress) -> dict:
 
 def imp_seed_killed_after_round_0(config, directory: Path, log, progress) -> dict:
     """The IMP unit, its process killed once (SIGKILL) as soon as its round 0 is finished."""
-    from lth_sparse.pipelines.imp import imp_seed
+    from lth_sparse.pipelines.imp_rounds import imp_seed
 
     marker = directory / "killed_once"
 
