@@ -7,6 +7,7 @@ the benchmarks' JSON); it sits below every other module, so that any of them can
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +25,7 @@ __all__ = [
     "json_default",
     "read_json",
     "read_safetensors",
+    "strict_json_value",
 ]
 
 
@@ -70,7 +72,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n").encode())
+    """Write ``obj`` as strict JSON (RFC 8259, which any reader accepts), indented by 2, keys in their order,
+    atomically: a float that is not finite (NaN, the infinities: a figure with nothing to measure, such as the
+    validation accuracy without a validation set) is written ``null`` (see :func:`strict_json_value`). A value
+    JSON cannot hold is a TypeError, and the old file is kept. Returns ``path``."""
+    text = json.dumps(strict_json_value(obj), indent=2, sort_keys=False, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode())
+
+
+def strict_json_value(obj: Any) -> Any:
+    """``obj`` as strict JSON holds it: every float that is not finite, at any depth, becomes ``None``; tuples
+    and sets become lists, paths strings and tensors lists (:func:`json_default`); every other value, and the
+    order of every mapping's keys, stay as they are: where no float is NaN or infinite, the text written is
+    ``json.dumps``'s own."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int)):
+        return obj
+    if isinstance(obj, dict):
+        return {key: strict_json_value(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(value) for value in obj]
+    return strict_json_value(json_default(obj))
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
@@ -123,6 +146,8 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def json_default(obj):
+    """What JSON writes for the values it has no type for: tuples and sets as lists, paths as strings, tensors as
+    (nested) lists; anything else is a TypeError."""
     if isinstance(obj, (tuple, set)):
         return list(obj)
     if isinstance(obj, Path):

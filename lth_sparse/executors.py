@@ -7,6 +7,8 @@ One interface runs any pipeline anywhere (see :mod:`lth_sparse.units` and :mod:`
   each running one unit at a time; a unit whose worker dies (killed, out of memory) is
   retried on a fresh worker up to ``retries`` times; a unit that raises is reported with
   its traceback once the others have finished (errors are not retried: they would recur);
+  the workers die with the process that started them, however it dies (within about
+  0.1 s; see :func:`die_with_parent`), so that no unit goes on alone;
 - :class:`RayExecutor` (``--executor ray``): each unit a Ray task on a cluster.
 
 A unit's files are the same whichever executor ran it (same seeds, same files, same
@@ -26,7 +28,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +46,7 @@ __all__ = [
     "RayExecutor",
     "UnitsFailed",
     "default_threads",
+    "die_with_parent",
     "make_executor",
     "resolve_threads",
     "usable_cores",
@@ -125,8 +131,41 @@ class LocalExecutor:
             run_unit(unit, run_dir, threads=self.threads, echo=log, progress=progress)
 
 
-def _worker(conn, run_dir: str, threads: int) -> None:
-    """A worker process: runs the units sent over its own pipe until it receives None (or the pipe closes)."""
+PARENT_POLL_SECONDS = 0.1
+"""How often a worker looks whether the process that started it is still its parent."""
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process end within a moment of the death of ``parent`` (its parent's process id), however that
+    dies (SIGKILL included): where Linux offers it, the kernel sends it SIGKILL when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``); and a daemon thread ends it (``os._exit``) once its parent is no longer
+    ``parent`` (an orphan is given to init or to a subreaper), every :data:`PARENT_POLL_SECONDS`, which
+    catches what the first cannot (another platform, a parent that died before the request). A unit cut short
+    so has written no ``done.json``: it is run again by the next run."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc to ask: the watcher alone
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)  # at once: no clean-up that could write into the run directory
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _worker(conn, run_dir: str, threads: int, parent: int) -> None:
+    """A worker process: runs the units sent over its own pipe until it receives None (or the pipe closes); it
+    dies with ``parent``, the process that started it (:func:`die_with_parent`)."""
+    die_with_parent(parent)
     while True:
         try:
             item = conn.recv()
@@ -150,7 +189,9 @@ class ProcessExecutor:
     worker could take with it), so the parent always knows which unit a dead worker was
     running: that unit alone is retried (up to ``retries`` times) on a fresh worker. A unit
     that raises is not retried; its traceback is reported, with every other failure, once the
-    rest have finished (:class:`UnitsFailed`).
+    rest have finished (:class:`UnitsFailed`). The workers die with this process however it
+    dies (:func:`die_with_parent`); where :meth:`run` is left by an error or an interrupt, the
+    workers still running a unit are killed at once (those units run again on the next run).
     """
 
     name = "process"
@@ -174,7 +215,7 @@ class ProcessExecutor:
 
         def start_worker() -> None:
             parent, child = context.Pipe()
-            process = context.Process(target=_worker, args=(child, run_dir, self.threads), daemon=True)
+            process = context.Process(target=_worker, args=(child, run_dir, self.threads, os.getpid()), daemon=True)
             process.start()
             child.close()
             workers.append({"process": process, "conn": parent, "index": None})
@@ -222,6 +263,9 @@ class ProcessExecutor:
                             died(w, bar)
             finally:
                 for w in workers:
+                    if w["index"] is not None:  # left by an error or an interrupt: the unit is not waited for
+                        w["process"].kill()
+                        continue
                     try:
                         w["conn"].send(None)
                     except (BrokenPipeError, OSError):

@@ -1,4 +1,4 @@
-"""Run directories: config with its hash, atomic writes, resume.
+"""Run directories: config with its hash, atomic writes, resume, one driver at a time.
 
 A pipeline writes everything under its run directory. ``config.json`` holds the
 full config and its hash; a re-run with the same config resumes (finished steps
@@ -6,6 +6,8 @@ are skipped), a different config is refused with a message saying what differs
 (or, where no step has finished, replaces the unfinished run). Every file is
 written through :mod:`lth_sparse.atomic`: to a temporary name, flushed to disk, then
 renamed, so a crash leaves either the old file or the new one, never half of one.
+A process that runs (or summarises) a run directory holds its :class:`RunLock`, so
+that no two processes run one unit at once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from lth_sparse.atomic import (  # noqa: F401
@@ -24,8 +27,14 @@ from lth_sparse.atomic import (  # noqa: F401
     atomic_write_json,
     json_default,
     read_json,
+    strict_json_value,
 )
 from lth_sparse.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not locked there
+    fcntl = None
 
 HASH_SCHEMA = 2
 """The version of the config-hash rule (``config.json`` records it). 1: every identity field; 2: only the
@@ -63,6 +72,82 @@ def config_hash(config) -> str:
 
 class ConfigMismatch(UserError):
     """A run directory holds a run of another kind or config."""
+
+
+class RunBusy(UserError):
+    """A run directory another process is running (it holds the directory's :class:`RunLock`)."""
+
+
+LOCK_FILE = "lock"
+"""The file in a run directory that :class:`RunLock` locks; it holds the process id of the last holder."""
+
+
+class RunLock:
+    """The lock of the run directory ``path``: held by the one process that runs it (or writes its summary).
+
+    :meth:`acquire` takes an exclusive ``flock`` of ``path/lock`` (created, with the directory, where missing)
+    and writes the process id into it, or, where another process holds it, raises :class:`RunBusy` at once,
+    naming the directory and that process's id. The operating system releases the lock when its holder dies,
+    however it dies, so a killed run never leaves a stale lock: the file stays, and the next run takes it. A
+    second ``RunLock`` of the same directory is refused in the same process too. Not inherited by child
+    processes (the descriptor is not inheritable). Where the platform has no ``flock`` (Windows) it locks
+    nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> RunLock:
+        if self._fd is not None or fcntl is None:
+            return self
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunBusy(
+                f"{self.path} is in use by another process (pid {holder}), which runs or summarises it: one "
+                "process at a time; wait for it to end (or stop it) and try again (a run resumes)"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # written in place: replacing the file would leave the lock on a name no one else opens
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock back (closing its descriptor); the file stays."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        os.close(fd)  # closing the last descriptor of the open file releases its flock
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder(fd: int) -> str:
+    """The process id the holder of the lock wrote into its file (it writes it right after taking the lock,
+    so it is waited for a little), or ``"unknown"``."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit():
+            return text
+        time.sleep(0.01)
+    return "unknown"
 
 
 class Steps:
@@ -166,7 +251,7 @@ class RunDir(Steps):
         self.path.mkdir(parents=True, exist_ok=True)
         if self.replacing is not None:
             for entry in self.path.iterdir():
-                if entry.name == "config.json":
+                if entry.name in ("config.json", LOCK_FILE):  # the lock is its claimer's, held while it claims
                     continue
                 if entry.is_dir():
                     shutil.rmtree(entry)
@@ -188,6 +273,6 @@ class RunDir(Steps):
         """Whether ``config.json`` holds this very config, every option (those outside the hash too) as given."""
         config_file = self.path / "config.json"
         try:
-            return read_json(config_file) == json.loads(json.dumps(self._record(), default=json_default))
+            return read_json(config_file) == json.loads(json.dumps(strict_json_value(self._record())))
         except (OSError, ValueError):
             return False

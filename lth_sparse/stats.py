@@ -11,10 +11,15 @@ __all__ = ["closest_by_density", "over_seeds"]
 
 def over_seeds(values) -> dict:
     """A figure over seeds (or any repeats): ``mean``, ``std`` (the sample std, n - 1; 0 for one value), ``min``,
-    ``max`` and ``n``; what every pipeline's summary reports beside its means."""
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    std = float(t.std(unbiased=True)) if len(values) > 1 else 0.0
-    return {"mean": float(t.mean()), "std": std, "min": float(t.min()), "max": float(t.max()), "n": len(values)}
+    ``max`` and ``n``; what every pipeline's summary reports beside its means. A value ``None`` is a figure a
+    repeat has not got (a validation figure without a validation set): the statistics are those of the others,
+    ``n`` counts them, and where every value is ``None`` the four statistics are ``None`` and ``n`` is 0."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    t = torch.tensor(present, dtype=torch.float64)
+    std = float(t.std(unbiased=True)) if len(present) > 1 else 0.0
+    return {"mean": float(t.mean()), "std": std, "min": float(t.min()), "max": float(t.max()), "n": len(present)}
 
 
 def closest_by_density(rows: list[dict], density: float, key: str = "density") -> dict:

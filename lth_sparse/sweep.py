@@ -229,8 +229,10 @@ def run_sweep(
 
     Every point is checked (its inputs by the pipeline, its run directory against the config there:
     :class:`~lth_sparse.runs.ConfigMismatch` for a point whose config changed) before anything is
-    written. Then the pipelines' driver (:func:`lth_sparse.pipelines.base.drive`) runs the units of
-    every point through ``executor`` (default: in process, in order), one call per stage; units that
+    written; each point's lock is held while the sweep runs it, and a point another process holds is
+    refused (:class:`~lth_sparse.runs.RunBusy`) before any unit runs. Then the pipelines' driver
+    (:func:`lth_sparse.pipelines.base.drive`) runs the units of every point through ``executor``
+    (default: in process, in order), one call per stage; units that
     fail are reported together (:class:`~lth_sparse.executors.UnitsFailed`) once the rest of their
     stage has finished, and later stages do not start. Each point's summary is rebuilt only where a
     unit under it changed; its plots are drawn only with ``plots``. A finished sweep re-run does no work

@@ -14,8 +14,11 @@ import torch
 from lth_sparse import runs
 from lth_sparse.pipelines.imp import ImpConfig
 from lth_sparse.runs import (
+    LOCK_FILE,
     ConfigMismatch,
+    RunBusy,
     RunDir,
+    RunLock,
     atomic_torch_save,
     atomic_write_json,
     config_hash,
@@ -50,6 +53,28 @@ def test_atomic_write_json_refuses_what_json_cannot_hold_and_keeps_the_old_file(
     with pytest.raises(TypeError):
         atomic_write_json(path, {"new": object()})
     assert read_json(path) == {"old": True}
+
+
+def refuse_constant(name: str):
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def test_atomic_write_json_writes_strict_json_where_a_float_is_not_finite(tmp_path):
+    path = tmp_path / "summary.json"
+    nan, inf = float("nan"), float("inf")
+    atomic_write_json(path, {"val_loss": nan, "rounds": [{"best_val_loss": inf, "x": -inf, "y": 0.1}], "t": (nan, 2)})
+    assert json.loads(path.read_text(), parse_constant=refuse_constant) == {
+        "val_loss": None,
+        "rounds": [{"best_val_loss": None, "x": None, "y": 0.1}],
+        "t": [None, 2],
+    }
+
+
+def test_atomic_write_json_writes_finite_values_as_json_dumps_does(tmp_path):
+    obj = {"b": 0.1 + 0.2, "a": [1, 2.5e-07, True, None, "x"], "shape": (2, 3), "path": tmp_path, "t": torch.ones(2)}
+    atomic_write_json(tmp_path / "f.json", obj)
+    expected = json.dumps(obj, indent=2, default=runs.json_default) + "\n"
+    assert (tmp_path / "f.json").read_text() == expected
 
 
 @pytest.mark.parametrize("crash_in", ["fsync", "replace"])
@@ -225,6 +250,25 @@ def test_a_run_of_another_config_with_no_finished_step_is_replaced_when_claimed(
     new.claim()
     assert listing(tmp_path) == ["config.json"]
     assert read_json(tmp_path / "config.json")["config"]["fraction"] == 0.35
+
+
+def test_a_run_lock_refuses_a_second_holder_at_once_naming_the_directory_and_the_holder(tmp_path):
+    run = tmp_path / "run"
+    with RunLock(run) as lock:
+        assert lock.held and (run / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(RunBusy, match=rf"{run} is in use by another process \(pid {os.getpid()}\)"):
+            RunLock(run).acquire()
+    with RunLock(run) as again:  # released: the next holder takes it
+        assert again.held
+
+
+def test_replacing_an_unfinished_run_keeps_the_lock_its_claimer_holds(tmp_path):
+    RunDir(tmp_path, small_config(fraction=0.2), kind="imp")
+    with RunLock(tmp_path):
+        RunDir(tmp_path, small_config(fraction=0.35), kind="imp")
+        assert listing(tmp_path) == ["config.json", LOCK_FILE]
+        with pytest.raises(RunBusy):
+            RunLock(tmp_path).acquire()
 
 
 def test_a_deferred_claim_writes_nothing_until_claimed(tmp_path):

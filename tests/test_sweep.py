@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from lth_sparse.cli import build_parser
 from lth_sparse.errors import UserError
 from lth_sparse.executors import LocalExecutor
 from lth_sparse.pipelines import imp
-from lth_sparse.runs import ConfigMismatch, read_json
+from lth_sparse.runs import ConfigMismatch, RunBusy, RunLock, read_json
 from lth_sparse.sweep import GridError, load_sweep, point_name, run_sweep, sweep_from_mapping
 
 FIXED = {
@@ -123,6 +124,16 @@ def test_sweep_json_and_csv_have_one_row_per_point_and_round(swept):
         assert float(csv_row["fraction"]) == row["fraction"]
         assert float(csv_row["test_accuracy"]) == row["test_accuracy"]
     assert table == swept.table
+
+
+def test_a_point_another_process_runs_refuses_the_sweep_and_the_points_locked_are_let_go(swept):
+    busy = swept.dir / POINTS[1]
+    with RunLock(busy):
+        with pytest.raises(RunBusy, match=rf"{busy} is in use by another process \(pid {os.getpid()}\)"):
+            run_sweep(load_sweep(swept.grid), swept.dir, executor=LocalExecutor(1), log=lambda line: None)
+    for point in POINTS:
+        with RunLock(swept.dir / point) as lock:  # every point's lock is free again
+            assert lock.held
 
 
 def test_re_running_the_command_resumes_and_runs_nothing_again(swept, capsys):

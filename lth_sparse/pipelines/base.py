@@ -15,6 +15,13 @@ when something under them changed (a unit's ``done.json``, the run's ``config.js
 outside the run it reads, the package's version), or plots are asked for where none were drawn:
 re-running a finished run does no work. The command line and sweeps both go through them.
 
+One process at a time runs a run directory: the driver takes the directory's
+:class:`~lth_sparse.runs.RunLock` when it claims it and holds it until its summary is written, so a
+second driver (or ``lth-sparse plot``) on it is refused at once, naming the process that holds it;
+the lock dies with its holder. The summary of an unfinished run (``lth-sparse plot`` on a killed
+run: :meth:`Pipeline.summarize_partial`) says so (``"partial": {"units_done": k, "units": n}``)
+and never replaces a ``summary.json`` that holds more figures.
+
 Under ``torchrun`` (several ranks; :mod:`lth_sparse.distributed`) every rank runs the same
 units in the same order, in process (the local executor); rank 0 alone checks, claims, logs,
 writes ``unit.log``, ``done.json`` and the summary, and the decisions it takes from the run
@@ -23,6 +30,7 @@ directory are shared with the others.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -33,12 +41,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lth_sparse.atomic import atomic_write_json, read_json
+from lth_sparse.atomic import atomic_write_json, read_json, strict_json_value
 from lth_sparse.distributed import launched, launched_world_size
 from lth_sparse.errors import UserError, judging_input
 from lth_sparse.experiment import release_shared
 from lth_sparse.registry import Registry
-from lth_sparse.runs import RunDir, Steps
+from lth_sparse.runs import RunDir, RunLock, Steps
 from lth_sparse.units import Unit
 
 __all__ = [
@@ -52,6 +60,7 @@ __all__ = [
     "pipeline_for",
     "register_pipeline",
     "summarize_if_changed",
+    "summary_figures",
 ]
 
 SUMMARY_STAMP = "summary-stamp.json"
@@ -86,8 +95,51 @@ class Pipeline:
         """Called once the run directory is claimed and before the first stage."""
 
     def summarize(self, run_dir: Path, *, plots: bool = True) -> dict:
-        """Build ``summary.json`` (and the plots) from the units' saved results alone."""
+        """Build ``summary.json`` (and the plots) from the units' saved results alone, written by
+        :meth:`write_summary`; returns the summary ``summary.json`` holds."""
         raise NotImplementedError
+
+    def units_done(self, run_dir: Path, config) -> tuple[int, int]:
+        """(how many of the units planned for ``config`` have their ``done.json`` in ``run_dir``, how many
+        are planned)."""
+        steps = Steps(run_dir)
+        units = [u.directory for stage in self.plan(config) for u in stage]
+        return sum(steps.is_done(d) for d in units), len(units)
+
+    def write_summary(self, run_dir: Path, config, summary: dict) -> dict:
+        """Write ``summary`` of the run of ``config`` in ``run_dir`` to ``summary.json``; returns what the file
+        then holds. A finished run's summary is written as it is. An unfinished run's says so, under its last
+        key ``"partial": {"units_done": k, "units": n}``, and is written only where it holds at least as many
+        figures (:func:`summary_figures`) as the ``summary.json`` already there, which is kept otherwise (and
+        returned): a summary of fewer results never replaces one of more."""
+        path = Path(run_dir) / "summary.json"
+        done, planned = self.units_done(run_dir, config)
+        if done < planned:
+            summary = {**summary, "partial": {"units_done": done, "units": planned}}
+            try:
+                there = read_json(path)
+            except (OSError, ValueError):
+                there = None
+            if isinstance(there, dict) and summary_figures(there) > summary_figures(summary):
+                return there
+        atomic_write_json(path, summary)
+        return summary
+
+    def summarize_partial(
+        self, run_dir, *, plots: bool = True, log: Callable[[str], None] = print
+    ) -> tuple[dict, tuple[int, int]]:
+        """:meth:`summarize` of ``run_dir`` whether or not its run has finished (what ``lth-sparse plot`` does),
+        under the run's lock (:class:`~lth_sparse.runs.RunLock`: a run another process is running is refused,
+        with a :class:`~lth_sparse.runs.RunBusy` naming it, rather than summarised while it writes). Returns
+        the summary ``summary.json`` holds (see :meth:`write_summary`) and (units done, units planned); where
+        not every unit is done, logs ``partial: K of N units done``."""
+        run_dir = Path(run_dir)
+        with RunLock(run_dir):
+            summary = self.summarize(run_dir, plots=plots)
+            done, planned = self.units_done(run_dir, self.saved_config(run_dir)[1])
+        if done < planned:
+            log(f"partial: {done} of {planned} units done")
+        return summary, (done, planned)
 
     def unit_results(self, run_dir: Path, config, within: str = "") -> dict[str, dict]:
         """The ``done.json`` of every planned unit of ``config`` in ``run_dir`` that is done (whose directory
@@ -188,12 +240,17 @@ class Pipeline:
 
 @dataclasses.dataclass
 class RunPlan:
-    """One run the driver runs: its pipeline, its checked (not yet claimed) directory, and where its units'
-    directories are written relative to the executor's root (``prefix``: a sweep's point name, else none)."""
+    """One run the driver runs: its pipeline, its checked (not yet claimed) directory, where its units'
+    directories are written relative to the executor's root (``prefix``: a sweep's point name, else none),
+    and the directory's lock (taken by :func:`claim`)."""
 
     pipeline: Pipeline
     run: RunDir
     prefix: str = ""
+    lock: RunLock = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lock = RunLock(self.run.path)
 
     @property
     def config(self):
@@ -228,27 +285,32 @@ def open_run(pipeline: Pipeline, config, out_dir, prefix: str = "") -> RunPlan:
 
 def _finished(pipeline: Pipeline, run: RunDir) -> bool:
     """Whether ``run`` holds its very config (every option as given) and every unit its plan lists is done."""
-    return run.recorded() and all(run.is_done(u.directory) for stage in pipeline.plan(run.config) for u in stage)
+    if not run.recorded():
+        return False
+    done, planned = pipeline.units_done(run.path, run.config)
+    return done == planned
 
 
 def claim(plan: RunPlan, log: Callable[[str], None]) -> RunPlan:
-    """Claim a checked run directory (replacing an unfinished run of another config, which is said), let the
-    pipeline prepare it, and say how much of it is done."""
+    """Take the lock of a checked run directory (:class:`~lth_sparse.runs.RunBusy` at once where another
+    process holds it), claim it (replacing an unfinished run of another config, which is said), let the
+    pipeline prepare it, and say how much of it is done. The caller releases ``plan.lock`` once the run's
+    summary is written."""
     run = plan.run
-    if run.replacing is not None:
-        log(
-            f"replacing the unfinished run in {run.path} (no unit of it had finished; it had another config: "
-            f"{run.replacing})"
-        )
     with judging_input():  # an --out that cannot be written
+        plan.lock.acquire()
+        if run.replacing is not None:
+            log(
+                f"replacing the unfinished run in {run.path} (no unit of it had finished; it had another config: "
+                f"{run.replacing})"
+            )
         run.claim()
     plan.pipeline.prepare(run, log)
-    units = [u for stage in plan.pipeline.plan(plan.config) for u in stage]
-    finished = sum(run.is_done(u.directory) for u in units)
-    if units and finished == len(units):
-        log(f"found a finished run in {run.path}: all {len(units)} units are done, nothing to run")
+    finished, planned = plan.pipeline.units_done(run.path, plan.config)
+    if planned and finished == planned:
+        log(f"found a finished run in {run.path}: all {planned} units are done, nothing to run")
     elif finished:
-        log(f"resuming: {finished} of {len(units)} units already done in {run.path}")
+        log(f"resuming: {finished} of {planned} units already done in {run.path}")
     return plan
 
 
@@ -294,19 +356,24 @@ def drive(
     Returns the summaries, in the order of ``configs``. With ``report`` (one run in ``root``), the pipeline's
     report of its summary and where it lies are logged at the end.
 
-    Under torchrun (one run only) every rank calls it: rank 0 alone opens, claims, finds the unfinished units
-    and summarises, and shares what it found; every rank runs the units and returns rank 0's summaries.
+    Each run's lock (:class:`~lth_sparse.runs.RunLock`) is taken when it is claimed and held until the summaries
+    are written (or the driver fails): a run another process holds is refused (:class:`~lth_sparse.runs.RunBusy`).
+
+    Under torchrun (one run only) every rank calls it: rank 0 alone opens, claims (and locks), finds the
+    unfinished units and summarises, and shares what it found; every rank runs the units and returns rank 0's
+    summaries.
     """
     if len(configs) > 1:
         refuse_under_torchrun()
     root, started = Path(root), time.time()
-    with launched(getattr(configs[0], "device", "cpu")) as world:
+    with launched(getattr(configs[0], "device", "cpu")) as world, contextlib.ExitStack() as locks:
         if not world.writer:
             log, progress = _silent, False
 
         def open_and_claim() -> list[RunPlan]:
             plans = open_plans()
             for plan in plans:
+                locks.callback(plan.lock.release)
                 claim(plan, log)
             return plans
 
@@ -333,6 +400,7 @@ def drive(
         summaries = world.on_writer(
             lambda: [summarize_if_changed(plan, stages, plots) for plan, stages in zip(plans, stages_of)]
         )
+        locks.close()  # the summaries are written: another process may run these runs now
         if report:
             for line in pipeline.report(summaries[0]):
                 log(line)
@@ -341,6 +409,21 @@ def drive(
                 + (f", plots in {root / 'plots'}" if plots else "")
             )
     return summaries
+
+
+def summary_figures(summary: dict) -> int:
+    """How many figures ``summary`` holds at any depth, its ``partial`` count aside, as ``summary.json`` holds
+    them (:func:`~lth_sparse.atomic.strict_json_value`): numbers; neither a boolean nor a NaN (written ``null``)
+    counts. What :meth:`Pipeline.write_summary` compares to keep the richer of two summaries of one run."""
+
+    def count(value) -> int:
+        if isinstance(value, dict):
+            return sum(count(v) for v in value.values())
+        if isinstance(value, list):
+            return sum(count(v) for v in value)
+        return int(isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    return sum(count(value) for key, value in strict_json_value(summary).items() if key != "partial")
 
 
 def refuse_under_torchrun() -> None:

@@ -56,7 +56,7 @@ from lth_sparse.pipelines.common import DERIVED_TASKS, CommonConfig, over_seeds,
 from lth_sparse.pipelines.imp_rounds import PRUNERS, ImpConfig, ImpRun, imp_seed, round_name
 from lth_sparse.pipelines.steps import shared_dataset
 from lth_sparse.prune import SCOPES, effective_masks, output_connected_masks, random_masks_like
-from lth_sparse.runs import Steps, atomic_write_json, read_json
+from lth_sparse.runs import Steps, read_json
 from lth_sparse.stats import closest_by_density
 from lth_sparse.units import Unit
 
@@ -618,7 +618,7 @@ class ConsensusPipeline(Pipeline):
                 if chosen:
                     summary[f"test_accuracy_{label}"] = sum(chosen) / len(chosen)
         summary["per_seed"] = {str(s): {"consensus": e["consensus"]} for s, e in per_seed.items()}
-        atomic_write_json(run_dir / "summary.json", summary)
+        summary = self.write_summary(run_dir, config, summary)
         if plots and per_seed:
             from lth_sparse.plots import plot_consensus
 

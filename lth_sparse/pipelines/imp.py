@@ -53,14 +53,21 @@ from lth_sparse.pipelines.imp_rounds import (
     round_name,
     round_row,
 )
-from lth_sparse.runs import RunDir, Steps, atomic_write_json
+from lth_sparse.runs import RunDir, Steps
 from lth_sparse.units import Unit
+
+
+def _is_figure(value) -> bool:
+    """A number (not a boolean), or ``None``: a figure a round has not got (without a validation set, its
+    validation figures)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def summarize_rounds(per_seed: dict[int, list[dict]]) -> list[dict]:
     """Per round (those every seed has finished), every number's mean over seeds under its own key, and its
-    std (sample, n-1; 0 for one seed), min and max under ``KEY_std``, ``KEY_min``, ``KEY_max``;
-    ``layer_sparsity`` is the mean per layer."""
+    std (sample, n-1; 0 for one seed), min and max under ``KEY_std``, ``KEY_min``, ``KEY_max``
+    (:func:`~lth_sparse.stats.over_seeds`: a figure no seed has, such as the validation accuracy without a
+    validation set, is ``None`` in all four); ``layer_sparsity`` is the mean per layer."""
     if not per_seed:
         return []
     count = min(len(rounds) for rounds in per_seed.values())
@@ -73,7 +80,7 @@ def summarize_rounds(per_seed: dict[int, list[dict]]) -> list[dict]:
                 continue
             if key == "layer_sparsity":
                 entry[key] = {n: sum(row[key][n] for row in rows) / len(rows) for n in value}
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) and all(key in row for row in rows):
+            elif all(key in row and _is_figure(row[key]) for row in rows):
                 stats = over_seeds([row[key] for row in rows])
                 entry[key] = stats["mean"]
                 for stat in ("std", "min", "max"):
@@ -193,17 +200,34 @@ class ImpPipeline(Pipeline):
                     result[f"{control}_{key}"] = done[key]
         return result
 
+    @staticmethod
+    def finished_rounds(units: Steps, seed: int, config: ImpConfig) -> list[dict]:
+        """The results of seed ``seed``'s finished rounds (at most ``rounds + 1``): its unit's ``done.json``'s
+        where the unit is done, else those of its rounds that have their own ``done.json``, up to the first
+        missing one (a killed or still running seed's)."""
+        unit = f"seed_{seed}"
+        if units.is_done(unit):
+            return units.result(unit)["rounds"][: config.rounds + 1]
+        rounds = Steps(units / unit)
+        finished = []
+        for r in range(config.rounds + 1):
+            if not rounds.is_done(round_name(r)):
+                break
+            finished.append(rounds.result(round_name(r)))
+        return finished
+
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
+        """The summary of the rounds every seed has finished (``rounds``) and of each seed's own (``per_seed``,
+        the seeds with a finished round), written to ``summary.json``; an unfinished run's seeds count the
+        rounds they have finished (:meth:`finished_rounds`)."""
         run_dir = Path(run_dir)
         saved, config = self.saved_config(run_dir)
         units = Steps(run_dir)
+        found = {s: self.finished_rounds(units, s, config) for s in config.seed_list()}
         per_seed = {
-            s: [
-                self._with_controls(units, s, result, config)
-                for result in units.result(f"seed_{s}")["rounds"][: config.rounds + 1]
-            ]
-            for s in config.seed_list()
-            if units.is_done(f"seed_{s}")
+            s: [self._with_controls(units, s, result, config) for result in rounds]
+            for s, rounds in found.items()
+            if rounds
         }
         summary = {
             "kind": self.kind,
@@ -213,7 +237,7 @@ class ImpPipeline(Pipeline):
             "rounds": summarize_rounds(per_seed),
             "per_seed": {str(s): rounds for s, rounds in per_seed.items()},
         }
-        atomic_write_json(run_dir / "summary.json", summary)
+        summary = self.write_summary(run_dir, config, summary)
         if plots and summary["rounds"]:
             from lth_sparse.plots import plot_imp
 

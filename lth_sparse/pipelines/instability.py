@@ -52,7 +52,7 @@ from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.imp_rounds import ImpConfig, ImpRun
 from lth_sparse.pipelines.steps import run_step, shared_dataset, train_masked
-from lth_sparse.runs import ConfigMismatch, Steps, atomic_torch_save, atomic_write_json, read_json
+from lth_sparse.runs import ConfigMismatch, Steps, atomic_torch_save, read_json
 from lth_sparse.tickets import (
     finished_rounds,
     imp_run_config,
@@ -897,7 +897,7 @@ class InstabilityPipeline(Pipeline):
             summary["search"] = steps.result("search")
         if summary["points"]:
             summary["test_error_barrier"] = summary["points"][0]["test_error_barrier"]["mean"]
-        atomic_write_json(run_dir / "summary.json", summary)
+        summary = self.write_summary(run_dir, config, summary)
         if plots and (summary["points"] or summary["successive"]):
             from lth_sparse.plots import plot_instability
 

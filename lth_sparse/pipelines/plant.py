@@ -47,7 +47,6 @@ from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
 from lth_sparse.planting.tasks import TASKS
-from lth_sparse.runs import atomic_write_json
 from lth_sparse.train import TrainConfig, default_loss, evaluate
 from lth_sparse.units import Unit
 
@@ -468,7 +467,7 @@ class PlantPipeline(Pipeline):
             "conventions": "density = remaining weights / all weights (biases not counted); depth counts "
             "the input layer; score = test accuracy (circle) or test MSE (relu, helix)",
         }
-        atomic_write_json(run_dir / "summary.json", summary)
+        summary = self.write_summary(run_dir, config, summary)
         if plots and rows:
             from lth_sparse.plots import plot_plant
 

@@ -57,7 +57,7 @@ from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import DERIVED_TASKS, MORCOS_TRAINING, CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
-from lth_sparse.runs import ConfigMismatch, Steps, atomic_write_json, read_json
+from lth_sparse.runs import ConfigMismatch, Steps, read_json
 from lth_sparse.stats import closest_by_density
 from lth_sparse.tickets import (
     finished_rounds,
@@ -646,7 +646,7 @@ class TransferPipeline(Pipeline):
         for pair in summary["pairs"][:1]:
             for kind, rows in pair["tickets"].items():
                 summary[f"test_accuracy_{kind.replace('-', '_')}_sparsest"] = rows[-1]["test_accuracy"]["mean"]
-        atomic_write_json(run_dir / "summary.json", summary)
+        summary = self.write_summary(run_dir, config, summary)
         if plots and results:
             from lth_sparse.plots import plot_transfer
 

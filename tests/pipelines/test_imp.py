@@ -10,6 +10,7 @@ from lth_sparse.cli import main
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
 from lth_sparse.pipelines import imp, steps
+from lth_sparse.pipelines.common import over_seeds
 from lth_sparse.prune import effective_masks, prune_magnitude
 from lth_sparse.runs import ConfigMismatch
 from lth_sparse.train import make_schedule
@@ -385,3 +386,66 @@ def test_aimp_compresses_the_mask_search_and_trains_each_ticket_fully(tmp_path):
         ImpConfig(epochs=4, search_epochs=5)
     with pytest.raises(ValueError, match="give --search-epochs"):
         ImpConfig(sparse_options=(("momentum", 0.0),))
+
+
+TINY = dict(dataset="digits", model="mlp", model_options=(("width", 16),), epochs=1, train_size=300, lr=0.05)
+
+
+def refuse_constant(name: str):
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def test_without_a_validation_set_the_files_are_strict_json_and_the_validation_figures_null(tmp_path):
+    """--val-fraction 0 (OpenLTH's setting: train on every example): no NaN or Infinity for strict readers."""
+    summary, _ = run_small(tmp_path, **TINY, rounds=1, seeds=(0, 1), val_fraction=0.0)
+    run = tmp_path / "run"
+    written = json.loads((run / "summary.json").read_text(), parse_constant=refuse_constant)
+    for path in run.rglob("*.json"):
+        json.loads(path.read_text(), parse_constant=refuse_constant)
+    for entry in written["rounds"]:
+        for key in ("val_accuracy", "val_loss", "best_val_loss"):
+            assert [entry[key + stat] for stat in ("", "_std", "_min", "_max")] == [None] * 4, key
+        assert entry["test_accuracy"] > 0.1 and entry["test_accuracy_std"] >= 0
+    for rounds in written["per_seed"].values():
+        assert all(r["val_accuracy"] is None and r["val_loss"] is None for r in rounds)
+    assert summary["rounds"] == written["rounds"]
+
+
+def test_figures_missing_in_every_seed_are_none_over_seeds_and_the_others_count_the_present_ones():
+    assert over_seeds([None, None]) == {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    assert over_seeds([None, 0.5, 0.7]) == over_seeds([0.5, 0.7]) and over_seeds([0.5, 0.7])["n"] == 2
+    rounds = imp.summarize_rounds({s: [{"round": 0, "val_loss": None, "test_accuracy": 0.5 + s}] for s in (0, 1)})
+    assert rounds[0]["val_loss"] is None and rounds[0]["val_loss_max"] is None and rounds[0]["test_accuracy"] == 1.0
+
+
+def test_the_summary_of_a_killed_run_has_its_finished_rounds_and_says_it_is_partial(tmp_path, monkeypatch):
+    real_train = steps.train
+
+    def dies_in_round_2(model, data, cfg, **kw):
+        if kw["desc"] == "round 2":
+            raise KeyboardInterrupt
+        return real_train(model, data, cfg, **kw)
+
+    monkeypatch.setattr(steps, "train", dies_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_small(tmp_path, **TINY)
+    run = tmp_path / "run"
+    (run / "summary.json").write_text(json.dumps({"kind": "imp", "seeds": [], "rounds": [], "per_seed": {}}))
+    lines = []
+    summary, counts = imp.IMP.summarize_partial(run, plots=True, log=lines.append)
+    assert counts == (0, 1) and lines == ["partial: 0 of 1 units done"]
+    assert [r["round"] for r in summary["rounds"]] == [0, 1] and summary["seeds"] == [0]
+    assert [r["round"] for r in summary["per_seed"]["0"]] == [0, 1]
+    assert summary["partial"] == {"units_done": 0, "units": 1}
+    assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary)), "the emptier one replaced"
+    assert (run / "plots" / "accuracy_vs_remaining.png").exists()
+
+    # A summary of fewer results never replaces a richer one.
+    richer = (run / "summary.json").read_text()
+    (run / "seed_0" / "round_01" / "done.json").unlink()
+    kept, counts = imp.IMP.summarize_partial(run, plots=False, log=lines.append)
+    assert (run / "summary.json").read_text() == richer and kept == json.loads(richer) and counts == (0, 1)
+
+    monkeypatch.setattr(steps, "train", real_train)
+    finished, _ = run_small(tmp_path, **TINY)
+    assert [r["round"] for r in finished["rounds"]] == [0, 1, 2, 3] and "partial" not in finished
