@@ -8,6 +8,7 @@ masked layers and the path evaluation also run there (rows marked ``cuda``).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -164,7 +165,10 @@ def _imp_round_rows() -> list[dict]:
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args(argv)  # no options: --help says what it runs, anything else is refused before minutes of work
     start = time.perf_counter()
     rows = []
     for run in (_select_rows, _masked_rows, _masked_cuda_rows, _interpolate_rows, _imp_round_rows):

@@ -17,7 +17,7 @@ import functools
 import importlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -125,14 +125,9 @@ def choose_backend(op: str, device: torch.device, implemented: tuple[str, ...]) 
     """
     setting = backend_setting()
     if setting != "auto":
-        if setting not in implemented:
-            raise RuntimeError(
-                f"LTH_SPARSE_BACKEND={setting}: op {op} has no {setting} kernel "
-                f"(it has: {', '.join(implemented)}); use LTH_SPARSE_BACKEND=auto"
-            )
-        ok, why = backend_status(setting, device)
-        if not ok:
-            raise RuntimeError(f"LTH_SPARSE_BACKEND={setting} cannot run {op}: {why}")
+        refusal = _forced_backend_refusal(setting, op, device, implemented)
+        if refusal is not None:
+            raise RuntimeError(refusal)
         return setting
     order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpp", "torch")
     for backend in order:
@@ -143,6 +138,35 @@ def choose_backend(op: str, device: torch.device, implemented: tuple[str, ...]) 
         if backend_status(backend, device)[0]:
             return backend
     return "torch"
+
+
+def _forced_backend_refusal(setting: str, op: str, device: torch.device, implemented: tuple[str, ...]) -> str | None:
+    """Why the forced backend ``setting`` cannot run ``op`` on ``device`` (it has no kernel for the op, or cannot run
+    there), or None where it can."""
+    if setting not in implemented:
+        return (
+            f"LTH_SPARSE_BACKEND={setting}: op {op} has no {setting} kernel "
+            f"(it has: {', '.join(implemented)}); use LTH_SPARSE_BACKEND=auto"
+        )
+    ok, why = backend_status(setting, device)
+    if not ok:
+        return f"LTH_SPARSE_BACKEND={setting} cannot run {op}: {why}"
+    return None
+
+
+def check_backend(device: torch.device, ops: Mapping[str, tuple[str, ...]]) -> str:
+    """The ``LTH_SPARSE_BACKEND`` setting, judged before work on ``device`` that runs ``ops`` (op -> the backends
+    with a kernel for it), so that a setting that cannot serve it is refused before the work starts, not at the
+    first op: a ``ValueError`` where the value is not one of :data:`BACKENDS`, or forces a backend that lacks a
+    kernel for one of ``ops`` or cannot run on ``device`` (what :func:`choose_backend` would raise), the
+    accepted values listed."""
+    setting = backend_setting()
+    if setting != "auto":
+        for op, implemented in ops.items():
+            refusal = _forced_backend_refusal(setting, op, device, implemented)
+            if refusal is not None:
+                raise ValueError(f"{refusal} (the values of LTH_SPARSE_BACKEND: {', '.join(BACKENDS)})")
+    return setting
 
 
 def cpu_runs_cpp() -> bool:

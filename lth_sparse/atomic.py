@@ -141,8 +141,13 @@ def read_safetensors(
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in ``path``; a file that is not valid JSON (cut short by a crash, say) is a ``ValueError``
+    naming it."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from error
 
 
 def json_default(obj):

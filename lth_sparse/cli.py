@@ -176,8 +176,17 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def executor_from_args(args, threads: int | None):
-    from lth_sparse.executors import make_executor
+    """The executor the options ask for, checked (Ray missing, a bad count: a :class:`UserError`); ``threads`` above
+    the cores this process may use is said once, as a warning: the threads would wait for each other's cores."""
+    from lth_sparse.executors import make_executor, usable_cores
 
+    cores = usable_cores()
+    if isinstance(threads, int) and threads > cores and os.environ.get("RANK", "0") == "0":
+        print(
+            f"lth-sparse {args.command}: warning: --threads {threads} is more than the {cores} usable cores here: "
+            "the threads beyond them wait for a core (slower, not faster)",
+            file=sys.stderr,
+        )
     return make_executor(
         args.executor,
         workers=args.workers,
@@ -224,14 +233,31 @@ def _add_pipeline(sub, pipeline) -> None:
 
 def _run_pipeline_command(pipeline, args) -> int:
     config = config_from_args(pipeline.config_class, args)
-    pipeline.run(
-        config,
-        args.out,
-        progress=args.progress,
-        plots=not args.no_plots,
-        executor=executor_from_args(args, config.threads),
-    )
+    _check_out(args.out, "--out", "directory")
+    executor = executor_from_args(args, config.threads)
+    pipeline.run(config, args.out, progress=args.progress, plots=not args.no_plots, executor=executor)
     return 0
+
+
+def _check_out(path, option: str, kind: str) -> None:
+    """Refuse, before anything is computed or written, an output ``path`` (given by ``option``) where a ``kind``
+    (``"directory"`` or ``"file"``) cannot be written: an existing one of the other kind, a parent that is a file,
+    or a directory this process may not write in (a :class:`CliError` naming ``option``, the path and what is
+    wrong). ``None`` (not given) passes."""
+    if path is None:
+        return
+    out = Path(path).expanduser()
+    try:
+        if out.exists() and out.is_dir() != (kind == "directory"):
+            raise CliError(f"{option} {path}: is a {'directory' if out.is_dir() else 'file'}, expected a {kind}")
+        # the path itself where it is a directory, else the first of its parents that exists
+        where = out if out.is_dir() else next(p for p in out.absolute().parents if p.exists())
+    except OSError as error:  # a parent this process may not look into
+        raise CliError(f"{option} {path}: {error.strerror or error}") from None
+    if not where.is_dir():
+        raise CliError(f"{option} {path}: {where} is a file, not a directory: the {kind} cannot be made under it")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise CliError(f"{option} {path}: {where} is not writable here")
 
 
 def _add_sweep(sub) -> None:
@@ -285,6 +311,7 @@ def _run_sweep(args) -> int:
     from lth_sparse.sweep import load_sweep, run_sweep
 
     sweep = load_sweep(args.grid)
+    _check_out(args.out, "--out", "directory")
     threads = args.threads
     if threads is None:
         threads = getattr(sweep.points[0].config, "threads", None)
@@ -312,6 +339,7 @@ def _add_compare(sub) -> None:
 def _run_compare(args) -> int:
     from lth_sparse.compare import compare_runs
 
+    _check_out(args.out, "--out", "directory")
     result = compare_runs(args.runs, args.reference, args.out, plots=not args.no_plots)
     for pair in result["pairs"]:
         print(f"{pair['a']} vs {pair['b']} (seeds {', '.join(map(str, pair['seeds']))}):")
@@ -356,6 +384,7 @@ def _run_probe(args) -> int:
     from lth_sparse.analysis import probe_ticket
     from lth_sparse.tickets import finished_rounds
 
+    _check_out(args.out, "--out", "directory")
     rounds = args.rounds or finished_rounds(args.run, args.seed)
     results = []
     for r in rounds:
@@ -412,6 +441,8 @@ def _run_importance_overlap(args) -> int:
     from lth_sparse.runs import atomic_torch_save, atomic_write_json
     from lth_sparse.tickets import load_ticket
 
+    _check_out(args.out, "--out", "file")
+    _check_out(args.write_partial_init, "--write-partial-init", "file")
     out = importance_overlap(args.runs, args.round, args.seed)
     overlap = out.pop("masks")
     print(
@@ -464,18 +495,19 @@ def _add_plot(sub) -> None:
 
 
 def _run_plot(args) -> int:
+    from lth_sparse.config import read_file
     from lth_sparse.pipelines.base import pipeline_for
-    from lth_sparse.runs import read_json
 
     config_path = Path(args.run) / "config.json"
     if not config_path.exists():
         raise CliError(f"no config.json in {args.run}: not a run directory")
-    kind = read_json(config_path).get("kind")
+    saved = read_file(config_path)  # one that does not parse is named
+    kind = saved.get("kind") if isinstance(saved, dict) else None
     try:
         pipeline = pipeline_for(kind)
     except (ImportError, KeyError, TypeError):
         raise CliError(f"{args.run} holds a run of kind {kind!r}, which this version does not know") from None
-    pipeline.summarize(Path(args.run), plots=True)
+    pipeline.summarize_partial(Path(args.run), plots=True)  # under the run's lock; says when it is partial
     for path in sorted((Path(args.run) / "plots").glob("*.png")):
         print(path)
     return 0
@@ -487,7 +519,14 @@ def _add_info(sub) -> None:
         help="what was built and which backend is active",
         description="Print lth_sparse.backend_info() as JSON.",
     )
-    p.set_defaults(func=lambda args: print(json.dumps(__import__("lth_sparse").backend_info(), indent=2)) or 0)
+    p.set_defaults(func=_judging_input(_run_info))
+
+
+def _run_info(args) -> int:
+    from lth_sparse import backend_info
+
+    print(json.dumps(backend_info(), indent=2))  # an LTH_SPARSE_BACKEND it does not take is judged bad input
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,4 +42,13 @@ def judging_input() -> Iterator[None]:
 @functools.cache
 def _user_error_of(kind: type[Exception]) -> type[UserError]:
     """The :class:`UserError` that is also a ``kind`` (its message as given, not as ``kind`` would quote it)."""
-    return type(kind.__name__, (UserError, kind), {"__str__": lambda self: str(self.args[0]), "__module__": __name__})
+    return type(
+        kind.__name__,
+        (UserError, kind),
+        {
+            # the message alone, whatever arguments ``kind``'s own constructor takes (JSONDecodeError's three)
+            "__init__": lambda self, message: Exception.__init__(self, message),
+            "__str__": lambda self: str(self.args[0]),
+            "__module__": __name__,
+        },
+    )

@@ -12,17 +12,24 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from lth_sparse._dispatch import check_backend
 from lth_sparse.data import Dataset, load_dataset
 from lth_sparse.errors import UserError
 from lth_sparse.models import create_model
+from lth_sparse.ops.masked_conv2d import IMPLEMENTED as MASKED_CONV2D_BACKENDS
+from lth_sparse.ops.masked_linear import IMPLEMENTED as MASKED_LINEAR_BACKENDS
 
 __all__ = ["check_device", "draw_model", "release_shared", "shared_dataset"]
 
 _SHARED: dict = {}
 
+MASKED_OPS = {"masked_linear": MASKED_LINEAR_BACKENDS, "masked_conv2d": MASKED_CONV2D_BACKENDS}
+"""The ops of the masked layers, with the backends that have kernels for them: what every experiment runs."""
+
 
 def check_device(device: str) -> torch.device:
-    """``device`` parsed, and refused with a clear error where torch cannot use it here."""
+    """``device`` parsed, and refused with a clear error where torch cannot use it here, or where the backend that
+    ``LTH_SPARSE_BACKEND`` forces cannot run the masked layers on it (every experiment trains them)."""
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as error:
@@ -37,6 +44,10 @@ def check_device(device: str) -> torch.device:
             raise UserError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise UserError(f"device {device!r}: MPS is not available here")
+    try:
+        check_backend(dev, MASKED_OPS)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     return dev
 
 

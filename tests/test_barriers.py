@@ -59,3 +59,14 @@ def test_bad_curves_are_refused():
         barrier([0.1, float("nan")], [0.0, 1.0])
     with pytest.raises(ValueError, match="repeat"):
         barrier([0.1, 0.2, 0.3], [0.0, 1.0, 1.0])
+
+
+def test_errors_are_fractions_and_a_percentage_is_refused():
+    with pytest.raises(ValueError, match=r"errors are fractions in \[0, 1\].*\[39.0, 41.0, 40.0\]"):
+        error_barrier([39.0, 41.0, 40.0], ALPHAS[::5])
+    with pytest.raises(ValueError, match="errors are fractions"):
+        is_stable([0.39, 41.0, 0.40], ALPHAS[::5])
+    with pytest.raises(ValueError, match="threshold is a fraction"):
+        is_stable([0.39, 0.41, 0.40], ALPHAS[::5], threshold=2.0)
+    assert error_barrier([0.0, 1.0, 0.5], ALPHAS[::5]).value == pytest.approx(0.75)  # the bounds are fractions too
+    assert loss_barrier([2.3, 2.9, 2.4], ALPHAS[::5]).value == pytest.approx(0.55)  # a loss is no fraction

@@ -2,16 +2,59 @@
 
 The GPU rows cannot be measured here; their builders are checked on the rows the GPU scripts
 return (their shape taken from a real run of the CUDA select's row format, and from the masked
-benchmark's interpreter smoke run on the CPU).
+benchmark's interpreter smoke run on the CPU). Every entry point answers ``--help`` with its usage.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 bench_main = importlib.import_module("bench.__main__")
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = ["bench", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "bench").glob("bench_*.py"))]
+
+# Each entry point as its command runs it (``python -m bench``, ``python bench/bench_X.py``), with --help, in one
+# fresh interpreter: torch is imported once for all of them, so that the check stays quick.
+HELP_RUNNER = """
+import contextlib, io, json, runpy, sys, time
+results = {}
+for entry in sys.argv[1:]:
+    sys.argv, output, start, code = [entry, "--help"], io.StringIO(), time.perf_counter(), None
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            if entry == "bench":
+                runpy.run_module("bench", run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(entry, run_name="__main__")
+        except SystemExit as exit:
+            code = exit.code
+    results[entry] = {"code": code, "seconds": time.perf_counter() - start, "output": output.getvalue()}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def help_answers() -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_RUNNER, *ENTRY_POINTS], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_every_entry_point_answers_help_with_its_usage_at_once(entry, help_answers):
+    """``--help`` prints the usage and exits 0 without running a benchmark (``python -m bench`` ran them all)."""
+    answer = help_answers[entry]
+    assert answer["code"] == 0 and "usage:" in answer["output"], answer
+    assert answer["seconds"] < 30, f"{entry} --help took {answer['seconds']:.1f} s: it ran something"
 
 
 def _select_result(cases: dict[str, float], values: int | None = None) -> list[dict]:

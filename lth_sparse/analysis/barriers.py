@@ -94,7 +94,14 @@ def barrier(values: Sequence[float], alphas: Sequence[float], kind: str = "max-m
 
 
 def error_barrier(errors: Sequence[float], alphas: Sequence[float], kind: str = "max-mean") -> Barrier:
-    """:func:`barrier` of an error curve (errors as fractions: 0.02 is two points)."""
+    """:func:`barrier` of an error curve, its errors fractions in [0, 1] (0.02 is two points): a ValueError where
+    one lies outside (a percentage, 39.0 for 39%, is the usual slip)."""
+    e = _as_floats(errors, "errors")
+    outside = [v for v in e.tolist() if not 0.0 <= v <= 1.0]
+    if outside:
+        raise ValueError(
+            f"errors are fractions in [0, 1] (0.39 for 39%), got {outside[:3]}{' ...' if len(outside) > 3 else ''}"
+        )
     return barrier(errors, alphas, kind)
 
 
@@ -106,5 +113,8 @@ def loss_barrier(losses: Sequence[float], alphas: Sequence[float], kind: str = "
 def is_stable(
     errors: Sequence[float], alphas: Sequence[float], threshold: float = 0.02, kind: str = "max-mean"
 ) -> bool:
-    """Whether the pair is stable to SGD noise: its error barrier under ``threshold`` (Frankle et al.: 2%)."""
+    """Whether the pair is stable to SGD noise: its error barrier under ``threshold`` (Frankle et al.: 2%, 0.02:
+    errors and threshold are fractions, see :func:`error_barrier`)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is a fraction in [0, 1] like the errors (0.02 for 2%), got {threshold}")
     return error_barrier(errors, alphas, kind).value < threshold

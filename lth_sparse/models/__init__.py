@@ -14,7 +14,9 @@ from . import convnets, mlp, resnet, vgg  # noqa: F401  (register the builders)
 from .registry import (
     INITIALIZERS,
     MODELS,
+    ModelOptionError,
     available_models,
+    check_model_options,
     create_model,
     image_shape,
     initialize,
@@ -24,7 +26,9 @@ from .registry import (
 __all__ = [
     "INITIALIZERS",
     "MODELS",
+    "ModelOptionError",
     "available_models",
+    "check_model_options",
     "create_model",
     "image_shape",
     "initialize",

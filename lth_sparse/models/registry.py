@@ -7,19 +7,24 @@ and converts it to masked layers, the same for every model.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
+from lth_sparse.errors import UserError
 from lth_sparse.nn import masked
 from lth_sparse.registry import Registry
 
 __all__ = [
     "INITIALIZERS",
     "MODELS",
+    "ModelOptionError",
     "available_models",
+    "check_model_options",
     "create_model",
     "image_shape",
     "initialize",
@@ -45,6 +50,80 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
 def available_models() -> list[str]:
     """The registered model names, sorted."""
     return MODELS.names()
+
+
+class ModelOptionError(UserError, TypeError):
+    """An option that a model's builder does not take, or a value not of the option's type: a ``TypeError``, as
+    the builder's call with it would raise, and bad input (a :class:`~lth_sparse.errors.UserError`, so a
+    ``ValueError`` too)."""
+
+
+_OPTION_TYPES = (bool, int, float, str)
+
+
+def _builder_options(build: Builder) -> dict[str, tuple[type | None, object, bool]]:
+    """The options of ``build``: its keyword parameters after ``input_shape`` and ``num_classes``, each as (type,
+    default, whether None is allowed); the type is the parameter's annotation where it is a bool, int, float or
+    str (or one of them or None), else its default's type where that is one, else None (any value)."""
+    hints = typing.get_type_hints(build)
+    options = {}
+    for p in list(inspect.signature(build).parameters.values())[2:]:  # after input_shape, num_classes
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        hint = hints.get(p.name)
+        members = typing.get_args(hint) if typing.get_args(hint) else (hint,)
+        scalars = [a for a in members if a is not type(None)]
+        default = None if p.default is p.empty else p.default
+        if len(scalars) == 1 and scalars[0] in _OPTION_TYPES:
+            kind = scalars[0]
+        elif type(default) in _OPTION_TYPES:
+            kind = type(default)
+        else:
+            kind = None
+        options[p.name] = (kind, default, type(None) in members or default is None)
+    return options
+
+
+def _of_type(value, kind: type) -> bool:
+    """Whether ``value`` serves as an option of type ``kind``: a bool for bool; an int (not a bool), or a float of
+    integral value (which the builders take), for int; an int or a float for float; a str for str."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind is int:
+        return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def check_model_options(name: str, options: Mapping[str, object]) -> None:
+    """Refuse what the builder of model ``name`` would not take, before it is called: an option its signature
+    does not have (the message lists those it has, with their types and defaults) or a value not of the option's
+    type (its annotation, else its default's type; the message names the type). Raises
+    :class:`ModelOptionError`. A builder that takes ``**options`` takes any name."""
+    build = MODELS.lookup(name)
+    known = _builder_options(build)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(build).parameters.values())
+    for key, value in options.items():
+        if key not in known:
+            if takes_any:
+                continue
+            listed = ", ".join(
+                f"{k} ({kind.__name__ if kind else 'any'}, default {default!r})"
+                for k, (kind, default, _) in known.items()
+            )
+            raise ModelOptionError(
+                f"model option {key}={value!r}: model {name} has no option {key!r}; "
+                + (f"its options: {listed}" if known else "it takes no options")
+            )
+        kind, default, nullable = known[key]
+        if kind is not None and not (value is None and nullable) and not _of_type(value, kind):
+            raise ModelOptionError(
+                f"model option {key}={value!r}: {key} of model {name} must be {'an' if kind is int else 'a'} "
+                f"{kind.__name__} (default {default!r})"
+            )
 
 
 def image_shape(model: str, input_shape: Sequence[int], min_size: int = 1) -> tuple[int, int, int]:
@@ -123,7 +202,8 @@ def create_model(
         ValueError: unknown ``name`` (the message lists the available ones); an
             ``input_shape`` the model cannot take (e.g. a vector for a conv model),
             with the model and the shape; ``num_classes < 1``; unknown ``init``.
-        TypeError: an option the model does not have.
+        ModelOptionError (a TypeError and a ValueError): an option the model does not have, or a value
+            not of the option's type (:func:`check_model_options`).
     """
     build = MODELS.lookup(name)
     shape = tuple(int(d) for d in input_shape)
@@ -133,6 +213,7 @@ def create_model(
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if init not in INITIALIZERS:
         raise ValueError(f"unknown init {init!r}; available: {', '.join(sorted(INITIALIZERS))}")
+    check_model_options(name, options)
     model = build(shape, int(num_classes), **options)
     initialize(model, init)
     model = masked(model)

@@ -72,6 +72,27 @@ def check_score_list(name: str, tensors: Sequence[Tensor]) -> None:
         raise RuntimeError(f"{name} must all be on one device, got {sorted(str(d) for d in devices)}")
 
 
+def check_no_nan(name: str, tensors: Sequence[Tensor], masks: Sequence[Tensor] | None = None) -> None:
+    """A ValueError naming the first ``name[i]`` with a NaN (where ``masks[i]`` is True, with ``masks``): a NaN has
+    no place in an order (sorted, it would rank above +inf: a pruning would keep it as the most important
+    weight). One read of the data and one synchronisation: every tensor's sum, which a NaN makes NaN; only the
+    tensors whose sum is not finite (a NaN, an infinity or an overflow) are searched."""
+    sums = torch.stack([t.sum() for t in tensors])
+    if bool(torch.isfinite(sums).all()):
+        return
+    for i in torch.nonzero(~torch.isfinite(sums)).flatten().tolist():
+        nan = tensors[i].isnan()
+        if masks is not None:
+            nan &= masks[i]
+        count = int(nan.count_nonzero())
+        if count:
+            where = " where the mask keeps it" if masks is not None else ""
+            raise ValueError(
+                f"{name}[{i}] holds {count} NaN{'s' if count != 1 else ''}{where}: the scores must be numbers to be "
+                "ranked (a NaN would rank above +inf)"
+            )
+
+
 def check_mask_list(masks: Sequence[Tensor], scores: Sequence[Tensor]) -> None:
     if isinstance(masks, Tensor) or not isinstance(masks, Sequence):
         raise TypeError(f"masks must be a list or tuple of bool tensors or None, got {type(masks).__name__}")

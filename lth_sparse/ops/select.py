@@ -1,9 +1,10 @@
 """Global selection across many tensors: ``kth_smallest`` and ``prune_lowest``.
 
 Both work on all tensors at once without concatenating them. Values are ordered
-as ``torch.sort`` orders them: NaN above +inf, and -0.0 equal to +0.0.
-``prune_lowest`` breaks ties by position: an entry of an earlier tensor first,
-then a lower flat index.
+as ``torch.sort`` orders them, -0.0 equal to +0.0; a NaN is refused (a ValueError
+naming its tensor: ranked above +inf, it would be kept as the most important
+entry), by the checks every backend shares. ``prune_lowest`` breaks ties by
+position: an entry of an earlier tensor first, then a lower flat index.
 
 Backends: the C++ CPU kernel (``csrc/cpu/select.cpp``), the CUDA kernel
 (``csrc/cuda/select.cu``) and its Triton twin (``lth_sparse/kernels/select.py``),
@@ -129,6 +130,7 @@ def _check_kth(tensors, k):
 @torch.library.custom_op("lth_sparse::kth_smallest", mutates_args=())
 def _kth_smallest(tensors: list[Tensor], k: int) -> Tensor:
     _check_kth(tensors, k)
+    _checks.check_no_nan("tensors", tensors)  # reads the values: here, not in the fake kernel
     return _kernel("kth_smallest", tensors[0].device)(tensors, k)
 
 
@@ -154,6 +156,7 @@ def _check_prune(scores, masks, k, count_active: bool) -> None:
 def _prune_lowest(scores: list[Tensor], masks: list[Tensor], k: int) -> list[Tensor]:
     masks = masks or None
     _check_prune(scores, masks, k, count_active=True)
+    _checks.check_no_nan("scores", scores, masks)  # reads the values: here, not in the fake kernel
     return _kernel("prune_lowest", scores[0].device)(scores, masks, k)
 
 
@@ -169,7 +172,7 @@ def kth_smallest(tensors: Sequence[Tensor], k: int) -> Tensor:
     Equal to ``torch.cat([t.reshape(-1) for t in tensors]).kthvalue(k).values``.
     tensors: a non-empty list of floating tensors of one dtype and device (0-size
     tensors allowed); k: 1 <= k <= total elements. Returns a 0-dim tensor.
-    NaN counts as larger than +inf.
+    A NaN is a ValueError naming its tensor.
     """
     _checks.check_score_list("tensors", tensors)
     _checks.check_int("k", k)
@@ -182,7 +185,7 @@ def prune_lowest(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: in
     scores: floating tensors of one dtype and device; masks: bool tensors of the
     same shapes, or None (all active). Entries already False stay False. Ties
     break by position: an earlier tensor, then a lower flat index, is pruned
-    first. NaN scores count as the largest (pruned last).
+    first. A NaN score of a still-active entry is a ValueError naming its tensor.
     0 <= k <= number of entries still unpruned.
     """
     _checks.check_score_list("scores", scores)

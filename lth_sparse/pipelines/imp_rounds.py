@@ -10,6 +10,8 @@ pipelines run the same ``imp_seed``. See :mod:`lth_sparse.pipelines.imp` for wha
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +169,7 @@ class ImpConfig(CommonConfig):
             raise ValueError(f"structured must be one of {STRUCTURED_NORMS} or None, got {self.structured!r}")
         if self.structured is None:
             check_importance_and_scope(self.importance, self.scope)  # before round 0 trains, not after
-        parse_step(self.rewind, 1)
+        parse_step(self.rewind, 1, option="--rewind")
         if self.search_epochs is not None and not 0 < self.search_epochs <= self.epochs:
             raise ValueError(f"search_epochs must lie in (0, epochs={self.epochs}], got {self.search_epochs}")
         if self.sparse_options and self.search_epochs is None:
@@ -263,20 +265,40 @@ class ImpRun:
             )
         self.model = self.new_model(config.seed_of("init"))
         if config.init_file is not None:
-            path = Path(config.init_file).expanduser()
-            if not path.is_file():
-                raise FileNotFoundError(f"init_file {config.init_file}: no such file")
-            state = torch.load(path, map_location=self.device)
-            state = state.get("state_dict", state)  # rewind.pt holds it under state_dict
-            try:
-                self.model.load_state_dict(state)
-            except RuntimeError as error:
-                raise ValueError(
-                    f"init_file {config.init_file} does not fit {config.model} on {config.dataset}: "
-                    f"{str(error).splitlines()[0]}"
-                ) from None
+            self._load_init_file(config.init_file)
         self.names = list(masked_weights(self.model))
         self.exclude = [self.names[-1]] if config.spare_output else []
+
+    def _load_init_file(self, init_file: str) -> None:
+        """Start the model from the state dict in ``init_file`` (a run's ``init.pt``, or a ``rewind.pt``, which
+        holds it under ``state_dict``). A ValueError naming the file where it is not a state dict saved by
+        ``torch.save``, or where it does not fit the model: its first missing and unexpected keys and its first
+        shape mismatch."""
+        c = self.config
+        path = Path(init_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"init_file {init_file}: no such file")
+        with warnings.catch_warnings():  # torch's advice on pickle protocols is no help for a file that is not its own
+            warnings.simplefilter("ignore")
+            try:
+                state = torch.load(path, map_location=self.device)
+            except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, IndexError, ValueError) as error:
+                raise ValueError(
+                    f"init_file {init_file}: not a state dict saved by torch.save (torch.load: {type(error).__name__})"
+                ) from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]  # rewind.pt holds it under state_dict
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(
+                f"init_file {init_file}: holds a {type(state).__name__}, not a state dict saved by torch.save "
+                "(parameter names -> tensors)"
+            )
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError:
+            raise ValueError(
+                f"init_file {init_file} does not fit {c.model} on {c.dataset}: {_state_dict_misfit(state, self.model)}"
+            ) from None
 
     def new_model(self, seed: int):
         """A freshly initialised model, drawn from ``seed``."""
@@ -470,6 +492,24 @@ class ImpRun:
             }
 
         return self.world.on_writer(record)
+
+
+def _state_dict_misfit(state: dict, model: torch.nn.Module, shown: int = 3) -> str:
+    """How ``state`` does not fit ``model``: its first ``shown`` missing and unexpected keys (with their counts) and
+    its first shape mismatch."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            listed = ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+            parts.append(f"{len(keys)} {what} key{'s' if len(keys) != 1 else ''} ({listed})")
+    for k, v in expected.items():
+        if k in state and state[k].shape != v.shape:
+            parts.append(f"{k} is {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model")
+            break
+    return "; ".join(parts) or "load_state_dict refuses it"
 
 
 def round_row(result: dict, controls: bool) -> str:

@@ -88,7 +88,7 @@ def parse_points(value) -> tuple[str, ...]:
     """``--rewind-points``: ``init``, ``iter:N``, ``epoch:E`` (comma- or space-separated)."""
     items = split_items(value)
     for item in items:
-        parse_step(item, 1)
+        parse_step(item, 1, option="--rewind-points")
     if len(set(items)) != len(items):
         raise ValueError(f"rewind points repeat: {items}")
     return tuple(items)
@@ -208,7 +208,7 @@ class InstabilityConfig(CommonConfig):
                 raise ValueError(
                     f"imp_rounds must be >= 0 and imp_fraction in (0, 1), got {self.imp_rounds} and {self.imp_fraction}"
                 )
-            parse_step(self.imp_rewind, 1)
+            parse_step(self.imp_rewind, 1, option="--imp-rewind")
             if any(r > self.imp_rounds for r in self.rounds):
                 raise ValueError(f"rounds {list(self.rounds)} go beyond --imp-rounds {self.imp_rounds}")
         if self.source is not None or self.imp_rounds is not None:

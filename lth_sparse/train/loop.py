@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from lth_sparse.atomic import atomic_torch_save
+from lth_sparse.atomic import atomic_torch_save, strict_json_value
 from lth_sparse.config import option
 from lth_sparse.data import Dataset, Split, batches
 
@@ -93,20 +93,26 @@ def iterations_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(num_examples / batch_size))
 
 
-def parse_step(step: str | int, iters_per_epoch: int) -> int:
-    """An iteration number from ``init``, ``iter:N``, ``epoch:N`` or an int."""
-    if isinstance(step, int):
+def parse_step(step: str | int, iters_per_epoch: int, *, option: str = "the rewind point") -> int:
+    """An iteration number from ``init``, ``iter:N`` (N an integer), ``epoch:E`` (E a number of epochs, rounded to
+    an iteration) or an int. Anything else is a ValueError naming ``option`` (what the step is, e.g. the flag
+    that gave it), the value and the accepted forms."""
+    value = None
+    if isinstance(step, int) and not isinstance(step, bool):
         value = step
     elif step == "init":
         value = 0
-    elif isinstance(step, str) and step.startswith("iter:"):
-        value = int(step[5:])
-    elif isinstance(step, str) and step.startswith("epoch:"):
-        value = round(float(step[6:]) * iters_per_epoch)
-    else:
-        raise ValueError(f"a training step must be 'init', 'iter:N' or 'epoch:N', got {step!r}")
-    if value < 0:
-        raise ValueError(f"a training step must be >= 0, got {step!r}")
+    elif isinstance(step, str) and step.startswith(("iter:", "epoch:")):
+        unit, _, number = step.partition(":")
+        try:
+            value = int(number) if unit == "iter" else round(float(number) * iters_per_epoch)
+        except (ValueError, OverflowError):  # not a number, or an infinite number of epochs
+            value = None
+    if value is None or value < 0:
+        raise ValueError(
+            f"{option} must be a training step: init, epoch:E (E epochs, a number >= 0) or iter:N (N iterations, an "
+            f"integer >= 0), got {step!r}"
+        )
     return value
 
 
@@ -483,7 +489,7 @@ def train(
             best = (val_loss, it)
         history.append(entry)
         if metrics_file is not None:
-            metrics_file.write(json.dumps(entry) + "\n")
+            metrics_file.write(json.dumps(strict_json_value(entry), allow_nan=False) + "\n")  # NaN as null
             metrics_file.flush()
 
     def snapshot(it: int) -> None:

@@ -44,6 +44,24 @@ def test_forced_backend_without_a_kernel_for_the_op_is_an_error(use_backend):
         interpolated_linear(torch.randn(1, 2, 3), torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0.5]))
 
 
+def test_check_backend_judges_the_setting_before_any_op_runs(use_backend, monkeypatch):
+    """What choose_backend would raise at an op's first call, as a ValueError listing the values, before the work."""
+    cpu, ops = torch.device("cpu"), {"masked_linear": ("triton", "cpp", "torch")}
+    assert _dispatch.check_backend(cpu, ops) == "auto"
+    use_backend("torch")
+    assert _dispatch.check_backend(cpu, ops) == "torch"
+    use_backend("fastest")
+    with pytest.raises(ValueError, match="LTH_SPARSE_BACKEND must be one of auto, cuda, triton, cpp, torch"):
+        _dispatch.check_backend(cpu, ops)
+    use_backend("cuda")
+    with pytest.raises(ValueError, match=r"op masked_linear has no cuda kernel.*auto, cuda, triton, cpp, torch"):
+        _dispatch.check_backend(cpu, ops)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("LTH_SPARSE_BACKEND", "triton")
+    with pytest.raises(ValueError, match="LTH_SPARSE_BACKEND=triton cannot run masked_linear"):
+        _dispatch.check_backend(cpu, ops)
+
+
 def test_forced_triton_on_cpu_without_interpreter_is_an_error(use_backend, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     ok, why = _dispatch.backend_status("triton", torch.device("cpu"))

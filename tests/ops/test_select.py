@@ -79,13 +79,19 @@ def test_kth_smallest_non_contiguous_inputs(backend, use_backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nan_is_larger_than_everything(backend, use_backend):
+def test_nan_scores_are_refused_naming_the_tensor(backend, use_backend):
+    """A NaN has no rank (sorted, it would go above +inf and be kept): refused by the checks every backend shares,
+    as prune_magnitude refuses it; a NaN the masks have pruned already takes no part; infinities rank."""
     use_backend(backend)
-    t = [torch.tensor([1.0, float("nan"), float("inf"), -2.0])]
-    assert kth_smallest(t, 3) == float("inf")
-    assert torch.isnan(kth_smallest(t, 4))
-    kept = prune_lowest(t, None, 3)[0]
-    assert kept.tolist() == [False, True, False, False]
+    t = [torch.tensor([0.5, 3.0, -1.0]), torch.tensor([1.0, float("nan"), float("inf"), -2.0])]
+    with pytest.raises(ValueError, match=r"tensors\[1\] holds 1 NaN"):
+        kth_smallest(t, 3)
+    with pytest.raises(ValueError, match=r"scores\[1\] holds 1 NaN"):
+        prune_lowest(t, None, 3)
+    masks = [torch.ones(3, dtype=torch.bool), torch.tensor([True, False, True, True])]
+    kept = prune_lowest(t, masks, 2)
+    assert kept[0].tolist() == [True, True, False] and kept[1].tolist() == [True, False, True, False]
+    assert kth_smallest([torch.tensor([1.0, float("inf"), -float("inf")])], 3) == float("inf")
 
 
 def mask_lists(scores, density, seed=0):
