@@ -35,7 +35,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     ``write(tmp)`` writes the content to ``tmp``, a unique name beside ``path``; it is
     flushed to disk (fsync), renamed over ``path``, and the rename itself made durable
     (fsync of the directory, where the platform allows). On an error the temporary file
-    is removed and the error raised. The one atomic writer of the package: every
+    is removed and the error raised. The file gets the mode the process's umask gives a new file,
+    whatever ``write`` created it with. The one atomic writer of the package: every
     ``atomic_*`` function here, ``Masks.save``, the data cache and the benchmarks' JSON go
     through it. Returns ``path``.
     """
@@ -45,6 +46,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
+            # the mode the user's umask gives any new file: some writers (safetensors) create theirs 0600, which
+            # a colleague or a worker under another user on a shared file system could not read
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -52,6 +56,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    """This process's umask: from ``/proc/self/status`` where Linux reports it, else by setting it and setting it
+    back (a window in which another thread's new file would get no mask, so only where it cannot be read)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -357,3 +357,18 @@ def test_a_directory_of_another_hash_rule_is_refused_with_the_rule_named(tmp_pat
     (tmp_path / "config.json").write_text(json.dumps(record))
     with pytest.raises(ConfigMismatch, match="hashed by rule 1, not by this version's rule 2"):
         RunDir(tmp_path, small_config(), kind="imp")
+
+
+def test_every_file_gets_the_mode_the_umask_gives_whatever_wrote_it(tmp_path):
+    """safetensors creates its file 0600; through atomic_write, masks get the umask's mode like every run file."""
+    from lth_sparse.atomic import atomic_write_json
+    from lth_sparse.masks import Masks
+
+    previous = os.umask(0o027)
+    try:
+        Masks({"fc.weight": torch.ones(2, 2, dtype=torch.bool)}).save(tmp_path / "masks.safetensors")
+        atomic_write_json(tmp_path / "done.json", {"a": 1})
+    finally:
+        os.umask(previous)
+    assert oct((tmp_path / "masks.safetensors").stat().st_mode & 0o777) == oct(0o640)
+    assert oct((tmp_path / "done.json").stat().st_mode & 0o777) == oct(0o640)
