@@ -261,11 +261,11 @@ def run_sweep(
             open_run(pipeline, config, out / point.name, prefix=point.name)  # every point checked first
             for point, config in zip(sweep.points, configs)
         ]
-        units = [(plan, unit) for plan in plans for stage in pipeline.plan(plan.config) for unit in stage]
-        finished = sum(plan.run.is_done(unit.directory) for plan, unit in units)
+        counts = [pipeline.units_done(plan.run.path, plan.config) for plan in plans]
+        finished, units = sum(done for done, _ in counts), sum(planned for _, planned in counts)
         log(
             f"sweep of {pipeline.kind} over {len(sweep.points)} points "
-            f"({' x '.join(f'{len(v)} {k}' for k, v in sorted(sweep.grid.items()))}) in {out}: {len(units)} units"
+            f"({' x '.join(f'{len(v)} {k}' for k, v in sorted(sweep.grid.items()))}) in {out}: {units} units"
             + (f", {finished} already done" if finished else "")
             + f", through the {executor.name} executor"
         )
