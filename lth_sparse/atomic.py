@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from lth_sparse.integrity import Damaged, verified
+
 __all__ = [
     "atomic_save_safetensors",
     "atomic_torch_save",
@@ -145,18 +147,24 @@ def read_safetensors(
     ``names``: the tensors to read (default every one, in the file's order); ``device``: where they are
     loaded. ``what`` names the file's content in the errors (``"masks file"``). Raises FileNotFoundError
     (``no {what} at {path}``) when there is no file, and ValueError naming the file and the format tag it
-    holds when that tag is not ``format``.
+    holds when that tag is not ``format``. A file of a run's finished step is checked first
+    (:func:`~lth_sparse.integrity.verified`); a damaged or unreadable one is a
+    :class:`~lth_sparse.integrity.Damaged` naming it.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no {what} at {path}")
-    with safe_open(path, framework="pt", device=str(device)) as f:
-        metadata = f.metadata() or {}
-        if metadata.get("format") != format:
-            raise ValueError(f"{path} is not an lth_sparse {what} (format {metadata.get('format')!r})")
-        return {name: f.get_tensor(name) for name in (f.keys() if names is None else names)}, metadata
+    verified(path)
+    try:
+        with safe_open(path, framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != format:
+                raise ValueError(f"{path} is not an lth_sparse {what} (format {metadata.get('format')!r})")
+            return {name: f.get_tensor(name) for name in (f.keys() if names is None else names)}, metadata
+    except SafetensorError as error:
+        raise Damaged(f"{path}: not a readable {what}, damaged or of another kind ({error})") from error
 
 
 def read_json(path: str | os.PathLike) -> Any:

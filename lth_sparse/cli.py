@@ -513,6 +513,52 @@ def _run_plot(args) -> int:
     return 0
 
 
+def _add_verify(sub) -> None:
+    p = sub.add_parser(
+        "verify",
+        help="check that a run's files are whole and unchanged",
+        description="Check every file of RUN against what its finished steps recorded in their done.json (size "
+        "and SHA-256), and that config.json, summary.json and every done.json parse; steps finished before "
+        "steps recorded their files are checked by parsing their files (JSON, JSONL, safetensors headers, "
+        "torch archives' checksums). Prints one line per damaged file, then a verdict; says how many units "
+        "are done. Exit status 0: intact; 1: damaged files found (re-running the command that made RUN "
+        "repairs them); 2: RUN is not a run directory.",
+    )
+    p.add_argument("run", metavar="RUN", nargs="+", help="run directories (a sweep's points are runs too)")
+    p.set_defaults(func=_judging_input(_run_verify))
+
+
+def _run_verify(args) -> int:
+    from lth_sparse.config import read_file
+    from lth_sparse.pipelines.base import pipeline_for
+    from lth_sparse.runs import check_run
+
+    status = 0
+    for run in map(Path, args.run):
+        if not (run / "config.json").exists():
+            raise CliError(f"no config.json in {run}: not a run directory")
+        found = check_run(run)
+        for damage in found.damages():
+            print(f"damaged: {damage}")
+        units = ""
+        if "" not in found.damaged:  # config.json parses
+            kind = read_file(run / "config.json").get("kind")
+            try:
+                pipeline = pipeline_for(kind)
+                done, planned = pipeline.units_done(run, pipeline.saved_config(run)[1])
+                units = f"{kind} run, {done} of {planned} units done; "
+            except (ImportError, KeyError, TypeError, ValueError):
+                units = f"a run of kind {kind!r}, which this version does not know; "
+        checked = f"{found.steps} finished steps, {found.files} files ({found.bytes / 1e6:.1f} MB) checked by SHA-256"
+        if found.unrecorded:
+            checked += f", {found.unrecorded} steps of an older version checked by parsing their files"
+        n = len(found.damages())
+        verdict = "intact" if found.intact else f"{n} damaged file{'s' if n != 1 else ''}"
+        print(f"{run}: {verdict} ({units}{checked})")
+        status = max(status, 0 if found.intact else 1)
+    return status
+
+
 def _add_info(sub) -> None:
     p = sub.add_parser(
         "info",
@@ -547,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_importance_overlap(sub)
     _add_sweep(sub)
     _add_plot(sub)
+    _add_verify(sub)
     _add_info(sub)
     return parser
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from lth_sparse.atomic import atomic_write_json, read_json
+from lth_sparse.atomic import atomic_write_json
 from lth_sparse.experiment import draw_model
+from lth_sparse.integrity import load_torch, read_done
 from lth_sparse.masks import Masks, expected_jaccard_distance, intersection, jaccard_distance
 from lth_sparse.stats import over_seeds
 from lth_sparse.tickets import finished_rounds, imp_run_config, run_seeds, seed_folder
@@ -136,7 +137,7 @@ def importance_overlap(run_dirs, round: int, seed: int | None = None) -> dict:
     if seed not in common:
         raise ValueError(f"seed {seed} is not in every run; common seeds: {common}")
     folders = [seed_folder(r, seed) for r in runs]
-    inits = [torch.load(f / "init.pt", map_location="cpu") for f in folders]
+    inits = [load_torch(f / "init.pt", map_location="cpu") for f in folders]
     for run, init in zip(runs[1:], inits[1:]):
         if init.keys() != inits[0].keys() or not all(torch.equal(init[k], inits[0][k]) for k in init):
             raise ValueError(
@@ -184,7 +185,7 @@ def connection_stability(run_dir, overlap: Masks, round: int, seed: int | None =
     if any(r not in done for r in range(round + 1)):
         raise KeyError(f"rounds 0..{round} of seed {seed} have not all finished in {run_dir} (finished: {done})")
     ticket = Masks.load(folder / f"round_{round:02d}" / "masks.safetensors")
-    finals = [torch.load(folder / f"round_{r:02d}" / "final.pt", map_location="cpu") for r in range(round + 1)]
+    finals = [load_torch(folder / f"round_{r:02d}" / "final.pt", map_location="cpu") for r in range(round + 1)]
     groups = {"overlapping": {}, "other": {}}
     totals = {g: {"std": [], "flip": []} for g in groups}
     for name, mask in ticket.items():
@@ -222,8 +223,8 @@ def partial_reinit_state(run_dir, overlap: Masks, redraw_seed: int, seed: int | 
     saved = imp_run_config(run_dir)
     seed = run_seeds(run_dir)[0] if seed is None else seed
     folder = seed_folder(run_dir, seed)
-    init = torch.load(folder / "init.pt", map_location="cpu")
-    dense = read_json(folder / "round_00" / "done.json")  # the input shape and classes the run's model was built for
+    init = load_torch(folder / "init.pt", map_location="cpu")
+    dense = read_done(folder / "round_00" / "done.json")  # the input shape and classes the run's model was built for
     fresh = draw_model(
         saved["model"], dense["input_shape"], dense["num_classes"], saved.get("model_options"), seed=redraw_seed
     ).state_dict()

@@ -30,6 +30,17 @@ from lth_sparse.atomic import (  # noqa: F401
     strict_json_value,
 )
 from lth_sparse.errors import UserError
+from lth_sparse.integrity import (
+    DONE,
+    INTEGRITY_KEY,
+    Damage,
+    Damaged,
+    check_step,
+    finished_steps,
+    read_done,
+    unparsable,
+    with_record,
+)
 
 try:
     import fcntl
@@ -154,7 +165,9 @@ class Steps:
     """A directory of resumable steps: each in its own sub-folder, finished when its ``done.json`` exists.
 
     The run store's one rule, shared by a run directory and by each unit's directory: a
-    step with ``done.json`` (written last, atomically) is never run again.
+    step with ``done.json`` (written last, atomically) is never run again. Its ``done.json``
+    records the size and SHA-256 of each file the step wrote (:mod:`lth_sparse.integrity`), which
+    :meth:`damaged` checks; :meth:`result` gives the step's result without that record.
     """
 
     path: Path
@@ -175,10 +188,27 @@ class Steps:
         return (self.path / name / "done.json").exists()
 
     def mark_done(self, name: str, result: dict) -> None:
-        atomic_write_json(self.path / name / "done.json", result)
+        """Finish step ``name``: its ``done.json`` holds ``result`` and the record of the step's files."""
+        atomic_write_json(self.path / name / DONE, with_record(result, self.path / name))
 
     def result(self, name: str) -> dict:
-        return read_json(self.path / name / "done.json")
+        """The result step ``name`` finished with (a damaged ``done.json`` is a
+        :class:`~lth_sparse.integrity.Damaged` naming it)."""
+        return read_done(self.path / name / DONE)
+
+    def damaged(self, within: str = "") -> dict[str, list[Damage]]:
+        """The finished steps under ``within`` (default: all) whose files are damaged (see
+        :func:`~lth_sparse.integrity.check_step`), by their folder relative to this directory, with their damage."""
+        found = {}
+        for folder in finished_steps(self.path / within):
+            damages = check_step(folder)
+            if damages:
+                found[folder.relative_to(self.path).as_posix()] = damages
+        return found
+
+    def undo(self, name: str) -> None:
+        """Mark step ``name`` unfinished (its ``done.json`` removed): it runs again, rewriting its files."""
+        (self.path / name / DONE).unlink(missing_ok=True)
 
 
 class RunDir(Steps):
@@ -276,3 +306,58 @@ class RunDir(Steps):
             return read_json(config_file) == json.loads(json.dumps(strict_json_value(self._record())))
         except (OSError, ValueError):
             return False
+
+
+@dataclasses.dataclass
+class RunCheck:
+    """What :func:`check_run` found in a run directory: its finished steps, how many files their records hold
+    (``files``, ``bytes``: those checked by SHA-256), the steps finished before records were kept (``unrecorded``:
+    their files checked by parsing), and the damage, by the folder of each damaged step relative to the run
+    (``""``: the run's own files, ``config.json`` and ``summary.json``)."""
+
+    path: Path
+    steps: int = 0
+    files: int = 0
+    bytes: int = 0
+    unrecorded: int = 0
+    damaged: dict[str, list[Damage]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def intact(self) -> bool:
+        return not self.damaged
+
+    def damages(self) -> list[Damage]:
+        return [d for found in self.damaged.values() for d in found]
+
+    def raise_if_damaged(self) -> None:
+        """A :class:`~lth_sparse.integrity.Damaged` naming the first damaged file and how many more there are."""
+        if self.intact:
+            return
+        first, *more = self.damages()
+        rest = f" (and {len(more)} more damaged file{'s' if len(more) != 1 else ''}: lth-sparse verify {self.path})"
+        raise Damaged(f"{first}{rest if more else ''}; re-running the command that made {self.path} repairs it")
+
+
+def check_run(path: str | os.PathLike) -> RunCheck:
+    """Check every file of the run directory ``path`` that can be checked: ``config.json`` and ``summary.json``
+    parse, and each finished step's files match its record (:func:`~lth_sparse.integrity.check_step`)."""
+    path = Path(path)
+    found = RunCheck(path)
+    for name in ("config.json", "summary.json"):
+        if (path / name).exists() and (what := unparsable(path / name)):
+            found.damaged.setdefault("", []).append(Damage(path / name, what))
+    for folder in finished_steps(path):
+        found.steps += 1
+        damages = check_step(folder)
+        if damages:
+            found.damaged[folder.relative_to(path).as_posix()] = damages
+        try:
+            recorded = read_json(folder / DONE).get(INTEGRITY_KEY)
+        except (ValueError, AttributeError):
+            continue
+        if recorded is None:
+            found.unrecorded += 1
+            continue
+        found.files += len(recorded["files"])
+        found.bytes += sum(entry["size"] for entry in recorded["files"].values())
+    return found

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 
+from lth_sparse.integrity import load_torch, read_done
 from lth_sparse.masks import Masks, unwrap_model
 from lth_sparse.runs import ConfigMismatch, read_json
 
@@ -131,7 +131,7 @@ def seed_folder(run_dir, seed: int | None = None) -> Path:
 def round_results(run_dir, seed: int | None = None) -> list[dict]:
     """The ``done.json`` of every finished round of one seed of an IMP run, in round order."""
     folder = seed_folder(run_dir, seed)
-    return [read_json(folder / f"round_{r:02d}" / "done.json") for r in finished_rounds(run_dir, seed)]
+    return [read_done(folder / f"round_{r:02d}" / "done.json") for r in finished_rounds(run_dir, seed)]
 
 
 def training_options(config: dict) -> dict:
@@ -159,7 +159,7 @@ def load_ticket(run_dir, round: int, seed: int | None = None, device="cpu") -> T
     if round not in done:
         raise KeyError(f"round {round} of seed {seed} in {run_dir} has not finished; finished rounds: {done}")
     step = folder / f"round_{round:02d}"
-    rewind = torch.load(folder / "rewind.pt", map_location=device)
+    rewind = load_torch(folder / "rewind.pt", map_location=device)
     return Ticket(
         run_dir=run_dir,
         seed=seed,
@@ -167,8 +167,8 @@ def load_ticket(run_dir, round: int, seed: int | None = None, device="cpu") -> T
         masks=Masks.load(step / "masks.safetensors", device),
         rewind_state=rewind["state_dict"],
         rewind_iteration=rewind["iteration"],
-        init_state=torch.load(folder / "init.pt", map_location=device),
-        final_state=torch.load(step / "final.pt", map_location=device),
-        result=read_json(step / "done.json"),
+        init_state=load_torch(folder / "init.pt", map_location=device),
+        final_state=load_torch(step / "final.pt", map_location=device),
+        result=read_done(step / "done.json"),
         config=config,
     )

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from lth_sparse import executors
+from lth_sparse.integrity import read_done
 
 
 @pytest.fixture
@@ -59,7 +60,6 @@ def test_resolve_threads_keeps_an_explicit_count(machine):
 
 # --- units and executors ------------------------------------------------------------------------------------
 
-import json  # noqa: E402
 import time  # noqa: E402
 
 from lth_sparse.executors import LocalExecutor, ProcessExecutor, UnitsFailed, make_executor  # noqa: E402
@@ -78,7 +78,7 @@ def test_run_unit_writes_done_json_and_its_log_and_never_runs_a_done_unit_again(
     unit = units_of("double", [3])[0]
     result = run_unit(unit, tmp_path, threads=1)
     assert result["value"] == 6
-    assert json.loads((tmp_path / "unit_3" / "done.json").read_text()) == result
+    assert read_done(tmp_path / "unit_3" / "done.json") == result
     assert "doubled 3" in (tmp_path / "unit_3" / "unit.log").read_text()
     (tmp_path / "unit_3" / "output.txt").unlink()
     assert run_unit(unit, tmp_path) == result
@@ -107,11 +107,11 @@ def test_the_process_pool_runs_each_unit_in_a_worker_retries_killed_ones_and_rep
     assert sorted(error.value.failures) == ["unit_7", "unit_9"]
     assert "Traceback" in error.value.failures["unit_7"] and "ValueError: boom in unit 7" in str(error.value)
     # A unit whose worker is killed: retried on a fresh worker; one killed every time fails after its retries.
-    assert json.loads((tmp_path / "unit_5" / "done.json").read_text()) == {"value": 5, "attempts": 2}
+    assert read_done(tmp_path / "unit_5" / "done.json") == {"value": 5, "attempts": 2}
     assert any("unit_5: its worker process died (exit code -9); retrying (1/1)" in line for line in lines)
     assert "its worker process died (exit code -9); tried 2 times" in error.value.failures["unit_9"]
     # The others finish, in worker processes.
-    results = [json.loads((tmp_path / f"unit_{x}" / "done.json").read_text()) for x in (1, 2, 3)]
+    results = [read_done(tmp_path / f"unit_{x}" / "done.json") for x in (1, 2, 3)]
     assert [r["value"] for r in results] == [2, 4, 6]
     assert os.getpid() not in {r["pid"] for r in results}
     assert not (tmp_path / "unit_7" / "done.json").exists() and not (tmp_path / "unit_9" / "done.json").exists()
@@ -196,7 +196,7 @@ def test_imp_units_in_the_process_pool_equal_the_local_runs_and_a_killed_one_red
     lines = []
     ProcessExecutor(workers=2, threads=1).run([killed, *plain], tmp_path, log=lines.append)
     for s in (0, 1):
-        result = json.loads((tmp_path / f"seed_{s}" / "done.json").read_text())
+        result = read_done(tmp_path / f"seed_{s}" / "done.json")
         assert without_timings(result["rounds"]) == without_timings(single_seed_runs[s]["per_seed"][str(s)])
     seed_dir = tmp_path / "seed_0"
     assert (seed_dir / "killed_once").exists() and any("seed_0: its worker process died" in x for x in lines)

@@ -13,6 +13,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from lth_sparse.executors import LocalExecutor, RayExecutor  # noqa: E402
+from lth_sparse.integrity import read_done  # noqa: E402
 from lth_sparse.pipelines import imp  # noqa: E402
 from lth_sparse.runs import read_json  # noqa: E402
 from lth_sparse.sweep import run_sweep, sweep_from_mapping  # noqa: E402
@@ -94,8 +95,8 @@ def test_a_unit_killed_on_ray_is_retried_and_redoes_nothing_it_had_finished(clus
     assert [u.directory for u in plain] == ["seed_1"]
     RayExecutor(address="local", threads=1, retries=2).run([killed, *plain], tmp_path, log=lambda line: None)
     for s in (0, 1):
-        ours = read_json(tmp_path / f"seed_{s}" / "done.json")
-        theirs = read_json(local_dir / f"fraction=0.2,seed={s}" / f"seed_{s}" / "done.json")
+        ours = read_done(tmp_path / f"seed_{s}" / "done.json")
+        theirs = read_done(local_dir / f"fraction=0.2,seed={s}" / f"seed_{s}" / "done.json")
         assert without_timings(ours) == without_timings(theirs), s
     seed_dir = tmp_path / "seed_0"
     marker = seed_dir / "killed_once"

@@ -3,7 +3,6 @@ driver dies, and one process at a time runs it (a second is refused, naming the 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lth_sparse.executors import LocalExecutor
+from lth_sparse.integrity import read_done
 from lth_sparse.runs import LOCK_FILE, RunBusy
 from tests.pipelines.unit_functions import HOLDING, RELEASE, HoldingConfig
 
@@ -78,11 +78,11 @@ def test_a_killed_driver_takes_its_workers_with_it_and_leaves_the_run_to_resume(
     assert not any((d / "done.json").exists() for d in held)
 
     # The lock died with the driver: a re-run proceeds, resuming after the unit that had finished.
-    unit_1 = json.loads((run / "unit_1" / "done.json").read_text())
+    unit_1 = read_done(run / "unit_1" / "done.json")
     lines: list[str] = []
     summary = HOLDING.run(HoldingConfig(), run, executor=LocalExecutor(1), log=lines.append)
     assert any(f"resuming: 1 of 3 units already done in {run}" in line for line in lines), lines
-    assert json.loads((run / "unit_1" / "done.json").read_text()) == unit_1, "the finished unit was not run again"
-    assert [json.loads((d / "done.json").read_text())["pid"] for d in held] == [os.getpid()] * 2
+    assert read_done(run / "unit_1" / "done.json") == unit_1, "the finished unit was not run again"
+    assert [read_done(d / "done.json")["pid"] for d in held] == [os.getpid()] * 2
     assert summary == {"kind": "holding", "values": [2, 2, 3]}
     assert (run / LOCK_FILE).read_text().split() == [str(os.getpid())]

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from lth_sparse.integrity import read_done
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
 from lth_sparse.nn import masked
@@ -41,7 +42,7 @@ def test_a_ticket_is_the_round_s_masks_with_the_rewind_state(run):
     assert abs(ticket.masks.sparsity() - (1 - 0.8**2)) < 0.01
     rewind = torch.load(folder / "rewind.pt")["state_dict"]
     assert all(torch.equal(ticket.rewind_state[k], rewind[k]) for k in rewind)
-    assert ticket.result == json.loads((folder / "round_02" / "done.json").read_text())
+    assert ticket.result == read_done(folder / "round_02" / "done.json")
     model = masked(create_model("mlp", (1, 8, 8), 10, width=16))
     ticket.apply_to(model)
     for name, mask in ticket.masks.items():

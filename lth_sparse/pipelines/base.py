@@ -45,8 +45,9 @@ from lth_sparse.atomic import atomic_write_json, read_json, strict_json_value
 from lth_sparse.distributed import launched, launched_world_size
 from lth_sparse.errors import UserError, judging_input
 from lth_sparse.experiment import release_shared
+from lth_sparse.integrity import Damaged
 from lth_sparse.registry import Registry
-from lth_sparse.runs import RunDir, RunLock, Steps
+from lth_sparse.runs import RunDir, RunLock, Steps, check_run
 from lth_sparse.units import Unit
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "open_run",
     "pipeline_for",
     "register_pipeline",
+    "repair",
     "summarize_if_changed",
     "summary_figures",
 ]
@@ -132,9 +134,13 @@ class Pipeline:
         under the run's lock (:class:`~lth_sparse.runs.RunLock`: a run another process is running is refused,
         with a :class:`~lth_sparse.runs.RunBusy` naming it, rather than summarised while it writes). Returns
         the summary ``summary.json`` holds (see :meth:`write_summary`) and (units done, units planned); where
-        not every unit is done, logs ``partial: K of N units done``."""
+        not every unit is done, logs ``partial: K of N units done``. The run's files are checked first
+        (:func:`~lth_sparse.runs.check_run`): a damaged step's result is used where its ``done.json`` is intact
+        (it is what the summary is built from), with a warning naming the damaged file; a damaged ``done.json``
+        is a :class:`~lth_sparse.integrity.Damaged` naming it."""
         run_dir = Path(run_dir)
         with RunLock(run_dir):
+            _warn_of_damage(run_dir, log)
             summary = self.summarize(run_dir, plots=plots)
             done, planned = self.units_done(run_dir, self.saved_config(run_dir)[1])
         if done < planned:
@@ -306,12 +312,55 @@ def claim(plan: RunPlan, log: Callable[[str], None]) -> RunPlan:
             )
         run.claim()
     plan.pipeline.prepare(run, log)
+    repair(plan, log)
     finished, planned = plan.pipeline.units_done(run.path, plan.config)
     if planned and finished == planned:
         log(f"found a finished run in {run.path}: all {planned} units are done, nothing to run")
     elif finished:
         log(f"resuming: {finished} of {planned} units already done in {run.path}")
     return plan
+
+
+def _warn_of_damage(run_dir: Path, log: Callable[[str], None]) -> None:
+    """Check the files of ``run_dir`` (:func:`~lth_sparse.runs.check_run`) for a summary built from its finished
+    steps' results: a damaged ``done.json`` is raised, other damaged files are said, one warning line a step."""
+    found = check_run(run_dir)
+    unreadable = [d for d in found.damages() if d.path.name == "done.json"]
+    if unreadable:
+        raise Damaged(f"{unreadable[0]}; re-running the command that made {run_dir} repairs it")
+    for step, damages in found.damaged.items():
+        if not step:
+            continue  # config.json is read (and named where it does not parse), summary.json rewritten
+        more = f" (and {len(damages) - 1} more of its files)" if len(damages) > 1 else ""
+        log(
+            f"warning: {damages[0]}{more}: the summary uses {step}'s recorded result; re-running the command repairs it"
+        )
+
+
+def repair(plan: RunPlan, log: Callable[[str], None]) -> list[str]:
+    """Find the finished steps of a claimed run whose files are damaged (:meth:`~lth_sparse.runs.Steps.damaged`:
+    a file missing, cut short, overwritten, a ``done.json`` that does not parse) and mark each unfinished, with
+    the steps above it up to the planned unit that holds it, so that the run's units redo them (a unit skips
+    its steps that are intact). Each is said in one warning line naming the first damaged file. Returns the
+    units that run again. Damaged steps outside every planned unit are left to ``lth-sparse verify``."""
+    run = plan.run
+    units = sorted({u.directory for stage in plan.pipeline.plan(plan.config) for u in stage}, key=PurePosixPath)
+    again = []
+    for step, damages in run.damaged().items():
+        path = PurePosixPath(step)
+        holders = [u for u in units if PurePosixPath(u) in (path, *path.parents)]
+        if not holders:
+            continue
+        unit = max(holders, key=lambda u: len(PurePosixPath(u).parts))  # the innermost unit holding the step
+        more = f" (and {len(damages) - 1} more of its files)" if len(damages) > 1 else ""
+        log(f"warning: {damages[0]}{more}: {step} runs again")
+        while True:
+            run.undo(path.as_posix())
+            if path == PurePosixPath(unit):
+                break
+            path = path.parent
+        again.append(unit)
+    return again
 
 
 def summarize_if_changed(plan: RunPlan, stages: list[list[Unit]], plots: bool) -> dict:

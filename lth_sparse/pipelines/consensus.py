@@ -42,6 +42,7 @@ import torch
 
 from lth_sparse.config import option
 from lth_sparse.data.derived import parse_task, with_options
+from lth_sparse.integrity import read_done
 from lth_sparse.masks import (
     Masks,
     distance_matrix,
@@ -56,7 +57,7 @@ from lth_sparse.pipelines.common import DERIVED_TASKS, CommonConfig, over_seeds,
 from lth_sparse.pipelines.imp_rounds import PRUNERS, ImpConfig, ImpRun, imp_seed, round_name
 from lth_sparse.pipelines.steps import shared_dataset
 from lth_sparse.prune import SCOPES, effective_masks, output_connected_masks, random_masks_like
-from lth_sparse.runs import Steps, read_json
+from lth_sparse.runs import Steps
 from lth_sparse.stats import closest_by_density
 from lth_sparse.units import Unit
 
@@ -394,14 +395,14 @@ def retrain_unit(spec: RetrainSpec, directory: Path, log: Callable[[str], None],
     """Stage 3 of the consensus pipeline: one ticket trained from the shared initialisation on one task."""
     c = spec.config
     seed_dir = directory.parents[2]
-    consensus = read_json(seed_dir / "consensus" / "done.json")
+    consensus = read_done(seed_dir / "consensus" / "done.json")
     source_round = None
     if spec.ticket == "consensus":
         masks = Masks.load(seed_dir / "consensus" / "masks.safetensors")
     elif spec.ticket == "random":
         masks = Masks.load(seed_dir / "consensus" / "random_masks.safetensors")
     else:
-        bespoke = read_json(seed_dir / _bespoke_dir(spec.source) / "done.json")["rounds"]
+        bespoke = read_done(seed_dir / _bespoke_dir(spec.source) / "done.json")["rounds"]
         source_round = closest_by_density(bespoke, consensus["density"])["round"]
         masks = Masks.load(seed_dir / _bespoke_dir(spec.source) / round_name(source_round) / "masks.safetensors")
     task = c.loaded_tasks()[spec.target]

@@ -22,6 +22,7 @@ import torch
 from lth_sparse.config import option
 from lth_sparse.distributed import World
 from lth_sparse.experiment import check_device, draw_model
+from lth_sparse.integrity import load_torch
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.pipelines.common import MORCOS_TRAINING, CommonConfig, parse_seeds
 from lth_sparse.pipelines.steps import prune_trained, run_step, shared_dataset, train_masked
@@ -378,7 +379,7 @@ class ImpRun:
 
         def compute(folder: Path) -> dict:
             def prune():  # on rank 0
-                prev_state = torch.load(prev_dir / "final.pt", map_location=self.device)
+                prev_state = load_torch(prev_dir / "final.pt", map_location=self.device)
                 prev_masks = Masks.load(prev_dir / "masks.safetensors", self.device)
                 generator = torch.Generator().manual_seed(c.seed_of("prune") * 7919 + r)
                 masks = prune_trained(
@@ -392,7 +393,7 @@ class ImpRun:
                     exclude=self.exclude,
                     generator=generator,
                 )
-                rewind = torch.load(run / "rewind.pt", map_location=self.device)["state_dict"]
+                rewind = load_torch(run / "rewind.pt", map_location=self.device)["state_dict"]
                 return prev_state, masks, rewind
 
             prev_state, masks, rewind = self.world.on_writer(prune, share=False) or (None, None, None)
@@ -422,7 +423,7 @@ class ImpRun:
             if control == "reinit":
                 return masks, None
             generator = torch.Generator().manual_seed(c.seed_of("prune") * 31 + r)
-            rewind = torch.load(self.run / "rewind.pt", map_location=self.device)["state_dict"]
+            rewind = load_torch(self.run / "rewind.pt", map_location=self.device)["state_dict"]
             return random_masks_like(masks, generator).to(self.device), rewind
 
         masks, state = self.world.on_writer(load, share=False) or (None, None)
@@ -443,7 +444,7 @@ class ImpRun:
         masks = self.world.on_writer(lambda: Masks.load(round_dir / "masks.safetensors", self.device), share=False)
         masks = self.world.broadcast_masks(masks, self.model)
         rewind = self.world.on_writer(
-            lambda: torch.load(self.run / "rewind.pt", map_location=self.device)["state_dict"], share=False
+            lambda: load_torch(self.run / "rewind.pt", map_location=self.device)["state_dict"], share=False
         )
         metrics = train_masked(
             self.model,

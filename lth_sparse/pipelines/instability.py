@@ -47,12 +47,13 @@ import torch
 from lth_sparse.analysis import BN_MODES, PRECISIONS
 from lth_sparse.config import option, split_items
 from lth_sparse.experiment import check_device, draw_model
+from lth_sparse.integrity import load_torch, read_done
 from lth_sparse.masks import Masks
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.imp_rounds import ImpConfig, ImpRun
 from lth_sparse.pipelines.steps import run_step, shared_dataset, train_masked
-from lth_sparse.runs import ConfigMismatch, Steps, atomic_torch_save, read_json
+from lth_sparse.runs import ConfigMismatch, Steps, atomic_torch_save, check_run
 from lth_sparse.tickets import (
     finished_rounds,
     imp_run_config,
@@ -466,13 +467,13 @@ def _start(spec: CopySpec, setup: _Setup, directory: Path) -> tuple[dict, Masks,
     """(state, masks, iteration) a copy starts from."""
     c = spec.config
     if not _tickets(c):
-        saved = torch.load(
+        saved = load_torch(
             directory.parent.parent / "trunk" / f"state_{_point_label(spec.point)}.pt", map_location=setup.device
         )
         model = setup.model()
         return saved["state_dict"], Masks.ones_like(model), saved["iteration"]
     folder = _ticket_folder(c, directory.parents[2], spec.seed)
-    rewind = torch.load(folder / "rewind.pt", map_location=setup.device)
+    rewind = load_torch(folder / "rewind.pt", map_location=setup.device)
     masks = Masks.load(folder / spec.point / "masks.safetensors", setup.device)
     return rewind["state_dict"], masks, rewind["iteration"]
 
@@ -589,12 +590,12 @@ def pair_unit(spec: PairSpec, directory: Path, log: Callable[[str], None], progr
     setup = _Setup(c, spec.seed)
     run_dir = directory.parents[2] if spec.kind == "copies" else None
     if spec.kind == "copies":
-        state_a = torch.load(run_dir / spec.a / "final.pt", map_location=setup.device)
-        state_b = torch.load(run_dir / spec.b / "final.pt", map_location=setup.device)
+        state_a = load_torch(run_dir / spec.a / "final.pt", map_location=setup.device)
+        state_b = load_torch(run_dir / spec.b / "final.pt", map_location=setup.device)
     else:
         folder = _ticket_folder(c, directory.parents[3], spec.seed)
-        state_a = torch.load(folder / spec.a / "final.pt", map_location=setup.device)
-        state_b = torch.load(folder / spec.b / "final.pt", map_location=setup.device)
+        state_a = load_torch(folder / spec.a / "final.pt", map_location=setup.device)
+        state_b = load_torch(folder / spec.b / "final.pt", map_location=setup.device)
     out = evaluate_pair(c, setup, state_a, state_b, spec.seed)
     out.update(seed=spec.seed, point=spec.point, a=spec.a, b=spec.b, kind=spec.kind)
     log(
@@ -675,7 +676,7 @@ def search_unit(spec: SearchSpec, directory: Path, log: Callable[[str], None], p
         return result["stable"]
 
     found, probes = earliest_stable(probe, 0, hi)
-    records = [read_json(directory / f"probe_{n * step:07d}" / "done.json") for n, _ in probes]
+    records = [read_done(directory / f"probe_{n * step:07d}" / "done.json") for n, _ in probes]
     bad = contradictions(probes)
     if bad:
         log(f"monotonicity contradicted by {len(bad)} probe pair(s): {bad}")
@@ -742,6 +743,7 @@ class InstabilityPipeline(Pipeline):
     def check(self, config: InstabilityConfig) -> None:
         if config.source is not None:
             imp_run_config(config.source)
+            check_run(Path(config.source).expanduser()).raise_if_damaged()  # named before anything is written
             have = run_seeds(Path(config.source).expanduser())
             missing = [s for s in config.seed_list() if s not in have]
             if missing:
@@ -861,7 +863,7 @@ class InstabilityPipeline(Pipeline):
                 for p in _points(config, s):
                     done = run_dir / "imp" / f"seed_{s}" / p / "done.json"
                     if done.exists():
-                        source_rounds.setdefault(int(p[len("round_") :]), []).append(read_json(done))
+                        source_rounds.setdefault(int(p[len("round_") :]), []).append(read_done(done))
         elif config.source is not None:
             try:
                 for s in config.seed_list():

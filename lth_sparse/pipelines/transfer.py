@@ -53,11 +53,12 @@ import torch
 from lth_sparse.config import option, split_items
 from lth_sparse.data.derived import with_options
 from lth_sparse.experiment import check_device, draw_model
+from lth_sparse.integrity import read_done
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import DERIVED_TASKS, MORCOS_TRAINING, CommonConfig, over_seeds, parse_seeds
 from lth_sparse.pipelines.steps import shared_dataset, train_masked
-from lth_sparse.runs import ConfigMismatch, Steps, read_json
+from lth_sparse.runs import ConfigMismatch, Steps, check_run
 from lth_sparse.stats import closest_by_density
 from lth_sparse.tickets import (
     finished_rounds,
@@ -242,7 +243,7 @@ def read_source(run: str, data_dir: str | None = None) -> Source:
         raise ValueError(f"source {run}: no finished IMP round yet (run it first: lth-sparse imp ... --out {run})")
     first = min(s for s in seeds if rounds[s])
     dense = path / f"seed_{first}" / "round_00" / "done.json"
-    shape = read_json(dense).get("input_shape") if dense.exists() else None
+    shape = read_done(dense).get("input_shape") if dense.exists() else None
     if shape is None:  # runs made before IMP recorded it: the source data set's own
         shape = shared_dataset(
             saved["dataset"],
@@ -527,6 +528,8 @@ class TransferPipeline(Pipeline):
 
     def check(self, config: TransferConfig) -> None:
         sources = [read_source(run, config.data_dir) for run in config.sources]
+        for source in sources:
+            check_run(source.run).raise_if_damaged()  # a damaged ticket is named before anything is written
         seeds = seed_list(config, sources)
         device = check_device(config.device)
         for target_ticket in config.target_tickets:

@@ -1,12 +1,11 @@
 """The consensus pipeline (Paganini & Forde 2020) at tiny size on the real 8x8 digits and tasks derived from it."""
 
-import json
-
 import pytest
 import torch
 
 from lth_sparse.cli import main
 from lth_sparse.config import ConfigError, config_from_options
+from lth_sparse.integrity import read_done
 from lth_sparse.masks import Masks, intersection, vote
 from lth_sparse.pipelines import consensus, steps
 from lth_sparse.pipelines.consensus import ConsensusConfig
@@ -50,7 +49,7 @@ def test_the_consensus_is_the_intersection_of_the_bespoke_masks(shared):
         assert mask.is_subset_of(m)
     assert summary["consensus"]["sparsity"]["mean"] == pytest.approx(mask.sparsity())
     assert mask.sparsity() >= max(m.sparsity() for m in at) == pytest.approx(1 - 0.8**2, abs=1e-3)
-    done = json.loads((tmp / "run" / "seed_0" / "consensus" / "done.json").read_text())
+    done = read_done(tmp / "run" / "seed_0" / "consensus" / "done.json")
     assert done["output_connected_sparsity"] <= done["effective_sparsity"] + 1e-12
     assert done["effective_sparsity"] >= done["sparsity"] - 1e-12
     assert done["overlap"]["total"]["counts"][3] == mask.num_unpruned(), "kept by all 3 = the intersection"
@@ -90,7 +89,7 @@ def test_every_ticket_is_retrained_on_every_task(shared):
         assert 0 <= row["test_accuracy"]["mean"] <= 1
         if ticket.startswith("bespoke"):  # the round of the bespoke run closest to the consensus's density
             (r,) = row["source_round"]
-            src = json.loads((tmp / "run" / "seed_0" / f"bespoke_{row['source']}" / "done.json").read_text())
+            src = read_done(tmp / "run" / "seed_0" / f"bespoke_{row['source']}" / "done.json")
             densities = [x["density"] for x in src["rounds"]]
             assert abs(torch.tensor(densities[r]).log() - torch.tensor(density).log()) == min(
                 abs(torch.tensor(d).log() - torch.tensor(density).log()) for d in densities
@@ -98,7 +97,7 @@ def test_every_ticket_is_retrained_on_every_task(shared):
     # a bespoke ticket retrained on its own task from the shared initialisation is the IMP round itself
     own = rows[("bespoke_0", 0)]
     (r,) = own["source_round"]
-    imp_round = json.loads((tmp / "run" / "seed_0" / "bespoke_0" / f"round_{r:02d}" / "done.json").read_text())
+    imp_round = read_done(tmp / "run" / "seed_0" / "bespoke_0" / f"round_{r:02d}" / "done.json")
     assert own["test_accuracy"]["mean"] == imp_round["test_accuracy"]
     assert rows[("consensus", 0)]["test_accuracy"]["mean"] > 0.25, "the consensus ticket learns (chance: 0.1; 5 steps)"
 

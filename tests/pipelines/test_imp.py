@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lth_sparse.cli import main
+from lth_sparse.integrity import read_done
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
 from lth_sparse.pipelines import imp, steps
@@ -109,7 +110,7 @@ def test_summary_fields_match_the_round_files(rewound):
     assert on_disk["rounds"] == json.loads(json.dumps(rewound.summary["rounds"]))
     assert on_disk["config"]["rewind"] == "iter:5" and on_disk["hash"] == rewound.summary["hash"]
     assert on_disk["seeds"] == [0] and list(on_disk["per_seed"]) == ["0"]
-    assert json.loads((rewound.dir / "done.json").read_text()) == {"seed": 0, "rounds": on_disk["per_seed"]["0"]}
+    assert read_done(rewound.dir / "done.json") == {"seed": 0, "rounds": on_disk["per_seed"]["0"]}
     total_iters = on_disk["rounds"][0]["iterations"]
     assert total_iters > 5
     for r, (result, mean) in enumerate(zip(on_disk["per_seed"]["0"], on_disk["rounds"])):
@@ -117,7 +118,7 @@ def test_summary_fields_match_the_round_files(rewound):
         assert mean["seeds"] == 1 and mean["test_accuracy"] == result["test_accuracy"]
         assert mean["test_accuracy_std"] == 0 and mean["test_accuracy_min"] == mean["test_accuracy_max"]
         step = rewound.dir / f"round_{r:02d}"
-        assert json.loads((step / "done.json").read_text()) == result
+        assert read_done(step / "done.json") == result
         masks = round_masks(rewound.dir, r)
         assert result["sparsity"] == masks.sparsity()
         assert result["layer_sparsity"] == masks.layer_sparsity()
@@ -154,7 +155,7 @@ def test_finetune_and_lr_rewind_keep_the_trained_weights(tmp_path, monkeypatch, 
     for name, mask in masks.items():
         assert torch.equal(pruned["state"][name], torch.where(mask, trained[name], 0))
     assert pruned["start_iteration"] == 0
-    total = json.loads((tmp_path / "run" / "seed_0" / "round_00" / "done.json").read_text())["iterations"]  # one epoch
+    total = read_done(tmp_path / "run" / "seed_0" / "round_00" / "done.json")["iterations"]  # one epoch
     if retrain == "finetune":  # as many iterations again, all at the final learning rate of the schedule
         config = imp.ImpConfig(**{**SMALL, "schedule": "cosine"})
         final_lr = make_schedule(config, total, total)(total - 1)
@@ -183,7 +184,7 @@ def test_controls_train_the_same_mask_reinitialised_and_a_random_mask_from_the_r
         assert torch.equal(shuffled["state"][name], torch.where(random_mask, rewind[name], 0)), name
     result = summary["rounds"][1]
     for control in ("reinit", "random_mask"):
-        done = json.loads((run_dir / "round_01" / f"control_{control}" / "done.json").read_text())
+        done = read_done(run_dir / "round_01" / f"control_{control}" / "done.json")
         assert result[f"{control}_test_accuracy"] == done["test_accuracy"]
         assert result[f"{control}_test_loss"] == done["test_loss"]
         assert done["sparsity"] == pytest.approx(result["sparsity"], abs=1e-3)
@@ -353,7 +354,6 @@ def test_aimp_compresses_the_mask_search_and_trains_each_ticket_fully(tmp_path):
     """AIMP (Zullich et al. 2021; the SGD-noise paper's Table 3): the rounds' mask search trains --search-epochs
     with the schedule compressed to them; each round's ticket then trains the full schedule from the rewind
     state, with the sparse training's own options (Table 4)."""
-    import json
 
     from lth_sparse.pipelines import imp as imp_module
     from lth_sparse.pipelines.imp import ImpConfig
@@ -378,7 +378,7 @@ def test_aimp_compresses_the_mask_search_and_trains_each_ticket_fully(tmp_path):
     per_epoch = -(-int(len(imp_module.ImpRun(config, None, False, lambda s: None).data.train)) // 128)
     for r, row in enumerate(summary["rounds"]):
         assert row["iterations"] == per_epoch, "a round's mask search lasts one epoch"
-        sparse = json.loads((tmp_path / "run" / "seed_0" / f"round_{r:02d}" / "sparse" / "done.json").read_text())
+        sparse = read_done(tmp_path / "run" / "seed_0" / f"round_{r:02d}" / "sparse" / "done.json")
         assert sparse["iterations"] == 4 * per_epoch and row["sparse_test_accuracy"] == sparse["test_accuracy"]
         masks = Masks.load(tmp_path / "run" / "seed_0" / f"round_{r:02d}" / "sparse" / "masks.safetensors")
         assert masks == Masks.load(tmp_path / "run" / "seed_0" / f"round_{r:02d}" / "masks.safetensors")

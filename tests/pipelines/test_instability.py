@@ -11,6 +11,7 @@ import torch
 
 from lth_sparse.cli import main
 from lth_sparse.config import config_from_options
+from lth_sparse.integrity import read_done
 from lth_sparse.pipelines import imp, instability
 from lth_sparse.pipelines.imp import ImpConfig
 from lth_sparse.pipelines.instability import InstabilityConfig, _Setup, contradictions, earliest_stable, evaluate_pair
@@ -64,9 +65,7 @@ def test_the_summary_holds_every_point_with_its_barriers_and_curves(dense):
         assert row["test_error_barrier"]["mean"] >= 0
         # equation 3 can never be below half the gap between the ends
         for s in (0, 1):
-            done = json.loads(
-                (path / f"seed_{s}" / row["point"].replace(":", "_") / "pair_0_1" / "done.json").read_text()
-            )
+            done = read_done(path / f"seed_{s}" / row["point"].replace(":", "_") / "pair_0_1" / "done.json")
             a, b = done["test_error_ends"]
             assert done["test_error_barrier"] >= abs(a - b) / 2 - 1e-12
             curve = done["path"]["curves"]["test"]["error"]
@@ -78,8 +77,8 @@ def test_the_summary_holds_every_point_with_its_barriers_and_curves(dense):
 
 def test_the_copies_share_everything_before_the_rewind_point_and_differ_after(dense):
     path, config, _ = dense
-    a = json.loads((path / "seed_0" / "iter_10" / "copy_0" / "done.json").read_text())
-    b = json.loads((path / "seed_0" / "iter_10" / "copy_1" / "done.json").read_text())
+    a = read_done(path / "seed_0" / "iter_10" / "copy_0" / "done.json")
+    b = read_done(path / "seed_0" / "iter_10" / "copy_1" / "done.json")
     assert a["start"] == b["start"] == 10 and a["noise_seed"] != b["noise_seed"]
     fa = torch.load(path / "seed_0" / "iter_10" / "copy_0" / "final.pt")
     fb = torch.load(path / "seed_0" / "iter_10" / "copy_1" / "final.pt")
@@ -146,7 +145,7 @@ def test_the_tickets_of_an_imp_run_and_the_barriers_between_successive_rounds(tm
     assert all("winning" in p and "ticket_test_accuracy" in p for p in summary["points"])
     assert [r["rounds"] for r in summary["successive"]] == ["round_00-round_01", "round_01-round_02"]
     assert all(r["masks"] == "different" for r in summary["successive"])
-    done = json.loads((tmp_path / "run" / "seed_0" / "round_02" / "pair_0_1" / "done.json").read_text())
+    done = read_done(tmp_path / "run" / "seed_0" / "round_02" / "pair_0_1" / "done.json")
     assert done["path"]["masks"] == "shared"
     assert (tmp_path / "run" / "plots" / "successive_barriers.png").stat().st_size > 0
 
@@ -189,7 +188,7 @@ def test_the_copies_training_dynamics(tmp_path):
     init, late = summary["points"]
     assert init["forgetting_events"]["n"] == 2 and 0 <= init["unforgettable"]["mean"] <= 1
     assert "convergence_speed" in init and "convergence_speed" not in late, "equation 4 is of whole trainings"
-    done = json.loads((tmp_path / "dyn" / "seed_0" / "init" / "copy_1" / "done.json").read_text())
+    done = read_done(tmp_path / "dyn" / "seed_0" / "init" / "copy_1" / "done.json")
     assert len(done["test_errors"]) == 4 and done["convergence_speed"] == pytest.approx(
         convergence_speed(done["test_errors"])
     )
@@ -283,7 +282,7 @@ def test_bf16_paths_are_recorded_and_the_hash_of_an_fp32_run_is_unchanged(tmp_pa
     assert choices["path_precision"] == PRECISIONS
     config, summary = run(tmp_path / "bf16", rewind_points="iter:10", path_precision="bf16")
     assert summary["path_precision"] == "bf16" and config.precision == "fp32"  # the training's stays
-    done = json.loads((tmp_path / "bf16" / "seed_0" / "iter_10" / "pair_0_1" / "done.json").read_text())
+    done = read_done(tmp_path / "bf16" / "seed_0" / "iter_10" / "pair_0_1" / "done.json")
     assert done["path"]["precision"] == "bf16"
     assert 0 <= done["test_error_barrier"] <= 1
     # the committed run, made before the option existed, keeps its hash (fp32, the default, is not counted)

@@ -1,12 +1,11 @@
 """The planting benchmark (Plant 'n' Seek) at tiny size on the generated Circle and ReLU tasks."""
 
-import json
-
 import pytest
 import torch
 
 from lth_sparse.cli import main
 from lth_sparse.config import ConfigError, config_from_options
+from lth_sparse.integrity import read_done
 from lth_sparse.masks import Masks, jaccard_distance
 from lth_sparse.pipelines import plant
 from lth_sparse.pipelines.plant import PlantConfig, recovery
@@ -66,9 +65,7 @@ def test_the_summary_holds_every_grid_point_with_recovery_and_the_reference(tiny
             assert row["density"] == pytest.approx(refs[(task, 3)]["planted_density"], abs=0.006)
             assert row["kind"] == ("strong" if pruner == "edge-popup" else "weak")
             assert 0 <= row["recall"]["mean"] <= 1
-    done = json.loads(
-        (path / "circle" / "depth_3" / "edge-popup" / "density_planted" / "seed_0" / "done.json").read_text()
-    )
+    done = read_done(path / "circle" / "depth_3" / "edge-popup" / "density_planted" / "seed_0" / "done.json")
     assert len(done["output_scale"]) == 4 and done["kind"] == "strong"
     masks = Masks.load(path / "circle" / "depth_3" / "magnitude" / "density_planted" / "seed_0" / "masks.safetensors")
     assert masks.density() == pytest.approx(1 / 6, abs=1e-3)
@@ -83,7 +80,7 @@ def test_the_summary_holds_every_grid_point_with_recovery_and_the_reference(tiny
     assert not any(isinstance(m, MaskedMixin) for m in ticket.modules())
     assert int((ticket[0].weight != 0).sum()) <= int(masks["0.weight"].sum())
     data = load_dataset("circle", val_fraction=0.1, train_size=1000)
-    done_weak = json.loads((unit / "done.json").read_text())
+    done_weak = read_done(unit / "done.json")
     assert evaluate(ticket, data.test)[1] == pytest.approx(done_weak["test_accuracy"])
     strong = torch.load(
         path / "circle" / "depth_3" / "edge-popup" / "density_planted" / "seed_0" / "ticket.pt", weights_only=False

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lth_sparse.data import load_dataset
+from lth_sparse.integrity import read_done
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
 from lth_sparse.pipelines import imp, steps
@@ -39,7 +40,7 @@ def test_a_step_runs_once_and_a_failed_step_runs_again(tmp_path):
 
     assert run_step(store, "a/b", compute) == {"value": 1}
     assert calls == [tmp_path / "a" / "b"] and (tmp_path / "a" / "b" / "out.txt").exists()
-    assert json.loads((tmp_path / "a" / "b" / "done.json").read_text()) == {"value": 1}
+    assert read_done(tmp_path / "a" / "b" / "done.json") == {"value": 1}
     assert run_step(store, "a/b", compute) == {"value": 1} and len(calls) == 1, "a done step is read back"
 
     def dies(folder):

@@ -10,6 +10,7 @@ import torch
 from lth_sparse.cli import main
 from lth_sparse.config import ConfigError, config_from_options
 from lth_sparse.executors import ProcessExecutor
+from lth_sparse.integrity import read_done
 from lth_sparse.masks import Masks
 from lth_sparse.pipelines import imp, transfer
 from lth_sparse.pipelines.imp import ImpConfig
@@ -71,9 +72,7 @@ def test_the_summary_holds_every_kind_at_every_round_for_every_target(every_kind
             assert all(0 < r["test_accuracy"]["mean"] <= 1 for r in rows)
     assert (out / "plots" / "transfer_target_0.png").stat().st_size > 0
     assert (out / "plots" / "transfer_target_1.png").stat().st_size > 0
-    done = json.loads(
-        (out / "seed_1" / "source_0" / "target_1" / "round_02" / "fresh-global" / "done.json").read_text()
-    )
+    done = read_done(out / "seed_1" / "source_0" / "target_1" / "round_02" / "fresh-global" / "done.json")
     assert done["source_seed"] == 1 and done["ticket"] == "fresh-global" and done["round"] == 2
 
 
