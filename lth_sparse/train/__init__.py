@@ -12,6 +12,7 @@ from lth_sparse.train.loop import (
     parse_step,
     train,
 )
+from lth_sparse.train.stacked import train_stacked
 
 __all__ = [
     "TrainConfig",
@@ -24,4 +25,5 @@ __all__ = [
     "make_schedule",
     "parse_step",
     "train",
+    "train_stacked",
 ]

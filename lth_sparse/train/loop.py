@@ -246,12 +246,69 @@ class TrainStep:
 CHECKPOINT_FORMAT = 1
 
 
-def _progress(total: int, desc: str, enabled: bool | None):
+def progress_bar(total: int, desc: str, enabled: bool | None):
+    """The training's tqdm bar of ``total`` steps; ``enabled=None``: shown where stderr is a terminal."""
     from tqdm.auto import tqdm
 
     if enabled is None:
         enabled = sys.stderr.isatty()
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def epoch_generators(
+    seed: int, augment_seed: int | None, epoch: int, device: torch.device | str
+) -> tuple[torch.Generator, torch.Generator | None]:
+    """The generators of epoch ``epoch`` of a training: the data order's (on the CPU, from ``seed``) and, with
+    ``augment_seed``, the augmentation's (on the data's ``device``: augmenting reads nothing back to the host;
+    ``None``: the augmentation draws from the order's)."""
+    order = torch.Generator(device="cpu").manual_seed(seed * 100_003 + epoch)
+    augment = None
+    if augment_seed is not None:
+        augment = torch.Generator(device=device).manual_seed(augment_seed * 100_003 + epoch)
+    return order, augment
+
+
+class ValidationRecords:
+    """The validation records of one training as they come: its ``history``, its ``best`` (validation loss,
+    iteration; a NaN best is replaced by the next record) and the JSONL file each record is appended to at once
+    (strict JSON: NaN as ``null``), flushed, so a crash loses nothing already measured."""
+
+    def __init__(self, start_iteration: int, metrics_file=None) -> None:
+        self.history: list[dict] = []
+        self.best: tuple[float, int] = (float("inf"), start_iteration)
+        self.file = metrics_file
+
+    def add(self, it: int, per_epoch: int, train_loss: float, val_loss: float, val_acc, lr: float) -> dict:
+        entry = {
+            "iteration": it,
+            "epoch": it / per_epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": lr,
+        }
+        if val_loss < self.best[0] or math.isnan(self.best[0]):
+            self.best = (val_loss, it)
+        self.history.append(entry)
+        if self.file is not None:
+            self.file.write(json.dumps(strict_json_value(entry), allow_nan=False) + "\n")
+            self.file.flush()
+        return entry
+
+    def result(self, iterations: int, test_loss: float, test_accuracy) -> TrainResult:
+        """The training's result: its last record's figures, its best and its history, with the test's."""
+        last = self.history[-1]
+        return TrainResult(
+            iterations=iterations,
+            val_loss=last["val_loss"],
+            val_accuracy=last["val_accuracy"],
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
+            best_val_iteration=self.best[1],
+            best_val_loss=self.best[0],
+            train_loss=last["train_loss"],
+            history=self.history,
+        )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -424,8 +481,7 @@ def train(
         checkpoint = _read_checkpoint(resume_from, identity)
     elif resume and os.path.exists(checkpoint_path):
         checkpoint = _read_checkpoint(checkpoint_path, identity)
-    history: list[dict] = []
-    best = (float("inf"), start_iteration)
+    records = ValidationRecords(start_iteration)
     # float64 sum of the float32 step losses: the same value as summing them as Python floats
     running = torch.zeros((), dtype=torch.float64, device=data.train.y.device)
     running_n = 0
@@ -448,8 +504,8 @@ def train(
             if rank == 0:
                 running += sum(r["running"] for r in per_rank).to(running.device)
         running_n = checkpoint["running_steps"]
-        history = list(checkpoint["history"])
-        best = tuple(checkpoint["best"])
+        records.history = list(checkpoint["history"])
+        records.best = tuple(checkpoint["best"])
         for callback, state in zip(stateful, checkpoint["callbacks"]):
             callback.load_state_dict(state)
         metrics_offset = checkpoint["metrics_offset"]
@@ -468,29 +524,17 @@ def train(
         ):
             os.truncate(metrics_path, metrics_offset)
         metrics_file = open(metrics_path, "a")
+    records.file = metrics_file
 
     def record(it: int) -> None:
-        nonlocal best, running_n
+        nonlocal running_n
         if reduce_loss:
             torch.distributed.all_reduce(running)
         train_loss = running.item() / max(1, running_n)
         running.zero_()
         running_n = 0
         val_loss, val_acc = evaluate(inner, data.val, precision=cfg.precision, loss_fn=loss_fn)
-        entry = {
-            "iteration": it,
-            "epoch": it / per_epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
-        }
-        if val_loss < best[0] or math.isnan(best[0]):
-            best = (val_loss, it)
-        history.append(entry)
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(strict_json_value(entry), allow_nan=False) + "\n")  # NaN as null
-            metrics_file.flush()
+        records.add(it, per_epoch, train_loss, val_loss, val_acc, optimizer.param_groups[0]["lr"])
 
     def snapshot(it: int) -> None:
         if writer and it in snapshots and on_snapshot is not None:
@@ -514,8 +558,8 @@ def train(
                 "scaler": scaler.state_dict(),
                 "ranks": per_rank,
                 "running_steps": running_n,
-                "history": history,
-                "best": best,
+                "history": records.history,
+                "best": records.best,
                 "callbacks": [callback.state_dict() for callback in stateful],
                 "metrics_offset": os.path.getsize(metrics_path) if metrics_file is not None else None,
             },
@@ -526,14 +570,10 @@ def train(
         snapshot(it)
     saved_at = it if checkpoint is not None else None
     try:
-        with _progress(end - it, desc, progress) as bar:
+        with progress_bar(end - it, desc, progress) as bar:
             epoch = it // per_epoch
             while it < end:
-                order = torch.Generator(device="cpu").manual_seed(seed * 100_003 + epoch)
-                augment = None
-                if augment_seed is not None:
-                    # on the data's device: augmenting reads nothing back to the host
-                    augment = torch.Generator(device=data.device).manual_seed(augment_seed * 100_003 + epoch)
+                order, augment = epoch_generators(seed, augment_seed, epoch, data.device)
                 skip = it - epoch * per_epoch  # resuming mid-epoch: skip the batches already seen
                 for b, (x, y, index) in enumerate(
                     batches(
@@ -579,9 +619,10 @@ def train(
                             callback(step)
                     if it % eval_every == 0 or it == end:
                         record(it)
-                        postfix = {"loss": f"{history[-1]['train_loss']:.3f}"}
-                        if history[-1]["val_accuracy"] is not None:
-                            postfix["val_acc"] = f"{history[-1]['val_accuracy']:.3f}"
+                        last = records.history[-1]
+                        postfix = {"loss": f"{last['train_loss']:.3f}"}
+                        if last["val_accuracy"] is not None:
+                            postfix["val_acc"] = f"{last['val_accuracy']:.3f}"
                         bar.set_postfix(**postfix)
                     snapshot(it)
                     if checkpoint_path is not None and checkpoint_every and it % checkpoint_every == 0:
@@ -590,7 +631,7 @@ def train(
                     if it >= end:
                         break
                 epoch += 1
-        if not history or history[-1]["iteration"] != it:
+        if not records.history or records.history[-1]["iteration"] != it:
             record(it)
         if checkpoint_path is not None and saved_at != it:
             save_checkpoint(it)
@@ -598,15 +639,4 @@ def train(
         if metrics_file is not None:
             metrics_file.close()
     test_loss, test_acc = evaluate(inner, data.test, precision=cfg.precision, loss_fn=loss_fn)
-    last = history[-1]
-    return TrainResult(
-        iterations=it,
-        val_loss=last["val_loss"],
-        val_accuracy=last["val_accuracy"],
-        test_loss=test_loss,
-        test_accuracy=test_acc,
-        best_val_iteration=best[1],
-        best_val_loss=best[0],
-        train_loss=last["train_loss"],
-        history=history,
-    )
+    return records.result(it, test_loss, test_acc)
