@@ -170,11 +170,11 @@ def read_safetensors(
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON in ``path``; a file that is not valid JSON (cut short by a crash, say) is a ``ValueError``
     naming it."""
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from error
+    data = Path(path).read_bytes()
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:  # cut short, or a byte that is not UTF-8
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
 
 
 def json_default(obj):

@@ -140,9 +140,8 @@ def with_record(result: dict, directory: str | os.PathLike) -> dict:
 def _read_done_file(path: Path) -> dict:
     """The whole ``done.json`` at ``path``, record included; :class:`Damaged` where it is not a JSON object."""
     try:
-        with open(path) as f:
-            done = json.load(f)
-    except json.JSONDecodeError as error:
+        done = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise Damaged(f"{path}: damaged, not valid JSON ({error})") from error
     if not isinstance(done, dict):
         raise Damaged(f"{path}: damaged, holds a JSON {type(done).__name__}, not a step's result")
@@ -202,16 +201,14 @@ def unparsable(path: str | os.PathLike) -> str | None:
     path = Path(path)
     try:
         if path.suffix == ".json":
-            with open(path) as f:
-                json.load(f)
+            json.loads(path.read_bytes())
         elif path.suffix == ".jsonl":
-            with open(path) as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            json.loads(line)
-                        except json.JSONDecodeError as error:
-                            return f"line {n} is not valid JSON ({error})"
+            for n, line in enumerate(path.read_bytes().splitlines(), 1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                        return f"line {n} is not valid JSON ({error})"
         elif path.suffix == ".safetensors":
             return _safetensors_damage(path)
         elif path.suffix == ".pt":
@@ -219,7 +216,7 @@ def unparsable(path: str | os.PathLike) -> str | None:
                 bad = archive.testzip()
             if bad is not None:
                 return f"its entry {bad} fails its checksum"
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         return f"not valid JSON ({error})"
     except zipfile.BadZipFile as error:
         return f"not a torch file ({error})"

@@ -94,8 +94,9 @@ def test_a_result_may_not_hold_the_record_s_key(tmp_path):
         (lambda f: flip_byte(f / "sub" / "y.bin", 3), "sub/y.bin: its content differs from the SHA-256 recorded"),
         (lambda f: cut(f / "done.json", 30), "done.json: not valid JSON"),
         (lambda f: (f / "done.json").write_text("[1, 2]"), "done.json: holds a JSON list"),
+        (lambda f: flip_byte(f / "done.json", 5), "done.json: not valid JSON"),
     ],
-    ids=["missing", "cut short", "same size", "done.json cut short", "done.json of another shape"],
+    ids=["missing", "cut short", "same size", "done.json cut short", "done.json of another shape", "not UTF-8"],
 )
 def test_each_damage_is_named_with_what_is_wrong(tmp_path, damage, what):
     steps = make_step(tmp_path)
