@@ -12,18 +12,21 @@ from lth_sparse.train.loop import (
     parse_step,
     train,
 )
-from lth_sparse.train.stacked import train_stacked
+from lth_sparse.train.stacked import available_memory, recommended_stack, stack_memory, train_stacked
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainStep",
+    "available_memory",
     "default_loss",
     "evaluate",
     "iterations_per_epoch",
     "make_optimizer",
     "make_schedule",
     "parse_step",
+    "recommended_stack",
+    "stack_memory",
     "train",
     "train_stacked",
 ]

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields
 
 import torch
@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from lth_sparse.data import Dataset, batches
+from lth_sparse.data import Dataset, Split, batches
 from lth_sparse.masks import Masks
 from lth_sparse.nn import MaskedMixin
 from lth_sparse.train.loop import (
@@ -57,11 +57,25 @@ from lth_sparse.train.loop import (
     progress_bar,
 )
 
-__all__ = ["StackedLinear", "StackedNetwork", "StackedOptimizer", "stack_inputs", "train_stacked"]
+__all__ = [
+    "StackedLinear",
+    "StackedNetwork",
+    "StackedOptimizer",
+    "available_memory",
+    "recommended_stack",
+    "stack_inputs",
+    "stack_memory",
+    "stacked_batches",
+    "train_stacked",
+]
 
 # What members may set apart: the optimizer's per-member hyperparameters. Every other field of TrainConfig
 # (epochs, batch size, optimizer kind, schedule, precision, ...) must agree.
 PER_MEMBER_OPTIONS = ("lr", "momentum", "weight_decay")
+# A weight with fewer kept entries than this fraction has them alone in the optimizer's vector: gathering them
+# and copying them back costs less than updating the whole weight from there down (measured on the CPU: about 1
+# pass over the kept entries against the optimizer's 4 to 8 over all of them).
+GATHERED_BELOW = 0.5
 
 
 class _StackedLinearFunction(torch.autograd.Function):
@@ -238,7 +252,7 @@ class StackedNetwork:
     """The members' networks as one stacked ``module`` (see the module docstring), and the way back.
 
     ``module``: the stacked network, on the members' device, in training mode. ``kept``: pairs
-    ``(stacked weight, its mask as 0/1 of its dtype)`` of every weight some member prunes.
+    ``(stacked weight, its boolean mask)`` of every weight some member prunes (its pruned entries zeroed).
     :meth:`write_back` copies every stacked parameter and buffer into the members' own tensors.
     """
 
@@ -261,8 +275,6 @@ class StackedNetwork:
             if any(isinstance(p, MaskedMixin) for p in peers):
                 kept = torch.stack([p.mask for p in peers]).view_as(stacked.weight)
                 if not kept.all():
-                    # a multiplication by 0/1 is several times faster than masked_fill_ on the CPU
-                    kept = kept.to(stacked.weight.dtype)
                     with torch.no_grad():
                         stacked.weight.mul_(kept)
                     self.kept.append((stacked.weight, kept))
@@ -278,12 +290,6 @@ class StackedNetwork:
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
 
-    def mask_gradients(self) -> None:
-        """Set the gradient of every pruned weight to zero, as a masked layer's backward does."""
-        for weight, kept in self.kept:
-            if weight.grad is not None:
-                weight.grad.mul_(kept)
-
     @torch.no_grad()
     def write_back(self) -> None:
         """Copy the stacked state (parameters and buffers) into every member's own tensors."""
@@ -297,88 +303,168 @@ class StackedNetwork:
                 target.copy_(per_member[k].view_as(target))
 
 
+def _add_scaled(x: Tensor, y: Tensor, factor: float | Tensor) -> Tensor:
+    """``x += factor * y`` in place, ``factor`` a Python float (torch's ``add_(y, alpha=factor)``) or a tensor of
+    per-entry factors (``addcmul_``, which rounds the same)."""
+    return x.add_(y, alpha=factor) if isinstance(factor, float) else x.addcmul_(y, factor)
+
+
 class StackedOptimizer:
     """torch.optim's SGD (momentum, Nesterov, weight decay), Adam or AdamW over stacked parameters
     (leading dimension: the K members), with each member's learning rate, momentum and weight decay.
 
-    The update of member ``k``'s slice is the one torch's single-tensor implementation (the CPU default)
+    The update of member ``k``'s entries is the one torch's single-tensor implementation (the CPU default)
     computes for that member's own parameter, operation by operation: a per-member scalar ``alpha`` of
-    ``add(x, alpha=a)`` becomes ``addcmul(x, a_k)`` with ``a_k`` a float32 column, which rounds the same
-    (one fused multiply-add); ``addcdiv(x, y, value=-s)`` becomes ``addcdiv(s_k * x, y)``. ``step(lrs)``
+    ``add(x, alpha=a)`` becomes ``addcmul(x, a_k)`` with ``a_k`` a float32 entry of the member, which rounds the
+    same (one fused multiply-add); ``addcdiv(x, y, value=-s)`` becomes ``addcdiv(s_k * x, y)``. ``step(lrs)``
     takes the members' current learning rates (the schedule applied).
+
+    ``kept``: pairs ``(stacked weight, its boolean mask)`` (:attr:`StackedNetwork.kept`), whose pruned entries
+    are zero. The optimizer holds the parameters in one flat vector, and so do its state and its scratch space:
+    a step gathers the gradients into it, updates it with a few kernels over all parameters at once and
+    allocates nothing. A parameter *is* its part of the vector (its storage is moved there), its gradient
+    multiplied by its mask on the way in, so that a pruned entry, of zero gradient and zero state, stays exactly
+    zero. A sparse weight (fewer than :data:`GATHERED_BELOW` of its entries kept) has its kept entries alone in
+    the vector, gathered from its gradient and copied back into it after every step: its pruned entries are
+    never read or written. Every parameter must have a gradient at every step (each one of a stacked network's
+    layers does).
     """
 
-    def __init__(self, params: Sequence[Tensor], cfgs: Sequence[TrainConfig]) -> None:
+    def __init__(
+        self, params: Sequence[Tensor], cfgs: Sequence[TrainConfig], kept: Sequence[tuple[Tensor, Tensor]] = ()
+    ) -> None:
         self.params = list(params)
         self.kind = cfgs[0].optimizer
         self.members = len(cfgs)
-        self.momentum = [c.momentum for c in cfgs]
-        self.weight_decay = [c.weight_decay for c in cfgs]
         self.nesterov = cfgs[0].nesterov
         self.betas = cfgs[0].betas
         self.eps = 1e-8  # torch's default, which make_optimizer keeps
+        self.momentum = [c.momentum for c in cfgs]
+        self.weight_decay = [c.weight_decay for c in cfgs]
         if self.kind == "sgd" and self.nesterov and any(m <= 0 for m in self.momentum):
             raise ValueError("Nesterov momentum requires a momentum > 0 in every member")
-        self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
         self.steps = 0
-        self._columns: dict[tuple, Tensor] = {}
+        if not self.params:
+            raise ValueError("stacked training needs a network with trainable parameters")
+        like = self.params[0]
+        kept_of = {id(weight): mask for weight, mask in kept}
+        # (parameter, its mask as 0/1 when it stays whole, positions of its kept entries when they are gathered)
+        self._segments: list[tuple[Tensor, Tensor | None, Tensor | None, int, int]] = []
+        self._members: list[Tensor | None] = []
+        start = 0
+        for param in self.params:
+            mask = kept_of.get(id(param))
+            multiplier = positions = None
+            if mask is not None and mask.sum().item() < GATHERED_BELOW * mask.numel():
+                positions = mask.reshape(-1).nonzero().squeeze(1)
+            elif mask is not None:
+                multiplier = mask.reshape(-1).to(param.dtype)
+            size = param.numel() if positions is None else len(positions)
+            # the member of each gathered entry (a whole parameter's members are its rows)
+            per_member = param.numel() // self.members
+            self._members.append(None if positions is None else positions.div(per_member, rounding_mode="floor"))
+            self._segments.append((param, multiplier, positions, start, start + size))
+            start += size
+        self.values = torch.empty(start, dtype=like.dtype, device=like.device)
+        with torch.no_grad():
+            for param, _, positions, lo, hi in self._segments:
+                if positions is None:
+                    self.values[lo:hi].copy_(param.reshape(-1))
+                    param.data = self.values[lo:hi].view_as(param)
+                else:
+                    torch.index_select(param.reshape(-1), 0, positions, out=self.values[lo:hi])
+        self.grad = torch.empty_like(self.values)
+        self._scratch = torch.empty_like(self.values)
+        self._scale = torch.empty_like(self.values)  # a per-member factor of this step, one entry per entry
+        self._momentum = self._factor(self.momentum)
+        self._weight_decay = self._factor(self.weight_decay)
+        self._learning_rates: tuple[float, ...] | None = None  # the learning rates self._scale holds
+        self.state: dict[str, Tensor] = {}
 
-    def _column(self, values: Sequence[float], like: Tensor) -> Tensor:
-        """``values`` (one per member) as a float32 ``(K, 1)`` column on ``like``'s device; cached."""
-        key = (tuple(values), like.device, like.dtype)
-        column = self._columns.get(key)
-        if column is None:
-            column = torch.tensor(values, dtype=torch.float64).to(like.dtype).to(like.device).view(-1, 1)
-            if len(self._columns) > 64:  # a schedule changes the learning rates at every step
-                self._columns.clear()
-            self._columns[key] = column
-        return column
+    def _factor(self, values: Sequence[float]) -> float | Tensor:
+        """A per-member factor: the Python float that every member shares (as torch's optimizer passes it,
+        reading nothing), else each member's value at its entries."""
+        return float(values[0]) if len(set(values)) == 1 else self._entries(values)
+
+    def _entries(self, values: Sequence[float], out: Tensor | None = None) -> Tensor:
+        """``values`` (one per member, Python floats rounded to the parameters' dtype) at every entry of the
+        flat vector: member ``k``'s value at each of member ``k``'s entries; written into ``out`` if given."""
+        column = torch.tensor(values, dtype=torch.float64).to(self.values.dtype).to(self.values.device)
+        if out is None:
+            out = torch.empty_like(self.values)
+        for (_, _, _, lo, hi), member in zip(self._segments, self._members):
+            if member is None:
+                out[lo:hi].view(self.members, -1).copy_(column.view(-1, 1).expand(-1, (hi - lo) // self.members))
+            else:
+                torch.index_select(column, 0, member, out=out[lo:hi])
+        return out
 
     @torch.no_grad()
     def step(self, lrs: Sequence[float]) -> None:
         self.steps += 1
-        for param, state in zip(self.params, self.state):
+        for param, multiplier, positions, lo, hi in self._segments:
             if param.grad is None:
-                continue
-            # every tensor as (K, n): member k's slice is row k
-            p, grad = param.view(self.members, -1), param.grad.view(self.members, -1)
-            if self.kind == "sgd":
-                self._sgd(p, grad, state, lrs)
+                raise RuntimeError(
+                    f"a stacked parameter of shape {tuple(param.shape)} has no gradient: stacked training needs "
+                    "every parameter to take part in every step"
+                )
+            grad = param.grad.reshape(-1)
+            if multiplier is not None:
+                torch.mul(grad, multiplier, out=self.grad[lo:hi])
+            elif positions is None:
+                self.grad[lo:hi].copy_(grad)
             else:
-                self._adam(p, grad, state, lrs)
+                torch.index_select(grad, 0, positions, out=self.grad[lo:hi])
+        if self.kind == "sgd":
+            self._sgd(lrs)
+        else:
+            self._adam(lrs)
+        for param, _, positions, lo, hi in self._segments:
+            if positions is not None:
+                param.reshape(-1).index_copy_(0, positions, self.values[lo:hi])
 
-    def _sgd(self, p: Tensor, grad: Tensor, state: dict, lrs: Sequence[float]) -> None:
+    def _sgd(self, lrs: Sequence[float]) -> None:
+        p, grad = self.values, self.grad
         if any(self.weight_decay):
-            grad = grad.addcmul(p, self._column(self.weight_decay, p))
+            _add_scaled(grad, p, self._weight_decay)
         if any(self.momentum):
-            momentum = self._column(self.momentum, p)
-            buf = state.get("momentum_buffer")
+            buf = self.state.get("momentum_buffer")
             if buf is None:
-                buf = state["momentum_buffer"] = grad.detach().clone()
+                buf = self.state["momentum_buffer"] = grad.clone()
             else:
-                buf.mul_(momentum).add_(grad)
-            grad = grad.addcmul(buf, momentum) if self.nesterov else buf
-        p.addcmul_(grad, self._column([-lr for lr in lrs], p))
+                buf.mul_(self._momentum).add_(grad)
+            if self.nesterov:
+                _add_scaled(grad, buf, self._momentum)
+            else:
+                grad = buf
+        if self._learning_rates != tuple(lrs):  # a constant schedule: written once
+            self._entries([-lr for lr in lrs], out=self._scale)
+            self._learning_rates = tuple(lrs)
+        p.addcmul_(grad, self._scale)
 
-    def _adam(self, p: Tensor, grad: Tensor, state: dict, lrs: Sequence[float]) -> None:
+    def _adam(self, lrs: Sequence[float]) -> None:
+        p, grad = self.values, self.grad
         beta1, beta2 = self.betas
-        if not state:
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
+        if not self.state:
+            self.state["exp_avg"] = torch.zeros_like(p)
+            self.state["exp_avg_sq"] = torch.zeros_like(p)
         if any(self.weight_decay):
             if self.kind == "adamw":
-                p.mul_(self._column([1 - lr * wd for lr, wd in zip(lrs, self.weight_decay)], p))
+                self._learning_rates = None  # self._scale is overwritten
+                p.mul_(self._entries([1 - lr * wd for lr, wd in zip(lrs, self.weight_decay)], out=self._scale))
             else:
-                grad = grad.addcmul(p, self._column(self.weight_decay, p))
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                _add_scaled(grad, p, self._weight_decay)
+        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step = float(self.steps)  # torch keeps a float step count and reads it back as a Python float
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         bias_correction2_sqrt = bias_correction2**0.5
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-        p.addcdiv_(exp_avg * self._column([-(lr / bias_correction1) for lr in lrs], p), denom)
+        denom = torch.sqrt(exp_avg_sq, out=self._scratch).div_(bias_correction2_sqrt).add_(self.eps)
+        self._learning_rates = None  # self._scale is overwritten
+        step_sizes = self._entries([-(lr / bias_correction1) for lr in lrs], out=self._scale)
+        p.addcdiv_(step_sizes.mul_(exp_avg), denom)
 
 
 def _member_losses(output: Tensor, targets: Tensor, loss_fn: LossFn | None) -> Tensor:
@@ -393,6 +479,115 @@ def _member_losses(output: Tensor, targets: Tensor, loss_fn: LossFn | None) -> T
         return losses.reshape(members, -1).mean(1)
     losses = F.cross_entropy(output.reshape(members * batch, -1), targets.reshape(-1), reduction="none")
     return losses.view(members, batch).mean(1)
+
+
+def stacked_batches(
+    datas: Sequence[Dataset],
+    batch_size: int,
+    seeds: Sequence[int],
+    augment_seeds: Sequence[int | None],
+    epoch: int,
+) -> Iterator[tuple[Tensor, Tensor, list[Tensor]]]:
+    """The members' training batches of epoch ``epoch`` side by side: ``(x, y, indices)``, ``x`` the member-major
+    ``(B, K * C, ...)`` inputs (:func:`stack_inputs`), ``y`` the ``(K, B, ...)`` targets, ``indices[k]`` member
+    ``k``'s positions in its training split. Member ``k``'s batches are those ``train`` draws for it
+    (:func:`~lth_sparse.data.batches` under :func:`~lth_sparse.train.loop.epoch_generators`: its own order, its
+    own augmentation). Members of one training split without augmentation are gathered at once: their epochs'
+    orders drawn first (as ``batches`` draws them), then one ``index_select`` per batch for all members."""
+    members = len(datas)
+    device = datas[0].device
+    generators = [epoch_generators(seeds[k], augment_seeds[k], epoch, device) for k in range(members)]
+    train = datas[0].train
+    if all(d.train.x is train.x and d.train.y is train.y and d.augment is None for d in datas):
+        n = len(train)
+        positions = torch.arange(n, device=train.x.device)
+        # one batch of the whole split: its index is the epoch's order, drawn as batches draws it
+        orders = torch.stack(
+            [
+                next(batches(Split(positions, positions), n, shuffle=True, generator=order, with_index=True))[2]
+                for order, _ in generators
+            ]
+        )
+        shape = train.x.shape[1:]
+        for start in range(0, n, batch_size):
+            index = orders[:, start : start + batch_size]
+            x = train.x.index_select(0, index.t().reshape(-1))
+            yield x.view(index.shape[1], members * shape[0], *shape[1:]), train.y[index], list(index)
+        return
+    streams = [
+        batches(
+            data.train,
+            batch_size,
+            shuffle=True,
+            generator=order,
+            augment=data.augment,
+            augment_generator=augment,
+            with_index=True,
+        )
+        for data, (order, augment) in zip(datas, generators)
+    ]
+    for member_batches in zip(*streams):
+        xs, ys, indices = zip(*member_batches)
+        yield stack_inputs(xs), torch.stack(ys), list(indices)
+
+
+# The measured basis of recommended_stack (bench/bench_stacked.py, docs/stacked.md; CPU, one thread): stacking
+# pays where a member's step is mostly Python, autograd and optimizer overhead, not arithmetic.
+MOST_MEMBERS = 16  # the stack of the lowest measured cost per member (64 costs as much or more, in 4x the memory)
+OVERHEAD_BOUND_FLOPS = 20e6  # a member's training step of fewer floating-point operations than this is overhead
+
+
+def stack_memory(model: nn.Module, batch_size: int, members: int) -> int:
+    """An estimate, in bytes, of what ``members`` stacked trainings of ``model`` at ``batch_size`` hold at once:
+    per parameter its weight, gradient, two optimizer states (Adam's; SGD's momentum takes one) and the stacked
+    optimizer's three scratch vectors, and per ``Linear`` output feature three activations (output, ReLU,
+    gradient) per example. Convolutional activations are not counted (:func:`recommended_stack` does not stack
+    convolutional networks)."""
+    parameters = sum(p.numel() for p in model.parameters())
+    features = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    per_member = 4 * (7 * parameters + 3 * batch_size * features)
+    return members * per_member
+
+
+def recommended_stack(
+    model: nn.Module, batch_size: int, device: torch.device | str, *, available_bytes: int | None = None
+) -> int:
+    """How many trainings of ``model`` (one member's) at ``batch_size`` to stack on ``device``: what a
+    pipeline's ``--stack auto`` applies; 1 is "train them separately".
+
+    Measured on the CPU (one thread, bench/bench_stacked.py): a network without convolutions whose training step
+    takes fewer than ``OVERHEAD_BOUND_FLOPS`` (2e7) floating-point operations per member (6 x batch x the
+    ``Linear`` weights: the planting benchmark's MLPs, 4e6) is overhead-bound, and stacking 16 of them trains
+    about 4-5x faster than one by one (64: 3.4-4.3x, in 4x the memory); LeNet-300-100 at batch 128 (2e8) is
+    compute-bound and gains about nothing; Conv-2's grouped convolutions gain 1.2x at most (0.76x at K = 64).
+    So: on the CPU, ``MOST_MEMBERS`` (16) for an overhead-bound network without convolutions, else 1; on other
+    devices, not
+    measured yet, 1. Bounded by memory: at most as many members as :func:`stack_memory` fits in
+    ``available_bytes`` (default: half the memory the system has available), at least 1.
+    """
+    if torch.device(device).type != "cpu":
+        return 1
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return 1
+    weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    if 6 * batch_size * weights >= OVERHEAD_BOUND_FLOPS:
+        return 1
+    if available_bytes is None:
+        available_bytes = available_memory() // 2
+    return max(1, min(MOST_MEMBERS, available_bytes // stack_memory(model, batch_size, 1)))
+
+
+def available_memory() -> int:
+    """The memory the system has available (``MemAvailable`` of /proc/meminfo), in bytes; where it cannot be read,
+    what one stack of ``MOST_MEMBERS`` small networks needs many times over (16 GiB)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 16 * 2**30
 
 
 def _per_member(value, members: int, what: str) -> list:
@@ -479,7 +674,7 @@ def train_stacked(
             if on_snapshot[k] is not None:
                 on_snapshot[k](start_iteration, copy.deepcopy(model.state_dict()))
     network = StackedNetwork(models)
-    optimizer = StackedOptimizer(network.parameters(), cfgs)
+    optimizer = StackedOptimizer(network.parameters(), cfgs, network.kept)
     base_lrs = [c.lr for c in cfgs]
     lrs = list(base_lrs)
     eval_every = cfg.eval_every or per_epoch
@@ -489,14 +684,18 @@ def train_stacked(
     files = [open(path, "a") if path is not None else None for path in metrics_paths]
     records = [ValidationRecords(start_iteration, file) for file in files]
 
+    def evaluation(split: str) -> list[tuple[float, float | None]]:
+        # each member by evaluate() on its own model: on the CPU faster than the stack's dense forward pass, for
+        # the masked layers' kernels skip the pruned weights (docs/stacked.md)
+        network.write_back()
+        return [evaluate(m, getattr(d, split), precision=cfg.precision, loss_fn=loss_fn) for m, d in zip(models, datas)]
+
     def record(it: int) -> None:
         nonlocal running_n
-        network.write_back()
         train_losses = (running / max(1, running_n)).tolist()
         running.zero_()
         running_n = 0
-        for k in range(members):
-            val_loss, val_acc = evaluate(models[k], datas[k].val, precision=cfg.precision, loss_fn=loss_fn)
+        for k, (val_loss, val_acc) in enumerate(evaluation("val")):
             records[k].add(it, per_epoch, train_losses[k], val_loss, val_acc, lrs[k])
 
     def snapshot(it: int) -> None:
@@ -512,39 +711,25 @@ def train_stacked(
         with progress_bar(end - it, desc, progress) as bar:
             epoch = it // per_epoch
             while it < end:
-                streams = []
-                for k in range(members):
-                    order, augment = epoch_generators(seeds[k], augment_seeds[k], epoch, device)
-                    streams.append(
-                        batches(
-                            datas[k].train,
-                            cfg.batch_size,
-                            shuffle=True,
-                            generator=order,
-                            augment=datas[k].augment,
-                            augment_generator=augment,
-                            with_index=True,
-                        )
-                    )
                 skip = it - epoch * per_epoch  # starting mid-epoch: skip the batches already seen
-                for b, member_batches in enumerate(zip(*streams)):
+                for b, (x, targets, indices) in enumerate(
+                    stacked_batches(datas, cfg.batch_size, seeds, augment_seeds, epoch)
+                ):
                     if b < skip:
                         continue
                     factor = schedule(it)
                     lrs = [lr * factor for lr in base_lrs]
-                    xs, ys, indices = zip(*member_batches)
                     for param in optimizer.params:
                         param.grad = None
-                    targets = torch.stack(ys)
-                    out = stacked(stack_inputs(xs))
-                    if out.dim() < 2 or out.shape[:2] != (members, len(ys[0])):
+                    out = stacked(x)
+                    if out.dim() < 2 or out.shape[:2] != targets.shape[:2]:
                         raise RuntimeError(
                             f"the stacked network's output has shape {tuple(out.shape)}, not ({members}, "
-                            f"{len(ys[0])}, ...): stacked training needs a model whose output is a Linear layer's"
+                            f"{targets.shape[1]}, ...): stacked training needs a model whose output is a Linear "
+                            "layer's"
                         )
                     losses = _member_losses(out, targets, loss_fn)
                     losses.sum().backward()
-                    network.mask_gradients()
                     optimizer.step(lrs)
                     it += 1
                     running += losses.detach()
@@ -558,7 +743,7 @@ def train_stacked(
                                 epoch=epoch,
                                 index=indices[k],
                                 output=detached[k],
-                                target=ys[k],
+                                target=targets[k],
                                 loss=losses[k].detach(),
                             )
                             for callback in callbacks[k]:
@@ -575,9 +760,6 @@ def train_stacked(
         for file in files:
             if file is not None:
                 file.close()
+    tests = evaluation("test")
     network.write_back()
-    results = []
-    for k in range(members):
-        test_loss, test_acc = evaluate(models[k], datas[k].test, precision=cfg.precision, loss_fn=loss_fn)
-        results.append(records[k].result(it, test_loss, test_acc))
-    return results
+    return [records[k].result(it, test_loss, test_acc) for k, (test_loss, test_acc) in enumerate(tests)]

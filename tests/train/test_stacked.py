@@ -5,6 +5,7 @@ independently of the other members; and the checks of what members must share.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -114,9 +115,11 @@ def test_each_member_trains_as_it_trains_alone_on_every_model(name):
     ],
     ids=["sgd-nesterov-wd", "sgd", "adam", "adamw"],
 )
-def test_mlp_members_are_bit_for_bit_their_own_training(options, monkeypatch):
+@pytest.mark.parametrize("density", [0.6, 0.2], ids=["dense-update", "gathered-update"])
+def test_mlp_members_are_bit_for_bit_their_own_training(options, density, monkeypatch):
     """The dense torch path of the masked layers sums as the stacked linear layers do: bit for bit, with
-    different masks, learning rates, momenta and weight decays, a fully pruned layer, over two epochs."""
+    different masks, learning rates, momenta and weight decays, a fully pruned layer, over two epochs; the
+    optimizer updating whole weights (masks of density 0.6) or their kept entries alone (0.2)."""
     monkeypatch.setenv("LTH_SPARSE_BACKEND", "torch")
     shape = (1, 8, 8)
     adam = options["optimizer"] != "sgd"
@@ -127,7 +130,7 @@ def test_mlp_members_are_bit_for_bit_their_own_training(options, monkeypatch):
             extra["momentum"] = 0.5 + 0.2 * k
     base = {k: v for k, v in options.items() if k not in ("weight_decay", "momentum")}
     cfgs = [TrainConfig(epochs=2, batch_size=BATCH, **base, **extra) for extra in per_member]
-    models = [member("mlp", k, shape=shape, depth=2, width=16) for k in range(3)]
+    models = [member("mlp", k, density, shape=shape, depth=2, width=16) for k in range(3)]
     models[1].fc2.set_mask(torch.zeros_like(models[1].fc2.mask))  # a fully pruned layer
     datas = [tiny_data(k, shape) for k in range(3)]
     alone, snaps_alone, _, stacked, snaps_stacked, _ = run_both(models, datas, cfgs, seeds=[0, 1, 2])
@@ -137,10 +140,32 @@ def test_mlp_members_are_bit_for_bit_their_own_training(options, monkeypatch):
     assert torch.count_nonzero(stacked[1].fc2.weight) == 0
 
 
+def test_members_of_one_training_split_get_their_own_batches():
+    """One gathering for the members of one training split gives each member the batches ``batches`` gives it
+    alone, as the member-by-member stream does for members of their own splits."""
+    from lth_sparse.data import batches
+    from lth_sparse.train.loop import epoch_generators
+    from lth_sparse.train.stacked import stacked_batches
+
+    data = tiny_data(0, (2, 4, 4))
+    copies = [dataclasses.replace(data, train=Split(data.train.x.clone(), data.train.y.clone())) for _ in range(3)]
+    seeds = [4, 5, 6]
+    for datas in ([data] * 3, copies):
+        stream = list(stacked_batches(datas, 20, seeds, [None] * 3, epoch=1))
+        assert len(stream) == 3  # 48 examples: batches of 20, 20 and 8
+        for k, seed in enumerate(seeds):
+            order, _ = epoch_generators(seed, None, 1, "cpu")
+            alone = list(batches(data.train, 20, shuffle=True, generator=order, with_index=True))
+            for (x, y, indices), (x_alone, y_alone, index_alone) in zip(stream, alone):
+                assert torch.equal(x.view(len(y_alone), 3, 2, 4, 4)[:, k], x_alone)
+                assert torch.equal(y[k], y_alone) and torch.equal(indices[k], index_alone)
+
+
+@pytest.mark.parametrize("density", [0.3, 0.7])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-def test_pruned_weights_stay_exactly_zero(optimizer):
+def test_pruned_weights_stay_exactly_zero(optimizer, density):
     cfgs = [TrainConfig(epochs=1, batch_size=BATCH, optimizer=optimizer, lr=0.01, momentum=0.9, weight_decay=0.1)] * 2
-    models = [member("lenet5", k, density=0.3) for k in range(2)]
+    models = [member("lenet5", k, density=density) for k in range(2)]
     masks = [Masks.from_model(m) for m in models]
     with torch.no_grad():  # pruned weights written behind the masks' back: zero from the first step on
         models[0].fc1.weight.add_(1.0)
@@ -262,3 +287,22 @@ def test_members_need_inputs_of_one_shape_and_one_training_size():
         train_stacked(models, [tiny_data(0, (1, 8, 8)), short], cfgs, seeds=[0, 1])
     with pytest.raises(ValueError, match="one entry per member"):
         train_stacked(models, [tiny_data(0, (1, 8, 8))] * 2, cfgs, seeds=[0])
+
+
+# --- when stacking pays ---------------------------------------------------------------------------------------------
+
+
+def test_the_recommended_stack_follows_the_measured_rule():
+    from lth_sparse.train.stacked import MOST_MEMBERS, recommended_stack, stack_memory
+
+    small = create_model("mlp", (2,), 4, depth=3, width=100)  # the planting hosts' size: overhead-bound
+    assert recommended_stack(small, 32, "cpu", available_bytes=2**40) == MOST_MEMBERS
+    assert recommended_stack(create_model("lenet300", (1, 28, 28), 10), 128, "cpu", available_bytes=2**40) == 1
+    assert recommended_stack(create_model("conv2", (1, 8, 8), 10), 32, "cpu", available_bytes=2**40) == 1
+    assert recommended_stack(small, 32, "cuda", available_bytes=2**40) == 1  # not measured there
+    # bounded by memory: as many members as fit, at least one
+    one = stack_memory(small, 32, 1)
+    assert stack_memory(small, 32, 5) == 5 * one
+    assert recommended_stack(small, 32, "cpu", available_bytes=5 * one + 1) == 5
+    assert recommended_stack(small, 32, "cpu", available_bytes=one // 2) == 1
+    assert recommended_stack(small, 32, "cpu") >= 1  # the system's available memory
