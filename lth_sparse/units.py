@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import torch
 from lth_sparse.distributed import World
 from lth_sparse.runs import Steps
 
-__all__ = ["Unit", "run_unit"]
+__all__ = ["Stack", "Unit", "run_unit", "stacks"]
 
 
 @dataclass(frozen=True)
@@ -36,16 +36,66 @@ class Unit:
     ``function`` is ``"module:name"`` of ``fn(config, directory: Path, log, progress) -> dict``
     (``log(line)`` writes to the unit's log; ``progress``: whether to show progress bars); the
     dict it returns becomes ``done.json``. ``directory`` is relative to the run directory.
+
+    A unit that can train together with others (stacked training, :func:`~lth_sparse.train.train_stacked`)
+    names ``stacked``: ``"module:name"`` of ``fn(configs, directories, logs, progress) -> list[dict]``, which
+    does for several units of ``function`` at once what ``function`` does for each (each unit's files in its
+    own directory, each result its ``done.json``), and ``stack_key``: units of one stage whose ``stacked`` and
+    ``stack_key`` are equal may run as one :class:`Stack` (their trainings share what stacking needs: the
+    architecture, the data's shape, the schedule).
     """
 
     function: str
     config: Any
     directory: str
     label: str = ""
+    stacked: str = ""
+    stack_key: Any = None
 
     @property
     def name(self) -> str:
         return self.label or self.directory
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Units that run together, each its own unit still: its directory, its ``unit.log``, its ``done.json``
+    (:func:`run_unit` runs those of its members that are not done, through their ``stacked`` function)."""
+
+    members: tuple[Unit, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.members[0].name} and {len(self.members) - 1} more, stacked"
+
+
+def stacks(units: Sequence[Unit], size: int) -> list[Unit | Stack]:
+    """``units`` with those that can train together (the same ``stacked`` and ``stack_key``) gathered into
+    :class:`Stack` s of at most ``size`` members, in the order of their first members. With ``size`` > 1 a
+    stackable unit with no partner is a stack of one, trained the stacked way: a unit's results do not depend
+    on how many others shared its stack (a resumed run regroups what is left), only on whether it was stacked;
+    ``size`` 1 leaves every unit itself."""
+    if size < 1:
+        raise ValueError(f"a stack holds at least 1 unit, got {size}")
+    groups: dict[tuple, list[Unit]] = {}
+    order: list[Unit | tuple] = []
+    for unit in units:
+        if size == 1 or not unit.stacked:
+            order.append(unit)
+            continue
+        key = (unit.stacked, unit.stack_key)
+        if key not in groups or len(groups[key][-1]) == size:
+            groups.setdefault(key, []).append([])
+            order.append((key, len(groups[key]) - 1))
+        groups[key][-1].append(unit)
+    out: list[Unit | Stack] = []
+    for entry in order:
+        if isinstance(entry, Unit):
+            out.append(entry)
+            continue
+        key, i = entry
+        out.append(Stack(tuple(groups[key][i])))
+    return out
 
 
 def _resolve(function: str) -> Callable:
@@ -56,13 +106,13 @@ def _resolve(function: str) -> Callable:
 
 
 def run_unit(
-    unit: Unit,
+    unit: Unit | Stack,
     run_dir: str | Path,
     *,
     threads: int | None = None,
     echo: Callable[[str], None] | None = None,
     progress: bool | None = None,
-) -> dict:
+) -> dict | list[dict]:
     """Run ``unit`` in ``run_dir / unit.directory`` unless it is done; returns its ``done.json``.
 
     ``threads`` sets torch's CPU threads for the unit (restored afterwards). Every line the
@@ -70,7 +120,12 @@ def run_unit(
     whichever executor calls it: this is the one place that applies the ``done.json`` rule.
     Under torchrun every rank runs the unit; rank 0 decides whether it is done and alone
     writes its directory and ``unit.log`` (the others log nothing).
+
+    A :class:`Stack`: its members that are not done run together through their ``stacked`` function, each
+    logging to its own ``unit.log`` and finished by its own ``done.json``; returns their ``done.json`` s.
     """
+    if isinstance(unit, Stack):
+        return _run_stack(unit, Path(run_dir), threads, echo, progress)
     world = World.current()
     steps = Steps(run_dir)
     directory = steps / unit.directory
@@ -108,3 +163,50 @@ def run_unit(
         world.on_writer(lambda: steps.mark_done(unit.directory, result), share=False)
         log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: done in {time.perf_counter() - started:.2f} s")
     return result
+
+
+def _run_stack(
+    stack: Stack, run_dir: Path, threads: int | None, echo: Callable[[str], None] | None, progress: bool | None
+) -> list[dict]:
+    steps = Steps(run_dir)
+    pending = [u for u in stack.members if not steps.is_done(u.directory)]
+    if not pending:
+        return [steps.result(u.directory) for u in stack.members]
+    if World.current().size > 1:
+        raise RuntimeError("stacked units do not run under torchrun: every rank would train every member")
+    function = _resolve(pending[0].stacked)
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with contextlib.ExitStack() as files:
+        logs = []
+        for unit in pending:
+            (steps / unit.directory).mkdir(parents=True, exist_ok=True)
+            log_file = files.enter_context(open(steps / unit.directory / "unit.log", "a"))
+
+            def log(line: str, log_file=log_file) -> None:
+                log_file.write(line + "\n")
+                log_file.flush()
+                if echo is not None:
+                    echo(line)
+
+            logs.append(log)
+        for unit, log in zip(pending, logs):
+            log(
+                f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: started in a stack of {len(pending)}"
+                + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads is not None else "")
+            )
+        started = time.perf_counter()
+        try:
+            results = function([u.config for u in pending], [steps / u.directory for u in pending], logs, progress)
+        finally:
+            torch.set_num_threads(threads_before)
+        if len(results) != len(pending):
+            raise RuntimeError(f"{pending[0].stacked} returned {len(results)} results for {len(pending)} units")
+        for unit, log, result in zip(pending, logs, results):
+            steps.mark_done(unit.directory, result)
+            log(
+                f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: done in {time.perf_counter() - started:.2f} s "
+                f"(a stack of {len(pending)})"
+            )
+    return results

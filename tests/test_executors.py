@@ -146,7 +146,10 @@ def test_an_unreachable_ray_address_is_a_clear_error_within_seconds(tmp_path):
 
 # --- IMP through the executors, and with several seeds ------------------------------------------------------
 
-TINY = dict(dataset="digits", model="mlp", model_options=(("width", 16),), rounds=1, epochs=1, train_size=300, lr=0.05)
+# each training alone, as the units these tests run by hand train (stacked: tests/pipelines/test_stacking.py)
+TINY = dict(
+    dataset="digits", model="mlp", model_options=(("width", 16),), rounds=1, epochs=1, train_size=300, lr=0.05, stack=1
+)
 
 
 def without_timings(rounds: list[dict]) -> list[dict]:

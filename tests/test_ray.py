@@ -27,6 +27,7 @@ FIXED = {
     "rounds": 1,
     "epochs": 1,
     "train_size": 300,
+    "stack": 1,  # each training alone, as the units run by hand below train (stacked: test_stacking.py)
 }
 GRID = {"fraction": [0.2, 0.5], "seed": [0, 1]}
 

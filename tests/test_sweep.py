@@ -17,6 +17,7 @@ from lth_sparse.executors import LocalExecutor
 from lth_sparse.pipelines import imp
 from lth_sparse.runs import ConfigMismatch, RunBusy, RunLock, read_json
 from lth_sparse.sweep import GridError, load_sweep, point_name, run_sweep, sweep_from_mapping
+from lth_sparse.units import Stack
 
 FIXED = {
     "dataset": "digits",
@@ -97,8 +98,9 @@ def test_each_grid_point_is_the_run_a_plain_imp_run_of_its_config_gives(swept):
 
 def test_every_unit_of_every_point_goes_to_the_executor_in_one_call(swept):
     assert len(swept.calls) == 1
-    assert sorted(u.directory for u in swept.calls[0]) == [f"{p}/seed_{p[-1]}" for p in POINTS]
-    assert all((swept.dir / u.directory / "done.json").exists() for u in swept.calls[0])
+    units = [m for u in swept.calls[0] for m in (u.members if isinstance(u, Stack) else [u])]  # stacked or not
+    assert sorted(u.directory for u in units) == [f"{p}/seed_{p[-1]}" for p in POINTS]
+    assert all((swept.dir / u.directory / "done.json").exists() for u in units)
     assert any("4 points (2 fraction x 2 seed)" in line and "4 units" in line for line in swept.lines)
 
 

@@ -48,7 +48,7 @@ from lth_sparse.experiment import release_shared
 from lth_sparse.integrity import Damaged
 from lth_sparse.registry import Registry
 from lth_sparse.runs import RunDir, RunLock, Steps, check_run
-from lth_sparse.units import Unit
+from lth_sparse.units import Unit, stacks
 
 __all__ = [
     "KINDS",
@@ -158,6 +158,40 @@ class Pipeline:
             for d in units
             if PurePosixPath(within) in (PurePosixPath(d), *PurePosixPath(d).parents) and steps.is_done(d)
         }
+
+    def stack_size(self, config) -> int:
+        """How many of the run's trainings a stack holds at most: ``config.stack``, or for ``auto`` (``None``) what
+        :func:`~lth_sparse.train.recommended_stack` measured pays for :meth:`stacked_model` at the config's
+        batch size on its device (1 where the pipeline has no stacked trainings)."""
+        from lth_sparse.train import recommended_stack
+
+        stack = getattr(config, "stack", 1)
+        if stack is not None:
+            return stack
+        model = self.stacked_model(config)
+        return 1 if model is None else recommended_stack(model, config.batch_size, config.device)
+
+    def check_stack(self, config) -> None:
+        """Refuse a ``--stack K`` whose stack would not fit in the memory available (saying what it needs)."""
+        from lth_sparse.train import available_memory, stack_memory
+
+        stack = getattr(config, "stack", None)
+        if stack is None or stack == 1:
+            return
+        model = self.stacked_model(config)
+        if model is None:
+            return
+        need, have = stack_memory(model, config.batch_size, stack), available_memory()
+        if need > have:
+            fits = max(1, stack * have // need)
+            raise ValueError(
+                f"--stack {stack}: a stack of {stack} trainings of this model at batch {config.batch_size} needs "
+                f"about {need / 2**30:.1f} GiB, {have / 2**30:.1f} GiB is available; use --stack {fits} or auto"
+            )
+
+    def stacked_model(self, config):
+        """One member of the run's stacked trainings: the model they train (``None``: none is stacked)."""
+        return None
 
     def summary_inputs(self, config) -> list[Path]:
         """Files outside the run directory that :meth:`summarize` reads (e.g. other runs' results)."""
@@ -286,6 +320,7 @@ def open_run(pipeline: Pipeline, config, out_dir, prefix: str = "") -> RunPlan:
         run = RunDir(out_dir, config, pipeline.kind, claim=False)
         if not _finished(pipeline, run):  # a finished run of the same options has nothing left to check
             pipeline.check(config)
+            pipeline.check_stack(config)
     return RunPlan(pipeline, run, prefix)
 
 
@@ -427,6 +462,17 @@ def drive(
             return plans
 
         plans = world.on_writer(open_and_claim, share=False)
+        sizes: list[int] = []
+
+        def stacked(units: list[Unit]) -> list:
+            """``units`` in stacks (one process alone trains each under torchrun), their size decided once,
+            where a stage first has stackable units left to run."""
+            if world.size > 1 or not any(u.stacked for u in units):
+                return units
+            if not sizes:
+                sizes.append(pipeline.stack_size(configs[0]))
+            return stacks(units, sizes[0])
+
         stages_of = [pipeline.plan(config) for config in configs]  # pure: every rank plans alike
         prefixes = world.on_writer(lambda: [plan.prefix for plan in plans])
 
@@ -442,9 +488,8 @@ def drive(
         for i in range(max((len(stages) for stages in stages_of), default=0)):
             pending = world.on_writer(functools.partial(unfinished, i))
             if pending:
-                executor.run(
-                    [_under(stages_of[k][i][j], prefixes[k]) for k, j in pending], root, log=log, progress=progress
-                )
+                units = [_under(stages_of[k][i][j], prefixes[k]) for k, j in pending]
+                executor.run(stacked(units), root, log=log, progress=progress)
         release_shared()  # the data the units of this process shared
         summaries = world.on_writer(
             lambda: [summarize_if_changed(plan, stages, plots) for plan, stages in zip(plans, stages_of)]

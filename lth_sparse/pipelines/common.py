@@ -5,7 +5,8 @@
   validation share, the device, the data folder, the threads), defined once; a pipeline's config
   inherits them and adds its own (a field redefined by a pipeline keeps its place and its name:
   only its default or its help differ);
-- :func:`parse_seeds`, the ``--seeds`` option's reading;
+- :func:`parse_seeds`, the ``--seeds`` option's reading; :func:`parse_stack`, the ``--stack`` option's;
+- :func:`stack_key`, what the trainings of two configs must share to be trained together (stacked);
 - :data:`MORCOS_TRAINING`, the training recipes of Morcos et al. (2019) that IMP and transfer presets use;
 - :func:`~lth_sparse.stats.over_seeds` (re-exported), the statistics every summary reports over seeds.
 """
@@ -20,7 +21,16 @@ from lth_sparse.executors import resolve_threads
 from lth_sparse.stats import over_seeds
 from lth_sparse.train import TrainConfig
 
-__all__ = ["DERIVED_TASKS", "MORCOS_TRAINING", "CommonConfig", "over_seeds", "parse_seeds"]
+__all__ = [
+    "DERIVED_TASKS",
+    "MORCOS_TRAINING",
+    "STACK_APART",
+    "CommonConfig",
+    "over_seeds",
+    "parse_seeds",
+    "parse_stack",
+    "stack_key",
+]
 
 DERIVED_TASKS = (
     "NAME:half=a|b, NAME:subset=F, NAME:classes=0,1,2, NAME:shape=CxHxW, NAME:permute=SEED, "
@@ -45,6 +55,40 @@ MORCOS_TRAINING = {
     "morcos": dict(_MORCOS_TRAIN, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False),
     "morcos-adam": dict(_MORCOS_TRAIN, optimizer="adam", lr=3e-4, betas=(0.9, 0.999)),
 }
+
+
+def parse_stack(value) -> int | None:
+    """``--stack``: ``auto`` (``None``) or a count of at least 1."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected auto or a count of at least 1, got {value!r}") from None
+    if isinstance(value, float) and value != count or count < 1:
+        raise ValueError(f"expected auto or a count of at least 1, got {value!r}")
+    return count
+
+
+STACK_APART = ("seed", "seeds", "lr", "momentum", "weight_decay", "threads", "stack")
+"""The fields in which the configs of stacked trainings may differ (besides every ``*_seed`` field): their
+seeds and the per-member hyperparameters of :func:`~lth_sparse.train.train_stacked`."""
+
+
+def stack_key(config, apart: tuple[str, ...] = ()) -> str:
+    """What ``config``'s trainings share with those that may be stacked with them: the hash of ``config`` with the
+    fields of :data:`STACK_APART`, every ``*_seed`` field and ``apart`` (fields that change what is trained but
+    not how: e.g. the pruning fraction, which only changes the masks) at their defaults."""
+    from lth_sparse.runs import config_hash
+
+    defaults = {}
+    for f in dataclasses.fields(config):
+        if f.name in STACK_APART or f.name in apart or f.name.endswith("_seed"):
+            if f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                defaults[f.name] = f.default_factory()
+    return config_hash(dataclasses.replace(config, **defaults))
 
 
 def parse_seeds(value) -> tuple[int, ...]:
@@ -92,6 +136,15 @@ class CommonConfig(TrainConfig):
     device: str = device_option()
     data_dir: str | None = data_dir_option()
     threads: int | None = threads_option()
+    stack: int | None = option(
+        None,
+        "train up to K of the run's independent trainings together, in lockstep (stacked training: same "
+        "results, see the docs); 1: each alone; auto: as many as pay on the device",
+        identity=False,
+        metavar="K|auto",
+        parse=parse_stack,
+        default_text="auto",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -53,9 +53,9 @@ from lth_sparse.masks import (
     vote,
 )
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
-from lth_sparse.pipelines.common import DERIVED_TASKS, CommonConfig, over_seeds, parse_seeds
-from lth_sparse.pipelines.imp_rounds import PRUNERS, ImpConfig, ImpRun, imp_seed, round_name
-from lth_sparse.pipelines.steps import shared_dataset
+from lth_sparse.pipelines.common import DERIVED_TASKS, CommonConfig, over_seeds, parse_seeds, stack_key
+from lth_sparse.pipelines.imp_rounds import PRUNERS, ImpConfig, ImpRun, imp_seed, imp_seeds, round_name
+from lth_sparse.pipelines.steps import MaskedTraining, shared_dataset, train_masked_grouped
 from lth_sparse.prune import SCOPES, effective_masks, output_connected_masks, random_masks_like
 from lth_sparse.runs import Steps
 from lth_sparse.stats import closest_by_density
@@ -258,6 +258,15 @@ def bespoke_unit(spec: BespokeSpec, directory: Path, log: Callable[[str], None],
     return imp_seed(c.imp_config(c.loaded_tasks()[spec.index], spec.index), directory, log, progress)
 
 
+def bespoke_units(
+    specs: list[BespokeSpec], directories: list[Path], logs: list[Callable[[str], None]], progress: bool | None
+) -> list[dict]:
+    """:func:`bespoke_unit` of one task's bespoke IMP runs of several seeds, in lockstep (IMP's
+    :func:`~lth_sparse.pipelines.imp_rounds.imp_seeds`)."""
+    configs = [spec.config.imp_config(spec.config.loaded_tasks()[spec.index], spec.index) for spec in specs]
+    return imp_seeds(configs, directories, logs, progress)
+
+
 @dataclass(frozen=True)
 class ConsensusSpec:
     """What a consensus unit computes: the consensus of one seed's bespoke tickets."""
@@ -393,6 +402,24 @@ def _fit(masks: Masks, model) -> Masks:
 
 def retrain_unit(spec: RetrainSpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
     """Stage 3 of the consensus pipeline: one ticket trained from the shared initialisation on one task."""
+    training, finish = _retraining(spec, directory, progress, log)
+    return finish(training.run(), log)
+
+
+def retrain_units(
+    specs: list[RetrainSpec], directories: list[Path], logs: list[Callable[[str], None]], progress: bool | None
+) -> list[dict]:
+    """:func:`retrain_unit` of several tickets on one task (other tickets and seeds), trained together as one
+    stack (:func:`~lth_sparse.pipelines.steps.train_masked_grouped`)."""
+    started = [_retraining(spec, d, progress, log) for spec, d, log in zip(specs, directories, logs)]
+    metrics = train_masked_grouped([training for training, _ in started])
+    return [finish(m, log) for (_, finish), m, log in zip(started, metrics, logs)]
+
+
+def _retraining(
+    spec: RetrainSpec, directory: Path, progress: bool | None, log: Callable[[str], None]
+) -> tuple[MaskedTraining, Callable[[dict, Callable[[str], None]], dict]]:
+    """What one retraining trains, and the function that makes its ``done.json`` of the training's metrics."""
     c = spec.config
     seed_dir = directory.parents[2]
     consensus = read_done(seed_dir / "consensus" / "done.json")
@@ -410,20 +437,23 @@ def retrain_unit(spec: RetrainSpec, directory: Path, log: Callable[[str], None],
     masks = _fit(masks, imp.model)
     init = {k: v.clone() for k, v in imp.model.state_dict().items()}
     label = _ticket_label(spec.ticket, spec.source)
-    metrics = imp.train(init, masks, directory, start=0, desc=f"{label} on task {spec.target}")
-    result = {
-        "ticket": label,
-        "source": spec.source,
-        "source_round": source_round,
-        "target": spec.target,
-        "task": task,
-        **metrics,
-    }
-    log(
-        f"{label} on {task}: {100 * masks.density():.2f}% remaining, test accuracy "
-        f"{100 * metrics['test_accuracy']:.2f}%"
-    )
-    return result
+    training = imp.training(init, masks, directory, start=0, desc=f"{label} on task {spec.target}")
+
+    def finish(metrics: dict, log: Callable[[str], None]) -> dict:
+        log(
+            f"{label} on {task}: {100 * masks.density():.2f}% remaining, test accuracy "
+            f"{100 * metrics['test_accuracy']:.2f}%"
+        )
+        return {
+            "ticket": label,
+            "source": spec.source,
+            "source_round": source_round,
+            "target": spec.target,
+            "task": task,
+            **metrics,
+        }
+
+    return training, finish
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------
@@ -476,6 +506,10 @@ class ConsensusPipeline(Pipeline):
         for i, task in enumerate(config.loaded_tasks()):
             ImpRun(config.imp_config(task, i), None, False, lambda line: None)
 
+    def stacked_model(self, config: ConsensusConfig):
+        first = config.for_seed(config.seed_list()[0])
+        return ImpRun(first.imp_config(first.loaded_tasks()[0], 0), None, False, lambda line: None).model
+
     def plan(self, config: ConsensusConfig) -> list[list[Unit]]:
         tasks = config.tasks
         stages: list[list[Unit]] = [[], [], []]
@@ -488,6 +522,8 @@ class ConsensusPipeline(Pipeline):
                     BespokeSpec(c, i),
                     f"{root}/{_bespoke_dir(i)}",
                     label=f"seed {s} bespoke IMP on {task}",
+                    stacked="lth_sparse.pipelines.consensus:bespoke_units",
+                    stack_key=(stack_key(config), i),  # one task's seeds: its data, its output layer
                 )
                 for i, task in enumerate(tasks)
             ]
@@ -507,6 +543,8 @@ class ConsensusPipeline(Pipeline):
                         RetrainSpec(c, ticket, source, target),
                         f"{root}/retrain/{_ticket_label(ticket, source)}/task_{target}",
                         label=f"seed {s} {_ticket_label(ticket, source)} on {tasks[target]}",
+                        stacked="lth_sparse.pipelines.consensus:retrain_units",
+                        stack_key=(stack_key(config), target),  # one task: its data, its output layer
                     )
                     for ticket, source in tickets
                     for target in range(len(tasks))

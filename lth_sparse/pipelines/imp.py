@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
-from lth_sparse.pipelines.common import DERIVED_TASKS, over_seeds
+from lth_sparse.pipelines.common import DERIVED_TASKS, over_seeds, stack_key
 from lth_sparse.pipelines.imp_rounds import (
     CONTROLS,
     SPARSE,
@@ -89,6 +89,11 @@ def summarize_rounds(per_seed: dict[int, list[dict]]) -> list[dict]:
     return out
 
 
+CONTROL_APART = ("rounds", "fraction", "scope", "importance", "structured", "controls")
+"""The IMP options in which two runs' trainings (their rounds, their controls) may differ and still train
+together: they change which weights the masks keep (or how many rounds there are), not how a round trains."""
+
+
 class ImpPipeline(Pipeline):
     """IMP as a pipeline: one unit per seed (its rounds sequential inside it), in ``RUN/seed_N/``."""
 
@@ -117,12 +122,22 @@ class ImpPipeline(Pipeline):
     def check(self, config: ImpConfig) -> None:
         ImpRun(config.for_seed(config.seed_list()[0]), None, False, lambda line: None)
 
+    def stacked_model(self, config: ImpConfig):
+        return ImpRun(config.for_seed(config.seed_list()[0]), None, False, lambda line: None).model
+
     def plan(self, config: ImpConfig) -> list[list[Unit]]:
         """Stage 1: one IMP run per seed (its rounds sequential inside it). Stage 2, with ``controls``: each
         pruned round's two controls of each seed, one unit each (independent of each other)."""
         stages = [
             [
-                Unit("lth_sparse.pipelines.imp_rounds:imp_seed", config.for_seed(s), f"seed_{s}", label=f"IMP seed {s}")
+                Unit(
+                    "lth_sparse.pipelines.imp_rounds:imp_seed",
+                    config.for_seed(s),
+                    f"seed_{s}",
+                    label=f"IMP seed {s}",
+                    stacked="lth_sparse.pipelines.imp_rounds:imp_seeds",  # the seeds in lockstep, round by round
+                    stack_key=stack_key(config, apart=CONTROL_APART),
+                )
                 for s in config.seed_list()
             ]
         ]
@@ -134,6 +149,8 @@ class ImpPipeline(Pipeline):
                     ImpControl(config.for_seed(s), r, control),
                     f"seed_{s}/{control_name(r, control)}",
                     label=f"seed {s} round {r} {control}",
+                    stacked="lth_sparse.pipelines.imp_rounds:imp_controls",
+                    stack_key=stack_key(config, apart=CONTROL_APART),
                 )
                 for s in config.seed_list()
                 for r in range(1, config.rounds + 1)

@@ -25,7 +25,14 @@ from lth_sparse.experiment import check_device, draw_model
 from lth_sparse.integrity import load_torch
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.pipelines.common import MORCOS_TRAINING, CommonConfig, parse_seeds
-from lth_sparse.pipelines.steps import prune_trained, run_step, shared_dataset, train_masked
+from lth_sparse.pipelines.steps import (
+    MaskedTraining,
+    prune_trained,
+    run_step,
+    shared_dataset,
+    train_masked,
+    train_masked_grouped,
+)
 from lth_sparse.prune import (
     IMPORTANCES,
     SCOPES,
@@ -225,6 +232,17 @@ def control_name(r: int, control: str) -> str:
     return f"{round_name(r)}/control_{control}"
 
 
+@dataclass(frozen=True)
+class FinalRate:
+    """The learning-rate factor of fine-tuning: the schedule's final factor, constant (a value, so that the
+    fine-tuning rounds of several runs at one rate train together)."""
+
+    factor: float
+
+    def __call__(self, iteration: int) -> float:
+        return self.factor
+
+
 class ImpRun:
     """One single-seed IMP run in ``directory`` (``None``: only check the inputs): its data, its model, and
     its rounds as resumable steps (:func:`~lth_sparse.pipelines.steps.run_step`), each a
@@ -327,8 +345,32 @@ class ImpRun:
         """One training of this run's model from ``state`` under ``masks`` (the same on every rank), from the
         rewind iteration (``start``) to the end; with ``lr_factor`` (fine-tuning) as many iterations at
         that rate instead."""
+        return self.training(
+            state,
+            masks,
+            folder,
+            lr_factor=lr_factor,
+            snapshot_at=snapshot_at,
+            on_snapshot=on_snapshot,
+            start=start,
+            desc=desc,
+        ).run(self.world)
+
+    def training(
+        self,
+        state: dict | None,
+        masks: Masks,
+        folder: Path,
+        *,
+        lr_factor=None,
+        snapshot_at=(),
+        on_snapshot=None,
+        start: int | None = None,
+        desc: str,
+    ) -> MaskedTraining:
+        """What :meth:`train` trains, to run alone or stacked with other runs' trainings."""
         start = self.rewind_iter if start is None else start
-        return train_masked(
+        return MaskedTraining(
             self.model,
             self.data,
             self.train_cfg,
@@ -344,14 +386,25 @@ class ImpRun:
             on_snapshot=on_snapshot,
             progress=self.progress,
             desc=desc,
-            world=self.world,
         )
 
     # --- rounds ----------------------------------------------------------------------------------
-    def dense_round(self) -> dict:
-        run = self.run
+    def round(self, r: int) -> dict:
+        """Round ``r``'s result: its ``done.json`` where it is done, else the round run (a resumable step)."""
 
         def compute(folder: Path) -> dict:
+            training, finish = self.round_training(r, folder)
+            return finish(training.run(self.world))
+
+        return run_step(self.run, round_name(r), compute, world=self.world)
+
+    def round_training(self, r: int, folder: Path) -> tuple[MaskedTraining, Callable[[dict], dict]]:
+        """What round ``r`` trains into ``folder`` (round 0: the dense network from its initialisation, saving
+        ``init.pt`` and, at the rewind iteration, ``rewind.pt``; round ``r`` > 0: round ``r - 1``'s trained
+        weights pruned, then retrained as ``retrain`` says), and the function that makes the round's result of
+        the training's metrics; to run alone (:meth:`round`) or stacked with other seeds' rounds."""
+        run, c = self.run, self.config
+        if r == 0:
             init_state = {k: v.clone() for k, v in self.model.state_dict().items()}
             if self.world.writer:
                 atomic_torch_save(run / "init.pt", init_state)
@@ -360,7 +413,7 @@ class ImpRun:
                 atomic_torch_save(run / "rewind.pt", {"iteration": it, "state_dict": state})
 
             masks = Masks.ones_like(self.model)
-            metrics = self.train(
+            training = self.training(
                 init_state,
                 masks,
                 folder,
@@ -369,51 +422,47 @@ class ImpRun:
                 on_snapshot=keep_rewind,
                 desc="round 0 (dense)",
             )
-            return self._record(0, masks, metrics)
-
-        return run_step(run, round_name(0), compute, world=self.world)
-
-    def pruned_round(self, r: int) -> dict:
-        run, c = self.run, self.config
+            return training, lambda metrics: self._record(0, masks, metrics)
         prev_dir = run / round_name(r - 1)
 
-        def compute(folder: Path) -> dict:
-            def prune():  # on rank 0
-                prev_state = load_torch(prev_dir / "final.pt", map_location=self.device)
-                prev_masks = Masks.load(prev_dir / "masks.safetensors", self.device)
-                generator = torch.Generator().manual_seed(c.seed_of("prune") * 7919 + r)
-                masks = prune_trained(
-                    self.model,
-                    prev_state,
-                    prev_masks,
-                    c.fraction,
-                    importance=c.importance,
-                    scope=c.scope,
-                    structured=c.structured,
-                    exclude=self.exclude,
-                    generator=generator,
-                )
-                rewind = load_torch(run / "rewind.pt", map_location=self.device)["state_dict"]
-                return prev_state, masks, rewind
+        def prune():  # on rank 0
+            prev_state = load_torch(prev_dir / "final.pt", map_location=self.device)
+            prev_masks = Masks.load(prev_dir / "masks.safetensors", self.device)
+            generator = torch.Generator().manual_seed(c.seed_of("prune") * 7919 + r)
+            masks = prune_trained(
+                self.model,
+                prev_state,
+                prev_masks,
+                c.fraction,
+                importance=c.importance,
+                scope=c.scope,
+                structured=c.structured,
+                exclude=self.exclude,
+                generator=generator,
+            )
+            rewind = load_torch(run / "rewind.pt", map_location=self.device)["state_dict"]
+            return prev_state, masks, rewind
 
-            prev_state, masks, rewind = self.world.on_writer(prune, share=False) or (None, None, None)
-            masks = self.world.broadcast_masks(masks, self.model)
-            if c.retrain == "rewind":
-                metrics = self.train(rewind, masks, folder, desc=f"round {r}")
-            elif c.retrain == "lr-rewind":
-                metrics = self.train(prev_state, masks, folder, desc=f"round {r}")
-            else:
-                final_lr = make_schedule(self.train_cfg, self.per_epoch, self.total_iters)(self.total_iters - 1)
-                metrics = self.train(prev_state, masks, folder, lr_factor=lambda it: final_lr, desc=f"round {r}")
-            return self._record(r, masks, metrics)
-
-        return run_step(run, round_name(r), compute, world=self.world)
+        prev_state, masks, rewind = self.world.on_writer(prune, share=False) or (None, None, None)
+        masks = self.world.broadcast_masks(masks, self.model)
+        if c.retrain == "rewind":
+            training = self.training(rewind, masks, folder, desc=f"round {r}")
+        elif c.retrain == "lr-rewind":
+            training = self.training(prev_state, masks, folder, desc=f"round {r}")
+        else:
+            final_lr = make_schedule(self.train_cfg, self.per_epoch, self.total_iters)(self.total_iters - 1)
+            training = self.training(prev_state, masks, folder, lr_factor=FinalRate(final_lr), desc=f"round {r}")
+        return training, lambda metrics: self._record(r, masks, metrics)
 
     def control(self, r: int, control: str) -> dict:
         """Train the control ``control`` of round ``r`` (Frankle & Carbin 2019), from the round's saved masks:
         ``reinit``, the same masks on a fresh initialisation (drawn from ``init_seed + 100000 + r``);
         ``random_mask``, a random mask of the same per-layer counts (drawn from ``prune_seed * 31 + r``)
         on the rewind state. Both train as the round did, from the rewind iteration."""
+        return self.control_training(r, control).run(self.world)
+
+    def control_training(self, r: int, control: str) -> MaskedTraining:
+        """What :meth:`control` trains, to run alone or stacked with other controls."""
         c, round_dir = self.config, self.run / round_name(r)
         if control not in CONTROLS:
             raise ValueError(f"control must be one of {CONTROLS}, got {control!r}")
@@ -430,7 +479,7 @@ class ImpRun:
         masks = self.world.broadcast_masks(masks, self.model)
         if control == "reinit":
             state = self.new_model(c.seed_of("init") + 100_000 + r).state_dict()
-        return self.train(state, masks, self.run / control_name(r, control), desc=f"round {r} {control}")
+        return self.training(state, masks, self.run / control_name(r, control), desc=f"round {r} {control}")
 
     def sparse(self, r: int) -> dict:
         """AIMP's sparse training of round ``r``'s ticket: its masks over the rewind state, trained with the full
@@ -539,6 +588,43 @@ def imp_seed(config: ImpConfig, directory: Path, log: Callable[[str], None], pro
     """The first unit of the IMP pipeline: one single-seed IMP run in ``directory`` (its rounds in
     ``round_NN/``, each finished by its own ``done.json``, so a killed run resumes after its last
     finished round). Returns ``{"seed", "rounds"}``, the unit's ``done.json``."""
+    imp = _started(config, directory, progress, log)
+    rounds = []
+    for r in range(config.rounds + 1):
+        result = imp.round(r)
+        rounds.append(result)
+        log(round_row(result, False))
+    return {"seed": config.seed, "rounds": rounds}
+
+
+def imp_seeds(
+    configs: list[ImpConfig], directories: list[Path], logs: list[Callable[[str], None]], progress: bool | None
+) -> list[dict]:
+    """:func:`imp_seed` of several single-seed IMP runs (other seeds; sweep points that differ only in what
+    stacking lets members differ in, the pruning included) in lockstep: round by round, the rounds not yet done
+    trained together as one stack (:func:`~lth_sparse.pipelines.steps.train_masked_grouped`), each run pruned
+    on its own between rounds, each round finished by its own ``done.json``."""
+    imps = [_started(c, d, progress, log) for c, d, log in zip(configs, directories, logs)]
+    rounds: list[list[dict]] = [[] for _ in imps]
+    for r in range(max(c.rounds for c in configs) + 1):
+        members = [k for k, imp in enumerate(imps) if r <= imp.config.rounds]
+        pending = []
+        for k in members:
+            if imps[k].run.is_done(round_name(r)):
+                rounds[k].append(imps[k].run.result(round_name(r)))
+            else:
+                pending.append((k, *imps[k].round_training(r, imps[k].run.step_dir(round_name(r)))))
+        for (k, _, finish), metrics in zip(pending, train_masked_grouped([t for _, t, _ in pending])):
+            result = finish(metrics)
+            imps[k].run.mark_done(round_name(r), result)
+            rounds[k].append(result)
+        for k in members:
+            logs[k](round_row(rounds[k][r], False))
+    return [{"seed": c.seed, "rounds": found} for c, found in zip(configs, rounds)]
+
+
+def _started(config: ImpConfig, directory: Path, progress: bool | None, log: Callable[[str], None]) -> ImpRun:
+    """The single-seed IMP run of ``config`` in ``directory``, its opening lines logged."""
     imp = ImpRun(config, directory, progress, log)
     c = config
     log(
@@ -554,12 +640,7 @@ def imp_seed(config: ImpConfig, directory: Path, log: Callable[[str], None], pro
         if finished:
             log(f"resuming: {finished} of {c.rounds + 1} rounds already done")
     log(round_header(False))
-    rounds = []
-    for r in range(c.rounds + 1):
-        result = imp.dense_round() if r == 0 else imp.pruned_round(r)
-        rounds.append(result)
-        log(round_row(result, False))
-    return {"seed": c.seed, "rounds": rounds}
+    return imp
 
 
 @dataclass(frozen=True)
@@ -580,11 +661,31 @@ def imp_control(spec: ImpControl, directory: Path, log: Callable[[str], None], p
     seed_dir = directory.parent.parent
     imp = ImpRun(spec.config, seed_dir, progress, log)
     result = imp.control(spec.round, spec.control)
-    log(
+    log(_control_line(spec, result))
+    return result
+
+
+def imp_controls(
+    specs: list[ImpControl], directories: list[Path], logs: list[Callable[[str], None]], progress: bool | None
+) -> list[dict]:
+    """:func:`imp_control` of several controls (of any rounds and seeds, and sweep points whose configs differ
+    only in what stacking lets members differ in: :func:`~lth_sparse.pipelines.common.stack_key`), trained
+    together as one stack (:func:`~lth_sparse.pipelines.steps.train_masked_grouped`)."""
+    trainings = [
+        ImpRun(spec.config, directory.parent.parent, progress, log).control_training(spec.round, spec.control)
+        for spec, directory, log in zip(specs, directories, logs)
+    ]
+    results = train_masked_grouped(trainings)
+    for spec, log, result in zip(specs, logs, results):
+        log(_control_line(spec, result))
+    return results
+
+
+def _control_line(spec: ImpControl, result: dict) -> str:
+    return (
         f"seed {spec.config.seed} round {spec.round} {spec.control}: {100 * (1 - result['sparsity']):.2f}% "
         f"remaining, test accuracy {100 * result['test_accuracy']:.2f}%"
     )
-    return result
 
 
 @dataclass(frozen=True)

@@ -50,9 +50,9 @@ from lth_sparse.experiment import check_device, draw_model
 from lth_sparse.integrity import load_torch, read_done
 from lth_sparse.masks import Masks
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
-from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
+from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds, stack_key
 from lth_sparse.pipelines.imp_rounds import ImpConfig, ImpRun
-from lth_sparse.pipelines.steps import run_step, shared_dataset, train_masked
+from lth_sparse.pipelines.steps import MaskedTraining, run_step, shared_dataset, train_masked, train_masked_grouped
 from lth_sparse.runs import ConfigMismatch, Steps, atomic_torch_save, check_run
 from lth_sparse.tickets import (
     finished_rounds,
@@ -480,14 +480,34 @@ def _start(spec: CopySpec, setup: _Setup, directory: Path) -> tuple[dict, Masks,
 
 def copy_unit(spec: CopySpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
     """One copy trained from its point to the end under its own SGD noise; ``final.pt`` is what pairs compare."""
+    training, finish = _copy_training(spec, directory, progress)
+    return finish(training.run(), log)
+
+
+def copy_units(
+    specs: list[CopySpec], directories: list[Path], logs: list[Callable[[str], None]], progress: bool | None
+) -> list[dict]:
+    """:func:`copy_unit` of several copies (other seeds, copies and points of one start), trained together as
+    one stack (:func:`~lth_sparse.pipelines.steps.train_masked_grouped`). Not for ``dynamics``, whose
+    callbacks read the model's weights as it trains (its plan does not stack those copies)."""
+    prepared = [_copy_training(spec, directory, progress) for spec, directory in zip(specs, directories)]
+    metrics = train_masked_grouped([training for training, _ in prepared])
+    return [finish(m, log) for (_, finish), m, log in zip(prepared, metrics, logs)]
+
+
+def _copy_training(
+    spec: CopySpec, directory: Path, progress: bool | None
+) -> tuple[MaskedTraining, Callable[[dict, Callable[[str], None]], dict]]:
+    """What one copy trains, and the function that makes its ``done.json`` of the training's metrics."""
     c = spec.config
     setup = _Setup(c, spec.seed)
     state, masks, start = _start(spec, setup, directory)
     model = setup.model()
     noise = noise_seed(spec.seed, spec.copy)
-    callbacks, measures = [], {}
+    callbacks = []
+    forgetting = errors = None
     if c.dynamics:
-        from lth_sparse.analysis import EpochErrors, ForgettingEvents, convergence_speed
+        from lth_sparse.analysis import EpochErrors, ForgettingEvents
 
         model.load_state_dict(state)
         masks.apply_to(model)
@@ -495,7 +515,7 @@ def copy_unit(spec: CopySpec, directory: Path, log: Callable[[str], None], progr
         # equation 4 is of a whole training: from iteration 0 only (the test error before training, measured now)
         errors = EpochErrors(model, setup.data.test, setup.per_epoch) if start == 0 else None
         callbacks = [forgetting] + ([errors] if errors is not None else [])
-    metrics = train_masked(
+    training = MaskedTraining(
         model,
         setup.data,
         c.train_config(),
@@ -505,42 +525,53 @@ def copy_unit(spec: CopySpec, directory: Path, log: Callable[[str], None], progr
         seed=noise,
         augment_seed=noise,
         start=start,
-        callbacks=callbacks,
+        callbacks=tuple(callbacks),
         progress=progress,
         desc=f"seed {spec.seed} {spec.point} copy {spec.copy}",
     )
-    if c.dynamics:
-        counts = forgetting.result()
-        counts.save(directory / "forgetting.safetensors")
-        measures = {
-            "forgetting_events": counts.mean_events,
-            "unforgettable": counts.unforgettable_fraction,
-            "never_learned": counts.never_learned_fraction,
-        }
-        if errors is not None:
-            measures.update(test_errors=errors.errors, convergence_speed=convergence_speed(errors.errors))
-    log(
-        f"seed {spec.seed} {spec.point} copy {spec.copy} (noise seed {noise}): iterations {start}..{setup.total}, "
-        f"test accuracy {100 * metrics['test_accuracy']:.2f}%"
-        + (
-            f"; {measures['forgetting_events']:.3f} forgetting events per example, "
-            f"{100 * measures['unforgettable']:.1f}% unforgettable"
-            + (f", convergence speed {measures['convergence_speed']:.3f}" if "convergence_speed" in measures else "")
-            if measures
-            else ""
+
+    def finish(metrics: dict, log: Callable[[str], None]) -> dict:
+        measures = {}
+        if forgetting is not None:
+            from lth_sparse.analysis import convergence_speed
+
+            counts = forgetting.result()
+            counts.save(directory / "forgetting.safetensors")
+            measures = {
+                "forgetting_events": counts.mean_events,
+                "unforgettable": counts.unforgettable_fraction,
+                "never_learned": counts.never_learned_fraction,
+            }
+            if errors is not None:
+                measures.update(test_errors=errors.errors, convergence_speed=convergence_speed(errors.errors))
+        log(
+            f"seed {spec.seed} {spec.point} copy {spec.copy} (noise seed {noise}): iterations {start}..{setup.total}, "
+            f"test accuracy {100 * metrics['test_accuracy']:.2f}%"
+            + (
+                f"; {measures['forgetting_events']:.3f} forgetting events per example, "
+                f"{100 * measures['unforgettable']:.1f}% unforgettable"
+                + (
+                    f", convergence speed {measures['convergence_speed']:.3f}"
+                    if "convergence_speed" in measures
+                    else ""
+                )
+                if measures
+                else ""
+            )
         )
-    )
-    return {
-        "seed": spec.seed,
-        "point": spec.point,
-        "copy": spec.copy,
-        "noise_seed": noise,
-        "start": start,
-        "sparsity": masks.sparsity(),
-        "dropped_examples": setup.dropped,
-        **measures,
-        **{k: metrics[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "iterations", "train_seconds")},
-    }
+        return {
+            "seed": spec.seed,
+            "point": spec.point,
+            "copy": spec.copy,
+            "noise_seed": noise,
+            "start": start,
+            "sparsity": masks.sparsity(),
+            "dropped_examples": setup.dropped,
+            **measures,
+            **{k: metrics[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "iterations", "train_seconds")},
+        }
+
+    return training, finish
 
 
 # --- stage 3: the paths -------------------------------------------------------------------------------------
@@ -764,6 +795,9 @@ class InstabilityPipeline(Pipeline):
         if config.imp_rounds is not None:
             ImpRun(imp_config(config, config.seed_list()[0]), None, False, lambda line: None)
 
+    def stacked_model(self, config: InstabilityConfig):
+        return _Setup(config, config.seed_list()[0]).model()
+
     def plan(self, config: InstabilityConfig) -> list[list[Unit]]:
         trunks, copies, pairs = [], [], []
         for s in config.seed_list():
@@ -774,6 +808,8 @@ class InstabilityPipeline(Pipeline):
                         imp_config(config, s),
                         f"imp/seed_{s}",
                         label=f"seed {s} IMP ({config.imp_rounds} rounds)",
+                        stacked="lth_sparse.pipelines.imp_rounds:imp_seeds",  # the seeds in lockstep
+                        stack_key=stack_key(imp_config(config, s)),
                     )
                 )
             elif config.source is None:
@@ -794,6 +830,10 @@ class InstabilityPipeline(Pipeline):
                             CopySpec(config, s, p, copy),
                             _copy_dir(s, label, copy),
                             label=f"seed {s} {p} copy {copy}",
+                            # the copies of one start train together; with dynamics, whose callbacks read the
+                            # model as it trains, each alone
+                            stacked="" if config.dynamics else "lth_sparse.pipelines.instability:copy_units",
+                            stack_key=(stack_key(config), p if not _tickets(config) else "ticket"),
                         )
                     )
                 for i, j in itertools.combinations(range(config.copies), 2):

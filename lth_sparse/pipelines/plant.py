@@ -40,12 +40,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from lth_sparse.atomic import atomic_torch_save
 from lth_sparse.config import option, split_items
 from lth_sparse.experiment import check_device
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
-from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds
-from lth_sparse.pipelines.steps import shared_dataset, train_masked
+from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds, stack_key
+from lth_sparse.pipelines.steps import MaskedTraining, shared_dataset, train_masked_grouped
 from lth_sparse.planting.tasks import TASKS
 from lth_sparse.train import TrainConfig, default_loss, evaluate
 from lth_sparse.units import Unit
@@ -207,6 +208,29 @@ class _Scaled(nn.Module):
 def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
     """One (task, depth, pruner, density, seed): plant, prune, measure the recovery, train (weak) or rescale
     (strong), evaluate."""
+    training, finish = _plant_and_prune(spec, directory, progress)
+    return finish(training.run() if training is not None else None, log)
+
+
+def plant_units(
+    specs: list[PlantSpec], directories: list[Path], logs: list[Callable[[str], None]], progress: bool | None
+) -> list[dict]:
+    """:func:`plant_unit` of several units of one task and depth (other pruners, densities and seeds): each
+    planted and pruned in turn, then their weak tickets trained together as one stack
+    (:func:`~lth_sparse.pipelines.steps.train_masked_grouped`; a strong ticket has no training)."""
+    started = [_plant_and_prune(spec, directory, progress) for spec, directory in zip(specs, directories)]
+    trainings = [training for training, _ in started if training is not None]
+    metrics = iter(train_masked_grouped(trainings))
+    return [
+        finish(next(metrics) if training is not None else None, log) for (training, finish), log in zip(started, logs)
+    ]
+
+
+def _plant_and_prune(
+    spec: PlantSpec, directory: Path, progress: bool | None
+) -> tuple[MaskedTraining | None, Callable[[dict | None, Callable[[str], None]], dict]]:
+    """Plant and prune one unit; returns the training of its weak ticket (``None`` for a strong ticket, which
+    is rescaled, not trained) and the function that makes its ``done.json`` of the training's metrics."""
     from lth_sparse.nn import masked, unmasked
     from lth_sparse.planting import make_target, plant, target_performance
     from lth_sparse.prune import get_pruner, layer_collapse
@@ -303,23 +327,12 @@ def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], pro
         "reference": target_performance(spec.task, spec.depth),
     }
     masks.save(directory / "masks.safetensors")
-    if pruner in STRONG:
-        ticket = strong_ticket(host, masks, bias_masks).to(device)
-        with torch.no_grad():
-            reference = target.float().to(device)(data.train.x)
-            out = ticket(data.train.x)
-            scale = _least_squares_scale(out, reference)
-        scaled = _Scaled(ticket, scale)
-        loss, acc = evaluate(scaled, data.test)
-        result.update(
-            kind="strong", test_loss=loss, test_accuracy=acc, output_scale=scale.tolist(), edge_popup_history=history
-        )
-        exported = _Scaled(unmasked(copy.deepcopy(ticket)), scale)
-    else:
+    training = None
+    if pruner not in STRONG:
         model.load_state_dict(init)
         masks.apply_to(model)
         before_loss, before_acc = evaluate(model, data.test)
-        metrics = train_masked(
+        training = MaskedTraining(
             model,
             data,
             c.train_config(),
@@ -330,26 +343,46 @@ def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], pro
             progress=progress,
             desc=f"{spec.task} depth {spec.depth} {pruner} {spec.density}",
         )
-        result.update(
-            kind="weak",
-            before_test_loss=before_loss,
-            before_test_accuracy=before_acc,
-            test_loss=metrics["test_loss"],
-            test_accuracy=metrics["test_accuracy"],
+
+    def finish(metrics: dict | None, log: Callable[[str], None]) -> dict:
+        if training is None:
+            exported = _strong(result)
+        else:
+            result.update(
+                kind="weak",
+                before_test_loss=before_loss,
+                before_test_accuracy=before_acc,
+                test_loss=metrics["test_loss"],
+                test_accuracy=metrics["test_accuracy"],
+            )
+            exported = unmasked(copy.deepcopy(model))
+        # the ticket as a plain torch model (nn.Linear layers, pruned weights zero; a strong ticket with its output
+        # scale): torch.load(..., weights_only=False) gives it back, masks.safetensors beside it
+        atomic_torch_save(directory / "ticket.pt", exported.cpu())
+        metric = "test_loss" if regression else "test_accuracy"
+        result["score"] = result[metric]
+        log(
+            f"{spec.task} depth {spec.depth} {pruner} at density {density:.4g} (seed {spec.seed}): "
+            f"{'MSE' if regression else 'accuracy'} {result['score']:.4g} ({result['kind']}; the planted ticket "
+            f"{result['reference']['test']:.4g}), recall of the planted weights {found['recall']:.3f}, precision "
+            f"{found['precision']:.3f}" + (f", collapsed: {result['collapsed_layers']}" if result["collapsed"] else "")
         )
-        exported = unmasked(copy.deepcopy(model))
-    # the ticket as a plain torch model (nn.Linear layers, pruned weights zero; a strong ticket with its output
-    # scale): torch.load(..., weights_only=False) gives it back, masks.safetensors beside it
-    torch.save(exported.cpu(), directory / "ticket.pt")
-    metric = "test_loss" if regression else "test_accuracy"
-    result["score"] = result[metric]
-    log(
-        f"{spec.task} depth {spec.depth} {pruner} at density {density:.4g} (seed {spec.seed}): "
-        f"{'MSE' if regression else 'accuracy'} {result['score']:.4g} ({result['kind']}; the planted ticket "
-        f"{result['reference']['test']:.4g}), recall of the planted weights {found['recall']:.3f}, precision "
-        f"{found['precision']:.3f}" + (f", collapsed: {result['collapsed_layers']}" if result["collapsed"] else "")
-    )
-    return result
+        return result
+
+    def _strong(result: dict) -> nn.Module:
+        ticket = strong_ticket(host, masks, bias_masks).to(device)
+        with torch.no_grad():
+            reference = target.float().to(device)(data.train.x)
+            out = ticket(data.train.x)
+            scale = _least_squares_scale(out, reference)
+        scaled = _Scaled(ticket, scale)
+        loss, acc = evaluate(scaled, data.test)
+        result.update(
+            kind="strong", test_loss=loss, test_accuracy=acc, output_scale=scale.tolist(), edge_popup_history=history
+        )
+        return _Scaled(unmasked(copy.deepcopy(ticket)), scale)
+
+    return training, finish
 
 
 class PlantPipeline(Pipeline):
@@ -395,6 +428,11 @@ class PlantPipeline(Pipeline):
             for depth in config.depths:
                 plant(make_target(task, depth), config.width, seed=config.seed_list()[0])
 
+    def stacked_model(self, config: PlantConfig):
+        from lth_sparse.planting import make_target, plant
+
+        return plant(make_target(config.tasks[0], config.depths[0]), config.width, seed=0)[0].float()
+
     def plan(self, config: PlantConfig) -> list[list[Unit]]:
         units = []
         for task in config.tasks:
@@ -411,6 +449,8 @@ class PlantPipeline(Pipeline):
                                     spec,
                                     _unit_dir(spec),
                                     label=f"{task} depth {depth} {pruner} density {density} seed {s}",
+                                    stacked="lth_sparse.pipelines.plant:plant_units",
+                                    stack_key=(stack_key(config), task, depth),  # one host network
                                 )
                             )
         return [units]

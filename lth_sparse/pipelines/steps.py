@@ -8,6 +8,8 @@ public pieces IMP's units are made of, for the other pipelines to reuse:
 - :func:`train_masked`: train a model from a state under masks, for a range of
   iterations with given seeds, and write the masks, the final weights and the
   metrics into a step's folder;
+- :class:`MaskedTraining`: one such training's arguments, run alone or, by
+  :func:`train_masked_together`, in lockstep with others (stacked training);
 - :func:`prune_trained`: the masks that pruning a trained state gives;
 - :func:`~lth_sparse.experiment.shared_dataset` (re-exported): a data set loaded once per
   process for the units it runs.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +40,16 @@ from lth_sparse.prune import prune_magnitude, prune_random, prune_structured
 from lth_sparse.runs import Steps, atomic_torch_save
 from lth_sparse.train import TrainConfig, train
 
-__all__ = ["prune_trained", "release_shared", "run_step", "shared_dataset", "train_masked"]
+__all__ = [
+    "MaskedTraining",
+    "prune_trained",
+    "release_shared",
+    "run_step",
+    "shared_dataset",
+    "train_masked",
+    "train_masked_grouped",
+    "train_masked_together",
+]
 
 
 def run_step(steps: Steps, name: str, compute: Callable[[Path], dict], *, world: World | None = None) -> dict:
@@ -148,6 +160,113 @@ def train_masked(
 
         world.on_writer(write, share=False)
     return out
+
+
+@dataclass
+class MaskedTraining:
+    """One :func:`train_masked` call's arguments: run alone (:meth:`run`) or stacked with others of the same
+    architecture and schedule (:func:`train_masked_together`), with the same files and result either way."""
+
+    model: nn.Module
+    data: Dataset
+    cfg: TrainConfig
+    masks: Masks
+    state: dict | None
+    folder: Path | None
+    seed: int = 0
+    augment_seed: int | None = None
+    start: int = 0
+    end: int | None = None
+    lr_factor: Callable[[int], float] | None = None
+    snapshot_at: Iterable[int] = ()
+    on_snapshot: Callable | None = None
+    callbacks: Sequence[Callable] = ()
+    progress: bool | None = None
+    desc: str = "train"
+
+    def run(self, world: World | None = None) -> dict:
+        """:func:`train_masked` of these arguments."""
+        return train_masked(
+            self.model,
+            self.data,
+            self.cfg,
+            self.masks,
+            self.state,
+            self.folder,
+            seed=self.seed,
+            augment_seed=self.augment_seed,
+            start=self.start,
+            end=self.end,
+            lr_factor=self.lr_factor,
+            snapshot_at=self.snapshot_at,
+            on_snapshot=self.on_snapshot,
+            callbacks=self.callbacks,
+            progress=self.progress,
+            desc=self.desc,
+            world=world,
+        )
+
+
+def train_masked_together(trainings: Sequence[MaskedTraining]) -> list[dict]:
+    """Each training's :func:`train_masked` result and files, the trainings trained in lockstep as one stack
+    (:func:`~lth_sparse.train.train_stacked`): each member from its own state under its own masks, with its own
+    seeds, data, learning rate, momentum and weight decay, into its own folder (``metrics.jsonl``,
+    ``masks.safetensors``, ``final.pt``). They share the start, the end, the learning-rate factor and the
+    snapshot iterations (the first training's), and what stacking needs (architecture, data shape, schedule: a
+    ValueError names what differs). ``train_seconds`` is each member's share of the stack's time."""
+    from lth_sparse.train import train_stacked
+
+    first = trainings[0]
+    started = time.time()
+    for t in trainings:
+        if t.state is not None:
+            t.model.load_state_dict(t.state)
+        t.masks.apply_to(t.model)
+        if t.folder is not None:
+            Path(t.folder).mkdir(parents=True, exist_ok=True)
+            (Path(t.folder) / "metrics.jsonl").unlink(missing_ok=True)  # a killed attempt's records go with it
+    results = train_stacked(
+        [t.model for t in trainings],
+        [t.data for t in trainings],
+        [t.cfg for t in trainings],
+        seeds=[t.seed for t in trainings],
+        augment_seeds=[t.augment_seed for t in trainings],
+        masks=[t.masks for t in trainings],
+        start_iteration=first.start,
+        end_iteration=first.end,
+        lr_factor=first.lr_factor,
+        snapshot_at=first.snapshot_at,
+        on_snapshot=[t.on_snapshot for t in trainings],
+        callbacks=[t.callbacks for t in trainings],
+        metrics_paths=[Path(t.folder) / "metrics.jsonl" if t.folder is not None else None for t in trainings],
+        progress=first.progress,
+        desc=f"{first.desc} and {len(trainings) - 1} more, stacked",
+    )
+    seconds = (time.time() - started) / len(trainings)
+    outs = []
+    for t, result in zip(trainings, results):
+        out = result.to_dict()
+        out["train_seconds"] = seconds
+        out["sparsity"] = t.masks.sparsity()
+        if t.folder is not None:
+            t.masks.save(Path(t.folder) / "masks.safetensors")
+            atomic_torch_save(Path(t.folder) / "final.pt", t.model.state_dict())
+        outs.append(out)
+    return outs
+
+
+def train_masked_grouped(trainings: Sequence[MaskedTraining]) -> list[dict]:
+    """Each training's :func:`train_masked` result, those of one start, end, snapshot iterations and
+    learning-rate factor (the same function, or none) trained together (:func:`train_masked_together`; one
+    with no other alike, as a stack of one); in the order of ``trainings``."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(trainings):
+        groups.setdefault((t.start, t.end, tuple(t.snapshot_at), t.lr_factor), []).append(i)
+    results: list[dict | None] = [None] * len(trainings)
+    for members in groups.values():  # a group of one too: stacked, a training's numbers do not depend on its group
+        for i, result in zip(members, train_masked_together([trainings[i] for i in members])):
+            results[i] = result
+    return results
 
 
 def prune_trained(

@@ -56,8 +56,15 @@ from lth_sparse.experiment import check_device, draw_model
 from lth_sparse.integrity import read_done
 from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
-from lth_sparse.pipelines.common import DERIVED_TASKS, MORCOS_TRAINING, CommonConfig, over_seeds, parse_seeds
-from lth_sparse.pipelines.steps import shared_dataset, train_masked
+from lth_sparse.pipelines.common import (
+    DERIVED_TASKS,
+    MORCOS_TRAINING,
+    CommonConfig,
+    over_seeds,
+    parse_seeds,
+    stack_key,
+)
+from lth_sparse.pipelines.steps import MaskedTraining, shared_dataset, train_masked_grouped
 from lth_sparse.runs import ConfigMismatch, Steps, check_run
 from lth_sparse.stats import closest_by_density
 from lth_sparse.tickets import (
@@ -381,10 +388,29 @@ def ticket_start(spec: TransferSpec, device="cpu"):
 
 def transfer_unit(spec: TransferSpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
     """The transfer pipeline's unit: one ticket kind of one source round trained on one target."""
+    training, facts = _training(spec, directory, progress)
+    return _result(spec, facts, training.masks, training.run(), log)
+
+
+def transfer_units(
+    specs: list[TransferSpec], directories: list[Path], logs: list[Callable[[str], None]], progress: bool | None
+) -> list[dict]:
+    """:func:`transfer_unit` of several units of one source and one target (other seeds, rounds and ticket
+    kinds), trained together as one stack (:func:`~lth_sparse.pipelines.steps.train_masked_grouped`)."""
+    started = [_training(spec, directory, progress) for spec, directory in zip(specs, directories)]
+    metrics = train_masked_grouped([training for training, _ in started])
+    return [
+        _result(spec, facts, training.masks, m, log)
+        for spec, (training, facts), m, log in zip(specs, started, metrics, logs)
+    ]
+
+
+def _training(spec: TransferSpec, directory: Path, progress: bool | None) -> tuple[MaskedTraining, dict]:
+    """What one transfer unit trains, and the facts of its ticket (see :func:`ticket_start`)."""
     c = spec.config
     device = check_device(c.device)
     model, data, state, masks, facts = ticket_start(spec, device)
-    metrics = train_masked(
+    training = MaskedTraining(
         model,
         data,
         c.train_config(),
@@ -396,6 +422,11 @@ def transfer_unit(spec: TransferSpec, directory: Path, log: Callable[[str], None
         progress=progress,
         desc=f"round {spec.round} {spec.ticket} on {spec.task}",
     )
+    return training, facts
+
+
+def _result(spec: TransferSpec, facts: dict, masks: Masks, metrics: dict, log: Callable[[str], None]) -> dict:
+    """A transfer unit's ``done.json`` from its training's metrics; its line logged."""
     result = {
         "seed": spec.seed,
         "source": spec.source,
@@ -557,6 +588,15 @@ class TransferPipeline(Pipeline):
                 TransferSpec(config, seed, k, source.run, s, round_, 0, tasks[0], config.tickets[0]), device
             )  # the source's ticket fits the target's model
 
+    def stacked_model(self, config: TransferConfig):
+        """The first source's model on the first target (a stack holds one source's tickets on one target)."""
+        sources = [read_source(run, config.data_dir) for run in config.sources]
+        if not sources:
+            return None
+        data = _load_target(config, target_names(config, sources[0].input_shape)[0], "cpu")
+        saved = sources[0].config
+        return draw_model(saved["model"], data.input_shape, data.num_classes, saved.get("model_options"), seed=0)
+
     def plan(self, config: TransferConfig) -> list[list[Unit]]:
         sources = [read_source(run, config.data_dir) for run in config.sources]
         seeds = seed_list(config, sources)
@@ -574,6 +614,8 @@ class TransferPipeline(Pipeline):
                                     spec,
                                     _unit_dir(seed, k, t, r, kind),
                                     label=f"seed {seed} source {k} round {r} {kind} on {task}",
+                                    stacked="lth_sparse.pipelines.transfer:transfer_units",
+                                    stack_key=(stack_key(config), k, task),  # one source's model, one target
                                 )
                             )
         return [units]

@@ -20,7 +20,8 @@ SMALL = dict(dataset="digits", model="lenet300", epochs=1, batch_size=64, lr=0.0
 
 
 def run_small(tmp_path, name="run", **overrides):
-    config = imp.ImpConfig(**{**SMALL, **overrides})
+    # each training alone, as the spies on train() see them (stacked, they equal these: test_stacking.py)
+    config = imp.ImpConfig(**{**SMALL, "stack": 1, **overrides})
     return imp.run(config, tmp_path / name, progress=False, log=lambda s: None, plots=False), config
 
 

@@ -146,7 +146,8 @@ SMALL = dict(dataset="digits", model="mlp", model_options=(("width", 32),), epoc
 
 
 def test_controls_are_units_of_a_second_stage(tmp_path, monkeypatch):
-    config = imp.ImpConfig(**SMALL, rounds=2, controls=True, seeds=(0, 1))
+    # each control alone, as the spy on train() below sees it (stacked: test_stacking.py)
+    config = imp.ImpConfig(**SMALL, rounds=2, controls=True, seeds=(0, 1), stack=1)
     stages = imp.IMP.plan(config)
     assert [u.directory for u in stages[0]] == ["seed_0", "seed_1"]
     assert [u.directory for u in stages[1]] == [
