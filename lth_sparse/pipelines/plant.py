@@ -208,7 +208,7 @@ class _Scaled(nn.Module):
 def plant_unit(spec: PlantSpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
     """One (task, depth, pruner, density, seed): plant, prune, measure the recovery, train (weak) or rescale
     (strong), evaluate."""
-    training, finish = _plant_and_prune(spec, directory, progress)
+    ((training, finish),) = _planted_and_pruned([spec], [directory], progress, together=False)
     return finish(training.run() if training is not None else None, log)
 
 
@@ -216,9 +216,10 @@ def plant_units(
     specs: list[PlantSpec], directories: list[Path], logs: list[Callable[[str], None]], progress: bool | None
 ) -> list[dict]:
     """:func:`plant_unit` of several units of one task and depth (other pruners, densities and seeds): each
-    planted and pruned in turn, then their weak tickets trained together as one stack
-    (:func:`~lth_sparse.pipelines.steps.train_masked_grouped`; a strong ticket has no training)."""
-    started = [_plant_and_prune(spec, directory, progress) for spec, directory in zip(specs, directories)]
+    planted and pruned (the multi-shot pruners' rounds trained together, in lockstep:
+    :func:`~lth_sparse.prune.multishot.multi_shot_together`), then their weak tickets trained together as one
+    stack (:func:`~lth_sparse.pipelines.steps.train_masked_grouped`; a strong ticket has no training)."""
+    started = _planted_and_pruned(specs, directories, progress, together=True)
     trainings = [training for training, _ in started if training is not None]
     metrics = iter(train_masked_grouped(trainings))
     return [
@@ -226,16 +227,52 @@ def plant_units(
     ]
 
 
-def _plant_and_prune(
-    spec: PlantSpec, directory: Path, progress: bool | None
-) -> tuple[MaskedTraining | None, Callable[[dict | None, Callable[[str], None]], dict]]:
-    """Plant and prune one unit; returns the training of its weak ticket (``None`` for a strong ticket, which
-    is rescaled, not trained) and the function that makes its ``done.json`` of the training's metrics."""
+def _planted_and_pruned(
+    specs: list[PlantSpec], directories: list[Path], progress: bool | None, *, together: bool
+) -> list[tuple[MaskedTraining | None, Callable[[dict | None, Callable[[str], None]], dict]]]:
+    """Each unit planted and pruned (:func:`_plant_and_prune`); the multi-shot prunings they ask for run one by
+    one (:func:`~lth_sparse.prune.multishot.multi_shot`) or, ``together``, in lockstep
+    (:func:`~lth_sparse.prune.multishot.multi_shot_together`: a unit's numbers then do not depend on the others
+    beside it)."""
+    from lth_sparse.prune.multishot import multi_shot, multi_shot_together
+
+    units = [_plant_and_prune(spec, directory, progress) for spec, directory in zip(specs, directories)]
+    outcomes: list = [None] * len(units)
+    asked = {}
+    for i, unit in enumerate(units):
+        try:
+            asked[i] = next(unit)  # a multi-shot pruning, to be run here
+        except StopIteration as done:
+            outcomes[i] = done.value
+    if asked:
+        c = specs[0].config
+        options = dict(rounds=c.multishot_rounds, epochs_per_round=c.multishot_epochs, train_config=c.train_config())
+        if together:
+            found = multi_shot_together(list(asked.values()), progress=progress, **options)
+        else:
+            found = [
+                multi_shot(m.model, m.data, m.density, m.prune_fn, seed=m.seed, progress=progress, **options)
+                for m in asked.values()
+            ]
+        for i, masks in zip(asked, found):
+            try:
+                units[i].send(masks)
+            except StopIteration as done:
+                outcomes[i] = done.value
+    return outcomes
+
+
+def _plant_and_prune(spec: PlantSpec, directory: Path, progress: bool | None):
+    """Plant and prune one unit: a generator that yields a
+    :class:`~lth_sparse.prune.multishot.MultiShotMember` where its pruner is multi-shot (the caller runs the
+    pruning and sends back its masks), then returns the training of its weak ticket (``None`` for a strong
+    ticket, which is rescaled, not trained) and the function that makes its ``done.json`` of the training's
+    metrics."""
     from lth_sparse.nn import masked, unmasked
     from lth_sparse.planting import make_target, plant, target_performance
     from lth_sparse.prune import get_pruner, layer_collapse
     from lth_sparse.prune.edge_popup import edge_popup, strong_ticket
-    from lth_sparse.prune.multishot import multi_shot
+    from lth_sparse.prune.multishot import MultiShotMember
 
     c = spec.config
     device = check_device(c.device)
@@ -284,18 +321,7 @@ def _plant_and_prune(
         masks = single(pruner, model, None, density)
     elif pruner.startswith("multishot-"):
         name = pruner[len("multishot-") :]
-        masks = multi_shot(
-            model,
-            data,
-            density,
-            lambda m, masks_, d: single(name, m, masks_, d),
-            rounds=c.multishot_rounds,
-            epochs_per_round=c.multishot_epochs,
-            train_config=c.train_config(),
-            loss_fn=loss_fn,
-            seed=spec.seed,
-            progress=progress,
-        )
+        masks = yield MultiShotMember(model, data, density, lambda m, masks_, d: single(name, m, masks_, d), spec.seed)
         model.load_state_dict(init)
     else:
         masks, bias_masks, history = edge_popup(

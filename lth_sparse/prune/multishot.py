@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -54,12 +54,14 @@ from lth_sparse.train import TrainConfig, TrainResult, train
 
 __all__ = [
     "MULTISHOT_TRAIN_CONFIG",
+    "MultiShotMember",
     "MultiShotRound",
     "PruneFn",
     "density_schedule",
     "fraction_for_density",
     "magnitude_to_density",
     "multi_shot",
+    "multi_shot_together",
 ]
 
 #: Appendix B.1: Adam, learning rate 0.001, batch size 32; 5 epochs of training per round of multi-shot pruning.
@@ -156,20 +158,8 @@ def multi_shot(
         TypeError / KeyError: ``prune_fn`` returned no masks, or masks of other weights than the model's.
     """
     targets = density_schedule(check_density(density, _DENSITY), check_count("rounds", rounds))
-    inner = unwrap_model(model)
-    layers = masked_weights(inner)
-    if not layers:
-        raise ValueError("the model has no masked layers: convert it with lth_sparse.nn.masked(model) first")
-    masks = Masks.from_model(inner)
-    if masks.num_unpruned() != masks.num_weights():
-        raise ValueError(
-            f"the model is already pruned (density {masks.density():.6g}): multi-shot pruning starts "
-            "from the dense network; give it the unpruned model"
-        )
-    cfg = train_config if train_config is not None else MULTISHOT_TRAIN_CONFIG
-    if epochs_per_round is not None:
-        cfg = dataclasses.replace(cfg, epochs=epochs_per_round)
-    initial = copy.deepcopy(inner.state_dict())
+    inner, masks, initial = _dense_start(model)
+    cfg = _round_config(train_config, epochs_per_round)
 
     for index, target in enumerate(targets, start=1):
         inner.load_state_dict(initial)
@@ -186,25 +176,105 @@ def multi_shot(
             snapshot_at=(0,) if on_round is not None else (),
             on_snapshot=lambda _, s, kept=start: kept.append(s),
         )
-        pruned = prune_fn(model, masks, target)
-        if not isinstance(pruned, Mapping):
-            raise TypeError(f"prune_fn must return Masks, got {type(pruned).__name__}")
-        pruned = pruned if isinstance(pruned, Masks) else Masks(pruned)
-        if set(pruned) != set(masks):
-            raise KeyError(
-                f"prune_fn returned masks of {sorted(pruned)}, the model's masked weights are {sorted(masks)}"
-            )
-        pruned = Masks({name: pruned[name] for name in masks})
-        if not pruned.is_subset_of(masks):
-            raise ValueError(
-                f"round {index}: prune_fn regrew weights the round before pruned; its masks must be "
-                "nested in the masks it is given"
-            )
-        masks = pruned
+        masks = _nested(prune_fn(model, masks, target), masks, index)
         if on_round is not None:
             on_round(
                 MultiShotRound(round=index, density=target, start_state=start[0], train_result=result, masks=masks)
             )
     inner.load_state_dict(initial)
     masks.apply_to(inner)
+    return masks
+
+
+def _dense_start(model: nn.Module) -> tuple[nn.Module, Masks, dict]:
+    """(the model unwrapped, its masks, a copy of its state) at the start of multi-shot pruning, which starts from
+    a dense model with masked layers (else a ValueError)."""
+    inner = unwrap_model(model)
+    if not masked_weights(inner):
+        raise ValueError("the model has no masked layers: convert it with lth_sparse.nn.masked(model) first")
+    masks = Masks.from_model(inner)
+    if masks.num_unpruned() != masks.num_weights():
+        raise ValueError(
+            f"the model is already pruned (density {masks.density():.6g}): multi-shot pruning starts "
+            "from the dense network; give it the unpruned model"
+        )
+    return inner, masks, copy.deepcopy(inner.state_dict())
+
+
+def _round_config(train_config: TrainConfig | None, epochs_per_round: float | None) -> TrainConfig:
+    cfg = train_config if train_config is not None else MULTISHOT_TRAIN_CONFIG
+    return dataclasses.replace(cfg, epochs=epochs_per_round) if epochs_per_round is not None else cfg
+
+
+def _nested(pruned, masks: Masks, index: int) -> Masks:
+    """``prune_fn``'s masks of round ``index``, checked: Masks of the model's weights, nested in ``masks``."""
+    if not isinstance(pruned, Mapping):
+        raise TypeError(f"prune_fn must return Masks, got {type(pruned).__name__}")
+    pruned = pruned if isinstance(pruned, Masks) else Masks(pruned)
+    if set(pruned) != set(masks):
+        raise KeyError(f"prune_fn returned masks of {sorted(pruned)}, the model's masked weights are {sorted(masks)}")
+    pruned = Masks({name: pruned[name] for name in masks})
+    if not pruned.is_subset_of(masks):
+        raise ValueError(
+            f"round {index}: prune_fn regrew weights the round before pruned; its masks must be "
+            "nested in the masks it is given"
+        )
+    return pruned
+
+
+@dataclass(frozen=True)
+class MultiShotMember:
+    """One multi-shot pruning of :func:`multi_shot_together`: :func:`multi_shot`'s model, data, density, prune
+    function and seed."""
+
+    model: nn.Module
+    data: Dataset
+    density: float
+    prune_fn: PruneFn
+    seed: int = 0
+
+
+def multi_shot_together(
+    members: Sequence[MultiShotMember],
+    *,
+    rounds: int = 10,
+    epochs_per_round: float | None = None,
+    train_config: TrainConfig | None = None,
+    loss_fn: LossFn | None = None,
+    progress: bool | None = False,
+) -> list[Masks]:
+    """:func:`multi_shot` of each member, in lockstep: each round's trainings of all members trained together as
+    one stack (:func:`~lth_sparse.train.train_stacked`: models of one architecture, data of one shape and size),
+    then each member pruned by its own ``prune_fn`` to its own schedule's density and reset. Each member's model
+    ends at its initial parameters under its final masks, which are returned in the members' order. A member's
+    masks equal its :func:`multi_shot`'s where the stacked trainings equal the separate ones (bit for bit on the
+    dense torch path; to float rounding otherwise: see docs/stacked.md)."""
+    from lth_sparse.train import train_stacked
+
+    rounds = check_count("rounds", rounds)
+    schedules = [density_schedule(check_density(m.density, _DENSITY), rounds) for m in members]
+    starts = [_dense_start(m.model) for m in members]
+    cfg = _round_config(train_config, epochs_per_round)
+    masks = [found for _, found, _ in starts]
+    for index in range(1, rounds + 1):
+        for (inner, _, initial), current in zip(starts, masks):
+            inner.load_state_dict(initial)
+            current.apply_to(inner)
+        train_stacked(
+            [inner for inner, _, _ in starts],
+            [m.data for m in members],
+            [cfg] * len(members),
+            seeds=[m.seed for m in members],
+            masks=masks,
+            loss_fn=loss_fn,
+            progress=progress,
+            desc=f"multi-shot round {index}/{rounds}, {len(members)} stacked",
+        )
+        masks = [
+            _nested(m.prune_fn(inner, current, schedule[index - 1]), current, index)
+            for m, (inner, _, _), current, schedule in zip(members, starts, masks, schedules)
+        ]
+    for (inner, _, initial), current in zip(starts, masks):
+        inner.load_state_dict(initial)
+        current.apply_to(inner)
     return masks

@@ -158,3 +158,17 @@ def test_a_stack_larger_than_memory_is_refused_saying_what_it_needs(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--stack 1000000000" in err[0] and "GiB" in err[0] and "is available" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_planting_stacked_with_multi_shot_in_lockstep_gives_the_summary_it_gives_alone(tmp_path):
+    plant = (
+        "plant --tasks circle --depths 3 --pruners magnitude,multishot-magnitude,multishot-synflow,edge-popup "
+        "--densities planted,0.1 --epochs 1 --edge-popup-epochs 1 --multishot-epochs 0.5 --train-size 1000 "
+        "--seeds 2 --threads 1 --no-plots --no-progress"
+    ).split()
+    for stack in ("1", "8"):
+        assert main([*plant, "--stack", stack, "--out", str(tmp_path / stack)]) == 0
+    summaries = [json.loads((tmp_path / stack / "summary.json").read_text()) for stack in ("1", "8")]
+    assert figures_apart(*summaries) == []
+    log = tmp_path / "8" / "circle" / "depth_3" / "multishot-synflow" / "density_0.1" / "seed_1" / "unit.log"
+    assert "started in a stack of 8" in log.read_text()

@@ -290,6 +290,38 @@ def test_multi_shot_prunes_exponentially_nested_and_resets_every_round():
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in trained[2].items())
 
 
+def test_multi_shot_together_gives_each_member_its_multi_shot_masks(monkeypatch):
+    """Members of other densities, pruners and seeds in lockstep: on the dense torch path (where stacked training
+    is bit for bit the separate one) each ends with the masks and the initial state multi_shot gives it alone."""
+    from lth_sparse.prune import prune_random
+    from lth_sparse.prune.multishot import MultiShotMember, multi_shot_together
+
+    monkeypatch.setenv("LTH_SPARSE_BACKEND", "torch")
+    data = _task_data("circle", 300)
+    cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=1e-2)
+
+    def randomly(seed):
+        def prune_fn(m, masks, density):
+            fraction = 1 - density * masks.num_weights() / masks.num_unpruned()
+            return prune_random(m, fraction, masks=masks, generator=torch.Generator().manual_seed(seed))
+
+        return prune_fn
+
+    plans = [(0.05, magnitude_to_density, 4), (0.3, magnitude_to_density, 5), (0.1, randomly(7), 4)]
+    alone, members = [], []
+    for density, prune_fn, seed in plans:
+        model = masked(_mlp([2, 12, 12, 4], seed=1))
+        alone.append(multi_shot(copy.deepcopy(model), data, density, prune_fn, rounds=3, train_config=cfg, seed=seed))
+        members.append(MultiShotMember(model, data, density, prune_fn, seed))
+    initial = copy.deepcopy(members[0].model.state_dict())
+    together = multi_shot_together(members, rounds=3, train_config=cfg)
+    assert together == alone
+    for member, masks in zip(members, together):
+        for name, value in member.model.state_dict().items():
+            if name.endswith("weight"):
+                assert torch.equal(value, initial[name] * masks[name]), name
+
+
 def test_multi_shot_refuses_bad_arguments():
     data = _task_data("circle", 50)
     model = masked(_mlp([2, 4, 4]))
