@@ -471,7 +471,10 @@ def drive(
                 return units
             if not sizes:
                 sizes.append(pipeline.stack_size(configs[0]))
-            return stacks(units, sizes[0])
+            # a process executor's workers each get a stack where there are enough units: smaller stacks side by
+            # side rather than one big one and idle workers (a unit's numbers do not depend on its stack)
+            workers = getattr(executor, "workers", 1)
+            return stacks(units, max(1, min(sizes[0], -(-sum(bool(u.stacked) for u in units) // workers))))
 
         stages_of = [pipeline.plan(config) for config in configs]  # pure: every rank plans alike
         prefixes = world.on_writer(lambda: [plan.prefix for plan in plans])

@@ -88,7 +88,8 @@ def test_imp_controls_stacked_give_the_summary_they_give_alone(alone, tmp_path, 
     assert len(controls) == 8 and check_run(out).intact
     for folder in controls:  # each member's own files, where its unit writes them alone
         assert {p.name for p in folder.iterdir()} >= {"done.json", "final.pt", "masks.safetensors", "metrics.jsonl"}
-        assert "started in a stack of 8" in (folder / "unit.log").read_text()
+        members = 8 if executor == "local" else 4  # the process executor's 2 workers: a stack each
+        assert f"started in a stack of {members}" in (folder / "unit.log").read_text()
         ours, theirs = read_done(folder / "done.json"), read_done(alone / folder.relative_to(out) / "done.json")
         assert figures_apart(theirs, ours) == []
 
@@ -172,3 +173,10 @@ def test_planting_stacked_with_multi_shot_in_lockstep_gives_the_summary_it_gives
     assert figures_apart(*summaries) == []
     log = tmp_path / "8" / "circle" / "depth_3" / "multishot-synflow" / "density_0.1" / "seed_1" / "unit.log"
     assert "started in a stack of 8" in log.read_text()
+
+
+def test_the_process_executor_s_workers_each_get_a_stack(tmp_path):
+    out = tmp_path / "run"
+    assert main([*IMP, "--stack", "8", "--executor", "process", "--workers", "2", "--out", str(out)]) == 0
+    logs = [p.read_text() for p in out.glob("seed_*/round_*/control_*/unit.log")]
+    assert len(logs) == 8 and all("started in a stack of 4" in log for log in logs), "8 controls: 2 stacks of 4"
