@@ -330,32 +330,6 @@ class ImpRun:
             device=self.device,
         )
 
-    def train(
-        self,
-        state: dict | None,
-        masks: Masks,
-        folder: Path,
-        *,
-        lr_factor=None,
-        snapshot_at=(),
-        on_snapshot=None,
-        start: int | None = None,
-        desc: str,
-    ) -> dict:
-        """One training of this run's model from ``state`` under ``masks`` (the same on every rank), from the
-        rewind iteration (``start``) to the end; with ``lr_factor`` (fine-tuning) as many iterations at
-        that rate instead."""
-        return self.training(
-            state,
-            masks,
-            folder,
-            lr_factor=lr_factor,
-            snapshot_at=snapshot_at,
-            on_snapshot=on_snapshot,
-            start=start,
-            desc=desc,
-        ).run(self.world)
-
     def training(
         self,
         state: dict | None,
@@ -368,7 +342,9 @@ class ImpRun:
         start: int | None = None,
         desc: str,
     ) -> MaskedTraining:
-        """What :meth:`train` trains, to run alone or stacked with other runs' trainings."""
+        """One training of this run's model from ``state`` under ``masks`` (the same on every rank), from the
+        rewind iteration (``start``) to the end; with ``lr_factor`` (fine-tuning) as many iterations at that
+        rate instead: to run alone (``.run(world)``) or stacked with other runs' trainings."""
         start = self.rewind_iter if start is None else start
         return MaskedTraining(
             self.model,

@@ -126,6 +126,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
+def training_span(
+    cfg: TrainConfig,
+    n_train: int,
+    start_iteration: int,
+    end_iteration: int | None,
+    lr_factor: Callable[[int], float] | None,
+) -> tuple[int, int, int, Callable[[int], float]]:
+    """(iterations per epoch, the iterations of ``cfg.epochs``, the iteration the training ends at, the
+    learning-rate factor of each iteration) of a training of ``n_train`` examples from ``start_iteration`` to
+    ``end_iteration`` (default: the end of ``cfg.epochs``); ``lr_factor`` replaces ``cfg``'s schedule. A start
+    outside [0, end] is a ValueError."""
+    per_epoch = iterations_per_epoch(n_train, cfg.batch_size)
+    total = round(cfg.epochs * per_epoch)
+    end = total if end_iteration is None else end_iteration
+    if not 0 <= start_iteration <= end:
+        raise ValueError(f"start_iteration must be in [0, {end}], got {start_iteration}")
+    return per_epoch, total, end, lr_factor or make_schedule(cfg, per_epoch, total)
+
+
 def make_schedule(cfg: TrainConfig, iters_per_epoch: int, total_iters: int) -> Callable[[int], float]:
     """The learning-rate multiplier at each iteration (warm-up, then the schedule)."""
     warmup = round(cfg.warmup_epochs * iters_per_epoch)
@@ -455,12 +474,7 @@ def train(
         raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs a checkpoint_path to resume from")
-    per_epoch = iterations_per_epoch(n_train, cfg.batch_size)
-    total = round(cfg.epochs * per_epoch)
-    end = total if end_iteration is None else end_iteration
-    if not 0 <= start_iteration <= end:
-        raise ValueError(f"start_iteration must be in [0, {end}], got {start_iteration}")
-    schedule = lr_factor or make_schedule(cfg, per_epoch, total)
+    per_epoch, total, end, schedule = training_span(cfg, n_train, start_iteration, end_iteration, lr_factor)
     train_loss_fn = loss_fn or default_loss(data.train.y)
     inner = _unwrap(model)
     if optimizer is None:

@@ -52,9 +52,8 @@ from lth_sparse.train.loop import (
     ValidationRecords,
     epoch_generators,
     evaluate,
-    iterations_per_epoch,
-    make_schedule,
     progress_bar,
+    training_span,
 )
 
 __all__ = [
@@ -658,12 +657,7 @@ def train_stacked(
     n_train = len(datas[0].train)
     if n_train == 0:
         raise ValueError("the training split is empty")
-    per_epoch = iterations_per_epoch(n_train, cfg.batch_size)
-    total = round(cfg.epochs * per_epoch)
-    end = total if end_iteration is None else end_iteration
-    if not 0 <= start_iteration <= end:
-        raise ValueError(f"start_iteration must be in [0, {end}], got {start_iteration}")
-    schedule = lr_factor or make_schedule(cfg, per_epoch, total)
+    per_epoch, _, end, schedule = training_span(cfg, n_train, start_iteration, end_iteration, lr_factor)
     device = datas[0].device
     for model in models:
         model.train()
