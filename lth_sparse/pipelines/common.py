@@ -138,8 +138,9 @@ class CommonConfig(TrainConfig):
     threads: int | None = threads_option()
     stack: int | None = option(
         None,
-        "train up to K of the run's independent trainings together, in lockstep (stacked training: same "
-        "results, see the docs); 1: each alone; auto: as many as pay on the device",
+        "train up to K of the run's independent trainings together, in lockstep (stacked training: each gets "
+        "its results alone, to float rounding; docs/scaling.md); 1: each alone; auto: as many as were measured "
+        "to pay for the run's model on its device",
         identity=False,
         metavar="K|auto",
         parse=parse_stack,
