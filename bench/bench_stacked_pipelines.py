@@ -80,15 +80,18 @@ def timed(command: list[str], out: Path, stack: str) -> float:
     return time.perf_counter() - started
 
 
-def largest_difference(a, b) -> float:
-    """The largest relative difference between two summaries' figures (timings and the stack option aside)."""
-    if isinstance(a, dict):
-        return max((largest_difference(a[k], b.get(k)) for k in a if "seconds" not in k and k != "stack"), default=0.0)
+def largest_difference(a, b, path: str = "") -> tuple[float, str]:
+    """The largest relative difference between two summaries' figures (timings and the stack option aside), and
+    where it is (the keys and indices to it, and the two values)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = [largest_difference(a[k], b.get(k), f"{path}/{k}") for k in a if "seconds" not in k and k != "stack"]
+        return max(found, default=(0.0, path))
     if isinstance(a, list) and isinstance(b, list):
-        return max((largest_difference(x, y) for x, y in zip(a, b)), default=0.0)
+        pairs = [largest_difference(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b))]
+        return max(pairs, default=(0.0, path))
     if isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b):
-        return abs(a - b) / max(abs(a), abs(b), 1e-12)
-    return 0.0 if a == b else math.inf
+        return abs(a - b) / max(abs(a), abs(b), 1e-12), f"{path}: {a!r} vs {b!r}"
+    return (0.0, path) if a == b else (math.inf, f"{path}: {a!r} vs {b!r}")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -115,7 +118,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "stacked_s": stacked,
                     "speedup": alone / stacked,
                     "target": target,
-                    "largest_difference": largest_difference(*summaries),
+                    "largest_difference": largest_difference(*summaries)[0],
+                    "largest_difference_at": largest_difference(*summaries)[1],
                 }
             )
     finally:
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for row in rows:
         met = "met" if row["speedup"] >= row["target"] else "NOT met"
         print(f"{row['case']}: {row['speedup']:.2f}x against a {row['target']}x target: {met}")
+        print(f"  largest difference of a figure at {row['largest_difference_at']}")
     if not args.quick:
         write_results("stacked_pipelines", "cpu", rows)
     return rows
