@@ -71,16 +71,16 @@ class Stack:
 
 def stacks(units: Sequence[Unit], size: int) -> list[Unit | Stack]:
     """``units`` with those that can train together (the same ``stacked`` and ``stack_key``) gathered into
-    :class:`Stack` s of at most ``size`` members, in the order of their first members. With ``size`` > 1 a
-    stackable unit with no partner is a stack of one, trained the stacked way: a unit's results do not depend
-    on how many others shared its stack (a resumed run regroups what is left), only on whether it was stacked;
-    ``size`` 1 leaves every unit itself."""
+    :class:`Stack` s of at most ``size`` members, in the order of their first members; a stackable unit with no
+    partner (or ``size`` 1) is a stack of one, trained the stacked way: a unit's results do not depend on how
+    many others share its stack (a resumed run regroups what is left), only on whether it is stacked, which is
+    the caller's choice (``--stack 1``: it does not call this)."""
     if size < 1:
         raise ValueError(f"a stack holds at least 1 unit, got {size}")
     groups: dict[tuple, list[Unit]] = {}
     order: list[Unit | tuple] = []
     for unit in units:
-        if size == 1 or not unit.stacked:
+        if not unit.stacked:
             order.append(unit)
             continue
         key = (unit.stacked, unit.stack_key)

@@ -471,6 +471,8 @@ def drive(
                 return units
             if not sizes:
                 sizes.append(pipeline.stack_size(configs[0]))
+            if sizes[0] == 1:  # each alone (--stack 1, or not measured to pay): the units themselves
+                return units
             # a process executor's workers each get a stack where there are enough units: smaller stacks side by
             # side rather than one big one and idle workers (a unit's numbers do not depend on its stack)
             workers = getattr(executor, "workers", 1)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from lth_sparse.cli import main
 from lth_sparse.integrity import read_done
@@ -31,7 +32,7 @@ def test_units_of_one_key_are_stacked_up_to_the_size_in_the_order_of_their_first
     grouped = stacks(units, 3)
     names = [[m.directory for m in g.members] if isinstance(g, Stack) else g.directory for g in grouped]
     assert names == [["a", "c", "d"], ["b", "e"], "alone", ["f"]], "stacked alone: a stack of one"
-    assert stacks(units, 1) == units
+    assert [len(g.members) if isinstance(g, Stack) else 0 for g in stacks(units, 1)] == [1, 1, 1, 0, 1, 1, 1]
     assert [len(g.members) for g in stacks([unit("x", 1), unit("y", 1, stacked="m:h")], 4)] == [1, 1]
     with pytest.raises(ValueError, match="at least 1"):
         stacks(units, 0)
@@ -147,11 +148,19 @@ def test_a_stacked_seed_s_numbers_do_not_depend_on_the_seeds_beside_it(tmp_path)
     alone = imp.run(imp.ImpConfig(**tiny, seed=1, split_seed=0, stack=4), tmp_path / "alone", **quiet)
     together = imp.run(imp.ImpConfig(**tiny, seeds=(0, 1, 2), stack=4), tmp_path / "together", **quiet)
     assert "stack of 3" in (tmp_path / "together" / "seed_1" / "unit.log").read_text()
+    assert "stack of 1" in (tmp_path / "alone" / "seed_1" / "unit.log").read_text()
 
     def untimed(rounds):
         return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rounds]
 
     assert untimed(together["per_seed"]["1"]) == untimed(alone["per_seed"]["1"])
+    for r in range(3):  # the weights and the running loss too, bit for bit
+        round_dir = f"seed_1/round_{r:02d}"
+        ours = torch.load(tmp_path / "together" / round_dir / "final.pt")
+        theirs = torch.load(tmp_path / "alone" / round_dir / "final.pt")
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), r
+        metrics = [(tmp_path / run / round_dir / "metrics.jsonl").read_text() for run in ("together", "alone")]
+        assert metrics[0] == metrics[1], r
 
 
 def test_a_stack_larger_than_memory_is_refused_saying_what_it_needs(tmp_path, capsys):
