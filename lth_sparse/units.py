@@ -133,35 +133,18 @@ def run_unit(
     if finished is not None:
         return finished
     function = _resolve(unit.function)
-    threads_before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    with contextlib.ExitStack() as stack:
-        log_file = None
-        if world.writer:
-            directory.mkdir(parents=True, exist_ok=True)
-            log_file = stack.enter_context(open(directory / "unit.log", "a"))
-
-        def log(line: str) -> None:
-            if log_file is None:
-                return
-            log_file.write(line + "\n")
-            log_file.flush()
-            if echo is not None:
-                echo(line)
-
+    with contextlib.ExitStack() as files:
+        log = _unit_log(files, directory if world.writer else None, echo)
         log(
-            f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: started"
-            + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads is not None else "")
-            + (f" on {world.size} ranks" if world.size > 1 else "")
+            _stamp(
+                unit.name, "started" + _threads_note(threads) + (f" on {world.size} ranks" if world.size > 1 else "")
+            )
         )
         started = time.perf_counter()
-        try:
+        with _torch_threads(threads):
             result = function(unit.config, directory, log, progress)
-        finally:
-            torch.set_num_threads(threads_before)
         world.on_writer(lambda: steps.mark_done(unit.directory, result), share=False)
-        log(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: done in {time.perf_counter() - started:.2f} s")
+        log(_stamp(unit.name, f"done in {time.perf_counter() - started:.2f} s"))
     return result
 
 
@@ -175,38 +158,54 @@ def _run_stack(
     if World.current().size > 1:
         raise RuntimeError("stacked units do not run under torchrun: every rank would train every member")
     function = _resolve(pending[0].stacked)
-    threads_before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     with contextlib.ExitStack() as files:
-        logs = []
-        for unit in pending:
-            (steps / unit.directory).mkdir(parents=True, exist_ok=True)
-            log_file = files.enter_context(open(steps / unit.directory / "unit.log", "a"))
-
-            def log(line: str, log_file=log_file) -> None:
-                log_file.write(line + "\n")
-                log_file.flush()
-                if echo is not None:
-                    echo(line)
-
-            logs.append(log)
+        logs = [_unit_log(files, steps / unit.directory, echo) for unit in pending]
         for unit, log in zip(pending, logs):
-            log(
-                f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: started in a stack of {len(pending)}"
-                + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads is not None else "")
-            )
+            log(_stamp(unit.name, f"started in a stack of {len(pending)}" + _threads_note(threads)))
         started = time.perf_counter()
-        try:
+        with _torch_threads(threads):
             results = function([u.config for u in pending], [steps / u.directory for u in pending], logs, progress)
-        finally:
-            torch.set_num_threads(threads_before)
         if len(results) != len(pending):
             raise RuntimeError(f"{pending[0].stacked} returned {len(results)} results for {len(pending)} units")
         for unit, log, result in zip(pending, logs, results):
             steps.mark_done(unit.directory, result)
-            log(
-                f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {unit.name}: done in {time.perf_counter() - started:.2f} s "
-                f"(a stack of {len(pending)})"
-            )
+            log(_stamp(unit.name, f"done in {time.perf_counter() - started:.2f} s (a stack of {len(pending)})"))
     return results
+
+
+def _unit_log(files: contextlib.ExitStack, directory: Path | None, echo: Callable[[str], None] | None):
+    """The ``log`` of a unit: each line appended to ``directory/unit.log`` (opened in ``files``; the directory
+    made where missing) and passed to ``echo``; with no ``directory`` (a rank other than 0) it logs nothing."""
+    if directory is None:
+        return lambda line: None
+    directory.mkdir(parents=True, exist_ok=True)
+    log_file = files.enter_context(open(directory / "unit.log", "a"))
+
+    def log(line: str) -> None:
+        log_file.write(line + "\n")
+        log_file.flush()
+        if echo is not None:
+            echo(line)
+
+    return log
+
+
+def _stamp(name: str, what: str) -> str:
+    """A unit's log line of when it started or ended: ``# DATE TIME NAME: WHAT``."""
+    return f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {what}"
+
+
+def _threads_note(threads: int | None) -> str:
+    return f" ({threads} thread{'s' if threads != 1 else ''})" if threads is not None else ""
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """torch's CPU threads set to ``threads`` (where given) for the block, restored after it."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
