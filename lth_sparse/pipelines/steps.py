@@ -118,16 +118,7 @@ def train_masked(
     (``None`` elsewhere): the wrapper copies rank 0's weights to the others.
     """
     world = world or World.current()
-    if state is not None:
-        model.load_state_dict(state)
-    masks.apply_to(model)
-    metrics_path = None
-    if folder is not None:
-        folder = Path(folder)
-        metrics_path = folder / "metrics.jsonl"
-        if world.writer:
-            folder.mkdir(parents=True, exist_ok=True)
-            metrics_path.unlink(missing_ok=True)  # a killed attempt's records go with it
+    metrics_path = _ready(model, state, masks, folder, world.writer)
     started = time.time()
     wrapped = world.data_parallel(model)
     result = train(
@@ -149,17 +140,38 @@ def train_masked(
         callbacks=callbacks,
     )
     del wrapped  # the DDP wrapper (its hooks on the parameters go with it); ``model`` holds the weights
-    out = result.to_dict()
-    out["train_seconds"] = time.time() - started
-    out["sparsity"] = masks.sparsity()
+    out = _outcome(result, time.time() - started, masks)
     if folder is not None and save:
-
-        def write():
-            masks.save(folder / "masks.safetensors")
-            atomic_torch_save(folder / "final.pt", model.state_dict())
-
-        world.on_writer(write, share=False)
+        world.on_writer(lambda: _save(model, masks, folder), share=False)
     return out
+
+
+def _ready(model: nn.Module, state: dict | None, masks: Masks, folder, writer: bool) -> Path | None:
+    """``model`` at ``state`` (``None``: as it is) under ``masks``; returns the training's ``metrics.jsonl`` in
+    ``folder`` (``None`` without one), which the ``writer`` (rank 0) creates the folder for and empties of a killed
+    attempt's records."""
+    if state is not None:
+        model.load_state_dict(state)
+    masks.apply_to(model)
+    if folder is None:
+        return None
+    metrics_path = Path(folder) / "metrics.jsonl"
+    if writer:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.unlink(missing_ok=True)  # a killed attempt's records go with it
+    return metrics_path
+
+
+def _save(model: nn.Module, masks: Masks, folder) -> None:
+    """A training's ``masks.safetensors`` and ``final.pt`` (the trained state dict) in ``folder``."""
+    masks.save(Path(folder) / "masks.safetensors")
+    atomic_torch_save(Path(folder) / "final.pt", model.state_dict())
+
+
+def _outcome(result, seconds: float, masks: Masks) -> dict:
+    """A training's result: its :class:`~lth_sparse.train.TrainResult` as a dict, ``train_seconds`` and the
+    ``sparsity`` of its masks."""
+    return {**result.to_dict(), "train_seconds": seconds, "sparsity": masks.sparsity()}
 
 
 @dataclass
@@ -218,13 +230,7 @@ def train_masked_together(trainings: Sequence[MaskedTraining]) -> list[dict]:
 
     first = trainings[0]
     started = time.time()
-    for t in trainings:
-        if t.state is not None:
-            t.model.load_state_dict(t.state)
-        t.masks.apply_to(t.model)
-        if t.folder is not None:
-            Path(t.folder).mkdir(parents=True, exist_ok=True)
-            (Path(t.folder) / "metrics.jsonl").unlink(missing_ok=True)  # a killed attempt's records go with it
+    metrics_paths = [_ready(t.model, t.state, t.masks, t.folder, True) for t in trainings]
     results = train_stacked(
         [t.model for t in trainings],
         [t.data for t in trainings],
@@ -238,21 +244,15 @@ def train_masked_together(trainings: Sequence[MaskedTraining]) -> list[dict]:
         snapshot_at=first.snapshot_at,
         on_snapshot=[t.on_snapshot for t in trainings],
         callbacks=[t.callbacks for t in trainings],
-        metrics_paths=[Path(t.folder) / "metrics.jsonl" if t.folder is not None else None for t in trainings],
+        metrics_paths=metrics_paths,
         progress=first.progress,
         desc=f"{first.desc} and {len(trainings) - 1} more, stacked",
     )
     seconds = (time.time() - started) / len(trainings)
-    outs = []
-    for t, result in zip(trainings, results):
-        out = result.to_dict()
-        out["train_seconds"] = seconds
-        out["sparsity"] = t.masks.sparsity()
+    for t in trainings:
         if t.folder is not None:
-            t.masks.save(Path(t.folder) / "masks.safetensors")
-            atomic_torch_save(Path(t.folder) / "final.pt", t.model.state_dict())
-        outs.append(out)
-    return outs
+            _save(t.model, t.masks, t.folder)
+    return [_outcome(result, seconds, t.masks) for t, result in zip(trainings, results)]
 
 
 def train_masked_grouped(trainings: Sequence[MaskedTraining]) -> list[dict]:
