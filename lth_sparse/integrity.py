@@ -37,6 +37,7 @@ __all__ = [
     "Damaged",
     "check_step",
     "finished_steps",
+    "inspect_step",
     "load_torch",
     "read_done",
     "record",
@@ -137,14 +138,23 @@ def with_record(result: dict, directory: str | os.PathLike) -> dict:
     return {**result, INTEGRITY_KEY: record(directory)}
 
 
-def _read_done_file(path: Path) -> dict:
-    """The whole ``done.json`` at ``path``, record included; :class:`Damaged` where it is not a JSON object."""
+def _parse_done(path: Path) -> tuple[dict | None, str | None]:
+    """(the whole ``done.json`` at ``path``, record included, ``None``) or, where it is not a JSON object,
+    (``None``, what is wrong with it)."""
     try:
         done = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise Damaged(f"{path}: damaged, not valid JSON ({error})") from error
+        return None, f"not valid JSON ({error})"
     if not isinstance(done, dict):
-        raise Damaged(f"{path}: damaged, holds a JSON {type(done).__name__}, not a step's result")
+        return None, f"holds a JSON {type(done).__name__}, not a step's result"
+    return done, None
+
+
+def _read_done_file(path: Path) -> dict:
+    """The whole ``done.json`` at ``path``, record included; :class:`Damaged` where it is not a JSON object."""
+    done, what = _parse_done(path)
+    if what is not None:
+        raise Damaged(f"{path}: damaged, {what}")
     return done
 
 
@@ -177,21 +187,26 @@ def check_step(directory: str | os.PathLike) -> list[Damage]:
     """The damaged files of the finished step in ``directory``: its ``done.json`` when that is not a JSON object
     (then nothing else can be checked), else every file its record lists that is missing or differs, or, for a
     step finished before steps recorded their files, every file of :func:`step_files` that does not parse."""
+    return inspect_step(directory)[0]
+
+
+def inspect_step(directory: str | os.PathLike) -> tuple[list[Damage], dict | None]:
+    """(:func:`check_step` of the finished step in ``directory``, the record of its files: ``None`` where its
+    ``done.json`` holds none or does not parse), from one reading of its ``done.json``."""
     directory = Path(directory)
-    done_path = directory / DONE
-    try:
-        done = _read_done_file(done_path)
-    except Damaged as error:
-        return [Damage(done_path, str(error).split(": ", 1)[1].removeprefix("damaged, "))]
+    done, what = _parse_done(directory / DONE)
+    if what is not None:
+        return [Damage(directory / DONE, what)], None
     recorded = done.get(INTEGRITY_KEY)
     if recorded is None:
-        return [Damage(directory / p, what) for p in step_files(directory) if (what := unparsable(directory / p))]
+        damages = [Damage(directory / p, what) for p in step_files(directory) if (what := unparsable(directory / p))]
+        return damages, None
     damages = []
     for relative, entry in recorded["files"].items():
         what = _mismatch(directory / relative, entry)
         if what is not None:
             damages.append(Damage(directory / relative, what))
-    return damages
+    return damages, recorded
 
 
 def unparsable(path: str | os.PathLike) -> str | None:

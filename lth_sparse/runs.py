@@ -32,11 +32,10 @@ from lth_sparse.atomic import (  # noqa: F401
 from lth_sparse.errors import UserError
 from lth_sparse.integrity import (
     DONE,
-    INTEGRITY_KEY,
     Damage,
     Damaged,
-    check_step,
     finished_steps,
+    inspect_step,
     read_done,
     unparsable,
     with_record,
@@ -167,7 +166,7 @@ class Steps:
     The run store's one rule, shared by a run directory and by each unit's directory: a
     step with ``done.json`` (written last, atomically) is never run again. Its ``done.json``
     records the size and SHA-256 of each file the step wrote (:mod:`lth_sparse.integrity`), which
-    :meth:`damaged` checks; :meth:`result` gives the step's result without that record.
+    :func:`check_run` checks; :meth:`result` gives the step's result without that record.
     """
 
     path: Path
@@ -195,16 +194,6 @@ class Steps:
         """The result step ``name`` finished with (a damaged ``done.json`` is a
         :class:`~lth_sparse.integrity.Damaged` naming it)."""
         return read_done(self.path / name / DONE)
-
-    def damaged(self, within: str = "") -> dict[str, list[Damage]]:
-        """The finished steps under ``within`` (default: all) whose files are damaged (see
-        :func:`~lth_sparse.integrity.check_step`), by their folder relative to this directory, with their damage."""
-        found = {}
-        for folder in finished_steps(self.path / within):
-            damages = check_step(folder)
-            if damages:
-                found[folder.relative_to(self.path).as_posix()] = damages
-        return found
 
     def undo(self, name: str) -> None:
         """Mark step ``name`` unfinished (its ``done.json`` removed): it runs again, rewriting its files."""
@@ -348,15 +337,12 @@ def check_run(path: str | os.PathLike) -> RunCheck:
             found.damaged.setdefault("", []).append(Damage(path / name, what))
     for folder in finished_steps(path):
         found.steps += 1
-        damages = check_step(folder)
+        damages, recorded = inspect_step(folder)
         if damages:
             found.damaged[folder.relative_to(path).as_posix()] = damages
-        try:
-            recorded = read_json(folder / DONE).get(INTEGRITY_KEY)
-        except (ValueError, AttributeError):
-            continue
         if recorded is None:
-            found.unrecorded += 1
+            if not (damages and damages[0].path == folder / DONE):  # its done.json parses: an older version's step
+                found.unrecorded += 1
             continue
         found.files += len(recorded["files"])
         found.bytes += sum(entry["size"] for entry in recorded["files"].values())

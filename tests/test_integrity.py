@@ -99,12 +99,12 @@ def test_a_result_may_not_hold_the_record_s_key(tmp_path):
     ids=["missing", "cut short", "same size", "done.json cut short", "done.json of another shape", "not UTF-8"],
 )
 def test_each_damage_is_named_with_what_is_wrong(tmp_path, damage, what):
-    steps = make_step(tmp_path)
+    make_step(tmp_path)
     damage(tmp_path / "a")
     found = check_step(tmp_path / "a")
     assert len(found) == 1 and str(found[0]).startswith(str(tmp_path / "a" / what.split(": ")[0]))
     assert what.split(": ", 1)[1] in found[0].what
-    assert list(steps.damaged()) == ["a"], "the inner step is intact and not listed"
+    assert list(check_run(tmp_path).damaged) == ["a"], "the inner step is intact and not listed"
     assert check_step(tmp_path / "a" / "inner") == []
 
 

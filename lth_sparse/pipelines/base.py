@@ -366,36 +366,37 @@ def _warn_of_damage(run_dir: Path, log: Callable[[str], None]) -> None:
     for step, damages in found.damaged.items():
         if not step:
             continue  # config.json is read (and named where it does not parse), summary.json rewritten
-        more = f" (and {len(damages) - 1} more of its files)" if len(damages) > 1 else ""
         log(
-            f"warning: {damages[0]}{more}: the summary uses {step}'s recorded result; re-running the command repairs it"
+            f"warning: {_first_damage(damages)}: the summary uses {step}'s recorded result; "
+            "re-running the command repairs it"
         )
 
 
-def repair(plan: RunPlan, log: Callable[[str], None]) -> list[str]:
-    """Find the finished steps of a claimed run whose files are damaged (:meth:`~lth_sparse.runs.Steps.damaged`:
+def _first_damage(damages) -> str:
+    """A damaged step's first damaged file, and how many more it has."""
+    return f"{damages[0]}" + (f" (and {len(damages) - 1} more of its files)" if len(damages) > 1 else "")
+
+
+def repair(plan: RunPlan, log: Callable[[str], None]) -> None:
+    """Find the finished steps of a claimed run whose files are damaged (:func:`~lth_sparse.runs.check_run`:
     a file missing, cut short, overwritten, a ``done.json`` that does not parse) and mark each unfinished, with
     the steps above it up to the planned unit that holds it, so that the run's units redo them (a unit skips
-    its steps that are intact). Each is said in one warning line naming the first damaged file. Returns the
-    units that run again. Damaged steps outside every planned unit are left to ``lth-sparse verify``."""
+    its steps that are intact). Each is said in one warning line naming the first damaged file. Damaged steps
+    outside every planned unit are left to ``lth-sparse verify``."""
     run = plan.run
     units = sorted({u.directory for stage in plan.pipeline.plan(plan.config) for u in stage}, key=PurePosixPath)
-    again = []
-    for step, damages in run.damaged().items():
+    for step, damages in check_run(run.path).damaged.items():
         path = PurePosixPath(step)
         holders = [u for u in units if PurePosixPath(u) in (path, *path.parents)]
         if not holders:
             continue
         unit = max(holders, key=lambda u: len(PurePosixPath(u).parts))  # the innermost unit holding the step
-        more = f" (and {len(damages) - 1} more of its files)" if len(damages) > 1 else ""
-        log(f"warning: {damages[0]}{more}: {step} runs again")
+        log(f"warning: {_first_damage(damages)}: {step} runs again")
         while True:
             run.undo(path.as_posix())
             if path == PurePosixPath(unit):
                 break
             path = path.parent
-        again.append(unit)
-    return again
 
 
 def summarize_if_changed(plan: RunPlan, stages: list[list[Unit]], plots: bool) -> dict:
