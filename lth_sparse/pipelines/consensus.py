@@ -191,6 +191,10 @@ class ConsensusConfig(CommonConfig):
         first task is loaded to learn it (once per process: the units load it again from the cache)."""
         return self.task_names(_first_shape(self))
 
+    def bespoke_config(self, index: int) -> ImpConfig:
+        """The bespoke IMP run of task ``index`` as the units load it (:meth:`loaded_tasks`)."""
+        return self.imp_config(self.loaded_tasks()[index], index)
+
     def imp_config(self, task: str, index: int) -> ImpConfig:
         """The bespoke IMP run of one task: this config's training, pruning and seed, rewound to the initial
         weights (``init_per_task``: another initialisation per task)."""
@@ -254,8 +258,7 @@ class BespokeSpec:
 def bespoke_unit(spec: BespokeSpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
     """Stage 1 of the consensus pipeline: the bespoke IMP run of one task (IMP's own unit, on the task as loaded:
     brought to the shared input shape)."""
-    c = spec.config
-    return imp_seed(c.imp_config(c.loaded_tasks()[spec.index], spec.index), directory, log, progress)
+    return imp_seed(spec.config.bespoke_config(spec.index), directory, log, progress)
 
 
 def bespoke_units(
@@ -263,8 +266,7 @@ def bespoke_units(
 ) -> list[dict]:
     """:func:`bespoke_unit` of one task's bespoke IMP runs of several seeds, in lockstep (IMP's
     :func:`~lth_sparse.pipelines.imp_rounds.imp_seeds`)."""
-    configs = [spec.config.imp_config(spec.config.loaded_tasks()[spec.index], spec.index) for spec in specs]
-    return imp_seeds(configs, directories, logs, progress)
+    return imp_seeds([spec.config.bespoke_config(spec.index) for spec in specs], directories, logs, progress)
 
 
 @dataclass(frozen=True)
@@ -508,7 +510,7 @@ class ConsensusPipeline(Pipeline):
 
     def stacked_model(self, config: ConsensusConfig):
         first = config.for_seed(config.seed_list()[0])
-        return ImpRun(first.imp_config(first.loaded_tasks()[0], 0), None, False, lambda line: None).model
+        return ImpRun(first.bespoke_config(0), None, False, lambda line: None).model
 
     def plan(self, config: ConsensusConfig) -> list[list[Unit]]:
         tasks = config.tasks
