@@ -21,6 +21,7 @@ import pytest
 
 from lth_sparse.integrity import DONE, INTEGRITY_KEY
 from lth_sparse.runs import check_run
+from tests.summaries import without_timings
 
 COMMON = ["--threads", "1", "--no-plots", "--no-progress"]
 MLP = ["--model", "mlp", "--train-size", "200", "--epochs", "1"]
@@ -51,14 +52,6 @@ def run(line: list[str]) -> subprocess.CompletedProcess:
 
 def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if "seconds" not in k}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def claimed(process: subprocess.Popen, out: Path) -> None:

@@ -26,6 +26,7 @@ from lth_sparse.integrity import (
 )
 from lth_sparse.masks import Masks
 from lth_sparse.runs import Steps, check_run
+from tests.summaries import without_timings
 
 TINY = "--dataset digits --model mlp --model-option width=8 --epochs 0.5 --batch-size 8 --train-size 64 --no-plots"
 
@@ -39,14 +40,6 @@ def flip_byte(path: Path, at: int = -40) -> None:
 
 def cut(path: Path, keep: int = 100) -> None:
     path.write_bytes(path.read_bytes()[:keep])
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if "seconds" not in k}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 # --- the record and its check, on hand-made steps -------------------------------------------------------------
