@@ -541,7 +541,7 @@ def _run_verify(args) -> int:
         for damage in found.damages():
             print(f"damaged: {damage}")
         units = ""
-        if "" not in found.damaged:  # config.json parses
+        if all(d.path.name != "config.json" for d in found.damaged.get("", [])):  # config.json parses
             kind = read_file(run / "config.json").get("kind")
             try:
                 pipeline = pipeline_for(kind)
