@@ -1,4 +1,5 @@
-"""Global selection across many tensors: ``kth_smallest`` and ``prune_lowest``.
+"""Global selection across many tensors: ``kth_smallest`` and ``prune_lowest``; and ``prune_lowest_rows``, the
+second row by row of one tensor (many small selections at once: a stack's members).
 
 Both work on all tensors at once without concatenating them. Values are ordered
 as ``torch.sort`` orders them, -0.0 equal to +0.0; a NaN is refused (a ValueError
@@ -194,3 +195,49 @@ def prune_lowest(scores: Sequence[Tensor], masks: Sequence[Tensor] | None, k: in
     if masks is not None:
         _checks.check_mask_list(masks, scores)
     return _prune_lowest(scores, [] if masks is None else list(masks), k)
+
+
+def prune_lowest_rows(scores: Tensor, counts: Sequence[int]) -> Tensor:
+    """:func:`prune_lowest` of every row of ``scores`` at once: a bool tensor of ``scores``' shape whose row ``r``
+    (``scores[r]``, flattened) has exactly its ``counts[r]`` lowest entries False.
+
+    Row ``r`` equals ``prune_lowest([scores[r]], None, counts[r])[0]``: the same order (``torch.sort``'s, -0.0
+    equal to +0.0) and the same ties (a lower flat index is pruned first). Made for many small selections of
+    different sizes (the members of a stack, :func:`lth_sparse.prune.edge_popup.edge_popup_together`): one
+    ``kthvalue`` per distinct count, plain torch on any device, no custom op. ``scores``: a floating tensor of at
+    least one dimension; ``counts``: one integer per row in ``[0, row size]``. A NaN is a ValueError.
+    """
+    if not isinstance(scores, Tensor) or not scores.is_floating_point() or scores.dim() < 1:
+        raise ValueError("scores must be a floating tensor with a leading dimension of rows")
+    rows = scores.shape[0]
+    flat = scores.reshape(rows, -1)
+    n = flat.shape[1]
+    counts = list(counts)
+    if len(counts) != rows:
+        raise ValueError(f"counts must hold one entry per row ({rows}), got {len(counts)}")
+    for row, count in enumerate(counts):
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= n:
+            raise ValueError(f"counts[{row}] must be an int in [0, {n}] (the entries of a row), got {count!r}")
+    if bool(torch.isnan(flat).any()):
+        raise ValueError("scores hold a NaN: it has no rank among the values")
+    keep = torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
+    by_count: dict[int, list[int]] = {}
+    for row, count in enumerate(counts):
+        by_count.setdefault(int(count), []).append(row)
+    for count, members in by_count.items():
+        if count == 0:
+            continue
+        whole = len(members) == rows
+        index = None if whole else torch.tensor(members, device=flat.device)
+        sub = flat if whole else flat.index_select(0, index)
+        threshold = sub.kthvalue(count, dim=1, keepdim=True).values  # the largest value pruned
+        kept = sub > threshold
+        tie = sub == threshold
+        if bool((tie.sum(1) > 1).any()):  # equal values at the threshold: the lowest-index ones are pruned first
+            ties_to_prune = count - (sub < threshold).sum(1, keepdim=True)
+            kept |= tie & (tie.cumsum(1) > ties_to_prune)
+        if whole:
+            keep = kept
+        else:
+            keep.index_copy_(0, index, kept)
+    return keep.view(scores.shape)

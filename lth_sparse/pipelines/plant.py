@@ -230,48 +230,66 @@ def plant_units(
 def _planted_and_pruned(
     specs: list[PlantSpec], directories: list[Path], progress: bool | None, *, together: bool
 ) -> list[tuple[MaskedTraining | None, Callable[[dict | None, Callable[[str], None]], dict]]]:
-    """Each unit planted and pruned (:func:`_plant_and_prune`); the multi-shot prunings they ask for run one by
-    one (:func:`~lth_sparse.prune.multishot.multi_shot`) or, ``together``, in lockstep
-    (:func:`~lth_sparse.prune.multishot.multi_shot_together`: a unit's numbers then do not depend on the others
+    """Each unit planted and pruned (:func:`_plant_and_prune`); the multi-shot prunings and edge-popup searches
+    they ask for run one by one (:func:`~lth_sparse.prune.multishot.multi_shot`,
+    :func:`~lth_sparse.prune.edge_popup.edge_popup`) or, ``together``, each kind in lockstep
+    (:func:`~lth_sparse.prune.multishot.multi_shot_together`,
+    :func:`~lth_sparse.prune.edge_popup.edge_popup_together`: a unit's numbers then do not depend on the others
     beside it)."""
-    from lth_sparse.prune.multishot import multi_shot, multi_shot_together
+    from lth_sparse.prune.edge_popup import EdgePopupMember, edge_popup, edge_popup_together
+    from lth_sparse.prune.multishot import MultiShotMember, multi_shot, multi_shot_together
 
+    c = specs[0].config
     units = [_plant_and_prune(spec, directory, progress) for spec, directory in zip(specs, directories)]
     outcomes: list = [None] * len(units)
     asked = {}
     for i, unit in enumerate(units):
         try:
-            asked[i] = next(unit)  # a multi-shot pruning, to be run here
+            asked[i] = next(unit)  # a multi-shot pruning or an edge-popup search, to be run here
         except StopIteration as done:
             outcomes[i] = done.value
-    if asked:
-        c = specs[0].config
+    multishot = {i: m for i, m in asked.items() if isinstance(m, MultiShotMember)}
+    searches = {i: m for i, m in asked.items() if isinstance(m, EdgePopupMember)}
+    found: dict = {}
+    if multishot:
         options = dict(rounds=c.multishot_rounds, epochs_per_round=c.multishot_epochs, train_config=c.train_config())
         if together:
-            found = multi_shot_together(list(asked.values()), progress=progress, **options)
+            masks = multi_shot_together(list(multishot.values()), progress=progress, **options)
         else:
-            found = [
+            masks = [
                 multi_shot(m.model, m.data, m.density, m.prune_fn, seed=m.seed, progress=progress, **options)
-                for m in asked.values()
+                for m in multishot.values()
             ]
-        for i, masks in zip(asked, found):
-            try:
-                units[i].send(masks)
-            except StopIteration as done:
-                outcomes[i] = done.value
+        found.update(zip(multishot, masks))
+    if searches:
+        options = dict(epochs=c.edge_popup_epochs, progress=progress)
+        if together:
+            results = edge_popup_together(list(searches.values()), **options)
+        else:
+            results = [
+                edge_popup(m.model, m.data, m.density, annealed=m.annealed, seed=m.seed, **options)
+                for m in searches.values()
+            ]
+        found.update(zip(searches, results))
+    for i in asked:
+        try:
+            units[i].send(found[i])
+        except StopIteration as done:
+            outcomes[i] = done.value
     return outcomes
 
 
 def _plant_and_prune(spec: PlantSpec, directory: Path, progress: bool | None):
     """Plant and prune one unit: a generator that yields a
-    :class:`~lth_sparse.prune.multishot.MultiShotMember` where its pruner is multi-shot (the caller runs the
-    pruning and sends back its masks), then returns the training of its weak ticket (``None`` for a strong
-    ticket, which is rescaled, not trained) and the function that makes its ``done.json`` of the training's
-    metrics."""
+    :class:`~lth_sparse.prune.multishot.MultiShotMember` where its pruner is multi-shot, an
+    :class:`~lth_sparse.prune.edge_popup.EdgePopupMember` where it is edge-popup (the caller runs the
+    pruning and sends back its masks, or its :class:`~lth_sparse.prune.edge_popup.EdgePopupResult`), then
+    returns the training of its weak ticket (``None`` for a strong ticket, which is rescaled, not trained) and
+    the function that makes its ``done.json`` of the training's metrics."""
     from lth_sparse.nn import masked, unmasked
     from lth_sparse.planting import make_target, plant, target_performance
     from lth_sparse.prune import get_pruner, layer_collapse
-    from lth_sparse.prune.edge_popup import edge_popup, strong_ticket
+    from lth_sparse.prune.edge_popup import EdgePopupMember, strong_ticket
     from lth_sparse.prune.multishot import MultiShotMember
 
     c = spec.config
@@ -289,7 +307,6 @@ def _plant_and_prune(spec: PlantSpec, directory: Path, progress: bool | None):
     if list(planted) != names:
         raise RuntimeError(f"the planted masks {list(planted)} do not name the host's layers {names}")
     density = planted.density() if spec.density == "planted" else float(spec.density)
-    loss_fn = None  # the training loop's default: cross-entropy, or the mean squared error for floats
     generator = torch.Generator().manual_seed(spec.seed * 7919 + 13)
     order = torch.randperm(len(data.train), generator=generator)[: c.prune_batch].to(device)
     batch = (data.train.x[order], data.train.y[order])
@@ -323,16 +340,9 @@ def _plant_and_prune(spec: PlantSpec, directory: Path, progress: bool | None):
         name = pruner[len("multishot-") :]
         masks = yield MultiShotMember(model, data, density, lambda m, masks_, d: single(name, m, masks_, d), spec.seed)
         model.load_state_dict(init)
-    else:
-        masks, bias_masks, history = edge_popup(
-            copy.deepcopy(host),
-            data,
-            density,
-            epochs=c.edge_popup_epochs,
-            annealed=pruner == "edge-popup-annealed",
-            loss_fn=loss_fn,
-            seed=spec.seed,
-            progress=progress,
+    else:  # edge-popup with its default loss, the training loop's: cross-entropy, or the MSE for floats
+        masks, bias_masks, history = yield EdgePopupMember(
+            copy.deepcopy(host), data, density, spec.seed, annealed=pruner == "edge-popup-annealed"
         )
     masks = Masks({n: masks[n].to(device) for n in names})
     found = recovery(masks, planted)
@@ -461,9 +471,13 @@ class PlantPipeline(Pipeline):
 
     def plan(self, config: PlantConfig) -> list[list[Unit]]:
         units = []
+        # the multi-shot pruners first, then edge-popup, then the single-shot ones: the stacks of a task and depth
+        # are made in this order, so that each holds one kind of search as far as it can (a stack's multi-shot
+        # rounds and edge-popup epochs train their members together; its other members wait for them)
+        pruners = sorted(config.pruners, key=lambda p: 0 if p.startswith("multishot-") else 1 if p in STRONG else 2)
         for task in config.tasks:
             for depth in config.depths:
-                for pruner in config.pruners:
+                for pruner in pruners:
                     for density in config.densities:
                         if density == "1" and pruner != config.pruners[0]:
                             continue  # density 1 prunes nothing: one dense unit per task and depth

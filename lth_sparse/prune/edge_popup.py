@@ -61,7 +61,8 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -73,20 +74,24 @@ from lth_sparse.data import Dataset
 from lth_sparse.masks import Masks, unwrap_model
 from lth_sparse.nn import MaskedMixin, masked
 from lth_sparse.nn.modules import MASKED_TYPES
-from lth_sparse.ops import prune_lowest
+from lth_sparse.ops import prune_lowest, prune_lowest_rows
 from lth_sparse.prune._checks import check_count, check_density
 from lth_sparse.prune.multishot import density_schedule
-from lth_sparse.train import TrainConfig, iterations_per_epoch, make_optimizer, train
+from lth_sparse.train import TrainConfig, iterations_per_epoch, make_optimizer, train, train_stacked
+from lth_sparse.train.stacked import StackedOptimizer, check_members, member_inputs, stacked_linear
 
 __all__ = [
     "EDGE_POPUP_BATCH_SIZE",
     "EDGE_POPUP_LR",
     "EDGE_POPUP_MOMENTUM",
     "EDGE_POPUP_WEIGHT_DECAY",
+    "EdgePopupMember",
     "EdgePopupNetwork",
     "EdgePopupResult",
+    "StackedEdgePopup",
     "annealed_densities",
     "edge_popup",
+    "edge_popup_together",
     "kept_count",
     "straight_through_topk",
     "strong_ticket",
@@ -339,6 +344,209 @@ def edge_popup(
     finally:
         inner.train(was_training)
     return EdgePopupResult(masks, bias_masks, history)
+
+
+class _StackedStraightThroughTopK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores: Tensor, kept: list[int]) -> Tensor:
+        pruned = [scores[0].numel() - k for k in kept]
+        return prune_lowest_rows(scores.detach(), pruned).to(scores.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+class _StackedScoredLinear(nn.Module):
+    """The scored ``Linear`` layers of K edge-popup networks side by side: frozen ``weight`` ``(K, out, in)`` and
+    ``bias`` ``(K, out)`` (buffers), trainable ``scores`` and ``bias_scores`` of their shapes; member ``k``
+    computes with ``weight[k] * topk(|scores[k]|)`` and ``bias[k] * topk(|bias_scores[k]|)``, keeping
+    ``kept_count(densities[k], n)`` of each, as its :class:`EdgePopupNetwork` does (ties alike: the selection is
+    :func:`~lth_sparse.ops.prune_lowest_rows`, row by row :func:`~lth_sparse.ops.prune_lowest`)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, scores: Tensor, bias_scores: Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.scores = nn.Parameter(scores)
+        self.bias_scores = nn.Parameter(bias_scores) if bias_scores is not None else None
+        self.densities: list[float] = []
+
+    def _masked(self, values: Tensor, scores: Tensor) -> Tensor:
+        per_member = scores[0].numel()
+        kept = [kept_count(d, per_member) for d in self.densities]
+        return values * _StackedStraightThroughTopK.apply(scores.abs(), kept)
+
+    def forward(self, input: Tensor) -> Tensor:
+        members, _, in_features = self.weight.shape
+        weight = self._masked(self.weight, self.scores)
+        bias = self._masked(self.bias, self.bias_scores) if self.bias is not None else None
+        return stacked_linear(member_inputs(input, members, in_features), weight, bias)
+
+
+class StackedEdgePopup:
+    """K :class:`EdgePopupNetwork` of one architecture (the members: their own hosts, scores, densities) as one
+    stacked network whose trainable parameters are the members' scores: the ``network`` that
+    :func:`~lth_sparse.train.train_stacked` takes (``module``, ``kept``, ``parameters()``, ``write_back()``).
+
+    The hosts must be made of ``nn.Linear`` layers and modules without parameters or buffers (ReLU, Flatten...),
+    as the planting benchmark's MLPs are: a convolution or a BatchNorm is a ValueError (train those networks one
+    by one with :func:`edge_popup`). :meth:`set_densities` reads every member's current ``density``.
+    """
+
+    def __init__(self, networks: Sequence[EdgePopupNetwork]) -> None:
+        self.networks = list(networks)
+        self.members = len(self.networks)
+        first = self.networks[0]
+        self.module = copy.deepcopy(first.model)
+        self._layers: list[tuple[_StackedScoredLinear, list[_LayerScores]]] = []
+        scored = dict(zip(first.layer_names, range(len(first.layer_names))))
+        peers_of = [dict(net.model.named_modules()) for net in self.networks]
+        for name, module in list(self.module.named_modules()):
+            if name in scored:
+                if not isinstance(module, nn.Linear):
+                    raise ValueError(
+                        f"stacked edge-popup stacks Linear layers; {name!r} is a {type(module).__name__}: run "
+                        "edge_popup on each network"
+                    )
+                index = scored[name]
+                peers = [peers[name] for peers in peers_of]
+                scores = [net.scores[index] for net in self.networks]
+                with torch.no_grad():
+                    layer = _StackedScoredLinear(
+                        torch.stack([p.weight.detach() for p in peers]),
+                        torch.stack([p.bias.detach() for p in peers]) if module.bias is not None else None,
+                        torch.stack([s.weight.detach() for s in scores]),
+                        torch.stack([s.bias.detach() for s in scores]) if module.bias is not None else None,
+                    )
+                parent_name, _, child = name.rpartition(".")
+                if not name:
+                    raise ValueError("stacked edge-popup needs a model with layers, got a bare Linear")
+                setattr(self.module.get_submodule(parent_name), child, layer)
+                self._layers.append((layer, scores))
+            elif not any(name.startswith(f"{s}.") for s in scored) and (
+                list(module.parameters(recurse=False)) or list(module.buffers(recurse=False))
+            ):
+                raise ValueError(
+                    f"stacked edge-popup stacks Linear layers and modules without parameters or buffers; {name!r} "
+                    f"is a {type(module).__name__} with some: run edge_popup on each network"
+                )
+        self.kept: list = []  # no weight of the stack is pruned: the selection is in the forward pass
+        self.set_densities()
+        self.module.train()
+
+    def set_densities(self) -> None:
+        """Take up every member's current ``density`` (set between epochs by annealed edge-popup)."""
+        densities = [net.density for net in self.networks]
+        for layer, _ in self._layers:
+            layer.densities = densities
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for layer, _ in self._layers for p in (layer.scores, layer.bias_scores) if p is not None]
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the stacked scores into every member's :attr:`EdgePopupNetwork.scores`."""
+        for layer, scores in self._layers:
+            for k, member in enumerate(scores):
+                member.weight.copy_(layer.scores[k])
+                if member.bias is not None:
+                    member.bias.copy_(layer.bias_scores[k])
+
+
+@dataclass(frozen=True)
+class EdgePopupMember:
+    """One edge-popup search of :func:`edge_popup_together`: :func:`edge_popup`'s model, data, density, seed and
+    ``annealed``."""
+
+    model: nn.Module
+    data: Dataset
+    density: float
+    seed: int = 0
+    annealed: bool = False
+
+
+def edge_popup_together(
+    members: Sequence[EdgePopupMember],
+    *,
+    epochs: int = 10,
+    lr: float = EDGE_POPUP_LR,
+    momentum: float = EDGE_POPUP_MOMENTUM,
+    weight_decay: float = EDGE_POPUP_WEIGHT_DECAY,
+    batch_size: int = EDGE_POPUP_BATCH_SIZE,
+    loss_fn: LossFn | None = None,
+    progress: bool | None = False,
+) -> list[EdgePopupResult]:
+    """:func:`edge_popup` of each member, in lockstep: the scores of all members trained together as one stack
+    (:func:`~lth_sparse.train.train_stacked` with a :class:`StackedEdgePopup`), each member at its own density
+    (annealed or not), with its own seed (scores and data order), host and data (of one shape and size). Returns
+    each member's :class:`EdgePopupResult`, equal to its :func:`edge_popup`'s where the stacked kernels sum as
+    the single ones do (bit for bit for MLP hosts on the CPU: tests/prune/test_edge_popup_together.py).
+
+    The hosts must be of one architecture made of ``nn.Linear`` layers and modules without parameters (else a
+    ValueError: run :func:`edge_popup` on each); the shared options are :func:`edge_popup`'s.
+    """
+    if not members:
+        return []
+    epochs = check_count("epochs", epochs)
+    for m in members:
+        check_density(m.density, _DENSITY)
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer="sgd",
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule="cosine",
+    )
+    inners = [unwrap_model(m.model) for m in members]
+    was_training = [inner.training for inner in inners]
+    networks = [EdgePopupNetwork(inner, m.density, seed=m.seed) for inner, m in zip(inners, members)]
+    cfgs = [cfg] * len(members)
+    check_members(networks, [m.data for m in members], cfgs)
+    stack = StackedEdgePopup(networks)
+    optimizer = StackedOptimizer(stack.parameters(), cfgs, stack.kept)
+    per_epoch = iterations_per_epoch(len(members[0].data.train), cfg.batch_size)
+    schedules = [annealed_densities(m.density, epochs) if m.annealed else [m.density] * epochs for m in members]
+    histories: list[list[dict]] = [[] for _ in members]
+    try:
+        for epoch in range(1, epochs + 1):
+            for network, schedule in zip(networks, schedules):
+                network.density = schedule[epoch - 1]
+            stack.set_densities()
+            results = train_stacked(
+                networks,
+                [m.data for m in members],
+                cfgs,
+                seeds=[m.seed for m in members],
+                start_iteration=(epoch - 1) * per_epoch,
+                end_iteration=epoch * per_epoch,
+                loss_fn=loss_fn,
+                progress=progress,
+                desc=f"edge-popup {epoch}/{epochs}, {len(members)} stacked",
+                network=stack,
+                optimizer=optimizer,
+            )
+            for history, result, schedule in zip(histories, results, schedules):
+                history.append(
+                    {
+                        **result.history[-1],
+                        "epoch": epoch,
+                        "density": schedule[epoch - 1],
+                        "test_loss": result.test_loss,
+                        "test_accuracy": result.test_accuracy,
+                    }
+                )
+        found = []
+        for network, m, history in zip(networks, members, histories):
+            network.density = m.density
+            masks, bias_masks = network.masks()
+            found.append(EdgePopupResult(masks, bias_masks, history))
+    finally:
+        for inner, mode in zip(inners, was_training):
+            inner.train(mode)
+    return found
 
 
 @torch.no_grad()

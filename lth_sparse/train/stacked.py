@@ -61,10 +61,13 @@ __all__ = [
     "StackedNetwork",
     "StackedOptimizer",
     "available_memory",
+    "check_members",
+    "member_inputs",
     "recommended_stack",
     "stack_inputs",
     "stack_memory",
     "stacked_batches",
+    "stacked_linear",
     "train_stacked",
 ]
 
@@ -115,19 +118,32 @@ class StackedLinear(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         members, _, in_features = self.weight.shape
-        if input.dim() == 2:  # member-major features: a strided (K, B, in) view, no copy
-            input = input.view(input.shape[0], members, in_features).transpose(0, 1)
-        if input.dim() != 3 or input.shape[0] != members or input.shape[2] != in_features:
-            raise ValueError(
-                f"StackedLinear of {members} members and {in_features} inputs takes (B, {members} * {in_features}) "
-                f"or ({members}, B, {in_features}) inputs, got {tuple(input.shape)}"
-            )
-        return _StackedLinearFunction.apply(input, self.weight, self.bias)
+        return stacked_linear(member_inputs(input, members, in_features), self.weight, self.bias)
 
     def extra_repr(self) -> str:
         members, out_features, in_features = self.weight.shape
         bias = self.bias is not None
         return f"members={members}, in_features={in_features}, out_features={out_features}, bias={bias}"
+
+
+def stacked_linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``out[k] = input[k] @ weight[k]^T + bias[k]``: ``input`` ``(K, B, in)``, ``weight`` ``(K, out, in)``, ``bias``
+    ``(K, out)`` or None; one ``baddbmm``, with member ``k``'s gradients those of its own ``F.linear`` (the
+    function of :class:`StackedLinear`)."""
+    return _StackedLinearFunction.apply(input, weight, bias)
+
+
+def member_inputs(input: Tensor, members: int, in_features: int) -> Tensor:
+    """A stacked linear layer's input as ``(K, B, in)``: member-major ``(B, K * in)`` features (as flattening a
+    stacked activation gives) viewed so, without a copy; a ``(K, B, in)`` input as it is; else a ValueError."""
+    if input.dim() == 2:  # member-major features: a strided (K, B, in) view, no copy
+        input = input.view(input.shape[0], members, in_features).transpose(0, 1)
+    if input.dim() != 3 or input.shape[0] != members or input.shape[2] != in_features:
+        raise ValueError(
+            f"a stacked linear layer of {members} members and {in_features} inputs takes (B, {members} * "
+            f"{in_features}) or ({members}, B, {in_features}) inputs, got {tuple(input.shape)}"
+        )
+    return input
 
 
 def stack_inputs(inputs: Sequence[Tensor]) -> Tensor:
@@ -197,7 +213,7 @@ def _architecture(model: nn.Module) -> list[tuple]:
     return modules + tensors
 
 
-def _check_members(models: Sequence[nn.Module], datas: Sequence[Dataset], cfgs: Sequence[TrainConfig]) -> None:
+def check_members(models: Sequence[nn.Module], datas: Sequence[Dataset], cfgs: Sequence[TrainConfig]) -> None:
     """ValueError naming the member and what differs when the members cannot train in one stack."""
     if not models:
         raise ValueError("stacked training needs at least one member")
@@ -436,6 +452,9 @@ class StackedOptimizer:
                 _add_scaled(grad, buf, self._momentum)
             else:
                 grad = buf
+        if len(set(lrs)) == 1:  # one learning rate: torch's own update, reading no per-entry factor
+            p.add_(grad, alpha=-lrs[0])
+            return
         if self._learning_rates != tuple(lrs):  # a constant schedule: written once
             self._entries([-lr for lr in lrs], out=self._scale)
             self._learning_rates = tuple(lrs)
@@ -461,6 +480,9 @@ class StackedOptimizer:
         bias_correction2 = 1 - beta2**step
         bias_correction2_sqrt = bias_correction2**0.5
         denom = torch.sqrt(exp_avg_sq, out=self._scratch).div_(bias_correction2_sqrt).add_(self.eps)
+        if len(set(lrs)) == 1:  # one learning rate: torch's own update, reading no per-entry factor
+            p.addcdiv_(exp_avg, denom, value=-(lrs[0] / bias_correction1))
+            return
         self._learning_rates = None  # self._scale is overwritten
         step_sizes = self._entries([-(lr / bias_correction1) for lr in lrs], out=self._scale)
         p.addcdiv_(step_sizes.mul_(exp_avg), denom)
@@ -617,6 +639,8 @@ def train_stacked(
     lr_factor: Callable[[int], float] | None = None,
     loss_fn: LossFn | None = None,
     callbacks: Sequence[Sequence[Callable[[TrainStep], None]]] | None = None,
+    network: StackedNetwork | None = None,
+    optimizer: StackedOptimizer | None = None,
 ) -> list[TrainResult]:
     """Train ``models[k]`` on ``datas[k]`` with ``cfgs[k]`` and ``seeds[k]`` for every member ``k`` at once, in
     lockstep, as one stacked network; returns each member's :class:`TrainResult`.
@@ -638,10 +662,17 @@ def train_stacked(
     each member that has one. ``metrics_paths[k]``: member ``k``'s JSONL records. ``callbacks[k]``: called
     with member ``k``'s :class:`TrainStep` after every step. ``lr_factor``, ``loss_fn`` (applied to each
     member's output and targets), ``start_iteration``, ``end_iteration``, ``progress``: as for ``train``.
-    Not here (yet): checkpoints and resuming, a caller's optimizer, DDP.
+
+    ``network``: the stack to train, built from ``models`` by the caller (default: ``StackedNetwork(models)``):
+    any object with a :class:`StackedNetwork`'s ``module``, ``kept``, ``parameters()`` and ``write_back()``, e.g.
+    one whose trainable parameters are not the members' weights (edge-popup's scores:
+    :func:`lth_sparse.prune.edge_popup.edge_popup_together`); ``write_back`` must bring the members' own modules
+    up to date, as they are evaluated. ``optimizer``: a :class:`StackedOptimizer` over ``network.parameters()``
+    whose state carries on (one training split into several calls, as ``train``'s ``optimizer``); default a
+    fresh one. Not here (yet): checkpoints and resuming, DDP.
     """
     members = len(models)
-    _check_members(models, datas, cfgs)
+    check_members(models, datas, cfgs)
     seeds = _per_member(seeds, members, "seeds")
     augment_seeds = _per_member(augment_seeds, members, "augment_seeds")
     on_snapshot = _per_member(on_snapshot, members, "on_snapshot")
@@ -667,8 +698,12 @@ def train_stacked(
         for k, model in enumerate(models):
             if on_snapshot[k] is not None:
                 on_snapshot[k](start_iteration, copy.deepcopy(model.state_dict()))
-    network = StackedNetwork(models)
-    optimizer = StackedOptimizer(network.parameters(), cfgs, network.kept)
+    if network is None:
+        network = StackedNetwork(models)
+    elif network.members != members:
+        raise ValueError(f"the stacked network holds {network.members} members, the call {members}")
+    if optimizer is None:
+        optimizer = StackedOptimizer(network.parameters(), cfgs, network.kept)
     base_lrs = [c.lr for c in cfgs]
     lrs = list(base_lrs)
     eval_every = cfg.eval_every or per_epoch

@@ -8,7 +8,7 @@ import torch
 from torch.nn.utils import prune
 
 from lth_sparse._dispatch import cpp_extension
-from lth_sparse.ops import kth_smallest, prune_lowest, reference
+from lth_sparse.ops import kth_smallest, prune_lowest, prune_lowest_rows, reference
 from lth_sparse.ops.select import IMPLEMENTED, _kth_smallest, _prune_lowest
 from tests.conftest import available_backends
 
@@ -184,3 +184,48 @@ def test_opcheck():
 def test_bad_input_names_the_argument(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+# --- prune_lowest_rows: prune_lowest of every row at once -----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prune_lowest_rows_is_prune_lowest_of_each_row(dtype):
+    """Awkward rows: many equal values (the ties go by index), -0.0 beside +0.0, infinities, counts 0 and n, one
+    count shared by several rows and rows of their own count, rows of more than two dimensions."""
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        rows, shape = 1 + trial % 5, (1 + trial % 7, 1 + trial % 3)
+        n = shape[0] * shape[1]
+        if trial % 3 == 0:  # few distinct values, signed zeros
+            scores = torch.randint(-2, 3, (rows, *shape), generator=generator).to(dtype) * 0.5
+            scores[scores == 0] = torch.tensor(-0.0, dtype=dtype)
+            scores.view(rows, -1)[:, :1] = 0.0
+        elif trial % 3 == 1:
+            scores = torch.randn(rows, *shape, generator=generator, dtype=dtype)
+            scores.view(rows, -1)[:, -1] = float("inf")
+        else:
+            scores = torch.randn(rows, *shape, generator=generator, dtype=dtype).round()
+        counts = [int(c) for c in torch.randint(0, n + 1, (rows,), generator=generator)]
+        counts[0] = counts[-1]  # a count shared by two rows (one row: itself)
+        got = prune_lowest_rows(scores, counts)
+        assert got.shape == scores.shape and got.dtype == torch.bool
+        for r in range(rows):
+            assert torch.equal(got[r], prune_lowest([scores[r]], None, counts[r])[0]), (trial, r)
+            assert int((~got[r]).sum()) == counts[r]
+
+
+def test_prune_lowest_rows_refuses_bad_input():
+    scores = torch.rand(3, 4)
+    with pytest.raises(ValueError, match="one entry per row"):
+        prune_lowest_rows(scores, [1, 2])
+    with pytest.raises(ValueError, match=r"counts\[1\] must be an int in \[0, 4\]"):
+        prune_lowest_rows(scores, [1, 5, 0])
+    with pytest.raises(ValueError, match=r"counts\[2\]"):
+        prune_lowest_rows(scores, [1, 2, True])
+    with pytest.raises(ValueError, match="floating"):
+        prune_lowest_rows(torch.ones(3, 4, dtype=torch.long), [0, 0, 0])
+    bad = scores.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        prune_lowest_rows(bad, [1, 1, 1])

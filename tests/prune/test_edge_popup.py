@@ -21,9 +21,11 @@ from lth_sparse.masks import Masks
 from lth_sparse.nn import masked
 from lth_sparse.planting import make_target, plant, planting_data
 from lth_sparse.prune.edge_popup import (
+    EdgePopupMember,
     EdgePopupNetwork,
     annealed_densities,
     edge_popup,
+    edge_popup_together,
     kept_count,
     straight_through_topk,
     strong_ticket,
@@ -206,6 +208,49 @@ def test_edge_popup_trains_a_regression_on_raw_outputs_with_mse():
     final_loss, _ = evaluate(strong_ticket(host, masks, bias_masks), data.test, loss_fn=F.mse_loss)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert final_loss < min(initial_loss, chance) / 2, (final_loss, initial_loss, chance)
+
+
+def test_edge_popup_together_gives_each_member_its_edge_popup(monkeypatch):
+    """Members of other hosts, densities, seeds, annealed or not, in lockstep: each ends with the masks, the bias
+    masks and the per-epoch records (validation and test figures exactly; the running training loss to float
+    rounding: its batch means are summed in another order) that edge_popup gives it alone; a member's result does
+    not depend on the others in its stack; the hosts are not changed."""
+    monkeypatch.setenv("LTH_SPARSE_BACKEND", "torch")
+    data = _task_data("circle", 400)
+    hosts = [_mlp([2, 12, 12, 4], seed=1), _mlp([2, 12, 12, 4], seed=2)]
+    plans = [(0.3, 0, 3, False), (0.05, 1, 4, True), (0.6, 0, 5, True), (1.0, 1, 6, False)]
+    before = [copy.deepcopy(h.state_dict()) for h in hosts]
+    alone = [edge_popup(hosts[h], data, d, epochs=3, annealed=a, seed=s) for d, h, s, a in plans]
+    members = [EdgePopupMember(hosts[h], data, d, s, annealed=a) for d, h, s, a in plans]
+    together = edge_popup_together(members, epochs=3)
+    pair = edge_popup_together(members[1:3], epochs=3)
+    for expected, got in [*zip(alone, together), *zip(alone[1:3], pair)]:
+        assert got.masks == expected.masks
+        assert got.bias_masks.keys() == expected.bias_masks.keys()
+        assert all(torch.equal(got.bias_masks[n], expected.bias_masks[n]) for n in expected.bias_masks)
+        assert [h["density"] for h in got.history] == [h["density"] for h in expected.history]
+        for g, e in zip(got.history, expected.history):
+            assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-6)
+            # repr: exact, and NaN (no validation split here) equal to itself
+            assert repr({k: v for k, v in g.items() if k != "train_loss"}) == repr(
+                {k: v for k, v in e.items() if k != "train_loss"}
+            )
+    assert all(torch.equal(h.state_dict()[k], v) for h, b in zip(hosts, before) for k, v in b.items())
+    assert together[3].masks.density() == 1.0 and together[1].masks.density() < 0.1
+
+
+def test_edge_popup_together_refuses_hosts_it_cannot_stack():
+    data = _task_data("circle", 50)
+    with pytest.raises(ValueError, match="differs"):
+        edge_popup_together(
+            [EdgePopupMember(_mlp([2, 8, 4]), data, 0.5), EdgePopupMember(_mlp([2, 6, 4]), data, 0.5)], epochs=1
+        )
+    normed = nn.Sequential(nn.Linear(2, 8), nn.LayerNorm(8), nn.Linear(8, 4))
+    with pytest.raises(ValueError, match="LayerNorm"):
+        edge_popup_together([EdgePopupMember(normed, data, 0.5)], epochs=1)
+    with pytest.raises(ValueError, match="density"):
+        edge_popup_together([EdgePopupMember(_mlp([2, 8, 4]), data, 1.5)], epochs=1)
+    assert edge_popup_together([], epochs=1) == []
 
 
 @pytest.mark.parametrize("density", [0.0, -0.1, 1.5, True, float("nan")])
