@@ -134,3 +134,21 @@ def test_single_shot_pruners_train_at_moderate_density_and_miss_the_planted_tick
             assert row["score"]["mean"] > reference["chance"] + 0.2, row["pruner"]
         else:
             assert row["recall"]["mean"] < 0.6 and row["score"]["mean"] < reference["test"], row["pruner"]
+
+
+def test_the_plan_puts_multi_shot_then_edge_popup_then_single_shot_units_of_a_task_and_depth():
+    """Stacks are cut from the plan's order, so each (task, depth) lists its multi-shot units first, then
+    edge-popup's, then the single-shot ones (each kind in the order given); the dense unit stays the first
+    pruner's (its directory does not depend on the order)."""
+    from lth_sparse.pipelines.plant import PLANT
+
+    config = config_from_options(
+        PlantConfig,
+        {**TINY, "tasks": ["circle"], "pruners": "snip,edge-popup,multishot-synflow,magnitude,multishot-magnitude"},
+    )
+    (units,) = PLANT.plan(config)
+    pruners = [u.directory.split("/")[2] for u in units]
+    assert pruners == ["multishot-synflow", "multishot-magnitude", "edge-popup", "snip", "snip", "magnitude"]
+    assert [u.directory.split("/")[3] for u in units].count("density_1") == 1
+    assert units[3].directory == "circle/depth_3/snip/density_planted/seed_0"
+    assert units[4].directory == "circle/depth_3/snip/density_1/seed_0"

@@ -180,8 +180,11 @@ def test_planting_stacked_with_multi_shot_in_lockstep_gives_the_summary_it_gives
         assert main([*plant, "--stack", stack, "--out", str(tmp_path / stack)]) == 0
     summaries = [json.loads((tmp_path / stack / "summary.json").read_text()) for stack in ("1", "8")]
     assert figures_apart(*summaries) == []
-    log = tmp_path / "8" / "circle" / "depth_3" / "multishot-synflow" / "density_0.1" / "seed_1" / "unit.log"
-    assert "started in a stack of 8" in log.read_text()
+    unit = tmp_path / "8" / "circle" / "depth_3"
+    # the plan puts the multi-shot units first, then edge-popup, then the single-shot ones: the 8 multi-shot units
+    # fill the first stack (their rounds trained together), edge-popup's 4 (trained together) share the second
+    assert "started in a stack of 8" in (unit / "multishot-synflow" / "density_0.1" / "seed_1" / "unit.log").read_text()
+    assert "started in a stack of 8" in (unit / "edge-popup" / "density_planted" / "seed_0" / "unit.log").read_text()
 
 
 def test_the_process_executor_s_workers_each_get_a_stack(tmp_path):
