@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "speedup": alone / stacked,
                     "target": target,
                     "largest_difference": largest_difference(*summaries)[0],
-                    "largest_difference_at": largest_difference(*summaries)[1],
+                    "largest_difference_at": largest_difference(*summaries)[1]
+                    if largest_difference(*summaries)[0] > 0
+                    else None,
                 }
             )
     finally:
@@ -145,7 +147,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for row in rows:
         met = "met" if row["speedup"] >= row["target"] else "NOT met"
         print(f"{row['case']}: {row['speedup']:.2f}x against a {row['target']}x target: {met}")
-        print(f"  largest difference of a figure at {row['largest_difference_at']}")
+        if row["largest_difference"] > 0:
+            print(f"  largest difference of a figure at {row['largest_difference_at']}")
+        else:
+            print("  the summaries are equal")
     if not args.quick:
         write_results("stacked_pipelines", "cpu", rows)
     return rows
