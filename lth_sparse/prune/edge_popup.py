@@ -247,6 +247,31 @@ class EdgePopupNetwork(nn.Module):
         return Masks(weights), biases
 
 
+def _score_config(epochs: int, lr: float, momentum: float, weight_decay: float, batch_size: int) -> TrainConfig:
+    """The training of the scores: SGD with momentum and weight decay, a cosine schedule (module docstring)."""
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer="sgd",
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule="cosine",
+    )
+
+
+def _epoch_record(result, epoch: int, density: float) -> dict:
+    """An epoch's record of the history: the training loop's last record, the epoch, its density, the test
+    figures."""
+    return {
+        **result.history[-1],
+        "epoch": epoch,
+        "density": density,
+        "test_loss": result.test_loss,
+        "test_accuracy": result.test_accuracy,
+    }
+
+
 class EdgePopupResult(NamedTuple):
     """What :func:`edge_popup` returns (unpacks as ``masks, bias_masks, history``)."""
 
@@ -296,15 +321,7 @@ def edge_popup(
     """
     density = check_density(density, _DENSITY)
     epochs = check_count("epochs", epochs)
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer="sgd",
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule="cosine",
-    )
+    cfg = _score_config(epochs, lr, momentum, weight_decay, batch_size)
     inner = unwrap_model(model)
     was_training = inner.training
     network = EdgePopupNetwork(inner, density, seed=seed)
@@ -330,15 +347,7 @@ def edge_popup(
                 progress=progress,
                 desc=f"edge-popup {epoch}/{epochs}",
             )
-            history.append(
-                {
-                    **result.history[-1],
-                    "epoch": epoch,
-                    "density": epoch_density,
-                    "test_loss": result.test_loss,
-                    "test_accuracy": result.test_accuracy,
-                }
-            )
+            history.append(_epoch_record(result, epoch, epoch_density))
         network.density = density
         masks, bias_masks = network.masks()
     finally:
@@ -491,15 +500,7 @@ def edge_popup_together(
     epochs = check_count("epochs", epochs)
     for m in members:
         check_density(m.density, _DENSITY)
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        optimizer="sgd",
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule="cosine",
-    )
+    cfg = _score_config(epochs, lr, momentum, weight_decay, batch_size)
     inners = [unwrap_model(m.model) for m in members]
     was_training = [inner.training for inner in inners]
     networks = [EdgePopupNetwork(inner, m.density, seed=m.seed) for inner, m in zip(inners, members)]
@@ -529,15 +530,7 @@ def edge_popup_together(
                 optimizer=optimizer,
             )
             for history, result, schedule in zip(histories, results, schedules):
-                history.append(
-                    {
-                        **result.history[-1],
-                        "epoch": epoch,
-                        "density": schedule[epoch - 1],
-                        "test_loss": result.test_loss,
-                        "test_accuracy": result.test_accuracy,
-                    }
-                )
+                history.append(_epoch_record(result, epoch, schedule[epoch - 1]))
         found = []
         for network, m, history in zip(networks, members, histories):
             network.density = m.density
