@@ -3,7 +3,8 @@ set -euo pipefail
 # Remakes results/consensus-lenet300-fmnist-4tasks-stacked: the README's consensus run
 # (results/consensus-lenet300-fmnist-4tasks) with its trainings stacked by hand (--stack 12: on a CPU --stack auto
 # trains LeNet-300-100 one by one), each task's 3 bespoke IMP runs in lockstep and its tickets' retrainings
-# together; 656 s on one thread of this project's 2-core machine (18 minutes unstacked). Only summary.json,
+# together; 656 s on one thread of this project's 2-core machine (18 minutes unstacked, with older code beside
+# other work: no speed comparison). Only summary.json,
 # config.json and the plots are committed (docs/pipelines/consensus.md compares the two runs).
 # Usage, from the repository root: bash results/consensus-lenet300-fmnist-4tasks-stacked/run.sh [OUT]
 # (default: /tmp/consensus_stacked).
