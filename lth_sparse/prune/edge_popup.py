@@ -4,17 +4,20 @@ Every ``nn.Linear`` and ``nn.Conv2d`` layer of the model (masked or plain; the f
 edge-popup's ``--first-layer-dense``/``--last-layer-dense`` are off by default and Plant 'n' Seek scores every
 layer) gets a score per weight and, as Plant 'n' Seek extends edge-popup (Fischer & Burkholz, 2022, Sec. 3),
 a score per bias. The network computes with ``W * topk(|S_W|)`` and ``b * topk(|S_b|)``: in each layer the
-``round(density * n)`` entries of largest ``|score|`` are kept, for its ``n`` weights and, apart, for its
-biases. The top-k is straight-through (its backward is the identity), so the scores are trained by SGD while
+``n - int((1 - density) * n)`` entries of largest ``|score|`` are kept, for its ``n`` weights and, apart, for
+its biases. The top-k is straight-through (its backward is the identity), so the scores are trained by SGD while
 the weights and biases never change. What is found is a *strong* ticket: a subnetwork that works with the
 initial weights, untrained.
 
 Readings of the papers and of the reference code (edge-popup: ``allenai/hidden-networks``,
 ``utils/conv_type.py``; Plant 'n' Seek: ``RelationalML/PlantNSeek``, ``edgepopup_benchmarkdata/``), and why:
 
-- **The kept count** is ``round(density * n)`` per layer, selected by :func:`lth_sparse.ops.prune_lowest`
-  (ties: the lower flat index is pruned first, so the choice is deterministic). ``GetSubnet`` keeps
-  ``n - int((1 - k) n)``, which differs from it by at most one entry.
+- **The kept count** is ``GetSubnet``'s, ``n - int((1 - density) * n)`` per tensor (it prunes ``j = int((1 - k)
+  * scores.numel())`` entries, in Python's float64), selected by :func:`lth_sparse.ops.prune_lowest` (ties: the
+  lower flat index is pruned first, so the choice is deterministic; ``GetSubnet``'s ``sort`` has no tie rule).
+  It keeps at least one entry of every tensor at any density whose ``1 - density`` is below 1 in float64, where
+  ``round(density * n)`` (this module's count before December 2026) kept none of a small tensor: a Circle
+  host's 4 output biases at density 0.1, ReLU's single output bias at any density up to 0.5.
 - **Scores are ranked by their absolute value**, as edge-popup's ``clamped_scores = scores.abs()``; the
   straight-through gradient reaches ``|S|`` and then ``S`` through the absolute value (times ``sign(S)``).
 - **Score initialisation.** Weight scores: ``kaiming_uniform_(a=sqrt(5))``, as both codes, i.e.
@@ -111,8 +114,9 @@ _DENSITY = "the fraction of each layer's weights kept"  # what edge-popup's dens
 
 
 def kept_count(density: float, n: int) -> int:
-    """How many of a layer's ``n`` entries edge-popup keeps at ``density``: ``round(density * n)``."""
-    return round(check_density(density, _DENSITY) * n)
+    """How many of a layer's ``n`` entries edge-popup keeps at ``density``: ``n - int((1 - density) * n)``, as
+    edge-popup's ``GetSubnet`` (``allenai/hidden-networks``) prunes ``int((1 - k) * n)`` of them."""
+    return n - int((1 - check_density(density, _DENSITY)) * n)
 
 
 def topk_mask(scores: Tensor, kept: int) -> Tensor:
@@ -309,7 +313,8 @@ def edge_popup(
     softmax on the outputs). ``progress``: the training loop's progress bar (``None``: when on a terminal).
 
     Returns :class:`EdgePopupResult` ``(masks, bias_masks, history)``: the masks the trained scores select at
-    ``density`` (``round(density * n)`` kept in each layer's ``n`` weights, and in its biases); ``history``
+    ``density`` (:func:`kept_count`: ``n - int((1 - density) * n)`` kept in each layer's ``n`` weights, and in
+    its biases); ``history``
     one record per epoch: ``epoch`` (1-based), ``density`` (that epoch's), and the training loop's record
     at its end (``iteration``, ``lr``, ``train_loss``, ``val_loss``, ``val_accuracy``) with ``test_loss``
     and ``test_accuracy`` (accuracies ``None`` for a regression), all measured at that epoch's density.

@@ -71,15 +71,26 @@ def _mlp(widths: list[int], seed: int = 0) -> nn.Sequential:
 
 @pytest.mark.parametrize("density", [0.5, 0.1, 0.37, 1.0])
 @pytest.mark.parametrize("shape", [(7,), (10, 13), (4, 3, 3, 3)])
-def test_topk_mask_keeps_exactly_round_density_n_largest(density, shape):
+def test_topk_mask_keeps_exactly_the_reference_count_of_largest(density, shape):
     scores = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     kept = kept_count(density, scores.numel())
-    assert kept == round(density * scores.numel())
+    assert kept == scores.numel() - int((1 - density) * scores.numel())  # hidden-networks' GetSubnet
     mask = topk_mask(scores, kept)
     assert mask.dtype == torch.bool and mask.shape == scores.shape
     assert int(mask.sum()) == kept
     if 0 < kept < scores.numel():
         assert scores[mask].min() > scores[~mask].max()
+
+
+def test_kept_count_is_getsubnet_s_and_never_empties_a_small_tensor():
+    """hidden-networks' GetSubnet prunes j = int((1 - k) * n) entries and keeps n - j (utils/conv_type.py); the
+    values below are that expression's in Python (float64). A Circle host's 4 output biases keep 1 at density 0.1
+    (round(0.4) would keep none), ReLU's single output bias keeps 1 at every density above 0."""
+    reference = {(0.1, 4): 1, (0.5, 1): 1, (0.01, 1): 1, (0.3, 10): 3, (0.7, 10): 7, (0.5, 3): 2, (0.01, 10000): 100}
+    for (density, n), kept in reference.items():
+        assert kept_count(density, n) == kept == n - int((1 - density) * n), (density, n)
+    assert all(kept_count(d, n) >= 1 for d in (1e-9, 0.01, 0.1, 0.5) for n in (1, 2, 4, 100, 784))
+    assert kept_count(1.0, 7) == 7
 
 
 def test_topk_mask_breaks_ties_by_position_deterministically():
@@ -120,7 +131,7 @@ def test_edge_popup_network_keeps_the_fraction_in_every_layer_and_matches_its_st
     assert list(masks) == ["0.weight", "3.weight", "5.weight"]
     assert list(bias_masks) == ["0.bias", "3.bias"]  # the last layer has no bias
     for name, mask in [*masks.items(), *bias_masks.items()]:
-        assert int(mask.sum()) == round(0.3 * mask.numel()), name
+        assert int(mask.sum()) == kept_count(0.3, mask.numel()), name
     x = torch.randn(8, 3, 5, 5)
     with torch.no_grad():
         assert torch.allclose(network(x), strong_ticket(model, masks, bias_masks)(x), atol=1e-6)
@@ -152,7 +163,7 @@ def test_edge_popup_never_changes_the_weights_or_biases_and_trains_the_scores():
     assert not model.training  # its mode is restored
     assert len(history) == 2 and [h["epoch"] for h in history] == [1, 2]
     assert masks != before  # the scores moved, and the selection with them
-    assert all(int(m.sum()) == round(0.5 * m.numel()) for m in [*masks.values(), *bias_masks.values()])
+    assert all(int(m.sum()) == kept_count(0.5, m.numel()) for m in [*masks.values(), *bias_masks.values()])
 
 
 def test_annealed_densities_fall_to_the_target_at_the_last_epoch():
@@ -169,7 +180,7 @@ def test_annealed_edge_popup_trains_each_epoch_at_its_density():
     model = _mlp([2, 16, 4])
     masks, bias_masks, history = edge_popup(model, data, 0.2, epochs=3, annealed=True, seed=0)
     assert [h["density"] for h in history] == annealed_densities(0.2, 3)
-    assert masks.num_unpruned() == sum(round(0.2 * m.numel()) for m in masks.values())
+    assert masks.num_unpruned() == sum(kept_count(0.2, m.numel()) for m in masks.values())
     plain = edge_popup(model, data, 0.2, epochs=2, seed=0).history
     assert [h["density"] for h in plain] == [0.2, 0.2]
 
