@@ -5,7 +5,7 @@ set -euo pipefail
 # single-shot pruners, multi-shot magnitude (IMP) and SynFlow, edge-popup and its annealed variant; densities 0.01,
 # 0.1, 0.5, 1 and the planted ticket's own; weak tickets trained with the paper's recipe (Adam, lr 1e-3, batch 32,
 # 10 epochs); 2 seeds, 444 units; 19 minutes on this project's 2-core machine, beside other jobs, trained unit by
-# unit before stacking; 231 s (3.8 minutes) with the stacked training that --stack auto now applies, whose
+# unit before stacking; about 4 minutes (231-247 s) with the stacked training that --stack auto now applies, whose
 # summary.json, config.json and plots are results/plant/stacked (made by this script with OUT=/tmp/plant_stacked,
 # without the units' files; docs/pipelines/plant.md compares the two).
 # Usage, from the repository root: bash results/plant/run.sh [OUT] (default: results/plant/run).
