@@ -20,13 +20,15 @@ The planted ticket's own performance (the target's on the same data, :func:`targ
 reference line; its density (``planted`` in ``--densities``) is one of the grid's densities.
 
 Pruners: ``random``, ``magnitude``, ``snip``, ``grasp``, ``synflow`` (single-shot, global, scored on one
-batch of ``prune_batch`` training examples; SynFlow data-free, ``synflow_iterations`` rounds),
+random batch of ``prune_batch`` training examples, 40 as Plant 'n' Seek's code draws them for every task;
+SynFlow data-free, ``synflow_iterations`` iterations, 1 as that code's single-shot comparison),
 ``multishot-NAME`` for any of them (Section 3.2: 10 rounds to ``density ** (r / 10)``, 5 epochs of training
 per round, the weights reset to their initial values after each pruning: ``multishot-magnitude`` is IMP),
 ``edge-popup`` and ``edge-popup-annealed`` (strong tickets; one kept fraction per layer, which cannot
 express the planted ticket's uneven layer densities). Conventions: depth counts the input layer (depth 3
 is 2 weight layers); density is remaining weights over all weights, biases not counted, and ``sparsity``
-is 1 - density as everywhere in lth_sparse. The pruning batch size is not in the paper: 256 is our choice.
+is 1 - density as everywhere in lth_sparse. The pruning batch size is not in the paper: 40 is its code's
+(``--prune-dataset-ratio 10`` times 4 "classes", which its ``load.dimension`` gives the regressions too).
 """
 
 from __future__ import annotations
@@ -106,8 +108,16 @@ class PlantConfig(CommonConfig):
         parse=parse_densities,
         metavar="D,D,...",
     )
-    prune_batch: int = option(256, "training examples the data-dependent pruners score on")
-    synflow_iterations: int = option(100, "SynFlow's rounds (its paper: 100; 1 is single-shot)")
+    prune_batch: int = option(
+        40,
+        "training examples the data-dependent pruners score on, one random batch (Plant 'n' Seek's code: 40, 10 "
+        "per class of Circle's 4, for every task)",
+    )
+    synflow_iterations: int = option(
+        1,
+        "SynFlow's iterations (Plant 'n' Seek's code and its single-shot comparison: 1; SynFlow's own paper: 100, "
+        "the iterative variant)",
+    )
     multishot_rounds: int = option(10, "rounds of multi-shot pruning (the paper: 10)")
     multishot_epochs: float = option(5, "training epochs per multi-shot round (the paper: 5)")
     edge_popup_epochs: int = option(10, "edge-popup's training epochs of the scores (the paper: 10)")

@@ -152,3 +152,12 @@ def test_the_plan_puts_multi_shot_then_edge_popup_then_single_shot_units_of_a_ta
     assert [u.directory.split("/")[3] for u in units].count("density_1") == 1
     assert units[3].directory == "circle/depth_3/snip/density_planted/seed_0"
     assert units[4].directory == "circle/depth_3/snip/density_1/seed_0"
+
+
+def test_the_pruning_defaults_are_plant_n_seek_s_code_s():
+    """RelationalML/PlantNSeek, Synaptic-Flow-Extended: main.py's --prune-dataset-ratio 10 times load.dimension's 4
+    "classes" (given to relu and helix too, "to have same number of samples in pruning dataset") is 40 scoring
+    examples, drawn by randperm; --prune-epochs 1 is single-shot SynFlow."""
+    config = PlantConfig()
+    assert config.prune_batch == 10 * 4
+    assert config.synflow_iterations == 1
