@@ -205,6 +205,21 @@ def test_another_config_is_refused_naming_the_field_and_both_values(tmp_path):
     assert read_json(tmp_path / "config.json")["config"]["fraction"] == 0.2, "the refused run writes nothing"
 
 
+def test_a_run_hashed_against_other_defaults_resumes_with_the_same_values(tmp_path):
+    """The hash counts the fields that differ from their defaults, so moving a default (plant's pruning batch, 256
+    then 40) changes the hash of a run made with the old value; given that value explicitly, the run resumes: the
+    same values of every identity field are the same experiment. Its config.json then holds today's hash."""
+    RunDir(tmp_path, small_config(fraction=0.2), kind="imp").mark_done("round_00", {"x": 1})
+    saved = read_json(tmp_path / "config.json")
+    saved["hash"] = "0" * 16  # as if hashed when some default was another value
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    again = RunDir(tmp_path, small_config(fraction=0.2), kind="imp")
+    assert again.is_done("round_00") and again.replacing is None
+    assert read_json(tmp_path / "config.json")["hash"] == again.hash
+    with pytest.raises(ConfigMismatch, match="fraction"):
+        RunDir(tmp_path, small_config(fraction=0.35), kind="imp")
+
+
 def test_a_refusal_names_every_differing_field_including_tuples(tmp_path):
     RunDir(tmp_path, small_config(), kind="imp").mark_done("round_00/control_reinit", {})
     with pytest.raises(ConfigMismatch) as error:
