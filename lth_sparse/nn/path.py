@@ -520,8 +520,7 @@ class PathNetwork(nn.Module):
         for name, new in replacements:
             if not name:
                 return new
-            parent_name, _, child = name.rpartition(".")
-            setattr(net.get_submodule(parent_name) if parent_name else net, child, new)
+            net.set_submodule(name, new)
         return net
 
     def _batch_norms(self) -> list[_PathBatchNorm]:

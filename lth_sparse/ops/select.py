@@ -215,15 +215,14 @@ def prune_lowest_rows(scores: Tensor, counts: Sequence[int]) -> Tensor:
     counts = list(counts)
     if len(counts) != rows:
         raise ValueError(f"counts must hold one entry per row ({rows}), got {len(counts)}")
+    by_count: dict[int, list[int]] = {}  # the rows of each count
     for row, count in enumerate(counts):
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= n:
             raise ValueError(f"counts[{row}] must be an int in [0, {n}] (the entries of a row), got {count!r}")
+        by_count.setdefault(count, []).append(row)
     if bool(torch.isnan(flat).any()):
         raise ValueError("scores hold a NaN: it has no rank among the values")
     keep = torch.ones(flat.shape, dtype=torch.bool, device=flat.device)
-    by_count: dict[int, list[int]] = {}
-    for row, count in enumerate(counts):
-        by_count.setdefault(int(count), []).append(row)
     for count, members in by_count.items():
         if count == 0:
             continue

@@ -258,29 +258,24 @@ def _planted_and_pruned(
             asked[i] = next(unit)  # a multi-shot pruning or an edge-popup search, to be run here
         except StopIteration as done:
             outcomes[i] = done.value
-    multishot = {i: m for i, m in asked.items() if isinstance(m, MultiShotMember)}
-    searches = {i: m for i, m in asked.items() if isinstance(m, EdgePopupMember)}
+    shots = dict(rounds=c.multishot_rounds, epochs_per_round=c.multishot_epochs, train_config=c.train_config())
+    shots["progress"] = progress
+    search = dict(epochs=c.edge_popup_epochs, progress=progress)
+    runs = {  # each kind of member: all of them together, one alone
+        MultiShotMember: (
+            lambda members: multi_shot_together(members, **shots),
+            lambda m: multi_shot(m.model, m.data, m.density, m.prune_fn, seed=m.seed, **shots),
+        ),
+        EdgePopupMember: (
+            lambda members: edge_popup_together(members, **search),
+            lambda m: edge_popup(m.model, m.data, m.density, annealed=m.annealed, seed=m.seed, **search),
+        ),
+    }
     found: dict = {}
-    if multishot:
-        options = dict(rounds=c.multishot_rounds, epochs_per_round=c.multishot_epochs, train_config=c.train_config())
-        if together:
-            masks = multi_shot_together(list(multishot.values()), progress=progress, **options)
-        else:
-            masks = [
-                multi_shot(m.model, m.data, m.density, m.prune_fn, seed=m.seed, progress=progress, **options)
-                for m in multishot.values()
-            ]
-        found.update(zip(multishot, masks))
-    if searches:
-        options = dict(epochs=c.edge_popup_epochs, progress=progress)
-        if together:
-            results = edge_popup_together(list(searches.values()), **options)
-        else:
-            results = [
-                edge_popup(m.model, m.data, m.density, annealed=m.annealed, seed=m.seed, **options)
-                for m in searches.values()
-            ]
-        found.update(zip(searches, results))
+    for kind, (run_together, run_alone) in runs.items():
+        mine = {i: m for i, m in asked.items() if isinstance(m, kind)}
+        if mine:
+            found.update(zip(mine, run_together(list(mine.values())) if together else map(run_alone, mine.values())))
     for i in asked:
         try:
             units[i].send(found[i])

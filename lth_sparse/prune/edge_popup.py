@@ -362,8 +362,7 @@ def edge_popup(
 
 class _StackedStraightThroughTopK(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, scores: Tensor, kept: list[int]) -> Tensor:
-        pruned = [scores[0].numel() - k for k in kept]
+    def forward(ctx, scores: Tensor, pruned: list[int]) -> Tensor:
         return prune_lowest_rows(scores.detach(), pruned).to(scores.dtype)
 
     @staticmethod
@@ -375,8 +374,9 @@ class _StackedScoredLinear(nn.Module):
     """The scored ``Linear`` layers of K edge-popup networks side by side: frozen ``weight`` ``(K, out, in)`` and
     ``bias`` ``(K, out)`` (buffers), trainable ``scores`` and ``bias_scores`` of their shapes; member ``k``
     computes with ``weight[k] * topk(|scores[k]|)`` and ``bias[k] * topk(|bias_scores[k]|)``, keeping
-    ``kept_count(densities[k], n)`` of each, as its :class:`EdgePopupNetwork` does (ties alike: the selection is
-    :func:`~lth_sparse.ops.prune_lowest_rows`, row by row :func:`~lth_sparse.ops.prune_lowest`)."""
+    ``kept_count(densities[k], n)`` of each (:meth:`set_densities`), as its :class:`EdgePopupNetwork` does (ties
+    alike: the selection is :func:`~lth_sparse.ops.prune_lowest_rows`, row by row
+    :func:`~lth_sparse.ops.prune_lowest`)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, scores: Tensor, bias_scores: Tensor | None) -> None:
         super().__init__()
@@ -384,17 +384,23 @@ class _StackedScoredLinear(nn.Module):
         self.register_buffer("bias", bias)
         self.scores = nn.Parameter(scores)
         self.bias_scores = nn.Parameter(bias_scores) if bias_scores is not None else None
-        self.densities: list[float] = []
+        self._pruned: dict[str, list[int]] = {}  # per score tensor, each member's count of pruned entries
 
-    def _masked(self, values: Tensor, scores: Tensor) -> Tensor:
-        per_member = scores[0].numel()
-        kept = [kept_count(d, per_member) for d in self.densities]
-        return values * _StackedStraightThroughTopK.apply(scores.abs(), kept)
+    def set_densities(self, densities: Sequence[float]) -> None:
+        """Each member's density (its kept fraction of the weights and, apart, of the biases) from here on."""
+        for name, scores in (("scores", self.scores), ("bias_scores", self.bias_scores)):
+            if scores is not None:
+                n = scores[0].numel()
+                self._pruned[name] = [n - kept_count(d, n) for d in densities]
+
+    def _masked(self, values: Tensor, name: str) -> Tensor:
+        scores = getattr(self, name)
+        return values * _StackedStraightThroughTopK.apply(scores.abs(), self._pruned[name])
 
     def forward(self, input: Tensor) -> Tensor:
         members, _, in_features = self.weight.shape
-        weight = self._masked(self.weight, self.scores)
-        bias = self._masked(self.bias, self.bias_scores) if self.bias is not None else None
+        weight = self._masked(self.weight, "scores")
+        bias = self._masked(self.bias, "bias_scores") if self.bias is not None else None
         return stacked_linear(member_inputs(input, members, in_features), weight, bias)
 
 
@@ -414,7 +420,9 @@ class StackedEdgePopup:
         first = self.networks[0]
         self.module = copy.deepcopy(first.model)
         self._layers: list[tuple[_StackedScoredLinear, list[_LayerScores]]] = []
-        scored = dict(zip(first.layer_names, range(len(first.layer_names))))
+        scored = {name: index for index, name in enumerate(first.layer_names)}
+        if "" in scored:
+            raise ValueError("stacked edge-popup needs a model with layers, got a bare Linear")
         peers_of = [dict(net.model.named_modules()) for net in self.networks]
         for name, module in list(self.module.named_modules()):
             if name in scored:
@@ -433,10 +441,7 @@ class StackedEdgePopup:
                         torch.stack([s.weight.detach() for s in scores]),
                         torch.stack([s.bias.detach() for s in scores]) if module.bias is not None else None,
                     )
-                parent_name, _, child = name.rpartition(".")
-                if not name:
-                    raise ValueError("stacked edge-popup needs a model with layers, got a bare Linear")
-                setattr(self.module.get_submodule(parent_name), child, layer)
+                self.module.set_submodule(name, layer)
                 self._layers.append((layer, scores))
             elif not any(name.startswith(f"{s}.") for s in scored) and (
                 list(module.parameters(recurse=False)) or list(module.buffers(recurse=False))
@@ -453,7 +458,7 @@ class StackedEdgePopup:
         """Take up every member's current ``density`` (set between epochs by annealed edge-popup)."""
         densities = [net.density for net in self.networks]
         for layer, _ in self._layers:
-            layer.densities = densities
+            layer.set_densities(densities)
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for layer, _ in self._layers for p in (layer.scores, layer.bias_scores) if p is not None]
@@ -503,8 +508,6 @@ def edge_popup_together(
     if not members:
         return []
     epochs = check_count("epochs", epochs)
-    for m in members:
-        check_density(m.density, _DENSITY)
     cfg = _score_config(epochs, lr, momentum, weight_decay, batch_size)
     inners = [unwrap_model(m.model) for m in members]
     was_training = [inner.training for inner in inners]

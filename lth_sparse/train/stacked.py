@@ -298,9 +298,7 @@ class StackedNetwork:
     def _replace(self, name: str, stacked: nn.Module) -> None:
         if not name:
             raise ValueError(f"stacked training needs a model with layers, got a bare {type(stacked).__name__}")
-        parent_name, _, child = name.rpartition(".")
-        parent = self.module.get_submodule(parent_name)
-        setattr(parent, child, stacked)
+        self.module.set_submodule(name, stacked)
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.module.parameters() if p.requires_grad]
