@@ -19,7 +19,7 @@ import torch
 from lth_sparse.atomic import atomic_write_json
 from lth_sparse.experiment import draw_model
 from lth_sparse.integrity import load_torch, read_done
-from lth_sparse.masks import Masks, expected_jaccard_distance, intersection, jaccard_distance
+from lth_sparse.masks import Masks, independent_jaccard_distance, intersection, jaccard_distance
 from lth_sparse.stats import over_seeds
 from lth_sparse.tickets import finished_rounds, imp_run_config, run_seeds, seed_folder
 
@@ -64,7 +64,7 @@ def compare_pair(run_a, run_b) -> dict:
                     "density_b": b.density(),
                     "jaccard": total,
                     "jaccard_per_layer": jaccard_distance(a, b, per_layer=True),
-                    "independent_jaccard": expected_jaccard_distance(a.density(), b.density()),
+                    "independent_jaccard": independent_jaccard_distance(a, b),
                 }
             )
         per_seed.append(entries)

@@ -436,6 +436,42 @@ def expected_jaccard_distance(density_a: float, density_b: float) -> float:
     return 0.0 if union_ == 0 else 1.0 - density_a * density_b / union_
 
 
+def independent_jaccard_distance(a, b, sizes: Mapping[str, int] | None = None) -> float:
+    """The Jaccard distance two *independent* random masks with the per-layer densities of ``a`` and ``b`` have in
+    expectation: the baseline a distance between masks pruned layer by layer (or globally, which leaves each
+    layer its own density) is compared with.
+
+    ``a`` and ``b`` are :class:`Masks` (their layers' sizes and densities are read from them) or mappings of
+    weight name to density, then with ``sizes`` (weight name to number of weights). With ``n`` weights and
+    densities ``p``, ``q`` in a layer, independent masks of those kept counts share ``n p q`` weights in
+    expectation (exactly: the hypergeometric mean) and their union holds ``n (p + q) - n p q``; the distance is
+    ``1 - sum(n p q) / sum(n (p + q - p q))`` over the layers, the ratio of the expectations (which the expected
+    ratio approaches as layers grow). One layer gives :func:`expected_jaccard_distance`; layers of different
+    densities give less than the pooled densities would (IMP's global pruning: 0.526 against 0.529 for
+    LeNet-300-100 at 64% density)."""
+    if isinstance(a, Masks) or isinstance(b, Masks):
+        if not (isinstance(a, Masks) and isinstance(b, Masks)):
+            raise TypeError("give two Masks, or two mappings of densities with sizes")
+        if list(a) != list(b):
+            raise KeyError(f"masks cover different weights: {sorted(set(a) ^ set(b))}")
+        sizes = {name: a[name].numel() for name in a}
+        a, b = ({name: 1.0 - s for name, s in m.layer_sparsity().items()} for m in (a, b))
+    elif sizes is None:
+        raise TypeError("densities given by layer need the layers' sizes")
+    if set(a) != set(b) or set(a) != set(sizes):
+        odd = (set(a) | set(b) | set(sizes)) - (set(a) & set(b) & set(sizes))
+        raise KeyError(f"the densities and sizes cover different weights: {sorted(odd)}")
+    shared = union_ = 0.0
+    for name, n in sizes.items():
+        p, q = a[name], b[name]
+        for d in (p, q):
+            if not 0.0 <= d <= 1.0:
+                raise ValueError(f"densities lie in [0, 1], got {d} for {name!r}")
+        shared += n * p * q
+        union_ += n * (p + q - p * q)
+    return 0.0 if union_ == 0 else 1.0 - shared / union_
+
+
 DISTANCES = {
     "jaccard": jaccard_distance,
     "hamming": lambda a, b, per_layer=False: _hamming_fraction(a, b, per_layer),

@@ -12,6 +12,7 @@ from lth_sparse.masks import (
     distances_over_rounds,
     expected_jaccard_distance,
     hamming_distance,
+    independent_jaccard_distance,
     intersection,
     intersection_over_minimum,
     jaccard_distance,
@@ -135,6 +136,44 @@ def test_expected_distance_of_independent_masks_matches_random_draws():
     assert expected_jaccard_distance(0.0, 0.0) == 0.0
     with pytest.raises(ValueError):
         expected_jaccard_distance(1.2, 0.5)
+
+
+def test_independence_baseline_of_layers_of_different_densities_matches_random_draws():
+    # Global pruning leaves every layer its own density: independent masks of those per-layer densities share
+    # far more weights than masks of the pooled density would (known answer: layers of n weights at densities
+    # 0.9 and 0.1 share 0.82 n of 1.18 n, a distance of 0.305; the pooled 0.5 would say 0.667).
+    g = torch.Generator().manual_seed(0)
+    sizes = {"fc1.weight": 300_000, "fc2.weight": 300_000}
+    dens = {"fc1.weight": 0.9, "fc2.weight": 0.1}
+
+    def draw():
+        masks = {}
+        for name, n in sizes.items():
+            m = torch.zeros(n, dtype=torch.bool)
+            m[torch.randperm(n, generator=g)[: round(dens[name] * n)]] = True
+            masks[name] = m
+        return Masks(masks)
+
+    a, b = draw(), draw()
+    assert independent_jaccard_distance(dens, dens, sizes) == pytest.approx(1 - 0.82 / 1.18)
+    assert independent_jaccard_distance(a, b) == pytest.approx(independent_jaccard_distance(dens, dens, sizes))
+    assert jaccard_distance(a, b) == pytest.approx(1 - 0.82 / 1.18, abs=0.003)
+    assert expected_jaccard_distance(a.density(), b.density()) == pytest.approx(2 / 3, abs=1e-3)
+    # one layer: the pooled formula; layers of one density: the same
+    one = {"w": 1000}
+    one_layer = independent_jaccard_distance({"w": 0.2}, {"w": 0.5}, one)
+    assert one_layer == pytest.approx(expected_jaccard_distance(0.2, 0.5))
+    same = {"fc1.weight": 0.64, "fc2.weight": 0.64}
+    assert independent_jaccard_distance(same, same, sizes) == pytest.approx(expected_jaccard_distance(0.64, 0.64))
+    assert independent_jaccard_distance({"w": 0.0}, {"w": 0.0}, one) == 0.0
+    with pytest.raises(ValueError, match="densities lie in"):
+        independent_jaccard_distance({"w": 1.5}, {"w": 0.5}, one)
+    with pytest.raises(KeyError, match="different weights"):
+        independent_jaccard_distance({"w": 0.5}, {"v": 0.5}, one)
+    with pytest.raises(TypeError, match="sizes"):
+        independent_jaccard_distance({"w": 0.5}, {"w": 0.5})
+    with pytest.raises(KeyError, match="different weights"):
+        independent_jaccard_distance(a, Masks({"fc1.weight": a["fc1.weight"]}))
 
 
 def test_masks_of_other_layers_or_shapes_are_refused_by_name():

@@ -46,7 +46,7 @@ from lth_sparse.integrity import read_done
 from lth_sparse.masks import (
     Masks,
     distance_matrix,
-    expected_jaccard_distance,
+    independent_jaccard_distance,
     jaccard_distance,
     masked_weights,
     overlap_counts,
@@ -298,6 +298,29 @@ def _shared_layers(task_masks: list[Masks]) -> tuple[list[str], list[str]]:
     return shared, apart
 
 
+def _independence_baselines(consensus: dict, bespoke_rounds: dict[int, list[dict]]) -> dict:
+    """A consensus unit's ``independent_jaccard`` and its ``over_rounds``' from the bespoke rounds' records: the
+    mean over the task pairs of :func:`~lth_sparse.masks.independent_jaccard_distance` of their per-layer
+    densities, over the layers compared (the sizes are the overlap counts' totals), as the unit computes it from
+    the masks."""
+    sizes = {name: sum(layer["counts"]) for name, layer in consensus["overlap"]["layers"].items()}
+    n = len(bespoke_rounds)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+    def densities(task: int, r: int) -> dict[str, float]:
+        return {name: 1.0 - bespoke_rounds[task][r]["layer_sparsity"][name] for name in sizes}
+
+    over_rounds = []
+    for entry in consensus["over_rounds"]:
+        r = entry["round"]
+        expected = [independent_jaccard_distance(densities(i, r), densities(j, r), sizes) for i, j in pairs]
+        over_rounds.append(dict(entry, independent_jaccard=sum(expected) / len(pairs)))
+    return {
+        "over_rounds": over_rounds,
+        "independent_jaccard": over_rounds[consensus["intersect_round"]]["independent_jaccard"],
+    }
+
+
 def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], None], progress: bool | None) -> dict:
     """Stage 2 of the consensus pipeline: the consensus masks (``masks.safetensors``), the random control
     (``random_masks.safetensors``) and the analysis of the bespoke masks; returns its ``done.json``."""
@@ -332,7 +355,7 @@ def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], No
     for r in range(c.rounds + 1):
         masks_r = [part(rounds[i][r]) for i in range(n)]
         measured = [jaccard_distance(masks_r[i], masks_r[j]) for i, j in pairs]
-        expected = [expected_jaccard_distance(masks_r[i].density(), masks_r[j].density()) for i, j in pairs]
+        expected = [independent_jaccard_distance(masks_r[i], masks_r[j]) for i, j in pairs]
         over_rounds.append(
             {
                 "round": r,
@@ -342,7 +365,7 @@ def consensus_unit(spec: ConsensusSpec, directory: Path, log: Callable[[str], No
             }
         )
     result = {
-        "tasks": list(tasks),
+        "tasks": list(c.tasks),
         "votes": c.votes(),
         "intersect_round": c.intersect_round,
         "layers": shared,
@@ -434,8 +457,8 @@ def _retraining(
         bespoke = read_done(seed_dir / _bespoke_dir(spec.source) / "done.json")["rounds"]
         source_round = closest_by_density(bespoke, consensus["density"])["round"]
         masks = Masks.load(seed_dir / _bespoke_dir(spec.source) / round_name(source_round) / "masks.safetensors")
-    task = c.loaded_tasks()[spec.target]
-    imp = ImpRun(c.imp_config(task, spec.target), None, progress, log)
+    imp = ImpRun(c.bespoke_config(spec.target), None, progress, log)
+    task = c.tasks[spec.target]  # as given: the names of logs and summaries
     masks = _fit(masks, imp.model)
     init = {k: v.clone() for k, v in imp.model.state_dict().items()}
     label = _ticket_label(spec.ticket, spec.source)
@@ -464,7 +487,7 @@ def _retraining(
 class ConsensusPipeline(Pipeline):
     """Consensus tickets as a pipeline (stages: bespoke IMP runs, the consensus mask, the retraining).
 
-    The summary holds ``kind`` (``"consensus"``), ``hash``, ``config``, ``seeds``, ``tasks`` (as loaded),
+    The summary holds ``kind`` (``"consensus"``), ``hash``, ``config``, ``seeds``, ``tasks`` (as given),
     ``consensus`` (over the seeds, each as ``mean``/``std``/``min``/``max``/``n``: ``sparsity``,
     ``density``, ``effective_sparsity``, ``output_connected_sparsity``, ``mean_jaccard``,
     ``independent_jaccard``, ``random_sparsity``, ``bespoke_sparsity``; ``left_out``), ``jaccard`` (the
@@ -579,8 +602,14 @@ class ConsensusPipeline(Pipeline):
         }
         if per_seed:
             first = next(iter(per_seed.values()))["consensus"]
-            summary["tasks"] = first["tasks"]
+            summary["tasks"] = list(config.tasks)
             cons = [e["consensus"] for e in per_seed.values()]
+            # the independence baseline from each round's per-layer densities, the tasks as given (the units of
+            # runs made before hold the pooled densities' baseline and the tasks as loaded)
+            cons = [
+                dict(c, tasks=summary["tasks"], **_independence_baselines(c, e["bespoke"]))
+                for c, e in zip(cons, per_seed.values())
+            ]
             summary["consensus"] = {
                 key: over_seeds([c[key] for c in cons])
                 for key in (
@@ -658,7 +687,7 @@ class ConsensusPipeline(Pipeline):
                 chosen = [r["test_accuracy"]["mean"] for r in rows if pick(r)]
                 if chosen:
                     summary[f"test_accuracy_{label}"] = sum(chosen) / len(chosen)
-        summary["per_seed"] = {str(s): {"consensus": e["consensus"]} for s, e in per_seed.items()}
+        summary["per_seed"] = {str(s): {"consensus": c} for s, c in zip(per_seed, cons)} if per_seed else {}
         summary = self.write_summary(run_dir, config, summary)
         if plots and per_seed:
             from lth_sparse.plots import plot_consensus

@@ -937,8 +937,6 @@ class InstabilityPipeline(Pipeline):
                 summary["dropped_examples"] = copies[0]["dropped_examples"]
         if steps.is_done("search"):
             summary["search"] = steps.result("search")
-        if summary["points"]:
-            summary["test_error_barrier"] = summary["points"][0]["test_error_barrier"]["mean"]
         summary = self.write_summary(run_dir, config, summary)
         if plots and (summary["points"] or summary["successive"]):
             from lth_sparse.plots import plot_instability

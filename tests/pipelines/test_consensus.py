@@ -68,6 +68,33 @@ def test_one_shared_initialisation_makes_the_bespoke_masks_alike(shared, tmp_pat
     assert apart["density"]["mean"] < c["density"]["mean"], "and their intersection is sparser"
 
 
+def test_the_independence_baseline_is_that_of_each_layers_densities(shared):
+    # Global pruning leaves each layer its own density: the baseline is independent masks of those per-layer
+    # densities, computed by hand here from the bespoke masks (sum(n p q) shared of sum(n (p + q - p q))).
+    tmp, summary = shared
+    pairs = [(0, 1), (0, 2), (1, 2)]
+    for r, entry in enumerate(summary["over_rounds"]):
+        masks = bespoke_masks(tmp / "run", r)
+        layers = [name for name in masks[0] if name in summary["jaccard_per_layer"]]
+        expected = []
+        for i, j in pairs:
+            a, b = masks[i], masks[j]
+            sizes = [(a[k].numel(), a[k].float().mean().item(), b[k].float().mean().item()) for k in layers]
+            shared_, union_ = sum(n * p * q for n, p, q in sizes), sum(n * (p + q - p * q) for n, p, q in sizes)
+            expected.append(1 - shared_ / union_ if union_ else 0.0)
+        assert entry["independent_jaccard"] == pytest.approx(sum(expected) / 3), r
+    done = read_done(tmp / "run" / "seed_0" / "consensus" / "done.json")
+    assert summary["consensus"]["independent_jaccard"]["mean"] == pytest.approx(done["independent_jaccard"])
+    assert summary["over_rounds"][2]["independent_jaccard"] == pytest.approx(done["independent_jaccard"])
+
+
+def test_tasks_are_named_as_given(shared):
+    # the tasks are loaded brought to the first task's shape, but named as the user gave them
+    _, summary = shared
+    assert summary["tasks"] == list(TASKS)
+    assert {row["task"] for row in summary["retrain"]} == set(TASKS)
+
+
 def test_random_pruning_gives_every_task_the_same_mask(tmp_path):
     # The paper's sanity check (Appendix E): one seed, the random pruner: identical masks on every task.
     summary = run(tmp_path, importance="random", retrain=False)
