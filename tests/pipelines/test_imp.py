@@ -7,11 +7,13 @@ import pytest
 import torch
 
 from lth_sparse.cli import main
+from lth_sparse.config import config_from_options
 from lth_sparse.integrity import read_done
 from lth_sparse.masks import Masks
 from lth_sparse.models import create_model
 from lth_sparse.pipelines import imp, steps
 from lth_sparse.pipelines.common import over_seeds
+from lth_sparse.pipelines.imp_rounds import ImpConfig
 from lth_sparse.prune import effective_masks, prune_magnitude
 from lth_sparse.runs import ConfigMismatch
 from lth_sparse.train import make_schedule
@@ -450,3 +452,37 @@ def test_the_summary_of_a_killed_run_has_its_finished_rounds_and_says_it_is_part
     monkeypatch.setattr(steps, "train", real_train)
     finished, _ = run_small(tmp_path, **TINY)
     assert [r["round"] for r in finished["rounds"]] == [0, 1, 2, 3] and "partial" not in finished
+
+
+@pytest.mark.parametrize(
+    "preset, epochs, batch, lr, momentum, decay, schedule, milestones, rewind",
+    [
+        # "Considering layerwise importance in the lottery ticket hypothesis", Appendix A's table, row by row
+        ("layerwise-lenet", 40, 128, 0.1, 0.0, 0.0, "constant", None, "init"),
+        # the table says batch 238 and 391 iterations per epoch: 50,000 / 128 = 391, so 128
+        ("layerwise-resnet20", 160, 128, 0.1, 0.9, 1e-4, "step", (80, 120), "iter:1000"),
+        ("layerwise-vgg16", 160, 128, 0.1, 0.9, 1e-4, "step", (80, 120), "iter:2000"),
+        ("layerwise-resnet18", 200, 256, 0.2, 0.9, 1e-4, "step", (100, 150), "iter:1000"),
+    ],
+)
+def test_the_layerwise_importance_presets_are_the_papers_table(
+    preset, epochs, batch, lr, momentum, decay, schedule, milestones, rewind
+):
+    c = config_from_options(ImpConfig, {"preset": preset})
+    assert (c.optimizer, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay) == (
+        "sgd",
+        epochs,
+        batch,
+        lr,
+        momentum,
+        decay,
+    )
+    assert c.schedule == schedule and c.rewind == rewind and c.retrain == "rewind"
+    if milestones:
+        assert c.milestones == milestones and c.gamma == 0.1
+    assert (c.fraction, c.scope, c.warmup_epochs) == (0.2, "global", 0.0)
+    # OpenLTH's LeNet, whose recipe the table's row is, never prunes the output layer (pruning_layers_to_ignore)
+    assert c.spare_output == (preset == "layerwise-lenet")
+    # the importance is what the study varies: the user's, not the preset's
+    assert config_from_options(ImpConfig, {"preset": preset, "importance": "l1"}).importance == "l1"
+    assert config_from_options(ImpConfig, {"preset": preset}).importance == "magnitude"
