@@ -23,8 +23,9 @@ so a process pool or a Ray cluster runs points in parallel (the pipelines' one d
 :func:`lth_sparse.pipelines.base.drive`, does it, as for a single run). Then each point is
 summarised where a unit under it changed (``summary.json``; its plots only when asked) and the
 sweep's table written: ``sweep.csv`` and ``sweep.json``,
-one row per grid point and round (for a pipeline whose summary has no ``rounds``, one row
-per point) holding the point's grid values and the summary's numbers.
+one row per grid point and round (IMP), rewind point (instability) or, for the other pipelines, one row
+per point, holding the point's grid values and the summary's numbers: each point's ``summary``
+table (:func:`lth_sparse.rundata.summary_rows`; ``load_run(POINT)`` reads its other tables).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from typing import Any
 from lth_sparse.atomic import atomic_write_bytes, atomic_write_json
 from lth_sparse.config import ConfigError, config_from_options
 from lth_sparse.errors import UserError
+from lth_sparse.rundata import summary_rows
 from lth_sparse.runs import config_hash
 
 __all__ = [
@@ -201,17 +203,6 @@ def load_sweep(path: str | Path) -> Sweep:
     except ConfigError as error:
         raise GridError(str(error)) from error
     return sweep_from_mapping(data, str(path))
-
-
-def summary_rows(summary: dict) -> list[dict]:
-    """The numbers of a pipeline's summary as table rows: one per entry of its ``rounds`` where it has
-    them (IMP: ``round``, ``density``, ``test_accuracy``, ``test_accuracy_std``, ...), else one of its
-    top-level numbers. Nested values (``layer_sparsity``, ``per_seed``) are left to ``summary.json``."""
-    rounds = summary.get("rounds")
-    entries = rounds if isinstance(rounds, list) and all(isinstance(r, dict) for r in rounds) else [summary]
-    return [
-        {k: v for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} for entry in entries
-    ]
 
 
 def run_sweep(

@@ -15,8 +15,9 @@ from lth_sparse.cli import build_parser
 from lth_sparse.errors import UserError
 from lth_sparse.executors import LocalExecutor
 from lth_sparse.pipelines import imp
+from lth_sparse.rundata import load_run
 from lth_sparse.runs import ConfigMismatch, RunBusy, RunLock, read_json
-from lth_sparse.sweep import GridError, load_sweep, point_name, run_sweep, sweep_from_mapping
+from lth_sparse.sweep import GridError, load_sweep, point_name, run_sweep, summary_rows, sweep_from_mapping
 from lth_sparse.units import Stack
 
 FIXED = {
@@ -126,6 +127,18 @@ def test_sweep_json_and_csv_have_one_row_per_point_and_round(swept):
         assert float(csv_row["fraction"]) == row["fraction"]
         assert float(csv_row["test_accuracy"]) == row["test_accuracy"]
     assert table == swept.table
+
+
+def test_each_points_rows_are_its_runs_summary_table_and_its_results_a_groupby_away(swept):
+    rows = read_json(swept.dir / "sweep.json")["rows"]
+    for point in POINTS:
+        run = load_run(swept.dir / point)
+        values = {"point": point, **dict(zip(("fraction", "seed"), (float(point[9:12]), int(point[-1]))))}
+        assert [r for r in rows if r["point"] == point] == [{**values, **figures} for figures in run.rows("summary")]
+        results = run.rows("results")  # one seed: its rounds are the summary's means
+        assert [r["test_accuracy"] for r in results] == [r["test_accuracy"] for r in run.rows("summary")]
+    with pytest.raises(UserError, match=r"a sweep's directory, not a run's: its 4 points are runs"):
+        load_run(swept.dir)
 
 
 def test_a_point_another_process_runs_refuses_the_sweep_and_the_points_locked_are_let_go(swept):
@@ -249,3 +262,43 @@ def test_a_sweep_is_refused_under_torchrun(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"does not run under torchrun \(2 ranks\)"):
         run_sweep(sweep_from_mapping({"pipeline": "imp", "grid": GRID}), tmp_path / "out", log=lambda line: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_instability_summary_gives_one_row_per_rewind_point():
+    # the sweep's table of instability runs: each rewind point labelled, its figures' mean and spread over seeds
+    summary = {
+        "kind": "instability",
+        "threshold": 0.02,
+        "points": [
+            {
+                "point": "init",
+                "pairs": 3,
+                "iteration": 0,
+                "test_error_barrier": {"mean": 0.3, "std": 0.1, "min": 0.2, "max": 0.4, "n": 3},
+                "stable": False,
+                "alphas": [0.0, 0.5, 1.0],
+            },
+            {"point": "iter:5", "pairs": 3, "iteration": 5, "test_error_barrier": {"mean": 0.01, "std": 0.0, "n": 3}},
+        ],
+    }
+    rows = summary_rows(summary)
+    assert rows == [
+        {
+            "rewind_point": "init",
+            "pairs": 3,
+            "iteration": 0,
+            "test_error_barrier": 0.3,
+            "test_error_barrier_std": 0.1,
+            "test_error_barrier_min": 0.2,
+            "test_error_barrier_max": 0.4,
+        },
+        {
+            "rewind_point": "iter:5",
+            "pairs": 3,
+            "iteration": 5,
+            "test_error_barrier": 0.01,
+            "test_error_barrier_std": 0.0,
+        },
+    ]
+    assert summary_rows({"threshold": 0.02, "points": []}) == []
+    assert summary_rows({"threshold": 0.02, "sparsity": {"mean": 0.5}}) == [{"threshold": 0.02}]

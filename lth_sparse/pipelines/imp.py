@@ -195,7 +195,7 @@ class ImpPipeline(Pipeline):
                 (run / unit / "done.json").unlink()
 
     @staticmethod
-    def _with_controls(units: Steps, seed: int, result: dict, config: ImpConfig) -> dict:
+    def with_controls(units: Steps, seed: int, result: dict, config: ImpConfig) -> dict:
         """A seed's round result with its finished controls' figures (``reinit_test_accuracy``, ...) and AIMP's
         sparse training's added."""
         r = result["round"]
@@ -242,7 +242,7 @@ class ImpPipeline(Pipeline):
         units = Steps(run_dir)
         found = {s: self.finished_rounds(units, s, config) for s in config.seed_list()}
         per_seed = {
-            s: [self._with_controls(units, s, result, config) for result in rounds]
+            s: [self.with_controls(units, s, result, config) for result in rounds]
             for s, rounds in found.items()
             if rounds
         }
