@@ -315,7 +315,8 @@ def plot_transfer(summary: dict, out_dir, labels: dict[str, str]) -> list[Path]:
     against the source ticket's weights remaining, mean +- std over the seeds: with one source a line per ticket
     kind, with several a line per source (its transferred ticket solid, its random ticket dashed); the target's
     own tickets where given. With several pairs, the transfer matrix at each ``--at`` (the gap to the target's
-    own ticket where known, else the transferred ticket's accuracy). ``labels``: each ticket kind's legend text."""
+    own ticket where known, else the transferred ticket's accuracy, each cell with the source round it reads; a
+    cell no transferred round is near enough to fill is left blank). ``labels``: each ticket kind's legend text."""
 
     plt = _pyplot()
     out_dir = Path(out_dir)
@@ -415,7 +416,8 @@ def plot_transfer(summary: dict, out_dir, labels: dict[str, str]) -> list[Path]:
                         ax.text(
                             j,
                             i,
-                            f"{v:+.1f}" if entry.get("gap") is not None else f"{v:.1f}",
+                            (f"{v:+.1f}" if entry.get("gap") is not None else f"{v:.1f}")
+                            + f"\nround {entry['round'][i][j]}",
                             ha="center",
                             va="center",
                             fontsize="small",

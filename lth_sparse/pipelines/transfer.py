@@ -21,10 +21,12 @@ is ``rewind-local``.
 Readings of the paper, stated:
 
 - The output layer is left out of the ticket (Section 3: "we simply excluded this layer from the
-  winning ticket and randomly reinitialized it"): it is dense, drawn afresh (one draw per seed and
-  round, shared by every ticket kind, so the kinds differ only in the body), sized to the target's
-  classes, and never pruned or permuted by the source's mask; the masks are permuted over the other
-  layers only.
+  winning ticket and randomly reinitialized it"; ``--output-layer redraw``, the default): it is dense,
+  drawn afresh from the model's initialiser (one draw per seed, source and round, shared by every
+  ticket kind, so the kinds differ only in the other layers), sized to the target's classes, and
+  never pruned or permuted by the source's mask; the masks are permuted over the other layers only.
+  ``--output-layer keep`` carries it like every other layer (the source's mask, its rewind weights
+  for the ``rewind`` kinds, permuted with the others), where source and target have as many classes.
 - A target is brought to the source's input shape (``:shape=`` of :mod:`lth_sparse.data.derived`):
   the paper's VGG/ResNet pool globally before the classifier, so any input size fits them; the
   models here (LeNet-300-100, LeNet-5, Conv-N) have fixed input sizes, so the images are resized.
@@ -43,6 +45,7 @@ given): its rounds are the reference line (the target's own tickets) and the *tr
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +95,7 @@ TICKET_TEXT = {
     "fresh-global": "random ticket (fresh weights, mask permuted globally)",
 }
 PRESETS = MORCOS_TRAINING  # the training part of the IMP presets: a transfer prunes nothing
+OUTPUT_LAYER = ("redraw", "keep")
 
 
 def parse_tickets(value) -> tuple[str, ...]:
@@ -139,6 +143,13 @@ class TransferConfig(CommonConfig):
     rounds: tuple[int, ...] = option(
         (), "source rounds to transfer", metavar="R", default_text="every round the source has finished"
     )
+    output_layer: str = option(
+        "redraw",
+        "the output layer: redraw (the paper's reading: left out of the ticket, drawn afresh from the model's "
+        "initialiser and trained dense) or keep (in the ticket like every other layer: the source's mask and, for "
+        "the rewind kinds, its rewind weights; the target must have the source's number of classes)",
+        choices=OUTPUT_LAYER,
+    )
     target_tickets: tuple[str, ...] = option(
         (),
         "IMP runs on the targets (their dataset names a target as given "
@@ -176,7 +187,8 @@ class TransferConfig(CommonConfig):
     )
     at: tuple[float, ...] = option(
         (0.5, 0.9, 0.98),
-        "fractions of weights pruned at which the transfer matrix is read (the source round closest to each)",
+        "fractions of weights pruned at which the transfer matrix is read (the transferred round closest to "
+        "each, if within one IMP round of it; else the cell is empty)",
         metavar="F",
     )
     train_size: int | None = option(None, "train on a seeded subset of N examples of each target", metavar="N")
@@ -195,6 +207,8 @@ class TransferConfig(CommonConfig):
         if len(set(self.targets)) != len(self.targets):
             raise ValueError(f"the targets must be distinct, got {list(self.targets)}")
         parse_tickets(self.tickets)
+        if self.output_layer not in OUTPUT_LAYER:
+            raise ValueError(f"--output-layer is one of {list(OUTPUT_LAYER)}, got {self.output_layer!r}")
         if any(r < 0 for r in self.rounds) or len(set(self.rounds)) != len(self.rounds):
             raise ValueError(f"rounds must be distinct and >= 0, got {list(self.rounds)}")
         if self.augment is not None:
@@ -319,7 +333,14 @@ def _load_target(c: TransferConfig, task: str, device):
 
 def ticket_start(spec: TransferSpec, device="cpu"):
     """(model, data, state, masks, facts) of one transfer unit before training: the target's model (the source's
-    architecture with the target's classes), its data, the state it starts from and the masks it trains under."""
+    architecture with the target's classes), its data, the state it starts from and the masks it trains under.
+
+    The ticket's layers are every masked layer but the output layer under ``output_layer="redraw"`` (that layer
+    starts from the model's initialiser, one draw per seed, source and round shared by the ticket kinds, and
+    trains dense), every masked layer under ``"keep"`` (the source's output layer, its mask and weights, carried
+    like the others: a target of another class count is refused). The ticket's layers start from the source's
+    rewind state (``rewind`` kinds) or a fresh draw (``fresh``), under the source's mask, permuted over the
+    ticket's layers for the ``local`` and ``global`` kinds."""
     c = spec.config
     weights, mask_kind = spec.ticket.split("-")
     ticket = load_ticket(spec.run, spec.round, seed=spec.source_seed, device=device)
@@ -337,9 +358,16 @@ def ticket_start(spec: TransferSpec, device="cpu"):
     names = list(masked_weights(model))
     head = names[-1]
     head_prefix = head[: -len("weight")]
+    keep = c.output_layer == "keep"
     start = model.state_dict()
+    if keep and head in ticket.masks and ticket.masks[head].shape != start[head].shape:
+        raise ValueError(
+            f"--output-layer keep carries the source's output layer {head} {tuple(ticket.masks[head].shape)}, "
+            f"which does not fit target {spec.task!r}'s {tuple(start[head].shape)} ({data.num_classes} classes): "
+            "a target with another number of classes needs --output-layer redraw"
+        )
     if weights == "fresh":
-        fresh = draw_model(
+        source_state = draw_model(
             ticket.config["model"],
             data.input_shape,
             data.num_classes,
@@ -347,10 +375,10 @@ def ticket_start(spec: TransferSpec, device="cpu"):
             seed=draw + 100_003,
             device=device,
         ).state_dict()
-        body = {k: v for k, v in fresh.items() if not k.startswith(head_prefix)}
     else:
-        body = {k: v for k, v in ticket.rewind_state.items() if not k.startswith(head_prefix)}
-    for key, value in body.items():
+        source_state = ticket.rewind_state
+    carried = {k: v for k, v in source_state.items() if keep or not k.startswith(head_prefix)}
+    for key, value in carried.items():
         if key.endswith(".mask"):
             continue
         if key not in start or start[key].shape != value.shape:
@@ -360,27 +388,25 @@ def ticket_start(spec: TransferSpec, device="cpu"):
                 f"target {spec.task!r} must have the source's input shape"
             )
         start[key] = value.clone()
-    source_body = Masks({n: m for n, m in ticket.masks.items() if n != head})
-    if set(source_body) != set(names[:-1]):
+    in_ticket = names if keep else names[:-1]
+    source_masks = Masks({n: m for n, m in ticket.masks.items() if n in in_ticket})
+    if set(source_masks) != set(in_ticket):
         raise ValueError(f"the source's masks ({sorted(ticket.masks)}) do not fit the target's model ({names})")
     generator = torch.Generator().manual_seed(draw * 2 + (mask_kind == "global"))
-    body_masks = (
-        source_body
+    ticket_masks = (
+        source_masks
         if mask_kind == "preserved"
-        else source_body.permuted("layer" if mask_kind == "local" else "global", generator)
+        else source_masks.permuted("layer" if mask_kind == "local" else "global", generator)
     )
-    masks = Masks(
-        {
-            **{n: body_masks[n].to(device) for n in body_masks},
-            head: torch.ones_like(model.state_dict()[head], dtype=torch.bool),
-        }
-    )
+    masks = Masks({n: ticket_masks[n].to(device) for n in ticket_masks})
+    if not keep:
+        masks = Masks({**masks, head: torch.ones_like(start[head], dtype=torch.bool)})
     facts = {
         "source_sparsity": ticket.masks.sparsity(),
         "source_density": ticket.masks.density(),
         "source_test_accuracy": ticket.result.get("test_accuracy"),
         "rewind_iteration": ticket.rewind_iteration,
-        "body_sparsity": body_masks.sparsity(),
+        "body_sparsity": Masks({n: m for n, m in masks.items() if n != head}).sparsity(),
         "output_layer": head,
     }
     return model, data, start, masks, facts
@@ -528,7 +554,8 @@ class TransferPipeline(Pipeline):
     axis), ``sparsity`` (the trained network's, its output layer dense) and ``test_accuracy`` over the seeds
     (``mean``/``std``/``min``/``max``/``n``); ``gap``: per round, the transferred ticket's mean accuracy minus
     the own ticket's at the closest density) and ``matrix`` (at each ``--at`` fraction pruned, per source and
-    target, the transferred ticket's accuracy, the round used and the gap).
+    target, the source round read, its ``density``, the transferred ticket's accuracy there and the gap: all
+    ``None`` where no transferred round lies within one IMP round of the fraction, see :func:`matrix_round`).
     """
 
     kind = "transfer"
@@ -537,12 +564,15 @@ class TransferPipeline(Pipeline):
     description = (
         "Morcos et al. (2019), 'One ticket to win them all'. Every finished round of --source (an IMP "
         "run) is trained on every --target: the source's rewind (late-resetting) weights under its mask, "
-        "the output layer left out of the ticket, re-initialised and sized to the target's classes; "
+        "the output layer left out of the ticket, re-initialised dense and sized to the target's classes "
+        "(--output-layer keep: in the ticket like the other layers); "
         "beside it the controls named by their (weights, mask) pair: fresh-global is the paper's random "
         "ticket, fresh-preserved/-local/-global its Appendix A.2. One unit per (seed, round, target, "
         "kind). The target trains with the source run's training options unless --target-optimizer, "
         "--preset or the flags say otherwise (--target-optimizer adam: a ticket found with SGD trained "
-        "with Adam). Several --source runs make the transfer matrix (--at). Results go to --out: "
+        "with Adam). Several --source runs make the transfer matrix (--at: each cell reads the transferred "
+        "round nearest its fraction pruned, and is empty where none lies within one IMP round of it). "
+        "Results go to --out: "
         "seed_S/source_K/target_T/round_RR/KIND/, summary.json and plots/. Re-running resumes."
     )
 
@@ -584,9 +614,8 @@ class TransferPipeline(Pipeline):
                     )
             seed, s = pairs[0]
             round_ = (config.rounds or source.rounds[s])[0]
-            ticket_start(
-                TransferSpec(config, seed, k, source.run, s, round_, 0, tasks[0], config.tickets[0]), device
-            )  # the source's ticket fits the target's model
+            for t, task in enumerate(tasks):  # the source's ticket fits each target's model
+                ticket_start(TransferSpec(config, seed, k, source.run, s, round_, t, task, config.tickets[0]), device)
 
     def stacked_model(self, config: TransferConfig):
         """The first source's model on the first target (a stack holds one source's tickets on one target)."""
@@ -727,20 +756,33 @@ class TransferPipeline(Pipeline):
                     line += f"{_pm(match['test_accuracy'], 2) if match else '-':>22}"
                     line += f"{100 * gaps[r]['gap']:>+7.2f}" if r in gaps else f"{'-':>8}"
                 lines.append(line)
-        for m in summary["matrix"]:
-            if m.get("gap") is not None and len(summary["pairs"]) > 1:
-                lines.append(f"transfer gap at {100 * m['at']:.0f}% pruned (rows: sources, columns: targets), points:")
-                for k, row in enumerate(m["gap"]):
-                    lines.append(
-                        f"  {str(summary['sources'][k].get('dataset')):<28}"
-                        + "".join(f"{'-' if g is None else f'{100 * g:+.2f}':>10}" for g in row)
-                    )
+        pairs = {(p["source"], p["target"]): p for p in summary["pairs"]}
+        for m in summary["matrix"] if len(pairs) > 1 else []:
+            gap = m.get("gap") is not None
+            lines.append(
+                f"{'transfer gap, points' if gap else 'transferred ticket, test accuracy'} at {100 * m['at']:.0f}% "
+                "pruned (rows: sources, columns: targets; in brackets the source round read and its fraction "
+                f"pruned; -: no round transferred within one IMP round of it{' or no own ticket' if gap else ''}):"
+            )
+            for k, row in enumerate(m["gap"] if gap else m["accuracy"]):
+                cells = []
+                for t, v in enumerate(row):
+                    if v is None:
+                        cells.append("-")
+                        continue
+                    r = m["round"][k][t]
+                    used = next(x for x in pairs[(k, t)]["tickets"]["rewind-preserved"] if x["round"] == r)
+                    value = f"{100 * v:+.2f}" if gap else f"{100 * v:.2f}%"
+                    cells.append(f"{value} (r{r}, {100 * used['source_sparsity']:.1f}%)")
+                lines.append(f"  {str(summary['sources'][k].get('dataset')):<28}" + "".join(f"{c:>24}" for c in cells))
         return lines
 
 
 def _matrix(summary: dict, config: TransferConfig) -> list[dict]:
-    """At each ``config.at`` fraction pruned: per (source, target), the transferred ticket's mean accuracy at the
-    source round closest to it, and its gap to the target's own ticket (where ``--target-ticket`` gave one)."""
+    """At each ``config.at`` fraction pruned: per (source, target), the transferred round that reads it
+    (:func:`matrix_round`: ``round``, and its ``density``, the source ticket's weights remaining), the transferred
+    ticket's mean accuracy there and its gap to the target's own ticket (where ``--target-ticket`` gave one);
+    ``None`` in every cell no transferred round is near enough to fill."""
     n_sources, n_targets = len(summary["sources"]), len(summary["targets"])
     pairs = {(p["source"], p["target"]): p for p in summary["pairs"]}
     out = []
@@ -748,17 +790,43 @@ def _matrix(summary: dict, config: TransferConfig) -> list[dict]:
         accuracy = [[None] * n_targets for _ in range(n_sources)]
         gap = [[None] * n_targets for _ in range(n_sources)]
         rounds = [[None] * n_targets for _ in range(n_sources)]
+        densities = [[None] * n_targets for _ in range(n_sources)]
         for (k, t), pair in pairs.items():
-            rows = pair["tickets"].get("rewind-preserved")
-            if not rows:
+            row = matrix_round(pair["tickets"].get("rewind-preserved", []), 1 - at)
+            if row is None:
                 continue
-            row = closest_by_density(rows, 1 - at, "source_density")
             accuracy[k][t], rounds[k][t] = row["test_accuracy"]["mean"], row["round"]
+            densities[k][t] = row["source_density"]
             gaps = {g["round"]: g["gap"] for g in pair.get("gap", [])}
             gap[k][t] = gaps.get(row["round"])
         has_gap = any(g is not None for row in gap for g in row)
-        out.append({"at": at, "round": rounds, "accuracy": accuracy, "gap": gap if has_gap else None})
+        out.append(
+            {
+                "at": at,
+                "round": rounds,
+                "density": densities,
+                "accuracy": accuracy,
+                "gap": gap if has_gap else None,
+            }
+        )
     return out
+
+
+def matrix_round(rows: list[dict], density: float) -> dict | None:
+    """The transferred round (of ``rows``, one source's on one target) that fills the transfer matrix's cell at
+    ``density`` (weights remaining): the round closest to it on a log scale, provided that it lies within one
+    round of the source's IMP schedule of it, i.e. no further from it in log density than one round's pruning
+    step (``-ln(density_R) / R`` at the last transferred round R: ``-ln(1 - fraction)`` for IMP's geometric
+    schedule). With 20% pruned per round, a cell at 50% pruned takes round 3 (48.8% pruned) or round 4
+    (59.0%), never round 2 (36.0%) or round 10 (89.3%). ``None`` where no transferred round is that near: the
+    cell is left empty rather than filled from a ticket of another density."""
+    if not rows:
+        return None
+    row = closest_by_density(rows, density, "source_density")
+    last = max(rows, key=lambda r: r["round"])
+    step = -math.log(last["source_density"]) / last["round"] if last["round"] else 0.0
+    distance = abs(math.log(row["source_density"]) - math.log(density))
+    return row if distance <= step * (1 + 1e-9) else None
 
 
 def _pm(stats: dict, seeds: int) -> str:

@@ -1,6 +1,7 @@
 """The transfer pipeline (Morcos et al. 2019) at tiny size on the real 8x8 digits, and the same-distribution
 transfer on Fashion-MNIST halves where the data set is installed."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,13 +10,14 @@ import torch
 
 from lth_sparse.cli import main
 from lth_sparse.config import ConfigError, config_from_options
+from lth_sparse.errors import UserError
 from lth_sparse.executors import ProcessExecutor
 from lth_sparse.integrity import read_done
 from lth_sparse.masks import Masks
 from lth_sparse.pipelines import imp, transfer
 from lth_sparse.pipelines.imp import ImpConfig
-from lth_sparse.pipelines.transfer import TICKETS, TransferConfig, TransferSpec, ticket_start
-from lth_sparse.runs import ConfigMismatch
+from lth_sparse.pipelines.transfer import TICKETS, TRANSFER, TransferConfig, TransferSpec, matrix_round, ticket_start
+from lth_sparse.runs import ConfigMismatch, config_hash
 from lth_sparse.tickets import load_ticket
 
 SOURCE = dict(
@@ -30,6 +32,7 @@ SOURCE = dict(
     seeds=(0, 1),
 )
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+RESULTS = Path(__file__).resolve().parents[2] / "results" / "transfer-fmnist"
 
 
 def quiet(line):
@@ -108,8 +111,9 @@ def test_the_morcos_presets_are_the_papers_numbers():
     assert config_from_options(ImpConfig, {"preset": "morcos", "lr": 0.05}).lr == 0.05, "options override it"
 
 
-def start(source, ticket, round_=2, seed=0, task="digits:half=b:shape=1x8x8", target=0):
-    return ticket_start(TransferSpec(make_config(source), seed, 0, str(source), seed, round_, target, task, ticket))
+def start(source, ticket, round_=2, seed=0, task="digits:half=b:shape=1x8x8", target=0, **options):
+    config = make_config(source, **options)
+    return ticket_start(TransferSpec(config, seed, 0, str(source), seed, round_, target, task, ticket))
 
 
 def body(masks: Masks, head: str) -> Masks:
@@ -350,3 +354,108 @@ def test_a_conv_net_transfers_too(tmp_path):
     convs = [n for n in masks if n != head and ticket.masks[n].dim() == 4]
     assert convs and all(torch.equal(masks[n], ticket.masks[n]) for n in convs)
     assert bool(masks[head].all()) and not bool(ticket.masks[head].all())
+
+
+def test_output_layer_keep_carries_the_source_output_layer_like_every_other_layer(source):
+    """``--output-layer keep``: the ticket is the whole network's, its output layer's mask and rewind weights
+    the source's; ``redraw`` (the default) leaves that layer out of the ticket, dense and freshly drawn."""
+    ticket = load_ticket(source, 2, seed=0)
+    _, _, state, masks, facts = start(source, "rewind-preserved", output_layer="keep")
+    head = facts["output_layer"]
+    assert masks == ticket.masks, "every layer's mask, the output layer's too, is the source ticket's"
+    assert masks.sparsity() == pytest.approx(ticket.masks.sparsity())
+    for key, value in ticket.rewind_state.items():
+        if not key.endswith(".mask"):
+            assert torch.equal(state[key], value), key
+    _, _, redrawn_state, redrawn, redrawn_facts = start(source, "rewind-preserved")
+    assert set(redrawn) == set(masks) and bool(redrawn[head].all()) and not bool(masks[head].all())
+    assert redrawn_facts["body_sparsity"] == pytest.approx(facts["body_sparsity"]), "the other layers alike"
+    assert not torch.equal(redrawn_state[head], state[head])
+    # fresh weights: the output layer keeps the source's mask, its weights are the fresh draw like the others
+    _, _, fresh_state, fresh_masks, _ = start(source, "fresh-preserved", output_layer="keep")
+    _, _, fresh_redrawn, _, _ = start(source, "fresh-preserved")
+    assert torch.equal(fresh_masks[head], ticket.masks[head])
+    assert not torch.equal(fresh_state[head], state[head]) and not torch.equal(fresh_state[head], fresh_redrawn[head])
+    # the random ticket permutes the whole network's mask: the output layer's count moves, the total is kept
+    _, _, _, random, _ = start(source, "fresh-global", output_layer="keep")
+    assert random.num_unpruned() == ticket.masks.num_unpruned()
+    assert int(random[head].sum()) != int(ticket.masks[head].sum())
+    assert random[head].float().mean() == pytest.approx(ticket.masks.density(), abs=0.05)
+
+
+def test_output_layer_keep_trains_the_whole_ticket_at_the_sources_sparsity(source, tmp_path):
+    config = make_config(source, output_layer="keep", tickets="rewind-preserved", rounds=[2], seeds=[0])
+    summary = transfer.run(config, tmp_path / "keep", progress=False, log=quiet, plots=False)
+    assert summary["config"]["output_layer"] == "keep"
+    done = read_done(
+        tmp_path / "keep" / "seed_0" / "source_0" / "target_0" / "round_02" / "rewind-preserved" / "done.json"
+    )
+    ticket = load_ticket(source, 2, seed=0)
+    assert done["layer_sparsity"] == pytest.approx(ticket.masks.layer_sparsity())
+    assert done["sparsity"] == pytest.approx(done["source_sparsity"]), "no layer left dense"
+
+
+def test_output_layer_keep_refuses_a_target_with_another_number_of_classes(source, tmp_path, capsys):
+    for targets in (["digits:classes=0,1,2,3,4"], ["digits:half=b", "digits:classes=0,1,2,3,4"]):
+        config = make_config(source, output_layer="keep", targets=targets)
+        with pytest.raises(UserError, match="another number of classes needs --output-layer redraw"):
+            transfer.run(config, tmp_path / "refused", progress=False, log=quiet)
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(ConfigError, match="output_layer must be one of"):
+        make_config(source, output_layer="reuse")
+    argv = ["transfer", "--source", str(source), "--target", "digits:classes=0,1,2,3,4", "--output-layer", "keep"]
+    assert main([*argv, "--out", str(tmp_path / "cli"), "--no-plots"]) == 2
+    assert "(5 classes)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not RESULTS.is_dir(), reason="the committed results are not in this checkout")
+def test_the_committed_transfer_runs_keep_their_hashes():
+    """The output layer's option holds its default in every committed run (the paper's reading): their hashes
+    do not move, and ``keep`` makes another experiment."""
+    runs = sorted(d.parent for d in RESULTS.glob("*/config.json") if json.loads(d.read_text())["kind"] == "transfer")
+    assert len(runs) == 4
+    for run in runs:
+        saved, config = TRANSFER.saved_config(run)
+        assert config.output_layer == "redraw"
+        assert config_hash(config) == saved["hash"], run.name
+        assert config_hash(dataclasses.replace(config, output_layer="keep")) != saved["hash"], run.name
+
+
+def rows_at(rounds, fraction=0.2):
+    return [{"round": r, "source_density": (1 - fraction) ** r} for r in rounds]
+
+
+def test_a_matrix_cell_reads_only_a_round_within_one_imp_round_of_it():
+    def read(rounds, density):
+        row = matrix_round(rows_at(rounds), density)
+        return None if row is None else row["round"]
+
+    assert read([0, 2, 4, 6, 10], 0.5) == 4, "59.0% pruned is the schedule's round next to 50%"
+    assert read([0, 3, 10], 0.5) == 3
+    assert read([0, 2, 10], 0.5) is None, "36.0% pruned is two rounds from 50%"
+    assert [read([10], d) for d in (0.5, 0.1, 0.02)] == [None, 10, None]
+    assert read([0, 18], 0.02) == 18 and read([0, 16], 0.02) is None
+    assert read([0], 1.0) == 0 and read([0], 0.5) is None
+    assert read([], 0.5) is None
+
+
+def test_the_matrix_marks_the_round_it_reads_and_leaves_far_cells_empty(tmp_path):
+    """Only round 10 transferred (89.3% pruned at 20% per round): the 50% and 98% columns are empty, not filled
+    with that ticket; the 90% column reads round 10 and says so, in the summary, the report and the figure."""
+    deep = tmp_path / "deep"
+    make_source(deep, rounds=10, fraction=0.2, epochs=1, seeds=(0,))
+    config = make_config(deep, targets=["digits:half=b", "digits:half=a"], rounds=[10], tickets="rewind-preserved")
+    summary = transfer.run(config, tmp_path / "run", progress=False, log=quiet, plots=True)
+    density = load_ticket(deep, 10, seed=0).masks.density()
+    assert density == pytest.approx(0.8**10, rel=0.01)
+    at = {m["at"]: m for m in summary["matrix"]}
+    for far in (0.5, 0.98):
+        assert at[far]["round"] == at[far]["density"] == at[far]["accuracy"] == [[None, None]]
+    assert at[0.9]["round"] == [[10, 10]] and at[0.9]["density"][0] == pytest.approx([density, density])
+    transferred = [p["tickets"]["rewind-preserved"][0]["test_accuracy"]["mean"] for p in summary["pairs"]]
+    assert at[0.9]["accuracy"] == [transferred]
+    lines = TRANSFER.report(summary)
+    cells = {line.split(" at ")[1].split("%")[0]: lines[i + 1] for i, line in enumerate(lines) if " at " in line}
+    assert cells["50"].split()[-2:] == ["-", "-"] and cells["98"].split()[-2:] == ["-", "-"]
+    assert cells["90"].count(f"(r10, {100 * (1 - density):.1f}%)") == 2
+    assert (tmp_path / "run" / "plots" / "transfer_matrix_0500.png").stat().st_size > 0
