@@ -446,7 +446,7 @@ def _training(spec: TransferSpec, directory: Path, progress: bool | None) -> tup
         seed=spec.seed,
         start=0,
         progress=progress,
-        desc=f"round {spec.round} {spec.ticket} on {spec.task}",
+        desc=f"round {spec.round} {spec.ticket} on {c.targets[spec.target]}",
     )
     return training, facts
 
@@ -459,7 +459,7 @@ def _result(spec: TransferSpec, facts: dict, masks: Masks, metrics: dict, log: C
         "source_seed": spec.source_seed,
         "round": spec.round,
         "target": spec.target,
-        "task": spec.task,
+        "task": spec.config.targets[spec.target],  # as given: the names of logs and summaries
         "ticket": spec.ticket,
         **facts,
         "layer_sparsity": masks.layer_sparsity(),
@@ -479,7 +479,7 @@ def _result(spec: TransferSpec, facts: dict, masks: Masks, metrics: dict, log: C
     }
     log(
         f"seed {spec.seed} source {spec.source} round {spec.round} ({100 * facts['source_density']:.2f}% of its "
-        f"weights left) {spec.ticket} on {spec.task}: test accuracy {100 * metrics['test_accuracy']:.2f}%"
+        f"weights left) {spec.ticket} on {result['task']}: test accuracy {100 * metrics['test_accuracy']:.2f}%"
     )
     return result
 
@@ -695,7 +695,7 @@ class TransferPipeline(Pipeline):
                 entry["own"] = own[t]
         for k, t in sorted({(r["source"], r["target"]) for r in results}):
             mine = [r for r in results if r["source"] == k and r["target"] == t]
-            pair = {"source": k, "target": t, "task": mine[0]["task"], "tickets": {}}
+            pair = {"source": k, "target": t, "task": config.targets[t], "tickets": {}}
             for kind in config.tickets:
                 rows = []
                 for r in sorted({x["round"] for x in mine if x["ticket"] == kind}):
