@@ -9,7 +9,9 @@ density, and the unit records
 - the **recovery** of the planted ticket, per layer and overall: precision (share of the found weights
   that are planted ones), recall (share of the planted weights found), the Jaccard distance between the
   two masks, and whether the found mask contains the planted one;
-- **layer collapse** (a layer pruned to zero, or with no kept weight on an input-output path);
+- **collapse**: which of :func:`~lth_sparse.prune.collapse.task_collapse`'s criteria say that the mask cannot
+  compute the target network (no input-output path, an output without one, too few input directions or output
+  dimensions kept), and the layers pruned to zero or with no kept weight on an input-output path;
 - the ticket's test performance (accuracy for ``circle``, mean squared error for the regressions ``relu``
   and ``helix``) before and after training: a *weak* ticket is trained (Adam, lr 1e-3, batch 32, 10
   epochs: the paper's Appendix B.1, the config's defaults); a *strong* ticket (edge-popup's) is the
@@ -17,7 +19,10 @@ density, and the unit records
   outputs on the training inputs (the host computes the target only up to a scale per output).
 
 The planted ticket's own performance (the target's on the same data, :func:`target_performance`) is the
-reference line; its density (``planted`` in ``--densities``) is one of the grid's densities.
+reference line; its density (``planted`` in ``--densities``) is one of the grid's densities. ``--planting``
+chooses the targets and their planting (:data:`~lth_sparse.planting.PLANTINGS`): ``reference``, the default,
+Plant 'n' Seek's code's (its planted densities, its host-neuron matching), or ``exact``; ``--preset fischer``
+sets the paper's whole grid (:data:`PRESETS`).
 
 Pruners: ``random``, ``magnitude``, ``snip``, ``grasp``, ``synflow`` (single-shot, global, scored on one
 random batch of ``prune_batch`` training examples, 40 as Plant 'n' Seek's code draws them for every task;
@@ -38,6 +43,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -49,6 +55,7 @@ from lth_sparse.masks import Masks, masked_weights
 from lth_sparse.pipelines.base import Pipeline, register_pipeline
 from lth_sparse.pipelines.common import CommonConfig, over_seeds, parse_seeds, stack_key
 from lth_sparse.pipelines.steps import MaskedTraining, shared_dataset, train_masked_grouped
+from lth_sparse.planting.targets import PLANTINGS
 from lth_sparse.planting.tasks import TASKS
 from lth_sparse.train import TrainConfig, default_loss, evaluate
 from lth_sparse.units import Unit
@@ -56,6 +63,38 @@ from lth_sparse.units import Unit
 SINGLE_SHOT = ("random", "magnitude", "snip", "grasp", "synflow")
 PRUNERS = SINGLE_SHOT + tuple(f"multishot-{p}" for p in SINGLE_SHOT) + ("edge-popup", "edge-popup-annealed")
 STRONG = ("edge-popup", "edge-popup-annealed")
+
+PRESETS = {
+    # Plant 'n' Seek (Appendix B.1), where its text is silent its code's (RelationalML/PlantNSeek,
+    # Synaptic-Flow-Extended/main.py and the README's commands): Adam at lr 0.001 (no weight decay, no schedule:
+    # main.py's --weight-decay 0, --lr-drops []), batch 32, 10 epochs of training; hosts of depth 3, 5 and 10 and
+    # width 100 for the three tasks; densities 0.01, 0.1, 0.5, 1 and the planted ticket's; the five single-shot
+    # pruners scored on 40 examples (--prune-dataset-ratio 10 x 4) in one round (--prune-epochs 1), each also
+    # multi-shot (Section 3.2: 10 rounds of 5 epochs), edge-popup and its annealed variant (10 epochs); 25
+    # repetitions, the main single-shot experiment's (its multi-shot figures have 10); the reference code's targets
+    # and planting.
+    "fischer": dict(
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        schedule="constant",
+        warmup_epochs=0.0,
+        batch_size=32,
+        epochs=10.0,
+        tasks=TASKS,
+        depths=(3, 5, 10),
+        width=100,
+        densities=("0.01", "0.1", "0.5", "1", "planted"),
+        pruners=PRUNERS,
+        prune_batch=40,
+        synflow_iterations=1,
+        multishot_rounds=10,
+        multishot_epochs=5.0,
+        edge_popup_epochs=10,
+        seeds=tuple(range(25)),
+        planting="reference",
+    ),
+}
 
 
 def parse_densities(value) -> tuple[str, ...]:
@@ -87,6 +126,8 @@ class PlantConfig(CommonConfig):
     """A Plant 'n' Seek benchmark: the weak tickets' training (the fields of :class:`TrainConfig`, here with the
     paper's defaults: Adam, lr 1e-3, batch 32, 10 epochs), and these."""
 
+    PRESETS: ClassVar[dict] = PRESETS
+
     epochs: float = option(10, "training epochs of each weak ticket (the paper: 10)")
     batch_size: int = option(32, "mini-batch size (the paper: 32)")
     optimizer: str = option("adam", "optimizer (the paper: Adam)", choices=("sgd", "adam", "adamw"))
@@ -96,6 +137,13 @@ class PlantConfig(CommonConfig):
         (3, 5), "host depths, counting the input layer (depth 3: 2 weight layers; the paper: 3, 5, 10)", metavar="D"
     )
     width: int = option(100, "host width")
+    planting: str = option(
+        "reference",
+        "the targets and their planting: reference, Plant 'n' Seek's code's (the Helix target keeps its rounding "
+        "residues as weights, 115 at depth 3, the paper's density .29; host neurons matched by L1 with equal "
+        "signs); exact, the targets' exact non-zeros (Helix: 91) and the paper's L2 matching",
+        choices=PLANTINGS,
+    )
     pruners: tuple[str, ...] = option(
         ("random", "magnitude", "snip", "grasp", "synflow", "multishot-magnitude", "edge-popup", "edge-popup-annealed"),
         "pruners: " + ", ".join(PRUNERS),
@@ -131,6 +179,13 @@ class PlantConfig(CommonConfig):
     )
     train_size: int | None = option(None, "train on a seeded subset of N examples (quick runs)", metavar="N")
     val_fraction: float = option(0.1, "share of the 9,000 training points held out for validation")
+    preset: str | None = option(
+        None,
+        "a paper's setting; options given override it. fischer: Plant 'n' Seek's experiments (Adam lr 1e-3, "
+        "batch 32, 10 epochs; depths 3, 5, 10 at width 100; densities 0.01, 0.1, 0.5, 1, planted; every pruner, "
+        "single- and multi-shot (10 rounds of 5 epochs), edge-popup and annealed; 25 seeds; reference planting)",
+        choices=tuple(PRESETS),
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -294,6 +349,7 @@ def _plant_and_prune(spec: PlantSpec, directory: Path, progress: bool | None):
     from lth_sparse.nn import masked, unmasked
     from lth_sparse.planting import make_target, plant, target_performance
     from lth_sparse.prune import get_pruner, layer_collapse
+    from lth_sparse.prune.collapse import target_needs, task_collapse
     from lth_sparse.prune.edge_popup import EdgePopupMember, strong_ticket
     from lth_sparse.prune.multishot import MultiShotMember
 
@@ -301,8 +357,8 @@ def _plant_and_prune(spec: PlantSpec, directory: Path, progress: bool | None):
     device = check_device(c.device)
     data = shared_dataset(spec.task, device=device, val_fraction=c.val_fraction, seed=c.seed, train_size=c.train_size)
     regression = data.train.y.is_floating_point()
-    target = make_target(spec.task, spec.depth)
-    host, planted, scales = plant(target, c.width, seed=spec.seed)
+    target = make_target(spec.task, spec.depth, planting=c.planting)
+    host, planted, scales = plant(target, c.width, seed=spec.seed, planting=c.planting)
     host = host.float().to(device)
     model = masked(copy.deepcopy(host))
     model.input_shape = data.input_shape
@@ -352,6 +408,7 @@ def _plant_and_prune(spec: PlantSpec, directory: Path, progress: bool | None):
     masks = Masks({n: masks[n].to(device) for n in names})
     found = recovery(masks, planted)
     collapse = layer_collapse(model, masks, tuple(data.input_shape))
+    cannot = task_collapse(model, masks, target_needs(target, tuple(data.input_shape)), tuple(data.input_shape))
     result = {
         "task": spec.task,
         "depth": spec.depth,
@@ -363,9 +420,10 @@ def _plant_and_prune(spec: PlantSpec, directory: Path, progress: bool | None):
         "planted_density": planted.density(),
         "recovery": found,
         "collapsed_layers": [n for n, v in collapse.items() if v.collapsed],
-        "collapsed": any(v.collapsed for v in collapse.values()),
+        "collapse": list(cannot),
+        "collapsed": bool(cannot),
         "regression": regression,
-        "reference": target_performance(spec.task, spec.depth),
+        "reference": target_performance(spec.task, spec.depth, planting=c.planting),
     }
     masks.save(directory / "masks.safetensors")
     training = None
@@ -406,7 +464,8 @@ def _plant_and_prune(spec: PlantSpec, directory: Path, progress: bool | None):
             f"{spec.task} depth {spec.depth} {pruner} at density {density:.4g} (seed {spec.seed}): "
             f"{'MSE' if regression else 'accuracy'} {result['score']:.4g} ({result['kind']}; the planted ticket "
             f"{result['reference']['test']:.4g}), recall of the planted weights {found['recall']:.3f}, precision "
-            f"{found['precision']:.3f}" + (f", collapsed: {result['collapsed_layers']}" if result["collapsed"] else "")
+            f"{found['precision']:.3f}"
+            + (f", collapsed: {', '.join(result['collapse'])}" if result["collapsed"] else "")
         )
         return result
 
@@ -426,6 +485,15 @@ def _plant_and_prune(spec: PlantSpec, directory: Path, progress: bool | None):
     return training, finish
 
 
+def _collapse_criteria(result: dict) -> tuple[str, ...]:
+    """The collapse criteria that fired for a unit (:func:`~lth_sparse.prune.collapse.task_collapse`); a unit
+    recorded before they were, by its ``collapsed``: a layer with no kept weight on an input-output path, which
+    in these MLPs is exactly ``no_path``."""
+    if "collapse" in result:
+        return tuple(result["collapse"])
+    return ("no_path",) if result["collapsed"] else ()
+
+
 class PlantPipeline(Pipeline):
     """The planting benchmark as a pipeline: one unit per (task, depth, pruner, density, seed).
 
@@ -433,7 +501,8 @@ class PlantPipeline(Pipeline):
     depth: the planted density and the target's own train/test score, its noise-free test score and chance),
     and ``rows``: per (task, depth, pruner, density) over the seeds, ``score`` (test accuracy or MSE) and, for
     weak tickets, ``score_before_training``, the found density, ``recall``, ``precision``, ``jaccard`` (each
-    mean/std/min/max/n), and how many seeds' masks ``contains`` the planted one and ``collapsed``.
+    mean/std/min/max/n), how many seeds' masks ``contains`` the planted one and are ``collapsed`` (cannot compute
+    the target: :func:`~lth_sparse.prune.collapse.task_collapse`), and ``collapse``, that count per criterion.
     """
 
     kind = "plant"
@@ -443,7 +512,8 @@ class PlantPipeline(Pipeline):
         "Fischer & Burkholz (2022). For every task (relu, circle, helix), depth, pruner, density and "
         "seed, one unit: the task's target network is planted into a host MLP, the pruner searches the "
         "host for a ticket of that density, and the unit records the recovery of the planted ticket "
-        "(precision, recall, Jaccard distance, containment, per layer and overall), layer collapse, and "
+        "(precision, recall, Jaccard distance, containment, per layer and overall), collapse (which criterion "
+        "says the mask cannot compute the target), and "
         "the ticket's test accuracy (circle) or MSE (relu, helix): weak tickets trained (Adam, lr 1e-3, "
         "batch 32, 10 epochs), strong tickets (edge-popup) untrained with their outputs rescaled by "
         "least squares. Results go to --out: TASK/depth_D/PRUNER/density_X/seed_S/, summary.json and "
@@ -467,12 +537,14 @@ class PlantPipeline(Pipeline):
             if config.prune_batch > len(data.train):
                 raise ValueError(f"prune_batch {config.prune_batch} exceeds the {len(data.train)} training points")
             for depth in config.depths:
-                plant(make_target(task, depth), config.width, seed=config.seed_list()[0])
+                target = make_target(task, depth, planting=config.planting)
+                plant(target, config.width, seed=config.seed_list()[0], planting=config.planting)
 
     def stacked_model(self, config: PlantConfig):
         from lth_sparse.planting import make_target, plant
 
-        return plant(make_target(config.tasks[0], config.depths[0]), config.width, seed=0)[0].float()
+        target = make_target(config.tasks[0], config.depths[0], planting=config.planting)
+        return plant(target, config.width, seed=0, planting=config.planting)[0].float()
 
     def plan(self, config: PlantConfig) -> list[list[Unit]]:
         units = []
@@ -501,6 +573,8 @@ class PlantPipeline(Pipeline):
         return [units]
 
     def summarize(self, run_dir, *, plots: bool = True) -> dict:
+        from lth_sparse.prune.collapse import COLLAPSE_CRITERIA
+
         run_dir = Path(run_dir)
         saved, config = self.saved_config(run_dir)
         results = list(self.unit_results(run_dir, config).values())
@@ -537,6 +611,9 @@ class PlantPipeline(Pipeline):
                 "jaccard": over_seeds([r["recovery"]["jaccard"] for r in found]),
                 "contains": sum(bool(r["recovery"]["contains"]) for r in found),
                 "collapsed": sum(bool(r["collapsed"]) for r in found),
+                "collapse": {
+                    criterion: sum(criterion in _collapse_criteria(r) for r in found) for criterion in COLLAPSE_CRITERIA
+                },
             }
             if first["kind"] == "weak":
                 key = "before_test_loss" if first["regression"] else "before_test_accuracy"
@@ -568,13 +645,17 @@ class PlantPipeline(Pipeline):
                 f"{task}, depth {depth}: planted ticket density {ref['planted_density']:.4g}, test {metric} "
                 f"{ref['test']:.4g} (chance {ref['chance']:.4g}); mean over seeds:"
             )
-            lines.append(f"  {'pruner':<24}{'density':>10}{metric:>12}{'recall':>9}{'precision':>10}{'collapsed':>10}")
+            lines.append(
+                f"  {'pruner':<24}{'density':>10}{metric:>12}{'recall':>9}{'precision':>10}{'collapsed':>10}  by"
+            )
             for row in summary["rows"]:
                 if (row["task"], row["depth"]) == (task, depth):
+                    criteria = ", ".join(f"{c} {n}" for c, n in row.get("collapse", {}).items() if n)
                     lines.append(
                         f"  {row['pruner'] + ' (' + row['kind'] + ')':<24}{row['density']:>10.4g}"
                         f"{row['score']['mean']:>12.4g}{row['recall']['mean']:>9.3f}"
                         f"{row['precision']['mean']:>10.3f}{row['collapsed']:>6}/{row['seeds']}"
+                        + (f"  {criteria}" if criteria else "")
                     )
         return lines
 

@@ -17,15 +17,30 @@ Readings of the paper, and two rules its text omits:
 - **Matching** (A.3): target neuron ``i`` with non-zero incoming weights ``w`` from target neurons ``S`` that sit
   in host neurons ``h(S)`` with scales ``lambda_S`` (host value = lambda * target value; the inputs have scale 1)
   needs host parameters proportional to ``theta = (b, w / lambda_S)``. A host neuron's candidate parameters ``m``
-  are its bias and its weights from ``h(S)``. The score is the paper's ``q(m) = ||theta - lambda(m) m||_2`` at
-  the optimal ``lambda(m) = theta.m / ||m||^2`` (L2, as the text; the reference code's ``target_ind`` uses
-  an L1 distance and also demands equal signs entrywise). Target neurons are matched greedily in their order,
-  each to the best host neuron not taken yet, as the reference code.
+  are its bias and its weights from ``h(S)``. Target neurons are matched greedily in their order. Two rules
+  (``planting``, :data:`~lth_sparse.planting.targets.PLANTINGS`):
+
+  - ``reference``, the reference code's (``find_ind`` and ``target_ind``): the best host neuron of the whole
+    layer by the L1 distance ``||m - c theta||_1`` of ``m`` from its projection onto ``theta`` (``c =
+    theta.m / ||theta||^2``), among those with ``c > 0`` whose entries have ``theta``'s signs wherever
+    ``theta`` is non-zero; if none qualifies, host neuron ``i``; if the neuron found is taken, the first free
+    one. A neuron not found by the projection takes the scale ``c = |m_1 / theta_1|`` (``m_1``: the host
+    neuron's weight from the host neuron of the previous layer's target neuron 0, ``theta_1``: ``theta``'s
+    first weight), as that code; such a planted neuron is not a projection of the initial one and may be larger.
+    Its taken list starts as zeros, so host neuron 0 counts as taken until no other is free. The output layer is
+    matched the same way and its host outputs then reordered so that output ``i`` is the target's output ``i``,
+    as that code does.
+  - ``exact``: the paper's ``q(m) = ||theta - lambda(m) m||_2`` at the optimal ``lambda(m) = theta.m /
+    ||m||^2`` (L2, as the text), each target neuron to the best host neuron not taken yet with ``c > 0``; output
+    neuron ``i`` is planted in host output ``i`` (outputs are labelled), with the optimal scale of either sign.
+
+  The two plant the same target into other host neurons: Jaccard distance 0.30-1.0 between the two tickets on
+  Circle and Helix, 0-1 on ReLU's one-neuron path (depths 3, 5, 10, seeds 0-4).
 - **Positive scales in hidden layers** (not in the text): ``relu(c z) = c relu(z)`` holds only for ``c > 0``;
   a negative scale makes the host neuron compute ``|c| relu(-z)``, another function. A literal argmin picks a
   negative scale for a large share of neurons, so hidden neurons match only host neurons with
-  ``theta.m > 0`` (the reference code also demands ``scale > 0``). The output layer has no ReLU: its neuron ``i``
-  is planted in host output ``i`` (outputs are labelled), with the optimal scale of either sign.
+  ``theta.m > 0`` (the reference code also demands ``scale > 0``). The output layer has no ReLU: with ``exact``
+  its scale may take either sign.
 - **The planted parameters stay on the scale of the host's** (not in the text): the text replaces ``m`` by
   ``theta / lambda(m)``, which inflates the planted weights far above the initial ones (``||theta /
   lambda|| = ||m|| / cos(theta, m)``, and the target's output weights are large: Circle's reach 17.8 where
@@ -50,8 +65,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from lth_sparse.masks import Masks
+from lth_sparse.planting.targets import check_planting
 
-__all__ = ["target_layers", "host_widths", "init_host", "plant", "planted_ticket", "ticket_density"]
+__all__ = ["target_layers", "host_widths", "init_host", "reference_match", "plant", "planted_ticket", "ticket_density"]
 
 
 def target_layers(target: nn.Module) -> list[nn.Linear]:
@@ -146,12 +162,58 @@ def _projection_scales(theta: Tensor, candidates: Tensor) -> tuple[Tensor, Tenso
     return distance2.sqrt(), dots / theta2
 
 
+# The reference code's target_ind keeps a host neuron only below this L1 distance (its initial best).
+_REFERENCE_MAX_DISTANCE = 1000.0
+
+
+def reference_match(
+    theta: Tensor, candidates: Tensor, first_weights: Tensor, i: int, free: Tensor
+) -> tuple[int, float]:
+    """The host neuron and scale the reference code's ``find_ind`` gives target neuron ``i`` (see the module
+    docstring): the best candidate by ``||m - c theta||_1`` with ``c = theta.m / ||theta||^2 > 0`` and
+    ``theta``'s signs, else neuron ``i``; if that one is not free (host neuron 0 never is while another is),
+    the first free one; a neuron not found by the projection takes ``c = |first_weights[j] / theta[1]|``.
+
+    theta: ``(1 + k,)`` (bias, then weights; all zero: a constant-0 neuron, placed by the same rule with scale 1);
+    candidates: ``(W, 1 + k)``, each host neuron's bias
+    and weights from the sources' host neurons; first_weights: ``(W,)``, each host neuron's weight from the host
+    neuron of the previous layer's target neuron 0; free: bool ``(W,)``, the host neurons not taken yet.
+    """
+    constant = not bool(theta.any())  # a neuron that is constantly 0 (none in the reference code's targets): scale 1
+    j, c = i, (1.0 if constant else None)
+    if not constant:
+        scales = candidates @ theta / (theta @ theta)
+        distances = (candidates - scales[:, None] * theta).abs().sum(dim=1)
+        signed = theta != 0
+        same_signs = (torch.sign(candidates[:, signed]) == torch.sign(theta[signed])).all(dim=1)
+        usable = (scales > 0) & same_signs & (distances < _REFERENCE_MAX_DISTANCE)
+        if usable.any():
+            j = int(torch.where(usable, distances, torch.full_like(distances, torch.inf)).argmin())
+            c = float(scales[j])
+    others = free.clone()
+    others[0] = False  # the reference code's list of taken neurons starts as zeros
+    if not others[j]:
+        j = int(others.nonzero()[0]) if others.any() else 0
+        c = 1.0 if constant else None
+    if c is None:
+        if theta.numel() < 2:
+            raise ValueError(
+                f"target neuron {i} has no incoming weight: the reference matching has no scale for it; "
+                f"use planting='exact'"
+            )
+        c = abs(float(first_weights[j] / theta[1]))
+    return j, c
+
+
 @torch.no_grad()
-def plant(target: nn.Module, width: int = 100, seed: int = 0) -> tuple[nn.Sequential, Masks, Tensor]:
+def plant(
+    target: nn.Module, width: int = 100, seed: int = 0, planting: str = "reference"
+) -> tuple[nn.Sequential, Masks, Tensor]:
     """Plant ``target`` in a host of its depth with hidden layers ``width`` wide (see the module docstring).
 
     target: an ``nn.Sequential`` of ``nn.Linear`` / ``nn.ReLU`` (e.g. :func:`~lth_sparse.planting.make_target`);
-    the host has its dtype and device, and the same module names. seed: the host's initialisation.
+    the host has its dtype and device, and the same module names. seed: the host's initialisation. planting:
+    ``"reference"`` (the reference code's host-neuron matching) or ``"exact"`` (the paper's L2 matching).
 
     Returns ``(host, masks, scales)``: the host ``nn.Sequential`` (plain layers, all weights present);
     ``Masks`` by the host's weight names (``"0.weight"``, ``"2.weight"``, ...), True exactly on the planted
@@ -167,6 +229,7 @@ def plant(target: nn.Module, width: int = 100, seed: int = 0) -> tuple[nn.Sequen
     """
     layers = target_layers(target)
     widths = host_widths(target, width)
+    check_planting(planting)
     reference = layers[0].weight
     host = init_host(widths, seed, dtype=torch.float64)
     host_layers = [module for module in host if isinstance(module, nn.Linear)]
@@ -187,7 +250,9 @@ def plant(target: nn.Module, width: int = 100, seed: int = 0) -> tuple[nn.Sequen
             theta = torch.cat([bias[i : i + 1], weight[i, sources] / scales[sources]])
             columns = placed[sources]
             candidates = torch.cat([host_layer.bias[:, None], host_layer.weight[:, columns]], dim=1)
-            if not theta.any():  # a neuron that is constantly 0: a host neuron with zero bias and no inputs
+            if planting == "reference":
+                j, c = reference_match(theta, candidates, host_layer.weight[:, placed[0]], i, free)
+            elif not theta.any():  # a neuron that is constantly 0: a host neuron with zero bias and no inputs
                 j, c = (i if output_layer else int(free.nonzero()[0])), 1.0
             elif output_layer:
                 j = i
@@ -213,6 +278,11 @@ def plant(target: nn.Module, width: int = 100, seed: int = 0) -> tuple[nn.Sequen
             mask[j, columns] = True
             free[j] = False
             new_placed[i], new_scales[i] = j, c
+        if output_layer and planting == "reference":
+            # host output new_placed[i] carries target output i: reordered so that output i is the target's i
+            host_layer.weight.copy_(host_layer.weight[new_placed])
+            host_layer.bias.copy_(host_layer.bias[new_placed])
+            mask = mask[new_placed]
         masks[f"{name}.weight"] = mask
         placed, scales = new_placed, new_scales
     host = host.to(dtype=reference.dtype, device=reference.device)

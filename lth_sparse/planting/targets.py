@@ -18,6 +18,13 @@ and ``b = f(s_1) - sum_j a_j relu(p_j (s_1 - s_j))``, as the reference code's ``
 (``|a_j| <= 1e-9 max(1, max_j |m_j|)``: a linear ``f`` has no kinks) are set to exactly zero, so they are
 not counted as ticket weights: see Helix below.
 
+Two plantings (:data:`PLANTINGS`, ``make_target(..., planting=)``): ``reference`` builds every univariate
+piece with the reference code's arithmetic, its knots as ``numpy.linspace`` spaces them (``start + i * step``,
+the last set to ``stop``) and every outer weight kept as computed, rounding residues included, so that its
+targets have the reference code's non-zeros (Helix: 115 at depth 3, the paper's density .29); ``exact`` spaces
+the knots as ``torch.linspace`` and zeroes the residues (Helix: 91 at depth 3). The two agree to 1e-13 in every
+weight; they differ in which weights are non-zero, which is what a planted ticket counts.
+
 ReLU (A.4.1): one neuron per layer, weights 1 and biases 0: ``relu(x)`` through ``depth - 1`` layers.
 
 Circle (A.4.2, ``lottery_sphere`` in the reference code, with its 10 knots and its depth cases):
@@ -46,11 +53,12 @@ and from depth 5 the three outputs get ``+1`` (``f_1, f_2 >= -1``), pass ``depth
 on the first knot: it is the single-neuron path of Section 2.3 ("f_3 can be represented by a path ... that
 only contains a single neuron per layer"). The reference code instead keeps the rounding residue of ``f_3``'s
 slope changes (values of 1e-16..1e-15) as weights: that is why its depth-3 ticket counts 115 weights, the
-paper's density 0.29 (Figure 6), where this construction has 91 (0.2275 at width 100).
+paper's density 0.29 (Figure 6), where the exact construction has 91 (0.2275 at width 100);
+``planting="reference"`` keeps them too, at the same knots.
 
-Apart from those residues, every target's weights and biases are the reference code's (``lottery_relu``,
-``lottery_sphere(depth, [.2, .5, .7], 10, "class")``, ``lottery_helix_wide(f1, f2, f3, depth, 30)``) up to
-rounding (1e-13), for every depth, knot signs included.
+Every target's weights and biases are the reference code's (``lottery_relu``, ``lottery_sphere(depth, [.2, .5,
+.7], 10, "class")``, ``lottery_helix_wide(f1, f2, f3, depth, 30)``) up to rounding (1e-13), for every depth,
+knot signs included; with ``planting="reference"`` its non-zeros too.
 """
 
 from __future__ import annotations
@@ -67,6 +75,9 @@ from torch import Tensor
 from .tasks import CIRCLE_BOUNDARIES, TASKS, check_task, planting_data, task_kind
 
 __all__ = [
+    "PLANTINGS",
+    "check_planting",
+    "knot_grid",
     "MIN_DEPTH",
     "CIRCLE_KNOTS",
     "HELIX_KNOTS",
@@ -87,6 +98,10 @@ CIRCLE_SLOPES: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0)
 # Circle's perpendicular knots reach a little beyond the outermost boundary (the reference code's eps).
 _CIRCLE_PERPENDICULAR_MARGIN = 0.01
 
+#: The plantings: ``reference``, Plant 'n' Seek's code's targets (rounding residues kept as weights) and host-neuron
+#: matching; ``exact``, the targets' exact non-zeros and the paper's L2 matching (see the module docstrings).
+PLANTINGS: tuple[str, ...] = ("reference", "exact")
+
 Layer = tuple[Tensor, Tensor]  # (weight (out, in), bias (out,)), float64
 
 
@@ -100,8 +115,29 @@ class UnivariatePieces(NamedTuple):
     outer_bias: Tensor
 
 
+def check_planting(planting: str) -> str:
+    """``planting`` if it is one of :data:`PLANTINGS`; a ValueError naming them otherwise."""
+    if planting not in PLANTINGS:
+        raise ValueError(f"unknown planting {planting!r}; choose one of {', '.join(PLANTINGS)}")
+    return planting
+
+
+def knot_grid(start: float, stop: float, n: int, planting: str = "reference") -> Tensor:
+    """``n`` equidistant float64 knots from ``start`` to ``stop``: spaced as ``numpy.linspace`` does (``start + i *
+    step``, the last one ``stop``), the reference code's, for ``planting="reference"``; as ``torch.linspace`` for
+    ``"exact"``. The two differ in the last bit of some knots, which decides which rounding residues appear."""
+    if check_planting(planting) == "exact":
+        return torch.linspace(start, stop, n, dtype=torch.float64)
+    spaced = torch.arange(n, dtype=torch.float64) * ((stop - start) / (n - 1)) + start
+    spaced[-1] = stop
+    return spaced
+
+
 def univariate_pieces(
-    knots: Tensor, functions: Sequence[Callable[[Tensor], Tensor]], last_sign: float | None = None
+    knots: Tensor,
+    functions: Sequence[Callable[[Tensor], Tensor]],
+    last_sign: float | None = None,
+    keep_residues: bool = False,
 ) -> UnivariatePieces:
     """The piecewise-linear interpolants of ``functions`` through ``knots`` as depth-2 ReLU networks with
     alternating knot signs ``+1, -1, ...`` and the first outer weight corrected (see the module docstring);
@@ -110,6 +146,8 @@ def univariate_pieces(
     knots: float64 ``(N,)``, equidistant and increasing, ``N >= 2``. Each function maps a float64 ``(K,)``
     tensor to ``(K,)``. last_sign: the last knot's sign instead of the alternating one (the reference code
     sets +1 for Circle from depth 5); any signs after the first give the same function on ``x >= knots[0]``.
+    keep_residues: keep the outer weights that are zero in exact arithmetic at their rounded values, as the
+    reference code does, instead of setting them to zero.
     """
     knots = knots.double()
     n = knots.numel()
@@ -127,8 +165,9 @@ def univariate_pieces(
         values = function(ends)
         slopes = (values[1:] - values[:-1]) / (ends[1:] - ends[:-1])
         kinks = slopes[1:] - slopes[:-1]
-        tolerance = 1e-9 * max(1.0, float(slopes.abs().max()))
-        kinks = torch.where(kinks.abs() <= tolerance, torch.zeros_like(kinks), kinks)
+        if not keep_residues:
+            tolerance = 1e-9 * max(1.0, float(slopes.abs().max()))
+            kinks = torch.where(kinks.abs() <= tolerance, torch.zeros_like(kinks), kinks)
         first = slopes[0] + kinks[signs[1:] < 0].sum()
         weights = torch.cat([first.reshape(1), kinks])
         bias = values[0] - (weights * F.relu(signs * (knots[0] - knots))).sum()
@@ -158,16 +197,18 @@ def _identity_layer(width: int, bias: float = 0.0) -> Layer:
     return torch.eye(width, dtype=torch.float64), torch.full((width,), bias, dtype=torch.float64)
 
 
-def _relu_layers(depth: int) -> list[Layer]:
+def _relu_layers(depth: int, planting: str) -> list[Layer]:
     one = (torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
     return [tuple(t.clone() for t in one) for _ in range(depth - 1)]
 
 
-def _helix_layers(depth: int) -> list[Layer]:
+def _helix_layers(depth: int, planting: str) -> list[Layer]:
+    residues = planting == "reference"
     if depth == 3:
-        pieces = univariate_pieces(torch.linspace(-1, 1, HELIX_KNOTS, dtype=torch.float64), _helix_coordinates(0.0))
+        grid = knot_grid(-1, 1, HELIX_KNOTS, planting)
+        pieces = univariate_pieces(grid, _helix_coordinates(0.0), keep_residues=residues)
         return [(pieces.inner_weight[:, None], pieces.inner_bias), (pieces.outer_weight, pieces.outer_bias)]
-    pieces = univariate_pieces(torch.linspace(0, 2, HELIX_KNOTS, dtype=torch.float64), _helix_coordinates(1.0))
+    pieces = univariate_pieces(knot_grid(0, 2, HELIX_KNOTS, planting), _helix_coordinates(1.0), keep_residues=residues)
     layers = [
         (torch.ones(1, 1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)),  # x + 1 in [0, 2]
         (pieces.inner_weight[:, None], pieces.inner_bias),
@@ -189,11 +230,12 @@ def _circle_output(g_weight: Tensor, g_bias: Tensor) -> Layer:
     return slopes[:, None] * g_weight[None, :], slopes * g_bias + offsets
 
 
-def _circle_layers(depth: int) -> list[Layer]:
+def _circle_layers(depth: int, planting: str) -> list[Layer]:
     n = CIRCLE_KNOTS
+    residues = planting == "reference"  # x^2 has no zero slope change: the same non-zeros either way
     zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
     if depth == 3:
-        pieces = univariate_pieces(torch.linspace(-1, 1, n, dtype=torch.float64), [_square])
+        pieces = univariate_pieces(knot_grid(-1, 1, n, planting), [_square], keep_residues=residues)
         weight = zeros(2 * n, 2)
         weight[:n, 0] = weight[n:, 1] = pieces.inner_weight
         hidden = (weight, torch.cat([pieces.inner_bias, pieces.inner_bias]))
@@ -202,7 +244,7 @@ def _circle_layers(depth: int) -> list[Layer]:
     # relu(x_1), relu(-x_1), relu(x_2), relu(-x_2)
     layers = [(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64), zeros(4))]
     if depth == 4:
-        pieces = univariate_pieces(torch.linspace(0, 1, n, dtype=torch.float64), [_square])
+        pieces = univariate_pieces(knot_grid(0, 1, n, planting), [_square], keep_residues=residues)
         weight = zeros(2 * n, 4)
         for half in (0, 1):
             weight[:n, half] = weight[n:, 2 + half] = pieces.inner_weight
@@ -211,7 +253,7 @@ def _circle_layers(depth: int) -> list[Layer]:
     # |x_1|, |x_2|: the point folded into the first quadrant
     layers.append((torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]], dtype=torch.float64), zeros(2)))
     if depth == 5:
-        pieces = univariate_pieces(torch.linspace(0, 1, n, dtype=torch.float64), [_square], last_sign=1.0)
+        pieces = univariate_pieces(knot_grid(0, 1, n, planting), [_square], last_sign=1.0, keep_residues=residues)
         weight = zeros(2 * n, 2)
         weight[:n, 0] = weight[n:, 1] = pieces.inner_weight
         layers.append((weight, torch.cat([pieces.inner_bias, pieces.inner_bias])))
@@ -231,9 +273,9 @@ def _circle_layers(depth: int) -> list[Layer]:
     perpendicular_reach = abs(math.sin(angle)) * math.sqrt(CIRCLE_BOUNDARIES[-1]) + _CIRCLE_PERPENDICULAR_MARGIN
     n_parallel = min(math.ceil(reach / (perpendicular_reach + reach) * 2 * n), 2 * n - 3)
     n_perpendicular = max(2 * n - n_parallel, 3)
-    par = univariate_pieces(torch.linspace(0, reach, n_parallel, dtype=torch.float64), [_square], last_sign=1.0)
+    par = univariate_pieces(knot_grid(0, reach, n_parallel, planting), [_square], last_sign=1.0, keep_residues=residues)
     perp = univariate_pieces(
-        torch.linspace(0, perpendicular_reach, n_perpendicular, dtype=torch.float64), [_square], last_sign=1.0
+        knot_grid(0, perpendicular_reach, n_perpendicular, planting), [_square], last_sign=1.0, keep_residues=residues
     )
     weight = zeros(n_parallel + n_perpendicular, 3)
     weight[:n_parallel, 0] = par.inner_weight
@@ -259,18 +301,23 @@ def _sequential(layers: list[Layer], dtype: torch.dtype) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-def make_target(task: str, depth: int, dtype: torch.dtype = torch.float64) -> nn.Sequential:
+def make_target(
+    task: str, depth: int, dtype: torch.dtype = torch.float64, planting: str = "reference"
+) -> nn.Sequential:
     """The target network of ``task`` (``relu``, ``circle``, ``helix``) with ``depth`` layers counting the input
     layer: ``Linear, ReLU, ..., Linear``, ``depth - 1`` Linear layers, on the CPU in ``dtype``.
 
     input: ``(N, d_in)`` (1 for relu and helix, 2 for circle) -> ``(N, d_out)``: ``relu(x)``; Circle's four
     class scores; the three helix coordinates. Zero weights are absent edges: the ticket is the non-zero
-    weights (biases are not counted).
+    weights (biases are not counted). planting: ``"reference"`` keeps the reference code's rounding residues
+    as weights (Helix: 115 at depth 3), ``"exact"`` its exact non-zeros (91); see the module docstring.
 
     Raises:
-        ValueError: unknown ``task``, or ``depth`` not an integer >= :data:`MIN_DEPTH` of the task.
+        ValueError: unknown ``task`` or ``planting``, or ``depth`` not an integer >= :data:`MIN_DEPTH` of the
+            task.
     """
     check_task(task)
+    check_planting(planting)
     minimum = MIN_DEPTH[task]
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < minimum:
         raise ValueError(
@@ -279,7 +326,7 @@ def make_target(task: str, depth: int, dtype: torch.dtype = torch.float64) -> nn
         )
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
-    return _sequential(_BUILDERS[task](depth), dtype)
+    return _sequential(_BUILDERS[task](depth, planting), dtype)
 
 
 @torch.no_grad()
@@ -290,15 +337,15 @@ def _score(output: Tensor, y: Tensor, kind: str) -> float:
 
 
 @torch.no_grad()
-def target_performance(task: str, depth: int, data: dict | None = None) -> dict:
+def target_performance(task: str, depth: int, data: dict | None = None, planting: str = "reference") -> dict:
     """How well the target itself does on the task's data: the ceiling a found ticket is compared with.
 
     ``data``: :func:`~lth_sparse.planting.tasks.planting_data` of ``task`` (default: seed 0). Returns
     ``metric`` (``"accuracy"`` for circle, ``"mse"``, the mean over examples and outputs, for a regression),
     ``train`` and ``test`` (against the noisy labels), ``test_clean`` (against the noise-free ones) and the
-    data's ``chance`` level (same metric).
+    data's ``chance`` level (same metric). planting: the target's (:func:`make_target`).
     """
-    target = make_target(task, depth)
+    target = make_target(task, depth, planting=planting)
     data = planting_data(task) if data is None else data
     kind = task_kind(task)
     train_x, train_y = data["train"]

@@ -4,7 +4,16 @@ saliency pruners (SNIP, GraSP, SynFlow), layer collapse, edge-popup (strong tick
 Every selection goes through :func:`lth_sparse.ops.prune_lowest`.
 """
 
-from lth_sparse.prune.collapse import LayerCollapse, layer_collapse, network_collapsed
+from lth_sparse.prune.collapse import (
+    COLLAPSE_CRITERIA,
+    LayerCollapse,
+    TargetNeeds,
+    layer_collapse,
+    network_collapsed,
+    structural_rank,
+    target_needs,
+    task_collapse,
+)
 from lth_sparse.prune.edge_popup import (
     EdgePopupNetwork,
     EdgePopupResult,
@@ -78,9 +87,14 @@ __all__ = [
     "random_scores",
     "snip_scores",
     "synflow_scores",
+    "COLLAPSE_CRITERIA",
     "LayerCollapse",
+    "TargetNeeds",
     "layer_collapse",
     "network_collapsed",
+    "structural_rank",
+    "target_needs",
+    "task_collapse",
     "EdgePopupNetwork",
     "EdgePopupResult",
     "annealed_densities",

@@ -6,8 +6,10 @@ set -euo pipefail
 # 0.1, 0.5, 1 and the planted ticket's own; weak tickets trained with the paper's recipe (Adam, lr 1e-3, batch 32,
 # 10 epochs); 2 seeds, 444 units; 19 minutes on this project's 2-core machine, beside other jobs, trained unit by
 # unit before stacking. The options the committed run was made with are given below where today's defaults differ
-# (--prune-batch 256 --synflow-iterations 100, before they became Plant 'n' Seek's code's 40 and 1; edge-popup
-# then kept round(density * n) per tensor, now GetSubnet's count), so that it resumes here; the README command with
+# (--prune-batch 256 --synflow-iterations 100, before they became Plant 'n' Seek's code's 40 and 1; --planting exact,
+# the targets' exact non-zeros and the paper's L2 matching, before the default became the reference code's planting,
+# recorded in its config.json; edge-popup then kept round(density * n) per tensor, now GetSubnet's count), so that it
+# resumes here; the README command with
 # today's defaults, stacked, is results/plant/stacked (its run.sh; docs/pipelines/plant.md compares them).
 # Usage, from the repository root: bash results/plant/run.sh [OUT] (default: results/plant/run).
 # The committed run keeps each unit's done.json but not its masks and weights: run there, every unit counts as
@@ -16,4 +18,4 @@ out=${1:-results/plant/run}
 lth-sparse plant --tasks relu circle helix --depths 3 5 \
   --pruners random,magnitude,snip,grasp,synflow,multishot-magnitude,multishot-synflow,edge-popup,edge-popup-annealed \
   --densities 0.01,0.1,0.5,1,planted --seeds 2 --out "$out" --executor process --workers 2 --threads 1 \
-  --prune-batch 256 --synflow-iterations 100
+  --prune-batch 256 --synflow-iterations 100 --planting exact

@@ -161,3 +161,56 @@ def test_the_pruning_defaults_are_plant_n_seek_s_code_s():
     config = PlantConfig()
     assert config.prune_batch == 10 * 4
     assert config.synflow_iterations == 1
+
+
+def test_the_summary_says_which_collapse_criterion_fired(tiny):
+    from lth_sparse.prune.collapse import COLLAPSE_CRITERIA
+
+    path, _, summary = tiny
+    for row in summary["rows"]:
+        assert list(row["collapse"]) == list(COLLAPSE_CRITERIA)
+        assert max(row["collapse"].values()) <= row["collapsed"] <= row["seeds"]
+        if row["density_label"] == "1":
+            assert row["collapsed"] == 0  # the dense host computes every target
+    done = read_done(path / "relu" / "depth_3" / "magnitude" / "density_planted" / "seed_0" / "done.json")
+    assert set(done["collapse"]) <= set(COLLAPSE_CRITERIA) and done["collapsed"] == bool(done["collapse"])
+
+
+@pytest.mark.parametrize(("planting", "planted_weights"), [("reference", 115), ("exact", 91)])
+def test_the_planting_option_reaches_the_units(tmp_path, planting, planted_weights):
+    # Helix at depth 3 in a width-100 host (400 weights): the reference code's target keeps 24 rounding residues
+    # as weights, the exact one does not
+    options = dict(tasks=["helix"], depths=[3], pruners="magnitude", densities="1", epochs=0.1, train_size=200)
+    config = config_from_options(PlantConfig, {**options, "planting": planting})
+    summary = plant.run(config, tmp_path / planting, progress=False, log=quiet, plots=False)
+    assert summary["references"][0]["planted_density"] == pytest.approx(planted_weights / 400, abs=1e-12)
+    assert summary["config"]["planting"] == planting
+
+
+def test_the_default_planting_is_the_reference_codes():
+    assert PlantConfig().planting == "reference"
+    with pytest.raises(ConfigError, match="planting"):
+        config_from_options(PlantConfig, {"planting": "paper"})
+
+
+def test_the_fischer_preset_sets_plant_n_seek_s_settings():
+    """Appendix B.1 and RelationalML/PlantNSeek's Synaptic-Flow-Extended/main.py: Adam at 0.001 with no weight
+    decay or learning-rate drops, batch 32, 10 epochs; depths 3, 5, 10 at width 100 for the three tasks; densities
+    0.01, 0.1, 0.5, 1 and the planted one; every pruner single- and multi-shot (10 rounds of 5 epochs), edge-popup
+    and its annealed variant for 10 epochs; 40 scoring examples, single-shot SynFlow; 25 repetitions."""
+    from lth_sparse.pipelines.plant import PRUNERS
+
+    config = config_from_options(PlantConfig, {"preset": "fischer"})
+    assert (config.optimizer, config.lr, config.weight_decay, config.schedule) == ("adam", 1e-3, 0.0, "constant")
+    assert (config.batch_size, config.epochs, config.warmup_epochs) == (32, 10, 0)
+    assert config.tasks == ("relu", "circle", "helix") and config.depths == (3, 5, 10) and config.width == 100
+    assert config.densities == ("0.01", "0.1", "0.5", "1", "planted")
+    assert config.pruners == PRUNERS and len(PRUNERS) == 12
+    assert (config.multishot_rounds, config.multishot_epochs, config.edge_popup_epochs) == (10, 5, 10)
+    assert (config.prune_batch, config.synflow_iterations) == (40, 1)
+    assert config.seed_list() == tuple(range(25)) and config.planting == "reference"
+    # options given override the preset
+    quick = config_from_options(PlantConfig, {"preset": "fischer", "seeds": "2", "depths": [5], "planting": "exact"})
+    assert quick.seed_list() == (0, 1) and quick.depths == (5,) and quick.planting == "exact" and quick.lr == 1e-3
+    with pytest.raises(ConfigError, match="unknown preset"):
+        config_from_options(PlantConfig, {"preset": "fischer2022"})

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from lth_sparse.planting import TASKS, make_target, planting_data, target_performance, ticket_density
-from lth_sparse.planting.targets import CIRCLE_SLOPES, HELIX_KNOTS, univariate_pieces
+from lth_sparse.planting.targets import CIRCLE_SLOPES, HELIX_KNOTS, knot_grid, univariate_pieces
 from lth_sparse.planting.tasks import CIRCLE_BOUNDARIES, helix_function
 
 DEPTHS = [3, 4, 5, 6, 7, 10]
@@ -34,6 +34,20 @@ REFERENCE_WEIGHTS = {
 # 30 knot weights, 30 + 30 outer weights for f_1 and f_2, 1 for f_3, + 1 (the x + 1 neuron) from depth 4,
 # + 3 per identity layer from depth 5.
 HELIX_WEIGHTS = {3: 91, 4: 92, 5: 95, 6: 98, 7: 101, 10: 110}
+# The reference code's Helix counts (lottery_helix_wide(fun_ex1, fun_ex2, fun_ex3, depth, 30), run), per layer,
+# and the knots at which its f_3 output weight is non-zero (all but the first are rounding residues).
+REFERENCE_HELIX_LAYERS = {
+    3: [30, 85],
+    4: [1, 30, 86],
+    5: [1, 30, 86, 3],
+    6: [1, 30, 86, 3, 3],
+    7: [1, 30, 86, 3, 3, 3],
+    10: [1, 30, 86, 3, 3, 3, 3, 3, 3],
+}
+REFERENCE_HELIX_F3_KNOTS = {
+    3: [0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12, 13, 14, 15, 17, 18, 19, 20, 22, 23, 24, 25, 26, 27, 28],
+    4: [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 17, 18, 19, 20, 22, 23, 24, 25, 26, 27, 28],
+}
 
 
 def weight_count(target: nn.Sequential) -> int:
@@ -58,9 +72,41 @@ def test_target_is_linear_relu_layers_of_its_depth(task, depth):
 
 @pytest.mark.parametrize("depth", DEPTHS)
 def test_weight_counts_match_the_reference_code(depth):
+    assert weight_count(make_target("circle", depth, planting="exact")) == REFERENCE_WEIGHTS["circle"][depth]
+    assert weight_count(make_target("relu", depth, planting="exact")) == REFERENCE_WEIGHTS["relu"][depth]
+    assert weight_count(make_target("helix", depth, planting="exact")) == HELIX_WEIGHTS[depth]
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+def test_reference_planting_has_the_reference_codes_non_zeros(depth):
+    # planting="reference" (the default): the reference code's counts for every task, its Helix residues included
     assert weight_count(make_target("circle", depth)) == REFERENCE_WEIGHTS["circle"][depth]
     assert weight_count(make_target("relu", depth)) == REFERENCE_WEIGHTS["relu"][depth]
-    assert weight_count(make_target("helix", depth)) == HELIX_WEIGHTS[depth]
+    helix = make_target("helix", depth)
+    layers = [m.weight for m in helix if isinstance(m, nn.Linear)]
+    assert [int((w != 0).sum()) for w in layers] == REFERENCE_HELIX_LAYERS[depth]
+    assert sum(REFERENCE_HELIX_LAYERS[depth]) - HELIX_WEIGHTS[depth] in (24, 25)  # the residues
+    if depth in REFERENCE_HELIX_F3_KNOTS:
+        f3 = layers[-1][2]
+        assert (f3 != 0).nonzero().flatten().tolist() == REFERENCE_HELIX_F3_KNOTS[depth]
+        assert 0 < float(f3[1:].abs().max()) <= 4e-15  # residues, not weights of the function
+    # the two plantings build the same function, weight by weight to rounding
+    exact = make_target("helix", depth, planting="exact")
+    for a, b in zip(helix.parameters(), exact.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_reference_knots_are_spaced_as_numpy_linspace():
+    # numpy.linspace(start, stop, n): start + i * (stop - start) / (n - 1), the last one stop; the two grids differ
+    # in the last bit of some knots (these are numpy 2's values, printed with float.hex)
+    grid = knot_grid(-1, 1, 30, "reference")
+    step = 2 / 29
+    assert grid.tolist() == [i * step - 1 for i in range(29)] + [1.0]
+    assert knot_grid(0, 2, 30, "reference")[14].item().hex() == (14 * (2 / 29)).hex()
+    assert not torch.equal(grid, knot_grid(-1, 1, 30, "exact"))
+    torch.testing.assert_close(grid, knot_grid(-1, 1, 30, "exact"), atol=1e-15, rtol=0)
+    with pytest.raises(ValueError, match="unknown planting 'paper'; choose one of reference, exact"):
+        make_target("helix", 3, planting="paper")
 
 
 def test_planted_densities_at_width_100_are_the_papers():
@@ -71,13 +117,16 @@ def test_planted_densities_at_width_100_are_the_papers():
     assert ticket_density(make_target("relu", 3), 100) == pytest.approx(0.01)
     # Helix: the paper's .29 is the reference code's 115 / 400, which counts 24 rounding residues of f_3
     # (see HELIX_WEIGHTS); the exact construction keeps 91 / 400.
-    assert ticket_density(make_target("helix", 3), 100) == pytest.approx(91 / 400)
+    assert ticket_density(make_target("helix", 3, planting="exact"), 100) == pytest.approx(91 / 400)
     assert round((91 + 24) / 400, 2) == 0.29
+    assert ticket_density(make_target("helix", 3), 100) == pytest.approx(115 / 400)  # planting="reference"
+    assert round(ticket_density(make_target("helix", 3), 100), 2) == 0.29
     # Depth 5 (Figure 7, the leftmost sparsity; the reference code's counts): 4 weight layers,
     # 2*100 + 100*100*2 + 100*4 = 20600 weights for Circle, 20200 for ReLU, 20400 for Helix.
     assert ticket_density(make_target("circle", 5), 100) == pytest.approx(108 / 20600)
     assert ticket_density(make_target("relu", 5), 100) == pytest.approx(4 / 20200)
-    assert ticket_density(make_target("helix", 5), 100) == pytest.approx(95 / 20400)
+    assert ticket_density(make_target("helix", 5, planting="exact"), 100) == pytest.approx(95 / 20400)
+    assert ticket_density(make_target("helix", 5), 100) == pytest.approx(120 / 20400)
 
 
 def test_known_parameters_of_the_reference_code():
@@ -136,7 +185,7 @@ def test_helix_target_is_the_interpolant_through_30_knots(depth):
 
 def test_helix_third_coordinate_is_a_single_path():
     # f_3 is linear: its only outer weight is on the first knot (Section 2.3: "a path ... a single neuron per layer")
-    outer = make_target("helix", 3)[2].weight
+    outer = make_target("helix", 3, planting="exact")[2].weight
     assert (outer[0] != 0).sum() == HELIX_KNOTS and (outer[1] != 0).sum() == HELIX_KNOTS
     assert (outer[2] != 0).nonzero().flatten().tolist() == [0]
 

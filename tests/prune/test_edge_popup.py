@@ -192,7 +192,8 @@ def test_edge_popup_finds_a_strong_ticket_above_chance_on_circle():
     # the paper reports for depth 3.
     data = _task_data("circle", 10000)
     chance = planting_data("circle")["chance"]
-    host, _, _ = plant(make_target("circle", depth=5), width=100, seed=0)
+    # the exact construction: the host the thresholds below were measured on
+    host, _, _ = plant(make_target("circle", depth=5, planting="exact"), width=100, seed=0, planting="exact")
     host = host.float()
     masks, bias_masks, history = edge_popup(host, data, 0.5, epochs=2, seed=0)
     ticket = strong_ticket(host, masks, bias_masks)
@@ -207,7 +208,8 @@ def test_edge_popup_trains_a_regression_on_raw_outputs_with_mse():
     # after 3 epochs, seeds 0-2, against chance ~0.098 and 0.25-1.7 at the initial scores).
     data = _task_data("relu", 2000)
     chance = planting_data("relu", n=2000)["chance"]
-    host, _, _ = plant(make_target("relu", depth=3), width=100, seed=0)
+    # the exact construction: the host the thresholds below were measured on
+    host, _, _ = plant(make_target("relu", depth=3, planting="exact"), width=100, seed=0, planting="exact")
     host = host.float()
     start = EdgePopupNetwork(host, 0.5, seed=0)
     with torch.no_grad():
