@@ -4,7 +4,9 @@ A **unit** is one independent, resumable piece of work: a picklable description 
 function by name, its config, its sub-directory of the run). It writes only into its own
 directory and finishes by writing ``done.json``; a unit with ``done.json`` is never run
 again, and a killed unit restarts (from its own last saved state where it keeps one, else
-from scratch). Its directory also gets ``unit.log``, the lines it logged.
+from scratch). Its directory also gets ``unit.log``, the lines it logged. A unit of a run sent to
+experiment trackers carries the run's :class:`~lth_sparse.tracking.TrackingSpec`: it is tracked where it
+runs, as its own tracker run (:func:`~lth_sparse.tracking.track_units`).
 
 Every executor (:mod:`lth_sparse.executors`) runs a unit through :func:`run_unit`, so a
 unit's files are the same whichever executor ran it. Under ``torchrun`` every rank runs
@@ -14,6 +16,7 @@ the unit; rank 0 alone decides whether it is done and writes its directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import time
 from collections.abc import Callable, Sequence
@@ -25,8 +28,10 @@ import torch
 
 from lth_sparse.distributed import World
 from lth_sparse.runs import Steps
+from lth_sparse.tracking import TrackingSpec, track_units
+from lth_sparse.train import TrainConfig
 
-__all__ = ["Stack", "Unit", "run_unit", "stacks"]
+__all__ = ["Stack", "Unit", "run_unit", "stacks", "unit_identity"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,9 @@ class Unit:
     own directory, each result its ``done.json``), and ``stack_key``: units of one stage whose ``stacked`` and
     ``stack_key`` are equal may run as one :class:`Stack` (their trainings share what stacking needs: the
     architecture, the data's shape, the schedule).
+
+    ``tracking``: the experiment trackers of its run (set by the driver where the run has any), which
+    :func:`run_unit` opens the unit's tracker run in.
     """
 
     function: str
@@ -51,6 +59,7 @@ class Unit:
     label: str = ""
     stacked: str = ""
     stack_key: Any = None
+    tracking: TrackingSpec | None = None
 
     @property
     def name(self) -> str:
@@ -98,6 +107,25 @@ def stacks(units: Sequence[Unit], size: int) -> list[Unit | Stack]:
     return out
 
 
+def unit_identity(config) -> dict[str, Any]:
+    """What tells a unit apart among its run's, from its arguments ``config``: the plain values (str, int, float,
+    bool) among the fields of a spec dataclass (seed, round, task, ticket kind, copy, ...) and the ``seed`` of a
+    config it carries where it has none of its own; of a whole pipeline config (an IMP seed's), its ``seed``.
+    The tags of the unit's tracker run."""
+    if isinstance(config, TrainConfig):
+        return {"seed": config.seed} if hasattr(config, "seed") else {}
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return {}
+    identity: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, (str, int, float, bool)):
+            identity[field.name] = value
+        elif isinstance(value, TrainConfig) and hasattr(value, "seed"):
+            identity.setdefault("seed", value.seed)
+    return identity
+
+
 def _resolve(function: str) -> Callable:
     module, _, name = function.partition(":")
     if not module or not name:
@@ -119,7 +147,7 @@ def run_unit(
     unit logs is appended to its ``unit.log`` (and passed to ``echo`` when given). The same
     whichever executor calls it: this is the one place that applies the ``done.json`` rule.
     Under torchrun every rank runs the unit; rank 0 decides whether it is done and alone
-    writes its directory and ``unit.log`` (the others log nothing).
+    writes its directory and ``unit.log`` (the others log nothing), and alone tracks it (its ``tracking``).
 
     A :class:`Stack`: its members that are not done run together through their ``stacked`` function, each
     logging to its own ``unit.log`` and finished by its own ``done.json``; returns their ``done.json`` s.
@@ -140,10 +168,13 @@ def run_unit(
                 unit.name, "started" + _threads_note(threads) + (f" on {world.size} ranks" if world.size > 1 else "")
             )
         )
+        tracked = [(unit.tracking, directory, unit.name, unit_identity(unit.config))] if world.writer else []
+        tracking = files.enter_context(track_units(tracked))
         started = time.perf_counter()
         with _torch_threads(threads):
             result = function(unit.config, directory, log, progress)
         world.on_writer(lambda: steps.mark_done(unit.directory, result), share=False)
+        tracking.finish([result])
         log(_stamp(unit.name, f"done in {time.perf_counter() - started:.2f} s"))
     return result
 
@@ -162,6 +193,9 @@ def _run_stack(
         logs = [_unit_log(files, steps / unit.directory, echo) for unit in pending]
         for unit, log in zip(pending, logs):
             log(_stamp(unit.name, f"started in a stack of {len(pending)}" + _threads_note(threads)))
+        tracking = files.enter_context(
+            track_units([(u.tracking, steps / u.directory, u.name, unit_identity(u.config)) for u in pending])
+        )
         started = time.perf_counter()
         with _torch_threads(threads):
             results = function([u.config for u in pending], [steps / u.directory for u in pending], logs, progress)
@@ -170,6 +204,7 @@ def _run_stack(
         for unit, log, result in zip(pending, logs, results):
             steps.mark_done(unit.directory, result)
             log(_stamp(unit.name, f"done in {time.perf_counter() - started:.2f} s (a stack of {len(pending)})"))
+        tracking.finish(results)
     return results
 
 

@@ -18,7 +18,9 @@ re-running a finished run does no work. The command line and sweeps both go thro
 One process at a time runs a run directory: the driver takes the directory's
 :class:`~lth_sparse.runs.RunLock` when it claims it and holds it until its summary is written, so a
 second driver (or ``lth-sparse plot``) on it is refused at once, naming the process that holds it;
-the lock dies with its holder. The summary of an unfinished run (``lth-sparse plot`` on a killed
+the lock dies with its holder. A run with experiment trackers (the config's ``tracker``;
+:mod:`lth_sparse.tracking`) gets its own tracker run from the driver (its config, then its summary and plots)
+and each of its units one where the unit runs. The summary of an unfinished run (``lth-sparse plot`` on a killed
 run: :meth:`Pipeline.summarize_partial`) says so (``"partial": {"units_done": k, "units": n}``)
 and never replaces a ``summary.json`` that holds more figures.
 
@@ -48,6 +50,7 @@ from lth_sparse.experiment import release_shared
 from lth_sparse.integrity import Damaged
 from lth_sparse.registry import Registry
 from lth_sparse.runs import RunDir, RunLock, Steps, check_run
+from lth_sparse.tracking import RunTracking, TrackingSpec, check_trackers, resolve_wandb_mode
 from lth_sparse.units import Unit, stacks
 
 __all__ = [
@@ -315,7 +318,9 @@ def open_run(pipeline: Pipeline, config, out_dir, prefix: str = "") -> RunPlan:
     """The run of ``config`` in ``out_dir``, checked (the directory's kind and config, then the config's inputs
     by :meth:`Pipeline.check`, unless the directory holds this very config and every unit of it is done: a
     finished run re-run does no work), not yet written. What ``check`` refuses (``ValueError``, ``KeyError``,
-    ``OSError``: it judges the user's input) is raised as a :class:`~lth_sparse.errors.UserError`."""
+    ``OSError``: it judges the user's input) is raised as a :class:`~lth_sparse.errors.UserError`, and so is an
+    experiment tracker whose package is missing."""
+    check_trackers(getattr(config, "tracker", ()))
     with judging_input():
         run = RunDir(out_dir, config, pipeline.kind, claim=False)
         if not _finished(pipeline, run):  # a finished run of the same options has nothing left to check
@@ -444,6 +449,11 @@ def drive(
     Each run's lock (:class:`~lth_sparse.runs.RunLock`) is taken when it is claimed and held until the summaries
     are written (or the driver fails): a run another process holds is refused (:class:`~lth_sparse.runs.RunBusy`).
 
+    A run with experiment trackers (:mod:`lth_sparse.tracking`) has its own tracker run opened once it is claimed
+    (its config as hyperparameters) and closed with its summary's figures and plots (or as failed, where the
+    driver fails); its units carry its :class:`~lth_sparse.tracking.TrackingSpec` to where they run. Whether W&B
+    logs online is decided once, here.
+
     Under torchrun (one run only) every rank calls it: rank 0 alone opens, claims (and locks), finds the
     unfinished units and summarises, and shares what it found; every rank runs the units and returns rank 0's
     summaries.
@@ -455,14 +465,21 @@ def drive(
         if not world.writer:
             log, progress = _silent, False
 
+        trackings: list[RunTracking | None] = []  # on rank 0: each run's own tracker run, where it has trackers
+
         def open_and_claim() -> list[RunPlan]:
             plans = open_plans()
             for plan in plans:
                 locks.callback(plan.lock.release)
                 claim(plan, log)
+            trackings.extend(_start_tracking(plans, log))
+            for tracking in trackings:
+                if tracking is not None:  # closed as failed where the driver fails (a no-op once closed)
+                    locks.callback(tracking.finish, None)
             return plans
 
         plans = world.on_writer(open_and_claim, share=False)
+        specs = [t.spec if t is not None else None for t in trackings] or [None] * len(configs)
         sizes: list[int] = []
 
         def stacked(units: list[Unit]) -> list:
@@ -494,12 +511,17 @@ def drive(
         for i in range(max((len(stages) for stages in stages_of), default=0)):
             pending = world.on_writer(functools.partial(unfinished, i))
             if pending:
-                units = [_under(stages_of[k][i][j], prefixes[k]) for k, j in pending]
+                units = [_under(stages_of[k][i][j], prefixes[k], specs[k]) for k, j in pending]
                 executor.run(stacked(units), root, log=log, progress=progress)
         release_shared()  # the data the units of this process shared
         summaries = world.on_writer(
             lambda: [summarize_if_changed(plan, stages, plots) for plan, stages in zip(plans, stages_of)]
         )
+        for plan, tracking, summary in zip(plans or [], trackings, summaries):
+            if tracking is not None:
+                tracking.finish(summary, sorted((plan.run.path / "plots").rglob("*.png")) if plots else ())
+                for line in tracking.spec.where():
+                    log(line)
         locks.close()  # the summaries are written: another process may run these runs now
         if report:
             for line in pipeline.report(summaries[0]):
@@ -536,13 +558,42 @@ def refuse_under_torchrun() -> None:
         )
 
 
-def _under(unit: Unit, prefix: str) -> Unit:
-    """``unit`` of a run in ``prefix/``, its directory relative to the root that holds that run."""
+def _under(unit: Unit, prefix: str, tracking: TrackingSpec | None = None) -> Unit:
+    """``unit`` of a run in ``prefix/``, its directory relative to the root that holds that run, carrying the
+    run's ``tracking`` (where it has trackers)."""
+    if tracking is not None:
+        unit = dataclasses.replace(unit, tracking=tracking)
     if not prefix:
         return unit
     return dataclasses.replace(
         unit, directory=(PurePosixPath(prefix) / unit.directory).as_posix(), label=f"{prefix}: {unit.name}"
     )
+
+
+def _start_tracking(plans: Sequence[RunPlan], log: Callable[[str], None]) -> list[RunTracking | None]:
+    """Each claimed run's own tracker run (:class:`~lth_sparse.tracking.RunTracking`; ``None`` for a run without
+    trackers), W&B's mode decided once for all of them."""
+    modes: dict[str, str] = {}
+    trackings: list[RunTracking | None] = []
+    try:
+        for plan in plans:
+            config = plan.config
+            trackers = getattr(config, "tracker", ())
+            if not trackers:
+                trackings.append(None)
+                continue
+            requested = config.wandb_mode if "wandb" in trackers else "offline"
+            if requested not in modes:
+                modes[requested] = resolve_wandb_mode(requested, log)
+            spec = TrackingSpec.of_run(config, plan.pipeline.kind, plan.run.hash, plan.run.path, modes[requested])
+            settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+            trackings.append(RunTracking(spec, settings))
+    except BaseException:
+        for tracking in trackings:
+            if tracking is not None:
+                tracking.finish(None)
+        raise
+    return trackings
 
 
 def _silent(line: str) -> None:

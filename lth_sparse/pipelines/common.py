@@ -2,7 +2,8 @@
 
 - :class:`CommonConfig`: the options every pipeline shares (the training hyperparameters of
   :class:`~lth_sparse.train.TrainConfig`, the seed and the seeds, the training subset and the
-  validation share, the device, the data folder, the threads), defined once; a pipeline's config
+  validation share, the device, the data folder, the threads, the experiment trackers of
+  :mod:`lth_sparse.tracking`), defined once; a pipeline's config
   inherits them and adds its own (a field redefined by a pipeline keeps its place and its name:
   only its default or its help differ);
 - :func:`parse_seeds`, the ``--seeds`` option's reading; :func:`parse_stack`, the ``--stack`` option's;
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from lth_sparse.config import data_dir_option, device_option, option, threads_option
 from lth_sparse.executors import resolve_threads
 from lth_sparse.stats import over_seeds
+from lth_sparse.tracking import TRACKERS, WANDB_MODES, parse_trackers
 from lth_sparse.train import TrainConfig
 
 __all__ = [
@@ -146,9 +148,44 @@ class CommonConfig(TrainConfig):
         parse=parse_stack,
         default_text="auto",
     )
+    tracker: tuple[str, ...] = option(
+        (),
+        f"experiment trackers to log the run to, any of {', '.join(TRACKERS)} (each an optional extra: pip install "
+        "'lth_sparse[NAME]'; docs/trackers.md)",
+        identity=False,
+        metavar="NAME,...",
+        parse=parse_trackers,
+    )
+    tracker_dir: str | None = option(
+        None,
+        "where TensorBoard, W&B and MLflow's default store write",
+        identity=False,
+        metavar="DIR",
+        default_text="RUN/tracking",
+    )
+    tracker_project: str = option(
+        "lth-sparse", "the W&B project and the MLflow experiment", identity=False, metavar="NAME"
+    )
+    wandb_entity: str | None = option(None, "the W&B entity (user or team)", identity=False, metavar="NAME")
+    wandb_mode: str = option(
+        "online",
+        "online: W&B logs online where it has credentials and reaches its server, else offline (said once)",
+        choices=WANDB_MODES,
+        identity=False,
+    )
+    mlflow_uri: str | None = option(
+        None,
+        "the MLflow tracking URI",
+        identity=False,
+        metavar="URI",
+        default_text="$MLFLOW_TRACKING_URI, else sqlite:///TRACKER_DIR/mlflow.db",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "tracker", parse_trackers(self.tracker))  # also from the API: a str or a list
+        if self.wandb_mode not in WANDB_MODES:
+            raise ValueError(f"wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
         if self.threads is not None:
             resolve_threads(self.threads)
         if len(set(self.seeds)) != len(self.seeds):

@@ -32,6 +32,7 @@ from torch import Tensor
 from lth_sparse.atomic import atomic_torch_save, strict_json_value
 from lth_sparse.config import option
 from lth_sparse.data import Dataset, Split, batches
+from lth_sparse.tracking import record_validation
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -290,7 +291,9 @@ def epoch_generators(
 class ValidationRecords:
     """The validation records of one training as they come: its ``history``, its ``best`` (validation loss,
     iteration; a NaN best is replaced by the next record) and the JSONL file each record is appended to at once
-    (strict JSON: NaN as ``null``), flushed, so a crash loses nothing already measured."""
+    (strict JSON: NaN as ``null``), flushed, so a crash loses nothing already measured. Each record written to
+    the file is also handed to the experiment tracker of the unit that holds the file, where one is open
+    (:func:`~lth_sparse.tracking.record_validation`): the same values, nothing measured again."""
 
     def __init__(self, start_iteration: int, metrics_file=None) -> None:
         self.history: list[dict] = []
@@ -312,6 +315,7 @@ class ValidationRecords:
         if self.file is not None:
             self.file.write(json.dumps(strict_json_value(entry), allow_nan=False) + "\n")
             self.file.flush()
+            record_validation(self.file.name, entry)
         return entry
 
     def result(self, iterations: int, test_loss: float, test_accuracy) -> TrainResult:
