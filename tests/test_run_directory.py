@@ -86,3 +86,28 @@ def test_a_killed_driver_takes_its_workers_with_it_and_leaves_the_run_to_resume(
     assert [read_done(d / "done.json")["pid"] for d in held] == [os.getpid()] * 2
     assert summary == {"kind": "holding", "values": [2, 2, 3]}
     assert (run / LOCK_FILE).read_text().split() == [str(os.getpid())]
+
+
+def test_a_finished_runs_summary_is_rebuilt_when_its_pipelines_summary_format_moves(tmp_path):
+    # a summary is read back while nothing it is made from changed; a new summary format (the same units made
+    # into another summary) is such a change
+    from tests.pipelines.unit_functions import HoldingPipeline
+
+    class Counting(HoldingPipeline):
+        built = 0
+
+        def summarize(self, run_dir, *, plots: bool = True) -> dict:
+            type(self).built += 1
+            return super().summarize(run_dir, plots=plots)
+
+    config, run = HoldingConfig(held_from=9), tmp_path / "run"
+    quiet = dict(executor=LocalExecutor(1), log=lambda line: None, progress=False, plots=False)
+    pipeline = Counting()
+    assert pipeline.run(config, run, **quiet) == {"kind": "holding", "values": [2, 4, 6]}
+    pipeline.run(config, run, **quiet)
+    assert Counting.built == 1, "nothing changed: read back"
+    pipeline.summary_format = 2
+    pipeline.run(config, run, **quiet)
+    assert Counting.built == 2, "another summary format: rebuilt"
+    pipeline.run(config, run, **quiet)
+    assert Counting.built == 2

@@ -80,6 +80,10 @@ class Pipeline:
 
     kind: str = ""
     config_class: type = object
+    summary_format: int = 1
+    """The version of what :meth:`summarize` makes of the same units: raised when a summary's content changes
+    (a field renamed, a figure computed otherwise), so that a finished run's summary is rebuilt on its next
+    resume instead of read back (:meth:`summary_stamp`)."""
     help: str = ""
     description: str = ""
     epilog: str = ""
@@ -217,9 +221,9 @@ class Pipeline:
         )
 
     def summary_stamp(self, run_dir: Path, config, units: Sequence[Unit]) -> str:
-        """What ``summary.json`` of ``run_dir`` is built from, as a digest: the package's version, the run's
-        ``config.json``, every planned unit's ``done.json`` and :meth:`summary_inputs` (each by size and
-        modification time)."""
+        """What ``summary.json`` of ``run_dir`` is built from, as a digest: the package's version, the
+        pipeline's :attr:`summary_format`, the run's ``config.json``, every planned unit's ``done.json`` and
+        :meth:`summary_inputs` (each by size and modification time)."""
         from lth_sparse._version import __version__
 
         def stat(path: Path) -> list:
@@ -231,6 +235,7 @@ class Pipeline:
 
         record = [
             __version__,
+            self.summary_format,
             (run_dir / "config.json").read_bytes().hex(),
             [stat(run_dir / u.directory / "done.json") for u in units],
             [stat(Path(p)) for p in self.summary_inputs(config)],

@@ -503,6 +503,7 @@ class ConsensusPipeline(Pipeline):
     """
 
     kind = "consensus"
+    summary_format = 2  # 2: the independence baseline from each layer's density, the tasks as given
     config_class = ConsensusConfig
     help = "consensus (pret-a-porter) tickets: bespoke IMP tickets on several tasks, intersected"
     description = (

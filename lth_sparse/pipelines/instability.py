@@ -747,6 +747,7 @@ class InstabilityPipeline(Pipeline):
     """
 
     kind = "instability"
+    summary_format = 2  # 2: no unlabelled top-level test_error_barrier
     config_class = InstabilityConfig
     help = "instability to SGD noise: error barriers between copies trained from one state"
     description = (

@@ -506,6 +506,7 @@ class PlantPipeline(Pipeline):
     """
 
     kind = "plant"
+    summary_format = 2  # 2: the collapse criteria counted per row
     config_class = PlantConfig
     help = "plant tickets with known ground truth and benchmark pruners against them (Plant 'n' Seek)"
     description = (

@@ -559,6 +559,7 @@ class TransferPipeline(Pipeline):
     """
 
     kind = "transfer"
+    summary_format = 2  # 2: a matrix cell says its round and density and borrows no far round, the targets as given
     config_class = TransferConfig
     help = "train an IMP run's tickets on other data sets or optimizers, beside the random-ticket controls"
     description = (
