@@ -157,11 +157,16 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
         choices=EXECUTORS,
         default="local",
         help="local: in this process, in order; process: a pool of --workers local processes; ray: "
-        "Ray tasks on a cluster (pip install 'lth_sparse[ray]') (default: local)",
+        "Ray tasks on a cluster (pip install 'lth_sparse[ray]'); slurm: a SLURM job array per stage, a task "
+        "per unit (pip install 'lth_sparse[slurm]') (default: local)",
     )
     group.add_argument("--workers", type=int, default=2, help="worker processes of --executor process (default: 2)")
     group.add_argument(
-        "--retries", type=int, default=2, help="times a unit whose worker died is retried, process and ray (default: 2)"
+        "--retries",
+        type=int,
+        default=2,
+        help="times a unit whose worker died (process, ray) or whose SLURM job ended without a result (cancelled, "
+        "its node lost) is run again; also the times a SLURM job at its time limit is requeued (default: 2)",
     )
     group.add_argument(
         "--ray-address",
@@ -173,15 +178,52 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
         "--ray-num-cpus", type=float, default=None, help="CPUs Ray reserves per unit (default: its thread count)"
     )
     group.add_argument("--ray-num-gpus", type=float, default=0, help="GPUs Ray reserves per unit (default: 0)")
+    group.add_argument("--slurm-partition", metavar="NAME", help="the SLURM partition (default: the cluster's)")
+    group.add_argument(
+        "--slurm-cpus-per-task", type=int, metavar="N", help="CPUs of each SLURM task (default: its --threads)"
+    )
+    group.add_argument(
+        "--slurm-gpus-per-task", type=int, default=0, metavar="N", help="GPUs of each SLURM task (default: 0)"
+    )
+    group.add_argument(
+        "--slurm-mem", metavar="SIZE", help="memory of each SLURM task: 4G, 500M, ... (default: the partition's)"
+    )
+    group.add_argument(
+        "--slurm-time",
+        type=int,
+        default=60,
+        metavar="MINUTES",
+        help="time limit of each SLURM task; one that reaches it is requeued and resumes (default: 60)",
+    )
+    group.add_argument(
+        "--slurm-array-parallelism",
+        type=int,
+        metavar="N",
+        help="tasks of a stage's job array running at once (default: no limit but the cluster's)",
+    )
+    group.add_argument(
+        "--slurm-folder",
+        metavar="DIR",
+        help="submitit's job scripts and logs, on a file system the nodes see (default: RUN/slurm)",
+    )
+    group.add_argument(
+        "--slurm-option",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another sbatch option, repeatable: --slurm-option account=lab --slurm-option qos=low",
+    )
 
 
 def executor_from_args(args, threads: int | None):
-    """The executor the options ask for, checked (Ray missing, a bad count: a :class:`UserError`); ``threads`` above
-    the cores this process may use is said once, as a warning: the threads would wait for each other's cores."""
+    """The executor the options ask for, checked (Ray, submitit or SLURM missing, a bad count: a :class:`UserError`);
+    ``threads`` above the cores this process may use is said once, as a warning: the threads would wait for each
+    other's cores (not for ``--executor slurm``, whose units run on the cluster's nodes)."""
     from lth_sparse.executors import make_executor, usable_cores
 
     cores = usable_cores()
-    if isinstance(threads, int) and threads > cores and os.environ.get("RANK", "0") == "0":
+    if isinstance(threads, int) and threads > cores and args.executor != "slurm" and os.environ.get("RANK", "0") == "0":
         print(
             f"lth-sparse {args.command}: warning: --threads {threads} is more than the {cores} usable cores here: "
             "the threads beyond them wait for a core (slower, not faster)",
@@ -195,7 +237,22 @@ def executor_from_args(args, threads: int | None):
         ray_address=args.ray_address,
         num_cpus=args.ray_num_cpus,
         num_gpus=args.ray_num_gpus,
+        slurm=_slurm_options(args) if args.executor == "slurm" else None,
     )
+
+
+def _slurm_options(args) -> dict:
+    """The ``--slurm-*`` options as the keyword options of :class:`lth_sparse.executors.SlurmExecutor`."""
+    return {
+        "partition": args.slurm_partition,
+        "cpus_per_task": args.slurm_cpus_per_task,
+        "gpus_per_task": args.slurm_gpus_per_task,
+        "mem": args.slurm_mem,
+        "time_limit": args.slurm_time,
+        "array_parallelism": args.slurm_array_parallelism,
+        "folder": args.slurm_folder,
+        "options": dict(args.slurm_option),
+    }
 
 
 def _add_pipeline(sub, pipeline) -> None:

@@ -9,7 +9,9 @@ One interface runs any pipeline anywhere (see :mod:`lth_sparse.units` and :mod:`
   its traceback once the others have finished (errors are not retried: they would recur);
   the workers die with the process that started them, however it dies (within about
   0.1 s; see :func:`die_with_parent`), so that no unit goes on alone;
-- :class:`RayExecutor` (``--executor ray``): each unit a Ray task on a cluster.
+- :class:`RayExecutor` (``--executor ray``): each unit a Ray task on a cluster;
+- :class:`SlurmExecutor` (``--executor slurm``): each stage a SLURM job array (through submitit), a unit
+  (or stack of units) a task of it, with its CPUs, GPUs, memory, time limit and partition.
 
 A unit's files are the same whichever executor ran it (same seeds, same files, same
 thread count): each calls :func:`lth_sparse.units.run_unit`.
@@ -26,9 +28,14 @@ the run's ``config.json``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing
 import os
+import re
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -44,15 +51,17 @@ __all__ = [
     "LocalExecutor",
     "ProcessExecutor",
     "RayExecutor",
+    "SlurmExecutor",
     "UnitsFailed",
     "default_threads",
     "die_with_parent",
     "make_executor",
     "resolve_threads",
+    "sbatch_message",
     "usable_cores",
 ]
 
-EXECUTORS = ("local", "process", "ray")
+EXECUTORS = ("local", "process", "ray", "slurm")
 
 
 def usable_cores() -> int:
@@ -348,7 +357,9 @@ class RayExecutor:
         import ray
 
         self._connect()
-        remote = ray.remote(_ray_unit).options(max_retries=self.retries, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+        remote = ray.remote(_run_reported).options(
+            max_retries=self.retries, num_cpus=self.num_cpus, num_gpus=self.num_gpus
+        )
         run_dir = str(Path(run_dir).resolve())  # a worker's working directory is not the driver's on another node
         refs = {remote.remote(unit, run_dir, self.threads): unit for unit in units}
         failures: dict[str, str] = {}
@@ -369,12 +380,214 @@ class RayExecutor:
             raise UnitsFailed(failures)
 
 
-def _ray_unit(unit, run_dir: str, threads: int):
+def _run_reported(unit, run_dir: str, threads: int) -> tuple[str, str | None]:
+    """``("done", None)`` once ``unit`` has run in ``run_dir`` (:func:`run_unit`), or ``("error", its traceback)``
+    where it raised: what a worker on a cluster sends back to the process that waits for it."""
     try:
         run_unit(unit, run_dir, threads=threads, progress=False)
         return "done", None
     except Exception:  # noqa: BLE001 - reported to the driver with its traceback
         return "error", traceback.format_exc()
+
+
+SLURM_MEMORY = re.compile(r"[1-9][0-9]*[KMGT]?")
+"""A ``--mem`` of sbatch: a positive integer with an optional unit (K, M, G, T; megabytes without one)."""
+
+SLURM_POLL_SECONDS = 1.0
+"""How often :class:`SlurmExecutor` looks for its jobs' results (files in its folder; ``sacct`` is asked by
+submitit's own schedule: at 2, 4, 8, ... s after a submission, then every 10 minutes at most)."""
+
+SLURM_STATE_LIMIT_SECONDS = 600.0
+"""How long a job may stay unknown to SLURM's accounting (``sacct``) before it is given up: a job that no
+``sacct`` answer lists could be waited for forever (a cancelled job would never be seen to end)."""
+
+SLURM_DRAIN_SECONDS = 600.0
+"""How long a cancelled or killed job is waited for to leave the queue before its unit is resubmitted: submitit
+ignores SIGTERM, so a cancelled job's process lives on until SLURM kills it (``KillWait`` seconds later), and
+two jobs of one unit must not write its folder at once."""
+
+
+class SlurmExecutor:
+    """Each stage a SLURM job array through submitit: a task per unit (or stack of units), at most
+    ``array_parallelism`` running at once, each with ``cpus_per_task`` CPUs (default: its thread count),
+    ``gpus_per_task`` GPUs, ``mem`` memory (sbatch's ``--mem``: ``4G``, ``500M``; default: the partition's),
+    a time limit of ``time_limit`` minutes, on ``partition`` (default: the cluster's); ``options`` are more sbatch
+    options (``{"account": "lab", "qos": "low"}``).
+
+    A unit that raises is reported with its traceback once the others have finished (not retried: it would
+    recur). A job that ends without a result (cancelled with ``scancel``, its node lost, killed for its memory)
+    is resubmitted, up to ``retries`` times, once it has left the queue; a job that reaches its time limit or is
+    preempted is requeued by submitit (up to ``retries`` times for time limits): either way the unit resumes
+    from what it had finished (its ``done.json`` files). Options the cluster refuses are a :class:`UserError`
+    with sbatch's message, on one line. ``folder``: submitit's scripts, pickles and logs (default:
+    ``RUN/slurm``). The run directory and ``folder`` must be on a file system every node sees; the jobs run
+    this process's Python, with its environment.
+    """
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        retries: int = 2,
+        *,
+        partition: str | None = None,
+        cpus_per_task: int | None = None,
+        gpus_per_task: int = 0,
+        mem: str | None = None,
+        time_limit: int = 60,
+        array_parallelism: int | None = None,
+        folder: str | os.PathLike | None = None,
+        options: dict[str, str] | None = None,
+    ) -> None:
+        try:
+            import submitit  # noqa: F401
+        except ImportError as error:
+            raise UserError(
+                "--executor slurm needs submitit: pip install 'lth_sparse[slurm]' (or pip install submitit)"
+            ) from error
+        missing = [command for command in ("sbatch", "srun", "sacct", "squeue") if shutil.which(command) is None]
+        if missing:
+            raise UserError(f"--executor slurm: no SLURM here ({', '.join(missing)} not found on PATH)")
+        self.retries = _check_count("retries", retries, 0)
+        self.threads = resolve_threads(threads, 1)
+        self.cpus_per_task = (
+            self.threads if cpus_per_task is None else _check_count("--slurm-cpus-per-task", cpus_per_task, 1)
+        )
+        self.gpus_per_task = _check_count("--slurm-gpus-per-task", gpus_per_task, 0)
+        self.time_limit = _check_count("--slurm-time", time_limit, 1)
+        self.array_parallelism = (
+            None if array_parallelism is None else _check_count("--slurm-array-parallelism", array_parallelism, 1)
+        )
+        if mem is not None and not SLURM_MEMORY.fullmatch(str(mem)):
+            raise UserError(f"--slurm-mem must be a size such as 4G or 500M, got {mem!r}")
+        if partition is not None and not partition.strip():
+            raise UserError("--slurm-partition must not be empty")
+        self.partition, self.mem, self.folder = partition, mem, folder
+        self.options = dict(options or {})
+
+    def parameters(self) -> dict:
+        """The parameters of submitit's ``SlurmExecutor`` (sbatch's options) every job of this executor gets."""
+        parameters = {"job_name": "lth-sparse", "time": self.time_limit, "cpus_per_task": self.cpus_per_task}
+        if self.gpus_per_task:
+            parameters["gpus_per_task"] = self.gpus_per_task
+        if self.mem is not None:
+            parameters["mem"] = self.mem
+        if self.partition is not None:
+            parameters["partition"] = self.partition
+        if self.array_parallelism is not None:
+            parameters["array_parallelism"] = self.array_parallelism
+        if self.options:
+            parameters["additional_parameters"] = dict(self.options)
+        return parameters
+
+    def run(
+        self, units: Sequence, run_dir, *, log: Callable[[str], None] = print, progress: bool | None = None
+    ) -> None:
+        import submitit
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
+        run_dir = Path(run_dir).resolve()  # the jobs' working directory is not this process's
+        folder = Path(self.folder).resolve() if self.folder is not None else run_dir / "slurm"
+        slurm = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.retries)
+        slurm.update_parameters(**self.parameters())
+        attempts = [0] * len(units)
+        jobs: dict[int, object] = {}  # unit index -> its job, while it runs
+        unknown_since: dict[int, float] = {}
+        failures: dict[str, str] = {}
+
+        def submit(indices: list[int]) -> None:
+            errors = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(errors):  # submitit echoes sbatch's complaint: it is our message
+                    new = slurm.map_array(
+                        _SlurmUnit(), [units[i] for i in indices], [str(run_dir)] * len(indices),
+                        [self.threads] * len(indices),
+                    )  # fmt: skip
+            except FailedJobError as error:
+                raise UserError(f"SLURM refused the job: {sbatch_message(str(error))}") from None
+            jobs.update(zip(indices, new))
+            first = new[0].job_id.split("_")[0]
+            log(f"{len(indices)} unit(s) submitted to SLURM as job {first}" + (" (an array)" if len(new) > 1 else ""))
+
+        with _unit_bar(len(units), progress, "units (slurm)") as bar:
+            try:
+                submit(list(range(len(units))))
+                while jobs:
+                    time.sleep(SLURM_POLL_SECONDS)
+                    again: list[int] = []
+                    for index, job in list(jobs.items()):
+                        name = units[index].name
+                        if not job.done():
+                            if job.state != "UNKNOWN":
+                                unknown_since.pop(index, None)
+                            elif time.monotonic() - unknown_since.setdefault(index, time.monotonic()) > (
+                                SLURM_STATE_LIMIT_SECONDS
+                            ):
+                                del jobs[index]
+                                job.cancel(check=False)
+                                failures[name] = (
+                                    f"SLURM's accounting (sacct) reported no state for its job {job.job_id} in "
+                                    f"{SLURM_STATE_LIMIT_SECONDS:.0f} s: the job cannot be followed"
+                                )
+                                bar.update(1)
+                            continue
+                        del jobs[index]
+                        try:
+                            status, payload = job.result()
+                        except FailedJobError as error:  # raised in the job outside the unit: it would recur
+                            status, payload = "error", str(error)
+                        except UncompletedJobError:  # no result: cancelled, killed, its node lost
+                            attempts[index] += 1
+                            why = f"its SLURM job {job.job_id} ended without a result (state {job.state})"
+                            if attempts[index] > self.retries:
+                                failures[name] = f"{why}; tried {attempts[index]} times"
+                                bar.update(1)
+                            else:
+                                log(f"{name}: {why}; resubmitting ({attempts[index]}/{self.retries})")
+                                _wait_out_of_queue(job.job_id)
+                                again.append(index)
+                            continue
+                        if status == "error":
+                            failures[name] = payload
+                            log(f"{name}: failed (its traceback follows at the end)")
+                        bar.update(1)
+                    if again:
+                        submit(again)
+            finally:
+                for job in jobs.values():  # left by an error or an interrupt: no job goes on alone
+                    job.cancel(check=False)
+        if failures:
+            raise UnitsFailed(failures)
+
+
+class _SlurmUnit:
+    """The function a SLURM job runs: :func:`_run_reported`. Its ``checkpoint`` makes submitit requeue a job
+    that reaches its time limit or is preempted, which then resumes its unit (``done.json`` decides)."""
+
+    def __call__(self, unit, run_dir: str, threads: int) -> tuple[str, str | None]:
+        return _run_reported(unit, run_dir, threads)
+
+    def checkpoint(self, *args, **kwargs):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args, **kwargs)
+
+
+def sbatch_message(text: str) -> str:
+    """sbatch's complaint on one line: its lines without their ``sbatch: error:`` prefix, joined by ``; ``."""
+    lines = [re.sub(r"^\s*(sbatch:\s*)?(error:\s*)?", "", line).strip() for line in text.splitlines()]
+    return "; ".join(line for line in lines if line) or "no message"
+
+
+def _wait_out_of_queue(job_id: str) -> None:
+    """Wait (at most :data:`SLURM_DRAIN_SECONDS`) until SLURM's queue no longer lists the job ``job_id``."""
+    deadline = time.monotonic() + SLURM_DRAIN_SECONDS
+    while time.monotonic() < deadline:
+        listed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+        if listed.returncode != 0 or not listed.stdout.strip():  # an ended job is an invalid id to squeue
+            return
+        time.sleep(SLURM_POLL_SECONDS)
 
 
 def make_executor(
@@ -386,12 +599,16 @@ def make_executor(
     ray_address: str | None = "auto",
     num_cpus: float | None = None,
     num_gpus: float = 0,
+    slurm: dict | None = None,
 ):
-    """The executor named ``name`` (one of :data:`EXECUTORS`), with its options checked."""
+    """The executor named ``name`` (one of :data:`EXECUTORS`), with its options checked; ``slurm``: the keyword
+    options of :class:`SlurmExecutor` (``partition``, ``cpus_per_task``, ``mem``, ``time_limit``, ...)."""
     if name == "local":
         return LocalExecutor(threads)
     if name == "process":
         return ProcessExecutor(workers, threads, retries)
     if name == "ray":
         return RayExecutor(ray_address, threads, retries, num_cpus, num_gpus)
+    if name == "slurm":
+        return SlurmExecutor(threads, retries, **(slurm or {}))
     raise UserError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
