@@ -9,6 +9,14 @@
 
 A failed or impossible build of either part never fails the install: the
 package then runs on torch alone and says so once at import.
+
+Compiled kernels tie the install to the torch they were built against (its C++
+ABI), so a build that compiles them requires exactly that torch release
+(``torch==X.Y.Z``, any local build such as ``+cpu``); a build without them
+requires ``torch>=2.4``. pyproject.toml declares the dependencies dynamic for
+this. The compiled objects of every build of a clone, editable or wheel, live in
+its ``build/temp.<platform>-<python>/``, where ninja recompiles only what changed
+(a source, a header, a flag, another torch), so a second install relinks only.
 """
 
 import glob
@@ -21,6 +29,10 @@ import tempfile
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# The oldest torch the package runs on, compiled kernels or not.
+TORCH_FLOOR = "torch>=2.4"
+DEPENDENCIES = ["numpy", "safetensors>=0.4", "tqdm", "matplotlib", "pyyaml"]
 
 
 def _log(msg: str) -> None:
@@ -80,6 +92,8 @@ def _want_cuda(torch) -> tuple[bool, str | None]:
 
 
 def _extensions():
+    """The extensions to build, the build_ext to build them with, and the torch version they compile against
+    (None where nothing is compiled)."""
     try:
         import torch
         from torch.utils import cpp_extension
@@ -88,12 +102,13 @@ def _extensions():
             "torch is not importable at build time: installing without compiled kernels "
             "(install torch first and use `pip install --no-build-isolation -e .`)"
         )
-        return [], {}
+        return [], {}, None
 
     exts = []
     if _compiler_works([]):
         openmp = _compiler_works(["-fopenmp"])
-        cxx_flags = ["-O3", "-std=c++20"] + (["-fopenmp", "-DLTH_SPARSE_OPENMP"] if openmp else [])
+        # -g0 overrides the -g of Python's own flags: with debug information the extension is 21 MB, not 1 MB.
+        cxx_flags = ["-O3", "-g0", "-std=c++20"] + (["-fopenmp", "-DLTH_SPARSE_OPENMP"] if openmp else [])
         exts.append(
             cpp_extension.CppExtension(
                 "lth_sparse._C",
@@ -106,7 +121,7 @@ def _extensions():
         _log(f"building the C++ CPU kernels (OpenMP: {'yes' if openmp else 'no'})")
     else:
         _log("no working C++ compiler: installing without compiled kernels (torch fallback)")
-        return [], {}
+        return [], {}, None
 
     want_cuda, cuda_home = _want_cuda(torch)
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
@@ -131,7 +146,7 @@ def _extensions():
                 include_dirs=[os.path.join(ROOT, "csrc")],
                 library_dirs=libdirs,
                 extra_compile_args={
-                    "cxx": ["-O3", "-std=c++20"],
+                    "cxx": ["-O3", "-g0", "-std=c++20"],
                     "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"],
                 },
             )
@@ -139,15 +154,25 @@ def _extensions():
         _log(f"building the CUDA kernels with {cuda_home} for arch {os.environ['TORCH_CUDA_ARCH_LIST']}")
     else:
         _log("skipping the CUDA kernels (LTH_SPARSE_CUDA=1 forces them)")
-    return exts, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+    return exts, {"build_ext": build_ext}, torch.__version__
 
 
 class _OptionalBuild:
-    """Wraps build_ext so that a failed compile leaves a working torch-only install."""
+    """Wraps build_ext so that a failed compile leaves a working torch-only install, and so that an editable
+    install compiles into the clone's build folder, as a wheel build does, instead of a new temporary one."""
 
     @staticmethod
     def wrap(build_ext_cls):
         class OptionalBuildExt(build_ext_cls):
+            def finalize_options(self):
+                super().finalize_options()
+                if getattr(self, "editable_mode", False):
+                    # setuptools' own default for a non-editable build (`build` command): build/temp.<plat>-<tag>
+                    self.build_temp = os.path.join(
+                        ROOT, "build", f"temp.{self.plat_name}-{sys.implementation.cache_tag}"
+                    )
+
             def build_extension(self, ext):
                 try:
                     super().build_extension(ext)
@@ -161,7 +186,20 @@ class _OptionalBuild:
         return OptionalBuildExt
 
 
-ext_modules, cmdclass = _extensions()
+def torch_requirement(torch_version: str | None) -> str:
+    """The torch an install needs: the release of ``torch_version`` (the torch its kernels are compiled
+    against; its local label such as ``+cu130`` dropped, so that the CPU and CUDA builds of that release both
+    satisfy it), or ``TORCH_FLOOR`` where nothing is compiled (``None``)."""
+    if torch_version is None:
+        return TORCH_FLOOR
+    return f"torch=={torch_version.split('+')[0]}"
+
+
+ext_modules, cmdclass, compiled_against = _extensions()
 if "build_ext" in cmdclass:
     cmdclass["build_ext"] = _OptionalBuild.wrap(cmdclass["build_ext"])
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+setup(
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    install_requires=[torch_requirement(compiled_against), *DEPENDENCIES],
+)
