@@ -50,6 +50,7 @@ def option(
     flag: str | None = None,
     default_text: str | None = None,
     parse: Callable[[Any], Any] | None = None,
+    absent: Any = dataclasses.MISSING,
 ) -> Any:
     """A config field with its documentation.
 
@@ -63,6 +64,10 @@ def option(
         default_text: how ``--help`` describes the default, where the value alone would not say it.
         parse: turns a value as written (a flag's string, a file's value) into the field's value
             (raising ValueError with the reason); e.g. ``--seeds 3`` -> ``(0, 1, 2)``.
+        absent: what a run's saved ``config.json`` written before this field existed means by leaving it out,
+            where that is not ``default``: the behaviour of the code then (e.g. ``planting="exact"`` for plant
+            runs made before ``--planting`` existed, whose default is ``reference``). Such a run then reads back
+            as what it was made with, and resuming it with the new default is refused, as another config.
     """
     if isinstance(default, (list, dict, set)):
         raise TypeError(f"option defaults must be immutable, got {type(default).__name__}")
@@ -77,6 +82,8 @@ def option(
         metadata["default_text"] = default_text
     if parse is not None:
         metadata["parse"] = parse
+    if absent is not dataclasses.MISSING:
+        metadata["absent"] = absent
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -191,7 +198,8 @@ def config_from_options(
     one with a classmethod ``inherited_options(options) -> dict`` takes those under both (a
     transfer inherits its source run's training recipe: source < preset < file < flags);
     ``presets=False`` for a run's saved ``config.json``, which holds what the preset gave when it
-    ran (a field added since takes its default, not what the preset gives today).
+    ran (a field added since takes its default, not what the preset gives today, or its ``absent`` value
+    where it has one: see :func:`option`).
     Names may use ``-`` or ``_``. A tuple field takes a list (or one value); a field of
     (name, value) pairs takes a mapping. Raises :class:`ConfigError` naming the unknown
     options and the valid ones, or the option whose value has the wrong type; the
@@ -203,6 +211,9 @@ def config_from_options(
     unknown = sorted(set(normalised) - set(fields))
     if unknown:
         raise ConfigError(f"{source}: unknown options {unknown}; valid: {sorted(fields)}")
+    if not presets:  # a saved config: a field it predates means what the code did then
+        absent = {name: f.metadata["absent"] for name, f in fields.items() if "absent" in f.metadata}
+        normalised = {**{k: v for k, v in absent.items() if k not in normalised}, **normalised}
     known = getattr(cls, "PRESETS", None)
     if presets and known and normalised.get("preset") is not None:  # a preset's values, under the options given
         if normalised["preset"] not in known:

@@ -49,7 +49,10 @@ except ImportError:  # Windows: no flock; runs are not locked there
 HASH_SCHEMA = 2
 """The version of the config-hash rule (``config.json`` records it). 1: every identity field; 2: only the
 identity fields that differ from their defaults (OpenLTH's rule), so a new option, at its default, leaves
-every existing hash as it was. A changed default changes what old runs mean: it needs a new schema."""
+every existing hash as it was. A changed default leaves the hash of a run made under the old one as it was, so
+:class:`RunDir` compares the saved values too: such a run is refused unless given the values it was made with;
+and an option added with a default other than what the code did before says so with ``absent``
+(:func:`lth_sparse.config.option`)."""
 
 
 def config_identity(config) -> dict:
@@ -241,19 +244,24 @@ class RunDir(Steps):
                 f"{config_file} was hashed by rule {saved.get('schema')!r}, not by this version's "
                 f"rule {HASH_SCHEMA} (see lth_sparse.runs.HASH_SCHEMA); choose another --out"
             )
-        if saved.get("hash") == self.hash:
-            return  # the same experiment
-        identity = config_identity(self.config)
-        defaults = {f.name: _default(f) for f in dataclasses.fields(self.config)}
+        same_hash = saved.get("hash") == self.hash
+        if same_hash and "config" not in saved:
+            return  # the same experiment (a record without its values: nothing more to compare)
+        # A field the saved config lacks (added since) means its `absent` value where the option has one (what
+        # the code did before it existed), else its default.
+        meant = {f.name: f.metadata.get("absent", _default(f)) for f in dataclasses.fields(self.config) if f.init}
         old = saved.get("config", {})
-        now = json.loads(json.dumps(identity, default=json_default))
-        plain_defaults = json.loads(json.dumps({k: defaults[k] for k in now}, default=json_default))
-        diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in now.items() if old.get(k, plain_defaults[k]) != v]
-        if not diffs and "config" in saved:
+        now = json.loads(json.dumps(config_identity(self.config), default=json_default))
+        then = json.loads(json.dumps({k: old.get(k, meant[k]) for k in now}, default=json_default))
+        diffs = [f"{k}: {then[k]!r} there, {v!r} now" for k, v in now.items() if then[k] != v]
+        if not diffs:
             # the same values of every identity field: the same experiment, hashed against defaults that have
-            # moved since (the hash counts the fields that differ from their defaults); claiming rewrites it
+            # moved since where the hashes differ (the hash counts the fields that differ from their defaults);
+            # claiming rewrites it
             return
-        what = "; ".join(diffs) or "hash differs"
+        what = "; ".join(diffs)
+        if same_hash:  # equal hashes, other values: a default moved since the run was made
+            what += " (a default has changed since this run was made: give the values it was made with to resume it)"
         if self.finished_steps():
             raise ConfigMismatch(
                 f"{self.path} holds a run with another config ({what}). "

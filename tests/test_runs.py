@@ -387,3 +387,34 @@ def test_every_file_gets_the_mode_the_umask_gives_whatever_wrote_it(tmp_path):
         os.umask(previous)
     assert oct((tmp_path / "masks.safetensors").stat().st_mode & 0o777) == oct(0o640)
     assert oct((tmp_path / "done.json").stat().st_mode & 0o777) == oct(0o640)
+
+
+def test_a_default_moved_since_a_run_was_made_is_refused_not_resumed_under_the_new_one(tmp_path):
+    """Equal hashes, other values: a run made when a default was another value (here fraction's, as if 0.3 then)
+    hashes like today's defaults, but its finished rounds were made with the old value: resuming it under the new
+    one would mix the two, so it is refused, naming the field; given the old value, it resumes."""
+    RunDir(tmp_path, small_config(), kind="imp").mark_done("round_00", {"x": 1})
+    saved = read_json(tmp_path / "config.json")
+    saved["config"]["fraction"] = 0.3  # what the default was when it ran: the hash is that of all defaults
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigMismatch) as error:
+        RunDir(tmp_path, small_config(), kind="imp")
+    assert "fraction: 0.3 there, 0.2 now" in str(error.value) and "a default has changed" in str(error.value)
+    assert RunDir(tmp_path, small_config(fraction=0.3), kind="imp").is_done("round_00")
+
+
+def test_a_field_a_saved_config_predates_means_what_the_code_did_then(tmp_path):
+    """plant's --planting came with the reference planting as its default; runs made before it were planted the
+    exact way, which its `absent` value says: read back as exact, refused under the new default."""
+    from lth_sparse.config import config_from_options
+    from lth_sparse.pipelines.plant import PlantConfig
+
+    RunDir(tmp_path, PlantConfig(), kind="plant").mark_done("unit", {"x": 1})
+    saved = read_json(tmp_path / "config.json")
+    del saved["config"]["planting"]  # as written before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert config_from_options(PlantConfig, saved["config"], presets=False).planting == "exact"
+    assert config_from_options(PlantConfig, {}).planting == "reference", "a new run: the default"
+    with pytest.raises(ConfigMismatch, match="planting: 'exact' there, 'reference' now"):
+        RunDir(tmp_path, PlantConfig(), kind="plant")
+    assert RunDir(tmp_path, PlantConfig(planting="exact"), kind="plant").is_done("unit")

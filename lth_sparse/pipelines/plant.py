@@ -143,6 +143,7 @@ class PlantConfig(CommonConfig):
         "residues as weights, 115 at depth 3, the paper's density .29; host neurons matched by L1 with equal "
         "signs); exact, the targets' exact non-zeros (Helix: 91) and the paper's L2 matching",
         choices=PLANTINGS,
+        absent="exact",  # what runs made before the option existed were planted with
     )
     pruners: tuple[str, ...] = option(
         ("random", "magnitude", "snip", "grasp", "synflow", "multishot-magnitude", "edge-popup", "edge-popup-annealed"),
