@@ -47,6 +47,7 @@ import os
 import socket
 import struct
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -59,6 +60,7 @@ __all__ = [
     "TRACKERS",
     "WANDB_MODES",
     "RunTracking",
+    "TrackerFailed",
     "TrackingSpec",
     "UnitTracking",
     "check_trackers",
@@ -83,6 +85,11 @@ _RUN = "_run"
 _MLFLOW_BATCH = 1000  # MLflow takes at most 1000 metrics (and 100 params) in one log_batch call
 _MLFLOW_PARAMS = 100
 _MLFLOW_PARAM_LENGTH = 6000
+
+
+class TrackerFailed(RuntimeWarning):
+    """A tracker that failed while a unit ran (opening, logging or closing its run): the training goes on
+    without it."""
 
 
 def parse_trackers(value) -> tuple[str, ...]:
@@ -173,7 +180,10 @@ def resolve_wandb_mode(requested: str, log: Callable[[str], None]) -> str:
     """The mode W&B logs in: ``offline`` where asked (``requested``, or the ``WANDB_MODE`` environment
     variable), else ``online`` where there are credentials (``WANDB_API_KEY``, or a netrc entry for the W&B
     host, as ``wandb login`` writes) and the host answers; else ``offline``, with one ``warning:`` line in
-    ``log`` saying why and that ``wandb sync`` uploads the runs later."""
+    ``log`` saying why and that ``wandb sync`` uploads the runs later. ``WANDB_MODE=disabled`` (W&B's own switch)
+    is ``disabled``: W&B's no-op runs, nothing written."""
+    if os.environ.get("WANDB_MODE", "").lower() == "disabled":
+        return "disabled"
     if requested == "offline" or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun"):
         return "offline"
     url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
@@ -225,6 +235,8 @@ def _plain(value: Any) -> str | int | float | bool:
 class _TensorBoard:
     """A tracker run in TensorBoard: an event file in ``log_dir``, written by torch's ``SummaryWriter``."""
 
+    tracker = "tensorboard"
+
     def __init__(self, log_dir: Path, hyperparameters: Mapping[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
@@ -257,6 +269,7 @@ class _Wandb:
     """A tracker run in Weights & Biases (several may be open at once in one process: a stack's units, and the
     driver's run beside a unit's under the local executor)."""
 
+    tracker = "wandb"
     open_runs = 0  # in this process
     lock = threading.Lock()
 
@@ -299,13 +312,16 @@ class _Wandb:
     def finish(self, failed: bool) -> None:
         import wandb
 
-        self.run.finish(exit_code=1 if failed else 0)
-        with _Wandb.lock:
-            _Wandb.open_runs -= 1
-            if _Wandb.open_runs == 0:
-                # finish() returns before W&B's service has written the run's files, and a worker process may end
-                # without the atexit hook that waits for it: the last run of the process waits here
-                wandb.teardown()
+        try:
+            self.run.finish(exit_code=1 if failed else 0)
+        finally:
+            with _Wandb.lock:
+                _Wandb.open_runs -= 1
+                last = _Wandb.open_runs == 0
+        if last:
+            # finish() returns before W&B's service has written the run's files, and a worker process may end
+            # without the atexit hook that waits for it: the last run of the process waits here
+            wandb.teardown()
 
 
 _MLFLOW_EXPERIMENTS = threading.Lock()
@@ -314,6 +330,8 @@ _MLFLOW_EXPERIMENTS = threading.Lock()
 class _Mlflow:
     """A tracker run in MLflow, through ``MlflowClient`` (no global active run: a stack's units log side by
     side)."""
+
+    tracker = "mlflow"
 
     def __init__(self, spec: TrackingSpec, name: str, tags: Mapping[str, Any], parent: str | None) -> None:
         from mlflow.tracking import MlflowClient
@@ -364,7 +382,9 @@ def _milliseconds() -> int:
 
 
 class _TrackerRun:
-    """One tracker run in each of the chosen trackers, fed alike."""
+    """One tracker run in each of the chosen trackers, fed alike. A tracker that fails (its server gone, its
+    database locked, a full disk) never fails the training it watches: its error is warned once and the tracker
+    is dropped from this run (closed as failed where it can be), the others go on."""
 
     def __init__(
         self,
@@ -377,21 +397,44 @@ class _TrackerRun:
     ) -> None:
         self.backends: list[Any] = []
         self.spec = spec
+        self.name = name
         try:
             for tracker in spec.trackers:
-                if tracker == "tensorboard":
-                    log_dir = Path(spec.directory) / "tensorboard" / spec.group / folder
-                    self.backends.append(_TensorBoard(log_dir, {**tags, **(hyperparameters or {})}))
-                elif tracker == "wandb":
-                    self.backends.append(_Wandb(spec, name, job_type, {**tags, **(hyperparameters or {})}))
-                else:
-                    backend = _Mlflow(spec, name, tags, spec.mlflow_parent if job_type == "unit" else None)
-                    if hyperparameters:
-                        backend.params(hyperparameters)
-                    self.backends.append(backend)
+                try:
+                    if tracker == "tensorboard":
+                        log_dir = Path(spec.directory) / "tensorboard" / spec.group / folder
+                        backend = _TensorBoard(log_dir, {**tags, **(hyperparameters or {})})
+                    elif tracker == "wandb":
+                        backend = _Wandb(spec, name, job_type, {**tags, **(hyperparameters or {})})
+                    else:
+                        backend = _Mlflow(spec, name, tags, spec.mlflow_parent if job_type == "unit" else None)
+                except Exception as error:  # a tracker must not fail the training: said, left out
+                    self._warn(tracker, "could not be opened", error)
+                    continue
+                self.backends.append(backend)
+                if hyperparameters and isinstance(backend, _Mlflow):
+                    self._each(lambda b: b.params(hyperparameters), only=backend)
         except BaseException:
             self.finish(failed=True)
             raise
+
+    def _warn(self, tracker: str, what: str, error: BaseException) -> None:
+        warnings.warn(
+            f"{tracker} {what} for {self.name!r} ({type(error).__name__}: {error}); the training goes on without it",
+            TrackerFailed,
+            stacklevel=3,
+        )
+
+    def _each(self, call: Callable[[Any], None], only: Any = None) -> None:
+        """``call`` on every backend (or ``only``), each failing one warned once and closed as failed."""
+        for backend in [only] if only is not None else list(self.backends):
+            try:
+                call(backend)
+            except Exception as error:
+                self._warn(backend.tracker, "failed", error)
+                self.backends.remove(backend)
+                with contextlib.suppress(Exception):
+                    backend.finish(True)
 
     def curve(self, folder: str, entry: Mapping[str, Any]) -> None:
         step = entry["iteration"]
@@ -400,24 +443,22 @@ class _TrackerRun:
             for key, value in entry.items()
             if key != "iteration" and isinstance(value, (int, float)) and not isinstance(value, bool)
         }
-        for backend in self.backends:
-            if isinstance(backend, _Wandb):
-                backend.curve(values, step, folder)
-            else:
-                backend.curve(values, step)
+        self._each(lambda b: b.curve(values, step, folder) if isinstance(b, _Wandb) else b.curve(values, step))
 
     def final(self, values: Mapping[str, float]) -> None:
-        for backend in self.backends:
-            backend.final(values)
+        self._each(lambda b: b.final(values))
 
     def plot(self, name: str, path: Path) -> None:
-        for backend in self.backends:
-            backend.plot(name, path)
+        self._each(lambda b: b.plot(name, path))
 
     def finish(self, failed: bool) -> None:
-        for backend in self.backends:
-            backend.finish(failed)
-        self.backends = []
+        """Close every backend (each on its own: one that fails to close is warned, the others still close)."""
+        backends, self.backends = self.backends, []
+        for backend in backends:
+            try:
+                backend.finish(failed)
+            except Exception as error:
+                self._warn(backend.tracker, "failed to close", error)
 
     @property
     def mlflow_id(self) -> str | None:

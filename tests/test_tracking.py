@@ -22,6 +22,7 @@ from lth_sparse.pipelines.common import stack_key
 from lth_sparse.runs import config_hash
 from lth_sparse.tracking import (
     TRACKERS,
+    TrackerFailed,
     TrackingSpec,
     figures,
     parse_trackers,
@@ -370,3 +371,41 @@ def test_a_unit_that_raises_closes_its_tracker_run_as_failed_with_the_records_of
         {"round_00/iteration": 2, "round_00/val_loss": 0.5},
         {"train/iteration": 4, "train/val_loss": 0.25},
     ]
+
+
+def test_a_tracker_that_fails_is_said_once_and_dropped_while_the_training_and_the_others_go_on(tmp_path, monkeypatch):
+    """A tracker's failure (its server gone, its database locked) must not fail the training it watches: the
+    failing tracker is warned once and left out, the other trackers keep every record, the run finishes."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    offline_env(monkeypatch, tmp_path)
+    calls = []
+
+    def broken(self, values, step):
+        calls.append(step)
+        raise OSError("database is locked")
+
+    monkeypatch.setattr("lth_sparse.tracking._TensorBoard.curve", broken)
+    config = imp.ImpConfig(**{**TINY, "rounds": 1}, tracker="tensorboard,mlflow")
+    with pytest.warns(TrackerFailed) as said:
+        summary = imp.run(config, tmp_path / "run", log=lambda line: None, plots=False)
+    assert len(summary["rounds"]) == 2 and (tmp_path / "run" / "seed_0" / "done.json").exists()
+    # once per tracker run (the unit's, then the run's with its summary), each then dropped
+    messages = [str(w.message) for w in said]
+    assert len(messages) == len(calls) == 2, messages
+    assert "tensorboard failed for 'IMP seed 0' (OSError: database is locked)" in messages[0]
+    assert f"tensorboard failed for 'imp-{config_hash(config)}'" in messages[1]
+    records = [r for rows in metrics(tmp_path / "run" / "seed_0").values() for r in rows]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'run' / 'tracking' / 'mlflow.db'}")
+    (unit,) = [r for r in client.search_runs([client.get_experiment_by_name("lth-sparse").experiment_id])
+               if r.data.tags.get("unit") == "IMP seed 0"]  # fmt: skip
+    logged = client.get_metric_history(unit.info.run_id, "round_00/val_loss")
+    assert len(logged) + len(client.get_metric_history(unit.info.run_id, "round_01/val_loss")) == len(records)
+
+
+def test_wandb_mode_disabled_is_honoured(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    said: list[str] = []
+    assert resolve_wandb_mode("online", said.append) == "disabled" and said == []
