@@ -180,7 +180,11 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ray-num-gpus", type=float, default=0, help="GPUs Ray reserves per unit (default: 0)")
     group.add_argument("--slurm-partition", metavar="NAME", help="the SLURM partition (default: the cluster's)")
     group.add_argument(
-        "--slurm-cpus-per-task", type=int, metavar="N", help="CPUs of each SLURM task (default: its --threads)"
+        "--slurm-cpus-per-task",
+        type=int,
+        metavar="N",
+        help="CPUs of each SLURM task (default: --threads, else 1); without --threads, each unit uses this many "
+        "threads",
     )
     group.add_argument(
         "--slurm-gpus-per-task", type=int, default=0, metavar="N", help="GPUs of each SLURM task (default: 0)"

@@ -409,7 +409,8 @@ two jobs of one unit must not write its folder at once."""
 
 class SlurmExecutor:
     """Each stage a SLURM job array through submitit: a task per unit (or stack of units), at most
-    ``array_parallelism`` running at once, each with ``cpus_per_task`` CPUs (default: its thread count),
+    ``array_parallelism`` running at once, each with ``cpus_per_task`` CPUs (default: ``threads``; the
+    threads default to the CPUs asked for, else 1: this node's cores say nothing of the cluster's),
     ``gpus_per_task`` GPUs, ``mem`` memory (sbatch's ``--mem``: ``4G``, ``500M``; default: the partition's),
     a time limit of ``time_limit`` minutes, on ``partition`` (default: the cluster's); ``options`` are more sbatch
     options (``{"account": "lab", "qos": "low"}``).
@@ -450,10 +451,12 @@ class SlurmExecutor:
         if missing:
             raise UserError(f"--executor slurm: no SLURM here ({', '.join(missing)} not found on PATH)")
         self.retries = _check_count("retries", retries, 0)
-        self.threads = resolve_threads(threads, 1)
-        self.cpus_per_task = (
-            self.threads if cpus_per_task is None else _check_count("--slurm-cpus-per-task", cpus_per_task, 1)
-        )
+        # Sized by what the jobs ask for, never by this (login) node's cores: the threads are the CPUs a task
+        # asks for, or the CPUs those asked for (1 where neither is given).
+        if cpus_per_task is not None:
+            cpus_per_task = _check_count("--slurm-cpus-per-task", cpus_per_task, 1)
+        self.threads = _check_count("--threads", threads, 1) if threads is not None else (cpus_per_task or 1)
+        self.cpus_per_task = self.threads if cpus_per_task is None else cpus_per_task
         self.gpus_per_task = _check_count("--slurm-gpus-per-task", gpus_per_task, 0)
         self.time_limit = _check_count("--slurm-time", time_limit, 1)
         self.array_parallelism = (

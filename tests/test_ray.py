@@ -15,9 +15,9 @@ ray = pytest.importorskip("ray")
 from lth_sparse.executors import LocalExecutor, RayExecutor  # noqa: E402
 from lth_sparse.integrity import read_done  # noqa: E402
 from lth_sparse.pipelines import imp  # noqa: E402
-from lth_sparse.runs import read_json  # noqa: E402
 from lth_sparse.sweep import run_sweep, sweep_from_mapping  # noqa: E402
 from lth_sparse.units import Unit  # noqa: E402
+from tests.summaries import assert_sweep_as_local, without_timings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXED = {
@@ -30,15 +30,6 @@ FIXED = {
     "stack": 1,  # each training alone, as the units run by hand below train (stacked: test_stacking.py)
 }
 GRID = {"fraction": [0.2, 0.5], "seed": [0, 1]}
-
-
-def without_timings(value):
-    """``value`` with every ``train_seconds*`` entry left out (at any depth): what differs between two runs."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if not k.startswith("train_seconds")}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +66,7 @@ def test_a_sweep_on_a_ray_cluster_gives_the_summaries_of_the_local_executor(clus
         plots=False,
     )
     assert any("through the ray executor" in line for line in lines)
-    assert without_timings(table["rows"]) == without_timings(local_table["rows"])
-    for point in local_table["points"]:
-        ours = read_json(tmp_path / "sweep" / point["name"] / "summary.json")
-        theirs = read_json(local_dir / point["name"] / "summary.json")
-        assert without_timings(ours) == without_timings(theirs), point["name"]
-        seed = point["values"]["seed"]
-        unit_log = (tmp_path / "sweep" / point["name"] / f"seed_{seed}" / "unit.log").read_text()
-        assert unit_log.count(": started") == 1, "each unit ran once"
+    assert_sweep_as_local(table, tmp_path / "sweep", local_table, local_dir)
 
 
 def test_a_unit_killed_on_ray_is_retried_and_redoes_nothing_it_had_finished(cluster, local_sweep, tmp_path):

@@ -29,7 +29,7 @@ from lth_sparse.runs import read_json
 from lth_sparse.sweep import run_sweep, sweep_from_mapping
 from lth_sparse.units import Unit
 from tests.slurm_cluster import PAUSED, ClusterUnavailable, slurm_cluster
-from tests.summaries import without_timings
+from tests.summaries import assert_sweep_as_local, without_timings
 
 REPO = Path(__file__).resolve().parents[1]
 FIXED = {
@@ -97,6 +97,15 @@ def test_the_slurm_options_become_sbatch_parameters(fake_slurm):
     plain = executor_of(["--executor", "slurm", "--slurm-cpus-per-task", "4"])
     assert plain.parameters() == {"job_name": "lth-sparse", "time": 60, "cpus_per_task": 4}
     assert plain.folder is None  # RUN/slurm, decided when it runs
+
+
+def test_threads_and_cpus_are_sized_by_the_job_not_by_this_node(fake_slurm):
+    # this (login) node's idle cores say nothing of a compute node's: without --threads, the CPUs asked for
+    assert (SlurmExecutor().threads, SlurmExecutor().cpus_per_task) == (1, 1)
+    assert (SlurmExecutor(cpus_per_task=8).threads, SlurmExecutor(cpus_per_task=8).cpus_per_task) == (8, 8)
+    assert (SlurmExecutor(threads=4).threads, SlurmExecutor(threads=4).cpus_per_task) == (4, 4)
+    both = SlurmExecutor(threads=2, cpus_per_task=8)
+    assert (both.threads, both.cpus_per_task) == (2, 8)
 
 
 @pytest.mark.parametrize(
@@ -206,15 +215,7 @@ def test_a_sweep_through_slurm_from_the_cli_gives_the_summaries_of_the_local_exe
     assert status == 0
     assert "through the slurm executor" in out and "4 unit(s) submitted to SLURM as job" in out
     print(f"\nthe sweep through SLURM: {seconds:.1f} s")
-    table = read_json(tmp_path / "sweep" / "sweep.json")
-    assert without_timings(table["rows"]) == without_timings(local_table["rows"])
-    for point in local_table["points"]:
-        ours = read_json(tmp_path / "sweep" / point["name"] / "summary.json")
-        theirs = read_json(local_dir / point["name"] / "summary.json")
-        assert without_timings(ours) == without_timings(theirs), point["name"]
-        seed = point["values"]["seed"]
-        unit_log = (tmp_path / "sweep" / point["name"] / f"seed_{seed}" / "unit.log").read_text()
-        assert unit_log.count(": started") == 1, "each unit ran once"
+    assert_sweep_as_local(read_json(tmp_path / "sweep" / "sweep.json"), tmp_path / "sweep", local_table, local_dir)
     assert sorted(p.name for p in (tmp_path / "sweep" / "slurm").glob("*_result.pkl")), "submitit's files there"
 
 
