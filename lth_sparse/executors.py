@@ -402,9 +402,10 @@ SLURM_STATE_LIMIT_SECONDS = 600.0
 ``sacct`` answer lists could be waited for forever (a cancelled job would never be seen to end)."""
 
 SLURM_DRAIN_SECONDS = 600.0
-"""How long a cancelled or killed job is waited for to leave the queue before its unit is resubmitted: submitit
-ignores SIGTERM, so a cancelled job's process lives on until SLURM kills it (``KillWait`` seconds later), and
-two jobs of one unit must not write its folder at once."""
+"""How long a cancelled or killed job is waited for to leave the queue before its unit is resubmitted (the others
+followed meanwhile): submitit ignores SIGTERM, so a cancelled job's process lives on until SLURM kills it
+(``KillWait`` seconds later), and two jobs of one unit must not write its folder at once; a job still listed
+after this long fails its unit instead of being doubled."""
 
 
 class SlurmExecutor:
@@ -496,6 +497,7 @@ class SlurmExecutor:
         slurm.update_parameters(**self.parameters())
         attempts = [0] * len(units)
         jobs: dict[int, object] = {}  # unit index -> its job, while it runs
+        draining: dict[int, tuple[str, float]] = {}  # unit index -> its ended job's id and when it must be gone
         unknown_since: dict[int, float] = {}
         failures: dict[str, str] = {}
 
@@ -516,9 +518,21 @@ class SlurmExecutor:
         with _unit_bar(len(units), progress, "units (slurm)") as bar:
             try:
                 submit(list(range(len(units))))
-                while jobs:
+                while jobs or draining:
                     time.sleep(SLURM_POLL_SECONDS)
                     again: list[int] = []
+                    for index, (job_id, deadline) in list(draining.items()):
+                        if not in_queue(job_id):
+                            del draining[index]
+                            again.append(index)
+                        elif time.monotonic() > deadline:
+                            del draining[index]
+                            failures[units[index].name] = (
+                                f"its SLURM job {job_id} ended without a result but was still in the queue "
+                                f"{SLURM_DRAIN_SECONDS:.0f} s later: not resubmitted (two jobs would write one "
+                                "unit's folder)"
+                            )
+                            bar.update(1)
                     for index, job in list(jobs.items()):
                         name = units[index].name
                         if not job.done():
@@ -540,16 +554,23 @@ class SlurmExecutor:
                             status, payload = job.result()
                         except FailedJobError as error:  # raised in the job outside the unit: it would recur
                             status, payload = "error", str(error)
-                        except UncompletedJobError:  # no result: cancelled, killed, its node lost
+                        except UncompletedJobError:  # no result: cancelled, killed, its node lost, out of time
                             attempts[index] += 1
+                            state = str(job.state).split()[0] if job.state else "UNKNOWN"
                             why = f"its SLURM job {job.job_id} ended without a result (state {job.state})"
-                            if attempts[index] > self.retries:
+                            if state == "TIMEOUT":  # submitit requeued it `retries` times already: not again
+                                failures[name] = (
+                                    f"its SLURM job {job.job_id} reached its time limit (--slurm-time "
+                                    f"{self.time_limit} minutes) and was requeued {self.retries} times: give it "
+                                    "more time"
+                                )
+                                bar.update(1)
+                            elif attempts[index] > self.retries:
                                 failures[name] = f"{why}; tried {attempts[index]} times"
                                 bar.update(1)
-                            else:
+                            else:  # resubmitted once SLURM no longer lists it (a cancelled job dies late)
                                 log(f"{name}: {why}; resubmitting ({attempts[index]}/{self.retries})")
-                                _wait_out_of_queue(job.job_id)
-                                again.append(index)
+                                draining[index] = (job.job_id, time.monotonic() + SLURM_DRAIN_SECONDS)
                             continue
                         if status == "error":
                             failures[name] = payload
@@ -583,14 +604,19 @@ def sbatch_message(text: str) -> str:
     return "; ".join(line for line in lines if line) or "no message"
 
 
-def _wait_out_of_queue(job_id: str) -> None:
-    """Wait (at most :data:`SLURM_DRAIN_SECONDS`) until SLURM's queue no longer lists the job ``job_id``."""
-    deadline = time.monotonic() + SLURM_DRAIN_SECONDS
-    while time.monotonic() < deadline:
-        listed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-        if listed.returncode != 0 or not listed.stdout.strip():  # an ended job is an invalid id to squeue
-            return
-        time.sleep(SLURM_POLL_SECONDS)
+SLURM_LIVE_STATES = frozenset(
+    {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING",
+     "STAGE_OUT", "STOPPED", "REQUEUE_HOLD", "REQUEUE_FED"}
+)  # fmt: skip
+"""The states of a job that may still run (squeue also lists an ended job, CANCELLED or FAILED, for a while)."""
+
+
+def in_queue(job_id: str) -> bool:
+    """Whether SLURM's queue lists the job ``job_id`` in a state in which it may still run."""
+    listed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    if listed.returncode != 0:  # an ended job's id is no longer valid to squeue
+        return False
+    return any(state.strip() in SLURM_LIVE_STATES for state in listed.stdout.splitlines())
 
 
 def make_executor(

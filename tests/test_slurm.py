@@ -282,6 +282,9 @@ def test_a_preempted_job_is_requeued_and_its_unit_resumes(cluster, local_sweep, 
 
     def preempt(job: str) -> None:
         slurm_command("scancel", "--signal=TERM", job)
+        # slurmd delivers the signal to every process of the job when it gets to it: one arriving after USR2 would
+        # also reach the `scontrol requeue` submitit's USR2 handler starts (a real preemption's TERM comes first)
+        time.sleep(2)
         slurm_command("scancel", "--signal=USR2", job)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
