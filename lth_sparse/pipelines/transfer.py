@@ -757,8 +757,7 @@ class TransferPipeline(Pipeline):
                     line += f"{_pm(match['test_accuracy'], 2) if match else '-':>22}"
                     line += f"{100 * gaps[r]['gap']:>+7.2f}" if r in gaps else f"{'-':>8}"
                 lines.append(line)
-        pairs = {(p["source"], p["target"]): p for p in summary["pairs"]}
-        for m in summary["matrix"] if len(pairs) > 1 else []:
+        for m in summary["matrix"] if len(summary["pairs"]) > 1 else []:
             gap = m.get("gap") is not None
             lines.append(
                 f"{'transfer gap, points' if gap else 'transferred ticket, test accuracy'} at {100 * m['at']:.0f}% "
@@ -771,10 +770,8 @@ class TransferPipeline(Pipeline):
                     if v is None:
                         cells.append("-")
                         continue
-                    r = m["round"][k][t]
-                    used = next(x for x in pairs[(k, t)]["tickets"]["rewind-preserved"] if x["round"] == r)
                     value = f"{100 * v:+.2f}" if gap else f"{100 * v:.2f}%"
-                    cells.append(f"{value} (r{r}, {100 * used['source_sparsity']:.1f}%)")
+                    cells.append(f"{value} (r{m['round'][k][t]}, {100 * (1 - m['density'][k][t]):.1f}%)")
                 lines.append(f"  {str(summary['sources'][k].get('dataset')):<28}" + "".join(f"{c:>24}" for c in cells))
         return lines
 
@@ -825,8 +822,12 @@ def matrix_round(rows: list[dict], density: float) -> dict | None:
         return None
     row = closest_by_density(rows, density, "source_density")
     last = max(rows, key=lambda r: r["round"])
-    step = -math.log(last["source_density"]) / last["round"] if last["round"] else 0.0
-    distance = abs(math.log(row["source_density"]) - math.log(density))
+
+    def log(d: float) -> float:
+        return math.log(max(d, 1e-12))  # a density of 0 as closest_by_density reads it
+
+    step = -log(last["source_density"]) / last["round"] if last["round"] else 0.0
+    distance = abs(log(row["source_density"]) - log(density))
     return row if distance <= step * (1 + 1e-9) else None
 
 

@@ -439,6 +439,9 @@ def test_a_matrix_cell_reads_only_a_round_within_one_imp_round_of_it():
     assert read([0, 18], 0.02) == 18 and read([0, 16], 0.02) is None
     assert read([0], 1.0) == 0 and read([0], 0.5) is None
     assert read([], 0.5) is None
+    # a fully pruned round (density 0) and a cell at 100% pruned read as closest_by_density does: no math error
+    empty = [{"round": 0, "source_density": 1.0}, {"round": 30, "source_density": 0.0}]
+    assert matrix_round(empty, 0.0)["round"] == 30 and matrix_round(empty, 1e-20)["round"] == 30
 
 
 def test_the_matrix_marks_the_round_it_reads_and_leaves_far_cells_empty(tmp_path):
