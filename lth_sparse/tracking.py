@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import itertools
 import math
 import netrc
 import os
@@ -375,6 +376,16 @@ class _Mlflow:
         self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
 
 
+def _attempt() -> str:
+    """A name for this attempt at a tracker run, unique among a unit's: when it started, and this process."""
+    import time
+
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_ATTEMPTS)}"
+
+
+_ATTEMPTS = itertools.count()
+
+
 def _milliseconds() -> int:
     import time
 
@@ -402,7 +413,9 @@ class _TrackerRun:
             for tracker in spec.trackers:
                 try:
                     if tracker == "tensorboard":
-                        log_dir = Path(spec.directory) / "tensorboard" / spec.group / folder
+                        # one TensorBoard run per attempt: a unit run again after a kill must not draw its
+                        # resumed curves over the killed attempt's
+                        log_dir = Path(spec.directory) / "tensorboard" / spec.group / folder / _attempt()
                         backend = _TensorBoard(log_dir, {**tags, **(hyperparameters or {})})
                     elif tracker == "wandb":
                         backend = _Wandb(spec, name, job_type, {**tags, **(hyperparameters or {})})

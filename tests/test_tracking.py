@@ -102,7 +102,8 @@ def test_tensorboard_event_files_hold_the_curves_identity_config_and_summary(tra
     assert sorted(p.name for p in group.iterdir()) == ["_run", "seed_0", "seed_1"]
 
     def read(folder: Path):
-        events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+        (attempt,) = folder.iterdir()  # one attempt: one TensorBoard run
+        events = EventAccumulator(str(attempt), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
         events.Reload()
         content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
@@ -265,7 +266,8 @@ def test_from_the_api_each_member_of_a_stack_logs_its_own_curves(tmp_path, monke
     group = tmp_path / "run" / "tracking" / "tensorboard" / f"imp-{config_hash(config)}"
     curves = []
     for seed in (0, 1):
-        events = EventAccumulator(str(group / f"seed_{seed}"), size_guidance={"scalars": 0})
+        (attempt,) = (group / f"seed_{seed}").iterdir()
+        events = EventAccumulator(str(attempt), size_guidance={"scalars": 0})
         events.Reload()
         (records,) = metrics(tmp_path / "run" / f"seed_{seed}").values()
         curves.append([(s.step, s.value) for s in events.Scalars("round_00/val_loss")])
@@ -409,3 +411,16 @@ def test_wandb_mode_disabled_is_honoured(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     said: list[str] = []
     assert resolve_wandb_mode("online", said.append) == "disabled" and said == []
+
+
+def test_running_a_finished_run_again_opens_no_new_tracker_run(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    offline_env(monkeypatch, tmp_path)
+    config = imp.ImpConfig(**{**TINY, "rounds": 0}, tracker="tensorboard")
+    imp.run(config, tmp_path / "run", log=lambda line: None, plots=False)
+    folder = tmp_path / "run" / "tracking" / "tensorboard" / f"imp-{config_hash(config)}"
+    before = sorted(p.relative_to(folder) for p in folder.rglob("events.out.tfevents.*"))
+    lines: list[str] = []
+    imp.run(config, tmp_path / "run", log=lines.append, plots=False)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("events.out.tfevents.*")) == before
+    assert any("every unit is done already: no new tracker run" in line for line in lines)

@@ -577,7 +577,8 @@ def _under(unit: Unit, prefix: str, tracking: TrackingSpec | None = None) -> Uni
 
 def _start_tracking(plans: Sequence[RunPlan], log: Callable[[str], None]) -> list[RunTracking | None]:
     """Each claimed run's own tracker run (:class:`~lth_sparse.tracking.RunTracking`; ``None`` for a run without
-    trackers), W&B's mode decided once for all of them."""
+    trackers, and for a finished one: the tracker run of when it ran holds it, and running the command again, a
+    sweep re-made, adds no copy), W&B's mode decided once for all of them."""
     modes: dict[str, str] = {}
     trackings: list[RunTracking | None] = []
     try:
@@ -586,6 +587,11 @@ def _start_tracking(plans: Sequence[RunPlan], log: Callable[[str], None]) -> lis
             trackers = getattr(config, "tracker", ())
             if not trackers:
                 trackings.append(None)
+                continue
+            done, planned = plan.pipeline.units_done(plan.run.path, config)
+            if done == planned:
+                trackings.append(None)
+                log(f"{plan.run.path}: every unit is done already: no new tracker run")
                 continue
             requested = config.wandb_mode if "wandb" in trackers else "offline"
             if requested not in modes:
