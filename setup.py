@@ -14,10 +14,11 @@ Compiled kernels tie the install to the torch they were built against (its C++
 ABI), so a build that compiles them requires exactly that torch release
 (``torch==X.Y.Z``, any local build such as ``+cpu``); a build with no compiler
 requires ``torch>=2.4``. The requirement is decided before the compile runs, so a
-compile that fails (the install then runs on torch alone) still pins the release. pyproject.toml declares the dependencies dynamic for
-this. The compiled objects of every build of a clone, editable or wheel, live in
-its ``build/temp.<platform>-<python>/``, where ninja recompiles only what changed
-(a source, a header, a flag, another torch), so a second install relinks only.
+compile that fails (the install then runs on torch alone) still pins the release.
+pyproject.toml declares the dependencies dynamic for this. The compiled objects of
+every build of a clone, editable or wheel, live in its
+``build/temp.<platform>-<python>/``, where ninja recompiles only what changed (a
+source, a header, a flag, another torch), so a second install relinks only.
 """
 
 import glob
