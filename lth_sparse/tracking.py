@@ -48,6 +48,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -378,8 +379,6 @@ class _Mlflow:
 
 def _attempt() -> str:
     """A name for this attempt at a tracker run, unique among a unit's: when it started, and this process."""
-    import time
-
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_ATTEMPTS)}"
 
 
@@ -387,8 +386,6 @@ _ATTEMPTS = itertools.count()
 
 
 def _milliseconds() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 

@@ -182,7 +182,7 @@ def reference_match(
     constant = not bool(theta.any())  # a neuron that is constantly 0 (none in the reference code's targets): scale 1
     j, c = i, (1.0 if constant else None)
     if not constant:
-        scales = candidates @ theta / (theta @ theta)
+        scales = _projection_scales(theta, candidates)[1]
         distances = (candidates - scales[:, None] * theta).abs().sum(dim=1)
         signed = theta != 0
         same_signs = (torch.sign(candidates[:, signed]) == torch.sign(theta[signed])).all(dim=1)
